@@ -1,0 +1,26 @@
+# Every third-party dependency is found here, once. Nothing is downloaded at build time.
+#   Torch:     the PyTorch wheel's LibTorch (pass -DCMAKE_PREFIX_PATH=$(python -c 'import
+#              torch;print(torch.utils.cmake_prefix_path)')), or any LibTorch >= 2.4.
+#   Abseil, protobuf, GoogleTest, nlohmann-json, PCRE2: Debian packages (or an unpacked prefix,
+#              see deploy/build_gpu_host.sh).
+find_package(Threads REQUIRED)
+find_package(absl REQUIRED CONFIG)
+find_package(Protobuf REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+
+find_package(Torch REQUIRED)
+if(Torch_VERSION VERSION_LESS 2.4)
+  message(FATAL_ERROR "lesion needs LibTorch >= 2.4, found ${Torch_VERSION}")
+endif()
+message(STATUS "LibTorch ${Torch_VERSION} from ${Torch_DIR}")
+
+if(LESION_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+endif()
+
+# The torch wheel ships protobuf headers of its own in its include directory. Targets that include
+# generated .pb.h files must see the system protobuf headers first (recipes/gpu.md, step 3).
+set(LESION_PROTOBUF_INCLUDE_DIRS ${Protobuf_INCLUDE_DIRS})

@@ -1,0 +1,23 @@
+// Small file helpers shared by every layer. Thread-compatible (no state).
+#ifndef LESION_COMMON_FILE_UTIL_H_
+#define LESION_COMMON_FILE_UTIL_H_
+
+#include <filesystem>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace lesion {
+
+// Reads a whole file. NotFound if it does not exist, PermissionDenied / Internal on I/O errors;
+// every message names the path.
+absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path);
+
+// Writes `contents` to `path` atomically: a temporary file beside it is written, flushed and renamed
+// over the target, so a failure never leaves a half-written file behind.
+absl::Status WriteFileAtomically(const std::filesystem::path& path, std::string_view contents);
+
+}  // namespace lesion
+
+#endif  // LESION_COMMON_FILE_UTIL_H_
