@@ -29,7 +29,7 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
   return contents;
 }
 
-absl::Status WriteFileAtomically(const std::filesystem::path& path, std::string_view contents) {
+absl::Status WriteFileAtomically(const std::filesystem::path& path, absl::string_view contents) {
   std::filesystem::path tmp = path;
   tmp += ".tmp";
   {

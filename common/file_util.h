@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace lesion {
 
@@ -16,7 +17,7 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path);
 
 // Writes `contents` to `path` atomically: a temporary file beside it is written, flushed and renamed
 // over the target, so a failure never leaves a half-written file behind.
-absl::Status WriteFileAtomically(const std::filesystem::path& path, std::string_view contents);
+absl::Status WriteFileAtomically(const std::filesystem::path& path, absl::string_view contents);
 
 }  // namespace lesion
 

@@ -1,0 +1,50 @@
+// Loads a Hugging Face model directory (config.json + model.safetensors or a sharded
+// model.safetensors.index.json) into TransformerWeights on a device, in the checkpoint's dtype or a
+// requested one.
+//
+// Errors name the file and tensor: NotFound for missing files, DataLoss for corrupt safetensors,
+// InvalidArgument for a checkpoint that does not match its config (missing, extra or mis-shaped
+// tensors, non-float weights), FailedPrecondition for an unavailable device, ResourceExhausted
+// when the weights do not fit. Thread-safe (no shared state).
+#ifndef LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_
+#define LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "experiments/model_config.h"
+#include "experiments/transformer.h"
+
+namespace lesion::experiments {
+
+struct LoadOptions {
+  at::Device device = at::Device(at::kCPU);
+  std::optional<at::ScalarType> dtype;  // default: the checkpoint's floating dtype
+};
+
+struct LoadedWeights {
+  TransformerWeights weights;
+  at::ScalarType checkpoint_dtype;  // dtype of the tensors in the files
+};
+
+// Tensors some exporters save that are buffers, not weights: GPT-2's causal-mask `attn.bias` /
+// `attn.masked_bias` and rotary `inv_freq`. Loading ignores them.
+bool IsNonWeightBuffer(const std::string& name);
+
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir,
+                                                    const ModelConfig& config,
+                                                    const LoadOptions& options);
+
+// Random weights for a config (normal(0, 0.02) matrices, unit norm gammas, zero biases), made
+// directly on `device` in `dtype` from torch's global generator (seed it with at::manual_seed): for
+// benchmarks, whose speed does not depend on weight values.
+absl::StatusOr<TransformerWeights> MakeRandomWeights(const ModelConfig& config, at::Device device,
+                                                     at::ScalarType dtype);
+
+}  // namespace lesion::experiments
+
+#endif  // LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_

@@ -1,0 +1,56 @@
+// Model: a checkpoint loaded for experiments: its config, its transformer on one device and its
+// tokenizer (when the directory has one).
+//
+//   ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load("models/stories260K", {}));
+//   ASSIGN_OR_RETURN(at::Tensor logits, model->transformer().Forward(ids, RunPlan(n_layers)));
+//
+// Immutable after Load as far as callers go; Forward may run on any thread. Errors: see
+// checkpoint_loader.h and tokenizer/tokenizer.h.
+#ifndef LESION_EXPERIMENTS_MODEL_H_
+#define LESION_EXPERIMENTS_MODEL_H_
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "experiments/checkpoint_loader.h"
+#include "experiments/model_config.h"
+#include "experiments/tokenizer/tokenizer.h"
+#include "experiments/transformer.h"
+
+namespace lesion::experiments {
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::filesystem::path& dir,
+                                                     const LoadOptions& options);
+
+  const ModelConfig& config() const { return transformer_.config(); }
+  const Transformer& transformer() const { return transformer_; }
+  // nullptr when the directory holds no tokenizer files.
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  // The tokenizer, or FailedPrecondition naming the directory when it has none.
+  absl::StatusOr<const Tokenizer*> RequireTokenizer() const;
+  const std::filesystem::path& dir() const { return dir_; }
+  at::ScalarType checkpoint_dtype() const { return checkpoint_dtype_; }
+  // BOS id from the tokenizer, else from config.json.
+  std::optional<int32_t> bos_id() const;
+
+ private:
+  Model(std::filesystem::path dir, Transformer transformer, std::unique_ptr<Tokenizer> tokenizer,
+        at::ScalarType checkpoint_dtype)
+      : dir_(std::move(dir)),
+        transformer_(std::move(transformer)),
+        tokenizer_(std::move(tokenizer)),
+        checkpoint_dtype_(checkpoint_dtype) {}
+
+  std::filesystem::path dir_;
+  Transformer transformer_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  at::ScalarType checkpoint_dtype_;
+};
+
+}  // namespace lesion::experiments
+
+#endif  // LESION_EXPERIMENTS_MODEL_H_

@@ -1,0 +1,107 @@
+#include "experiments/model_config.h"
+
+#include <gtest/gtest.h>
+
+namespace lesion::experiments {
+namespace {
+
+TEST(ModelConfig, ParsesLlamaWithGqaAndLlama3Scaling) {
+  auto c = ParseModelConfig(R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
+      "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 1,
+      "vocab_size": 100, "rope_theta": 500000.0, "tie_word_embeddings": true,
+      "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 32}})",
+                            "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->family, Family::kLlama);
+  EXPECT_EQ(c->head_dim, 16);
+  EXPECT_EQ(c->n_kv_heads, 1);
+  ASSERT_TRUE(c->rope.has_value());
+  EXPECT_EQ(c->rope->scaling, RopeScaling::kLlama3);
+  EXPECT_EQ(c->rope->theta, 500000.0);
+  EXPECT_EQ(c->rope->original_max_position_embeddings, 32);
+  EXPECT_TRUE(c->tied_embeddings);
+}
+
+TEST(ModelConfig, ReadsTransformers5RopeParameters) {
+  auto c = ParseModelConfig(R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 1,
+      "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "vocab_size": 10,
+      "rope_parameters": {"rope_theta": 1234.0, "rope_type": "default"}})",
+                            "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope->theta, 1234.0);
+  EXPECT_EQ(c->rope->scaling, RopeScaling::kNone);
+}
+
+TEST(ModelConfig, Gpt2Defaults) {
+  auto c = ParseModelConfig(R"({"architectures": ["GPT2LMHeadModel"], "n_layer": 12, "n_embd": 768,
+      "n_head": 12, "vocab_size": 50257, "n_positions": 1024})",
+                            "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->d_ffn, 3072);
+  EXPECT_TRUE(c->tied_embeddings);
+  EXPECT_EQ(c->norm, NormKind::kLayerNorm);
+  EXPECT_EQ(c->activation, Activation::kGeluTanh);
+  // GPT-2 small has 124,439,808 parameters (tied head).
+  EXPECT_EQ(c->n_params(), 124439808);
+}
+
+TEST(ModelConfig, MistralWindowsEveryLayerQwen2OnlyWhenEnabled) {
+  auto m = ParseModelConfig(R"({"architectures": ["MistralForCausalLM"], "num_hidden_layers": 2,
+      "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "vocab_size": 10,
+      "sliding_window": 8})",
+                            "config.json");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->sliding_window[1], 8);
+  EXPECT_TRUE(m->Attends(0, 9, 2));
+  EXPECT_FALSE(m->Attends(0, 9, 1));
+  EXPECT_FALSE(m->Attends(0, 1, 2));
+  auto q = ParseModelConfig(R"({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2,
+      "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "vocab_size": 10,
+      "sliding_window": 8, "use_sliding_window": false})",
+                            "config.json");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_FALSE(q->sliding_window[0].has_value());
+  EXPECT_TRUE(q->qkv_bias);
+  EXPECT_FALSE(q->o_bias);
+}
+
+TEST(ModelConfig, RejectsBadInputWithTheField) {
+  struct Case {
+    const char* json;
+    const char* needle;
+  } cases[] = {
+      {"not json", "not valid JSON"},
+      {"[1, 2]", "JSON object"},
+      {R"({"architectures": ["BertModel"]})", "BertModel"},
+      {R"({"n_layer": 2})", "architectures"},
+      {R"({"architectures": ["GPT2LMHeadModel"], "n_layer": "two"})", "n_layer"},
+      {R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64,
+           "intermediate_size": 9, "num_attention_heads": 4, "num_key_value_heads": 3,
+           "vocab_size": 9})",
+       "num_key_value_heads"},
+      {R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64,
+           "intermediate_size": 9, "num_attention_heads": 4, "vocab_size": 9,
+           "rope_scaling": {"type": "yarn", "factor": 4}})",
+       "yarn"},
+      {R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 0, "hidden_size": 64,
+           "intermediate_size": 9, "num_attention_heads": 4, "vocab_size": 9})",
+       "num_hidden_layers"},
+  };
+  for (const Case& c : cases) {
+    auto parsed = ParseModelConfig(c.json, "dir/config.json");
+    ASSERT_FALSE(parsed.ok()) << c.json;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << c.json;
+    EXPECT_NE(parsed.status().message().find(c.needle), std::string::npos) << parsed.status();
+    EXPECT_NE(parsed.status().message().find("dir/config.json"), std::string::npos);
+  }
+}
+
+TEST(ModelConfig, MissingFileIsNotFound) {
+  auto c = LoadModelConfig("/nonexistent/model");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace lesion::experiments

@@ -1,0 +1,73 @@
+#include "experiments/torch_util.h"
+
+#include <ATen/Context.h>
+#include <c10/core/DeviceType.h>
+
+#include <iostream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+
+namespace lesion::experiments {
+
+absl::Status StatusFromTorchException(absl::string_view what, const std::exception& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory on the device"));
+  }
+  // Torch messages carry a C++ backtrace after the first line; keep the first line for the user.
+  absl::string_view message = e.what();
+  if (auto nl = message.find('\n'); nl != absl::string_view::npos) message = message.substr(0, nl);
+  return absl::InternalError(absl::StrCat(what, " failed inside LibTorch: ", message));
+}
+
+absl::StatusOr<at::ScalarType> ParseDtype(absl::string_view name) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "float32" || n == "fp32" || n == "f32" || n == "float") return at::kFloat;
+  if (n == "bfloat16" || n == "bf16") return at::kBFloat16;
+  if (n == "float16" || n == "fp16" || n == "f16" || n == "half") return at::kHalf;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype \"", name, "\" (use float32, bfloat16 or float16)"));
+}
+
+absl::string_view DtypeName(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    case at::kDouble:
+      return "float64";
+    default:
+      return "unsupported";
+  }
+}
+
+absl::StatusOr<at::Device> ParseDevice(absl::string_view name) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "cpu") return at::Device(at::kCPU);
+  if (n.rfind("cuda", 0) == 0) {
+    int index = 0;
+    if (n.size() > 4) {
+      if (n[4] != ':' || !absl::SimpleAtoi(n.substr(5), &index) || index < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("bad device \"", name, "\" (use cpu, cuda or cuda:N)"));
+      }
+    }
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device \"", name, "\" asked for, but this build or machine has no CUDA"));
+    }
+    const int count = at::getNumGPUs();
+    if (index >= count) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "device \"", name, "\" asked for, but only ", count, " CUDA device(s) are present"));
+    }
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("bad device \"", name, "\" (use cpu, cuda or cuda:N)"));
+}
+
+}  // namespace lesion::experiments
