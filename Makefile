@@ -1,0 +1,43 @@
+# lesion: the two quick-start commands.
+#   make demo   set everything up (Debian packages, a venv with LibTorch, the build) and run the
+#               demo on the bundled stories260K model
+#   make test   the same set-up, then every test: ctest (C++) and pytest (CLI against HF transformers)
+VENV  ?= .venv
+BUILD ?= build
+PY    := $(VENV)/bin/python
+JOBS  ?= $(shell nproc)
+
+.PHONY: all deps venv configure build test demo bench clean
+
+all: build
+
+deps:
+	scripts/install_deps.sh
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+configure: deps venv
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+	LESION_CLI=$(abspath $(BUILD))/client/cpp/lesion $(PY) -m pytest tests/python -q
+
+demo: build
+	LESION_CLI=$(BUILD)/client/cpp/lesion PY=$(PY) scripts/demo.sh
+
+bench: build
+	$(BUILD)/bench/lesion_bench_forward --model models/stories260K --seq 256 --batch 1,8 --tokens 65536
+
+clean:
+	rm -rf $(BUILD)

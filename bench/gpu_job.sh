@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One device-machine job: build on the GPU host, check CUDA parity against the CPU path, then run
+# lesion's forward benchmark beside HF's anchor (bench/hf_anchor.py) on the same shapes, same job.
+# Logs and JSON lines go to ${OUT:-out/gpu}.
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-$repo/out/gpu}"
+mkdir -p "$out"
+cd "$repo"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'; } 2>&1 | tee "$out/env.txt"
+
+deploy/build_gpu_host.sh "$repo/build-gpu" >"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+export LD_LIBRARY_PATH="/opt/lesion-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+bench="$repo/build-gpu/bench/lesion_bench_forward"
+cli="$repo/build-gpu/client/cpp/lesion"
+
+echo "== ctest on the GPU host (CPU tests)"
+ctest --test-dir build-gpu -j 8 2>&1 | tail -5 | tee "$out/ctest.txt"
+
+echo "== CUDA vs CPU on the bundled model (float32 logits)"
+"$cli" dump --model models/stories260K --text-file data/tinystories_sample.txt --sites logits,blocks.4.resid_post --out "$out/cpu.safetensors" --device cpu
+"$cli" dump --model models/stories260K --text-file data/tinystories_sample.txt --sites logits,blocks.4.resid_post --out "$out/cuda.safetensors" --device cuda
+python3 - "$out" <<'PY' | tee "$out/cuda_parity.txt"
+import sys
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1] + "/cpu.safetensors"), load_file(sys.argv[1] + "/cuda.safetensors")
+for k in a:
+    print(k, "max abs diff cuda vs cpu", float(abs(a[k] - b[k]).max()))
+PY
+rm -f "$out"/cpu.safetensors "$out"/cuda.safetensors
+
+run_pair() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn
+  local lesion_shape="$1"; [ "$1" = llama ] && lesion_shape=llama7b
+  local batches="1,8,32"; [ "$1" = llama ] && batches="1,4"
+  echo "== $1 $2: HF ($3) then lesion"
+  timeout 900 python3 bench/hf_anchor.py "$1" "$2" "$3" 2>&1 | grep '"ppl_eval"' | tee -a "$out/bench.jsonl"
+  "$bench" --shape "$lesion_shape" --device cuda --dtype "$2" --batch "$batches" 2>&1 | tee -a "$out/bench.jsonl"
+}
+run_pair gpt2 bfloat16 sdpa
+run_pair gpt2 float32 eager
+run_pair gpt2 float32 sdpa
+[ "${LESION_BENCH_LLAMA:-0}" = 1 ] && run_pair llama bfloat16 sdpa
+exit 0

@@ -1,0 +1,333 @@
+#include "client/cpp/local_commands.h"
+
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "experiments/generation.h"
+#include "experiments/hook_sites.h"
+#include "experiments/llama2c_converter.h"
+#include "experiments/model.h"
+#include "experiments/perplexity.h"
+#include "experiments/tensor_io.h"
+#include "experiments/torch_util.h"
+#include "nlohmann/json.hpp"
+
+namespace lesion::cli {
+namespace {
+
+namespace ex = ::lesion::experiments;
+using Json = nlohmann::json;
+
+absl::StatusOr<ex::LoadOptions> ReadLoadOptions(Args& args) {
+  ex::LoadOptions options;
+  if (auto dtype = args.Get("dtype"); dtype.has_value()) {
+    ASSIGN_OR_RETURN(options.dtype, ex::ParseDtype(*dtype));
+  }
+  if (auto device = args.Get("device"); device.has_value()) {
+    ASSIGN_OR_RETURN(options.device, ex::ParseDevice(*device));
+  }
+  return options;
+}
+
+absl::StatusOr<std::unique_ptr<ex::Model>> LoadModel(Args& args) {
+  ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
+  ASSIGN_OR_RETURN(ex::LoadOptions options, ReadLoadOptions(args));
+  return ex::Model::Load(dir, options);
+}
+
+std::string ReadStdin() {
+  return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+}
+
+// A JSON list of ids, or a list of equal-length lists (a batch).
+absl::StatusOr<std::vector<std::vector<int32_t>>> ParseIdsJson(absl::string_view text,
+                                                               absl::string_view source) {
+  Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", why));
+  };
+  if (json.is_discarded()) return bad("not valid JSON");
+  if (!json.is_array() || json.empty()) return bad("must be a non-empty list of token ids or of lists");
+  std::vector<std::vector<int32_t>> batch;
+  auto parse_row = [&](const Json& row) -> absl::StatusOr<std::vector<int32_t>> {
+    std::vector<int32_t> ids;
+    for (const Json& v : row) {
+      if (!v.is_number_integer()) return bad(absl::StrCat("token ids must be integers, got ", v.dump()));
+      const int64_t id = v.get<int64_t>();
+      if (id < 0 || id > INT32_MAX) return bad(absl::StrCat("token id ", id, " out of range"));
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    if (ids.empty()) return bad("a sequence of token ids is empty");
+    return ids;
+  };
+  if (json[0].is_array()) {
+    for (const Json& row : json) {
+      if (!row.is_array()) return bad("mixes lists and ids");
+      ASSIGN_OR_RETURN(std::vector<int32_t> ids, parse_row(row));
+      if (!batch.empty() && ids.size() != batch[0].size()) {
+        return bad(absl::StrCat("batch rows must have equal length (", batch[0].size(), " vs ",
+                                ids.size(), ")"));
+      }
+      batch.push_back(std::move(ids));
+    }
+  } else {
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, parse_row(json));
+    batch.push_back(std::move(ids));
+  }
+  return batch;
+}
+
+// Token ids from --ids-json FILE, --text T or --text-file F (tokenized with the model's tokenizer),
+// with BOS prepended to each sequence when `add_bos`.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const ex::Model& model,
+                                                               bool add_bos) {
+  const auto ids_json = args.Get("ids-json");
+  const auto text = args.Get("text");
+  const auto text_file = args.Get("text-file");
+  if (ids_json.has_value() + text.has_value() + text_file.has_value() != 1) {
+    return absl::InvalidArgumentError("give exactly one of --ids-json FILE, --text T, --text-file F");
+  }
+  if (ids_json.has_value()) {
+    ASSIGN_OR_RETURN(std::string json_text, ReadFile(*ids_json));
+    ASSIGN_OR_RETURN(auto batch, ParseIdsJson(json_text, *ids_json));
+    if (add_bos) {
+      if (!model.bos_id().has_value()) return absl::FailedPreconditionError("the model has no BOS token");
+      for (auto& row : batch) row.insert(row.begin(), *model.bos_id());
+    }
+    return batch;
+  }
+  std::string content;
+  if (text.has_value()) {
+    content = *text;
+  } else {
+    ASSIGN_OR_RETURN(content, ReadFile(*text_file));
+  }
+  ASSIGN_OR_RETURN(const ex::Tokenizer* tokenizer, model.RequireTokenizer());
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(content));
+  if (add_bos) {
+    if (!model.bos_id().has_value()) return absl::FailedPreconditionError("the model has no BOS token");
+    ids.insert(ids.begin(), *model.bos_id());
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("the text encodes to no tokens");
+  return std::vector<std::vector<int32_t>>{std::move(ids)};
+}
+
+absl::StatusOr<at::Tensor> ToTensor(const std::vector<std::vector<int32_t>>& batch) {
+  return ex::TorchCall("building the id tensor", [&] {
+    at::Tensor t = at::empty({static_cast<int64_t>(batch.size()), static_cast<int64_t>(batch[0].size())},
+                             at::kLong);  // [b, s]
+    auto a = t.accessor<int64_t, 2>();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      for (size_t j = 0; j < batch[i].size(); ++j) a[i][j] = batch[i][j];
+    }
+    return t;
+  });
+}
+
+std::string RopeDescription(const ex::ModelConfig& c) {
+  if (!c.rope.has_value()) return "learned positions";
+  std::string s = absl::StrCat("rotary, theta ", c.rope->theta);
+  if (c.rope->scaling == ex::RopeScaling::kLinear) absl::StrAppend(&s, ", linear x", c.rope->factor);
+  if (c.rope->scaling == ex::RopeScaling::kLlama3) absl::StrAppend(&s, ", llama3 x", c.rope->factor);
+  return s;
+}
+
+}  // namespace
+
+absl::Status RunInspect(Args& args) {
+  ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
+  const bool json = args.Flag("json");
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  ASSIGN_OR_RETURN(ex::ModelConfig c, ex::LoadModelConfig(dir));
+  ASSIGN_OR_RETURN(ex::CheckpointSummary summary, ex::SummarizeCheckpoint(dir));
+  absl::StatusOr<std::unique_ptr<ex::Tokenizer>> tokenizer = ex::LoadTokenizer(dir);
+  if (!tokenizer.ok() && !absl::IsNotFound(tokenizer.status())) return tokenizer.status();
+  const std::string tokenizer_kind =
+      tokenizer.ok() ? std::string((*tokenizer)->kind()) : std::string("none");
+  const int64_t n_params = c.n_params();
+  if (json) {
+    Json out = {{"architecture", c.architecture},
+                {"family", std::string(ex::FamilyName(c.family))},
+                {"n_layers", c.n_layers},
+                {"n_heads", c.n_heads},
+                {"n_kv_heads", c.n_kv_heads},
+                {"d_model", c.d_model},
+                {"head_dim", c.head_dim},
+                {"d_ffn", c.d_ffn},
+                {"vocab_size", c.vocab_size},
+                {"max_position_embeddings", c.max_position_embeddings},
+                {"n_params", n_params},
+                {"n_params_in_files", summary.n_params},
+                {"dtype", summary.dtype},
+                {"tied_embeddings", c.tied_embeddings},
+                {"positions", RopeDescription(c)},
+                {"tokenizer", tokenizer_kind},
+                {"files", summary.n_files},
+                {"bytes", summary.n_bytes}};
+    std::cout << out.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  std::cout << absl::StrFormat(
+      "model         %s\n"
+      "architecture  %s (%s family)\n"
+      "layers        %d\n"
+      "heads         %d query, %d key/value, head_dim %d\n"
+      "d_model       %d\n"
+      "d_ffn         %d (%s)\n"
+      "vocab         %d (%s tokenizer)\n"
+      "positions     %s, up to %d\n"
+      "parameters    %d (%.2f M)%s\n"
+      "dtype         %s, %d file(s), %.1f MB\n",
+      dir, c.architecture, ex::FamilyName(c.family), c.n_layers, c.n_heads, c.n_kv_heads,
+      c.head_dim, c.d_model, c.d_ffn, c.gated_mlp ? "gated" : "plain", c.vocab_size,
+      tokenizer_kind, RopeDescription(c), c.max_position_embeddings, n_params, n_params / 1e6,
+      c.tied_embeddings ? ", tied embeddings" : "", summary.dtype, summary.n_files,
+      summary.n_bytes / 1e6);
+  return absl::OkStatus();
+}
+
+absl::Status RunTokenize(Args& args) {
+  ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
+  std::optional<std::string> text = args.Get("text");
+  std::optional<std::string> text_file = args.Get("text-file");
+  const bool add_bos = args.Flag("add-bos");
+  const bool decode = args.Flag("decode");
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  ASSIGN_OR_RETURN(std::unique_ptr<ex::Tokenizer> tokenizer, ex::LoadTokenizer(dir));
+  std::string input;
+  if (text.has_value()) {
+    input = *text;
+  } else if (text_file.has_value()) {
+    ASSIGN_OR_RETURN(input, ReadFile(*text_file));
+  } else {
+    input = ReadStdin();
+  }
+  if (decode) {  // ids JSON in, text out
+    ASSIGN_OR_RETURN(auto batch, ParseIdsJson(input, "ids on input"));
+    ASSIGN_OR_RETURN(std::string out, tokenizer->Decode(batch[0]));
+    std::cout << out << "\n";
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(input));
+  if (add_bos) {
+    if (!tokenizer->bos_id().has_value()) {
+      return absl::FailedPreconditionError("the tokenizer has no BOS token");
+    }
+    ids.insert(ids.begin(), *tokenizer->bos_id());
+  }
+  std::cout << Json(ids).dump() << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunDump(Args& args) {
+  ASSIGN_OR_RETURN(std::string sites_text, args.Require("sites"));
+  ASSIGN_OR_RETURN(std::string out_path, args.Require("out"));
+  const bool add_bos = args.Flag("add-bos");
+  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  ASSIGN_OR_RETURN(auto batch, ReadInputIds(args, *model, add_bos));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  const ex::ModelConfig& c = model->config();
+  ASSIGN_OR_RETURN(std::vector<ex::SiteId> sites, ex::ParseSiteList(sites_text, c.n_layers));
+  ASSIGN_OR_RETURN(at::Tensor ids, ToTensor(batch));
+
+  std::vector<std::pair<std::string, at::Tensor>> captured;
+  ex::RunPlan plan(c.n_layers);
+  for (const ex::SiteId& site : sites) {
+    plan.AddHook(site, [&captured](const ex::SiteId& s, at::Tensor& value) {
+      captured.emplace_back(s.Name(), value.detach().to(at::kCPU, at::kFloat).clone());
+    });
+  }
+  ASSIGN_OR_RETURN(at::Tensor logits, model->transformer().Forward(ids, plan));
+  // Keep the order the user asked for.
+  std::vector<std::pair<std::string, at::Tensor>> ordered;
+  for (const ex::SiteId& site : sites) {
+    for (auto& [name, t] : captured) {
+      if (name == site.Name()) ordered.emplace_back(name, t);
+    }
+  }
+  RETURN_IF_ERROR(ex::SaveTensorsAsFloat32(out_path, ordered));
+  std::cerr << "wrote " << ordered.size() << " tensor(s) for " << batch.size() << " x "
+            << batch[0].size() << " tokens to " << out_path << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunPerplexity(Args& args) {
+  ex::PerplexityOptions options;
+  ASSIGN_OR_RETURN(std::optional<int64_t> seq_len, args.GetInt("seq-len"));
+  ASSIGN_OR_RETURN(options.stride, args.GetInt("stride"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> batch_size, args.GetInt("batch-size"));
+  ASSIGN_OR_RETURN(options.max_windows, args.GetInt("max-windows"));
+  options.add_bos = args.Flag("add-bos");  // BOS per window, not once for the text
+  const bool json = args.Flag("json");
+  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  ASSIGN_OR_RETURN(auto batch, ReadInputIds(args, *model, /*add_bos=*/false));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  options.seq_len = seq_len.value_or(std::min<int64_t>(model->config().max_position_embeddings, 1024));
+  if (batch_size.has_value()) options.batch_size = *batch_size;
+  std::vector<int32_t> ids;
+  for (const auto& row : batch) ids.insert(ids.end(), row.begin(), row.end());
+  ASSIGN_OR_RETURN(ex::PerplexityResult r,
+                   ex::EvaluatePerplexity(model->transformer(), ids, options, model->bos_id(),
+                                          ex::RunPlan(model->config().n_layers)));
+  if (json) {
+    std::cout << Json({{"ppl", r.ppl},
+                       {"mean_nll", r.mean_nll},
+                       {"n_tokens", r.n_tokens},
+                       {"n_windows", r.n_windows},
+                       {"protocol", r.protocol}})
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << absl::StrFormat("perplexity %.4f  (mean NLL %.5f nats over %d predicted tokens, %d windows; %s)\n",
+                                 r.ppl, r.mean_nll, r.n_tokens, r.n_windows, r.protocol);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunGenerate(Args& args) {
+  const std::string prompt = args.Get("prompt").value_or("");
+  ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens, args.GetInt("max-tokens"));
+  const bool json = args.Flag("json");
+  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  ASSIGN_OR_RETURN(const ex::Tokenizer* tokenizer, model->RequireTokenizer());
+  std::vector<int32_t> ids;
+  if (model->bos_id().has_value()) ids.push_back(*model->bos_id());
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt_ids, tokenizer->Encode(prompt));
+  ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
+  if (ids.empty()) return absl::InvalidArgumentError("empty prompt and the model has no BOS token");
+  ASSIGN_OR_RETURN(std::vector<int32_t> generated,
+                   ex::GreedyGenerate(model->transformer(), ids, max_tokens.value_or(64),
+                                      model->config().eos_token_id));
+  std::vector<int32_t> all = prompt_ids;
+  all.insert(all.end(), generated.begin(), generated.end());
+  ASSIGN_OR_RETURN(std::string text, tokenizer->Decode(all));
+  if (json) {
+    std::cout << Json({{"prompt_ids", ids}, {"generated_ids", generated}, {"text", text}}).dump()
+              << "\n";
+  } else {
+    std::cout << text << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunConvertLlama2c(Args& args) {
+  ASSIGN_OR_RETURN(std::string checkpoint, args.Require("checkpoint"));
+  ASSIGN_OR_RETURN(std::string tokenizer, args.Require("tokenizer"));
+  ASSIGN_OR_RETURN(std::string out, args.Require("out"));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  RETURN_IF_ERROR(ex::ConvertLlama2cCheckpoint(checkpoint, tokenizer, out));
+  std::cerr << "wrote a Hugging Face LLaMA directory to " << out << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace lesion::cli
