@@ -109,11 +109,18 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
         input = input.to(model.device(), /*non_blocking=*/true);
         mask = mask.to(model.device(), /*non_blocking=*/true);
         ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(input, plan));  // [b, n, vocab]
-        at::Tensor nll = at::cross_entropy_loss(
-            logits.narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat),
-            input.narrow(1, 1, n - 1).reshape({-1}), {}, at::Reduction::None);  // [b * (n - 1)]
-        // where(), not masked_select(): no host-device sync to size the result.
-        nll_sum += at::where(mask.reshape({-1}), nll, 0.0).sum(at::kDouble);
+        // NLL per predicted position, a few windows at a time: the float32 copy of the logits and
+        // its log-softmax are the largest tensors of the pass, so bound them (~1 GiB per chunk).
+        const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, (n - 1) * vocab));
+        for (int64_t r = 0; r < b; r += rows) {
+          const int64_t m = std::min(rows, b - r);
+          at::Tensor nll = at::cross_entropy_loss(
+              logits.narrow(0, r, m).narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat),
+              input.narrow(0, r, m).narrow(1, 1, n - 1).reshape({-1}), {},
+              at::Reduction::None);  // [m * (n - 1)]
+          // where(), not masked_select(): no host-device sync to size the result.
+          nll_sum += at::where(mask.narrow(0, r, m).reshape({-1}), nll, 0.0).sum(at::kDouble);
+        }
         done += b;
         if (progress) progress(done, result.n_windows);
       }

@@ -55,6 +55,7 @@ TEST(Stories260K, ConverterRejectsTruncatedCheckpoint) {
   const auto dir = std::filesystem::temp_directory_path() / "lesion_stories260k_truncated";
   std::filesystem::create_directories(dir);
   std::string bytes = Slurp(kModel / "llama2c/stories260K.bin");
+  ASSERT_GT(bytes.size(), 1000u);
   std::ofstream(dir / "bad.bin", std::ios::binary).write(bytes.data(), bytes.size() - 100);
   absl::Status status = ConvertLlama2cCheckpoint(dir / "bad.bin", kModel / "llama2c/tok512.bin", dir / "out");
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
