@@ -17,17 +17,29 @@ cli="$repo/build-gpu/client/cpp/lesion"
 echo "== ctest on the GPU host (CPU tests)"
 ctest --test-dir build-gpu -j 8 2>&1 | tail -5 | tee "$out/ctest.txt"
 
-echo "== CUDA vs CPU on the bundled model (float32 logits)"
-"$cli" dump --model models/stories260K --text-file data/tinystories_sample.txt --sites logits,blocks.4.resid_post --out "$out/cpu.safetensors" --device cpu
-"$cli" dump --model models/stories260K --text-file data/tinystories_sample.txt --sites logits,blocks.4.resid_post --out "$out/cuda.safetensors" --device cuda
-python3 - "$out" <<'PY' | tee "$out/cuda_parity.txt"
-import sys
+echo "== CUDA parity: every hook site of the HF fixtures, computed on CUDA in float32"
+python3 - "$cli" "$out" <<'PY' | tee "$out/cuda_parity.txt"
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np
 from safetensors.numpy import load_file
-a, b = load_file(sys.argv[1] + "/cpu.safetensors"), load_file(sys.argv[1] + "/cuda.safetensors")
-for k in a:
-    print(k, "max abs diff cuda vs cpu", float(abs(a[k] - b[k]).max()))
+cli, out = sys.argv[1], Path(sys.argv[2])
+refs = {p.stem: p for p in Path("tests/fixtures/reference").glob("*.safetensors")}
+for name, ref_path in sorted(refs.items()):
+    model = Path("models/stories260K") if name == "stories260K" else Path("tests/fixtures/models") / name
+    ref = load_file(str(ref_path))
+    (out / "ids.json").write_text(json.dumps(ref["input_ids"].tolist()))
+    sites = ",".join(k for k in ref if k not in ("input_ids", "loss", "greedy_ids"))
+    args = [cli, "dump", "--model", str(model), "--ids-json", str(out / "ids.json"), "--sites", sites,
+            "--out", str(out / "cuda.safetensors"), "--device", "cuda", "--dtype", "float32"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode:
+        print(name, "FAILED", r.stderr.strip()); continue
+    got = load_file(str(out / "cuda.safetensors"))
+    worst = max((float(np.abs(got[k] - ref[k]).max()), k) for k in got)
+    print(f"{name:14s} max |cuda - transformers| {worst[0]:.2e} at {worst[1]} over {len(got)} sites")
+(out / "cuda.safetensors").unlink(missing_ok=True)
 PY
-rm -f "$out"/cpu.safetensors "$out"/cuda.safetensors
 
 run_pair() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn
   local lesion_shape="$1"; [ "$1" = llama ] && lesion_shape=llama7b
@@ -39,5 +51,5 @@ run_pair() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn
 run_pair gpt2 bfloat16 sdpa
 run_pair gpt2 float32 eager
 run_pair gpt2 float32 sdpa
-[ "${LESION_BENCH_LLAMA:-0}" = 1 ] && run_pair llama bfloat16 sdpa
+[ "${LESION_BENCH_LLAMA:-1}" = 1 ] && run_pair llama bfloat16 sdpa
 exit 0

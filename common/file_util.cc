@@ -1,6 +1,11 @@
 #include "common/file_util.h"
 
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <system_error>
@@ -52,6 +57,21 @@ absl::Status WriteFileAtomically(const std::filesystem::path& path, absl::string
     std::filesystem::remove(tmp, ec);
     return absl::InternalError(
         absl::StrCat("cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoveTree(const std::filesystem::path& path) {
+  struct stat info;
+  if (lstat(path.c_str(), &info) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("cannot stat ", path.string(), ": ", std::strerror(errno)));
+  }
+  auto remove_one = [](const char* entry, const struct stat*, int, struct FTW*) {
+    return std::remove(entry) == 0 ? 0 : -1;
+  };
+  if (nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    return absl::InternalError(absl::StrCat("cannot remove ", path.string(), ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }

@@ -19,6 +19,12 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path);
 // over the target, so a failure never leaves a half-written file behind.
 absl::Status WriteFileAtomically(const std::filesystem::path& path, absl::string_view contents);
 
+// Removes `path` and everything below it; OK if it does not exist. Implemented with POSIX nftw
+// rather than std::filesystem::remove_all: LibTorch exports its own copy of the std::filesystem
+// symbols, and in binaries linked with it (the CUDA 2.11 wheel, seen on a GPU host) calls bind to
+// that copy, whose remove_all crashed.
+absl::Status RemoveTree(const std::filesystem::path& path);
+
 }  // namespace lesion
 
 #endif  // LESION_COMMON_FILE_UTIL_H_

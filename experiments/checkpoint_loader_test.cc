@@ -44,11 +44,11 @@ class CheckpointLoaderTest : public ::testing::Test {
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
            ("lesion_loader_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
+    (void)RemoveTree(dir_);
     fs::create_directories(dir_);
     ASSERT_TRUE(WriteFileAtomically(dir_ / "config.json", kConfig).ok());
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { (void)RemoveTree(dir_); }
 
   void Write(const std::map<std::string, std::vector<int64_t>>& shapes, DType dtype = DType::kF32) {
     std::vector<std::vector<std::byte>> buffers;

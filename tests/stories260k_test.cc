@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/file_util.h"
 #include "experiments/generation.h"
 #include "experiments/llama2c_converter.h"
 #include "experiments/model.h"
@@ -41,14 +42,14 @@ TEST(Stories260K, GreedyDecodingFromBosTellsTheKnownStory) {
 
 TEST(Stories260K, ConverterReproducesTheCommittedFilesByteForByte) {
   const auto out = std::filesystem::temp_directory_path() / "lesion_stories260k_convert_test";
-  std::filesystem::remove_all(out);
+  (void)RemoveTree(out);
   absl::Status status = ConvertLlama2cCheckpoint(kModel / "llama2c/stories260K.bin",
                                                  kModel / "llama2c/tok512.bin", out);
   ASSERT_TRUE(status.ok()) << status;
   for (const char* file : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
     EXPECT_EQ(Slurp(out / file), Slurp(kModel / file)) << file << " differs from the committed copy";
   }
-  std::filesystem::remove_all(out);
+  (void)RemoveTree(out);
 }
 
 TEST(Stories260K, ConverterRejectsTruncatedCheckpoint) {
@@ -60,7 +61,7 @@ TEST(Stories260K, ConverterRejectsTruncatedCheckpoint) {
   absl::Status status = ConvertLlama2cCheckpoint(dir / "bad.bin", kModel / "llama2c/tok512.bin", dir / "out");
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
   EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.safetensors"));
-  std::filesystem::remove_all(dir);
+  (void)RemoveTree(dir);
 }
 
 TEST(Stories260K, PerplexityOnStoryTextIsLow) {
