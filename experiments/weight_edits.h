@@ -1,0 +1,95 @@
+// Weight addressing (DESIGN.md "Weight addressing") and exact, restorable in-place weight edits:
+// the machinery behind super-weight edits and norm-channel resets.
+//
+//   WeightEditSession edits(&model);
+//   RETURN_IF_ERROR(edits.EditElement(2, WeightModule::kMlpDown, 3968, 7003, ElementOp::kZero, 0));
+//   ... run forward passes ...
+//   RETURN_IF_ERROR(edits.Restore());  // also done by the destructor
+//
+// Every matrix is addressed [row, col] in nn.Linear's [out_features, in_features] convention for
+// every architecture (GPT-2's Conv1D weights are stored transposed at load, see transformer.h).
+// Edits write into the model's weight tensors in place; the first time an element or channel is
+// touched its original value is saved, and Restore writes the saved originals back (never undoing
+// arithmetic) and proves with a checksum of each touched tensor that it is bit-identical to before.
+//
+// Thread-safety: a session must not overlap a forward pass or another session on the same model;
+// the executor thread that owns the model runs both. Not copyable.
+#ifndef LESION_EXPERIMENTS_WEIGHT_EDITS_H_
+#define LESION_EXPERIMENTS_WEIGHT_EDITS_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "experiments/transformer.h"
+
+namespace lesion::experiments {
+
+enum class WeightModule { kAttnQ, kAttnK, kAttnV, kAttnO, kMlpGate, kMlpUp, kMlpDown };
+enum class NormSite { kAttn, kMlp, kFinal };
+enum class ElementOp { kZero, kScale, kSet };
+enum class NormResetMode { kOne, kGammaMean, kValue };
+
+// "attn.q" ... "mlp.down"; InvalidArgument listing the known names otherwise.
+absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name);
+absl::string_view WeightModuleName(WeightModule module);
+// "attn", "mlp", "final".
+absl::StatusOr<NormSite> ParseNormSite(absl::string_view name);
+
+// The [out, in] weight of (layer, module): a view into the model's storage. InvalidArgument for a
+// layer out of range or a module the architecture lacks (mlp.gate on GPT-2).
+absl::StatusOr<at::Tensor> ModuleWeight(const Transformer& model, int64_t layer, WeightModule module);
+// The gamma [d] of a norm; `layer` is ignored for kFinal.
+absl::StatusOr<at::Tensor> NormGamma(const Transformer& model, int64_t layer, NormSite norm);
+
+// An order-sensitive checksum of a tensor's exact bits (any float dtype, any device).
+uint64_t BitChecksum(const at::Tensor& tensor);
+
+class WeightEditSession {
+ public:
+  explicit WeightEditSession(const Transformer* model);  // `model` must outlive the session
+  ~WeightEditSession();
+  WeightEditSession(const WeightEditSession&) = delete;
+  WeightEditSession& operator=(const WeightEditSession&) = delete;
+
+  // w[row, col] = 0 | w * value | value. InvalidArgument naming the index and shape when out of
+  // range, or for a non-finite value.
+  absl::Status EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col, ElementOp op,
+                           double value);
+  // gamma[channels] = 1 | mean(original gamma) | value. Norm biases are untouched.
+  absl::Status ResetNormChannels(int64_t layer, NormSite norm, const std::vector<int64_t>& channels,
+                                 NormResetMode mode, double value);
+  // Writes every saved original back and checks each touched tensor's checksum. Idempotent.
+  // Internal if a tensor does not come back bit-identical (a bug, never expected).
+  absl::Status Restore();
+
+  int64_t n_edits() const { return n_edits_; }
+
+ private:
+  struct Saved {
+    at::Tensor target;    // a view of the edited elements inside a weight tensor
+    at::Tensor original;  // a copy of their values before the first edit
+  };
+  struct Touched {
+    at::Tensor tensor;    // the whole weight tensor
+    uint64_t checksum;    // before any edit
+    at::Tensor pristine;  // a copy before any edit, kept for 1-d tensors (norm gammas) only
+  };
+  // Records `whole` (first time only) and saves the current values of `target` (if defined).
+  absl::Status Touch(const at::Tensor& whole, const at::Tensor& target);
+  const Touched& FindTouched(const at::Tensor& whole) const;
+
+  const Transformer* model_;
+  std::vector<Saved> saved_;
+  std::vector<Touched> touched_;
+  int64_t n_edits_ = 0;
+};
+
+}  // namespace lesion::experiments
+
+#endif  // LESION_EXPERIMENTS_WEIGHT_EDITS_H_
