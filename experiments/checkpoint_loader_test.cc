@@ -153,6 +153,17 @@ TEST_F(CheckpointLoaderTest, UnknownArchitectureAndBadConfigAreInvalidArgument) 
   EXPECT_EQ(Model::Load(dir_ / "nope", {}).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(CheckpointLoaderTest, AnUnreadableTokenizerDoesNotStopTheModel) {
+  Write(ValidShapes());
+  ASSERT_TRUE(WriteFileAtomically(dir_ / "tokenizer.model", "not a protobuf \xff").ok());
+  auto model = Model::Load(dir_, {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->tokenizer(), nullptr);
+  auto tok = (*model)->RequireTokenizer();
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(tok.status().message().find("tokenizer.model"), std::string::npos) << tok.status();
+}
+
 TEST_F(CheckpointLoaderTest, TiedCheckpointMayCarryACopyOfTheHead) {
   ASSERT_TRUE(WriteFileAtomically(dir_ / "config.json",
                                   std::string(kConfig).replace(1, 0, R"("tie_word_embeddings": true, )"))

@@ -13,15 +13,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& 
     return absl::NotFoundError(absl::StrCat("model directory not found: ", dir.string()));
   }
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  // The tokenizer is optional (a weights-only directory still runs on token ids), but a present
-  // and broken one is an error.
-  std::unique_ptr<Tokenizer> tokenizer;
-  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded_tokenizer = LoadTokenizer(dir);
-  if (loaded_tokenizer.ok()) {
-    tokenizer = *std::move(loaded_tokenizer);
-  } else if (!absl::IsNotFound(loaded_tokenizer.status())) {
-    return loaded_tokenizer.status();
-  }
+  // The tokenizer is optional: a directory without one, or with one lesion cannot read, still
+  // runs on token ids; commands that need text report the tokenizer's error.
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(dir);
   ASSIGN_OR_RETURN(LoadedWeights weights, LoadCheckpointWeights(dir, config, options));
   ASSIGN_OR_RETURN(Transformer transformer, Transformer::Create(config, std::move(weights.weights)));
   return std::unique_ptr<Model>(
@@ -29,6 +23,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& 
 }
 
 absl::StatusOr<const Tokenizer*> Model::RequireTokenizer() const {
+  if (tokenizer_ == nullptr && !absl::IsNotFound(tokenizer_error_)) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot use the tokenizer of ", dir_.string(), ": ",
+                                                      tokenizer_error_.message()));
+  }
   if (tokenizer_ == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model directory ", dir_.string(),

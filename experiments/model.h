@@ -28,9 +28,10 @@ class Model {
 
   const ModelConfig& config() const { return transformer_.config(); }
   const Transformer& transformer() const { return transformer_; }
-  // nullptr when the directory holds no tokenizer files.
+  // nullptr when the directory holds no usable tokenizer.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
-  // The tokenizer, or FailedPrecondition naming the directory when it has none.
+  // The tokenizer, or FailedPrecondition naming the directory when it has none, or the error its
+  // tokenizer files gave (a model whose tokenizer lesion cannot read still runs on token ids).
   absl::StatusOr<const Tokenizer*> RequireTokenizer() const;
   const std::filesystem::path& dir() const { return dir_; }
   at::ScalarType checkpoint_dtype() const { return checkpoint_dtype_; }
@@ -38,16 +39,20 @@ class Model {
   std::optional<int32_t> bos_id() const;
 
  private:
-  Model(std::filesystem::path dir, Transformer transformer, std::unique_ptr<Tokenizer> tokenizer,
-        at::ScalarType checkpoint_dtype)
-      : dir_(std::move(dir)),
-        transformer_(std::move(transformer)),
-        tokenizer_(std::move(tokenizer)),
-        checkpoint_dtype_(checkpoint_dtype) {}
+  Model(std::filesystem::path dir, Transformer transformer,
+        absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, at::ScalarType checkpoint_dtype)
+      : dir_(std::move(dir)), transformer_(std::move(transformer)), checkpoint_dtype_(checkpoint_dtype) {
+    if (tokenizer.ok()) {
+      tokenizer_ = *std::move(tokenizer);
+    } else {
+      tokenizer_error_ = tokenizer.status();
+    }
+  }
 
   std::filesystem::path dir_;
   Transformer transformer_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  absl::Status tokenizer_error_;  // why tokenizer_ is null, if it is
   at::ScalarType checkpoint_dtype_;
 };
 

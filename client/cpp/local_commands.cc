@@ -150,9 +150,11 @@ absl::Status RunInspect(Args& args) {
   ASSIGN_OR_RETURN(ex::ModelConfig c, ex::LoadModelConfig(dir));
   ASSIGN_OR_RETURN(ex::CheckpointSummary summary, ex::SummarizeCheckpoint(dir));
   absl::StatusOr<std::unique_ptr<ex::Tokenizer>> tokenizer = ex::LoadTokenizer(dir);
-  if (!tokenizer.ok() && !absl::IsNotFound(tokenizer.status())) return tokenizer.status();
   const std::string tokenizer_kind =
-      tokenizer.ok() ? std::string((*tokenizer)->kind()) : std::string("none");
+      tokenizer.ok() ? std::string((*tokenizer)->kind())
+      : absl::IsNotFound(tokenizer.status())
+          ? std::string("none")
+          : absl::StrCat("unreadable: ", tokenizer.status().message());
   const int64_t n_params = c.n_params();
   if (json) {
     Json out = {{"architecture", c.architecture},

@@ -43,8 +43,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::
   auto has = [&](const char* name) { return std::filesystem::is_regular_file(dir / name, ec); };
   const ConfigIds config = ReadConfigIds(dir);
   std::unique_ptr<Tokenizer> tokenizer;
+  // LLaMA 2 style directories carry a SentencePiece-flavoured tokenizer.json (Metaspace, byte
+  // fallback) beside tokenizer.model: when tokenizer.json is not byte-level BPE, the
+  // SentencePiece model is the one to use.
+  absl::StatusOr<std::unique_ptr<Tokenizer>> from_json = absl::NotFoundError("");
   if (has("tokenizer.json")) {
-    ASSIGN_OR_RETURN(tokenizer, LoadTokenizerJson(dir / "tokenizer.json"));
+    from_json = LoadTokenizerJson(dir / "tokenizer.json");
+    if (!from_json.ok() && !has("tokenizer.model")) return from_json.status();
+  }
+  if (from_json.ok()) {
+    tokenizer = *std::move(from_json);
   } else if (has("vocab.json") && has("merges.txt")) {
     ASSIGN_OR_RETURN(tokenizer, LoadByteLevelBpe(dir / "vocab.json", dir / "merges.txt"));
   } else if (has("tokenizer.model")) {

@@ -145,6 +145,20 @@ TEST(SentencePieceBpe, MatchesSentencepieceOnStories260K) {
   }
 }
 
+// LLaMA 2 directories ship a SentencePiece-style tokenizer.json (Metaspace) beside
+// tokenizer.model; the SentencePiece model is used.
+TEST(Tokenizer, SentencePieceModelWinsOverAMetaspaceTokenizerJson) {
+  TempDir dir;
+  dir.Write("tokenizer.json", R"({"model": {"type": "BPE", "vocab": {}, "merges": []},
+      "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}})");
+  dir.Write("tokenizer.model", *ReadFile(kStories / "tokenizer.model"));
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->kind(), "sentencepiece_bpe");
+  fs::remove(dir.path() / "tokenizer.model");
+  EXPECT_EQ(LoadTokenizer(dir.path()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Tokenizer, ErrorsNameTheFile) {
   EXPECT_EQ(LoadTokenizer("/nonexistent/dir").status().code(), absl::StatusCode::kNotFound);
   {
