@@ -16,7 +16,7 @@ section "lesion inspect: what is in $model"
 "$lesion" inspect --model "$model"
 
 section "lesion generate: greedy text from BOS"
-"$lesion" generate --model "$model" --max-tokens 40
+"$lesion" generate --model "$model" --max-tokens 64
 
 section "lesion perplexity: the model on text like its training data, and on WikiText-2"
 "$lesion" perplexity --model "$model" --text-file data/tinystories_sample.txt --seq-len 256

@@ -1,0 +1,138 @@
+#include "experiments/interventions.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace lesion::experiments {
+namespace {
+
+absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit, absl::string_view what) {
+  for (int64_t i : indices) {
+    if (i < 0 || i >= limit) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " ", i, " out of range (0..", limit - 1, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+at::Tensor IndexTensor(const std::vector<int64_t>& v, at::Device device) {
+  return at::tensor(v, at::kLong).to(device);
+}
+
+}  // namespace
+
+int64_t SiteFeatures(const ModelConfig& c, SiteKind kind) {
+  switch (kind) {
+    case SiteKind::kAttnZ:
+      return c.n_heads * c.head_dim;
+    case SiteKind::kMlpAct:
+      return c.d_ffn;
+    case SiteKind::kLogits:
+      return c.vocab_size;
+    case SiteKind::kAttnPattern:
+      return -1;
+    default:
+      return c.d_model;
+  }
+}
+
+absl::Status AddHeadAblation(const ModelConfig& c, int64_t layer, const std::vector<int64_t>& heads,
+                             HeadAblationMode mode, double factor, const at::Tensor& head_means,
+                             RunPlan& plan) {
+  if (layer < 0 || layer >= c.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("head ablation: layer ", layer, " out of range: model ",
+                                                   c.architecture, " has ", c.n_layers, " layers"));
+  }
+  if (heads.empty()) return absl::InvalidArgumentError("head ablation: no heads given");
+  if (auto s = CheckIndices(heads, c.n_heads, "head ablation: head"); !s.ok()) return s;
+  if (mode == HeadAblationMode::kScale && !std::isfinite(factor)) {
+    return absl::InvalidArgumentError(absl::StrCat("head ablation: factor ", factor, " is not finite"));
+  }
+  if (mode == HeadAblationMode::kMean &&
+      (!head_means.defined() || head_means.dim() != 2 || head_means.size(0) != c.n_heads ||
+       head_means.size(1) != c.head_dim)) {
+    return absl::InvalidArgumentError("head ablation: mean mode needs head means of shape [n_heads, head_dim]");
+  }
+  plan.AddHook({SiteKind::kAttnZ, layer}, [heads, mode, factor, head_means](const SiteId&, at::Tensor& z) {
+    // z: [b, s, heads, hd]
+    z = z.clone();
+    at::Tensor index = IndexTensor(heads, z.device());
+    at::Tensor selected = z.index_select(2, index);  // [b, s, n, hd]
+    switch (mode) {
+      case HeadAblationMode::kZero:
+        selected.zero_();
+        break;
+      case HeadAblationMode::kScale:
+        selected.mul_(factor);
+        break;
+      case HeadAblationMode::kMean:
+        selected.copy_(head_means.to(z.options()).index_select(0, index).expand_as(selected));
+        break;
+    }
+    z.index_copy_(2, index, selected);
+  });
+  return absl::OkStatus();
+}
+
+absl::Status AddActivationEdit(const ModelConfig& c, const SiteId& site, const std::vector<int64_t>& positions,
+                               const std::vector<int64_t>& dims, ActivationOp op, double value,
+                               const at::Tensor& mean, RunPlan& plan) {
+  const int64_t features = SiteFeatures(c, site.kind);
+  if (features < 0) {
+    return absl::InvalidArgumentError(
+        "activation edit: attn_pattern cannot be edited here (use a head ablation or an attention bias)");
+  }
+  if (IsPerLayer(site.kind) && (site.layer < 0 || site.layer >= c.n_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("activation edit: layer ", site.layer, " out of range"));
+  }
+  if (auto s = CheckIndices(dims, features, absl::StrCat("activation edit at ", site.Name(), ": dim")); !s.ok()) {
+    return s;
+  }
+  for (int64_t p : positions) {
+    if (p < 0) return absl::InvalidArgumentError(absl::StrCat("activation edit: position ", p, " is negative"));
+  }
+  if (!std::isfinite(value)) {
+    return absl::InvalidArgumentError(absl::StrCat("activation edit: value ", value, " is not finite"));
+  }
+  if (op == ActivationOp::kMean && (!mean.defined() || mean.dim() != 2 || mean.size(1) != features)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activation edit: mean mode needs a mean of shape [seq, ", features, "]"));
+  }
+  plan.AddHook(site, [positions, dims, op, value, mean](const SiteId&, at::Tensor& x_in) {
+    const auto shape = x_in.sizes().vec();
+    at::Tensor x = x_in.reshape({shape[0], shape[1], -1}).clone();  // [b, s, features]
+    const int64_t seq = x.size(1);
+    std::vector<int64_t> pos;
+    for (int64_t p : positions) {
+      if (p < seq) pos.push_back(p);
+    }
+    if (!positions.empty() && pos.empty()) return;  // no selected position in this window
+    at::Tensor p_index = positions.empty() ? at::arange(seq, x.options().dtype(at::kLong))
+                                           : IndexTensor(pos, x.device());
+    at::Tensor d_index = dims.empty() ? at::arange(x.size(2), x.options().dtype(at::kLong))
+                                      : IndexTensor(dims, x.device());
+    at::Tensor rows = x.index_select(1, p_index);       // [b, P, features]
+    at::Tensor cells = rows.index_select(2, d_index);   // [b, P, D]
+    switch (op) {
+      case ActivationOp::kZero:
+        cells.zero_();
+        break;
+      case ActivationOp::kSet:
+        cells.fill_(value);
+        break;
+      case ActivationOp::kScale:
+        cells.mul_(value);
+        break;
+      case ActivationOp::kMean:
+        cells.copy_(mean.to(x.options()).index_select(0, p_index).index_select(1, d_index).expand_as(cells));
+        break;
+    }
+    rows.index_copy_(2, d_index, cells);
+    x.index_copy_(1, p_index, rows);
+    x_in = x.view(shape);
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace lesion::experiments

@@ -1,0 +1,45 @@
+// Activation-level interventions attached to a RunPlan: head ablation at attn_z and activation
+// edits at any [batch, seq, features] site. (Weight-level edits live in weight_edits.h; the
+// attention-bias slot is RunPlan::SetAttentionBias.) Each function validates its arguments against
+// the model before adding hooks; errors are InvalidArgument naming the field and value.
+// Thread-compatible, like RunPlan.
+#ifndef LESION_EXPERIMENTS_INTERVENTIONS_H_
+#define LESION_EXPERIMENTS_INTERVENTIONS_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "experiments/hook_sites.h"
+#include "experiments/model_config.h"
+#include "experiments/run_plan.h"
+
+namespace lesion::experiments {
+
+enum class HeadAblationMode { kZero, kScale, kMean };
+
+// Replaces the heads' slices of blocks.`layer`.attn_z (before the output projection) with zero,
+// `factor` times themselves, or `head_means` ([n_heads, head_dim], each head's mean output over a
+// dataset; required for kMean).
+absl::Status AddHeadAblation(const ModelConfig& config, int64_t layer, const std::vector<int64_t>& heads,
+                             HeadAblationMode mode, double factor, const at::Tensor& head_means,
+                             RunPlan& plan);
+
+enum class ActivationOp { kZero, kSet, kScale, kMean };
+
+// Edits x[:, positions, dims] at `site` (all positions / dims when empty): zero, set to `value`,
+// scale by `value`, or set to `mean` ([seq, features]: the site's mean over a dataset, by position
+// and feature; Sun et al.'s "set to mean"). attn_z is addressed as [seq, heads * head_dim];
+// attn_pattern cannot be edited this way. Positions beyond a window's length are skipped.
+absl::Status AddActivationEdit(const ModelConfig& config, const SiteId& site,
+                               const std::vector<int64_t>& positions, const std::vector<int64_t>& dims,
+                               ActivationOp op, double value, const at::Tensor& mean, RunPlan& plan);
+
+// Width of the feature dimension of a site (d_model, d_ffn, heads * head_dim, vocab).
+int64_t SiteFeatures(const ModelConfig& config, SiteKind kind);
+
+}  // namespace lesion::experiments
+
+#endif  // LESION_EXPERIMENTS_INTERVENTIONS_H_
