@@ -29,6 +29,9 @@ Local commands (no server):
       at the start of every window).
   lesion generate --model DIR [--prompt T] [--max-tokens N] [--json] [--dtype D] [--device DEV]
       Greedy continuation from BOS + prompt.
+  lesion run --local --model DIR --spec SPEC.json [--json] [--dtype D] [--device DEV]
+      Run an experiment spec in-process: baseline and intervened passes with the measurements
+      (docs/spec.md; examples in experiments/examples/).
   lesion convert-llama2c --checkpoint X.bin --tokenizer tokenizer.bin --out DIR
       Convert a llama2.c checkpoint into a Hugging Face LLaMA directory.
 
@@ -44,7 +47,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json", "add-bos", "decode"};
+  const std::set<std::string> boolean_flags = {"json", "add-bos", "decode", "local"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
   if (!args.ok()) {
@@ -59,6 +62,8 @@ int main(int argc, char** argv) {
     status = lesion::cli::RunPerplexity(*args);
   } else if (command == "generate") {
     status = lesion::cli::RunGenerate(*args);
+  } else if (command == "run") {
+    status = lesion::cli::RunLocalExperiment(*args);
   } else if (command == "convert-llama2c") {
     status = lesion::cli::RunConvertLlama2c(*args);
   } else {

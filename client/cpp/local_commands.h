@@ -15,6 +15,7 @@ absl::Status RunDump(Args& args);
 absl::Status RunPerplexity(Args& args);
 absl::Status RunGenerate(Args& args);
 absl::Status RunConvertLlama2c(Args& args);
+absl::Status RunLocalExperiment(Args& args);
 
 }  // namespace lesion::cli
 

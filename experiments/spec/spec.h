@@ -1,0 +1,89 @@
+// The experiment spec (proto/lesion/v1/experiment.proto) parsed from its JSON form into plain C++
+// values for the runner, which must not include protobuf headers (LibTorch ships its own).
+// Structural checks happen here (known enum values, one dataset source, non-negative sizes);
+// checks against a model's shapes happen in the runner before any compute.
+// Thread-compatible value types.
+#ifndef LESION_EXPERIMENTS_SPEC_SPEC_H_
+#define LESION_EXPERIMENTS_SPEC_SPEC_H_
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace lesion::experiments::spec {
+
+struct HeadAblation {
+  enum class Mode { kZero, kMean, kScale };
+  int64_t layer = 0;
+  std::vector<int64_t> heads;
+  Mode mode = Mode::kZero;
+  double factor = 0;
+};
+struct WeightEdit {
+  enum class Op { kZero, kScale, kSet };
+  int64_t layer = 0;
+  std::string module;
+  int64_t row = 0, col = 0;
+  Op op = Op::kZero;
+  double value = 0;
+};
+struct NormChannelReset {
+  enum class Mode { kOne, kGammaMean, kValue };
+  int64_t layer = 0;
+  std::string norm;
+  std::vector<int64_t> channels;
+  Mode mode = Mode::kOne;
+  double value = 0;
+};
+struct AttentionBias {
+  int64_t layer = 0;
+  std::vector<float> key, value;
+};
+struct ActivationEdit {
+  enum class Op { kZero, kSet, kScale, kMean };
+  std::string site;
+  std::vector<int64_t> positions, dims;
+  Op op = Op::kZero;
+  double value = 0;
+};
+using Intervention = std::variant<HeadAblation, WeightEdit, NormChannelReset, AttentionBias, ActivationEdit>;
+
+struct Perplexity {};
+struct ActivationStats {
+  std::vector<std::string> sites;
+  int64_t top_k = 3;
+};
+struct AttentionSink {
+  std::vector<int64_t> layers;
+};
+using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink>;
+
+struct Experiment {
+  std::string name;
+  std::vector<std::string> tags;
+  std::string model;
+  // Exactly one of: text, token ids, a named dataset.
+  std::string text;
+  std::vector<int32_t> token_ids;
+  std::string named_dataset;
+  int64_t seq_len = 0;  // 0: default
+  int64_t stride = 0;
+  int64_t max_windows = 0;
+  int64_t batch_size = 0;
+  bool add_bos = false;
+  std::vector<Intervention> interventions;
+  std::vector<Measurement> measurements;
+  std::string canonical_json;  // the spec as protobuf's JSON printer writes it
+};
+
+// Parses the JSON form. InvalidArgument with the parser's or the check's message naming the field
+// (e.g. "interventions[1].head_ablation: no heads").
+absl::StatusOr<Experiment> ParseExperimentJson(absl::string_view json);
+
+}  // namespace lesion::experiments::spec
+
+#endif  // LESION_EXPERIMENTS_SPEC_SPEC_H_
