@@ -26,3 +26,6 @@ section "lesion dump: residual stream at every block, then per-layer top-3 |x| a
 "$lesion" dump --model "$model" --text-file data/tinystories_sample.txt \
   --sites 'embed,blocks.*.resid_post' --out "$out/resid.safetensors" --add-bos
 "$py" scripts/layer_magnitudes.py "$out/resid.safetensors"
+
+section "lesion run --local: prune the 3 heads with the least attention-sink mass"
+"$lesion" run --local --model "$model" --spec experiments/examples/prune_bottom3_sink_heads.json
