@@ -1,11 +1,17 @@
-// Byte-level BPE (GPT-2, LLaMA 3, Qwen2): pre-tokenize with the model's regex (PCRE2, Unicode
-// properties), map each byte to GPT-2's printable stand-in, then merge adjacent symbols by rank.
+// Byte-level BPE (GPT-2, LLaMA 3, Qwen2). Encoding, as Hugging Face `tokenizers` does it:
+//   1. split off added tokens (leftmost-longest; tokens with normalized=false first, then the
+//      others in the remaining text);
+//   2. pre-tokenize the rest with the model's regexes (PCRE2, Unicode properties), keeping the
+//      text between matches as pieces too (Split behavior "Isolated");
+//   3. map each byte of a piece to its token and merge adjacent symbols, lowest merge rank first
+//      (leftmost on ties); long pieces with a heap over a linked list, O(n log n) in their length.
+// Pieces repeat a lot in text, so the ids of each piece are memoized for the duration of a call.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
 #include <algorithm>
-#include <functional>
 #include <array>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -13,12 +19,11 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
-#include "absl/hash/hash.h"
-#include "absl/strings/match.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "experiments/tokenizer/tokenizer.h"
@@ -29,279 +34,616 @@ namespace lesion::experiments {
 namespace {
 
 using Json = nlohmann::json;
+using tokenizer_internal::AppendUtf8;
+using tokenizer_internal::DecodeUtf8;
+using tokenizer_internal::FindInvalidUtf8;
+using tokenizer_internal::IsUnicodeWhiteSpace;
+using tokenizer_internal::ValidUtf8Length;
 
 constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-void AppendUtf8(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
+// Longer pieces are encoded without memoization (they rarely repeat).
+constexpr size_t kMaxMemoizedPieceBytes = 256;
+// Pieces up to this length are merged by scanning an array; longer ones with a heap.
+constexpr size_t kShortPieceBytes = 32;
 
 // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others map to U+0100 on.
-const std::array<std::string, 256>& ByteToUnicode() {
+const std::array<char32_t, 256>& ByteToCodePoint() {
   static const auto* table = [] {
-    auto* t = new std::array<std::string, 256>();
-    int next = 0;
+    auto* t = new std::array<char32_t, 256>();
+    char32_t next = 256;
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-      AppendUtf8(printable ? b : 256 + next++, (*t)[b]);
+      (*t)[b] = printable ? static_cast<char32_t>(b) : next++;
     }
     return t;
   }();
   return *table;
 }
 
-// A compiled PCRE2 pattern; matching allocates its own match data, so it is thread-safe.
+// The inverse: code point -> byte, -1 for code points that stand for no byte.
+int CodePointToByte(char32_t cp) {
+  static const auto* table = [] {
+    auto* t = new std::array<int16_t, 0x144>();
+    t->fill(-1);
+    for (int b = 0; b < 256; ++b) (*t)[ByteToCodePoint()[b]] = static_cast<int16_t>(b);
+    return t;
+  }();
+  return cp < table->size() ? (*table)[cp] : -1;
+}
+
+std::string ByteLevelForm(absl::string_view bytes) {
+  std::string out;
+  for (unsigned char c : bytes) AppendUtf8(ByteToCodePoint()[c], out);
+  return out;
+}
+
+size_t PreviousCharStart(absl::string_view text, size_t pos) {
+  size_t p = pos - 1;
+  while (p > 0 && (static_cast<unsigned char>(text[p]) & 0xC0) == 0x80) --p;
+  return p;
+}
+
+// PCRE2's \s (with UCP) also matches U+180E, which the regex engines of the references (Rust's
+// regex in tiktoken, Oniguruma in tokenizers, Python's regex in GPT-2's encoder) do not: spell
+// \s as Unicode White_Space. \S inside a class is rare in these patterns and left alone.
+std::string WithUnicodeWhiteSpace(absl::string_view pattern) {
+  constexpr absl::string_view kWhiteSpace = R"(\t-\r\x{85}\p{Z})";
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 'Q') {  // literal text up to \E
+        const size_t end = pattern.find("\\E", i + 1);
+        const size_t stop = end == absl::string_view::npos ? pattern.size() : end + 2;
+        out.append(pattern.data() + i - 1, stop - (i - 1));
+        i = stop - 1;
+      } else if (e == 's') {
+        absl::StrAppend(&out, in_class ? "" : "[", kWhiteSpace, in_class ? "" : "]");
+      } else if (e == 'S' && !in_class) {
+        absl::StrAppend(&out, "[^", kWhiteSpace, "]");
+      } else {
+        out += c;
+        out += e;
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      // A ']' right after '[' or '[^' is a literal.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // [:alpha:]
+      const size_t end = pattern.find(":]", i + 2);
+      if (end != absl::string_view::npos) {
+        out.append(pattern.data() + i, end + 2 - i);
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
+// A compiled PCRE2 pattern (UTF, Unicode properties, JIT when available). Matching uses
+// caller-owned match data, so one Regex serves all threads.
 class Regex {
  public:
-  static absl::StatusOr<std::unique_ptr<Regex>> Compile(const std::string& pattern,
-                                                        absl::string_view source) {
+  static absl::StatusOr<std::unique_ptr<Regex>> Compile(absl::string_view pattern, absl::string_view source) {
+    const std::string rewritten = WithUnicodeWhiteSpace(pattern);
     int error = 0;
     PCRE2_SIZE offset = 0;
-    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(rewritten.data()), rewritten.size(),
                                      PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
     if (code == nullptr) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error, message, sizeof(message));
-      return absl::InvalidArgumentError(absl::StrCat(source, ": pre-tokenizer regex does not compile at offset ",
-                                                     offset, ": ", reinterpret_cast<char*>(message)));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": pre-tokenizer regex /", pattern,
+                                                     "/ does not compile: ", reinterpret_cast<char*>(message)));
     }
-    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is absent
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // the interpreter runs if JIT is unavailable
     return std::unique_ptr<Regex>(new Regex(code));
   }
   ~Regex() { pcre2_code_free(code_); }
+  Regex(const Regex&) = delete;
+  Regex& operator=(const Regex&) = delete;
 
-  // Calls fn(piece) for every match, in order. InvalidArgument for invalid UTF-8.
+  // Match data for one thread's calls.
+  class MatchData {
+   public:
+    explicit MatchData(const Regex& regex) : md_(pcre2_match_data_create_from_pattern(regex.code_, nullptr)) {}
+    ~MatchData() { pcre2_match_data_free(md_); }
+    MatchData(const MatchData&) = delete;
+    MatchData& operator=(const MatchData&) = delete;
+    pcre2_match_data* get() const { return md_; }
+
+   private:
+    pcre2_match_data* md_;
+  };
+
+  // Calls fn(piece) for every match and every stretch between matches, in order. `text` must be
+  // valid UTF-8 (callers check it once). Internal if PCRE2 gives up (e.g. its match limit).
   template <typename Fn>
-  absl::Status ForEachMatch(absl::string_view text, Fn&& fn) const {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
-    PCRE2_SIZE start = 0;
-    uint32_t options = 0;
-    absl::Status status;
+  absl::Status ForEachPiece(absl::string_view text, const MatchData& data, Fn&& fn) const {
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+    size_t start = 0, emitted = 0;
     while (start < text.size()) {
-      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
-                                 options, md, nullptr);
+      const int rc = pcre2_match(code_, subject, text.size(), start, PCRE2_NO_UTF_CHECK, data.get(), nullptr);
       if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) {
-        status = rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21
-                     ? absl::InvalidArgumentError(absl::StrCat(
-                           "text is not valid UTF-8 near byte ", pcre2_get_startchar(md)))
-                     : absl::InternalError(absl::StrCat("regex match failed with code ", rc));
-        break;
-      }
-      options = PCRE2_NO_UTF_CHECK;  // the whole subject was checked by the first call
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      if (ov[1] == ov[0]) {  // an empty match: step over one character
-        ++start;
-        while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) ++start;
+      if (rc < 0) return MatchError(rc, start);
+      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.get());
+      if (ov[1] == ov[0]) {  // an empty match: move on by one character
+        start = ov[0] + std::max<size_t>(1, ValidUtf8Length(text, ov[0]));
         continue;
       }
+      if (ov[0] > emitted) fn(text.substr(emitted, ov[0] - emitted));
       fn(text.substr(ov[0], ov[1] - ov[0]));
-      start = ov[1];
+      start = emitted = ov[1];
     }
-    pcre2_match_data_free(md);
-    return status;
+    if (emitted < text.size()) fn(text.substr(emitted));
+    return absl::OkStatus();
+  }
+
+  // Whether the pattern matches all of `text`.
+  bool FullMatch(absl::string_view text, const MatchData& data) const {
+    return pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0,
+                       PCRE2_NO_UTF_CHECK | PCRE2_ANCHORED | PCRE2_ENDANCHORED, data.get(), nullptr) >= 0;
   }
 
  private:
   explicit Regex(pcre2_code* code) : code_(code) {}
+  static absl::Status MatchError(int rc, size_t start) {
+    PCRE2_UCHAR message[256];
+    pcre2_get_error_message(rc, message, sizeof(message));
+    return absl::InternalError(
+        absl::StrCat("pre-tokenizer regex failed at byte ", start, ": ", reinterpret_cast<char*>(message)));
+  }
   pcre2_code* code_;
 };
 
-struct PairHash {
-  size_t operator()(uint64_t k) const { return absl::Hash<uint64_t>()(k); }
+struct AddedToken {
+  std::string content;
+  int32_t id = 0;
+  bool single_word = false, lstrip = false, rstrip = false, normalized = false;
 };
 
-class ByteLevelBpe final : public Tokenizer {
+// Finds added tokens in text as HF's AddedVocabulary::find_matches does: leftmost-longest
+// matches (scanning on after each one, like its Aho-Corasick automaton), single_word tokens
+// discarded next to word characters, lstrip/rstrip widening a match over the whitespace beside
+// it. Immutable after Create.
+class AddedTokenMatcher {
+ public:
+  static absl::StatusOr<AddedTokenMatcher> Create(std::vector<AddedToken> tokens, absl::string_view source) {
+    AddedTokenMatcher m;
+    std::stable_sort(tokens.begin(), tokens.end(),
+                     [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+    m.tokens_ = std::move(tokens);
+    for (uint32_t i = 0; i < m.tokens_.size(); ++i) {
+      if (m.tokens_[i].content.empty()) continue;
+      m.by_first_byte_[static_cast<unsigned char>(m.tokens_[i].content[0])].push_back(i);
+      if (m.tokens_[i].single_word && m.word_ == nullptr) {
+        ASSIGN_OR_RETURN(m.word_, Regex::Compile(R"(\w)", source));
+      }
+    }
+    return m;
+  }
+  bool empty() const { return tokens_.empty(); }
+
+  // Calls on_text(piece) for the stretches between tokens (once with "" for an empty `text`)
+  // and on_token(id) for each token, in order. `text` must be valid UTF-8.
+  template <typename OnText, typename OnToken>
+  void Split(absl::string_view text, OnText&& on_text, OnToken&& on_token) const {
+    size_t start_offset = 0, search_from = 0;
+    while (!tokens_.empty() && search_from < text.size()) {
+      size_t start = text.size();
+      const AddedToken* token = nullptr;
+      for (size_t i = search_from; i < text.size() && token == nullptr; ++i) {
+        for (uint32_t k : by_first_byte_[static_cast<unsigned char>(text[i])]) {
+          if (absl::StartsWith(text.substr(i), tokens_[k].content)) {
+            token = &tokens_[k];
+            start = i;
+            break;
+          }
+        }
+      }
+      if (token == nullptr) break;
+      size_t stop = start + token->content.size();
+      search_from = stop;
+      if (token->single_word && (IsWordCharBefore(text, start) || IsWordCharAt(text, stop))) continue;
+      if (token->lstrip) {
+        while (start > start_offset) {
+          const size_t p = PreviousCharStart(text, start);
+          if (!IsUnicodeWhiteSpace(DecodeUtf8(text, p, start - p))) break;
+          start = p;
+        }
+      }
+      if (token->rstrip) {
+        while (stop < text.size()) {
+          const size_t len = ValidUtf8Length(text, stop);
+          if (!IsUnicodeWhiteSpace(DecodeUtf8(text, stop, len))) break;
+          stop += len;
+        }
+        search_from = stop;
+      }
+      if (start_offset < start) on_text(text.substr(start_offset, start - start_offset));
+      on_token(token->id);
+      start_offset = stop;
+    }
+    if (start_offset < text.size() || text.empty()) on_text(text.substr(start_offset));
+  }
+
+ private:
+  bool IsWordChar(absl::string_view ch) const {
+    Regex::MatchData data(*word_);
+    return word_->FullMatch(ch, data);
+  }
+  bool IsWordCharBefore(absl::string_view text, size_t pos) const {
+    if (pos == 0) return false;
+    const size_t p = PreviousCharStart(text, pos);
+    return IsWordChar(text.substr(p, pos - p));
+  }
+  bool IsWordCharAt(absl::string_view text, size_t pos) const {
+    return pos < text.size() && IsWordChar(text.substr(pos, ValidUtf8Length(text, pos)));
+  }
+
+  std::vector<AddedToken> tokens_;                        // longest first
+  std::array<std::vector<uint32_t>, 256> by_first_byte_;  // indices into tokens_, longest first
+  std::shared_ptr<const Regex> word_;                     // \w; only if a token is single_word
+};
+
+// One stage of pre-tokenization: optionally prefix a space (ByteLevel add_prefix_space), then
+// optionally split with a regex.
+struct PreTokenizerStage {
+  bool add_prefix_space = false;
+  std::string pattern;  // empty: no split
+};
+
+class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
  public:
   struct Spec {
-    absl::flat_hash_map<std::string, int32_t> vocab;
+    absl::flat_hash_map<std::string, int32_t> vocab;          // byte-level form -> id
     std::vector<std::pair<std::string, std::string>> merges;  // in rank order
-    std::vector<std::pair<std::string, int32_t>> added;       // matched before pre-tokenizing
-    std::string pattern = kGpt2Pattern;
-    bool ignore_merges = false;  // LLaMA 3: a word that is in the vocabulary is one token
-    std::string source;
+    std::vector<AddedToken> added;
+    std::vector<PreTokenizerStage> stages = {{false, kGpt2Pattern}};
+    bool ignore_merges = false;  // LLaMA 3: a piece that is in the vocabulary is one token
+    std::string source;          // file name(s), for messages
   };
 
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Create(Spec spec) {
     auto tok = std::unique_ptr<ByteLevelBpe>(new ByteLevelBpe());
-    ASSIGN_OR_RETURN(tok->regex_, Regex::Compile(spec.pattern, spec.source));
+    const std::string& source = spec.source;
+    for (const PreTokenizerStage& stage : spec.stages) {
+      Stage s{stage.add_prefix_space, nullptr};
+      if (!stage.pattern.empty()) {
+        ASSIGN_OR_RETURN(s.regex, Regex::Compile(stage.pattern, source));
+      }
+      tok->stages_.push_back(std::move(s));
+    }
     int32_t max_id = -1;
     for (const auto& [piece, id] : spec.vocab) max_id = std::max(max_id, id);
-    for (const auto& [piece, id] : spec.added) max_id = std::max(max_id, id);
-    tok->pieces_.resize(max_id + 1);
-    for (const auto& [piece, id] : spec.vocab) {
-      if (id < 0) return absl::InvalidArgumentError(absl::StrCat(spec.source, ": negative id ", id));
-      tok->pieces_[id] = piece;
-    }
-    const auto& b2u = ByteToUnicode();
+    for (const AddedToken& a : spec.added) max_id = std::max(max_id, a.id);
+    tok->decoded_.resize(max_id + 1);
+    for (const auto& [piece, id] : spec.vocab) tok->decoded_[id] = DecodeByteLevel(piece);
     for (int b = 0; b < 256; ++b) {
-      auto it = spec.vocab.find(b2u[b]);
+      const std::string form = ByteLevelForm(std::string(1, static_cast<char>(b)));
+      auto it = spec.vocab.find(form);
       if (it == spec.vocab.end()) {
         return absl::InvalidArgumentError(
-            absl::StrCat(spec.source, ": vocabulary lacks the token for byte ", b));
+            absl::StrCat(source, ": the vocabulary lacks the token for byte ", b, " (\"", form, "\")"));
       }
       tok->byte_ids_[b] = it->second;
-      tok->unicode_to_byte_[b2u[b]] = static_cast<char>(b);
     }
+    tok->merges_.reserve(spec.merges.size());
     for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
       const auto& [a, b] = spec.merges[rank];
       auto ia = spec.vocab.find(a), ib = spec.vocab.find(b), im = spec.vocab.find(a + b);
       if (ia == spec.vocab.end() || ib == spec.vocab.end() || im == spec.vocab.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(spec.source, ": merge ", rank + 1, " (\"", a,
-                                                       "\", \"", b, "\") uses tokens not in the vocabulary"));
+        return absl::InvalidArgumentError(absl::StrCat(source, ": merge ", rank, " (\"", a, "\", \"", b,
+                                                       "\") uses tokens that are not in the vocabulary"));
       }
-      tok->merges_.try_emplace(Key(ia->second, ib->second), static_cast<int32_t>(rank), im->second);
+      // A repeated pair keeps its first (lowest) rank.
+      tok->merges_.try_emplace(PairKey(ia->second, ib->second), Merge{static_cast<int32_t>(rank), im->second});
     }
-    for (const auto& [content, id] : spec.added) {
-      tok->added_.push_back({content, id});
-      tok->pieces_[id] = content;
-      tok->special_ids_.insert(id);
+    std::vector<AddedToken> raw, normalized;
+    for (AddedToken& a : spec.added) {
+      tok->decoded_[a.id] = DecodeByteLevel(a.content);
+      (a.normalized ? normalized : raw).push_back(std::move(a));
     }
-    // Longest added token first, so that overlapping ones match greedily.
-    std::sort(tok->added_.begin(), tok->added_.end(),
-              [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
-    if (spec.ignore_merges) tok->vocab_ = std::move(spec.vocab);
+    ASSIGN_OR_RETURN(tok->raw_added_, AddedTokenMatcher::Create(std::move(raw), source));
+    ASSIGN_OR_RETURN(tok->normalized_added_, AddedTokenMatcher::Create(std::move(normalized), source));
     tok->ignore_merges_ = spec.ignore_merges;
+    if (spec.ignore_merges) tok->vocab_ = std::move(spec.vocab);
     return std::unique_ptr<Tokenizer>(std::move(tok));
   }
 
-  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text) const override {
-    std::vector<int32_t> ids;
-    absl::flat_hash_map<std::string, std::vector<int32_t>> cache;  // per call: repeated words
-    size_t pos = 0;
-    while (pos <= text.size()) {
-      // The next added token, if any, splits the text.
-      size_t next = text.size(), next_len = 0;
-      int32_t next_id = -1;
-      for (const auto& [content, id] : added_) {
-        const size_t at = text.find(content, pos);
-        if (at != absl::string_view::npos && (at < next || (at == next && content.size() > next_len))) {
-          next = at, next_len = content.size(), next_id = id;
-        }
-      }
-      RETURN_IF_ERROR(regex_->ForEachMatch(text.substr(pos, next - pos), [&](absl::string_view word) {
-        auto [it, inserted] = cache.try_emplace(std::string(word));
-        if (inserted) it->second = EncodeWord(word);
-        ids.insert(ids.end(), it->second.begin(), it->second.end());
-      }));
-      if (next_id < 0) break;
-      ids.push_back(next_id);
-      pos = next + next_len;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view input) const override {
+    const absl::string_view text(input.data(), input.size());
+    if (const size_t bad = FindInvalidUtf8(text); bad != absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("text is not valid UTF-8 at byte ", bad));
     }
-    return ids;
+    EncodeState state(*this);
+    state.ids.reserve(text.size() / 3 + 16);
+    absl::Status status;
+    auto on_token = [&](int32_t id) { state.ids.push_back(id); };
+    auto on_plain_text = [&](absl::string_view piece) {
+      if (status.ok()) status = EncodeStage(piece, 0, state);
+    };
+    raw_added_.Split(
+        text,
+        [&](absl::string_view piece) {
+          if (normalized_added_.empty()) {
+            on_plain_text(piece);
+          } else {
+            normalized_added_.Split(piece, on_plain_text, on_token);
+          }
+        },
+        on_token);
+    RETURN_IF_ERROR(status);
+    return std::move(state.ids);
   }
 
   absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids) const override {
     std::string out;
     for (int32_t id : ids) {
-      if (id < 0 || id >= static_cast<int32_t>(pieces_.size())) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " out of range: vocabulary has ",
-                                                       pieces_.size(), " ids"));
+      if (id < 0 || id >= static_cast<int32_t>(decoded_.size())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " out of range: the vocabulary has ids 0..", decoded_.size() - 1));
       }
-      const std::string& piece = pieces_[id];
-      if (special_ids_.contains(id)) {
-        out += piece;
+      out += decoded_[id];
+    }
+    return tokenizer_internal::RepairUtf8(out, tokenizer_internal::Utf8Repair::kMaximalSubpart);
+  }
+
+  int32_t vocab_size() const override { return static_cast<int32_t>(decoded_.size()); }
+  std::string_view kind() const override { return "byte_level_bpe"; }
+
+ private:
+  struct Stage {
+    bool add_prefix_space;
+    std::unique_ptr<const Regex> regex;  // null: no split
+  };
+  struct Merge {
+    int32_t rank;
+    int32_t id;
+  };
+
+  // Per-call state: the output, the memo piece -> ids (a range of the output), and workspace.
+  struct EncodeState {
+    explicit EncodeState(const ByteLevelBpe& tok) {
+      for (const Stage& s : tok.stages_) {
+        match_data.push_back(s.regex ? std::make_unique<Regex::MatchData>(*s.regex) : nullptr);
+      }
+    }
+    struct Symbol {
+      int32_t id;  // -1 once merged into its left neighbour
+      int32_t prev, next;
+    };
+    struct Candidate {
+      int32_t rank, pos, left, right, merged;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::vector<int32_t> ids;
+    absl::flat_hash_map<std::string, std::pair<uint32_t, uint32_t>> memo;  // piece -> (offset, count)
+    std::vector<std::unique_ptr<Regex::MatchData>> match_data;              // per stage
+    std::vector<Symbol> symbols;
+    std::vector<Candidate> heap;
+  };
+
+  ByteLevelBpe() = default;
+
+  static uint64_t PairKey(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
+
+  // The bytes a token stands for: each character of its byte-level form mapped back to its byte;
+  // characters that stand for no byte (possible in added tokens) are kept as they are, as HF's
+  // ByteLevel decoder does.
+  static std::string DecodeByteLevel(absl::string_view form) {
+    std::string out;
+    for (size_t i = 0; i < form.size();) {
+      const size_t len = ValidUtf8Length(form, i);
+      if (len == 0) {  // not UTF-8 (cannot come from JSON): keep the byte
+        out += form[i++];
         continue;
       }
-      // Map each UTF-8 character of the piece back to its byte.
-      for (size_t i = 0; i < piece.size();) {
-        size_t len = 1;
-        const unsigned char c = piece[i];
-        if (c >= 0xF0) len = 4;
-        else if (c >= 0xE0) len = 3;
-        else if (c >= 0xC0) len = 2;
-        auto it = unicode_to_byte_.find(piece.substr(i, len));
-        if (it != unicode_to_byte_.end()) out += it->second;
-        i += len;
+      const int byte = CodePointToByte(DecodeUtf8(form, i, len));
+      if (byte >= 0) {
+        out += static_cast<char>(byte);
+      } else {
+        out.append(form.data() + i, len);
       }
+      i += len;
     }
     return out;
   }
 
-  int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
-  std::optional<int32_t> bos_id() const override { return bos_; }
-  std::optional<int32_t> eos_id() const override { return eos_; }
-  absl::string_view kind() const override { return "byte_level_bpe"; }
-  void SetSpecialIds(std::optional<int32_t> bos, std::optional<int32_t> eos) { bos_ = bos, eos_ = eos; }
-
- private:
-  ByteLevelBpe() = default;
-  static uint64_t Key(int32_t a, int32_t b) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  absl::Status EncodeStage(absl::string_view piece, size_t stage_index, EncodeState& state) const {
+    if (piece.empty()) return absl::OkStatus();
+    if (stage_index == stages_.size()) {
+      EncodePiece(piece, state);
+      return absl::OkStatus();
+    }
+    const Stage& stage = stages_[stage_index];
+    std::string prefixed;
+    if (stage.add_prefix_space && piece[0] != ' ') {
+      prefixed = absl::StrCat(" ", piece);
+      piece = prefixed;
+    }
+    if (stage.regex == nullptr) return EncodeStage(piece, stage_index + 1, state);
+    absl::Status status;
+    RETURN_IF_ERROR(stage.regex->ForEachPiece(piece, *state.match_data[stage_index], [&](absl::string_view p) {
+      if (status.ok()) status = EncodeStage(p, stage_index + 1, state);
+    }));
+    return status;
   }
 
-  // BPE over one pre-tokenized word: start from byte tokens, repeatedly merge the adjacent pair
-  // of lowest rank (every occurrence, left to right), as GPT-2's reference does.
-  std::vector<int32_t> EncodeWord(absl::string_view word) const {
+  void EncodePiece(absl::string_view piece, EncodeState& state) const {
+    if (piece.size() > kMaxMemoizedPieceBytes) {
+      MergePiece(piece, state);
+      return;
+    }
+    if (auto it = state.memo.find(piece); it != state.memo.end()) {
+      const auto [offset, count] = it->second;
+      const size_t old = state.ids.size();
+      state.ids.resize(old + count);
+      std::copy(state.ids.begin() + offset, state.ids.begin() + offset + count, state.ids.begin() + old);
+      return;
+    }
+    const size_t offset = state.ids.size();
+    MergePiece(piece, state);
+    state.memo.emplace(std::string(piece), std::make_pair(static_cast<uint32_t>(offset),
+                                                          static_cast<uint32_t>(state.ids.size() - offset)));
+  }
+
+  // BPE over one piece: byte tokens, then repeatedly the adjacent pair of lowest merge rank
+  // (leftmost on ties) is merged. Stale heap entries are recognised by the ids they expected.
+  void MergePiece(absl::string_view piece, EncodeState& state) const {
+    if (piece.size() == 1) {
+      state.ids.push_back(byte_ids_[static_cast<unsigned char>(piece[0])]);
+      return;
+    }
     if (ignore_merges_) {
-      std::string mapped;
-      for (unsigned char c : word) mapped += ByteToUnicode()[c];
-      if (auto it = vocab_.find(mapped); it != vocab_.end()) return {it->second};
-    }
-    std::vector<int32_t> symbols;
-    symbols.reserve(word.size());
-    for (unsigned char c : word) symbols.push_back(byte_ids_[c]);
-    while (symbols.size() > 1) {
-      int32_t best_rank = std::numeric_limits<int32_t>::max();
-      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-        auto it = merges_.find(Key(symbols[i], symbols[i + 1]));
-        if (it != merges_.end() && it->second.first < best_rank) best_rank = it->second.first;
+      if (auto it = vocab_.find(ByteLevelForm(piece)); it != vocab_.end()) {
+        state.ids.push_back(it->second);
+        return;
       }
-      if (best_rank == std::numeric_limits<int32_t>::max()) break;
-      std::vector<int32_t> merged;
-      merged.reserve(symbols.size());
-      for (size_t i = 0; i < symbols.size(); ++i) {
-        if (i + 1 < symbols.size()) {
-          auto it = merges_.find(Key(symbols[i], symbols[i + 1]));
-          if (it != merges_.end() && it->second.first == best_rank) {
-            merged.push_back(it->second.second);
-            ++i;
-            continue;
-          }
-        }
-        merged.push_back(symbols[i]);
-      }
-      symbols = std::move(merged);
     }
-    return symbols;
+    if (piece.size() <= kShortPieceBytes) {
+      MergeShortPiece(piece, state);
+      return;
+    }
+    auto& symbols = state.symbols;
+    auto& heap = state.heap;
+    symbols.clear();
+    heap.clear();
+    const int32_t n = static_cast<int32_t>(piece.size());
+    for (int32_t i = 0; i < n; ++i) {
+      symbols.push_back({byte_ids_[static_cast<unsigned char>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1});
+    }
+    const auto greater = std::greater<EncodeState::Candidate>();
+    auto push = [&](int32_t pos) {  // the pair (pos, its right neighbour)
+      const int32_t next = symbols[pos].next;
+      auto it = merges_.find(PairKey(symbols[pos].id, symbols[next].id));
+      if (it == merges_.end()) return;
+      heap.push_back({it->second.rank, pos, symbols[pos].id, symbols[next].id, it->second.id});
+      std::push_heap(heap.begin(), heap.end(), greater);
+    };
+    for (int32_t i = 0; i + 1 < n; ++i) push(i);
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), greater);
+      const EncodeState::Candidate c = heap.back();
+      heap.pop_back();
+      EncodeState::Symbol& left = symbols[c.pos];
+      if (left.id != c.left || left.next < 0 || symbols[left.next].id != c.right) continue;  // stale
+      EncodeState::Symbol& right = symbols[left.next];
+      left.id = c.merged;
+      left.next = right.next;
+      right.id = -1;
+      if (left.next >= 0) symbols[left.next].prev = c.pos;
+      if (left.prev >= 0) push(left.prev);
+      if (left.next >= 0) push(c.pos);
+    }
+    for (int32_t i = 0; i >= 0; i = symbols[i].next) state.ids.push_back(symbols[i].id);
   }
 
-  std::unique_ptr<Regex> regex_;
-  std::vector<std::string> pieces_;  // id -> token string (GPT-2 unicode form, or added content)
+  // MergePiece for short pieces (nearly all of them): the same merge order, found by scanning an
+  // array of pair ranks, which is faster than a heap at this size.
+  void MergeShortPiece(absl::string_view piece, EncodeState& state) const {
+    constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
+    std::array<int32_t, kShortPieceBytes> ids, ranks, merged;
+    int32_t n = static_cast<int32_t>(piece.size());
+    for (int32_t i = 0; i < n; ++i) ids[i] = byte_ids_[static_cast<unsigned char>(piece[i])];
+    auto update = [&](int32_t i) {  // the pair (i, i + 1)
+      auto it = merges_.find(PairKey(ids[i], ids[i + 1]));
+      ranks[i] = it == merges_.end() ? kNone : it->second.rank;
+      if (it != merges_.end()) merged[i] = it->second.id;
+    };
+    for (int32_t i = 0; i + 1 < n; ++i) update(i);
+    while (n > 1) {
+      int32_t best = 0;
+      for (int32_t i = 1; i + 1 < n; ++i) {
+        if (ranks[i] < ranks[best]) best = i;
+      }
+      if (ranks[best] == kNone) break;
+      ids[best] = merged[best];
+      for (int32_t i = best + 1; i + 1 < n; ++i) {
+        ids[i] = ids[i + 1];
+        ranks[i] = ranks[i + 1];
+        merged[i] = merged[i + 1];
+      }
+      --n;
+      if (best + 1 < n) update(best);
+      if (best > 0) update(best - 1);
+    }
+    state.ids.insert(state.ids.end(), ids.begin(), ids.begin() + n);
+  }
+
+  std::vector<Stage> stages_;
+  std::vector<std::string> decoded_;  // id -> the bytes it decodes to ("" for unused ids)
   std::array<int32_t, 256> byte_ids_{};
-  absl::flat_hash_map<std::string, char> unicode_to_byte_;
-  absl::flat_hash_map<uint64_t, std::pair<int32_t, int32_t>, PairHash> merges_;  // -> (rank, id)
-  std::vector<std::pair<std::string, int32_t>> added_;
-  absl::flat_hash_set<int32_t> special_ids_;
-  absl::flat_hash_map<std::string, int32_t> vocab_;  // kept only for ignore_merges
+  absl::flat_hash_map<uint64_t, Merge> merges_;  // (left id, right id) -> rank and merged id
+  AddedTokenMatcher raw_added_, normalized_added_;
   bool ignore_merges_ = false;
-  std::optional<int32_t> bos_, eos_;
+  absl::flat_hash_map<std::string, int32_t> vocab_;  // kept only for ignore_merges
 };
 
-absl::Status ParseVocab(const Json& vocab, absl::string_view source,
-                        absl::flat_hash_map<std::string, int32_t>& out) {
-  if (!vocab.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": vocabulary must be a JSON object"));
+absl::Status ParseVocab(const Json& vocab, absl::string_view source, absl::flat_hash_map<std::string, int32_t>& out) {
+  if (!vocab.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": the vocabulary must be a JSON object"));
+  }
+  out.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": id of token \"", it.key(), "\" is not an integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": the id of token \"", it.key(), "\" is not an integer"));
     }
     const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > std::numeric_limits<int32_t>::max()) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": id ", id, " out of range"));
+    if (id < 0 || id >= std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": token \"", it.key(), "\" has id ", id, " out of range"));
     }
     out[it.key()] = static_cast<int32_t>(id);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<Json> ParseJsonFile(const std::filesystem::path& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not valid JSON"));
+  return json;
+}
+
+// The string field `key` of `object`, or `fallback` if it is absent or not a string.
+std::string StringField(const Json& object, const char* key, const std::string& fallback = "") {
+  auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+
+bool BoolField(const Json& object, const char* key, bool fallback) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_boolean() ? it->get<bool>() : fallback;
+}
+
+// `literal` as a PCRE2 pattern.
+std::string QuoteRegex(absl::string_view literal) {
+  std::string out = "\\Q";
+  for (size_t i = 0; i < literal.size(); ++i) {
+    if (literal.substr(i, 2) == "\\E") {
+      out += "\\E\\\\E\\Q";
+      ++i;
+    } else {
+      out += literal[i];
+    }
+  }
+  return out + "\\E";
 }
 
 }  // namespace
@@ -309,10 +651,7 @@ absl::Status ParseVocab(const Json& vocab, absl::string_view source,
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesystem::path& vocab_json,
                                                            const std::filesystem::path& merges_txt) {
   ByteLevelBpe::Spec spec;
-  spec.source = vocab_json.string();
-  ASSIGN_OR_RETURN(std::string vocab_text, ReadFile(vocab_json));
-  Json vocab = Json::parse(vocab_text, nullptr, /*allow_exceptions=*/false);
-  if (vocab.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(vocab_json.string(), " is not valid JSON"));
+  ASSIGN_OR_RETURN(Json vocab, ParseJsonFile(vocab_json));
   RETURN_IF_ERROR(ParseVocab(vocab, vocab_json.string(), spec.vocab));
   ASSIGN_OR_RETURN(std::string merges_text, ReadFile(merges_txt));
   int line_no = 0;
@@ -321,14 +660,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesyste
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty() || (line_no == 1 && absl::StartsWith(line, "#version"))) continue;
     std::vector<std::string> parts = absl::StrSplit(line, ' ');
-    if (parts.size() != 2) {
+    if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(merges_txt.string(), ": line ", line_no, " is not a merge \"a b\""));
+          absl::StrCat(merges_txt.string(), ": line ", line_no, " is not a merge \"a b\": \"", line, "\""));
     }
-    spec.merges.emplace_back(parts[0], parts[1]);
+    spec.merges.emplace_back(std::move(parts[0]), std::move(parts[1]));
   }
+  // HF's GPT-2 tokenizer treats <|endoftext|> in text as the special token.
   if (auto it = spec.vocab.find("<|endoftext|>"); it != spec.vocab.end()) {
-    spec.added.emplace_back("<|endoftext|>", it->second);
+    spec.added.push_back({"<|endoftext|>", it->second});
   }
   spec.source = absl::StrCat(vocab_json.string(), " + ", merges_txt.string());
   return ByteLevelBpe::Create(std::move(spec));
@@ -336,28 +676,33 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesyste
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesystem::path& path) {
   const std::string source = path.string();
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  ASSIGN_OR_RETURN(Json json, ParseJsonFile(path));
   auto bad = [&](absl::string_view what) { return absl::InvalidArgumentError(absl::StrCat(source, ": ", what)); };
-  if (json.is_discarded() || !json.is_object()) return bad("not a JSON object");
+  if (!json.is_object()) return bad("not a JSON object");
   auto model = json.find("model");
   if (model == json.end() || !model->is_object()) return bad("has no \"model\" object");
-  auto type = model->find("type");
-  if (type == model->end() || !type->is_string() || type->get<std::string>() != "BPE") {
-    return bad("only tokenizers with model type \"BPE\" are supported");
+  // Files of old tokenizers versions have no model.type; BPE is the only model with merges.
+  const std::string type = StringField(*model, "type", model->contains("merges") ? "BPE" : "");
+  if (type != "BPE") return bad(absl::StrCat("model type \"", type, "\" is not supported (only \"BPE\")"));
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (!StringField(*model, key).empty()) return bad(absl::StrCat("BPE with a ", key, " is not supported"));
   }
+
   ByteLevelBpe::Spec spec;
   spec.source = source;
   auto vocab = model->find("vocab");
-  if (vocab == model->end()) return bad("model has no vocab");
+  if (vocab == model->end()) return bad("the model has no vocab");
   RETURN_IF_ERROR(ParseVocab(*vocab, source, spec.vocab));
   auto merges = model->find("merges");
-  if (merges == model->end() || !merges->is_array()) return bad("model has no merges list");
+  if (merges == model->end() || !merges->is_array()) return bad("the model has no merges list");
+  spec.merges.reserve(merges->size());
   for (const Json& m : *merges) {
-    if (m.is_string()) {  // "a b"
+    if (m.is_string()) {  // "a b" (tokenizers < 0.20)
       const std::string s = m.get<std::string>();
       const size_t space = s.find(' ', 1);
-      if (space == std::string::npos) return bad(absl::StrCat("merge \"", s, "\" has no space"));
+      if (space == std::string::npos || space + 1 == s.size()) {
+        return bad(absl::StrCat("merge \"", s, "\" is not \"a b\""));
+      }
       spec.merges.emplace_back(s.substr(0, space), s.substr(space + 1));
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {  // ["a", "b"]
       spec.merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
@@ -365,64 +710,83 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
       return bad("merges must be strings \"a b\" or pairs [\"a\", \"b\"]");
     }
   }
-  if (auto im = model->find("ignore_merges"); im != model->end() && im->is_boolean()) {
-    spec.ignore_merges = im->get<bool>();
-  }
-  // Pre-tokenizer: ByteLevel (GPT-2 regex when use_regex), or a Sequence with a Split regex and
-  // a ByteLevel without its own regex (LLaMA 3, Qwen2).
-  auto pre = json.find("pre_tokenizer");
+  spec.ignore_merges = BoolField(*model, "ignore_merges", false);
+
+  // Normalizer: none, or NFC, accepted as is (the text is taken to be NFC already).
+  std::function<absl::Status(const Json&)> check_normalizer = [&](const Json& n) -> absl::Status {
+    if (n.is_null()) return absl::OkStatus();
+    const std::string t = n.is_object() ? StringField(n, "type") : "";
+    if (t == "NFC") return absl::OkStatus();
+    if (t == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array()) {
+      for (const Json& inner : n["normalizers"]) RETURN_IF_ERROR(check_normalizer(inner));
+      return absl::OkStatus();
+    }
+    return bad(absl::StrCat("normalizer \"", t, "\" is not supported (only none or NFC)"));
+  };
+  if (auto n = json.find("normalizer"); n != json.end()) RETURN_IF_ERROR(check_normalizer(*n));
+
+  // Pre-tokenizer: ByteLevel, or a Sequence of Splits and a ByteLevel (LLaMA 3, Qwen2).
+  spec.stages.clear();
   bool byte_level = false;
-  std::optional<std::string> split_pattern;
-  bool byte_level_regex = true;
   std::function<absl::Status(const Json&)> visit = [&](const Json& p) -> absl::Status {
     if (!p.is_object()) return bad("pre_tokenizer entries must be objects");
-    const std::string t = p.value("type", "");
+    const std::string t = StringField(p, "type");
     if (t == "Sequence") {
       auto list = p.find("pretokenizers");
-      if (list == p.end() || !list->is_array()) return bad("Sequence pre_tokenizer without a list");
+      if (list == p.end() || !list->is_array()) return bad("Sequence pre_tokenizer without a \"pretokenizers\" list");
       for (const Json& q : *list) RETURN_IF_ERROR(visit(q));
     } else if (t == "ByteLevel") {
+      if (byte_level) return bad("more than one ByteLevel pre_tokenizer");
       byte_level = true;
-      if (p.contains("use_regex") && p["use_regex"].is_boolean()) byte_level_regex = p["use_regex"].get<bool>();
-      if (p.contains("add_prefix_space") && p["add_prefix_space"].is_boolean() && p["add_prefix_space"].get<bool>()) {
-        return bad("ByteLevel add_prefix_space=true is not supported");
-      }
+      spec.stages.push_back(
+          {BoolField(p, "add_prefix_space", false), BoolField(p, "use_regex", true) ? kGpt2Pattern : ""});
     } else if (t == "Split") {
+      if (byte_level) return bad("a Split pre_tokenizer after ByteLevel is not supported");
       auto pattern = p.find("pattern");
-      if (pattern == p.end() || !pattern->is_object() || !pattern->contains("Regex") ||
-          !(*pattern)["Regex"].is_string()) {
-        return bad("Split pre_tokenizer needs a {\"Regex\": ...} pattern");
+      std::string regex;
+      if (pattern != p.end() && pattern->is_object() && pattern->contains("Regex") &&
+          (*pattern)["Regex"].is_string()) {
+        regex = (*pattern)["Regex"].get<std::string>();
+      } else if (pattern != p.end() && pattern->is_object() && pattern->contains("String") &&
+                 (*pattern)["String"].is_string()) {
+        regex = QuoteRegex((*pattern)["String"].get<std::string>());
+      } else {
+        return bad("Split pre_tokenizer needs a {\"Regex\": ...} or {\"String\": ...} pattern");
       }
-      split_pattern = (*pattern)["Regex"].get<std::string>();
+      const std::string behavior = StringField(p, "behavior", "Isolated");
+      if (behavior != "Isolated" || BoolField(p, "invert", false)) {
+        return bad(absl::StrCat("Split pre_tokenizer with behavior \"", behavior,
+                                "\" or invert=true is not supported (only Isolated)"));
+      }
+      spec.stages.push_back({false, regex});
     } else {
       return bad(absl::StrCat("pre_tokenizer type \"", t, "\" is not supported"));
     }
     return absl::OkStatus();
   };
-  if (pre == json.end() || pre->is_null()) return bad("has no pre_tokenizer (a ByteLevel one is required)");
+  auto pre = json.find("pre_tokenizer");
+  if (pre == json.end() || pre->is_null()) return bad("has no pre_tokenizer (byte-level BPE needs ByteLevel)");
   RETURN_IF_ERROR(visit(*pre));
-  if (!byte_level) return bad("only byte-level BPE tokenizers (ByteLevel pre_tokenizer) are supported");
-  if (split_pattern.has_value()) {
-    spec.pattern = *split_pattern;
-  } else if (!byte_level_regex) {
-    return bad("ByteLevel with use_regex=false needs a Split pre_tokenizer");
-  }
-  if (auto added = json.find("added_tokens"); added != json.end() && added->is_array()) {
+  if (!byte_level) return bad("only byte-level BPE (a ByteLevel pre_tokenizer) is supported");
+
+  if (auto added = json.find("added_tokens"); added != json.end() && !added->is_null()) {
+    if (!added->is_array()) return bad("added_tokens must be a list");
     for (const Json& a : *added) {
       if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
           !a["content"].is_string()) {
         return bad("added_tokens entries need an integer id and a string content");
       }
-      spec.added.emplace_back(a["content"].get<std::string>(), a["id"].get<int32_t>());
+      const int64_t id = a["id"].get<int64_t>();
+      if (id < 0 || id >= std::numeric_limits<int32_t>::max()) {
+        return bad(absl::StrCat("added token id ", id, " out of range"));
+      }
+      const bool special = BoolField(a, "special", false);
+      spec.added.push_back({a["content"].get<std::string>(), static_cast<int32_t>(id),
+                            BoolField(a, "single_word", false), BoolField(a, "lstrip", false),
+                            BoolField(a, "rstrip", false), BoolField(a, "normalized", !special)});
     }
   }
   return ByteLevelBpe::Create(std::move(spec));
 }
-
-namespace tokenizer_internal {
-void SetByteLevelSpecialIds(Tokenizer& tokenizer, std::optional<int32_t> bos, std::optional<int32_t> eos) {
-  static_cast<ByteLevelBpe&>(tokenizer).SetSpecialIds(bos, eos);
-}
-}  // namespace tokenizer_internal
 
 }  // namespace lesion::experiments

@@ -14,8 +14,8 @@ struct ConfigIds {
   std::optional<int32_t> bos, eos, vocab_size;
 };
 
-// bos/eos/vocab size from config.json, if present and well-formed (its other errors are the
-// model loader's to report).
+// bos/eos ids and vocab size from config.json, where present and well-formed; a missing or
+// malformed config.json is the model loader's to report, not the tokenizer's.
 ConfigIds ReadConfigIds(const std::filesystem::path& dir) {
   ConfigIds ids;
   absl::StatusOr<std::string> text = ReadFile(dir / "config.json");
@@ -26,14 +26,37 @@ ConfigIds ReadConfigIds(const std::filesystem::path& dir) {
     auto it = json.find(key);
     if (it == json.end()) return std::nullopt;
     const nlohmann::json* v = &*it;
-    if (v->is_array() && !v->empty()) v = &(*v)[0];
+    if (v->is_array() && !v->empty()) v = &(*v)[0];  // LLaMA 3: "eos_token_id": [128001, ...]
     if (!v->is_number_integer()) return std::nullopt;
-    return v->get<int32_t>();
+    const int64_t value = v->get<int64_t>();
+    if (value < std::numeric_limits<int32_t>::min() || value > std::numeric_limits<int32_t>::max()) {
+      return std::nullopt;
+    }
+    return static_cast<int32_t>(value);
   };
   ids.bos = get("bos_token_id");
   ids.eos = get("eos_token_id");
   ids.vocab_size = get("vocab_size");
   return ids;
+}
+
+// Replaces the tokenizer's BOS/EOS with config.json's where it has them.
+absl::Status ApplyConfigIds(const ConfigIds& config, const std::filesystem::path& dir, Tokenizer& tokenizer) {
+  auto check = [&](const char* key, std::optional<int32_t> id) -> absl::Status {
+    if (id.has_value() && (*id < 0 || *id >= tokenizer.vocab_size())) {
+      return absl::InvalidArgumentError(absl::StrCat((dir / "config.json").string(), ": ", key, " ", *id,
+                                                     " is out of range for the tokenizer's ",
+                                                     tokenizer.vocab_size(), " ids"));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check("bos_token_id", config.bos));
+  RETURN_IF_ERROR(check("eos_token_id", config.eos));
+  // Every tokenizer of this folder derives from TokenizerBase.
+  auto& base = static_cast<tokenizer_internal::TokenizerBase&>(tokenizer);
+  base.SetSpecialIds(config.bos.has_value() ? config.bos : base.bos_id(),
+                     config.eos.has_value() ? config.eos : base.eos_id());
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -46,7 +69,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::
   // LLaMA 2 style directories carry a SentencePiece-flavoured tokenizer.json (Metaspace, byte
   // fallback) beside tokenizer.model: when tokenizer.json is not byte-level BPE, the
   // SentencePiece model is the one to use.
-  absl::StatusOr<std::unique_ptr<Tokenizer>> from_json = absl::NotFoundError("");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> from_json = absl::NotFoundError("no tokenizer.json");
   if (has("tokenizer.json")) {
     from_json = LoadTokenizerJson(dir / "tokenizer.json");
     if (!from_json.ok() && !has("tokenizer.model")) return from_json.status();
@@ -56,15 +79,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::
   } else if (has("vocab.json") && has("merges.txt")) {
     ASSIGN_OR_RETURN(tokenizer, LoadByteLevelBpe(dir / "vocab.json", dir / "merges.txt"));
   } else if (has("tokenizer.model")) {
-    return LoadSentencePieceModel(dir / "tokenizer.model");
+    ASSIGN_OR_RETURN(tokenizer, LoadSentencePieceModel(dir / "tokenizer.model"));
   } else if (has("tokenizer.bin")) {
-    return LoadLlama2cTokenizer(dir / "tokenizer.bin", config.vocab_size);
+    ASSIGN_OR_RETURN(tokenizer, LoadLlama2cTokenizer(dir / "tokenizer.bin", config.vocab_size));
   } else {
     return absl::NotFoundError(absl::StrCat(
         "no tokenizer in ", dir.string(),
         " (looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model, tokenizer.bin)"));
   }
-  tokenizer_internal::SetByteLevelSpecialIds(*tokenizer, config.bos, config.eos);
+  RETURN_IF_ERROR(ApplyConfigIds(config, dir, *tokenizer));
   return tokenizer;
 }
 

@@ -1,33 +1,71 @@
-"""pytest fixtures: the `lesion` CLI binary and fresh random Hugging Face checkpoints."""
+"""pytest set-up for the `lesion` CLI against live Hugging Face transformers.
+
+The binary is $LESION_CLI (default build/client/cpp/lesion). Without it every test that runs it is
+skipped with that reason (modules mark themselves with `requires_cli`, and the `cli` fixture skips
+too), so the suite still collects."""
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = Path(os.environ.get("LESION_CLI", ROOT / "build" / "client" / "cpp" / "lesion"))
+SHARED = Path("/work/shared/data")
+CLI_MISSING = (None if CLI.is_file() and os.access(CLI, os.X_OK)
+               else f"lesion CLI not built at {CLI} (build it, or set LESION_CLI)")
+
+# `pytestmark = requires_cli` in a module skips all of it when the binary is missing.
+requires_cli = pytest.mark.skipif(CLI_MISSING is not None, reason=CLI_MISSING or "")
+
+
+def first_existing(*paths):
+    return next((Path(p) for p in paths if Path(p).exists()), None)
+
+
+GPT2_TOKENIZER = first_existing(ROOT / "models" / "gpt2-tokenizer", SHARED / "models" / "gpt2-tokenizer")
+WIKITEXT_TEST = first_existing(ROOT / "data" / "wikitext-2" / "wiki.test.raw")
+STORIES = ROOT / "models" / "stories260K"
 
 
 @pytest.fixture(scope="session")
 def cli():
-    path = Path(os.environ.get("LESION_CLI", ROOT / "build" / "client" / "cpp" / "lesion"))
-    if not path.exists():
-        pytest.skip(f"lesion CLI not built at {path} (set LESION_CLI)")
+    """cli(*args, check=True, stdin=None) -> CompletedProcess; with check, a non-zero exit fails the
+    test with lesion's stderr."""
+    if CLI_MISSING:
+        pytest.skip(CLI_MISSING)
 
     def run(*args, check=True, stdin=None):
-        proc = subprocess.run([str(path), *map(str, args)], capture_output=True, text=True, input=stdin)
+        proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, input=stdin,
+                              timeout=600)
         if check and proc.returncode != 0:
-            raise AssertionError(f"lesion {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+            raise AssertionError(f"lesion {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                                 f"{proc.stderr}")
         return proc
-
     return run
 
 
 @pytest.fixture
 def write_ids(tmp_path):
+    """write_ids(ids, name) -> path of a JSON file holding `ids` (a list, or a list of lists)."""
     def write(ids, name="ids.json"):
         path = tmp_path / name
         path.write_text(json.dumps(ids))
         return path
     return write
+
+
+@pytest.fixture
+def gpt2_tokenizer_files():
+    """copy(dir) puts the GPT-2 vocab.json + merges.txt into dir."""
+    if GPT2_TOKENIZER is None:
+        pytest.skip("no GPT-2 tokenizer files (models/gpt2-tokenizer or the shared copy)")
+
+    def copy(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        for f in ("vocab.json", "merges.txt"):
+            shutil.copy(GPT2_TOKENIZER / f, directory / f)
+        return directory
+    return copy

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from test_cli_parity import hf_perplexity, make
+from hf_reference import hf_perplexity, make_model as make
 
 
 def run_spec(cli, tmp_path, model_dir, spec, check=True):

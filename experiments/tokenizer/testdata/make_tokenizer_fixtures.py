@@ -1,33 +1,74 @@
-"""Reference token ids for tokenizer_test.cc, from independent implementations:
-OpenAI's tiktoken (GPT-2 files loaded offline) and Google's sentencepiece (a ModelProto built here
-from llama2.c's tok512.bin with sentencepiece's own protobuf module, not with lesion's converter).
-Usage: python make_tokenizer_fixtures.py  (from anywhere; writes tokenizer_fixtures.json beside it)"""
+"""Reference token ids for tokenizer_test.cc, from independent implementations, all offline:
+
+  * OpenAI's tiktoken with the GPT-2 files of models/gpt2-tokenizer (loaded as that folder's
+    SOURCE.txt describes), cross-checked against Hugging Face `tokenizers` on the same files;
+  * Hugging Face `tokenizers`: three small byte-level BPE tokenizers trained here and saved as
+    tokenizer.json (LLaMA 3 style Split + ByteLevel with ignore_merges, special tokens and a
+    single_word added token, Qwen2 style with an NFC normalizer, RoBERTa style ByteLevel with
+    add_prefix_space and lstrip/rstrip tokens); the files themselves are fixtures;
+  * Google's sentencepiece on a ModelProto built here from llama2.c's tok512.bin with
+    sentencepiece's own protobuf module (not with lesion's converter), cross-checked against the
+    bundled models/stories260K/tokenizer.model and against a Python transcription of llama2.c's
+    run.c `encode`.
+
+Usage: python make_tokenizer_fixtures.py  (from anywhere; rewrites the files beside it)
+Needs: tiktoken, tokenizers, sentencepiece, protobuf."""
 import json
 import os
+import re
 import struct
 
 import sentencepiece as spm
 import tiktoken
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GREEDY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
 TEXTS = [
     "Hello world",
     " leading space and trailing  ",
     "It's, they'll've, we'd; I'M LOUD",
+    "don't DON'T I'm You're shouldn't've 'S 'LL o'clock rock'n'roll",
     "numbers 1234567 3.14159 -42 1e10",
+    "2024-11-22 12:34:56.789 $1,000,000.00 \u00bd \u00b2 \u0663\u0664 \uff11\uff12",
     "tabs\tand\nnewlines\n\n\n  indented\r\nwindows",
-    "Ünïcödé, 日本語のテキスト, русский текст, עברית",
-    "emoji 🙂🙃👩‍👩‍👧 and symbols ©®™ → ∑ ∞",
+    "\u00dcn\u00efc\u00f6d\u00e9, \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8, \u0440\u0443\u0441\u0441\u043a\u0438\u0439 "
+    "\u0442\u0435\u043a\u0441\u0442, \u05e2\u05d1\u05e8\u05d9\u05ea",
+    "emoji \U0001f642\U0001f643\U0001f469\u200d\U0001f469\u200d\U0001f467 and symbols \u00a9\u00ae\u2122 \u2192 \u2211 \u221e",
+    "flags \U0001f1fa\U0001f1f8 skin \U0001f44d\U0001f3fd math \U0001d518\U0001d52b\U0001d526 old \U00010330\U00010331",
+    "whitespace:\u00a0nbsp \u3000ideo \u2028ls \u0085nel \u180emvs \u200bzwsp \x0bvt \x0cff \x1cfs",
     "   \n  multiple    spaces     ",
+    "def f(x):\n\treturn x**2  # comment\n\n\nclass A:  \n    pass\n",
+    "<|endoftext <|endoftext| endoftext|> < | endoftext | >",
+    "\u2581already escaped \u2581\u2581 spaces",
+    " ",
+    "  ",
+    "\n",
+    " \t \n ",
     "a",
     "",
     "The super weight in LLaMA-7B is mlp.down_proj[3968, 7003] in layer 2.",
+    GREEDY,
+    "supercalifragilisticexpialidocious" * 30,
+    " ".join(["antidisestablishmentarianism" * 3] * 3),
 ]
+
+
+def checksum(ids):
+    """sum over i of (i + 1) * ids[i], mod 2^61 (tokenizer_test.cc computes the same)."""
+    total = 0
+    for i, t in enumerate(ids):
+        total = (total + (i + 1) * t) % (1 << 61)
+    return total
 
 
 def gpt2():
@@ -36,25 +77,135 @@ def gpt2():
                                             encoder_json_file=os.path.join(d, "vocab.json"))
     enc = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": 50256})
+    hf = Tokenizer(models.BPE.from_file(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
     with open(os.path.join(ROOT, "data", "wikitext-2", "wiki.test.raw"), encoding="utf-8") as f:
-        wiki = enc.encode_ordinary(f.read())
-    checksum = 0
-    for i, t in enumerate(wiki):
-        checksum = (checksum + (i + 1) * t) % (1 << 61)
-    return {"cases": [{"text": t, "ids": enc.encode_ordinary(t)} for t in TEXTS],
-            "wiki_test_raw": {"n_ids": len(wiki), "checksum": checksum, "first": wiki[:20], "last": wiki[-20:]}}
+        wiki_text = f.read()
+    wiki = enc.encode_ordinary(wiki_text)
+    assert hf.encode(wiki_text).ids == wiki, "tiktoken and tokenizers disagree on wiki.test.raw"
+    cases = []
+    for t in TEXTS:
+        ids = enc.encode_ordinary(t)
+        assert hf.encode(t).ids == ids, f"tiktoken and tokenizers disagree on {t!r}"
+        cases.append({"text": t, "ids": ids})
+    # Decoding ids that split UTF-8 characters: both references replace invalid sequences with
+    # U+FFFD, one per maximal invalid subpart.
+    parts = enc.encode_ordinary("\u65e5\u672c\u8a9e \U0001f642 \u00e9!")
+    decode_cases = []
+    for ids in [parts[:1], parts[:2], parts[1:3], parts[-3:], [parts[0], 11, parts[1]], [50256, parts[0]]]:
+        text = enc.decode(ids, errors="replace")
+        assert hf.decode(ids, skip_special_tokens=False) == text, ids
+        decode_cases.append({"ids": ids, "text": text})
+    return {"cases": cases, "decode_cases": decode_cases,
+            "wiki_test_raw": {"n_ids": len(wiki), "checksum": checksum(wiki), "first": wiki[:20],
+                              "last": wiki[-20:]}}
+
+
+def training_corpus():
+    with open(os.path.join(ROOT, "data", "wikitext-2", "wiki.test.raw"), encoding="utf-8") as f:
+        text = f.read(200_000)
+    with open(os.path.join(ROOT, "data", "tinystories_sample.txt"), encoding="utf-8") as f:
+        text += f.read()
+    return text.splitlines(keepends=True) + TEXTS
+
+
+def hf_tokenizers():
+    """Trains three small byte-level BPE tokenizers, saves their tokenizer.json, records ids."""
+    out = []
+    configs = [
+        ("llama3_style_tokenizer.json", dict(
+            model=models.BPE(ignore_merges=True), normalizer=None,
+            pre=pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]),
+            special=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|reserved_special_token_0|>"],
+            extra=[AddedToken("<|eot|>", special=True, normalized=False),
+                   AddedToken("hello", single_word=True, special=False, normalized=True)])),
+        ("qwen2_style_tokenizer.json", dict(
+            model=models.BPE(), normalizer=normalizers.NFC(),
+            pre=pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]),
+            special=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], extra=[])),
+        ("roberta_style_tokenizer.json", dict(
+            model=models.BPE(), normalizer=None,
+            pre=pre_tokenizers.ByteLevel(add_prefix_space=True),
+            special=["<s>", "<pad>", "</s>", "<unk>"],
+            extra=[AddedToken("<mask>", lstrip=True, rstrip=False, special=True, normalized=False),
+                   AddedToken("[SEP]", lstrip=False, rstrip=True, special=True, normalized=False)])),
+    ]
+    texts = TEXTS + [
+        "<|begin_of_text|>Hello<|eot_id|>\n<|eot_id|><|eot|>x<|eot_id",
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+        "<s>Hello <mask> world</s>  <mask>  [SEP]  tail <unk>",
+        "I saw a <mask>.[SEP]x",
+        "hello world, sayhello hello! hello_there (hello) hello\u00e9 \u00e9hello <|eot|>hello",
+    ]
+    for name, cfg in configs:
+        tok = Tokenizer(cfg["model"])
+        if cfg["normalizer"] is not None:
+            tok.normalizer = cfg["normalizer"]
+        tok.pre_tokenizer = cfg["pre"]
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=1000, show_progress=False, special_tokens=cfg["special"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(training_corpus(), trainer)
+        if cfg["extra"]:
+            tok.add_special_tokens(cfg["extra"])
+        path = os.path.join(HERE, name)
+        tok.save(path, pretty=False)
+        tok = Tokenizer.from_file(path)  # record what the saved file does
+        cases = []
+        for t in texts:
+            ids = tok.encode(t, add_special_tokens=False).ids
+            cases.append({"text": t, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False)})
+        out.append({"file": name, "cases": cases})
+    return out
+
+
+def read_tok512():
+    path = os.path.join(ROOT, "models", "stories260K", "llama2c", "tok512.bin")
+    data = open(path, "rb").read()
+    pos, vocab = 4, []
+    while pos < len(data):
+        score, n = struct.unpack_from("<fi", data, pos)
+        vocab.append((data[pos + 8: pos + 8 + n], score))
+        pos += 8 + n
+    return vocab
+
+
+def llama2c_encode(vocab, text):
+    """run.c's encode(): dummy prefix, per-character lookup with byte fallback (+3), then merge the
+    highest-scoring adjacent pair (leftmost on ties) while one exists."""
+    lookup = {piece: i for i, (piece, _) in enumerate(vocab)}
+    data = text.encode("utf-8")
+    tokens = [lookup[b" "]] if data else []
+    i = 0
+    while i < len(data):
+        n = 1
+        while i + n < len(data) and (data[i + n] & 0xC0) == 0x80 and n < 4:
+            n += 1
+        ch = data[i:i + n]
+        tokens += [lookup[ch]] if ch in lookup else [b + 3 for b in ch]
+        i += n
+    while True:
+        best = None
+        for j in range(len(tokens) - 1):
+            merged = lookup.get(vocab[tokens[j]][0] + vocab[tokens[j + 1]][0], -1)
+            if merged != -1 and (best is None or vocab[merged][1] > best[0]):
+                best = (vocab[merged][1], merged, j)
+        if best is None:
+            return tokens
+        tokens[best[2]:best[2] + 2] = [best[1]]
 
 
 def stories():
-    path = os.path.join(ROOT, "models", "stories260K", "llama2c", "tok512.bin")
-    data = open(path, "rb").read()
-    pos, model = 4, sp_pb2.ModelProto()
-    while pos < len(data):
-        score, n = struct.unpack_from("<fi", data, pos)
-        piece = data[pos + 8: pos + 8 + n].decode("utf-8")
-        pos += 8 + n
+    vocab = read_tok512()
+    model = sp_pb2.ModelProto()
+    for i, (raw, score) in enumerate(vocab):
+        piece = raw.decode("utf-8")
         p = model.pieces.add()
-        i = len(model.pieces) - 1
         p.score = score
         if i == 0:
             p.piece, p.type = "<unk>", sp_pb2.ModelProto.SentencePiece.UNKNOWN
@@ -71,11 +222,62 @@ def stories():
     model.normalizer_spec.add_dummy_prefix = True
     model.normalizer_spec.remove_extra_whitespaces = False
     sp = spm.SentencePieceProcessor(model_proto=model.SerializeToString())
+    bundled = spm.SentencePieceProcessor(
+        model_file=os.path.join(ROOT, "models", "stories260K", "tokenizer.model"))
     story = open(os.path.join(ROOT, "data", "tinystories_sample.txt"), encoding="utf-8").read()
-    return {"cases": [{"text": t, "ids": sp.encode(t), "decoded": sp.decode(sp.encode(t))} for t in TEXTS + [story]]}
+    cases, llama2c_differs = [], []
+    for t in TEXTS + [story]:
+        ids = sp.encode(t)
+        assert bundled.encode(t) == ids, f"models/stories260K/tokenizer.model disagrees on {t!r}"
+        if "\u2581" not in t and llama2c_encode(vocab, t) != ids:
+            llama2c_differs.append(t)
+        cases.append({"text": t, "ids": ids, "decoded": sp.decode(ids)})
+    assert not llama2c_differs, f"llama2.c's encode disagrees with sentencepiece on {llama2c_differs!r}"
+    hello = sp.encode("Hello world")
+    decode_cases = []
+    for ids in [[1] + hello, [1, 2], [0] + hello, [1, 0] + hello, hello[1:], [3 + 0x20] + hello,
+                [3 + 0xE6, 3 + 0x97], [3 + 0xE6, 3 + 0x97, 3 + 0xA5], [3 + 0xE6, 1, 3 + 0x97, 3 + 0xA5],
+                [3 + 0x80, 3 + 0x41], [3 + 0xF0, 3 + 0x9F, 3 + 0x98], [3 + 0xC0, 3 + 0xAF], [3 + 0xED, 3 + 0xA0, 3 + 0x80],
+                [1, 3 + 0x20, 0], [0], [3 + 0x20], [2] + hello + [2]]:
+        decode_cases.append({"ids": ids, "text": sp.decode(ids)})
+    with open(os.path.join(ROOT, "data", "wikitext-2", "wiki.test.raw"), encoding="utf-8") as f:
+        wiki = sp.encode(f.read())
+
+    # A variant with user-defined pieces (matched whole, never merged) and a piece with U+2581
+    # inside, which makes lesion encode the text as a whole instead of word by word.
+    for piece, kind in [("Lily", "USER_DEFINED"), ("<sep>", "USER_DEFINED"), ("zq\u2581zq", "NORMAL")]:
+        p = model.pieces.add()
+        p.piece, p.score, p.type = piece, -1000.0, getattr(sp_pb2.ModelProto.SentencePiece, kind)
+    model.trainer_spec.vocab_size = len(model.pieces)
+    variant_file = "stories260K_user_defined.model"
+    with open(os.path.join(HERE, variant_file), "wb") as f:
+        f.write(model.SerializeToString())
+    variant = spm.SentencePieceProcessor(model_file=os.path.join(HERE, variant_file))
+    variant_cases = [{"text": t, "ids": variant.encode(t), "decoded": variant.decode(variant.encode(t))}
+                     for t in TEXTS + ["Lily's friend Lilyanne<sep>x <sep> zq zq Lily"]]
+    return {"cases": cases, "decode_cases": decode_cases,
+            "wiki_test_raw": {"n_ids": len(wiki), "checksum": checksum(wiki), "first": wiki[:20], "last": wiki[-20:]},
+            "user_defined": {"file": variant_file, "cases": variant_cases}}
+
+
+def check_proto_field_numbers():
+    """lesion's proto/sentencepiece/sentencepiece_model.proto must use upstream's field numbers."""
+    text = open(os.path.join(ROOT, "proto", "sentencepiece", "sentencepiece_model.proto")).read()
+    upstream = {m.DESCRIPTOR.name: {f.name: f.number for f in m.DESCRIPTOR.fields}
+                for m in [sp_pb2.ModelProto, sp_pb2.ModelProto.SentencePiece, sp_pb2.TrainerSpec,
+                          sp_pb2.NormalizerSpec]}
+    ours = re.findall(r"(?:optional|repeated)\s+\S+\s+(\w+)\s*=\s*(\d+)", text)
+    assert ours, "no fields found"
+    for name, number in ours:
+        matches = [m for m, fields in upstream.items() if fields.get(name) == int(number)]
+        assert matches, f"field {name} = {number} does not match upstream sentencepiece_model.proto"
 
 
 if __name__ == "__main__":
-    out = {"gpt2": gpt2(), "stories260K": stories()}
+    check_proto_field_numbers()
+    out = {"gpt2": gpt2(), "hf_tokenizers": hf_tokenizers(), "stories260K": stories()}
     with open(os.path.join(HERE, "tokenizer_fixtures.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=False, indent=1)
+        text = json.dumps(out, ensure_ascii=False, indent=1)
+        # One line per id list keeps the file short and its diffs readable. Only multi-line lists
+        # are JSON structure (a newline inside a JSON string is escaped).
+        f.write(re.sub(r"\[\n(\s*-?\d+,\n)*\s*-?\d+\n\s*\]", lambda m: "".join(m.group(0).split()), text) + "\n")
