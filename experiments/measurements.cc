@@ -45,17 +45,17 @@ void ActivationStatsCollector::Observe(PerSite& s, const at::Tensor& x) {
   s.n_sequences += b;
 }
 
-absl::StatusOr<std::vector<ActivationStatsCollector::SiteStats>> ActivationStatsCollector::Finish() const {
-  return TorchCall("reducing activation stats", [&]() -> absl::StatusOr<std::vector<SiteStats>> {
-    std::vector<SiteStats> out;
+absl::StatusOr<std::vector<result::SiteStats>> ActivationStatsCollector::Finish() const {
+  return TorchCall("reducing activation stats", [&]() -> absl::StatusOr<std::vector<result::SiteStats>> {
+    std::vector<result::SiteStats> out;
     for (const PerSite& s : sites_) {
       if (s.n_sequences == 0) {
         return absl::FailedPreconditionError(absl::StrCat("activation stats: site ", s.site.Name(), " saw no window"));
       }
-      SiteStats stats;
-      stats.site = s.site;
+      result::SiteStats stats;
+      stats.site = s.site.Name();
       stats.n_windows = s.n_sequences;
-      std::vector<TopEntry> candidates;
+      std::vector<result::TopActivation> candidates;
       const int64_t k = s.top_values.front().size(1);
       std::vector<double> top_sums(k, 0.0);
       for (size_t batch = 0; batch < s.top_values.size(); ++batch) {
@@ -75,7 +75,7 @@ absl::StatusOr<std::vector<ActivationStatsCollector::SiteStats>> ActivationStats
       }
       for (double sum : top_sums) stats.mean_top.push_back(sum / s.n_sequences);
       std::partial_sort(candidates.begin(), candidates.begin() + std::min<size_t>(k, candidates.size()),
-                        candidates.end(), [](const TopEntry& a, const TopEntry& b) { return a.value > b.value; });
+                        candidates.end(), [](const result::TopActivation& a, const result::TopActivation& b) { return a.value > b.value; });
       candidates.resize(std::min<size_t>(k, candidates.size()));
       stats.max_top = std::move(candidates);
       stats.median /= s.n_sequences;
@@ -121,6 +121,107 @@ absl::StatusOr<at::Tensor> AttentionSinkCollector::Finish() const {
   }
   return TorchCall("reducing attention sink scores", [&] {
     return at::stack(sums_).to(at::kCPU) / static_cast<double>(n_windows_);  // [layers, heads]
+  });
+}
+
+CaptureCollector::CaptureCollector(std::vector<SiteId> sites, std::vector<int64_t> positions, int64_t max_windows)
+    : positions_(std::move(positions)), max_windows_(max_windows) {
+  for (const SiteId& s : sites) sites_.push_back(PerSite{s});
+}
+
+absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<SiteId> sites,
+                                                                          std::vector<int64_t> positions,
+                                                                          int64_t max_windows) {
+  if (sites.empty()) return absl::InvalidArgumentError("capture: no sites given");
+  if (max_windows < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("capture: max_windows must be >= 1, got ", max_windows));
+  }
+  for (int64_t p : positions) {
+    if (p < 0) return absl::InvalidArgumentError(absl::StrCat("capture: position ", p, " is negative"));
+  }
+  return std::unique_ptr<CaptureCollector>(new CaptureCollector(std::move(sites), std::move(positions), max_windows));
+}
+
+int64_t CaptureCollector::ExpectedBytes(const ModelConfig& c, int64_t n_windows, int64_t seq) const {
+  int64_t positions = 0;
+  if (positions_.empty()) {
+    positions = seq;
+  } else {
+    for (int64_t p : positions_) positions += p < seq ? 1 : 0;
+  }
+  const int64_t windows = std::min(n_windows, max_windows_);
+  int64_t bytes = 0;
+  for (const PerSite& s : sites_) {
+    int64_t features;
+    switch (s.site.kind) {
+      case SiteKind::kAttnPattern:
+        features = c.n_heads * (seq + 1);  // + an attention-bias slot
+        break;
+      case SiteKind::kAttnZ:
+        features = c.n_heads * c.head_dim;
+        break;
+      case SiteKind::kMlpAct:
+        features = c.d_ffn;
+        break;
+      case SiteKind::kLogits:
+        features = c.vocab_size;
+        break;
+      default:
+        features = c.d_model;
+    }
+    bytes += windows * positions * features * static_cast<int64_t>(sizeof(float));
+  }
+  return bytes;
+}
+
+void CaptureCollector::Attach(RunPlan& plan) {
+  for (PerSite& s : sites_) {
+    plan.AddHook(s.site, [this, &s](const SiteId&, at::Tensor& x) { Observe(s, x); });
+  }
+}
+
+void CaptureCollector::Observe(PerSite& s, const at::Tensor& x) {
+  const int64_t remaining = max_windows_ - static_cast<int64_t>(s.windows.size());
+  // Positions run along dim 1, the queries of attn_pattern [b, heads, q, k] along dim 2.
+  const int64_t position_dim = s.site.kind == SiteKind::kAttnPattern ? 2 : 1;
+  const int64_t seq = x.size(position_dim);
+  if (remaining <= 0 || (s.length >= 0 && seq != s.length)) return;
+  if (s.length < 0) {
+    s.length = seq;
+    if (positions_.empty()) {
+      for (int64_t p = 0; p < seq; ++p) s.positions.push_back(p);
+    } else {
+      for (int64_t p : positions_) {
+        if (p < seq) s.positions.push_back(p);
+      }
+    }
+  }
+  at::Tensor index = at::tensor(s.positions, at::kLong).to(x.device());
+  at::Tensor taken = x.detach().narrow(0, 0, std::min(remaining, x.size(0))).index_select(position_dim, index);
+  taken = taken.to(at::kCPU, at::kFloat).contiguous();
+  for (int64_t i = 0; i < taken.size(0); ++i) s.windows.push_back(taken.narrow(0, i, 1));
+}
+
+absl::StatusOr<std::vector<result::Tensor>> CaptureCollector::Finish() const {
+  return TorchCall("assembling captures", [&] {
+    std::vector<result::Tensor> out;
+    for (const PerSite& s : sites_) {
+      result::Tensor t;
+      t.name = s.site.Name();
+      t.dtype = "float32";
+      t.positions = s.positions;
+      if (s.windows.empty() || s.positions.empty()) {
+        t.shape = {0};
+        out.push_back(std::move(t));
+        continue;
+      }
+      at::Tensor all = at::cat(s.windows, 0).contiguous();  // [windows, ...]
+      t.shape = all.sizes().vec();
+      // Little-endian float32 on every host lesion builds for.
+      t.data.assign(static_cast<const char*>(all.data_ptr()), all.nbytes());
+      out.push_back(std::move(t));
+    }
+    return out;
   });
 }
 

@@ -7,6 +7,7 @@
 //    overall largest k with coordinates, and the mean of per-window medians and means.
 //  * AttentionSinkCollector (DESIGN.md "Attention sink score"): per layer and head, the mean over
 //    query positions q >= 1 of the attention probability on key 0, averaged over windows.
+//  * CaptureCollector: raw tensors at sites for the first windows (the spec's capture).
 //
 // Usage: create, Attach to the RunPlan of every forward pass (a window batch each), then Finish.
 // The collector must stay at one address while attached (it is neither copyable nor movable).
@@ -24,26 +25,12 @@
 #include "experiments/hook_sites.h"
 #include "experiments/model_config.h"
 #include "experiments/run_plan.h"
+#include "experiments/spec/result.h"
 
 namespace lesion::experiments {
 
 class ActivationStatsCollector {
  public:
-  struct TopEntry {
-    double value = 0;
-    int64_t sequence = 0;  // window index, in the order windows were run
-    int64_t token = 0;
-    int64_t dim = 0;       // feature index (attn_z: head * head_dim + i)
-  };
-  struct SiteStats {
-    SiteId site;
-    std::vector<double> mean_top;   // [k]: mean over windows of the i-th largest |x|
-    std::vector<TopEntry> max_top;  // [k]: the k largest |x| over all windows
-    double median = 0;              // mean over windows of the median |x|
-    double mean_abs = 0;            // mean over windows of the mean |x|
-    int64_t n_windows = 0;
-  };
-
   // InvalidArgument for top_k < 1, no sites, or attn_pattern (use AttentionSinkCollector).
   static absl::StatusOr<std::unique_ptr<ActivationStatsCollector>> Create(std::vector<SiteId> sites,
                                                                           int64_t top_k);
@@ -51,8 +38,9 @@ class ActivationStatsCollector {
   ActivationStatsCollector& operator=(const ActivationStatsCollector&) = delete;
 
   void Attach(RunPlan& plan);
-  // Reduces everything seen; FailedPrecondition if no window was observed.
-  absl::StatusOr<std::vector<SiteStats>> Finish() const;
+  // Reduces everything seen, one entry per site in the order given (result.h has the fields);
+  // FailedPrecondition if no window was observed.
+  absl::StatusOr<std::vector<result::SiteStats>> Finish() const;
 
  private:
   struct PerSite {
@@ -91,6 +79,40 @@ class AttentionSinkCollector {
   std::vector<int64_t> layers_;
   std::vector<at::Tensor> sums_;  // per layer: [heads] float64 on the device
   int64_t n_windows_ = 0;         // counted on layers_[0]
+};
+
+// Raw tensors at sites: the first `max_windows` windows of the pass that have the first window's
+// length (a shorter tail window is left out), at `positions` (all when empty; positions beyond
+// the window are dropped), copied to the host as float32. Per site the result has shape
+// [windows, positions, ...] (attn_pattern: [windows, heads, positions, keys]).
+class CaptureCollector {
+ public:
+  // InvalidArgument for no sites or max_windows < 1.
+  static absl::StatusOr<std::unique_ptr<CaptureCollector>> Create(std::vector<SiteId> sites,
+                                                                  std::vector<int64_t> positions,
+                                                                  int64_t max_windows);
+  CaptureCollector(const CaptureCollector&) = delete;
+  CaptureCollector& operator=(const CaptureCollector&) = delete;
+
+  // Bytes the capture holds for `n_windows` windows of `seq` tokens of a model `config`.
+  int64_t ExpectedBytes(const ModelConfig& config, int64_t n_windows, int64_t seq) const;
+
+  void Attach(RunPlan& plan);
+  absl::StatusOr<std::vector<result::Tensor>> Finish() const;
+
+ private:
+  struct PerSite {
+    SiteId site;
+    std::vector<at::Tensor> windows;  // [1, ...] float32 on the host, one per captured window
+    std::vector<int64_t> positions;   // the positions taken
+    int64_t length = -1;              // sequence length of the captured windows
+  };
+  CaptureCollector(std::vector<SiteId> sites, std::vector<int64_t> positions, int64_t max_windows);
+  void Observe(PerSite& s, const at::Tensor& x);
+
+  std::vector<int64_t> positions_;
+  int64_t max_windows_;
+  std::vector<PerSite> sites_;
 };
 
 }  // namespace lesion::experiments

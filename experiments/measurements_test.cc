@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "experiments/model.h"
+#include "experiments/perplexity.h"
 
 namespace lesion::experiments {
 namespace {
@@ -80,6 +81,87 @@ TEST(AttentionSink, IsTheMeanProbabilityOnKeyZeroOverQueriesFromOne) {
   EXPECT_TRUE(((*scores >= 0) & (*scores <= 1)).all().item<bool>());
 }
 
+TEST(Capture, TakesTheFirstWindowsAtThePositionsAsked) {
+  auto model = LoadFixture("llama2");
+  const ModelConfig& c = model->config();
+  const SiteId resid{SiteKind::kResidPost, 0}, pattern{SiteKind::kAttnPattern, 1};
+  auto capture = CaptureCollector::Create({resid, pattern}, {0, 3, 50}, 3);
+  ASSERT_TRUE(capture.ok()) << capture.status();
+  std::vector<at::Tensor> seen_resid, seen_pattern;
+  RunPlan plan(c.n_layers);
+  (*capture)->Attach(plan);
+  plan.AddHook(resid, [&](const SiteId&, at::Tensor& x) { seen_resid.push_back(x.clone()); });
+  plan.AddHook(pattern, [&](const SiteId&, at::Tensor& x) { seen_pattern.push_back(x.clone()); });
+  for (int64_t batch = 0; batch < 2; ++batch) {  // 2 + 2 windows of 10 tokens: the first 3 count
+    ASSERT_TRUE(model->transformer().Forward(Ids(2, 10, c.vocab_size, batch), plan).ok());
+  }
+  ASSERT_TRUE(model->transformer().Forward(Ids(1, 6, c.vocab_size, 9), plan).ok());  // shorter: left out
+  auto tensors = (*capture)->Finish();
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_EQ(tensors->size(), 2u);
+  const at::Tensor index = at::tensor(std::vector<int64_t>{0, 3}, at::kLong);  // 50 is beyond every window
+  const at::Tensor want_resid = at::cat({seen_resid[0], seen_resid[1]}, 0).narrow(0, 0, 3).index_select(1, index);
+  const at::Tensor want_pattern =
+      at::cat({seen_pattern[0], seen_pattern[1]}, 0).narrow(0, 0, 3).index_select(2, index);
+  for (int which = 0; which < 2; ++which) {
+    const result::Tensor& t = (*tensors)[which];
+    const at::Tensor& want = which == 0 ? want_resid : want_pattern;
+    EXPECT_EQ(t.dtype, "float32");
+    EXPECT_EQ(t.positions, (std::vector<int64_t>{0, 3}));
+    ASSERT_EQ(t.shape, want.sizes().vec()) << t.name;
+    at::Tensor got = at::from_blob(const_cast<char*>(t.data.data()), t.shape, at::kFloat);
+    EXPECT_TRUE(at::equal(got, want.to(at::kFloat))) << t.name;
+  }
+  EXPECT_EQ((*tensors)[0].name, "blocks.0.resid_post");
+  EXPECT_EQ((*capture)->ExpectedBytes(c, 5, 10), 3 * 2 * (c.d_model + c.n_heads * 11) * 4);
+}
+
+// The next-token reducer against log_softmax on the whole batch: NLL of the targets, mean
+// probabilities of given tokens and KL(reference || logits), at the scored positions only.
+TEST(NextTokenReducer, MatchesADirectComputationAtScoredPositions) {
+  auto model = LoadFixture("llama2");
+  const ModelConfig& c = model->config();
+  PerplexityOptions options;
+  options.seq_len = 9;
+  options.batch_size = 2;
+  options.add_bos = true;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 40; ++i) ids.push_back((i * 37 + 5) % c.vocab_size);
+  auto batches = MakeWindowBatches(model->transformer(), ids, options, 1);
+  ASSERT_TRUE(batches.ok()) << batches.status();
+  const std::vector<int32_t> tokens = {3, 77, 200};
+  NextTokenReducer reducer(tokens, model->transformer().device());
+  double nll = 0, kl = 0;
+  std::vector<double> probs(tokens.size(), 0);
+  int64_t scored = 0;
+  RunPlan plan(c.n_layers);
+  RunPlan ablated(c.n_layers);
+  ablated.AddHook({SiteKind::kResidPost, 0}, [](const SiteId&, at::Tensor& x) { x = x * 0.5; });
+  for (const WindowBatch& batch : *batches) {
+    at::Tensor ref = *model->transformer().Forward(batch.input, plan);      // [b, n, V]
+    at::Tensor logits = *model->transformer().Forward(batch.input, ablated);
+    reducer.Add(logits, batch, ref);
+    const int64_t n = batch.input.size(1);
+    at::Tensor lp = at::log_softmax(logits.narrow(1, 0, n - 1).to(at::kDouble), -1);
+    at::Tensor lq = at::log_softmax(ref.narrow(1, 0, n - 1).to(at::kDouble), -1);
+    for (int64_t i = 0; i < batch.input.size(0); ++i) {
+      for (int64_t p = 0; p + 1 < n; ++p) {
+        if (!batch.score_mask[i][p].item<bool>()) continue;
+        ++scored;
+        nll -= lp[i][p][batch.input[i][p + 1].item<int64_t>()].item<double>();
+        kl += (lq[i][p].exp() * (lq[i][p] - lp[i][p])).sum().item<double>();
+        for (size_t t = 0; t < tokens.size(); ++t) probs[t] += lp[i][p][tokens[t]].exp().item<double>();
+      }
+    }
+  }
+  EXPECT_EQ(scored, 40) << "BOS per window: every text token is predicted";
+  EXPECT_NEAR(reducer.nll_sum().item<double>(), nll, 1e-4);
+  EXPECT_NEAR(reducer.kl_sum().item<double>(), kl, 1e-5);
+  EXPECT_GT(kl, 1e-3) << "the ablation changes the distribution";
+  at::Tensor got = reducer.token_prob_sum().cpu();
+  for (size_t t = 0; t < tokens.size(); ++t) EXPECT_NEAR(got[t].item<double>(), probs[t], 1e-6);
+}
+
 TEST(Measurements, BadArguments) {
   auto model = LoadFixture("gpt2");
   EXPECT_EQ(ActivationStatsCollector::Create({{SiteKind::kLogits, -1}}, 0).status().code(),
@@ -88,6 +170,11 @@ TEST(Measurements, BadArguments) {
   EXPECT_EQ(ActivationStatsCollector::Create({{SiteKind::kAttnPattern, 0}}, 3).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(AttentionSinkCollector::Create(model->config(), {3}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CaptureCollector::Create({}, {}, 1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CaptureCollector::Create({{SiteKind::kEmbed, -1}}, {}, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CaptureCollector::Create({{SiteKind::kEmbed, -1}}, {-1}, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
   auto unused = ActivationStatsCollector::Create({{SiteKind::kLogits, -1}}, 3);
   EXPECT_EQ((*unused)->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
 }

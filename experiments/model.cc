@@ -3,6 +3,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
 
@@ -18,8 +19,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(dir);
   ASSIGN_OR_RETURN(LoadedWeights weights, LoadCheckpointWeights(dir, config, options));
   ASSIGN_OR_RETURN(Transformer transformer, Transformer::Create(config, std::move(weights.weights)));
-  return std::unique_ptr<Model>(
-      new Model(dir, std::move(transformer), std::move(tokenizer), weights.checkpoint_dtype));
+  ASSIGN_OR_RETURN(std::string fingerprint, WeightsFingerprint(transformer));
+  return std::unique_ptr<Model>(new Model(dir, std::move(transformer), std::move(tokenizer),
+                                          weights.checkpoint_dtype, std::move(fingerprint)));
 }
 
 absl::StatusOr<const Tokenizer*> Model::RequireTokenizer() const {

@@ -37,11 +37,18 @@ class Model {
   at::ScalarType checkpoint_dtype() const { return checkpoint_dtype_; }
   // BOS id from the tokenizer, else from config.json.
   std::optional<int32_t> bos_id() const;
+  // Hex digest of every weight tensor's exact bits as loaded (dtype and device included in what
+  // the bits are): two loads with the same fingerprint compute the same numbers.
+  const std::string& fingerprint() const { return fingerprint_; }
 
  private:
   Model(std::filesystem::path dir, Transformer transformer,
-        absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, at::ScalarType checkpoint_dtype)
-      : dir_(std::move(dir)), transformer_(std::move(transformer)), checkpoint_dtype_(checkpoint_dtype) {
+        absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, at::ScalarType checkpoint_dtype,
+        std::string fingerprint)
+      : dir_(std::move(dir)),
+        transformer_(std::move(transformer)),
+        checkpoint_dtype_(checkpoint_dtype),
+        fingerprint_(std::move(fingerprint)) {
     if (tokenizer.ok()) {
       tokenizer_ = *std::move(tokenizer);
     } else {
@@ -54,6 +61,7 @@ class Model {
   std::unique_ptr<Tokenizer> tokenizer_;
   absl::Status tokenizer_error_;  // why tokenizer_ is null, if it is
   at::ScalarType checkpoint_dtype_;
+  std::string fingerprint_;
 };
 
 }  // namespace lesion::experiments

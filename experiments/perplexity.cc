@@ -54,12 +54,10 @@ std::string DescribeProtocol(const PerplexityOptions& o) {
   return s;
 }
 
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
-                                                    absl::Span<const int32_t> ids,
-                                                    const PerplexityOptions& options,
-                                                    std::optional<int32_t> bos_id,
-                                                    const RunPlan& plan,
-                                                    const ProgressFn& progress) {
+absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model,
+                                                           absl::Span<const int32_t> ids,
+                                                           const PerplexityOptions& options,
+                                                           std::optional<int32_t> bos_id) {
   if (options.add_bos && !bos_id.has_value()) {
     return absl::FailedPreconditionError("add_bos asked for, but the model defines no BOS token");
   }
@@ -77,55 +75,107 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
   }
   ASSIGN_OR_RETURN(std::vector<Window> windows,
                    PlanWindows(static_cast<int64_t>(ids.size()), options));
-
-  // Windows of equal length share a batch; in both protocols only the last one can be shorter.
-  std::map<int64_t, std::vector<const Window*>> by_length;
-  for (const Window& w : windows) by_length[w.end - w.begin].push_back(&w);
   const int64_t bos = options.add_bos ? 1 : 0;
+  if (model.config().learned_positions &&
+      windows.front().end - windows.front().begin + bos > model.config().max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len ", options.seq_len, " is longer than the model's ",
+                                                   model.config().max_position_embeddings, " positions"));
+  }
+  std::map<int64_t, std::vector<int64_t>> by_length;
+  for (size_t i = 0; i < windows.size(); ++i) {
+    by_length[windows[i].end - windows[i].begin].push_back(static_cast<int64_t>(i));
+  }
+  return TorchCall("building window batches", [&] {
+    std::vector<WindowBatch> batches;
+    int64_t sequence = 0;
+    // Longest first: the full windows, then the partial tail.
+    for (auto it = by_length.rbegin(); it != by_length.rend(); ++it) {
+      const int64_t n = it->first + bos;  // input tokens per window
+      const std::vector<int64_t>& group = it->second;
+      for (size_t start = 0; start < group.size(); start += options.batch_size) {
+        const int64_t b = std::min<int64_t>(options.batch_size, group.size() - start);
+        at::Tensor input = at::empty({b, n}, at::kLong);     // [b, n]
+        at::Tensor mask = at::zeros({b, n - 1}, at::kBool);  // [b, n - 1]
+        auto in = input.accessor<int64_t, 2>();
+        auto m = mask.accessor<bool, 2>();
+        WindowBatch batch;
+        for (int64_t i = 0; i < b; ++i) {
+          const Window& w = windows[group[start + i]];
+          if (bos) in[i][0] = *bos_id;
+          for (int64_t p = w.begin; p < w.end; ++p) in[i][p - w.begin + bos] = ids[p];
+          for (int64_t p = w.score_begin; p < w.end; ++p) m[i][p - w.begin + bos - 1] = true;
+          batch.window_indices.push_back(group[start + i]);
+        }
+        batch.input = input.to(model.device(), /*non_blocking=*/true);
+        batch.score_mask = mask.to(model.device(), /*non_blocking=*/true);
+        batch.first_sequence = sequence;
+        sequence += b;
+        batches.push_back(std::move(batch));
+      }
+    }
+    return batches;
+  });
+}
 
+NextTokenReducer::NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device) {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  nll_sum_ = at::zeros({}, f64);
+  kl_sum_ = at::zeros({}, f64);
+  token_prob_sum_ = at::zeros({static_cast<int64_t>(token_ids.size())}, f64);
+  if (!token_ids.empty()) {
+    token_ids_ = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()), at::kLong).to(device);
+  }
+}
+
+void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference) {
+  // logits: [b, n, vocab]; position p predicts input token p + 1.
+  const int64_t b = logits.size(0), n = logits.size(1), vocab = logits.size(2);
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, (n - 1) * vocab));
+  for (int64_t r = 0; r < b; r += rows) {
+    const int64_t m = std::min(rows, b - r);
+    at::Tensor log_p = at::log_softmax(logits.narrow(0, r, m).narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat),
+                                       -1);                                      // [m (n-1), vocab]
+    at::Tensor targets = batch.input.narrow(0, r, m).narrow(1, 1, n - 1).reshape({-1, 1});  // [m (n-1), 1]
+    at::Tensor scored = batch.score_mask.narrow(0, r, m).reshape({-1});         // [m (n-1)]
+    // where(), not masked_select(): no host-device sync to size the result.
+    nll_sum_ += at::where(scored, -log_p.gather(1, targets).squeeze(1), 0.0).sum(at::kDouble);
+    if (token_ids_.defined()) {
+      at::Tensor p = log_p.index_select(1, token_ids_).exp();                   // [m (n-1), T]
+      token_prob_sum_ += at::where(scored.unsqueeze(1), p, 0.0).sum(0, false, at::kDouble);
+    }
+    if (reference.defined()) {
+      at::Tensor log_q = at::log_softmax(
+          reference.narrow(0, r, m).narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat), -1);
+      at::Tensor kl = (log_q.exp() * (log_q - log_p)).sum(-1);                   // [m (n-1)]
+      kl_sum_ += at::where(scored, kl, 0.0).sum(at::kDouble);
+    }
+  }
+}
+
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
+                                                    absl::Span<const int32_t> ids,
+                                                    const PerplexityOptions& options,
+                                                    std::optional<int32_t> bos_id,
+                                                    const RunPlan& plan,
+                                                    const ProgressFn& progress) {
+  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches, MakeWindowBatches(model, ids, options, bos_id));
+  ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(ids.size()), options));
   PerplexityResult result;
   result.n_windows = static_cast<int64_t>(windows.size());
   result.protocol = DescribeProtocol(options);
   for (const Window& w : windows) result.n_tokens += w.end - w.score_begin;
 
-  int64_t done = 0;
   absl::StatusOr<double> total = TorchCall("perplexity", [&]() -> absl::StatusOr<double> {
     c10::InferenceMode guard;
-    at::Tensor nll_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(model.device()));
-    for (const auto& [length, group] : by_length) {
-      const int64_t n = length + bos;  // input tokens per window
-      for (size_t start = 0; start < group.size(); start += options.batch_size) {
-        const int64_t b = std::min<int64_t>(options.batch_size, group.size() - start);
-        at::Tensor input = at::empty({b, n}, at::kLong);   // [b, n]
-        at::Tensor mask = at::zeros({b, n - 1}, at::kBool);  // position p+1 is scored
-        auto in = input.accessor<int64_t, 2>();
-        auto m = mask.accessor<bool, 2>();
-        for (int64_t i = 0; i < b; ++i) {
-          const Window& w = *group[start + i];
-          if (bos) in[i][0] = *bos_id;
-          for (int64_t p = w.begin; p < w.end; ++p) in[i][p - w.begin + bos] = ids[p];
-          for (int64_t p = w.score_begin; p < w.end; ++p) m[i][p - w.begin + bos - 1] = true;
-        }
-        input = input.to(model.device(), /*non_blocking=*/true);
-        mask = mask.to(model.device(), /*non_blocking=*/true);
-        ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(input, plan));  // [b, n, vocab]
-        // NLL per predicted position, a few windows at a time: the float32 copy of the logits and
-        // its log-softmax are the largest tensors of the pass, so bound them (~1 GiB per chunk).
-        const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, (n - 1) * vocab));
-        for (int64_t r = 0; r < b; r += rows) {
-          const int64_t m = std::min(rows, b - r);
-          at::Tensor nll = at::cross_entropy_loss(
-              logits.narrow(0, r, m).narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat),
-              input.narrow(0, r, m).narrow(1, 1, n - 1).reshape({-1}), {},
-              at::Reduction::None);  // [m * (n - 1)]
-          // where(), not masked_select(): no host-device sync to size the result.
-          nll_sum += at::where(mask.narrow(0, r, m).reshape({-1}), nll, 0.0).sum(at::kDouble);
-        }
-        done += b;
-        if (progress) progress(done, result.n_windows);
-      }
+    NextTokenReducer reducer({}, model.device());
+    int64_t done = 0;
+    for (const WindowBatch& batch : batches) {
+      ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(batch.input, plan));  // [b, n, vocab]
+      reducer.Add(logits, batch);
+      done += batch.input.size(0);
+      if (progress) progress(done, result.n_windows);
     }
-    return nll_sum.item<double>();
+    return reducer.nll_sum().item<double>();
   });
   if (!total.ok()) return total.status();
   result.mean_nll = *total / static_cast<double>(result.n_tokens);

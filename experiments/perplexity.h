@@ -60,6 +60,44 @@ absl::StatusOr<std::vector<Window>> PlanWindows(int64_t n_ids, const PerplexityO
 
 std::string DescribeProtocol(const PerplexityOptions& options);
 
+// Windows cut into forward-pass batches: windows of equal length share a batch (in both protocols
+// only the last window can be shorter), in PlanWindows order within a length.
+struct WindowBatch {
+  at::Tensor input;                     // [b, n] int64 on the device (n = window length + BOS)
+  at::Tensor score_mask;                // [b, n - 1] bool on the device: position p + 1 is predicted
+  std::vector<int64_t> window_indices;  // [b] indices into the PlanWindows result
+  int64_t first_sequence = 0;           // running index of this batch's first window over all batches
+};
+
+// Validates the protocol, BOS and ids against `model` and builds every batch on its device.
+// InvalidArgument for ids out of the vocabulary or bad options (see PlanWindows),
+// FailedPrecondition for add_bos without a BOS token.
+absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model,
+                                                           absl::Span<const int32_t> ids,
+                                                           const PerplexityOptions& options,
+                                                           std::optional<int32_t> bos_id);
+
+// Reductions over the next-token distributions of a batch's logits at its predicted positions,
+// computed a few windows at a time so that the float32 log-softmax stays within ~1 GiB. All
+// results stay on the device ([] or [T] float64) until the caller reads them back.
+class NextTokenReducer {
+ public:
+  // `token_ids`: tokens whose probability is summed (may be empty).
+  NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device);
+
+  // Adds the NLL of the targets (and the probabilities of the tokens) of `logits` [b, n, vocab].
+  // With `reference` (the baseline's logits of the same batch) also KL(reference || logits).
+  void Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference = {});
+
+  const at::Tensor& nll_sum() const { return nll_sum_; }          // []
+  const at::Tensor& token_prob_sum() const { return token_prob_sum_; }  // [T]
+  const at::Tensor& kl_sum() const { return kl_sum_; }            // []
+
+ private:
+  at::Tensor token_ids_;  // [T] int64 on the device, undefined when T = 0
+  at::Tensor nll_sum_, token_prob_sum_, kl_sum_;
+};
+
 // Progress callback: (windows done, windows total). Called between batches.
 using ProgressFn = std::function<void(int64_t, int64_t)>;
 

@@ -1,13 +1,20 @@
 #include "experiments/runner.h"
 
+#include <c10/core/InferenceMode.h>
+
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "experiments/detectors.h"
 #include "experiments/interventions.h"
+#include "experiments/measurements.h"
+#include "experiments/perplexity.h"
 #include "experiments/torch_util.h"
 #include "experiments/weight_edits.h"
 
@@ -161,41 +168,176 @@ void AddMeanObservers(const ModelConfig& c, const spec::Experiment& e, Means& me
   }
 }
 
-struct Collectors {
+// What one pass measures. Built twice from the spec, for the baseline and the intervened pass.
+struct PassCollectors {
+  bool perplexity = false;
   std::vector<std::unique_ptr<ActivationStatsCollector>> stats;
   std::unique_ptr<AttentionSinkCollector> sink;
+  std::vector<std::unique_ptr<CaptureCollector>> captures;
+  std::vector<std::unique_ptr<MassiveActivationDetector>> massive;
+  std::unique_ptr<SuperWeightDetector> super_weights;
+  std::unique_ptr<AttentionOutlierDetector> attention_outliers;
+  std::optional<spec::NormOutliers> norm_outliers;
+  std::unique_ptr<NextTokenReducer> next_token;
+
+  void Attach(RunPlan& plan) {
+    for (auto& s : stats) s->Attach(plan);
+    if (sink) sink->Attach(plan);
+    for (auto& c : captures) c->Attach(plan);
+    for (auto& m : massive) m->Attach(plan);
+    if (super_weights) super_weights->Attach(plan);
+    if (attention_outliers) attention_outliers->Attach(plan);
+  }
 };
 
-absl::StatusOr<Collectors> MakeCollectors(const ModelConfig& c, const spec::Experiment& e) {
-  Collectors out;
-  for (const spec::Measurement& m : e.measurements) {
-    if (const auto* s = std::get_if<spec::ActivationStats>(&m)) {
-      std::vector<SiteId> sites;
-      for (const std::string& pattern : s->sites) {
-        ASSIGN_OR_RETURN(std::vector<SiteId> parsed, ParseSitePattern(pattern, c.n_layers));
-        sites.insert(sites.end(), parsed.begin(), parsed.end());
+// The tokens of a token_probabilities measurement: ids as given, then texts that each encode to
+// exactly one token.
+absl::StatusOr<std::vector<result::TokenProbability>> ResolveTokens(const Model& model,
+                                                                    const spec::TokenProbabilities& t) {
+  std::vector<result::TokenProbability> out;
+  const int64_t vocab = model.config().vocab_size;
+  for (int32_t id : t.token_ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("token_probabilities: token id ", id,
+                                                     " out of range: vocabulary has ", vocab, " ids"));
+    }
+    std::string text;
+    if (model.tokenizer() != nullptr) {
+      if (auto decoded = model.tokenizer()->Decode({id}); decoded.ok()) text = *decoded;
+    }
+    out.push_back({id, text, 0});
+  }
+  if (!t.tokens.empty()) {
+    ASSIGN_OR_RETURN(const Tokenizer* tokenizer, model.RequireTokenizer());
+    for (const std::string& text : t.tokens) {
+      ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(text));
+      if (ids.size() != 1) {
+        return absl::InvalidArgumentError(absl::StrCat("token_probabilities: \"", text, "\" encodes to ", ids.size(),
+                                                       " tokens, not one (give its id in token_ids)"));
       }
-      ASSIGN_OR_RETURN(auto collector, ActivationStatsCollector::Create(sites, s->top_k));
-      out.stats.push_back(std::move(collector));
-    } else if (const auto* a = std::get_if<spec::AttentionSink>(&m)) {
-      if (out.sink != nullptr) return absl::InvalidArgumentError("attention_sink is asked for twice");
-      ASSIGN_OR_RETURN(out.sink, AttentionSinkCollector::Create(c, a->layers));
+      out.push_back({ids[0], text, 0});
     }
   }
   return out;
 }
 
-absl::StatusOr<PassResult> Finish(const Collectors& collectors, PerplexityResult ppl) {
-  PassResult r;
-  r.perplexity = std::move(ppl);
-  for (const auto& s : collectors.stats) {
+absl::StatusOr<std::vector<SiteId>> ParseSites(const std::vector<std::string>& patterns, int64_t n_layers) {
+  std::vector<SiteId> sites;
+  for (const std::string& pattern : patterns) {
+    ASSIGN_OR_RETURN(std::vector<SiteId> parsed, ParseSitePattern(pattern, n_layers));
+    sites.insert(sites.end(), parsed.begin(), parsed.end());
+  }
+  return sites;
+}
+
+absl::StatusOr<PassCollectors> MakeCollectors(const Model& model, const spec::Experiment& e,
+                                              const std::vector<result::TokenProbability>& tokens) {
+  const ModelConfig& c = model.config();
+  PassCollectors out;
+  for (const spec::Measurement& m : e.measurements) {
+    if (std::holds_alternative<spec::Perplexity>(m)) {
+      out.perplexity = true;
+    } else if (const auto* s = std::get_if<spec::ActivationStats>(&m)) {
+      ASSIGN_OR_RETURN(std::vector<SiteId> sites, ParseSites(s->sites, c.n_layers));
+      ASSIGN_OR_RETURN(auto collector, ActivationStatsCollector::Create(sites, s->top_k));
+      out.stats.push_back(std::move(collector));
+    } else if (const auto* a = std::get_if<spec::AttentionSink>(&m)) {
+      ASSIGN_OR_RETURN(out.sink, AttentionSinkCollector::Create(c, a->layers));
+    } else if (const auto* cap = std::get_if<spec::Capture>(&m)) {
+      ASSIGN_OR_RETURN(std::vector<SiteId> sites, ParseSites(cap->sites, c.n_layers));
+      ASSIGN_OR_RETURN(auto collector, CaptureCollector::Create(sites, cap->positions, cap->max_windows));
+      out.captures.push_back(std::move(collector));
+    } else if (const auto* d = std::get_if<spec::MassiveActivations>(&m)) {
+      ASSIGN_OR_RETURN(std::vector<SiteId> sites, ParseSites(d->sites, c.n_layers));
+      ASSIGN_OR_RETURN(auto detector,
+                       MassiveActivationDetector::Create(sites, d->min_magnitude, d->min_ratio, d->max_reports));
+      out.massive.push_back(std::move(detector));
+    } else if (const auto* d = std::get_if<spec::SuperWeights>(&m)) {
+      ASSIGN_OR_RETURN(out.super_weights, SuperWeightDetector::Create(c, d->min_ratio, d->min_magnitude));
+    } else if (const auto* d = std::get_if<spec::AttentionOutliers>(&m)) {
+      ASSIGN_OR_RETURN(out.attention_outliers,
+                       AttentionOutlierDetector::Create(c, d->layers, d->min_mass, d->max_reports));
+    } else if (const auto* d = std::get_if<spec::NormOutliers>(&m)) {
+      out.norm_outliers = *d;
+    }
+  }
+  std::vector<int32_t> ids;
+  for (const auto& t : tokens) ids.push_back(t.token_id);
+  ASSIGN_OR_RETURN(out.next_token, TorchCall("next-token reducer", [&] {
+                     return std::make_unique<NextTokenReducer>(ids, model.transformer().device());
+                   }));
+  return out;
+}
+
+// Reads back what a pass measured. Weight-based parts (super-weight values, norm gammas) read the
+// model as it is now: call with the pass's edits in place.
+absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const Transformer& t,
+                                        const PerplexityResult& windows,
+                                        std::vector<result::TokenProbability> tokens) {
+  result::Pass out;
+  ASSIGN_OR_RETURN(double nll_sum, TorchCall("reading the NLL", [&] { return p.next_token->nll_sum().item<double>(); }));
+  if (p.perplexity) {
+    out.has_perplexity = true;
+    out.perplexity.mean_nll = nll_sum / static_cast<double>(windows.n_tokens);
+    out.perplexity.ppl = std::exp(out.perplexity.mean_nll);
+    out.perplexity.n_tokens = windows.n_tokens;
+    out.perplexity.n_windows = windows.n_windows;
+    out.perplexity.protocol = windows.protocol;
+  }
+  if (!tokens.empty()) {
+    ASSIGN_OR_RETURN(at::Tensor sums, TorchCall("reading token probabilities", [&] {
+                       return p.next_token->token_prob_sum().to(at::kCPU);
+                     }));
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i].mean_probability = sums[static_cast<int64_t>(i)].item<double>() / static_cast<double>(windows.n_tokens);
+    }
+    out.token_probabilities = std::move(tokens);
+  }
+  for (const auto& s : p.stats) {
     ASSIGN_OR_RETURN(auto stats, s->Finish());
-    r.activation_stats.insert(r.activation_stats.end(), stats.begin(), stats.end());
+    out.activation_stats.insert(out.activation_stats.end(), stats.begin(), stats.end());
   }
-  if (collectors.sink != nullptr) {
-    ASSIGN_OR_RETURN(r.attention_sink, collectors.sink->Finish());
+  if (p.sink != nullptr) {
+    ASSIGN_OR_RETURN(at::Tensor scores, p.sink->Finish());  // [layers, heads] float64
+    out.has_attention_sink = true;
+    out.attention_sink.layers = p.sink->layers();
+    out.attention_sink.n_heads = scores.size(1);
+    const at::Tensor flat = scores.contiguous().view(-1);
+    out.attention_sink.scores.assign(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
   }
-  return r;
+  for (const auto& c : p.captures) {
+    ASSIGN_OR_RETURN(auto tensors, c->Finish());
+    for (auto& tensor : tensors) out.captures.push_back(std::move(tensor));
+  }
+  for (const auto& m : p.massive) {
+    ASSIGN_OR_RETURN(auto reports, m->Finish());
+    out.massive_activations.insert(out.massive_activations.end(), reports.begin(), reports.end());
+  }
+  if (p.super_weights != nullptr) {
+    out.has_super_weights = true;
+    ASSIGN_OR_RETURN(out.super_weights, p.super_weights->Finish(t));
+  }
+  if (p.attention_outliers != nullptr) {
+    out.has_attention_outliers = true;
+    ASSIGN_OR_RETURN(out.attention_outliers, p.attention_outliers->Finish());
+  }
+  if (p.norm_outliers.has_value()) {
+    out.has_norm_outliers = true;
+    ASSIGN_OR_RETURN(out.norm_outliers, DetectNormOutliers(t, p.norm_outliers->min_z, p.norm_outliers->max_reports));
+  }
+  return out;
+}
+
+bool NeedsMeans(const spec::Experiment& e) {
+  for (const spec::Intervention& in : e.interventions) {
+    if (const auto* h = std::get_if<spec::HeadAblation>(&in); h && h->mode == spec::HeadAblation::Mode::kMean) {
+      return true;
+    }
+    if (const auto* a = std::get_if<spec::ActivationEdit>(&in); a && a->op == spec::ActivationEdit::Op::kMean) {
+      return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace
@@ -220,21 +362,39 @@ absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const sp
   return tokenizer->Encode(text);
 }
 
-absl::StatusOr<ExperimentResult> RunExperiment(const Model& model, const spec::Experiment& e,
-                                               const std::filesystem::path& data_dir) {
+absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec::Experiment& e,
+                                                 const std::filesystem::path& data_dir,
+                                                 const RunControls& controls, const RunLimits& limits) {
   const auto start = std::chrono::steady_clock::now();
   const ModelConfig& c = model.config();
   const Transformer& t = model.transformer();
 
   // Everything is validated before the first forward pass.
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, ResolveDataset(model, e, data_dir));
+  if (static_cast<int64_t>(ids.size()) > limits.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset: ", ids.size(), " tokens exceed the limit of ",
+                                                   limits.max_tokens, " tokens per experiment"));
+  }
   PerplexityOptions options;
   options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);
   if (e.stride > 0) options.stride = e.stride;
   if (e.max_windows > 0) options.max_windows = e.max_windows;
   if (e.batch_size > 0) options.batch_size = e.batch_size;
   options.add_bos = e.add_bos;
-  RETURN_IF_ERROR(PlanWindows(static_cast<int64_t>(ids.size()), options).status());
+  ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(ids.size()), options));
+  PerplexityResult protocol;  // what every pass shares: tokens, windows, protocol
+  protocol.n_windows = static_cast<int64_t>(windows.size());
+  protocol.protocol = DescribeProtocol(options);
+  for (const Window& w : windows) protocol.n_tokens += w.end - w.score_begin;
+
+  std::vector<result::TokenProbability> tokens;
+  bool needs_kl = false;
+  for (const spec::Measurement& m : e.measurements) {
+    if (const auto* tp = std::get_if<spec::TokenProbabilities>(&m)) {
+      ASSIGN_OR_RETURN(tokens, ResolveTokens(model, *tp));
+    }
+    needs_kl |= std::holds_alternative<spec::KlDivergence>(m);
+  }
   {
     RunPlan dry_run(c.n_layers);
     RETURN_IF_ERROR(AddActivationInterventions(c, e, options.seq_len, nullptr, dry_run));
@@ -242,38 +402,96 @@ absl::StatusOr<ExperimentResult> RunExperiment(const Model& model, const spec::E
     RETURN_IF_ERROR(ApplyWeightEdits(e, edits));
     RETURN_IF_ERROR(edits.Restore());
   }
-  ASSIGN_OR_RETURN(Collectors baseline_collectors, MakeCollectors(c, e));
-  ASSIGN_OR_RETURN(Collectors intervened_collectors, MakeCollectors(c, e));
+  ASSIGN_OR_RETURN(PassCollectors base, MakeCollectors(model, e, tokens));
+  ASSIGN_OR_RETURN(PassCollectors inter, MakeCollectors(model, e, tokens));
+  {
+    const int64_t seq = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
+    int64_t bytes = 0;
+    for (const auto& cap : base.captures) bytes += 2 * cap->ExpectedBytes(c, protocol.n_windows, seq);
+    if (bytes > limits.max_capture_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("capture: ", bytes, " bytes for both passes exceed the limit of ",
+                                                     limits.max_capture_bytes,
+                                                     " bytes; capture fewer sites, positions or windows"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches, MakeWindowBatches(t, ids, options, model.bos_id()));
 
-  ExperimentResult result;
-  for (const auto& m : e.measurements) result.measured_perplexity |= std::holds_alternative<spec::Perplexity>(m);
-  if (baseline_collectors.sink != nullptr) result.sink_layers = baseline_collectors.sink->layers();
+  const bool needs_means = NeedsMeans(e);
+  const int64_t n_batches = static_cast<int64_t>(batches.size());
+  const int64_t planned = n_batches * (needs_means ? (needs_kl ? 3 : 2) : 2);
+  int64_t passes = 0;
+  auto forward = [&](const WindowBatch& batch, const RunPlan& plan) -> absl::StatusOr<at::Tensor> {
+    if (controls.cancelled && controls.cancelled()) {
+      return absl::CancelledError(absl::StrCat("experiment cancelled after ", passes, " of ", planned,
+                                               " forward passes"));
+    }
+    absl::StatusOr<at::Tensor> logits = t.Forward(batch.input, plan);  // [b, n, vocab]
+    ++passes;
+    if (logits.ok() && controls.progress) controls.progress(passes, planned);
+    return logits;
+  };
 
-  // Baseline pass (also gathers the dataset means MEAN-mode interventions use).
   Means means;
   RunPlan baseline_plan(c.n_layers);
-  for (auto& s : baseline_collectors.stats) s->Attach(baseline_plan);
-  if (baseline_collectors.sink) baseline_collectors.sink->Attach(baseline_plan);
+  base.Attach(baseline_plan);
   AddMeanObservers(c, e, means, baseline_plan);
-  ASSIGN_OR_RETURN(PerplexityResult baseline_ppl,
-                   EvaluatePerplexity(t, ids, options, model.bos_id(), baseline_plan));
-  ASSIGN_OR_RETURN(result.baseline, Finish(baseline_collectors, std::move(baseline_ppl)));
+  const RunPlan plain(c.n_layers);
+  WeightEditSession edits(&t);  // restores in its destructor on every early return
 
-  // Intervened pass: weight edits live only inside this scope.
-  RunPlan plan(c.n_layers);
-  RETURN_IF_ERROR(AddActivationInterventions(c, e, options.seq_len, &means, plan));
-  for (auto& s : intervened_collectors.stats) s->Attach(plan);
-  if (intervened_collectors.sink) intervened_collectors.sink->Attach(plan);
-  {
-    WeightEditSession edits(&t);
+  result::Experiment out;
+  RETURN_IF_ERROR(TorchCall("running the experiment", [&]() -> absl::Status {
+    c10::InferenceMode guard;
+    bool baseline_done = false;
+    if (needs_means) {  // the dataset means first: the intervened pass depends on them
+      for (const WindowBatch& batch : batches) {
+        ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, baseline_plan));
+        base.next_token->Add(logits, batch);
+      }
+      baseline_done = true;
+    }
+    RunPlan plan(c.n_layers);
+    RETURN_IF_ERROR(AddActivationInterventions(c, e, options.seq_len, &means, plan));
+    inter.Attach(plan);
     RETURN_IF_ERROR(ApplyWeightEdits(e, edits));
-    absl::StatusOr<PerplexityResult> ppl = EvaluatePerplexity(t, ids, options, model.bos_id(), plan);
-    RETURN_IF_ERROR(edits.Restore());
-    if (!ppl.ok()) return ppl.status();
-    ASSIGN_OR_RETURN(result.intervened, Finish(intervened_collectors, *std::move(ppl)));
+    RETURN_IF_ERROR(edits.Suspend());
+    for (const WindowBatch& batch : batches) {
+      at::Tensor reference;
+      if (!baseline_done || needs_kl) {
+        ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, baseline_done ? plain : baseline_plan));
+        if (!baseline_done) base.next_token->Add(logits, batch);
+        if (needs_kl) reference = logits;
+      }
+      RETURN_IF_ERROR(edits.Resume());
+      ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, plan));
+      RETURN_IF_ERROR(edits.Suspend());
+      inter.next_token->Add(logits, batch, reference);
+    }
+    return absl::OkStatus();
+  }));
+
+  ASSIGN_OR_RETURN(out.baseline, FinishPass(base, t, protocol, tokens));  // edits suspended: pristine weights
+  RETURN_IF_ERROR(edits.Resume());
+  absl::StatusOr<result::Pass> intervened = FinishPass(inter, t, protocol, tokens);
+  RETURN_IF_ERROR(edits.Restore());
+  if (!intervened.ok()) return intervened.status();
+  out.intervened = *std::move(intervened);
+  if (needs_kl) {
+    out.has_kl_divergence = true;
+    ASSIGN_OR_RETURN(double kl_sum, TorchCall("reading the KL divergence",
+                                              [&] { return inter.next_token->kl_sum().item<double>(); }));
+    out.kl_divergence = kl_sum / static_cast<double>(protocol.n_tokens);
   }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return result;
+
+  out.run.model = model.dir().string();
+  out.run.architecture = c.architecture;
+  out.run.dtype = std::string(DtypeName(t.dtype()));
+  out.run.device = t.device().str();
+  out.run.model_fingerprint = model.fingerprint();
+  out.run.spec_sha256 = e.spec_sha256;
+  out.run.lesion_version = LESION_VERSION;
+  out.run.forward_passes = passes;
+  out.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
 }
 
 }  // namespace lesion::experiments

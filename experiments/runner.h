@@ -1,44 +1,49 @@
-// Runs one experiment spec in-process: the baseline pass and the intervened pass over the same
-// windows, each with the requested measurements, and returns both with their deltas. Weight edits
-// are applied only for the intervened pass and restored (bit-identically) before returning, also on
-// error. Every index of the spec is checked against the model before any forward pass.
+// Runs one experiment spec in-process: the baseline and the intervened model over the same windows,
+// each with the spec's measurements, and returns both (result.h; result_proto.h has its proto and
+// JSON form, with the deltas).
+//
+// How the passes are scheduled: window batch by window batch, the baseline forward pass and then
+// the intervened one, so that a KL divergence sees both distributions of a batch while they are on
+// the device. When an intervention needs dataset means (MEAN modes), the whole baseline pass comes
+// first to gather them. Weight edits are applied for the intervened forward passes only (suspended
+// in between) and restored bit-identically before returning, also on error or cancellation.
+// Every index and size of the spec is checked against the model before the first forward pass.
 //
 // Thread-compatible: one experiment at a time per model (the server's executor thread owns it).
+// Errors: InvalidArgument for a spec that does not fit the model (naming the field and value),
+// FailedPrecondition (e.g. text but no tokenizer), Cancelled, ResourceExhausted (device memory).
 #ifndef LESION_EXPERIMENTS_RUNNER_H_
 #define LESION_EXPERIMENTS_RUNNER_H_
 
-#include <ATen/ATen.h>
-
+#include <cstdint>
 #include <filesystem>
-#include <optional>
-#include <string>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "experiments/measurements.h"
 #include "experiments/model.h"
-#include "experiments/perplexity.h"
+#include "experiments/spec/result.h"
 #include "experiments/spec/spec.h"
 
 namespace lesion::experiments {
 
-struct PassResult {
-  PerplexityResult perplexity;
-  std::vector<ActivationStatsCollector::SiteStats> activation_stats;
-  at::Tensor attention_sink;  // [layers, heads] float64, undefined unless measured
+// Sizes a request may reach; the server sets them from its config.
+struct RunLimits {
+  int64_t max_capture_bytes = int64_t{256} << 20;  // both passes together
+  int64_t max_tokens = int64_t{64} << 20;          // of the dataset, after tokenization
 };
 
-struct ExperimentResult {
-  PassResult baseline;
-  PassResult intervened;
-  std::vector<int64_t> sink_layers;
-  bool measured_perplexity = false;
-  double seconds = 0;
+struct RunControls {
+  // Polled between forward passes; returning true stops the run with Cancelled.
+  std::function<bool()> cancelled;
+  // After every forward pass: (passes done, passes planned).
+  std::function<void(int64_t, int64_t)> progress;
 };
 
 // `data_dir` holds the named datasets (data/ of the repository).
-absl::StatusOr<ExperimentResult> RunExperiment(const Model& model, const spec::Experiment& experiment,
-                                               const std::filesystem::path& data_dir);
+absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec::Experiment& experiment,
+                                                 const std::filesystem::path& data_dir,
+                                                 const RunControls& controls = {}, const RunLimits& limits = {});
 
 // The token ids of the spec's dataset (text tokenized, named datasets read from `data_dir`).
 absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const spec::Experiment& experiment,

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "experiments/torch_util.h"
@@ -89,6 +90,39 @@ uint64_t BitChecksum(const at::Tensor& tensor) {
   return static_cast<uint64_t>((bits * weights).sum().item<int64_t>());
 }
 
+absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model) {
+  return TorchCall("fingerprinting the weights", [&] {
+    const TransformerWeights& w = model.weights();
+    std::vector<const at::Tensor*> tensors = {&w.embed, &w.positions, &w.final_norm.weight, &w.final_norm.bias,
+                                              &w.lm_head};
+    for (const BlockWeights& b : w.blocks) {
+      for (const at::Tensor* t : {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight,
+                                  &b.o.bias, &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight,
+                                  &b.gate_up.bias, &b.down.weight, &b.down.bias}) {
+        tensors.push_back(t);
+      }
+    }
+    // FNV-1a over (checksum, dtype, shape) of each tensor; undefined tensors count as absent.
+    uint64_t h = 1469598103934665603ULL;
+    auto mix = [&h](uint64_t v) {
+      for (int i = 0; i < 8; ++i) {
+        h ^= (v >> (8 * i)) & 0xff;
+        h *= 1099511628211ULL;
+      }
+    };
+    for (const at::Tensor* t : tensors) {
+      if (!t->defined()) {
+        mix(0);
+        continue;
+      }
+      mix(BitChecksum(*t));
+      mix(static_cast<uint64_t>(t->scalar_type()));
+      for (int64_t d : t->sizes()) mix(static_cast<uint64_t>(d));
+    }
+    return absl::StrFormat("%016x", h);
+  });
+}
+
 WeightEditSession::WeightEditSession(const Transformer* model) : model_(model) {}
 
 WeightEditSession::~WeightEditSession() { (void)Restore(); }
@@ -101,6 +135,7 @@ const WeightEditSession::Touched& WeightEditSession::FindTouched(const at::Tenso
 }
 
 absl::Status WeightEditSession::Touch(const at::Tensor& whole, const at::Tensor& target) {
+  if (suspended_) return absl::FailedPreconditionError("weight edits cannot be added while suspended");
   return TorchCall("saving weights before an edit", [&] {
     bool seen = false;
     for (const Touched& t : touched_) seen = seen || t.tensor.is_same(whole);
@@ -177,6 +212,26 @@ absl::Status WeightEditSession::ResetNormChannels(int64_t layer, NormSite norm,
   return absl::OkStatus();
 }
 
+absl::Status WeightEditSession::Suspend() {
+  if (suspended_) return absl::OkStatus();
+  RETURN_IF_ERROR(TorchCall("suspending weight edits", [&] {
+    // All edited values first: restoring an element edited twice would change what a later copy sees.
+    for (Saved& s : saved_) s.edited = s.target.clone();
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) it->target.copy_(it->original);
+  }));
+  suspended_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status WeightEditSession::Resume() {
+  if (!suspended_) return absl::FailedPreconditionError("weight edits are not suspended");
+  RETURN_IF_ERROR(TorchCall("resuming weight edits", [&] {
+    for (Saved& s : saved_) s.target.copy_(s.edited);
+  }));
+  suspended_ = false;
+  return absl::OkStatus();
+}
+
 absl::Status WeightEditSession::Restore() {
   absl::Status status = TorchCall("restoring weights", [&]() -> absl::Status {
     // Newest first, so an element edited twice ends with its value from before the first edit.
@@ -190,6 +245,7 @@ absl::Status WeightEditSession::Restore() {
   });
   saved_.clear();
   touched_.clear();
+  suspended_ = false;
   return status;
 }
 

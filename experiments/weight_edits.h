@@ -50,6 +50,9 @@ absl::StatusOr<at::Tensor> NormGamma(const Transformer& model, int64_t layer, No
 // An order-sensitive checksum of a tensor's exact bits (any float dtype, any device).
 uint64_t BitChecksum(const at::Tensor& tensor);
 
+// Hex digest of the BitChecksum, dtype and shape of every weight tensor of `model`, in a fixed order.
+absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model);
+
 class WeightEditSession {
  public:
   explicit WeightEditSession(const Transformer* model);  // `model` must outlive the session
@@ -68,12 +71,20 @@ class WeightEditSession {
   // Internal if a tensor does not come back bit-identical (a bug, never expected).
   absl::Status Restore();
 
+  // Take the edits out for a while (the originals back, no checksum) and put them in again, so
+  // that baseline and intervened forward passes can alternate batch by batch. Resume after
+  // Suspend only; edits made while suspended are not allowed (FailedPrecondition).
+  absl::Status Suspend();
+  absl::Status Resume();
+  bool suspended() const { return suspended_; }
+
   int64_t n_edits() const { return n_edits_; }
 
  private:
   struct Saved {
     at::Tensor target;    // a view of the edited elements inside a weight tensor
     at::Tensor original;  // a copy of their values before the first edit
+    at::Tensor edited;    // a copy of their edited values, taken by Suspend
   };
   struct Touched {
     at::Tensor tensor;    // the whole weight tensor
@@ -88,6 +99,7 @@ class WeightEditSession {
   std::vector<Saved> saved_;
   std::vector<Touched> touched_;
   int64_t n_edits_ = 0;
+  bool suspended_ = false;
 };
 
 }  // namespace lesion::experiments

@@ -75,7 +75,19 @@ TEST(WeightEdits, ThousandsOfRandomEditsRestoreTheModelBitForBit) {
         ASSERT_TRUE(edits.EditElement(layer, module, rng() % w.size(0), rng() % w.size(1), op, -3.25).ok());
       }
       EXPECT_NE(ModelChecksum(m), before);
-      EXPECT_FALSE(at::equal(Logits(m), logits_before));
+      const at::Tensor logits_edited = Logits(m);
+      EXPECT_FALSE(at::equal(logits_edited, logits_before));
+      // Suspended, the model is the checkpoint; resumed, it is the edited model again, exactly.
+      for (int round = 0; round < 3; ++round) {
+        ASSERT_TRUE(edits.Suspend().ok());
+        EXPECT_EQ(ModelChecksum(m), before) << name << " round " << round;
+        EXPECT_TRUE(at::equal(Logits(m), logits_before));
+        EXPECT_EQ(edits.EditElement(0, WeightModule::kMlpDown, 0, 0, ElementOp::kZero, 0).code(),
+                  absl::StatusCode::kFailedPrecondition);
+        ASSERT_TRUE(edits.Resume().ok());
+        EXPECT_TRUE(at::equal(Logits(m), logits_edited)) << name << " round " << round;
+      }
+      EXPECT_EQ(edits.Resume().code(), absl::StatusCode::kFailedPrecondition);
       ASSERT_TRUE(edits.Restore().ok());
     }
     EXPECT_EQ(ModelChecksum(m), before) << name;

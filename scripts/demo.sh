@@ -29,3 +29,9 @@ section "lesion dump: residual stream at every block, then per-layer top-3 |x| a
 
 section "lesion run --local: prune the 3 heads with the least attention-sink mass"
 "$lesion" run --local --model "$model" --spec experiments/examples/prune_bottom3_sink_heads.json
+
+section "lesion run --local: scan for super weights, massive activations, gamma and attention outliers"
+"$lesion" run --local --model "$model" --spec experiments/examples/super_weight_scan_small_models.json
+
+section "lesion run --local: zero the strongest super-weight candidate (layer 0 mlp.down[30, 66])"
+"$lesion" run --local --model "$model" --spec experiments/examples/zero_super_weight.json

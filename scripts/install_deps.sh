@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libsqlite3-dev libgtest-dev libgmock-dev nlohmann-json3-dev libpcre2-dev
+  libssl-dev libabsl-dev libsqlite3-dev libgtest-dev libgmock-dev nlohmann-json3-dev libpcre2-dev
 )
 missing=()
 for p in "${packages[@]}"; do

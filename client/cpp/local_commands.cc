@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/cpp/result_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "experiments/generation.h"
@@ -336,96 +337,6 @@ absl::Status RunConvertLlama2c(Args& args) {
 
 namespace {
 
-Json StatsJson(const ex::ActivationStatsCollector::SiteStats& s) {
-  Json top = Json::array();
-  for (const auto& t : s.max_top) {
-    top.push_back({{"value", t.value}, {"sequence", t.sequence}, {"token", t.token}, {"dim", t.dim}});
-  }
-  return {{"mean_top", s.mean_top}, {"max_top", top}, {"median", s.median}, {"mean_abs", s.mean_abs},
-          {"n_windows", s.n_windows}};
-}
-
-Json SinkJson(const at::Tensor& scores) {
-  Json rows = Json::array();
-  for (int64_t l = 0; l < scores.size(0); ++l) {
-    std::vector<double> row(scores.size(1));
-    for (int64_t h = 0; h < scores.size(1); ++h) row[h] = scores[l][h].item<double>();
-    rows.push_back(row);
-  }
-  return rows;
-}
-
-Json ResultJson(const ex::ExperimentResult& r, const ex::spec::Experiment& e, const ex::Model& model) {
-  const auto& b = r.baseline.perplexity;
-  const auto& i = r.intervened.perplexity;
-  Json out = {{"name", e.name},
-              {"tags", e.tags},
-              {"model", {{"dir", model.dir().string()}, {"architecture", model.config().architecture},
-                         {"dtype", std::string(ex::DtypeName(model.transformer().dtype()))},
-                         {"device", model.transformer().device().str()}}},
-              {"protocol", b.protocol},
-              {"n_tokens", b.n_tokens},
-              {"n_windows", b.n_windows},
-              {"seconds", r.seconds},
-              {"spec", Json::parse(e.canonical_json, nullptr, false)}};
-  if (r.measured_perplexity) {
-    out["perplexity"] = {{"baseline", b.ppl}, {"intervened", i.ppl}, {"delta", i.ppl - b.ppl},
-                         {"delta_pct", 100.0 * (i.ppl - b.ppl) / b.ppl},
-                         {"baseline_mean_nll", b.mean_nll}, {"intervened_mean_nll", i.mean_nll}};
-  }
-  Json stats = Json::array();
-  for (size_t k = 0; k < r.baseline.activation_stats.size(); ++k) {
-    stats.push_back({{"site", r.baseline.activation_stats[k].site.Name()},
-                     {"baseline", StatsJson(r.baseline.activation_stats[k])},
-                     {"intervened", StatsJson(r.intervened.activation_stats[k])}});
-  }
-  if (!stats.empty()) out["activation_stats"] = stats;
-  if (r.baseline.attention_sink.defined()) {
-    out["attention_sink"] = {{"layers", r.sink_layers}, {"baseline", SinkJson(r.baseline.attention_sink)},
-                             {"intervened", SinkJson(r.intervened.attention_sink)}};
-  }
-  return out;
-}
-
-void PrintTable(const ex::ExperimentResult& r, const ex::spec::Experiment& e) {
-  const auto& b = r.baseline.perplexity;
-  std::cout << absl::StrFormat("experiment %s: %d interventions, %d tokens, %s (%.2f s)\n",
-                               e.name.empty() ? "(unnamed)" : e.name, e.interventions.size(), b.n_tokens,
-                               b.protocol, r.seconds);
-  if (r.measured_perplexity) {
-    const double base = b.ppl, after = r.intervened.perplexity.ppl;
-    std::cout << absl::StrFormat("perplexity  baseline %.4f  intervened %.4f  delta %+.4f (%+.2f%%)\n", base,
-                                 after, after - base, 100 * (after - base) / base);
-  }
-  if (!r.baseline.activation_stats.empty()) {
-    std::cout << absl::StrFormat("\n%-22s %10s %10s %10s %10s %10s   %s\n", "site", "top-1", "top-2", "top-3",
-                                 "median", "top-1 (I)", "top-1 at (seq, token, dim)");
-    for (size_t k = 0; k < r.baseline.activation_stats.size(); ++k) {
-      const auto& s = r.baseline.activation_stats[k];
-      const auto& t = r.intervened.activation_stats[k];
-      std::string tops;
-      for (size_t j = 0; j < 3; ++j) {
-        tops += j < s.mean_top.size() ? absl::StrFormat(" %10.3f", s.mean_top[j]) : std::string(11, ' ');
-      }
-      std::cout << absl::StrFormat("%-22s%s %10.4f %10.3f   (%d, %d, %d)\n", s.site.Name(), tops, s.median,
-                                   t.mean_top[0], s.max_top[0].sequence, s.max_top[0].token, s.max_top[0].dim);
-    }
-    std::cout << "(top-k and median: means over windows; (I): intervened)\n";
-  }
-  if (r.baseline.attention_sink.defined()) {
-    const at::Tensor& sink = r.baseline.attention_sink;  // [layers, heads]
-    at::Tensor flat = sink.flatten();
-    auto order = flat.argsort(0, /*descending=*/true);
-    std::cout << "\nattention sink score (mean mass on key 0), baseline -> intervened, highest first:\n";
-    for (int64_t j = 0; j < std::min<int64_t>(flat.numel(), 8); ++j) {
-      const int64_t idx = order[j].item<int64_t>();
-      const int64_t layer = r.sink_layers[idx / sink.size(1)], head = idx % sink.size(1);
-      std::cout << absl::StrFormat("  L%d.H%d  %.4f -> %.4f\n", layer, head, flat[idx].item<double>(),
-                                   r.intervened.attention_sink.flatten()[idx].item<double>());
-    }
-  }
-}
-
 std::filesystem::path DataDir() {
   if (const char* env = std::getenv("LESION_DATA_DIR")) return env;
   return LESION_DEFAULT_DATA_DIR;
@@ -448,15 +359,9 @@ absl::Status RunLocalExperiment(Args& args) {
   if (!experiment.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(spec_path, ": ", experiment.status().message()));
   }
-  ASSIGN_OR_RETURN(ex::ExperimentResult result, ex::RunExperiment(*model, *experiment, DataDir()));
-  absl::Status printed = ex::TorchCall("printing the result", [&] {
-    if (json) {
-      std::cout << ResultJson(result, *experiment, *model).dump(2) << "\n";
-    } else {
-      PrintTable(result, *experiment);
-    }
-  });
-  return printed;
+  ASSIGN_OR_RETURN(ex::result::Experiment result, ex::RunExperiment(*model, *experiment, DataDir()));
+  std::cout << RenderResult(result, *experiment, json);
+  return absl::OkStatus();
 }
 
 }  // namespace lesion::cli

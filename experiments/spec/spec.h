@@ -60,7 +60,38 @@ struct ActivationStats {
 struct AttentionSink {
   std::vector<int64_t> layers;
 };
-using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink>;
+struct TokenProbabilities {
+  std::vector<int32_t> token_ids;
+  std::vector<std::string> tokens;  // each must encode to exactly one token (checked by the runner)
+};
+struct KlDivergence {};
+struct Capture {
+  std::vector<std::string> sites;
+  std::vector<int64_t> positions;  // empty: all
+  int64_t max_windows = 1;
+};
+// Defaults of the detectors are filled in by the parser (documented in experiment.proto).
+struct MassiveActivations {
+  std::vector<std::string> sites;  // default: blocks.*.resid_post
+  double min_magnitude = 100;
+  double min_ratio = 1000;
+  int64_t max_reports = 20;
+};
+struct SuperWeights {
+  double min_ratio = 100;
+  double min_magnitude = 0;
+};
+struct NormOutliers {
+  double min_z = 8;
+  int64_t max_reports = 10;
+};
+struct AttentionOutliers {
+  std::vector<int64_t> layers;  // empty: all
+  double min_mass = 0.3;
+  int64_t max_reports = 50;
+};
+using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink, TokenProbabilities, KlDivergence,
+                                 Capture, MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers>;
 
 struct Experiment {
   std::string name;
@@ -78,11 +109,19 @@ struct Experiment {
   std::vector<Intervention> interventions;
   std::vector<Measurement> measurements;
   std::string canonical_json;  // the spec as protobuf's JSON printer writes it
+  std::string spec_sha256;     // hex SHA-256 of canonical_json
 };
+
+// Hex SHA-256 of `bytes`.
+std::string Sha256Hex(absl::string_view bytes);
 
 // Parses the JSON form. InvalidArgument with the parser's or the check's message naming the field
 // (e.g. "interventions[1].head_ablation: no heads").
 absl::StatusOr<Experiment> ParseExperimentJson(absl::string_view json);
+
+// The same from the binary protobuf form (a serialized lesion.v1.ExperimentSpec), as the server
+// receives it. InvalidArgument if the bytes do not parse or a check fails.
+absl::StatusOr<Experiment> ParseExperimentProto(absl::string_view serialized);
 
 }  // namespace lesion::experiments::spec
 

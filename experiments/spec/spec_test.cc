@@ -34,6 +34,34 @@ TEST(ExperimentSpec, ParsesEveryKind) {
   EXPECT_NE(e->canonical_json.find("\"head_ablation\""), std::string::npos);
 }
 
+TEST(ExperimentSpec, DetectorDefaultsAreThePapers) {
+  auto e = ParseExperimentJson(R"({
+    "dataset": {"text": "hi"},
+    "measurements": [{"massive_activations": {}}, {"super_weights": {}}, {"norm_outliers": {}},
+                     {"attention_outliers": {"layers": [1]}}, {"capture": {"sites": ["logits"]}},
+                     {"token_probabilities": {"tokens": [" the"]}}, {"kl_divergence": {}}]
+  })");
+  ASSERT_TRUE(e.ok()) << e.status();
+  const auto& m = std::get<MassiveActivations>(e->measurements[0]);
+  EXPECT_EQ(m.sites, (std::vector<std::string>{"blocks.*.resid_post"}));
+  EXPECT_EQ(m.min_magnitude, 100);
+  EXPECT_EQ(m.min_ratio, 1000);
+  EXPECT_EQ(std::get<SuperWeights>(e->measurements[1]).min_ratio, 100);
+  EXPECT_EQ(std::get<NormOutliers>(e->measurements[2]).min_z, 8);
+  EXPECT_EQ(std::get<AttentionOutliers>(e->measurements[3]).min_mass, 0.3);
+  EXPECT_EQ(std::get<Capture>(e->measurements[4]).max_windows, 1);
+  EXPECT_EQ(std::get<TokenProbabilities>(e->measurements[5]).tokens, (std::vector<std::string>{" the"}));
+  EXPECT_EQ(e->spec_sha256.size(), 64u);
+}
+
+TEST(ExperimentSpec, ProtoAndJsonFormsAgree) {
+  const char* json = R"({"dataset": {"named": "tinystories-sample"}, "measurements": [{"perplexity": {}}]})";
+  auto from_json = ParseExperimentJson(json);
+  ASSERT_TRUE(from_json.ok());
+  EXPECT_EQ(ParseExperimentProto("\xff\xff garbage").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
 TEST(ExperimentSpec, ErrorsNameTheField) {
   struct Case {
     const char* json;
@@ -51,6 +79,16 @@ TEST(ExperimentSpec, ErrorsNameTheField) {
        "EXPLODE"},
       {R"({"dataset": {"text": "hi"}, "eval": {"seq_len": -4}, "measurements": [{"perplexity": {}}]})",
        "eval"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"massive_activations": {"min_ratio": -1}}]})",
+       "measurements[0].massive_activations: min_ratio"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"attention_outliers": {"min_mass": 2}}]})",
+       "min_mass is a probability"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"token_probabilities": {}}]})",
+       "give token_ids or tokens"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"capture": {"sites": ["logits"], "positions": [-1]}}]})",
+       "position -1"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"perplexity": {}}, {"perplexity": {}}]})",
+       "asked for twice"},
   };
   for (const Case& c : cases) {
     auto e = ParseExperimentJson(c.json);

@@ -1,0 +1,151 @@
+#include "client/cpp/result_format.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "experiments/spec/result_proto.h"
+
+namespace lesion::cli {
+namespace {
+
+namespace v1 = ::lesion::v1;
+
+void AppendStats(std::string& out, const v1::ExperimentResult& r) {
+  const auto& base = r.baseline().activation_stats();
+  const auto& inter = r.intervened().activation_stats();
+  if (base.empty()) return;
+  absl::StrAppendFormat(&out, "\n%-24s %10s %10s %10s %10s %11s   %s\n", "site", "top-1", "top-2", "top-3", "median",
+                        "top-1 (I)", "top-1 at (window, token, dim)");
+  for (int k = 0; k < base.size(); ++k) {
+    const v1::SiteStats& s = base[k];
+    std::string tops;
+    for (int j = 0; j < 3; ++j) {
+      tops += j < s.mean_top_size() ? absl::StrFormat(" %10.3f", s.mean_top(j)) : std::string(11, ' ');
+    }
+    const double after = k < inter.size() && inter[k].mean_top_size() > 0 ? inter[k].mean_top(0) : NAN;
+    const std::string where = s.max_top_size() > 0 ? absl::StrFormat("(%d, %d, %d)", s.max_top(0).sequence(),
+                                                                     s.max_top(0).token(), s.max_top(0).dim())
+                                                   : "";
+    absl::StrAppendFormat(&out, "%-24s%s %10.4f %11.3f   %s\n", s.site(), tops, s.median(), after, where);
+  }
+  out += "(top-k and median: means over windows; (I): intervened)\n";
+}
+
+void AppendSinks(std::string& out, const v1::ExperimentResult& r) {
+  if (!r.baseline().has_attention_sink()) return;
+  const v1::AttentionSinkScores& b = r.baseline().attention_sink();
+  const v1::AttentionSinkScores& i = r.intervened().attention_sink();
+  std::vector<int> order(b.scores_size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return b.scores(x) > b.scores(y); });
+  out += "\nattention sink score (mean mass on key 0), baseline -> intervened, highest first:\n";
+  for (size_t j = 0; j < std::min<size_t>(order.size(), 8); ++j) {
+    const int idx = order[j];
+    absl::StrAppendFormat(&out, "  L%d.H%d  %.4f -> %.4f\n", b.layers(idx / b.n_heads()), idx % b.n_heads(),
+                          b.scores(idx), idx < i.scores_size() ? i.scores(idx) : NAN);
+  }
+}
+
+void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
+  const v1::PassResult& b = r.baseline();
+  const v1::PassResult& i = r.intervened();
+  for (int k = 0; k < b.massive_activations_size(); ++k) {
+    const auto& report = b.massive_activations(k);
+    const int64_t after = k < i.massive_activations_size() ? i.massive_activations(k).count() : 0;
+    absl::StrAppendFormat(&out, "\nmassive activations at %s: %d (intervened: %d)\n", report.site(), report.count(),
+                          after);
+    for (const auto& m : report.top()) {
+      absl::StrAppendFormat(&out, "  window %d token %d dim %d: %.3f (%.0fx the median)\n", m.sequence(), m.token(),
+                            m.dim(), m.value(), m.ratio());
+    }
+  }
+  auto super_weights = [&](const char* which, const v1::PassResult& p) {
+    absl::StrAppendFormat(&out, "\nsuper weights (%s): %d\n", which, p.super_weights_size());
+    for (const auto& w : p.super_weights()) {
+      absl::StrAppendFormat(&out,
+                            "  layer %d mlp.down[%d, %d] = %.5g  (window %d token %d: input %.4g, %.0fx median; "
+                            "output %.4g, %.0fx median)\n",
+                            w.layer(), w.row(), w.col(), w.weight(), w.sequence(), w.token(), w.input_spike(),
+                            w.input_ratio(), w.output_spike(), w.output_ratio());
+    }
+  };
+  bool asked_super = false, asked_norm = false, asked_attention = false;
+  for (const auto& m : r.metrics()) {
+    asked_super |= m.name() == "super_weights";
+    asked_norm |= m.name() == "norm_outliers";
+    asked_attention |= m.name() == "attention_outliers";
+  }
+  if (asked_super) {
+    super_weights("baseline", b);
+    if (i.super_weights_size() != b.super_weights_size()) super_weights("intervened", i);
+  }
+  if (asked_norm) {
+    absl::StrAppendFormat(&out, "\nnorm gamma outliers: %d (intervened: %d)\n", b.norm_outliers_size(),
+                          i.norm_outliers_size());
+    for (const auto& n : b.norm_outliers()) {
+      absl::StrAppendFormat(&out, "  %s channel %d: gamma %.4g, z %.1f (median %.4g)\n",
+                            n.norm() == "final" ? std::string("final norm") : absl::StrCat("layer ", n.layer(), " ", n.norm(), " norm"),
+                            n.channel(), n.gamma(), n.z(), n.median());
+    }
+  }
+  if (asked_attention) {
+    absl::StrAppendFormat(&out, "\nattention outlier keys: %d (intervened: %d)\n", b.attention_outliers_size(),
+                          i.attention_outliers_size());
+    for (int k = 0; k < std::min(b.attention_outliers_size(), 10); ++k) {
+      const auto& a = b.attention_outliers(k);
+      absl::StrAppendFormat(&out, "  L%d.H%d key %d: mass %.3f\n", a.layer(), a.head(), a.key_position(), a.mass());
+    }
+  }
+}
+
+std::string Table(const v1::ExperimentResult& r, const experiments::spec::Experiment& e) {
+  std::string out;
+  const v1::PerplexityResult& ppl = r.baseline().perplexity();
+  absl::StrAppendFormat(&out, "experiment %s: %d intervention(s) on %s (%s, %s), %.2f s\n",
+                        e.name.empty() ? "(unnamed)" : e.name, e.interventions.size(), r.run().architecture(),
+                        r.run().dtype(), r.run().device(), r.run().seconds());
+  if (r.baseline().has_perplexity()) {
+    absl::StrAppendFormat(&out, "%d predicted tokens, %s\n", ppl.n_tokens(), ppl.protocol());
+  }
+  for (const v1::Metric& m : r.metrics()) {
+    if (m.name() == "perplexity") {
+      absl::StrAppendFormat(&out, "perplexity      baseline %.4f  intervened %.4f  delta %+.4f (%+.2f%%)\n",
+                            m.baseline(), m.value(), m.delta(), m.delta_pct());
+    } else if (m.name() == "kl_divergence") {
+      absl::StrAppendFormat(&out, "KL divergence   %.6f nats per token (baseline || intervened)\n", m.value());
+    }
+  }
+  for (int k = 0; k < r.baseline().token_probabilities_size(); ++k) {
+    const auto& t = r.baseline().token_probabilities(k);
+    const double after = k < r.intervened().token_probabilities_size()
+                             ? r.intervened().token_probabilities(k).mean_probability()
+                             : NAN;
+    absl::StrAppendFormat(&out, "p(%-10s) id %-6d %.5f -> %.5f\n", absl::StrCat("\"", t.token(), "\""), t.token_id(),
+                          t.mean_probability(), after);
+  }
+  AppendStats(out, r);
+  AppendSinks(out, r);
+  AppendDetections(out, r);
+  for (const auto& c : r.baseline().captures()) {
+    absl::StrAppendFormat(&out, "\ncaptured %s [%s] float32 (baseline and intervened; --json for the bytes)", c.name(),
+                          absl::StrJoin(c.shape(), ", "));
+  }
+  if (r.baseline().captures_size() > 0) out += "\n";
+  return out;
+}
+
+}  // namespace
+
+std::string RenderResult(const experiments::result::Experiment& result, const experiments::spec::Experiment& spec,
+                         bool json) {
+  const v1::ExperimentResult proto = experiments::result::ToProto(result);
+  return json ? experiments::result::ToJson(proto, /*indent=*/true) + "\n" : Table(proto, spec);
+}
+
+}  // namespace lesion::cli

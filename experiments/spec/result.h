@@ -1,0 +1,141 @@
+// The result of one experiment as plain C++ values, mirroring proto/lesion/v1/result.proto field
+// for field (see there for the meaning of each). The runner, which links LibTorch, fills these;
+// result_proto.h turns them into the proto and its JSON form in torch-free code, because LibTorch
+// bundles protobuf headers of its own that must never meet the generated code.
+// Value types; thread-compatible.
+#ifndef LESION_EXPERIMENTS_SPEC_RESULT_H_
+#define LESION_EXPERIMENTS_SPEC_RESULT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lesion::experiments::result {
+
+struct Perplexity {
+  double ppl = 0;
+  double mean_nll = 0;
+  int64_t n_tokens = 0;
+  int64_t n_windows = 0;
+  std::string protocol;
+};
+
+struct TopActivation {
+  double value = 0;
+  int64_t sequence = 0;
+  int64_t token = 0;
+  int64_t dim = 0;
+};
+
+struct SiteStats {
+  std::string site;
+  std::vector<double> mean_top;
+  std::vector<TopActivation> max_top;
+  double median = 0;
+  double mean_abs = 0;
+  int64_t n_windows = 0;
+};
+
+struct AttentionSink {
+  std::vector<int64_t> layers;
+  int64_t n_heads = 0;
+  std::vector<double> scores;  // [layers, n_heads], row-major
+};
+
+struct TokenProbability {
+  int32_t token_id = 0;
+  std::string token;
+  double mean_probability = 0;
+};
+
+struct Tensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;  // "float32"
+  std::string data;   // little-endian bytes
+  std::vector<int64_t> positions;
+};
+
+struct MassiveActivation {
+  int64_t sequence = 0;
+  int64_t token = 0;
+  int64_t dim = 0;
+  double value = 0;
+  double ratio = 0;
+};
+
+struct MassiveActivationReport {
+  std::string site;
+  int64_t count = 0;
+  std::vector<MassiveActivation> top;
+};
+
+struct SuperWeight {
+  int64_t layer = 0;
+  int64_t row = 0;
+  int64_t col = 0;
+  double weight = 0;
+  int64_t sequence = 0;
+  int64_t token = 0;
+  double input_spike = 0;
+  double output_spike = 0;
+  double input_ratio = 0;
+  double output_ratio = 0;
+};
+
+struct NormOutlier {
+  std::string norm;  // "attn" | "mlp" | "final"
+  int64_t layer = -1;
+  int64_t channel = 0;
+  double gamma = 0;
+  double z = 0;
+  double median = 0;
+};
+
+struct AttentionOutlierKey {
+  int64_t layer = 0;
+  int64_t head = 0;
+  int64_t key_position = 0;
+  double mass = 0;
+};
+
+struct Pass {
+  bool has_perplexity = false;
+  Perplexity perplexity;
+  std::vector<SiteStats> activation_stats;
+  bool has_attention_sink = false;
+  AttentionSink attention_sink;
+  std::vector<TokenProbability> token_probabilities;
+  std::vector<Tensor> captures;
+  std::vector<MassiveActivationReport> massive_activations;
+  bool has_super_weights = false;  // the detector ran (it may have found none)
+  std::vector<SuperWeight> super_weights;
+  bool has_norm_outliers = false;
+  std::vector<NormOutlier> norm_outliers;
+  bool has_attention_outliers = false;
+  std::vector<AttentionOutlierKey> attention_outliers;
+};
+
+struct RunInfo {
+  std::string model;
+  std::string architecture;
+  std::string dtype;
+  std::string device;
+  std::string model_fingerprint;
+  std::string spec_sha256;
+  std::string lesion_version;
+  double seconds = 0;
+  int64_t forward_passes = 0;
+};
+
+struct Experiment {
+  Pass baseline;
+  Pass intervened;
+  bool has_kl_divergence = false;
+  double kl_divergence = 0;
+  RunInfo run;
+};
+
+}  // namespace lesion::experiments::result
+
+#endif  // LESION_EXPERIMENTS_SPEC_RESULT_H_
