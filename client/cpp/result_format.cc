@@ -55,11 +55,11 @@ void AppendSinks(std::string& out, const v1::ExperimentResult& r) {
 void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
   const v1::PassResult& b = r.baseline();
   const v1::PassResult& i = r.intervened();
+  if (b.massive_activations_size() > 0) out += "\nmassive activations, baseline (intervened):\n";
   for (int k = 0; k < b.massive_activations_size(); ++k) {
     const auto& report = b.massive_activations(k);
     const int64_t after = k < i.massive_activations_size() ? i.massive_activations(k).count() : 0;
-    absl::StrAppendFormat(&out, "\nmassive activations at %s: %d (intervened: %d)\n", report.site(), report.count(),
-                          after);
+    absl::StrAppendFormat(&out, "%-24s %d (%d)\n", report.site(), report.count(), after);
     for (const auto& m : report.top()) {
       absl::StrAppendFormat(&out, "  window %d token %d dim %d: %.3f (%.0fx the median)\n", m.sequence(), m.token(),
                             m.dim(), m.value(), m.ratio());
