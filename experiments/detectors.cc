@@ -32,9 +32,10 @@ absl::Status CheckLayers(const ModelConfig& c, absl::string_view what, std::vect
   return absl::OkStatus();
 }
 
-// Per row of a [b, n] tensor: the median (the mean of the two middle values for even n, as numpy
-// has it; torch's median takes the lower one).
-at::Tensor RowMedian(const at::Tensor& a) { return at::quantile(a, 0.5, /*dim=*/1); }
+// Per row of a [b, n] tensor: the median as torch has it (the lower of the two middle values for
+// even n), like the activation stats. Not at::quantile: it refuses inputs over 2^24 elements, which
+// one window of a 7B model's residual stream already exceeds.
+at::Tensor RowMedian(const at::Tensor& a) { return std::get<0>(a.median(/*dim=*/1)); }
 
 }  // namespace
 
@@ -311,9 +312,9 @@ absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const Transf
     std::vector<result::NormOutlier> found;
     for (const Norm& n : norms) {
       at::Tensor g = n.gamma->detach().to(at::kCPU, at::kDouble);  // [d]
-      const double median = at::quantile(g, 0.5).item<double>();
+      const double median = g.median().item<double>();
       at::Tensor deviation = (g - median).abs();
-      double scale = 1.4826 * at::quantile(deviation, 0.5).item<double>();
+      double scale = 1.4826 * deviation.median().item<double>();
       // Most gammas equal (e.g. all ones but a few): fall back to the mean absolute deviation,
       // scaled to the standard deviation of a normal distribution.
       if (scale == 0) scale = 1.2533 * deviation.mean().item<double>();

@@ -14,6 +14,9 @@
 //  * DetectNormOutliers (arXiv 2505.21670): norm gamma channels whose robust z-score
 //    (gamma - median) / (1.4826 MAD) has |z| >= min_z.
 //
+// Medians are torch's (the lower of the two middle values for an even count), as in
+// measurements.h.
+//
 // Collectors stay at one address while attached (neither copyable nor movable). Thread-compatible.
 #ifndef LESION_EXPERIMENTS_DETECTORS_H_
 #define LESION_EXPERIMENTS_DETECTORS_H_
