@@ -25,8 +25,8 @@ namespace {
 struct Means {
   std::map<int64_t, at::Tensor> head_sums;     // layer -> [heads, hd] sum over tokens
   std::map<int64_t, int64_t> head_counts;      // layer -> tokens
-  std::map<std::string, at::Tensor> site_sums;  // site -> [seq, features] sum over windows
-  std::map<std::string, int64_t> site_counts;   // site -> windows
+  std::map<std::string, at::Tensor> site_sums;    // site -> [seq, features] sum over windows
+  std::map<std::string, at::Tensor> site_counts;  // site -> [seq, 1] windows that reach the position
 };
 
 // Spec enums to runtime enums, spelled out so that reordering either cannot silently remap them.
@@ -99,7 +99,7 @@ absl::Status AddActivationInterventions(const ModelConfig& c, const spec::Experi
         if (a->op == spec::ActivationEdit::Op::kMean) {
           const std::string name = site.Name();
           mean = means != nullptr && means->site_sums.count(name)
-                     ? means->site_sums.at(name) / static_cast<double>(means->site_counts.at(name))
+                     ? means->site_sums.at(name) / means->site_counts.at(name).clamp_min(1)
                      : at::zeros({seq_len, SiteFeatures(c, site.kind)});
         }
         RETURN_IF_ERROR(AddActivationEdit(c, site, a->positions, a->dims, ToRuntime(a->op),
@@ -154,14 +154,15 @@ void AddMeanObservers(const ModelConfig& c, const spec::Experiment& e, Means& me
         plan.AddHook(site, [&means, name](const SiteId&, at::Tensor& x) {
           at::Tensor sum = x.reshape({x.size(0), x.size(1), -1}).to(at::kDouble).sum(0).cpu();  // [s, features]
           at::Tensor& acc = means.site_sums[name];
-          if (!acc.defined()) {
-            acc = sum;
-          } else if (acc.size(0) == sum.size(0)) {
-            acc += sum;
-          } else {  // a shorter last window: add into the leading positions
-            acc.narrow(0, 0, std::min(acc.size(0), sum.size(0))) += sum.narrow(0, 0, std::min(acc.size(0), sum.size(0)));
+          at::Tensor& count = means.site_counts[name];
+          if (!acc.defined()) {  // the first batch holds the longest windows
+            acc = at::zeros_like(sum);
+            count = at::zeros({sum.size(0), 1}, sum.options());
           }
-          means.site_counts[name] += x.size(0);
+          // A shorter last window adds into the leading positions only, and counts only there.
+          const int64_t n = std::min(acc.size(0), sum.size(0));
+          acc.narrow(0, 0, n) += sum.narrow(0, 0, n);
+          count.narrow(0, 0, n) += static_cast<double>(x.size(0));
         });
       }
     }

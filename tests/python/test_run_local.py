@@ -9,10 +9,18 @@ from hf_reference import hf_perplexity, make_model as make
 
 
 def run_spec(cli, tmp_path, model_dir, spec, check=True):
+    """The lesion.v1.ExperimentResult (proto3 JSON) of `spec`; with check=False the process."""
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     proc = cli("run", "--local", "--model", model_dir, "--spec", path, "--json", check=check)
     return proc if not check else json.loads(proc.stdout)
+
+
+def metric(result, name):
+    """The entry of result["metrics"] called `name` (exactly one)."""
+    found = [m for m in result["metrics"] if m["name"] == name]
+    assert len(found) == 1, f"metric {name!r}: {len(found)} entries in {[m['name'] for m in result['metrics']]}"
+    return found[0]
 
 
 def test_head_ablation_perplexity_matches_transformers_with_a_hook(cli, tmp_path):
@@ -37,10 +45,15 @@ def test_head_ablation_perplexity_matches_transformers_with_a_hook(cli, tmp_path
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[2, 5] *= 40.0
     ablated_nll, _ = hf_perplexity(model, ids, 16)
-    assert result["n_tokens"] == count
-    assert abs(result["perplexity"]["baseline_mean_nll"] - base_nll) < 1e-5
-    assert abs(result["perplexity"]["intervened_mean_nll"] - ablated_nll) < 1e-5
+    base, inter = result["baseline"]["perplexity"], result["intervened"]["perplexity"]
+    assert int(base["n_tokens"]) == int(inter["n_tokens"]) == count  # int64: a JSON string
+    assert int(base["n_windows"]) == int(inter["n_windows"]) == 5
+    assert abs(base["mean_nll"] - base_nll) < 1e-5
+    assert abs(inter["mean_nll"] - ablated_nll) < 1e-5
     assert abs(ablated_nll - base_nll) > 1e-3
+    nll = metric(result, "mean_nll")
+    assert nll["baseline"] == base["mean_nll"] and nll["value"] == inter["mean_nll"]
+    assert abs(nll["delta"] - (ablated_nll - base_nll)) < 1e-5
 
 
 def test_gpt2_study_examples_run_on_the_bundled_model(cli, tmp_path):
@@ -48,19 +61,22 @@ def test_gpt2_study_examples_run_on_the_bundled_model(cli, tmp_path):
     examples = ROOT / "experiments" / "examples"
     stats = json.loads(cli("run", "--local", "--model", model, "--spec", examples / "layer_magnitudes.json",
                            "--json").stdout)
-    sites = [s["site"] for s in stats["activation_stats"]]
-    assert sites == ["embed"] + [f"blocks.{l}.resid_post" for l in range(5)] + ["final_norm"]
-    assert stats["perplexity"]["delta"] == 0
-    for s in stats["activation_stats"]:
-        top = s["baseline"]["mean_top"]
-        assert top == sorted(top, reverse=True) and s["baseline"]["median"] < top[-1]
+    sites = ["embed"] + [f"blocks.{l}.resid_post" for l in range(5)] + ["final_norm"]
+    for part in ("baseline", "intervened"):
+        assert [s["site"] for s in stats[part]["activation_stats"]] == sites
+    assert metric(stats, "perplexity")["delta"] == 0
+    assert stats["baseline"]["perplexity"] == stats["intervened"]["perplexity"]  # no interventions
+    for s in stats["baseline"]["activation_stats"]:
+        top = s["mean_top"]
+        assert len(top) == 3 and top == sorted(top, reverse=True) and s["median"] < top[-1]
     sinks = json.loads(cli("run", "--local", "--model", model, "--spec", examples / "attention_sinks.json",
-                           "--json").stdout)["attention_sink"]
-    assert len(sinks["baseline"]) == 5 and len(sinks["baseline"][0]) == 8
-    assert all(0 <= v <= 1 for row in sinks["baseline"] for v in row)
+                           "--json").stdout)["baseline"]["attention_sink"]
+    assert sinks["layers"] == [0, 1, 2, 3, 4] and sinks["n_heads"] == 8
+    assert len(sinks["scores"]) == 5 * 8  # [layers, heads] row-major
+    assert all(0 <= v <= 1 for v in sinks["scores"])
     pruned = json.loads(cli("run", "--local", "--model", model, "--spec",
                             examples / "prune_bottom3_sink_heads.json", "--json").stdout)
-    assert pruned["perplexity"]["delta"] != 0
+    assert metric(pruned, "perplexity")["delta"] != 0
 
 
 @pytest.mark.parametrize("intervention, needle", [
