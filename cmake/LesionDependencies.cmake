@@ -7,6 +7,7 @@ find_package(Threads REQUIRED)
 find_package(absl REQUIRED CONFIG)
 find_package(Protobuf REQUIRED)
 find_package(OpenSSL REQUIRED)  # SHA-256 of specs (libcrypto)
+find_package(SQLite3 REQUIRED)  # the experiment store (storage/); target SQLite::SQLite3
 find_package(nlohmann_json REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)

@@ -1,0 +1,143 @@
+// ExperimentStore: the SQLite record of every experiment the server ran or will run — its spec,
+// status and timestamps, scalar metrics (queryable, see storage/query.h), the full serialized
+// lesion.v1.ExperimentResult (per-layer / per-head tables and captured tensors included), the
+// reproducibility fingerprint, and the baseline cache.
+//
+//   ASSIGN_OR_RETURN(std::unique_ptr<ExperimentStore> store, ExperimentStore::Open("lesion.db"));
+//   ASSIGN_OR_RETURN(int64_t interrupted, store->MarkInterruptedOnStart(absl::Now()));
+//   RETURN_IF_ERROR(store->Insert(record));                 // queued
+//   RETURN_IF_ERROR(store->MarkRunning(record.id, absl::Now()));
+//   RETURN_IF_ERROR(store->Finish(record.id, result, absl::Now()));
+//   ASSIGN_OR_RETURN(QueryPage page, store->Query({.where = "metric.perplexity.delta_pct > 1"}));
+//
+// Schema: versioned by PRAGMA user_version with ordered migrations (kMigrations in the .cc); Open
+// applies the missing ones and refuses a database newer than this code. WAL journal, busy timeout.
+// Lifecycle: queued -> running -> done | failed | cancelled; queued -> failed | cancelled;
+// queued | running -> interrupted (MarkInterruptedOnStart, after a crash). Every state change is
+// one transaction.
+//
+// Threads: thread-compatible (one connection, no locks). The server uses one store from a single
+// writer thread; readers may Open a second store on the same file (WAL lets them read while the
+// writer writes).
+// Errors common to every method: Unavailable (the database is locked past the busy timeout),
+// DataLoss (a corrupt file or blob), Internal (anything else SQLite reports).
+#ifndef LESION_STORAGE_EXPERIMENT_STORE_H_
+#define LESION_STORAGE_EXPERIMENT_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "proto/lesion/v1/result.pb.h"
+#include "storage/sqlite.h"
+
+namespace lesion::storage {
+
+enum class ExperimentStatus { kQueued, kRunning, kDone, kFailed, kCancelled, kInterrupted };
+
+// "queued", "running", ... as stored and as the query language spells them.
+absl::string_view ExperimentStatusName(ExperimentStatus status);
+std::optional<ExperimentStatus> ParseExperimentStatus(absl::string_view name);
+
+struct ExperimentRecord {
+  std::string id;  // caller-given, unique
+  std::string user;
+  std::string name;
+  std::vector<std::string> tags;  // stored once each, read back sorted
+  std::string model;              // the server's model name
+  std::string model_fingerprint;  // replaced by the result's on Finish when that is set
+  std::string spec_json;          // canonical spec JSON (experiments/spec: protobuf's printer,
+                                  // proto field names); queried by intervention.* fields
+  std::optional<std::string> parent_id;  // an existing experiment (sweeps)
+
+  // Set by the store; Insert ignores them.
+  ExperimentStatus status = ExperimentStatus::kQueued;
+  absl::Time created = absl::UnixEpoch();  // Insert stores this one
+  std::optional<absl::Time> started;
+  std::optional<absl::Time> finished;
+  std::string error;  // failed / interrupted
+  // Reproducibility fingerprint, from ExperimentResult.run on Finish.
+  std::string spec_sha256;
+  std::string lesion_version;
+  std::string dtype;
+  std::string device;
+};
+
+struct QueryOptions {
+  std::string where;     // storage/query.h filter; empty: all
+  std::string order_by;  // storage/query.h order; empty: newest first
+  int64_t limit = 100;   // 0..10000; 0 counts only
+  int64_t offset = 0;
+};
+
+struct QueryPage {
+  std::vector<ExperimentRecord> records;
+  int64_t total = 0;  // experiments matching `where`, over all pages
+};
+
+class ExperimentStore {
+ public:
+  // Opens (creating and migrating) the store at `path`, ":memory:" for a private one.
+  // FailedPrecondition if the file's schema version is newer than this code knows; NotFound /
+  // PermissionDenied / DataLoss if the file cannot be opened as a database.
+  static absl::StatusOr<std::unique_ptr<ExperimentStore>> Open(const std::string& path);
+
+  // The schema version this code writes.
+  static int SchemaVersion();
+
+  // Records a new experiment as queued at `record.created`. AlreadyExists for a taken id;
+  // InvalidArgument for an empty id, spec_json that is not JSON, or an unknown parent_id.
+  absl::Status Insert(const ExperimentRecord& record);
+
+  // queued -> running. NotFound (no such id); FailedPrecondition from any other status.
+  absl::Status MarkRunning(absl::string_view id, absl::Time now);
+  // running -> done, writing the metrics, the result blob and the fingerprint in one transaction.
+  // NotFound; FailedPrecondition unless running; InvalidArgument for a metric name given twice.
+  absl::Status Finish(absl::string_view id, const lesion::v1::ExperimentResult& result,
+                      absl::Time now);
+  // queued | running -> failed with `error`. NotFound; FailedPrecondition otherwise.
+  absl::Status Fail(absl::string_view id, absl::string_view error, absl::Time now);
+  // queued | running -> cancelled. NotFound; FailedPrecondition otherwise.
+  absl::Status Cancel(absl::string_view id, absl::Time now);
+  // At server start: every experiment still queued or running (left so by a crash or a stop)
+  // becomes interrupted, finished at `now`. Returns how many.
+  absl::StatusOr<int64_t> MarkInterruptedOnStart(absl::Time now);
+
+  // NotFound naming the id.
+  absl::StatusOr<ExperimentRecord> Get(absl::string_view id);
+  // NotFound if there is no such experiment or it has no result (not finished).
+  absl::StatusOr<lesion::v1::ExperimentResult> GetResult(absl::string_view id);
+
+  // The baseline cache: a PassResult under a key (model + dataset + eval config + measurements).
+  // Put replaces an existing entry. Get returns nullopt on a miss.
+  absl::Status PutBaseline(absl::string_view key, const lesion::v1::PassResult& pass, absl::Time now);
+  absl::StatusOr<std::optional<lesion::v1::PassResult>> GetBaseline(absl::string_view key);
+
+  // InvalidArgument for a bad query (see storage/query.h) or limit / offset out of range.
+  absl::StatusOr<QueryPage> Query(const QueryOptions& options);
+
+  // The connection, for batching several calls in one outer Transaction (the store's own
+  // transactions nest as savepoints) and for tests. Owned by the store.
+  Database* database() { return db_.get(); }
+
+ private:
+  explicit ExperimentStore(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+  absl::Status Migrate();
+  // Moves `id` from one of `from` to `to`, in its own transaction.
+  absl::Status Transition(absl::string_view id, std::vector<ExperimentStatus> from,
+                          ExperimentStatus to, absl::Time now, absl::string_view error);
+  absl::StatusOr<ExperimentStatus> StatusOf(absl::string_view id);
+  absl::StatusOr<ExperimentRecord> ReadRecord(Statement& row);
+
+  std::unique_ptr<Database> db_;
+};
+
+}  // namespace lesion::storage
+
+#endif  // LESION_STORAGE_EXPERIMENT_STORE_H_

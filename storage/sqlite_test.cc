@@ -1,0 +1,122 @@
+#include "storage/sqlite.h"
+
+#include <sqlite3.h>
+
+#include "gtest/gtest.h"
+
+namespace lesion::storage {
+namespace {
+
+std::unique_ptr<Database> OpenMemory() {
+  absl::StatusOr<std::unique_ptr<Database>> db = Database::Open(":memory:");
+  EXPECT_TRUE(db.ok()) << db.status();
+  return *std::move(db);
+}
+
+TEST(SqliteStatus, MapsCodes) {
+  EXPECT_EQ(SqliteStatus(SQLITE_BUSY, "m", "s").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(SqliteStatus(SQLITE_CORRUPT, "m", "s").code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(SqliteStatus(SQLITE_NOTADB, "m", "s").code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_PRIMARYKEY, "m", "s").code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_CHECK, "m", "s").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SqliteStatus(SQLITE_IOERR, "m", "s").code(), absl::StatusCode::kInternal);
+  const absl::Status s = SqliteStatus(SQLITE_ERROR, "no such table: t", "SELECT * FROM t");
+  EXPECT_NE(s.message().find("no such table: t"), absl::string_view::npos);
+  EXPECT_NE(s.message().find("SELECT * FROM t"), absl::string_view::npos);
+}
+
+TEST(Database, BindStepAndColumns) {
+  auto db = OpenMemory();
+  ASSERT_TRUE(db->Execute("CREATE TABLE t (i INTEGER, d REAL, s TEXT, b BLOB)").ok());
+  auto insert = db->Prepare("INSERT INTO t VALUES (?, ?, ?, ?)");
+  ASSERT_TRUE(insert.ok()) << insert.status();
+  (*insert)->BindInt64(1, 1LL << 40);
+  (*insert)->BindDouble(2, 2.5);
+  (*insert)->BindText(3, "it's");
+  (*insert)->BindBlob(4, std::string("a\0b", 3));
+  ASSERT_TRUE((*insert)->Run().ok());
+  auto select = db->Prepare("SELECT i, d, s, b FROM t");
+  ASSERT_TRUE(select.ok());
+  auto row = (*select)->Step();
+  ASSERT_TRUE(row.ok() && *row);
+  EXPECT_EQ((*select)->ColumnInt64(0), 1LL << 40);
+  EXPECT_EQ((*select)->ColumnDouble(1), 2.5);
+  EXPECT_EQ((*select)->ColumnText(2), "it's");
+  EXPECT_EQ((*select)->ColumnBlob(3), std::string("a\0b", 3));
+  row = (*select)->Step();
+  ASSERT_TRUE(row.ok());
+  EXPECT_FALSE(*row);
+}
+
+TEST(Database, ErrorsCarryCodeAndSql) {
+  auto db = OpenMemory();
+  ASSERT_TRUE(db->Execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER CHECK (v > 0))").ok());
+  ASSERT_TRUE(db->Execute("INSERT INTO t VALUES ('a', 1)").ok());
+  auto dup = db->Prepare("INSERT INTO t VALUES ('a', 2)");
+  ASSERT_TRUE(dup.ok());
+  EXPECT_EQ((*dup)->Run().code(), absl::StatusCode::kAlreadyExists);
+  auto check = db->Prepare("INSERT INTO t VALUES ('b', -1)");
+  ASSERT_TRUE(check.ok());
+  EXPECT_EQ((*check)->Run().code(), absl::StatusCode::kInvalidArgument);
+  auto bad = db->Prepare("SELECT * FROM missing");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(bad.status().message().find("missing"), absl::string_view::npos);
+  auto range = db->Prepare("SELECT ?");
+  ASSERT_TRUE(range.ok());
+  (*range)->BindInt64(5, 1);
+  EXPECT_EQ((*range)->Step().status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+int64_t Count(Database& db) {
+  auto count = db.Prepare("SELECT count(*) FROM t");
+  EXPECT_TRUE(count.ok());
+  auto row = (*count)->Step();
+  EXPECT_TRUE(row.ok() && *row);
+  return (*count)->ColumnInt64(0);
+}
+
+TEST(Transaction, RollsBackUnlessCommitted) {
+  auto db = OpenMemory();
+  ASSERT_TRUE(db->Execute("CREATE TABLE t (v INTEGER)").ok());
+  {
+    Transaction tx(db.get());
+    ASSERT_TRUE(tx.Begin().ok());
+    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (1)").ok());
+  }
+  EXPECT_EQ(Count(*db), 0);
+  EXPECT_FALSE(db->InTransaction());
+  {
+    Transaction tx(db.get());
+    ASSERT_TRUE(tx.Begin().ok());
+    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (1)").ok());
+    ASSERT_TRUE(tx.Commit().ok());
+    EXPECT_EQ(tx.Commit().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(Count(*db), 1);
+}
+
+TEST(Transaction, NestedIsASavepoint) {
+  auto db = OpenMemory();
+  ASSERT_TRUE(db->Execute("CREATE TABLE t (v INTEGER)").ok());
+  Transaction outer(db.get());
+  ASSERT_TRUE(outer.Begin().ok());
+  {
+    Transaction inner(db.get());
+    ASSERT_TRUE(inner.Begin().ok());
+    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (1)").ok());
+  }  // inner rolled back
+  {
+    Transaction inner(db.get());
+    ASSERT_TRUE(inner.Begin().ok());
+    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (2)").ok());
+    ASSERT_TRUE(inner.Commit().ok());
+  }
+  EXPECT_TRUE(db->InTransaction());
+  ASSERT_TRUE(outer.Commit().ok());
+  EXPECT_EQ(Count(*db), 1);
+}
+
+}  // namespace
+}  // namespace lesion::storage
