@@ -78,6 +78,19 @@ absl::Status ApplyWeightEdits(const spec::Experiment& e, WeightEditSession& edit
   return absl::OkStatus();
 }
 
+absl::Status CheckWeightEdits(const Transformer& t, const spec::Experiment& e) {
+  for (const spec::Intervention& in : e.interventions) {
+    if (const auto* w = std::get_if<spec::WeightEdit>(&in)) {
+      ASSIGN_OR_RETURN(WeightModule module, ParseWeightModule(w->module));
+      RETURN_IF_ERROR(CheckElementEdit(t, w->layer, module, w->row, w->col, w->value));
+    } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
+      ASSIGN_OR_RETURN(NormSite norm, ParseNormSite(n->norm));
+      RETURN_IF_ERROR(CheckNormReset(t, n->layer, norm, n->channels, n->value));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Adds the activation-level interventions to `plan`. With `means` null, MEAN modes get zero
 // placeholders of the right shape: that validates every index before any compute.
 absl::Status AddActivationInterventions(const ModelConfig& c, const spec::Experiment& e, int64_t seq_len,
@@ -231,8 +244,7 @@ absl::StatusOr<std::vector<SiteId>> ParseSites(const std::vector<std::string>& p
   return sites;
 }
 
-absl::StatusOr<PassCollectors> MakeCollectors(const Model& model, const spec::Experiment& e,
-                                              const std::vector<result::TokenProbability>& tokens) {
+absl::StatusOr<PassCollectors> MakeCollectors(const Model& model, const spec::Experiment& e) {
   const ModelConfig& c = model.config();
   PassCollectors out;
   for (const spec::Measurement& m : e.measurements) {
@@ -262,11 +274,6 @@ absl::StatusOr<PassCollectors> MakeCollectors(const Model& model, const spec::Ex
       out.norm_outliers = *d;
     }
   }
-  std::vector<int32_t> ids;
-  for (const auto& t : tokens) ids.push_back(t.token_id);
-  ASSIGN_OR_RETURN(out.next_token, TorchCall("next-token reducer", [&] {
-                     return std::make_unique<NextTokenReducer>(ids, model.transformer().device());
-                   }));
   return out;
 }
 
@@ -341,6 +348,17 @@ bool NeedsMeans(const spec::Experiment& e) {
   return false;
 }
 
+// What validation finds out and the run uses.
+struct Prepared {
+  std::vector<int32_t> ids;
+  PerplexityOptions options;
+  PerplexityResult protocol;  // what every pass shares: tokens, windows, protocol
+  std::vector<result::TokenProbability> tokens;
+  bool needs_kl = false;
+  bool needs_means = false;
+  PassCollectors base, inter;
+};
+
 }  // namespace
 
 absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const spec::Experiment& e,
@@ -363,6 +381,77 @@ absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const sp
   return tokenizer->Encode(text);
 }
 
+namespace {
+
+// Every check of the spec against the model, without device work or touching the weights.
+absl::StatusOr<Prepared> Prepare(const Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
+                                 const RunLimits& limits) {
+  const ModelConfig& c = model.config();
+  Prepared p;
+  ASSIGN_OR_RETURN(p.ids, ResolveDataset(model, e, data_dir));
+  if (static_cast<int64_t>(p.ids.size()) > limits.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset: ", p.ids.size(), " tokens exceed the limit of ",
+                                                   limits.max_tokens, " tokens per experiment"));
+  }
+  const int64_t vocab = c.vocab_size;
+  for (size_t i = 0; i < p.ids.size(); ++i) {
+    if (p.ids[i] < 0 || p.ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset: token id ", p.ids[i], " at position ", i,
+                                                     " out of range: vocabulary has ", vocab, " ids"));
+    }
+  }
+  PerplexityOptions& options = p.options;
+  options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);
+  if (e.stride > 0) options.stride = e.stride;
+  if (e.max_windows > 0) options.max_windows = e.max_windows;
+  if (e.batch_size > 0) options.batch_size = e.batch_size;
+  options.add_bos = e.add_bos;
+  if (options.add_bos && !model.bos_id().has_value()) {
+    return absl::FailedPreconditionError("eval.add_bos: the model defines no BOS token");
+  }
+  if (c.learned_positions && options.seq_len > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("eval.seq_len ", options.seq_len, " is longer than the model's ",
+                                                   c.max_position_embeddings, " positions"));
+  }
+  ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(p.ids.size()), options));
+  p.protocol.n_windows = static_cast<int64_t>(windows.size());
+  p.protocol.protocol = DescribeProtocol(options);
+  for (const Window& w : windows) p.protocol.n_tokens += w.end - w.score_begin;
+
+  for (const spec::Measurement& m : e.measurements) {
+    if (const auto* tp = std::get_if<spec::TokenProbabilities>(&m)) {
+      ASSIGN_OR_RETURN(p.tokens, ResolveTokens(model, *tp));
+    }
+    p.needs_kl |= std::holds_alternative<spec::KlDivergence>(m);
+  }
+  p.needs_means = NeedsMeans(e);
+  {
+    RunPlan dry_run(c.n_layers);
+    RETURN_IF_ERROR(AddActivationInterventions(c, e, options.seq_len, nullptr, dry_run));
+  }
+  RETURN_IF_ERROR(CheckWeightEdits(model.transformer(), e));
+  ASSIGN_OR_RETURN(p.base, MakeCollectors(model, e));
+  ASSIGN_OR_RETURN(p.inter, MakeCollectors(model, e));
+  const int64_t seq = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
+  int64_t bytes = 0;
+  for (const auto& cap : p.base.captures) bytes += 2 * cap->ExpectedBytes(c, p.protocol.n_windows, seq);
+  if (bytes > limits.max_capture_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("capture: ", bytes, " bytes for both passes exceed the limit of ",
+                                                   limits.max_capture_bytes,
+                                                   " bytes; capture fewer sites, positions or windows"));
+  }
+  return p;
+}
+
+}  // namespace
+
+absl::Status ValidateExperiment(const Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
+                                const RunLimits& limits) {
+  return TorchCall("validating the experiment", [&]() -> absl::Status {
+    return Prepare(model, e, data_dir, limits).status();
+  });
+}
+
 absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec::Experiment& e,
                                                  const std::filesystem::path& data_dir,
                                                  const RunControls& controls, const RunLimits& limits) {
@@ -371,55 +460,24 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   const Transformer& t = model.transformer();
 
   // Everything is validated before the first forward pass.
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, ResolveDataset(model, e, data_dir));
-  if (static_cast<int64_t>(ids.size()) > limits.max_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset: ", ids.size(), " tokens exceed the limit of ",
-                                                   limits.max_tokens, " tokens per experiment"));
-  }
-  PerplexityOptions options;
-  options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);
-  if (e.stride > 0) options.stride = e.stride;
-  if (e.max_windows > 0) options.max_windows = e.max_windows;
-  if (e.batch_size > 0) options.batch_size = e.batch_size;
-  options.add_bos = e.add_bos;
-  ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(ids.size()), options));
-  PerplexityResult protocol;  // what every pass shares: tokens, windows, protocol
-  protocol.n_windows = static_cast<int64_t>(windows.size());
-  protocol.protocol = DescribeProtocol(options);
-  for (const Window& w : windows) protocol.n_tokens += w.end - w.score_begin;
+  ASSIGN_OR_RETURN(Prepared prepared, Prepare(model, e, data_dir, limits));
+  PassCollectors& base = prepared.base;
+  PassCollectors& inter = prepared.inter;
+  const bool needs_kl = prepared.needs_kl;
+  const bool needs_means = prepared.needs_means;
+  // A cached baseline serves when the baseline's logits and means are not needed again.
+  const bool reuse_baseline = controls.cached_baseline != nullptr && !needs_kl && !needs_means;
+  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches,
+                   MakeWindowBatches(t, prepared.ids, prepared.options, model.bos_id()));
+  std::vector<int32_t> token_ids;
+  for (const auto& tp : prepared.tokens) token_ids.push_back(tp.token_id);
+  RETURN_IF_ERROR(TorchCall("next-token reducers", [&] {
+    base.next_token = std::make_unique<NextTokenReducer>(token_ids, t.device());
+    inter.next_token = std::make_unique<NextTokenReducer>(token_ids, t.device());
+  }));
 
-  std::vector<result::TokenProbability> tokens;
-  bool needs_kl = false;
-  for (const spec::Measurement& m : e.measurements) {
-    if (const auto* tp = std::get_if<spec::TokenProbabilities>(&m)) {
-      ASSIGN_OR_RETURN(tokens, ResolveTokens(model, *tp));
-    }
-    needs_kl |= std::holds_alternative<spec::KlDivergence>(m);
-  }
-  {
-    RunPlan dry_run(c.n_layers);
-    RETURN_IF_ERROR(AddActivationInterventions(c, e, options.seq_len, nullptr, dry_run));
-    WeightEditSession edits(&t);
-    RETURN_IF_ERROR(ApplyWeightEdits(e, edits));
-    RETURN_IF_ERROR(edits.Restore());
-  }
-  ASSIGN_OR_RETURN(PassCollectors base, MakeCollectors(model, e, tokens));
-  ASSIGN_OR_RETURN(PassCollectors inter, MakeCollectors(model, e, tokens));
-  {
-    const int64_t seq = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
-    int64_t bytes = 0;
-    for (const auto& cap : base.captures) bytes += 2 * cap->ExpectedBytes(c, protocol.n_windows, seq);
-    if (bytes > limits.max_capture_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("capture: ", bytes, " bytes for both passes exceed the limit of ",
-                                                     limits.max_capture_bytes,
-                                                     " bytes; capture fewer sites, positions or windows"));
-    }
-  }
-  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches, MakeWindowBatches(t, ids, options, model.bos_id()));
-
-  const bool needs_means = NeedsMeans(e);
   const int64_t n_batches = static_cast<int64_t>(batches.size());
-  const int64_t planned = n_batches * (needs_means ? (needs_kl ? 3 : 2) : 2);
+  const int64_t planned = reuse_baseline ? n_batches : n_batches * (needs_means && needs_kl ? 3 : 2);
   int64_t passes = 0;
   auto forward = [&](const WindowBatch& batch, const RunPlan& plan) -> absl::StatusOr<at::Tensor> {
     if (controls.cancelled && controls.cancelled()) {
@@ -439,10 +497,9 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   const RunPlan plain(c.n_layers);
   WeightEditSession edits(&t);  // restores in its destructor on every early return
 
-  result::Experiment out;
   RETURN_IF_ERROR(TorchCall("running the experiment", [&]() -> absl::Status {
     c10::InferenceMode guard;
-    bool baseline_done = false;
+    bool baseline_done = reuse_baseline;
     if (needs_means) {  // the dataset means first: the intervened pass depends on them
       for (const WindowBatch& batch : batches) {
         ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, baseline_plan));
@@ -451,7 +508,7 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
       baseline_done = true;
     }
     RunPlan plan(c.n_layers);
-    RETURN_IF_ERROR(AddActivationInterventions(c, e, options.seq_len, &means, plan));
+    RETURN_IF_ERROR(AddActivationInterventions(c, e, prepared.options.seq_len, &means, plan));
     inter.Attach(plan);
     RETURN_IF_ERROR(ApplyWeightEdits(e, edits));
     RETURN_IF_ERROR(edits.Suspend());
@@ -470,9 +527,15 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
     return absl::OkStatus();
   }));
 
-  ASSIGN_OR_RETURN(out.baseline, FinishPass(base, t, protocol, tokens));  // edits suspended: pristine weights
+  result::Experiment out;
+  if (reuse_baseline) {
+    out.baseline = *controls.cached_baseline;
+    out.baseline_from_cache = true;
+  } else {
+    ASSIGN_OR_RETURN(out.baseline, FinishPass(base, t, prepared.protocol, prepared.tokens));  // pristine weights
+  }
   RETURN_IF_ERROR(edits.Resume());
-  absl::StatusOr<result::Pass> intervened = FinishPass(inter, t, protocol, tokens);
+  absl::StatusOr<result::Pass> intervened = FinishPass(inter, t, prepared.protocol, prepared.tokens);
   RETURN_IF_ERROR(edits.Restore());
   if (!intervened.ok()) return intervened.status();
   out.intervened = *std::move(intervened);
@@ -480,7 +543,7 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
     out.has_kl_divergence = true;
     ASSIGN_OR_RETURN(double kl_sum, TorchCall("reading the KL divergence",
                                               [&] { return inter.next_token->kl_sum().item<double>(); }));
-    out.kl_divergence = kl_sum / static_cast<double>(protocol.n_tokens);
+    out.kl_divergence = kl_sum / static_cast<double>(prepared.protocol.n_tokens);
   }
 
   out.run.model = model.dir().string();

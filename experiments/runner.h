@@ -38,12 +38,22 @@ struct RunControls {
   std::function<bool()> cancelled;
   // After every forward pass: (passes done, passes planned).
   std::function<void(int64_t, int64_t)> progress;
+  // The baseline pass of an earlier run of the same model with the same spec.baseline_sha256: used
+  // instead of baseline forward passes, unless the spec needs the baseline's logits or dataset means
+  // (KL divergence, MEAN modes). Not owned; must outlive the call.
+  const result::Pass* cached_baseline = nullptr;
 };
 
 // `data_dir` holds the named datasets (data/ of the repository).
 absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec::Experiment& experiment,
                                                  const std::filesystem::path& data_dir,
                                                  const RunControls& controls = {}, const RunLimits& limits = {});
+
+// Every check RunExperiment makes before its first forward pass, without device work and without
+// touching the weights (allocates small CPU tensors only), so it may run on a thread other than the
+// one running the model. Errors as RunExperiment's.
+absl::Status ValidateExperiment(const Model& model, const spec::Experiment& experiment,
+                                const std::filesystem::path& data_dir, const RunLimits& limits = {});
 
 // The token ids of the spec's dataset (text tokenized, named datasets read from `data_dir`).
 absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const spec::Experiment& experiment,

@@ -145,9 +145,9 @@ absl::Status WeightEditSession::Touch(const at::Tensor& whole, const at::Tensor&
   });
 }
 
-absl::Status WeightEditSession::EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col,
-                                            ElementOp op, double value) {
-  ASSIGN_OR_RETURN(at::Tensor w, ModuleWeight(*model_, layer, module));  // [out, in]
+absl::Status CheckElementEdit(const Transformer& model, int64_t layer, WeightModule module, int64_t row,
+                              int64_t col, double value) {
+  ASSIGN_OR_RETURN(at::Tensor w, ModuleWeight(model, layer, module));  // [out, in]
   if (row < 0 || row >= w.size(0) || col < 0 || col >= w.size(1)) {
     return absl::InvalidArgumentError(absl::StrCat("index [", row, ", ", col, "] out of range for layer ",
                                                    layer, " ", WeightModuleName(module), " of shape ",
@@ -156,6 +156,27 @@ absl::Status WeightEditSession::EditElement(int64_t layer, WeightModule module, 
   if (!std::isfinite(value)) {
     return absl::InvalidArgumentError(absl::StrCat("edit value ", value, " is not finite"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckNormReset(const Transformer& model, int64_t layer, NormSite norm,
+                            const std::vector<int64_t>& channels, double value) {
+  ASSIGN_OR_RETURN(at::Tensor gamma, NormGamma(model, layer, norm));  // [d]
+  for (int64_t c : channels) {
+    if (c < 0 || c >= gamma.size(0)) {
+      return absl::InvalidArgumentError(absl::StrCat("channel ", c, " out of range: the norm has ",
+                                                     gamma.size(0), " channels"));
+    }
+  }
+  if (!std::isfinite(value)) return absl::InvalidArgumentError(absl::StrCat("value ", value, " is not finite"));
+  if (channels.empty()) return absl::InvalidArgumentError("no channels given");
+  return absl::OkStatus();
+}
+
+absl::Status WeightEditSession::EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col,
+                                            ElementOp op, double value) {
+  RETURN_IF_ERROR(CheckElementEdit(*model_, layer, module, row, col, value));
+  ASSIGN_OR_RETURN(at::Tensor w, ModuleWeight(*model_, layer, module));  // [out, in]
   // The whole tensor that owns the storage: q/k/v and gate/up are views of fused matrices.
   const BlockWeights& b = model_->weights().blocks[layer];
   const at::Tensor& whole = module <= WeightModule::kAttnV ? b.qkv.weight
@@ -184,15 +205,8 @@ absl::Status WeightEditSession::EditElement(int64_t layer, WeightModule module, 
 absl::Status WeightEditSession::ResetNormChannels(int64_t layer, NormSite norm,
                                                   const std::vector<int64_t>& channels, NormResetMode mode,
                                                   double value) {
+  RETURN_IF_ERROR(CheckNormReset(*model_, layer, norm, channels, value));
   ASSIGN_OR_RETURN(at::Tensor gamma, NormGamma(*model_, layer, norm));  // [d]
-  for (int64_t c : channels) {
-    if (c < 0 || c >= gamma.size(0)) {
-      return absl::InvalidArgumentError(absl::StrCat("channel ", c, " out of range: the norm has ",
-                                                     gamma.size(0), " channels"));
-    }
-  }
-  if (!std::isfinite(value)) return absl::InvalidArgumentError(absl::StrCat("value ", value, " is not finite"));
-  if (channels.empty()) return absl::InvalidArgumentError("no channels given");
   // The gamma mean is that of the checkpoint's gamma, whatever this session edited before.
   RETURN_IF_ERROR(Touch(gamma, at::Tensor()));
   double fill = mode == NormResetMode::kOne ? 1.0 : value;

@@ -53,6 +53,13 @@ uint64_t BitChecksum(const at::Tensor& tensor);
 // Hex digest of the BitChecksum, dtype and shape of every weight tensor of `model`, in a fixed order.
 absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model);
 
+// The checks of EditElement and ResetNormChannels without the edit (InvalidArgument naming the
+// index, shape or value): a spec can be validated while another thread runs the model.
+absl::Status CheckElementEdit(const Transformer& model, int64_t layer, WeightModule module, int64_t row,
+                              int64_t col, double value);
+absl::Status CheckNormReset(const Transformer& model, int64_t layer, NormSite norm,
+                            const std::vector<int64_t>& channels, double value);
+
 class WeightEditSession {
  public:
   explicit WeightEditSession(const Transformer* model);  // `model` must outlive the session

@@ -130,6 +130,7 @@ struct RunInfo {
 
 struct Experiment {
   Pass baseline;
+  bool baseline_from_cache = false;  // the baseline came from RunControls::cached_baseline
   Pass intervened;
   bool has_kl_divergence = false;
   double kl_divergence = 0;

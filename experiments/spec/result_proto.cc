@@ -110,6 +110,46 @@ void AddMetric(v1::ExperimentResult& out, std::string name, double baseline, dou
 
 }  // namespace
 
+Pass FromProto(const v1::PassResult& in) {
+  Pass p;
+  if (in.has_perplexity()) {
+    p.has_perplexity = true;
+    const auto& ppl = in.perplexity();
+    p.perplexity = {ppl.ppl(), ppl.mean_nll(), ppl.n_tokens(), ppl.n_windows(), ppl.protocol()};
+  }
+  for (const auto& s : in.activation_stats()) {
+    SiteStats out{s.site(), {s.mean_top().begin(), s.mean_top().end()}, {}, s.median(), s.mean_abs(), s.n_windows()};
+    for (const auto& t : s.max_top()) out.max_top.push_back({t.value(), t.sequence(), t.token(), t.dim()});
+    p.activation_stats.push_back(std::move(out));
+  }
+  if (in.has_attention_sink()) {
+    p.has_attention_sink = true;
+    const auto& a = in.attention_sink();
+    p.attention_sink = {{a.layers().begin(), a.layers().end()}, a.n_heads(), {a.scores().begin(), a.scores().end()}};
+  }
+  for (const auto& t : in.token_probabilities()) p.token_probabilities.push_back({t.token_id(), t.token(), t.mean_probability()});
+  for (const auto& t : in.captures()) {
+    p.captures.push_back({t.name(), {t.shape().begin(), t.shape().end()}, t.dtype(), t.data(),
+                          {t.positions().begin(), t.positions().end()}});
+  }
+  for (const auto& r : in.massive_activations()) {
+    MassiveActivationReport out{r.site(), r.count(), {}};
+    for (const auto& m : r.top()) out.top.push_back({m.sequence(), m.token(), m.dim(), m.value(), m.ratio()});
+    p.massive_activations.push_back(std::move(out));
+  }
+  for (const auto& w : in.super_weights()) {
+    p.super_weights.push_back({w.layer(), w.row(), w.col(), w.weight(), w.sequence(), w.token(), w.input_spike(),
+                               w.output_spike(), w.input_ratio(), w.output_ratio()});
+  }
+  for (const auto& n : in.norm_outliers()) {
+    p.norm_outliers.push_back({n.norm(), n.layer(), n.channel(), n.gamma(), n.z(), n.median()});
+  }
+  for (const auto& k : in.attention_outliers()) {
+    p.attention_outliers.push_back({k.layer(), k.head(), k.key_position(), k.mass()});
+  }
+  return p;
+}
+
 v1::ExperimentResult ToProto(const Experiment& r) {
   v1::ExperimentResult out;
   Fill(r.baseline, *out.mutable_baseline());
@@ -174,6 +214,7 @@ v1::ExperimentResult ToProto(const Experiment& r) {
   run->set_lesion_version(r.run.lesion_version);
   run->set_seconds(r.run.seconds);
   run->set_forward_passes(r.run.forward_passes);
+  run->set_baseline_cached(r.baseline_from_cache);
   return out;
 }
 

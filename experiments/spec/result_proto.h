@@ -15,6 +15,9 @@ namespace lesion::experiments::result {
 // Both passes, the KL divergence, the run info and the derived metrics.
 lesion::v1::ExperimentResult ToProto(const Experiment& result);
 
+// The inverse of the pass part of ToProto (a cached baseline read back from the store).
+Pass FromProto(const lesion::v1::PassResult& pass);
+
 // proto3 JSON with field names as in result.proto; captured tensor bytes are base64 as proto3 JSON
 // has it. Pretty-printed when `indent`.
 std::string ToJson(const lesion::v1::ExperimentResult& result, bool indent);

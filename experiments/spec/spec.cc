@@ -208,6 +208,14 @@ absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
   print.preserve_proto_field_names = true;
   (void)google::protobuf::util::MessageToJsonString(proto, &e.canonical_json, print);
   e.spec_sha256 = Sha256Hex(e.canonical_json);
+  lesion::v1::ExperimentSpec baseline = proto;
+  baseline.clear_name();
+  baseline.clear_tags();
+  baseline.clear_model();
+  baseline.clear_interventions();
+  std::string baseline_json;
+  (void)google::protobuf::util::MessageToJsonString(baseline, &baseline_json, print);
+  e.baseline_sha256 = Sha256Hex(baseline_json);
   return e;
 }
 

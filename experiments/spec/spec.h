@@ -110,6 +110,10 @@ struct Experiment {
   std::vector<Measurement> measurements;
   std::string canonical_json;  // the spec as protobuf's JSON printer writes it
   std::string spec_sha256;     // hex SHA-256 of canonical_json
+  // Hex SHA-256 of what the baseline pass depends on: dataset, eval config and measurements (the
+  // canonical JSON without name, tags, model and interventions). With the model's fingerprint it
+  // keys the baseline cache.
+  std::string baseline_sha256;
 };
 
 // Hex SHA-256 of `bytes`.

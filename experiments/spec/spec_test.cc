@@ -60,6 +60,16 @@ TEST(ExperimentSpec, ProtoAndJsonFormsAgree) {
   ASSERT_TRUE(from_json.ok());
   EXPECT_EQ(ParseExperimentProto("\xff\xff garbage").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  // The baseline key ignores what only the intervened pass depends on, and nothing else.
+  auto with_edit = ParseExperimentJson(R"({"name": "x", "tags": ["t"], "dataset": {"named": "tinystories-sample"},
+      "interventions": [{"head_ablation": {"layer": 0, "heads": [1]}}], "measurements": [{"perplexity": {}}]})");
+  ASSERT_TRUE(with_edit.ok());
+  EXPECT_EQ(with_edit->baseline_sha256, from_json->baseline_sha256);
+  EXPECT_NE(with_edit->spec_sha256, from_json->spec_sha256);
+  auto other_eval = ParseExperimentJson(
+      R"({"dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64}, "measurements": [{"perplexity": {}}]})");
+  ASSERT_TRUE(other_eval.ok());
+  EXPECT_NE(other_eval->baseline_sha256, from_json->baseline_sha256);
 }
 
 TEST(ExperimentSpec, ErrorsNameTheField) {
