@@ -14,6 +14,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,12 @@ using tokenizer_internal::ValidUtf8Length;
 
 constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// HF's single_word test uses the Rust regex crate's Unicode \w, which differs from PCRE2's
+// (PCRE2 10.42: [\p{L}\p{N}_], so it takes U+00B2 but not U+0301).
+constexpr char kRustWordChar[] = R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}])";
+// Nesting limit of Sequence normalizers / pre-tokenizers (real files nest one or two deep).
+constexpr int kMaxSequenceDepth = 64;
 
 // Longer pieces are encoded without memoization (they rarely repeat).
 constexpr size_t kMaxMemoizedPieceBytes = 256;
@@ -169,7 +176,8 @@ class Regex {
     pcre2_match_data* md_;
   };
 
-  // Calls fn(piece) for every match and every stretch between matches, in order. `text` must be
+  // Calls fn(piece) for every non-empty match and every stretch between matches (as HF's Split,
+  // empty matches only split), in order. `text` must be
   // valid UTF-8 (callers check it once). Internal if PCRE2 gives up (e.g. its match limit).
   template <typename Fn>
   absl::Status ForEachPiece(absl::string_view text, const MatchData& data, Fn&& fn) const {
@@ -180,7 +188,10 @@ class Regex {
       if (rc == PCRE2_ERROR_NOMATCH) break;
       if (rc < 0) return MatchError(rc, start);
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.get());
-      if (ov[1] == ov[0]) {  // an empty match: move on by one character
+      if (ov[1] == ov[0]) {  // an empty match (\b, $, ...) splits there; move on by one character
+        if (ov[0] > emitted) fn(text.substr(emitted, ov[0] - emitted));
+        emitted = ov[0];
+        if (ov[0] >= text.size()) break;
         start = ov[0] + std::max<size_t>(1, ValidUtf8Length(text, ov[0]));
         continue;
       }
@@ -230,7 +241,7 @@ class AddedTokenMatcher {
       if (m.tokens_[i].content.empty()) continue;
       m.by_first_byte_[static_cast<unsigned char>(m.tokens_[i].content[0])].push_back(i);
       if (m.tokens_[i].single_word && m.word_ == nullptr) {
-        ASSIGN_OR_RETURN(m.word_, Regex::Compile(R"(\w)", source));
+        ASSIGN_OR_RETURN(m.word_, Regex::Compile(kRustWordChar, source));
       }
     }
     return m;
@@ -242,6 +253,7 @@ class AddedTokenMatcher {
   template <typename OnText, typename OnToken>
   void Split(absl::string_view text, OnText&& on_text, OnToken&& on_token) const {
     size_t start_offset = 0, search_from = 0;
+    std::optional<Regex::MatchData> word_data;  // created at the first single_word match
     while (!tokens_.empty() && search_from < text.size()) {
       size_t start = text.size();
       const AddedToken* token = nullptr;
@@ -257,7 +269,10 @@ class AddedTokenMatcher {
       if (token == nullptr) break;
       size_t stop = start + token->content.size();
       search_from = stop;
-      if (token->single_word && (IsWordCharBefore(text, start) || IsWordCharAt(text, stop))) continue;
+      if (token->single_word) {
+        if (!word_data.has_value()) word_data.emplace(*word_);
+        if (IsWordCharBefore(text, start, *word_data) || IsWordCharAt(text, stop, *word_data)) continue;
+      }
       if (token->lstrip) {
         while (start > start_offset) {
           const size_t p = PreviousCharStart(text, start);
@@ -281,22 +296,18 @@ class AddedTokenMatcher {
   }
 
  private:
-  bool IsWordChar(absl::string_view ch) const {
-    Regex::MatchData data(*word_);
-    return word_->FullMatch(ch, data);
-  }
-  bool IsWordCharBefore(absl::string_view text, size_t pos) const {
+  bool IsWordCharBefore(absl::string_view text, size_t pos, const Regex::MatchData& data) const {
     if (pos == 0) return false;
     const size_t p = PreviousCharStart(text, pos);
-    return IsWordChar(text.substr(p, pos - p));
+    return word_->FullMatch(text.substr(p, pos - p), data);
   }
-  bool IsWordCharAt(absl::string_view text, size_t pos) const {
-    return pos < text.size() && IsWordChar(text.substr(pos, ValidUtf8Length(text, pos)));
+  bool IsWordCharAt(absl::string_view text, size_t pos, const Regex::MatchData& data) const {
+    return pos < text.size() && word_->FullMatch(text.substr(pos, ValidUtf8Length(text, pos)), data);
   }
 
   std::vector<AddedToken> tokens_;                        // longest first
   std::array<std::vector<uint32_t>, 256> by_first_byte_;  // indices into tokens_, longest first
-  std::shared_ptr<const Regex> word_;                     // \w; only if a token is single_word
+  std::shared_ptr<const Regex> word_;  // kRustWordChar; only if a token is single_word
 };
 
 // One stage of pre-tokenization: optionally prefix a space (ByteLevel add_prefix_space), then
@@ -327,9 +338,24 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
       }
       tok->stages_.push_back(std::move(s));
     }
+    // Ids index a table: bound them by the number of tokens, with room for gaps (real files
+    // have few), so that a corrupt id cannot make it huge.
+    const int64_t id_limit = (static_cast<int64_t>(spec.vocab.size()) + spec.added.size()) * 2 + 1024;
     int32_t max_id = -1;
-    for (const auto& [piece, id] : spec.vocab) max_id = std::max(max_id, id);
-    for (const AddedToken& a : spec.added) max_id = std::max(max_id, a.id);
+    for (const auto& [piece, id] : spec.vocab) {
+      if (id >= id_limit) {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": token \"", piece, "\" has id ", id,
+                                                       ", implausibly large for ", spec.vocab.size(), " tokens"));
+      }
+      max_id = std::max(max_id, id);
+    }
+    for (const AddedToken& a : spec.added) {
+      if (a.id >= id_limit) {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": added token \"", a.content, "\" has id ", a.id,
+                                                       ", implausibly large for ", spec.vocab.size(), " tokens"));
+      }
+      max_id = std::max(max_id, a.id);
+    }
     tok->decoded_.resize(max_id + 1);
     for (const auto& [piece, id] : spec.vocab) tok->decoded_[id] = DecodeByteLevel(piece);
     for (int b = 0; b < 256; ++b) {
@@ -443,23 +469,16 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
   }
 
-  // The bytes a token stands for: each character of its byte-level form mapped back to its byte;
-  // characters that stand for no byte (possible in added tokens) are kept as they are, as HF's
-  // ByteLevel decoder does.
+  // The bytes a token stands for: each character of its byte-level form mapped back to its byte.
+  // As HF's ByteLevel decoder, a token with any character that stands for no byte (possible in
+  // added tokens, e.g. "<|\u00e9\u4e2d|>") is kept whole as its UTF-8 text.
   static std::string DecodeByteLevel(absl::string_view form) {
     std::string out;
     for (size_t i = 0; i < form.size();) {
       const size_t len = ValidUtf8Length(form, i);
-      if (len == 0) {  // not UTF-8 (cannot come from JSON): keep the byte
-        out += form[i++];
-        continue;
-      }
-      const int byte = CodePointToByte(DecodeUtf8(form, i, len));
-      if (byte >= 0) {
-        out += static_cast<char>(byte);
-      } else {
-        out.append(form.data() + i, len);
-      }
+      const int byte = len == 0 ? -1 : CodePointToByte(DecodeUtf8(form, i, len));
+      if (byte < 0) return std::string(form);
+      out += static_cast<char>(byte);
       i += len;
     }
     return out;
@@ -558,7 +577,7 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
   // array of pair ranks, which is faster than a heap at this size.
   void MergeShortPiece(absl::string_view piece, EncodeState& state) const {
     constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
-    std::array<int32_t, kShortPieceBytes> ids, ranks, merged;
+    std::array<int32_t, kShortPieceBytes> ids{}, ranks{}, merged{};
     int32_t n = static_cast<int32_t>(piece.size());
     for (int32_t i = 0; i < n; ++i) ids[i] = byte_ids_[static_cast<unsigned char>(piece[i])];
     auto update = [&](int32_t i) {  // the pair (i, i + 1)
@@ -713,28 +732,34 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
   spec.ignore_merges = BoolField(*model, "ignore_merges", false);
 
   // Normalizer: none, or NFC, accepted as is (the text is taken to be NFC already).
-  std::function<absl::Status(const Json&)> check_normalizer = [&](const Json& n) -> absl::Status {
+  std::function<absl::Status(const Json&, int)> check_normalizer = [&](const Json& n, int depth) -> absl::Status {
     if (n.is_null()) return absl::OkStatus();
+    if (depth > kMaxSequenceDepth) {
+      return bad(absl::StrCat("normalizer Sequences nest more than ", kMaxSequenceDepth, " deep"));
+    }
     const std::string t = n.is_object() ? StringField(n, "type") : "";
     if (t == "NFC") return absl::OkStatus();
     if (t == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array()) {
-      for (const Json& inner : n["normalizers"]) RETURN_IF_ERROR(check_normalizer(inner));
+      for (const Json& inner : n["normalizers"]) RETURN_IF_ERROR(check_normalizer(inner, depth + 1));
       return absl::OkStatus();
     }
     return bad(absl::StrCat("normalizer \"", t, "\" is not supported (only none or NFC)"));
   };
-  if (auto n = json.find("normalizer"); n != json.end()) RETURN_IF_ERROR(check_normalizer(*n));
+  if (auto n = json.find("normalizer"); n != json.end()) RETURN_IF_ERROR(check_normalizer(*n, 0));
 
   // Pre-tokenizer: ByteLevel, or a Sequence of Splits and a ByteLevel (LLaMA 3, Qwen2).
   spec.stages.clear();
   bool byte_level = false;
-  std::function<absl::Status(const Json&)> visit = [&](const Json& p) -> absl::Status {
+  std::function<absl::Status(const Json&, int)> visit = [&](const Json& p, int depth) -> absl::Status {
     if (!p.is_object()) return bad("pre_tokenizer entries must be objects");
+    if (depth > kMaxSequenceDepth) {
+      return bad(absl::StrCat("pre_tokenizer Sequences nest more than ", kMaxSequenceDepth, " deep"));
+    }
     const std::string t = StringField(p, "type");
     if (t == "Sequence") {
       auto list = p.find("pretokenizers");
       if (list == p.end() || !list->is_array()) return bad("Sequence pre_tokenizer without a \"pretokenizers\" list");
-      for (const Json& q : *list) RETURN_IF_ERROR(visit(q));
+      for (const Json& q : *list) RETURN_IF_ERROR(visit(q, depth + 1));
     } else if (t == "ByteLevel") {
       if (byte_level) return bad("more than one ByteLevel pre_tokenizer");
       byte_level = true;
@@ -766,7 +791,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
   };
   auto pre = json.find("pre_tokenizer");
   if (pre == json.end() || pre->is_null()) return bad("has no pre_tokenizer (byte-level BPE needs ByteLevel)");
-  RETURN_IF_ERROR(visit(*pre));
+  RETURN_IF_ERROR(visit(*pre, 0));
   if (!byte_level) return bad("only byte-level BPE (a ByteLevel pre_tokenizer) is supported");
 
   if (auto added = json.find("added_tokens"); added != json.end() && !added->is_null()) {

@@ -3,7 +3,9 @@
 // and never merge), and adjacent symbols are merged by the highest piece score (leftmost on ties)
 // while the merged string is a piece; symbols that are not pieces fall back to byte pieces <0xNN>
 // (or <unk>). llama2.c's run.c `encode` gives the same ids for its own vocabularies.
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <queue>
 #include <string>
@@ -119,6 +121,7 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
     std::vector<int32_t> ids;
     if (!words_are_independent_) {
       RETURN_IF_ERROR(EncodeSegment(normalized, ids));
+      CollapseUnknownRuns(ids);
       return ids;
     }
     // Encode word by word ("\u2581word"), memoizing repeated words; see words_are_independent_.
@@ -130,7 +133,9 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       size_t end = begin;  // the next U+2581 that follows something else
       do {
         end = all.find(space, end + 1);
-      } while (end != absl::string_view::npos && all.substr(end - space.size(), space.size()) == space);
+        // (a U+2581 at byte 1 or 2, possible without the dummy prefix, follows no U+2581)
+      } while (end != absl::string_view::npos && end >= space.size() &&
+               all.substr(end - space.size(), space.size()) == space);
       if (end == absl::string_view::npos) end = all.size();
       const absl::string_view word = all.substr(begin, end - begin);
       if (auto it = memo.find(word); it != memo.end()) {
@@ -146,12 +151,14 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       }
       begin = end;
     }
+    CollapseUnknownRuns(ids);
     return ids;
   }
 
   // As sentencepiece's SentencePieceProcessor::Decode: control pieces vanish, <unk> shows its
   // surface, runs of byte pieces become UTF-8 (one U+FFFD per byte that does not form it), and
-  // the first piece that yields text loses the dummy-prefix space.
+  // the first piece loses the dummy-prefix space (with remove_extra_whitespaces, each leading
+  // piece that is only that space vanishes).
   absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids) const override {
     std::string out, bytes;
     auto flush_bytes = [&] {
@@ -181,7 +188,8 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       absl::string_view piece = e.piece;
       if (at_start && strip_first_space) absl::ConsumePrefix(&piece, kSpaceSymbol);
       out += absl::StrReplaceAll(piece, {{kSpaceSymbol, " "}});
-      at_start = false;
+      // With remove_extra_whitespaces, sentencepiece strips every leading "\u2581" piece.
+      at_start = at_start && spec_.remove_extra_whitespaces && piece.empty();
     }
     flush_bytes();
     return out;
@@ -270,6 +278,15 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
     return absl::OkStatus();
   }
 
+  // As SentencePieceProcessor::Encode, a run of consecutive unknown pieces becomes one <unk>
+  // (only <unk> symbols yield the unk id: it is not in ids_).
+  void CollapseUnknownRuns(std::vector<int32_t>& ids) const {
+    if (!spec_.unk.has_value()) return;
+    const int32_t unk = *spec_.unk;
+    ids.erase(std::unique(ids.begin(), ids.end(), [unk](int32_t a, int32_t b) { return a == unk && b == unk; }),
+              ids.end());
+  }
+
   // Length of the longest user-defined piece that `text` starts with, or 0.
   size_t UserDefinedPrefix(absl::string_view text) const {
     for (const std::string& p : user_defined_[static_cast<unsigned char>(text[0])]) {
@@ -278,21 +295,33 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
     return 0;
   }
 
-  // sentencepiece's normalizer with the identity rule set.
+  // sentencepiece's normalizer.cc with the identity rule set. remove_extra_whitespaces drops
+  // leading spaces and spaces after a space, then trailing space symbols, which include a
+  // U+2581 of the input itself ("a\u2581" -> "\u2581a").
   std::string Normalize(absl::string_view text) const {
-    std::string s(text);
-    if (spec_.remove_extra_whitespaces) {
-      std::string collapsed;
-      for (char c : s) {
-        if (c == ' ' && (collapsed.empty() || collapsed.back() == ' ')) continue;
-        collapsed += c;
-      }
-      while (!collapsed.empty() && collapsed.back() == ' ') collapsed.pop_back();
-      s = std::move(collapsed);
+    if (text.empty()) return "";
+    const bool rmws = spec_.remove_extra_whitespaces;
+    const absl::string_view space = spec_.escape_whitespaces ? absl::string_view(kSpaceSymbol) : " ";
+    if (rmws) {
+      while (!text.empty() && text[0] == ' ') text.remove_prefix(1);
     }
-    if (s.empty()) return s;
-    if (spec_.add_dummy_prefix) s.insert(0, " ");
-    return spec_.escape_whitespaces ? absl::StrReplaceAll(s, {{" ", kSpaceSymbol}}) : s;
+    std::string out;
+    out.reserve(text.size() + text.size() / 2 + 3);
+    if (spec_.add_dummy_prefix) out.append(space.data(), space.size());
+    bool prev_space = rmws;
+    for (char c : text) {  // byte by byte: only ASCII ' ' is rewritten
+      if (c != ' ') {
+        out += c;
+        prev_space = false;
+      } else if (!prev_space) {
+        out.append(space.data(), space.size());
+        prev_space = rmws;
+      }
+    }
+    if (rmws) {
+      while (absl::EndsWith(out, space)) out.resize(out.size() - space.size());
+    }
+    return out;
   }
 
   Spec spec_;
@@ -322,6 +351,9 @@ absl::StatusOr<std::vector<VocabEntry>> ReadLlama2cVocab(const std::filesystem::
     float score;
     int32_t len;
     std::memcpy(&score, bytes.data() + pos, 4);
+    if (std::isnan(score)) {  // would break the merge order (NaN compares false with everything)
+      return absl::DataLossError(absl::StrCat(source, " is corrupt: record ", vocab.size(), " has score NaN"));
+    }
     std::memcpy(&len, bytes.data() + pos + 4, 4);
     pos += 8;
     if (len < 0 || static_cast<size_t>(len) > bytes.size() - pos) {
@@ -381,7 +413,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceModel(const std::fil
   SentencePieceBpe::Spec spec;
   spec.source = source;
   spec.vocab.reserve(proto.pieces_size());
-  for (const Piece& p : proto.pieces()) spec.vocab.push_back({p.piece(), p.score(), p.type()});
+  for (const Piece& p : proto.pieces()) {
+    if (std::isnan(p.score())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": piece ", spec.vocab.size(), " (\"", p.piece(), "\") has score NaN"));
+    }
+    spec.vocab.push_back({p.piece(), p.score(), p.type()});
+  }
   spec.add_dummy_prefix = normalizer.add_dummy_prefix();
   spec.remove_extra_whitespaces = normalizer.remove_extra_whitespaces();
   spec.escape_whitespaces = normalizer.escape_whitespaces();

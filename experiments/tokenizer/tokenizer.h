@@ -7,9 +7,12 @@
 //
 // Exactness: byte-level BPE agrees id for id with OpenAI's tiktoken and Hugging Face `tokenizers`;
 // SentencePiece BPE with Google's `sentencepiece` (tokenizer_test.cc checks both against ids those
-// libraries recorded). Known gaps: a tokenizer.json NFC normalizer is accepted but not applied
-// (text already in NFC, i.e. nearly all text, encodes exactly); SentencePiece models need the
-// identity normalizer.
+// libraries recorded). Known gaps: a tokenizer.json NFC normalizer is accepted but not applied,
+// so text in NFC encodes exactly and text whose NFC form differs from itself may not: decomposed
+// (NFD) text such as "e\u0301", conjoining Hangul jamo (U+1100..U+11FF), and characters with a
+// canonical singleton mapping such as U+212A KELVIN SIGN, U+2126 OHM SIGN, U+2000/U+2001 and the
+// CJK compatibility ideographs U+F900..U+FAFF (check with unicodedata.is_normalized("NFC", s)).
+// SentencePiece models need the identity normalizer.
 //
 // Thread-safety: a Tokenizer is immutable after creation and every method is thread-safe; Encode
 // keeps its word cache per call. The loaders are thread-compatible (no shared state).
@@ -43,8 +46,9 @@ class Tokenizer {
   // become U+FFFD as the reference decoders do (byte-level: one per maximal invalid subpart, as
   // HF and tiktoken; SentencePiece: one per byte, as sentencepiece). Byte-level BPE keeps special
   // tokens' text; SentencePiece drops control tokens (<s>, </s>), renders <unk> as " \u2047 " and
-  // strips the dummy-prefix space of the first piece. InvalidArgument naming the id if one is out
-  // of range.
+  // strips the dummy-prefix space of the first piece (with remove_extra_whitespaces, of the
+  // leading pieces that are only that space). InvalidArgument naming the id if one is out of
+  // range.
   virtual absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids) const = 0;
 
   // One more than the largest id (added tokens included).
@@ -75,8 +79,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesyste
 // Byte-level BPE from a Hugging Face tokenizer.json: model.type "BPE" (merges as "a b" strings or
 // ["a", "b"] pairs, ignore_merges honoured), pre_tokenizer ByteLevel (use_regex: GPT-2's pattern;
 // add_prefix_space) or a Sequence of Split (regex, behavior Isolated) and ByteLevel, as LLaMA 3
-// and Qwen2 have; normalizer null or NFC; added_tokens matched whole before pre-tokenization,
-// leftmost-longest, with their lstrip/rstrip/single_word flags. No BOS/EOS.
+// and Qwen2 have; normalizer null or NFC (not applied: exact for NFC text only, see above);
+// added_tokens matched whole before pre-tokenization, leftmost-longest, with their
+// lstrip/rstrip/single_word flags. No BOS/EOS. InvalidArgument also for Sequences nested more
+// than 64 deep and for ids implausibly large for the number of tokens.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesystem::path& path);
 // SentencePiece BPE from a serialized ModelProto (tokenizer.model): identity normalizer,
 // add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces, byte_fallback, user-defined

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
+#include <limits>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -245,6 +247,69 @@ TEST(ByteLevelBpe, MatchesHfTokenizersOnTheirTokenizerJsons) {
   }
 }
 
+// Variants of the tokenizer.json files above (pre_tokenizer replaced, added_tokens appended, as
+// make_tokenizer_fixtures.py's regressions() edits them) whose ids HF `tokenizers` recorded.
+void ExpectHfVariantsMatch(absl::string_view base, absl::string_view key) {
+  int checked = 0;
+  for (const Json& v : Fixtures()["regressions"]["hf_tokenizers"]) {
+    if (v["base"] != std::string(base) || !v.contains(std::string(key))) continue;
+    Json j = Json::parse(Slurp(kTestdata / v["base"].get<std::string>()));
+    if (v.contains("pre_tokenizer")) j["pre_tokenizer"] = v["pre_tokenizer"];
+    if (v.contains("extra_added_tokens")) {
+      for (const Json& a : v["extra_added_tokens"]) j["added_tokens"].push_back(a);
+    }
+    TempDir dir;
+    dir.Write("tokenizer.json", j.dump());
+    std::unique_ptr<Tokenizer> tok = MustLoad(dir.path());
+    ASSERT_NE(tok, nullptr);
+    for (const Json& c : v["cases"]) {
+      const std::string text = c["text"];
+      absl::StatusOr<std::vector<int32_t>> ids = tok->Encode(text);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      EXPECT_EQ(*ids, Ids(c["ids"])) << text;
+      EXPECT_EQ(*tok->Decode(*ids), c["decoded"].get<std::string>()) << text;
+      ++checked;
+    }
+    for (const Json& c : v["decode_cases"]) {
+      absl::StatusOr<std::string> text = tok->Decode(Ids(c["ids"]));
+      ASSERT_TRUE(text.ok()) << text.status();
+      EXPECT_EQ(*text, c["text"].get<std::string>()) << c["ids"].dump();
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0) << base << " " << key;
+}
+
+// Regexes such as \b and $ match empty at the end of the text; that must end the split (it read
+// one byte past the text).
+TEST(ByteLevelBpe, SplitRegexMatchingEmptyAtTheEndMatchesHf) {
+  ExpectHfVariantsMatch("llama3_style_tokenizer.json", "pre_tokenizer");
+}
+
+// HF's ByteLevel decoder keeps an added token whole as UTF-8 if any of its characters stands for
+// no byte ("<|\u00e9\u4e2d|>"), and maps it byte by byte only if all do ("<|\u00e9\u0100|>").
+TEST(ByteLevelBpe, AddedTokensMixingByteMapCharactersDecodeLikeHf) {
+  ExpectHfVariantsMatch("roberta_style_tokenizer.json", "extra_added_tokens");
+}
+
+// single_word tokens are discarded next to a word character of Rust's regex crate (marks, ZWJ,
+// letters, decimal digits) but not next to U+00B2 or U+216B, which PCRE2's \w takes.
+TEST(ByteLevelBpe, SingleWordUsesRustRegexWordCharacters) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizerJson(kTestdata / "llama3_style_tokenizer.json");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  int checked = 0;
+  for (const Json& f : Fixtures()["hf_tokenizers"]) {
+    if (f["file"] != "llama3_style_tokenizer.json") continue;
+    for (const Json& c : f["cases"]) {
+      const std::string text = c["text"];
+      if (text.find("\u00b2hello") == std::string::npos) continue;
+      EXPECT_EQ(*(*tok)->Encode(text), Ids(c["ids"])) << text;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // SentencePiece BPE
 
@@ -353,6 +418,42 @@ TEST(SentencePieceBpe, ConvertedTokenizerBinIsTheBundledTokenizerModel) {
   for (const Json& c : Fixtures()["stories260K"]["cases"]) {
     EXPECT_EQ(*tok->Encode(c["text"].get<std::string>()), Ids(c["ids"]));
   }
+}
+
+// Normalizer variants of stories260K's model (testdata/stories260K_*.model, written by
+// make_tokenizer_fixtures.py) against Python's sentencepiece.
+void ExpectSentencePieceVariantMatches(absl::string_view file) {
+  int checked = 0;
+  for (const Json& v : Fixtures()["regressions"]["sentencepiece"]) {
+    if (v["file"] != std::string(file)) continue;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadSentencePieceModel(kTestdata / std::string(file));
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    for (const Json& c : v["cases"]) {
+      const std::string text = c["text"];
+      absl::StatusOr<std::vector<int32_t>> ids = (*tok)->Encode(text);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      EXPECT_EQ(*ids, Ids(c["ids"])) << file << ": " << text;
+      EXPECT_EQ(*(*tok)->Decode(*ids), c["decoded"].get<std::string>()) << file << ": " << text;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0) << file;
+}
+
+// Without the dummy prefix the first U+2581 can be at byte 1 or 2 ("a b", "\u00e9 b"), which
+// made the word split read before the text (std::out_of_range).
+TEST(SentencePieceBpe, WithoutDummyPrefixMatchesSentencepiece) {
+  ExpectSentencePieceVariantMatches("stories260K_no_dummy_prefix.model");
+}
+
+// Without byte fallback a run of unknown characters is one <unk> ("\u65e5\u672c" -> [410, 0]).
+TEST(SentencePieceBpe, WithoutByteFallbackUnknownRunsAreOneUnk) {
+  ExpectSentencePieceVariantMatches("stories260K_no_byte_fallback.model");
+}
+
+// remove_extra_whitespaces strips trailing U+2581 of the input too ("a\u2581" -> [261]).
+TEST(SentencePieceBpe, RemoveExtraWhitespacesMatchesSentencepiece) {
+  ExpectSentencePieceVariantMatches("stories260K_remove_extra_whitespaces.model");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,6 +585,67 @@ TEST(Tokenizer, MalformedBinaryFilesAreDataLossNamingTheFile) {
   dir.Write("tokenizer.bin", bin.substr(0, bin.size() - 3));
   absl::Status s = Llama2cTokenizerBinToModelProto(dir.path() / "tokenizer.bin").status();
   EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s;
+}
+
+// An id indexes a table: a huge one must be rejected, not allocated (it threw bad_alloc).
+TEST(Tokenizer, ImplausiblyLargeIdsAreInvalidArgument) {
+  const std::string vocab = Slurp(kGpt2 / "vocab.json");
+  for (const std::vector<std::pair<std::string, std::string>>& files :
+       {std::vector<std::pair<std::string, std::string>>{
+            {"tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"zz": 2000000000}, "merges": []},
+                                   "pre_tokenizer": {"type": "ByteLevel"}})"}},
+        {{"tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+                                "pre_tokenizer": {"type": "ByteLevel"},
+                                "added_tokens": [{"id": 2000000000, "content": "<x>"}]})"}},
+        {{"vocab.json", vocab.substr(0, vocab.rfind('}')) + R"(, "zzq": 2000000000})"}, {"merges.txt", ""}}}) {
+    absl::Status s = LoadStatus(files);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(files[0].first), std::string::npos) << s;
+    EXPECT_NE(s.message().find("2000000000"), std::string::npos) << s;
+  }
+}
+
+// Sequences nested 200,000 deep overflowed the stack of the recursive checks.
+TEST(Tokenizer, DeeplyNestedSequencesAreInvalidArgument) {
+  constexpr int kDepth = 200000;
+  std::string pre, norm;
+  for (int i = 0; i < kDepth; ++i) pre += R"({"type": "Sequence", "pretokenizers": [)";
+  pre += R"({"type": "ByteLevel"})";
+  for (int i = 0; i < kDepth; ++i) pre += "]}";
+  for (int i = 0; i < kDepth; ++i) norm += R"({"type": "Sequence", "normalizers": [)";
+  norm += R"({"type": "NFC"})";
+  for (int i = 0; i < kDepth; ++i) norm += "]}";
+  const std::string model = R"("model": {"type": "BPE", "vocab": {}, "merges": []})";
+  const std::string byte_level = R"(, "pre_tokenizer": {"type": "ByteLevel"})";
+  for (const std::string& json : {"{" + model + R"(, "pre_tokenizer": )" + pre + "}",
+                                  "{" + model + byte_level + R"(, "normalizer": )" + norm + "}"}) {
+    absl::Status s = LoadStatus({{"tokenizer.json", json}});
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("tokenizer.json"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("nest more than 64"), std::string::npos) << s;
+  }
+}
+
+// A NaN score would break the merge order; it is corrupt data, reported with its record.
+TEST(Tokenizer, NanScoresAreRejectedNamingTheRecord) {
+  std::string bin = Slurp(kStories / "llama2c/tok512.bin");
+  size_t pos = 4;
+  for (int record = 0; record < 5; ++record) {  // to record 5
+    int32_t len;
+    std::memcpy(&len, bin.data() + pos + 4, 4);
+    pos += 8 + len;
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(bin.data() + pos, &nan, 4);
+  absl::Status s = LoadStatus({{"tokenizer.bin", bin}});
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("tokenizer.bin"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("record 5"), std::string::npos) << s;
+  // A ModelProto: pieces { piece: "a" score: NaN } trainer_spec { model_type: BPE }.
+  const std::string proto("\x0a\x08\x0a\x01\x61\x15\x00\x00\xc0\x7f\x12\x02\x18\x02", 14);
+  s = LoadStatus({{"tokenizer.model", proto}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("piece 0"), std::string::npos) << s;
 }
 
 TEST(Tokenizer, UnsupportedSentencePieceModelsAreInvalidArgument) {

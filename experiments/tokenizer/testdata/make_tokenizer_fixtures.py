@@ -141,6 +141,8 @@ def hf_tokenizers():
         "<s>Hello <mask> world</s>  <mask>  [SEP]  tail <unk>",
         "I saw a <mask>.[SEP]x",
         "hello world, sayhello hello! hello_there (hello) hello\u00e9 \u00e9hello <|eot|>hello",
+        # single_word uses Rust regex's \w: marks are word characters, U+00B2 is not.
+        "\u0301hello \u00b2hello \u216bhello \u01c5hello \u200dhello \u0663hello hello\u00b2",
     ]
     for name, cfg in configs:
         tok = Tokenizer(cfg["model"])
@@ -260,6 +262,75 @@ def stories():
             "user_defined": {"file": variant_file, "cases": variant_cases}}
 
 
+def regressions():
+    """Cases for fixed bugs: SentencePiece normalizer variants of stories260K (written beside this
+    script) and tokenizer.json variants, each an edit of a file above that tokenizer_test.cc
+    applies the same way (pre_tokenizer replaced, added_tokens appended)."""
+    bundled = os.path.join(ROOT, "models", "stories260K", "tokenizer.model")
+    sp_variants = []
+
+    def no_byte_fallback(m):
+        m.trainer_spec.byte_fallback = False
+        for p in m.pieces:
+            if p.type == sp_pb2.ModelProto.SentencePiece.BYTE:
+                p.type = sp_pb2.ModelProto.SentencePiece.UNUSED
+
+    sp_texts = ["a b", "\u00e9 b", "ab", "a", "\u65e5 b", " a b", "a  b", "a\u2581", "\u2581a", "\u2581", " \u2581",
+                "a\u2581\u2581b", "a \u2581 b", "a  \u2581", "\u2581 a", "x ", " x", "  x  y  ", "\u2581\u2581x",
+                "a\t b", "\u65e5\u672c", "a\u65e5\u672cb\u65e5\u672c \u65e5\u672c", "\u65e5 \u65e5",
+                "\U0001f642\U0001f642\t\u65e5x", GREEDY]
+    for name, edit in [("stories260K_no_dummy_prefix.model", lambda m: setattr(m.normalizer_spec, "add_dummy_prefix", False)),
+                       ("stories260K_no_byte_fallback.model", no_byte_fallback),
+                       ("stories260K_remove_extra_whitespaces.model",
+                        lambda m: setattr(m.normalizer_spec, "remove_extra_whitespaces", True))]:
+        m = sp_pb2.ModelProto()
+        with open(bundled, "rb") as f:
+            m.ParseFromString(f.read())
+        edit(m)
+        with open(os.path.join(HERE, name), "wb") as f:
+            f.write(m.SerializeToString())
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(HERE, name))
+        sp_variants.append({"file": name, "cases": [{"text": t, "ids": sp.encode(t), "decoded": sp.decode(sp.encode(t))}
+                                                     for t in sp_texts]})
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    hf_variants = []
+    for base, patch, texts, decode_ids in [
+        # Split regexes that match empty at the end of the text.
+        ("llama3_style_tokenizer.json",
+         {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+             {"type": "Split", "pattern": {"Regex": "\\b"}, "behavior": "Isolated", "invert": False}, byte_level]}},
+         ["hello world", "a", "a b.", "x!", "", " ", "\u00e9t\u00e9 2024"], []),
+        ("llama3_style_tokenizer.json",
+         {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+             {"type": "Split", "pattern": {"Regex": "$"}, "behavior": "Isolated", "invert": False}, byte_level]}},
+         ["hello world", "a", "line\nline\n"], []),
+        # Added tokens mixing characters of the byte map (U+00E9, U+0100) with others.
+        ("roberta_style_tokenizer.json",
+         {"extra_added_tokens": [
+             {"id": 1002, "content": "<|\u00e9\u4e2d|>", "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True},
+             {"id": 1003, "content": "\u0100\u2603", "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": False},
+             {"id": 1004, "content": "<|\u00e9\u0100|>", "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True}]},
+         ["x<|\u00e9\u4e2d|>y \u0100\u2603 <|\u00e9\u0100|>"], [[1002], [1003], [1004], [1002, 1003, 1004]]),
+    ]:
+        with open(os.path.join(HERE, base), encoding="utf-8") as f:
+            j = json.load(f)
+        if "pre_tokenizer" in patch:
+            j["pre_tokenizer"] = patch["pre_tokenizer"]
+        j["added_tokens"] += patch.get("extra_added_tokens", [])
+        tok = Tokenizer.from_str(json.dumps(j))
+        cases = []
+        for t in texts:
+            ids = tok.encode(t, add_special_tokens=False).ids
+            cases.append({"text": t, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False)})
+        decode_cases = [{"ids": ids, "text": tok.decode(ids, skip_special_tokens=False)} for ids in decode_ids]
+        hf_variants.append(dict(base=base, **patch, cases=cases, decode_cases=decode_cases))
+    return {"sentencepiece": sp_variants, "hf_tokenizers": hf_variants}
+
+
 def check_proto_field_numbers():
     """lesion's proto/sentencepiece/sentencepiece_model.proto must use upstream's field numbers."""
     text = open(os.path.join(ROOT, "proto", "sentencepiece", "sentencepiece_model.proto")).read()
@@ -275,7 +346,7 @@ def check_proto_field_numbers():
 
 if __name__ == "__main__":
     check_proto_field_numbers()
-    out = {"gpt2": gpt2(), "hf_tokenizers": hf_tokenizers(), "stories260K": stories()}
+    out = {"gpt2": gpt2(), "hf_tokenizers": hf_tokenizers(), "stories260K": stories(), "regressions": regressions()}
     with open(os.path.join(HERE, "tokenizer_fixtures.json"), "w", encoding="utf-8") as f:
         text = json.dumps(out, ensure_ascii=False, indent=1)
         # One line per id list keeps the file short and its diffs readable. Only multi-line lists
