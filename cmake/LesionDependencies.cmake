@@ -6,6 +6,9 @@
 find_package(Threads REQUIRED)
 find_package(absl REQUIRED CONFIG)
 find_package(Protobuf REQUIRED)
+# gRPC (server/ and clients only): grpc++, grpc++_reflection and grpc_cpp_plugin (Debian: libgrpc++-dev,
+# protobuf-compiler-grpc).
+find_package(gRPC CONFIG REQUIRED)
 find_package(OpenSSL REQUIRED)  # SHA-256 of specs (libcrypto)
 find_package(SQLite3 REQUIRED)  # the experiment store (storage/)
 # CMake 4 renamed the imported target; older releases only have the first name.

@@ -1,0 +1,84 @@
+// ServerConfig: how lesiond runs, from command-line flags and/or a JSON file (`--config FILE`, the
+// same keys as the flags with '_' for '-'; flags given on the command line override the file).
+//
+//   lesiond                                     # the bundled stories260K on CPU, ./lesion.db
+//   lesiond --listen 0.0.0.0:50051 --db /var/lib/lesion/lesion.db
+//           --model gpt2=/models/gpt2 --dtype bfloat16 --device cuda:0
+//           --model-root /models --tokens-file /etc/lesion/tokens
+//
+// Flags (JSON key in parentheses):
+//   --listen ADDR (listen)              host:port or unix:PATH; default 127.0.0.1:50051
+//   --db PATH (database)                the SQLite file; default ./lesion.db
+//   --model NAME=DIR (models)           preload, repeatable; JSON: [{"name","dir","dtype","device"}]
+//   --dtype D, --device D               after a --model: that model's; before any --model: the
+//                                       defaults of every model (--device also the default device of
+//                                       LoadModel requests)
+//   --no-default-model                  start without the bundled model when no --model is given
+//   --model-root DIR (model_roots)      LoadModel directories must lie under one (after resolving
+//                                       symlinks and ..), repeatable; preloaded dirs are allowed
+//   --tokens-file PATH (tokens_file)    token auth, see server/auth.h
+//   --allow-anonymous-admin[=BOOL] (allow_anonymous_admin)  without a tokens file, callers are
+//                                       admins; default true without a tokens file
+//   --tls-cert PATH, --tls-key PATH (tls_cert, tls_key)  PEM; both or neither
+//   --max-queue-per-device N (max_queue_per_device), --max-capture-bytes N (max_capture_bytes),
+//   --max-tokens N (max_tokens)         limits
+//   --data-dir DIR (data_dir)           named datasets; default $LESION_DATA_DIR, else the source
+//                                       tree's data/
+// Thread-compatible value types and free functions.
+#ifndef LESION_SERVER_CONFIG_H_
+#define LESION_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace lesion::server {
+
+struct ModelPreload {
+  std::string name;
+  std::string dir;
+  std::string dtype;   // "" = the checkpoint's
+  std::string device;  // "" = the default device
+};
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  std::string database = "lesion.db";
+  std::vector<ModelPreload> models;
+  std::vector<std::string> model_roots;
+  std::string tokens_file;
+  bool allow_anonymous_admin = true;
+  std::string tls_cert, tls_key;
+  int64_t max_queue_per_device = 64;
+  int64_t max_capture_bytes = int64_t{256} << 20;
+  int64_t max_tokens = int64_t{64} << 20;
+  std::string data_dir;
+  std::string default_device = "cpu";
+  std::string default_dtype;
+  bool help = false;  // --help: print Usage() and exit 0
+};
+
+// The help text.
+std::string Usage();
+
+// The bundled model, preloaded when no model is configured.
+ModelPreload BundledModel();
+
+// Parses `args` (without the program name). InvalidArgument naming the flag or key and the value
+// ("--max-tokens: 'abc' is not an integer"); NotFound / InvalidArgument for an unreadable or
+// malformed --config file. Reads LESION_DATA_DIR for the default data dir.
+absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& args);
+
+// Whether LoadModel may read `dir`: its canonical path (symlinks and .. resolved) lies under one of
+// the canonical model roots, or is a preloaded model's directory. NotFound if `dir` does not exist;
+// PermissionDenied naming the roots otherwise.
+absl::Status CheckModelDirAllowed(const ServerConfig& config, const std::string& dir);
+
+}  // namespace lesion::server
+
+#endif  // LESION_SERVER_CONFIG_H_

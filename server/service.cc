@@ -1,0 +1,394 @@
+#include "server/service.h"
+
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "server/status.h"
+
+namespace lesion::server {
+namespace {
+
+namespace v1 = lesion::v1;
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+std::optional<absl::string_view> Metadata(grpc::CallbackServerContext* context, absl::string_view key) {
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find(grpc::string_ref(key.data(), key.size()));
+  if (it == metadata.end()) return std::nullopt;
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+absl::Status RequireId(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id is empty: pass an experiment id (\"exp-...\")");
+  return absl::OkStatus();
+}
+
+absl::Status RequireAdmin(const Principal& caller, absl::string_view what) {
+  if (caller.is_admin()) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat(what, " is admin-only: user '", caller.user, "' has the role user"));
+}
+
+// WatchExperiment's stream: the current snapshot, then every newer event of the tracker, one write in
+// flight at a time, finishing after the final state. Kept alive by self_ until OnDone and, while a
+// tracker event is being delivered, by the watcher's locked weak_ptr.
+class WatchReactor : public grpc::ServerWriteReactor<v1::ExperimentEvent> {
+ public:
+  static WatchReactor* Start(ExperimentTracker* tracker, const std::string& id) {
+    auto reactor = std::shared_ptr<WatchReactor>(new WatchReactor());
+    reactor->self_ = reactor;
+    std::weak_ptr<WatchReactor> weak = reactor;
+    absl::StatusOr<ExperimentTracker::Subscription> sub = tracker->Subscribe(id, [weak](const ExperimentEvent& e) {
+      if (std::shared_ptr<WatchReactor> r = weak.lock()) r->Push(e);
+    });
+    if (!sub.ok()) {
+      reactor->FinishOnce(ToGrpcStatus(sub.status()));
+      return reactor.get();
+    }
+    ExperimentEvent current = sub->current();
+    {
+      std::lock_guard<std::mutex> lock(reactor->mu_);
+      reactor->sub_ = std::move(*sub);
+    }
+    reactor->Push(current);
+    return reactor.get();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!ok || cancelled_) {
+      writing_ = false;
+      lock.unlock();
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "the watch was cancelled"));
+      return;
+    }
+    if (wrote_final_) {
+      writing_ = false;
+      lock.unlock();
+      FinishOnce(grpc::Status::OK);
+      return;
+    }
+    StartNextLocked(lock);
+  }
+
+  void OnCancel() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (writing_) return;  // OnWriteDone finishes
+    lock.unlock();
+    FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "the watch was cancelled"));
+  }
+
+  void OnDone() override {
+    std::shared_ptr<WatchReactor> self;
+    ExperimentTracker::Subscription sub;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      sub = std::move(sub_);
+      self = std::move(self_);
+    }
+    sub.Reset();
+    // `self` (and the last watcher delivery, if one is running) releases this.
+  }
+
+ private:
+  WatchReactor() = default;
+
+  void Push(const ExperimentEvent& event) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (done_ || cancelled_ || final_queued_) return;
+    if (seen_any_ && event.sequence <= last_sequence_) return;  // older than what was queued
+    seen_any_ = true;
+    last_sequence_ = event.sequence;
+    final_queued_ = event.final;
+    v1::ExperimentEvent message;
+    *message.mutable_experiment() = event.experiment;
+    // A slow reader gets the latest state, not a backlog: a newer event replaces a pending one
+    // that is not final, so at most one event waits behind the write in flight.
+    if (!pending_.empty() && !pending_.back().second) {
+      pending_.back() = {std::move(message), event.final};
+    } else {
+      pending_.push_back({std::move(message), event.final});
+    }
+    if (writing_) return;
+    StartNextLocked(lock);
+  }
+
+  // With `lock` held: starts the next pending write (releasing the lock first) or goes idle.
+  void StartNextLocked(std::unique_lock<std::mutex>& lock) {
+    if (pending_.empty()) {
+      writing_ = false;
+      return;
+    }
+    writing_ = true;
+    in_flight_ = std::move(pending_.front().first);
+    wrote_final_ = pending_.front().second;
+    pending_.pop_front();
+    lock.unlock();
+    StartWrite(&in_flight_);
+  }
+
+  void FinishOnce(const grpc::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finish_called_) return;
+      finish_called_ = true;
+    }
+    Finish(status);
+  }
+
+  std::mutex mu_;
+  std::shared_ptr<WatchReactor> self_;          // guarded by mu_
+  ExperimentTracker::Subscription sub_;         // guarded by mu_
+  std::deque<std::pair<v1::ExperimentEvent, bool>> pending_;  // guarded by mu_
+  v1::ExperimentEvent in_flight_;               // written by StartNextLocked only while !writing_
+  bool writing_ = false, wrote_final_ = false, final_queued_ = false;  // guarded by mu_
+  bool cancelled_ = false, done_ = false, finish_called_ = false;      // guarded by mu_
+  bool seen_any_ = false;                                              // guarded by mu_
+  int64_t last_sequence_ = 0;                                          // guarded by mu_
+};
+
+// RunExperiment: submit, then finish with the final state. A cancelled call (client gone, deadline
+// passed) cancels the experiment.
+class RunReactor : public grpc::ServerUnaryReactor {
+ public:
+  static RunReactor* Start(ExperimentTracker* tracker, const Principal& caller, const v1::ExperimentSpec& spec,
+                           v1::Experiment* response) {
+    auto reactor = std::shared_ptr<RunReactor>(new RunReactor(tracker, response));
+    reactor->self_ = reactor;
+    absl::StatusOr<v1::Experiment> submitted = tracker->Submit(caller, spec);
+    if (!submitted.ok()) {
+      reactor->FinishOnce(ToGrpcStatus(submitted.status()), std::nullopt);
+      return reactor.get();
+    }
+    std::weak_ptr<RunReactor> weak = reactor;
+    absl::StatusOr<ExperimentTracker::Subscription> sub =
+        tracker->Subscribe(submitted->id(), [weak](const ExperimentEvent& e) {
+          if (!e.final) return;
+          if (std::shared_ptr<RunReactor> r = weak.lock()) r->FinishOnce(grpc::Status::OK, e.experiment);
+        });
+    if (!sub.ok()) {
+      reactor->FinishOnce(ToGrpcStatus(sub.status()), std::nullopt);
+      return reactor.get();
+    }
+    bool cancelled;
+    {
+      std::lock_guard<std::mutex> lock(reactor->mu_);
+      reactor->id_ = submitted->id();
+      cancelled = reactor->cancelled_;
+    }
+    if (sub->current().final) {
+      reactor->FinishOnce(grpc::Status::OK, sub->current().experiment);
+    } else if (cancelled) {
+      tracker->CancelQuietly(submitted->id());
+    }
+    {
+      std::lock_guard<std::mutex> lock(reactor->mu_);
+      reactor->sub_ = std::move(*sub);
+    }
+    return reactor.get();
+  }
+
+  void OnCancel() override {
+    std::string id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      id = id_;
+    }
+    FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED,
+                            absl::StrCat("the call was cancelled or its deadline passed; experiment ",
+                                         id.empty() ? std::string("(not yet queued)") : id, " is cancelled")),
+               std::nullopt);
+    if (!id.empty()) tracker_->CancelQuietly(id);
+  }
+
+  void OnDone() override {
+    std::shared_ptr<RunReactor> self;
+    ExperimentTracker::Subscription sub;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      sub = std::move(sub_);
+      self = std::move(self_);
+    }
+    sub.Reset();
+  }
+
+ private:
+  RunReactor(ExperimentTracker* tracker, v1::Experiment* response) : tracker_(tracker), response_(response) {}
+
+  void FinishOnce(const grpc::Status& status, const std::optional<v1::Experiment>& experiment) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finish_called_) return;
+      finish_called_ = true;
+      if (experiment.has_value()) *response_ = *experiment;
+    }
+    Finish(status);
+  }
+
+  ExperimentTracker* const tracker_;
+  v1::Experiment* const response_;  // written once, under mu_, before Finish
+  std::mutex mu_;
+  std::shared_ptr<RunReactor> self_;   // guarded by mu_
+  ExperimentTracker::Subscription sub_;  // guarded by mu_
+  std::string id_;                     // guarded by mu_
+  bool cancelled_ = false, finish_called_ = false;  // guarded by mu_
+};
+
+}  // namespace
+
+v1::ModelInfo ToModelInfo(const ModelSummary& m) {
+  v1::ModelInfo info;
+  info.set_name(m.name);
+  info.set_architecture(m.architecture);
+  info.set_dir(m.dir);
+  info.set_n_layers(static_cast<int32_t>(m.n_layers));
+  info.set_n_heads(static_cast<int32_t>(m.n_heads));
+  info.set_n_kv_heads(static_cast<int32_t>(m.n_kv_heads));
+  info.set_d_model(static_cast<int32_t>(m.d_model));
+  info.set_d_ffn(static_cast<int32_t>(m.d_ffn));
+  info.set_vocab_size(static_cast<int32_t>(m.vocab_size));
+  info.set_n_params(m.n_params);
+  info.set_dtype(m.dtype);
+  info.set_device(m.device);
+  info.set_weight_bytes(m.weight_bytes);
+  info.set_fingerprint(m.fingerprint);
+  return info;
+}
+
+absl::StatusOr<Principal> LesionService::Caller(grpc::CallbackServerContext* context) const {
+  return auth_->Authenticate(Metadata(context, "authorization"), Metadata(context, "x-lesion-user"));
+}
+
+grpc::ServerUnaryReactor* LesionService::ListModels(grpc::CallbackServerContext* context,
+                                                    const v1::ListModelsRequest* request,
+                                                    v1::ListModelsResponse* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  for (const ModelSummary& m : engine_->ListModels()) *response->add_models() = ToModelInfo(m);
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LesionService::LoadModel(grpc::CallbackServerContext* context,
+                                                   const v1::LoadModelRequest* request, v1::ModelInfo* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireAdmin(*caller, "LoadModel"); !st.ok()) return FinishNow(context, st);
+  if (request->name().empty()) return FinishNow(context, absl::InvalidArgumentError("name is empty: name the model"));
+  if (request->dir().empty()) {
+    return FinishNow(context, absl::InvalidArgumentError("dir is empty: give the model's directory on the server"));
+  }
+  if (absl::Status st = CheckModelDirAllowed(*config_, request->dir()); !st.ok()) return FinishNow(context, st);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status queued = engine_->LoadModel(request->name(), request->dir(), request->dtype(), request->device(),
+                                           [reactor, response](absl::StatusOr<ModelSummary> summary) {
+                                             if (summary.ok()) *response = ToModelInfo(*summary);
+                                             reactor->Finish(ToGrpcStatus(summary.status()));
+                                           });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* LesionService::UnloadModel(grpc::CallbackServerContext* context,
+                                                     const v1::UnloadModelRequest* request,
+                                                     v1::UnloadModelResponse* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireAdmin(*caller, "UnloadModel"); !st.ok()) return FinishNow(context, st);
+  if (request->name().empty()) return FinishNow(context, absl::InvalidArgumentError("name is empty: name the model"));
+  return FinishNow(context, engine_->UnloadModel(request->name()));
+}
+
+grpc::ServerUnaryReactor* LesionService::SubmitExperiment(grpc::CallbackServerContext* context,
+                                                          const v1::SubmitExperimentRequest* request,
+                                                          v1::Experiment* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (!request->has_spec()) return FinishNow(context, absl::InvalidArgumentError("spec is missing"));
+  absl::StatusOr<v1::Experiment> submitted = tracker_->Submit(*caller, request->spec());
+  if (submitted.ok()) *response = std::move(*submitted);
+  return FinishNow(context, submitted.status());
+}
+
+grpc::ServerWriteReactor<v1::ExperimentEvent>* LesionService::WatchExperiment(
+    grpc::CallbackServerContext* context, const v1::WatchExperimentRequest* request) {
+  absl::Status st = Caller(context).status();
+  if (st.ok()) st = RequireId(request->id());
+  if (!st.ok()) {
+    // A stream that fails at once.
+    class Failed : public grpc::ServerWriteReactor<v1::ExperimentEvent> {
+     public:
+      explicit Failed(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+      void OnDone() override { delete this; }
+    };
+    return new Failed(st);
+  }
+  return WatchReactor::Start(tracker_, request->id());
+}
+
+grpc::ServerUnaryReactor* LesionService::RunExperiment(grpc::CallbackServerContext* context,
+                                                       const v1::SubmitExperimentRequest* request,
+                                                       v1::Experiment* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (!request->has_spec()) return FinishNow(context, absl::InvalidArgumentError("spec is missing"));
+  return RunReactor::Start(tracker_, *caller, request->spec(), response);
+}
+
+grpc::ServerUnaryReactor* LesionService::GetExperiment(grpc::CallbackServerContext* context,
+                                                       const v1::GetExperimentRequest* request,
+                                                       v1::Experiment* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireId(request->id()); !st.ok()) return FinishNow(context, st);
+  absl::StatusOr<v1::Experiment> experiment = tracker_->Get(request->id(), request->include_captures());
+  if (experiment.ok()) *response = std::move(*experiment);
+  return FinishNow(context, experiment.status());
+}
+
+grpc::ServerUnaryReactor* LesionService::ListExperiments(grpc::CallbackServerContext* context,
+                                                         const v1::ListExperimentsRequest* request,
+                                                         v1::ListExperimentsResponse* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  absl::StatusOr<v1::ListExperimentsResponse> page = tracker_->List(*request);
+  if (page.ok()) *response = std::move(*page);
+  return FinishNow(context, page.status());
+}
+
+grpc::ServerUnaryReactor* LesionService::CancelExperiment(grpc::CallbackServerContext* context,
+                                                          const v1::CancelExperimentRequest* request,
+                                                          v1::Experiment* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireId(request->id()); !st.ok()) return FinishNow(context, st);
+  absl::StatusOr<v1::Experiment> experiment = tracker_->Cancel(*caller, request->id());
+  if (experiment.ok()) *response = std::move(*experiment);
+  return FinishNow(context, experiment.status());
+}
+
+grpc::ServerUnaryReactor* LesionService::ResubmitExperiment(grpc::CallbackServerContext* context,
+                                                            const v1::ResubmitExperimentRequest* request,
+                                                            v1::Experiment* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireId(request->id()); !st.ok()) return FinishNow(context, st);
+  absl::StatusOr<v1::Experiment> experiment = tracker_->Resubmit(*caller, request->id());
+  if (experiment.ok()) *response = std::move(*experiment);
+  return FinishNow(context, experiment.status());
+}
+
+}  // namespace lesion::server

@@ -1,0 +1,611 @@
+#include "server/tracker.h"
+
+#include <iostream>
+#include <utility>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "experiments/spec/result_proto.h"
+#include "experiments/spec/spec.h"
+
+namespace lesion::server {
+namespace {
+
+namespace v1 = lesion::v1;
+
+int64_t Micros(absl::Time t) { return absl::ToUnixMicros(t); }
+
+absl::string_view StatusWord(v1::ExperimentStatus status) {
+  switch (status) {
+    case v1::QUEUED: return "queued";
+    case v1::RUNNING: return "running";
+    case v1::DONE: return "done";
+    case v1::FAILED: return "failed";
+    case v1::CANCELLED: return "cancelled";
+    case v1::INTERRUPTED: return "interrupted";
+    default: return "unspecified";
+  }
+}
+
+void StripPass(v1::PassResult& pass) {
+  for (v1::Tensor& t : *pass.mutable_captures()) t.clear_data();
+}
+
+v1::Experiment RecordToProto(const storage::ExperimentRecord& record) {
+  v1::Experiment e;
+  e.set_id(record.id);
+  e.set_user(record.user);
+  e.set_name(record.name);
+  for (const std::string& tag : record.tags) e.add_tags(tag);
+  e.set_model(record.model);
+  e.set_model_fingerprint(record.model_fingerprint);
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  auto parsed = google::protobuf::util::JsonStringToMessage(record.spec_json, e.mutable_spec(), options);
+  if (!parsed.ok()) {
+    std::cerr << "lesiond: the stored spec of " << record.id << " does not parse: " << parsed.ToString() << "\n";
+  }
+  e.set_status(ToProtoStatus(record.status));
+  e.set_error(record.error);
+  e.set_created_unix_micros(Micros(record.created));
+  if (record.started.has_value()) e.set_started_unix_micros(Micros(*record.started));
+  if (record.finished.has_value()) e.set_finished_unix_micros(Micros(*record.finished));
+  return e;
+}
+
+void LogWrite(const std::string& what, const std::string& id, const absl::Status& status) {
+  if (!status.ok()) std::cerr << "lesiond: store " << what << " of " << id << " failed: " << status << "\n";
+}
+
+}  // namespace
+
+v1::ExperimentStatus ToProtoStatus(storage::ExperimentStatus status) {
+  switch (status) {
+    case storage::ExperimentStatus::kQueued: return v1::QUEUED;
+    case storage::ExperimentStatus::kRunning: return v1::RUNNING;
+    case storage::ExperimentStatus::kDone: return v1::DONE;
+    case storage::ExperimentStatus::kFailed: return v1::FAILED;
+    case storage::ExperimentStatus::kCancelled: return v1::CANCELLED;
+    case storage::ExperimentStatus::kInterrupted: return v1::INTERRUPTED;
+  }
+  return v1::EXPERIMENT_STATUS_UNSPECIFIED;
+}
+
+bool IsFinal(v1::ExperimentStatus status) {
+  return status == v1::DONE || status == v1::FAILED || status == v1::CANCELLED || status == v1::INTERRUPTED;
+}
+
+void StripCaptures(v1::ExperimentResult& result) {
+  StripPass(*result.mutable_baseline());
+  StripPass(*result.mutable_intervened());
+}
+
+// ---- Subscription ----------------------------------------------------------------------------------
+
+ExperimentTracker::Subscription& ExperimentTracker::Subscription::operator=(Subscription&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    tracker_ = std::exchange(other.tracker_, nullptr);
+    id_ = std::move(other.id_);
+    handle_ = std::exchange(other.handle_, 0);
+    current_ = std::move(other.current_);
+  }
+  return *this;
+}
+
+void ExperimentTracker::Subscription::Reset() {
+  if (tracker_ != nullptr && handle_ != 0) tracker_->Unsubscribe(id_, handle_);
+  tracker_ = nullptr;
+  handle_ = 0;
+}
+
+// ---- Construction ----------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(const std::string& db_path,
+                                                                             Engine* engine) {
+  if (db_path.empty() || db_path == ":memory:") {
+    return absl::InvalidArgumentError(
+        "the experiment database must be a file (the writer and the readers share it): got '" + db_path + "'");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> writer, storage::ExperimentStore::Open(db_path));
+  ASSIGN_OR_RETURN(int64_t interrupted, writer->MarkInterruptedOnStart(absl::Now()));
+  if (interrupted > 0) {
+    std::cerr << "lesiond: " << interrupted << " experiment(s) left queued or running by the last run marked "
+              << "interrupted (ResubmitExperiment runs one again)\n";
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> reader, storage::ExperimentStore::Open(db_path));
+  return std::unique_ptr<ExperimentTracker>(new ExperimentTracker(engine, std::move(writer), std::move(reader)));
+}
+
+ExperimentTracker::ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
+                                     std::unique_ptr<storage::ExperimentStore> reader)
+    : engine_(engine), reader_(std::move(reader)), writer_(std::move(writer)) {
+  writer_thread_ = std::thread([this] { WriterLoop(); });
+}
+
+ExperimentTracker::~ExperimentTracker() {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    stop_ = true;
+  }
+  writer_thread_.join();
+}
+
+// ---- The writer --------------------------------------------------------------------------------------
+
+void ExperimentTracker::Enqueue(Write write) {
+  absl::MutexLock lock(&queue_mu_);
+  queue_.push_back(std::move(write));
+  ++enqueued_;
+}
+
+void ExperimentTracker::WriterLoop() {
+  while (true) {
+    Write write;
+    {
+      absl::MutexLock lock(&queue_mu_);
+      queue_mu_.Await(absl::Condition(
+          +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stop_ || !t->queue_.empty(); },
+          this));
+      if (queue_.empty()) return;  // stop_ and drained
+      write = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    write(*writer_);
+    absl::MutexLock lock(&queue_mu_);
+    ++written_;
+  }
+}
+
+void ExperimentTracker::Flush() {
+  absl::MutexLock lock(&queue_mu_);
+  const int64_t target = enqueued_;
+  struct Arg {
+    ExperimentTracker* t;
+    int64_t target;
+  } arg{this, target};
+  queue_mu_.Await(absl::Condition(
+      +[](Arg* a) ABSL_NO_THREAD_SAFETY_ANALYSIS { return a->t->written_ >= a->target; }, &arg));
+}
+
+void ExperimentTracker::WriteLocked(Live& live, Write write) {
+  if (live.inserted) {
+    Enqueue(std::move(write));
+  } else {
+    live.held_writes.push_back(std::move(write));
+  }
+}
+
+void ExperimentTracker::RetireLocked(const std::string& id) {
+  auto it = live_.find(id);
+  if (it == live_.end()) return;
+  WriteLocked(it->second, [this, id](storage::ExperimentStore&) {
+    absl::MutexLock lock(&mu_);
+    live_.erase(id);
+  });
+}
+
+// ---- Events --------------------------------------------------------------------------------------------
+
+std::pair<ExperimentEvent, std::vector<std::shared_ptr<ExperimentTracker::Watcher>>> ExperimentTracker::PublishLocked(
+    Live& live) {
+  ExperimentEvent event{++live.sequence, live.snapshot, live.final};
+  std::vector<std::shared_ptr<Watcher>> watchers;
+  watchers.reserve(live.watchers.size());
+  for (const auto& [handle, watcher] : live.watchers) watchers.push_back(watcher);
+  if (live.final) live.watchers.clear();  // nothing follows the final event
+  return {std::move(event), std::move(watchers)};
+}
+
+void ExperimentTracker::Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<Watcher>>& watchers) {
+  for (const auto& watcher : watchers) (*watcher)(event);
+}
+
+absl::StatusOr<ExperimentTracker::Subscription> ExperimentTracker::Subscribe(const std::string& id, Watcher watcher) {
+  Subscription sub;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it != live_.end()) {
+      Live& live = it->second;
+      sub.current_ = ExperimentEvent{live.sequence, live.snapshot, live.final};
+      if (!live.final) {
+        sub.tracker_ = this;
+        sub.id_ = id;
+        sub.handle_ = next_handle_++;
+        live.watchers.emplace(sub.handle_, std::make_shared<Watcher>(std::move(watcher)));
+      }
+      return sub;
+    }
+  }
+  ASSIGN_OR_RETURN(v1::Experiment stored, ReadStored(id, /*include_result=*/true, /*include_captures=*/true));
+  sub.current_ = ExperimentEvent{0, std::move(stored), /*final=*/true};
+  return sub;
+}
+
+void ExperimentTracker::Unsubscribe(const std::string& id, int64_t handle) {
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(id);
+  if (it != live_.end()) it->second.watchers.erase(handle);
+}
+
+// ---- Submission ------------------------------------------------------------------------------------------
+
+absl::StatusOr<std::string> ExperimentTracker::NewId() {
+  absl::BitGen gen;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    uint64_t bits = absl::Uniform<uint64_t>(gen) & ((uint64_t{1} << 48) - 1);
+    std::string id = absl::StrFormat("exp-%012x", bits);
+    {
+      absl::MutexLock lock(&mu_);
+      if (live_.contains(id)) continue;
+    }
+    absl::MutexLock lock(&read_mu_);
+    absl::StatusOr<storage::ExperimentRecord> existing = reader_->Get(id);
+    if (absl::IsNotFound(existing.status())) return id;
+    if (!existing.ok()) return existing.status();
+  }
+  return absl::InternalError("could not draw an unused experiment id in 16 attempts");
+}
+
+std::optional<experiments::result::Pass> ExperimentTracker::LookupBaseline(const std::string& key) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = baselines_.find(key);
+    if (it != baselines_.end()) return experiments::result::FromProto(it->second);
+  }
+  absl::StatusOr<std::optional<v1::PassResult>> stored;
+  {
+    absl::MutexLock lock(&read_mu_);
+    stored = reader_->GetBaseline(key);
+  }
+  if (!stored.ok()) {
+    std::cerr << "lesiond: reading the cached baseline " << key << " failed: " << stored.status() << "\n";
+    return std::nullopt;
+  }
+  if (!stored->has_value()) return std::nullopt;
+  experiments::result::Pass pass = experiments::result::FromProto(**stored);
+  absl::MutexLock lock(&mu_);
+  baselines_.emplace(key, std::move(**stored));
+  return pass;
+}
+
+JobCallbacks ExperimentTracker::MakeCallbacks(const std::string& id) {
+  JobCallbacks callbacks;
+  callbacks.on_start = [this, id] { OnStart(id); };
+  callbacks.on_progress = [this, id](int64_t done, int64_t planned) { OnProgress(id, done, planned); };
+  callbacks.on_finish = [this, id](absl::StatusOr<experiments::result::Experiment> result) {
+    OnFinish(id, std::move(result));
+  };
+  return callbacks;
+}
+
+absl::StatusOr<v1::Experiment> ExperimentTracker::Submit(const Principal& caller, const v1::ExperimentSpec& spec) {
+  return SubmitParsed(caller, spec);
+}
+
+absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& caller,
+                                                               const v1::ExperimentSpec& spec_proto) {
+  ASSIGN_OR_RETURN(experiments::spec::Experiment spec,
+                   experiments::spec::ParseExperimentProto(spec_proto.SerializeAsString()));
+  if (spec.model.empty()) {
+    return absl::InvalidArgumentError("spec.model is empty: name a loaded model (ListModels lists them)");
+  }
+  RETURN_IF_ERROR(engine_->Validate(spec.model, spec));
+  ASSIGN_OR_RETURN(ModelSummary model, engine_->GetModel(spec.model));
+  ASSIGN_OR_RETURN(std::string id, NewId());
+  const absl::Time now = absl::Now();
+
+  storage::ExperimentRecord record;
+  record.id = id;
+  record.user = caller.user;
+  record.name = spec.name;
+  record.tags = spec.tags;
+  record.model = spec.model;
+  record.model_fingerprint = model.fingerprint;
+  record.spec_json = spec.canonical_json;
+  record.created = now;
+
+  Live live;
+  v1::Experiment& snap = live.snapshot;
+  snap.set_id(id);
+  snap.set_user(caller.user);
+  snap.set_name(spec.name);
+  for (const std::string& tag : spec.tags) snap.add_tags(tag);
+  snap.set_model(spec.model);
+  snap.set_model_fingerprint(model.fingerprint);
+  *snap.mutable_spec() = spec_proto;
+  snap.set_status(v1::QUEUED);
+  snap.set_created_unix_micros(Micros(now));
+  live.baseline_key = absl::StrCat(model.fingerprint, ":", spec.baseline_sha256);
+
+  Job job;
+  job.id = id;
+  job.user = caller.user;
+  job.model = spec.model;
+  job.cached_baseline = LookupBaseline(live.baseline_key);
+  job.spec = std::move(spec);
+  job.callbacks = MakeCallbacks(id);
+  {
+    absl::MutexLock lock(&mu_);
+    live_.emplace(id, std::move(live));
+  }
+  absl::StatusOr<int64_t> ahead = engine_->Submit(std::move(job));
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(id);
+  if (!ahead.ok()) {
+    if (it != live_.end()) live_.erase(it);
+    return ahead.status();
+  }
+  Live& entry = it->second;  // present: only the writer removes it, after the writes released below
+  if (entry.snapshot.status() == v1::QUEUED) entry.snapshot.set_queue_position(static_cast<int32_t>(*ahead));
+  Enqueue([record = std::move(record)](storage::ExperimentStore& store) {
+    LogWrite("insert", record.id, store.Insert(record));
+  });
+  entry.inserted = true;
+  for (Write& write : entry.held_writes) Enqueue(std::move(write));
+  entry.held_writes.clear();
+  return entry.snapshot;
+}
+
+absl::StatusOr<v1::Experiment> ExperimentTracker::Resubmit(const Principal& caller, const std::string& id) {
+  ASSIGN_OR_RETURN(v1::Experiment old, Get(id, /*include_captures=*/false));
+  v1::ExperimentStatus status = old.status();
+  if (status != v1::INTERRUPTED && status != v1::FAILED && status != v1::CANCELLED) {
+    return absl::FailedPreconditionError(absl::StrCat("experiment ", id, " is ", StatusWord(status),
+                                                      ": only interrupted, failed or cancelled experiments can be "
+                                                      "resubmitted"));
+  }
+  return SubmitParsed(caller, old.spec());
+}
+
+// ---- Engine callbacks (executor threads) ----------------------------------------------------------------
+
+void ExperimentTracker::OnStart(const std::string& id) {
+  const absl::Time now = absl::Now();
+  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> out;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.final) return;
+    Live& live = it->second;
+    live.snapshot.set_status(v1::RUNNING);
+    live.snapshot.set_started_unix_micros(Micros(now));
+    live.snapshot.set_queue_position(0);
+    WriteLocked(live, [id, now](storage::ExperimentStore& store) {
+      LogWrite("mark-running", id, store.MarkRunning(id, now));
+    });
+    out = PublishLocked(live);
+  }
+  Notify(out.first, out.second);
+  RefreshQueuePositions();
+}
+
+void ExperimentTracker::RefreshQueuePositions() {
+  // Everyone behind a started or finished experiment moved up. Asked of the engine on the writer
+  // thread, never on an executor thread (inside an engine callback).
+  Enqueue([this](storage::ExperimentStore&) {
+    std::vector<std::string> queued;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [qid, live] : live_) {
+        if (live.snapshot.status() == v1::QUEUED) queued.push_back(qid);
+      }
+    }
+    for (const std::string& qid : queued) {
+      absl::StatusOr<int64_t> position = engine_->QueuePosition(qid);
+      if (!position.ok()) continue;
+      std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> update;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = live_.find(qid);
+        if (it == live_.end() || it->second.snapshot.status() != v1::QUEUED ||
+            it->second.snapshot.queue_position() == *position) {
+          continue;
+        }
+        it->second.snapshot.set_queue_position(static_cast<int32_t>(*position));
+        update = PublishLocked(it->second);
+      }
+      Notify(update.first, update.second);
+    }
+  });
+}
+
+void ExperimentTracker::OnProgress(const std::string& id, int64_t done, int64_t planned) {
+  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> out;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.final) return;
+    it->second.snapshot.set_passes_done(done);
+    it->second.snapshot.set_passes_planned(planned);
+    out = PublishLocked(it->second);
+  }
+  Notify(out.first, out.second);
+}
+
+void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result) {
+  const absl::Time now = absl::Now();
+  // Converted before taking the lock; shared with the store write rather than copied (captures
+  // can be large).
+  std::shared_ptr<const v1::ExperimentResult> converted;
+  if (result.ok()) converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(*result));
+  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> out;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.final) return;
+    Live& live = it->second;
+    v1::Experiment& snap = live.snapshot;
+    const bool was_queued = snap.status() == v1::QUEUED;
+    snap.set_queue_position(0);
+    snap.set_finished_unix_micros(Micros(now));
+    if (result.ok()) {
+      const v1::ExperimentResult& proto = *converted;
+      snap.set_status(v1::DONE);
+      if (!proto.run().model_fingerprint().empty()) snap.set_model_fingerprint(proto.run().model_fingerprint());
+      if (was_queued) {
+        snap.set_started_unix_micros(Micros(now));
+        WriteLocked(live, [id, now](storage::ExperimentStore& store) {
+          LogWrite("mark-running", id, store.MarkRunning(id, now));
+        });
+      }
+      if (!result->baseline_from_cache && !live.baseline_key.empty()) {
+        baselines_[live.baseline_key] = proto.baseline();
+        WriteLocked(live, [key = live.baseline_key, pass = proto.baseline(), now](storage::ExperimentStore& store) {
+          LogWrite("put-baseline", key, store.PutBaseline(key, pass, now));
+        });
+      }
+      WriteLocked(live, [id, converted, now](storage::ExperimentStore& store) {
+        LogWrite("finish", id, store.Finish(id, *converted, now));
+      });
+      *snap.mutable_result() = proto;
+    } else if (absl::IsCancelled(result.status()) && shutting_down_) {
+      // Left queued / running in the store: the next start records it as interrupted.
+      snap.set_status(v1::INTERRUPTED);
+      snap.set_error("the server stopped");
+    } else if (absl::IsCancelled(result.status())) {
+      snap.set_status(v1::CANCELLED);
+      snap.set_error(std::string(result.status().message()));
+      WriteLocked(live, [id, now](storage::ExperimentStore& store) {
+        LogWrite("cancel", id, store.Cancel(id, now));
+      });
+    } else {
+      std::string error = absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ",
+                                       result.status().message());
+      snap.set_status(v1::FAILED);
+      snap.set_error(error);
+      WriteLocked(live, [id, error, now](storage::ExperimentStore& store) {
+        LogWrite("fail", id, store.Fail(id, error, now));
+      });
+    }
+    live.final = true;
+    out = PublishLocked(live);
+    RetireLocked(id);
+  }
+  Notify(out.first, out.second);
+  RefreshQueuePositions();
+}
+
+// ---- Cancel, reads --------------------------------------------------------------------------------------
+
+absl::StatusOr<v1::Experiment> ExperimentTracker::Cancel(const Principal& caller, const std::string& id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it != live_.end()) {
+      const v1::Experiment& snap = it->second.snapshot;
+      if (snap.user() != caller.user && !caller.is_admin()) {
+        return absl::PermissionDeniedError(absl::StrCat("experiment ", id, " belongs to user '", snap.user(),
+                                                        "': only its owner or an admin can cancel it"));
+      }
+      if (it->second.final) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("experiment ", id, " is already ", StatusWord(snap.status())));
+      }
+    } else {
+      ASSIGN_OR_RETURN(v1::Experiment stored, ReadStored(id, false, false));
+      if (stored.user() != caller.user && !caller.is_admin()) {
+        return absl::PermissionDeniedError(absl::StrCat("experiment ", id, " belongs to user '", stored.user(),
+                                                        "': only its owner or an admin can cancel it"));
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("experiment ", id, " is already ", StatusWord(stored.status())));
+    }
+  }
+  absl::Status cancelled = engine_->Cancel(id);
+  // NotFound: it finished while we asked; the snapshot below says how.
+  if (!cancelled.ok() && !absl::IsNotFound(cancelled)) return cancelled;
+  return Get(id, /*include_captures=*/false);
+}
+
+void ExperimentTracker::CancelQuietly(const std::string& id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.final) return;
+  }
+  engine_->Cancel(id).IgnoreError();
+}
+
+void ExperimentTracker::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+}
+
+absl::StatusOr<v1::Experiment> ExperimentTracker::ReadStored(const std::string& id, bool include_result,
+                                                             bool include_captures) {
+  absl::MutexLock lock(&read_mu_);
+  absl::StatusOr<storage::ExperimentRecord> record = reader_->Get(id);
+  if (absl::IsNotFound(record.status())) {
+    return absl::NotFoundError(absl::StrCat("no experiment '", id, "' (ListExperiments lists them)"));
+  }
+  if (!record.ok()) return record.status();
+  v1::Experiment e = RecordToProto(*record);
+  if (include_result && record->status == storage::ExperimentStatus::kDone) {
+    ASSIGN_OR_RETURN(*e.mutable_result(), reader_->GetResult(id));
+    if (!include_captures) StripCaptures(*e.mutable_result());
+  }
+  return e;
+}
+
+absl::StatusOr<v1::Experiment> ExperimentTracker::Get(const std::string& id, bool include_captures) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it != live_.end()) {
+      v1::Experiment e = it->second.snapshot;
+      if (!include_captures && e.has_result()) StripCaptures(*e.mutable_result());
+      return e;
+    }
+  }
+  return ReadStored(id, /*include_result=*/true, include_captures);
+}
+
+absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::ListExperimentsRequest& request) {
+  if (request.limit() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("limit ", request.limit(), " is negative (0 means 100)"));
+  }
+  if (request.offset() < 0) return absl::InvalidArgumentError(absl::StrCat("offset ", request.offset(), " is negative"));
+  storage::QueryOptions options;
+  options.where = request.where();
+  options.order_by = request.order_by();
+  options.limit = request.limit() == 0 ? 100 : request.limit();
+  options.offset = request.offset();
+  v1::ListExperimentsResponse response;
+  {
+    absl::MutexLock lock(&read_mu_);
+    ASSIGN_OR_RETURN(storage::QueryPage page, reader_->Query(options));
+    response.set_total(page.total);
+    for (const storage::ExperimentRecord& record : page.records) {
+      v1::Experiment* e = response.add_experiments();
+      *e = RecordToProto(record);
+      if (request.include_results() && record.status == storage::ExperimentStatus::kDone) {
+        absl::StatusOr<v1::ExperimentResult> result = reader_->GetResult(record.id);
+        if (!result.ok()) return result.status();
+        *e->mutable_result() = std::move(*result);
+        StripCaptures(*e->mutable_result());
+      }
+    }
+  }
+  // The store may lag behind the live state by the writes still queued.
+  absl::MutexLock lock(&mu_);
+  for (v1::Experiment& e : *response.mutable_experiments()) {
+    auto it = live_.find(e.id());
+    if (it == live_.end()) continue;
+    e = it->second.snapshot;
+    if (!request.include_results()) {
+      e.clear_result();
+    } else if (e.has_result()) {
+      StripCaptures(*e.mutable_result());
+    }
+  }
+  return response;
+}
+
+}  // namespace lesion::server

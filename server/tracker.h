@@ -1,0 +1,182 @@
+// ExperimentTracker: the live state of every experiment of this server process, between the gRPC
+// service and the torch-side Engine, and the owner of the experiment store. Torch-free.
+//
+//   ASSIGN_OR_RETURN(auto tracker, ExperimentTracker::Create("lesion.db", engine.get()));
+//   ASSIGN_OR_RETURN(lesion::v1::Experiment queued, tracker->Submit(principal, spec_proto));
+//   ASSIGN_OR_RETURN(auto sub, tracker->Subscribe(queued.id(), [](const ExperimentEvent& e) { ... }));
+//
+// Life of an experiment: Submit parses and validates the spec (Engine::Validate), creates an id
+// ("exp-" + 12 hex digits), queues it on the engine and records it as queued; the engine's job
+// callbacks move it to running (with progress) and to done / failed / cancelled, and every change
+// is published to the watchers of that experiment as an Experiment snapshot (the result only in
+// the final one). While the server shuts down (BeginShutdown), experiments the engine cancels are
+// reported as interrupted and left for the next start's MarkInterruptedOnStart to record.
+//
+// Storage: ONE writer thread performs every store write (Insert, MarkRunning, Finish, Fail, Cancel,
+// PutBaseline), in order, from a queue; no write happens on an engine executor or a gRPC thread.
+// Reads go through a second, read-only use of the same file (WAL) under read_mu_. An experiment
+// stays in memory until its final state is written, so reads never see an older state than the
+// watchers have.
+//
+// Baseline cache: key = model fingerprint + ":" + spec.baseline_sha256; held in memory and in the
+// store. A submitted job gets the cached baseline when there is one; a done experiment whose
+// baseline was computed stores it.
+//
+// Thread-safety: every method may be called from any thread. Watcher callbacks are called without
+// any tracker lock held, from engine executor threads or the caller's thread, possibly
+// concurrently; they must not block. An event's `sequence` grows with every change of one
+// experiment: a watcher keeps the highest it has seen and drops older ones.
+// Errors: NotFound (unknown experiment or model), InvalidArgument (bad spec or query),
+// PermissionDenied (cancelling someone else's experiment), FailedPrecondition (wrong state),
+// ResourceExhausted (full queue), and the store's Unavailable / DataLoss / Internal.
+#ifndef LESION_SERVER_TRACKER_H_
+#define LESION_SERVER_TRACKER_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/lesion/v1/service.pb.h"
+#include "server/auth.h"
+#include "server/engine.h"
+#include "storage/experiment_store.h"
+
+namespace lesion::server {
+
+struct ExperimentEvent {
+  int64_t sequence = 0;
+  lesion::v1::Experiment experiment;
+  bool final = false;  // done, failed, cancelled or interrupted: nothing follows
+};
+
+class ExperimentTracker {
+ public:
+  using Watcher = std::function<void(const ExperimentEvent&)>;
+
+  // The current state and a registration for what follows. Unsubscribes on destruction (and so
+  // must not outlive the tracker). Move-only.
+  class Subscription {
+   public:
+    Subscription() = default;
+    Subscription(Subscription&& other) noexcept { *this = std::move(other); }
+    Subscription& operator=(Subscription&& other) noexcept;
+    ~Subscription() { Reset(); }
+    void Reset();
+    const ExperimentEvent& current() const { return current_; }
+
+   private:
+    friend class ExperimentTracker;
+    ExperimentTracker* tracker_ = nullptr;
+    std::string id_;
+    int64_t handle_ = 0;
+    ExperimentEvent current_;
+  };
+
+  // Opens the store at `db_path` twice (the writer's and the readers' connection), marks
+  // experiments left queued or running by an earlier process interrupted, and starts the writer.
+  // `engine` must outlive the tracker.
+  static absl::StatusOr<std::unique_ptr<ExperimentTracker>> Create(const std::string& db_path, Engine* engine);
+  // Drains and joins the writer.
+  ~ExperimentTracker();
+
+  // Validates and queues `spec` for `user`; the queued snapshot.
+  absl::StatusOr<lesion::v1::Experiment> Submit(const Principal& caller, const lesion::v1::ExperimentSpec& spec);
+  // A new experiment with the spec of an interrupted, failed or cancelled one, for `caller`.
+  absl::StatusOr<lesion::v1::Experiment> Resubmit(const Principal& caller, const std::string& id);
+  // Cancels a queued or running experiment of the caller (admins: anyone's). FailedPrecondition if
+  // it is already final. Returns the snapshot after the request (cancelled, or still running until
+  // the engine stops it between passes).
+  absl::StatusOr<lesion::v1::Experiment> Cancel(const Principal& caller, const std::string& id);
+  // Cancels without a permission check (a RunExperiment call whose client went away).
+  void CancelQuietly(const std::string& id);
+
+  // The experiment; captured tensor bytes left out unless `include_captures`.
+  absl::StatusOr<lesion::v1::Experiment> Get(const std::string& id, bool include_captures);
+  absl::StatusOr<lesion::v1::ListExperimentsResponse> List(const lesion::v1::ListExperimentsRequest& request);
+
+  // The current state, plus `watcher` for every later change unless the current state is final.
+  absl::StatusOr<Subscription> Subscribe(const std::string& id, Watcher watcher);
+
+  // From now on, cancellations by the engine are reported as interrupted and not written.
+  void BeginShutdown();
+  // Blocks until every store write queued so far is done (tests, shutdown).
+  void Flush();
+
+ private:
+  struct Live {
+    lesion::v1::Experiment snapshot;  // with the result once done
+    int64_t sequence = 0;
+    bool final = false;
+    // Store writes are held back until the Insert of this experiment is queued.
+    bool inserted = false;
+    std::vector<std::function<void(storage::ExperimentStore&)>> held_writes;
+    std::map<int64_t, std::shared_ptr<Watcher>> watchers;
+    std::string baseline_key;
+  };
+  using Write = std::function<void(storage::ExperimentStore&)>;
+
+  ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
+                    std::unique_ptr<storage::ExperimentStore> reader);
+
+  absl::StatusOr<lesion::v1::Experiment> SubmitParsed(const Principal& caller, const lesion::v1::ExperimentSpec& spec);
+  absl::StatusOr<std::string> NewId();
+  JobCallbacks MakeCallbacks(const std::string& id);
+  void OnStart(const std::string& id);
+  void OnProgress(const std::string& id, int64_t done, int64_t planned);
+  void OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result);
+  void RefreshQueuePositions();
+  // Bumps the sequence, copies the event and the watchers; the caller notifies after unlocking.
+  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> PublishLocked(Live& live)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<Watcher>>& watchers);
+  void WriteLocked(Live& live, Write write) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Enqueue(Write write);
+  // Queues the removal of a final experiment from memory after its writes.
+  void RetireLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unsubscribe(const std::string& id, int64_t handle);
+  void WriterLoop();
+  absl::StatusOr<lesion::v1::Experiment> ReadStored(const std::string& id, bool include_result,
+                                                    bool include_captures);
+  std::optional<experiments::result::Pass> LookupBaseline(const std::string& key);
+
+  Engine* const engine_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, lesion::v1::PassResult> baselines_ ABSL_GUARDED_BY(mu_);
+  int64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex read_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::unique_ptr<storage::ExperimentStore> reader_ ABSL_GUARDED_BY(read_mu_);
+
+  absl::Mutex queue_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::deque<Write> queue_ ABSL_GUARDED_BY(queue_mu_);
+  int64_t enqueued_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  int64_t written_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(queue_mu_) = false;
+  // Used only by the writer thread.
+  std::unique_ptr<storage::ExperimentStore> writer_;
+  std::thread writer_thread_;
+};
+
+// Conversions between the store's records and the API's messages.
+lesion::v1::ExperimentStatus ToProtoStatus(storage::ExperimentStatus status);
+bool IsFinal(lesion::v1::ExperimentStatus status);
+// Clears the bytes of every captured tensor of `result` (shape, dtype and positions stay).
+void StripCaptures(lesion::v1::ExperimentResult& result);
+
+}  // namespace lesion::server
+
+#endif  // LESION_SERVER_TRACKER_H_

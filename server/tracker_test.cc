@@ -1,0 +1,317 @@
+#include "server/tracker.h"
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "server/fake_engine.h"
+#include "server/test_util.h"
+#include "storage/experiment_store.h"
+
+namespace lesion::server {
+namespace {
+
+namespace v1 = lesion::v1;
+using testing_util::TestDir;
+using testing_util::TinySpec;
+
+const Principal kAlice{"alice", Role::kUser};
+const Principal kBob{"bob", Role::kUser};
+const Principal kAdmin{"root", Role::kAdmin};
+
+class TrackerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = (TestDir() / "lesion.db").string();
+    engine_.AddModel("tiny");
+    Open();
+  }
+  void Open() {
+    tracker_.reset();
+    absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(db_, &engine_);
+    ASSERT_TRUE(tracker.ok()) << tracker.status();
+    tracker_ = std::move(*tracker);
+  }
+  // The record as the store has it, after every queued write.
+  storage::ExperimentRecord Stored(const std::string& id) {
+    tracker_->Flush();
+    auto store = storage::ExperimentStore::Open(db_);
+    EXPECT_TRUE(store.ok());
+    absl::StatusOr<storage::ExperimentRecord> record = (*store)->Get(id);
+    EXPECT_TRUE(record.ok()) << record.status();
+    return record.ok() ? *record : storage::ExperimentRecord{};
+  }
+
+  std::string db_;
+  FakeEngine engine_;
+  std::unique_ptr<ExperimentTracker> tracker_;
+};
+
+struct Events {
+  std::mutex mu;
+  std::vector<ExperimentEvent> seen;
+  ExperimentTracker::Watcher watcher() {
+    return [this](const ExperimentEvent& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      seen.push_back(e);
+    };
+  }
+};
+
+TEST_F(TrackerTest, SubmitQueuesAndRecords) {
+  absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kAlice, TinySpec());
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  EXPECT_EQ(queued->id().size(), 16u) << queued->id();
+  EXPECT_EQ(queued->id().substr(0, 4), "exp-");
+  EXPECT_EQ(queued->status(), v1::QUEUED);
+  EXPECT_EQ(queued->user(), "alice");
+  EXPECT_EQ(queued->name(), "prune");
+  EXPECT_EQ(queued->model_fingerprint(), "fp-tiny");
+  EXPECT_EQ(queued->queue_position(), 0);
+  EXPECT_EQ(engine_.SubmittedIds(), std::vector<std::string>{queued->id()});
+
+  absl::StatusOr<v1::Experiment> second = tracker_->Submit(kBob, TinySpec());
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->queue_position(), 1);
+
+  storage::ExperimentRecord record = Stored(queued->id());
+  EXPECT_EQ(record.status, storage::ExperimentStatus::kQueued);
+  EXPECT_EQ(record.user, "alice");
+  EXPECT_EQ(record.model, "tiny");
+  EXPECT_EQ(record.tags, std::vector<std::string>{"sinks"});
+}
+
+TEST_F(TrackerTest, BadSpecsAreRejectedBeforeTheEngine) {
+  EXPECT_EQ(tracker_->Submit(kAlice, TinySpec("nope")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(tracker_->Submit(kAlice, TinySpec("")).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::ExperimentSpec no_dataset = TinySpec();
+  no_dataset.clear_dataset();
+  EXPECT_EQ(tracker_->Submit(kAlice, no_dataset).status().code(), absl::StatusCode::kInvalidArgument);
+  engine_.SetValidateError(absl::InvalidArgumentError("layer 14 out of range: model tiny has 2 layers"));
+  absl::Status invalid = tracker_->Submit(kAlice, TinySpec()).status();
+  EXPECT_EQ(invalid.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(invalid.message(), "layer 14 out of range: model tiny has 2 layers");
+  engine_.SetValidateError(absl::OkStatus());
+  engine_.SetSubmitError(absl::ResourceExhaustedError("the queue of cpu is full (64)"));
+  EXPECT_EQ(tracker_->Submit(kAlice, TinySpec()).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(engine_.SubmittedIds().empty());
+  v1::ListExperimentsRequest all;
+  tracker_->Flush();
+  EXPECT_EQ(tracker_->List(all)->total(), 0);  // nothing recorded for rejected submissions
+}
+
+TEST_F(TrackerTest, LifecycleNotifiesWatchersInOrderAndStoresTheResult) {
+  v1::Experiment queued = *tracker_->Submit(kAlice, TinySpec());
+  const std::string id = queued.id();
+  Events events;
+  absl::StatusOr<ExperimentTracker::Subscription> sub = tracker_->Subscribe(id, events.watcher());
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  EXPECT_EQ(sub->current().experiment.status(), v1::QUEUED);
+  EXPECT_FALSE(sub->current().final);
+
+  ASSERT_TRUE(engine_.Start(id).ok());
+  EXPECT_EQ(tracker_->Get(id, false)->status(), v1::RUNNING);
+  EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kRunning);
+  ASSERT_TRUE(engine_.Progress(id, 1, 4).ok());
+  v1::Experiment running = *tracker_->Get(id, false);
+  EXPECT_EQ(running.passes_done(), 1);
+  EXPECT_EQ(running.passes_planned(), 4);
+  ASSERT_TRUE(engine_.Finish(id, FakeEngine::Result(10.0, 12.5)).ok());
+
+  {
+    std::lock_guard<std::mutex> lock(events.mu);
+    ASSERT_EQ(events.seen.size(), 3u);
+    EXPECT_EQ(events.seen[0].experiment.status(), v1::RUNNING);
+    EXPECT_EQ(events.seen[1].experiment.passes_done(), 1);
+    EXPECT_FALSE(events.seen[1].experiment.has_result());
+    EXPECT_EQ(events.seen[2].experiment.status(), v1::DONE);
+    EXPECT_TRUE(events.seen[2].final);
+    EXPECT_DOUBLE_EQ(events.seen[2].experiment.result().intervened().perplexity().ppl(), 12.5);
+    EXPECT_LT(events.seen[0].sequence, events.seen[1].sequence);
+    EXPECT_LT(events.seen[1].sequence, events.seen[2].sequence);
+  }
+  EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kDone);
+  // Retired from memory: now read from the store.
+  absl::StatusOr<v1::Experiment> done = tracker_->Get(id, /*include_captures=*/false);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->status(), v1::DONE);
+  EXPECT_EQ(done->spec().name(), "prune");
+  EXPECT_EQ(done->spec().interventions(0).head_ablation().layer(), 1);
+  EXPECT_DOUBLE_EQ(done->result().baseline().perplexity().ppl(), 10.0);
+  ASSERT_EQ(done->result().intervened().captures_size(), 1);
+  EXPECT_TRUE(done->result().intervened().captures(0).data().empty());
+  EXPECT_EQ(tracker_->Get(id, true)->result().intervened().captures(0).data().size(), 8u);
+  EXPECT_GT(done->finished_unix_micros(), 0);
+
+  // A subscription to a finished experiment is its final state and nothing else.
+  absl::StatusOr<ExperimentTracker::Subscription> late = tracker_->Subscribe(id, events.watcher());
+  ASSERT_TRUE(late.ok());
+  EXPECT_TRUE(late->current().final);
+  EXPECT_EQ(late->current().experiment.status(), v1::DONE);
+  EXPECT_EQ(tracker_->Subscribe("exp-000000000000", events.watcher()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(TrackerTest, FailureIsRecordedWithItsError) {
+  std::string id = tracker_->Submit(kAlice, TinySpec())->id();
+  ASSERT_TRUE(engine_.Start(id).ok());
+  ASSERT_TRUE(engine_.Finish(id, absl::ResourceExhaustedError("CUDA out of memory")).ok());
+  v1::Experiment failed = *tracker_->Get(id, false);
+  EXPECT_EQ(failed.status(), v1::FAILED);
+  EXPECT_NE(failed.error().find("CUDA out of memory"), std::string::npos) << failed.error();
+  storage::ExperimentRecord record = Stored(id);
+  EXPECT_EQ(record.status, storage::ExperimentStatus::kFailed);
+  EXPECT_NE(record.error.find("CUDA out of memory"), std::string::npos);
+}
+
+TEST_F(TrackerTest, CancelOnlyByOwnerOrAdmin) {
+  std::string id = tracker_->Submit(kAlice, TinySpec())->id();
+  absl::Status denied = tracker_->Cancel(kBob, id).status();
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(denied.message().find("alice"), absl::string_view::npos) << denied;
+  absl::StatusOr<v1::Experiment> cancelled = tracker_->Cancel(kAlice, id);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->status(), v1::CANCELLED);
+  EXPECT_TRUE(engine_.Cancelled(id));
+  EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kCancelled);
+  EXPECT_EQ(tracker_->Cancel(kAlice, id).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(tracker_->Cancel(kAlice, "exp-000000000000").status().code(), absl::StatusCode::kNotFound);
+
+  std::string other = tracker_->Submit(kBob, TinySpec())->id();
+  ASSERT_TRUE(engine_.Start(other).ok());
+  EXPECT_EQ(tracker_->Cancel(kAdmin, other)->status(), v1::CANCELLED);
+}
+
+TEST_F(TrackerTest, BaselineIsCachedByFingerprintAndBaselineHash) {
+  std::string first = tracker_->Submit(kAlice, TinySpec())->id();
+  EXPECT_FALSE(engine_.SubmittedJob(first)->cached_baseline.has_value());
+  ASSERT_TRUE(engine_.Start(first).ok());
+  ASSERT_TRUE(engine_.Finish(first, FakeEngine::Result(7.25, 9.0)).ok());
+
+  // Same dataset and measurements, other interventions and name: the same baseline.
+  v1::ExperimentSpec similar = TinySpec();
+  similar.set_name("other");
+  similar.mutable_interventions(0)->mutable_head_ablation()->set_layer(0);
+  std::string second = tracker_->Submit(kAlice, similar)->id();
+  std::optional<Job> job = engine_.SubmittedJob(second);
+  ASSERT_TRUE(job->cached_baseline.has_value());
+  EXPECT_DOUBLE_EQ(job->cached_baseline->perplexity.ppl, 7.25);
+
+  // Other text: another baseline.
+  std::string third = tracker_->Submit(kAlice, TinySpec("tiny", "another text"))->id();
+  EXPECT_FALSE(engine_.SubmittedJob(third)->cached_baseline.has_value());
+
+  // After a restart the cache comes from the store.
+  tracker_->Flush();
+  Open();
+  std::string fourth = tracker_->Submit(kAlice, similar)->id();
+  ASSERT_TRUE(engine_.SubmittedJob(fourth)->cached_baseline.has_value());
+  EXPECT_DOUBLE_EQ(engine_.SubmittedJob(fourth)->cached_baseline->perplexity.ppl, 7.25);
+}
+
+TEST_F(TrackerTest, RestartMarksLeftoversInterruptedAndResubmitRunsThemAgain) {
+  std::string queued = tracker_->Submit(kAlice, TinySpec())->id();
+  std::string running = tracker_->Submit(kAlice, TinySpec())->id();
+  ASSERT_TRUE(engine_.Start(running).ok());
+  std::string done = tracker_->Submit(kAlice, TinySpec())->id();
+  ASSERT_TRUE(engine_.Start(done).ok());
+  ASSERT_TRUE(engine_.Finish(done, FakeEngine::Result(1, 2)).ok());
+  tracker_->Flush();
+  Open();  // as after a crash: the store still says queued / running
+  EXPECT_EQ(tracker_->Get(queued, false)->status(), v1::INTERRUPTED);
+  EXPECT_EQ(tracker_->Get(running, false)->status(), v1::INTERRUPTED);
+  EXPECT_EQ(tracker_->Get(done, false)->status(), v1::DONE);
+
+  EXPECT_EQ(tracker_->Resubmit(kBob, done).status().code(), absl::StatusCode::kFailedPrecondition);
+  absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kBob, running);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(again->id(), running);
+  EXPECT_EQ(again->user(), "bob");
+  EXPECT_EQ(again->status(), v1::QUEUED);
+  EXPECT_EQ(again->spec().interventions(0).head_ablation().layer(), 1);
+  EXPECT_EQ(tracker_->Resubmit(kBob, "exp-000000000000").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(TrackerTest, ShutdownReportsInterruptedAndLeavesTheStoreForTheNextStart) {
+  std::string id = tracker_->Submit(kAlice, TinySpec())->id();
+  Events events;
+  auto sub = tracker_->Subscribe(id, events.watcher());
+  tracker_->BeginShutdown();
+  engine_.Shutdown();
+  {
+    std::lock_guard<std::mutex> lock(events.mu);
+    ASSERT_EQ(events.seen.size(), 1u);
+    EXPECT_EQ(events.seen[0].experiment.status(), v1::INTERRUPTED);
+    EXPECT_TRUE(events.seen[0].final);
+  }
+  EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kQueued);
+}
+
+TEST_F(TrackerTest, ListFiltersOrdersPagesAndOverlaysLiveState) {
+  std::string a = tracker_->Submit(kAlice, TinySpec())->id();
+  std::string b = tracker_->Submit(kBob, TinySpec())->id();
+  ASSERT_TRUE(engine_.Start(a).ok());
+  ASSERT_TRUE(engine_.Finish(a, FakeEngine::Result(10, 11)).ok());
+  tracker_->Flush();
+
+  v1::ListExperimentsRequest request;
+  request.set_where("metric.perplexity.delta_pct > 5");
+  request.set_include_results(true);
+  absl::StatusOr<v1::ListExperimentsResponse> page = tracker_->List(request);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->experiments_size(), 1);
+  EXPECT_EQ(page->experiments(0).id(), a);
+  EXPECT_DOUBLE_EQ(page->experiments(0).result().intervened().perplexity().ppl(), 11);
+  EXPECT_TRUE(page->experiments(0).result().intervened().captures(0).data().empty());
+
+  request.Clear();
+  request.set_where("user = \"bob\"");
+  page = tracker_->List(request);
+  ASSERT_EQ(page->experiments_size(), 1);
+  EXPECT_EQ(page->experiments(0).id(), b);
+  EXPECT_EQ(page->experiments(0).status(), v1::QUEUED);
+
+  request.Clear();
+  request.set_limit(1);
+  request.set_order_by("created asc");
+  page = tracker_->List(request);
+  EXPECT_EQ(page->total(), 2);
+  ASSERT_EQ(page->experiments_size(), 1);
+  EXPECT_FALSE(page->experiments(0).has_result());
+
+  request.Clear();
+  request.set_where("modle = \"x\"");
+  absl::Status bad = tracker_->List(request).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("modle"), absl::string_view::npos) << bad;
+  request.Clear();
+  request.set_limit(-1);
+  EXPECT_EQ(tracker_->List(request).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TrackerTest, QueuePositionsMoveUpWhenAnExperimentStarts) {
+  std::string a = tracker_->Submit(kAlice, TinySpec())->id();
+  std::string b = tracker_->Submit(kAlice, TinySpec())->id();
+  EXPECT_EQ(tracker_->Get(b, false)->queue_position(), 1);
+  Events events;
+  auto sub = tracker_->Subscribe(b, events.watcher());
+  ASSERT_TRUE(engine_.Finish(a, FakeEngine::Result(1, 1)).ok());  // finished from the queue
+  tracker_->Flush();
+  EXPECT_EQ(tracker_->Get(b, false)->queue_position(), 0);
+  ASSERT_TRUE(engine_.Start(b).ok());
+  tracker_->Flush();
+  std::lock_guard<std::mutex> lock(events.mu);
+  ASSERT_EQ(events.seen.size(), 2u);
+  EXPECT_EQ(events.seen[0].experiment.status(), v1::QUEUED);
+  EXPECT_EQ(events.seen[0].experiment.queue_position(), 0);
+  EXPECT_EQ(events.seen[1].experiment.status(), v1::RUNNING);
+}
+
+TEST(Tracker, InMemoryDatabaseIsRefused) {
+  FakeEngine engine;
+  EXPECT_EQ(ExperimentTracker::Create(":memory:", &engine).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace lesion::server

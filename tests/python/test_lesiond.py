@@ -1,0 +1,285 @@
+"""End-to-end: the real `lesiond` binary on a loopback port, driven with raw gRPC calls on the stubs
+generated from proto/ (those of the `lesion` package; health and reflection as raw bytes, as
+grpcurl sends them): health, reflection,
+models, submit / watch / get / list / cancel / run / resubmit, the baseline cache, crash recovery,
+error codes and token auth."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+grpc = pytest.importorskip("grpc")
+from google.protobuf import json_format  # noqa: E402
+
+from conftest import CLI, ROOT  # noqa: E402
+
+LESIOND = Path(os.environ.get("LESIOND", ROOT / "build" / "server" / "lesiond"))
+pytestmark = pytest.mark.skipif(not LESIOND.is_file(), reason=f"lesiond not built at {LESIOND} (set LESIOND)")
+STORIES = ROOT / "models" / "stories260K"
+
+
+@pytest.fixture(scope="session")
+def pb():
+    """The lesion.v1 modules: the stubs the `lesion` package generated from proto/ at install time."""
+    pytest.importorskip("lesion._proto", reason="the lesion Python package (client/python) is not installed")
+    from lesion._proto import experiment_pb2, result_pb2, service_pb2, service_pb2_grpc  # noqa: E402
+
+    class Modules:
+        pass
+    m = Modules()
+    m.experiment, m.result, m.service, m.grpc = experiment_pb2, result_pb2, service_pb2, service_pb2_grpc
+    return m
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A lesiond process; stop() ends it, kill() simulates a crash."""
+
+    def __init__(self, tmp_path, *flags, db=None):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.db = db or tmp_path / "lesion.db"
+        self.log = open(tmp_path / f"lesiond-{self.port}.log", "w")
+        self.proc = subprocess.Popen([str(LESIOND), "--listen", self.address, "--db", str(self.db), *map(str, flags)],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        deadline = time.time() + 60
+        line = ""
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if "listening on" in line or self.proc.poll() is not None:
+                break
+        if "listening on" not in line:
+            self.stop()
+            raise AssertionError(f"lesiond did not start: {line!r}; log: {(tmp_path / self.log.name).read_text()}")
+        self.channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 1 << 29)])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path, "--model", f"stories={STORIES}")
+    yield s
+    s.stop()
+
+
+def stub(pb, server):
+    return pb.grpc.LesionStub(server.channel)
+
+
+def spec_proto(pb, spec):
+    return json_format.ParseDict(spec, pb.experiment.ExperimentSpec())
+
+
+PRUNE = {"model": "stories", "name": "prune", "tags": ["e2e", "heads"],
+         "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 128, "add_bos": True},
+         "interventions": [{"head_ablation": {"layer": 1, "heads": [3], "mode": "ZERO"}}],
+         "measurements": [{"perplexity": {}}, {"attention_sink": {}}]}
+LONG = {"model": "stories", "name": "long", "dataset": {"named": "wikitext-2-raw-test"},
+        "eval": {"seq_len": 32, "batch_size": 1},
+        "interventions": [{"head_ablation": {"layer": 0, "heads": [0]}}], "measurements": [{"perplexity": {}}]}
+
+
+def watch_to_end(pb, lesion, experiment_id, timeout=120):
+    events = list(lesion.WatchExperiment(pb.service.WatchExperimentRequest(id=experiment_id), timeout=timeout))
+    assert events, "no events"
+    return events
+
+
+def test_health_and_reflection_answer(pb, server):
+    check = server.channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda _: b"",
+                                       response_deserializer=lambda b: b)
+    assert check(None, timeout=10) == b"\x08\x01"  # status: SERVING
+    reflect = server.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                           request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    answer = b"".join(reflect(iter([b"\x3a\x00"]), timeout=10))  # list_services
+    assert b"lesion.v1.Lesion" in answer
+
+
+def test_models_are_listed_with_their_shapes(pb, server):
+    models = stub(pb, server).ListModels(pb.service.ListModelsRequest(), timeout=10).models
+    assert [m.name for m in models] == ["stories"]
+    m = models[0]
+    assert (m.architecture, m.n_layers, m.n_heads, m.d_model, m.dtype, m.device) == \
+        ("LlamaForCausalLM", 5, 8, 64, "float32", "cpu")
+    assert m.weight_bytes > 0 and len(m.fingerprint) == 16
+
+
+def test_submit_watch_get_and_list_match_a_local_run(pb, server, tmp_path):
+    lesion = stub(pb, server)
+    queued = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, PRUNE)), timeout=30)
+    assert queued.id.startswith("exp-") and queued.user == "anonymous"
+    events = watch_to_end(pb, lesion, queued.id)
+    final = events[-1].experiment
+    assert final.status == pb.service.DONE, final.error
+    statuses = [e.experiment.status for e in events]
+    assert statuses == sorted(statuses), "states only move forward"
+    # The same spec run in-process by the CLI gives the same numbers.
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({k: v for k, v in PRUNE.items() if k != "model"}))
+    local = json.loads(subprocess.run([str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path),
+                                       "--json"], capture_output=True, text=True, check=True).stdout)
+    assert final.result.intervened.perplexity.ppl == pytest.approx(local["intervened"]["perplexity"]["ppl"], rel=1e-12)
+    assert final.result.baseline.perplexity.ppl == pytest.approx(local["baseline"]["perplexity"]["ppl"], rel=1e-12)
+    got = lesion.GetExperiment(pb.service.GetExperimentRequest(id=queued.id), timeout=10)
+    assert got.status == pb.service.DONE and got.result.run.spec_sha256 == final.result.run.spec_sha256
+    assert list(got.tags) == ["e2e", "heads"] and got.name == "prune"
+    listed = lesion.ListExperiments(pb.service.ListExperimentsRequest(
+        where='tag = "heads" AND metric.perplexity.delta_pct > 0 AND intervention.head_ablation.layer = 1'),
+        timeout=10)
+    assert [e.id for e in listed.experiments] == [queued.id] and listed.total == 1
+    none = lesion.ListExperiments(pb.service.ListExperimentsRequest(where="intervention.head_ablation.layer = 4"),
+                                  timeout=10)
+    assert none.total == 0
+
+
+def test_a_second_run_reuses_the_cached_baseline(pb, server):
+    lesion = stub(pb, server)
+    first = lesion.RunExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, PRUNE)), timeout=120)
+    other = dict(PRUNE, interventions=[{"head_ablation": {"layer": 2, "heads": [6]}}])
+    second = lesion.RunExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, other)), timeout=120)
+    assert first.status == second.status == pb.service.DONE
+    assert not first.result.run.baseline_cached and second.result.run.baseline_cached
+    assert second.result.run.forward_passes * 2 == first.result.run.forward_passes
+    assert second.result.baseline.perplexity.ppl == first.result.baseline.perplexity.ppl
+    assert second.result.intervened.perplexity.ppl != first.result.intervened.perplexity.ppl
+
+
+def test_cancel_stops_a_running_experiment_within_a_second(pb, server):
+    lesion = stub(pb, server)
+    queued = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, LONG)), timeout=30)
+    for event in lesion.WatchExperiment(pb.service.WatchExperimentRequest(id=queued.id), timeout=60):
+        if event.experiment.status == pb.service.RUNNING and event.experiment.passes_done > 0:
+            break
+    start = time.time()
+    lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=queued.id), timeout=10)
+    final = watch_to_end(pb, lesion, queued.id)[-1].experiment
+    assert final.status == pb.service.CANCELLED
+    assert time.time() - start < 1.5
+    with pytest.raises(grpc.RpcError) as e:
+        lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=queued.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("change, code, needle", [
+    ({"model": "nope"}, "NOT_FOUND", "nope"),
+    ({"interventions": [{"head_ablation": {"layer": 9, "heads": [0]}}]}, "INVALID_ARGUMENT", "layer 9 out of range"),
+    ({"measurements": []}, "INVALID_ARGUMENT", "measurements"),
+    ({"dataset": {"named": "imagenet"}}, "INVALID_ARGUMENT", "unknown dataset"),
+])
+def test_bad_submissions_get_precise_codes(pb, server, change, code, needle):
+    with pytest.raises(grpc.RpcError) as e:
+        stub(pb, server).SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, {**PRUNE, **change})),
+                                          timeout=30)
+    assert e.value.code() == getattr(grpc.StatusCode, code)
+    assert needle in e.value.details()
+
+
+def test_unknown_experiments_and_bad_queries(pb, server):
+    lesion = stub(pb, server)
+    for call, request in [(lesion.GetExperiment, pb.service.GetExperimentRequest(id="exp-000000000000")),
+                          (lesion.CancelExperiment, pb.service.CancelExperimentRequest(id="exp-000000000000"))]:
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        lesion.ListExperiments(pb.service.ListExperimentsRequest(where="modle = 1"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "modle" in e.value.details()
+
+
+def test_a_crash_leaves_experiments_interrupted_and_resubmittable(pb, tmp_path):
+    first = Server(tmp_path, "--model", f"stories={STORIES}")
+    lesion = stub(pb, first)
+    queued = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, LONG)), timeout=30)
+    for event in lesion.WatchExperiment(pb.service.WatchExperimentRequest(id=queued.id), timeout=60):
+        if event.experiment.status == pb.service.RUNNING:
+            break
+    first.kill()
+    second = Server(tmp_path, "--model", f"stories={STORIES}", db=first.db)
+    try:
+        lesion = stub(pb, second)
+        got = lesion.GetExperiment(pb.service.GetExperimentRequest(id=queued.id), timeout=10)
+        assert got.status == pb.service.INTERRUPTED
+        again = lesion.ResubmitExperiment(pb.service.ResubmitExperimentRequest(id=queued.id), timeout=30)
+        assert again.id != queued.id and again.spec.name == "long"
+        lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=again.id), timeout=10)
+    finally:
+        second.stop()
+
+
+def test_tokens_file_auth_and_roles(pb, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# token user role\nt-admin alice admin\nt-bob bob user\nt-cat cat user\n")
+    s = Server(tmp_path, "--model", f"stories={STORIES}", "--tokens-file", tokens)
+    try:
+        lesion = stub(pb, s)
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.ListModels(pb.service.ListModelsRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.ListModels(pb.service.ListModelsRequest(), timeout=10, metadata=[("authorization", "Bearer nope")])
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        bob = [("authorization", "Bearer t-bob")]
+        cat = [("authorization", "Bearer t-cat")]
+        admin = [("authorization", "Bearer t-admin")]
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.UnloadModel(pb.service.UnloadModelRequest(name="stories"), timeout=10, metadata=bob)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        queued = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, LONG)), timeout=30,
+                                         metadata=bob)
+        assert queued.user == "bob"
+        # Everyone sees it, only bob (or an admin) cancels it.
+        assert lesion.GetExperiment(pb.service.GetExperimentRequest(id=queued.id), timeout=10, metadata=cat).user == "bob"
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=queued.id), timeout=10, metadata=cat)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=queued.id), timeout=10, metadata=admin)
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.LoadModel(pb.service.LoadModelRequest(name="again", dir="/etc"), timeout=10, metadata=admin)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "model root" in e.value.details()
+    finally:
+        s.stop()
+
+
+def test_admin_loads_and_unloads_a_model_under_an_allowed_root(pb, tmp_path):
+    s = Server(tmp_path, "--model", f"stories={STORIES}", "--model-root", ROOT / "tests" / "fixtures" / "models")
+    try:
+        lesion = stub(pb, s)
+        info = lesion.LoadModel(pb.service.LoadModelRequest(name="gpt2", dir=str(ROOT / "tests/fixtures/models/gpt2")),
+                                timeout=60)
+        assert info.architecture == "GPT2LMHeadModel"
+        assert sorted(m.name for m in lesion.ListModels(pb.service.ListModelsRequest(), timeout=10).models) == \
+            ["gpt2", "stories"]
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.LoadModel(pb.service.LoadModelRequest(name="gpt2", dir=str(ROOT / "tests/fixtures/models/gpt2")),
+                             timeout=60)
+        assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        lesion.UnloadModel(pb.service.UnloadModelRequest(name="gpt2"), timeout=10)
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.UnloadModel(pb.service.UnloadModelRequest(name="gpt2"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        s.stop()
