@@ -1,7 +1,8 @@
 # lesion: the two quick-start commands.
 #   make demo   set everything up (Debian packages, a venv with LibTorch, the build) and run the
 #               demo on the bundled stories260K model
-#   make test   the same set-up, then every test: ctest (C++) and pytest (CLI against HF transformers)
+#   make test   the same set-up, then every test: ctest (C++), pytest (CLI and lesiond against HF
+#               transformers and raw gRPC calls) and the Python client's pytest
 VENV  ?= .venv
 BUILD ?= build
 PY    := $(VENV)/bin/python
@@ -20,7 +21,13 @@ $(VENV)/.installed: requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.installed
+# The Python client, with its gRPC stubs generated from proto/ by its build hook.
+CLIENT_SOURCES := $(wildcard client/python/pyproject.toml client/python/setup.py client/python/lesion/*.py proto/lesion/v1/*.proto)
+$(VENV)/.client-installed: $(VENV)/.installed $(CLIENT_SOURCES)
+	$(PY) -m pip install -q ./client/python
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.client-installed
 
 configure: deps venv
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -31,7 +38,9 @@ build: configure
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
-	LESION_CLI=$(abspath $(BUILD))/client/cpp/lesion $(PY) -m pytest tests/python -q
+	LESION_CLI=$(abspath $(BUILD))/client/cpp/lesion LESIOND=$(abspath $(BUILD))/server/lesiond \
+	  $(PY) -m pytest tests/python -q
+	LESIOND=$(abspath $(BUILD))/server/lesiond $(PY) -m pytest client/python/tests -q
 
 demo: build
 	LESION_CLI=$(BUILD)/client/cpp/lesion PY=$(PY) scripts/demo.sh

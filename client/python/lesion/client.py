@@ -1,0 +1,380 @@
+"""lesion.Client: the lesiond gRPC API (proto/lesion/v1/service.proto) for notebooks and scripts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pandas as pd
+from google.protobuf import json_format
+
+from ._proto import service_pb2, service_pb2_grpc
+from .errors import LesionError
+from .result import Result
+from .spec import Experiment, spec_to_proto
+
+TERMINAL = ("DONE", "FAILED", "CANCELLED", "INTERRUPTED")
+DEFAULT_TIMEOUT = 60.0  # seconds, for every unary call
+
+
+def _status_name(value):
+    return service_pb2.ExperimentStatus.Name(value)
+
+
+def _time(micros):
+    if not micros:
+        return None
+    return pd.Timestamp(int(micros), unit="us", tz="UTC")
+
+
+class ExperimentFailed(LesionError):
+    """The experiment ended FAILED, CANCELLED or INTERRUPTED; ``record`` is its final record."""
+
+    def __init__(self, record):
+        self.record = record
+        code = {"CANCELLED": grpc.StatusCode.CANCELLED, "INTERRUPTED": grpc.StatusCode.ABORTED}.get(
+            record.status, grpc.StatusCode.UNKNOWN)
+        super().__init__(code, f"experiment {record.id} {record.status}" + (f": {record.error}" if record.error else ""),
+                         rpc="experiment")
+
+
+@dataclass
+class ExperimentRecord:
+    """A stored experiment (lesion.v1.Experiment): status is the enum name ("QUEUED", "DONE", ...)."""
+    id: str
+    user: str
+    name: str
+    tags: list
+    model: str
+    model_fingerprint: str
+    status: str
+    error: str
+    created: Any
+    started: Any
+    finished: Any
+    queue_position: int
+    passes_done: int
+    passes_planned: int
+    spec: Experiment | None
+    result: Result | None
+    raw: Any = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, e):
+        try:
+            spec = Experiment.from_proto(e.spec) if e.HasField("spec") else None
+        except ValueError:
+            spec = None
+        return cls(id=e.id, user=e.user, name=e.name, tags=list(e.tags), model=e.model,
+                   model_fingerprint=e.model_fingerprint, status=_status_name(e.status), error=e.error,
+                   created=_time(e.created_unix_micros), started=_time(e.started_unix_micros),
+                   finished=_time(e.finished_unix_micros), queue_position=e.queue_position,
+                   passes_done=int(e.passes_done), passes_planned=int(e.passes_planned), spec=spec,
+                   result=Result(e.result) if e.HasField("result") else None, raw=e)
+
+    @property
+    def done(self):
+        return self.status in TERMINAL
+
+    def to_dict(self):
+        return json_format.MessageToDict(self.raw, preserving_proto_field_name=True)
+
+
+def _spec_wants_captures(spec_proto):
+    return any(m.WhichOneof("kind") == "capture" for m in spec_proto.measurements)
+
+
+class Handle:
+    """A submitted experiment: ``.wait()``, ``.result()``, ``.cancel()``, ``.status()``."""
+
+    def __init__(self, client, record: ExperimentRecord):
+        self._client = client
+        self.record = record
+        self.id = record.id
+
+    def __repr__(self):
+        return f"<lesion.Handle {self.id} {self.record.status}>"
+
+    def status(self) -> str:
+        self.record = self._client.get(self.id, include_captures=False)
+        return self.record.status
+
+    def wait(self, timeout=None, progress=True) -> ExperimentRecord:
+        """Follow WatchExperiment until the experiment ends (DONE, FAILED, CANCELLED, INTERRUPTED) and
+        return its final record; a tqdm bar shows passes_done / passes_planned. ``timeout`` (seconds)
+        raises LesionError(DEADLINE_EXCEEDED) and leaves the experiment running."""
+        if self.record.done:
+            return self.record
+        bar = None
+        try:
+            for record in self._client._watch(self.id, timeout):
+                self.record = record
+                if progress:
+                    bar = self._update_bar(bar, record)
+                if record.done:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if not self.record.done:  # the stream ended early: ask once
+            self.record = self._client.get(self.id)
+        return self.record
+
+    def _update_bar(self, bar, record):
+        from tqdm.auto import tqdm
+        if bar is None:
+            bar = tqdm(total=record.passes_planned or None, desc=record.name or record.id, unit="pass",
+                       leave=True)
+        if record.passes_planned and bar.total != record.passes_planned:
+            bar.total = record.passes_planned
+        if record.done and record.status == "DONE" and record.passes_planned:
+            bar.n = record.passes_planned
+        else:
+            bar.n = record.passes_done
+        post = record.status.lower()
+        if record.status == "QUEUED" and record.queue_position:
+            post += f" ({record.queue_position} ahead)"
+        bar.set_postfix_str(post, refresh=False)
+        bar.refresh()
+        return bar
+
+    def result(self, timeout=None, progress=False) -> Result:
+        """Wait for the experiment, then its Result (with captures); raises ExperimentFailed unless
+        it ended DONE."""
+        record = self.wait(timeout=timeout, progress=progress)
+        if record.status != "DONE":
+            raise ExperimentFailed(record)
+        if record.result is None or (_spec_wants_captures(record.raw.spec)
+                                     and not any(len(getattr(record.result.raw, p).captures)
+                                                 for p in ("baseline", "intervened"))):
+            record = self._client.get(self.id, include_captures=True)
+            self.record = record
+        if record.result is None:
+            raise LesionError(grpc.StatusCode.INTERNAL, f"experiment {self.id} is DONE without a result",
+                              rpc="GetExperiment")
+        return record.result
+
+    def cancel(self) -> ExperimentRecord:
+        self.record = self._client.cancel(self.id)
+        return self.record
+
+
+class Client:
+    """A connection to lesiond.
+
+    ``Client("host:port", token=None, user=None, timeout=60)``: ``token`` is sent as
+    ``authorization: Bearer TOKEN``, ``user`` as ``x-lesion-user``; ``timeout`` bounds every unary
+    call. ``secure=True`` (or ``root_certificates=PEM bytes``) uses TLS. Every failed call raises
+    LesionError with ``.code`` (grpc.StatusCode) and ``.details`` (the server's message).
+    """
+
+    def __init__(self, address, token=None, user=None, timeout=DEFAULT_TIMEOUT, secure=False,
+                 root_certificates=None, options=None):
+        self.address = address
+        self.timeout = timeout
+        self._metadata = []
+        if token:
+            self._metadata.append(("authorization", f"Bearer {token}"))
+        if user:
+            self._metadata.append(("x-lesion-user", user))
+        options = list(options or []) + [("grpc.max_receive_message_length", 512 * 1024 * 1024),
+                                         ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        if secure or root_certificates:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = service_pb2_grpc.LesionStub(self._channel)
+
+    def __repr__(self):
+        return f"<lesion.Client {self.address}>"
+
+    # -- lifetime
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @classmethod
+    def local(cls, model_dir, port=None, db=None, lesiond=None, **kwargs):
+        """A private lesiond on 127.0.0.1 serving ``model_dir`` (its name: the directory's basename);
+        the process ends with close(), the with-block, or interpreter exit. See lesion.local."""
+        from .local import start_local
+        return start_local(model_dir, port=port, db=db, lesiond=lesiond, **kwargs)
+
+    def _call(self, name, request, timeout=None):
+        method = getattr(self._stub, name)
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout,
+                          metadata=self._metadata)
+        except grpc.RpcError as e:
+            from .errors import wrap_rpc_error
+            raise wrap_rpc_error(e, name) from e
+
+    def wait_ready(self, timeout=10.0):
+        """Block until the channel connects (LesionError UNAVAILABLE otherwise)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as e:
+            raise LesionError(grpc.StatusCode.UNAVAILABLE, f"no lesiond at {self.address} after {timeout}s",
+                              rpc="connect") from e
+
+    # -- models
+    def models(self, as_frame=False):
+        """The loaded models: a list of dicts (ModelInfo's fields), or a DataFrame with as_frame."""
+        resp = self._call("ListModels", service_pb2.ListModelsRequest())
+        models = [self._model_dict(m) for m in resp.models]
+        return pd.DataFrame(models) if as_frame else models
+
+    @staticmethod
+    def _model_dict(m):
+        d = json_format.MessageToDict(m, preserving_proto_field_name=True,
+                                      always_print_fields_with_no_presence=True)
+        for k in ("n_params", "weight_bytes"):
+            d[k] = int(d.get(k, 0))
+        return d
+
+    def load_model(self, name, dir, dtype=None, device=None, timeout=600.0) -> dict:
+        """Admin only: load the HF directory ``dir`` (under one of the server's model roots) as ``name``."""
+        req = service_pb2.LoadModelRequest(name=name, dir=str(dir), dtype=dtype or "", device=device or "")
+        return self._model_dict(self._call("LoadModel", req, timeout=timeout))
+
+    def unload_model(self, name) -> None:
+        self._call("UnloadModel", service_pb2.UnloadModelRequest(name=name))
+
+    # -- experiments
+    def submit(self, spec) -> Handle:
+        """Queue an experiment (an Experiment, ExperimentSpec, dict or JSON): returns at once."""
+        req = service_pb2.SubmitExperimentRequest(spec=spec_to_proto(spec))
+        return Handle(self, ExperimentRecord.from_proto(self._call("SubmitExperiment", req)))
+
+    def run(self, spec, progress=True, timeout=None) -> Result:
+        """Submit, follow it with a progress bar, return the Result (ExperimentFailed unless DONE)."""
+        return self.submit(spec).result(timeout=timeout, progress=progress)
+
+    def run_many(self, specs, progress=True, timeout=None) -> list:
+        """Submit every spec first (the server can batch them), then collect the results in order."""
+        handles = [self.submit(s) for s in specs]
+        if progress:
+            from tqdm.auto import tqdm
+            return [h.result(timeout=timeout) for h in tqdm(handles, desc="experiments", unit="exp")]
+        return [h.result(timeout=timeout) for h in handles]
+
+    def _watch(self, id, timeout=None):
+        try:
+            for event in self._stub.WatchExperiment(service_pb2.WatchExperimentRequest(id=id), timeout=timeout,
+                                                    metadata=self._metadata):
+                yield ExperimentRecord.from_proto(event.experiment)
+        except grpc.RpcError as e:
+            from .errors import wrap_rpc_error
+            raise wrap_rpc_error(e, "WatchExperiment") from e
+
+    def watch(self, id, timeout=None):
+        """Iterate over the experiment's records as it changes, ending after the final one."""
+        return self._watch(id, timeout)
+
+    def handle(self, id) -> Handle:
+        return Handle(self, self.get(id, include_captures=False))
+
+    def get(self, id, include_captures=False) -> ExperimentRecord:
+        req = service_pb2.GetExperimentRequest(id=id, include_captures=include_captures)
+        return ExperimentRecord.from_proto(self._call("GetExperiment", req))
+
+    def result(self, id) -> Result:
+        """The Result of a finished experiment, with captures."""
+        return Handle(self, self.get(id)).result()
+
+    def cancel(self, id) -> ExperimentRecord:
+        return ExperimentRecord.from_proto(self._call("CancelExperiment", service_pb2.CancelExperimentRequest(id=id)))
+
+    def resubmit(self, id) -> Handle:
+        e = self._call("ResubmitExperiment", service_pb2.ResubmitExperimentRequest(id=id))
+        return Handle(self, ExperimentRecord.from_proto(e))
+
+    def list(self, where=None, order_by=None, limit=100, offset=0, include_results=False):
+        """(records, total) of ListExperiments."""
+        req = service_pb2.ListExperimentsRequest(where=where or "", order_by=order_by or "", limit=limit,
+                                                 offset=offset, include_results=include_results)
+        resp = self._call("ListExperiments", req)
+        return [ExperimentRecord.from_proto(e) for e in resp.experiments], int(resp.total)
+
+    def experiments(self, where=None, order_by=None, limit=100, offset=0, metrics=True) -> pd.DataFrame:
+        """Experiments matching the query (docs/queries.md) as a DataFrame: id, user, name, model,
+        status, created, finished, tags, then spec fields (``dataset.*``, ``eval.*``,
+        ``intervention.KIND.FIELD``, ``measurements``) and per metric ``metric.NAME.value`` /
+        ``.baseline`` / ``.delta`` / ``.delta_pct``. ``df.attrs["total"]`` is the match count before
+        limit and offset."""
+        records, total = self.list(where, order_by, limit, offset, include_results=metrics)
+        df = records_frame(records)
+        df.attrs["total"] = total
+        return df
+
+
+# ------------------------------------------------------------------------------------------- flattening
+
+_BASE_COLUMNS = ["id", "user", "name", "model", "status", "created", "finished", "tags"]
+_MAX_LIST = 16  # longer repeated fields (attention-bias vectors) are left out of the frame
+
+
+def _simple(v):
+    if isinstance(v, list):
+        if len(v) > _MAX_LIST or not all(isinstance(x, (int, float, str, bool)) for x in v):
+            return None
+        return tuple(v)
+    if isinstance(v, (int, float, str, bool)):
+        return v
+    return None
+
+
+def flatten_spec(spec_dict) -> dict:
+    """Simple spec fields as columns: dataset.KIND, eval.FIELD, intervention.KIND.FIELD (a list when
+    the kind occurs more than once), measurements (the kinds, comma-separated)."""
+    out = {}
+    ds = spec_dict.get("dataset") or {}
+    for k, v in ds.items():
+        if k == "token_ids":
+            out["dataset.token_ids"] = len((v or {}).get("ids", []))
+        elif k == "text":
+            out["dataset.text"] = v if len(v) <= 80 else v[:77] + "..."
+        else:
+            out[f"dataset.{k}"] = v
+    for k, v in (spec_dict.get("eval") or {}).items():
+        out[f"eval.{k}"] = v
+    grouped = {}
+    for iv in spec_dict.get("interventions") or []:
+        for kind, body in iv.items():
+            for k, v in (body or {}).items():
+                sv = _simple(v)
+                if sv is not None:
+                    grouped.setdefault(f"intervention.{kind}.{k}", []).append(sv)
+    for k, vals in grouped.items():
+        out[k] = vals[0] if len(vals) == 1 else vals
+    out["interventions"] = ",".join(next(iter(iv)) for iv in spec_dict.get("interventions") or [] if iv)
+    out["measurements"] = ",".join(next(iter(m)) for m in spec_dict.get("measurements") or [] if m)
+    return out
+
+
+def records_frame(records) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {"id": r.id, "user": r.user, "name": r.name, "model": r.model, "status": r.status,
+               "created": r.created, "finished": r.finished, "tags": tuple(r.tags), "started": r.started,
+               "error": r.error}
+        if r.raw.HasField("spec"):
+            row.update(flatten_spec(json_format.MessageToDict(r.raw.spec, preserving_proto_field_name=True)))
+        if r.result is not None:
+            for m in r.result.raw.metrics:
+                for k in ("value", "baseline", "delta", "delta_pct"):
+                    row[f"metric.{m.name}.{k}"] = getattr(m, k)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return pd.DataFrame(columns=_BASE_COLUMNS)
+    rest = [c for c in df.columns if c not in _BASE_COLUMNS]
+    spec_cols = [c for c in rest if not c.startswith("metric.")]
+    metric_cols = [c for c in rest if c.startswith("metric.")]
+    return df[_BASE_COLUMNS + spec_cols + metric_cols]

@@ -1,0 +1,186 @@
+"""Client.local: a private lesiond subprocess on loopback, for laptops and tests.
+
+The command line is built from the constants below (one place to change if lesiond's flags move):
+    lesiond --listen 127.0.0.1:PORT --db PATH --model NAME=DIR [extra_args...]
+and the client connects once lesiond prints READY_LINE on stdout.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+import grpc
+
+from .client import Client
+from .errors import LesionError
+
+FLAG_LISTEN = "--listen"
+FLAG_DB = "--db"          # lesiond also accepts --database
+FLAG_MODEL = "--model"    # NAME=DIR
+READY_LINE = "lesiond listening on"
+ENV_BINARY = "LESIOND"
+STARTUP_TIMEOUT = 120.0   # seconds until READY_LINE (the model is loaded before it)
+
+
+def find_lesiond(explicit=None) -> Path:
+    """The lesiond binary: ``explicit``, $LESIOND, lesiond on PATH, or build/server/lesiond of the
+    repository this package was installed from / the current directory lies in."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise LesionError(None, f"lesiond binary not found at {p}", rpc="local")
+        return p
+    if os.environ.get(ENV_BINARY):
+        p = Path(os.environ[ENV_BINARY])
+        if not p.is_file():
+            raise LesionError(None, f"${ENV_BINARY}={p}: no such file", rpc="local")
+        return p
+    on_path = shutil.which("lesiond")
+    if on_path:
+        return Path(on_path)
+    candidates = []
+    here = Path(__file__).resolve()
+    if len(here.parents) > 3:
+        candidates.append(here.parents[3] / "build" / "server" / "lesiond")  # source / editable install
+    for d in [Path.cwd(), *Path.cwd().parents]:
+        candidates.append(d / "build" / "server" / "lesiond")
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise LesionError(None, "lesiond not found: pass lesiond=PATH, set $LESIOND, put it on PATH, or build it "
+                            "(build/server/lesiond)", rpc="local")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_command(binary, model_dir, port, db, extra_args=()):
+    name = Path(model_dir).resolve().name
+    return [str(binary), FLAG_LISTEN, f"127.0.0.1:{port}", FLAG_DB, str(db), FLAG_MODEL,
+            f"{name}={Path(model_dir).resolve()}", *map(str, extra_args)]
+
+
+class _Process:
+    """The subprocess, a thread draining its output (kept: the last lines, for error messages)."""
+
+    def __init__(self, cmd, env=None):
+        self.cmd = cmd
+        self.lines = collections.deque(maxlen=200)
+        self.ready = threading.Event()
+        self.address = None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, env=env)
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if not self.ready.is_set() and READY_LINE in line:
+                self.address = line.split(READY_LINE, 1)[1].strip() or None
+                self.ready.set()
+        self.ready.set()  # EOF: the process ended
+
+    def log(self, n=40):
+        return "\n".join(list(self.lines)[-n:])
+
+    def stop(self, timeout=10.0):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._thread.join(timeout=2.0)
+
+
+class LocalClient(Client):
+    """A Client that owns its lesiond: close() (or the with-block, or exit) stops the process."""
+
+    def __init__(self, address, process, model, tmpdir=None, **kwargs):
+        super().__init__(address, **kwargs)
+        self.process = process
+        self.model = model
+        self._tmpdir = tmpdir
+        self._finalizer = weakref.finalize(self, _cleanup, process, tmpdir)
+
+    def __repr__(self):
+        return f"<lesion.LocalClient {self.address} model {self.model!r} pid {self.process.proc.pid}>"
+
+    @property
+    def log(self):
+        return self.process.log(200)
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._finalizer()
+
+
+def _cleanup(process, tmpdir):
+    process.stop()
+    if tmpdir is not None:
+        tmpdir.cleanup()
+
+
+def start_local(model_dir, port=None, db=None, lesiond=None, extra_args=(), startup_timeout=STARTUP_TIMEOUT,
+                env=None, **client_kwargs) -> LocalClient:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LesionError(None, f"model directory not found: {model_dir}", rpc="local")
+    binary = find_lesiond(lesiond)
+    tmpdir = None
+    if db is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="lesion-local-")
+        db = Path(tmpdir.name) / "lesion.db"
+    port = port or free_port()
+    cmd = build_command(binary, model_dir, port, db, extra_args)
+    process = _Process(cmd, env=env)
+    try:
+        if not process.ready.wait(startup_timeout):
+            raise LesionError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"lesiond did not print '{READY_LINE}' within {startup_timeout}s: {' '.join(cmd)}\n"
+                              f"{process.log()}", rpc="local")
+        if process.address is None:  # output ended before the ready line: the process exited
+            try:
+                rc = process.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                rc = "unknown (closed its output)"
+            raise LesionError(grpc.StatusCode.UNAVAILABLE,
+                              f"lesiond exited with status {rc} before '{READY_LINE}': {' '.join(cmd)}\n"
+                              f"{process.log()}", rpc="local")
+    except BaseException:
+        _cleanup(process, tmpdir)
+        raise
+    printed = process.address.split()[0] if process.address and process.address.split() else ""
+    address = printed if re.match(r"^[\w.\-\[\]]+:\d+$", printed) else f"127.0.0.1:{port}"
+    client = LocalClient(address, process, model_dir.resolve().name, tmpdir=tmpdir, **client_kwargs)
+    _LIVE.add(client)
+    return client
+
+
+_LIVE = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all():
+    for c in list(_LIVE):
+        try:
+            c.close()
+        except Exception:
+            pass

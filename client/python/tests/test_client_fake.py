@@ -1,0 +1,284 @@
+"""The Client against an in-process fake lesiond (the generated servicer on a loopback grpc.server):
+metadata, every RPC's request/response mapping, watch + progress, error wrapping, the DataFrame."""
+from concurrent import futures
+
+import grpc
+import pytest
+
+import lesion
+from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc
+from lesion.errors import wrap_rpc_error
+
+from conftest import make_result
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def test_error_wrapping_of_a_fake_rpc_error():
+    e = wrap_rpc_error(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "interventions[0].head_ablation: layer 9"),
+                       "SubmitExperiment")
+    assert isinstance(e, lesion.InvalidArgument) and isinstance(e, lesion.LesionError)
+    assert e.code is grpc.StatusCode.INVALID_ARGUMENT and "layer 9" in e.details and e.rpc == "SubmitExperiment"
+    assert str(e) == "SubmitExperiment: INVALID_ARGUMENT: interventions[0].head_ablation: layer 9"
+    e = wrap_rpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"))
+    assert type(e) is lesion.LesionError and e.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Fake(service_pb2_grpc.LesionServicer):
+    def __init__(self):
+        self.experiments = {}
+        self.metadata = []
+        self.requests = []
+
+    def _auth(self, context):
+        md = dict(context.invocation_metadata())
+        self.metadata.append(md)
+        if md.get("authorization") == "Bearer bad":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+
+    def ListModels(self, request, context):
+        self._auth(context)
+        return service_pb2.ListModelsResponse(models=[service_pb2.ModelInfo(
+            name="stories260K", architecture="LlamaForCausalLM", n_layers=5, n_heads=8, n_params=260000)])
+
+    def LoadModel(self, request, context):
+        self._auth(context)
+        self.requests.append(request)
+        if not request.dir.startswith("/models"):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{request.dir} is not under a model root")
+        return service_pb2.ModelInfo(name=request.name, dir=request.dir, dtype=request.dtype or "float32")
+
+    def UnloadModel(self, request, context):
+        self._auth(context)
+        if request.name != "stories260K":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name!r}")
+        return service_pb2.UnloadModelResponse()
+
+    def _new(self, spec, status=service_pb2.QUEUED):
+        eid = f"e{len(self.experiments) + 1}"
+        e = service_pb2.Experiment(id=eid, user="alice", name=spec.name, tags=spec.tags, model=spec.model, spec=spec,
+                                   status=status, created_unix_micros=1_700_000_000_000_000, queue_position=1)
+        self.experiments[eid] = e
+        return e
+
+    def SubmitExperiment(self, request, context):
+        self._auth(context)
+        if request.spec.model != "stories260K":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.spec.model!r} is not loaded")
+        return self._new(request.spec)
+
+    def WatchExperiment(self, request, context):
+        self._auth(context)
+        e = self.experiments.get(request.id)
+        if e is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no experiment {request.id}")
+        yield service_pb2.ExperimentEvent(experiment=e)
+        if e.status in (service_pb2.DONE, service_pb2.CANCELLED):
+            return
+        if e.spec.name == "fails":
+            e.status, e.error = service_pb2.FAILED, "device out of memory"
+            yield service_pb2.ExperimentEvent(experiment=e)
+            return
+        for done in (1, 2):
+            e.status, e.queue_position, e.passes_done, e.passes_planned = service_pb2.RUNNING, 0, done, 4
+            yield service_pb2.ExperimentEvent(experiment=e)
+        e.status, e.passes_done, e.finished_unix_micros = service_pb2.DONE, 4, 1_700_000_001_000_000
+        e.result.CopyFrom(make_result())
+        yield service_pb2.ExperimentEvent(experiment=e)
+
+    def GetExperiment(self, request, context):
+        self._auth(context)
+        self.requests.append(request)
+        e = self.experiments.get(request.id)
+        if e is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no experiment {request.id}")
+        out = service_pb2.Experiment()
+        out.CopyFrom(e)
+        if not request.include_captures and out.HasField("result"):
+            del out.result.baseline.captures[:]
+            del out.result.intervened.captures[:]
+        return out
+
+    def ListExperiments(self, request, context):
+        self._auth(context)
+        self.requests.append(request)
+        if request.where == "bogus":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "where: unknown field 'bogus'")
+        exps = list(self.experiments.values())[request.offset:request.offset + (request.limit or 100)]
+        return service_pb2.ListExperimentsResponse(experiments=exps, total=len(self.experiments))
+
+    def CancelExperiment(self, request, context):
+        self._auth(context)
+        e = self.experiments[request.id]
+        if e.status == service_pb2.DONE:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"experiment {request.id} is DONE")
+        e.status = service_pb2.CANCELLED
+        return e
+
+    def ResubmitExperiment(self, request, context):
+        self._auth(context)
+        return self._new(self.experiments[request.id].spec)
+
+
+@pytest.fixture
+def fake():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = Fake()
+    service_pb2_grpc.add_LesionServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def spec(name="ppl", model="stories260K"):
+    return lesion.Experiment(model=model, name=name, tags=["t"], dataset=lesion.Dataset.named("tinystories-sample"),
+                             interventions=[lesion.HeadAblation(layer=1, heads=[3])],
+                             measurements=[lesion.Perplexity(), lesion.Capture(sites=["blocks.0.resid_post"])])
+
+
+def test_metadata_models_and_admin_calls(fake):
+    servicer, address = fake
+    with lesion.Client(address, token="tok", user="alice", timeout=5) as c:
+        c.wait_ready(5)
+        models = c.models()
+        assert models[0]["name"] == "stories260K" and models[0]["n_params"] == 260000
+        assert c.models(as_frame=True).loc[0, "n_layers"] == 5
+        assert servicer.metadata[-1]["authorization"] == "Bearer tok"
+        assert servicer.metadata[-1]["x-lesion-user"] == "alice"
+        info = c.load_model("gpt2", "/models/gpt2", dtype="bfloat16")
+        assert info["name"] == "gpt2" and info["dtype"] == "bfloat16" and servicer.requests[-1].device == ""
+        with pytest.raises(lesion.PermissionDenied, match="not under a model root") as ei:
+            c.load_model("x", "/etc")
+        assert ei.value.code is grpc.StatusCode.PERMISSION_DENIED
+        c.unload_model("stories260K")
+        with pytest.raises(lesion.NotFound):
+            c.unload_model("nope")
+    with lesion.Client(address, token="bad") as c:
+        with pytest.raises(lesion.Unauthenticated) as ei:
+            c.models()
+        assert ei.value.details == "unknown token"
+
+
+def test_submit_wait_result(fake, capsys):
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    h = c.submit(spec())
+    assert h.id == "e1" and h.record.status == "QUEUED" and h.record.spec.name == "ppl"
+    record = h.wait(progress=True)
+    assert record.status == "DONE" and record.passes_done == 4 and str(record.finished.year) == "2023"
+    assert "4/4" in capsys.readouterr().err  # the tqdm bar
+    r = h.result()
+    assert r.perplexity.baseline == 4.0
+    # the watch's final record had captures, so no extra GetExperiment was needed
+    assert r.captures["baseline"]["blocks.0.resid_post"].shape == (1, 4, 64)
+    assert h.status() == "DONE"
+    # a later fetch by id asks for captures
+    r2 = c.result("e1")
+    assert servicer.requests[-1].include_captures is True and r2.captures["intervened"]
+    c.close()
+
+
+def test_run_and_failure(fake):
+    _, address = fake
+    c = lesion.Client(address, timeout=5)
+    r = c.run(spec(), progress=False)
+    assert r.metric("perplexity")["delta_pct"] == 50.0
+    with pytest.raises(lesion.ExperimentFailed, match="FAILED: device out of memory") as ei:
+        c.run(spec(name="fails"), progress=False)
+    assert ei.value.record.status == "FAILED"
+    with pytest.raises(lesion.NotFound, match="not loaded") as ei:
+        c.submit(spec(model="gpt2"))
+    assert ei.value.rpc == "SubmitExperiment"
+    with pytest.raises(lesion.NotFound):
+        c.get("nope")
+    with pytest.raises(lesion.NotFound):
+        list(c.watch("nope"))
+    results = c.run_many([spec("a"), spec("b")], progress=False)
+    assert len(results) == 2
+
+
+def test_cancel_resubmit(fake):
+    _, address = fake
+    c = lesion.Client(address, timeout=5)
+    h = c.submit(spec())
+    rec = h.cancel()
+    assert rec.status == "CANCELLED"
+    with pytest.raises(lesion.ExperimentFailed) as ei:
+        h.result()
+    assert ei.value.code is grpc.StatusCode.CANCELLED
+    h2 = c.resubmit(h.id)
+    assert h2.id != h.id and h2.record.spec.to_proto() == spec().to_proto()
+    h2.wait(progress=False)
+    with pytest.raises(lesion.LesionError) as ei:
+        c.cancel(h2.id)
+    assert ei.value.code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_experiments_frame(fake):
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    c.run(spec("one"), progress=False)
+    c.submit(spec("two"))
+    df = c.experiments(where='model = "stories260K"', order_by="created desc", limit=10)
+    req = servicer.requests[-1]
+    assert (req.where, req.order_by, req.limit, req.include_results) == ('model = "stories260K"', "created desc", 10, True)
+    assert list(df.columns[:8]) == ["id", "user", "name", "model", "status", "created", "finished", "tags"]
+    assert df.attrs["total"] == 2 and list(df["status"]) == ["DONE", "QUEUED"]
+    assert df.loc[0, "metric.perplexity.delta_pct"] == 50.0 and df.loc[0, "metric.perplexity.value"] == 6.0
+    assert df.loc[0, "intervention.head_ablation.layer"] == 1
+    assert df.loc[0, "intervention.head_ablation.heads"] == (3,)
+    assert df.loc[0, "dataset.named"] == "tinystories-sample" and df.loc[0, "measurements"] == "perplexity,capture"
+    assert df.loc[0, "tags"] == ("t",)
+    fig = lesion.plots.perplexity_change_per_head(df.iloc[:1])
+    assert fig.axes[0].get_xticklabels()[0].get_text() == "L1.H3"
+    with pytest.raises(lesion.InvalidArgument, match="unknown field"):
+        c.experiments(where="bogus")
+    assert c.experiments(offset=5).empty
+
+
+def test_unreachable_server_is_a_lesion_error():
+    c = lesion.Client("127.0.0.1:1", timeout=0.5)
+    with pytest.raises(lesion.LesionError) as ei:
+        c.models()
+    assert ei.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    with pytest.raises(lesion.LesionError, match="no lesiond"):
+        c.wait_ready(0.2)
+
+
+def test_local_command_line_and_errors(tmp_path, monkeypatch):
+    from lesion import local
+    cmd = local.build_command("/bin/lesiond", tmp_path, 5000, tmp_path / "db")
+    assert cmd == ["/bin/lesiond", "--listen", "127.0.0.1:5000", "--db", str(tmp_path / "db"), "--model",
+                   f"{tmp_path.name}={tmp_path}"]
+    with pytest.raises(lesion.LesionError, match="model directory not found"):
+        lesion.Client.local(tmp_path / "missing")
+    with pytest.raises(lesion.LesionError, match="lesiond binary not found"):
+        lesion.Client.local(tmp_path, lesiond=tmp_path / "no-such-binary")
+    # a "server" that exits at once: the error carries its output
+    fake = tmp_path / "lesiond"
+    fake.write_text("#!/bin/sh\necho \"bad flag $1\" >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(lesion.LesionError, match="exited with status 3") as ei:
+        lesion.Client.local(tmp_path, lesiond=fake)
+    assert "bad flag --listen" in ei.value.details
+    # one that prints the ready line and serves nothing: Client.local returns, close() stops it
+    fake.write_text("#!/bin/sh\necho \"lesiond listening on 127.0.0.1:$(echo $2 | cut -d: -f2)\"\nexec sleep 60\n")
+    c = lesion.Client.local(tmp_path, lesiond=fake, startup_timeout=10)
+    assert c.model == tmp_path.name and c.address.startswith("127.0.0.1:") and c.process.proc.poll() is None
+    c.close()
+    assert c.process.proc.poll() is not None
+    # and one that never gets ready
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    with pytest.raises(lesion.LesionError, match="did not print") as ei:
+        lesion.Client.local(tmp_path, lesiond=fake, startup_timeout=0.5)
+    assert ei.value.code is grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,116 @@
+"""Result parsing from a hand-built ExperimentResult: numbers in, numbers out."""
+import json
+
+import numpy as np
+import pytest
+
+import lesion
+from lesion._proto import result_pb2
+from lesion.result import decode_tensor
+
+
+def test_metrics_and_perplexity(result):
+    m = result.metrics
+    assert list(m.columns) == ["name", "baseline", "value", "delta", "delta_pct"]
+    row = m.set_index("name").loc["perplexity"]
+    assert (row.baseline, row.value, row.delta, row.delta_pct) == (4.0, 6.0, 2.0, 50.0)
+    assert result.metric("kl_divergence")["delta_pct"] == 0.0
+    with pytest.raises(KeyError, match="have: perplexity"):
+        result.metric("nope")
+    p = result.perplexity
+    b, i = p
+    assert (b, i) == (4.0, 6.0) and p.delta_pct == 50.0 and p.n_tokens == 561 and p.n_windows == 5
+    assert "BOS" in p.protocol
+    assert result.kl_divergence == pytest.approx(0.0063)
+    assert result.run["architecture"] == "LlamaForCausalLM" and result.run["forward_passes"] == 10
+    assert "ppl 4 -> 6" in repr(result)
+
+
+def test_activation_stats(result):
+    df = result.activation_stats
+    assert len(df) == 12  # 2 passes x (5 layers + embed)
+    base = result.layer_stats("blocks.*.resid_post", "baseline")
+    assert list(base["layer"]) == [0, 1, 2, 3, 4]
+    assert list(base["top1"]) == [100.0, 200.0, 300.0, 400.0, 500.0]
+    assert list(base["top3"]) == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert base["max1"].iloc[2] == 360.0 and base["max1_dim"].iloc[0] == 30 and base["max1_token"].iloc[0] == 0
+    assert (base["median"] == 0.5).all() and (base["n_windows"] == 5).all()
+    inter = result.layer_stats("blocks.*.resid_post", "intervened")
+    assert list(inter["top1"]) == [150.0, 300.0, 450.0, 600.0, 750.0]
+    emb = df[(df["site"] == "embed") & (df["pass"] == "baseline")].iloc[0]
+    assert emb["median"] == 0.4 and emb["layer"] is not None and str(emb["layer"]) == "<NA>"
+    all_sites = result.layer_stats("*", "baseline")
+    assert all_sites["site"].iloc[0] == "embed"
+
+
+def test_attention_sink(result):
+    s = result.attention_sink
+    assert s.layers == [0, 1, 2, 3, 4]
+    assert s.baseline.shape == (5, 8) and s.intervened.shape == (5, 8)
+    assert s.baseline[2, 3] == pytest.approx((2 * 8 + 3) / 40.0)
+    assert s.intervened[2, 3] == pytest.approx((2 * 8 + 3) / 40.0 - 0.1)
+    f = result.attention_sink_frame()
+    assert len(f) == 40 and f["delta"].iloc[10] == pytest.approx(-0.1)
+
+
+def test_captures_decode(result):
+    caps = result.captures
+    assert set(caps) == {"baseline", "intervened"}
+    a = caps["baseline"]["blocks.0.resid_post"]
+    assert a.dtype == np.float32 and a.shape == (1, 4, 64)
+    expected = np.arange(256, dtype=np.float32).reshape(1, 4, 64) - 100.0
+    expected[0, 0, 30] = 2000.0
+    np.testing.assert_array_equal(a, expected)
+    np.testing.assert_array_equal(caps["intervened"]["blocks.0.resid_post"][0, 1], expected[0, 1] * 1.5)
+    assert result.capture_positions("blocks.0.resid_post") == [0, 1, 2, 3]
+    a[0, 0, 0] = 1.0  # writable copy
+
+
+def test_decode_other_dtypes_and_errors():
+    t = result_pb2.Tensor(name="x", dtype="bfloat16", shape=[2])
+    vals = np.array([1.5, -2.0], dtype=np.float32)
+    t.data = (vals.view(np.uint32) >> 16).astype("<u2").tobytes()
+    np.testing.assert_array_equal(decode_tensor(t), vals)
+    t = result_pb2.Tensor(name="x", dtype="float16", shape=[3], data=np.array([1, 2, 3], "<f2").tobytes())
+    np.testing.assert_array_equal(decode_tensor(t), [1, 2, 3])
+    with pytest.raises(ValueError, match="3 values for shape \\[2, 2\\]"):
+        decode_tensor(result_pb2.Tensor(name="x", dtype="float16", shape=[2, 2], data=t.data))
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        decode_tensor(result_pb2.Tensor(name="x", dtype="complex64", shape=[1], data=b"\0" * 8))
+
+
+def test_torch_captures(result):
+    torch = pytest.importorskip("torch")
+    t = result.torch_captures()["baseline"]["blocks.0.resid_post"]
+    assert isinstance(t, torch.Tensor) and tuple(t.shape) == (1, 4, 64) and float(t[0, 0, 30]) == 2000.0
+
+
+def test_detector_tables(result):
+    ma = result.massive_activations
+    assert list(ma.columns) == ["pass", "site", "layer", "sequence", "token", "dim", "value", "ratio", "count"]
+    assert ma.iloc[0].tolist() == ["baseline", "blocks.1.resid_post", 1, 0, 0, 30, -1500.0, 3000.0, 2]
+    assert result.massive_activation_counts["count"].tolist() == [2, 2]
+    sw = result.super_weights
+    assert sw.iloc[0][["layer", "row", "col"]].tolist() == [1, 30, 7]
+    assert sw.set_index("pass").loc["intervened", "weight"] == pytest.approx(-0.375)
+    no = result.norm_outliers
+    assert no.iloc[0][["norm", "layer", "channel", "z"]].tolist() == ["mlp", 2, 30, 12.0]
+    ao = result.attention_outliers
+    assert ao.iloc[1].tolist() == ["intervened", 3, 2, 0, 0.9]
+    tp = result.token_probabilities
+    assert tp["mean_probability"].tolist() == pytest.approx([0.05, 0.075])
+
+
+def test_json_round_trip(result, result_proto):
+    d = json.loads(result.to_json())
+    assert d["baseline"]["perplexity"]["n_tokens"] == "561"  # proto3 JSON: int64 as strings
+    assert d["metrics"][0]["name"] == "perplexity"
+    back = lesion.Result.from_json(result.to_json())
+    assert back.raw == result_proto
+
+
+def test_empty_result():
+    r = lesion.Result(result_pb2.ExperimentResult())
+    assert r.perplexity is None and r.metrics.empty and r.activation_stats.empty
+    assert r.attention_sink.baseline is None and r.captures == {"baseline": {}, "intervened": {}}
+    assert r.super_weights.empty and r.attention_sink_frame().empty
