@@ -356,7 +356,9 @@ class EngineImpl : public Engine {
       ex::RunControls controls;
       controls.cancelled = [&e] { return e.cancel_running.load(); };
       controls.progress = job->callbacks.on_progress;
-      if (job->cached_baseline.has_value()) controls.cached_baseline = &*job->cached_baseline;
+      std::optional<ex::result::Pass> cached;
+      if (job->lookup_cached_baseline) cached = job->lookup_cached_baseline();
+      if (cached.has_value()) controls.cached_baseline = &*cached;
       absl::StatusOr<ex::result::Experiment> result =
           ex::RunExperiment(*model, job->spec, options_.data_dir, controls, limits_);
       {

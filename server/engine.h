@@ -73,10 +73,12 @@ struct Job {
   std::string user;
   std::string model;  // a loaded model's name
   experiments::spec::Experiment spec;
-  // The baseline pass of an earlier experiment with the same model fingerprint and
-  // spec.baseline_sha256: reused (no baseline forward passes) unless the spec needs the baseline's
-  // logits or dataset means (KL divergence, MEAN modes).
-  std::optional<experiments::result::Pass> cached_baseline;
+  // Asked when the experiment starts (so that a sweep queued at once still finds the baseline its
+  // first experiment computed): the baseline pass of an earlier experiment with the same model
+  // fingerprint and spec.baseline_sha256, reused (no baseline forward passes) unless the spec needs
+  // the baseline's logits or dataset means (KL divergence, MEAN modes). May be empty. Called on the
+  // executor thread; must not block for long.
+  std::function<std::optional<experiments::result::Pass>()> lookup_cached_baseline;
   JobCallbacks callbacks;
 };
 

@@ -312,15 +312,25 @@ grpc::ServerUnaryReactor* LesionService::UnloadModel(grpc::CallbackServerContext
   return FinishNow(context, engine_->UnloadModel(request->name()));
 }
 
+// The answer to a submission goes out once its record is in the database (the writer thread
+// finishes the call), so an id a client holds survives a crash of the server.
+grpc::ServerUnaryReactor* LesionService::FinishWhenRecorded(grpc::CallbackServerContext* context,
+                                                            absl::StatusOr<v1::Experiment> submitted,
+                                                            v1::Experiment* response) {
+  if (!submitted.ok()) return FinishNow(context, submitted.status());
+  *response = *std::move(submitted);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  tracker_->AfterQueuedWrites([reactor] { reactor->Finish(grpc::Status::OK); });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* LesionService::SubmitExperiment(grpc::CallbackServerContext* context,
                                                           const v1::SubmitExperimentRequest* request,
                                                           v1::Experiment* response) {
   absl::StatusOr<Principal> caller = Caller(context);
   if (!caller.ok()) return FinishNow(context, caller.status());
   if (!request->has_spec()) return FinishNow(context, absl::InvalidArgumentError("spec is missing"));
-  absl::StatusOr<v1::Experiment> submitted = tracker_->Submit(*caller, request->spec());
-  if (submitted.ok()) *response = std::move(*submitted);
-  return FinishNow(context, submitted.status());
+  return FinishWhenRecorded(context, tracker_->Submit(*caller, request->spec()), response);
 }
 
 grpc::ServerWriteReactor<v1::ExperimentEvent>* LesionService::WatchExperiment(
@@ -386,9 +396,7 @@ grpc::ServerUnaryReactor* LesionService::ResubmitExperiment(grpc::CallbackServer
   absl::StatusOr<Principal> caller = Caller(context);
   if (!caller.ok()) return FinishNow(context, caller.status());
   if (absl::Status st = RequireId(request->id()); !st.ok()) return FinishNow(context, st);
-  absl::StatusOr<v1::Experiment> experiment = tracker_->Resubmit(*caller, request->id());
-  if (experiment.ok()) *response = std::move(*experiment);
-  return FinishNow(context, experiment.status());
+  return FinishWhenRecorded(context, tracker_->Resubmit(*caller, request->id()), response);
 }
 
 }  // namespace lesion::server

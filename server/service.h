@@ -67,6 +67,9 @@ class LesionService final : public lesion::v1::Lesion::CallbackService {
 
  private:
   absl::StatusOr<Principal> Caller(grpc::CallbackServerContext* context) const;
+  grpc::ServerUnaryReactor* FinishWhenRecorded(grpc::CallbackServerContext* context,
+                                               absl::StatusOr<lesion::v1::Experiment> submitted,
+                                               lesion::v1::Experiment* response);
 
   Engine* const engine_;
   ExperimentTracker* const tracker_;

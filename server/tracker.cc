@@ -162,6 +162,10 @@ void ExperimentTracker::WriterLoop() {
   }
 }
 
+void ExperimentTracker::AfterQueuedWrites(std::function<void()> fn) {
+  Enqueue([fn = std::move(fn)](storage::ExperimentStore&) { fn(); });
+}
+
 void ExperimentTracker::Flush() {
   absl::MutexLock lock(&queue_mu_);
   const int64_t target = enqueued_;
@@ -328,7 +332,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   job.id = id;
   job.user = caller.user;
   job.model = spec.model;
-  job.cached_baseline = LookupBaseline(live.baseline_key);
+  job.lookup_cached_baseline = [this, key = live.baseline_key] { return LookupBaseline(key); };
   job.spec = std::move(spec);
   job.callbacks = MakeCallbacks(id);
   {

@@ -112,6 +112,9 @@ class ExperimentTracker {
   void BeginShutdown();
   // Blocks until every store write queued so far is done (tests, shutdown).
   void Flush();
+  // Calls `fn` on the writer thread once every store write queued so far is done, without
+  // blocking the caller: a Submit answer waits for its record to be durable this way.
+  void AfterQueuedWrites(std::function<void()> fn);
 
  private:
   struct Live {

@@ -1,5 +1,6 @@
 #include "server/tracker.h"
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -59,6 +60,26 @@ struct Events {
     };
   }
 };
+
+// What a Submit answer waits for: once AfterQueuedWrites runs, another connection reads the record
+// (a regression: the answer went out before the insert, and a crash lost the id).
+TEST_F(TrackerTest, AfterQueuedWritesSeesTheSubmittedRecordInTheFile) {
+  absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kAlice, TinySpec());
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<absl::Status> read;
+  tracker_->AfterQueuedWrites([&] {
+    auto store = storage::ExperimentStore::Open(db_);
+    absl::Status st = store.ok() ? (*store)->Get(queued->id()).status() : store.status();
+    std::lock_guard<std::mutex> lock(mu);
+    read = st;
+    cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return read.has_value(); }));
+  EXPECT_TRUE(read->ok()) << *read;
+}
 
 TEST_F(TrackerTest, SubmitQueuesAndRecords) {
   absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kAlice, TinySpec());
@@ -185,7 +206,7 @@ TEST_F(TrackerTest, CancelOnlyByOwnerOrAdmin) {
 
 TEST_F(TrackerTest, BaselineIsCachedByFingerprintAndBaselineHash) {
   std::string first = tracker_->Submit(kAlice, TinySpec())->id();
-  EXPECT_FALSE(engine_.SubmittedJob(first)->cached_baseline.has_value());
+  EXPECT_FALSE(engine_.SubmittedJob(first)->lookup_cached_baseline().has_value());
   ASSERT_TRUE(engine_.Start(first).ok());
   ASSERT_TRUE(engine_.Finish(first, FakeEngine::Result(7.25, 9.0)).ok());
 
@@ -195,19 +216,19 @@ TEST_F(TrackerTest, BaselineIsCachedByFingerprintAndBaselineHash) {
   similar.mutable_interventions(0)->mutable_head_ablation()->set_layer(0);
   std::string second = tracker_->Submit(kAlice, similar)->id();
   std::optional<Job> job = engine_.SubmittedJob(second);
-  ASSERT_TRUE(job->cached_baseline.has_value());
-  EXPECT_DOUBLE_EQ(job->cached_baseline->perplexity.ppl, 7.25);
+  ASSERT_TRUE(job->lookup_cached_baseline().has_value());
+  EXPECT_DOUBLE_EQ(job->lookup_cached_baseline()->perplexity.ppl, 7.25);
 
   // Other text: another baseline.
   std::string third = tracker_->Submit(kAlice, TinySpec("tiny", "another text"))->id();
-  EXPECT_FALSE(engine_.SubmittedJob(third)->cached_baseline.has_value());
+  EXPECT_FALSE(engine_.SubmittedJob(third)->lookup_cached_baseline().has_value());
 
   // After a restart the cache comes from the store.
   tracker_->Flush();
   Open();
   std::string fourth = tracker_->Submit(kAlice, similar)->id();
-  ASSERT_TRUE(engine_.SubmittedJob(fourth)->cached_baseline.has_value());
-  EXPECT_DOUBLE_EQ(engine_.SubmittedJob(fourth)->cached_baseline->perplexity.ppl, 7.25);
+  ASSERT_TRUE(engine_.SubmittedJob(fourth)->lookup_cached_baseline().has_value());
+  EXPECT_DOUBLE_EQ(engine_.SubmittedJob(fourth)->lookup_cached_baseline()->perplexity.ppl, 7.25);
 }
 
 TEST_F(TrackerTest, RestartMarksLeftoversInterruptedAndResubmitRunsThemAgain) {

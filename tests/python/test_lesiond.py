@@ -166,6 +166,14 @@ def test_a_second_run_reuses_the_cached_baseline(pb, server):
     assert second.result.run.forward_passes * 2 == first.result.run.forward_passes
     assert second.result.baseline.perplexity.ppl == first.result.baseline.perplexity.ppl
     assert second.result.intervened.perplexity.ppl != first.result.intervened.perplexity.ppl
+    # A sweep queued at once: each experiment looks the baseline up when it starts.
+    sweep = [dict(PRUNE, tags=["sweep"], interventions=[{"head_ablation": {"layer": 3, "heads": [h]}}])
+             for h in range(4)]
+    ids = [lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, s)), timeout=30).id
+           for s in sweep]
+    finals = [watch_to_end(pb, lesion, i)[-1].experiment for i in ids]
+    assert all(f.status == pb.service.DONE for f in finals)
+    assert all(f.result.run.baseline_cached for f in finals)
 
 
 def test_cancel_stops_a_running_experiment_within_a_second(pb, server):
