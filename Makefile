@@ -43,7 +43,7 @@ test: build
 	LESIOND=$(abspath $(BUILD))/server/lesiond $(PY) -m pytest client/python/tests -q
 
 demo: build
-	LESION_CLI=$(BUILD)/client/cpp/lesion PY=$(PY) scripts/demo.sh
+	LESION_CLI=$(BUILD)/client/cpp/lesion LESIOND=$(BUILD)/server/lesiond PY=$(PY) scripts/demo.sh
 
 bench: build
 	$(BUILD)/bench/lesion_bench_forward --model models/stories260K --seq 256 --batch 1,8 --tokens 65536

@@ -44,7 +44,11 @@ at::Tensor RowMedian(const at::Tensor& a) { return std::get<0>(a.median(/*dim=*/
 MassiveActivationDetector::MassiveActivationDetector(std::vector<SiteId> sites, double min_magnitude,
                                                      double min_ratio, int64_t max_reports)
     : min_magnitude_(min_magnitude), min_ratio_(min_ratio), max_reports_(max_reports) {
-  for (const SiteId& s : sites) sites_.push_back(PerSite{s});
+  for (const SiteId& s : sites) {
+    PerSite p;
+    p.site = s;
+    sites_.push_back(std::move(p));
+  }
 }
 
 absl::StatusOr<std::unique_ptr<MassiveActivationDetector>> MassiveActivationDetector::Create(

@@ -182,7 +182,9 @@ TEST(AttentionOutliers, IsTheShareOfAttentionMassAgainstADirectComputation) {
   // Key 0's share is the attention sink score.
   at::Tensor sink_scores = (*sink)->Finish().value();  // [1, heads]
   for (const result::AttentionOutlierKey& key : *found) {
-    if (key.key_position == 0) EXPECT_NEAR(key.mass, sink_scores[0][key.head].item<double>(), 1e-9);
+    if (key.key_position == 0) {
+      EXPECT_NEAR(key.mass, sink_scores[0][key.head].item<double>(), 1e-9);
+    }
   }
   for (size_t i = 1; i < found->size(); ++i) EXPECT_GE((*found)[i - 1].mass, (*found)[i].mass);
   auto filtered = AttentionOutlierDetector::Create(c, {}, 1.5, 10);

@@ -8,7 +8,11 @@
 namespace lesion::experiments {
 
 ActivationStatsCollector::ActivationStatsCollector(std::vector<SiteId> sites, int64_t top_k) : top_k_(top_k) {
-  for (const SiteId& s : sites) sites_.push_back(PerSite{s});
+  for (const SiteId& s : sites) {
+    PerSite p;
+    p.site = s;
+    sites_.push_back(std::move(p));
+  }
 }
 
 absl::StatusOr<std::unique_ptr<ActivationStatsCollector>> ActivationStatsCollector::Create(
@@ -126,7 +130,11 @@ absl::StatusOr<at::Tensor> AttentionSinkCollector::Finish() const {
 
 CaptureCollector::CaptureCollector(std::vector<SiteId> sites, std::vector<int64_t> positions, int64_t max_windows)
     : positions_(std::move(positions)), max_windows_(max_windows) {
-  for (const SiteId& s : sites) sites_.push_back(PerSite{s});
+  for (const SiteId& s : sites) {
+    PerSite p;
+    p.site = s;
+    sites_.push_back(std::move(p));
+  }
 }
 
 absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<SiteId> sites,
