@@ -1,6 +1,7 @@
 #include "storage/experiment_store.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <utility>
 #include <variant>
@@ -51,10 +52,11 @@ CREATE INDEX experiment_tags_by_tag ON experiment_tags(tag, experiment_id);
 CREATE TABLE metrics (
   experiment_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
   name TEXT NOT NULL,
-  baseline REAL NOT NULL,
-  value REAL NOT NULL,
-  delta REAL NOT NULL,
-  delta_pct REAL NOT NULL,
+  -- NULL: not a number (a model that collapsed to NaN logits); it matches no comparison.
+  baseline REAL,
+  value REAL,
+  delta REAL,
+  delta_pct REAL,
   PRIMARY KEY (experiment_id, name)
 ) WITHOUT ROWID;
 CREATE INDEX metrics_by_baseline ON metrics(name, baseline);
@@ -293,10 +295,14 @@ absl::Status ExperimentStore::Finish(absl::string_view id,
     metric->Reset();
     metric->BindText(1, id);
     metric->BindText(2, m.name());
-    metric->BindDouble(3, m.baseline());
-    metric->BindDouble(4, m.value());
-    metric->BindDouble(5, m.delta());
-    metric->BindDouble(6, m.delta_pct());
+    int column = 3;
+    for (double v : {m.baseline(), m.value(), m.delta(), m.delta_pct()}) {
+      if (std::isnan(v)) {
+        metric->BindNull(column++);
+      } else {
+        metric->BindDouble(column++, v);
+      }
+    }
     RETURN_IF_ERROR(metric->Run());
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> insert, db_->Prepare(kInsertResult));

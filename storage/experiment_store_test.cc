@@ -3,7 +3,9 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -323,6 +325,31 @@ TEST(ExperimentStore, BaselineCacheRoundTrip) {
   pass.mutable_perplexity()->set_ppl(30);
   ASSERT_TRUE(store->PutBaseline("gpt2|wikitext|512", pass, kT0).ok());
   EXPECT_EQ((*store->GetBaseline("gpt2|wikitext|512"))->perplexity().ppl(), 30);
+}
+
+// A collapsed model gives NaN metrics: the result is still recorded, NaN matches no comparison
+// and infinities compare as numbers (a regression: NOT NULL made Finish fail).
+TEST(ExperimentStore, NanAndInfiniteMetricsAreRecorded) {
+  auto store = OpenOrDie(":memory:");
+  ASSERT_TRUE(store->Insert(MakeRecord("nan")).ok());
+  ASSERT_TRUE(store->MarkRunning("nan", kT0).ok());
+  lesion::v1::ExperimentResult result;
+  auto* m = result.add_metrics();
+  m->set_name("perplexity");
+  m->set_baseline(10);
+  m->set_value(std::nan(""));
+  m->set_delta(std::nan(""));
+  m->set_delta_pct(std::nan(""));
+  m = result.add_metrics();
+  m->set_name("mean_nll");
+  m->set_baseline(2);
+  m->set_value(std::numeric_limits<double>::infinity());
+  ASSERT_TRUE(store->Finish("nan", result, kT0).ok());
+  EXPECT_EQ(store->Get("nan")->status, ExperimentStatus::kDone);
+  EXPECT_TRUE(std::isnan(store->GetResult("nan")->metrics(0).value()));
+  EXPECT_EQ(store->Query({.where = "metric.perplexity.value > 0"})->total, 0);
+  EXPECT_EQ(store->Query({.where = "metric.perplexity.baseline = 10"})->total, 1);
+  EXPECT_EQ(store->Query({.where = "metric.mean_nll.value > 1000000"})->total, 1);
 }
 
 TEST(ExperimentStore, TwentyThousandExperimentsInOneTransaction) {
