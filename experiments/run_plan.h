@@ -41,6 +41,10 @@ class RunPlan {
   void AddHook(const SiteId& site, Hook hook);
   // Adds an attention-bias slot to `layer`, replacing any earlier one.
   void SetAttentionBias(int64_t layer, AttentionBias bias);
+  // Polled before every layer: when it returns true the forward pass stops and Forward returns
+  // Cancelled, so a cancelled experiment leaves the device within a layer, not a whole pass.
+  void SetInterrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
+  bool Interrupted() const { return interrupt_ && interrupt_(); }
 
   bool empty() const { return n_hooks_ == 0 && n_biases_ == 0; }
   bool HasHooks(const SiteId& site) const { return !hooks_[Index(site)].empty(); }
@@ -70,6 +74,7 @@ class RunPlan {
   std::vector<std::optional<AttentionBias>> attention_bias_;  // per layer
   int n_hooks_ = 0;
   int n_biases_ = 0;
+  std::function<bool()> interrupt_;
 };
 
 }  // namespace lesion::experiments

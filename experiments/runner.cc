@@ -485,6 +485,10 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
                                                " forward passes"));
     }
     absl::StatusOr<at::Tensor> logits = t.Forward(batch.input, plan);  // [b, n, vocab]
+    if (absl::IsCancelled(logits.status())) {
+      return absl::CancelledError(absl::StrCat("experiment cancelled during forward pass ", passes + 1, " of ",
+                                               planned));
+    }
     ++passes;
     if (logits.ok() && controls.progress) controls.progress(passes, planned);
     return logits;
@@ -494,7 +498,11 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   RunPlan baseline_plan(c.n_layers);
   base.Attach(baseline_plan);
   AddMeanObservers(c, e, means, baseline_plan);
-  const RunPlan plain(c.n_layers);
+  RunPlan plain(c.n_layers);
+  if (controls.cancelled) {
+    baseline_plan.SetInterrupt(controls.cancelled);
+    plain.SetInterrupt(controls.cancelled);
+  }
   WeightEditSession edits(&t);  // restores in its destructor on every early return
 
   RETURN_IF_ERROR(TorchCall("running the experiment", [&]() -> absl::Status {
@@ -508,6 +516,7 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
       baseline_done = true;
     }
     RunPlan plan(c.n_layers);
+    if (controls.cancelled) plan.SetInterrupt(controls.cancelled);
     RETURN_IF_ERROR(AddActivationInterventions(c, e, prepared.options.seq_len, &means, plan));
     inter.Attach(plan);
     RETURN_IF_ERROR(ApplyWeightEdits(e, edits));

@@ -90,7 +90,9 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& ids, const Run
                            "token id ", lo < 0 ? lo : hi, " out of range: vocabulary has ",
                            config_.vocab_size, " ids"));
                      }
-                     return ForwardUnchecked(ids, plan);
+                     at::Tensor logits = ForwardUnchecked(ids, plan);
+                     if (!logits.defined()) return absl::CancelledError("forward pass interrupted");
+                     return logits;
                    });
 }
 
@@ -115,6 +117,7 @@ at::Tensor Transformer::ForwardUnchecked(const at::Tensor& ids_in, const RunPlan
   }
 
   for (int64_t l = 0; l < config_.n_layers; ++l) {
+    if (plan.Interrupted()) return at::Tensor();  // Forward reports Cancelled
     x = Block(l, std::move(x), cos, sin, plan);
   }
 

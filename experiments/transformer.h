@@ -59,7 +59,8 @@ class Transformer {
 
   // Runs ids [batch, seq] (int64, any device) through the model with `plan`'s hooks. Returns the
   // logits [batch, seq, vocab] in the model's dtype. InvalidArgument for ids out of range or
-  // sequences longer than the model supports; ResourceExhausted on device OOM.
+  // sequences longer than the model supports; ResourceExhausted on device OOM; Cancelled when the
+  // plan's interrupt fires between layers.
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& ids, const RunPlan& plan) const;
 
   const ModelConfig& config() const { return config_; }

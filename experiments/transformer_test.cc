@@ -92,6 +92,18 @@ TEST(Transformer, ReplacingASiteChangesDownstream) {
   EXPECT_LE(logits->abs().max().item<double>(), 1e-6);
 }
 
+TEST(Transformer, AnInterruptStopsThePassBetweenLayers) {
+  Transformer model = RandomModel(kGpt2);
+  RunPlan plan(2);
+  int layers_run = 0;
+  plan.AddHook({SiteKind::kResidPost, 0}, [&](const SiteId&, at::Tensor&) { ++layers_run; });
+  plan.AddHook({SiteKind::kResidPost, 1}, [&](const SiteId&, at::Tensor&) { ++layers_run; });
+  plan.SetInterrupt([&] { return layers_run >= 1; });
+  auto logits = model.Forward(Ids(1, 5), plan);
+  EXPECT_EQ(logits.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(layers_run, 1) << "layer 1 never ran";
+}
+
 TEST(Transformer, AttentionBiasSlotIsExactSoftmaxOverExtraKey) {
   Transformer model = RandomModel(kGpt2);
   const ModelConfig& c = model.config();
