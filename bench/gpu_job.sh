@@ -27,6 +27,8 @@ cli, out = sys.argv[1], Path(sys.argv[2])
 refs = {p.stem: p for p in Path("tests/fixtures/reference").glob("*.safetensors")}
 for name, ref_path in sorted(refs.items()):
     model = Path("models/stories260K") if name == "stories260K" else Path("tests/fixtures/models") / name
+    if not model.is_dir():
+        continue  # reference/interventions.safetensors holds logits of several models, not sites of one
     ref = load_file(str(ref_path))
     (out / "ids.json").write_text(json.dumps(ref["input_ids"].tolist()))
     sites = ",".join(k for k in ref if k not in ("input_ids", "loss", "greedy_ids"))
@@ -40,6 +42,29 @@ for name, ref_path in sorted(refs.items()):
     print(f"{name:14s} max |cuda - transformers| {worst[0]:.2e} at {worst[1]} over {len(got)} sites")
 (out / "cuda.safetensors").unlink(missing_ok=True)
 PY
+
+echo "== experiments on CUDA: every example spec on stories260K, CUDA float32 against the CPU"
+python3 - "$cli" "$out" <<'PY' | tee "$out/cuda_experiments.txt"
+import json, subprocess, sys
+from pathlib import Path
+cli, out = sys.argv[1], Path(sys.argv[2])
+for spec in sorted(Path("experiments/examples").glob("*.json")):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        r = subprocess.run([cli, "run", "--local", "--model", "models/stories260K", "--spec", str(spec), "--json",
+                            "--device", device, "--dtype", "float32"], capture_output=True, text=True)
+        if r.returncode:
+            print(f"{spec.stem} on {device} FAILED: {r.stderr.strip()}")
+            break
+        runs[device] = {m["name"]: (m["baseline"], m["value"]) for m in json.loads(r.stdout)["metrics"]}
+    else:
+        worst = max((max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(runs["cpu"][k], runs["cuda"][k])), k)
+                    for k in runs["cpu"])
+        same = sorted(runs["cpu"]) == sorted(runs["cuda"])
+        print(f"{spec.stem:32s} {len(runs['cpu'])} metrics, same names {same}, "
+              f"max relative |cuda - cpu| {worst[0]:.2e} ({worst[1]})")
+PY
+[ "${LESION_GPU_BENCH:-1}" = 1 ] || exit 0
 
 run_pair() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn
   local lesion_shape="$1"; [ "$1" = llama ] && lesion_shape=llama7b

@@ -22,7 +22,7 @@ mkdir -p "$prefix"
 for f in "$debs"/*.deb; do dpkg-deb -x "$f" "$prefix"; done
 libdir="$prefix/usr/lib/x86_64-linux-gnu"
 for pc in "$libdir"/pkgconfig/*.pc; do
-  sed -i "s|^prefix=/usr\$|prefix=$prefix/usr|" "$pc"
+  sed -i "s|^prefix=/usr\$|prefix=$prefix/usr|; s|=/usr/lib/x86_64-linux-gnu|=$libdir|g; s|-L/usr/lib/x86_64-linux-gnu|-L$libdir|g" "$pc"
 done
 # Debian's CMake package files name absolute /usr paths; redirect them to the prefix.
 grep -rl '/usr/' "$libdir/cmake" 2>/dev/null | while read -r f; do
@@ -31,6 +31,8 @@ done
 export PATH="$prefix/usr/bin:$PATH"
 export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
+# Libraries named as -lNAME (gRPC's re2, for one) are found in the prefix by the linker too.
+export LIBRARY_PATH="$libdir${LIBRARY_PATH:+:$LIBRARY_PATH}"
 
 torch_prefix="$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 echo "LibTorch from $torch_prefix ($("$python" -c 'import torch; print(torch.__version__)'))"

@@ -152,7 +152,7 @@ void AddMeanObservers(const ModelConfig& c, const spec::Experiment& e, Means& me
       if (means.head_sums.count(h->layer)) continue;
       means.head_sums[h->layer] = at::Tensor();
       plan.AddHook({SiteKind::kAttnZ, h->layer}, [&means, layer = h->layer](const SiteId&, at::Tensor& z) {
-        at::Tensor sum = z.to(at::kDouble).sum({0, 1}).cpu();  // [heads, hd]
+        at::Tensor sum = z.to(at::kDouble).sum(at::IntArrayRef{0, 1}).cpu();  // [heads, hd]
         at::Tensor& acc = means.head_sums[layer];
         acc = acc.defined() ? acc + sum : sum;
         means.head_counts[layer] += z.size(0) * z.size(1);

@@ -141,7 +141,7 @@ absl::Status WeightEditSession::Touch(const at::Tensor& whole, const at::Tensor&
     for (const Touched& t : touched_) seen = seen || t.tensor.is_same(whole);
     // Norm gammas are small: keep a pristine copy for the gamma-mean reset.
     if (!seen) touched_.push_back({whole, BitChecksum(whole), whole.dim() == 1 ? whole.clone() : at::Tensor()});
-    if (target.defined()) saved_.push_back({target, target.clone()});
+    if (target.defined()) saved_.push_back({target, target.clone(), at::Tensor()});
   });
 }
 

@@ -347,9 +347,9 @@ TEST(ExperimentStore, NanAndInfiniteMetricsAreRecorded) {
   ASSERT_TRUE(store->Finish("nan", result, kT0).ok());
   EXPECT_EQ(store->Get("nan")->status, ExperimentStatus::kDone);
   EXPECT_TRUE(std::isnan(store->GetResult("nan")->metrics(0).value()));
-  EXPECT_EQ(store->Query({.where = "metric.perplexity.value > 0"})->total, 0);
-  EXPECT_EQ(store->Query({.where = "metric.perplexity.baseline = 10"})->total, 1);
-  EXPECT_EQ(store->Query({.where = "metric.mean_nll.value > 1000000"})->total, 1);
+  EXPECT_EQ(store->Query({.where = "metric.perplexity.value > 0", .order_by = ""})->total, 0);
+  EXPECT_EQ(store->Query({.where = "metric.perplexity.baseline = 10", .order_by = ""})->total, 1);
+  EXPECT_EQ(store->Query({.where = "metric.mean_nll.value > 1000000", .order_by = ""})->total, 1);
 }
 
 TEST(ExperimentStore, TwentyThousandExperimentsInOneTransaction) {

@@ -1,5 +1,6 @@
 // lesion: the command-line entry of the lesion experiment server. Local subcommands run a model
-// in-process with no server.
+// in-process with no server; remote ones talk to lesiond. Only plain headers here: the local
+// commands include LibTorch and the remote ones gRPC, each in its own translation unit.
 #include <iostream>
 #include <set>
 #include <string>
@@ -7,10 +8,37 @@
 #include "absl/status/status.h"
 #include "client/cpp/cli_args.h"
 #include "client/cpp/local_commands.h"
+#include "client/cpp/remote_commands.h"
 
 namespace {
 
 constexpr char kUsage[] = R"(lesion: ablation and intervention experiments on transformer language models
+
+Server commands (a lesiond; docs/server.md):
+  lesion models   [--json | --csv]
+      The models the server holds: name, architecture, layers, heads, d_model, dtype, device, memory.
+  lesion run      SPEC.json [--model NAME] [--json]
+      Submit an experiment spec, show its progress on stderr, then print the result table (--json:
+      the experiment record). --model overrides the spec's "model". Cancelled if --timeout passes.
+  lesion submit   SPEC.json [--model NAME] [--json]
+      Queue it and print its id (--json: the queued record).
+  lesion watch    ID [--json]
+      Follow an experiment with the progress bar, then print its result.
+  lesion show     ID [--json]
+      An experiment's state and, when done, its result.
+  lesion cancel   ID [--json]
+      Cancel a queued or running experiment (yours, or any as an admin).
+  lesion ls       [--where Q] [--order-by O] [--limit N] [--offset N] [--json | --csv]
+      Experiments matching a query (docs/queries.md), e.g. --where 'model = "gpt2" AND
+      metric.perplexity.delta_pct > 1' --order-by 'created desc'. The total count goes to stderr.
+  Connection flags of every server command:
+      --server ADDR   (else $LESION_SERVER, else 127.0.0.1:50051; host:port or unix:PATH)
+      --token T       (else $LESION_TOKEN; servers with a tokens file)
+      --user U        (else $LESION_USER; servers without one)
+      --timeout SECS  deadline of each call (default 60); for run and watch also of the wait
+                      for the experiment (default 24 h)
+  Exit status: 0, 2 for a mistake of the caller's (INVALID_ARGUMENT, NOT_FOUND), 1 otherwise; the
+  error line names the server's status code.
 
 Local commands (no server):
   lesion inspect  --model DIR [--json]
@@ -47,9 +75,10 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json", "add-bos", "decode", "local"};
+  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
+  bool remote = false;
   if (!args.ok()) {
     status = args.status();
   } else if (command == "inspect") {
@@ -63,7 +92,21 @@ int main(int argc, char** argv) {
   } else if (command == "generate") {
     status = lesion::cli::RunGenerate(*args);
   } else if (command == "run") {
-    status = lesion::cli::RunLocalExperiment(*args);
+    if (args->Flag("local")) {
+      status = lesion::cli::RunLocalExperiment(*args);
+    } else {
+      remote = true;
+      status = lesion::cli::RunRemoteExperiment(*args);
+    }
+  } else if (command == "models" || command == "submit" || command == "watch" || command == "show" ||
+             command == "cancel" || command == "ls") {
+    remote = true;
+    status = command == "models"   ? lesion::cli::RunModels(*args)
+             : command == "submit" ? lesion::cli::RunSubmit(*args)
+             : command == "watch"  ? lesion::cli::RunWatch(*args)
+             : command == "show"   ? lesion::cli::RunShow(*args)
+             : command == "cancel" ? lesion::cli::RunCancel(*args)
+                                   : lesion::cli::RunList(*args);
   } else if (command == "convert-llama2c") {
     status = lesion::cli::RunConvertLlama2c(*args);
   } else {
@@ -73,6 +116,7 @@ int main(int argc, char** argv) {
   if (!status.ok()) {
     std::cerr << "lesion " << command << ": error: " << status.message() << " ["
               << absl::StatusCodeToString(status.code()) << "]\n";
+    if (remote) return lesion::cli::IsRemoteUserError(status) ? 2 : 1;
     return absl::IsInvalidArgument(status) ? 2 : 1;
   }
   return 0;

@@ -92,10 +92,11 @@ absl::StatusOr<v1::Experiment> RemoteClient::Run(const v1::ExperimentSpec& spec,
 }
 
 absl::StatusOr<v1::Experiment> RemoteClient::Watch(const std::string& id,
-                                                   const std::function<void(const v1::Experiment&)>& on_event) {
+                                                   const std::function<void(const v1::Experiment&)>& on_event,
+                                                   absl::Duration deadline) {
   v1::WatchExperimentRequest request;
   request.set_id(id);
-  std::unique_ptr<grpc::ClientContext> context = Context(absl::InfiniteDuration());
+  std::unique_ptr<grpc::ClientContext> context = Context(deadline);
   std::unique_ptr<grpc::ClientReader<v1::ExperimentEvent>> reader = stub_->WatchExperiment(context.get(), request);
   v1::ExperimentEvent event;
   v1::Experiment last;

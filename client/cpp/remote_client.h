@@ -50,8 +50,11 @@ class RemoteClient {
   absl::StatusOr<lesion::v1::Experiment> Run(const lesion::v1::ExperimentSpec& spec,
                                              absl::Duration deadline = absl::InfiniteDuration());
   // Streams the experiment's events to `on_event` (may be empty) and returns the final state.
+  // `deadline` (infinite: none) bounds the whole stream: DeadlineExceeded when it passes (the
+  // experiment itself goes on).
   absl::StatusOr<lesion::v1::Experiment> Watch(const std::string& id,
-                                               const std::function<void(const lesion::v1::Experiment&)>& on_event);
+                                               const std::function<void(const lesion::v1::Experiment&)>& on_event,
+                                               absl::Duration deadline = absl::InfiniteDuration());
   absl::StatusOr<lesion::v1::Experiment> Get(const std::string& id, bool include_captures = false);
   absl::StatusOr<lesion::v1::ListExperimentsResponse> List(const lesion::v1::ListExperimentsRequest& request);
   absl::StatusOr<lesion::v1::Experiment> Cancel(const std::string& id);

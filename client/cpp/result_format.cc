@@ -1,4 +1,5 @@
 #include "client/cpp/result_format.h"
+#include "client/cpp/result_format_proto.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "experiments/spec/result_proto.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace lesion::cli {
 namespace {
@@ -104,11 +106,11 @@ void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
   }
 }
 
-std::string Table(const v1::ExperimentResult& r, const experiments::spec::Experiment& e) {
+std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
   std::string out;
   const v1::PerplexityResult& ppl = r.baseline().perplexity();
   absl::StrAppendFormat(&out, "experiment %s: %d intervention(s) on %s (%s, %s), %.2f s\n",
-                        e.name.empty() ? "(unnamed)" : e.name, e.interventions.size(), r.run().architecture(),
+                        e.name().empty() ? "(unnamed)" : e.name(), e.interventions_size(), r.run().architecture(),
                         r.run().dtype(), r.run().device(), r.run().seconds());
   if (r.baseline().has_perplexity()) {
     absl::StrAppendFormat(&out, "%d predicted tokens, %s\n", ppl.n_tokens(), ppl.protocol());
@@ -142,10 +144,18 @@ std::string Table(const v1::ExperimentResult& r, const experiments::spec::Experi
 
 }  // namespace
 
+std::string RenderResult(const v1::ExperimentResult& result, const v1::ExperimentSpec& spec, bool json) {
+  return json ? experiments::result::ToJson(result, /*indent=*/true) + "\n" : Table(result, spec);
+}
+
 std::string RenderResult(const experiments::result::Experiment& result, const experiments::spec::Experiment& spec,
                          bool json) {
-  const v1::ExperimentResult proto = experiments::result::ToProto(result);
-  return json ? experiments::result::ToJson(proto, /*indent=*/true) + "\n" : Table(proto, spec);
+  // canonical_json is the parsed spec as protobuf's printer wrote it, so it reads back losslessly.
+  v1::ExperimentSpec spec_proto;
+  if (!google::protobuf::util::JsonStringToMessage(spec.canonical_json, &spec_proto).ok()) {
+    spec_proto.set_name(spec.name);
+  }
+  return RenderResult(experiments::result::ToProto(result), spec_proto, json);
 }
 
 }  // namespace lesion::cli
