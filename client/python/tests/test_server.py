@@ -63,3 +63,50 @@ def test_errors(server):
         server.get("no-such-id")
     with pytest.raises(lesion.InvalidArgument):
         server.experiments(where="this is not a query")
+
+
+def test_tokens_auth_against_a_real_server(tmp_path):
+    """A shared server with a tokens file: the client's token is the user; no or a wrong token is
+    Unauthenticated; a user cannot cancel another's experiment or load models."""
+    from conftest import LESIOND, STORIES
+    if not LESIOND.is_file():
+        pytest.skip(f"lesiond not built at {LESIOND}")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t-ann ann user\nt-bob bob user\nt-root root admin\n")
+    local = lesion.Client.local(STORIES, db=tmp_path / "lesion.db", lesiond=LESIOND,
+                                extra_args=["--tokens-file", str(tokens)], token="t-ann")
+    try:
+        address = local.address
+        ann, bob = local, lesion.Client(address, token="t-bob")
+        with pytest.raises(lesion.Unauthenticated):
+            lesion.Client(address).models()
+        with pytest.raises(lesion.Unauthenticated):
+            lesion.Client(address, token="wrong").models()
+        long = lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("wikitext-2-raw-test"),
+                                 eval=lesion.Eval(seq_len=32, batch_size=1),
+                                 interventions=[lesion.HeadAblation(layer=0, heads=[0])],
+                                 measurements=[lesion.Perplexity()])
+        h = ann.submit(long)
+        assert ann.get(h.id).user == "ann" and bob.get(h.id).user == "ann"
+        with pytest.raises(lesion.PermissionDenied):
+            bob.cancel(h.id)
+        with pytest.raises(lesion.PermissionDenied):
+            bob.load_model("again", str(STORIES))
+        assert ann.cancel(h.id).status in ("CANCELLED", "RUNNING")
+        assert h.wait(progress=False).status == "CANCELLED"
+    finally:
+        local.close()
+
+
+def test_plots_of_a_real_result(server, tmp_path):
+    r = server.run(base(server, name="plots", interventions=[lesion.HeadAblation(layer=2, heads=[6])],
+                        measurements=[lesion.ActivationStats(["blocks.*.resid_post"]), lesion.AttentionSink(),
+                                      lesion.Capture(sites=["blocks.0.resid_post"])]),
+                   progress=False)
+    for name, fig in [("layers", lesion.plots.layer_magnitudes(r, save=tmp_path / "layers.png")),
+                      ("sinks", lesion.plots.attention_sink_heatmap(r, save=tmp_path / "sinks.png")),
+                      ("compare", lesion.plots.compare(r, save=tmp_path / "compare.png")),
+                      ("surface", lesion.plots.activation_surface(r.captures["baseline"]["blocks.0.resid_post"],
+                                                                  save=tmp_path / "surface.png"))]:
+        path = tmp_path / f"{name}.png"
+        assert fig is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
