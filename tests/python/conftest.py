@@ -69,3 +69,18 @@ def gpt2_tokenizer_files():
             shutil.copy(GPT2_TOKENIZER / f, directory / f)
         return directory
     return copy
+
+
+def run_spec(cli, tmp_path, model_dir, spec, check=True):
+    """The lesion.v1.ExperimentResult (proto3 JSON) of `spec`; with check=False the process."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    proc = cli("run", "--local", "--model", model_dir, "--spec", path, "--json", check=check)
+    return proc if not check else json.loads(proc.stdout)
+
+
+def metric(result, name):
+    """The entry of result["metrics"] called `name` (exactly one)."""
+    found = [m for m in result["metrics"] if m["name"] == name]
+    assert len(found) == 1, f"metric {name!r}: {len(found)} entries in {[m['name'] for m in result['metrics']]}"
+    return found[0]

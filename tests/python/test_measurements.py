@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import ROOT, STORIES, requires_cli
+from conftest import ROOT, STORIES, metric, requires_cli, run_spec
 from hf_reference import VOCAB, capture, dims, hf_perplexity, hf_windows, layers_of, make_model, randomize
 
 pytestmark = requires_cli
@@ -22,20 +22,8 @@ TOL = 1e-5
 EXAMPLES = ROOT / "experiments" / "examples"
 
 
-# --- running lesion ----------------------------------------------------------------------------
-
-def run_spec(cli, tmp_path, model_dir, spec, check=True):
-    """The lesion.v1.ExperimentResult (proto3 JSON) of `spec`; with check=False the process."""
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    proc = cli("run", "--local", "--model", model_dir, "--spec", path, "--json", check=check)
-    return proc if not check else json.loads(proc.stdout)
 
 
-def metric(result, name):
-    found = [m for m in result["metrics"] if m["name"] == name]
-    assert len(found) == 1, f"metric {name!r}: {len(found)} entries in {[m['name'] for m in result['metrics']]}"
-    return found[0]
 
 
 def saved(kind, seed, tmp_path):

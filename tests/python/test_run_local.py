@@ -4,23 +4,12 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, metric, run_spec
 from hf_reference import hf_perplexity, make_model as make
 
 
-def run_spec(cli, tmp_path, model_dir, spec, check=True):
-    """The lesion.v1.ExperimentResult (proto3 JSON) of `spec`; with check=False the process."""
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    proc = cli("run", "--local", "--model", model_dir, "--spec", path, "--json", check=check)
-    return proc if not check else json.loads(proc.stdout)
 
 
-def metric(result, name):
-    """The entry of result["metrics"] called `name` (exactly one)."""
-    found = [m for m in result["metrics"] if m["name"] == name]
-    assert len(found) == 1, f"metric {name!r}: {len(found)} entries in {[m['name'] for m in result['metrics']]}"
-    return found[0]
 
 
 def test_head_ablation_perplexity_matches_transformers_with_a_hook(cli, tmp_path):
