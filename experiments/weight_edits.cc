@@ -90,18 +90,23 @@ uint64_t BitChecksum(const at::Tensor& tensor) {
   return static_cast<uint64_t>((bits * weights).sum().item<int64_t>());
 }
 
+std::vector<const at::Tensor*> WeightTensors(const Transformer& model) {
+  const TransformerWeights& w = model.weights();
+  std::vector<const at::Tensor*> tensors = {&w.embed, &w.positions, &w.final_norm.weight, &w.final_norm.bias,
+                                            &w.lm_head};
+  for (const BlockWeights& b : w.blocks) {
+    for (const at::Tensor* t : {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight,
+                                &b.o.bias, &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight, &b.gate_up.bias,
+                                &b.down.weight, &b.down.bias}) {
+      tensors.push_back(t);
+    }
+  }
+  return tensors;
+}
+
 absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model) {
   return TorchCall("fingerprinting the weights", [&] {
-    const TransformerWeights& w = model.weights();
-    std::vector<const at::Tensor*> tensors = {&w.embed, &w.positions, &w.final_norm.weight, &w.final_norm.bias,
-                                              &w.lm_head};
-    for (const BlockWeights& b : w.blocks) {
-      for (const at::Tensor* t : {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight,
-                                  &b.o.bias, &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight,
-                                  &b.gate_up.bias, &b.down.weight, &b.down.bias}) {
-        tensors.push_back(t);
-      }
-    }
+    const std::vector<const at::Tensor*> tensors = WeightTensors(model);
     // FNV-1a over (checksum, dtype, shape) of each tensor; undefined tensors count as absent.
     uint64_t h = 1469598103934665603ULL;
     auto mix = [&h](uint64_t v) {

@@ -50,6 +50,11 @@ absl::StatusOr<at::Tensor> NormGamma(const Transformer& model, int64_t layer, No
 // An order-sensitive checksum of a tensor's exact bits (any float dtype, any device).
 uint64_t BitChecksum(const at::Tensor& tensor);
 
+// Every weight tensor slot of `model` in a fixed order: embed, positions, final norm weight and
+// bias, lm_head, then per block its norms, fused qkv, o, fused gate/up and down with their biases.
+// Slots the architecture lacks are undefined tensors; a tied lm_head is the embed tensor itself.
+std::vector<const at::Tensor*> WeightTensors(const Transformer& model);
+
 // Hex digest of the BitChecksum, dtype and shape of every weight tensor of `model`, in a fixed order.
 absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model);
 

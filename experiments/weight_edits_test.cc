@@ -23,15 +23,9 @@ std::unique_ptr<Model> LoadFixture(const char* name) {
 
 // Every weight tensor of the model, including norms and embeddings.
 std::vector<at::Tensor> AllWeights(const Transformer& m) {
-  const TransformerWeights& w = m.weights();
-  std::vector<at::Tensor> all = {w.embed, w.lm_head, w.final_norm.weight};
-  if (w.positions.defined()) all.push_back(w.positions);
-  for (const BlockWeights& b : w.blocks) {
-    for (const at::Tensor& t : {b.attn_norm.weight, b.attn_norm.bias, b.qkv.weight, b.qkv.bias, b.o.weight,
-                                b.o.bias, b.mlp_norm.weight, b.mlp_norm.bias, b.gate_up.weight,
-                                b.gate_up.bias, b.down.weight, b.down.bias}) {
-      if (t.defined()) all.push_back(t);
-    }
+  std::vector<at::Tensor> all;
+  for (const at::Tensor* t : WeightTensors(m)) {
+    if (t->defined()) all.push_back(*t);
   }
   return all;
 }

@@ -17,6 +17,7 @@
 #include "experiments/model.h"
 #include "experiments/runner.h"
 #include "experiments/torch_util.h"
+#include "experiments/weight_edits.h"
 
 namespace lesion::server {
 namespace {
@@ -24,18 +25,11 @@ namespace {
 namespace ex = ::lesion::experiments;
 
 int64_t WeightBytes(const ex::Transformer& t) {
-  const ex::TransformerWeights& w = t.weights();
-  std::vector<const at::Tensor*> tensors = {&w.embed, &w.positions, &w.final_norm.weight, &w.final_norm.bias};
-  if (!w.lm_head.is_same(w.embed)) tensors.push_back(&w.lm_head);
-  for (const ex::BlockWeights& b : w.blocks) {
-    for (const at::Tensor* x : {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight,
-                                &b.o.bias, &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight, &b.gate_up.bias,
-                                &b.down.weight, &b.down.bias}) {
-      tensors.push_back(x);
-    }
-  }
   int64_t bytes = 0;
-  for (const at::Tensor* x : tensors) bytes += x->defined() ? static_cast<int64_t>(x->nbytes()) : 0;
+  for (const at::Tensor* x : ex::WeightTensors(t)) {
+    const bool tied_head = x == &t.weights().lm_head && x->is_same(t.weights().embed);
+    if (x->defined() && !tied_head) bytes += static_cast<int64_t>(x->nbytes());
+  }
   return bytes;
 }
 
