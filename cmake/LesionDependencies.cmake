@@ -27,6 +27,26 @@ if(Torch_VERSION VERSION_LESS 2.4)
 endif()
 message(STATUS "LibTorch ${Torch_VERSION} from ${Torch_DIR}")
 
+# A LibTorch built with CUDA gets lesion's own CUDA kernels too (experiments/cuda/; the runtime
+# falls back to ATen ops without them, see experiments/next_token_ops.h). Needs nvcc.
+set(LESION_CUDA_KERNELS OFF)
+if(C10_CUDA_LIBRARY)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    set(CMAKE_CUDA_STANDARD 17)
+    enable_language(CUDA)
+    set(LESION_CUDA_KERNELS ON)
+  else()
+    message(WARNING "LibTorch has CUDA but no CUDA compiler was found: lesion's fused CUDA kernels are "
+                    "left out (perplexity on GPUs is slower). Set CMAKE_CUDA_COMPILER to nvcc.")
+  endif()
+endif()
+message(STATUS "lesion CUDA kernels: ${LESION_CUDA_KERNELS}")
+
 if(LESION_BUILD_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)

@@ -2,7 +2,7 @@
 
 # Warnings for our own code only; third-party headers come in as SYSTEM through imported targets.
 function(lesion_set_warnings target)
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
 endfunction()
 
 # lesion_library(NAME SOURCES ...): a static library rooted at the repository top, so includes read

@@ -158,8 +158,47 @@ TEST(NextTokenReducer, MatchesADirectComputationAtScoredPositions) {
   EXPECT_NEAR(reducer.nll_sum().item<double>(), nll, 1e-4);
   EXPECT_NEAR(reducer.kl_sum().item<double>(), kl, 1e-5);
   EXPECT_GT(kl, 1e-3) << "the ablation changes the distribution";
-  at::Tensor got = reducer.token_prob_sum().cpu();
+  at::Tensor got = reducer.token_prob_sum()[0].cpu();
   for (size_t t = 0; t < tokens.size(); ++t) EXPECT_NEAR(got[t].item<double>(), probs[t], 1e-6);
+}
+
+TEST(NextTokenReducer, SeveralVariantsInOneBatchKeepSeparateSums) {
+  // A sweep's pass holds the logits of several variants of the same windows, variant after
+  // variant; each variant's sums must equal what a reducer of its own would hold.
+  auto model = LoadFixture("gpt2");
+  const ModelConfig& c = model->config();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 37; ++i) ids.push_back((i * 29 + 5) % static_cast<int32_t>(c.vocab_size));
+  PerplexityOptions options;
+  options.seq_len = 8;
+  options.batch_size = 3;
+  auto batches = MakeWindowBatches(model->transformer(), ids, options, std::nullopt);
+  ASSERT_TRUE(batches.ok()) << batches.status();
+  const std::vector<int32_t> tokens = {3, 77};
+  const at::Device device = model->transformer().device();
+  NextTokenReducer together(tokens, device, /*n_variants=*/4);
+  NextTokenReducer alone_a(tokens, device), alone_b(tokens, device);
+  RunPlan plan(c.n_layers);
+  RunPlan ablated(c.n_layers);
+  ablated.AddHook({SiteKind::kResidPost, 1}, [](const SiteId&, at::Tensor& x) { x = x * 0.25; });
+  for (const WindowBatch& batch : *batches) {
+    at::Tensor a = *model->transformer().Forward(batch.input, plan);
+    at::Tensor b = *model->transformer().Forward(batch.input, ablated);
+    together.Add(at::cat({a, b}), batch, a, /*first_variant=*/2);
+    alone_a.Add(a, batch, a);
+    alone_b.Add(b, batch, a);
+  }
+  at::Tensor nll = together.nll_sum().cpu(), kl = together.kl_sum().cpu(), prob = together.token_prob_sum().cpu();
+  EXPECT_EQ(nll[0].item<double>(), 0.0) << "variants 0 and 1 were never added";
+  EXPECT_EQ(nll[1].item<double>(), 0.0);
+  EXPECT_NEAR(nll[2].item<double>(), alone_a.nll_sum()[0].item<double>(), 1e-9);
+  EXPECT_NEAR(nll[3].item<double>(), alone_b.nll_sum()[0].item<double>(), 1e-9);
+  EXPECT_NEAR(kl[2].item<double>(), 0.0, 1e-9) << "KL of the baseline against itself";
+  EXPECT_NEAR(kl[3].item<double>(), alone_b.kl_sum()[0].item<double>(), 1e-9);
+  EXPECT_GT(kl[3].item<double>(), 1e-4);
+  for (int64_t t = 0; t < 2; ++t) {
+    EXPECT_NEAR(prob[3][t].item<double>(), alone_b.token_prob_sum()[0][t].item<double>(), 1e-9);
+  }
 }
 
 TEST(Measurements, BadArguments) {

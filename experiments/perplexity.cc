@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "experiments/next_token_ops.h"
 #include "experiments/torch_util.h"
 
 namespace lesion::experiments {
@@ -117,38 +118,66 @@ absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& mo
   });
 }
 
-NextTokenReducer::NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device) {
+NextTokenReducer::NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants) {
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
-  nll_sum_ = at::zeros({}, f64);
-  kl_sum_ = at::zeros({}, f64);
-  token_prob_sum_ = at::zeros({static_cast<int64_t>(token_ids.size())}, f64);
+  nll_sum_ = at::zeros({n_variants}, f64);
+  kl_sum_ = at::zeros({n_variants}, f64);
+  token_prob_sum_ = at::zeros({n_variants, static_cast<int64_t>(token_ids.size())}, f64);
   if (!token_ids.empty()) {
     token_ids_ = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()), at::kLong).to(device);
   }
 }
 
-void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference) {
-  // logits: [b, n, vocab]; position p predicts input token p + 1.
-  const int64_t b = logits.size(0), n = logits.size(1), vocab = logits.size(2);
-  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, (n - 1) * vocab));
-  for (int64_t r = 0; r < b; r += rows) {
-    const int64_t m = std::min(rows, b - r);
-    at::Tensor log_p = at::log_softmax(logits.narrow(0, r, m).narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat),
-                                       -1);                                      // [m (n-1), vocab]
-    at::Tensor targets = batch.input.narrow(0, r, m).narrow(1, 1, n - 1).reshape({-1, 1});  // [m (n-1), 1]
-    at::Tensor scored = batch.score_mask.narrow(0, r, m).reshape({-1});         // [m (n-1)]
+void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference,
+                           int64_t first_variant) {
+  // logits: [g b, n, vocab]; position p of a window predicts its input token p + 1, the last
+  // position predicts nothing. Every sum is over a variant's rows in order, so that the result
+  // does not depend on how many variants share a pass.
+  const int64_t b = batch.input.size(0), n = logits.size(1), vocab = logits.size(2);
+  const int64_t g = logits.size(0) / b;
+  const auto f64 = logits.options().dtype(at::kDouble);
+  const at::Tensor targets = at::cat({batch.input.narrow(1, 1, n - 1), at::zeros({b, 1}, batch.input.options())},
+                                     1);  // [b, n]
+  const at::Tensor scored =
+      at::cat({batch.score_mask, at::zeros({b, 1}, batch.score_mask.options())}, 1);  // [b, n]
+  const int64_t n_tokens = token_ids_.defined() ? token_ids_.size(0) : 0;
+  at::Tensor row_nll = at::empty({g * b}, f64);                  // per sequence
+  at::Tensor row_prob = at::empty({g * b, n_tokens}, f64);       // per sequence and token
+  // Sequences per step: the CPU fallback of LogSumExpRows makes a float32 copy of its rows.
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, n * vocab));
+  for (int64_t r = 0; r < g * b; r += step) {
+    const int64_t m = std::min(step, g * b - r);
+    const at::Tensor windows = at::arange(r, r + m, batch.input.options()).remainder(b);  // [m]
+    const at::Tensor rows = logits.narrow(0, r, m).reshape({m * n, vocab});              // [m n, vocab]
+    const at::Tensor mask = scored.index_select(0, windows);                             // [m, n]
+    const RowLogSumExp lse = LogSumExpRows(rows, targets.index_select(0, windows).reshape({-1}));
+    const at::Tensor nll = (lse.lse - lse.target_logit).view({m, n});                     // [m, n]
     // where(), not masked_select(): no host-device sync to size the result.
-    nll_sum_ += at::where(scored, -log_p.gather(1, targets).squeeze(1), 0.0).sum(at::kDouble);
-    if (token_ids_.defined()) {
-      at::Tensor p = log_p.index_select(1, token_ids_).exp();                   // [m (n-1), T]
-      token_prob_sum_ += at::where(scored.unsqueeze(1), p, 0.0).sum(0, false, at::kDouble);
+    row_nll.narrow(0, r, m).copy_(at::where(mask, nll, 0.0).sum(1, false, at::kDouble));
+    if (n_tokens > 0) {
+      at::Tensor p = (rows.index_select(1, token_ids_).to(at::kFloat) - lse.lse.unsqueeze(1)).exp();  // [m n, T]
+      row_prob.narrow(0, r, m).copy_(
+          at::where(mask.view({m, n, 1}), p.view({m, n, n_tokens}), 0.0).sum(1, false, at::kDouble));
     }
-    if (reference.defined()) {
-      at::Tensor log_q = at::log_softmax(
-          reference.narrow(0, r, m).narrow(1, 0, n - 1).reshape({-1, vocab}).to(at::kFloat), -1);
-      at::Tensor kl = (log_q.exp() * (log_q - log_p)).sum(-1);                   // [m (n-1)]
-      kl_sum_ += at::where(scored, kl, 0.0).sum(at::kDouble);
+  }
+  nll_sum_.narrow(0, first_variant, g) += row_nll.view({g, b}).sum(1);
+  if (n_tokens > 0) token_prob_sum_.narrow(0, first_variant, g) += row_prob.view({g, b, n_tokens}).sum(1);
+
+  if (reference.defined()) {
+    // KL(reference || logits) needs both distributions in full: a few windows at a time.
+    at::Tensor row_kl = at::empty({g * b}, f64);
+    const int64_t kl_step = std::max<int64_t>(1, step / 2);
+    for (int64_t j = 0; j < g; ++j) {
+      for (int64_t w = 0; w < b; w += kl_step) {
+        const int64_t m = std::min(kl_step, b - w);
+        at::Tensor log_q = at::log_softmax(reference.narrow(0, w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+        at::Tensor log_p =
+            at::log_softmax(logits.narrow(0, j * b + w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+        at::Tensor kl = (log_q.exp() * (log_q - log_p)).sum(-1).view({m, n});  // [m, n]
+        row_kl.narrow(0, j * b + w, m).copy_(at::where(scored.narrow(0, w, m), kl, 0.0).sum(1, false, at::kDouble));
+      }
     }
+    kl_sum_.narrow(0, first_variant, g) += row_kl.view({g, b}).sum(1);
   }
 }
 

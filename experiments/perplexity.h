@@ -77,21 +77,26 @@ absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& mo
                                                            const PerplexityOptions& options,
                                                            std::optional<int32_t> bos_id);
 
-// Reductions over the next-token distributions of a batch's logits at its predicted positions,
-// computed a few windows at a time so that the float32 log-softmax stays within ~1 GiB. All
-// results stay on the device ([] or [T] float64) until the caller reads them back.
+// Reductions over the next-token distributions of a batch's logits at its predicted positions:
+// NLL of the targets, probabilities of chosen tokens, KL divergence from a reference. The NLL and
+// token probabilities come from one fused pass over each row of logits (next_token_ops.h); the KL
+// needs both full distributions and is computed a few windows at a time so that its float32
+// temporaries stay within ~1 GiB. Sums are kept per variant (a sweep's batched passes hold several
+// variants' logits of the same windows) and stay on the device until the caller reads them.
 class NextTokenReducer {
  public:
-  // `token_ids`: tokens whose probability is summed (may be empty).
-  NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device);
+  // `token_ids`: tokens whose probability is summed (may be empty). `n_variants` >= 1.
+  NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants = 1);
 
-  // Adds the NLL of the targets (and the probabilities of the tokens) of `logits` [b, n, vocab].
-  // With `reference` (the baseline's logits of the same batch) also KL(reference || logits).
-  void Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference = {});
+  // Adds `logits` [g * b, n, vocab]: the logits of g variants on `batch` (b windows each, variant
+  // after variant), counted as variants first_variant .. first_variant + g - 1. With `reference`
+  // (the baseline's logits of the batch, [b, n, vocab]) also KL(reference || logits).
+  void Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference = {},
+           int64_t first_variant = 0);
 
-  const at::Tensor& nll_sum() const { return nll_sum_; }          // []
-  const at::Tensor& token_prob_sum() const { return token_prob_sum_; }  // [T]
-  const at::Tensor& kl_sum() const { return kl_sum_; }            // []
+  const at::Tensor& nll_sum() const { return nll_sum_; }                // [variants] float64
+  const at::Tensor& token_prob_sum() const { return token_prob_sum_; }  // [variants, T] float64
+  const at::Tensor& kl_sum() const { return kl_sum_; }                  // [variants] float64
 
  private:
   at::Tensor token_ids_;  // [T] int64 on the device, undefined when T = 0

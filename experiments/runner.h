@@ -29,8 +29,13 @@ namespace lesion::experiments {
 
 // Sizes a request may reach; the server sets them from its config.
 struct RunLimits {
-  int64_t max_capture_bytes = int64_t{256} << 20;  // both passes together
+  int64_t max_capture_bytes = int64_t{256} << 20;  // both passes together (a sweep: all its passes)
   int64_t max_tokens = int64_t{64} << 20;          // of the dataset, after tokenization
+  // Sweeps (sweep.h): variants of one spec, tokens of one batched forward pass when the spec does
+  // not set variants_per_pass, and variants run together in one round (their collectors live at once).
+  int64_t max_sweep_variants = 65536;
+  int64_t max_pass_tokens = 65536;
+  int64_t max_round_variants = 512;
 };
 
 struct RunControls {

@@ -25,6 +25,34 @@ absl::Status CheckLayer(const Transformer& model, int64_t layer) {
   return absl::OkStatus();
 }
 
+// The one definition of an element edit's arithmetic, in the weight's dtype.
+void ApplyElementOp(at::Tensor& element, ElementOp op, double value) {
+  switch (op) {
+    case ElementOp::kZero:
+      element.zero_();
+      break;
+    case ElementOp::kScale:
+      element.mul_(value);
+      break;
+    case ElementOp::kSet:
+      element.fill_(value);
+      break;
+  }
+}
+
+// The value a norm-channel reset writes; `pristine` is the checkpoint's gamma.
+absl::StatusOr<double> ResetValue(const at::Tensor& pristine, NormResetMode mode, double value) {
+  switch (mode) {
+    case NormResetMode::kOne:
+      return 1.0;
+    case NormResetMode::kValue:
+      return value;
+    case NormResetMode::kGammaMean:
+      return TorchCall("gamma mean", [&] { return pristine.to(at::kDouble).mean().item<double>(); });
+  }
+  return 1.0;
+}
+
 }  // namespace
 
 absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name) {
@@ -128,6 +156,40 @@ absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model) {
   });
 }
 
+absl::Status WeightEditPreview::EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col,
+                                            ElementOp op, double value) {
+  RETURN_IF_ERROR(CheckElementEdit(*model_, layer, module, row, col, value));
+  ASSIGN_OR_RETURN(at::Tensor w, ModuleWeight(*model_, layer, module));  // [out, in]
+  return TorchCall("previewing a weight edit", [&] {
+    size_t i = 0;
+    while (i < elements_.size() && !(elements_[i].layer == layer && elements_[i].module == module &&
+                                     elements_[i].row == row && elements_[i].col == col)) {
+      ++i;
+    }
+    if (i == elements_.size()) {
+      at::Tensor original = w.select(0, row).select(0, col).clone();  // 0-d
+      elements_.push_back({layer, module, row, col, original.item<double>(), 0});
+      element_values_.push_back(original);
+    }
+    ApplyElementOp(element_values_[i], op, value);
+    elements_[i].edited = element_values_[i].item<double>();
+  });
+}
+
+absl::Status WeightEditPreview::ResetNormChannels(int64_t layer, NormSite norm, const std::vector<int64_t>& channels,
+                                                  NormResetMode mode, double value) {
+  RETURN_IF_ERROR(CheckNormReset(*model_, layer, norm, channels, value));
+  ASSIGN_OR_RETURN(at::Tensor pristine, NormGamma(*model_, layer, norm));  // [d]
+  ASSIGN_OR_RETURN(const double fill, ResetValue(pristine, mode, value));
+  const int64_t key_layer = norm == NormSite::kFinal ? -1 : layer;
+  return TorchCall("previewing a norm-channel reset", [&] {
+    size_t i = 0;
+    while (i < gammas_.size() && !(gammas_[i].layer == key_layer && gammas_[i].norm == norm)) ++i;
+    if (i == gammas_.size()) gammas_.push_back({key_layer, norm, pristine.clone()});
+    for (int64_t c : channels) gammas_[i].gamma.select(0, c).fill_(fill);
+  });
+}
+
 WeightEditSession::WeightEditSession(const Transformer* model) : model_(model) {}
 
 WeightEditSession::~WeightEditSession() { (void)Restore(); }
@@ -190,19 +252,7 @@ absl::Status WeightEditSession::EditElement(int64_t layer, WeightModule module, 
                                                                : b.gate_up.weight;
   at::Tensor element = w.select(0, row).select(0, col);  // 0-d view
   RETURN_IF_ERROR(Touch(whole, element));
-  RETURN_IF_ERROR(TorchCall("editing a weight", [&] {
-    switch (op) {
-      case ElementOp::kZero:
-        element.zero_();
-        break;
-      case ElementOp::kScale:
-        element.mul_(value);
-        break;
-      case ElementOp::kSet:
-        element.fill_(value);
-        break;
-    }
-  }));
+  RETURN_IF_ERROR(TorchCall("editing a weight", [&] { ApplyElementOp(element, op, value); }));
   ++n_edits_;
   return absl::OkStatus();
 }
@@ -214,14 +264,7 @@ absl::Status WeightEditSession::ResetNormChannels(int64_t layer, NormSite norm,
   ASSIGN_OR_RETURN(at::Tensor gamma, NormGamma(*model_, layer, norm));  // [d]
   // The gamma mean is that of the checkpoint's gamma, whatever this session edited before.
   RETURN_IF_ERROR(Touch(gamma, at::Tensor()));
-  double fill = mode == NormResetMode::kOne ? 1.0 : value;
-  if (mode == NormResetMode::kGammaMean) {
-    const at::Tensor& pristine = FindTouched(gamma).pristine;
-    absl::StatusOr<double> mean =
-        TorchCall("gamma mean", [&] { return pristine.to(at::kDouble).mean().item<double>(); });
-    if (!mean.ok()) return mean.status();
-    fill = *mean;
-  }
+  ASSIGN_OR_RETURN(const double fill, ResetValue(FindTouched(gamma).pristine, mode, value));
   for (int64_t c : channels) {
     at::Tensor element = gamma.select(0, c);
     RETURN_IF_ERROR(Touch(gamma, element));

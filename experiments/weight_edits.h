@@ -31,7 +31,6 @@
 namespace lesion::experiments {
 
 enum class WeightModule { kAttnQ, kAttnK, kAttnV, kAttnO, kMlpGate, kMlpUp, kMlpDown };
-enum class NormSite { kAttn, kMlp, kFinal };
 enum class ElementOp { kZero, kScale, kSet };
 enum class NormResetMode { kOne, kGammaMean, kValue };
 
@@ -64,6 +63,41 @@ absl::Status CheckElementEdit(const Transformer& model, int64_t layer, WeightMod
                               int64_t col, double value);
 absl::Status CheckNormReset(const Transformer& model, int64_t layer, NormSite norm,
                             const std::vector<int64_t>& channels, double value);
+
+// What a list of edits would write, computed on copies of the touched elements and gammas with the
+// same arithmetic as WeightEditSession, while the model stays untouched: a sweep turns these into
+// per-variant corrections of the activations (RunPlan::AddLinearCorrection, SetNormGamma) so that
+// variants with different weight edits can share a forward pass. Same checks and errors as the
+// session. Thread-compatible; reads the model's weights.
+class WeightEditPreview {
+ public:
+  struct Element {
+    int64_t layer = 0;
+    WeightModule module = WeightModule::kAttnQ;
+    int64_t row = 0, col = 0;
+    double original = 0;  // the checkpoint's value
+    double edited = 0;    // after every edit of this element, rounded to the weight's dtype
+  };
+  struct Gamma {
+    int64_t layer = 0;  // -1 for the final norm
+    NormSite norm = NormSite::kAttn;
+    at::Tensor gamma;   // [d] the whole gamma after the resets, in the weight's dtype and device
+  };
+
+  explicit WeightEditPreview(const Transformer* model) : model_(model) {}  // `model` must outlive it
+  absl::Status EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col, ElementOp op,
+                           double value);
+  absl::Status ResetNormChannels(int64_t layer, NormSite norm, const std::vector<int64_t>& channels,
+                                 NormResetMode mode, double value);
+  const std::vector<Element>& elements() const { return elements_; }
+  const std::vector<Gamma>& gammas() const { return gammas_; }
+
+ private:
+  const Transformer* model_;
+  std::vector<Element> elements_;
+  std::vector<at::Tensor> element_values_;  // 0-d copies, parallel to elements_
+  std::vector<Gamma> gammas_;
+};
 
 class WeightEditSession {
  public:

@@ -128,6 +128,22 @@ struct RunInfo {
   int64_t forward_passes = 0;
 };
 
+// A sweep's parent: one row per variant (each variant is an experiment of its own).
+struct SweepVariant {
+  std::string name;           // the variant's name within the sweep, e.g. "L3.H5"
+  std::string experiment_id;  // the child experiment on a server; empty for local runs
+  bool has_perplexity = false;
+  double perplexity = 0;
+  double perplexity_delta_pct = 0;  // against the baseline
+  bool has_kl_divergence = false;
+  double kl_divergence = 0;
+};
+
+struct SweepSummary {
+  int64_t variants_per_pass = 0;  // as run
+  std::vector<SweepVariant> variants;
+};
+
 struct Experiment {
   Pass baseline;
   bool baseline_from_cache = false;  // the baseline came from RunControls::cached_baseline
@@ -135,6 +151,8 @@ struct Experiment {
   bool has_kl_divergence = false;
   double kl_divergence = 0;
   RunInfo run;
+  bool has_sweep = false;
+  SweepSummary sweep;
 };
 
 }  // namespace lesion::experiments::result

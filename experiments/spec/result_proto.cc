@@ -150,9 +150,42 @@ Pass FromProto(const v1::PassResult& in) {
   return p;
 }
 
+namespace {
+
+void FillRun(const Experiment& r, v1::RunInfo* run) {
+  run->set_model(r.run.model);
+  run->set_architecture(r.run.architecture);
+  run->set_dtype(r.run.dtype);
+  run->set_device(r.run.device);
+  run->set_model_fingerprint(r.run.model_fingerprint);
+  run->set_spec_sha256(r.run.spec_sha256);
+  run->set_lesion_version(r.run.lesion_version);
+  run->set_seconds(r.run.seconds);
+  run->set_forward_passes(r.run.forward_passes);
+  run->set_baseline_cached(r.baseline_from_cache);
+}
+
+}  // namespace
+
 v1::ExperimentResult ToProto(const Experiment& r) {
   v1::ExperimentResult out;
   Fill(r.baseline, *out.mutable_baseline());
+  if (r.has_sweep) {  // a parent: the baseline and one row per variant; the metrics are the children's
+    v1::SweepSummary* sweep = out.mutable_sweep();
+    sweep->set_variants_per_pass(static_cast<int32_t>(r.sweep.variants_per_pass));
+    for (const SweepVariant& v : r.sweep.variants) {
+      v1::SweepSummary::Variant* row = sweep->add_variants();
+      row->set_name(v.name);
+      row->set_experiment_id(v.experiment_id);
+      if (v.has_perplexity) {
+        row->set_perplexity(v.perplexity);
+        row->set_perplexity_delta_pct(v.perplexity_delta_pct);
+      }
+      if (v.has_kl_divergence) row->set_kl_divergence(v.kl_divergence);
+    }
+    FillRun(r, out.mutable_run());
+    return out;
+  }
   Fill(r.intervened, *out.mutable_intervened());
   if (r.has_kl_divergence) out.set_kl_divergence(r.kl_divergence);
 
@@ -204,17 +237,7 @@ v1::ExperimentResult ToProto(const Experiment& r) {
               static_cast<double>(i.attention_outliers.size()));
   }
 
-  v1::RunInfo* run = out.mutable_run();
-  run->set_model(r.run.model);
-  run->set_architecture(r.run.architecture);
-  run->set_dtype(r.run.dtype);
-  run->set_device(r.run.device);
-  run->set_model_fingerprint(r.run.model_fingerprint);
-  run->set_spec_sha256(r.run.spec_sha256);
-  run->set_lesion_version(r.run.lesion_version);
-  run->set_seconds(r.run.seconds);
-  run->set_forward_passes(r.run.forward_passes);
-  run->set_baseline_cached(r.baseline_from_cache);
+  FillRun(r, out.mutable_run());
   return out;
 }
 

@@ -204,6 +204,17 @@ absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
     e.measurements.push_back(std::move(m));
   }
   if (e.measurements.empty()) return Bad("measurements", "ask for at least one measurement");
+  if (proto.has_sweep()) {
+    if (proto.sweep().axes_size() == 0) return Bad("sweep", "give at least one axis");
+    if (proto.sweep().variants_per_pass() < 0) return Bad("sweep.variants_per_pass", "must not be negative");
+    for (int i = 0; i < proto.sweep().axes_size(); ++i) {
+      if (proto.sweep().axes(i).kind_case() == lesion::v1::SweepAxis::KIND_NOT_SET) {
+        return Bad(absl::StrCat("sweep.axes[", i, "]"), "names no axis kind (variants, heads, norm_channels, weight_values)");
+      }
+    }
+    e.has_sweep = true;
+    e.variants_per_pass = proto.sweep().variants_per_pass();
+  }
   google::protobuf::util::JsonPrintOptions print;
   print.preserve_proto_field_names = true;
   (void)google::protobuf::util::MessageToJsonString(proto, &e.canonical_json, print);
@@ -213,13 +224,172 @@ absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
   baseline.clear_tags();
   baseline.clear_model();
   baseline.clear_interventions();
+  baseline.clear_sweep();
   std::string baseline_json;
   (void)google::protobuf::util::MessageToJsonString(baseline, &baseline_json, print);
   e.baseline_sha256 = Sha256Hex(baseline_json);
   return e;
 }
 
+// One choice on a sweep axis: its name and the interventions it adds.
+struct Choice {
+  std::string name;
+  std::vector<lesion::v1::Intervention> interventions;
+};
+
+// Indices given, or 0 .. limit - 1; each checked against the limit.
+absl::StatusOr<std::vector<int64_t>> IndicesOrAll(const google::protobuf::RepeatedField<int32_t>& given, int64_t limit,
+                                                  absl::string_view where, absl::string_view what,
+                                                  absl::string_view model_has) {
+  std::vector<int64_t> out;
+  if (given.empty()) {
+    for (int64_t i = 0; i < limit; ++i) out.push_back(i);
+  }
+  for (int32_t i : given) {
+    if (i < 0 || i >= limit) {
+      return Bad(where, absl::StrCat(what, " ", i, " out of range: the model has ", limit, " ", model_has));
+    }
+    out.push_back(i);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axis, const ModelShape& shape,
+                                                const std::string& where) {
+  std::vector<Choice> out;
+  switch (axis.kind_case()) {
+    case lesion::v1::SweepAxis::kVariants: {
+      const auto& list = axis.variants().variants();
+      for (int i = 0; i < list.size(); ++i) {
+        Choice c{list[i].name().empty() ? absl::StrCat("v", i) : list[i].name(), {}};
+        c.interventions.assign(list[i].interventions().begin(), list[i].interventions().end());
+        out.push_back(std::move(c));
+      }
+      break;
+    }
+    case lesion::v1::SweepAxis::kHeads: {
+      const auto& h = axis.heads();
+      ASSIGN_OR_RETURN(auto layers, IndicesOrAll(h.layers(), shape.n_layers, where + ".heads", "layer", "layers"));
+      ASSIGN_OR_RETURN(auto heads, IndicesOrAll(h.heads(), shape.n_heads, where + ".heads", "head", "heads per layer"));
+      for (int64_t l : layers) {
+        for (int64_t head : heads) {
+          Choice c{absl::StrCat("L", l, ".H", head), {lesion::v1::Intervention()}};
+          auto* a = c.interventions[0].mutable_head_ablation();
+          a->set_layer(static_cast<int32_t>(l));
+          a->add_heads(static_cast<int32_t>(head));
+          a->set_mode(h.mode());
+          a->set_factor(h.factor());
+          out.push_back(std::move(c));
+        }
+      }
+      break;
+    }
+    case lesion::v1::SweepAxis::kNormChannels: {
+      const auto& n = axis.norm_channels();
+      const std::string at = where + ".norm_channels";
+      if (n.norm() != "attn" && n.norm() != "mlp" && n.norm() != "final") {
+        return Bad(at, absl::StrCat("unknown norm \"", n.norm(), "\" (known: attn, mlp, final)"));
+      }
+      std::vector<int64_t> layers = {0};
+      if (n.norm() != "final") {
+        ASSIGN_OR_RETURN(layers, IndicesOrAll(n.layers(), shape.n_layers, at, "layer", "layers"));
+      }
+      ASSIGN_OR_RETURN(auto channels, IndicesOrAll(n.channels(), shape.d_model, at, "channel", "channels"));
+      for (int64_t l : layers) {
+        for (int64_t ch : channels) {
+          Choice c{n.norm() == "final" ? absl::StrCat("final.C", ch) : absl::StrCat(n.norm(), ".L", l, ".C", ch),
+                   {lesion::v1::Intervention()}};
+          auto* r = c.interventions[0].mutable_norm_channel_reset();
+          r->set_layer(static_cast<int32_t>(l));
+          r->set_norm(n.norm());
+          r->add_channels(static_cast<int32_t>(ch));
+          r->set_mode(n.mode());
+          r->set_value(n.value());
+          out.push_back(std::move(c));
+        }
+      }
+      break;
+    }
+    case lesion::v1::SweepAxis::kWeightValues: {
+      const auto& w = axis.weight_values();
+      const std::string at = where + ".weight_values";
+      std::vector<double> values(w.values().begin(), w.values().end());
+      if (w.op() == lesion::v1::WeightEdit::ZERO) {
+        if (!values.empty()) return Bad(at, "op ZERO takes no values");
+        values = {0.0};
+      }
+      if (values.empty()) return Bad(at, "give the values to sweep");
+      for (double v : values) {
+        if (!std::isfinite(v)) return Bad(at, absl::StrCat("value ", v, " is not finite"));
+        std::string name = w.op() == lesion::v1::WeightEdit::ZERO    ? "zero"
+                           : w.op() == lesion::v1::WeightEdit::SCALE ? absl::StrCat("x", v)
+                                                                     : absl::StrCat("=", v);
+        Choice c{std::move(name), {lesion::v1::Intervention()}};
+        auto* e = c.interventions[0].mutable_weight_edit();
+        e->set_layer(w.layer());
+        e->set_module(w.module());
+        e->set_row(w.row());
+        e->set_col(w.col());
+        e->set_op(w.op());
+        e->set_value(v);
+        out.push_back(std::move(c));
+      }
+      break;
+    }
+    case lesion::v1::SweepAxis::KIND_NOT_SET:
+      return Bad(where, "names no axis kind (variants, heads, norm_channels, weight_values)");
+  }
+  if (out.empty()) return Bad(where, "has no variants");
+  return out;
+}
+
 }  // namespace
+
+absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, const ModelShape& shape,
+                                                    int64_t max_variants) {
+  if (!parent.has_sweep) return absl::FailedPreconditionError("the spec has no sweep");
+  lesion::v1::ExperimentSpec proto;
+  google::protobuf::util::JsonParseOptions options;
+  if (auto parsed = google::protobuf::util::JsonStringToMessage(parent.canonical_json, &proto, options); !parsed.ok()) {
+    return absl::InternalError(absl::StrCat("re-reading a canonical spec: ", parsed.message().as_string()));
+  }
+  std::vector<std::vector<Choice>> axes;
+  int64_t total = 1;
+  for (int i = 0; i < proto.sweep().axes_size(); ++i) {
+    ASSIGN_OR_RETURN(auto choices, AxisChoices(proto.sweep().axes(i), shape, absl::StrCat("sweep.axes[", i, "]")));
+    total *= static_cast<int64_t>(choices.size());
+    if (total > max_variants) {
+      return Bad("sweep", absl::StrCat("more than ", max_variants, " variants (the limit of this runner)"));
+    }
+    axes.push_back(std::move(choices));
+  }
+  lesion::v1::ExperimentSpec base = proto;
+  base.clear_sweep();
+  std::vector<Experiment> out;
+  out.reserve(static_cast<size_t>(total));
+  std::vector<size_t> pick(axes.size(), 0);
+  for (int64_t n = 0; n < total; ++n) {
+    lesion::v1::ExperimentSpec child = base;
+    std::string name;
+    for (size_t a = 0; a < axes.size(); ++a) {
+      const Choice& c = axes[a][pick[a]];
+      absl::StrAppend(&name, a == 0 ? "" : "+", c.name);
+      for (const auto& in : c.interventions) *child.add_interventions() = in;
+    }
+    child.set_name(parent.name.empty() ? name : absl::StrCat(parent.name, "/", name));
+    absl::StatusOr<Experiment> e = FromProto(child);
+    if (!e.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("sweep variant ", n, " (", name, "): ", e.status().message()));
+    }
+    e->variant_name = name;
+    out.push_back(*std::move(e));
+    for (size_t a = axes.size(); a-- > 0;) {  // the last axis varies fastest
+      if (++pick[a] < axes[a].size()) break;
+      pick[a] = 0;
+    }
+  }
+  return out;
+}
 
 absl::StatusOr<Experiment> ParseExperimentJson(absl::string_view json) {
   lesion::v1::ExperimentSpec proto;

@@ -114,6 +114,19 @@ struct Experiment {
   // canonical JSON without name, tags, model and interventions). With the model's fingerprint it
   // keys the baseline cache.
   std::string baseline_sha256;
+
+  // A sweep's parent (the spec has a sweep): its variants come from ExpandSweep.
+  bool has_sweep = false;
+  int64_t variants_per_pass = 0;  // 0: from the runner's token budget
+  // A sweep's child: the variant's name within the sweep ("L3.H5"); empty otherwise.
+  std::string variant_name;
+};
+
+// What a sweep's expansion needs to know of the model ("every layer", "every head", ...).
+struct ModelShape {
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t d_model = 0;
 };
 
 // Hex SHA-256 of `bytes`.
@@ -126,6 +139,15 @@ absl::StatusOr<Experiment> ParseExperimentJson(absl::string_view json);
 // The same from the binary protobuf form (a serialized lesion.v1.ExperimentSpec), as the server
 // receives it. InvalidArgument if the bytes do not parse or a check fails.
 absl::StatusOr<Experiment> ParseExperimentProto(absl::string_view serialized);
+
+// A sweep's variants as experiments of their own, in the sweep's order: the parent's spec without
+// its sweep, with the variant's interventions after the parent's, named "<parent name>/<variant>"
+// (just the variant's name when the parent has none). Each is canonicalised and hashed exactly as
+// if it had been submitted alone, so a variant reruns alone from its own spec. InvalidArgument
+// naming the axis for a layer, head or channel outside `shape`, an empty axis, a bad norm or op, or
+// more than `max_variants` variants; FailedPrecondition if `parent` has no sweep.
+absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, const ModelShape& shape,
+                                                    int64_t max_variants);
 
 }  // namespace lesion::experiments::spec
 
