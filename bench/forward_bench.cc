@@ -6,14 +6,9 @@
 //
 // --shape gpt2 | llama7b builds random weights of that shape on the device (speed does not depend
 // on weight values); --model DIR loads a checkpoint. Reports tokens/s (median of --reps timed runs
-// after one warm-up) and peak device memory.
+// after one warm-up) and peak device memory. --tf32 allows TF32 matrix products in float32.
 #include <ATen/ATen.h>
-#include <ATen/DeviceAccelerator.h>
-#include <c10/core/InferenceMode.h>
-#include <sys/resource.h>
 
-#include <algorithm>
-#include <chrono>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -21,77 +16,29 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "experiments/checkpoint_loader.h"
-#include "experiments/model.h"
+#include "bench/bench_common.h"
+#include "experiments/next_token_ops.h"
 #include "experiments/perplexity.h"
 #include "experiments/torch_util.h"
 #include "nlohmann/json.hpp"
 
 namespace ex = lesion::experiments;
-
-namespace {
-
-constexpr char kGpt2Small[] = R"({"architectures": ["GPT2LMHeadModel"], "n_layer": 12, "n_embd": 768,
-  "n_head": 12, "vocab_size": 50257, "n_positions": 1024})";
-constexpr char kLlama7b[] = R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 32,
-  "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
-  "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096})";
-
-[[noreturn]] void Die(const absl::Status& status) {
-  std::cerr << "lesion_bench_forward: " << status << "\n";
-  std::exit(1);
-}
-
-template <typename T>
-T OrDie(absl::StatusOr<T> v) {
-  if (!v.ok()) Die(v.status());
-  return *std::move(v);
-}
-
-void Synchronize(at::Device device) {
-  if (device.is_cuda()) at::accelerator::synchronizeDevice(device.index());
-}
-
-double PeakMemoryGiB(at::Device device) {
-  if (device.is_cuda()) {
-    auto stats = at::accelerator::getDeviceStats(device.index());
-    return static_cast<double>(
-               stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
-           (1 << 30);
-  }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / (1 << 20);  // ru_maxrss is in KiB
-}
-
-void ResetPeak(at::Device device) {
-  if (device.is_cuda()) at::accelerator::resetPeakStats(device.index());
-}
-
-// Median seconds of `reps` runs after one warm-up.
-template <typename Fn>
-double Timed(at::Device device, int reps, Fn&& fn) {
-  fn();
-  Synchronize(device);
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    Synchronize(device);
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-}  // namespace
+using lesion::bench::Die;
+using lesion::bench::OrDie;
 
 int main(int argc, char** argv) {
   std::string shape, model_dir, device_name = "cpu", dtype_name = "float32", batches = "1,8";
   int64_t seq = 0, tokens = 0;
   int reps = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
+  bool tf32 = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--tf32") {
+      tf32 = true;
+      continue;
+    }
+    if (i + 1 >= argc) Die(absl::InvalidArgumentError(absl::StrCat(flag, " needs a value")));
+    const std::string value = argv[++i];
     if (flag == "--shape") shape = value;
     else if (flag == "--model") model_dir = value;
     else if (flag == "--device") device_name = value;
@@ -102,35 +49,17 @@ int main(int argc, char** argv) {
     else if (flag == "--reps") reps = std::stoi(value);
     else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
   }
+  if (tf32) lesion::bench::AllowTf32();
   const at::Device device = OrDie(ex::ParseDevice(device_name));
   const at::ScalarType dtype = OrDie(ex::ParseDtype(dtype_name));
   at::manual_seed(0);
-
-  std::unique_ptr<ex::Model> loaded;
-  std::optional<ex::Transformer> random_model;
-  const ex::Transformer* model = nullptr;
-  if (!model_dir.empty()) {
-    ex::LoadOptions options;
-    options.device = device;
-    options.dtype = dtype;
-    loaded = OrDie(ex::Model::Load(model_dir, options));
-    model = &loaded->transformer();
-    shape = model_dir;
-  } else if (shape == "gpt2" || shape == "llama7b") {
-    ex::ModelConfig config =
-        OrDie(ex::ParseModelConfig(shape == "gpt2" ? kGpt2Small : kLlama7b, shape));
-    random_model.emplace(OrDie(ex::Transformer::Create(config, OrDie(ex::MakeRandomWeights(config, device, dtype)))));
-    model = &*random_model;
-  } else {
-    Die(absl::InvalidArgumentError("give --shape gpt2|llama7b or --model DIR"));
-  }
-  const ex::ModelConfig& c = model->config();
+  auto model = lesion::bench::LoadBenchModel(shape, model_dir, device, dtype);
+  if (!model_dir.empty()) shape = model_dir;
+  const ex::Transformer& t = model->transformer();
+  const ex::ModelConfig& c = t.config();
   if (seq == 0) seq = std::min<int64_t>(c.max_position_embeddings, shape == "llama7b" ? 4096 : 1024);
   if (tokens == 0) tokens = seq * (shape == "llama7b" ? 16 : 256);
-
-  std::vector<int32_t> ids(tokens);
-  at::Tensor random_ids = at::randint(c.vocab_size, {tokens}, at::kLong);
-  for (int64_t i = 0; i < tokens; ++i) ids[i] = static_cast<int32_t>(random_ids[i].item<int64_t>());
+  const std::vector<int32_t> ids = lesion::bench::RandomIds(tokens, c.vocab_size);
 
   for (absl::string_view b : absl::StrSplit(batches, ',')) {
     int64_t batch = 0;
@@ -139,17 +68,25 @@ int main(int argc, char** argv) {
     options.seq_len = seq;
     options.batch_size = batch;
     const ex::RunPlan plan(c.n_layers);
-    ResetPeak(device);
+    lesion::bench::ResetPeak(device);
     double ppl = 0;
-    const double seconds = Timed(device, reps, [&] {
-      ppl = OrDie(ex::EvaluatePerplexity(*model, ids, options, std::nullopt, plan)).ppl;
+    const double seconds = lesion::bench::Timed(device, reps, [&] {
+      ppl = OrDie(ex::EvaluatePerplexity(t, ids, options, std::nullopt, plan)).ppl;
     });
-    nlohmann::json line = {{"what", "ppl_eval"},      {"impl", "lesion"},
-                           {"model", shape},          {"dtype", std::string(ex::DtypeName(dtype))},
-                           {"device", device_name},   {"seq", seq},
-                           {"bs", batch},             {"tokens", tokens},
-                           {"s", seconds},            {"tok_per_s", static_cast<int64_t>(tokens / seconds)},
-                           {"peak_mem_gib", PeakMemoryGiB(device)}, {"ppl", ppl}};
+    nlohmann::json line = {{"what", "ppl_eval"},
+                           {"impl", "lesion"},
+                           {"model", shape},
+                           {"dtype", std::string(ex::DtypeName(dtype))},
+                           {"tf32", tf32},
+                           {"fused_kernels", ex::HasFusedCudaKernels()},
+                           {"device", device_name},
+                           {"seq", seq},
+                           {"bs", batch},
+                           {"tokens", tokens},
+                           {"s", seconds},
+                           {"tok_per_s", static_cast<int64_t>(tokens / seconds)},
+                           {"peak_mem_gib", lesion::bench::PeakMemoryGiB(device)},
+                           {"ppl", ppl}};
     std::cout << line.dump() << std::endl;
   }
   return 0;

@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# One device-machine job: build on the GPU host, check CUDA parity against the CPU path, then run
-# lesion's forward benchmark beside HF's anchor (bench/hf_anchor.py) on the same shapes, same job.
-# Logs and JSON lines go to ${OUT:-out/gpu}.
+# One device-machine job: build on the GPU host, run the CUDA tests and parity checks, then
+# lesion's benchmarks beside HF's anchor (bench/hf_anchor.py) on the same shapes, in the same job.
+# Logs and JSON lines go to ${OUT:-out/gpu}. LESION_GPU_STAGES picks the stages (default: all):
+#   tests   ctest on the host's build, the CUDA tests (fused kernel, sweeps on CUDA), parity
+#   gpt2    GPT-2-small shape: perplexity pass and the 144-head sweep, bf16 and fp32
+#   llama   LLaMA-2-7B shape: perplexity pass, bf16
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/out/gpu}"
+stages="${LESION_GPU_STAGES:-tests,gpt2,llama}"
 mkdir -p "$out"
 cd "$repo"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'; } 2>&1 | tee "$out/env.txt"
 
+start=$(date +%s)
 deploy/build_gpu_host.sh "$repo/build-gpu" >"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - start )) s; $(grep 'CUDA kernels' "$out/build.log")"
 export LD_LIBRARY_PATH="/opt/lesion-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 bench="$repo/build-gpu/bench/lesion_bench_forward"
+sweep="$repo/build-gpu/bench/lesion_bench_sweep"
 cli="$repo/build-gpu/client/cpp/lesion"
+has() { [[ ",$stages," == *",$1,"* ]]; }
 
+if has tests; then
 echo "== ctest on the GPU host (CPU tests)"
-ctest --test-dir build-gpu -j 8 2>&1 | tail -5 | tee "$out/ctest.txt"
+ctest --test-dir build-gpu -j 16 2>&1 | tail -5 | tee "$out/ctest.txt"
+
+echo "== CUDA tests: the fused kernel, every sweep test on the GPU"
+LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='NextTokenOps*:Sweep*' 2>&1 \
+  | grep -E '^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|Which is|largest' | head -40 | tee "$out/cuda_tests.txt"
 
 echo "== CUDA parity: every hook site of the HF fixtures, computed on CUDA in float32"
 python3 - "$cli" "$out" <<'PY' | tee "$out/cuda_parity.txt"
@@ -56,7 +69,10 @@ for spec in sorted(Path("experiments/examples").glob("*.json")):
         if r.returncode:
             print(f"{spec.stem} on {device} FAILED: {r.stderr.strip()}")
             break
-        runs[device] = {m["name"]: (m["baseline"], m["value"]) for m in json.loads(r.stdout)["metrics"]}
+        doc = json.loads(r.stdout)
+        results = doc["variants"] if "variants" in doc else [doc]
+        runs[device] = {f"{i}:{m['name']}": (m["baseline"], m["value"]) for i, res in enumerate(results)
+                        for m in res["metrics"]}
     else:
         worst = max((max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(runs["cpu"][k], runs["cuda"][k])), k)
                     for k in runs["cpu"])
@@ -64,17 +80,31 @@ for spec in sorted(Path("experiments/examples").glob("*.json")):
         print(f"{spec.stem:32s} {len(runs['cpu'])} metrics, same names {same}, "
               f"max relative |cuda - cpu| {worst[0]:.2e} ({worst[1]})")
 PY
-[ "${LESION_GPU_BENCH:-1}" = 1 ] || exit 0
+fi
 
-run_pair() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn
-  local lesion_shape="$1"; [ "$1" = llama ] && lesion_shape=llama7b
-  local batches="1,8,32"; [ "$1" = llama ] && batches="1,4"
-  echo "== $1 $2: HF ($3) then lesion"
-  timeout 900 python3 bench/hf_anchor.py "$1" "$2" "$3" 2>&1 | grep '"ppl_eval"' | tee -a "$out/bench.jsonl"
-  "$bench" --shape "$lesion_shape" --device cuda --dtype "$2" --batch "$batches" 2>&1 | tee -a "$out/bench.jsonl"
+anchor() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn: every line the anchor prints
+  echo "== HF anchor: $1 $2 $3"
+  timeout 600 python3 bench/hf_anchor.py "$1" "$2" "$3" 2>&1 | grep '^{' | tee -a "$out/bench.jsonl"
 }
-run_pair gpt2 bfloat16 sdpa
-run_pair gpt2 float32 eager
-run_pair gpt2 float32 sdpa
-[ "${LESION_BENCH_LLAMA:-1}" = 1 ] && run_pair llama bfloat16 sdpa
+if has gpt2; then
+  anchor gpt2 bfloat16 sdpa
+  echo "== lesion: gpt2 bfloat16"
+  "$bench" --shape gpt2 --device cuda --dtype bfloat16 --batch 1,8,32 2>&1 | tee -a "$out/bench.jsonl"
+  for b in 8 32; do "$sweep" --shape gpt2 --device cuda --dtype bfloat16 --batch $b 2>&1 | tee -a "$out/bench.jsonl"; done
+  anchor gpt2 float32 eager
+  anchor gpt2 float32 sdpa
+  echo "== lesion: gpt2 float32, then with TF32 matrix products"
+  "$bench" --shape gpt2 --device cuda --dtype float32 --batch 8,32 2>&1 | tee -a "$out/bench.jsonl"
+  "$sweep" --shape gpt2 --device cuda --dtype float32 --batch 8 2>&1 | tee -a "$out/bench.jsonl"
+  "$bench" --shape gpt2 --device cuda --dtype float32 --batch 32 --tf32 2>&1 | tee -a "$out/bench.jsonl"
+  "$sweep" --shape gpt2 --device cuda --dtype float32 --batch 8 --tf32 2>&1 | tee -a "$out/bench.jsonl"
+fi
+if has llama; then
+  anchor llama bfloat16 sdpa
+  echo "== lesion: llama7b bfloat16"
+  "$bench" --shape llama7b --device cuda --dtype bfloat16 --batch 1,4 2>&1 | tee -a "$out/bench.jsonl"
+  "$sweep" --shape llama7b --device cuda --dtype bfloat16 --seq 4096 --tokens 16384 --batch 4 --max-heads 16 2>&1 \
+    | tee -a "$out/bench.jsonl"
+fi
+echo "== done in $(( $(date +%s) - start )) s"
 exit 0

@@ -24,6 +24,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& 
                                           weights.checkpoint_dtype, std::move(fingerprint)));
 }
 
+absl::StatusOr<std::unique_ptr<Model>> Model::FromTransformer(const std::string& name, Transformer transformer) {
+  ASSIGN_OR_RETURN(std::string fingerprint, WeightsFingerprint(transformer));
+  const at::ScalarType dtype = transformer.dtype();
+  return std::unique_ptr<Model>(new Model(name, std::move(transformer),
+                                          absl::NotFoundError(absl::StrCat(name, " has no tokenizer")), dtype,
+                                          std::move(fingerprint)));
+}
+
 absl::StatusOr<const Tokenizer*> Model::RequireTokenizer() const {
   if (tokenizer_ == nullptr && !absl::IsNotFound(tokenizer_error_)) {
     return absl::FailedPreconditionError(absl::StrCat("cannot use the tokenizer of ", dir_.string(), ": ",

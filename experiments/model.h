@@ -25,6 +25,9 @@ class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::filesystem::path& dir,
                                                      const LoadOptions& options);
+  // A model built in memory (e.g. random weights of a benchmark's shape): no tokenizer, and
+  // `name` stands where the directory would.
+  static absl::StatusOr<std::unique_ptr<Model>> FromTransformer(const std::string& name, Transformer transformer);
 
   const ModelConfig& config() const { return transformer_.config(); }
   const Transformer& transformer() const { return transformer_; }

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "experiments/torch_util.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
@@ -21,10 +22,17 @@ namespace {
 
 const std::filesystem::path kRoot = LESION_SOURCE_DIR;
 
+// LESION_TEST_DEVICE=cuda runs these on a GPU (the GPU host's job does).
 std::unique_ptr<Model> LoadFixture(const std::string& name) {
   const std::filesystem::path dir =
       name == "stories260K" ? kRoot / "models/stories260K" : kRoot / "tests/fixtures/models" / name;
-  auto model = Model::Load(dir, {});
+  LoadOptions options;
+  if (const char* device = std::getenv("LESION_TEST_DEVICE")) {
+    auto parsed = ParseDevice(device);
+    EXPECT_TRUE(parsed.ok()) << parsed.status();
+    if (parsed.ok()) options.device = *parsed;
+  }
+  auto model = Model::Load(dir, options);
   EXPECT_TRUE(model.ok()) << model.status();
   return *std::move(model);
 }

@@ -147,5 +147,69 @@ TEST(Transformer, RejectsBadIds) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(Transformer, PrefixThenRestEqualsOneForwardPass) {
+  for (const char* json : {kGpt2, kLlamaGqaWindow}) {
+    Transformer t = RandomModel(json);
+    const RunPlan plan(t.config().n_layers);
+    const at::Tensor ids = Ids(3, 9);
+    const at::Tensor whole = *t.Forward(ids, plan);
+    for (int64_t layer = 0; layer <= t.config().n_layers; ++layer) {
+      auto prefix = t.ForwardPrefix(ids, layer, plan);
+      ASSERT_TRUE(prefix.ok()) << prefix.status();
+      auto rest = t.ForwardFrom(*prefix, layer, plan);
+      ASSERT_TRUE(rest.ok()) << rest.status();
+      EXPECT_TRUE(at::equal(*rest, whole)) << "split at layer " << layer;
+    }
+    EXPECT_EQ(t.ForwardFrom(at::zeros({1, 2, 5}), 0, plan).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(t.ForwardFrom(at::zeros({1, 2, t.config().d_model}), 3, plan).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(t.ForwardPrefix(ids, -1, plan).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(Transformer, PerRowCorrectionsAndGammasEqualEditedWeights) {
+  // Row 0 runs the model as it is, row 1 as if o[5, 7] were 3 and the layer-1 MLP norm's channel 2
+  // were 0.25: what a sweep does instead of writing the weights.
+  for (const char* json : {kGpt2, kLlamaGqaWindow}) {
+    Transformer t = RandomModel(json);
+    const int64_t n_layers = t.config().n_layers;
+    const at::Tensor ids = Ids(1, 9);
+    RunPlan batched(n_layers);
+    const double original = t.weights().blocks[0].o.weight[5][7].item<double>();
+    batched.AddLinearCorrection(0, LinearSite::kO, {5, 7, at::tensor({0.f, static_cast<float>(3.0 - original)})});
+    at::Tensor gamma = t.weights().blocks[1].mlp_norm.weight.unsqueeze(0).repeat({2, 1});
+    gamma[1][2] = 0.25;
+    batched.SetNormGamma(1, NormSite::kMlp, gamma.unsqueeze(1));
+    const at::Tensor both = *t.Forward(ids.repeat({2, 1}), batched);
+
+    const RunPlan plain(n_layers);
+    const at::Tensor unedited = *t.Forward(ids, plain);
+    t.weights().blocks[0].o.weight[5][7] = 3.0;
+    t.weights().blocks[1].mlp_norm.weight[2] = 0.25;
+    const at::Tensor edited = *t.Forward(ids, plain);
+    EXPECT_LE((both[0] - unedited[0]).abs().max().item<double>(), 1e-5);
+    EXPECT_LE((both[1] - edited[0]).abs().max().item<double>(), 1e-5);
+    EXPECT_GT((edited - unedited).abs().max().item<double>(), 1e-3) << "the edit must matter";
+  }
+}
+
+TEST(Transformer, BatchedAttentionBiasLeavesRowsWithoutTheSlotUnchanged) {
+  Transformer t = RandomModel(kLlamaGqaWindow);
+  const ModelConfig& c = t.config();
+  const at::Tensor ids = Ids(1, 9);
+  const at::Tensor key = at::randn({c.n_kv_heads, c.head_dim}), value = at::randn({c.n_kv_heads, c.head_dim});
+  RunPlan single(c.n_layers);
+  single.SetAttentionBias(1, AttentionBias{key, value, {}});
+  RunPlan batched(c.n_layers);
+  batched.SetAttentionBias(1, AttentionBias{at::stack({at::zeros_like(key), key}), at::stack({at::zeros_like(value), value}),
+                                            at::tensor({0, 1}).to(at::kBool)});
+  const at::Tensor both = *t.Forward(ids.repeat({2, 1}), batched);
+  const at::Tensor plain = *t.Forward(ids, RunPlan(c.n_layers));
+  const at::Tensor biased = *t.Forward(ids, single);
+  EXPECT_LE((both[0] - plain[0]).abs().max().item<double>(), 1e-5);
+  EXPECT_LE((both[1] - biased[0]).abs().max().item<double>(), 1e-5);
+  EXPECT_GT((biased - plain).abs().max().item<double>(), 1e-3);
+}
+
 }  // namespace
 }  // namespace lesion::experiments

@@ -1,5 +1,7 @@
 #include "client/cpp/local_commands.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 #include <iterator>
@@ -20,6 +22,7 @@
 #include "experiments/perplexity.h"
 #include "experiments/runner.h"
 #include "experiments/spec/spec.h"
+#include "experiments/sweep.h"
 #include "experiments/tensor_io.h"
 #include "experiments/torch_util.h"
 #include "nlohmann/json.hpp"
@@ -358,6 +361,24 @@ absl::Status RunLocalExperiment(Args& args) {
   absl::StatusOr<ex::spec::Experiment> experiment = ex::spec::ParseExperimentJson(spec_text);
   if (!experiment.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(spec_path, ": ", experiment.status().message()));
+  }
+  if (experiment->has_sweep) {
+    const ex::ModelConfig& c = model->config();
+    ex::RunLimits limits;
+    ASSIGN_OR_RETURN(std::vector<ex::spec::Experiment> variants,
+                     ex::spec::ExpandSweep(*experiment, {c.n_layers, c.n_heads, c.d_model}, limits.max_sweep_variants));
+    std::vector<ex::result::Experiment> results(variants.size());
+    ex::SweepControls controls;
+    controls.on_variant = [&](int64_t i, ex::result::Experiment r) { results[i] = std::move(r); };
+    if (!json && isatty(fileno(stderr))) {
+      controls.progress = [](int64_t done, int64_t planned) {
+        std::cerr << "\r" << done << " / " << planned << " forward passes" << (done == planned ? "\n" : "") << std::flush;
+      };
+    }
+    ASSIGN_OR_RETURN(ex::result::Experiment parent,
+                     ex::RunSweep(*model, *experiment, variants, DataDir(), controls, limits));
+    std::cout << RenderSweep(parent, results, *experiment, json);
+    return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(ex::result::Experiment result, ex::RunExperiment(*model, *experiment, DataDir()));
   std::cout << RenderResult(result, *experiment, json);

@@ -106,7 +106,46 @@ void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
   }
 }
 
+// A sweep's parent: the baseline, then the variants by perplexity change (all of them when few).
+std::string SweepTable(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
+  std::string out;
+  const v1::SweepSummary& sweep = r.sweep();
+  absl::StrAppendFormat(&out, "sweep %s: %d variants on %s (%s, %s), %.2f s, %d forward passes, up to %d variants a pass\n",
+                        e.name().empty() ? "(unnamed)" : e.name(), sweep.variants_size(), r.run().architecture(),
+                        r.run().dtype(), r.run().device(), r.run().seconds(), r.run().forward_passes(),
+                        sweep.variants_per_pass());
+  const v1::PerplexityResult& ppl = r.baseline().perplexity();
+  const bool has_ppl = r.baseline().has_perplexity();
+  if (has_ppl) {
+    absl::StrAppendFormat(&out, "baseline perplexity %.4f on %d predicted tokens, %s\n", ppl.ppl(), ppl.n_tokens(),
+                          ppl.protocol());
+  }
+  std::vector<int> order(sweep.variants_size());
+  std::iota(order.begin(), order.end(), 0);
+  const bool has_kl = std::any_of(sweep.variants().begin(), sweep.variants().end(),
+                                  [](const auto& v) { return v.kl_divergence() != 0; });
+  if (has_ppl) {
+    std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
+      return sweep.variants(x).perplexity_delta_pct() > sweep.variants(y).perplexity_delta_pct();
+    });
+  }
+  const size_t shown = order.size() <= 40 ? order.size() : 20;
+  absl::StrAppendFormat(&out, "\n%-28s %12s %10s%s   %s\n", "variant", "perplexity", "delta %", has_kl ? "        KL" : "",
+                        "experiment");
+  for (size_t j = 0; j < shown; ++j) {
+    const auto& v = sweep.variants(order[j]);
+    absl::StrAppendFormat(&out, "%-28s %12.4f %+9.2f%%%s   %s\n", v.name(), v.perplexity(), v.perplexity_delta_pct(),
+                          has_kl ? absl::StrFormat(" %9.5f", v.kl_divergence()) : "", v.experiment_id());
+  }
+  if (shown < order.size()) {
+    absl::StrAppendFormat(&out, "(%d of %d variants, the largest perplexity increases first; --json for all)\n", shown,
+                          order.size());
+  }
+  return out;
+}
+
 std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
+  if (r.has_sweep()) return SweepTable(r, e);
   std::string out;
   const v1::PerplexityResult& ppl = r.baseline().perplexity();
   absl::StrAppendFormat(&out, "experiment %s: %d intervention(s) on %s (%s, %s), %.2f s\n",
@@ -156,6 +195,18 @@ std::string RenderResult(const experiments::result::Experiment& result, const ex
     spec_proto.set_name(spec.name);
   }
   return RenderResult(experiments::result::ToProto(result), spec_proto, json);
+}
+
+std::string RenderSweep(const experiments::result::Experiment& parent,
+                        const std::vector<experiments::result::Experiment>& variants,
+                        const experiments::spec::Experiment& spec, bool json) {
+  if (!json) return RenderResult(parent, spec, false);
+  std::string out = absl::StrCat("{\"parent\": ", experiments::result::ToJson(experiments::result::ToProto(parent), true),
+                                 ",\n\"variants\": [");
+  for (size_t i = 0; i < variants.size(); ++i) {
+    absl::StrAppend(&out, i == 0 ? "\n" : ",\n", experiments::result::ToJson(experiments::result::ToProto(variants[i]), true));
+  }
+  return absl::StrCat(out, "]}\n");
 }
 
 }  // namespace lesion::cli

@@ -6,6 +6,7 @@
 #define LESION_CLIENT_CPP_RESULT_FORMAT_H_
 
 #include <string>
+#include <vector>
 
 #include "experiments/spec/result.h"
 #include "experiments/spec/spec.h"
@@ -15,6 +16,12 @@ namespace lesion::cli {
 // The JSON form (pretty-printed), or a readable report of every measurement the spec asked for.
 std::string RenderResult(const experiments::result::Experiment& result, const experiments::spec::Experiment& spec,
                          bool json);
+
+// A local sweep: the parent's table, or {"parent": ExperimentResult, "variants": [ExperimentResult,
+// ...]} in the sweep's order.
+std::string RenderSweep(const experiments::result::Experiment& parent,
+                        const std::vector<experiments::result::Experiment>& variants,
+                        const experiments::spec::Experiment& spec, bool json);
 
 }  // namespace lesion::cli
 

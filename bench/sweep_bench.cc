@@ -1,0 +1,115 @@
+// The single-head ablation sweep of ../shared/bench/hf_anchor.py run as one lesion sweep: every
+// head of the model zeroed in turn, perplexity of each on the same tokens, one JSON line.
+//
+//   lesion_bench_sweep --shape gpt2 --device cuda --dtype bfloat16 --tokens 32768 --batch 8
+//
+// Times RunSweep (the baseline, the shared prefixes, every variant's passes and results) after a
+// warm-up run, like the anchor's head_sweep; the spec's expansion into 144 child specs is reported
+// apart (a server does it at submission). --variants-per-pass 0 lets the runner size its passes;
+// --layers N sweeps the heads of the first N layers only (the anchor's LLaMA sweep: 16 heads).
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "bench/bench_common.h"
+#include "experiments/next_token_ops.h"
+#include "experiments/sweep.h"
+#include "experiments/torch_util.h"
+#include "nlohmann/json.hpp"
+
+namespace ex = lesion::experiments;
+using lesion::bench::Die;
+using lesion::bench::OrDie;
+
+int main(int argc, char** argv) {
+  std::string shape = "gpt2", model_dir, device_name = "cpu", dtype_name = "float32";
+  int64_t seq = 0, tokens = 32768, batch = 8, per_pass = 0, max_heads = 0;
+  bool tf32 = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--tf32") {
+      tf32 = true;
+      continue;
+    }
+    if (i + 1 >= argc) Die(absl::InvalidArgumentError(absl::StrCat(flag, " needs a value")));
+    const std::string value = argv[++i];
+    if (flag == "--shape") shape = value;
+    else if (flag == "--model") model_dir = value;
+    else if (flag == "--device") device_name = value;
+    else if (flag == "--dtype") dtype_name = value;
+    else if (flag == "--seq") seq = std::stoll(value);
+    else if (flag == "--tokens") tokens = std::stoll(value);
+    else if (flag == "--batch") batch = std::stoll(value);
+    else if (flag == "--variants-per-pass") per_pass = std::stoll(value);
+    else if (flag == "--max-heads") max_heads = std::stoll(value);
+    else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
+  }
+  if (tf32) lesion::bench::AllowTf32();
+  const at::Device device = OrDie(ex::ParseDevice(device_name));
+  const at::ScalarType dtype = OrDie(ex::ParseDtype(dtype_name));
+  at::manual_seed(0);
+  auto model = lesion::bench::LoadBenchModel(shape, model_dir, device, dtype);
+  if (!model_dir.empty()) shape = model_dir;
+  const ex::ModelConfig& c = model->config();
+  if (seq == 0) seq = std::min<int64_t>(c.max_position_embeddings, shape == "llama7b" ? 4096 : 1024);
+  const std::vector<int32_t> ids = lesion::bench::RandomIds(tokens, c.vocab_size);
+
+  // The anchor's sweep: heads in (layer, head) order, the first max_heads of them (0: all).
+  std::string axis = R"({"heads": {}})";
+  if (max_heads > 0) {
+    std::vector<std::string> variants;
+    for (int64_t k = 0; k < max_heads && k < c.n_layers * c.n_heads; ++k) {
+      variants.push_back(absl::StrCat(R"({"name": "L)", k / c.n_heads, ".H", k % c.n_heads,
+                                      R"(", "interventions": [{"head_ablation": {"layer": )", k / c.n_heads,
+                                      R"(, "heads": [)", k % c.n_heads, "]}}]}"));
+    }
+    axis = absl::StrCat(R"({"variants": {"variants": [)", absl::StrJoin(variants, ","), "]}}");
+  }
+  const std::string json = absl::StrCat(R"({"name": "head-sweep", "dataset": {"token_ids": {"ids": [)",
+                                         absl::StrJoin(ids, ","), R"(]}}, "eval": {"seq_len": )", seq,
+                                         R"(, "batch_size": )", batch,
+                                         R"(}, "measurements": [{"perplexity": {}}], "sweep": {"axes": [)", axis,
+                                         R"(], "variants_per_pass": )", per_pass, "}}");
+  const auto expand_start = std::chrono::steady_clock::now();
+  const ex::spec::Experiment parent = OrDie(ex::spec::ParseExperimentJson(json));
+  const std::vector<ex::spec::Experiment> variants =
+      OrDie(ex::spec::ExpandSweep(parent, {c.n_layers, c.n_heads, c.d_model}, 1 << 20));
+  const double expand_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - expand_start).count();
+
+  std::vector<double> ppl(variants.size());
+  ex::SweepControls controls;
+  controls.on_variant = [&](int64_t i, ex::result::Experiment r) { ppl[i] = r.intervened.perplexity.ppl; };
+  ex::result::Experiment parent_result;
+  lesion::bench::ResetPeak(device);
+  const double seconds = lesion::bench::Timed(device, 1, [&] {
+    parent_result = OrDie(ex::RunSweep(*model, parent, variants, "data", controls));
+  });
+  nlohmann::json line = {{"what", "head_sweep"},
+                         {"impl", "lesion"},
+                         {"model", shape},
+                         {"dtype", std::string(ex::DtypeName(dtype))},
+                         {"tf32", tf32},
+                         {"fused_kernels", ex::HasFusedCudaKernels()},
+                         {"device", device_name},
+                         {"ablations", variants.size()},
+                         {"tokens_each", parent_result.baseline.perplexity.n_tokens + parent_result.baseline.perplexity.n_windows},
+                         {"seq", seq},
+                         {"bs", batch},
+                         {"variants_per_pass", parent_result.sweep.variants_per_pass},
+                         {"forward_passes", parent_result.run.forward_passes},
+                         {"s", seconds},
+                         {"ablations_per_s", static_cast<double>(variants.size()) / seconds},
+                         {"expand_s", expand_seconds},
+                         {"peak_mem_gib", lesion::bench::PeakMemoryGiB(device)},
+                         {"baseline_ppl", parent_result.baseline.perplexity.ppl},
+                         {"first_ppl", ppl.front()},
+                         {"last_ppl", ppl.back()}};
+  std::cout << line.dump() << std::endl;
+  return 0;
+}
