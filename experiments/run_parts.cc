@@ -128,7 +128,7 @@ absl::Status AddActivationInterventions(const ModelConfig& c, const std::vector<
       }
       ASSIGN_OR_RETURN(AttentionBias bias, TorchCall("attention bias", [&] {
                          return AttentionBias{at::tensor(b->key).view({c.n_kv_heads, c.head_dim}),
-                                              at::tensor(b->value).view({c.n_kv_heads, c.head_dim})};
+                                              at::tensor(b->value).view({c.n_kv_heads, c.head_dim}), at::Tensor()};
                        }));
       plan.SetAttentionBias(b->layer, std::move(bias));
     }
@@ -322,6 +322,16 @@ bool NeedsMeans(const std::vector<spec::Intervention>& interventions) {
 }
 
 
+PerplexityOptions EvalOptions(const ModelConfig& c, const spec::Experiment& e) {
+  PerplexityOptions options;
+  options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);
+  if (e.stride > 0) options.stride = e.stride;
+  if (e.max_windows > 0) options.max_windows = e.max_windows;
+  if (e.batch_size > 0) options.batch_size = e.batch_size;
+  options.add_bos = e.add_bos;
+  return options;
+}
+
 // Every check of the spec against the model, without device work or touching the weights.
 absl::StatusOr<Prepared> Prepare(const Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
                                  const RunLimits& limits) {
@@ -339,12 +349,8 @@ absl::StatusOr<Prepared> Prepare(const Model& model, const spec::Experiment& e, 
                                                      " out of range: vocabulary has ", vocab, " ids"));
     }
   }
+  p.options = EvalOptions(c, e);
   PerplexityOptions& options = p.options;
-  options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);
-  if (e.stride > 0) options.stride = e.stride;
-  if (e.max_windows > 0) options.max_windows = e.max_windows;
-  if (e.batch_size > 0) options.batch_size = e.batch_size;
-  options.add_bos = e.add_bos;
   if (options.add_bos && !model.bos_id().has_value()) {
     return absl::FailedPreconditionError("eval.add_bos: the model defines no BOS token");
   }

@@ -97,6 +97,9 @@ absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const Transform
                                         const PerplexityResult& windows, std::vector<result::TokenProbability> tokens,
                                         const NextTokenReducer& reducer, int64_t variant);
 
+// The perplexity protocol of a spec (its eval config with the defaults filled in), unchecked.
+PerplexityOptions EvalOptions(const ModelConfig& c, const spec::Experiment& e);
+
 // What validation finds out and the run uses.
 struct Prepared {
   std::vector<int32_t> ids;

@@ -8,6 +8,7 @@ RunPlan::RunPlan(int64_t n_layers)
     : n_layers_(n_layers),
       hooks_(static_cast<size_t>((n_layers + 1) * kNumSiteKinds)),
       attention_bias_(static_cast<size_t>(n_layers)),
+      explicit_attention_(static_cast<size_t>(n_layers), false),
       corrections_(static_cast<size_t>(n_layers * kNumLinearSites)),
       gammas_(static_cast<size_t>(n_layers * 2)) {}
 

@@ -82,9 +82,13 @@ class RunPlan {
   const std::optional<AttentionBias>& attention_bias(int64_t layer) const {
     return attention_bias_[layer];
   }
+  // Computes the pattern of `layer` explicitly even without hooks there, so that a pass gives the
+  // same numbers as another pass that observes it (a sweep's baseline passes).
+  void RequireExplicitAttention(int64_t layer) { explicit_attention_[layer] = true; }
   // The pattern is read or edited, or a bias slot is added: the explicit attention path is needed.
   bool NeedsExplicitAttention(int64_t layer) const {
-    return HasHooks({SiteKind::kAttnPattern, layer}) || attention_bias_[layer].has_value();
+    return explicit_attention_[layer] || HasHooks({SiteKind::kAttnPattern, layer}) ||
+           attention_bias_[layer].has_value();
   }
   int64_t n_layers() const { return n_layers_; }
 
@@ -106,6 +110,7 @@ class RunPlan {
   int64_t n_layers_;
   std::vector<std::vector<Hook>> hooks_;  // indexed by Index(site)
   std::vector<std::optional<AttentionBias>> attention_bias_;  // per layer
+  std::vector<bool> explicit_attention_;                      // per layer
   std::vector<std::vector<LinearCorrection>> corrections_;  // [layer * kNumLinearSites + site]
   std::vector<at::Tensor> gammas_;                            // [layer * 2 + norm]
   at::Tensor final_gamma_;

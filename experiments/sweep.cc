@@ -189,23 +189,37 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
   });
 }
 
-// Splits states (sorted by start) into groups of at most `per_pass` variants with one start each,
-// the variants of a start spread evenly over its groups.
-std::vector<Group> MakeGroups(const std::vector<VariantState>& states, int64_t per_pass) {
-  std::vector<Group> groups;
-  int64_t i = 0;
-  const int64_t total = static_cast<int64_t>(states.size());
-  while (i < total) {
-    int64_t j = i;
-    while (j < total && states[j].start == states[i].start) ++j;
-    const int64_t count = j - i;
-    const int64_t n_groups = (count + per_pass - 1) / per_pass;
-    for (int64_t k = 0; k < n_groups; ++k) {
-      groups.push_back({states[i].start, i + count * k / n_groups, i + count * (k + 1) / n_groups});
+// A variant's own plan (its activation-level interventions, then its measurements' observers) and
+// its weight edits as corrections. `means`: the dataset means of MEAN modes, or null.
+absl::StatusOr<VariantState> MakeVariantState(const Model& model, const spec::Experiment& parent,
+                                              const spec::Experiment& variant, int64_t index, int64_t start,
+                                              int64_t seq_len, const internal::Means* means) {
+  const ModelConfig& c = model.config();
+  VariantState s;
+  s.index = index;
+  s.start = start;
+  ASSIGN_OR_RETURN(s.collectors, internal::MakeCollectors(model, parent));
+  s.plan = std::make_unique<RunPlan>(c.n_layers);
+  RETURN_IF_ERROR(internal::AddActivationInterventions(c, variant.interventions, seq_len, means, *s.plan));
+  s.collectors.Attach(*s.plan);
+  WeightEditPreview preview(&model.transformer());
+  for (const spec::Intervention& in : variant.interventions) {
+    if (const auto* w = std::get_if<spec::WeightEdit>(&in)) {
+      ASSIGN_OR_RETURN(WeightModule module, ParseWeightModule(w->module));
+      RETURN_IF_ERROR(preview.EditElement(w->layer, module, w->row, w->col, internal::ToRuntime(w->op), w->value));
+      s.edits_weights = true;
+    } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
+      ASSIGN_OR_RETURN(NormSite norm, ParseNormSite(n->norm));
+      RETURN_IF_ERROR(
+          preview.ResetNormChannels(n->layer, norm, n->channels, internal::ToRuntime(n->mode), n->value));
+      s.edits_weights = true;
     }
-    i = j;
   }
-  return groups;
+  for (const auto& e : preview.elements()) {
+    if (e.edited != e.original) s.corrections.push_back(ToCorrection(c, e));
+  }
+  s.gammas = preview.gammas();
+  return s;
 }
 
 // Per-variant checks of a sweep (the parent's are Prepare's).
@@ -274,6 +288,55 @@ int64_t FirstIntervenedLayer(const ModelConfig& c, const std::vector<spec::Inter
   return first;
 }
 
+SweepGroups GroupSweep(const ModelConfig& c, const spec::Experiment& parent,
+                       const std::vector<spec::Experiment>& variants, const RunLimits& limits) {
+  SweepGroups out;
+  const PerplexityOptions options = internal::EvalOptions(c, parent);
+  const int64_t window_tokens = std::max<int64_t>(1, options.batch_size * options.seq_len);
+  out.variants_per_pass = parent.variants_per_pass > 0 ? parent.variants_per_pass
+                                                       : std::max<int64_t>(1, limits.max_pass_tokens / window_tokens);
+  const int64_t n = static_cast<int64_t>(variants.size());
+  std::vector<int64_t> starts(n), order(n);
+  for (int64_t i = 0; i < n; ++i) {
+    starts[i] = FirstIntervenedLayer(c, variants[i].interventions);
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return starts[a] < starts[b]; });
+  // The variants of one start spread evenly over as few groups as the pass size allows.
+  for (int64_t i = 0; i < n;) {
+    int64_t j = i;
+    while (j < n && starts[order[j]] == starts[order[i]]) ++j;
+    const int64_t count = j - i;
+    const int64_t n_groups = (count + out.variants_per_pass - 1) / out.variants_per_pass;
+    for (int64_t k = 0; k < n_groups; ++k) {
+      out.groups.emplace_back(order.begin() + i + count * k / n_groups, order.begin() + i + count * (k + 1) / n_groups);
+      out.starts.push_back(starts[order[i]]);
+    }
+    i = j;
+  }
+  return out;
+}
+
+std::vector<std::vector<int64_t>> ShardGroups(const SweepGroups& groups, int64_t n_layers, int64_t n_shards) {
+  std::vector<std::vector<int64_t>> shards(std::max<int64_t>(1, n_shards));
+  const int64_t n = static_cast<int64_t>(groups.groups.size());
+  // A group's work: its variants times the blocks they run, plus about two blocks' worth of head.
+  std::vector<int64_t> cost(n), order(n);
+  for (int64_t g = 0; g < n; ++g) {
+    cost[g] = static_cast<int64_t>(groups.groups[g].size()) * (n_layers - std::max<int64_t>(0, groups.starts[g]) + 2);
+    order[g] = g;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  std::vector<int64_t> load(shards.size(), 0);
+  for (int64_t g : order) {
+    const size_t least = std::min_element(load.begin(), load.end()) - load.begin();
+    shards[least].push_back(g);
+    load[least] += cost[g];
+  }
+  for (auto& shard : shards) std::sort(shard.begin(), shard.end());
+  return shards;
+}
+
 absl::Status ValidateSweep(const Model& model, const spec::Experiment& parent,
                            const std::vector<spec::Experiment>& variants, const std::filesystem::path& data_dir,
                            const RunLimits& limits) {
@@ -297,24 +360,33 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
   for (const auto& tp : prepared.tokens) token_ids.push_back(tp.token_id);
   const int64_t n_batches = static_cast<int64_t>(batches.size());
   const int64_t n_variants = static_cast<int64_t>(variants.size());
-  const int64_t window_tokens = batches.front().input.size(0) * batches.front().input.size(1);
-  const int64_t per_pass = parent.variants_per_pass > 0
-                               ? parent.variants_per_pass
-                               : std::max<int64_t>(1, limits.max_pass_tokens / std::max<int64_t>(1, window_tokens));
   const std::vector<SiteId> sites = AllSites(c);
-
-  // Variants by first intervened layer (stable), cut into rounds.
-  std::vector<int64_t> order(n_variants);
-  std::vector<int64_t> starts(n_variants);
-  bool needs_means = false;
-  for (int64_t i = 0; i < n_variants; ++i) {
-    order[i] = i;
-    starts[i] = FirstIntervenedLayer(c, variants[i].interventions);
-    needs_means = needs_means || internal::NeedsMeans(variants[i].interventions);
+  const SweepGroups plan = GroupSweep(c, parent, variants, limits);
+  std::vector<int64_t> run_groups = controls.only_groups;
+  if (run_groups.empty()) {
+    for (size_t g = 0; g < plan.groups.size(); ++g) run_groups.push_back(static_cast<int64_t>(g));
   }
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return starts[a] < starts[b]; });
-  const int64_t round_size = std::max<int64_t>(1, limits.max_round_variants);
-  const int64_t n_rounds = (n_variants + round_size - 1) / round_size;
+  for (int64_t g : run_groups) {
+    if (g < 0 || g >= static_cast<int64_t>(plan.groups.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("sweep: group ", g, " out of range: the sweep has ",
+                                                     plan.groups.size(), " groups"));
+    }
+  }
+  // Rounds: consecutive groups, at least max_round_variants variants each (but the last).
+  std::vector<std::vector<int64_t>> rounds;
+  int64_t in_round = 0;
+  for (int64_t g : run_groups) {
+    if (rounds.empty() || in_round >= limits.max_round_variants) {
+      rounds.emplace_back();
+      in_round = 0;
+    }
+    rounds.back().push_back(g);
+    in_round += static_cast<int64_t>(plan.groups[g].size());
+  }
+  bool needs_means = false;
+  for (int64_t g : run_groups) {
+    for (int64_t v : plan.groups[g]) needs_means = needs_means || internal::NeedsMeans(variants[v].interventions);
+  }
 
   const bool from_cache = controls.cached_baseline != nullptr && !needs_means;
   bool baseline_done = from_cache;
@@ -325,25 +397,15 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
   }));
 
   // Planned forward passes: the means' baseline pass, then per round and window batch one
-  // baseline pass (unless no group of the round needs it) and one pass per group.
+  // baseline pass (unless every group of the round starts at the embedding and nothing else needs
+  // it) and one pass per group.
   int64_t passes = 0, planned = needs_means ? n_batches : 0;
-  std::vector<std::vector<int64_t>> round_members(n_rounds);
-  for (int64_t r = 0; r < n_rounds; ++r) {
-    for (int64_t i = r * round_size; i < std::min(n_variants, (r + 1) * round_size); ++i) {
-      round_members[r].push_back(order[i]);
-    }
-    int64_t groups = 0;
+  for (size_t r = 0; r < rounds.size(); ++r) {
     bool any_prefix = false;
-    const std::vector<int64_t>& members = round_members[r];
-    for (size_t i = 0; i < members.size();) {
-      size_t j = i;
-      while (j < members.size() && starts[members[j]] == starts[members[i]]) ++j;
-      groups += (static_cast<int64_t>(j - i) + per_pass - 1) / per_pass;
-      any_prefix = any_prefix || starts[members[i]] >= 0;
-      i = j;
-    }
+    for (int64_t g : rounds[r]) any_prefix = any_prefix || plan.starts[g] >= 0;
     const bool measures_baseline = r == 0 && !baseline_done && !needs_means;
-    planned += n_batches * (groups + (measures_baseline || any_prefix || prepared.needs_kl ? 1 : 0));
+    planned += n_batches * (static_cast<int64_t>(rounds[r].size()) +
+                            (measures_baseline || any_prefix || prepared.needs_kl ? 1 : 0));
   }
   auto cancelled = [&] { return controls.cancelled && controls.cancelled(); };
   auto pass_done = [&] {
@@ -359,15 +421,27 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
 
   result::Experiment parent_result;
   parent_result.has_sweep = true;
-  parent_result.sweep.variants_per_pass = per_pass;
+  parent_result.sweep.variants_per_pass = plan.variants_per_pass;
   parent_result.sweep.variants.resize(n_variants);
+
+  // Layers whose attention pattern the measurements observe (computed explicitly there).
+  std::vector<bool> observes_pattern(c.n_layers, false);
+  {
+    RunPlan probe(c.n_layers);
+    base.Attach(probe);
+    for (int64_t l = 0; l < c.n_layers; ++l) observes_pattern[l] = probe.HasHooks({SiteKind::kAttnPattern, l});
+  }
 
   internal::Means means;
   RETURN_IF_ERROR(TorchCall("running the sweep", [&]() -> absl::Status {
     c10::InferenceMode guard;
     if (needs_means) {  // the dataset means first: the variants' passes depend on them
       std::vector<spec::Intervention> all;
-      for (const spec::Experiment& v : variants) all.insert(all.end(), v.interventions.begin(), v.interventions.end());
+      for (int64_t g : run_groups) {
+        for (int64_t v : plan.groups[g]) {
+          all.insert(all.end(), variants[v].interventions.begin(), variants[v].interventions.end());
+        }
+      }
       RunPlan plan(c.n_layers);
       if (controls.cancelled) plan.SetInterrupt(controls.cancelled);
       if (!baseline_done) base.Attach(plan);
@@ -384,41 +458,21 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
       }
     }
 
-    for (int64_t r = 0; r < n_rounds; ++r) {
+    for (const std::vector<int64_t>& round : rounds) {
       const auto round_start = std::chrono::steady_clock::now();
       const int64_t passes_before = passes;
-      // The round's variants with their own plans.
+      // The round's variants with their own plans, group after group.
       std::vector<VariantState> states;
-      for (int64_t index : round_members[r]) {
-        const spec::Experiment& v = variants[index];
-        VariantState s;
-        s.index = index;
-        s.start = starts[index];
-        ASSIGN_OR_RETURN(s.collectors, internal::MakeCollectors(model, parent));
-        s.plan = std::make_unique<RunPlan>(c.n_layers);
-        RETURN_IF_ERROR(internal::AddActivationInterventions(c, v.interventions, prepared.options.seq_len,
-                                                             needs_means ? &means : nullptr, *s.plan));
-        s.collectors.Attach(*s.plan);
-        WeightEditPreview preview(&t);
-        for (const spec::Intervention& in : v.interventions) {
-          if (const auto* w = std::get_if<spec::WeightEdit>(&in)) {
-            ASSIGN_OR_RETURN(WeightModule module, ParseWeightModule(w->module));
-            RETURN_IF_ERROR(preview.EditElement(w->layer, module, w->row, w->col, internal::ToRuntime(w->op), w->value));
-            s.edits_weights = true;
-          } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
-            ASSIGN_OR_RETURN(NormSite norm, ParseNormSite(n->norm));
-            RETURN_IF_ERROR(preview.ResetNormChannels(n->layer, norm, n->channels, internal::ToRuntime(n->mode),
-                                                      n->value));
-            s.edits_weights = true;
-          }
+      std::vector<Group> groups;
+      for (int64_t g : round) {
+        groups.push_back({plan.starts[g], static_cast<int64_t>(states.size()),
+                          static_cast<int64_t>(states.size() + plan.groups[g].size())});
+        for (int64_t index : plan.groups[g]) {
+          ASSIGN_OR_RETURN(VariantState state, MakeVariantState(model, parent, variants[index], index, plan.starts[g],
+                                                                prepared.options.seq_len, needs_means ? &means : nullptr));
+          states.push_back(std::move(state));
         }
-        for (const auto& e : preview.elements()) {
-          if (e.edited != e.original) s.corrections.push_back(ToCorrection(c, e));
-        }
-        s.gammas = preview.gammas();
-        states.push_back(std::move(s));
       }
-      const std::vector<Group> groups = MakeGroups(states, per_pass);
       NextTokenReducer reducer(token_ids, t.device(), static_cast<int64_t>(states.size()));
 
       // The baseline pass of every batch: the baseline's own measurements (once), what each
@@ -427,6 +481,11 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
       RunPlan base_plan(c.n_layers);
       if (controls.cancelled) base_plan.SetInterrupt(controls.cancelled);
       if (measure_baseline) base.Attach(base_plan);
+      // Every round's baseline passes take the attention path of the measured one, whichever
+      // variants observe them, so a KL reference does not depend on how the sweep was cut.
+      for (int64_t l = 0; l < c.n_layers; ++l) {
+        if (observes_pattern[l]) base_plan.RequireExplicitAttention(l);
+      }
       std::vector<int64_t> group_start_of(states.size());
       for (const Group& g : groups) {
         for (int64_t i = g.begin; i < g.end; ++i) group_start_of[i] = g.start;

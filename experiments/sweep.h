@@ -35,6 +35,22 @@
 
 namespace lesion::experiments {
 
+// How a sweep's variants share forward passes: groups of variants with the same first intervened
+// layer, at most variants_per_pass each, in order of that layer. A pure function of the spec and the
+// model, so that a variant's numbers never depend on how a sweep is split into rounds or across
+// devices (each group runs the same batched passes wherever it runs).
+struct SweepGroups {
+  int64_t variants_per_pass = 0;
+  std::vector<std::vector<int64_t>> groups;  // variant indices
+  std::vector<int64_t> starts;               // per group: its first intervened layer
+};
+SweepGroups GroupSweep(const ModelConfig& config, const spec::Experiment& parent,
+                       const std::vector<spec::Experiment>& variants, const RunLimits& limits = {});
+
+// Deals whole groups to `n_shards` devices so that their work (variants times the layers they run)
+// is balanced, largest first: per shard, its group indices in plan order. Shards may be empty.
+std::vector<std::vector<int64_t>> ShardGroups(const SweepGroups& groups, int64_t n_layers, int64_t n_shards);
+
 struct SweepControls {
   // Polled between forward passes and layers; returning true stops the sweep with Cancelled
   // (variants already handed to on_variant stay done).
@@ -48,11 +64,15 @@ struct SweepControls {
   // Each variant's result, by its index in `variants`, once its round is done; on the calling
   // thread. Required.
   std::function<void(int64_t variant, result::Experiment result)> on_variant;
+  // The groups of GroupSweep to run (a device's shard of the sweep); empty: all of them.
+  std::vector<int64_t> only_groups;
 };
 
 // Runs `variants` (children of `parent`: same dataset, eval config and measurements; their own
-// interventions) on `model`. Returns the parent's result: the baseline pass and the run info, with
-// the sweep summary's variant rows in order (perplexity and KL of each; ids left empty).
+// interventions) on `model`, or the shard of them that controls.only_groups names. Returns the
+// parent's result: the baseline pass and the run info, with one sweep summary row per variant
+// (perplexity and KL of each, in the variants' order; ids left empty; rows of variants outside the
+// shard left empty too).
 absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Experiment& parent,
                                             const std::vector<spec::Experiment>& variants,
                                             const std::filesystem::path& data_dir, const SweepControls& controls,

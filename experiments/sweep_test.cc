@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <cstdlib>
@@ -349,6 +350,67 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   s = ValidateSweep(*model, captures, Expand(*model, captures), kRoot / "data", limits);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("12 variants"), std::string::npos) << s;
+}
+
+TEST(Sweep, GroupsHoldOneStartAndShardsBalanceTheWork) {
+  auto model = LoadFixture("stories260K");  // 5 layers of 8 heads
+  const spec::Experiment parent = Parse(R"({"dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64},
+      "measurements": [{"perplexity": {}}], "sweep": {"axes": [{"heads": {}}], "variants_per_pass": 3}})");
+  const auto variants = Expand(*model, parent);
+  const SweepGroups groups = GroupSweep(model->config(), parent, variants);
+  EXPECT_EQ(groups.variants_per_pass, 3);
+  ASSERT_EQ(groups.groups.size(), 15u) << "8 heads a layer in groups of at most 3: 3 + 3 + 2, five times";
+  std::vector<int64_t> seen;
+  for (size_t g = 0; g < groups.groups.size(); ++g) {
+    EXPECT_EQ(groups.starts[g], static_cast<int64_t>(g / 3));
+    EXPECT_GE(groups.groups[g].size(), 2u);
+    for (int64_t v : groups.groups[g]) {
+      EXPECT_EQ(FirstIntervenedLayer(model->config(), variants[v].interventions), groups.starts[g]);
+      seen.push_back(v);
+    }
+  }
+  std::sort(seen.begin(), seen.end());
+  for (int64_t i = 0; i < 40; ++i) EXPECT_EQ(seen[i], i) << "every variant in exactly one group";
+
+  const auto shards = ShardGroups(groups, model->config().n_layers, 2);
+  ASSERT_EQ(shards.size(), 2u);
+  auto work = [&](const std::vector<int64_t>& shard) {
+    int64_t w = 0;
+    for (int64_t g : shard) w += static_cast<int64_t>(groups.groups[g].size()) * (5 - groups.starts[g] + 2);
+    return w;
+  };
+  EXPECT_EQ(shards[0].size() + shards[1].size(), groups.groups.size());
+  EXPECT_LE(std::abs(work(shards[0]) - work(shards[1])), 7 * 3) << "within one group's work";
+}
+
+TEST(Sweep, ShardsRunOnTheirOwnGiveBitIdenticalResults) {
+  // What the engine does with a model on two devices: each runs a shard of the groups. Every
+  // variant's numbers must be exactly those of the whole sweep on one device.
+  auto model = LoadFixture("llama2");
+  const spec::Experiment parent = EveryKindSweep(*model, R"([{"perplexity": {}}, {"kl_divergence": {}},
+      {"activation_stats": {"sites": ["blocks.*.resid_post"]}}, {"attention_sink": {}}])", 3);
+  const auto variants = Expand(*model, parent);
+  std::vector<result::Experiment> whole(variants.size()), sharded(variants.size());
+  SweepControls controls;
+  controls.on_variant = [&](int64_t i, result::Experiment r) { whole[i] = std::move(r); };
+  ASSERT_TRUE(RunSweep(*model, parent, variants, kRoot / "data", controls).ok());
+  const auto shards = ShardGroups(GroupSweep(model->config(), parent, variants), model->config().n_layers, 2);
+  int64_t reported = 0;
+  for (const auto& shard : shards) {
+    controls.only_groups = shard;
+    controls.on_variant = [&](int64_t i, result::Experiment r) {
+      sharded[i] = std::move(r);
+      ++reported;
+    };
+    ASSERT_TRUE(RunSweep(*model, parent, variants, kRoot / "data", controls).ok());
+  }
+  EXPECT_EQ(reported, static_cast<int64_t>(variants.size()));
+  for (size_t i = 0; i < variants.size(); ++i) {
+    SCOPED_TRACE(variants[i].variant_name);
+    const auto a = Flatten(whole[i]), b = Flatten(sharded[i]);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t k = 0; k < a.size(); ++k) EXPECT_EQ(a[k].second, b[k].second) << a[k].first;
+  }
 }
 
 }  // namespace

@@ -111,7 +111,7 @@ TEST(Transformer, AttentionBiasSlotIsExactSoftmaxOverExtraKey) {
   at::Tensor key = at::randn({c.n_kv_heads, c.head_dim});
   at::Tensor value = at::randn({c.n_kv_heads, c.head_dim});
   RunPlan plan(2);
-  plan.SetAttentionBias(0, {key, value});
+  plan.SetAttentionBias(0, {key, value, {}});
   at::Tensor attn_in, z;
   plan.AddHook({SiteKind::kAttnIn, 0}, [&](const SiteId&, at::Tensor& x) { attn_in = x; });
   plan.AddHook({SiteKind::kAttnZ, 0}, [&](const SiteId&, at::Tensor& x) { z = x; });

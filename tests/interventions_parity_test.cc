@@ -73,7 +73,7 @@ TEST_F(InterventionsParity, AttentionBiasOnAGqaModel) {
   RunPlan plan(model->config().n_layers);
   for (int layer : {0, 2}) {
     const std::string p = "attention_bias.layer" + std::to_string(layer);
-    plan.SetAttentionBias(layer, {ref_[p + ".key"], ref_[p + ".value"]});
+    plan.SetAttentionBias(layer, {ref_[p + ".key"], ref_[p + ".value"], {}});
   }
   ExpectLogits(*model, plan, "attention_bias");
 }
