@@ -3,8 +3,9 @@
 # lesion's benchmarks beside HF's anchor (bench/hf_anchor.py) on the same shapes, in the same job.
 # Logs and JSON lines go to ${OUT:-out/gpu}. LESION_GPU_STAGES picks the stages (default: all):
 #   tests   ctest on the host's build, the CUDA tests (fused kernel, sweeps on CUDA), parity
-#   gpt2    GPT-2-small shape: perplexity pass and the 144-head sweep, bf16 and fp32
-#   llama   LLaMA-2-7B shape: perplexity pass, bf16
+#   gpt2    GPT-2-small shape: perplexity pass and the 144-head sweep, bf16 and fp32, HF and lesion
+#   gpt2-lesion  the same, lesion's runs only (with sweep pass sizes), when HF's are at hand
+#   llama   LLaMA-2-7B shape: perplexity pass and a 16-head sweep, bf16
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/out/gpu}"
@@ -24,7 +25,8 @@ has() { [[ ",$stages," == *",$1,"* ]]; }
 
 if has tests; then
 echo "== ctest on the GPU host (CPU tests)"
-ctest --test-dir build-gpu -j 16 2>&1 | tail -5 | tee "$out/ctest.txt"
+# Torch's intra-op threads times parallel tests must not oversubscribe the cores.
+OMP_NUM_THREADS=2 ctest --test-dir build-gpu -j 8 2>&1 | tail -5 | tee "$out/ctest.txt"
 
 echo "== CUDA tests: the fused kernel, every sweep test on the GPU"
 LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='NextTokenOps*:Sweep*' 2>&1 \
@@ -98,6 +100,14 @@ if has gpt2; then
   "$sweep" --shape gpt2 --device cuda --dtype float32 --batch 8 2>&1 | tee -a "$out/bench.jsonl"
   "$bench" --shape gpt2 --device cuda --dtype float32 --batch 32 --tf32 2>&1 | tee -a "$out/bench.jsonl"
   "$sweep" --shape gpt2 --device cuda --dtype float32 --batch 8 --tf32 2>&1 | tee -a "$out/bench.jsonl"
+fi
+if has gpt2-lesion; then
+  echo "== lesion: gpt2 bfloat16 sweeps by pass size, float32, float32 with TF32"
+  for v in 12 24; do "$sweep" --shape gpt2 --device cuda --dtype bfloat16 --batch 8 --variants-per-pass $v 2>&1 | tee -a "$out/bench.jsonl"; done
+  "$bench" --shape gpt2 --device cuda --dtype float32 --batch 8,32 2>&1 | tee -a "$out/bench.jsonl"
+  "$sweep" --shape gpt2 --device cuda --dtype float32 --batch 8 --variants-per-pass 12 2>&1 | tee -a "$out/bench.jsonl"
+  "$bench" --shape gpt2 --device cuda --dtype float32 --batch 32 --tf32 2>&1 | tee -a "$out/bench.jsonl"
+  "$sweep" --shape gpt2 --device cuda --dtype float32 --batch 8 --variants-per-pass 12 --tf32 2>&1 | tee -a "$out/bench.jsonl"
 fi
 if has llama; then
   anchor llama bfloat16 sdpa
