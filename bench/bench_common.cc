@@ -1,7 +1,6 @@
 #include "bench/bench_common.h"
 
 #include <ATen/Context.h>
-#include <ATen/DeviceAccelerator.h>
 #include <sys/resource.h>
 
 #include <cstdlib>
@@ -9,6 +8,7 @@
 
 #include "experiments/checkpoint_loader.h"
 #include "experiments/model_config.h"
+#include "experiments/torch_util.h"
 
 namespace lesion::bench {
 namespace {
@@ -49,25 +49,18 @@ std::vector<int32_t> RandomIds(int64_t n, int64_t vocab) {
 }
 
 void Synchronize(at::Device device) {
-  if (device.is_cuda()) at::accelerator::synchronizeDevice(device.index());
+  ex::SynchronizeDevice(device);
 }
 
 double PeakMemoryGiB(at::Device device) {
-  if (device.is_cuda()) {
-    auto stats = at::accelerator::getDeviceStats(device.index());
-    return static_cast<double>(
-               stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
-           (1 << 30);
-  }
+  if (device.is_cuda()) return static_cast<double>(ex::PeakMemoryBytes(device)) / (1 << 30);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / (1 << 20);  // ru_maxrss is in KiB
 }
 
-void ResetPeak(at::Device device) {
-  if (device.is_cuda()) at::accelerator::resetPeakStats(device.index());
-}
+void ResetPeak(at::Device device) { ex::ResetPeakMemory(device); }
 
-void AllowTf32() { at::globalContext().setFloat32MatmulPrecision("high"); }
+void AllowTf32() { ex::AllowTf32(); }
 
 }  // namespace lesion::bench

@@ -159,6 +159,7 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   out.run.spec_sha256 = e.spec_sha256;
   out.run.lesion_version = LESION_VERSION;
   out.run.forward_passes = passes;
+  out.run.tf32 = Tf32Allowed();
   out.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
 }

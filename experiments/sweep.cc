@@ -584,6 +584,7 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
         out.run.model_fingerprint = model.fingerprint();
         out.run.spec_sha256 = v.spec_sha256;
         out.run.lesion_version = LESION_VERSION;
+        out.run.tf32 = Tf32Allowed();
         // A variant's share of its round: the round's passes and time divided among its variants.
         out.run.forward_passes = (passes - passes_before) / static_cast<int64_t>(states.size());
         out.run.seconds = round_seconds / static_cast<double>(states.size());
@@ -613,6 +614,7 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
   parent_result.run.model_fingerprint = model.fingerprint();
   parent_result.run.spec_sha256 = parent.spec_sha256;
   parent_result.run.lesion_version = LESION_VERSION;
+  parent_result.run.tf32 = Tf32Allowed();
   parent_result.run.forward_passes = passes;
   parent_result.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
   return parent_result;

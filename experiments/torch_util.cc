@@ -2,6 +2,13 @@
 
 #include <ATen/Context.h>
 #include <c10/core/DeviceType.h>
+#include <torch/version.h>
+
+// at::accelerator's memory functions came with LibTorch 2.9.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#include <ATen/DeviceAccelerator.h>
+#define LESION_ACCELERATOR_MEMORY_API 1
+#endif
 
 #include <iostream>
 
@@ -68,6 +75,38 @@ absl::StatusOr<at::Device> ParseDevice(absl::string_view name) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("bad device \"", name, "\" (use cpu, cuda or cuda:N)"));
+}
+
+void ReleaseCachedMemory(at::Device device) {
+#ifdef LESION_ACCELERATOR_MEMORY_API
+  if (device.is_cuda()) at::accelerator::emptyCache();
+#endif
+}
+
+int64_t PeakMemoryBytes(at::Device device) {
+#ifdef LESION_ACCELERATOR_MEMORY_API
+  if (device.is_cuda()) {
+    const auto stats = at::accelerator::getDeviceStats(device.index());
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#endif
+  return 0;
+}
+
+void AllowTf32() { at::globalContext().setFloat32MatmulPrecision("high"); }
+
+bool Tf32Allowed() { return at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST; }
+
+void SynchronizeDevice(at::Device device) {
+#ifdef LESION_ACCELERATOR_MEMORY_API
+  if (device.is_cuda()) at::accelerator::synchronizeDevice(device.index());
+#endif
+}
+
+void ResetPeakMemory(at::Device device) {
+#ifdef LESION_ACCELERATOR_MEMORY_API
+  if (device.is_cuda()) at::accelerator::resetPeakStats(device.index());
+#endif
 }
 
 }  // namespace lesion::experiments

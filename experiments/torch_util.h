@@ -64,6 +64,21 @@ absl::string_view DtypeName(at::ScalarType dtype);  // "float32", "bfloat16", "f
 // index is beyond the devices present.
 absl::StatusOr<at::Device> ParseDevice(absl::string_view name);
 
+// Device memory, through the accelerator API of LibTorch >= 2.9 (the one place that knows the
+// version; older LibTorch: no-ops and 0). For the CPU: nothing to release, 0 bytes.
+// Hands the caching allocator's unused blocks back to the device (between experiments).
+void ReleaseCachedMemory(at::Device device);
+// Peak bytes allocated on `device` since the last ResetPeakMemory.
+int64_t PeakMemoryBytes(at::Device device);
+void ResetPeakMemory(at::Device device);
+// Float32 matrix products on TF32 tensor cores from now on, process-wide (call once, at startup);
+// and whether they are (recorded in results).
+void AllowTf32();
+bool Tf32Allowed();
+
+// Waits for the work queued on `device` (benchmarks' timers).
+void SynchronizeDevice(at::Device device);
+
 }  // namespace lesion::experiments
 
 #endif  // LESION_EXPERIMENTS_TORCH_UTIL_H_

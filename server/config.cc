@@ -100,6 +100,13 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
       st = num(config.max_capture_bytes);
     } else if (key == "max_tokens") {
       st = num(config.max_tokens);
+    } else if (key == "max_sweep_variants") {
+      st = num(config.max_sweep_variants);
+    } else if (key == "max_pass_tokens") {
+      st = num(config.max_pass_tokens);
+    } else if (key == "tf32") {
+      if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'tf32' must be a boolean");
+      else config.tf32 = value.get<bool>();
     } else if (key == "allow_anonymous_admin") {
       if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'allow_anonymous_admin' must be a boolean");
       else config.allow_anonymous_admin = value.get<bool>();
@@ -270,12 +277,22 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
       ASSIGN_OR_RETURN(config.max_capture_bytes, ParsePositive(name, value));
     } else if (name == "--max-tokens") {
       ASSIGN_OR_RETURN(config.max_tokens, ParsePositive(name, value));
+    } else if (name == "--max-sweep-variants") {
+      ASSIGN_OR_RETURN(config.max_sweep_variants, ParsePositive(name, value));
+    } else if (name == "--max-pass-tokens") {
+      ASSIGN_OR_RETURN(config.max_pass_tokens, ParsePositive(name, value));
+    } else if (name == "--tf32") {
+      if (flag.value.has_value()) {
+        ASSIGN_OR_RETURN(config.tf32, ParseBool(name, value));
+      } else {
+        config.tf32 = true;
+      }
     } else if (name == "--data-dir") {
       config.data_dir = value;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", name, "' (see --help)"));
     }
-    if (flag.value.has_value() && flag.value->empty() && name != "--allow-anonymous-admin") {
+    if (flag.value.has_value() && flag.value->empty() && name != "--allow-anonymous-admin" && name != "--tf32") {
       return absl::InvalidArgumentError(absl::StrCat(name, " needs a non-empty value"));
     }
   }

@@ -21,7 +21,10 @@
 //                                       admins; default true without a tokens file
 //   --tls-cert PATH, --tls-key PATH (tls_cert, tls_key)  PEM; both or neither
 //   --max-queue-per-device N (max_queue_per_device), --max-capture-bytes N (max_capture_bytes),
-//   --max-tokens N (max_tokens)         limits
+//   --max-tokens N (max_tokens), --max-sweep-variants N (max_sweep_variants),
+//   --max-pass-tokens N (max_pass_tokens)  limits (a sweep's variants; tokens of one batched pass)
+//   --tf32[=BOOL] (tf32)                float32 matrix products on TF32 tensor cores (faster, about
+//                                       1e-3 relative error; recorded in every result's run info)
 //   --data-dir DIR (data_dir)           named datasets; default $LESION_DATA_DIR, else the source
 //                                       tree's data/
 // Thread-compatible value types and free functions.
@@ -57,6 +60,9 @@ struct ServerConfig {
   int64_t max_queue_per_device = 64;
   int64_t max_capture_bytes = int64_t{256} << 20;
   int64_t max_tokens = int64_t{64} << 20;
+  int64_t max_sweep_variants = 65536;
+  int64_t max_pass_tokens = 65536;
+  bool tf32 = false;
   std::string data_dir;
   std::string default_device = "cpu";
   std::string default_dtype;

@@ -1,8 +1,8 @@
-// The torch side of lesiond: models and one executor thread per device (engine.h).
+// The torch side of lesiond: models, their replicas and one executor thread per device (engine.h).
 #include "server/engine.h"
 
+#include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -12,10 +12,14 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "experiments/model.h"
 #include "experiments/runner.h"
+#include "experiments/sweep.h"
 #include "experiments/torch_util.h"
 #include "experiments/weight_edits.h"
 
@@ -33,7 +37,7 @@ int64_t WeightBytes(const ex::Transformer& t) {
   return bytes;
 }
 
-ModelSummary Summarize(const std::string& name, const ex::Model& m) {
+ModelSummary Summarize(const std::string& name, const ex::Model& m, const std::string& devices) {
   const ex::ModelConfig& c = m.config();
   ModelSummary s;
   s.name = name;
@@ -47,7 +51,7 @@ ModelSummary Summarize(const std::string& name, const ex::Model& m) {
   s.vocab_size = c.vocab_size;
   s.n_params = c.n_params();
   s.dtype = std::string(ex::DtypeName(m.transformer().dtype()));
-  s.device = m.transformer().device().str();
+  s.device = devices;
   s.weight_bytes = WeightBytes(m.transformer());
   s.fingerprint = m.fingerprint();
   return s;
@@ -58,11 +62,54 @@ std::string DeviceKey(const at::Device& d) {
   return d.is_cuda() ? absl::StrCat("cuda:", d.has_index() ? d.index() : 0) : d.str();
 }
 
+// One replica of a load request: its device and the key of the executor that runs it ("cpu#1" for
+// a second CPU executor).
+struct Placement {
+  at::Device device = at::kCPU;
+  std::string executor;
+};
+
+// "cuda:0,cuda:1", "cuda:*" (every GPU), "cpu,cpu": one placement per replica.
+absl::StatusOr<std::vector<Placement>> ParsePlacements(const std::string& devices) {
+  std::vector<Placement> out;
+  std::map<std::string, int> seen;
+  for (absl::string_view part : absl::StrSplit(devices, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    std::vector<at::Device> expanded;
+    if (part == "cuda:*") {
+      ASSIGN_OR_RETURN(at::Device first, ex::ParseDevice("cuda:0"));
+      expanded.push_back(first);
+      for (int i = 1;; ++i) {
+        absl::StatusOr<at::Device> d = ex::ParseDevice(absl::StrCat("cuda:", i));
+        if (!d.ok()) break;
+        expanded.push_back(*d);
+      }
+    } else {
+      ASSIGN_OR_RETURN(at::Device d, ex::ParseDevice(part));
+      expanded.push_back(d);
+    }
+    for (const at::Device& d : expanded) {
+      const std::string key = DeviceKey(d);
+      const int n = seen[key]++;
+      if (n > 0 && d.is_cuda()) {
+        return absl::InvalidArgumentError(absl::StrCat("device ", key, " is named twice in \"", devices,
+                                                       "\": a model holds one replica per GPU"));
+      }
+      out.push_back({d, n == 0 ? key : absl::StrCat(key, "#", n)});
+    }
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no device given");
+  return out;
+}
+
 class EngineImpl : public Engine {
  public:
   explicit EngineImpl(EngineOptions options) : options_(std::move(options)) {
     limits_.max_capture_bytes = options_.max_capture_bytes;
     limits_.max_tokens = options_.max_tokens;
+    limits_.max_sweep_variants = options_.max_sweep_variants;
+    limits_.max_pass_tokens = options_.max_pass_tokens;
+    if (options_.tf32) ex::AllowTf32();
   }
   ~EngineImpl() override { Shutdown(); }
 
@@ -74,32 +121,32 @@ class EngineImpl : public Engine {
     if (!dtype.empty()) {
       ASSIGN_OR_RETURN(load.dtype, ex::ParseDtype(dtype));
     }
-    ASSIGN_OR_RETURN(load.device, ex::ParseDevice(device.empty() ? options_.default_device : device));
+    ASSIGN_OR_RETURN(std::vector<Placement> placements,
+                     ParsePlacements(device.empty() ? options_.default_device : device));
+    std::vector<std::string> keys;
+    for (const Placement& p : placements) keys.push_back(p.executor);
+    auto pending = std::make_shared<PendingLoad>();
+    pending->name = name;
+    pending->devices = absl::StrJoin(keys, ",");
+    pending->replicas.resize(placements.size());
+    pending->remaining = static_cast<int64_t>(placements.size());
+    pending->done = std::move(done);
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
     if (models_.count(name) || loading_.count(name)) {
       return absl::AlreadyExistsError(absl::StrCat("a model named \"", name, "\" is already loaded (unload it first)"));
     }
     loading_.insert(name);
-    ExecutorFor(DeviceKey(load.device)).admin.push_back([this, name, dir, load, done = std::move(done)] {
-      absl::StatusOr<std::unique_ptr<ex::Model>> model = ex::Model::Load(dir, load);
-      absl::StatusOr<ModelSummary> summary = absl::UnknownError("unset");
-      if (!model.ok()) summary = model.status();
-      {
-        absl::MutexLock lock(&mu_);
-        loading_.erase(name);
-        if (model.ok()) {
-          auto entry = std::make_shared<Entry>();
-          entry->model = std::shared_ptr<ex::Model>(std::move(*model));
-          entry->summary = Summarize(name, *entry->model);
-          entry->device = DeviceKey(entry->model->transformer().device());
-          summary = entry->summary;
-          models_[name] = std::move(entry);
-        }
-      }
-      done(std::move(summary));
-    });
-    ExecutorFor(DeviceKey(load.device)).wake.Signal();
+    for (size_t i = 0; i < placements.size(); ++i) {
+      ex::LoadOptions replica_load = load;
+      replica_load.device = placements[i].device;
+      Executor& executor = ExecutorFor(placements[i].executor);
+      executor.admin.push_back([this, dir, replica_load, pending, i, key = placements[i].executor] {
+        absl::StatusOr<std::unique_ptr<ex::Model>> model = ex::Model::Load(dir, replica_load);
+        FinishLoad(*pending, i, key, std::move(model));
+      });
+      executor.wake.Signal();
+    }
     return absl::OkStatus();
   }
 
@@ -111,12 +158,17 @@ class EngineImpl : public Engine {
       return absl::FailedPreconditionError(absl::StrCat("model \"", name, "\" has ", it->second->active,
                                                         " experiment(s) queued or running; cancel or wait for them"));
     }
-    // The tensors are freed on the model's executor, like every other torch call on its device.
+    // The tensors are freed on each replica's executor, like every other torch call on its device.
     std::shared_ptr<Entry> entry = std::move(it->second);
     models_.erase(it);
-    Executor& executor = ExecutorFor(entry->device);
-    executor.admin.push_back([entry]() mutable { entry.reset(); });
-    executor.wake.Signal();
+    for (Replica& r : entry->replicas) {
+      Executor& executor = ExecutorFor(r.executor);
+      executor.admin.push_back([model = std::move(r.model), device = r.device]() mutable {
+        model.reset();
+        ex::ReleaseCachedMemory(device);
+      });
+      executor.wake.Signal();
+    }
     return absl::OkStatus();
   }
 
@@ -134,53 +186,97 @@ class EngineImpl : public Engine {
   }
 
   absl::Status Validate(const std::string& model, const ex::spec::Experiment& spec) const override {
-    std::shared_ptr<ex::Model> m;
-    {
-      absl::MutexLock lock(&mu_);
-      ASSIGN_OR_RETURN(const Entry* entry, Find(model));
-      m = entry->model;
-    }
+    ASSIGN_OR_RETURN(std::shared_ptr<ex::Model> m, AnyReplica(model));
     // Shapes and tokenizer only: safe beside the executor running the same model.
     return ex::ValidateExperiment(*m, spec, options_.data_dir, limits_);
   }
 
-  absl::StatusOr<int64_t> Submit(Job job) override {
+  absl::Status ValidateSweep(const std::string& model, const ex::spec::Experiment& parent,
+                             const std::vector<ex::spec::Experiment>& variants) const override {
+    ASSIGN_OR_RETURN(std::shared_ptr<ex::Model> m, AnyReplica(model));
+    return ex::ValidateSweep(*m, parent, variants, options_.data_dir, limits_);
+  }
+
+  absl::StatusOr<int64_t> Submit(Job job_in) override {
+    auto job = std::make_shared<Job>(std::move(job_in));
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
-    auto it = models_.find(job.model);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named \"", job.model, "\" is loaded"));
-    if (jobs_.count(job.id)) return absl::AlreadyExistsError(absl::StrCat("experiment ", job.id, " is already queued"));
-    Executor& executor = ExecutorFor(it->second->device);
-    if (executor.n_queued >= options_.max_queue_per_device) {
-      return absl::ResourceExhaustedError(absl::StrCat("the queue of ", it->second->device, " is full (",
-                                                       options_.max_queue_per_device,
-                                                       " experiments); try again later"));
+    auto it = models_.find(job->model);
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named \"", job->model, "\" is loaded"));
+    if (jobs_.count(job->id)) return absl::AlreadyExistsError(absl::StrCat("experiment ", job->id, " is already queued"));
+    Entry& entry = *it->second;
+
+    // The tasks: one for a single experiment (on the least busy replica), one per non-empty shard
+    // of a sweep (shard k on replica k).
+    std::vector<Task> tasks;
+    if (job->variants.empty()) {
+      size_t best = 0;
+      for (size_t r = 1; r < entry.replicas.size(); ++r) {
+        if (LoadOf(entry.replicas[r].executor) < LoadOf(entry.replicas[best].executor)) best = r;
+      }
+      tasks.push_back({job, best, {}, nullptr, 0});
+    } else {
+      const ex::ModelConfig& c = entry.replicas.front().model->config();
+      const ex::SweepGroups groups = ex::GroupSweep(c, job->spec, job->variants, limits_);
+      std::vector<std::vector<int64_t>> shards =
+          ex::ShardGroups(groups, c.n_layers, static_cast<int64_t>(entry.replicas.size()));
+      auto run = std::make_shared<SweepRun>();
+      for (size_t r = 0; r < shards.size(); ++r) {
+        if (shards[r].empty()) continue;
+        tasks.push_back({job, r, std::move(shards[r]), run, 0});
+      }
+      run->shards = static_cast<int64_t>(tasks.size());
+      run->passes.assign(tasks.size(), {0, 0});
+      for (size_t k = 0; k < tasks.size(); ++k) tasks[k].shard = static_cast<int64_t>(k);
     }
-    const std::string id = job.id;
-    const std::string user = job.user;
-    ++it->second->active;
-    jobs_[id] = &executor;
-    if (executor.by_user[user].empty()) executor.user_order.push_back(user);
-    executor.by_user[user].push_back(std::move(job));
-    ++executor.n_queued;
-    executor.wake.Signal();
-    return PositionLocked(executor, id);
+    for (const Task& t : tasks) {
+      Executor& executor = ExecutorFor(entry.replicas[t.replica].executor);
+      if (executor.n_queued >= options_.max_queue_per_device) {
+        return absl::ResourceExhaustedError(absl::StrCat("the queue of ", executor.device, " is full (",
+                                                         options_.max_queue_per_device,
+                                                         " experiments); try again later"));
+      }
+    }
+    ++entry.active;
+    JobState& state = jobs_[job->id];
+    state.job = job;
+    state.shards_left = static_cast<int64_t>(tasks.size());
+    for (Task& t : tasks) {
+      Executor& executor = ExecutorFor(entry.replicas[t.replica].executor);
+      state.executors.push_back(&executor);
+      const std::string user = job->user;
+      if (executor.by_user[user].empty()) executor.user_order.push_back(user);
+      executor.by_user[user].push_back(std::move(t));
+      ++executor.n_queued;
+      executor.wake.Signal();
+    }
+    return PositionLocked(job->id);
   }
 
   absl::Status Cancel(const std::string& id) override {
-    std::optional<Job> removed;
+    std::shared_ptr<Job> removed;
     {
       absl::MutexLock lock(&mu_);
       auto it = jobs_.find(id);
       if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("experiment ", id, " is not queued or running"));
-      Executor& executor = *it->second;
-      if (executor.running_id == id) {
-        executor.cancel_running = true;  // seen before the next forward pass
-        return absl::OkStatus();
+      JobState& state = it->second;
+      state.cancelled = true;
+      bool running = false;
+      for (Executor* e : state.executors) {
+        if (e->running_id == id) {
+          e->cancel_running = true;  // seen before the next forward pass or layer
+          running = true;
+        }
       }
-      removed = RemoveQueuedLocked(executor, id);
+      int64_t taken = 0;
+      for (Executor* e : state.executors) taken += RemoveQueuedLocked(*e, id);
+      state.shards_left -= taken;
+      if (running || state.shards_left > 0) return absl::OkStatus();  // the running shards report
+      removed = state.job;
+      jobs_.erase(it);
+      if (auto m = models_.find(removed->model); m != models_.end()) --m->second->active;
     }
-    if (removed.has_value() && removed->callbacks.on_finish) {
+    if (removed->callbacks.on_finish) {
       removed->callbacks.on_finish(absl::CancelledError(absl::StrCat("experiment ", id, " was cancelled while queued")));
     }
     return absl::OkStatus();
@@ -189,14 +285,15 @@ class EngineImpl : public Engine {
   absl::StatusOr<int64_t> QueuePosition(const std::string& id) const override {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second->running_id == id) {
-      return absl::NotFoundError(absl::StrCat("experiment ", id, " is not queued"));
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("experiment ", id, " is not queued"));
+    for (const Executor* e : it->second.executors) {
+      if (e->running_id == id) return absl::NotFoundError(absl::StrCat("experiment ", id, " is not queued"));
     }
-    return PositionLocked(*it->second, id);
+    return PositionLocked(id);
   }
 
   void Shutdown() override {
-    std::vector<Job> cancelled;
+    std::vector<std::shared_ptr<Job>> cancelled;
     std::vector<std::unique_ptr<Executor>> executors;
     {
       absl::MutexLock lock(&mu_);
@@ -204,9 +301,13 @@ class EngineImpl : public Engine {
       stopping_ = true;
       for (auto& [key, executor] : executors_) {
         for (auto& [user, queue] : executor->by_user) {
-          for (Job& job : queue) {
-            jobs_.erase(job.id);
-            cancelled.push_back(std::move(job));
+          for (Task& task : queue) {
+            auto it = jobs_.find(task.job->id);
+            if (it == jobs_.end()) continue;
+            if (--it->second.shards_left == 0 && !IsRunningLocked(task.job->id)) {
+              cancelled.push_back(task.job);
+              jobs_.erase(it);
+            }
           }
         }
         executor->by_user.clear();
@@ -218,8 +319,8 @@ class EngineImpl : public Engine {
       }
       executors_.clear();
     }
-    for (Job& job : cancelled) {
-      if (job.callbacks.on_finish) job.callbacks.on_finish(absl::CancelledError("the server is shutting down"));
+    for (auto& job : cancelled) {
+      if (job->callbacks.on_finish) job->callbacks.on_finish(absl::CancelledError("the server is shutting down"));
     }
     for (auto& executor : executors) executor->thread.join();
     absl::MutexLock lock(&mu_);
@@ -227,24 +328,101 @@ class EngineImpl : public Engine {
   }
 
  private:
-  struct Entry {
+  struct Replica {
     std::shared_ptr<ex::Model> model;  // shared with a validation in flight
+    at::Device device = at::kCPU;
+    std::string executor;
+  };
+  struct Entry {
+    std::vector<Replica> replicas;
     ModelSummary summary;
-    std::string device;
     int64_t active = 0;  // experiments queued or running on it
+  };
+  struct PendingLoad {
+    std::string name;
+    std::string devices;
+    std::vector<Replica> replicas;
+    absl::Status error;
+    int64_t remaining = 0;
+    std::function<void(absl::StatusOr<ModelSummary>)> done;
+  };
+  // A sweep cut into shards that run on several executors at once: what they report together.
+  struct SweepRun {
+    std::mutex mu;  // serialises the shards' reports (the callbacks are short)
+    int64_t shards = 0;                               // as planned
+    int64_t succeeded = 0;
+    bool started = false;
+    std::vector<std::pair<int64_t, int64_t>> passes;  // per shard: done, planned
+    std::optional<ex::result::Experiment> merged;     // the parent result so far
+    absl::Status error;                               // the first shard's error
+    std::chrono::steady_clock::time_point start;
+  };
+  // One unit of an executor's queue: a single experiment, or one shard of a sweep.
+  struct Task {
+    std::shared_ptr<Job> job;
+    size_t replica = 0;
+    std::vector<int64_t> groups;     // a sweep's shard: its groups
+    std::shared_ptr<SweepRun> sweep;  // null for a single experiment
+    int64_t shard = 0;
   };
   // One device's queue and thread. Members guarded by the engine's mu_ unless said otherwise.
   struct Executor {
-    std::string device;
-    std::deque<std::function<void()>> admin;        // loads, unloads: before the next experiment
-    std::map<std::string, std::deque<Job>> by_user;  // queued experiments per user, in arrival order
-    std::deque<std::string> user_order;             // users with queued experiments, round-robin
+    std::string device;                              // the executor key ("cuda:1", "cpu#1")
+    std::deque<std::function<void()>> admin;         // loads, unloads: before the next experiment
+    std::map<std::string, std::deque<Task>> by_user;  // queued tasks per user, in arrival order
+    std::deque<std::string> user_order;              // users with queued tasks, round-robin
     int64_t n_queued = 0;
     std::string running_id;
-    std::atomic<bool> cancel_running{false};        // read by the executor thread without mu_
+    std::atomic<bool> cancel_running{false};         // read by the executor thread without mu_
     absl::CondVar wake;
     std::thread thread;
   };
+  struct JobState {
+    std::shared_ptr<Job> job;
+    std::vector<Executor*> executors;  // where its tasks were queued
+    int64_t shards_left = 0;                  // tasks queued or running
+    bool cancelled = false;
+  };
+
+  void FinishLoad(PendingLoad& pending, size_t i, const std::string& key,
+                  absl::StatusOr<std::unique_ptr<ex::Model>> model) {
+    std::function<void(absl::StatusOr<ModelSummary>)> done;
+    absl::StatusOr<ModelSummary> summary = absl::UnknownError("unset");
+    {
+      absl::MutexLock lock(&mu_);
+      if (model.ok()) {
+        pending.replicas[i] = {std::shared_ptr<ex::Model>(*std::move(model)), at::kCPU, key};
+        pending.replicas[i].device = pending.replicas[i].model->transformer().device();
+      } else if (pending.error.ok()) {
+        pending.error = model.status();
+      }
+      if (--pending.remaining > 0) return;
+      loading_.erase(pending.name);
+      done = std::move(pending.done);
+      if (!pending.error.ok()) {
+        summary = pending.error;
+        for (Replica& r : pending.replicas) {  // dropped on their own executors
+          if (r.model == nullptr) continue;
+          Executor& executor = ExecutorFor(r.executor);
+          executor.admin.push_back([model = std::move(r.model)]() mutable { model.reset(); });
+          executor.wake.Signal();
+        }
+      } else {
+        auto entry = std::make_shared<Entry>();
+        entry->replicas = std::move(pending.replicas);
+        entry->summary = Summarize(pending.name, *entry->replicas.front().model, pending.devices);
+        summary = entry->summary;
+        models_[pending.name] = std::move(entry);
+      }
+    }
+    if (done) done(std::move(summary));
+  }
+
+  absl::StatusOr<std::shared_ptr<ex::Model>> AnyReplica(const std::string& name) const {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(const Entry* entry, Find(name));
+    return entry->replicas.front().model;
+  }
 
   absl::StatusOr<const Entry*> Find(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = models_.find(name);
@@ -257,18 +435,33 @@ class EngineImpl : public Engine {
     return it->second.get();
   }
 
-  Executor& ExecutorFor(const std::string& device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    std::unique_ptr<Executor>& executor = executors_[device];
+  Executor& ExecutorFor(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::unique_ptr<Executor>& executor = executors_[key];
     if (executor == nullptr) {
       executor = std::make_unique<Executor>();
-      executor->device = device;
+      executor->device = key;
       Executor* e = executor.get();
       executor->thread = std::thread([this, e] { Loop(*e); });
     }
     return *executor;
   }
 
-  // The round-robin order: the front user's oldest job, then that user goes to the back.
+  // Work ahead on an executor: its queue and what it runs now.
+  int64_t LoadOf(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const Executor& e = ExecutorFor(key);
+    return e.n_queued + (e.running_id.empty() ? 0 : 1);
+  }
+
+  bool IsRunningLocked(const std::string& id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return false;
+    for (const Executor* e : it->second.executors) {
+      if (e->running_id == id) return true;
+    }
+    return false;
+  }
+
+  // The round-robin order of task ids: the front user's oldest task, then that user goes to the back.
   std::vector<std::string> OrderLocked(const Executor& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::vector<std::string> order;
     std::deque<std::string> users = e.user_order;
@@ -276,47 +469,128 @@ class EngineImpl : public Engine {
     while (!users.empty()) {
       const std::string user = users.front();
       users.pop_front();
-      const std::deque<Job>& queue = e.by_user.at(user);
-      order.push_back(queue[taken[user]++].id);
+      const std::deque<Task>& queue = e.by_user.at(user);
+      order.push_back(queue[taken[user]++].job->id);
       if (taken[user] < queue.size()) users.push_back(user);
     }
     return order;
   }
 
-  int64_t PositionLocked(const Executor& e, const std::string& id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const std::vector<std::string> order = OrderLocked(e);
-    int64_t ahead = e.running_id.empty() ? 0 : 1;
-    for (const std::string& queued : order) {
-      if (queued == id) break;
-      ++ahead;
+  // Experiments ahead of `id` on the executor where it waits least.
+  int64_t PositionLocked(const std::string& id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t best = -1;
+    for (const Executor* e : jobs_.at(id).executors) {
+      int64_t ahead = e->running_id.empty() ? 0 : 1;
+      for (const std::string& queued : OrderLocked(*e)) {
+        if (queued == id) break;
+        ++ahead;
+      }
+      if (best < 0 || ahead < best) best = ahead;
     }
-    return ahead;
+    return std::max<int64_t>(best, 0);
   }
 
-  std::optional<Job> RemoveQueuedLocked(Executor& e, const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (auto& [user, queue] : e.by_user) {
-      for (auto it = queue.begin(); it != queue.end(); ++it) {
-        if (it->id != id) continue;
-        Job job = std::move(*it);
-        queue.erase(it);
-        if (queue.empty()) {
-          e.user_order.erase(std::find(e.user_order.begin(), e.user_order.end(), user));
-          e.by_user.erase(user);
-        }
-        --e.n_queued;
-        jobs_.erase(id);
-        if (auto m = models_.find(job.model); m != models_.end()) --m->second->active;
-        return job;
+  // Removes `id`'s queued tasks from `e`; how many.
+  int64_t RemoveQueuedLocked(Executor& e, const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t removed = 0;
+    for (auto it = e.by_user.begin(); it != e.by_user.end();) {
+      std::deque<Task>& queue = it->second;
+      const size_t before = queue.size();
+      queue.erase(std::remove_if(queue.begin(), queue.end(), [&](const Task& t) { return t.job->id == id; }),
+                  queue.end());
+      removed += static_cast<int64_t>(before - queue.size());
+      if (queue.empty()) {
+        e.user_order.erase(std::find(e.user_order.begin(), e.user_order.end(), it->first));
+        it = e.by_user.erase(it);
+      } else {
+        ++it;
       }
     }
-    return std::nullopt;
+    e.n_queued -= removed;
+    return removed;
+  }
+
+  // Runs a task on the executor thread: a single experiment's result, or a sweep shard's.
+  absl::StatusOr<ex::result::Experiment> RunTask(Executor& e, Task& task, const ex::Model& model) {
+    Job& job = *task.job;
+    const std::function<bool()> cancelled = [&e] { return e.cancel_running.load(); };
+    std::optional<ex::result::Pass> cached;
+    if (job.lookup_cached_baseline) cached = job.lookup_cached_baseline();
+    if (task.sweep == nullptr) {
+      if (job.callbacks.on_start) job.callbacks.on_start();
+      ex::RunControls controls;
+      controls.cancelled = cancelled;
+      controls.progress = job.callbacks.on_progress;
+      if (cached.has_value()) controls.cached_baseline = &*cached;
+      return ex::RunExperiment(model, job.spec, options_.data_dir, controls, limits_);
+    }
+    SweepRun& run = *task.sweep;
+    {
+      std::lock_guard<std::mutex> lock(run.mu);
+      if (!run.started) {
+        run.started = true;
+        run.start = std::chrono::steady_clock::now();
+        if (job.callbacks.on_start) job.callbacks.on_start();
+      }
+    }
+    ex::SweepControls controls;
+    controls.cancelled = cancelled;
+    controls.only_groups = task.groups;
+    if (cached.has_value()) controls.cached_baseline = &*cached;
+    controls.progress = [&run, &job, shard = task.shard](int64_t done, int64_t planned) {
+      std::lock_guard<std::mutex> lock(run.mu);
+      run.passes[shard] = {done, planned};
+      int64_t all_done = 0, all_planned = 0;
+      for (const auto& [d, p] : run.passes) {
+        all_done += d;
+        all_planned += p;
+      }
+      if (job.callbacks.on_progress) job.callbacks.on_progress(all_done, all_planned);
+    };
+    controls.on_variant = [&job, device = e.device](int64_t i, ex::result::Experiment r) {
+      r.run.device = device;  // the executor that ran it ("cuda:1", "cpu#1")
+      if (job.callbacks.on_variant) job.callbacks.on_variant(i, std::move(r));
+    };
+    return ex::RunSweep(model, job.spec, job.variants, options_.data_dir, controls, limits_);
+  }
+
+  // Adds a finished shard to its sweep: its variant rows and passes, or its error.
+  static void MergeShard(SweepRun& run, absl::StatusOr<ex::result::Experiment> shard, const std::string& device) {
+    std::lock_guard<std::mutex> lock(run.mu);
+    if (!shard.ok()) {
+      if (run.error.ok()) run.error = shard.status();
+      return;
+    }
+    ++run.succeeded;
+    if (!run.merged.has_value()) {
+      run.merged = *std::move(shard);
+      run.merged->run.device = device;
+      return;
+    }
+    for (size_t i = 0; i < shard->sweep.variants.size(); ++i) {
+      if (!shard->sweep.variants[i].name.empty()) run.merged->sweep.variants[i] = shard->sweep.variants[i];
+    }
+    run.merged->run.forward_passes += shard->run.forward_passes;
+    absl::StrAppend(&run.merged->run.device, ",", device);
+  }
+
+  // The parent's result once no shard is left: merged when every shard succeeded.
+  static absl::StatusOr<ex::result::Experiment> SweepOutcome(SweepRun& run) {
+    std::lock_guard<std::mutex> lock(run.mu);
+    if (!run.error.ok()) return run.error;
+    if (run.succeeded < run.shards || !run.merged.has_value()) {
+      return absl::CancelledError("the sweep was cancelled before every shard ran");
+    }
+    run.merged->run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
+    return *std::move(run.merged);
   }
 
   void Loop(Executor& e) {
     while (true) {
       std::function<void()> admin;
-      std::optional<Job> job;
+      std::optional<Task> task;
       std::shared_ptr<ex::Model> model;
+      at::Device device = at::kCPU;
       {
         absl::MutexLock lock(&mu_);
         while (!stopping_ && e.admin.empty() && e.user_order.empty()) e.wake.Wait(&mu_);
@@ -326,8 +600,8 @@ class EngineImpl : public Engine {
         } else if (!e.user_order.empty()) {
           const std::string user = e.user_order.front();
           e.user_order.pop_front();
-          std::deque<Job>& queue = e.by_user[user];
-          job = std::move(queue.front());
+          std::deque<Task>& queue = e.by_user[user];
+          task = std::move(queue.front());
           queue.pop_front();
           if (queue.empty()) {
             e.by_user.erase(user);
@@ -335,9 +609,11 @@ class EngineImpl : public Engine {
             e.user_order.push_back(user);
           }
           --e.n_queued;
-          e.running_id = job->id;
+          e.running_id = task->job->id;
           e.cancel_running = false;
-          model = models_.at(job->model)->model;
+          const Replica& replica = models_.at(task->job->model)->replicas[task->replica];
+          model = replica.model;
+          device = replica.device;
         } else {
           return;  // stopping, nothing left
         }
@@ -346,22 +622,34 @@ class EngineImpl : public Engine {
         admin();
         continue;
       }
-      if (job->callbacks.on_start) job->callbacks.on_start();
-      ex::RunControls controls;
-      controls.cancelled = [&e] { return e.cancel_running.load(); };
-      controls.progress = job->callbacks.on_progress;
-      std::optional<ex::result::Pass> cached;
-      if (job->lookup_cached_baseline) cached = job->lookup_cached_baseline();
-      if (cached.has_value()) controls.cached_baseline = &*cached;
-      absl::StatusOr<ex::result::Experiment> result =
-          ex::RunExperiment(*model, job->spec, options_.data_dir, controls, limits_);
+      absl::StatusOr<ex::result::Experiment> outcome = RunTask(e, *task, *model);
+      ex::ReleaseCachedMemory(device);  // nothing of this experiment stays on the device
+      const std::shared_ptr<Job> job = task->job;
+      const bool failed = !outcome.ok();
+      if (task->sweep != nullptr) MergeShard(*task->sweep, std::move(outcome), e.device);
+      bool complete = false;
       {
         absl::MutexLock lock(&mu_);
         e.running_id.clear();
-        jobs_.erase(job->id);
-        if (auto m = models_.find(job->model); m != models_.end()) --m->second->active;
+        auto it = jobs_.find(job->id);
+        if (it != jobs_.end()) {
+          JobState& state = it->second;
+          --state.shards_left;
+          if (failed && task->sweep != nullptr) {  // one shard failed or was cancelled: stop the others
+            for (Executor* other : state.executors) {
+              if (other->running_id == job->id) other->cancel_running = true;
+              state.shards_left -= RemoveQueuedLocked(*other, job->id);
+            }
+          }
+          complete = state.shards_left == 0;
+          if (complete) {
+            jobs_.erase(it);
+            if (auto m = models_.find(job->model); m != models_.end()) --m->second->active;
+          }
+        }
       }
-      if (job->callbacks.on_finish) job->callbacks.on_finish(std::move(result));
+      if (!complete || !job->callbacks.on_finish) continue;
+      job->callbacks.on_finish(task->sweep != nullptr ? SweepOutcome(*task->sweep) : std::move(outcome));
     }
   }
 
@@ -371,7 +659,7 @@ class EngineImpl : public Engine {
   std::map<std::string, std::shared_ptr<Entry>> models_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> loading_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Executor>> executors_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, Executor*> jobs_ ABSL_GUARDED_BY(mu_);  // queued or running -> its executor
+  std::map<std::string, JobState> jobs_ ABSL_GUARDED_BY(mu_);  // queued or running
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 

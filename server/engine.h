@@ -13,6 +13,13 @@
 // experiments arrived (one user's sweep cannot starve the others). Model loads and unloads run on
 // the executor of their device, between experiments.
 //
+// Several devices: a model may be loaded on several devices at once (one replica each, device
+// "cuda:0,cuda:1" or "cuda:*"; "cpu,cpu" gives two CPU executors). A single experiment goes to the
+// replica whose executor has the least work queued; a sweep is cut into shards of whole variant
+// groups (experiments/sweep.h ShardGroups), one per replica, run at once and merged, so its
+// numbers are those of a run on one device. After every experiment the executor hands the
+// device's cached memory back (a failed, out-of-memory experiment leaves nothing behind).
+//
 // Thread-safety: every method may be called from any thread. Callbacks run on executor threads and
 // must not block (hand work to another thread). Errors: NotFound (unknown model or experiment),
 // AlreadyExists (a model name in use), InvalidArgument (a bad spec or load request),
@@ -47,8 +54,8 @@ struct ModelSummary {
   int64_t vocab_size = 0;
   int64_t n_params = 0;
   std::string dtype;
-  std::string device;
-  int64_t weight_bytes = 0;
+  std::string device;  // the replicas' devices, comma-separated ("cuda:0,cuda:1")
+  int64_t weight_bytes = 0;  // of one replica
   std::string fingerprint;  // Model::fingerprint(): the weights' exact bits
 };
 
@@ -57,6 +64,11 @@ struct EngineOptions {
   int64_t max_queue_per_device = 64;        // queued experiments; more is ResourceExhausted
   int64_t max_capture_bytes = int64_t{256} << 20;
   int64_t max_tokens = int64_t{64} << 20;
+  int64_t max_sweep_variants = 65536;  // variants of one sweep
+  int64_t max_pass_tokens = 65536;     // tokens of one batched sweep pass (unless the spec says)
+  // float32 matrix products on TF32 tensor cores: a process-wide torch setting, made once by
+  // Engine::Create (results record it in run.tf32).
+  bool tf32 = false;
   std::string default_device = "cpu";
 };
 
@@ -64,6 +76,9 @@ struct EngineOptions {
 struct JobCallbacks {
   std::function<void()> on_start;
   std::function<void(int64_t passes_done, int64_t passes_planned)> on_progress;
+  // A sweep's variant is done (its index in Job::variants), before on_finish; shards on several
+  // devices may call it at once.
+  std::function<void(int64_t variant, experiments::result::Experiment)> on_variant;
   // The result, or why not: Cancelled, ResourceExhausted (device memory), Internal, ...
   std::function<void(absl::StatusOr<experiments::result::Experiment>)> on_finish;
 };
@@ -73,6 +88,9 @@ struct Job {
   std::string user;
   std::string model;  // a loaded model's name
   experiments::spec::Experiment spec;
+  // A sweep: its variants (experiments::spec::ExpandSweep of `spec`), each reported through
+  // on_variant; on_finish gets the parent's result. Empty for a single experiment.
+  std::vector<experiments::spec::Experiment> variants;
   // Asked when the experiment starts (so that a sweep queued at once still finds the baseline its
   // first experiment computed): the baseline pass of an earlier experiment with the same model
   // fingerprint and spec.baseline_sha256, reused (no baseline forward passes) unless the spec needs
@@ -87,10 +105,11 @@ class Engine {
   static absl::StatusOr<std::unique_ptr<Engine>> Create(EngineOptions options);
   virtual ~Engine() = default;
 
-  // Loads `dir` as `name` on `device` ("" = the default) in `dtype` ("" = the checkpoint's) on that
-  // device's executor; `done` gets the summary or the error. The caller checks that `dir` is
-  // allowed. Returns the error at once (and does not call `done`) for a name in use or a bad
-  // dtype / device.
+  // Loads `dir` as `name` on `device` ("" = the default; a comma-separated list or "cuda:*" for a
+  // replica on each) in `dtype` ("" = the checkpoint's), each replica on its device's executor;
+  // `done` gets the summary or the first error (the other replicas are then dropped). The caller
+  // checks that `dir` is allowed. Returns the error at once (and does not call `done`) for a name
+  // in use, a bad dtype or device, or a CUDA device named twice.
   virtual absl::Status LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,
                                  const std::string& device,
                                  std::function<void(absl::StatusOr<ModelSummary>)> done) = 0;
@@ -102,10 +121,14 @@ class Engine {
   // Every check of the spec against the model (indices, shapes, tokens, sizes), without device work
   // and without touching the weights. NotFound for an unknown model.
   virtual absl::Status Validate(const std::string& model, const experiments::spec::Experiment& spec) const = 0;
+  // The same for a sweep: the parent's dataset and measurements, every variant's interventions.
+  virtual absl::Status ValidateSweep(const std::string& model, const experiments::spec::Experiment& parent,
+                                     const std::vector<experiments::spec::Experiment>& variants) const = 0;
   // Queues `job` (validate it first); returns how many experiments are ahead of it on its device.
   virtual absl::StatusOr<int64_t> Submit(Job job) = 0;
   // A queued experiment leaves the queue (its on_finish gets Cancelled at once, on this thread); a
-  // running one stops before its next forward pass. NotFound if the engine does not hold it.
+  // running one stops before its next forward pass (every shard of a sweep). NotFound if the
+  // engine does not hold it.
   virtual absl::Status Cancel(const std::string& id) = 0;
   // Experiments ahead of a queued one on its device; NotFound if it is not queued.
   virtual absl::StatusOr<int64_t> QueuePosition(const std::string& id) const = 0;

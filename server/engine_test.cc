@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <thread>
 
 namespace lesion::server {
@@ -22,6 +23,10 @@ class Reports {
     c.on_start = [this, id] {
       std::lock_guard<std::mutex> lock(mu_);
       started_.push_back(id);
+    };
+    c.on_variant = [this, id](int64_t i, experiments::result::Experiment r) {
+      std::lock_guard<std::mutex> lock(mu_);
+      variants_[id][i] = std::move(r);
     };
     c.on_finish = [this, id](absl::StatusOr<experiments::result::Experiment> r) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -44,6 +49,10 @@ class Reports {
     std::lock_guard<std::mutex> lock(mu_);
     return results_.at(id);
   }
+  std::map<int64_t, experiments::result::Experiment> variants(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return variants_[id];
+  }
 
  private:
   std::mutex mu_;
@@ -51,6 +60,7 @@ class Reports {
   std::vector<std::string> started_;
   std::map<std::string, absl::Status> finished_;
   std::map<std::string, experiments::result::Experiment> results_;
+  std::map<std::string, std::map<int64_t, experiments::result::Experiment>> variants_;
 };
 
 // max_windows 0: all of WikiText-2 in windows of 64, one per forward pass: seconds of work that a
@@ -65,7 +75,7 @@ experiments::spec::Experiment Spec(int max_windows) {
   return *e;
 }
 
-std::unique_ptr<Engine> Started(int64_t max_queue = 64) {
+std::unique_ptr<Engine> Started(int64_t max_queue = 64, const std::string& devices = "cpu") {
   EngineOptions options;
   options.data_dir = kRoot / "data";
   options.max_queue_per_device = max_queue;
@@ -75,7 +85,7 @@ std::unique_ptr<Engine> Started(int64_t max_queue = 64) {
   std::condition_variable cv;
   std::optional<absl::StatusOr<ModelSummary>> loaded;
   EXPECT_TRUE((*engine)
-                  ->LoadModel("stories", (kRoot / "models/stories260K").string(), "", "cpu",
+                  ->LoadModel("stories", (kRoot / "models/stories260K").string(), "", devices,
                               [&](absl::StatusOr<ModelSummary> s) {
                                 std::lock_guard<std::mutex> lock(mu);
                                 loaded = std::move(s);
@@ -189,6 +199,98 @@ TEST(Engine, ShutdownCancelsWhatIsQueued) {
   EXPECT_EQ(reports.Wait("q1").code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(reports.Wait("run").code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(engine->Submit(MakeJob("late", "ann", reports)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+// Every single-head ablation of stories260K (40 variants) with perplexity and attention sinks.
+Job SweepJob(const std::string& id, Reports& reports, int max_windows = 4) {
+  Job job;
+  job.id = id;
+  job.user = "ann";
+  job.model = "stories";
+  auto parent = experiments::spec::ParseExperimentJson(
+      R"({"name": "heads", "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64, "batch_size": 2,
+          "max_windows": )" + std::to_string(max_windows) + R"(}, "measurements": [{"perplexity": {}}, {"attention_sink": {}}],
+          "sweep": {"axes": [{"heads": {}}], "variants_per_pass": 4}})");
+  EXPECT_TRUE(parent.ok()) << parent.status();
+  auto variants = experiments::spec::ExpandSweep(*parent, {5, 8, 64}, 1000);
+  EXPECT_TRUE(variants.ok()) << variants.status();
+  job.spec = *parent;
+  job.variants = *variants;
+  job.callbacks = reports.For(id);
+  return job;
+}
+
+TEST(Engine, ASweepOnTwoReplicasGivesTheNumbersOfOne) {
+  auto one = Started(64, "cpu");
+  auto two = Started(64, "cpu,cpu");
+  EXPECT_EQ(two->GetModel("stories")->device, "cpu,cpu#1");
+  Reports reports;
+  ASSERT_TRUE(one->ValidateSweep("stories", SweepJob("x", reports).spec, SweepJob("x", reports).variants).ok());
+  ASSERT_TRUE(one->Submit(SweepJob("one", reports)).ok());
+  ASSERT_TRUE(two->Submit(SweepJob("two", reports)).ok());
+  ASSERT_TRUE(reports.Wait("one").ok());
+  ASSERT_TRUE(reports.Wait("two").ok());
+  const auto a = reports.variants("one"), b = reports.variants("two");
+  ASSERT_EQ(a.size(), 40u);
+  ASSERT_EQ(b.size(), 40u);
+  std::set<std::string> devices;
+  for (const auto& [i, r] : b) {
+    devices.insert(r.run.device);
+    EXPECT_EQ(r.intervened.perplexity.mean_nll, a.at(i).intervened.perplexity.mean_nll) << i;
+    EXPECT_EQ(r.intervened.attention_sink.scores, a.at(i).intervened.attention_sink.scores) << i;
+  }
+  EXPECT_EQ(devices, (std::set<std::string>{"cpu", "cpu#1"})) << "both replicas ran shards";
+  const auto parent = reports.result("two");
+  ASSERT_EQ(parent.sweep.variants.size(), 40u);
+  for (size_t i = 0; i < 40; ++i) {
+    EXPECT_EQ(parent.sweep.variants[i].name, reports.result("one").sweep.variants[i].name);
+    EXPECT_EQ(parent.sweep.variants[i].perplexity, reports.result("one").sweep.variants[i].perplexity);
+  }
+  EXPECT_EQ(parent.baseline.perplexity.mean_nll, reports.result("one").baseline.perplexity.mean_nll);
+}
+
+TEST(Engine, SingleExperimentsSpreadOverReplicasAndASweepCancelsAsAWhole) {
+  auto engine = Started(64, "cpu,cpu");
+  Reports reports;
+  // Two long experiments run at once, one per replica.
+  ASSERT_TRUE(engine->Submit(MakeJob("long1", "ann", reports, 0)).ok());
+  ASSERT_TRUE(engine->Submit(MakeJob("long2", "bob", reports, 0)).ok());
+  for (int i = 0; i < 5000 && reports.started().size() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(reports.started().size(), 2u) << "the second went to the idle replica";
+  ASSERT_TRUE(engine->Cancel("long1").ok());
+  ASSERT_TRUE(engine->Cancel("long2").ok());
+  EXPECT_EQ(reports.Wait("long1").code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(reports.Wait("long2").code(), absl::StatusCode::kCancelled);
+
+  // A sweep over all of WikiText-2: both shards start, one cancel stops both, one report.
+  ASSERT_TRUE(engine->Submit(SweepJob("sweep", reports, 0)).ok());
+  for (int i = 0; i < 5000 && reports.started().size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(engine->Cancel("sweep").ok());
+  EXPECT_EQ(reports.Wait("sweep").code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine->Cancel("sweep").code(), absl::StatusCode::kNotFound) << "nothing of it is left";
+  ASSERT_TRUE(engine->UnloadModel("stories").ok()) << "no shard is left holding the model";
+}
+
+TEST(Engine, BadDeviceListsAreRefusedAndAFailedReplicaLoadLeavesNothing) {
+  auto engine = Started();
+  EXPECT_EQ(engine->LoadModel("x", "d", "", "cpu,tpu", [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->LoadModel("x", "d", "", ",", [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<ModelSummary>> loaded;
+  ASSERT_TRUE(engine
+                  ->LoadModel("x", (kRoot / "no/such/model").string(), "", "cpu,cpu",
+                              [&](absl::StatusOr<ModelSummary> s) {
+                                std::lock_guard<std::mutex> lock(mu);
+                                loaded = std::move(s);
+                                cv.notify_all();
+                              })
+                  .ok());
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return loaded.has_value(); }));
+  EXPECT_EQ(loaded->status().code(), absl::StatusCode::kNotFound) << loaded->status();
+  EXPECT_EQ(engine->GetModel("x").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->ListModels().size(), 1u);
 }
 
 }  // namespace

@@ -122,6 +122,11 @@ absl::Status FakeEngine::Validate(const std::string& model, const experiments::s
   return validate_error_;
 }
 
+absl::Status FakeEngine::ValidateSweep(const std::string& model, const experiments::spec::Experiment& parent,
+                                       const std::vector<experiments::spec::Experiment>& variants) const {
+  return Validate(model, parent);
+}
+
 absl::StatusOr<int64_t> FakeEngine::Submit(Job job) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::FailedPreconditionError("the engine is shut down");
@@ -165,6 +170,21 @@ absl::Status FakeEngine::Progress(const std::string& id, int64_t done, int64_t p
     on_progress = it->job.callbacks.on_progress;
   }
   if (on_progress) on_progress(done, planned);
+  return absl::OkStatus();
+}
+
+absl::Status FakeEngine::Variant(const std::string& id, int64_t index, experiments::result::Experiment result) {
+  std::function<void(int64_t, experiments::result::Experiment)> on_variant;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = std::find_if(jobs_.begin(), jobs_.end(), [&](const Entry& e) { return e.job.id == id; });
+    if (it == jobs_.end()) return absl::NotFoundError(id);
+    if (index < 0 || index >= static_cast<int64_t>(it->job.variants.size())) {
+      return absl::OutOfRangeError(absl::StrCat(id, " has no variant ", index));
+    }
+    on_variant = it->job.callbacks.on_variant;
+  }
+  if (on_variant) on_variant(index, std::move(result));
   return absl::OkStatus();
 }
 

@@ -40,6 +40,8 @@ class FakeEngine : public Engine {
   // Scripted life of a submitted job. NotFound if the fake holds no such job.
   absl::Status Start(const std::string& id);
   absl::Status Progress(const std::string& id, int64_t done, int64_t planned);
+  // A sweep's variant `index` finished with `result`.
+  absl::Status Variant(const std::string& id, int64_t index, experiments::result::Experiment result);
   absl::Status Finish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result);
 
   // Blocks until `n` jobs were submitted in all (or the timeout); true if they were.
@@ -60,6 +62,8 @@ class FakeEngine : public Engine {
   std::vector<ModelSummary> ListModels() const override;
   absl::StatusOr<ModelSummary> GetModel(const std::string& name) const override;
   absl::Status Validate(const std::string& model, const experiments::spec::Experiment& spec) const override;
+  absl::Status ValidateSweep(const std::string& model, const experiments::spec::Experiment& parent,
+                             const std::vector<experiments::spec::Experiment>& variants) const override;
   absl::StatusOr<int64_t> Submit(Job job) override;
   absl::Status Cancel(const std::string& id) override;
   absl::StatusOr<int64_t> QueuePosition(const std::string& id) const override;

@@ -91,11 +91,14 @@ int Main(int argc, char** argv) {
   engine_options.max_queue_per_device = config.max_queue_per_device;
   engine_options.max_capture_bytes = config.max_capture_bytes;
   engine_options.max_tokens = config.max_tokens;
+  engine_options.max_sweep_variants = config.max_sweep_variants;
+  engine_options.max_pass_tokens = config.max_pass_tokens;
+  engine_options.tf32 = config.tf32;
   engine_options.default_device = config.default_device;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(engine_options);
   if (!engine.ok()) return Fail("starting the engine", engine.status());
 
-  absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(config.database, engine->get());
+  absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(config.database, engine->get(), config.max_sweep_variants);
   if (!tracker.ok()) return Fail(absl::StrCat("opening the database ", config.database), tracker.status());
 
   for (const ModelPreload& m : config.models) {

@@ -26,6 +26,15 @@ inline lesion::v1::ExperimentSpec TinySpec(const std::string& model = "tiny", co
   return spec;
 }
 
+// Every single-head ablation of `model` as a sweep (2 layers x 2 heads on the FakeEngine's "tiny").
+inline lesion::v1::ExperimentSpec TinySweep(const std::string& model = "tiny") {
+  lesion::v1::ExperimentSpec spec = TinySpec(model);
+  spec.set_name("heads");
+  spec.clear_interventions();
+  spec.mutable_sweep()->add_axes()->mutable_heads();
+  return spec;
+}
+
 // A fresh directory for the current test, removed at the start of the next run.
 inline std::filesystem::path TestDir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();

@@ -55,8 +55,19 @@ v1::Experiment RecordToProto(const storage::ExperimentRecord& record) {
   e.set_created_unix_micros(Micros(record.created));
   if (record.started.has_value()) e.set_started_unix_micros(Micros(*record.started));
   if (record.finished.has_value()) e.set_finished_unix_micros(Micros(*record.finished));
+  if (record.parent_id.has_value()) e.set_parent_id(*record.parent_id);
   return e;
 }
+
+// A stored sweep's counts, from its result (a finished parent has a row per variant).
+void SetSweepCounts(v1::Experiment& e) {
+  if (!e.has_result() || !e.result().has_sweep()) return;
+  e.set_variants_total(e.result().sweep().variants_size());
+  e.set_variants_done(e.result().sweep().variants_size());
+}
+
+// Bound on the specs a sweep keeps in memory (every child holds its own, dataset included).
+constexpr int64_t kMaxSweepSpecBytes = int64_t{256} << 20;
 
 void LogWrite(const std::string& what, const std::string& id, const absl::Status& status) {
   if (!status.ok()) std::cerr << "lesiond: store " << what << " of " << id << " failed: " << status << "\n";
@@ -107,7 +118,8 @@ void ExperimentTracker::Subscription::Reset() {
 // ---- Construction ----------------------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(const std::string& db_path,
-                                                                             Engine* engine) {
+                                                                             Engine* engine,
+                                                                             int64_t max_sweep_variants) {
   if (db_path.empty() || db_path == ":memory:") {
     return absl::InvalidArgumentError(
         "the experiment database must be a file (the writer and the readers share it): got '" + db_path + "'");
@@ -119,12 +131,16 @@ absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(con
               << "interrupted (ResubmitExperiment runs one again)\n";
   }
   ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> reader, storage::ExperimentStore::Open(db_path));
-  return std::unique_ptr<ExperimentTracker>(new ExperimentTracker(engine, std::move(writer), std::move(reader)));
+  return std::unique_ptr<ExperimentTracker>(
+      new ExperimentTracker(engine, std::move(writer), std::move(reader), max_sweep_variants));
 }
 
 ExperimentTracker::ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
-                                     std::unique_ptr<storage::ExperimentStore> reader)
-    : engine_(engine), reader_(std::move(reader)), writer_(std::move(writer)) {
+                                     std::unique_ptr<storage::ExperimentStore> reader, int64_t max_sweep_variants)
+    : engine_(engine),
+      max_sweep_variants_(max_sweep_variants),
+      reader_(std::move(reader)),
+      writer_(std::move(writer)) {
   writer_thread_ = std::thread([this] { WriterLoop(); });
 }
 
@@ -300,33 +316,76 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   if (spec.model.empty()) {
     return absl::InvalidArgumentError("spec.model is empty: name a loaded model (ListModels lists them)");
   }
-  RETURN_IF_ERROR(engine_->Validate(spec.model, spec));
   ASSIGN_OR_RETURN(ModelSummary model, engine_->GetModel(spec.model));
+  std::vector<experiments::spec::Experiment> variants;
+  if (spec.has_sweep) {
+    ASSIGN_OR_RETURN(variants, experiments::spec::ExpandSweep(spec, {model.n_layers, model.n_heads, model.d_model},
+                                                              max_sweep_variants_));
+    int64_t bytes = 0;
+    for (const auto& v : variants) bytes += static_cast<int64_t>(v.canonical_json.size());
+    if (bytes > kMaxSweepSpecBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sweep: ", variants.size(), " variants whose specs take ", bytes >> 20, " MiB together (limit ",
+          kMaxSweepSpecBytes >> 20, " MiB): every variant carries the dataset; use a named dataset"));
+    }
+    RETURN_IF_ERROR(engine_->ValidateSweep(spec.model, spec, variants));
+  } else {
+    RETURN_IF_ERROR(engine_->Validate(spec.model, spec));
+  }
   ASSIGN_OR_RETURN(std::string id, NewId());
   const absl::Time now = absl::Now();
 
-  storage::ExperimentRecord record;
-  record.id = id;
-  record.user = caller.user;
-  record.name = spec.name;
-  record.tags = spec.tags;
-  record.model = spec.model;
-  record.model_fingerprint = model.fingerprint;
-  record.spec_json = spec.canonical_json;
-  record.created = now;
+  auto make_record = [&](const experiments::spec::Experiment& e, const std::string& record_id) {
+    storage::ExperimentRecord record;
+    record.id = record_id;
+    record.user = caller.user;
+    record.name = e.name;
+    record.tags = e.tags;
+    record.model = e.model;
+    record.model_fingerprint = model.fingerprint;
+    record.spec_json = e.canonical_json;
+    record.created = now;
+    return record;
+  };
+  auto make_live = [&](const experiments::spec::Experiment& e, const std::string& live_id,
+                       const v1::ExperimentSpec& proto) {
+    Live live;
+    v1::Experiment& snap = live.snapshot;
+    snap.set_id(live_id);
+    snap.set_user(caller.user);
+    snap.set_name(e.name);
+    for (const std::string& tag : e.tags) snap.add_tags(tag);
+    snap.set_model(e.model);
+    snap.set_model_fingerprint(model.fingerprint);
+    *snap.mutable_spec() = proto;
+    snap.set_status(v1::QUEUED);
+    snap.set_created_unix_micros(Micros(now));
+    return live;
+  };
 
-  Live live;
-  v1::Experiment& snap = live.snapshot;
-  snap.set_id(id);
-  snap.set_user(caller.user);
-  snap.set_name(spec.name);
-  for (const std::string& tag : spec.tags) snap.add_tags(tag);
-  snap.set_model(spec.model);
-  snap.set_model_fingerprint(model.fingerprint);
-  *snap.mutable_spec() = spec_proto;
-  snap.set_status(v1::QUEUED);
-  snap.set_created_unix_micros(Micros(now));
+  std::vector<storage::ExperimentRecord> records = {make_record(spec, id)};
+  Live live = make_live(spec, id, spec_proto);
   live.baseline_key = absl::StrCat(model.fingerprint, ":", spec.baseline_sha256);
+  std::vector<std::pair<std::string, Live>> children;
+  if (spec.has_sweep) {
+    live.snapshot.set_variants_total(static_cast<int32_t>(variants.size()));
+    google::protobuf::util::JsonParseOptions options;
+    for (size_t i = 0; i < variants.size(); ++i) {
+      const std::string child_id = absl::StrCat(id, ".", i);
+      storage::ExperimentRecord record = make_record(variants[i], child_id);
+      record.parent_id = id;
+      records.push_back(std::move(record));
+      v1::ExperimentSpec child_proto;
+      if (auto parsed = google::protobuf::util::JsonStringToMessage(variants[i].canonical_json, &child_proto, options);
+          !parsed.ok()) {
+        return absl::InternalError(absl::StrCat("re-reading a variant's spec: ", parsed.message().as_string()));
+      }
+      Live child = make_live(variants[i], child_id, child_proto);
+      child.snapshot.set_parent_id(id);
+      live.children.push_back(child_id);
+      children.emplace_back(child_id, std::move(child));
+    }
+  }
 
   Job job;
   job.id = id;
@@ -334,27 +393,46 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   job.model = spec.model;
   job.lookup_cached_baseline = [this, key = live.baseline_key] { return LookupBaseline(key); };
   job.spec = std::move(spec);
+  job.variants = std::move(variants);
   job.callbacks = MakeCallbacks(id);
+  if (!job.variants.empty()) {
+    job.callbacks.on_variant = [this, id](int64_t index, experiments::result::Experiment result) {
+      OnVariant(id, index, std::move(result));
+    };
+  }
   {
     absl::MutexLock lock(&mu_);
     live_.emplace(id, std::move(live));
+    for (auto& [child_id, child] : children) live_.emplace(child_id, std::move(child));
   }
   absl::StatusOr<int64_t> ahead = engine_->Submit(std::move(job));
   absl::MutexLock lock(&mu_);
   auto it = live_.find(id);
   if (!ahead.ok()) {
-    if (it != live_.end()) live_.erase(it);
+    if (it != live_.end()) {
+      for (const std::string& child_id : it->second.children) live_.erase(child_id);
+      live_.erase(it);
+    }
     return ahead.status();
   }
-  Live& entry = it->second;  // present: only the writer removes it, after the writes released below
-  if (entry.snapshot.status() == v1::QUEUED) entry.snapshot.set_queue_position(static_cast<int32_t>(*ahead));
-  Enqueue([record = std::move(record)](storage::ExperimentStore& store) {
-    LogWrite("insert", record.id, store.Insert(record));
+  // One write (one transaction) records the parent before its children.
+  Enqueue([records = std::move(records)](storage::ExperimentStore& store) {
+    storage::Transaction transaction(store.database());
+    absl::Status begun = transaction.Begin();
+    for (const storage::ExperimentRecord& record : records) LogWrite("insert", record.id, store.Insert(record));
+    if (begun.ok()) LogWrite("commit", records.front().id, transaction.Commit());
   });
-  entry.inserted = true;
-  for (Write& write : entry.held_writes) Enqueue(std::move(write));
-  entry.held_writes.clear();
-  return entry.snapshot;
+  // Present: only the writer removes them, after the writes released below.
+  std::vector<std::string> ids = it->second.children;
+  ids.insert(ids.begin(), id);
+  for (const std::string& live_id : ids) {
+    Live& entry = live_.at(live_id);
+    if (entry.snapshot.status() == v1::QUEUED) entry.snapshot.set_queue_position(static_cast<int32_t>(*ahead));
+    entry.inserted = true;
+    for (Write& write : entry.held_writes) Enqueue(std::move(write));
+    entry.held_writes.clear();
+  }
+  return live_.at(id).snapshot;
 }
 
 absl::StatusOr<v1::Experiment> ExperimentTracker::Resubmit(const Principal& caller, const std::string& id) {
@@ -372,21 +450,28 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Resubmit(const Principal& call
 
 void ExperimentTracker::OnStart(const std::string& id) {
   const absl::Time now = absl::Now();
-  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> out;
+  std::vector<std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>>> out;
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
     if (it == live_.end() || it->second.final) return;
-    Live& live = it->second;
-    live.snapshot.set_status(v1::RUNNING);
-    live.snapshot.set_started_unix_micros(Micros(now));
-    live.snapshot.set_queue_position(0);
-    WriteLocked(live, [id, now](storage::ExperimentStore& store) {
-      LogWrite("mark-running", id, store.MarkRunning(id, now));
-    });
-    out = PublishLocked(live);
+    // A sweep's variants run with it (in rounds, reported as each is done).
+    std::vector<std::string> ids = it->second.children;
+    ids.insert(ids.begin(), id);
+    for (const std::string& live_id : ids) {
+      auto l = live_.find(live_id);
+      if (l == live_.end() || l->second.final) continue;
+      Live& live = l->second;
+      live.snapshot.set_status(v1::RUNNING);
+      live.snapshot.set_started_unix_micros(Micros(now));
+      live.snapshot.set_queue_position(0);
+      WriteLocked(live, [live_id, now](storage::ExperimentStore& store) {
+        LogWrite("mark-running", live_id, store.MarkRunning(live_id, now));
+      });
+      out.push_back(PublishLocked(live));
+    }
   }
-  Notify(out.first, out.second);
+  for (const auto& [event, watchers] : out) Notify(event, watchers);
   RefreshQueuePositions();
 }
 
@@ -433,66 +518,110 @@ void ExperimentTracker::OnProgress(const std::string& id, int64_t done, int64_t 
   Notify(out.first, out.second);
 }
 
-void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result) {
+std::pair<ExperimentEvent, std::vector<std::shared_ptr<ExperimentTracker::Watcher>>> ExperimentTracker::FinishLocked(
+    const std::string& id, const absl::StatusOr<experiments::result::Experiment>& result,
+    std::shared_ptr<const v1::ExperimentResult> converted, absl::Time now) {
+  Live& live = live_.at(id);
+  v1::Experiment& snap = live.snapshot;
+  const bool was_queued = snap.status() == v1::QUEUED;
+  snap.set_queue_position(0);
+  snap.set_finished_unix_micros(Micros(now));
+  if (result.ok()) {
+    const v1::ExperimentResult& proto = *converted;
+    snap.set_status(v1::DONE);
+    if (!proto.run().model_fingerprint().empty()) snap.set_model_fingerprint(proto.run().model_fingerprint());
+    if (was_queued) {
+      snap.set_started_unix_micros(Micros(now));
+      WriteLocked(live, [id, now](storage::ExperimentStore& store) {
+        LogWrite("mark-running", id, store.MarkRunning(id, now));
+      });
+    }
+    if (!result->baseline_from_cache && !live.baseline_key.empty()) {
+      baselines_[live.baseline_key] = proto.baseline();
+      WriteLocked(live, [key = live.baseline_key, pass = proto.baseline(), now](storage::ExperimentStore& store) {
+        LogWrite("put-baseline", key, store.PutBaseline(key, pass, now));
+      });
+    }
+    WriteLocked(live, [id, converted, now](storage::ExperimentStore& store) {
+      LogWrite("finish", id, store.Finish(id, *converted, now));
+    });
+    *snap.mutable_result() = proto;
+  } else if (absl::IsCancelled(result.status()) && shutting_down_) {
+    // Left queued / running in the store: the next start records it as interrupted.
+    snap.set_status(v1::INTERRUPTED);
+    snap.set_error("the server stopped");
+  } else if (absl::IsCancelled(result.status())) {
+    snap.set_status(v1::CANCELLED);
+    snap.set_error(std::string(result.status().message()));
+    WriteLocked(live, [id, now](storage::ExperimentStore& store) { LogWrite("cancel", id, store.Cancel(id, now)); });
+  } else {
+    std::string error =
+        absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ", result.status().message());
+    snap.set_status(v1::FAILED);
+    snap.set_error(error);
+    WriteLocked(live, [id, error, now](storage::ExperimentStore& store) {
+      LogWrite("fail", id, store.Fail(id, error, now));
+    });
+  }
+  live.final = true;
+  auto out = PublishLocked(live);
+  RetireLocked(id);
+  return out;
+}
+
+void ExperimentTracker::OnVariant(const std::string& parent, int64_t index,
+                                  experiments::result::Experiment result) {
   const absl::Time now = absl::Now();
-  // Converted before taking the lock; shared with the store write rather than copied (captures
-  // can be large).
-  std::shared_ptr<const v1::ExperimentResult> converted;
-  if (result.ok()) converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(*result));
-  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> out;
+  const std::string id = absl::StrCat(parent, ".", index);
+  auto converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(result));
+  std::vector<std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>>> out;
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
     if (it == live_.end() || it->second.final) return;
-    Live& live = it->second;
-    v1::Experiment& snap = live.snapshot;
-    const bool was_queued = snap.status() == v1::QUEUED;
-    snap.set_queue_position(0);
-    snap.set_finished_unix_micros(Micros(now));
-    if (result.ok()) {
-      const v1::ExperimentResult& proto = *converted;
-      snap.set_status(v1::DONE);
-      if (!proto.run().model_fingerprint().empty()) snap.set_model_fingerprint(proto.run().model_fingerprint());
-      if (was_queued) {
-        snap.set_started_unix_micros(Micros(now));
-        WriteLocked(live, [id, now](storage::ExperimentStore& store) {
-          LogWrite("mark-running", id, store.MarkRunning(id, now));
-        });
-      }
-      if (!result->baseline_from_cache && !live.baseline_key.empty()) {
-        baselines_[live.baseline_key] = proto.baseline();
-        WriteLocked(live, [key = live.baseline_key, pass = proto.baseline(), now](storage::ExperimentStore& store) {
-          LogWrite("put-baseline", key, store.PutBaseline(key, pass, now));
-        });
-      }
-      WriteLocked(live, [id, converted, now](storage::ExperimentStore& store) {
-        LogWrite("finish", id, store.Finish(id, *converted, now));
-      });
-      *snap.mutable_result() = proto;
-    } else if (absl::IsCancelled(result.status()) && shutting_down_) {
-      // Left queued / running in the store: the next start records it as interrupted.
-      snap.set_status(v1::INTERRUPTED);
-      snap.set_error("the server stopped");
-    } else if (absl::IsCancelled(result.status())) {
-      snap.set_status(v1::CANCELLED);
-      snap.set_error(std::string(result.status().message()));
-      WriteLocked(live, [id, now](storage::ExperimentStore& store) {
-        LogWrite("cancel", id, store.Cancel(id, now));
-      });
-    } else {
-      std::string error = absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ",
-                                       result.status().message());
-      snap.set_status(v1::FAILED);
-      snap.set_error(error);
-      WriteLocked(live, [id, error, now](storage::ExperimentStore& store) {
-        LogWrite("fail", id, store.Fail(id, error, now));
-      });
+    out.push_back(FinishLocked(id, result, std::move(converted), now));
+    auto p = live_.find(parent);
+    if (p != live_.end() && !p->second.final) {
+      p->second.snapshot.set_variants_done(p->second.snapshot.variants_done() + 1);
+      out.push_back(PublishLocked(p->second));
     }
-    live.final = true;
-    out = PublishLocked(live);
-    RetireLocked(id);
   }
-  Notify(out.first, out.second);
+  for (const auto& [event, watchers] : out) Notify(event, watchers);
+}
+
+void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result) {
+  const absl::Time now = absl::Now();
+  std::vector<std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>>> out;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.final) return;
+    const std::vector<std::string> children = it->second.children;
+    if (result.ok()) {
+      for (size_t i = 0; i < children.size() && i < result->sweep.variants.size(); ++i) {
+        result->sweep.variants[i].experiment_id = children[i];
+      }
+    }
+    // Converted under the lock only for a sweep's parent (its rows name the children); shared with
+    // the store write rather than copied (captures can be large).
+    std::shared_ptr<const v1::ExperimentResult> converted;
+    if (result.ok()) converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(*result));
+    // Variants not done follow their sweep: failed, cancelled or interrupted with it.
+    for (const std::string& child : children) {
+      auto c = live_.find(child);
+      if (c == live_.end() || c->second.final) continue;
+      const absl::Status why =
+          result.ok() ? absl::InternalError(absl::StrCat("sweep ", id, " finished without this variant"))
+                      : absl::Status(result.status().code(),
+                                     absl::StrCat("sweep ", id, " stopped: ", result.status().message()));
+      out.push_back(FinishLocked(child, why, nullptr, now));
+    }
+    if (it->second.snapshot.variants_total() > 0 && result.ok()) {
+      it->second.snapshot.set_variants_done(it->second.snapshot.variants_total());
+    }
+    out.push_back(FinishLocked(id, result, std::move(converted), now));
+  }
+  for (const auto& [event, watchers] : out) Notify(event, watchers);
   RefreshQueuePositions();
 }
 
@@ -511,6 +640,10 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Cancel(const Principal& caller
       if (it->second.final) {
         return absl::FailedPreconditionError(
             absl::StrCat("experiment ", id, " is already ", StatusWord(snap.status())));
+      }
+      if (!snap.parent_id().empty()) {
+        return absl::FailedPreconditionError(absl::StrCat("experiment ", id, " is a variant of sweep ",
+                                                          snap.parent_id(), ": cancel the sweep"));
       }
     } else {
       ASSIGN_OR_RETURN(v1::Experiment stored, ReadStored(id, false, false));
@@ -554,6 +687,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::ReadStored(const std::string& 
   if (include_result && record->status == storage::ExperimentStatus::kDone) {
     ASSIGN_OR_RETURN(*e.mutable_result(), reader_->GetResult(id));
     if (!include_captures) StripCaptures(*e.mutable_result());
+    SetSweepCounts(e);
   }
   return e;
 }
@@ -594,6 +728,7 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
         if (!result.ok()) return result.status();
         *e->mutable_result() = std::move(*result);
         StripCaptures(*e->mutable_result());
+        SetSweepCounts(*e);
       }
     }
   }

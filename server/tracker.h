@@ -18,6 +18,12 @@
 // stays in memory until its final state is written, so reads never see an older state than the
 // watchers have.
 //
+// Sweeps: a spec with a sweep is expanded (experiments::spec::ExpandSweep) into a parent and one
+// child per variant, ids "<parent>.<index>", all recorded at submission in one transaction and
+// queued as one engine job. Children move to running with their parent and to done one by one as
+// the engine reports them; when the parent fails or is cancelled, its unfinished children follow
+// it. A child cannot be cancelled on its own.
+//
 // Baseline cache: key = model fingerprint + ":" + spec.baseline_sha256; held in memory and in the
 // store. A submitted job gets the cached baseline when there is one; a done experiment whose
 // baseline was computed stores it.
@@ -86,7 +92,9 @@ class ExperimentTracker {
   // Opens the store at `db_path` twice (the writer's and the readers' connection), marks
   // experiments left queued or running by an earlier process interrupted, and starts the writer.
   // `engine` must outlive the tracker.
-  static absl::StatusOr<std::unique_ptr<ExperimentTracker>> Create(const std::string& db_path, Engine* engine);
+  // `max_sweep_variants` bounds one sweep's expansion.
+  static absl::StatusOr<std::unique_ptr<ExperimentTracker>> Create(const std::string& db_path, Engine* engine,
+                                                                   int64_t max_sweep_variants = 65536);
   // Drains and joins the writer.
   ~ExperimentTracker();
 
@@ -126,11 +134,12 @@ class ExperimentTracker {
     std::vector<std::function<void(storage::ExperimentStore&)>> held_writes;
     std::map<int64_t, std::shared_ptr<Watcher>> watchers;
     std::string baseline_key;
+    std::vector<std::string> children;  // a sweep's parent: its variants' ids, in order
   };
   using Write = std::function<void(storage::ExperimentStore&)>;
 
   ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
-                    std::unique_ptr<storage::ExperimentStore> reader);
+                    std::unique_ptr<storage::ExperimentStore> reader, int64_t max_sweep_variants);
 
   absl::StatusOr<lesion::v1::Experiment> SubmitParsed(const Principal& caller, const lesion::v1::ExperimentSpec& spec);
   absl::StatusOr<std::string> NewId();
@@ -138,6 +147,12 @@ class ExperimentTracker {
   void OnStart(const std::string& id);
   void OnProgress(const std::string& id, int64_t done, int64_t planned);
   void OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result);
+  void OnVariant(const std::string& parent, int64_t index, experiments::result::Experiment result);
+  // Moves a live, unfinished experiment to its final state for `result`; returns its event and
+  // watchers for the caller to notify after unlocking.
+  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> FinishLocked(
+      const std::string& id, const absl::StatusOr<experiments::result::Experiment>& result,
+      std::shared_ptr<const lesion::v1::ExperimentResult> converted, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshQueuePositions();
   // Bumps the sequence, copies the event and the watchers; the caller notifies after unlocking.
   std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> PublishLocked(Live& live)
@@ -154,6 +169,7 @@ class ExperimentTracker {
   std::optional<experiments::result::Pass> LookupBaseline(const std::string& key);
 
   Engine* const engine_;
+  const int64_t max_sweep_variants_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);

@@ -17,6 +17,7 @@ namespace {
 namespace v1 = lesion::v1;
 using testing_util::TestDir;
 using testing_util::TinySpec;
+using testing_util::TinySweep;
 
 const Principal kAlice{"alice", Role::kUser};
 const Principal kBob{"bob", Role::kUser};
@@ -332,6 +333,120 @@ TEST_F(TrackerTest, QueuePositionsMoveUpWhenAnExperimentStarts) {
 TEST(Tracker, InMemoryDatabaseIsRefused) {
   FakeEngine engine;
   EXPECT_EQ(ExperimentTracker::Create(":memory:", &engine).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Sweeps -----------------------------------------------------------------------------------------
+
+TEST_F(TrackerTest, ASweepIsAParentWithOneQueuedChildPerVariant) {
+  absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
+  ASSERT_TRUE(parent.ok()) << parent.status();
+  EXPECT_EQ(parent->variants_total(), 4);
+  EXPECT_EQ(parent->status(), v1::QUEUED);
+  EXPECT_EQ(engine_.SubmittedIds(), std::vector<std::string>{parent->id()}) << "one engine job for the sweep";
+  std::optional<Job> job = engine_.SubmittedJob(parent->id());
+  ASSERT_TRUE(job.has_value());
+  ASSERT_EQ(job->variants.size(), 4u);
+  EXPECT_EQ(job->variants[3].variant_name, "L1.H1");
+
+  const std::string child = parent->id() + ".3";
+  absl::StatusOr<v1::Experiment> c = tracker_->Get(child, false);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->parent_id(), parent->id());
+  EXPECT_EQ(c->name(), "heads/L1.H1");
+  EXPECT_EQ(c->status(), v1::QUEUED);
+  ASSERT_EQ(c->spec().interventions_size(), 1);
+  EXPECT_EQ(c->spec().interventions(0).head_ablation().layer(), 1);
+  EXPECT_FALSE(c->spec().has_sweep());
+
+  storage::ExperimentRecord record = Stored(child);
+  EXPECT_EQ(record.parent_id, std::optional<std::string>(parent->id()));
+  EXPECT_EQ(record.status, storage::ExperimentStatus::kQueued);
+  v1::ListExperimentsRequest children;
+  children.set_where("parent = \"" + parent->id() + "\"");
+  absl::StatusOr<v1::ListExperimentsResponse> listed = tracker_->List(children);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->total(), 4);
+  EXPECT_EQ(tracker_->Cancel(kAlice, child).status().code(), absl::StatusCode::kFailedPrecondition)
+      << "a variant is cancelled with its sweep";
+}
+
+TEST_F(TrackerTest, VariantsFinishOneByOneAndTheParentNamesThem) {
+  absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
+  ASSERT_TRUE(parent.ok()) << parent.status();
+  const std::string id = parent->id();
+  Events events;
+  absl::StatusOr<ExperimentTracker::Subscription> sub = tracker_->Subscribe(id, events.watcher());
+  ASSERT_TRUE(sub.ok());
+  ASSERT_TRUE(engine_.Start(id).ok());
+  EXPECT_EQ(tracker_->Get(id + ".2", false)->status(), v1::RUNNING) << "variants run with their sweep";
+  ASSERT_TRUE(engine_.Variant(id, 2, FakeEngine::Result(3.0, 3.5)).ok());
+  absl::StatusOr<v1::Experiment> done = tracker_->Get(id + ".2", false);
+  EXPECT_EQ(done->status(), v1::DONE);
+  EXPECT_NEAR(done->result().metrics(0).value(), 3.5, 1e-12);
+  EXPECT_EQ(tracker_->Get(id, false)->variants_done(), 1);
+  for (int i : {0, 1, 3}) ASSERT_TRUE(engine_.Variant(id, i, FakeEngine::Result(3.0, 3.0 + i)).ok());
+  experiments::result::Experiment summary = FakeEngine::Result(3.0, 3.0);
+  summary.has_sweep = true;
+  summary.sweep.variants.resize(4);
+  for (int i = 0; i < 4; ++i) summary.sweep.variants[i].name = "v" + std::to_string(i);
+  ASSERT_TRUE(engine_.Finish(id, summary).ok());
+  absl::StatusOr<v1::Experiment> finished = tracker_->Get(id, false);
+  ASSERT_TRUE(finished.ok());
+  EXPECT_EQ(finished->status(), v1::DONE);
+  EXPECT_EQ(finished->variants_done(), 4);
+  ASSERT_EQ(finished->result().sweep().variants_size(), 4);
+  EXPECT_EQ(finished->result().sweep().variants(3).experiment_id(), id + ".3");
+  EXPECT_EQ(Stored(id + ".3").status, storage::ExperimentStatus::kDone);
+  EXPECT_GE(events.seen.size(), 6u) << "start, four variants, the end";
+  // From the store too, after the live state is gone.
+  sub->Reset();
+  tracker_->Flush();
+  Open();
+  absl::StatusOr<v1::Experiment> reread = tracker_->Get(id, false);
+  ASSERT_TRUE(reread.ok());
+  EXPECT_EQ(reread->variants_total(), 4);
+  EXPECT_EQ(reread->result().sweep().variants(1).experiment_id(), id + ".1");
+  EXPECT_EQ(tracker_->Get(id + ".1", false)->parent_id(), id);
+}
+
+TEST_F(TrackerTest, CancellingASweepCancelsTheVariantsNotDone) {
+  absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
+  ASSERT_TRUE(parent.ok());
+  const std::string id = parent->id();
+  ASSERT_TRUE(engine_.Start(id).ok());
+  ASSERT_TRUE(engine_.Variant(id, 0, FakeEngine::Result(3.0, 3.5)).ok());
+  EXPECT_EQ(tracker_->Cancel(kBob, id).status().code(), absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(tracker_->Cancel(kAlice, id).ok());
+  EXPECT_EQ(tracker_->Get(id, false)->status(), v1::CANCELLED);
+  EXPECT_EQ(tracker_->Get(id + ".0", false)->status(), v1::DONE) << "a finished variant stays done";
+  for (int i : {1, 2, 3}) {
+    absl::StatusOr<v1::Experiment> c = tracker_->Get(id + "." + std::to_string(i), false);
+    EXPECT_EQ(c->status(), v1::CANCELLED);
+    EXPECT_NE(c->error().find("sweep " + id), std::string::npos) << c->error();
+  }
+  EXPECT_EQ(Stored(id + ".2").status, storage::ExperimentStatus::kCancelled);
+  // A cancelled variant reruns alone.
+  absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kAlice, id + ".2");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->variants_total(), 0);
+  EXPECT_TRUE(again->parent_id().empty());
+  EXPECT_EQ(again->spec().interventions(0).head_ablation().layer(), 1);
+}
+
+TEST_F(TrackerTest, AFailedSweepFailsItsVariantsAndABadAxisIsRefused) {
+  absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
+  ASSERT_TRUE(parent.ok());
+  ASSERT_TRUE(engine_.Start(parent->id()).ok());
+  ASSERT_TRUE(engine_.Finish(parent->id(), absl::ResourceExhaustedError("out of memory on the device")).ok());
+  absl::StatusOr<v1::Experiment> child = tracker_->Get(parent->id() + ".1", false);
+  EXPECT_EQ(child->status(), v1::FAILED);
+  EXPECT_NE(child->error().find("out of memory"), std::string::npos) << child->error();
+
+  v1::ExperimentSpec bad = TinySweep();
+  bad.mutable_sweep()->mutable_axes(0)->mutable_heads()->add_layers(7);
+  absl::Status s = tracker_->Submit(kAlice, bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("layer 7 out of range"), std::string::npos) << s;
 }
 
 }  // namespace

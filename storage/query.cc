@@ -153,7 +153,7 @@ bool IsKeyword(const Token& t, absl::string_view keyword) {
 constexpr absl::string_view kStatuses[] = {"queued", "running", "done",
                                            "failed", "cancelled", "interrupted"};
 constexpr absl::string_view kFieldList =
-    "id, user, name, model, status, created, started, finished, tag, metric.NAME.FIELD, "
+    "id, user, name, model, status, parent, created, started, finished, tag, metric.NAME.FIELD, "
     "intervention.KIND.FIELD";
 
 // Record fields that map to one column of `experiments`.
@@ -165,6 +165,7 @@ std::optional<std::string> RecordColumn(absl::string_view field) {
   if (field == "created" || field == "started" || field == "finished") {
     return absl::StrCat("e.", field, "_us");
   }
+  if (field == "parent") return std::string("COALESCE(e.parent_id, '')");  // "" for top-level experiments
   return std::nullopt;
 }
 

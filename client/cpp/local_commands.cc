@@ -47,6 +47,8 @@ absl::StatusOr<ex::LoadOptions> ReadLoadOptions(Args& args) {
 absl::StatusOr<std::unique_ptr<ex::Model>> LoadModel(Args& args) {
   ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
   ASSIGN_OR_RETURN(ex::LoadOptions options, ReadLoadOptions(args));
+  // --tf32: float32 matrix products on TF32 tensor cores, for this whole (one-command) process.
+  if (args.Flag("tf32")) ex::AllowTf32();
   return ex::Model::Load(dir, options);
 }
 

@@ -126,6 +126,7 @@ struct RunInfo {
   std::string lesion_version;
   double seconds = 0;
   int64_t forward_passes = 0;
+  bool tf32 = false;  // float32 matrix products ran on TF32 tensor cores
 };
 
 // A sweep's parent: one row per variant (each variant is an experiment of its own).

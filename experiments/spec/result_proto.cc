@@ -163,6 +163,7 @@ void FillRun(const Experiment& r, v1::RunInfo* run) {
   run->set_seconds(r.run.seconds);
   run->set_forward_passes(r.run.forward_passes);
   run->set_baseline_cached(r.baseline_from_cache);
+  run->set_tf32(r.run.tf32);
 }
 
 }  // namespace
