@@ -104,12 +104,18 @@ ExperimentTracker::Subscription& ExperimentTracker::Subscription::operator=(Subs
     tracker_ = std::exchange(other.tracker_, nullptr);
     id_ = std::move(other.id_);
     handle_ = std::exchange(other.handle_, 0);
+    slot_ = std::move(other.slot_);
     current_ = std::move(other.current_);
   }
   return *this;
 }
 
 void ExperimentTracker::Subscription::Reset() {
+  if (slot_ != nullptr) {
+    absl::MutexLock lock(&slot_->mu);  // waits for a call in flight
+    slot_->active = false;
+  }
+  slot_.reset();
   if (tracker_ != nullptr && handle_ != 0) tracker_->Unsubscribe(id_, handle_);
   tracker_ = nullptr;
   handle_ = 0;
@@ -212,18 +218,21 @@ void ExperimentTracker::RetireLocked(const std::string& id) {
 
 // ---- Events --------------------------------------------------------------------------------------------
 
-std::pair<ExperimentEvent, std::vector<std::shared_ptr<ExperimentTracker::Watcher>>> ExperimentTracker::PublishLocked(
+ExperimentTracker::Delivery ExperimentTracker::PublishLocked(
     Live& live) {
   ExperimentEvent event{++live.sequence, live.snapshot, live.final};
-  std::vector<std::shared_ptr<Watcher>> watchers;
+  std::vector<std::shared_ptr<WatcherSlot>> watchers;
   watchers.reserve(live.watchers.size());
   for (const auto& [handle, watcher] : live.watchers) watchers.push_back(watcher);
   if (live.final) live.watchers.clear();  // nothing follows the final event
   return {std::move(event), std::move(watchers)};
 }
 
-void ExperimentTracker::Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<Watcher>>& watchers) {
-  for (const auto& watcher : watchers) (*watcher)(event);
+void ExperimentTracker::Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<WatcherSlot>>& watchers) {
+  for (const auto& slot : watchers) {
+    absl::MutexLock lock(&slot->mu);
+    if (slot->active) slot->fn(event);
+  }
 }
 
 absl::StatusOr<ExperimentTracker::Subscription> ExperimentTracker::Subscribe(const std::string& id, Watcher watcher) {
@@ -238,7 +247,9 @@ absl::StatusOr<ExperimentTracker::Subscription> ExperimentTracker::Subscribe(con
         sub.tracker_ = this;
         sub.id_ = id;
         sub.handle_ = next_handle_++;
-        live.watchers.emplace(sub.handle_, std::make_shared<Watcher>(std::move(watcher)));
+        sub.slot_ = std::make_shared<WatcherSlot>();
+        sub.slot_->fn = std::move(watcher);
+        live.watchers.emplace(sub.handle_, sub.slot_);
       }
       return sub;
     }
@@ -450,7 +461,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Resubmit(const Principal& call
 
 void ExperimentTracker::OnStart(const std::string& id) {
   const absl::Time now = absl::Now();
-  std::vector<std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>>> out;
+  std::vector<Delivery> out;
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
@@ -489,7 +500,7 @@ void ExperimentTracker::RefreshQueuePositions() {
     for (const std::string& qid : queued) {
       absl::StatusOr<int64_t> position = engine_->QueuePosition(qid);
       if (!position.ok()) continue;
-      std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> update;
+      Delivery update;
       {
         absl::MutexLock lock(&mu_);
         auto it = live_.find(qid);
@@ -506,7 +517,7 @@ void ExperimentTracker::RefreshQueuePositions() {
 }
 
 void ExperimentTracker::OnProgress(const std::string& id, int64_t done, int64_t planned) {
-  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> out;
+  Delivery out;
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
@@ -518,7 +529,7 @@ void ExperimentTracker::OnProgress(const std::string& id, int64_t done, int64_t 
   Notify(out.first, out.second);
 }
 
-std::pair<ExperimentEvent, std::vector<std::shared_ptr<ExperimentTracker::Watcher>>> ExperimentTracker::FinishLocked(
+ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
     const std::string& id, const absl::StatusOr<experiments::result::Experiment>& result,
     std::shared_ptr<const v1::ExperimentResult> converted, absl::Time now) {
   Live& live = live_.at(id);
@@ -574,7 +585,7 @@ void ExperimentTracker::OnVariant(const std::string& parent, int64_t index,
   const absl::Time now = absl::Now();
   const std::string id = absl::StrCat(parent, ".", index);
   auto converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(result));
-  std::vector<std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>>> out;
+  std::vector<Delivery> out;
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
@@ -586,12 +597,14 @@ void ExperimentTracker::OnVariant(const std::string& parent, int64_t index,
       out.push_back(PublishLocked(p->second));
     }
   }
-  for (const auto& [event, watchers] : out) Notify(event, watchers);
+  Enqueue([out = std::move(out)](storage::ExperimentStore&) {  // after the variant's writes, as OnFinish
+    for (const auto& [event, watchers] : out) Notify(event, watchers);
+  });
 }
 
 void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result) {
   const absl::Time now = absl::Now();
-  std::vector<std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>>> out;
+  std::vector<Delivery> out;
   {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
@@ -621,7 +634,11 @@ void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experimen
     }
     out.push_back(FinishLocked(id, result, std::move(converted), now));
   }
-  for (const auto& [event, watchers] : out) Notify(event, watchers);
+  // Final events go out once their writes are in the store, so that whoever sees an experiment
+  // (and a sweep's variants) done finds it done in every query too.
+  Enqueue([out = std::move(out)](storage::ExperimentStore&) {
+    for (const auto& [event, watchers] : out) Notify(event, watchers);
+  });
   RefreshQueuePositions();
 }
 
@@ -716,14 +733,17 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
   options.limit = request.limit() == 0 ? 100 : request.limit();
   options.offset = request.offset();
   v1::ListExperimentsResponse response;
+  // mu_ is held across the read and the overlay: an experiment whose final write lands between
+  // the two cannot leave the live map (its removal waits for mu_), so no stale row slips through.
+  absl::MutexLock lock(&mu_);
   {
-    absl::MutexLock lock(&read_mu_);
+    absl::MutexLock read_lock(&read_mu_);
     ASSIGN_OR_RETURN(storage::QueryPage page, reader_->Query(options));
     response.set_total(page.total);
     for (const storage::ExperimentRecord& record : page.records) {
       v1::Experiment* e = response.add_experiments();
       *e = RecordToProto(record);
-      if (request.include_results() && record.status == storage::ExperimentStatus::kDone) {
+      if (request.include_results() && record.status == storage::ExperimentStatus::kDone && !live_.contains(record.id)) {
         absl::StatusOr<v1::ExperimentResult> result = reader_->GetResult(record.id);
         if (!result.ok()) return result.status();
         *e->mutable_result() = std::move(*result);
@@ -733,7 +753,6 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
     }
   }
   // The store may lag behind the live state by the writes still queued.
-  absl::MutexLock lock(&mu_);
   for (v1::Experiment& e : *response.mutable_experiments()) {
     auto it = live_.find(e.id());
     if (it == live_.end()) continue;

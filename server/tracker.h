@@ -9,7 +9,8 @@
 // ("exp-" + 12 hex digits), queues it on the engine and records it as queued; the engine's job
 // callbacks move it to running (with progress) and to done / failed / cancelled, and every change
 // is published to the watchers of that experiment as an Experiment snapshot (the result only in
-// the final one). While the server shuts down (BeginShutdown), experiments the engine cancels are
+// the final one). A final event is sent once its store writes are done, from the writer thread:
+// a client that sees an experiment finished finds it so in every query. While the server shuts down (BeginShutdown), experiments the engine cancels are
 // reported as interrupted and left for the next start's MarkInterruptedOnStart to record.
 //
 // Storage: ONE writer thread performs every store write (Insert, MarkRunning, Finish, Fail, Cancel,
@@ -67,11 +68,15 @@ struct ExperimentEvent {
 };
 
 class ExperimentTracker {
+ private:
+  struct WatcherSlot;
+
  public:
   using Watcher = std::function<void(const ExperimentEvent&)>;
 
   // The current state and a registration for what follows. Unsubscribes on destruction (and so
-  // must not outlive the tracker). Move-only.
+  // must not outlive the tracker); once Reset returns, the watcher is not called again (a call in
+  // flight is waited for). Move-only.
   class Subscription {
    public:
     Subscription() = default;
@@ -86,6 +91,7 @@ class ExperimentTracker {
     ExperimentTracker* tracker_ = nullptr;
     std::string id_;
     int64_t handle_ = 0;
+    std::shared_ptr<WatcherSlot> slot_;
     ExperimentEvent current_;
   };
 
@@ -132,11 +138,19 @@ class ExperimentTracker {
     // Store writes are held back until the Insert of this experiment is queued.
     bool inserted = false;
     std::vector<std::function<void(storage::ExperimentStore&)>> held_writes;
-    std::map<int64_t, std::shared_ptr<Watcher>> watchers;
+    std::map<int64_t, std::shared_ptr<WatcherSlot>> watchers;
     std::string baseline_key;
     std::vector<std::string> children;  // a sweep's parent: its variants' ids, in order
   };
   using Write = std::function<void(storage::ExperimentStore&)>;
+  // A watcher and whether its subscription still wants events; events may be delivered after
+  // the subscription let go of it (final events wait for the store), so delivery checks.
+  struct WatcherSlot {
+    absl::Mutex mu;
+    bool active ABSL_GUARDED_BY(mu) = true;
+    Watcher fn;
+  };
+  using Delivery = std::pair<ExperimentEvent, std::vector<std::shared_ptr<WatcherSlot>>>;
 
   ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
                     std::unique_ptr<storage::ExperimentStore> reader, int64_t max_sweep_variants);
@@ -150,14 +164,14 @@ class ExperimentTracker {
   void OnVariant(const std::string& parent, int64_t index, experiments::result::Experiment result);
   // Moves a live, unfinished experiment to its final state for `result`; returns its event and
   // watchers for the caller to notify after unlocking.
-  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> FinishLocked(
+  Delivery FinishLocked(
       const std::string& id, const absl::StatusOr<experiments::result::Experiment>& result,
       std::shared_ptr<const lesion::v1::ExperimentResult> converted, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshQueuePositions();
   // Bumps the sequence, copies the event and the watchers; the caller notifies after unlocking.
-  std::pair<ExperimentEvent, std::vector<std::shared_ptr<Watcher>>> PublishLocked(Live& live)
+  Delivery PublishLocked(Live& live)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static void Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<Watcher>>& watchers);
+  static void Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<WatcherSlot>>& watchers);
   void WriteLocked(Live& live, Write write) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Enqueue(Write write);
   // Queues the removal of a final experiment from memory after its writes.

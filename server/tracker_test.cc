@@ -141,6 +141,7 @@ TEST_F(TrackerTest, LifecycleNotifiesWatchersInOrderAndStoresTheResult) {
   EXPECT_EQ(running.passes_done(), 1);
   EXPECT_EQ(running.passes_planned(), 4);
   ASSERT_TRUE(engine_.Finish(id, FakeEngine::Result(10.0, 12.5)).ok());
+  tracker_->Flush();  // the final event follows its store writes
 
   {
     std::lock_guard<std::mutex> lock(events.mu);
@@ -261,6 +262,7 @@ TEST_F(TrackerTest, ShutdownReportsInterruptedAndLeavesTheStoreForTheNextStart) 
   auto sub = tracker_->Subscribe(id, events.watcher());
   tracker_->BeginShutdown();
   engine_.Shutdown();
+  tracker_->Flush();
   {
     std::lock_guard<std::mutex> lock(events.mu);
     ASSERT_EQ(events.seen.size(), 1u);
@@ -397,6 +399,7 @@ TEST_F(TrackerTest, VariantsFinishOneByOneAndTheParentNamesThem) {
   ASSERT_EQ(finished->result().sweep().variants_size(), 4);
   EXPECT_EQ(finished->result().sweep().variants(3).experiment_id(), id + ".3");
   EXPECT_EQ(Stored(id + ".3").status, storage::ExperimentStatus::kDone);
+  tracker_->Flush();
   EXPECT_GE(events.seen.size(), 6u) << "start, four variants, the end";
   // From the store too, after the live state is gone.
   sub->Reset();

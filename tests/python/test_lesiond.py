@@ -237,6 +237,100 @@ def test_a_crash_leaves_experiments_interrupted_and_resubmittable(pb, tmp_path):
         second.stop()
 
 
+HEADS = {"model": "stories", "name": "heads", "tags": ["e2e", "sweep"], "dataset": {"named": "tinystories-sample"},
+         "eval": {"seq_len": 64, "add_bos": True, "max_windows": 6},
+         "measurements": [{"perplexity": {}}, {"kl_divergence": {}}, {"attention_sink": {"layers": [0, 4]}}],
+         "sweep": {"axes": [{"heads": {"layers": [1, 3]}}]}}
+
+
+def run_sweep(pb, lesion, spec=HEADS):
+    parent = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, spec)), timeout=30)
+    final = watch_to_end(pb, lesion, parent.id)[-1].experiment
+    assert final.status == pb.service.DONE, final.error
+    return final
+
+
+def test_a_sweep_is_a_parent_with_a_child_per_variant_that_reruns_alone(pb, server, tmp_path):
+    lesion = stub(pb, server)
+    parent = run_sweep(pb, lesion)
+    assert parent.variants_total == parent.variants_done == 16
+    rows = parent.result.sweep.variants
+    assert [r.name for r in rows][:3] == ["L1.H0", "L1.H1", "L1.H2"] and rows[15].name == "L3.H7"
+    assert [r.experiment_id for r in rows] == [f"{parent.id}.{i}" for i in range(16)]
+    children = lesion.ListExperiments(pb.service.ListExperimentsRequest(
+        where=f'parent = "{parent.id}"', order_by="metric.perplexity.delta_pct desc", include_results=True), timeout=10)
+    assert children.total == 16 and all(c.status == pb.service.DONE for c in children.experiments)
+    assert all(c.parent_id == parent.id for c in children.experiments)
+    top = children.experiments[0]
+    assert top.result.metrics[0].delta_pct == max(r.perplexity_delta_pct for r in rows)
+    top_level = lesion.ListExperiments(pb.service.ListExperimentsRequest(where='parent = ""'), timeout=10)
+    assert [e.id for e in top_level.experiments] == [parent.id]
+    # A child's spec is a plain experiment: run alone in-process it gives the same numbers.
+    child = lesion.GetExperiment(pb.service.GetExperimentRequest(id=top.id), timeout=10)
+    assert not child.spec.HasField("sweep") and child.spec.name == top.name and top.name.startswith("heads/L")
+    path = tmp_path / "child.json"
+    path.write_text(json.dumps(json_format.MessageToDict(child.spec, preserving_proto_field_name=True)))
+    local = json.loads(subprocess.run([str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path),
+                                       "--json"], capture_output=True, text=True, check=True).stdout)
+    assert child.result.intervened.perplexity.ppl == pytest.approx(local["intervened"]["perplexity"]["ppl"], rel=1e-6)
+    assert child.result.kl_divergence == pytest.approx(local["kl_divergence"], rel=1e-5)
+    assert child.result.run.spec_sha256 == local["run"]["spec_sha256"]
+    # The whole sweep run locally: the same rows, number for number.
+    path.write_text(json.dumps({k: v for k, v in HEADS.items() if k != "model"}))
+    whole = json.loads(subprocess.run([str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path),
+                                       "--json"], capture_output=True, text=True, check=True).stdout)
+    assert [v["perplexity"] for v in whole["parent"]["sweep"]["variants"]] == [r.perplexity for r in rows]
+    # A variant is not cancelled alone.
+    with pytest.raises(grpc.RpcError) as e:
+        lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=f"{parent.id}.3"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_sweep_on_two_cpu_replicas_gives_the_numbers_of_one(pb, server, tmp_path):
+    two = Server(tmp_path, "--model", f"stories={STORIES}", "--device", "cpu,cpu")
+    try:
+        model = stub(pb, two).ListModels(pb.service.ListModelsRequest(), timeout=10).models[0]
+        assert model.device == "cpu,cpu#1"
+        sharded = run_sweep(pb, stub(pb, two))
+        children = stub(pb, two).ListExperiments(pb.service.ListExperimentsRequest(
+            where=f'parent = "{sharded.id}"', include_results=True, limit=100), timeout=10)
+        assert {c.result.run.device for c in children.experiments} == {"cpu", "cpu#1"}
+    finally:
+        two.stop()
+    single = run_sweep(pb, stub(pb, server))
+    assert [r.perplexity for r in sharded.result.sweep.variants] == [r.perplexity for r in single.result.sweep.variants]
+    assert [r.kl_divergence for r in sharded.result.sweep.variants] == \
+        [r.kl_divergence for r in single.result.sweep.variants]
+
+
+def test_a_crash_during_a_sweep_interrupts_it_and_its_variants(pb, tmp_path):
+    long_sweep = dict(HEADS, dataset={"named": "wikitext-2-raw-test"}, eval={"seq_len": 32, "batch_size": 1})
+    first = Server(tmp_path, "--model", f"stories={STORIES}")
+    lesion = stub(pb, first)
+    parent = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, long_sweep)), timeout=30)
+    for event in lesion.WatchExperiment(pb.service.WatchExperimentRequest(id=parent.id), timeout=60):
+        if event.experiment.status == pb.service.RUNNING and event.experiment.passes_done > 0:
+            break
+    first.kill()
+    second = Server(tmp_path, "--model", f"stories={STORIES}", db=first.db)
+    try:
+        lesion = stub(pb, second)
+        assert lesion.GetExperiment(pb.service.GetExperimentRequest(id=parent.id), timeout=10).status == \
+            pb.service.INTERRUPTED
+        children = lesion.ListExperiments(pb.service.ListExperimentsRequest(where=f'parent = "{parent.id}"'), timeout=10)
+        assert children.total == 16 and {c.status for c in children.experiments} == {pb.service.INTERRUPTED}
+        again = lesion.ResubmitExperiment(pb.service.ResubmitExperimentRequest(id=parent.id), timeout=30)
+        assert again.variants_total == 16 and again.spec.HasField("sweep")
+        lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=again.id), timeout=10)
+        final = watch_to_end(pb, lesion, again.id)[-1].experiment
+        assert final.status == pb.service.CANCELLED
+        cancelled = lesion.ListExperiments(pb.service.ListExperimentsRequest(
+            where=f'parent = "{again.id}" AND status = "cancelled"'), timeout=10)
+        assert cancelled.total == 16
+    finally:
+        second.stop()
+
+
 def test_tokens_file_auth_and_roles(pb, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# token user role\nt-admin alice admin\nt-bob bob user\nt-cat cat user\n")
