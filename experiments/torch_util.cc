@@ -21,6 +21,10 @@ absl::Status StatusFromTorchException(absl::string_view what, const std::excepti
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory on the device"));
   }
+  // The CPU allocator reports running out of memory as a plain c10::Error.
+  if (absl::string_view(e.what()).find("DefaultCPUAllocator: can't allocate memory") != absl::string_view::npos) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory (CPU)"));
+  }
   // Torch messages carry a C++ backtrace after the first line; keep the first line for the user.
   absl::string_view message = e.what();
   if (auto nl = message.find('\n'); nl != absl::string_view::npos) message = message.substr(0, nl);

@@ -177,7 +177,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
     absl::StatusOr<ExperimentTracker::Subscription> sub =
         tracker->Subscribe(submitted->id(), [weak](const ExperimentEvent& e) {
           if (!e.final) return;
-          if (std::shared_ptr<RunReactor> r = weak.lock()) r->FinishOnce(grpc::Status::OK, e.experiment);
+          if (std::shared_ptr<RunReactor> r = weak.lock()) r->FinishFinal(e.experiment);
         });
     if (!sub.ok()) {
       reactor->FinishOnce(ToGrpcStatus(sub.status()), std::nullopt);
@@ -190,7 +190,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
       cancelled = reactor->cancelled_;
     }
     if (sub->current().final) {
-      reactor->FinishOnce(grpc::Status::OK, sub->current().experiment);
+      reactor->FinishFinal(sub->current().experiment);
     } else if (cancelled) {
       tracker->CancelQuietly(submitted->id());
     }
@@ -199,6 +199,23 @@ class RunReactor : public grpc::ServerUnaryReactor {
       reactor->sub_ = std::move(*sub);
     }
     return reactor.get();
+  }
+
+  // A failed experiment ends the call with its failure's status; any other final state with the
+  // record.
+  void FinishFinal(const v1::Experiment& e) {
+    if (e.status() != v1::FAILED) {
+      FinishOnce(grpc::Status::OK, e);
+      return;
+    }
+    absl::StatusCode code = absl::StatusCode::kInternal;
+    for (int c = 1; c <= 16; ++c) {
+      if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == e.error_code()) {
+        code = static_cast<absl::StatusCode>(c);
+      }
+    }
+    FinishOnce(ToGrpcStatus(absl::Status(code, absl::StrCat("experiment ", e.id(), " failed: ", e.error()))),
+               std::nullopt);
   }
 
   void OnCancel() override {

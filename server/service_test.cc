@@ -213,6 +213,36 @@ TEST_F(ServiceTest, RunExperimentWaitsForTheResult) {
   EXPECT_DOUBLE_EQ(response.result().intervened().perplexity().ppl(), 3);
 }
 
+TEST_F(ServiceTest, RunExperimentOutOfDeviceMemoryIsResourceExhaustedAndTheServerGoesOn) {
+  v1::SubmitExperimentRequest request;
+  *request.mutable_spec() = TinySpec();
+  v1::Experiment response;
+  grpc::Status status;
+  std::thread caller([&] { status = stub_->RunExperiment(As("alice").get(), request, &response); });
+  ASSERT_TRUE(engine_.WaitForSubmitted(1));
+  const std::string id = engine_.SubmittedIds()[0];
+  ASSERT_TRUE(engine_.Start(id).ok());
+  ASSERT_TRUE(engine_.Finish(id, absl::ResourceExhaustedError("forward pass of gpt2: out of memory on the device")).ok());
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_NE(status.error_message().find(id), std::string::npos) << status.error_message();
+  v1::GetExperimentRequest get;
+  get.set_id(id);
+  v1::Experiment got;
+  ASSERT_TRUE(stub_->GetExperiment(As("alice").get(), get, &got).ok());
+  EXPECT_EQ(got.status(), v1::FAILED);
+  EXPECT_EQ(got.error_code(), "RESOURCE_EXHAUSTED");
+  // The next request is served as usual.
+  std::thread next([&] { status = stub_->RunExperiment(As("alice").get(), request, &response); });
+  ASSERT_TRUE(engine_.WaitForSubmitted(2));
+  const std::string second = engine_.SubmittedIds()[1];
+  ASSERT_TRUE(engine_.Start(second).ok());
+  ASSERT_TRUE(engine_.Finish(second, FakeEngine::Result(2, 3)).ok());
+  next.join();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.status(), v1::DONE);
+}
+
 TEST_F(ServiceTest, RunExperimentPastItsDeadlineCancelsTheExperiment) {
   v1::SubmitExperimentRequest request;
   *request.mutable_spec() = TinySpec();

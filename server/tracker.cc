@@ -56,6 +56,13 @@ v1::Experiment RecordToProto(const storage::ExperimentRecord& record) {
   if (record.started.has_value()) e.set_started_unix_micros(Micros(*record.started));
   if (record.finished.has_value()) e.set_finished_unix_micros(Micros(*record.finished));
   if (record.parent_id.has_value()) e.set_parent_id(*record.parent_id);
+  // A stored failure reads "CODE: message" (FinishLocked writes it so).
+  if (record.status == storage::ExperimentStatus::kFailed) {
+    const absl::string_view prefix = absl::string_view(record.error).substr(0, record.error.find(':'));
+    if (!prefix.empty() && prefix.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ_") == absl::string_view::npos) {
+      e.set_error_code(std::string(prefix));
+    }
+  }
   return e;
 }
 
@@ -570,6 +577,7 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
         absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ", result.status().message());
     snap.set_status(v1::FAILED);
     snap.set_error(error);
+    snap.set_error_code(absl::StatusCodeToString(result.status().code()));
     WriteLocked(live, [id, error, now](storage::ExperimentStore& store) {
       LogWrite("fail", id, store.Fail(id, error, now));
     });

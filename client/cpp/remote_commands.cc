@@ -191,8 +191,15 @@ absl::Status FinalStatus(const v1::Experiment& e) {
   switch (e.status()) {
     case v1::DONE:
       return absl::OkStatus();
-    case v1::FAILED:
-      return absl::InternalError(absl::StrCat("experiment ", e.id(), " failed: ", e.error()));
+    case v1::FAILED: {
+      absl::StatusCode code = absl::StatusCode::kInternal;  // the failure's own code when the server gives it
+      for (int c = 1; c <= 16; ++c) {
+        if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == e.error_code()) {
+          code = static_cast<absl::StatusCode>(c);
+        }
+      }
+      return absl::Status(code, absl::StrCat("experiment ", e.id(), " failed: ", e.error()));
+    }
     case v1::CANCELLED:
       return absl::CancelledError(absl::StrCat("experiment ", e.id(), " was cancelled"));
     case v1::INTERRUPTED:
