@@ -421,7 +421,10 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
 
   result::Experiment parent_result;
   parent_result.has_sweep = true;
-  parent_result.sweep.variants_per_pass = plan.variants_per_pass;
+  for (int64_t g : run_groups) {  // the largest pass this run made
+    parent_result.sweep.variants_per_pass =
+        std::max<int64_t>(parent_result.sweep.variants_per_pass, static_cast<int64_t>(plan.groups[g].size()));
+  }
   parent_result.sweep.variants.resize(n_variants);
 
   // Layers whose attention pattern the measurements observe (computed explicitly there).
@@ -460,7 +463,6 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
 
     for (const std::vector<int64_t>& round : rounds) {
       const auto round_start = std::chrono::steady_clock::now();
-      const int64_t passes_before = passes;
       // The round's variants with their own plans, group after group.
       std::vector<VariantState> states;
       std::vector<Group> groups;
@@ -515,6 +517,7 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
         base_plan.AddHook(site, [&saved, at_start = g.start](const SiteId&, at::Tensor& x) { saved[at_start] = x; });
       }
       const bool full_baseline = measure_baseline || prepared.needs_kl;
+      int64_t baseline_passes = 0;  // of this round, shared by its variants
 
       for (const WindowBatch& batch : batches) {
         RETURN_IF_ERROR(check_cancel());
@@ -525,9 +528,11 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
           if (measure_baseline) base.next_token->Add(logits, batch);
           if (prepared.needs_kl) reference = logits;
           pass_done();
+          ++baseline_passes;
         } else if (max_start >= 0) {
           RETURN_IF_ERROR(t.ForwardPrefix(batch.input, max_start, base_plan).status());
           pass_done();
+          ++baseline_passes;
         }  // else every group starts at the embedding: nothing to take from the baseline
         for (const Group& g : groups) {
           RETURN_IF_ERROR(check_cancel());
@@ -585,8 +590,9 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
         out.run.spec_sha256 = v.spec_sha256;
         out.run.lesion_version = LESION_VERSION;
         out.run.tf32 = Tf32Allowed();
-        // A variant's share of its round: the round's passes and time divided among its variants.
-        out.run.forward_passes = (passes - passes_before) / static_cast<int64_t>(states.size());
+        // The passes the variant took part in (its group's, and the baseline passes of its round,
+        // shared with the round's other variants), and its share of the round's time.
+        out.run.forward_passes = n_batches + baseline_passes;
         out.run.seconds = round_seconds / static_cast<double>(states.size());
 
         result::SweepVariant& row = parent_result.sweep.variants[s.index];

@@ -1,7 +1,8 @@
 """The GPT-2 outlier study (DESIGN.md), run through lesiond and the Python client on a model:
 per-layer top-1/2/3 and median |activation|, attention-sink scores of every head, pruning the 3
-top- and 3 bottom-ranked heads, every single head ablated, and the super-weight / massive-activation
-scan with the strongest candidate zeroed. Prints a report and writes the plots.
+top- and 3 bottom-ranked heads, every single head ablated (one server-side sweep: a child experiment
+per head), and the super-weight / massive-activation scan with the strongest candidate zeroed.
+Prints a report and writes the plots.
 
     python scripts/gpt2_study.py [--model models/stories260K] [--out out/demo] [--lesiond PATH]
 
@@ -82,19 +83,25 @@ def main():
                   f"top-1 per layer {' '.join(f'{a:.2f}->{b:.2f}' for a, b in zip(before, after))}")
         plots.compare(pruned["top3"], pruned["bottom3"], save=out / "pruning_top1.png")
 
-        section(f"4. every single head ablated ({n_layers * n_heads} experiments, one cached baseline)")
+        section(f"4. every single head ablated: one sweep of {n_layers * n_heads} variants sharing one baseline")
         single = lesion.Experiment(model=model, name="single-head", dataset=lesion.Dataset.named("tinystories-sample"),
                                    eval=lesion.Eval(seq_len=128, add_bos=True), tags=["gpt2-study", "single-head"],
-                                   measurements=[lesion.Perplexity()])
-        results = client.run_many(lesion.sweep_heads(single, n_layers, n_heads), progress=False)
-        cached = sum(r.run["baseline_cached"] for r in results)
-        print(f"{len(results)} runs, {cached} with the cached baseline")
-        df = client.experiments(where='tag = "single-head"', order_by="metric.perplexity.delta_pct desc", limit=5)
+                                   measurements=[lesion.Perplexity()], sweep=lesion.Sweep([lesion.HeadSweep()]))
+        handle = client.submit(single)
+        heads = handle.result(progress=False)  # the parent: the baseline and a row per variant
+        table = heads.sweep
+        names = table["name"].tolist()
+        print(f"sweep {handle.id}: {len(names)} variants ({names[0]}, {names[1]}, ..., {names[-1]}), each a child "
+              f"experiment {handle.id}.<index>; {heads.run['forward_passes']} forward passes in "
+              f"{heads.run['seconds']:.2f} s; baseline perplexity {heads.perplexity.baseline:.4f}")
+        df = client.experiments(where='tag = "single-head" AND parent != ""',
+                                order_by="metric.perplexity.delta_pct desc", limit=5)
         print("largest perplexity increases (a query over the database):")
         print(df[["name", "metric.perplexity.value", "metric.perplexity.delta_pct"]].to_string(index=False))
-        plots.perplexity_change_per_head({r_name: r for r_name, r in
-                                          zip((f"L{l}.H{h}" for l in range(n_layers) for h in range(n_heads)), results)},
-                                         save=out / "perplexity_change_per_head.png")
+        lowest = table.nsmallest(3, "perplexity_delta_pct")
+        print("largest decreases (the sweep's table):",
+              ", ".join(f"{r.name} {r.perplexity_delta_pct:+.2f}%" for r in lowest.itertuples()))
+        plots.perplexity_change_per_head(heads, save=out / "perplexity_change_per_head.png")
 
         section("5. super weights, massive activations, gamma and attention outliers")
         paper = client.run(example("super_weight_scan", model), progress=False)
@@ -118,7 +125,8 @@ def main():
         print(zeroed.token_probabilities.to_string(index=False, float_format="%.5f"))
 
         total = client.experiments(limit=0).attrs["total"]
-        print(f"\n{total} experiments recorded in {db}; plots in {out}/")
+        print(f"\n{total} experiments recorded in {db} ({len(table)} of them the sweep's variants); "
+              f"plots in {out}/")
 
 
 if __name__ == "__main__":

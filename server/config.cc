@@ -171,7 +171,8 @@ std::string Usage() {
   --model NAME=DIR           preload a model (repeatable); default: the bundled stories260K
   --dtype D                  float32 | bfloat16 | float16 for the --model before it (before any
                              --model: every model's default)
-  --device D                 cpu | cuda | cuda:N, likewise (before any --model: also LoadModel's default)
+  --device D                 cpu | cuda | cuda:N, likewise (before any --model: also LoadModel's default);
+                             a list (cuda:0,cuda:1) or cuda:* loads a replica on each device
   --no-default-model         start without the bundled model when no --model is given
   --model-root DIR           LoadModel directories must lie under one (repeatable)
   --tokens-file PATH         lines `TOKEN USER ROLE` (ROLE user|admin); required tokens then
@@ -181,6 +182,11 @@ std::string Usage() {
   --max-queue-per-device N   (default 64)
   --max-capture-bytes N      (default 268435456)
   --max-tokens N             (default 67108864)
+  --max-sweep-variants N     variants of one sweep (default 65536)
+  --max-pass-tokens N        tokens of one batched sweep pass, unless the spec sets
+                             variants_per_pass (default 65536)
+  --tf32[=true|false]        float32 matrix products on TF32 tensor cores (about 1e-3 relative
+                             error; recorded in results as run.tf32; default false)
   --data-dir DIR             named datasets (default $LESION_DATA_DIR or the source tree's data/)
   --help
 )";
@@ -199,11 +205,12 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
     std::optional<std::string> value;
   };
   static const std::set<std::string, std::less<>> kNoValue = {"--help", "-h", "--no-default-model",
-                                                              "--allow-anonymous-admin"};
+                                                              "--allow-anonymous-admin", "--tf32"};
   static const std::set<std::string, std::less<>> kWithValue = {
       "--config",     "--listen",      "--db",          "--database",           "--model",
       "--dtype",      "--device",      "--model-root",  "--tokens-file",        "--tls-cert",
-      "--tls-key",    "--max-tokens",  "--data-dir",    "--max-queue-per-device", "--max-capture-bytes"};
+      "--tls-key",    "--max-tokens",  "--data-dir",    "--max-queue-per-device", "--max-capture-bytes",
+      "--max-sweep-variants", "--max-pass-tokens"};
   std::vector<Flag> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -232,7 +239,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
   bool cli_models = false, cli_roots = false;
   for (const Flag& flag : flags) {
     const std::string& name = flag.name;
-    if (kNoValue.contains(name) && flag.value.has_value() && name != "--allow-anonymous-admin") {
+    if (kNoValue.contains(name) && flag.value.has_value() && name != "--allow-anonymous-admin" && name != "--tf32") {
       return absl::InvalidArgumentError(absl::StrCat(name, " takes no value"));
     }
     const std::string value = flag.value.value_or("");

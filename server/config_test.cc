@@ -76,6 +76,29 @@ TEST(ServerConfig, BadFlagsAreInvalidArgumentNamingTheFlag) {
   EXPECT_EQ(code_and_message({"--allow-anonymous-admin=maybe"}).code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ServerConfig, SweepLimitsAndTf32FromFlagsAndFile) {
+  absl::StatusOr<ServerConfig> config =
+      ParseServerConfig({"--max-sweep-variants", "100", "--max-pass-tokens=4096", "--tf32", "--device", "cuda:0,cuda:1"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_sweep_variants, 100);
+  EXPECT_EQ(config->max_pass_tokens, 4096);
+  EXPECT_TRUE(config->tf32);
+  EXPECT_EQ(config->default_device, "cuda:0,cuda:1");
+  EXPECT_FALSE(ParseServerConfig({"--tf32=false"})->tf32);
+  EXPECT_EQ(ParseServerConfig({"--max-pass-tokens", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
+  const fs::path file = TempDir() / "lesiond.json";
+  Write(file, R"({"max_sweep_variants": 7, "tf32": true, "max_pass_tokens": 99})");
+  config = ParseServerConfig({"--config", file.string()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_sweep_variants, 7);
+  EXPECT_EQ(config->max_pass_tokens, 99);
+  EXPECT_TRUE(config->tf32);
+  Write(file, R"({"tf32": "yes"})");
+  EXPECT_EQ(ParseServerConfig({"--config", file.string()}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(Usage().find("--max-sweep-variants"), std::string::npos);
+  EXPECT_NE(Usage().find("--tf32"), std::string::npos);
+}
+
 TEST(ServerConfig, HelpAndNoDefaultModel) {
   EXPECT_TRUE(ParseServerConfig({"--help"})->help);
   EXPECT_TRUE(ParseServerConfig({"--no-default-model"})->models.empty());

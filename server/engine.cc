@@ -522,7 +522,10 @@ class EngineImpl : public Engine {
       controls.cancelled = cancelled;
       controls.progress = job.callbacks.on_progress;
       if (cached.has_value()) controls.cached_baseline = &*cached;
-      return ex::RunExperiment(model, job.spec, options_.data_dir, controls, limits_);
+      absl::StatusOr<ex::result::Experiment> result =
+          ex::RunExperiment(model, job.spec, options_.data_dir, controls, limits_);
+      if (result.ok()) result->run.model = job.model;  // the server's name for it
+      return result;
     }
     SweepRun& run = *task.sweep;
     {
@@ -549,9 +552,13 @@ class EngineImpl : public Engine {
     };
     controls.on_variant = [&job, device = e.device](int64_t i, ex::result::Experiment r) {
       r.run.device = device;  // the executor that ran it ("cuda:1", "cpu#1")
+      r.run.model = job.model;
       if (job.callbacks.on_variant) job.callbacks.on_variant(i, std::move(r));
     };
-    return ex::RunSweep(model, job.spec, job.variants, options_.data_dir, controls, limits_);
+    absl::StatusOr<ex::result::Experiment> shard =
+        ex::RunSweep(model, job.spec, job.variants, options_.data_dir, controls, limits_);
+    if (shard.ok()) shard->run.model = job.model;
+    return shard;
   }
 
   // Adds a finished shard to its sweep: its variant rows and passes, or its error.
@@ -571,6 +578,7 @@ class EngineImpl : public Engine {
       if (!shard->sweep.variants[i].name.empty()) run.merged->sweep.variants[i] = shard->sweep.variants[i];
     }
     run.merged->run.forward_passes += shard->run.forward_passes;
+    run.merged->sweep.variants_per_pass = std::max(run.merged->sweep.variants_per_pass, shard->sweep.variants_per_pass);
     absl::StrAppend(&run.merged->run.device, ",", device);
   }
 

@@ -4,6 +4,7 @@
 #include <openssl/sha.h>
 
 #include <cmath>
+#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -291,6 +292,9 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
         return Bad(at, absl::StrCat("unknown norm \"", n.norm(), "\" (known: attn, mlp, final)"));
       }
       std::vector<int64_t> layers = {0};
+      if (n.norm() == "final" && n.layers_size() > 0) {
+        return Bad(at, "the final norm has no layers: leave layers empty");
+      }
       if (n.norm() != "final") {
         ASSIGN_OR_RETURN(layers, IndicesOrAll(n.layers(), shape.n_layers, at, "layer", "layers"));
       }
@@ -340,6 +344,12 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
       return Bad(where, "names no axis kind (variants, heads, norm_channels, weight_values)");
   }
   if (out.empty()) return Bad(where, "has no variants");
+  std::set<std::string> names;
+  for (const Choice& c : out) {
+    if (!names.insert(c.name).second) {
+      return Bad(where, absl::StrCat("two variants are named \"", c.name, "\": names must be unique"));
+    }
+  }
   return out;
 }
 

@@ -108,5 +108,95 @@ TEST(ExperimentSpec, ErrorsNameTheField) {
   }
 }
 
+Experiment ParseOrDie(const std::string& json) {
+  auto e = ParseExperimentJson(json);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return *e;
+}
+
+std::string SweepSpec(const std::string& axes, const std::string& extra = "") {
+  return R"({"name": "s", "tags": ["t"], "dataset": {"named": "tinystories-sample"}, "measurements": [{"perplexity": {}}],)" +
+         extra + R"( "sweep": {"axes": )" + axes + "}}";
+}
+
+TEST(Sweep, ExpandsAGridLastAxisFastestWithTheSpecsOwnInterventionsFirst) {
+  const Experiment parent = ParseOrDie(SweepSpec(
+      R"([{"heads": {"layers": [0, 2], "heads": [1]}},
+          {"weight_values": {"layer": 1, "module": "mlp.down", "row": 3, "col": 4, "op": "SCALE", "values": [0, 0.5]}}])",
+      R"( "interventions": [{"norm_channel_reset": {"norm": "final", "channels": [0]}}],)"));
+  EXPECT_TRUE(parent.has_sweep);
+  auto variants = ExpandSweep(parent, {3, 4, 16}, 100);
+  ASSERT_TRUE(variants.ok()) << variants.status();
+  ASSERT_EQ(variants->size(), 4u);
+  const char* names[] = {"L0.H1+x0", "L0.H1+x0.5", "L2.H1+x0", "L2.H1+x0.5"};
+  for (size_t i = 0; i < 4; ++i) {
+    const Experiment& v = (*variants)[i];
+    EXPECT_EQ(v.variant_name, names[i]);
+    EXPECT_EQ(v.name, std::string("s/") + names[i]);
+    EXPECT_EQ(v.tags, std::vector<std::string>{"t"});
+    EXPECT_FALSE(v.has_sweep);
+    ASSERT_EQ(v.interventions.size(), 3u);
+    EXPECT_TRUE(std::holds_alternative<NormChannelReset>(v.interventions[0])) << "the spec's own first";
+    EXPECT_EQ(std::get<HeadAblation>(v.interventions[1]).layer, i < 2 ? 0 : 2);
+    EXPECT_EQ(std::get<WeightEdit>(v.interventions[2]).value, i % 2 == 0 ? 0.0 : 0.5);
+    EXPECT_EQ(v.baseline_sha256, parent.baseline_sha256) << "one baseline for the sweep";
+    // A variant hashes exactly as the same spec submitted alone.
+    auto alone = ParseExperimentJson(v.canonical_json);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ(alone->spec_sha256, v.spec_sha256);
+    EXPECT_FALSE(alone->has_sweep);
+  }
+  EXPECT_NE((*variants)[0].spec_sha256, (*variants)[1].spec_sha256);
+}
+
+TEST(Sweep, EmptyListsMeanEveryLayerHeadAndChannel) {
+  auto heads = ExpandSweep(ParseOrDie(SweepSpec(R"([{"heads": {}}])")), {3, 4, 16}, 100);
+  ASSERT_TRUE(heads.ok()) << heads.status();
+  ASSERT_EQ(heads->size(), 12u);
+  EXPECT_EQ(heads->back().variant_name, "L2.H3");
+  auto channels = ExpandSweep(ParseOrDie(SweepSpec(R"([{"norm_channels": {"norm": "mlp", "layers": [1], "mode": "GAMMA_MEAN"}}])")),
+                              {3, 4, 16}, 100);
+  ASSERT_TRUE(channels.ok()) << channels.status();
+  ASSERT_EQ(channels->size(), 16u);
+  EXPECT_EQ((*channels)[5].variant_name, "mlp.L1.C5");
+  auto final_norm = ExpandSweep(ParseOrDie(SweepSpec(R"([{"norm_channels": {"norm": "final", "channels": [2]}}])")),
+                                {3, 4, 16}, 100);
+  ASSERT_TRUE(final_norm.ok()) << final_norm.status();
+  EXPECT_EQ(final_norm->front().variant_name, "final.C2");
+  auto listed = ExpandSweep(ParseOrDie(SweepSpec(R"([{"variants": {"variants": [{"name": "none"}, {}]}}])")), {3, 4, 16}, 100);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ((*listed)[1].variant_name, "v1");
+  EXPECT_TRUE((*listed)[0].interventions.empty());
+}
+
+TEST(Sweep, BadAxesAreInvalidArgumentNamingTheAxis) {
+  auto error = [](const std::string& axes, int64_t max = 100) {
+    absl::StatusOr<Experiment> parent = ParseExperimentJson(SweepSpec(axes));
+    if (!parent.ok()) return parent.status();
+    return ExpandSweep(*parent, {3, 4, 16}, max).status();
+  };
+  absl::Status s = error(R"([{"heads": {"layers": [3]}}])");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("sweep.axes[0].heads: layer 3 out of range: the model has 3 layers"), std::string::npos) << s;
+  s = error(R"([{"heads": {}}, {"norm_channels": {"norm": "mlp", "channels": [16]}}])");
+  EXPECT_NE(s.message().find("sweep.axes[1].norm_channels: channel 16 out of range"), std::string::npos) << s;
+  EXPECT_NE(error(R"([{"norm_channels": {"norm": "ln"}}])").message().find("unknown norm"), std::string::npos);
+  EXPECT_NE(error(R"([{"norm_channels": {"norm": "final", "layers": [1]}}])").message().find("no layers"),
+            std::string::npos);
+  EXPECT_NE(error(R"([{"variants": {"variants": [{"name": "a"}, {"name": "a"}]}}])").message().find("named \"a\""),
+            std::string::npos);
+  EXPECT_NE(error(R"([{"variants": {}}])").message().find("has no variants"), std::string::npos);
+  EXPECT_NE(error(R"([{"weight_values": {"module": "mlp.up", "op": "SCALE"}}])").message().find("values"),
+            std::string::npos);
+  EXPECT_NE(error(R"([{"weight_values": {"module": "mlp.up", "op": "ZERO", "values": [1]}}])").message().find("no values"),
+            std::string::npos);
+  EXPECT_NE(error(R"([{"heads": {}}, {"heads": {}}])", 100).message().find("more than 100 variants"), std::string::npos);
+  EXPECT_EQ(ParseExperimentJson(SweepSpec("[]")).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseExperimentJson(SweepSpec("[{}]")).status().code(), absl::StatusCode::kInvalidArgument);
+  auto no_sweep = ParseExperimentJson(R"({"dataset": {"named": "x"}, "measurements": [{"perplexity": {}}]})");
+  ASSERT_TRUE(no_sweep.ok());
+  EXPECT_EQ(ExpandSweep(*no_sweep, {3, 4, 16}, 10).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace lesion::experiments::spec

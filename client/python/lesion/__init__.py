@@ -6,14 +6,19 @@
                                     interventions=[lesion.HeadAblation(layer=1, heads=[3])],
                                     measurements=[lesion.Perplexity()]))
         print(r.perplexity, r.metrics)
+        sweep = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
+                                        measurements=[lesion.Perplexity()],
+                                        sweep=lesion.Sweep([lesion.HeadSweep()])))   # one child per head
+        print(sweep.sweep)                       # a row per variant; c.variants(id) lists the children
 """
 __version__ = "0.1.0"
 
 from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated  # noqa: E402
 from .spec import (  # noqa: E402
     ActivationEdit, ActivationStats, AttentionBias, AttentionOutliers, AttentionSink, Capture, Dataset, Eval,
-    Experiment, HeadAblation, KLDivergence, MassiveActivations, NormChannelReset, NormOutliers, Perplexity,
-    SuperWeights, TokenProbabilities, WeightEdit, sweep, sweep_heads)
+    Experiment, HeadAblation, HeadSweep, KLDivergence, MassiveActivations, NormChannelReset, NormChannelSweep,
+    NormOutliers, Perplexity, SuperWeights, Sweep, TokenProbabilities, Variant, Variants, WeightEdit,
+    WeightValueSweep, sweep, sweep_heads)
 from .result import Result  # noqa: E402
 from .client import Client, ExperimentFailed, ExperimentRecord, Handle  # noqa: E402
 
@@ -30,5 +35,6 @@ __all__ = [
     "InvalidArgument", "PermissionDenied", "Unauthenticated", "Experiment", "Dataset", "Eval", "HeadAblation",
     "WeightEdit", "NormChannelReset", "AttentionBias", "ActivationEdit", "Perplexity", "KLDivergence",
     "TokenProbabilities", "ActivationStats", "AttentionSink", "Capture", "MassiveActivations", "SuperWeights",
-    "NormOutliers", "AttentionOutliers", "sweep", "sweep_heads",
+    "NormOutliers", "AttentionOutliers", "Sweep", "HeadSweep", "NormChannelSweep", "WeightValueSweep", "Variants",
+    "Variant", "sweep", "sweep_heads",
 ]

@@ -15,6 +15,7 @@ from .spec import Experiment, spec_to_proto
 
 TERMINAL = ("DONE", "FAILED", "CANCELLED", "INTERRUPTED")
 DEFAULT_TIMEOUT = 60.0  # seconds, for every unary call
+MAX_LIST_LIMIT = 10000  # ListExperiments' largest page
 
 
 def _status_name(value):
@@ -34,13 +35,18 @@ class ExperimentFailed(LesionError):
         self.record = record
         code = {"CANCELLED": grpc.StatusCode.CANCELLED, "INTERRUPTED": grpc.StatusCode.ABORTED}.get(
             record.status, grpc.StatusCode.UNKNOWN)
+        # A failure's own code, e.g. RESOURCE_EXHAUSTED when the device ran out of memory.
+        code = getattr(grpc.StatusCode, record.error_code, code) if record.error_code else code
         super().__init__(code, f"experiment {record.id} {record.status}" + (f": {record.error}" if record.error else ""),
                          rpc="experiment")
 
 
 @dataclass
 class ExperimentRecord:
-    """A stored experiment (lesion.v1.Experiment): status is the enum name ("QUEUED", "DONE", ...)."""
+    """A stored experiment (lesion.v1.Experiment): status is the enum name ("QUEUED", "DONE", ...).
+
+    A sweep's parent has ``variants_total`` (its variants) and ``variants_done`` (finished so far); a
+    sweep's variant (child) has ``parent_id``, and its id is "<parent_id>.<index>"."""
     id: str
     user: str
     name: str
@@ -58,6 +64,10 @@ class ExperimentRecord:
     spec: Experiment | None
     result: Result | None
     raw: Any = field(repr=False)
+    parent_id: str = ""
+    variants_total: int = 0
+    variants_done: int = 0
+    error_code: str = ""  # a failed experiment: its failure's status code ("RESOURCE_EXHAUSTED", ...)
 
     @classmethod
     def from_proto(cls, e):
@@ -70,11 +80,26 @@ class ExperimentRecord:
                    created=_time(e.created_unix_micros), started=_time(e.started_unix_micros),
                    finished=_time(e.finished_unix_micros), queue_position=e.queue_position,
                    passes_done=int(e.passes_done), passes_planned=int(e.passes_planned), spec=spec,
-                   result=Result(e.result) if e.HasField("result") else None, raw=e)
+                   result=Result(e.result) if e.HasField("result") else None, raw=e, parent_id=e.parent_id,
+                   variants_total=int(e.variants_total), variants_done=int(e.variants_done),
+                   error_code=e.error_code)
 
     @property
     def done(self):
         return self.status in TERMINAL
+
+    @property
+    def is_sweep(self):
+        """A sweep's parent."""
+        return self.variants_total > 0
+
+    @property
+    def variant_index(self):
+        """A sweep variant's index in its sweep (None for other experiments)."""
+        if not self.parent_id or not self.id.startswith(self.parent_id + "."):
+            return None
+        suffix = self.id[len(self.parent_id) + 1:]
+        return int(suffix) if suffix.isdigit() else None
 
     def to_dict(self):
         return json_format.MessageToDict(self.raw, preserving_proto_field_name=True)
@@ -85,7 +110,8 @@ def _spec_wants_captures(spec_proto):
 
 
 class Handle:
-    """A submitted experiment: ``.wait()``, ``.result()``, ``.cancel()``, ``.status()``."""
+    """A submitted experiment: ``.wait()``, ``.result()``, ``.cancel()``, ``.status()``; for a sweep
+    also ``.variants()``."""
 
     def __init__(self, client, record: ExperimentRecord):
         self._client = client
@@ -101,8 +127,9 @@ class Handle:
 
     def wait(self, timeout=None, progress=True) -> ExperimentRecord:
         """Follow WatchExperiment until the experiment ends (DONE, FAILED, CANCELLED, INTERRUPTED) and
-        return its final record; a tqdm bar shows passes_done / passes_planned. ``timeout`` (seconds)
-        raises LesionError(DEADLINE_EXCEEDED) and leaves the experiment running."""
+        return its final record; a tqdm bar shows passes_done / passes_planned (a sweep's parent:
+        variants_done / variants_total, with the passes in the postfix). ``timeout`` (seconds) raises
+        LesionError(DEADLINE_EXCEEDED) and leaves the experiment running."""
         if self.record.done:
             return self.record
         bar = None
@@ -122,18 +149,23 @@ class Handle:
 
     def _update_bar(self, bar, record):
         from tqdm.auto import tqdm
-        if bar is None:
-            bar = tqdm(total=record.passes_planned or None, desc=record.name or record.id, unit="pass",
-                       leave=True)
-        if record.passes_planned and bar.total != record.passes_planned:
-            bar.total = record.passes_planned
-        if record.done and record.status == "DONE" and record.passes_planned:
-            bar.n = record.passes_planned
+        if record.is_sweep:  # count variants; the passes go in the postfix
+            total, done, unit = record.variants_total, record.variants_done, "variant"
         else:
-            bar.n = record.passes_done
+            total, done, unit = record.passes_planned, record.passes_done, "pass"
+        if bar is None:
+            bar = tqdm(total=total or None, desc=record.name or record.id, unit=unit, leave=True)
+        if total and bar.total != total:
+            bar.total = total
+        if record.done and record.status == "DONE" and total:
+            bar.n = total
+        else:
+            bar.n = done
         post = record.status.lower()
         if record.status == "QUEUED" and record.queue_position:
             post += f" ({record.queue_position} ahead)"
+        if record.is_sweep and record.status == "RUNNING" and record.passes_planned:
+            post += f", pass {record.passes_done}/{record.passes_planned}"
         bar.set_postfix_str(post, refresh=False)
         bar.refresh()
         return bar
@@ -155,8 +187,14 @@ class Handle:
         return record.result
 
     def cancel(self) -> ExperimentRecord:
+        """Cancel the experiment (a sweep's parent: with every variant not yet done; a variant alone
+        cannot be cancelled, FAILED_PRECONDITION)."""
         self.record = self._client.cancel(self.id)
         return self.record
+
+    def variants(self, include_results=False, metrics=True) -> pd.DataFrame:
+        """A sweep's variants: ``Client.variants(self.id, ...)``."""
+        return self._client.variants(self.id, include_results=include_results, metrics=metrics)
 
 
 class Client:
@@ -253,7 +291,8 @@ class Client:
         return Handle(self, ExperimentRecord.from_proto(self._call("SubmitExperiment", req)))
 
     def run(self, spec, progress=True, timeout=None) -> Result:
-        """Submit, follow it with a progress bar, return the Result (ExperimentFailed unless DONE)."""
+        """Submit, follow it with a progress bar, return the Result (ExperimentFailed unless DONE). For
+        a sweep, the parent's Result: ``.sweep`` has a row per variant; ``variants()`` the children."""
         return self.submit(spec).result(timeout=timeout, progress=progress)
 
     def run_many(self, specs, progress=True, timeout=None) -> list:
@@ -313,6 +352,50 @@ class Client:
         df.attrs["total"] = total
         return df
 
+    def variants(self, parent_id, include_results=False, metrics=True) -> pd.DataFrame:
+        """A sweep's variants (its child experiments), in the sweep's order, as a DataFrame with the
+        columns of ``experiments()`` plus ``variant`` (the variant's name, "L3.H5") and ``index`` (its
+        place in the sweep) after the first eight; ``metrics`` fills the ``metric.*`` columns,
+        ``include_results`` adds a ``result`` column of Result objects (both fetch the results).
+        Every child is listed, page by page (``where parent = "<id>"``); ``df.attrs["total"]`` is their
+        count, ``df.attrs["parent"]`` the parent's id. NotFound for an unknown id."""
+        if isinstance(parent_id, (Handle, ExperimentRecord)):
+            parent_id = parent_id.id
+        parent = self.get(parent_id)
+        where = f'parent = "{_quote(parent_id)}"'
+        fetch = bool(metrics or include_results)
+        records, total, offset = [], None, 0
+        while total is None or offset < total:
+            page, total = self.list(where, order_by="id", limit=MAX_LIST_LIMIT, offset=offset,
+                                    include_results=fetch)
+            if not page:
+                break
+            records.extend(page)
+            offset += len(page)
+        records.sort(key=lambda r: (r.variant_index is None, r.variant_index or 0, r.id))
+        names = {}
+        if parent.result is not None:
+            names = {v.experiment_id: v.name for v in parent.result.raw.sweep.variants}
+        prefix = f"{parent.name}/" if parent.name else ""
+        df = records_frame(records)
+        if not metrics:
+            df = df[[c for c in df.columns if not c.startswith("metric.")]]
+        variant = [names.get(r.id) or (r.name[len(prefix):] if prefix and r.name.startswith(prefix) else r.name)
+                   for r in records]
+        df.insert(len(_BASE_COLUMNS), "variant", pd.Series(variant, dtype=object))
+        df.insert(len(_BASE_COLUMNS) + 1, "index",
+                  pd.Series([r.variant_index for r in records], dtype="Int64"))
+        if include_results:
+            df["result"] = pd.Series([r.result for r in records], dtype=object)
+        df.attrs["total"] = len(records)
+        df.attrs["parent"] = parent_id
+        return df
+
+
+def _quote(s):
+    """A string for a double-quoted value of the query language."""
+    return str(s).replace("\\", "\\\\").replace('"', '\\"')
+
 
 # ------------------------------------------------------------------------------------------- flattening
 
@@ -332,7 +415,8 @@ def _simple(v):
 
 def flatten_spec(spec_dict) -> dict:
     """Simple spec fields as columns: dataset.KIND, eval.FIELD, intervention.KIND.FIELD (a list when
-    the kind occurs more than once), measurements (the kinds, comma-separated)."""
+    the kind occurs more than once), measurements (the kinds, comma-separated), and for a sweep's
+    parent sweep (its axes' kinds, comma-separated)."""
     out = {}
     ds = spec_dict.get("dataset") or {}
     for k, v in ds.items():
@@ -355,6 +439,8 @@ def flatten_spec(spec_dict) -> dict:
         out[k] = vals[0] if len(vals) == 1 else vals
     out["interventions"] = ",".join(next(iter(iv)) for iv in spec_dict.get("interventions") or [] if iv)
     out["measurements"] = ",".join(next(iter(m)) for m in spec_dict.get("measurements") or [] if m)
+    if spec_dict.get("sweep"):
+        out["sweep"] = ",".join(next(iter(a)) for a in spec_dict["sweep"].get("axes") or [] if a)
     return out
 
 
@@ -363,9 +449,12 @@ def records_frame(records) -> pd.DataFrame:
     for r in records:
         row = {"id": r.id, "user": r.user, "name": r.name, "model": r.model, "status": r.status,
                "created": r.created, "finished": r.finished, "tags": tuple(r.tags), "started": r.started,
-               "error": r.error}
+               "error": r.error, "parent_id": r.parent_id, "variants_total": r.variants_total,
+               "variants_done": r.variants_done}
         if r.raw.HasField("spec"):
-            row.update(flatten_spec(json_format.MessageToDict(r.raw.spec, preserving_proto_field_name=True)))
+            # unset fields as their defaults (layer 0, mode "ZERO"), as the query language reads them
+            row.update(flatten_spec(json_format.MessageToDict(r.raw.spec, preserving_proto_field_name=True,
+                                                              always_print_fields_with_no_presence=True)))
         if r.result is not None:
             for m in r.result.raw.metrics:
                 for k in ("value", "baseline", "delta", "delta_pct"):

@@ -199,16 +199,48 @@ def _head_label(layer, heads):
     return f"L{int(layer)}.H{heads}"
 
 
+def _sweep_rows(data, metric):
+    """(labels, deltas) of a sweep: a parent Result (or a record holding one), its ``Result.sweep``
+    table, or ``Client.variants()``'s frame; None when ``data`` is none of these."""
+    if hasattr(data, "result") and isinstance(getattr(data, "result"), Result):  # an ExperimentRecord
+        data = data.result
+    if isinstance(data, Result):
+        if not data.is_sweep:
+            raise ValueError("perplexity_change_per_head: this Result is not a sweep's parent (no sweep table); "
+                             "pass the experiments' DataFrame, records or {label: Result}")
+        data = data.sweep
+    if not isinstance(data, pd.DataFrame):
+        return None
+    if "variant" in data.columns:  # Client.variants()
+        col = f"metric.{metric}.delta_pct"
+        if col not in data.columns:
+            raise ValueError(f"perplexity_change_per_head: the variants frame lacks {col!r} "
+                             f"(Client.variants(..., metrics=True))")
+        return [str(n) for n in data["variant"]], [float(d) for d in data[col]]
+    if {"name", "experiment_id", "perplexity_delta_pct"} <= set(data.columns):  # Result.sweep
+        if metric != "perplexity":
+            raise ValueError(f"perplexity_change_per_head: a sweep's table has the perplexity change only, not "
+                             f"{metric!r}; pass Client.variants(parent_id) for other metrics")
+        return [str(n) for n in data["name"]], [float(d) for d in data["perplexity_delta_pct"]]
+    return None
+
+
 def perplexity_change_per_head(data, metric="perplexity", title=None, sort=False, save=None, dpi=150,
                                figsize=None):
     """Bar chart of the perplexity change (delta %) per ablated head.
 
-    ``data``: a DataFrame from ``Client.experiments()`` (columns ``intervention.head_ablation.layer``,
-    ``intervention.head_ablation.heads`` and ``metric.perplexity.delta_pct``); a list of
-    ExperimentRecords; a dict ``{label: Result}``; or a list of ``(label, Result)`` pairs.
+    ``data``: a sweep's parent Result (``client.run(spec_with_a_HeadSweep)``), its ``.sweep`` table, or
+    the frame of ``Client.variants(parent_id)``, labelled by the variant names ("L<l>.H<h>" for a
+    ``HeadSweep``); a DataFrame from ``Client.experiments()`` (columns
+    ``intervention.head_ablation.layer``, ``intervention.head_ablation.heads`` and
+    ``metric.perplexity.delta_pct``); a list of ExperimentRecords; a dict ``{label: Result}``; or a
+    list of ``(label, Result)`` pairs.
     """
     labels, deltas = [], []
-    if isinstance(data, pd.DataFrame):
+    rows = _sweep_rows(data, metric)
+    if rows is not None:
+        labels, deltas = rows
+    elif isinstance(data, pd.DataFrame):
         col = f"metric.{metric}.delta_pct"
         lcol, hcol = "intervention.head_ablation.layer", "intervention.head_ablation.heads"
         missing = [c for c in (col, lcol, hcol) if c not in data.columns]

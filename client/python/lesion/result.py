@@ -70,8 +70,16 @@ class PerplexityPair:
         return iter((self.baseline, self.intervened))
 
 
+SWEEP_COLUMNS = ["name", "experiment_id", "perplexity", "perplexity_delta_pct", "kl_divergence"]
+
+
 class Result:
-    """One experiment's result. ``raw`` is the lesion.v1.ExperimentResult message."""
+    """One experiment's result. ``raw`` is the lesion.v1.ExperimentResult message.
+
+    A sweep's parent (``is_sweep``) has the baseline pass and ``sweep``, a row per variant; it has no
+    intervened pass and no metrics: each variant is an experiment of its own with the whole result
+    (``Client.variants(parent_id)``, ``Client.result(row.experiment_id)``).
+    """
 
     def __init__(self, raw):
         self.raw = raw
@@ -93,6 +101,11 @@ class Result:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __repr__(self):
+        if self.is_sweep:
+            ppl = (f", baseline ppl {self.raw.baseline.perplexity.ppl:.4g}"
+                   if self.raw.baseline.HasField("perplexity") else "")
+            return (f"<lesion.Result sweep of {len(self.raw.sweep.variants)} variants{ppl}, "
+                    f"model {self.raw.run.model!r}>")
         ppl = ""
         if self.raw.baseline.HasField("perplexity"):
             p = self.perplexity
@@ -119,11 +132,36 @@ class Result:
 
     @property
     def perplexity(self) -> PerplexityPair | None:
+        """Baseline and intervened perplexity (a sweep's parent: the intervened values are NaN, see
+        ``sweep``)."""
         b, i = self.raw.baseline, self.raw.intervened
         if not b.HasField("perplexity") and not i.HasField("perplexity"):
             return None
+        if self.is_sweep:
+            nan = float("nan")
+            return PerplexityPair(b.perplexity.ppl, nan, b.perplexity.mean_nll, nan, int(b.perplexity.n_tokens),
+                                  int(b.perplexity.n_windows), b.perplexity.protocol)
         return PerplexityPair(b.perplexity.ppl, i.perplexity.ppl, b.perplexity.mean_nll, i.perplexity.mean_nll,
                               int(b.perplexity.n_tokens), int(b.perplexity.n_windows), b.perplexity.protocol)
+
+    # -- sweeps
+    @property
+    def is_sweep(self) -> bool:
+        """Whether this is a sweep's parent (its result has the per-variant table)."""
+        return self.raw.HasField("sweep") and len(self.raw.sweep.variants) > 0
+
+    @property
+    def sweep(self) -> pd.DataFrame:
+        """A sweep parent's table, one row per variant in the sweep's order (the index is the variant's
+        index, the suffix of its experiment id "<parent>.<index>"): name ("L3.H5"), experiment_id (the
+        child; empty for local runs), perplexity, perplexity_delta_pct (against the shared baseline),
+        kl_divergence (0 without the measures). ``df.attrs["variants_per_pass"]``: as run. Empty for
+        a result that is not a sweep's."""
+        rows = [(v.name, v.experiment_id, v.perplexity, v.perplexity_delta_pct, v.kl_divergence)
+                for v in self.raw.sweep.variants]
+        df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+        df.attrs["variants_per_pass"] = int(self.raw.sweep.variants_per_pass)
+        return df
 
     @property
     def kl_divergence(self) -> float:

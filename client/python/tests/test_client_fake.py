@@ -3,6 +3,7 @@ metadata, every RPC's request/response mapping, watch + progress, error wrapping
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 
 import lesion
@@ -33,11 +34,23 @@ def test_error_wrapping_of_a_fake_rpc_error():
     assert type(e) is lesion.LesionError and e.code is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def sweep_variants(spec):
+    """(name, interventions) of a fake sweep on the fake 5 x 8 model: `heads` and `variants` axes, one
+    axis (enough for the client's side)."""
+    axis = spec.sweep.axes[0]
+    if axis.WhichOneof("kind") == "heads":
+        return [(f"L{l}.H{h}", [experiment_pb2.Intervention(head_ablation=experiment_pb2.HeadAblation(
+                    layer=l, heads=[h]))])
+                for l in (axis.heads.layers or range(5)) for h in (axis.heads.heads or range(8))]
+    return [(v.name or f"v{i}", list(v.interventions)) for i, v in enumerate(axis.variants.variants)]
+
+
 class Fake(service_pb2_grpc.LesionServicer):
     def __init__(self):
         self.experiments = {}
         self.metadata = []
         self.requests = []
+        self.page_cap = None  # ListExperiments returns at most this many per call (tests paging)
 
     def _auth(self, context):
         md = dict(context.invocation_metadata())
@@ -74,7 +87,37 @@ class Fake(service_pb2_grpc.LesionServicer):
         self._auth(context)
         if request.spec.model != "stories260K":
             context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.spec.model!r} is not loaded")
-        return self._new(request.spec)
+        parent = self._new(request.spec)
+        if request.spec.HasField("sweep"):
+            variants = sweep_variants(request.spec)
+            parent.variants_total = len(variants)
+            for i, (name, interventions) in enumerate(variants):
+                child_spec = experiment_pb2.ExperimentSpec()
+                child_spec.CopyFrom(request.spec)
+                child_spec.ClearField("sweep")
+                child_spec.interventions.extend(interventions)
+                child_spec.name = f"{request.spec.name}/{name}" if request.spec.name else name
+                cid = f"{parent.id}.{i}"
+                self.experiments[cid] = service_pb2.Experiment(
+                    id=cid, user="alice", name=child_spec.name, model=child_spec.model, spec=child_spec,
+                    status=service_pb2.QUEUED, parent_id=parent.id, created_unix_micros=parent.created_unix_micros)
+        return parent
+
+    def _finish_sweep(self, parent):
+        """Every child DONE with a result whose perplexity rises by its index (%); the parent's table."""
+        parent.result.CopyFrom(make_result())
+        parent.result.ClearField("intervened")
+        del parent.result.metrics[:]
+        parent.result.sweep.variants_per_pass = 8
+        for i in range(parent.variants_total):
+            child = self.experiments[f"{parent.id}.{i}"]
+            child.status = service_pb2.DONE
+            child.result.CopyFrom(make_result())
+            m = child.result.metrics[0]
+            m.value, m.delta, m.delta_pct = 4.0 * (1 + i / 100), 0.04 * i, float(i)
+            name = child.name.split("/", 1)[1] if "/" in child.name else child.name
+            parent.result.sweep.variants.add(name=name, experiment_id=child.id, perplexity=m.value,
+                                             perplexity_delta_pct=m.delta_pct, kl_divergence=0.001 * i)
 
     def WatchExperiment(self, request, context):
         self._auth(context)
@@ -85,7 +128,19 @@ class Fake(service_pb2_grpc.LesionServicer):
         if e.status in (service_pb2.DONE, service_pb2.CANCELLED):
             return
         if e.spec.name == "fails":
-            e.status, e.error = service_pb2.FAILED, "device out of memory"
+            e.status, e.error = service_pb2.FAILED, "RESOURCE_EXHAUSTED: device out of memory"
+            e.error_code = "RESOURCE_EXHAUSTED"
+            yield service_pb2.ExperimentEvent(experiment=e)
+            return
+        if e.variants_total:  # a sweep: the passes, then the variants one by one
+            e.status, e.queue_position, e.passes_done, e.passes_planned = service_pb2.RUNNING, 0, 6, 6
+            yield service_pb2.ExperimentEvent(experiment=e)
+            for done in range(1, e.variants_total):
+                e.variants_done = done
+                yield service_pb2.ExperimentEvent(experiment=e)
+            e.status, e.variants_done = service_pb2.DONE, e.variants_total
+            e.finished_unix_micros = 1_700_000_001_000_000
+            self._finish_sweep(e)
             yield service_pb2.ExperimentEvent(experiment=e)
             return
         for done in (1, 2):
@@ -113,12 +168,30 @@ class Fake(service_pb2_grpc.LesionServicer):
         self.requests.append(request)
         if request.where == "bogus":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "where: unknown field 'bogus'")
-        exps = list(self.experiments.values())[request.offset:request.offset + (request.limit or 100)]
-        return service_pb2.ListExperimentsResponse(experiments=exps, total=len(self.experiments))
+        if request.limit > 10000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit {request.limit} out of range: use 0 to 10000")
+        exps = list(self.experiments.values())
+        if request.where.startswith("parent = "):  # the one query the fake understands
+            parent = request.where.split("=", 1)[1].strip().strip('"')
+            exps = [e for e in exps if e.parent_id == parent]
+        if request.order_by == "id":
+            exps.sort(key=lambda e: e.id)  # as text, like the server: "p.10" before "p.2"
+        limit = min(request.limit or 100, self.page_cap or 10000)
+        page = []
+        for e in exps[request.offset:request.offset + limit]:
+            out = service_pb2.Experiment()
+            out.CopyFrom(e)
+            if not request.include_results:
+                out.ClearField("result")
+            page.append(out)
+        return service_pb2.ListExperimentsResponse(experiments=page, total=len(exps))
 
     def CancelExperiment(self, request, context):
         self._auth(context)
         e = self.experiments[request.id]
+        if e.parent_id:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"experiment {e.id} is a variant of sweep {e.parent_id}: cancel the sweep")
         if e.status == service_pb2.DONE:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"experiment {request.id} is DONE")
         e.status = service_pb2.CANCELLED
@@ -193,9 +266,11 @@ def test_run_and_failure(fake):
     c = lesion.Client(address, timeout=5)
     r = c.run(spec(), progress=False)
     assert r.metric("perplexity")["delta_pct"] == 50.0
-    with pytest.raises(lesion.ExperimentFailed, match="FAILED: device out of memory") as ei:
+    with pytest.raises(lesion.ExperimentFailed, match="FAILED: RESOURCE_EXHAUSTED: device out of memory") as ei:
         c.run(spec(name="fails"), progress=False)
     assert ei.value.record.status == "FAILED"
+    assert ei.value.record.error_code == "RESOURCE_EXHAUSTED"
+    assert ei.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED, "the failure's own code"
     with pytest.raises(lesion.NotFound, match="not loaded") as ei:
         c.submit(spec(model="gpt2"))
     assert ei.value.rpc == "SubmitExperiment"
@@ -282,3 +357,93 @@ def test_local_command_line_and_errors(tmp_path, monkeypatch):
     with pytest.raises(lesion.LesionError, match="did not print") as ei:
         lesion.Client.local(tmp_path, lesiond=fake, startup_timeout=0.5)
     assert ei.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def head_sweep_spec(name="heads"):
+    return lesion.Experiment(model="stories260K", name=name, dataset=lesion.Dataset.named("tinystories-sample"),
+                             measurements=[lesion.Perplexity()], sweep=lesion.Sweep([lesion.HeadSweep()]))
+
+
+def test_sweep_run_progress_and_result(fake, capsys):
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    h = c.submit(head_sweep_spec())
+    assert h.record.is_sweep and h.record.variants_total == 40 and h.record.variants_done == 0
+    assert h.record.spec.sweep == lesion.Sweep([lesion.HeadSweep()])
+    record = h.wait(progress=True)
+    assert record.status == "DONE" and record.variants_done == 40
+    err = capsys.readouterr().err
+    assert "40/40" in err and "variant" in err  # the bar counts variants, not passes
+    r = h.result()
+    assert r.is_sweep and "sweep of 40 variants" in repr(r)
+    assert r.perplexity.baseline == 4.0 and np.isnan(r.perplexity.intervened)
+    table = r.sweep
+    assert list(table.columns) == ["name", "experiment_id", "perplexity", "perplexity_delta_pct", "kl_divergence"]
+    assert len(table) == 40 and table.attrs["variants_per_pass"] == 8
+    assert table.loc[13, "name"] == "L1.H5" and table.loc[13, "experiment_id"] == f"{h.id}.13"
+    assert table.loc[13, "perplexity_delta_pct"] == 13.0
+    child = c.get(f"{h.id}.13")
+    assert child.parent_id == h.id and child.variant_index == 13 and not child.is_sweep
+    assert child.spec.name == "heads/L1.H5" and child.spec.sweep is None
+    with pytest.raises(lesion.LesionError, match="cancel the sweep") as ei:
+        c.cancel(child.id)
+    assert ei.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    # a result that is not a sweep's has an empty table
+    assert not make_result().HasField("sweep")
+    plain = lesion.Result(make_result())
+    assert not plain.is_sweep and plain.sweep.empty and list(plain.sweep.columns) == list(table.columns)
+
+
+def test_variants_pages_through_every_child(fake):
+    servicer, address = fake
+    servicer.page_cap = 7
+    c = lesion.Client(address, timeout=5)
+    c.run(spec("before"), progress=False)
+    h = c.submit(head_sweep_spec())
+    h.wait(progress=False)
+    servicer.requests.clear()
+    df = c.variants(h.id)
+    lists = [r for r in servicer.requests if isinstance(r, service_pb2.ListExperimentsRequest)]
+    assert [r.offset for r in lists] == [0, 7, 14, 21, 28, 35]
+    assert all(r.limit == 10000 and r.include_results and r.where == f'parent = "{h.id}"' for r in lists)
+    assert len(df) == 40 and df.attrs["total"] == 40 and df.attrs["parent"] == h.id
+    assert list(df.columns[:10]) == ["id", "user", "name", "model", "status", "created", "finished", "tags",
+                                     "variant", "index"]
+    assert list(df["index"]) == list(range(40)) and list(df["id"]) == [f"{h.id}.{i}" for i in range(40)]
+    assert df.loc[13, "variant"] == "L1.H5" and (df["status"] == "DONE").all() and (df["parent_id"] == h.id).all()
+    assert df.loc[13, "metric.perplexity.delta_pct"] == 13.0
+    assert df.loc[13, "intervention.head_ablation.layer"] == 1 and df.loc[0, "intervention.head_ablation.layer"] == 0
+    # the same columns as experiments() (which also lists the parent and the other experiment)
+    every = c.experiments(limit=100)
+    assert set(df.columns) - set(every.columns) == {"variant", "index"}
+    assert every.set_index("id").loc[h.id, "variants_total"] == 40
+    assert every.set_index("id").loc[h.id, "sweep"] == "heads"
+    # without metrics: no results fetched, no metric columns; include_results: Result objects
+    servicer.requests.clear()
+    bare = c.variants(h.id, metrics=False)
+    assert not any(col.startswith("metric.") for col in bare.columns)
+    assert not any(r.include_results for r in servicer.requests if isinstance(r, service_pb2.ListExperimentsRequest))
+    full = c.variants(h, include_results=True)
+    assert isinstance(full.loc[5, "result"], lesion.Result)
+    assert full.loc[5, "result"].metric("perplexity")["delta_pct"] == 5.0
+    assert h.variants(metrics=False)["variant"].tolist() == bare["variant"].tolist()
+    with pytest.raises(lesion.NotFound):
+        c.variants("nope")
+    # the per-head plot from the parent's Result, its table, and the variants frame
+    r = h.result()
+    for data in (r, r.sweep, df, c.get(h.id)):
+        fig = lesion.plots.perplexity_change_per_head(data, sort=True)
+        labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        assert len(labels) == 40 and labels[0] == "L4.H7" and labels[-1] == "L0.H0"
+
+
+def test_variants_of_an_unnamed_sweep_in_progress(fake):
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    h = c.submit(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.text("hi"),
+                                   measurements=[lesion.Perplexity()],
+                                   sweep=lesion.Variants([("a", lesion.HeadAblation(0, [1])),
+                                                          lesion.Variant("b", [lesion.HeadAblation(1, [2])])])))
+    df = c.variants(h.id)  # queued: no parent table yet, the names come from the children's
+    assert df["variant"].tolist() == ["a", "b"] and df["status"].tolist() == ["QUEUED", "QUEUED"]
+    assert "metric.perplexity.value" not in df.columns

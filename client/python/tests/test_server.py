@@ -110,3 +110,61 @@ def test_plots_of_a_real_result(server, tmp_path):
                                                                   save=tmp_path / "surface.png"))]:
         path = tmp_path / f"{name}.png"
         assert fig is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_head_sweep(server, capsys, tmp_path):
+    """One submission, 40 children: the parent's table names them, Client.variants lists them DONE,
+    and a child's perplexity is what its own spec gives run alone."""
+    spec = lesion.Experiment(model=server.model, name="head-sweep", tags=["pytest-sweep"],
+                             dataset=lesion.Dataset.named("tinystories-sample"),
+                             eval=lesion.Eval(seq_len=64, max_windows=4),
+                             measurements=[lesion.Perplexity(), lesion.KLDivergence()],
+                             sweep=lesion.Sweep([lesion.HeadSweep()]))
+    h = server.submit(spec)
+    assert h.record.is_sweep and h.record.variants_total == 40 and h.record.spec.sweep == spec.sweep
+    record = h.wait(progress=True)
+    assert record.status == "DONE" and record.variants_done == 40
+    assert "40/40" in capsys.readouterr().err
+    parent = h.result()
+    assert parent.is_sweep and parent.perplexity.baseline > 1 and parent.metrics.empty
+    table = parent.sweep
+    assert len(table) == 40
+    assert table["name"].tolist() == [f"L{l}.H{h}" for l in range(5) for h in range(8)]
+    assert table["experiment_id"].tolist() == [f"{h.id}.{i}" for i in range(40)]
+    assert (table["perplexity"] > 1).all() and (table["kl_divergence"] > 0).all()
+
+    df = server.variants(h.id)
+    assert len(df) == 40 and (df["status"] == "DONE").all() and (df["parent_id"] == h.id).all()
+    assert df["id"].tolist() == table["experiment_id"].tolist() and df["variant"].tolist() == table["name"].tolist()
+    assert df["metric.perplexity.value"].tolist() == pytest.approx(table["perplexity"].tolist(), rel=1e-12)
+    # the query language sees the children, and the parent among the top-level experiments only
+    assert server.experiments(where=f'parent = "{h.id}"', limit=0).attrs["total"] == 40
+    top = server.experiments(where='parent = "" AND tag = "pytest-sweep"')
+    assert top["id"].tolist() == [h.id] and top.loc[0, "variants_total"] == 40
+
+    child = server.get(f"{h.id}.13")
+    assert child.parent_id == h.id and child.name == "head-sweep/L1.H5" and child.spec.sweep is None
+    alone = server.run(child.spec, progress=False)
+    assert alone.perplexity.intervened == pytest.approx(child.result.perplexity.intervened, rel=1e-9)
+    assert alone.perplexity.intervened == pytest.approx(table.loc[13, "perplexity"], rel=1e-9)
+    assert alone.perplexity.baseline == pytest.approx(parent.perplexity.baseline, rel=1e-9)
+
+    fig = lesion.plots.perplexity_change_per_head(parent, save=tmp_path / "heads.png")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][13] == "L1.H5"
+    assert (tmp_path / "heads.png").stat().st_size > 5000
+
+
+def test_cancel_a_sweep(server):
+    """A variant alone cannot be cancelled; cancelling the parent cancels the variants not yet done."""
+    long = lesion.Experiment(model=server.model, name="long-sweep",
+                             dataset=lesion.Dataset.named("wikitext-2-raw-test"),
+                             eval=lesion.Eval(seq_len=32, batch_size=1), measurements=[lesion.Perplexity()],
+                             sweep=lesion.Sweep([lesion.HeadSweep()], variants_per_pass=1))
+    h = server.submit(long)
+    with pytest.raises(lesion.LesionError, match="cancel the sweep") as ei:
+        server.cancel(f"{h.id}.39")
+    assert ei.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    h.cancel()
+    assert h.wait(progress=False).status == "CANCELLED"
+    statuses = server.variants(h.id, metrics=False)["status"]
+    assert len(statuses) == 40 and set(statuses) <= {"CANCELLED", "DONE"} and "CANCELLED" in set(statuses)

@@ -213,3 +213,131 @@ def test_sweep_helpers():
     assert base.interventions == (NormChannelReset(0, "mlp", [1]),)  # the base is untouched
     with pytest.raises(ValueError):
         lesion.sweep(base, [42])
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+from lesion import HeadSweep, NormChannelSweep, Sweep, Variant, Variants, WeightValueSweep  # noqa: E402
+
+
+@pytest.mark.parametrize("axis, expected", [
+    (HeadSweep(), {"heads": {"mode": "ZERO"}}),
+    (HeadSweep(layers=[1, 2], heads=np.array([0, 7]), mode="MEAN"),
+     {"heads": {"layers": [1, 2], "heads": [0, 7], "mode": "MEAN"}}),
+    (HeadSweep(layers=3, mode="scale", factor=0.5), {"heads": {"layers": [3], "mode": "SCALE", "factor": 0.5}}),
+    (NormChannelSweep("mlp"), {"norm_channels": {"norm": "mlp", "mode": "ONE"}}),
+    (NormChannelSweep("attn", layers=[0], channels=[45, 46], mode="gamma_mean"),
+     {"norm_channels": {"norm": "attn", "layers": [0], "channels": [45, 46], "mode": "GAMMA_MEAN"}}),
+    (NormChannelSweep("final", channels=[3], mode="value", value=2),
+     {"norm_channels": {"norm": "final", "channels": [3], "mode": "VALUE", "value": 2.0}}),
+    (WeightValueSweep(2, "mlp.down", 3968, 7003, values=[0, 0.5, 2]),
+     {"weight_values": {"layer": 2, "module": "mlp.down", "row": 3968, "col": 7003, "op": "SCALE",
+                        "values": [0.0, 0.5, 2.0]}}),
+    (WeightValueSweep(0, "attn.q", 1, 2, op="set", values=np.array([-1.5])),
+     {"weight_values": {"layer": 0, "module": "attn.q", "row": 1, "col": 2, "op": "SET", "values": [-1.5]}}),
+    (WeightValueSweep(0, "attn.q", 1, 2, op="zero"),
+     {"weight_values": {"layer": 0, "module": "attn.q", "row": 1, "col": 2, "op": "ZERO"}}),
+    (Variants([("a", HeadAblation(0, [1])),
+               Variant("b", [WeightEdit.zero(0, "mlp.up", 1, 2), {"head_ablation": {"layer": 1, "heads": [0]}}]),
+               Variant(interventions=NormChannelReset(1, "mlp", [3])),
+               {"name": "ctl"}]),
+     {"variants": {"variants": [
+         {"name": "a", "interventions": [{"head_ablation": {"layer": 0, "heads": [1], "mode": "ZERO"}}]},
+         {"name": "b", "interventions": [{"weight_edit": {"layer": 0, "module": "mlp.up", "row": 1, "col": 2,
+                                                           "op": "ZERO"}},
+                                          {"head_ablation": {"layer": 1, "heads": [0]}}]},
+         {"interventions": [{"norm_channel_reset": {"layer": 1, "norm": "mlp", "channels": [3], "mode": "ONE"}}]},
+         {"name": "ctl", "interventions": []}]}}),
+])
+def test_sweep_axis_json(axis, expected):
+    assert axis.to_dict() == expected
+    json_format.ParseDict({"sweep": {"axes": [expected]}}, experiment_pb2.ExperimentSpec())  # the proto takes it
+    assert Sweep([expected]).axes[0].to_dict() == expected  # and the dict form parses back to the builder
+
+
+def test_sweep_in_an_experiment_round_trips():
+    grid = Sweep([HeadSweep(layers=[0], heads=[0, 1]), WeightValueSweep(1, "mlp.down", 3, 4, values=[0.5, 2]),
+                  NormChannelSweep("final", channels=[3]), Variants([("a", HeadAblation(0, [1]))])],
+                 variants_per_pass=4)
+    e = Experiment(model="stories260K", name="grid", dataset=Dataset.named("tinystories-sample"),
+                   interventions=[NormChannelReset(0, "mlp", [1])], measurements=[Perplexity()], sweep=grid)
+    d = e.to_dict()
+    assert list(d) == ["name", "model", "dataset", "interventions", "measurements", "sweep"]
+    assert d["sweep"]["variants_per_pass"] == 4 and [next(iter(a)) for a in d["sweep"]["axes"]] == [
+        "heads", "weight_values", "norm_channels", "variants"]
+    p = e.to_proto()
+    assert p.sweep.variants_per_pass == 4 and list(p.sweep.axes[0].heads.heads) == [0, 1]
+    assert p.sweep.axes[1].weight_values.op == experiment_pb2.WeightEdit.SCALE
+    assert p.sweep.axes[3].variants.variants[0].interventions[0].head_ablation.heads == [1]
+    back = Experiment.from_proto(p)
+    assert isinstance(back.sweep, Sweep) and back.sweep.axes[:3] == grid.axes[:3]
+    assert back.to_proto() == p
+    assert Experiment.from_dict(d).to_dict() == d
+    assert Experiment.from_json(e.to_json()).sweep.to_dict() == grid.to_dict()  # interventions stay dicts
+    # lowerCamelCase (proto3 JSON) is read too
+    camel = Experiment.from_dict({"model": "m", "sweep": {"axes": [{"normChannels": {"norm": "mlp"}}],
+                                                          "variantsPerPass": 2}})
+    assert camel.sweep == Sweep([NormChannelSweep("mlp")], variants_per_pass=2)
+    # shorthand: one axis, a list of axes, a dict; without a sweep the JSON has no "sweep"
+    assert Experiment(model="m", sweep=HeadSweep()).sweep == Sweep([HeadSweep()])
+    two = Experiment(model="m", sweep=[HeadSweep(), NormChannelSweep("mlp")])
+    assert two.sweep.axes == (HeadSweep(), NormChannelSweep("mlp"))
+    assert Experiment(model="m", sweep={"axes": [{"heads": {}}]}).sweep == Sweep([HeadSweep()])
+    assert "sweep" not in Experiment(model="m").to_dict() and not Experiment(model="m").to_proto().HasField("sweep")
+    assert e.replace(sweep=None).sweep is None
+    assert Sweep(HeadSweep(), variants_per_pass=0).to_dict() == {"axes": [{"heads": {"mode": "ZERO"}}]}
+
+
+def test_sweep_examples_parse():
+    """experiments/examples/head_sweep.json: read by the builders as the server reads it."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[3] / "experiments" / "examples" / "head_sweep.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    d = json.loads(path.read_text())
+    e = Experiment.from_dict(d)
+    assert e.sweep == Sweep([HeadSweep()])
+    assert e.to_proto() == json_format.ParseDict(d, experiment_pb2.ExperimentSpec())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: HeadSweep(mode="prune"), "valid: zero, mean, scale"),
+    (lambda: HeadSweep(mode="scale"), "needs factor"),
+    (lambda: HeadSweep(factor=0.5), "only used with mode 'scale'"),
+    (lambda: HeadSweep(layers=[-1]), ">= 0"),
+    (lambda: HeadSweep(heads=[0.5]), "integer"),
+    (lambda: NormChannelSweep("ln_1"), "valid: attn, mlp, final"),
+    (lambda: NormChannelSweep("mlp", mode="zero"), "valid: one, gamma_mean, value"),
+    (lambda: NormChannelSweep("mlp", mode="value"), "needs value"),
+    (lambda: NormChannelSweep("mlp", value=1.0), "only used with mode 'value'"),
+    (lambda: NormChannelSweep("final", layers=[1]), "takes no layers"),
+    (lambda: WeightValueSweep(0, "mlp.c_proj", 0, 0, values=[1]), "valid: attn.q, attn.k"),
+    (lambda: WeightValueSweep(0, "mlp.down", 0, 0, op="add", values=[1]), "valid: zero, scale, set"),
+    (lambda: WeightValueSweep(0, "mlp.down", 0, 0), "needs values"),
+    (lambda: WeightValueSweep(0, "mlp.down", 0, 0, op="zero", values=[1]), "takes no values"),
+    (lambda: WeightValueSweep(0, "mlp.down", 0, 0, values=[float("inf")]), "finite"),
+    (lambda: WeightValueSweep(0, "mlp.down", -1, 0, values=[1]), ">= 0"),
+    (lambda: Variants([]), "must not be empty"),
+    (lambda: Variants([("a", HeadAblation(0, [1])), ("a", HeadAblation(0, [2]))]), "'a' is used twice"),
+    (lambda: Variants([HeadAblation(0, [1])]), "expected a Variant or a \\(name, interventions\\) pair"),
+    (lambda: Variant("a", [Perplexity()]), "expected one of activation_edit"),
+    (lambda: Variant(3, []), "Variant.name"),
+    (lambda: Sweep([]), "at least one axis"),
+    (lambda: Sweep([Perplexity()]), "expected one of Variants, HeadSweep"),
+    (lambda: Sweep([{"head": {}}]), "expected one of heads, norm_channels, variants, weight_values"),
+    (lambda: Sweep([HeadSweep()], variants_per_pass=-1), ">= 0"),
+    (lambda: Experiment(model="m", sweep="heads"), "Experiment.sweep"),
+    (lambda: Experiment.from_dict({"model": "m", "sweep": {"axes": [{"heads": {"mode": "PRUNE"}}]}}), "Sweep"),
+])
+def test_sweep_validation(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_client_side_sweep_helpers_still_make_separate_experiments():
+    base = Experiment(model="m", name="h", measurements=[Perplexity()])
+    exps = lesion.sweep_heads(base, 2, 2)
+    assert len(exps) == 4 and all(e.sweep is None for e in exps)
+    assert "server-side" in lesion.sweep_heads.__doc__ and "Sweep" in lesion.sweep.__doc__
+    # a dict variant may set the sweep itself
+    assert lesion.sweep(base, [{"sweep": HeadSweep(layers=[1])}])[0].sweep == Sweep([HeadSweep(layers=[1])])
