@@ -6,8 +6,12 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
 #include "experiments/checkpoint_loader.h"
 #include "experiments/model_config.h"
+#include "experiments/next_token_ops.h"
 #include "experiments/torch_util.h"
 
 namespace lesion::bench {
@@ -28,6 +32,8 @@ void Die(const absl::Status& status) {
   std::exit(1);
 }
 
+namespace {
+
 std::unique_ptr<ex::Model> LoadBenchModel(const std::string& shape, const std::string& model_dir, at::Device device,
                                           at::ScalarType dtype) {
   if (!model_dir.empty()) {
@@ -40,6 +46,58 @@ std::unique_ptr<ex::Model> LoadBenchModel(const std::string& shape, const std::s
   ex::ModelConfig config = OrDie(ex::ParseModelConfig(shape == "gpt2" ? kGpt2Small : kLlama7b, shape));
   ex::Transformer t = OrDie(ex::Transformer::Create(config, OrDie(ex::MakeRandomWeights(config, device, dtype))));
   return OrDie(ex::Model::FromTransformer(shape, std::move(t)));
+}
+
+}  // namespace
+
+BenchSetup ParseAndLoad(int argc, char** argv, const std::set<std::string>& own_flags) {
+  BenchSetup setup;
+  std::string model_dir, device = "cpu", dtype = "float32";
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--tf32") {
+      setup.tf32 = true;
+      continue;
+    }
+    if (i + 1 >= argc) Die(absl::InvalidArgumentError(absl::StrCat(flag, " needs a value")));
+    const std::string value = argv[++i];
+    if (flag == "--shape") setup.shape = value;
+    else if (flag == "--model") model_dir = value;
+    else if (flag == "--device") device = value;
+    else if (flag == "--dtype") dtype = value;
+    else if (flag == "--seq") setup.seq = std::stoll(value);
+    else if (own_flags.count(flag)) setup.flags[flag] = value;
+    else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
+  }
+  if (setup.tf32) AllowTf32();
+  setup.device = OrDie(ex::ParseDevice(device));
+  setup.dtype = OrDie(ex::ParseDtype(dtype));
+  at::manual_seed(0);
+  setup.model = LoadBenchModel(setup.shape, model_dir, setup.device, setup.dtype);
+  if (!model_dir.empty()) setup.shape = model_dir;
+  if (setup.seq == 0) {
+    setup.seq = std::min<int64_t>(setup.model->config().max_position_embeddings, setup.shape == "llama7b" ? 4096 : 1024);
+  }
+  return setup;
+}
+
+nlohmann::json ResultLine(const BenchSetup& setup, const std::string& what) {
+  return {{"what", what},
+          {"impl", "lesion"},
+          {"model", setup.shape},
+          {"dtype", std::string(ex::DtypeName(setup.dtype))},
+          {"tf32", setup.tf32},
+          {"fused_kernels", ex::HasFusedCudaKernels()},
+          {"device", setup.device.str()},
+          {"seq", setup.seq}};
+}
+
+int64_t IntFlag(const BenchSetup& setup, const std::string& name, int64_t fallback) {
+  auto it = setup.flags.find(name);
+  if (it == setup.flags.end()) return fallback;
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(it->second, &value)) Die(absl::InvalidArgumentError(absl::StrCat(name, ": not an integer")));
+  return value;
 }
 
 std::vector<int32_t> RandomIds(int64_t n, int64_t vocab) {

@@ -9,13 +9,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "experiments/model.h"
+#include "nlohmann/json.hpp"
 
 namespace lesion::bench {
 
@@ -27,10 +30,26 @@ T OrDie(absl::StatusOr<T> v) {
   return *std::move(v);
 }
 
-// "gpt2" (GPT-2 small) or "llama7b" (LLaMA-2-7B) with random weights on `device` in `dtype`, or
-// the checkpoint in `model_dir` when that is given.
-std::unique_ptr<experiments::Model> LoadBenchModel(const std::string& shape, const std::string& model_dir,
-                                                   at::Device device, at::ScalarType dtype);
+// The flags every benchmark takes, parsed with the benchmark's own: `--shape gpt2|llama7b` (random
+// weights of GPT-2 small or LLaMA-2-7B) or `--model DIR`, `--device`, `--dtype`, `--seq` (0: 1024,
+// LLaMA 4096, capped by the model's positions), `--tf32`; then the model loaded (seeded).
+struct BenchSetup {
+  std::string shape = "gpt2";  // or the model directory
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+  bool tf32 = false;
+  int64_t seq = 0;
+  std::unique_ptr<experiments::Model> model;
+  std::map<std::string, std::string> flags;  // the benchmark's own flags, by name ("--batch")
+};
+// Dies on an unknown flag or a missing value; `own_flags` are the benchmark's flags with values.
+BenchSetup ParseAndLoad(int argc, char** argv, const std::set<std::string>& own_flags);
+// A benchmark flag's integer value, or `fallback` when it was not given.
+int64_t IntFlag(const BenchSetup& setup, const std::string& name, int64_t fallback);
+
+// The start of a result line: what was measured and on what (impl, model, dtype, tf32, fused
+// kernels, device, seq), as a JSON object the benchmark adds its numbers to.
+nlohmann::json ResultLine(const BenchSetup& setup, const std::string& what);
 
 // `n` random token ids below `vocab`, from torch's seeded generator.
 std::vector<int32_t> RandomIds(int64_t n, int64_t vocab);

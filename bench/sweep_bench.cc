@@ -20,43 +20,22 @@
 #include "experiments/next_token_ops.h"
 #include "experiments/sweep.h"
 #include "experiments/torch_util.h"
-#include "nlohmann/json.hpp"
 
 namespace ex = lesion::experiments;
 using lesion::bench::Die;
 using lesion::bench::OrDie;
 
 int main(int argc, char** argv) {
-  std::string shape = "gpt2", model_dir, device_name = "cpu", dtype_name = "float32";
-  int64_t seq = 0, tokens = 32768, batch = 8, per_pass = 0, max_heads = 0;
-  bool tf32 = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--tf32") {
-      tf32 = true;
-      continue;
-    }
-    if (i + 1 >= argc) Die(absl::InvalidArgumentError(absl::StrCat(flag, " needs a value")));
-    const std::string value = argv[++i];
-    if (flag == "--shape") shape = value;
-    else if (flag == "--model") model_dir = value;
-    else if (flag == "--device") device_name = value;
-    else if (flag == "--dtype") dtype_name = value;
-    else if (flag == "--seq") seq = std::stoll(value);
-    else if (flag == "--tokens") tokens = std::stoll(value);
-    else if (flag == "--batch") batch = std::stoll(value);
-    else if (flag == "--variants-per-pass") per_pass = std::stoll(value);
-    else if (flag == "--max-heads") max_heads = std::stoll(value);
-    else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
-  }
-  if (tf32) lesion::bench::AllowTf32();
-  const at::Device device = OrDie(ex::ParseDevice(device_name));
-  const at::ScalarType dtype = OrDie(ex::ParseDtype(dtype_name));
-  at::manual_seed(0);
-  auto model = lesion::bench::LoadBenchModel(shape, model_dir, device, dtype);
-  if (!model_dir.empty()) shape = model_dir;
-  const ex::ModelConfig& c = model->config();
-  if (seq == 0) seq = std::min<int64_t>(c.max_position_embeddings, shape == "llama7b" ? 4096 : 1024);
+  lesion::bench::BenchSetup setup =
+      lesion::bench::ParseAndLoad(argc, argv, {"--tokens", "--batch", "--variants-per-pass", "--max-heads"});
+  const int64_t tokens = lesion::bench::IntFlag(setup, "--tokens", 32768);
+  const int64_t batch = lesion::bench::IntFlag(setup, "--batch", 8);
+  const int64_t per_pass = lesion::bench::IntFlag(setup, "--variants-per-pass", 0);
+  const int64_t max_heads = lesion::bench::IntFlag(setup, "--max-heads", 0);
+  const at::Device device = setup.device;
+  const ex::Model& model = *setup.model;
+  const ex::ModelConfig& c = model.config();
+  const int64_t seq = setup.seq;
   const std::vector<int32_t> ids = lesion::bench::RandomIds(tokens, c.vocab_size);
 
   // The anchor's sweep: heads in (layer, head) order, the first max_heads of them (0: all).
@@ -88,18 +67,11 @@ int main(int argc, char** argv) {
   ex::result::Experiment parent_result;
   lesion::bench::ResetPeak(device);
   const double seconds = lesion::bench::Timed(device, 1, [&] {
-    parent_result = OrDie(ex::RunSweep(*model, parent, variants, "data", controls));
+    parent_result = OrDie(ex::RunSweep(model, parent, variants, "data", controls));
   });
-  nlohmann::json line = {{"what", "head_sweep"},
-                         {"impl", "lesion"},
-                         {"model", shape},
-                         {"dtype", std::string(ex::DtypeName(dtype))},
-                         {"tf32", tf32},
-                         {"fused_kernels", ex::HasFusedCudaKernels()},
-                         {"device", device_name},
-                         {"ablations", variants.size()},
+  nlohmann::json line = lesion::bench::ResultLine(setup, "head_sweep");
+  line.update({{"ablations", variants.size()},
                          {"tokens_each", parent_result.baseline.perplexity.n_tokens + parent_result.baseline.perplexity.n_windows},
-                         {"seq", seq},
                          {"bs", batch},
                          {"variants_per_pass", parent_result.sweep.variants_per_pass},
                          {"forward_passes", parent_result.run.forward_passes},
@@ -109,7 +81,7 @@ int main(int argc, char** argv) {
                          {"peak_mem_gib", lesion::bench::PeakMemoryGiB(device)},
                          {"baseline_ppl", parent_result.baseline.perplexity.ppl},
                          {"first_ppl", ppl.front()},
-                         {"last_ppl", ppl.back()}};
+                         {"last_ppl", ppl.back()}});
   std::cout << line.dump() << std::endl;
   return 0;
 }

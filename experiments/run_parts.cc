@@ -322,6 +322,20 @@ bool NeedsMeans(const std::vector<spec::Intervention>& interventions) {
 }
 
 
+result::RunInfo RunInfoOf(const Model& model, const std::string& spec_sha256) {
+  const Transformer& t = model.transformer();
+  result::RunInfo run;
+  run.model = model.dir().string();
+  run.architecture = model.config().architecture;
+  run.dtype = std::string(DtypeName(t.dtype()));
+  run.device = t.device().str();
+  run.model_fingerprint = model.fingerprint();
+  run.spec_sha256 = spec_sha256;
+  run.lesion_version = LESION_VERSION;
+  run.tf32 = Tf32Allowed();
+  return run;
+}
+
 PerplexityOptions EvalOptions(const ModelConfig& c, const spec::Experiment& e) {
   PerplexityOptions options;
   options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);

@@ -97,6 +97,10 @@ absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const Transform
                                         const PerplexityResult& windows, std::vector<result::TokenProbability> tokens,
                                         const NextTokenReducer& reducer, int64_t variant);
 
+// What identifies a run of `spec_sha256` on `model` (model, architecture, dtype, device, weights'
+// fingerprint, version, TF32); the caller adds the passes and the time.
+result::RunInfo RunInfoOf(const Model& model, const std::string& spec_sha256);
+
 // The perplexity protocol of a spec (its eval config with the defaults filled in), unchecked.
 PerplexityOptions EvalOptions(const ModelConfig& c, const spec::Experiment& e);
 

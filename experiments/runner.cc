@@ -151,15 +151,8 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
     out.kl_divergence = kl_sum / static_cast<double>(prepared.protocol.n_tokens);
   }
 
-  out.run.model = model.dir().string();
-  out.run.architecture = c.architecture;
-  out.run.dtype = std::string(DtypeName(t.dtype()));
-  out.run.device = t.device().str();
-  out.run.model_fingerprint = model.fingerprint();
-  out.run.spec_sha256 = e.spec_sha256;
-  out.run.lesion_version = LESION_VERSION;
+  out.run = internal::RunInfoOf(model, e.spec_sha256);
   out.run.forward_passes = passes;
-  out.run.tf32 = Tf32Allowed();
   out.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
 }

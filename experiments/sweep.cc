@@ -582,14 +582,7 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
           out.kl_divergence = reducer.kl_sum()[static_cast<int64_t>(i)].item<double>() /
                               static_cast<double>(prepared.protocol.n_tokens);
         }
-        out.run.model = model.dir().string();
-        out.run.architecture = c.architecture;
-        out.run.dtype = std::string(DtypeName(t.dtype()));
-        out.run.device = t.device().str();
-        out.run.model_fingerprint = model.fingerprint();
-        out.run.spec_sha256 = v.spec_sha256;
-        out.run.lesion_version = LESION_VERSION;
-        out.run.tf32 = Tf32Allowed();
+        out.run = internal::RunInfoOf(model, v.spec_sha256);
         // The passes the variant took part in (its group's, and the baseline passes of its round,
         // shared with the round's other variants), and its share of the round's time.
         out.run.forward_passes = n_batches + baseline_passes;
@@ -613,14 +606,7 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
 
   parent_result.baseline = std::move(baseline);
   parent_result.baseline_from_cache = from_cache;
-  parent_result.run.model = model.dir().string();
-  parent_result.run.architecture = c.architecture;
-  parent_result.run.dtype = std::string(DtypeName(t.dtype()));
-  parent_result.run.device = t.device().str();
-  parent_result.run.model_fingerprint = model.fingerprint();
-  parent_result.run.spec_sha256 = parent.spec_sha256;
-  parent_result.run.lesion_version = LESION_VERSION;
-  parent_result.run.tf32 = Tf32Allowed();
+  parent_result.run = internal::RunInfoOf(model, parent.spec_sha256);
   parent_result.run.forward_passes = passes;
   parent_result.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
   return parent_result;

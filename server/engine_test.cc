@@ -75,26 +75,33 @@ experiments::spec::Experiment Spec(int max_windows) {
   return *e;
 }
 
+// Loads `dir` as `name` and waits for the load's report (DeadlineExceeded after a minute).
+absl::StatusOr<ModelSummary> LoadAndWait(Engine& engine, const std::string& name, const std::filesystem::path& dir,
+                                         const std::string& devices) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<ModelSummary>> loaded;
+  absl::Status queued = engine.LoadModel(name, dir.string(), "", devices, [&](absl::StatusOr<ModelSummary> s) {
+    std::lock_guard<std::mutex> lock(mu);
+    loaded = std::move(s);
+    cv.notify_all();
+  });
+  if (!queued.ok()) return queued;
+  std::unique_lock<std::mutex> lock(mu);
+  if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return loaded.has_value(); })) {
+    return absl::DeadlineExceededError("the load did not report within a minute");
+  }
+  return *loaded;
+}
+
 std::unique_ptr<Engine> Started(int64_t max_queue = 64, const std::string& devices = "cpu") {
   EngineOptions options;
   options.data_dir = kRoot / "data";
   options.max_queue_per_device = max_queue;
   auto engine = Engine::Create(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<absl::StatusOr<ModelSummary>> loaded;
-  EXPECT_TRUE((*engine)
-                  ->LoadModel("stories", (kRoot / "models/stories260K").string(), "", devices,
-                              [&](absl::StatusOr<ModelSummary> s) {
-                                std::lock_guard<std::mutex> lock(mu);
-                                loaded = std::move(s);
-                                cv.notify_all();
-                              })
-                  .ok());
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return loaded.has_value(); });
-  EXPECT_TRUE(loaded->ok()) << loaded->status();
+  absl::StatusOr<ModelSummary> loaded = LoadAndWait(**engine, "stories", kRoot / "models/stories260K", devices);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
   return *std::move(engine);
 }
 
@@ -127,23 +134,9 @@ TEST(Engine, LoadsRunsAndSummarizes) {
   EXPECT_NE(r.baseline.perplexity.mean_nll, r.intervened.perplexity.mean_nll);
   EXPECT_EQ(r.run.model_fingerprint, summary->fingerprint);
   // A second model on the executor that is already up: the load is run (a regression: it waited).
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<absl::StatusOr<ModelSummary>> second;
-  ASSERT_TRUE(engine
-                  ->LoadModel("gpt2", (kRoot / "tests/fixtures/models/gpt2").string(), "", "cpu",
-                              [&](absl::StatusOr<ModelSummary> s) {
-                                std::lock_guard<std::mutex> lock(mu);
-                                second = std::move(s);
-                                cv.notify_all();
-                              })
-                  .ok());
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return second.has_value(); }));
-  }
-  ASSERT_TRUE(second->ok()) << second->status();
-  EXPECT_EQ((*second)->architecture, "GPT2LMHeadModel");
+  absl::StatusOr<ModelSummary> second = LoadAndWait(*engine, "gpt2", kRoot / "tests/fixtures/models/gpt2", "cpu");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->architecture, "GPT2LMHeadModel");
   ASSERT_TRUE(engine->UnloadModel("gpt2").ok());
   // Same name again: AlreadyExists at once.
   EXPECT_EQ(engine->LoadModel("stories", "x", "", "cpu", [](auto) {}).code(), absl::StatusCode::kAlreadyExists);
@@ -275,20 +268,8 @@ TEST(Engine, BadDeviceListsAreRefusedAndAFailedReplicaLoadLeavesNothing) {
   auto engine = Started();
   EXPECT_EQ(engine->LoadModel("x", "d", "", "cpu,tpu", [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(engine->LoadModel("x", "d", "", ",", [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<absl::StatusOr<ModelSummary>> loaded;
-  ASSERT_TRUE(engine
-                  ->LoadModel("x", (kRoot / "no/such/model").string(), "", "cpu,cpu",
-                              [&](absl::StatusOr<ModelSummary> s) {
-                                std::lock_guard<std::mutex> lock(mu);
-                                loaded = std::move(s);
-                                cv.notify_all();
-                              })
-                  .ok());
-  std::unique_lock<std::mutex> lock(mu);
-  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return loaded.has_value(); }));
-  EXPECT_EQ(loaded->status().code(), absl::StatusCode::kNotFound) << loaded->status();
+  absl::StatusOr<ModelSummary> loaded = LoadAndWait(*engine, "x", kRoot / "no/such/model", "cpu,cpu");
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound) << loaded.status();
   EXPECT_EQ(engine->GetModel("x").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(engine->ListModels().size(), 1u);
 }

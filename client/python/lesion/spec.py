@@ -165,7 +165,8 @@ class Eval:
 
 # --------------------------------------------------------------------------------------- interventions
 
-class _Builder:
+class _OneOf:
+    """A proto oneof member: ``to_dict()`` gives {KIND: body}."""
     KIND = ""
 
     def body(self) -> dict:
@@ -173,6 +174,10 @@ class _Builder:
 
     def to_dict(self):
         return {self.KIND: self.body()}
+
+
+class _Builder(_OneOf):
+    """An intervention or a measurement."""
 
 
 @dataclass(frozen=True)
@@ -559,15 +564,8 @@ def _enum_name(enum, value):
     return enum.Name(value).lower()
 
 
-class _Axis:
+class _Axis(_OneOf):
     """A sweep axis: ``to_dict()`` gives its SweepAxis proto3 JSON ({KIND: body})."""
-    KIND = ""
-
-    def body(self) -> dict:
-        raise NotImplementedError
-
-    def to_dict(self):
-        return {self.KIND: self.body()}
 
 
 @dataclass(frozen=True)
