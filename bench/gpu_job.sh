@@ -3,6 +3,8 @@
 # lesion's benchmarks beside HF's anchor (bench/hf_anchor.py) on the same shapes, in the same job.
 # Logs and JSON lines go to ${OUT:-out/gpu}. LESION_GPU_STAGES picks the stages (default: all):
 #   tests   ctest on the host's build, the CUDA tests (fused kernel, sweeps on CUDA), parity
+#   cuda-tests  the CUDA tests only
+#   oom     lesiond on CUDA: a request too large for the GPU is RESOURCE_EXHAUSTED, the next runs
 #   gpt2    GPT-2-small shape: perplexity pass and the 144-head sweep, bf16 and fp32, HF and lesion
 #   gpt2-lesion  the same, lesion's runs only (with sweep pass sizes), when HF's are at hand
 #   llama   LLaMA-2-7B shape: perplexity pass and a 16-head sweep, bf16
@@ -82,6 +84,26 @@ for spec in sorted(Path("experiments/examples").glob("*.json")):
         print(f"{spec.stem:32s} {len(runs['cpu'])} metrics, same names {same}, "
               f"max relative |cuda - cpu| {worst[0]:.2e} ({worst[1]})")
 PY
+fi
+
+if has cuda-tests; then
+  echo "== CUDA tests: the fused kernel, every sweep test on the GPU"
+  LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='NextTokenOps*:Sweep*:TorchCall*' 2>&1 \
+    | grep -E '^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|Which is|largest' | head -40 | tee "$out/cuda_tests.txt"
+fi
+
+if has oom; then
+  echo "== out of GPU memory: lesiond on cuda, a 200k-token window with its attention pattern, then a normal run"
+  port=50977
+  build-gpu/server/lesiond --listen 127.0.0.1:$port --db "$out/oom.db" --model stories=models/stories260K \
+    --device cuda >"$out/lesiond.log" 2>&1 &
+  lesiond_pid=$!
+  for i in $(seq 50); do grep -q "listening" "$out/lesiond.log" 2>/dev/null && break; sleep 0.2; done
+  printf '%s' '{"name": "too-big", "dataset": {"named": "wikitext-2-raw-test"}, "eval": {"seq_len": 200000, "max_windows": 1, "batch_size": 1}, "measurements": [{"perplexity": {}}, {"attention_sink": {"layers": [0]}}]}' >"$out/too_big.json"
+  "$cli" run "$out/too_big.json" --model stories --server 127.0.0.1:$port 2>&1 | tail -2 | tee "$out/oom.txt"
+  "$cli" run experiments/examples/prune_top3_sink_heads.json --model stories --server 127.0.0.1:$port 2>&1 \
+    | head -3 | tee -a "$out/oom.txt"
+  kill $lesiond_pid
 fi
 
 anchor() {  # $1 shape (gpt2|llama) $2 dtype $3 hf attn: every line the anchor prints

@@ -331,6 +331,33 @@ def test_a_crash_during_a_sweep_interrupts_it_and_its_variants(pb, tmp_path):
         second.stop()
 
 
+def _overcommit_refuses_huge_allocations():
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge_allocations(),
+                    reason="the kernel would grant a terabyte allocation lazily (vm.overcommit_memory=1)")
+def test_out_of_memory_is_resource_exhausted_and_the_server_goes_on(pb, server):
+    # One 200k-token window with its attention pattern observed needs a 1.3 TB score matrix: the
+    # allocator refuses it at once (a GPU's would too), nothing is touched.
+    too_big = {"model": "stories", "name": "too-big", "dataset": {"named": "wikitext-2-raw-test"},
+               "eval": {"seq_len": 200000, "max_windows": 1, "batch_size": 1},
+               "measurements": [{"perplexity": {}}, {"attention_sink": {"layers": [0]}}]}
+    lesion = stub(pb, server)
+    with pytest.raises(grpc.RpcError) as e:
+        lesion.RunExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, too_big)), timeout=120)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
+    assert "out of memory" in e.value.details()
+    failed_id = e.value.details().split()[1]
+    failed = lesion.GetExperiment(pb.service.GetExperimentRequest(id=failed_id), timeout=10)
+    assert failed.status == pb.service.FAILED and failed.error_code == "RESOURCE_EXHAUSTED"
+    after = lesion.RunExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, PRUNE)), timeout=120)
+    assert after.status == pb.service.DONE
+
+
 def test_tokens_file_auth_and_roles(pb, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# token user role\nt-admin alice admin\nt-bob bob user\nt-cat cat user\n")
