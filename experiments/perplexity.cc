@@ -95,8 +95,11 @@ absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& mo
       const std::vector<int64_t>& group = it->second;
       for (size_t start = 0; start < group.size(); start += options.batch_size) {
         const int64_t b = std::min<int64_t>(options.batch_size, group.size() - start);
-        at::Tensor input = at::empty({b, n}, at::kLong);     // [b, n]
-        at::Tensor mask = at::zeros({b, n - 1}, at::kBool);  // [b, n - 1]
+        // Page-locked on the host when the model is on a GPU, so that the copies below are
+        // asynchronous (the caching host allocator keeps a block until its copy is done).
+        const auto host = at::TensorOptions().pinned_memory(model.device().is_cuda());
+        at::Tensor input = at::empty({b, n}, host.dtype(at::kLong));     // [b, n]
+        at::Tensor mask = at::zeros({b, n - 1}, host.dtype(at::kBool));  // [b, n - 1]
         auto in = input.accessor<int64_t, 2>();
         auto m = mask.accessor<bool, 2>();
         WindowBatch batch;
