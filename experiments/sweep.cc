@@ -372,7 +372,8 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
                                                      plan.groups.size(), " groups"));
     }
   }
-  // Rounds: consecutive groups, at least max_round_variants variants each (but the last).
+  // Rounds: consecutive groups, closed once they hold max_round_variants variants; a round's
+  // variants are finished and reported together.
   std::vector<std::vector<int64_t>> rounds;
   int64_t in_round = 0;
   for (int64_t g : run_groups) {
@@ -445,13 +446,13 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
           all.insert(all.end(), variants[v].interventions.begin(), variants[v].interventions.end());
         }
       }
-      RunPlan plan(c.n_layers);
-      if (controls.cancelled) plan.SetInterrupt(controls.cancelled);
-      if (!baseline_done) base.Attach(plan);
-      internal::AddMeanObservers(c, all, means, plan);
+      RunPlan means_plan(c.n_layers);
+      if (controls.cancelled) means_plan.SetInterrupt(controls.cancelled);
+      if (!baseline_done) base.Attach(means_plan);
+      internal::AddMeanObservers(c, all, means, means_plan);
       for (const WindowBatch& batch : batches) {
         RETURN_IF_ERROR(check_cancel());
-        ASSIGN_OR_RETURN(at::Tensor logits, t.Forward(batch.input, plan));
+        ASSIGN_OR_RETURN(at::Tensor logits, t.Forward(batch.input, means_plan));
         if (!baseline_done) base.next_token->Add(logits, batch);
         pass_done();
       }
@@ -537,13 +538,13 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
         for (const Group& g : groups) {
           RETURN_IF_ERROR(check_cancel());
           const int64_t n = g.end - g.begin;
-          ASSIGN_OR_RETURN(std::unique_ptr<RunPlan> plan, GroupPlan(t, states, g, b, sites, controls.cancelled));
-          at::Tensor logits;
+          ASSIGN_OR_RETURN(std::unique_ptr<RunPlan> group_plan, GroupPlan(t, states, g, b, sites, controls.cancelled));
+          at::Tensor logits;  // [n b, s, vocab]: the group's variants one after the other
           if (g.start < 0) {
-            ASSIGN_OR_RETURN(logits, t.Forward(n == 1 ? batch.input : batch.input.repeat({n, 1}), *plan));
+            ASSIGN_OR_RETURN(logits, t.Forward(n == 1 ? batch.input : batch.input.repeat({n, 1}), *group_plan));
           } else {
-            const at::Tensor& x = saved.at(g.start);
-            ASSIGN_OR_RETURN(logits, t.ForwardFrom(n == 1 ? x : x.repeat({n, 1, 1}), g.start, *plan));
+            const at::Tensor& x = saved.at(g.start);  // [b, s, d]
+            ASSIGN_OR_RETURN(logits, t.ForwardFrom(n == 1 ? x : x.repeat({n, 1, 1}), g.start, *group_plan));
           }
           reducer.Add(logits, batch, reference, g.begin);
           pass_done();
