@@ -62,12 +62,14 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - expand_start).count();
 
   std::vector<double> ppl(variants.size());
+  ex::RunLimits limits;  // a pass as large as the flags ask for
+  limits.max_pass_tokens = std::max(limits.max_pass_tokens, per_pass * batch * seq);
   ex::SweepControls controls;
   controls.on_variant = [&](int64_t i, ex::result::Experiment r) { ppl[i] = r.intervened.perplexity.ppl; };
   ex::result::Experiment parent_result;
   lesion::bench::ResetPeak(device);
   const double seconds = lesion::bench::Timed(device, 1, [&] {
-    parent_result = OrDie(ex::RunSweep(model, parent, variants, "data", controls));
+    parent_result = OrDie(ex::RunSweep(model, parent, variants, "data", controls, limits));
   });
   nlohmann::json line = lesion::bench::ResultLine(setup, "head_sweep");
   line.update({{"ablations", variants.size()},

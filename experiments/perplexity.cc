@@ -168,15 +168,17 @@ void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, c
 
   if (reference.defined()) {
     // KL(reference || logits) needs both distributions in full: a few windows at a time.
+    // The reference's distribution once per chunk of windows, for every variant.
     at::Tensor row_kl = at::empty({g * b}, f64);
-    const int64_t kl_step = std::max<int64_t>(1, step / 2);
-    for (int64_t j = 0; j < g; ++j) {
-      for (int64_t w = 0; w < b; w += kl_step) {
-        const int64_t m = std::min(kl_step, b - w);
-        at::Tensor log_q = at::log_softmax(reference.narrow(0, w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+    const int64_t kl_step = std::max<int64_t>(1, step / 3);
+    for (int64_t w = 0; w < b; w += kl_step) {
+      const int64_t m = std::min(kl_step, b - w);
+      at::Tensor log_q = at::log_softmax(reference.narrow(0, w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+      at::Tensor q = log_q.exp();  // [m n, vocab]
+      for (int64_t j = 0; j < g; ++j) {
         at::Tensor log_p =
             at::log_softmax(logits.narrow(0, j * b + w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
-        at::Tensor kl = (log_q.exp() * (log_q - log_p)).sum(-1).view({m, n});  // [m, n]
+        at::Tensor kl = (q * (log_q - log_p)).sum(-1).view({m, n});  // [m, n]
         row_kl.narrow(0, j * b + w, m).copy_(at::where(scored.narrow(0, w, m), kl, 0.0).sum(1, false, at::kDouble));
       }
     }

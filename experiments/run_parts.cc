@@ -112,7 +112,8 @@ absl::Status AddActivationInterventions(const ModelConfig& c, const std::vector<
     } else if (const auto* b = std::get_if<spec::AttentionBias>(&in)) {
       const int64_t width = c.n_kv_heads * c.head_dim;
       if (b->layer < 0 || b->layer >= c.n_layers) {
-        return absl::InvalidArgumentError(absl::StrCat("attention bias: layer ", b->layer, " out of range"));
+        return absl::InvalidArgumentError(absl::StrCat("attention bias: layer ", b->layer, " out of range: model ",
+                                                       c.architecture, " has ", c.n_layers, " layers"));
       }
       if (static_cast<int64_t>(b->key.size()) != width || static_cast<int64_t>(b->value.size()) != width) {
         return absl::InvalidArgumentError(absl::StrCat("attention bias at layer ", b->layer, ": key and value need ",

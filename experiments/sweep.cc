@@ -252,14 +252,24 @@ absl::StatusOr<Prepared> PrepareSweep(const Model& model, const spec::Experiment
   RETURN_IF_ERROR(CheckVariants(model, variants, prepared.options.seq_len, limits));
   const ModelConfig& c = model.config();
   const int64_t seq = prepared.options.seq_len;
+  // Every variant's result holds the baseline's captures and its own.
   int64_t bytes = 0;
   for (const auto& cap : prepared.base.captures) {
-    bytes += (1 + static_cast<int64_t>(variants.size())) * cap->ExpectedBytes(c, prepared.protocol.n_windows, seq);
+    bytes += (1 + 2 * static_cast<int64_t>(variants.size())) * cap->ExpectedBytes(c, prepared.protocol.n_windows, seq);
   }
   if (bytes > limits.max_capture_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("capture: ", bytes, " bytes for the baseline and ", variants.size(),
                                                    " variants exceed the limit of ", limits.max_capture_bytes,
                                                    " bytes; capture fewer sites, positions or windows"));
+  }
+  // A pass holds variants_per_pass x batch_size windows: bounded like the passes the runner sizes.
+  const int64_t window_tokens = prepared.options.batch_size * seq;
+  if (parent.variants_per_pass * window_tokens > limits.max_pass_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sweep.variants_per_pass: ", parent.variants_per_pass, " variants x ", prepared.options.batch_size,
+        " windows x ", seq, " tokens = ", parent.variants_per_pass * window_tokens,
+        " tokens in one pass, more than the limit of ", limits.max_pass_tokens,
+        " (lesiond --max-pass-tokens); lower variants_per_pass or eval.batch_size, or leave it 0"));
   }
   return prepared;
 }
@@ -372,17 +382,18 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
                                                      plan.groups.size(), " groups"));
     }
   }
-  // Rounds: consecutive groups, closed once they hold max_round_variants variants; a round's
-  // variants are finished and reported together.
+  // Rounds: consecutive groups, at most max_round_variants variants each (a group is never split);
+  // a round's variants are finished and reported together.
   std::vector<std::vector<int64_t>> rounds;
   int64_t in_round = 0;
   for (int64_t g : run_groups) {
-    if (rounds.empty() || in_round >= limits.max_round_variants) {
+    const int64_t size = static_cast<int64_t>(plan.groups[g].size());
+    if (rounds.empty() || (in_round > 0 && in_round + size > limits.max_round_variants)) {
       rounds.emplace_back();
       in_round = 0;
     }
     rounds.back().push_back(g);
-    in_round += static_cast<int64_t>(plan.groups[g].size());
+    in_round += size;
   }
   bool needs_means = false;
   for (int64_t g : run_groups) {
@@ -519,6 +530,8 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
       }
       const bool full_baseline = measure_baseline || prepared.needs_kl;
       int64_t baseline_passes = 0;  // of this round, shared by its variants
+      // Each group's batched plan, per batch size (only a short last batch differs).
+      std::map<std::pair<size_t, int64_t>, std::unique_ptr<RunPlan>> group_plans;
 
       for (const WindowBatch& batch : batches) {
         RETURN_IF_ERROR(check_cancel());
@@ -535,10 +548,14 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
           pass_done();
           ++baseline_passes;
         }  // else every group starts at the embedding: nothing to take from the baseline
-        for (const Group& g : groups) {
+        for (size_t gi = 0; gi < groups.size(); ++gi) {
+          const Group& g = groups[gi];
           RETURN_IF_ERROR(check_cancel());
           const int64_t n = g.end - g.begin;
-          ASSIGN_OR_RETURN(std::unique_ptr<RunPlan> group_plan, GroupPlan(t, states, g, b, sites, controls.cancelled));
+          std::unique_ptr<RunPlan>& group_plan = group_plans[{gi, b}];
+          if (group_plan == nullptr) {
+            ASSIGN_OR_RETURN(group_plan, GroupPlan(t, states, g, b, sites, controls.cancelled));
+          }
           at::Tensor logits;  // [n b, s, vocab]: the group's variants one after the other
           if (g.start < 0) {
             ASSIGN_OR_RETURN(logits, t.Forward(n == 1 ? batch.input : batch.input.repeat({n, 1}), *group_plan));

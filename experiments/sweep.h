@@ -14,10 +14,11 @@
 // Every variant's result equals running it alone with RunExperiment up to float rounding (batched
 // matrix products, corrections instead of edited weights): tested at 1e-5 relative in float32.
 //
-// Variants run in rounds (at most RunLimits::max_round_variants at once); a variant's result is
-// handed to on_variant as soon as its round is done. Thread-compatible like RunExperiment: the
-// executor thread that owns the model runs it. Errors as RunExperiment's, for the first failing
-// variant's spec naming its index and name.
+// Variants run in rounds of whole groups (at most RunLimits::max_round_variants variants each, or
+// one larger group); a variant's result is handed to on_variant as soon as its round is done.
+// Thread-compatible like RunExperiment: the executor thread that owns the model runs it. Errors as
+// RunExperiment's; validation errors name the variant's index and name; InvalidArgument for a
+// variants_per_pass that puts more than RunLimits::max_pass_tokens tokens in one pass.
 #ifndef LESION_EXPERIMENTS_SWEEP_H_
 #define LESION_EXPERIMENTS_SWEEP_H_
 
@@ -36,9 +37,10 @@
 namespace lesion::experiments {
 
 // How a sweep's variants share forward passes: groups of variants with the same first intervened
-// layer, at most variants_per_pass each, in order of that layer. A pure function of the spec and the
-// model, so that a variant's numbers never depend on how a sweep is split into rounds or across
-// devices (each group runs the same batched passes wherever it runs).
+// layer, at most variants_per_pass each (the spec's, else as many as max_pass_tokens allows), in
+// order of that layer. A pure function of the spec, the model and the limits, so that a variant's
+// numbers never depend on how a sweep is split into rounds or across devices (each group runs the
+// same batched passes wherever it runs).
 struct SweepGroups {
   int64_t variants_per_pass = 0;
   std::vector<std::vector<int64_t>> groups;  // variant indices

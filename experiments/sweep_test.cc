@@ -343,6 +343,13 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("sweep variant 1 (bad)"), std::string::npos) << s;
 
+  RunLimits small_passes;
+  small_passes.max_pass_tokens = 100;  // 3 variants x 3 windows x 16 tokens = 144
+  s = ValidateSweep(*model, HeadSweep(*model, R"([{"perplexity": {}}])"),
+                    Expand(*model, HeadSweep(*model, R"([{"perplexity": {}}])")), kRoot / "data", small_passes);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("= 144 tokens in one pass, more than the limit of 100"), std::string::npos) << s;
+
   const spec::Experiment captures =
       HeadSweep(*model, R"([{"capture": {"sites": ["logits"], "max_windows": 10}}])");
   RunLimits limits;

@@ -66,7 +66,8 @@ absl::StatusOr<at::Device> ParseDevice(absl::string_view name);
 
 // Device memory, through the accelerator API of LibTorch >= 2.9 (the one place that knows the
 // version; older LibTorch: no-ops and 0). For the CPU: nothing to release, 0 bytes.
-// Hands the caching allocator's unused blocks back to the device (between experiments).
+// Hands the caching allocator's unused blocks back (between experiments). Process-wide: every
+// GPU's cache, whichever `device` is named (a no-op for the CPU).
 void ReleaseCachedMemory(at::Device device);
 // Peak bytes allocated on `device` since the last ResetPeakMemory.
 int64_t PeakMemoryBytes(at::Device device);

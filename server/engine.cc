@@ -260,7 +260,6 @@ class EngineImpl : public Engine {
       auto it = jobs_.find(id);
       if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("experiment ", id, " is not queued or running"));
       JobState& state = it->second;
-      state.cancelled = true;
       bool running = false;
       for (Executor* e : state.executors) {
         if (e->running_id == id) {
@@ -381,7 +380,6 @@ class EngineImpl : public Engine {
     std::shared_ptr<Job> job;
     std::vector<Executor*> executors;  // where its tasks were queued
     int64_t shards_left = 0;                  // tasks queued or running
-    bool cancelled = false;
   };
 
   void FinishLoad(PendingLoad& pending, size_t i, const std::string& key,
@@ -631,14 +629,16 @@ class EngineImpl : public Engine {
         continue;
       }
       absl::StatusOr<ex::result::Experiment> outcome = RunTask(e, *task, *model);
-      ex::ReleaseCachedMemory(device);  // nothing of this experiment stays on the device
       const std::shared_ptr<Job> job = task->job;
       const bool failed = !outcome.ok();
+      const bool out_of_memory = absl::IsResourceExhausted(outcome.status());
       if (task->sweep != nullptr) MergeShard(*task->sweep, std::move(outcome), e.device);
       bool complete = false;
+      bool all_idle = true;
       {
         absl::MutexLock lock(&mu_);
         e.running_id.clear();
+        for (const auto& [key, other] : executors_) all_idle = all_idle && other->running_id.empty();
         auto it = jobs_.find(job->id);
         if (it != jobs_.end()) {
           JobState& state = it->second;
@@ -656,6 +656,10 @@ class EngineImpl : public Engine {
           }
         }
       }
+      // Nothing of a finished experiment stays reserved on the device. The release is process-wide
+      // (every GPU's cache), so it waits until no other executor is mid-experiment, unless this
+      // one ran out of memory.
+      if (all_idle || out_of_memory) ex::ReleaseCachedMemory(device);
       if (!complete || !job->callbacks.on_finish) continue;
       job->callbacks.on_finish(task->sweep != nullptr ? SweepOutcome(*task->sweep) : std::move(outcome));
     }

@@ -17,8 +17,9 @@
 // "cuda:0,cuda:1" or "cuda:*"; "cpu,cpu" gives two CPU executors). A single experiment goes to the
 // replica whose executor has the least work queued; a sweep is cut into shards of whole variant
 // groups (experiments/sweep.h ShardGroups), one per replica, run at once and merged, so its
-// numbers are those of a run on one device. After every experiment the executor hands the
-// device's cached memory back (a failed, out-of-memory experiment leaves nothing behind).
+// numbers are those of a run on one device. After an experiment the device's cached memory is
+// handed back once no other executor is mid-experiment (at once after running out of memory), so
+// a finished or failed experiment leaves nothing reserved.
 //
 // Thread-safety: every method may be called from any thread. Callbacks run on executor threads and
 // must not block (hand work to another thread). Errors: NotFound (unknown model or experiment),
@@ -94,8 +95,10 @@ struct Job {
   // Asked when the experiment starts (so that a sweep queued at once still finds the baseline its
   // first experiment computed): the baseline pass of an earlier experiment with the same model
   // fingerprint and spec.baseline_sha256, reused (no baseline forward passes) unless the spec needs
-  // the baseline's logits or dataset means (KL divergence, MEAN modes). May be empty. Called on the
-  // executor thread; must not block for long.
+  // the baseline's logits or dataset means (KL divergence, MEAN modes; a sweep still runs the
+  // baseline's forward passes for its variants' first layers and logits, and reuses the
+  // measurements unless MEAN modes need the means). May be empty. Called on the executor thread;
+  // must not block for long.
   std::function<std::optional<experiments::result::Pass>()> lookup_cached_baseline;
   JobCallbacks callbacks;
 };

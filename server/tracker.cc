@@ -227,7 +227,9 @@ void ExperimentTracker::RetireLocked(const std::string& id) {
 
 ExperimentTracker::Delivery ExperimentTracker::PublishLocked(
     Live& live) {
-  ExperimentEvent event{++live.sequence, live.snapshot, live.final};
+  ++live.sequence;
+  if (live.watchers.empty()) return {ExperimentEvent{live.sequence, {}, live.final}, {}};  // no copy for nobody
+  ExperimentEvent event{live.sequence, live.snapshot, live.final};
   std::vector<std::shared_ptr<WatcherSlot>> watchers;
   watchers.reserve(live.watchers.size());
   for (const auto& [handle, watcher] : live.watchers) watchers.push_back(watcher);
@@ -338,14 +340,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   std::vector<experiments::spec::Experiment> variants;
   if (spec.has_sweep) {
     ASSIGN_OR_RETURN(variants, experiments::spec::ExpandSweep(spec, {model.n_layers, model.n_heads, model.d_model},
-                                                              max_sweep_variants_));
-    int64_t bytes = 0;
-    for (const auto& v : variants) bytes += static_cast<int64_t>(v.canonical_json.size());
-    if (bytes > kMaxSweepSpecBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sweep: ", variants.size(), " variants whose specs take ", bytes >> 20, " MiB together (limit ",
-          kMaxSweepSpecBytes >> 20, " MiB): every variant carries the dataset; use a named dataset"));
-    }
+                                                              max_sweep_variants_, kMaxSweepSpecBytes));
     RETURN_IF_ERROR(engine_->ValidateSweep(spec.model, spec, variants));
   } else {
     RETURN_IF_ERROR(engine_->Validate(spec.model, spec));
@@ -473,9 +468,12 @@ void ExperimentTracker::OnStart(const std::string& id) {
     absl::MutexLock lock(&mu_);
     auto it = live_.find(id);
     if (it == live_.end() || it->second.final) return;
-    // A sweep's variants run with it (in rounds, reported as each is done).
+    // A sweep's variants run with it (in rounds, reported as each is done); once they are all
+    // recorded, one transaction marks them running.
     std::vector<std::string> ids = it->second.children;
     ids.insert(ids.begin(), id);
+    const bool batched = it->second.inserted;  // a sweep's records were inserted together
+    std::vector<std::string> marked;
     for (const std::string& live_id : ids) {
       auto l = live_.find(live_id);
       if (l == live_.end() || l->second.final) continue;
@@ -483,10 +481,22 @@ void ExperimentTracker::OnStart(const std::string& id) {
       live.snapshot.set_status(v1::RUNNING);
       live.snapshot.set_started_unix_micros(Micros(now));
       live.snapshot.set_queue_position(0);
-      WriteLocked(live, [live_id, now](storage::ExperimentStore& store) {
-        LogWrite("mark-running", live_id, store.MarkRunning(live_id, now));
-      });
+      if (batched) {
+        marked.push_back(live_id);
+      } else {
+        WriteLocked(live, [live_id, now](storage::ExperimentStore& store) {
+          LogWrite("mark-running", live_id, store.MarkRunning(live_id, now));
+        });
+      }
       out.push_back(PublishLocked(live));
+    }
+    if (!marked.empty()) {
+      Enqueue([marked = std::move(marked), now](storage::ExperimentStore& store) {
+        storage::Transaction transaction(store.database());
+        const absl::Status begun = transaction.Begin();
+        for (const std::string& live_id : marked) LogWrite("mark-running", live_id, store.MarkRunning(live_id, now));
+        if (begun.ok()) LogWrite("commit", marked.front(), transaction.Commit());
+      });
     }
   }
   for (const auto& [event, watchers] : out) Notify(event, watchers);
@@ -501,7 +511,8 @@ void ExperimentTracker::RefreshQueuePositions() {
     {
       absl::MutexLock lock(&mu_);
       for (const auto& [qid, live] : live_) {
-        if (live.snapshot.status() == v1::QUEUED) queued.push_back(qid);
+        // A sweep's variants wait with their parent: the engine knows only the parent.
+        if (live.snapshot.status() == v1::QUEUED && live.snapshot.parent_id().empty()) queued.push_back(qid);
       }
     }
     for (const std::string& qid : queued) {
@@ -741,9 +752,6 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
   options.limit = request.limit() == 0 ? 100 : request.limit();
   options.offset = request.offset();
   v1::ListExperimentsResponse response;
-  // mu_ is held across the read and the overlay: an experiment whose final write lands between
-  // the two cannot leave the live map (its removal waits for mu_), so no stale row slips through.
-  absl::MutexLock lock(&mu_);
   {
     absl::MutexLock read_lock(&read_mu_);
     ASSIGN_OR_RETURN(storage::QueryPage page, reader_->Query(options));
@@ -751,7 +759,7 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
     for (const storage::ExperimentRecord& record : page.records) {
       v1::Experiment* e = response.add_experiments();
       *e = RecordToProto(record);
-      if (request.include_results() && record.status == storage::ExperimentStatus::kDone && !live_.contains(record.id)) {
+      if (request.include_results() && record.status == storage::ExperimentStatus::kDone) {
         absl::StatusOr<v1::ExperimentResult> result = reader_->GetResult(record.id);
         if (!result.ok()) return result.status();
         *e->mutable_result() = std::move(*result);
@@ -760,16 +768,31 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
       }
     }
   }
-  // The store may lag behind the live state by the writes still queued.
-  for (v1::Experiment& e : *response.mutable_experiments()) {
-    auto it = live_.find(e.id());
-    if (it == live_.end()) continue;
-    e = it->second.snapshot;
-    if (!request.include_results()) {
-      e.clear_result();
-    } else if (e.has_result()) {
-      StripCaptures(*e.mutable_result());
+  // The store may lag behind the live state by the writes still queued: live experiments show
+  // their live state. A row read unfinished whose experiment is no longer live finished (and its
+  // writes landed) between the read and now: read it again.
+  std::vector<int> finished_since;
+  {
+    absl::MutexLock lock(&mu_);
+    for (int i = 0; i < response.experiments_size(); ++i) {
+      v1::Experiment& e = *response.mutable_experiments(i);
+      auto it = live_.find(e.id());
+      if (it == live_.end()) {
+        if (!IsFinal(e.status())) finished_since.push_back(i);
+        continue;
+      }
+      e = it->second.snapshot;
+      if (!request.include_results()) {
+        e.clear_result();
+      } else if (e.has_result()) {
+        StripCaptures(*e.mutable_result());
+      }
     }
+  }
+  for (int i : finished_since) {
+    v1::Experiment& e = *response.mutable_experiments(i);
+    ASSIGN_OR_RETURN(e, ReadStored(e.id(), request.include_results(), /*include_captures=*/false));
+    if (!request.include_results()) e.clear_result();
   }
   return response;
 }

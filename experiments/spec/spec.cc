@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "proto/lesion/v1/experiment.pb.h"
 
@@ -356,7 +357,7 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
 }  // namespace
 
 absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, const ModelShape& shape,
-                                                    int64_t max_variants) {
+                                                    int64_t max_variants, int64_t max_spec_bytes) {
   if (!parent.has_sweep) return absl::FailedPreconditionError("the spec has no sweep");
   lesion::v1::ExperimentSpec proto;
   google::protobuf::util::JsonParseOptions options;
@@ -364,14 +365,24 @@ absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, co
     return absl::InternalError(absl::StrCat("re-reading a canonical spec: ", parsed.message().as_string()));
   }
   std::vector<std::vector<Choice>> axes;
+  std::vector<std::string> sizes;
   int64_t total = 1;
   for (int i = 0; i < proto.sweep().axes_size(); ++i) {
     ASSIGN_OR_RETURN(auto choices, AxisChoices(proto.sweep().axes(i), shape, absl::StrCat("sweep.axes[", i, "]")));
-    total *= static_cast<int64_t>(choices.size());
-    if (total > max_variants) {
-      return Bad("sweep", absl::StrCat("more than ", max_variants, " variants (the limit of this runner)"));
-    }
+    sizes.push_back(absl::StrCat(choices.size()));
+    total = std::min<int64_t>(total * static_cast<int64_t>(choices.size()), int64_t{1} << 40);  // no overflow
     axes.push_back(std::move(choices));
+  }
+  if (total > max_variants) {
+    return Bad("sweep", absl::StrCat("the axes make ", absl::StrJoin(sizes, " x "), " = ", total,
+                                     " variants, more than the limit of ", max_variants,
+                                     " (lesiond --max-sweep-variants)"));
+  }
+  // Every variant carries the parent's spec, dataset included: refuse before building them.
+  if (max_spec_bytes > 0 && total * static_cast<int64_t>(parent.canonical_json.size()) > max_spec_bytes) {
+    return Bad("sweep", absl::StrCat(total, " variants of a ", parent.canonical_json.size(),
+                                     "-byte spec take more than ", max_spec_bytes >> 20,
+                                     " MiB: every variant carries the dataset; use a named dataset"));
   }
   lesion::v1::ExperimentSpec base = proto;
   base.clear_sweep();

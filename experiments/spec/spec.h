@@ -144,10 +144,12 @@ absl::StatusOr<Experiment> ParseExperimentProto(absl::string_view serialized);
 // its sweep, with the variant's interventions after the parent's, named "<parent name>/<variant>"
 // (just the variant's name when the parent has none). Each is canonicalised and hashed exactly as
 // if it had been submitted alone, so a variant reruns alone from its own spec. InvalidArgument
-// naming the axis for a layer, head or channel outside `shape`, an empty axis, a bad norm or op, or
-// more than `max_variants` variants; FailedPrecondition if `parent` has no sweep.
+// naming the axis for a layer, head or channel outside `shape`, an empty axis, a bad norm or op,
+// more than `max_variants` variants, or (when `max_spec_bytes` > 0) variants whose specs would
+// take more than that many bytes together, checked before any is built; FailedPrecondition if
+// `parent` has no sweep.
 absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, const ModelShape& shape,
-                                                    int64_t max_variants);
+                                                    int64_t max_variants, int64_t max_spec_bytes = 0);
 
 }  // namespace lesion::experiments::spec
 

@@ -190,7 +190,13 @@ TEST(Sweep, BadAxesAreInvalidArgumentNamingTheAxis) {
             std::string::npos);
   EXPECT_NE(error(R"([{"weight_values": {"module": "mlp.up", "op": "ZERO", "values": [1]}}])").message().find("no values"),
             std::string::npos);
-  EXPECT_NE(error(R"([{"heads": {}}, {"heads": {}}])", 100).message().find("more than 100 variants"), std::string::npos);
+  EXPECT_NE(error(R"([{"heads": {}}, {"heads": {}}])", 100).message().find("12 x 12 = 144 variants, more than the limit of 100"),
+            std::string::npos);
+  auto big = ParseExperimentJson(SweepSpec(R"([{"heads": {}}])"));
+  ASSERT_TRUE(big.ok());
+  absl::Status bytes = ExpandSweep(*big, {3, 4, 16}, 100, /*max_spec_bytes=*/1000).status();
+  EXPECT_EQ(bytes.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bytes.message().find("use a named dataset"), std::string::npos) << bytes;
   EXPECT_EQ(ParseExperimentJson(SweepSpec("[]")).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseExperimentJson(SweepSpec("[{}]")).status().code(), absl::StatusCode::kInvalidArgument);
   auto no_sweep = ParseExperimentJson(R"({"dataset": {"named": "x"}, "measurements": [{"perplexity": {}}]})");
