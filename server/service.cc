@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/status_codes.h"
 #include "server/status.h"
 
 namespace lesion::server {
@@ -208,12 +209,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
       FinishOnce(grpc::Status::OK, e);
       return;
     }
-    absl::StatusCode code = absl::StatusCode::kInternal;
-    for (int c = 1; c <= 16; ++c) {
-      if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == e.error_code()) {
-        code = static_cast<absl::StatusCode>(c);
-      }
-    }
+    const absl::StatusCode code = StatusCodeFromName(e.error_code()).value_or(absl::StatusCode::kInternal);
     FinishOnce(ToGrpcStatus(absl::Status(code, absl::StrCat("experiment ", e.id(), " failed: ", e.error()))),
                std::nullopt);
   }

@@ -9,6 +9,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_codes.h"
 #include "common/status_macros.h"
 #include "experiments/spec/result_proto.h"
 #include "experiments/spec/spec.h"
@@ -59,9 +60,7 @@ v1::Experiment RecordToProto(const storage::ExperimentRecord& record) {
   // A stored failure reads "CODE: message" (FinishLocked writes it so).
   if (record.status == storage::ExperimentStatus::kFailed) {
     const absl::string_view prefix = absl::string_view(record.error).substr(0, record.error.find(':'));
-    if (!prefix.empty() && prefix.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ_") == absl::string_view::npos) {
-      e.set_error_code(std::string(prefix));
-    }
+    if (StatusCodeFromName(prefix).has_value()) e.set_error_code(std::string(prefix));
   }
   return e;
 }

@@ -21,6 +21,7 @@
 #include "client/cpp/remote_client.h"
 #include "client/cpp/result_format_proto.h"
 #include "common/file_util.h"
+#include "common/status_codes.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -192,12 +193,8 @@ absl::Status FinalStatus(const v1::Experiment& e) {
     case v1::DONE:
       return absl::OkStatus();
     case v1::FAILED: {
-      absl::StatusCode code = absl::StatusCode::kInternal;  // the failure's own code when the server gives it
-      for (int c = 1; c <= 16; ++c) {
-        if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == e.error_code()) {
-          code = static_cast<absl::StatusCode>(c);
-        }
-      }
+      // The failure's own code when the server gives it.
+      const absl::StatusCode code = StatusCodeFromName(e.error_code()).value_or(absl::StatusCode::kInternal);
       return absl::Status(code, absl::StrCat("experiment ", e.id(), " failed: ", e.error()));
     }
     case v1::CANCELLED:
