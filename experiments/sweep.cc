@@ -84,7 +84,6 @@ Correction ToCorrection(const ModelConfig& c, const WeightEditPreview::Element& 
 // applied to its rows of the batched passes, and its weight edits as corrections.
 struct VariantState {
   int64_t index = 0;  // into the sweep's variants
-  int64_t start = 0;  // FirstIntervenedLayer
   PassCollectors collectors;
   std::unique_ptr<RunPlan> plan;
   std::vector<Correction> corrections;
@@ -192,12 +191,11 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
 // A variant's own plan (its activation-level interventions, then its measurements' observers) and
 // its weight edits as corrections. `means`: the dataset means of MEAN modes, or null.
 absl::StatusOr<VariantState> MakeVariantState(const Model& model, const spec::Experiment& parent,
-                                              const spec::Experiment& variant, int64_t index, int64_t start,
+                                              const spec::Experiment& variant, int64_t index,
                                               int64_t seq_len, const internal::Means* means) {
   const ModelConfig& c = model.config();
   VariantState s;
   s.index = index;
-  s.start = start;
   ASSIGN_OR_RETURN(s.collectors, internal::MakeCollectors(model, parent));
   s.plan = std::make_unique<RunPlan>(c.n_layers);
   RETURN_IF_ERROR(internal::AddActivationInterventions(c, variant.interventions, seq_len, means, *s.plan));
@@ -482,7 +480,7 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
         groups.push_back({plan.starts[g], static_cast<int64_t>(states.size()),
                           static_cast<int64_t>(states.size() + plan.groups[g].size())});
         for (int64_t index : plan.groups[g]) {
-          ASSIGN_OR_RETURN(VariantState state, MakeVariantState(model, parent, variants[index], index, plan.starts[g],
+          ASSIGN_OR_RETURN(VariantState state, MakeVariantState(model, parent, variants[index], index,
                                                                 prepared.options.seq_len, needs_means ? &means : nullptr));
           states.push_back(std::move(state));
         }
