@@ -581,7 +581,10 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
   } else if (absl::IsCancelled(result.status())) {
     snap.set_status(v1::CANCELLED);
     snap.set_error(std::string(result.status().message()));
-    WriteLocked(live, [id, now](storage::ExperimentStore& store) { LogWrite("cancel", id, store.Cancel(id, now)); });
+    // The reason stays with the record (a sweep's variants say which sweep stopped them).
+    WriteLocked(live, [id, now, why = snap.error()](storage::ExperimentStore& store) {
+      LogWrite("cancel", id, store.Cancel(id, now, why));
+    });
   } else {
     std::string error =
         absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ", result.status().message());

@@ -428,6 +428,10 @@ TEST_F(TrackerTest, CancellingASweepCancelsTheVariantsNotDone) {
     EXPECT_NE(c->error().find("sweep " + id), std::string::npos) << c->error();
   }
   EXPECT_EQ(Stored(id + ".2").status, storage::ExperimentStatus::kCancelled);
+  // Once retired from memory, read from the store: the reason is kept (a regression: it was lost,
+  // and this test failed whenever the writer retired the variants before the reads above).
+  EXPECT_NE(Stored(id + ".2").error.find("sweep " + id), std::string::npos) << Stored(id + ".2").error;
+  EXPECT_NE(tracker_->Get(id + ".3", false)->error().find("sweep " + id), std::string::npos);
   // A cancelled variant reruns alone.
   absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kAlice, id + ".2");
   ASSERT_TRUE(again.ok()) << again.status();

@@ -244,9 +244,9 @@ absl::Status ExperimentStore::Fail(absl::string_view id, absl::string_view error
                     ExperimentStatus::kFailed, now, error);
 }
 
-absl::Status ExperimentStore::Cancel(absl::string_view id, absl::Time now) {
+absl::Status ExperimentStore::Cancel(absl::string_view id, absl::Time now, absl::string_view why) {
   return Transition(id, {ExperimentStatus::kQueued, ExperimentStatus::kRunning},
-                    ExperimentStatus::kCancelled, now, "");
+                    ExperimentStatus::kCancelled, now, why);
 }
 
 absl::Status ExperimentStore::Finish(absl::string_view id,

@@ -104,7 +104,8 @@ class ExperimentStore {
   // queued | running -> failed with `error`. NotFound; FailedPrecondition otherwise.
   absl::Status Fail(absl::string_view id, absl::string_view error, absl::Time now);
   // queued | running -> cancelled. NotFound; FailedPrecondition otherwise.
-  absl::Status Cancel(absl::string_view id, absl::Time now);
+  // `why`, if given, is kept as the record's error (e.g. "sweep exp-... stopped: ...").
+  absl::Status Cancel(absl::string_view id, absl::Time now, absl::string_view why = "");
   // At server start: every experiment still queued or running (left so by a crash or a stop)
   // becomes interrupted, finished at `now`. Returns how many.
   absl::StatusOr<int64_t> MarkInterruptedOnStart(absl::Time now);
