@@ -1,10 +1,14 @@
-// Byte-level BPE (GPT-2, LLaMA 3, Qwen2). Encoding, as Hugging Face `tokenizers` does it:
+// BPE as Hugging Face `tokenizers` runs it: byte-level BPE (GPT-2, LLaMA 3, Qwen2), and the
+// Metaspace form HF's LlamaTokenizer gives SentencePiece vocabularies (LoadGgufTokenizer).
+// Encoding:
 //   1. split off added tokens (leftmost-longest; tokens with normalized=false first, then the
 //      others in the remaining text);
-//   2. pre-tokenize the rest with the model's regexes (PCRE2, Unicode properties), keeping the
-//      text between matches as pieces too (Split behavior "Isolated");
-//   3. map each byte of a piece to its token and merge adjacent symbols, lowest merge rank first
-//      (leftmost on ties); long pieces with a heap over a linked list, O(n log n) in their length.
+//   2. pre-tokenize the rest: with the model's regexes (PCRE2, Unicode properties), keeping the
+//      text between matches as pieces too (Split behavior "Isolated"), or Metaspace;
+//   3. map each byte (byte-level) or character (Metaspace) of a piece to its token, with HF's
+//      byte fallback, unknown token and dropping of characters that have none, and merge adjacent
+//      symbols, lowest merge rank first (leftmost on ties); long pieces with a heap over a linked
+//      list, O(n log n) in their length.
 // Pieces repeat a lot in text, so the ids of each piece are memoized for the duration of a call.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -23,6 +27,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/file_util.h"
@@ -35,14 +41,16 @@ namespace lesion::experiments {
 namespace {
 
 using Json = nlohmann::json;
+using tokenizer_internal::AddedToken;
 using tokenizer_internal::AppendUtf8;
+using tokenizer_internal::kGpt2SplitPattern;
+using tokenizer_internal::PreTokenizerStage;
 using tokenizer_internal::DecodeUtf8;
 using tokenizer_internal::FindInvalidUtf8;
 using tokenizer_internal::IsUnicodeWhiteSpace;
 using tokenizer_internal::ValidUtf8Length;
 
-constexpr char kGpt2Pattern[] =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr char kMetaspace[] = "\xE2\x96\x81";  // U+2581, HF Metaspace's replacement of spaces
 
 // HF's single_word test uses the Rust regex crate's Unicode \w, which differs from PCRE2's
 // (PCRE2 10.42: [\p{L}\p{N}_], so it takes U+00B2 but not U+0301).
@@ -52,8 +60,8 @@ constexpr int kMaxSequenceDepth = 64;
 
 // Longer pieces are encoded without memoization (they rarely repeat).
 constexpr size_t kMaxMemoizedPieceBytes = 256;
-// Pieces up to this length are merged by scanning an array; longer ones with a heap.
-constexpr size_t kShortPieceBytes = 32;
+// Words of up to this many initial tokens are merged by scanning an array; longer ones with a heap.
+constexpr size_t kShortWordSymbols = 32;
 
 // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others map to U+0100 on.
 const std::array<char32_t, 256>& ByteToCodePoint() {
@@ -220,12 +228,6 @@ class Regex {
   pcre2_code* code_;
 };
 
-struct AddedToken {
-  std::string content;
-  int32_t id = 0;
-  bool single_word = false, lstrip = false, rstrip = false, normalized = false;
-};
-
 // Finds added tokens in text as HF's AddedVocabulary::find_matches does: leftmost-longest
 // matches (scanning on after each one, like its Aho-Corasick automaton), single_word tokens
 // discarded next to word characters, lstrip/rstrip widening a match over the whitespace beside
@@ -310,33 +312,28 @@ class AddedTokenMatcher {
   std::shared_ptr<const Regex> word_;  // kRustWordChar; only if a token is single_word
 };
 
-// One stage of pre-tokenization: optionally prefix a space (ByteLevel add_prefix_space), then
-// optionally split with a regex.
-struct PreTokenizerStage {
-  bool add_prefix_space = false;
-  std::string pattern;  // empty: no split
-};
-
-class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
+// BPE as HF `tokenizers` runs it: added tokens split off, pre-tokenization (ByteLevel regex
+// stages, or Metaspace), each word's characters mapped to tokens, then the adjacent pair of
+// lowest merge rank merged (leftmost on ties) until no pair has a merge.
+class HfBpe final : public tokenizer_internal::TokenizerBase {
  public:
-  struct Spec {
-    absl::flat_hash_map<std::string, int32_t> vocab;          // byte-level form -> id
-    std::vector<std::pair<std::string, std::string>> merges;  // in rank order
-    std::vector<AddedToken> added;
-    std::vector<PreTokenizerStage> stages = {{false, kGpt2Pattern}};
-    bool ignore_merges = false;  // LLaMA 3: a piece that is in the vocabulary is one token
-    std::string source;          // file name(s), for messages
-  };
+  using Spec = tokenizer_internal::HfBpeSpec;
+  using PreTokenizer = Spec::PreTokenizer;
 
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Create(Spec spec) {
-    auto tok = std::unique_ptr<ByteLevelBpe>(new ByteLevelBpe());
+    auto tok = std::unique_ptr<HfBpe>(new HfBpe());
     const std::string& source = spec.source;
-    for (const PreTokenizerStage& stage : spec.stages) {
-      Stage s{stage.add_prefix_space, nullptr};
-      if (!stage.pattern.empty()) {
-        ASSIGN_OR_RETURN(s.regex, Regex::Compile(stage.pattern, source));
+    tok->pre_tokenizer_ = spec.pre_tokenizer;
+    tok->strip_decoded_space_ = spec.strip_decoded_space;
+    tok->SetSpecialIds(spec.bos, spec.eos);
+    if (spec.pre_tokenizer == PreTokenizer::kByteLevel) {
+      for (const PreTokenizerStage& stage : spec.stages) {
+        Stage s{stage.add_prefix_space, nullptr};
+        if (!stage.pattern.empty()) {
+          ASSIGN_OR_RETURN(s.regex, Regex::Compile(stage.pattern, source));
+        }
+        tok->stages_.push_back(std::move(s));
       }
-      tok->stages_.push_back(std::move(s));
     }
     // Ids index a table: bound them by the number of tokens, with room for gaps (real files
     // have few), so that a corrupt id cannot make it huge.
@@ -357,16 +354,52 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
       max_id = std::max(max_id, a.id);
     }
     tok->decoded_.resize(max_id + 1);
-    for (const auto& [piece, id] : spec.vocab) tok->decoded_[id] = DecodeByteLevel(piece);
-    for (int b = 0; b < 256; ++b) {
-      const std::string form = ByteLevelForm(std::string(1, static_cast<char>(b)));
-      auto it = spec.vocab.find(form);
-      if (it == spec.vocab.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(source, ": the vocabulary lacks the token for byte ", b, " (\"", form, "\")"));
+    tok->byte_values_.assign(max_id + 1, kNoToken);
+    for (const auto& [piece, id] : spec.vocab) tok->SetDecoded(id, piece);
+
+    // How a character without a token is encoded.
+    tok->byte_fallback_ = spec.byte_fallback;
+    tok->fuse_unk_ = spec.fuse_unk;
+    tok->fallback_ids_.fill(-1);
+    if (spec.byte_fallback) {
+      for (int b = 0; b < 256; ++b) {
+        if (auto it = spec.vocab.find(absl::StrFormat("<0x%02X>", b)); it != spec.vocab.end()) {
+          tok->fallback_ids_[b] = it->second;
+        }
       }
-      tok->byte_ids_[b] = it->second;
     }
+    std::optional<int32_t> unk_id;
+    if (spec.unk_token.has_value()) {
+      if (auto it = spec.vocab.find(*spec.unk_token); it != spec.vocab.end()) unk_id = it->second;
+    }
+    tok->unk_id_ = unk_id;
+    bool needs_unk = spec.pre_tokenizer == PreTokenizer::kMetaspace;  // any character may lack a token
+    if (spec.pre_tokenizer == PreTokenizer::kByteLevel) {
+      for (int b = 0; b < 256; ++b) {
+        const std::string form = ByteLevelForm(std::string(1, static_cast<char>(b)));
+        CharSymbols& s = tok->byte_symbols_[b];
+        if (auto it = spec.vocab.find(form); it != spec.vocab.end()) {
+          s = {1, {it->second, -1}};
+        } else if (tok->FallbackIds(form, s.ids)) {
+          s.count = static_cast<int8_t>(form.size());
+        } else {
+          s.count = -1;
+          needs_unk = true;
+        }
+      }
+    } else {
+      tok->ascii_ids_.fill(-1);
+      for (int c = 0; c < 128; ++c) {
+        if (auto it = spec.vocab.find(std::string(1, static_cast<char>(c))); it != spec.vocab.end()) {
+          tok->ascii_ids_[c] = it->second;
+        }
+      }
+    }
+    if (needs_unk && spec.unk_token.has_value() && !unk_id.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": unk_token \"", *spec.unk_token, "\" is not in the vocabulary"));
+    }
+
     tok->merges_.reserve(spec.merges.size());
     for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
       const auto& [a, b] = spec.merges[rank];
@@ -375,18 +408,30 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
         return absl::InvalidArgumentError(absl::StrCat(source, ": merge ", rank, " (\"", a, "\", \"", b,
                                                        "\") uses tokens that are not in the vocabulary"));
       }
-      // A repeated pair keeps its first (lowest) rank.
-      tok->merges_.try_emplace(PairKey(ia->second, ib->second), Merge{static_cast<int32_t>(rank), im->second});
+      // A repeated pair takes its last rank, as in HF's merge map.
+      tok->merges_.insert_or_assign(PairKey(ia->second, ib->second), Merge{static_cast<int32_t>(rank), im->second});
     }
     std::vector<AddedToken> raw, normalized;
     for (AddedToken& a : spec.added) {
-      tok->decoded_[a.id] = DecodeByteLevel(a.content);
+      tok->SetDecoded(a.id, a.content);
       (a.normalized ? normalized : raw).push_back(std::move(a));
     }
     ASSIGN_OR_RETURN(tok->raw_added_, AddedTokenMatcher::Create(std::move(raw), source));
     ASSIGN_OR_RETURN(tok->normalized_added_, AddedTokenMatcher::Create(std::move(normalized), source));
     tok->ignore_merges_ = spec.ignore_merges;
-    if (spec.ignore_merges) tok->vocab_ = std::move(spec.vocab);
+    if (spec.pre_tokenizer == PreTokenizer::kMetaspace) {
+      // No merge can join "x" and "\u2581..." if no token has a U+2581 after another character
+      // (sentencepiece's split_by_whitespace vocabularies) and U+2581 is a token (so that it
+      // never becomes an unknown token that fuses with its neighbours).
+      tok->metaspace_words_are_independent_ = spec.vocab.contains(kMetaspace) && !spec.ignore_merges;
+      for (const auto& [piece, id] : spec.vocab) {
+        const absl::string_view p(piece);
+        for (size_t at = p.find(kMetaspace, 1); at != absl::string_view::npos; at = p.find(kMetaspace, at + 1)) {
+          if (at < 3 || p.substr(at - 3, 3) != kMetaspace) tok->metaspace_words_are_independent_ = false;
+        }
+      }
+    }
+    if (spec.ignore_merges || spec.pre_tokenizer == PreTokenizer::kMetaspace) tok->vocab_ = std::move(spec.vocab);
     return std::unique_ptr<Tokenizer>(std::move(tok));
   }
 
@@ -400,7 +445,13 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     absl::Status status;
     auto on_token = [&](int32_t id) { state.ids.push_back(id); };
     auto on_plain_text = [&](absl::string_view piece) {
-      if (status.ok()) status = EncodeStage(piece, 0, state);
+      if (!status.ok()) return;
+      if (pre_tokenizer_ == PreTokenizer::kMetaspace) {
+        // The pieces are views of `text`: the first one starts where the text does.
+        EncodeMetaspaceWord(piece, /*first=*/piece.data() == text.data(), state);
+      } else {
+        status = EncodeStage(piece, 0, state);
+      }
     };
     raw_added_.Split(
         text,
@@ -423,13 +474,41 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
         return absl::InvalidArgumentError(
             absl::StrCat("token id ", id, " out of range: the vocabulary has ids 0..", decoded_.size() - 1));
       }
+    }
+    if (pre_tokenizer_ == PreTokenizer::kByteLevel) {
+      for (int32_t id : ids) out += decoded_[id];
+      return tokenizer_internal::RepairUtf8(out, tokenizer_internal::Utf8Repair::kMaximalSubpart);
+    }
+    // Replace, ByteFallback (a run of byte tokens that is not UTF-8 becomes one U+FFFD per
+    // byte), Fuse, Strip.
+    std::string bytes;
+    auto flush = [&] {
+      if (FindInvalidUtf8(bytes) == absl::string_view::npos) {
+        out += bytes;
+      } else {
+        for (size_t i = 0; i < bytes.size(); ++i) out += "\xEF\xBF\xBD";
+      }
+      bytes.clear();
+    };
+    for (int32_t id : ids) {
+      const int16_t byte = byte_values_[id];
+      if (byte == kNoToken) continue;  // an id no token has: HF skips it
+      if (byte >= 0) {
+        bytes += static_cast<char>(byte);
+        continue;
+      }
+      flush();
       out += decoded_[id];
     }
-    return tokenizer_internal::RepairUtf8(out, tokenizer_internal::Utf8Repair::kMaximalSubpart);
+    flush();
+    if (strip_decoded_space_ && !out.empty() && out[0] == ' ') out.erase(0, 1);
+    return out;
   }
 
   int32_t vocab_size() const override { return static_cast<int32_t>(decoded_.size()); }
-  std::string_view kind() const override { return "byte_level_bpe"; }
+  std::string_view kind() const override {
+    return pre_tokenizer_ == PreTokenizer::kByteLevel ? "byte_level_bpe" : "sentencepiece_bpe";
+  }
 
  private:
   struct Stage {
@@ -440,10 +519,18 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     int32_t rank;
     int32_t id;
   };
+  // The tokens one byte-level character starts as: count 1 (its token), 2 (the byte-fallback
+  // tokens of its two UTF-8 bytes), or -1 (none: unk or dropped).
+  struct CharSymbols {
+    int8_t count = -1;
+    std::array<int32_t, 2> ids{};
+  };
+  // byte_values_ of an id that is not a byte token; of an id that no token has.
+  static constexpr int16_t kNotByte = -1, kNoToken = -2;
 
   // Per-call state: the output, the memo piece -> ids (a range of the output), and workspace.
   struct EncodeState {
-    explicit EncodeState(const ByteLevelBpe& tok) {
+    explicit EncodeState(const HfBpe& tok) {
       for (const Stage& s : tok.stages_) {
         match_data.push_back(s.regex ? std::make_unique<Regex::MatchData>(*s.regex) : nullptr);
       }
@@ -459,14 +546,26 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     std::vector<int32_t> ids;
     absl::flat_hash_map<std::string, std::pair<uint32_t, uint32_t>> memo;  // piece -> (offset, count)
     std::vector<std::unique_ptr<Regex::MatchData>> match_data;              // per stage
+    std::vector<int32_t> initial;  // a word's tokens before merging
     std::vector<Symbol> symbols;
     std::vector<Candidate> heap;
   };
 
-  ByteLevelBpe() = default;
+  HfBpe() = default;
 
   static uint64_t PairKey(int32_t a, int32_t b) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
+
+  // Records what token `id` (spelled `token`) decodes to.
+  void SetDecoded(int32_t id, absl::string_view token) {
+    if (pre_tokenizer_ == PreTokenizer::kByteLevel) {
+      decoded_[id] = DecodeByteLevel(token);
+      byte_values_[id] = kNotByte;
+      return;
+    }
+    decoded_[id] = absl::StrReplaceAll(token, {{kMetaspace, " "}});
+    byte_values_[id] = ByteFallbackValue(decoded_[id]);
   }
 
   // The bytes a token stands for: each character of its byte-level form mapped back to its byte.
@@ -482,6 +581,33 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
       i += len;
     }
     return out;
+  }
+
+  // The byte of a token "<0xNN>" as HF's ByteFallback decoder reads it (Rust's u8::from_str_radix
+  // of the two characters, which also takes "+N"), else kNotByte.
+  static int16_t ByteFallbackValue(absl::string_view token) {
+    if (token.size() != 6 || !absl::StartsWith(token, "<0x") || token[5] != '>') return kNotByte;
+    auto digit = [](char c) {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+      return -1;
+    };
+    const int hi = digit(token[3]), lo = digit(token[4]);
+    if (token[3] == '+' && lo >= 0) return static_cast<int16_t>(lo);
+    return hi >= 0 && lo >= 0 ? static_cast<int16_t>(hi * 16 + lo) : kNotByte;
+  }
+
+  // The byte-fallback tokens of the UTF-8 bytes of `character` into `ids` (which has room for
+  // them); false if byte fallback is off or one of them is not in the vocabulary.
+  template <typename Ids>
+  bool FallbackIds(absl::string_view character, Ids& ids) const {
+    if (!byte_fallback_ || character.size() > ids.size()) return false;
+    for (size_t i = 0; i < character.size(); ++i) {
+      ids[i] = fallback_ids_[static_cast<unsigned char>(character[i])];
+      if (ids[i] < 0) return false;
+    }
+    return true;
   }
 
   absl::Status EncodeStage(absl::string_view piece, size_t stage_index, EncodeState& state) const {
@@ -504,6 +630,37 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     return status;
   }
 
+  // Metaspace (prepend_scheme "first", split false): the stretch of text is one word.
+  void EncodeMetaspaceWord(absl::string_view text, bool first, EncodeState& state) const {
+    if (text.empty()) return;
+    std::string word;
+    word.reserve(text.size() + text.size() / 4 + 3);
+    if (first && !absl::StartsWith(text, kMetaspace) && text[0] != ' ') word = kMetaspace;
+    for (char c : text) {
+      if (c == ' ') {
+        word += kMetaspace;
+      } else {
+        word += c;
+      }
+    }
+    if (!metaspace_words_are_independent_) {
+      EncodePiece(word, state);
+      return;
+    }
+    // The same ids, "\u2581word" by "\u2581word" (memoized): see metaspace_words_are_independent_.
+    const absl::string_view all(word), space(kMetaspace);
+    for (size_t begin = 0; begin < all.size();) {
+      size_t end = begin;  // the next U+2581 that follows another character
+      do {
+        end = all.find(space, end + 1);
+      } while (end != absl::string_view::npos && end >= begin + space.size() &&
+               all.substr(end - space.size(), space.size()) == space);
+      if (end == absl::string_view::npos) end = all.size();
+      EncodePiece(all.substr(begin, end - begin), state);
+      begin = end;
+    }
+  }
+
   void EncodePiece(absl::string_view piece, EncodeState& state) const {
     if (piece.size() > kMaxMemoizedPieceBytes) {
       MergePiece(piece, state);
@@ -522,31 +679,89 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
                                                           static_cast<uint32_t>(state.ids.size() - offset)));
   }
 
-  // BPE over one piece: byte tokens, then repeatedly the adjacent pair of lowest merge rank
+  // The tokens of a word's characters before merging, as HF's BPE::merge_word: a character's
+  // token, else its bytes' fallback tokens, else the unknown token, else nothing. An unknown
+  // character's token is held back until the next character that has a token (or the end), so
+  // that with fuse_unk a run of them is one token; HF emits byte-fallback tokens without
+  // releasing it, which is reproduced here.
+  void InitialSymbols(absl::string_view piece, std::vector<int32_t>& out) const {
+    out.clear();
+    bool pending_unk = false;
+    auto known = [&](int32_t id) {
+      if (pending_unk) out.push_back(*unk_id_);
+      pending_unk = false;
+      out.push_back(id);
+    };
+    auto unknown = [&] {
+      if (!unk_id_.has_value()) return;  // dropped
+      if (pending_unk && !fuse_unk_) out.push_back(*unk_id_);
+      pending_unk = true;
+    };
+    if (pre_tokenizer_ == PreTokenizer::kByteLevel) {
+      for (unsigned char b : piece) {
+        const CharSymbols& s = byte_symbols_[b];
+        if (s.count == 1) {
+          known(s.ids[0]);
+        } else if (s.count > 1) {
+          out.insert(out.end(), s.ids.begin(), s.ids.begin() + s.count);
+        } else {
+          unknown();
+        }
+      }
+    } else {
+      std::array<int32_t, 4> fallback;
+      for (size_t i = 0; i < piece.size();) {
+        const size_t len = std::max<size_t>(1, ValidUtf8Length(piece, i));
+        const absl::string_view c = piece.substr(i, len);
+        i += len;
+        const unsigned char first = static_cast<unsigned char>(c[0]);
+        if (first < 0x80 && ascii_ids_[first] >= 0) {
+          known(ascii_ids_[first]);
+        } else if (auto it = first < 0x80 ? vocab_.end() : vocab_.find(c); it != vocab_.end()) {
+          known(it->second);
+        } else if (FallbackIds(c, fallback)) {
+          out.insert(out.end(), fallback.begin(), fallback.begin() + len);
+        } else {
+          unknown();
+        }
+      }
+    }
+    if (pending_unk) out.push_back(*unk_id_);
+  }
+
+  // BPE over one word: its initial tokens, then repeatedly the adjacent pair of lowest merge rank
   // (leftmost on ties) is merged. Stale heap entries are recognised by the ids they expected.
   void MergePiece(absl::string_view piece, EncodeState& state) const {
-    if (piece.size() == 1) {
-      state.ids.push_back(byte_ids_[static_cast<unsigned char>(piece[0])]);
-      return;
+    if (pre_tokenizer_ == PreTokenizer::kByteLevel && piece.size() == 1) {
+      const CharSymbols& s = byte_symbols_[static_cast<unsigned char>(piece[0])];
+      if (s.count == 1) {
+        state.ids.push_back(s.ids[0]);
+        return;
+      }
     }
     if (ignore_merges_) {
-      if (auto it = vocab_.find(ByteLevelForm(piece)); it != vocab_.end()) {
+      auto it = pre_tokenizer_ == PreTokenizer::kByteLevel ? vocab_.find(ByteLevelForm(piece)) : vocab_.find(piece);
+      if (it != vocab_.end()) {
         state.ids.push_back(it->second);
         return;
       }
     }
-    if (piece.size() <= kShortPieceBytes) {
-      MergeShortPiece(piece, state);
+    InitialSymbols(piece, state.initial);
+    const std::vector<int32_t>& initial = state.initial;
+    if (initial.size() <= 1) {
+      state.ids.insert(state.ids.end(), initial.begin(), initial.end());
+      return;
+    }
+    if (initial.size() <= kShortWordSymbols) {
+      MergeShortWord(initial, state);
       return;
     }
     auto& symbols = state.symbols;
     auto& heap = state.heap;
     symbols.clear();
     heap.clear();
-    const int32_t n = static_cast<int32_t>(piece.size());
-    for (int32_t i = 0; i < n; ++i) {
-      symbols.push_back({byte_ids_[static_cast<unsigned char>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1});
-    }
+    const int32_t n = static_cast<int32_t>(initial.size());
+    for (int32_t i = 0; i < n; ++i) symbols.push_back({initial[i], i - 1, i + 1 < n ? i + 1 : -1});
     const auto greater = std::greater<EncodeState::Candidate>();
     auto push = [&](int32_t pos) {  // the pair (pos, its right neighbour)
       const int32_t next = symbols[pos].next;
@@ -573,13 +788,13 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     for (int32_t i = 0; i >= 0; i = symbols[i].next) state.ids.push_back(symbols[i].id);
   }
 
-  // MergePiece for short pieces (nearly all of them): the same merge order, found by scanning an
+  // MergePiece for short words (nearly all of them): the same merge order, found by scanning an
   // array of pair ranks, which is faster than a heap at this size.
-  void MergeShortPiece(absl::string_view piece, EncodeState& state) const {
+  void MergeShortWord(absl::Span<const int32_t> initial, EncodeState& state) const {
     constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
-    std::array<int32_t, kShortPieceBytes> ids{}, ranks{}, merged{};
-    int32_t n = static_cast<int32_t>(piece.size());
-    for (int32_t i = 0; i < n; ++i) ids[i] = byte_ids_[static_cast<unsigned char>(piece[i])];
+    std::array<int32_t, kShortWordSymbols> ids{}, ranks{}, merged{};
+    int32_t n = static_cast<int32_t>(initial.size());
+    std::copy(initial.begin(), initial.end(), ids.begin());
     auto update = [&](int32_t i) {  // the pair (i, i + 1)
       auto it = merges_.find(PairKey(ids[i], ids[i + 1]));
       ranks[i] = it == merges_.end() ? kNone : it->second.rank;
@@ -605,13 +820,24 @@ class ByteLevelBpe final : public tokenizer_internal::TokenizerBase {
     state.ids.insert(state.ids.end(), ids.begin(), ids.begin() + n);
   }
 
-  std::vector<Stage> stages_;
-  std::vector<std::string> decoded_;  // id -> the bytes it decodes to ("" for unused ids)
-  std::array<int32_t, 256> byte_ids_{};
+  PreTokenizer pre_tokenizer_ = PreTokenizer::kByteLevel;
+  std::vector<Stage> stages_;          // kByteLevel
+  bool strip_decoded_space_ = false;   // kMetaspace
+  // kMetaspace: whether a word may be encoded in pieces split before each U+2581 that follows
+  // another character (the ids are the same when no merge can span such a split).
+  bool metaspace_words_are_independent_ = false;
+  std::vector<std::string> decoded_;   // id -> what it decodes to (bytes; "" for unused ids)
+  std::vector<int16_t> byte_values_;   // id -> its byte if a "<0xNN>" token (kMetaspace), kNotByte, kNoToken
+  std::array<CharSymbols, 256> byte_symbols_{};  // kByteLevel: byte -> its initial tokens
+  std::array<int32_t, 128> ascii_ids_{};         // kMetaspace: ASCII character -> its token, or -1
+  std::array<int32_t, 256> fallback_ids_{};      // byte -> its token "<0xNN>" (if byte_fallback), or -1
+  bool byte_fallback_ = false;
+  bool fuse_unk_ = false;
+  std::optional<int32_t> unk_id_;
   absl::flat_hash_map<uint64_t, Merge> merges_;  // (left id, right id) -> rank and merged id
   AddedTokenMatcher raw_added_, normalized_added_;
   bool ignore_merges_ = false;
-  absl::flat_hash_map<std::string, int32_t> vocab_;  // kept only for ignore_merges
+  absl::flat_hash_map<std::string, int32_t> vocab_;  // kept only for ignore_merges and kMetaspace
 };
 
 absl::Status ParseVocab(const Json& vocab, absl::string_view source, absl::flat_hash_map<std::string, int32_t>& out) {
@@ -669,7 +895,7 @@ std::string QuoteRegex(absl::string_view literal) {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesystem::path& vocab_json,
                                                            const std::filesystem::path& merges_txt) {
-  ByteLevelBpe::Spec spec;
+  HfBpe::Spec spec;
   ASSIGN_OR_RETURN(Json vocab, ParseJsonFile(vocab_json));
   RETURN_IF_ERROR(ParseVocab(vocab, vocab_json.string(), spec.vocab));
   ASSIGN_OR_RETURN(std::string merges_text, ReadFile(merges_txt));
@@ -690,7 +916,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesyste
     spec.added.push_back({"<|endoftext|>", it->second});
   }
   spec.source = absl::StrCat(vocab_json.string(), " + ", merges_txt.string());
-  return ByteLevelBpe::Create(std::move(spec));
+  return HfBpe::Create(std::move(spec));
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesystem::path& path) {
@@ -707,7 +933,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
     if (!StringField(*model, key).empty()) return bad(absl::StrCat("BPE with a ", key, " is not supported"));
   }
 
-  ByteLevelBpe::Spec spec;
+  HfBpe::Spec spec;
   spec.source = source;
   auto vocab = model->find("vocab");
   if (vocab == model->end()) return bad("the model has no vocab");
@@ -730,6 +956,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
     }
   }
   spec.ignore_merges = BoolField(*model, "ignore_merges", false);
+  spec.byte_fallback = BoolField(*model, "byte_fallback", false);
+  spec.fuse_unk = BoolField(*model, "fuse_unk", false);
+  if (auto unk = model->find("unk_token"); unk != model->end() && !unk->is_null()) {
+    if (!unk->is_string()) return bad("model.unk_token must be a string or null");
+    spec.unk_token = unk->get<std::string>();
+  }
 
   // Normalizer: none, or NFC, accepted as is (the text is taken to be NFC already).
   std::function<absl::Status(const Json&, int)> check_normalizer = [&](const Json& n, int depth) -> absl::Status {
@@ -764,7 +996,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
       if (byte_level) return bad("more than one ByteLevel pre_tokenizer");
       byte_level = true;
       spec.stages.push_back(
-          {BoolField(p, "add_prefix_space", false), BoolField(p, "use_regex", true) ? kGpt2Pattern : ""});
+          {BoolField(p, "add_prefix_space", false), BoolField(p, "use_regex", true) ? kGpt2SplitPattern : ""});
     } else if (t == "Split") {
       if (byte_level) return bad("a Split pre_tokenizer after ByteLevel is not supported");
       auto pattern = p.find("pattern");
@@ -811,7 +1043,26 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
                             BoolField(a, "rstrip", false), BoolField(a, "normalized", !special)});
     }
   }
-  return ByteLevelBpe::Create(std::move(spec));
+  return HfBpe::Create(std::move(spec));
 }
 
+namespace tokenizer_internal {
+
+const char kGpt2SplitPattern[] =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+std::string ByteLevelSpelling(absl::string_view bytes) { return ByteLevelForm(bytes); }
+
+bool IsInByteLevelAlphabet(absl::string_view token) {
+  for (size_t i = 0; i < token.size();) {
+    const size_t len = ValidUtf8Length(token, i);
+    if (len == 0 || CodePointToByte(DecodeUtf8(token, i, len)) < 0) return false;
+    i += len;
+  }
+  return true;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> CreateHfBpe(HfBpeSpec spec) { return HfBpe::Create(std::move(spec)); }
+
+}  // namespace tokenizer_internal
 }  // namespace lesion::experiments

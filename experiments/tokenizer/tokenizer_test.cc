@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <filesystem>
 #include <iostream>
@@ -310,6 +311,63 @@ TEST(ByteLevelBpe, SingleWordUsesRustRegexWordCharacters) {
   EXPECT_EQ(checked, 1);
 }
 
+// SmolLM2's vocabulary lacks the tokens of 21 bytes. As in HF `tokenizers`, such a byte is
+// dropped and its neighbours merge as if adjacent ("th\x04e" -> "the"), or becomes unk_token
+// (runs fused with fuse_unk), or its <0xNN> tokens with byte_fallback (an unknown byte's unk
+// token then waits for the next known byte, as HF emits it); a repeated merge takes its last rank.
+// Loading such vocabularies failed ("lacks the token for byte 4").
+TEST(ByteLevelBpe, VocabularyLackingByteTokensMatchesHf) {
+  const Json& fixture = Fixtures()["missing_bytes"];
+  ASSERT_EQ(fixture["variants"].size(), 6u);
+  const Json base = Json::parse(Slurp(kTestdata / fixture["file"].get<std::string>()));
+  for (const Json& v : fixture["variants"]) {
+    Json j = base;
+    for (const auto& [key, value] : v["patch"].items()) {
+      if (key == "repeat_first_merge") {
+        j["model"]["merges"].push_back(j["model"]["merges"][0]);
+      } else {
+        j["model"][key] = value;
+      }
+    }
+    TempDir dir;
+    dir.Write("tokenizer.json", j.dump());
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizerJson(dir.path() / "tokenizer.json");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    ASSERT_FALSE(v["cases"].empty());
+    for (const Json& c : v["cases"]) {
+      const std::string text = c["text"];
+      absl::StatusOr<std::vector<int32_t>> ids = (*tok)->Encode(text);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      EXPECT_EQ(*ids, Ids(c["ids"])) << v["patch"].dump() << ": " << Json(text).dump();
+      EXPECT_EQ(*(*tok)->Decode(*ids), c["decoded"].get<std::string>())
+          << v["patch"].dump() << ": " << Json(text).dump();
+    }
+  }
+}
+
+// GPT-2's own files without the token of byte 4 ("\u0104", id 191): "!\x04!" encodes as "!!".
+TEST(ByteLevelBpe, DroppedByteLetsItsNeighboursMerge) {
+  Json vocab = Json::parse(Slurp(kGpt2 / "vocab.json"));
+  ASSERT_EQ(vocab.erase("\u0104"), 1u);
+  TempDir dir;
+  dir.Write("vocab.json", vocab.dump());
+  dir.Write("merges.txt", Slurp(kGpt2 / "merges.txt"));
+  std::unique_ptr<Tokenizer> tok = MustLoad(dir.path());
+  ASSERT_NE(tok, nullptr);
+  const std::vector<int32_t> bang_bang = *tok->Encode("!!");
+  EXPECT_EQ(bang_bang.size(), 1u);
+  EXPECT_EQ(*tok->Encode("!\x04!"), bang_bang);
+  EXPECT_EQ(*tok->Encode("\x04"), std::vector<int32_t>{});
+  EXPECT_EQ(*tok->Encode("a\x04"), *tok->Encode("a"));
+  EXPECT_EQ(*tok->Encode(std::string(100, '\x04')), std::vector<int32_t>{});  // the heap path
+  std::string with_drops, without;  // one piece of 120 bytes, merged with the heap
+  for (int i = 0; i < 60; ++i) {
+    with_drops += "!\x04";
+    without += "!";
+  }
+  EXPECT_EQ(*tok->Encode(with_drops), *tok->Encode(without));
+}
+
 // ---------------------------------------------------------------------------------------------
 // SentencePiece BPE
 
@@ -457,6 +515,240 @@ TEST(SentencePieceBpe, RemoveExtraWhitespacesMatchesSentencepiece) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// LoadGgufTokenizer, against HF transformers' AutoTokenizer.from_pretrained(gguf_file=...) on GGUF
+// files that testdata/make_gguf_tokenizer_fixtures.py wrote from the same data.
+
+const Json& GgufFixtures() {
+  static const Json* fixtures = [] {
+    absl::StatusOr<std::string> text = ReadFile(kTestdata / "gguf_tokenizer_fixtures.json");
+    EXPECT_TRUE(text.ok()) << text.status();
+    return new Json(Json::parse(text.ok() ? *text : "{}"));
+  }();
+  return *fixtures;
+}
+
+// GPT-2's tokens in id order and its merges, as a GGUF file of it holds them.
+const GgufTokenizerMetadata& Gpt2Gguf() {
+  static const GgufTokenizerMetadata* metadata = [] {
+    auto* m = new GgufTokenizerMetadata;
+    const Json vocab = Json::parse(Slurp(kGpt2 / "vocab.json"));
+    m->tokens.resize(vocab.size());
+    for (const auto& [token, id] : vocab.items()) m->tokens[id.get<size_t>()] = token;
+    std::istringstream lines(Slurp(kGpt2 / "merges.txt"));
+    std::string line;
+    std::getline(lines, line);  // #version
+    while (std::getline(lines, line)) {
+      if (!line.empty()) m->merges.push_back(line);
+    }
+    m->token_types.assign(m->tokens.size(), 1);
+    m->token_types[50256] = 3;
+    return m;
+  }();
+  return *metadata;
+}
+
+GgufTokenizerMetadata StoriesGguf() {
+  const Json& s = GgufFixtures()["stories260K"];
+  GgufTokenizerMetadata m;
+  m.model = "llama";
+  m.architecture = "llama";
+  m.tokens = s["tokens"].get<std::vector<std::string>>();
+  m.scores = s["scores"].get<std::vector<float>>();
+  m.token_types = s["token_types"].get<std::vector<int32_t>>();
+  return m;
+}
+
+// The metadata of a fixture variant: its base with the variant's edits, as the script made it.
+GgufTokenizerMetadata GgufVariant(const Json& v, bool llama) {
+  GgufTokenizerMetadata m = llama ? StoriesGguf() : Gpt2Gguf();
+  m.model = llama ? "llama" : "gpt2";
+  m.architecture = v["architecture"];
+  if (!llama) m.pre = v["pre"];
+  if (v.contains("scores")) m.scores = v["scores"].get<std::vector<float>>();
+  const Json& edits = v["edits"];
+  if (edits.contains("set")) {
+    for (const Json& e : edits["set"]) {
+      m.tokens[e[0].get<size_t>()] = e[1];
+      m.token_types[e[0].get<size_t>()] = e[2];
+    }
+  }
+  if (edits.contains("append")) {
+    for (const Json& e : edits["append"]) {
+      m.tokens.push_back(e[0]);
+      m.token_types.push_back(e[1]);
+      if (!m.scores.empty()) m.scores.push_back(e[2]);
+    }
+  }
+  if (llama) {
+    m.merges = v["merges"].get<std::vector<std::string>>();
+  } else if (v["merges"] != "file") {  // "scores=-id"
+    m.merges.clear();
+    for (size_t i = 0; i < m.tokens.size(); ++i) m.scores.push_back(-static_cast<float>(i));
+  }
+  const Json& ids = v["ids"];
+  auto id = [&](const char* key) -> std::optional<int32_t> {
+    return ids.contains(key) ? std::optional<int32_t>(ids[key].get<int32_t>()) : std::nullopt;
+  };
+  m.bos_id = id("bos_id");
+  m.eos_id = id("eos_id");
+  m.unk_id = id("unk_id");
+  m.pad_id = id("pad_id");
+  if (ids.contains("add_space_prefix")) m.add_space_prefix = ids["add_space_prefix"].get<bool>();
+  return m;
+}
+
+void ExpectGgufVariantsMatchTransformers(bool llama) {
+  const Json& variants = GgufFixtures()[llama ? "llama" : "gpt2"];
+  ASSERT_EQ(variants.size(), 4u);
+  for (const Json& v : variants) {
+    const std::string name = v["name"];
+    const GgufTokenizerMetadata m = GgufVariant(v, llama);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = LoadGgufTokenizer(m, name + ".gguf");
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    const Tokenizer& tok = **loaded;
+    EXPECT_EQ(tok.kind(), llama ? "sentencepiece_bpe" : "byte_level_bpe") << name;
+    EXPECT_EQ(tok.vocab_size(), v["id_bound"].get<int32_t>()) << name;
+    EXPECT_EQ(tok.bos_id(), m.bos_id) << name;
+    EXPECT_EQ(tok.eos_id(), m.eos_id) << name;
+    for (const Json& c : v["cases"]) {
+      const std::string text = c["text"];
+      absl::StatusOr<std::vector<int32_t>> ids = tok.Encode(text);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      EXPECT_EQ(*ids, Ids(c["ids"])) << name << ": " << Json(text).dump();
+      EXPECT_EQ(*tok.Decode(*ids), c["decoded"].get<std::string>()) << name << ": " << Json(text).dump();
+    }
+    for (const Json& c : v["decode_cases"]) {
+      absl::StatusOr<std::string> text = tok.Decode(Ids(c["ids"]));
+      ASSERT_TRUE(text.ok()) << text.status();
+      EXPECT_EQ(*text, c["text"].get<std::string>()) << name << ": " << c["ids"].dump();
+    }
+    // Every token transformers added is matched whole, with its id.
+    for (const Json& a : v["added_tokens"]) {
+      EXPECT_EQ(*tok.Encode(a[0].get<std::string>()), std::vector<int32_t>{a[1].get<int32_t>()}) << name << ": " << a;
+    }
+    if (v.contains("wiki_test_raw")) {
+      const std::string wiki = Slurp(kRoot / "data/wikitext-2/wiki.test.raw");
+      const auto start = std::chrono::steady_clock::now();
+      absl::StatusOr<std::vector<int32_t>> ids = tok.Encode(wiki);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      std::cout << "[ timing   ] " << name << ": encoded wiki.test.raw (" << ids->size() << " ids) in "
+                << seconds * 1e3 << " ms\n";
+      const Json& ref = v["wiki_test_raw"];
+      ASSERT_EQ(ids->size(), ref["n_ids"].get<size_t>()) << name;
+      EXPECT_EQ(Checksum(*ids), ref["checksum"].get<uint64_t>()) << name;
+      EXPECT_EQ(std::vector<int32_t>(ids->begin(), ids->begin() + 20), Ids(ref["first"])) << name;
+      EXPECT_EQ(std::vector<int32_t>(ids->end() - 20, ids->end()), Ids(ref["last"])) << name;
+      absl::StatusOr<std::string> decoded = tok.Decode(*ids);
+      ASSERT_TRUE(decoded.ok()) << decoded.status();
+      EXPECT_EQ(decoded->size(), ref["decoded_bytes"].get<size_t>()) << name;
+      const std::vector<int32_t> bytes(reinterpret_cast<const unsigned char*>(decoded->data()),
+                                       reinterpret_cast<const unsigned char*>(decoded->data()) + decoded->size());
+      EXPECT_EQ(Checksum(bytes), ref["decoded_checksum"].get<uint64_t>()) << name;
+    }
+  }
+}
+
+// GPT-2's vocabulary as GGUF "gpt2" models: pre "gpt-2" (plain ByteLevel), "llama-bpe" and "qwen2"
+// (Split regexes), merges derived from scores; control, user-defined and added tokens, tokens
+// spelled outside the byte alphabet, a token spelled twice.
+TEST(GgufTokenizer, Gpt2VocabulariesMatchTransformers) { ExpectGgufVariantsMatchTransformers(false); }
+
+// stories260K's SentencePiece vocabulary as GGUF "llama" models: HF's LlamaTokenizer, which
+// differs from sentencepiece (leading spaces, added tokens, decoding).
+TEST(GgufTokenizer, SentencePieceVocabulariesMatchTransformers) { ExpectGgufVariantsMatchTransformers(true); }
+
+// Where HF's LlamaTokenizer and sentencepiece differ on the same vocabulary.
+TEST(GgufTokenizer, LlamaModelsFollowTransformersNotSentencepiece) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> gguf = LoadGgufTokenizer(
+      [] {
+        GgufTokenizerMetadata m = StoriesGguf();
+        m.bos_id = 1;
+        m.eos_id = 2;
+        return m;
+      }(),
+      "stories.gguf");
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  std::unique_ptr<Tokenizer> sp = MustLoad(kStories);
+  ASSERT_NE(sp, nullptr);
+  EXPECT_EQ(*(*gguf)->Encode("Hello world"), *sp->Encode("Hello world"));
+  EXPECT_EQ(*(*gguf)->Encode(" hi"), *sp->Encode("hi"));     // no second U+2581
+  EXPECT_EQ(*(*gguf)->Encode("<s>hi"), (std::vector<int32_t>{1, 415, 417}));  // "<s>" whole, "hi" without U+2581
+  EXPECT_EQ(*(*gguf)->Decode({1, 270, 417}), "<s> hi");
+  EXPECT_EQ(*sp->Decode({1, 270, 417}), "hi");
+}
+
+TEST(GgufTokenizer, UnsupportedBuildersAreUnimplemented) {
+  GgufTokenizerMetadata m = StoriesGguf();
+  for (const auto& [architecture, model] : std::vector<std::pair<std::string, std::string>>{
+           {"gemma", "llama"}, {"gemma2", "llama"}, {"gemma3", "llama"}, {"phi3", "llama"}, {"t5", "t5"},
+           {"gemma4", "gemma4"}}) {
+    m.architecture = architecture;
+    m.model = model;
+    absl::Status s = LoadGgufTokenizer(m, "model.gguf").status();
+    EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s;
+    EXPECT_NE(s.message().find("model.gguf"), std::string::npos) << s;
+    EXPECT_NE(s.message().find(architecture), std::string::npos) << s;
+    EXPECT_NE(s.message().find(model), std::string::npos) << s;
+  }
+  m.architecture = "gemma";  // gemma with a byte-level vocabulary goes through the usual builder
+  m.model = "gpt2";
+  m.tokens = {"a", "b", "ab"};
+  m.scores.clear();
+  m.token_types.clear();
+  m.merges = {"a b"};
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadGgufTokenizer(m, "model.gguf");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(*(*tok)->Encode("aab"), (std::vector<int32_t>{0, 2}));
+}
+
+TEST(GgufTokenizer, InconsistentMetadataIsInvalidArgumentNamingTheSource) {
+  GgufTokenizerMetadata base;
+  base.architecture = "gpt2";
+  base.model = "gpt2";
+  base.tokens = {"a", "b", "ab"};
+  base.merges = {"a b"};
+  struct Case {
+    std::string detail;
+    std::function<void(GgufTokenizerMetadata&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"\"bert\" is not supported", [](auto& m) { m.model = "bert"; }},
+      {"tokenizer.ggml.pre \"llama-bpe\"",
+       [](auto& m) {
+         m.model = "llama";
+         m.pre = "llama-bpe";
+       }},
+      {"tokenizer.ggml.tokens is empty",
+       [](auto& m) {
+         m.tokens.clear();
+         m.merges.clear();
+       }},
+      {"scores has 2 entries for 3 tokens", [](auto& m) { m.scores = {0, 0}; }},
+      {"token_type has 1 entries", [](auto& m) { m.token_types = {1}; }},
+      {"bos_token_id 3 is out of range", [](auto& m) { m.bos_id = 3; }},
+      {"padding_token_id -1", [](auto& m) { m.pad_id = -1; }},
+      {"token 1 has score NaN", [](auto& m) { m.scores = {0, std::numeric_limits<float>::quiet_NaN(), 0}; }},
+      {"token 2 is not valid UTF-8", [](auto& m) { m.tokens[2] = "a\xff"; }},
+      {"merge 0 \"ab\" is not two tokens", [](auto& m) { m.merges = {"ab"}; }},
+      {"merge 1 \"a  b\"", [](auto& m) { m.merges = {"a b", "a  b"}; }},
+      {"merge 0 (\"a\", \"c\") uses tokens that are not in the vocabulary", [](auto& m) { m.merges = {"a c"}; }},
+      {"neither tokenizer.ggml.merges nor tokenizer.ggml.scores", [](auto& m) { m.merges.clear(); }},
+  };
+  for (const Case& c : cases) {
+    GgufTokenizerMetadata m = base;
+    c.edit(m);
+    absl::Status s = LoadGgufTokenizer(m, "bad.gguf").status();
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << c.detail << ": " << s;
+    EXPECT_NE(s.message().find("bad.gguf"), std::string::npos) << s;
+    EXPECT_NE(s.message().find(c.detail), std::string::npos) << s;
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> ok = LoadGgufTokenizer(base, "bad.gguf");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(*(*ok)->Encode("abba"), (std::vector<int32_t>{2, 1, 0}));
+}
+
+// ---------------------------------------------------------------------------------------------
 // LoadTokenizer
 
 TEST(Tokenizer, LoadsTokenizerBinWithConfigVocabSize) {
@@ -535,7 +827,10 @@ TEST(Tokenizer, MalformedJsonFilesAreInvalidArgumentNamingTheFile) {
       {{{"vocab.json", Slurp(kGpt2 / "vocab.json")}, {"merges.txt", merges + "zzzzq qqqqz\n"}},
        "merges.txt",
        "not in the vocabulary"},
-      {{{"vocab.json", R"({"a": 0})"}, {"merges.txt", merges}}, "vocab.json", "lacks the token for byte"},
+      {{{"tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "unk_token": "<unk>"},
+          "pre_tokenizer": {"type": "ByteLevel"}})"}},
+       "tokenizer.json",
+       "unk_token \"<unk>\" is not in the vocabulary"},
       {{{"tokenizer.json", "{\"model\": "}}, "tokenizer.json", "not valid JSON"},
       {{{"tokenizer.json", R"({"model": {"type": "WordPiece", "vocab": {}}})"}}, "tokenizer.json", "WordPiece"},
       {{{"tokenizer.json", R"({"model": {"type": "BPE", "vocab": {}, "merges": []}, "normalizer": {"type": "Lowercase"},

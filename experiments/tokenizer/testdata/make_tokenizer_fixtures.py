@@ -9,7 +9,10 @@
   * Google's sentencepiece on a ModelProto built here from llama2.c's tok512.bin with
     sentencepiece's own protobuf module (not with lesion's converter), cross-checked against the
     bundled models/stories260K/tokenizer.model and against a Python transcription of llama2.c's
-    run.c `encode`.
+    run.c `encode`;
+  * Hugging Face `tokenizers` on a byte-level vocabulary that lacks the tokens of some bytes, as
+    SmolLM2's does (missing_bytes_tokenizer.json, written here), with unk_token / fuse_unk /
+    byte_fallback variants and a repeated merge.
 
 Usage: python make_tokenizer_fixtures.py  (from anywhere; rewrites the files beside it)
 Needs: tiktoken, tokenizers, sentencepiece, protobuf."""
@@ -331,6 +334,73 @@ def regressions():
     return {"sentencepiece": sp_variants, "hf_tokenizers": hf_variants}
 
 
+# The bytes whose byte-level tokens SmolLM2's vocabulary lacks.
+SMOLLM2_MISSING_BYTES = [4, 6, 19, 20, 22, 29, 192, 193, 241, 242] + list(range(245, 256))
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> character map."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def missing_bytes():
+    """The qwen2-style tokenizer without the tokens of SMOLLM2_MISSING_BYTES (and the merges using
+    them), plus "<unk>" and the byte-fallback tokens of bytes 4 and 6 (not 29) in the vocabulary,
+    saved by `tokenizers` as missing_bytes_tokenizer.json; variants patch its model as
+    tokenizer_test.cc does (keys of "model" replaced; "repeat_first_merge" appends merge 0 again)."""
+    spelled = bytes_to_unicode()
+    missing = {spelled[b] for b in SMOLLM2_MISSING_BYTES}
+    with open(os.path.join(HERE, "qwen2_style_tokenizer.json"), encoding="utf-8") as f:
+        base = json.load(f)
+    special = [a["content"] for a in base["added_tokens"]]
+    old = sorted(base["model"]["vocab"].items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in old if t not in missing and t not in special]
+    # Byte fallback of a missing byte looks up the UTF-8 bytes of its byte-level character:
+    # byte 4 is U+0104 (C4 84), byte 6 U+0106 (C4 86), byte 29 U+011D (C4 9D, left out).
+    tokens += ["<unk>", "<0xC4>", "<0x84>", "<0x86>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in base["model"]["merges"]]
+    merges = [(a, b) for a, b in merges if a in vocab and b in vocab and a + b in vocab]
+    assert not any(spelled[b] in vocab for b in SMOLLM2_MISSING_BYTES)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(special)
+    name = "missing_bytes_tokenizer.json"
+    path = os.path.join(HERE, name)
+    tok.save(path, pretty=False)
+    texts = TEXTS + ["!\x04!", "..\x04.", "\x04", "a\x04", "==\x1d==", "\x04\x06", "x\x04\x06y", "\x1d\x04\x1d",
+                     "\x1d\x1d", "a\x13\x14\x16b", "\U00050000 \U00040000x \U000a0000", "hello\x04world",
+                     "\x04hello", " \x04 ", "The cat\x06s hat", "\x1d", "<|endoftext|>\x04<|im_start|>",
+                     "\x04\x04\x04 \x06\x06", "th\x04e c\x06at in\x1dg", "hel\x04lo wor\x1dld, the\x06re"]
+    variants = []
+    for patch in [{}, {"unk_token": "<unk>", "fuse_unk": False}, {"unk_token": "<unk>", "fuse_unk": True},
+                  {"byte_fallback": True}, {"byte_fallback": True, "unk_token": "<unk>", "fuse_unk": True},
+                  {"repeat_first_merge": True}]:
+        with open(path, encoding="utf-8") as f:
+            j = json.load(f)
+        if patch.get("repeat_first_merge"):
+            j["model"]["merges"].append(j["model"]["merges"][0])
+        j["model"].update({k: v for k, v in patch.items() if k != "repeat_first_merge"})
+        t = Tokenizer.from_str(json.dumps(j))
+        cases = []
+        for text in texts:
+            ids = t.encode(text, add_special_tokens=False).ids
+            cases.append({"text": text, "ids": ids, "decoded": t.decode(ids, skip_special_tokens=False)})
+        variants.append({"patch": patch, "cases": cases})
+    return {"file": name, "variants": variants}
+
+
 def check_proto_field_numbers():
     """lesion's proto/sentencepiece/sentencepiece_model.proto must use upstream's field numbers."""
     text = open(os.path.join(ROOT, "proto", "sentencepiece", "sentencepiece_model.proto")).read()
@@ -346,7 +416,8 @@ def check_proto_field_numbers():
 
 if __name__ == "__main__":
     check_proto_field_numbers()
-    out = {"gpt2": gpt2(), "hf_tokenizers": hf_tokenizers(), "stories260K": stories(), "regressions": regressions()}
+    out = {"gpt2": gpt2(), "hf_tokenizers": hf_tokenizers(), "stories260K": stories(), "regressions": regressions(),
+           "missing_bytes": missing_bytes()}
     with open(os.path.join(HERE, "tokenizer_fixtures.json"), "w", encoding="utf-8") as f:
         text = json.dumps(out, ensure_ascii=False, indent=1)
         # One line per id list keeps the file short and its diffs readable. Only multi-line lists
