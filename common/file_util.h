@@ -1,7 +1,9 @@
-// Small file helpers shared by every layer. Thread-compatible (no state).
+// Small file helpers shared by every layer. The functions are thread-safe (no shared state);
+// ScopedFd is thread-compatible.
 #ifndef LESION_COMMON_FILE_UTIL_H_
 #define LESION_COMMON_FILE_UTIL_H_
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -11,8 +13,57 @@
 
 namespace lesion {
 
-// Reads a whole file. NotFound if it does not exist, PermissionDenied / Internal on I/O errors;
-// every message names the path.
+// The status for a failed system call: "`what`: strerror(err)", with the code that `err` (an errno
+// value) calls for:
+//   NotFound           ENOENT, ENOTDIR
+//   PermissionDenied   EACCES, EPERM, EROFS
+//   ResourceExhausted  ENOSPC, EDQUOT, ENOMEM, EMFILE, ENFILE
+//   Internal           anything else
+absl::Status ErrnoToStatus(int err, absl::string_view what);
+
+// An owned file descriptor, closed on destruction. Move-only; -1 when empty.
+class ScopedFd {
+ public:
+  ScopedFd() = default;
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ~ScopedFd();
+  ScopedFd(ScopedFd&& other) noexcept;
+  ScopedFd& operator=(ScopedFd&& other) noexcept;
+
+  int get() const { return fd_; }
+  // Closes now and returns close()'s result (0, or -1 with errno set), which the destructor would
+  // swallow; the descriptor is released either way. 0 if empty.
+  int Close();
+
+ private:
+  int fd_ = -1;
+};
+
+// A regular file opened for reading by OpenRegularFile.
+struct OpenedFile {
+  ScopedFd fd;    // read-only, O_CLOEXEC, O_NONBLOCK (which changes nothing for a regular file)
+  uint64_t size;  // st_size at open
+};
+
+// Opens `path` (symbolic links followed) for reading if it is a regular file, never blocking and
+// never opening anything else: `path` is stat'ed first, so a directory, FIFO, socket or device is
+// refused without being opened (opening a FIFO waits for a writer; opening a device can have side
+// effects), and the open uses O_NONBLOCK | O_NOCTTY and is checked again with fstat, so a FIFO
+// swapped in between cannot block it either. `kind` names what the caller expects ("GGUF file"),
+// for messages; it may be empty. Errors (every message names the path):
+//   InvalidArgument   not a regular file: "PATH is not a regular file (it is a directory), so not
+//                     a KIND" (", so not a KIND" only when `kind` is not empty; "a FIFO",
+//                     "a character device", "a block device", "a socket" for the others).
+//   NotFound / PermissionDenied / ResourceExhausted / Internal   stat, open or fstat failed, as
+//                     ErrnoToStatus: "cannot open KIND PATH: REASON" ("cannot stat PATH: REASON"
+//                     for fstat).
+absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path,
+                                           absl::string_view kind);
+
+// Reads a whole regular file (symbolic links followed), opened by OpenRegularFile. NotFound if it
+// does not exist; InvalidArgument if it is a directory or not a regular file (a FIFO, socket or
+// device, which is refused without being opened, never read); PermissionDenied / ResourceExhausted
+// / Internal on I/O errors. Every message names the path.
 absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path);
 
 // Writes `contents` to `path` atomically: a temporary file beside it is written, flushed and renamed

@@ -201,6 +201,8 @@ absl::Status ParseLlamaLike(const Json& json, const ConfigReader& r, absl::strin
                                                        c.n_heads));
   }
   if (c.head_dim % 2 != 0) return r.Error("head_dim", "must be even for rotary embeddings");
+  // Every size is read: bound them before the per-layer vectors below are sized by n_layers.
+  RETURN_IF_ERROR(CheckModelConfigBounds(c, source));
   ASSIGN_OR_RETURN(double partial, r.Number("partial_rotary_factor", 1.0));
   if (partial != 1.0) return r.Error("partial_rotary_factor", "other than 1.0 is not supported");
   ASSIGN_OR_RETURN(RopeConfig rope, ParseRope(json, r, source));
@@ -252,6 +254,48 @@ absl::Status ParseLlamaLike(const Json& json, const ConfigReader& r, absl::strin
 }
 
 }  // namespace
+
+absl::Status CheckModelConfigBounds(const ModelConfig& c, absl::string_view source) {
+  const bool gpt2 = c.family == Family::kGpt2;
+  struct Bound {
+    absl::string_view field;  // as config.json spells it
+    int64_t value;
+    int64_t max;
+  };
+  const Bound bounds[] = {
+      {gpt2 ? "n_layer" : "num_hidden_layers", c.n_layers, kMaxLayers},
+      {gpt2 ? "n_embd" : "hidden_size", c.d_model, kMaxDModel},
+      {gpt2 ? "n_head" : "num_attention_heads", c.n_heads, kMaxHeads},
+      {gpt2 ? "n_head" : "num_key_value_heads", c.n_kv_heads, kMaxHeads},
+      {"head_dim", c.head_dim, kMaxHeadDim},
+      {gpt2 ? "n_inner" : "intermediate_size", c.d_ffn, kMaxDFfn},
+      {"vocab_size", c.vocab_size, kMaxVocab},
+      {gpt2 ? "n_positions" : "max_position_embeddings", c.max_position_embeddings, kMaxPositions},
+  };
+  for (const Bound& b : bounds) {
+    if (b.value < 1 || b.value > b.max) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": field \"", b.field, "\" is ", b.value,
+                                                     ", outside the sanity limits [1, ", b.max, "]"));
+    }
+  }
+  if (c.n_heads % c.n_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", c.n_kv_heads, " key/value heads do not divide ",
+                                                   c.n_heads, " attention heads"));
+  }
+  if (c.rope.has_value()) {
+    const int64_t original = c.rope->original_max_position_embeddings;
+    if (original < 1 || original > kMaxPositions) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": field \"original_max_position_embeddings\" is ", original,
+          ", outside the sanity limits [1, ", kMaxPositions, "]"));
+    }
+  }
+  if (!c.sliding_window.empty() && static_cast<int64_t>(c.sliding_window.size()) != c.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", c.sliding_window.size(),
+                                                   " sliding windows for ", c.n_layers, " layers"));
+  }
+  return absl::OkStatus();
+}
 
 absl::string_view FamilyName(Family family) {
   switch (family) {
@@ -311,6 +355,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
         "Qwen2ForCausalLM)"));
   }
   if (c.d_ffn <= 0) return r.Error("intermediate size", "must be positive");
+  RETURN_IF_ERROR(CheckModelConfigBounds(c, source));  // before n_layers sizes anything
   if (c.sliding_window.empty()) c.sliding_window.assign(c.n_layers, std::nullopt);
   ASSIGN_OR_RETURN(c.bos_token_id, r.TokenId("bos_token_id"));
   ASSIGN_OR_RETURN(c.eos_token_id, r.TokenId("eos_token_id"));

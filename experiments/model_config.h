@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -67,8 +68,27 @@ struct ModelConfig {
 };
 
 // Parses config.json text. InvalidArgument naming `source` and the field for malformed or
-// unsupported configs (unknown architecture, missing field, inconsistent head counts).
+// unsupported configs (unknown architecture, missing field, inconsistent head counts, a size
+// beyond CheckModelConfigBounds' limits).
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source);
+
+// Sanity limits on a config's sizes, generous for any real model; a config beyond them is corrupt
+// or hostile, and would make loading allocate without bound (2^31 layers, say).
+inline constexpr int64_t kMaxLayers = 1024;
+inline constexpr int64_t kMaxHeads = 1024;        // attention heads, and key/value heads
+inline constexpr int64_t kMaxHeadDim = 16384;
+inline constexpr int64_t kMaxDModel = 65536;
+inline constexpr int64_t kMaxDFfn = int64_t{1} << 20;
+inline constexpr int64_t kMaxVocab = int64_t{1} << 22;
+inline constexpr int64_t kMaxPositions = int64_t{1} << 24;  // also rope's original_max_position_embeddings
+
+// Checks every size of `config` against the limits above (and that it is positive), that the
+// key/value heads divide the attention heads, and that sliding_window is empty or has one entry per
+// layer. InvalidArgument naming `source`, the field
+// (as config.json spells it for the config's family), its value and the limit. ParseModelConfig
+// calls it before it allocates anything per layer; call it on configs built otherwise (from a GGUF
+// file's metadata, say) before they size any allocation.
+absl::Status CheckModelConfigBounds(const ModelConfig& config, absl::string_view source);
 
 // Reads and parses `model_dir`/config.json. NotFound if the file is missing.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_dir);

@@ -97,6 +97,105 @@ TEST(ModelConfig, RejectsBadInputWithTheField) {
   }
 }
 
+std::string LlamaConfig(const std::string& overrides) {
+  return R"({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64,
+             "intermediate_size": 96, "num_attention_heads": 4, "vocab_size": 100)" +
+         overrides + "}";
+}
+
+// Regression: "num_hidden_layers": 2147483647 made parsing abort with std::bad_alloc (and 100M
+// layers allocated 1.7 GB before failing): every size is bounded before anything is allocated.
+TEST(ModelConfig, AbsurdSizesAreInvalidArgumentNamingFieldValueAndLimit) {
+  struct Case {
+    std::string json;
+    const char* field;
+    const char* value;
+    const char* limit;
+  } cases[] = {
+      {LlamaConfig(R"(, "num_hidden_layers": 2147483647)"), "num_hidden_layers", "2147483647", "1024"},
+      {LlamaConfig(R"(, "num_hidden_layers": 100000000, "sliding_window": 4)"), "num_hidden_layers",
+       "100000000", "1024"},
+      {LlamaConfig(R"(, "num_hidden_layers": 1025)"), "num_hidden_layers", "1025", "1024"},
+      {LlamaConfig(R"(, "hidden_size": 131072, "head_dim": 16)"), "hidden_size", "131072", "65536"},
+      {LlamaConfig(R"(, "num_attention_heads": 2048, "num_key_value_heads": 1, "head_dim": 16)"),
+       "num_attention_heads", "2048", "1024"},
+      {LlamaConfig(R"(, "head_dim": 32768)"), "head_dim", "32768", "16384"},
+      {LlamaConfig(R"(, "intermediate_size": 9223372036854775807)"), "intermediate_size",
+       "9223372036854775807", "1048576"},
+      {LlamaConfig(R"(, "vocab_size": 4194305)"), "vocab_size", "4194305", "4194304"},
+      {LlamaConfig(R"(, "max_position_embeddings": 16777217)"), "max_position_embeddings", "16777217",
+       "16777216"},
+      {LlamaConfig(R"(, "max_position_embeddings": 0)"), "max_position_embeddings", "0", "16777216"},
+      {LlamaConfig(R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                       "original_max_position_embeddings": 9223372036854775807})"),
+       "original_max_position_embeddings", "9223372036854775807", "16777216"},
+      {R"({"architectures": ["GPT2LMHeadModel"], "n_layer": 2147483647, "n_embd": 64, "n_head": 4,
+           "vocab_size": 100, "n_positions": 64})",
+       "n_layer", "2147483647", "1024"},
+      {R"({"architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 64, "n_head": 4,
+           "vocab_size": 100, "n_positions": 1000000000})",
+       "n_positions", "1000000000", "16777216"},
+      {R"({"architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 64, "n_head": 4, "n_inner": 2000000,
+           "vocab_size": 100, "n_positions": 64})",
+       "n_inner", "2000000", "1048576"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(c.json, "dir/config.json");
+    ASSERT_FALSE(parsed.ok()) << c.json;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << c.json;
+    const std::string message(parsed.status().message());
+    for (const char* needle : {"dir/config.json", c.field, c.value, c.limit}) {
+      EXPECT_NE(message.find(needle), std::string::npos) << "no " << needle << " in: " << message;
+    }
+  }
+}
+
+TEST(ModelConfig, SizesAtTheLimitsParse) {
+  auto c = ParseModelConfig(LlamaConfig(R"(, "num_hidden_layers": 1024, "vocab_size": 4194304,
+                                           "max_position_embeddings": 16777216, "sliding_window": 8)"),
+                            "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->n_layers, kMaxLayers);
+  EXPECT_EQ(c->sliding_window.size(), 1024u);
+}
+
+TEST(ModelConfig, CheckModelConfigBoundsOnABuiltConfig) {
+  absl::StatusOr<ModelConfig> parsed = ParseModelConfig(LlamaConfig(""), "config.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const ModelConfig good = *parsed;
+  EXPECT_TRUE(CheckModelConfigBounds(good, "model.gguf").ok());
+  struct Case {
+    int64_t ModelConfig::*field;
+    int64_t value;
+    const char* name;
+  } cases[] = {
+      {&ModelConfig::n_layers, kMaxLayers + 1, "num_hidden_layers"},
+      {&ModelConfig::n_layers, 0, "num_hidden_layers"},
+      {&ModelConfig::d_model, -1, "hidden_size"},
+      {&ModelConfig::n_heads, kMaxHeads + 1, "num_attention_heads"},
+      {&ModelConfig::n_kv_heads, 0, "num_key_value_heads"},
+      {&ModelConfig::head_dim, kMaxHeadDim + 1, "head_dim"},
+      {&ModelConfig::d_ffn, kMaxDFfn + 1, "intermediate_size"},
+      {&ModelConfig::vocab_size, kMaxVocab + 1, "vocab_size"},
+      {&ModelConfig::max_position_embeddings, kMaxPositions + 1, "max_position_embeddings"},
+  };
+  for (const Case& c : cases) {
+    ModelConfig bad = good;
+    bad.*c.field = c.value;
+    bad.sliding_window.clear();
+    const absl::Status status = CheckModelConfigBounds(bad, "model.gguf");
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.name << " " << c.value;
+    EXPECT_NE(status.message().find(c.name), std::string::npos) << status;
+    EXPECT_NE(status.message().find("model.gguf"), std::string::npos) << status;
+  }
+  ModelConfig uneven = good;
+  uneven.n_kv_heads = 3;
+  EXPECT_EQ(CheckModelConfigBounds(uneven, "model.gguf").code(), absl::StatusCode::kInvalidArgument);
+  ModelConfig windows = good;
+  windows.sliding_window.resize(1);
+  EXPECT_EQ(CheckModelConfigBounds(windows, "model.gguf").code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ModelConfig, MissingFileIsNotFound) {
   auto c = LoadModelConfig("/nonexistent/model");
   ASSERT_FALSE(c.ok());

@@ -1,14 +1,18 @@
 #include "experiments/run_parts.h"
 
 #include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "common/error_text.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "experiments/detectors.h"
@@ -53,6 +57,113 @@ ActivationOp ToRuntime(spec::ActivationEdit::Op op) {
     case spec::ActivationEdit::Op::kMean: return ActivationOp::kMean;
   }
   return ActivationOp::kZero;
+}
+
+namespace {
+
+bool IsKnown(spec::HeadAblation::Mode m) {
+  switch (m) {
+    case spec::HeadAblation::Mode::kZero:
+    case spec::HeadAblation::Mode::kMean:
+    case spec::HeadAblation::Mode::kScale:
+      return true;
+  }
+  return false;
+}
+bool IsKnown(spec::WeightEdit::Op op) {
+  switch (op) {
+    case spec::WeightEdit::Op::kZero:
+    case spec::WeightEdit::Op::kScale:
+    case spec::WeightEdit::Op::kSet:
+      return true;
+  }
+  return false;
+}
+bool IsKnown(spec::NormChannelReset::Mode m) {
+  switch (m) {
+    case spec::NormChannelReset::Mode::kOne:
+    case spec::NormChannelReset::Mode::kGammaMean:
+    case spec::NormChannelReset::Mode::kValue:
+      return true;
+  }
+  return false;
+}
+bool IsKnown(spec::ActivationEdit::Op op) {
+  switch (op) {
+    case spec::ActivationEdit::Op::kZero:
+    case spec::ActivationEdit::Op::kSet:
+    case spec::ActivationEdit::Op::kScale:
+    case spec::ActivationEdit::Op::kMean:
+      return true;
+  }
+  return false;
+}
+
+// `value` converted to `dtype` (a floating type) is finite.
+bool FiniteIn(at::ScalarType dtype, double value) {
+  if (!std::isfinite(value) || std::fabs(value) > std::numeric_limits<float>::max()) return false;
+  const float f = static_cast<float>(value);
+  switch (dtype) {
+    case at::kHalf:
+      return std::isfinite(static_cast<float>(c10::Half(f)));
+    case at::kBFloat16:
+      return std::isfinite(static_cast<float>(c10::BFloat16(f)));
+    default:
+      return std::isfinite(f);
+  }
+}
+
+// A number of an intervention: finite, within the spec's limit, and finite in the model's dtype.
+absl::Status CheckNumber(at::ScalarType dtype, absl::string_view where, absl::string_view field, double value) {
+  if (!std::isfinite(value) || std::fabs(value) > spec::kMaxInterventionMagnitude) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, " ", value,
+                                                   " is not a finite number of magnitude at most ",
+                                                   spec::kMaxInterventionMagnitude));
+  }
+  if (!FiniteIn(dtype, value)) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, " ", value, " overflows the model's dtype ",
+                                                   DtypeName(dtype)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UnknownEnum(absl::string_view where, absl::string_view field, int value) {
+  return absl::InvalidArgumentError(absl::StrCat(where, ": unknown ", field, " ", value));
+}
+
+}  // namespace
+
+absl::Status CheckInterventionValues(at::ScalarType dtype, const std::vector<spec::Intervention>& interventions) {
+  for (size_t i = 0; i < interventions.size(); ++i) {
+    const spec::Intervention& in = interventions[i];
+    const std::string where = absl::StrCat("interventions[", i, "]");
+    if (const auto* h = std::get_if<spec::HeadAblation>(&in)) {
+      const std::string at = where + ".head_ablation";
+      if (!IsKnown(h->mode)) return UnknownEnum(at, "mode", static_cast<int>(h->mode));
+      RETURN_IF_ERROR(CheckNumber(dtype, at, "factor", h->factor));
+    } else if (const auto* w = std::get_if<spec::WeightEdit>(&in)) {
+      const std::string at = where + ".weight_edit";
+      if (!IsKnown(w->op)) return UnknownEnum(at, "op", static_cast<int>(w->op));
+      RETURN_IF_ERROR(CheckNumber(dtype, at, "value", w->value));
+    } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
+      const std::string at = where + ".norm_channel_reset";
+      if (!IsKnown(n->mode)) return UnknownEnum(at, "mode", static_cast<int>(n->mode));
+      RETURN_IF_ERROR(CheckNumber(dtype, at, "value", n->value));
+    } else if (const auto* b = std::get_if<spec::AttentionBias>(&in)) {
+      const std::string at = where + ".attention_bias";
+      for (size_t k = 0; k < b->key.size(); ++k) {
+        RETURN_IF_ERROR(CheckNumber(dtype, at, absl::StrCat("key[", k, "]"), b->key[k]));
+      }
+      for (size_t k = 0; k < b->value.size(); ++k) {
+        RETURN_IF_ERROR(CheckNumber(dtype, at, absl::StrCat("value[", k, "]"), b->value[k]));
+      }
+    } else if (const auto* a = std::get_if<spec::ActivationEdit>(&in)) {
+      const std::string at = where + ".activation_edit";
+      if (!IsKnown(a->op)) return UnknownEnum(at, "op", static_cast<int>(a->op));
+      RETURN_IF_ERROR(CheckNumber(dtype, at, "value", a->value));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ApplyWeightEdits(const std::vector<spec::Intervention>& interventions, WeightEditSession& edits) {
@@ -198,8 +309,8 @@ absl::StatusOr<std::vector<result::TokenProbability>> ResolveTokens(const Model&
     for (const std::string& text : t.tokens) {
       ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(text));
       if (ids.size() != 1) {
-        return absl::InvalidArgumentError(absl::StrCat("token_probabilities: \"", text, "\" encodes to ", ids.size(),
-                                                       " tokens, not one (give its id in token_ids)"));
+        return absl::InvalidArgumentError(absl::StrCat("token_probabilities: ", QuoteForError(text), " encodes to ",
+                                                       ids.size(), " tokens, not one (give its id in token_ids)"));
       }
       out.push_back({ids[0], text, 0});
     }
@@ -334,6 +445,8 @@ result::RunInfo RunInfoOf(const Model& model, const std::string& spec_sha256) {
   run.spec_sha256 = spec_sha256;
   run.lesion_version = LESION_VERSION;
   run.tf32 = Tf32Allowed();
+  run.checkpoint_format = model.checkpoint_format();
+  run.dequantized_from = model.dequantized_from();
   return run;
 }
 
@@ -369,9 +482,11 @@ absl::StatusOr<Prepared> Prepare(const Model& model, const spec::Experiment& e, 
   if (options.add_bos && !model.bos_id().has_value()) {
     return absl::FailedPreconditionError("eval.add_bos: the model defines no BOS token");
   }
-  if (c.learned_positions && options.seq_len > c.max_position_embeddings) {
+  // Learned positions end there; rotary ones go on, but untrained (and a window that long could
+  // ask for any amount of memory).
+  if (options.seq_len > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("eval.seq_len ", options.seq_len, " is longer than the model's ",
-                                                   c.max_position_embeddings, " positions"));
+                                                   c.max_position_embeddings, " positions (max_position_embeddings)"));
   }
   ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(p.ids.size()), options));
   p.protocol.n_windows = static_cast<int64_t>(windows.size());
@@ -385,6 +500,7 @@ absl::StatusOr<Prepared> Prepare(const Model& model, const spec::Experiment& e, 
     p.needs_kl |= std::holds_alternative<spec::KlDivergence>(m);
   }
   p.needs_means = NeedsMeans(e.interventions);
+  RETURN_IF_ERROR(CheckInterventionValues(model.transformer().dtype(), e.interventions));
   {
     RunPlan dry_run(c.n_layers);
     RETURN_IF_ERROR(AddActivationInterventions(c, e.interventions, options.seq_len, nullptr, dry_run));

@@ -47,6 +47,12 @@ struct Means {
   std::map<std::string, at::Tensor> site_counts;  // site -> [seq, 1] windows that reach the position
 };
 
+// The enums and numbers of `interventions`, which the spec parser checks too (a spec::Experiment
+// may be built otherwise): every mode and op a known value, every number (factors, values,
+// attention-bias keys and values) finite, at most spec::kMaxInterventionMagnitude in magnitude and
+// finite in `dtype`, the model's (float16 ends at 65504). InvalidArgument naming the intervention.
+absl::Status CheckInterventionValues(at::ScalarType dtype, const std::vector<spec::Intervention>& interventions);
+
 // Weight edits and norm-channel resets of `interventions` applied through `edits`.
 absl::Status ApplyWeightEdits(const std::vector<spec::Intervention>& interventions, WeightEditSession& edits);
 // Their checks against the model, without editing.

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/error_text.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "experiments/run_parts.h"
@@ -30,8 +31,8 @@ absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const sp
     } else if (e.named_dataset == "tinystories-sample") {
       file = data_dir / "tinystories_sample.txt";
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("dataset.named: unknown dataset \"", e.named_dataset,
-                                                     "\" (known: wikitext-2-raw-test, tinystories-sample)"));
+      return absl::InvalidArgumentError(absl::StrCat("dataset.named: unknown dataset ", QuoteForError(e.named_dataset),
+                                                     " (known: wikitext-2-raw-test, tinystories-sample)"));
     }
     ASSIGN_OR_RETURN(text, ReadFile(file));
   }

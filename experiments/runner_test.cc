@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <string>
 
 #include "experiments/weight_edits.h"
 
@@ -88,6 +89,94 @@ TEST(Runner, ACachedBaselineReplacesTheBaselinePassExactly) {
   ASSERT_TRUE(with_kl.ok()) << with_kl.status();
   EXPECT_FALSE(with_kl->baseline_from_cache);
   EXPECT_GT(with_kl->kl_divergence, 0);
+}
+
+std::string TokenIds(int64_t n, int64_t vocab) {
+  std::string out;
+  for (int64_t i = 0; i < n; ++i) out += (i == 0 ? "" : ",") + std::to_string((i * 7919 + 13) % vocab);
+  return out;
+}
+
+// Regression: a seq_len beyond max_position_embeddings was accepted for rotary models (stories260K
+// has 512 positions); learned positions (GPT-2's 64 in the fixture) were refused already.
+TEST(Runner, SeqLenBeyondTheModelsPositionsIsInvalidArgument) {
+  auto stories = LoadStories();
+  auto spec = [](int64_t seq_len, int64_t vocab) {
+    auto e = spec::ParseExperimentJson(R"({"dataset": {"token_ids": {"ids": [)" + TokenIds(2000, vocab) +
+                                       R"(]}}, "eval": {"seq_len": )" + std::to_string(seq_len) +
+                                       R"(}, "measurements": [{"perplexity": {}}]})");
+    EXPECT_TRUE(e.ok()) << e.status();
+    return *e;
+  };
+  EXPECT_TRUE(ValidateExperiment(*stories, spec(512, 512), kRoot / "data").ok());
+  absl::Status s = ValidateExperiment(*stories, spec(513, 512), kRoot / "data");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("eval.seq_len 513 is longer than the model's 512 positions"), std::string::npos) << s;
+  EXPECT_EQ(RunExperiment(*stories, spec(200000, 512), kRoot / "data").status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  auto gpt2 = Model::Load(kRoot / "tests/fixtures/models/gpt2", {});
+  ASSERT_TRUE(gpt2.ok()) << gpt2.status();
+  EXPECT_TRUE(ValidateExperiment(**gpt2, spec(64, 512), kRoot / "data").ok());
+  s = ValidateExperiment(**gpt2, spec(65, 512), kRoot / "data");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("65 is longer than the model's 64 positions"), std::string::npos) << s;
+}
+
+// The spec parser refuses unknown enum numbers and overflowing numbers; a spec::Experiment built
+// otherwise meets the same checks in the runner, and numbers must also fit the model's dtype.
+TEST(Runner, UnknownEnumsAndOverflowingNumbersAreInvalidArgument) {
+  auto model = LoadStories();
+  const std::string before = WeightsFingerprint(model->transformer()).value();
+  spec::Experiment e = Spec(R"([{"perplexity": {}}])");  // a weight edit, then a head ablation
+  ASSERT_TRUE(ValidateExperiment(*model, e, kRoot / "data").ok());
+
+  spec::Experiment bad_mode = e;
+  std::get<spec::HeadAblation>(bad_mode.interventions[1]).mode = static_cast<spec::HeadAblation::Mode>(99);
+  absl::Status s = ValidateExperiment(*model, bad_mode, kRoot / "data");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("interventions[1].head_ablation: unknown mode 99"), std::string::npos) << s;
+
+  spec::Experiment bad_op = e;
+  std::get<spec::WeightEdit>(bad_op.interventions[0]).op = static_cast<spec::WeightEdit::Op>(99);
+  EXPECT_EQ(ValidateExperiment(*model, bad_op, kRoot / "data").code(), absl::StatusCode::kInvalidArgument);
+
+  spec::Experiment set_huge = e;  // failed with INTERNAL when torch wrote 1e308 into a float32
+  auto& edit = std::get<spec::WeightEdit>(set_huge.interventions[0]);
+  edit.op = spec::WeightEdit::Op::kSet;
+  edit.value = 1e308;
+  s = RunExperiment(*model, set_huge, kRoot / "data").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("interventions[0].weight_edit: value 1e+308"), std::string::npos) << s;
+
+  spec::Experiment factor_huge = e;  // ran to DONE with a NaN perplexity
+  auto& ablation = std::get<spec::HeadAblation>(factor_huge.interventions[1]);
+  ablation.mode = spec::HeadAblation::Mode::kScale;
+  ablation.factor = 1e308;
+  EXPECT_EQ(RunExperiment(*model, factor_huge, kRoot / "data").status().code(), absl::StatusCode::kInvalidArgument);
+
+  spec::Experiment bias = e;  // ran to DONE with a NaN perplexity
+  const int64_t width = model->config().n_kv_heads * model->config().head_dim;
+  bias.interventions.push_back(spec::AttentionBias{0, std::vector<float>(width, 3e38f), std::vector<float>(width, 0)});
+  s = ValidateExperiment(*model, bias, kRoot / "data");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("interventions[2].attention_bias: key[0]"), std::string::npos) << s;
+
+  EXPECT_EQ(WeightsFingerprint(model->transformer()).value(), before);
+
+  // float16 ends at 65504: a value that float32 holds overflows there.
+  LoadOptions half;
+  half.dtype = at::kHalf;
+  auto model16 = Model::Load(kRoot / "models/stories260K", half);
+  ASSERT_TRUE(model16.ok()) << model16.status();
+  spec::Experiment set_big = e;
+  auto& edit16 = std::get<spec::WeightEdit>(set_big.interventions[0]);
+  edit16.op = spec::WeightEdit::Op::kSet;
+  edit16.value = 1e5;
+  EXPECT_TRUE(ValidateExperiment(*model, set_big, kRoot / "data").ok());
+  s = ValidateExperiment(**model16, set_big, kRoot / "data");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("value 100000 overflows the model's dtype float16"), std::string::npos) << s;
 }
 
 }  // namespace

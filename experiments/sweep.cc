@@ -234,6 +234,9 @@ absl::Status CheckVariants(const Model& model, const std::vector<spec::Experimen
     auto named = [&](const absl::Status& s) {
       return absl::Status(s.code(), absl::StrCat("sweep variant ", i, " (", v.variant_name, "): ", s.message()));
     };
+    if (absl::Status s = internal::CheckInterventionValues(model.transformer().dtype(), v.interventions); !s.ok()) {
+      return named(s);
+    }
     RunPlan dry_run(c.n_layers);
     if (absl::Status s = internal::AddActivationInterventions(c, v.interventions, seq_len, nullptr, dry_run); !s.ok()) {
       return named(s);

@@ -343,6 +343,16 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("sweep variant 1 (bad)"), std::string::npos) << s;
 
+  // A variant's enums and numbers are checked like a single run's (the parser checks them too,
+  // but variants may be built otherwise).
+  auto heads = Expand(*model, HeadSweep(*model, R"([{"perplexity": {}}])"));
+  std::get<spec::HeadAblation>(heads[2].interventions[0]).mode = static_cast<spec::HeadAblation::Mode>(99);
+  s = ValidateSweep(*model, HeadSweep(*model, R"([{"perplexity": {}}])"), heads, kRoot / "data");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("sweep variant 2 (L0.H2): interventions[0].head_ablation: unknown mode 99"),
+            std::string::npos)
+      << s;
+
   RunLimits small_passes;
   small_passes.max_pass_tokens = 100;  // 3 variants x 3 windows x 16 tokens = 144
   s = ValidateSweep(*model, HeadSweep(*model, R"([{"perplexity": {}}])"),

@@ -38,8 +38,12 @@
 // status created started finished or metric.NAME.FIELD (experiments without the metric last).
 // Empty: newest first. Ties are always broken by id, so pages are stable.
 //
+// Limits: a filter or order of at most 16384 bytes, NOT and '(' nested at most 32 deep, at most 256
+// comparisons in a filter and 256 keys in an order; times within the years 1 to 9999.
+//
 // Errors: InvalidArgument naming the problem and its 1-based column ("unknown field 'modle' at
-// column 1", "unbalanced parentheses: '(' at column 3 is never closed", ...).
+// column 1", "unbalanced parentheses: '(' at column 3 is never closed", "NOT and parentheses nested
+// more than 32 deep at column 65", ...); they quote at most 80 characters of the input.
 // Thread-safety: free functions, no state.
 #ifndef LESION_STORAGE_QUERY_H_
 #define LESION_STORAGE_QUERY_H_

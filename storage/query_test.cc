@@ -249,6 +249,121 @@ TEST(CompileQuery, BadQueriesSayWhatAndWhere) {
   }
 }
 
+std::string Repeat(absl::string_view s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out.append(s.data(), s.size());
+  return out;
+}
+
+// Regression: the parser recursed once per NOT and '(' with no limit, so that
+// "NOT NOT ... id = "x"" (20,000 of them) or 50,000 '(' overflowed lesiond's stack.
+TEST(CompileQuery, HugeNestingIsRefusedNotACrash) {
+  for (const std::string& where : {Repeat("NOT ", 20000) + R"(id = "x")", Repeat("(", 50000)}) {
+    const absl::Status status = CompileQuery(where, "").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status.message().substr(0, 200);
+    EXPECT_THAT(std::string(status.message()), HasSubstr("more than the limit of 16384 bytes"));
+    EXPECT_LT(status.message().size(), 200u) << "the error must not echo the query";
+  }
+  const absl::Status order = CompileQuery("", Repeat("id, ", 5000) + "id").status();
+  EXPECT_EQ(order.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(order.message()), HasSubstr("limit of 16384 bytes"));
+}
+
+TEST(CompileQuery, NestingDeeperThan32IsInvalidArgument) {
+  EXPECT_TRUE(CompileQuery(Repeat("NOT ", 32) + R"(id = "x")", "").ok());
+  EXPECT_TRUE(CompileQuery(Repeat("(", 32) + R"(id = "x")" + Repeat(")", 32), "").ok());
+  EXPECT_TRUE(CompileQuery(Repeat("NOT (", 16) + R"(id = "x")" + Repeat(")", 16), "").ok());
+  for (const std::string& where : {Repeat("NOT ", 33) + R"(id = "x")",
+                                   Repeat("(", 33) + R"(id = "x")" + Repeat(")", 33),
+                                   Repeat("NOT (", 17) + R"(id = "x")" + Repeat(")", 17),
+                                   Repeat("(", 1000)}) {
+    const absl::Status status = CompileQuery(where, "").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << where;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("nested more than 32 deep")) << where;
+    EXPECT_LT(status.message().size(), 200u);
+  }
+  // Nesting that is left again does not add up.
+  EXPECT_TRUE(CompileQuery(Repeat(R"((NOT id = "x") AND )", 100) + R"(id = "y")", "").ok());
+}
+
+TEST(CompileQuery, MoreThan256ComparisonsIsInvalidArgument) {
+  EXPECT_TRUE(CompileQuery(Repeat(R"(id = "x" OR )", 255) + R"(id = "y")", "").ok());
+  const absl::Status status = CompileQuery(Repeat(R"(id = "x" OR )", 256) + R"(id = "y")", "").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("more than 256 comparisons"));
+  EXPECT_TRUE(CompileQuery("", Repeat("id, ", 255) + "id").ok());
+  const absl::Status order = CompileQuery("", Repeat("id, ", 256) + "id").status();
+  EXPECT_EQ(order.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(order.message()), HasSubstr("more than 256 keys"));
+}
+
+// `levels` levels of parentheses, each holding two copies of the level below joined by OR: 2^levels
+// copies of `leaf`, every operand as deep as its sibling.
+std::string BalancedTree(const std::string& leaf, int levels) {
+  if (levels == 0) return leaf;
+  const std::string below = BalancedTree(leaf, levels - 1);
+  return "(" + below + " OR " + below + ")";
+}
+
+// What the limits let through compiles to SQL that SQLite accepts: its parser stack (100 entries in
+// 3.40) overflowed at 16 levels of "a OR b AND (" before operands were reordered.
+TEST_F(QueryTest, QueriesAtTheLimitsRun) {
+  const std::string chain = R"(id = "a")" + Repeat(R"( OR metric.perplexity.value > 1e9)", 255);
+  EXPECT_THAT(Ids(Repeat("(", 32) + chain + Repeat(")", 32)), ElementsAre("a"));
+  EXPECT_THAT(Ids(Repeat("NOT ", 31) + "(" + chain + ")"), ElementsAre("b", "c", "d", "e"));
+  EXPECT_THAT(Ids(Repeat("NOT NOT (", 10) + "NOT NOT " + chain + Repeat(")", 10)), ElementsAre("a"));
+  const std::string heads = "intervention.head_ablation.heads = 3";
+  EXPECT_THAT(Ids(Repeat(R"(id = "x" OR id != "y" AND ()", 32) + heads + Repeat(")", 32)), ElementsAre("a"));
+  EXPECT_THAT(Ids(Repeat(R"(NOT id = "x" AND NOT ()", 16) + heads + Repeat(")", 16)), ElementsAre("a"));
+  EXPECT_THAT(Ids(Repeat("(", 24) + BalancedTree(heads, 8) + Repeat(")", 24)), ElementsAre("a"));
+  EXPECT_THAT(Ids(Repeat(R"(NOT (intervention.head_ablation.heads = 7) AND )", 255) + Repeat("NOT ", 32) +
+                  R"(id != "c")"),
+              ElementsAre("a", "b", "d", "e"));
+}
+
+// Regression: 99999999999999999999999 seconds overflowed the conversion to microseconds and
+// `created >= 99999999999999999999999` matched every experiment.
+TEST_F(QueryTest, TimesOutOfRangeAreInvalidArgument) {
+  for (const char* where : {"created >= 99999999999999999999999", "created >= -99999999999999999999999",
+                            "finished < 1e300", "started > 253402300800", R"(created > "99999-01-01")"}) {
+    const absl::Status status = Error(where);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << where;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("out of range")) << where;
+  }
+  EXPECT_THAT(Ids("created < 253402300799"), ElementsAre("a", "b", "c", "d", "e"));
+  EXPECT_THAT(Ids("created > -62135596800"), ElementsAre("a", "b", "c", "d", "e"));
+  const absl::Status huge = Error("metric.perplexity.value > 1e999");
+  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(huge.message()), HasSubstr("number '1e999' out of range"));
+}
+
+TEST(CompileQuery, ErrorsQuoteAtMost80CharactersOfTheInput) {
+  const std::string long_name(10000, 'f');
+  const std::string cases[] = {
+      long_name + R"( = "x")",                      // unknown field
+      R"(status = ")" + long_name + R"(")",         // unknown status
+      "model = " + long_name,                       // a word where a value belongs
+      R"(model = "x" )" + long_name,                // a word where AND / OR belongs
+      "metric.perplexity." + long_name + " > 1",    // unknown metric field
+      "intervention." + long_name + ".layer = 1",   // unknown intervention kind
+      "intervention.head_ablation." + long_name + " = 1",
+      R"(intervention.head_ablation.mode = ")" + long_name + R"(")",
+      R"(created > ")" + long_name + R"(")",        // bad time
+      "id " + std::string(5000, '=') + R"( "x")",   // unknown operator
+      "created > 1" + std::string(5000, '0'),       // out of range
+      long_name + ". = 1",                          // empty component
+  };
+  for (const std::string& where : cases) {
+    const absl::Status status = CompileQuery(where, "").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << where.substr(0, 40);
+    EXPECT_LT(status.message().size(), 400u) << status.message().substr(0, 400);
+    EXPECT_EQ(std::string(status.message()).find(std::string(81, 'f')), std::string::npos);
+  }
+  const absl::Status order = CompileQuery("", long_name).status();
+  EXPECT_EQ(order.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(order.message().size(), 400u) << order.message().substr(0, 400);
+}
+
 TEST(CompileQuery, EveryValueIsAParameter) {
   auto q = CompileQuery(R"(user = "x" AND metric.perplexity.delta_pct > 1 OR tag = "t")",
                         "metric.kl_divergence.value desc");

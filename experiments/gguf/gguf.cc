@@ -1,14 +1,8 @@
 #include "experiments/gguf/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -18,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/mapped_file.h"
 #include "common/status_macros.h"
 
 namespace lesion::experiments {
@@ -239,68 +234,6 @@ std::string QuoteString(absl::string_view s, size_t max_chars) {
   out.push_back('"');
   return out;
 }
-
-
-absl::Status ErrnoToStatus(int err, absl::string_view what) {
-  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-      return absl::ResourceExhaustedError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
-absl::string_view FileKind(mode_t mode) {
-  if (S_ISDIR(mode)) return "a directory";
-  if (S_ISFIFO(mode)) return "a FIFO";
-  if (S_ISCHR(mode)) return "a character device";
-  if (S_ISBLK(mode)) return "a block device";
-  if (S_ISSOCK(mode)) return "a socket";
-  return "not a regular file";
-}
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-// Unmaps on destruction unless released.
-class MappingGuard {
- public:
-  MappingGuard(void* p, size_t n) : p_(p), n_(n) {}
-  ~MappingGuard() {
-    if (p_ != nullptr) ::munmap(p_, n_);
-  }
-  MappingGuard(const MappingGuard&) = delete;
-  MappingGuard& operator=(const MappingGuard&) = delete;
-  void* Release() {
-    void* p = p_;
-    p_ = nullptr;
-    return p;
-  }
-
- private:
-  void* p_;
-  size_t n_;
-};
 
 absl::Status WithSuffix(const absl::Status& status, absl::string_view suffix) {
   return absl::Status(status.code(), absl::StrCat(status.message(), suffix));
@@ -861,51 +794,23 @@ std::vector<int64_t> GgufTensorInfo::shape() const {
 // ---------------------------------------------------------------------------------------------
 // GgufFile
 
-GgufFile::~GgufFile() {
-  if (mapping_ != nullptr) ::munmap(mapping_, mapping_size_);
-}
+GgufFile::~GgufFile() = default;
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::filesystem::path& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping, MappedFile::Open(path, "GGUF file"));
+  const absl::Span<const std::byte> bytes = mapping->bytes();
   const std::string path_string = path.string();
-  // stat before open: opening a FIFO for reading blocks until a writer appears, and opening a
-  // device can have side effects. The fstat below closes the race with a swapped file.
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot open GGUF file ", path_string));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path_string, " is ", FileKind(st.st_mode),
-                                                   ", not a regular file, so not a GGUF file"));
-  }
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
-  if (fd.get() < 0) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot open GGUF file ", path_string));
-  }
-  if (::fstat(fd.get(), &st) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot stat ", path_string));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path_string, " is ", FileKind(st.st_mode),
-                                                   ", not a regular file, so not a GGUF file"));
-  }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size == 0) {
+  if (bytes.empty()) {
     return absl::DataLossError(
         absl::StrCat(path_string, ": the file is empty (truncated GGUF file?)"));
   }
-  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (mapping == MAP_FAILED) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot mmap ", path_string));
-  }
-  MappingGuard guard(mapping, file_size);
 
-  gguf_internal::Parser parser(path_string, static_cast<const unsigned char*>(mapping), file_size);
+  gguf_internal::Parser parser(path_string, reinterpret_cast<const unsigned char*>(bytes.data()),
+                               bytes.size());
   RETURN_IF_ERROR(parser.Parse());
 
   auto file = std::unique_ptr<GgufFile>(new GgufFile());
-  file->path_ = path;
-  file->mapping_ = guard.Release();
-  file->mapping_size_ = file_size;
+  file->mapping_ = std::move(mapping);
   file->version_ = parser.version;
   file->alignment_ = parser.alignment;
   file->data_offset_ = parser.data_offset;
@@ -927,12 +832,12 @@ const GgufTensorInfo* GgufFile::FindTensor(absl::string_view name) const {
 }
 
 absl::Span<const std::byte> GgufFile::Data(const GgufTensorInfo& info) const {
-  const uint64_t data_size = mapping_size_ > data_offset_ ? mapping_size_ - data_offset_ : 0;
+  const absl::Span<const std::byte> bytes = mapping_->bytes();
+  const uint64_t data_size = bytes.size() > data_offset_ ? bytes.size() - data_offset_ : 0;
   if (info.n_bytes == 0 || info.offset > data_size || info.n_bytes > data_size - info.offset) {
     return {};
   }
-  return absl::Span<const std::byte>(
-      static_cast<const std::byte*>(mapping_) + data_offset_ + info.offset, info.n_bytes);
+  return bytes.subspan(data_offset_ + info.offset, info.n_bytes);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/mapped_file.h"
 
 namespace lesion::experiments {
 
@@ -205,9 +206,9 @@ struct GgufTensorInfo {
 // A memory-mapped, validated GGUF file.
 //
 // Thread-safety: immutable after Open; all methods are const and thread-safe.
-// Ownership: owns the read-only private mapping (the descriptor is closed once mapped). Spans from
-// Data() and the references and pointers from metadata()/Find()/tensors()/FindTensor() live as
-// long as this object.
+// Ownership: owns the file's MappedFile (common/mapped_file.h: a read-only private mapping; the
+// descriptor is closed once mapped). Spans from Data() and the references and pointers from
+// metadata()/Find()/tensors()/FindTensor() live as long as this object.
 // Alignment: Data() spans start at a multiple of the file's alignment from the start of the
 // mapping's data section, but the data section itself need not be aligned in memory for every
 // element type; copy (memcpy) rather than reinterpret_cast.
@@ -216,12 +217,13 @@ struct GgufTensorInfo {
 // Q8_K, I32, ...) have their bytes available, and DequantizeToFloat refuses them by name.
 class GgufFile {
  public:
-  // Maps and validates `path`. Every message names the file, and the key, tensor, and type
-  // involved, if any.
+  // Maps (with MappedFile::Open) and validates `path`. Every message names the file, and the
+  // key, tensor, and type involved, if any.
   //   NotFound          `path` does not exist.
   //   PermissionDenied  it cannot be opened for reading.
-  //   InvalidArgument   not a regular file (a directory, FIFO or device: refused without reading,
-  //                     so a FIFO never hangs); not GGUF (bad magic); version 1 ("GGUF version 1
+  //   InvalidArgument   not a regular file ("... is not a regular file (it is a FIFO), so not a
+  //                     GGUF file": a directory, FIFO or device, refused without being opened, so
+  //                     a FIFO never hangs); not GGUF (bad magic); version 1 ("GGUF version 1
   //                     is not supported"), a big-endian file, or a version above 3; a key or
   //                     array element of an undefined value type; arrays nested more than 4
   //                     deep or more than 2^20 nested arrays; more than 2^20 keys or tensors;
@@ -230,9 +232,9 @@ class GgufFile {
   //                     count or byte count that overflows, a row length (dims[0]) that is not a
   //                     multiple of its type's block size, or an offset that is not a multiple of
   //                     the alignment; two tensors whose bytes overlap.
-  //   DataLoss          the file ends before something it announces: a truncated file, or a
-  //                     count, string length or array length larger than the bytes left could
-  //                     hold, or a tensor whose bytes extend past the end of the file.
+  //   DataLoss          the file is empty, or ends before something it announces: a truncated
+  //                     file, or a count, string length or array length larger than the bytes
+  //                     left could hold, or a tensor whose bytes extend past the end of the file.
   //   ResourceExhausted / Internal   mmap or another system call failed.
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::filesystem::path& path);
 
@@ -242,7 +244,7 @@ class GgufFile {
 
   uint32_t version() const { return version_; }
   // The path passed to Open.
-  const std::filesystem::path& path() const { return path_; }
+  const std::filesystem::path& path() const { return mapping_->path(); }
   // general.alignment, or 32 if absent.
   uint64_t alignment() const { return alignment_; }
   // The byte offset of the data section in the file.
@@ -266,9 +268,7 @@ class GgufFile {
  private:
   GgufFile() = default;
 
-  std::filesystem::path path_;
-  void* mapping_ = nullptr;  // the whole file, PROT_READ, MAP_PRIVATE; munmap'ed on destruction
-  size_t mapping_size_ = 0;  // the file size (> 0)
+  std::unique_ptr<const MappedFile> mapping_;  // the whole file (never empty); never null
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;

@@ -1,8 +1,6 @@
 #include "experiments/safetensors/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
+#include "common/mapped_file.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -105,63 +104,6 @@ std::optional<uint64_t> AsNonNegativeInt(const json& j) {
   }
   return std::nullopt;
 }
-
-absl::Status ErrnoToStatus(int err, absl::string_view what) {
-  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return absl::PermissionDeniedError(message);
-    case ENOSPC:
-    case EDQUOT:
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-      return absl::ResourceExhaustedError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now, reporting the error that a destructor would swallow.
-  int Close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
-// Unmaps on destruction unless released to the SafetensorsFile that will own the mapping.
-class MappingGuard {
- public:
-  MappingGuard(void* addr, size_t size) : addr_(addr), size_(size) {}
-  ~MappingGuard() {
-    if (addr_ != nullptr) ::munmap(addr_, size_);
-  }
-  MappingGuard(const MappingGuard&) = delete;
-  MappingGuard& operator=(const MappingGuard&) = delete;
-  void* Release() { return std::exchange(addr_, nullptr); }
-
- private:
-  void* addr_;
-  size_t size_;
-};
 
 // Validates the header of `path` (already parsed as JSON) against a data section of `data_size`
 // bytes, producing the tensors in file order and the metadata.
@@ -424,48 +366,30 @@ int64_t TensorInfo::numel() const {
 // ---------------------------------------------------------------------------------------------
 // SafetensorsFile
 
-SafetensorsFile::SafetensorsFile(std::filesystem::path path, void* mapping, size_t mapping_size,
-                                 uint64_t data_start, std::vector<TensorInfo> tensors,
+SafetensorsFile::SafetensorsFile(std::unique_ptr<const MappedFile> mapping, uint64_t data_start,
+                                 std::vector<TensorInfo> tensors,
                                  std::map<std::string, std::string> metadata)
-    : path_(std::move(path)),
-      mapping_(mapping),
-      mapping_size_(mapping_size),
+    : mapping_(std::move(mapping)),
       data_start_(data_start),
       tensors_(std::move(tensors)),
       index_(IndexByName(tensors_)),
       metadata_(std::move(metadata)) {}
 
-SafetensorsFile::~SafetensorsFile() { ::munmap(mapping_, mapping_size_); }
+SafetensorsFile::~SafetensorsFile() = default;
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     const std::filesystem::path& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping,
+                   MappedFile::Open(path, "safetensors file"));
   const std::string path_string = path.string();
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot open safetensors file ", path_string));
-  }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot stat ", path_string));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_string, " is not a regular file, so not a safetensors file"));
-  }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
+  const uint64_t file_size = mapping->bytes().size();
   if (file_size < 8) {
     return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string, ": ",
                                             file_size,
                                             " bytes, too short for the 8-byte header length"));
   }
-  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (mapping == MAP_FAILED) {
-    return ErrnoToStatus(errno, absl::StrCat("cannot mmap ", path_string));
-  }
-  MappingGuard guard(mapping, file_size);
-  fd.Close();  // the mapping keeps the file alive
 
-  const auto* bytes = static_cast<const unsigned char*>(mapping);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(mapping->bytes().data());
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
   if (header_size > kMaxHeaderBytes) {
@@ -493,9 +417,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   const uint64_t data_start = 8 + header_size;
   HeaderParser parser(path, file_size - data_start);
   RETURN_IF_ERROR(parser.Parse(header));
-  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(path, guard.Release(), file_size,
-                                                              data_start, parser.TakeTensors(),
-                                                              parser.TakeMetadata()));
+  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
+      std::move(mapping), data_start, parser.TakeTensors(), parser.TakeMetadata()));
 }
 
 const TensorInfo* SafetensorsFile::Find(absl::string_view name) const {
@@ -504,11 +427,10 @@ const TensorInfo* SafetensorsFile::Find(absl::string_view name) const {
 }
 
 absl::Span<const std::byte> SafetensorsFile::Data(const TensorInfo& t) const {
-  const uint64_t data_size = mapping_size_ - data_start_;
+  const absl::Span<const std::byte> bytes = mapping_->bytes();
+  const uint64_t data_size = bytes.size() - data_start_;
   if (t.data_begin > t.data_end || t.data_end > data_size) return {};
-  return absl::Span<const std::byte>(
-      static_cast<const std::byte*>(mapping_) + data_start_ + t.data_begin,
-      t.data_end - t.data_begin);
+  return bytes.subspan(data_start_ + t.data_begin, t.data_end - t.data_begin);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,7 +624,7 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
   std::filesystem::path tmp = path;
   tmp += ".tmp";
   const std::string tmp_string = tmp.string();
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  ScopedFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return ErrnoToStatus(errno, absl::StrCat("cannot create ", tmp_string));
   absl::Status status = WriteAll(fd.get(), length_prefix.data(), length_prefix.size(), tmp_string);
   if (status.ok()) {

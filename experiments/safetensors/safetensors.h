@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/mapped_file.h"
 
 namespace lesion::experiments {
 
@@ -68,9 +69,9 @@ struct TensorInfo {
 // A memory-mapped, validated .safetensors file.
 //
 // Thread-safety: immutable after Open; all methods are const and thread-safe.
-// Ownership: owns the read-only private mapping (the file descriptor is closed once mapped). The
-// spans returned by Data() and the references returned by tensors()/Find()/metadata() live as long
-// as this object.
+// Ownership: owns the file's MappedFile (common/mapped_file.h: a read-only private mapping; the
+// file descriptor is closed once mapped). The spans returned by Data() and the references returned
+// by tensors()/Find()/metadata() live as long as this object.
 // Alignment: the data section starts at byte 8 + N of the file and tensors may start at any offset
 // within it, so a span returned by Data() may be unaligned for its element type. Copy it (memcpy)
 // rather than reinterpret_cast-ing it to float* and friends.
@@ -78,10 +79,12 @@ struct TensorInfo {
 // rejects them); overlapping tensors are not.
 class SafetensorsFile {
  public:
-  // Maps and validates `path`. Errors (every message names the file; header errors also name the
-  // tensor and the offending values):
+  // Maps (with MappedFile::Open) and validates `path`. Errors (every message names the file;
+  // header errors also name the tensor and the offending values):
   //   NotFound          `path` does not exist.
-  //   InvalidArgument   `path` is not a regular file (a directory, say).
+  //   InvalidArgument   `path` is not a regular file ("... is not a regular file (it is a FIFO),
+  //                     so not a safetensors file": a directory, FIFO or device, refused without
+  //                     being opened, so a FIFO never blocks).
   //   PermissionDenied  `path` cannot be opened for reading.
   //   DataLoss          truncated or corrupt: shorter than 8 bytes; header length beyond the file
   //                     or above 100 MB; header not a UTF-8 JSON object; an entry that is not an
@@ -113,17 +116,14 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // The path passed to Open.
-  const std::filesystem::path& path() const { return path_; }
+  const std::filesystem::path& path() const { return mapping_->path(); }
 
  private:
-  SafetensorsFile(std::filesystem::path path, void* mapping, size_t mapping_size,
-                  uint64_t data_start, std::vector<TensorInfo> tensors,
-                  std::map<std::string, std::string> metadata);
+  SafetensorsFile(std::unique_ptr<const MappedFile> mapping, uint64_t data_start,
+                  std::vector<TensorInfo> tensors, std::map<std::string, std::string> metadata);
 
-  const std::filesystem::path path_;
-  void* const mapping_;        // the whole file, PROT_READ, MAP_PRIVATE; munmap'ed on destruction
-  const size_t mapping_size_;  // the file size (>= 8)
-  const uint64_t data_start_;  // 8 + header length
+  const std::unique_ptr<const MappedFile> mapping_;  // the whole file (>= 8 bytes); never null
+  const uint64_t data_start_;                        // 8 + header length (<= the file size)
   const std::vector<TensorInfo> tensors_;
   const absl::flat_hash_map<std::string, size_t> index_;  // name -> position in tensors_
   const std::map<std::string, std::string> metadata_;

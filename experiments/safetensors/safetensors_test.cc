@@ -1,6 +1,7 @@
 #include "experiments/safetensors/safetensors.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bit>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "common/fifo_watchdog.h"
 
 namespace lesion::experiments {
 namespace {
@@ -401,6 +403,34 @@ TEST_F(SafetensorsTest, MissingFileIsNotFound) {
 
 TEST_F(SafetensorsTest, DirectoryIsInvalidArgument) {
   ExpectError(SafetensorsFile::Open(dir_).status(), absl::StatusCode::kInvalidArgument, dir_);
+}
+
+// Regression: a FIFO named model.safetensors made loading wait in open() for a writer forever.
+TEST_F(SafetensorsTest, FifoIsInvalidArgumentWithoutBlocking) {
+  const fs::path fifo = dir_ / "fifo.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  FifoWatchdog watchdog(fifo);
+  const absl::Status status = SafetensorsFile::Open(fifo).status();
+  EXPECT_FALSE(watchdog.Stop()) << "SafetensorsFile::Open blocked opening a FIFO";
+  ExpectError(status, absl::StatusCode::kInvalidArgument, fifo, {"not a regular file"});
+}
+
+TEST_F(SafetensorsTest, CheckpointFifoInPlaceOfAnyFileIsInvalidArgumentWithoutBlocking) {
+  // The single file, the index and a shard the index names: each opened by a different path.
+  for (const char* name : {"model.safetensors", "model.safetensors.index.json", "s1.safetensors"}) {
+    SCOPED_TRACE(name);
+    fs::remove_all(dir_);
+    ASSERT_TRUE(fs::create_directories(dir_));
+    if (std::string(name) == "s1.safetensors") {
+      WriteIndex(R"({"weight_map":{"a":"s1.safetensors"}})");
+    }
+    const fs::path fifo = dir_ / name;
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    FifoWatchdog watchdog(fifo);
+    const absl::Status status = SafetensorsCheckpoint::Open(dir_).status();
+    EXPECT_FALSE(watchdog.Stop()) << "SafetensorsCheckpoint::Open blocked opening a FIFO";
+    ExpectError(status, absl::StatusCode::kInvalidArgument, fifo, {"not a regular file"});
+  }
 }
 
 TEST_F(SafetensorsTest, ShorterThanEightBytesIsDataLoss) {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/error_text.h"
 #include "common/status_macros.h"
 #include "proto/lesion/v1/experiment.pb.h"
 
@@ -23,6 +24,26 @@ std::vector<T> ToVector(const R& repeated) {
 
 absl::Status Bad(absl::string_view where, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(where, ": ", what));
+}
+
+// A number that enters the forward pass: finite, and small enough that the products and norms
+// after it stay finite in float32.
+absl::Status CheckMagnitude(absl::string_view where, absl::string_view field, double value) {
+  if (!std::isfinite(value)) return Bad(where, absl::StrCat(field, " ", value, " is not a finite number"));
+  if (std::fabs(value) > kMaxInterventionMagnitude) {
+    return Bad(where, absl::StrCat(field, " ", value, " is larger in magnitude than the limit of ",
+                                   kMaxInterventionMagnitude, " (it would overflow float32 in the forward pass)"));
+  }
+  return absl::OkStatus();
+}
+
+// An enum field's number: proto3 enums are open, so binary and JSON specs may hold any int32.
+absl::Status CheckEnum(absl::string_view where, absl::string_view field, int value,
+                       const google::protobuf::EnumDescriptor* d) {
+  if (d->FindValueByNumber(value) != nullptr) return absl::OkStatus();
+  std::vector<std::string> names;
+  for (int i = 0; i < d->value_count(); ++i) names.push_back(d->value(i)->name());
+  return Bad(where, absl::StrCat("unknown ", field, " ", value, " (known: ", absl::StrJoin(names, ", "), ")"));
 }
 
 absl::Status CheckThreshold(absl::string_view where, absl::string_view field, double value) {
@@ -122,8 +143,117 @@ absl::StatusOr<Measurement> FromProto(const lesion::v1::Measurement& m, absl::st
   return Bad(where, "names no measurement kind");
 }
 
+absl::StatusOr<Intervention> FromProto(const lesion::v1::Intervention& in, const std::string& where) {
+  namespace pb = lesion::v1;
+  switch (in.kind_case()) {
+    case pb::Intervention::kHeadAblation: {
+      const auto& h = in.head_ablation();
+      const std::string at = where + ".head_ablation";
+      RETURN_IF_ERROR(CheckEnum(at, "mode", h.mode(), pb::HeadAblation::Mode_descriptor()));
+      RETURN_IF_ERROR(CheckMagnitude(at, "factor", h.factor()));
+      HeadAblation out{h.layer(), ToVector<int64_t>(h.heads()), static_cast<HeadAblation::Mode>(h.mode()),
+                       h.factor()};
+      if (out.heads.empty()) return Bad(at, "no heads");
+      return out;
+    }
+    case pb::Intervention::kWeightEdit: {
+      const auto& w = in.weight_edit();
+      const std::string at = where + ".weight_edit";
+      RETURN_IF_ERROR(CheckEnum(at, "op", w.op(), pb::WeightEdit::Op_descriptor()));
+      RETURN_IF_ERROR(CheckMagnitude(at, "value", w.value()));
+      return WeightEdit{w.layer(), w.module(), w.row(), w.col(), static_cast<WeightEdit::Op>(w.op()), w.value()};
+    }
+    case pb::Intervention::kNormChannelReset: {
+      const auto& n = in.norm_channel_reset();
+      const std::string at = where + ".norm_channel_reset";
+      RETURN_IF_ERROR(CheckEnum(at, "mode", n.mode(), pb::NormChannelReset::Mode_descriptor()));
+      RETURN_IF_ERROR(CheckMagnitude(at, "value", n.value()));
+      NormChannelReset out{n.layer(), n.norm(), ToVector<int64_t>(n.channels()),
+                           static_cast<NormChannelReset::Mode>(n.mode()), n.value()};
+      if (out.channels.empty()) return Bad(at, "no channels");
+      return out;
+    }
+    case pb::Intervention::kAttentionBias: {
+      const auto& a = in.attention_bias();
+      const std::string at = where + ".attention_bias";
+      for (int i = 0; i < a.key_size(); ++i) {
+        RETURN_IF_ERROR(CheckMagnitude(at, absl::StrCat("key[", i, "]"), a.key(i)));
+      }
+      for (int i = 0; i < a.value_size(); ++i) {
+        RETURN_IF_ERROR(CheckMagnitude(at, absl::StrCat("value[", i, "]"), a.value(i)));
+      }
+      return AttentionBias{a.layer(), ToVector<float>(a.key()), ToVector<float>(a.value())};
+    }
+    case pb::Intervention::kActivationEdit: {
+      const auto& a = in.activation_edit();
+      const std::string at = where + ".activation_edit";
+      RETURN_IF_ERROR(CheckEnum(at, "op", a.op(), pb::ActivationEdit::Op_descriptor()));
+      RETURN_IF_ERROR(CheckMagnitude(at, "value", a.value()));
+      return ActivationEdit{a.site(), ToVector<int64_t>(a.positions()), ToVector<int64_t>(a.dims()),
+                            static_cast<ActivationEdit::Op>(a.op()), a.value()};
+    }
+    case pb::Intervention::KIND_NOT_SET:
+      break;
+  }
+  return Bad(where, "names no intervention kind");
+}
+
+// What of a sweep's axes can be checked without the model: enums, numbers, and the interventions
+// of listed variants (ExpandSweep checks each variant again as the spec it becomes).
+absl::Status CheckSweepAxis(const lesion::v1::SweepAxis& axis, const std::string& where) {
+  namespace pb = lesion::v1;
+  switch (axis.kind_case()) {
+    case pb::SweepAxis::kVariants: {
+      const auto& list = axis.variants().variants();
+      for (int i = 0; i < list.size(); ++i) {
+        for (int j = 0; j < list[i].interventions_size(); ++j) {
+          RETURN_IF_ERROR(FromProto(list[i].interventions(j),
+                                    absl::StrCat(where, ".variants.variants[", i, "].interventions[", j, "]"))
+                              .status());
+        }
+      }
+      return absl::OkStatus();
+    }
+    case pb::SweepAxis::kHeads: {
+      const std::string at = where + ".heads";
+      RETURN_IF_ERROR(CheckEnum(at, "mode", axis.heads().mode(), pb::HeadAblation::Mode_descriptor()));
+      return CheckMagnitude(at, "factor", axis.heads().factor());
+    }
+    case pb::SweepAxis::kNormChannels: {
+      const std::string at = where + ".norm_channels";
+      RETURN_IF_ERROR(CheckEnum(at, "mode", axis.norm_channels().mode(), pb::NormChannelReset::Mode_descriptor()));
+      return CheckMagnitude(at, "value", axis.norm_channels().value());
+    }
+    case pb::SweepAxis::kWeightValues: {
+      const auto& w = axis.weight_values();
+      const std::string at = where + ".weight_values";
+      RETURN_IF_ERROR(CheckEnum(at, "op", w.op(), pb::WeightEdit::Op_descriptor()));
+      for (int i = 0; i < w.values_size(); ++i) {
+        RETURN_IF_ERROR(CheckMagnitude(at, absl::StrCat("values[", i, "]"), w.values(i)));
+      }
+      return absl::OkStatus();
+    }
+    case pb::SweepAxis::KIND_NOT_SET:
+      break;
+  }
+  return Bad(where, "names no axis kind (variants, heads, norm_channels, weight_values)");
+}
+
 absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
   Experiment e;
+  if (proto.name().size() > kMaxNameBytes) {
+    return Bad("name", absl::StrCat(QuoteForError(proto.name()), " is longer than the limit of ", kMaxNameBytes,
+                                    " bytes"));
+  }
+  if (proto.tags_size() > kMaxTags) {
+    return Bad("tags", absl::StrCat(proto.tags_size(), " tags, more than the limit of ", kMaxTags));
+  }
+  for (int i = 0; i < proto.tags_size(); ++i) {
+    if (proto.tags(i).size() > kMaxTagBytes) {
+      return Bad(absl::StrCat("tags[", i, "]"), absl::StrCat(QuoteForError(proto.tags(i)),
+                                                              " is longer than the limit of ", kMaxTagBytes, " bytes"));
+    }
+  }
   e.name = proto.name();
   e.tags = ToVector<std::string>(proto.tags());
   e.model = proto.model();
@@ -153,46 +283,8 @@ absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
   e.add_bos = eval.add_bos();
 
   for (int i = 0; i < proto.interventions_size(); ++i) {
-    const auto& in = proto.interventions(i);
-    const std::string where = absl::StrCat("interventions[", i, "]");
-    switch (in.kind_case()) {
-      case lesion::v1::Intervention::kHeadAblation: {
-        const auto& h = in.head_ablation();
-        HeadAblation out{h.layer(), ToVector<int64_t>(h.heads()), static_cast<HeadAblation::Mode>(h.mode()),
-                         h.factor()};
-        if (out.heads.empty()) return Bad(where + ".head_ablation", "no heads");
-        e.interventions.push_back(out);
-        break;
-      }
-      case lesion::v1::Intervention::kWeightEdit: {
-        const auto& w = in.weight_edit();
-        e.interventions.push_back(WeightEdit{w.layer(), w.module(), w.row(), w.col(),
-                                             static_cast<WeightEdit::Op>(w.op()), w.value()});
-        break;
-      }
-      case lesion::v1::Intervention::kNormChannelReset: {
-        const auto& n = in.norm_channel_reset();
-        NormChannelReset out{n.layer(), n.norm(), ToVector<int64_t>(n.channels()),
-                             static_cast<NormChannelReset::Mode>(n.mode()), n.value()};
-        if (out.channels.empty()) return Bad(where + ".norm_channel_reset", "no channels");
-        e.interventions.push_back(out);
-        break;
-      }
-      case lesion::v1::Intervention::kAttentionBias: {
-        const auto& a = in.attention_bias();
-        e.interventions.push_back(AttentionBias{a.layer(), ToVector<float>(a.key()), ToVector<float>(a.value())});
-        break;
-      }
-      case lesion::v1::Intervention::kActivationEdit: {
-        const auto& a = in.activation_edit();
-        e.interventions.push_back(ActivationEdit{a.site(), ToVector<int64_t>(a.positions()),
-                                                 ToVector<int64_t>(a.dims()),
-                                                 static_cast<ActivationEdit::Op>(a.op()), a.value()});
-        break;
-      }
-      case lesion::v1::Intervention::KIND_NOT_SET:
-        return Bad(where, "names no intervention kind");
-    }
+    ASSIGN_OR_RETURN(Intervention in, FromProto(proto.interventions(i), absl::StrCat("interventions[", i, "]")));
+    e.interventions.push_back(std::move(in));
   }
   for (int i = 0; i < proto.measurements_size(); ++i) {
     ASSIGN_OR_RETURN(Measurement m, FromProto(proto.measurements(i), absl::StrCat("measurements[", i, "]")));
@@ -210,9 +302,7 @@ absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
     if (proto.sweep().axes_size() == 0) return Bad("sweep", "give at least one axis");
     if (proto.sweep().variants_per_pass() < 0) return Bad("sweep.variants_per_pass", "must not be negative");
     for (int i = 0; i < proto.sweep().axes_size(); ++i) {
-      if (proto.sweep().axes(i).kind_case() == lesion::v1::SweepAxis::KIND_NOT_SET) {
-        return Bad(absl::StrCat("sweep.axes[", i, "]"), "names no axis kind (variants, heads, norm_channels, weight_values)");
-      }
+      RETURN_IF_ERROR(CheckSweepAxis(proto.sweep().axes(i), absl::StrCat("sweep.axes[", i, "]")));
     }
     e.has_sweep = true;
     e.variants_per_pass = proto.sweep().variants_per_pass();
@@ -290,7 +380,7 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
       const auto& n = axis.norm_channels();
       const std::string at = where + ".norm_channels";
       if (n.norm() != "attn" && n.norm() != "mlp" && n.norm() != "final") {
-        return Bad(at, absl::StrCat("unknown norm \"", n.norm(), "\" (known: attn, mlp, final)"));
+        return Bad(at, absl::StrCat("unknown norm ", QuoteForError(n.norm()), " (known: attn, mlp, final)"));
       }
       std::vector<int64_t> layers = {0};
       if (n.norm() == "final" && n.layers_size() > 0) {
@@ -348,7 +438,7 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
   std::set<std::string> names;
   for (const Choice& c : out) {
     if (!names.insert(c.name).second) {
-      return Bad(where, absl::StrCat("two variants are named \"", c.name, "\": names must be unique"));
+      return Bad(where, absl::StrCat("two variants are named ", QuoteForError(c.name), ": names must be unique"));
     }
   }
   return out;
@@ -400,7 +490,8 @@ absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, co
     child.set_name(parent.name.empty() ? name : absl::StrCat(parent.name, "/", name));
     absl::StatusOr<Experiment> e = FromProto(child);
     if (!e.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("sweep variant ", n, " (", name, "): ", e.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sweep variant ", n, " (", ClipForError(name), "): ", e.status().message()));
     }
     e->variant_name = name;
     out.push_back(*std::move(e));

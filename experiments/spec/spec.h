@@ -6,6 +6,7 @@
 #ifndef LESION_EXPERIMENTS_SPEC_SPEC_H_
 #define LESION_EXPERIMENTS_SPEC_SPEC_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <variant>
@@ -122,6 +123,16 @@ struct Experiment {
   std::string variant_name;
 };
 
+// Limits of a spec, checked by the parsers. Names and tags are stored with every experiment.
+inline constexpr size_t kMaxNameBytes = 256;
+inline constexpr int kMaxTags = 64;
+inline constexpr size_t kMaxTagBytes = 128;
+// The numbers of interventions (factor, value, attention-bias key and value, swept values) must be
+// finite and at most this in magnitude: the forward pass computes in float32 (or narrower), where
+// larger numbers overflow once multiplied and summed, and the run would end with a NaN perplexity.
+// The runner also refuses numbers that are not finite in the model's dtype (float16: 65504).
+inline constexpr double kMaxInterventionMagnitude = 1e15;
+
 // What a sweep's expansion needs to know of the model ("every layer", "every head", ...).
 struct ModelShape {
   int64_t n_layers = 0;
@@ -133,7 +144,10 @@ struct ModelShape {
 std::string Sha256Hex(absl::string_view bytes);
 
 // Parses the JSON form. InvalidArgument with the parser's or the check's message naming the field
-// (e.g. "interventions[1].head_ablation: no heads").
+// (e.g. "interventions[1].head_ablation: no heads"): among others for an enum number that names no
+// value (proto3 enums are open: "mode": 99 parses), a number beyond kMaxInterventionMagnitude or
+// not finite, a name, tag list or tag beyond the limits above. Messages quote at most 80
+// characters of a string from the spec.
 absl::StatusOr<Experiment> ParseExperimentJson(absl::string_view json);
 
 // The same from the binary protobuf form (a serialized lesion.v1.ExperimentSpec), as the server

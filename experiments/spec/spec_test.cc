@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
+#include "proto/lesion/v1/experiment.pb.h"
+
 namespace lesion::experiments::spec {
 namespace {
 
@@ -202,6 +207,131 @@ TEST(Sweep, BadAxesAreInvalidArgumentNamingTheAxis) {
   auto no_sweep = ParseExperimentJson(R"({"dataset": {"named": "x"}, "measurements": [{"perplexity": {}}]})");
   ASSERT_TRUE(no_sweep.ok());
   EXPECT_EQ(ExpandSweep(*no_sweep, {3, 4, 16}, 10).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A spec with `interventions` (a JSON list) and `extra` members.
+std::string WithInterventions(const std::string& interventions, const std::string& extra = "") {
+  return R"({"dataset": {"named": "tinystories-sample"}, "measurements": [{"perplexity": {}}],)" + extra +
+         R"( "interventions": )" + interventions + "}";
+}
+
+// Checks the code and that the message contains every needle.
+void ExpectInvalid(const absl::Status& status, std::vector<std::string> needles, const std::string& context) {
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << context << ": " << status;
+  for (const std::string& needle : needles) {
+    EXPECT_NE(status.message().find(needle), std::string::npos) << context << ": no " << needle << " in " << status;
+  }
+}
+
+// Regression: proto3 enums are open, so an ablation mode or edit op of 99 (over gRPC, or as a JSON
+// number) parsed and ran as if it were the default.
+TEST(ExperimentSpec, UnknownEnumNumbersAreInvalidArgument) {
+  const struct {
+    const char* interventions;
+    std::vector<std::string> needles;
+  } json_cases[] = {
+      {R"([{"head_ablation": {"layer": 0, "heads": [1], "mode": 99}}])",
+       {"interventions[0].head_ablation: unknown mode 99 (known: ZERO, MEAN, SCALE)"}},
+      {R"([{"weight_edit": {"module": "mlp.up", "op": -1}}])", {"interventions[0].weight_edit: unknown op -1"}},
+      {R"([{"head_ablation": {"heads": [1]}}, {"norm_channel_reset": {"norm": "mlp", "channels": [0], "mode": 3}}])",
+       {"interventions[1].norm_channel_reset: unknown mode 3 (known: ONE, GAMMA_MEAN, VALUE)"}},
+      {R"([{"activation_edit": {"site": "embed", "op": 99}}])",
+       {"interventions[0].activation_edit: unknown op 99 (known: ZERO, SET, SCALE, MEAN)"}},
+  };
+  for (const auto& c : json_cases) {
+    ExpectInvalid(ParseExperimentJson(WithInterventions(c.interventions)).status(), c.needles, c.interventions);
+  }
+  // The binary form, as lesiond receives it.
+  lesion::v1::ExperimentSpec proto;
+  proto.mutable_dataset()->set_named("tinystories-sample");
+  proto.add_measurements()->mutable_perplexity();
+  auto* edit = proto.add_interventions()->mutable_activation_edit();
+  edit->set_site("embed");
+  edit->set_op(static_cast<lesion::v1::ActivationEdit::Op>(99));
+  ExpectInvalid(ParseExperimentProto(proto.SerializeAsString()).status(), {"unknown op 99"}, "binary");
+  edit->set_op(lesion::v1::ActivationEdit::MEAN);
+  EXPECT_TRUE(ParseExperimentProto(proto.SerializeAsString()).ok());
+  // Sweep axes, and the interventions of listed variants, are checked when the spec is parsed.
+  const struct {
+    const char* axes;
+    const char* needle;
+  } sweep_cases[] = {
+      {R"([{"heads": {"mode": 7}}])", "sweep.axes[0].heads: unknown mode 7"},
+      {R"([{"norm_channels": {"norm": "mlp", "mode": 7}}])", "sweep.axes[0].norm_channels: unknown mode 7"},
+      {R"([{"weight_values": {"module": "mlp.up", "op": 7, "values": [1]}}])", "sweep.axes[0].weight_values: unknown op 7"},
+      {R"([{"variants": {"variants": [{}, {"interventions": [{"weight_edit": {"op": 7}}]}]}}])",
+       "sweep.axes[0].variants.variants[1].interventions[0].weight_edit: unknown op 7"},
+  };
+  for (const auto& c : sweep_cases) {
+    ExpectInvalid(ParseExperimentJson(SweepSpec(c.axes)).status(), {c.needle}, c.axes);
+  }
+}
+
+// Regression: SET 1e308 failed at run time with INTERNAL (it does not fit float32), and a factor of
+// 1e308 or an attention-bias value of 3e38 ran to DONE with a NaN perplexity.
+TEST(ExperimentSpec, NumbersThatOverflowTheForwardPassAreInvalidArgument) {
+  const struct {
+    const char* interventions;
+    const char* needle;
+  } cases[] = {
+      {R"([{"head_ablation": {"heads": [1], "mode": "SCALE", "factor": 1e308}}])",
+       "interventions[0].head_ablation: factor 1e+308 is larger in magnitude than the limit of 1e+15"},
+      {R"([{"head_ablation": {"heads": [1], "mode": "SCALE", "factor": "NaN"}}])", "factor nan is not a finite number"},
+      {R"([{"weight_edit": {"module": "mlp.up", "op": "SET", "value": 1e308}}])", "weight_edit: value 1e+308"},
+      {R"([{"weight_edit": {"module": "mlp.up", "op": "SCALE", "value": "-Infinity"}}])",
+       "weight_edit: value -inf is not a finite number"},
+      {R"([{"norm_channel_reset": {"norm": "final", "channels": [0], "mode": "VALUE", "value": -1e16}}])",
+       "norm_channel_reset: value -1e+16"},
+      {R"([{"activation_edit": {"site": "embed", "op": "SET", "value": 1e308}}])", "activation_edit: value 1e+308"},
+      {R"([{"attention_bias": {"key": [0, 1, 3e38], "value": [0, 0, 0]}}])", "attention_bias: key[2] 3e+38"},
+      {R"([{"attention_bias": {"key": [0], "value": ["NaN"]}}])", "attention_bias: value[0] nan is not a finite"},
+  };
+  for (const auto& c : cases) {
+    ExpectInvalid(ParseExperimentJson(WithInterventions(c.interventions)).status(), {c.needle}, c.interventions);
+  }
+  ExpectInvalid(ParseExperimentJson(SweepSpec(R"([{"heads": {"mode": "SCALE", "factor": 1e300}}])")).status(),
+                {"sweep.axes[0].heads: factor 1e+300"}, "heads axis");
+  ExpectInvalid(ParseExperimentJson(SweepSpec(R"([{"weight_values": {"module": "mlp.up", "op": "SET",
+                                                    "values": [1, 2e16]}}])"))
+                    .status(),
+                {"sweep.axes[0].weight_values: values[1] 2e+16"}, "values axis");
+  // Large but harmless numbers pass.
+  EXPECT_TRUE(ParseExperimentJson(WithInterventions(R"([{"head_ablation": {"heads": [1], "mode": "SCALE", "factor": -1e15}},
+      {"weight_edit": {"module": "mlp.up", "op": "SET", "value": 1e4}},
+      {"attention_bias": {"key": [1e15], "value": [-1e15]}}])"))
+                  .ok());
+}
+
+// Regression: a 10 MB name and 100,000 tags were stored.
+TEST(ExperimentSpec, NameAndTagsAreBounded) {
+  const std::string huge(10 << 20, 'n');
+  absl::Status s = ParseExperimentJson(WithInterventions("[]", R"("name": ")" + huge + R"(",)")).status();
+  ExpectInvalid(s, {"name: \"nnnn", "(10485760 bytes) is longer than the limit of 256 bytes"}, "huge name");
+  EXPECT_LT(s.message().size(), 300u) << "quotes at most 80 characters of the name";
+  EXPECT_TRUE(ParseExperimentJson(WithInterventions("[]", R"("name": ")" + std::string(256, 'n') + R"(",)")).ok());
+  ExpectInvalid(ParseExperimentJson(WithInterventions("[]", R"("name": ")" + std::string(257, 'n') + R"(",)")).status(),
+                {"(257 bytes) is longer than the limit of 256 bytes"}, "257-byte name");
+
+  auto tags = [](int n, size_t length) {
+    std::string out = R"("tags": [)";
+    for (int i = 0; i < n; ++i) out += (i == 0 ? "\"" : ", \"") + std::string(length, 't') + "\"";
+    return out + "],";
+  };
+  EXPECT_TRUE(ParseExperimentJson(WithInterventions("[]", tags(64, 128))).ok());
+  ExpectInvalid(ParseExperimentJson(WithInterventions("[]", tags(65, 1))).status(),
+                {"tags: 65 tags, more than the limit of 64"}, "65 tags");
+  ExpectInvalid(ParseExperimentJson(WithInterventions("[]", tags(100000, 1))).status(),
+                {"tags: 100000 tags, more than the limit of 64"}, "100000 tags");
+  ExpectInvalid(ParseExperimentJson(WithInterventions("[]", tags(2, 129))).status(),
+                {"tags[0]: \"ttt", "(129 bytes) is longer than the limit of 128 bytes"}, "129-byte tag");
+
+  // A sweep's variants are named "<sweep>/<variant>": bounded like any name.
+  auto parent = ParseExperimentJson(R"({"name": ")" + std::string(252, 's') +
+                                    R"(", "dataset": {"named": "x"}, "measurements": [{"perplexity": {}}],
+                                         "sweep": {"axes": [{"heads": {}}]}})");
+  ASSERT_TRUE(parent.ok()) << parent.status();
+  ExpectInvalid(ExpandSweep(*parent, {3, 4, 16}, 100).status(),
+                {"sweep variant 0 (L0.H0): name:", "is longer than the limit of 256 bytes"}, "variant name");
 }
 
 }  // namespace
