@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
+#include "common/model_path.h"
 #include "common/status_macros.h"
 
 #ifndef LESION_SOURCE_DIR
@@ -46,7 +47,7 @@ absl::StatusOr<bool> ParseBool(absl::string_view what, absl::string_view text) {
 absl::StatusOr<ModelPreload> ParseModelFlag(absl::string_view text) {
   size_t eq = text.find('=');
   if (eq == absl::string_view::npos || eq == 0 || eq + 1 == text.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("--model: '", text, "' is not NAME=DIR"));
+    return absl::InvalidArgumentError(absl::StrCat("--model: '", text, "' is not NAME=REF (REF: a directory or org/name[@revision])"));
   }
   return ModelPreload{std::string(text.substr(0, eq)), std::string(text.substr(eq + 1)), "", ""};
 }
@@ -168,13 +169,17 @@ std::string Usage() {
   --config FILE              JSON file with the keys below ('_' for '-'); flags override it
   --listen ADDR              host:port or unix:PATH (default 127.0.0.1:50051)
   --db PATH                  SQLite database (default ./lesion.db)
-  --model NAME=DIR           preload a model (repeatable); default: the bundled stories260K
+  --model NAME=REF           preload a model (repeatable); REF: a directory, a .gguf file, or
+                             org/name[@revision] in the local Hugging Face cache ($HF_HUB_CACHE,
+                             $HF_HOME/hub, ~/.cache/huggingface/hub; never downloaded);
+                             default: the bundled stories260K
   --dtype D                  float32 | bfloat16 | float16 for the --model before it (before any
                              --model: every model's default)
   --device D                 cpu | cuda | cuda:N, likewise (before any --model: also LoadModel's default);
                              a list (cuda:0,cuda:1) or cuda:* loads a replica on each device
   --no-default-model         start without the bundled model when no --model is given
-  --model-root DIR           LoadModel directories must lie under one (repeatable)
+  --model-root DIR           LoadModel paths (cache references resolved) must lie under one
+                             (repeatable)
   --tokens-file PATH         lines `TOKEN USER ROLE` (ROLE user|admin); required tokens then
   --allow-anonymous-admin[=true|false]
                              without a tokens file, callers are admins (default true)
@@ -311,6 +316,17 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
       return absl::InvalidArgumentError(absl::StrCat("model name '", m.name, "' is preloaded twice"));
     }
     if (m.dtype.empty()) m.dtype = config.default_dtype;
+  }
+  // Each model's reference becomes the path the engine loads (and the one CheckModelDirAllowed
+  // compares with): an existing path as given, org/name[@revision] from the Hugging Face cache.
+  for (ModelPreload& m : config.models) {
+    if (config.help) break;
+    absl::StatusOr<std::filesystem::path> path = ResolveModelPath(m.dir);
+    if (!path.ok()) {
+      return absl::Status(path.status().code(),
+                          absl::StrCat("preloaded model ", m.name, ": ", path.status().message()));
+    }
+    m.dir = path->string();
   }
   if (config.tls_cert.empty() != config.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");

@@ -9,13 +9,17 @@
 // Flags (JSON key in parentheses):
 //   --listen ADDR (listen)              host:port or unix:PATH; default 127.0.0.1:50051
 //   --db PATH (database)                the SQLite file; default ./lesion.db
-//   --model NAME=DIR (models)           preload, repeatable; JSON: [{"name","dir","dtype","device"}]
+//   --model NAME=REF (models)           preload, repeatable; JSON: [{"name","dir","dtype","device"}];
+//                                       REF (or "dir"): a directory, a .gguf file, or
+//                                       org/name[@revision][/FILE] in the local Hugging Face cache
+//                                       (common/model_path.h; never downloaded)
 //   --dtype D, --device D               after a --model: that model's; before any --model: the
 //                                       defaults of every model (--device also the default device of
 //                                       LoadModel requests)
 //   --no-default-model                  start without the bundled model when no --model is given
-//   --model-root DIR (model_roots)      LoadModel directories must lie under one (after resolving
-//                                       symlinks and ..), repeatable; preloaded dirs are allowed
+//   --model-root DIR (model_roots)      LoadModel paths must lie under one (after resolving cache
+//                                       references, symlinks and ..), repeatable; preloaded dirs
+//                                       are allowed
 //   --tokens-file PATH (tokens_file)    token auth, see server/auth.h
 //   --allow-anonymous-admin[=BOOL] (allow_anonymous_admin)  without a tokens file, callers are
 //                                       admins; default true without a tokens file
@@ -44,7 +48,7 @@ namespace lesion::server {
 
 struct ModelPreload {
   std::string name;
-  std::string dir;
+  std::string dir;     // after ParseServerConfig: the resolved path (ResolveModelPath)
   std::string dtype;   // "" = the checkpoint's
   std::string device;  // "" = the default device
 };
@@ -77,12 +81,15 @@ ModelPreload BundledModel();
 
 // Parses `args` (without the program name). InvalidArgument naming the flag or key and the value
 // ("--max-tokens: 'abc' is not an integer"); NotFound / InvalidArgument for an unreadable or
-// malformed --config file. Reads LESION_DATA_DIR for the default data dir.
+// malformed --config file. Reads LESION_DATA_DIR for the default data dir. Each model's `dir` is
+// resolved with ResolveModelPath (common/model_path.h; reads HF_HUB_CACHE / HF_HOME): a reference
+// that is not in the Hugging Face cache is its error (NotFound, InvalidArgument,
+// FailedPrecondition), the message naming the model. Not done with --help.
 absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& args);
 
-// Whether LoadModel may read `dir`: its canonical path (symlinks and .. resolved) lies under one of
-// the canonical model roots, or is a preloaded model's directory. NotFound if `dir` does not exist;
-// PermissionDenied naming the roots otherwise.
+// Whether LoadModel may read `dir` (a path: resolve cache references with ResolveModelPath first):
+// its canonical path (symlinks and .. resolved) lies under one of the canonical model roots, or is
+// a preloaded model's. NotFound if `dir` does not exist; PermissionDenied naming the roots otherwise.
 absl::Status CheckModelDirAllowed(const ServerConfig& config, const std::string& dir);
 
 }  // namespace lesion::server

@@ -6,7 +6,10 @@ too), so the suite still collects."""
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,54 @@ def first_existing(*paths):
 GPT2_TOKENIZER = first_existing(ROOT / "models" / "gpt2-tokenizer", SHARED / "models" / "gpt2-tokenizer")
 WIKITEXT_TEST = first_existing(ROOT / "data" / "wikitext-2" / "wiki.test.raw")
 STORIES = ROOT / "models" / "stories260K"
+LESIOND = Path(os.environ.get("LESIOND", ROOT / "build" / "server" / "lesiond")).resolve()
+requires_lesiond = pytest.mark.skipif(not LESIOND.is_file(), reason=f"lesiond not built at {LESIOND} (set LESIOND)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LesiondProcess:
+    """A lesiond on a free loopback port, started with `flags` (and `env`), ready once it prints its
+    listening line; `channel` is a gRPC channel to it. stop() ends it with SIGTERM, kill() simulates
+    a crash. Its stderr goes to `log_path` in tmp_path."""
+
+    def __init__(self, tmp_path, *flags, db=None, env=None):
+        import grpc
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.db = db or tmp_path / "lesion.db"
+        self.log_path = tmp_path / f"lesiond-{self.port}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(LESIOND), "--listen", self.address, "--db", str(self.db), *map(str, flags)],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        deadline = time.time() + 60
+        line = ""
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if "listening on" in line or self.proc.poll() is not None:
+                break
+        if "listening on" not in line:
+            self.stop()
+            raise AssertionError(f"lesiond did not start: {line!r}; log: {self.log_path.read_text()}")
+        self.channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 1 << 29)])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
 
 
 @pytest.fixture(scope="session")

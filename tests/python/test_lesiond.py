@@ -4,9 +4,7 @@ grpcurl sends them): health, reflection,
 models, submit / watch / get / list / cancel / run / resubmit, the baseline cache, crash recovery,
 error codes and token auth."""
 import json
-import os
-import signal
-import socket
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,11 +14,10 @@ import pytest
 grpc = pytest.importorskip("grpc")
 from google.protobuf import json_format  # noqa: E402
 
-from conftest import CLI, ROOT  # noqa: E402
+from conftest import CLI, ROOT, STORIES, requires_lesiond  # noqa: E402
+from conftest import LesiondProcess as Server  # noqa: E402
 
-LESIOND = Path(os.environ.get("LESIOND", ROOT / "build" / "server" / "lesiond"))
-pytestmark = pytest.mark.skipif(not LESIOND.is_file(), reason=f"lesiond not built at {LESIOND} (set LESIOND)")
-STORIES = ROOT / "models" / "stories260K"
+pytestmark = requires_lesiond
 
 
 @pytest.fixture(scope="session")
@@ -34,48 +31,6 @@ def pb():
     m = Modules()
     m.experiment, m.result, m.service, m.grpc = experiment_pb2, result_pb2, service_pb2, service_pb2_grpc
     return m
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A lesiond process; stop() ends it, kill() simulates a crash."""
-
-    def __init__(self, tmp_path, *flags, db=None):
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.db = db or tmp_path / "lesion.db"
-        self.log = open(tmp_path / f"lesiond-{self.port}.log", "w")
-        self.proc = subprocess.Popen([str(LESIOND), "--listen", self.address, "--db", str(self.db), *map(str, flags)],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
-        deadline = time.time() + 60
-        line = ""
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if "listening on" in line or self.proc.poll() is not None:
-                break
-        if "listening on" not in line:
-            self.stop()
-            raise AssertionError(f"lesiond did not start: {line!r}; log: {(tmp_path / self.log.name).read_text()}")
-        self.channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 1 << 29)])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
@@ -196,6 +151,11 @@ def test_cancel_stops_a_running_experiment_within_a_second(pb, server):
     ({"interventions": [{"head_ablation": {"layer": 9, "heads": [0]}}]}, "INVALID_ARGUMENT", "layer 9 out of range"),
     ({"measurements": []}, "INVALID_ARGUMENT", "measurements"),
     ({"dataset": {"named": "imagenet"}}, "INVALID_ARGUMENT", "unknown dataset"),
+    ({"eval": {"seq_len": 600}}, "INVALID_ARGUMENT", "eval.seq_len 600 is longer than the model's 512 positions"),
+    ({"interventions": [{"head_ablation": {"layer": 1, "heads": [3], "mode": "SCALE", "factor": 1e308}}]},
+     "INVALID_ARGUMENT", "factor 1e+308 is larger in magnitude than the limit"),
+    ({"name": "n" * 300}, "INVALID_ARGUMENT", "(300 bytes) is longer than the limit of 256 bytes"),
+    ({"tags": ["t"] * 65}, "INVALID_ARGUMENT", "65 tags, more than the limit of 64"),
 ])
 def test_bad_submissions_get_precise_codes(pb, server, change, code, needle):
     with pytest.raises(grpc.RpcError) as e:
@@ -215,6 +175,15 @@ def test_unknown_experiments_and_bad_queries(pb, server):
     with pytest.raises(grpc.RpcError) as e:
         lesion.ListExperiments(pb.service.ListExperimentsRequest(where="modle = 1"), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "modle" in e.value.details()
+    # These crashed lesiond (the parser recursed once per NOT and '('), or matched everything.
+    for where, needle in [("NOT " * 20000 + 'id = "x"', "limit of 16384 bytes"), ("(" * 50000, "limit of 16384 bytes"),
+                          ("NOT " * 40 + 'id = "x"', "nested more than 32 deep"),
+                          ("created >= 99999999999999999999999", "out of range")]:
+        with pytest.raises(grpc.RpcError) as e:
+            lesion.ListExperiments(pb.service.ListExperimentsRequest(where=where), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in e.value.details(), e.value.details()
+        assert len(e.value.details()) < 300
+    assert lesion.ListExperiments(pb.service.ListExperimentsRequest(), timeout=10).total == 0
 
 
 def test_a_crash_leaves_experiments_interrupted_and_resubmittable(pb, tmp_path):
@@ -338,11 +307,26 @@ def _overcommit_refuses_huge_allocations():
         return False
 
 
+@pytest.fixture
+def long_context_server(tmp_path):
+    """lesiond on a copy of stories260K that claims 262144 positions: windows longer than a model's
+    max_position_embeddings are refused, and the real one has 512."""
+    stories_long = tmp_path / "stories-long"
+    shutil.copytree(STORIES, stories_long)
+    config = json.loads((stories_long / "config.json").read_text())
+    config["max_position_embeddings"] = 262144
+    (stories_long / "config.json").write_text(json.dumps(config))
+    s = Server(tmp_path, "--model", f"stories={stories_long}")
+    yield s
+    s.stop()
+
+
 @pytest.mark.skipif(not _overcommit_refuses_huge_allocations(),
                     reason="the kernel would grant a terabyte allocation lazily (vm.overcommit_memory=1)")
-def test_out_of_memory_is_resource_exhausted_and_the_server_goes_on(pb, server):
+def test_out_of_memory_is_resource_exhausted_and_the_server_goes_on(pb, long_context_server):
     # One 200k-token window with its attention pattern observed needs a 1.3 TB score matrix: the
     # allocator refuses it at once (a GPU's would too), nothing is touched.
+    server = long_context_server
     too_big = {"model": "stories", "name": "too-big", "dataset": {"named": "wikitext-2-raw-test"},
                "eval": {"seq_len": 200000, "max_windows": 1, "batch_size": 1},
                "measurements": [{"perplexity": {}}, {"attention_sink": {"layers": [0]}}]}
