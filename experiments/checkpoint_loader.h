@@ -1,11 +1,11 @@
-// Loads a Hugging Face model directory (config.json + model.safetensors or a sharded
-// model.safetensors.index.json) into TransformerWeights on a device, in the checkpoint's dtype or a
-// requested one.
+// Loads a checkpoint's tensors (a Hugging Face safetensors directory or a GGUF file, through
+// CheckpointTensors) into TransformerWeights on a device, in the checkpoint's dtype or a requested
+// one.
 //
-// Errors name the file and tensor: NotFound for missing files, DataLoss for corrupt safetensors,
-// InvalidArgument for a checkpoint that does not match its config (missing, extra or mis-shaped
-// tensors, non-float weights), FailedPrecondition for an unavailable device, ResourceExhausted
-// when the weights do not fit. Thread-safe (no shared state).
+// Errors name the file and tensor: InvalidArgument for a checkpoint that does not match its config
+// (missing, extra or mis-shaped tensors, non-float weights), FailedPrecondition for an unavailable
+// device, ResourceExhausted when the weights do not fit; reading errors as CheckpointTensors.
+// Thread-safe (no shared state).
 #ifndef LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_
 #define LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_
 
@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "experiments/checkpoint_tensors.h"
 #include "experiments/model_config.h"
 #include "experiments/transformer.h"
 
@@ -28,13 +29,17 @@ struct LoadOptions {
 
 struct LoadedWeights {
   TransformerWeights weights;
-  at::ScalarType checkpoint_dtype;  // dtype of the tensors in the files
+  at::ScalarType checkpoint_dtype;  // dtype of the tensors as read (float32 for dequantized ones)
 };
 
 // Tensors some exporters save that are buffers, not weights: GPT-2's causal-mask `attn.bias` /
 // `attn.masked_bias` and rotary `inv_freq`. Loading ignores them.
 bool IsNonWeightBuffer(const std::string& name);
 
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint,
+                                                    const ModelConfig& config,
+                                                    const LoadOptions& options);
+// The same for a Hugging Face safetensors directory.
 absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir,
                                                     const ModelConfig& config,
                                                     const LoadOptions& options);

@@ -28,34 +28,21 @@ absl::Status SaveTensorsAsFloat32(const std::filesystem::path& path,
   return WriteSafetensors(path, out, {{"format", "pt"}, {"producer", "lesion"}});
 }
 
-absl::StatusOr<CheckpointSummary> SummarizeCheckpoint(const std::filesystem::path& model_dir) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
-                   SafetensorsCheckpoint::Open(model_dir));
+CheckpointSummary SummarizeCheckpoint(const CheckpointTensors& tensors) {
   CheckpointSummary summary;
-  summary.n_files = static_cast<int64_t>(checkpoint->files().size());
-  for (const std::string& name : checkpoint->TensorNames()) {
-    const auto entry = checkpoint->Find(name);
-    const TensorInfo& info = *entry->info;
-    summary.n_bytes += info.data_end - info.data_begin;
+  summary.format = tensors.Format();
+  summary.dequantized_from = DequantizationNote(tensors);
+  summary.n_files = static_cast<int64_t>(tensors.FileCount());
+  summary.dtype = std::string(DtypeName(tensors.DefaultDtype()));
+  for (const std::string& name : tensors.Names()) {
+    const CheckpointTensors::Info info = *tensors.Find(name);
+    summary.n_bytes += info.stored_bytes;
+    summary.tensors.push_back({name, info.storage_type, info.shape});
     // Buffers such as GPT-2's causal mask or rotary inv_freq are not parameters.
     if (IsNonWeightBuffer(name)) continue;
-    summary.n_params += info.numel();
-    if (summary.dtype.empty() || name.find("embed_tokens") != std::string::npos ||
-        name.find("wte") != std::string::npos) {
-      switch (info.dtype) {
-        case DType::kF32:
-          summary.dtype = "float32";
-          break;
-        case DType::kBF16:
-          summary.dtype = "bfloat16";
-          break;
-        case DType::kF16:
-          summary.dtype = "float16";
-          break;
-        default:
-          summary.dtype = std::string(DTypeName(info.dtype));
-      }
-    }
+    int64_t numel = 1;
+    for (int64_t d : info.shape) numel *= d;
+    summary.n_params += numel;
   }
   return summary;
 }

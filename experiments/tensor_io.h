@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "experiments/checkpoint_tensors.h"
 
 namespace lesion::experiments {
 
@@ -19,15 +20,23 @@ namespace lesion::experiments {
 absl::Status SaveTensorsAsFloat32(const std::filesystem::path& path,
                                   const std::vector<std::pair<std::string, at::Tensor>>& tensors);
 
-// Summary of a checkpoint directory from its config.json and safetensors headers alone: no weights
-// are read, so it is instant even for large models.
+// Summary of a checkpoint from its config and tensor headers alone: no weights are read, so it is
+// instant even for large models.
 struct CheckpointSummary {
-  std::string dtype;      // dtype of the embedding in the files ("float32", "bfloat16", ...)
+  struct Tensor {
+    std::string name;          // Hugging Face name (GGUF tensors without one keep theirs)
+    std::string storage_type;  // as stored: "F32", "BF16", "Q4_1", ...
+    std::vector<int64_t> shape;
+  };
+  std::string dtype;      // the dtype weights load in by default ("float32", "bfloat16", ...)
+  std::string format;     // "safetensors" | "gguf"
+  std::string dequantized_from;  // DequantizationNote: "" unless quantized
   int64_t n_params = 0;   // elements of all weight tensors in the files
   int64_t n_files = 0;
-  uint64_t n_bytes = 0;   // bytes of tensor data
+  uint64_t n_bytes = 0;   // bytes of tensor data as stored
+  std::vector<Tensor> tensors;  // sorted by name
 };
-absl::StatusOr<CheckpointSummary> SummarizeCheckpoint(const std::filesystem::path& model_dir);
+CheckpointSummary SummarizeCheckpoint(const CheckpointTensors& tensors);
 
 }  // namespace lesion::experiments
 

@@ -54,6 +54,7 @@ ModelSummary Summarize(const std::string& name, const ex::Model& m, const std::s
   s.device = devices;
   s.weight_bytes = WeightBytes(m.transformer());
   s.fingerprint = m.fingerprint();
+  s.dequantized_from = m.dequantized_from();
   return s;
 }
 

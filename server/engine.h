@@ -58,6 +58,7 @@ struct ModelSummary {
   std::string device;  // the replicas' devices, comma-separated ("cuda:0,cuda:1")
   int64_t weight_bytes = 0;  // of one replica
   std::string fingerprint;  // Model::fingerprint(): the weights' exact bits
+  std::string dequantized_from;  // Model::dequantized_from(): "" unless the checkpoint was quantized
 };
 
 struct EngineOptions {

@@ -1,6 +1,7 @@
 #include "server/service.h"
 
 #include <deque>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -9,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/model_path.h"
 #include "common/status_codes.h"
 #include "server/status.h"
 
@@ -279,6 +281,7 @@ v1::ModelInfo ToModelInfo(const ModelSummary& m) {
   info.set_device(m.device);
   info.set_weight_bytes(m.weight_bytes);
   info.set_fingerprint(m.fingerprint);
+  info.set_dequantized_from(m.dequantized_from);
   return info;
 }
 
@@ -304,9 +307,13 @@ grpc::ServerUnaryReactor* LesionService::LoadModel(grpc::CallbackServerContext* 
   if (request->dir().empty()) {
     return FinishNow(context, absl::InvalidArgumentError("dir is empty: give the model's directory on the server"));
   }
-  if (absl::Status st = CheckModelDirAllowed(*config_, request->dir()); !st.ok()) return FinishNow(context, st);
+  // `dir` may be org/name[@revision] in the server's Hugging Face cache; the model roots apply to
+  // the path it resolves to.
+  absl::StatusOr<std::filesystem::path> dir = ResolveModelPath(request->dir());
+  if (!dir.ok()) return FinishNow(context, dir.status());
+  if (absl::Status st = CheckModelDirAllowed(*config_, dir->string()); !st.ok()) return FinishNow(context, st);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status queued = engine_->LoadModel(request->name(), request->dir(), request->dtype(), request->device(),
+  absl::Status queued = engine_->LoadModel(request->name(), dir->string(), request->dtype(), request->device(),
                                            [reactor, response](absl::StatusOr<ModelSummary> summary) {
                                              if (summary.ok()) *response = ToModelInfo(*summary);
                                              reactor->Finish(ToGrpcStatus(summary.status()));

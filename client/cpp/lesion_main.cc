@@ -40,30 +40,33 @@ Server commands (a lesiond; docs/server.md):
   Exit status: 0, 2 for a mistake of the caller's (INVALID_ARGUMENT, NOT_FOUND), 1 otherwise; the
   error line names the server's status code.
 
-Local commands (no server):
-  lesion inspect  --model DIR [--json]
-      Architecture, layers, heads, dims, parameter count and dtype of a Hugging Face model dir.
-  lesion tokenize --model DIR [--text T | --text-file F] [--add-bos] [--decode]
+Local commands (no server). MODEL is a Hugging Face model directory (config.json + safetensors),
+a GGUF file (quantized weights are dequantized to float32 at load), or org/name[@revision] in the
+local Hugging Face cache (never downloaded):
+  lesion inspect  --model MODEL [--json] [--tensors]
+      Architecture, layers, heads, dims, parameter count and dtype; with --tensors (always in
+      --json) every tensor with the type it is stored in (F32, BF16, Q4_1, ...).
+  lesion tokenize --model MODEL [--text T | --text-file F] [--add-bos] [--decode]
       Text (stdin by default) to token ids as JSON; with --decode, ids JSON to text.
-  lesion dump     --model DIR (--text T | --text-file F | --ids-json FILE) --sites S1,S2,...
+  lesion dump     --model MODEL (--text T | --text-file F | --ids-json FILE) --sites S1,S2,...
                   --out FILE.safetensors [--add-bos] [--dtype D] [--device DEV]
       Run one forward pass and save the activations at hook sites (float32, named by site;
       blocks.*.resid_post selects every layer). Sites: embed, final_norm, logits,
       blocks.L.{attn_in,attn_z,attn_pattern,attn_out,resid_mid,mlp_in,mlp_act,mlp_out,resid_post}.
-  lesion perplexity --model DIR (--text T | --text-file F | --ids-json FILE) [--seq-len N]
+  lesion perplexity --model MODEL (--text T | --text-file F | --ids-json FILE) [--seq-len N]
                   [--stride S] [--add-bos] [--batch-size B] [--max-windows W] [--json]
                   [--dtype D] [--device DEV]
       Perplexity over non-overlapping windows (or sliding ones with --stride; --add-bos puts BOS
       at the start of every window).
-  lesion generate --model DIR [--prompt T] [--max-tokens N] [--json] [--dtype D] [--device DEV]
+  lesion generate --model MODEL [--prompt T] [--max-tokens N] [--json] [--dtype D] [--device DEV]
       Greedy continuation from BOS + prompt.
-  lesion run --local --model DIR --spec SPEC.json [--json] [--dtype D] [--device DEV]
+  lesion run --local --model MODEL --spec SPEC.json [--json] [--dtype D] [--device DEV]
       Run an experiment spec in-process: baseline and intervened passes with the measurements
       (docs/spec.md; examples in experiments/examples/).
   lesion convert-llama2c --checkpoint X.bin --tokenizer tokenizer.bin --out DIR
       Convert a llama2.c checkpoint into a Hugging Face LLaMA directory.
 
-Dtypes: float32, bfloat16, float16 (default: the checkpoint's). Devices: cpu, cuda, cuda:N.
+Dtypes: float32, bfloat16, float16 (default: the checkpoint's; float32 for GGUF). Devices: cpu, cuda, cuda:N.
 )";
 
 }  // namespace
@@ -75,7 +78,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local"};
+  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local", "tensors"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
   bool remote = false;

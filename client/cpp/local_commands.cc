@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <iterator>
 #include <memory>
@@ -12,8 +13,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "client/cpp/result_format.h"
 #include "common/file_util.h"
+#include "common/model_path.h"
 #include "common/status_macros.h"
 #include "experiments/generation.h"
 #include "experiments/hook_sites.h"
@@ -44,8 +47,16 @@ absl::StatusOr<ex::LoadOptions> ReadLoadOptions(Args& args) {
   return options;
 }
 
+// --model: a directory, a .gguf file, or org/name[@revision][/FILE] in the local Hugging Face
+// cache (common/model_path.h), as the path to load.
+absl::StatusOr<std::string> RequireModelPath(Args& args) {
+  ASSIGN_OR_RETURN(std::string reference, args.Require("model"));
+  ASSIGN_OR_RETURN(std::filesystem::path path, ResolveModelPath(reference));
+  return path.string();
+}
+
 absl::StatusOr<std::unique_ptr<ex::Model>> LoadModel(Args& args) {
-  ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
+  ASSIGN_OR_RETURN(std::string dir, RequireModelPath(args));
   ASSIGN_OR_RETURN(ex::LoadOptions options, ReadLoadOptions(args));
   // --tf32: float32 matrix products on TF32 tensor cores, for this whole (one-command) process.
   if (args.Flag("tf32")) ex::AllowTf32();
@@ -152,12 +163,14 @@ std::string RopeDescription(const ex::ModelConfig& c) {
 }  // namespace
 
 absl::Status RunInspect(Args& args) {
-  ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
+  ASSIGN_OR_RETURN(std::string dir, RequireModelPath(args));
   const bool json = args.Flag("json");
+  const bool list_tensors = args.Flag("tensors");
   RETURN_IF_ERROR(args.CheckAllUsed());
-  ASSIGN_OR_RETURN(ex::ModelConfig c, ex::LoadModelConfig(dir));
-  ASSIGN_OR_RETURN(ex::CheckpointSummary summary, ex::SummarizeCheckpoint(dir));
-  absl::StatusOr<std::unique_ptr<ex::Tokenizer>> tokenizer = ex::LoadTokenizer(dir);
+  ASSIGN_OR_RETURN(ex::OpenedCheckpoint checkpoint, ex::OpenCheckpoint(dir));
+  const ex::ModelConfig& c = checkpoint.config;
+  const ex::CheckpointSummary summary = ex::SummarizeCheckpoint(*checkpoint.tensors);
+  const absl::StatusOr<std::unique_ptr<ex::Tokenizer>>& tokenizer = checkpoint.tokenizer;
   const std::string tokenizer_kind =
       tokenizer.ok() ? std::string((*tokenizer)->kind())
       : absl::IsNotFound(tokenizer.status())
@@ -165,6 +178,12 @@ absl::Status RunInspect(Args& args) {
           : absl::StrCat("unreadable: ", tokenizer.status().message());
   const int64_t n_params = c.n_params();
   if (json) {
+    Json tensors = Json::array();
+    for (const ex::CheckpointSummary::Tensor& t : summary.tensors) {
+      tensors.push_back({{"name", t.name}, {"type", t.storage_type}, {"shape", t.shape}});
+    }
+    Json metadata = Json::object();
+    for (const auto& [key, value] : checkpoint.metadata) metadata[key] = value;
     Json out = {{"architecture", c.architecture},
                 {"family", std::string(ex::FamilyName(c.family))},
                 {"n_layers", c.n_layers},
@@ -178,11 +197,16 @@ absl::Status RunInspect(Args& args) {
                 {"n_params", n_params},
                 {"n_params_in_files", summary.n_params},
                 {"dtype", summary.dtype},
+                {"format", summary.format},
+                {"dequantized_from", summary.dequantized_from},
                 {"tied_embeddings", c.tied_embeddings},
                 {"positions", RopeDescription(c)},
                 {"tokenizer", tokenizer_kind},
                 {"files", summary.n_files},
-                {"bytes", summary.n_bytes}};
+                {"bytes", summary.n_bytes},
+                {"path", checkpoint.path.string()},
+                {"tensors", tensors}};
+    if (!checkpoint.metadata.empty()) out["metadata"] = metadata;
     std::cout << out.dump(2) << "\n";
     return absl::OkStatus();
   }
@@ -196,23 +220,30 @@ absl::Status RunInspect(Args& args) {
       "vocab         %d (%s tokenizer)\n"
       "positions     %s, up to %d\n"
       "parameters    %d (%.2f M)%s\n"
-      "dtype         %s, %d file(s), %.1f MB\n",
-      dir, c.architecture, ex::FamilyName(c.family), c.n_layers, c.n_heads, c.n_kv_heads,
+      "dtype         %s, %d %s file(s), %.1f MB\n",
+      checkpoint.path.string(), c.architecture, ex::FamilyName(c.family), c.n_layers, c.n_heads, c.n_kv_heads,
       c.head_dim, c.d_model, c.d_ffn, c.gated_mlp ? "gated" : "plain", c.vocab_size,
       tokenizer_kind, RopeDescription(c), c.max_position_embeddings, n_params, n_params / 1e6,
-      c.tied_embeddings ? ", tied embeddings" : "", summary.dtype, summary.n_files,
+      c.tied_embeddings ? ", tied embeddings" : "", summary.dtype, summary.n_files, summary.format,
       summary.n_bytes / 1e6);
+  if (!summary.dequantized_from.empty()) std::cout << "weights       " << summary.dequantized_from << "\n";
+  if (list_tensors) {
+    std::cout << "\ntensors (Hugging Face names, as stored)\n";
+    for (const ex::CheckpointSummary::Tensor& t : summary.tensors) {
+      std::cout << absl::StrFormat("  %-50s %-5s [%s]\n", t.name, t.storage_type, absl::StrJoin(t.shape, ", "));
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status RunTokenize(Args& args) {
-  ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
+  ASSIGN_OR_RETURN(std::string dir, RequireModelPath(args));
   std::optional<std::string> text = args.Get("text");
   std::optional<std::string> text_file = args.Get("text-file");
   const bool add_bos = args.Flag("add-bos");
   const bool decode = args.Flag("decode");
   RETURN_IF_ERROR(args.CheckAllUsed());
-  ASSIGN_OR_RETURN(std::unique_ptr<ex::Tokenizer> tokenizer, ex::LoadTokenizer(dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<ex::Tokenizer> tokenizer, ex::LoadCheckpointTokenizer(dir));
   std::string input;
   if (text.has_value()) {
     input = *text;

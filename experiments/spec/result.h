@@ -127,6 +127,8 @@ struct RunInfo {
   double seconds = 0;
   int64_t forward_passes = 0;
   bool tf32 = false;  // float32 matrix products ran on TF32 tensor cores
+  std::string checkpoint_format;  // "safetensors" | "gguf"
+  std::string dequantized_from;   // "" unless the checkpoint was quantized (see result.proto)
 };
 
 // A sweep's parent: one row per variant (each variant is an experiment of its own).

@@ -164,6 +164,8 @@ void FillRun(const Experiment& r, v1::RunInfo* run) {
   run->set_forward_passes(r.run.forward_passes);
   run->set_baseline_cached(r.baseline_from_cache);
   run->set_tf32(r.run.tf32);
+  run->set_checkpoint_format(r.run.checkpoint_format);
+  run->set_dequantized_from(r.run.dequantized_from);
 }
 
 }  // namespace

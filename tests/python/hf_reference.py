@@ -254,3 +254,80 @@ def gpt2_encoding(tokenizer_dir):
                                             encoder_json_file=str(tokenizer_dir / "vocab.json"))
     return tiktoken.Encoding("gpt2_files", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256})
+
+
+def lower_median(a):
+    return float(torch.as_tensor(a).flatten().median())
+
+
+def hf_detectors(model, windows, massive, super_w, norms, attention):
+    """The four detectors of docs/spec.md, from transformers' activations window by window."""
+    refs = [capture(model, w) for w in windows]
+    n_layers = model.config.num_hidden_layers
+    out = {}
+    reports = []
+    for l in range(n_layers):
+        site = f"blocks.{l}.resid_post"
+        entries = []  # (|value|, sequence, token, dim, value, ratio)
+        count = 0
+        for s, ref in enumerate(refs):
+            x = ref[site][0]
+            a = np.abs(x)
+            med = lower_median(a)
+            passed = a >= max(med * massive["min_ratio"], massive["min_magnitude"])
+            count += int(passed.sum())
+            for t, d in zip(*np.nonzero(passed)):
+                entries.append((float(a[t, d]), s, int(t), int(d), float(x[t, d]), float(a[t, d]) / med))
+        entries.sort(key=lambda e: -e[0])
+        reports.append({"site": site, "count": count, "entries": entries})
+    out["massive_activations"] = reports
+
+    found = []
+    for l in range(n_layers):
+        best = None
+        for s, ref in enumerate(refs):
+            o, act = ref[f"blocks.{l}.mlp_out"][0], ref[f"blocks.{l}.mlp_act"][0]
+            t, row = np.unravel_index(np.abs(o).argmax(), o.shape)
+            col = int(np.abs(act[t]).argmax())
+            spike = dict(layer=l, row=int(row), col=col, sequence=s, token=int(t), output_spike=float(o[t, row]),
+                         input_spike=float(act[t, col]), output_ratio=abs(float(o[t, row])) / lower_median(np.abs(o)),
+                         input_ratio=abs(float(act[t, col])) / lower_median(np.abs(act)))
+            if best is None or abs(spike["output_spike"]) > abs(best["output_spike"]):
+                best = spike
+        best["max_out_by_window"] = [float(np.abs(ref[f"blocks.{l}.mlp_out"][0]).max()) for ref in refs]
+        if best["output_ratio"] >= super_w["min_ratio"] and best["input_ratio"] >= super_w["min_ratio"]:
+            best["weight"] = float(model.model.layers[l].mlp.down_proj.weight.detach()[best["row"], best["col"]])
+            found.append(best)
+    out["super_weights"] = found
+
+    gammas = []
+    for l, layer in enumerate(model.model.layers):
+        gammas += [("attn", l, layer.input_layernorm.weight), ("mlp", l, layer.post_attention_layernorm.weight)]
+    gammas.append(("final", -1, model.model.norm.weight))
+    outliers = []
+    for name, l, g in gammas:
+        g = g.detach().double()
+        med = float(g.median())
+        scale = 1.4826 * float((g - med).abs().median())
+        z = (g - med) / scale
+        here = [dict(norm=name, layer=l, channel=c, gamma=float(g[c]), z=float(z[c]), median=med)
+                for c in range(len(g)) if abs(float(z[c])) >= norms["min_z"]]
+        here.sort(key=lambda o: -abs(o["z"]))
+        outliers += here[:norms.get("max_reports", 10)]
+    out["norm_outliers"] = outliers
+
+    keys = []
+    for l in range(n_layers):
+        seq = refs[0][f"blocks.{l}.attn_pattern"].shape[-1]
+        mass_sum, n = np.zeros((model.config.num_attention_heads, seq)), np.zeros(seq)
+        for ref in refs:
+            p = ref[f"blocks.{l}.attn_pattern"][0].astype(np.float64)  # [heads, q, k]
+            s = p.shape[1]
+            mass_sum[:, :s] += p[:, 1:, :].sum(1) / (s - 1)
+            n[:s] += 1
+        mass = mass_sum / n
+        keys += [dict(layer=l, head=h, key_position=k, mass=float(mass[h, k]))
+                 for h in range(mass.shape[0]) for k in range(seq) if mass[h, k] >= attention["min_mass"]]
+    keys.sort(key=lambda k: -k["mass"])
+    out["attention_outliers"] = keys[:attention.get("max_reports", 50)]
+    return out

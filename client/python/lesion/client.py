@@ -238,11 +238,14 @@ class Client:
         self.close()
 
     @classmethod
-    def local(cls, model_dir, port=None, db=None, lesiond=None, **kwargs):
-        """A private lesiond on 127.0.0.1 serving ``model_dir`` (its name: the directory's basename);
-        the process ends with close(), the with-block, or interpreter exit. See lesion.local."""
+    def local(cls, model_dir, port=None, db=None, lesiond=None, name=None, **kwargs):
+        """A private lesiond on 127.0.0.1 serving ``model_dir``: a model directory, a .gguf file, or
+        ``org/name[@revision]`` of the local Hugging Face cache (never downloaded). The model's name
+        on the server is ``name``, by default the directory's basename, the file's name without
+        ``.gguf``, or the repository's name. The process ends with close(), the with-block, or
+        interpreter exit. See lesion.local."""
         from .local import start_local
-        return start_local(model_dir, port=port, db=db, lesiond=lesiond, **kwargs)
+        return start_local(model_dir, port=port, db=db, lesiond=lesiond, name=name, **kwargs)
 
     def _call(self, name, request, timeout=None):
         method = getattr(self._stub, name)
@@ -277,7 +280,8 @@ class Client:
         return d
 
     def load_model(self, name, dir, dtype=None, device=None, timeout=600.0) -> dict:
-        """Admin only: load the HF directory ``dir`` (under one of the server's model roots) as ``name``."""
+        """Admin only: load the HF directory ``dir`` as ``name``; ``dir`` may be ``org/name[@revision]``
+        of the server's Hugging Face cache. The path (resolved) must lie under a server model root."""
         req = service_pb2.LoadModelRequest(name=name, dir=str(dir), dtype=dtype or "", device=device or "")
         return self._model_dict(self._call("LoadModel", req, timeout=timeout))
 

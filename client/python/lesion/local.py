@@ -1,7 +1,8 @@
 """Client.local: a private lesiond subprocess on loopback, for laptops and tests.
 
 The command line is built from the constants below (one place to change if lesiond's flags move):
-    lesiond --listen 127.0.0.1:PORT --db PATH --model NAME=DIR [extra_args...]
+    lesiond --listen 127.0.0.1:PORT --db PATH --model NAME=REF [extra_args...]
+(REF: a model directory or file, or org/name[@revision] in lesiond's Hugging Face cache)
 and the client connects once lesiond prints READY_LINE on stdout.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .errors import LesionError
 
 FLAG_LISTEN = "--listen"
 FLAG_DB = "--db"          # lesiond also accepts --database
-FLAG_MODEL = "--model"    # NAME=DIR
+FLAG_MODEL = "--model"    # NAME=REF
 READY_LINE = "lesiond listening on"
 ENV_BINARY = "LESIOND"
 STARTUP_TIMEOUT = 120.0   # seconds until READY_LINE (the model is loaded before it)
@@ -66,10 +67,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_command(binary, model_dir, port, db, extra_args=()):
-    name = Path(model_dir).resolve().name
+def model_reference(model) -> tuple:
+    """(name, reference) for ``--model NAME=REF``. An existing path is resolved and named by its
+    basename; otherwise ``org/name[@revision][/FILE]`` goes to lesiond unchanged (lesiond looks it up
+    in its Hugging Face cache, common/model_path.h) and is named ``name``. LesionError for anything
+    else that does not exist."""
+    text = os.fspath(model)
+    path = Path(text)
+    if path.exists():
+        resolved = path.resolve()
+        # A GGUF file is named without its extension ("SmolLM2-135M-Instruct.Q4_1").
+        return (resolved.stem if resolved.is_file() else resolved.name), str(resolved)
+    if "/" in text and not text.startswith(("/", ".", "~")):
+        return re.split(r"[@/]", text.split("/", 1)[1], maxsplit=1)[0], text
+    raise LesionError(None, f"model directory not found: {text} (nor is it a Hugging Face model id "
+                            "org/name[@revision])", rpc="local")
+
+
+def build_command(binary, model, port, db, extra_args=(), name=None):
+    default_name, reference = model_reference(model)
+    name = name or default_name
     return [str(binary), FLAG_LISTEN, f"127.0.0.1:{port}", FLAG_DB, str(db), FLAG_MODEL,
-            f"{name}={Path(model_dir).resolve()}", *map(str, extra_args)]
+            f"{name}={reference}", *map(str, extra_args)]
 
 
 class _Process:
@@ -139,17 +158,17 @@ def _cleanup(process, tmpdir):
 
 
 def start_local(model_dir, port=None, db=None, lesiond=None, extra_args=(), startup_timeout=STARTUP_TIMEOUT,
-                env=None, **client_kwargs) -> LocalClient:
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise LesionError(None, f"model directory not found: {model_dir}", rpc="local")
+                env=None, name=None, **client_kwargs) -> LocalClient:
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.\-]+", name)):
+        raise LesionError(None, f"model name {name!r}: use letters, digits, '_', '-' and '.'", rpc="local")
+    name = name or model_reference(model_dir)[0]
     binary = find_lesiond(lesiond)
     tmpdir = None
     if db is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="lesion-local-")
         db = Path(tmpdir.name) / "lesion.db"
     port = port or free_port()
-    cmd = build_command(binary, model_dir, port, db, extra_args)
+    cmd = build_command(binary, model_dir, port, db, extra_args, name=name)
     process = _Process(cmd, env=env)
     try:
         if not process.ready.wait(startup_timeout):
@@ -169,7 +188,7 @@ def start_local(model_dir, port=None, db=None, lesiond=None, extra_args=(), star
         raise
     printed = process.address.split()[0] if process.address and process.address.split() else ""
     address = printed if re.match(r"^[\w.\-\[\]]+:\d+$", printed) else f"127.0.0.1:{port}"
-    client = LocalClient(address, process, model_dir.resolve().name, tmpdir=tmpdir, **client_kwargs)
+    client = LocalClient(address, process, name, tmpdir=tmpdir, **client_kwargs)
     _LIVE.add(client)
     return client
 

@@ -330,6 +330,20 @@ def test_unreachable_server_is_a_lesion_error():
         c.wait_ready(0.2)
 
 
+def test_local_passes_hugging_face_cache_references_through(tmp_path, monkeypatch):
+    from lesion import local
+    monkeypatch.chdir(tmp_path)
+    for ref, name in [("openai-community/gpt2", "gpt2"), ("org/m@v1.0", "m"), ("org/m@some/branch", "m"),
+                      ("org/q-GGUF/q.Q8_0.gguf", "q-GGUF")]:
+        assert local.model_reference(ref) == (name, ref)
+        assert local.build_command("/bin/lesiond", ref, 5000, "db")[-1] == f"{name}={ref}"
+    (tmp_path / "org" / "m").mkdir(parents=True)  # an existing directory wins
+    assert local.model_reference("org/m") == ("m", str(tmp_path / "org" / "m"))
+    for missing in ("/no/such/dir", "./no/such", "plainname"):
+        with pytest.raises(lesion.LesionError, match="model directory not found"):
+            local.model_reference(missing)
+
+
 def test_local_command_line_and_errors(tmp_path, monkeypatch):
     from lesion import local
     cmd = local.build_command("/bin/lesiond", tmp_path, 5000, tmp_path / "db")
@@ -352,6 +366,15 @@ def test_local_command_line_and_errors(tmp_path, monkeypatch):
     assert c.model == tmp_path.name and c.address.startswith("127.0.0.1:") and c.process.proc.poll() is None
     c.close()
     assert c.process.proc.poll() is not None
+    # a GGUF file is named without its extension, and name= overrides any default
+    gguf_file = tmp_path / "Tiny.Q4_1.gguf"
+    gguf_file.write_bytes(b"GGUF")
+    assert local.model_reference(gguf_file) == ("Tiny.Q4_1", str(gguf_file.resolve()))
+    c = lesion.Client.local(gguf_file, lesiond=fake, startup_timeout=10, name="tiny")
+    assert c.model == "tiny"
+    c.close()
+    with pytest.raises(lesion.LesionError, match="model name"):
+        lesion.Client.local(gguf_file, lesiond=fake, name="a b")
     # and one that never gets ready
     fake.write_text("#!/bin/sh\nexec sleep 60\n")
     with pytest.raises(lesion.LesionError, match="did not print") as ei:
