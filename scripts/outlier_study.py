@@ -83,7 +83,11 @@ def main():
             lesion.Perplexity(), lesion.ActivationStats(["embed", "blocks.*.resid_post", "final_norm"], top_k=3),
             lesion.MassiveActivations(sites=["blocks.*.resid_post"])]), progress=False)
         table = magnitudes.layer_stats("*")
-        table = table.assign(ratio=table["top1"] / table["median"])
+        # embed first, then the blocks, then final_norm
+        table = table.assign(ratio=table["top1"] / table["median"],
+                             _order=[-1 if s == "embed" else n_layers if s == "final_norm" else int(l)
+                                     for s, l in zip(table["site"], table["layer"].fillna(-1))])
+        table = table.sort_values("_order")
         print(table[["site", "top1", "top2", "top3", "median", "ratio"]].to_string(
             index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"perplexity {magnitudes.perplexity.baseline:.3f} over {magnitudes.perplexity.n_tokens} tokens "
@@ -193,9 +197,13 @@ def main():
                   f"KL {zeroed.kl_divergence:.4f} nats/token")
             counts = zeroed.massive_activation_counts.groupby("pass")["count"].sum()
             stats = zeroed.activation_stats
-            top1 = {p: stats[(stats["pass"] == p)]["top1"].max() for p in ("baseline", "intervened")}
-            print(f"massive activations: {int(counts.get('baseline', 0))} -> {int(counts.get('intervened', 0))} "
-                  f"entries; largest top-1 |resid_post| {top1['baseline']:.1f} -> {top1['intervened']:.1f}")
+            print(f"massive activations (entries over the thresholds, all layers): {int(counts.get('baseline', 0))} -> "
+                  f"{int(counts.get('intervened', 0))}")
+            for l in sorted({layer, n_layers - 1}):
+                at = stats[stats["site"] == f"blocks.{l}.resid_post"].set_index("pass")
+                print(f"  top-1 |blocks.{l}.resid_post| (mean over windows) {at.loc['baseline', 'top1']:.1f} -> "
+                      f"{at.loc['intervened', 'top1']:.1f}, median {at.loc['baseline', 'median']:.3f} -> "
+                      f"{at.loc['intervened', 'median']:.3f}")
             probs = zeroed.token_probabilities.pivot(index="token", columns="pass", values="mean_probability")
             print("stop-word probabilities (mean over predicted positions):")
             for token, p in probs.iterrows():

@@ -34,6 +34,15 @@ def _layer_labels(df):
     return [str(l) if not pd.isna(l) else s for l, s in zip(df["layer"], df["site"])]
 
 
+def _set_layer_ticks(ax, df, max_labels=16):
+    """x ticks labelled by layer, thinned to at most about `max_labels` so that they stay readable
+    at 30+ layers (sites without a layer, such as embed, always keep theirs)."""
+    labels = _layer_labels(df)
+    step = max(1, -(-len(labels) // max_labels))
+    keep = [i for i, (l, _) in enumerate(zip(df["layer"], labels)) if pd.isna(l) or int(l) % step == 0]
+    ax.set_xticks(keep, [labels[i] for i in keep])
+
+
 # ------------------------------------------------------------------------------ per-layer magnitudes
 
 def layer_magnitudes(result: Result, site="blocks.*.resid_post", pass_="baseline", title=None, save=None,
@@ -49,7 +58,7 @@ def layer_magnitudes(result: Result, site="blocks.*.resid_post", pass_="baseline
         ax.plot(x, df[c].to_numpy(float), marker=markers[c], label=c.replace("top", "top-"))
     ax.plot(x, df["median"].to_numpy(float), marker="x", linestyle="--", color="gray", label="median")
     ax.set_yscale("log")
-    ax.set_xticks(x, _layer_labels(df))
+    _set_layer_ticks(ax, df)
     ax.set_xlabel("layer")
     ax.set_ylabel("|activation|")
     ax.set_title(title or f"{site} ({pass_})")
@@ -72,13 +81,12 @@ def compare(result_a: Result, result_b: Result | None = None, site="blocks.*.res
         raise ValueError(f"stat: unknown {stat!r}; valid: top1, top2, top3, median, mean_abs")
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
-    n = max(len(f) for f in frames)
     width = 0.4
     for i, (f, label) in enumerate(zip(frames, labels)):
         ax.bar(np.arange(len(f)) + (i - 0.5) * width, f[stat].to_numpy(float), width=width, label=label)
     ax.set_yscale("log")
     longest = max(frames, key=len)
-    ax.set_xticks(np.arange(n), _layer_labels(longest))
+    _set_layer_ticks(ax, longest)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"{stat} |activation|")
     ax.set_title(title or f"{stat} of {site}")

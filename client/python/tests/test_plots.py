@@ -24,6 +24,18 @@ def test_layer_magnitudes(result, tmp_path):
     assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].lines) == 4
 
 
+def test_layer_labels_stay_readable_at_30_layers():
+    from lesion._proto import result_pb2
+    r = result_pb2.ExperimentResult()
+    for l in range(30):
+        s = r.baseline.activation_stats.add()
+        s.site, s.median, s.n_windows = f"blocks.{l}.resid_post", 1.0, 1
+        s.mean_top.extend([10.0 + l, 5.0, 2.0])
+    fig = plots.layer_magnitudes(lesion.Result(r))
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == [str(l) for l in range(0, 30, 2)]  # every other layer: at most ~16 labels
+
+
 def test_compare(result, tmp_path):
     p = tmp_path / "compare.png"
     check_png(p, plots.compare(result, save=p))
