@@ -63,8 +63,9 @@ def stored(w, qtype, rng):
     return gguf.quants.quantize(w.astype(np.float32), qtype), qtype
 
 
-def write_gguf(path, model, arch, qtype, seed=0, split_max_tensors=0):
-    """`model` (a transformers model) as llama.cpp would convert it, matrices stored as `qtype`."""
+def write_gguf(path, model, arch, qtype, seed=0, split_max_tensors=0, raw_types=None):
+    """`model` (a transformers model) as llama.cpp would convert it, matrices stored as `qtype`;
+    `raw_types` {gguf name: type} stores those tensors as random blocks of another type."""
     cfg = model.config
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
@@ -107,7 +108,11 @@ def write_gguf(path, model, arch, qtype, seed=0, split_max_tensors=0):
             data = llama_cpp_permute(data, cfg.num_attention_heads)
         if arch == "llama" and ".attn_k." in name:
             data = llama_cpp_permute(data, cfg.num_key_value_heads)
-        if data.ndim == 2:
+        if raw_types and name in raw_types:
+            block_size, type_size = gguf.GGML_QUANT_SIZES[raw_types[name]]
+            tensor = rng.integers(0, 256, size=(data.shape[0], data.shape[1] // block_size * type_size), dtype=np.uint8)
+            raw = raw_types[name]
+        elif data.ndim == 2:
             tensor, raw = stored(data, qtype, rng)
         else:  # norms and biases stay float32, as llama.cpp keeps them
             tensor, raw = data.astype(np.float32), None
@@ -217,17 +222,17 @@ def test_split_gguf_loads_as_the_whole_file(cli, tmp_path):
         assert all(np.array_equal(split[k], whole[k]) for k in whole)
 
 
-def test_unsupported_type_is_named(cli, tmp_path):
-    w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 66), dtype=np.uint8), raw_dtype=Q.IQ2_XXS)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    proc = cli("inspect", "--model", tmp_path / "iq.gguf", check=False)
+def test_unsupported_type_is_listed_then_refused_by_name(cli, tmp_path):
+    name = "blk.1.ffn_down.weight"
+    write_gguf(tmp_path / "iq.gguf", tiny_model("llama", 3), "llama", Q.Q8_0, seed=3, raw_types={name: Q.IQ2_XXS})
+    info = json.loads(cli("inspect", "--model", tmp_path / "iq.gguf", "--json").stdout)
+    assert {t["name"]: t["type"] for t in info["tensors"]}["model.layers.1.mlp.down_proj.weight"] == "IQ2_XXS"
+    (tmp_path / "ids.json").write_text("[1, 2, 3]")
+    proc = cli("dump", "--model", tmp_path / "iq.gguf", "--ids-json", tmp_path / "ids.json", "--sites", "logits",
+               "--out", tmp_path / "x.safetensors", check=False)
     assert proc.returncode != 0
-    assert "iq.gguf" in proc.stderr
+    for needle in ("iq.gguf", name, "IQ2_XXS", "Q4_1"):  # the file, the tensor, its type, what lesion reads
+        assert needle in proc.stderr, proc.stderr
 
 
 # ----------------------------------------------------------------------------------------- SmolLM2
