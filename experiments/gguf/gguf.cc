@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "common/mapped_file.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 
 namespace lesion::experiments {
 namespace {
@@ -172,35 +173,6 @@ std::string ScalarBitsToString(GgufValueType type, uint64_t bits) {
   }
 }
 
-// Length of the valid UTF-8 sequence at s[i] (1-4), or 0 if the bytes there are not one.
-size_t Utf8SequenceLength(absl::string_view s, size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return 1;
-  size_t n;
-  uint32_t cp;
-  if ((c & 0xE0) == 0xC0) {
-    n = 1;
-    cp = c & 0x1F;
-  } else if ((c & 0xF0) == 0xE0) {
-    n = 2;
-    cp = c & 0x0F;
-  } else if ((c & 0xF8) == 0xF0) {
-    n = 3;
-    cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if (s.size() - i <= n) return 0;
-  for (size_t k = 1; k <= n; ++k) {
-    const auto cc = static_cast<unsigned char>(s[i + k]);
-    if ((cc & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (cc & 0x3F);
-  }
-  static constexpr uint32_t kMinForLength[] = {0, 0x80, 0x800, 0x10000};
-  if (cp < kMinForLength[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return n + 1;
-}
-
 // `s` in double quotes, with quotes, backslashes, control characters and bytes that are not valid
 // UTF-8 escaped; cut after about `max_chars` characters with "..." and the length in bytes.
 std::string QuoteString(absl::string_view s, size_t max_chars) {
@@ -212,7 +184,7 @@ std::string QuoteString(absl::string_view s, size_t max_chars) {
       return out;
     }
     const auto c = static_cast<unsigned char>(s[i]);
-    const size_t n = Utf8SequenceLength(s, i);
+    const size_t n = ValidUtf8Length(s, i);
     if (c == '"' || c == '\\') {
       out.push_back('\\');
       out.push_back(static_cast<char>(c));

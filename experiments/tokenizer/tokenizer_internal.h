@@ -14,6 +14,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/utf8.h"
 #include "experiments/tokenizer/tokenizer.h"
 
 namespace lesion::experiments::tokenizer_internal {
@@ -34,11 +35,9 @@ class TokenizerBase : public Tokenizer {
   std::optional<int32_t> bos_, eos_;
 };
 
-// Length of the UTF-8 character at text[pos] if it is well-formed (shortest form, no surrogate,
-// at most U+10FFFF), else 0.
-size_t ValidUtf8Length(absl::string_view text, size_t pos);
-// Byte offset of the first ill-formed UTF-8 sequence in `text`, or npos if there is none.
-size_t FindInvalidUtf8(absl::string_view text);
+// UTF-8 validation (common/utf8.h).
+using ::lesion::FindInvalidUtf8;
+using ::lesion::ValidUtf8Length;
 // The code point of the well-formed character of `len` bytes at text[pos].
 char32_t DecodeUtf8(absl::string_view text, size_t pos, size_t len);
 void AppendUtf8(char32_t cp, std::string& out);
