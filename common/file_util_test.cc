@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "common/fifo_watchdog.h"
+#include "common/testing/scoped_test_dir.h"
 
 namespace lesion {
 namespace {
@@ -22,15 +23,8 @@ namespace fs = std::filesystem;
 
 class FileUtilTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           (std::string("file_util_test_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path dir_;
+  ScopedTestDir test_dir_{"file_util_test"};
+  const fs::path& dir_ = test_dir_.path();
 };
 
 TEST_F(FileUtilTest, ReadsAWrittenFile) {

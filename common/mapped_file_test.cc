@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "common/fifo_watchdog.h"
 #include "common/file_util.h"
+#include "common/testing/scoped_test_dir.h"
 
 namespace lesion {
 namespace {
@@ -22,16 +23,8 @@ namespace fs = std::filesystem;
 
 class MappedFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           (std::string("mapped_file_test_") +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path dir_;
+  ScopedTestDir test_dir_{"mapped_file_test"};
+  const fs::path& dir_ = test_dir_.path();
 };
 
 std::string AsString(absl::Span<const std::byte> bytes) {

@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "common/testing/scoped_test_dir.h"
 #include "experiments/gguf/dequantize.h"
 #include "experiments/gguf/gguf.h"
 
@@ -180,18 +181,6 @@ GgufBuilder ValidBuilder() {
 
 class GgufTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           absl::StrCat("gguf_test_", ::getpid(), "_", info->name());
-    fs::remove_all(dir_);
-    ASSERT_TRUE(fs::create_directories(dir_));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
   // Writes `bytes` to bad.gguf in the temp dir and opens it.
   absl::Status OpenBytes(absl::string_view bytes) {
     WriteBytes(bad_path(), bytes);
@@ -199,7 +188,8 @@ class GgufTest : public ::testing::Test {
   }
   fs::path bad_path() const { return dir_ / "bad.gguf"; }
 
-  fs::path dir_;
+  ScopedTestDir test_dir_{"gguf_test"};
+  const fs::path& dir_ = test_dir_.path();
 };
 
 std::unique_ptr<GgufFile> OpenFixture(const std::string& name) {

@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "common/fifo_watchdog.h"
+#include "common/testing/scoped_test_dir.h"
 
 namespace lesion::experiments {
 namespace {
@@ -86,18 +87,6 @@ void ExpectError(const absl::Status& status, absl::StatusCode code, const fs::pa
 
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           absl::StrCat("safetensors_test_", ::getpid(), "_", info->name());
-    fs::remove_all(dir_);
-    ASSERT_TRUE(fs::create_directories(dir_));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
   // Writes `bytes` to a file in the temp dir and opens it; returns the status and the path.
   absl::Status OpenBytes(absl::string_view bytes) {
     WriteBytes(bad_path(), bytes);
@@ -122,7 +111,8 @@ class SafetensorsTest : public ::testing::Test {
     WriteBytes(dir_ / "model.safetensors.index.json", json);
   }
 
-  fs::path dir_;
+  ScopedTestDir test_dir_{"safetensors_test"};
+  const fs::path& dir_ = test_dir_.path();
 };
 
 // ---------------------------------------------------------------------------------------------
