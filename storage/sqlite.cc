@@ -4,14 +4,17 @@
 
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace lesion::storage {
 
 absl::Status SqliteStatus(int code, absl::string_view message, absl::string_view sql) {
-  const std::string text =
-      sql.empty() ? absl::StrCat("sqlite: ", message)
-                  : absl::StrCat("sqlite: ", message, " (in: ", sql, ")");
+  // The SQL stays out of the message, which reaches clients: it is ours, says nothing the caller
+  // can fix, and generated queries can be long. It rides along as a payload for server logs
+  // (absl::Status::ToString prints payloads).
+  absl::Status status;
+  const std::string text = absl::StrCat("sqlite: ", message);
   switch (code & 0xff) {
     case SQLITE_OK:
     case SQLITE_ROW:
@@ -19,34 +22,59 @@ absl::Status SqliteStatus(int code, absl::string_view message, absl::string_view
       return absl::OkStatus();
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
-      return absl::UnavailableError(text);
+      status = absl::UnavailableError(text);
+      break;
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
-      return absl::DataLossError(text);
+      status = absl::DataLossError(text);
+      break;
     case SQLITE_CONSTRAINT:
       if (code == SQLITE_CONSTRAINT_PRIMARYKEY || code == SQLITE_CONSTRAINT_UNIQUE) {
-        return absl::AlreadyExistsError(text);
+        status = absl::AlreadyExistsError(text);
+      } else if (code == SQLITE_CONSTRAINT_FOREIGNKEY) {
+        // A row that refers to a missing one, or is still referred to.
+        status = absl::FailedPreconditionError(text);
+      } else {
+        status = absl::InvalidArgumentError(text);
       }
-      return absl::InvalidArgumentError(text);
+      break;
     case SQLITE_MISMATCH:
     case SQLITE_RANGE:
     case SQLITE_TOOBIG:
-      return absl::InvalidArgumentError(text);
+      status = absl::InvalidArgumentError(text);
+      break;
     case SQLITE_CANTOPEN:
-      return absl::NotFoundError(text);
+      status = absl::NotFoundError(text);
+      break;
     case SQLITE_PERM:
     case SQLITE_READONLY:
     case SQLITE_AUTH:
-      return absl::PermissionDeniedError(text);
+      status = absl::PermissionDeniedError(text);
+      break;
     case SQLITE_FULL:
     case SQLITE_NOMEM:
-      return absl::ResourceExhaustedError(text);
+      status = absl::ResourceExhaustedError(text);
+      break;
+    case SQLITE_INTERRUPT:
+      status = absl::CancelledError(text);
+      break;
     default:
-      return absl::InternalError(text);
+      status = absl::InternalError(text);
+      break;
   }
+  if (!sql.empty()) status.SetPayload(kSqlPayloadUrl, absl::Cord(sql));
+  return status;
 }
 
 namespace {
+
+// `status` with `prefix` before its message, payloads (the SQL) kept.
+absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
+  absl::Status out(status.code(), absl::StrCat(prefix, status.message()));
+  status.ForEachPayload(
+      [&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
+}
 
 absl::Status LastError(sqlite3* db, int rc, absl::string_view sql) {
   const int extended = db != nullptr ? sqlite3_extended_errcode(db) : rc;
@@ -59,25 +87,29 @@ absl::Status LastError(sqlite3* db, int rc, absl::string_view sql) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
-                                                         absl::Duration busy_timeout) {
+                                                         absl::Duration busy_timeout,
+                                                         Access access) {
   sqlite3* raw = nullptr;
-  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+  const int flags = SQLITE_OPEN_NOMUTEX | (access == Access::kReadOnly
+                                               ? SQLITE_OPEN_READONLY
+                                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   if (rc != SQLITE_OK) {
     absl::Status status = LastError(raw, rc, "");
     sqlite3_close_v2(raw);
-    return absl::Status(status.code(), absl::StrCat("cannot open database ", path, ": ",
-                                                    status.message()));
+    return Prefixed(status, absl::StrCat("cannot open database ", path, ": "));
   }
   sqlite3_extended_result_codes(raw, 1);
   sqlite3_busy_timeout(raw, static_cast<int>(absl::ToInt64Milliseconds(busy_timeout)));
   std::unique_ptr<Database> db(new Database(raw, path));
-  // journal_mode answers "memory" for ":memory:" databases; that is fine.
+  // journal_mode answers "memory" for ":memory:" databases; that is fine. A read-only connection
+  // cannot change the journal mode: it reads a WAL file as the writer set it up.
   absl::Status status = db->Execute(
-      "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
+      access == Access::kReadOnly
+          ? "PRAGMA foreign_keys = ON;"
+          : "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
   if (!status.ok()) {
-    return absl::Status(status.code(),
-                        absl::StrCat("cannot open database ", path, ": ", status.message()));
+    return Prefixed(status, absl::StrCat("cannot open database ", path, ": "));
   }
   return db;
 }
@@ -101,12 +133,13 @@ absl::StatusOr<std::unique_ptr<Statement>> Database::Prepare(absl::string_view s
   const char* tail = nullptr;
   const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, &tail);
   if (rc != SQLITE_OK) return LastError(db_, rc, sql);
-  if (stmt == nullptr) return absl::InvalidArgumentError(absl::StrCat("empty SQL: ", sql));
+  if (stmt == nullptr) return SqliteStatus(SQLITE_MISUSE, "empty statement", sql);
   std::unique_ptr<Statement> statement(new Statement(this, stmt, std::string(sql)));
   for (const char* p = tail; p != nullptr && p < sql.data() + sql.size(); ++p) {
     if (*p != ' ' && *p != '\n' && *p != '\t' && *p != ';') {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Prepare takes one statement; trailing text in: ", sql));
+      absl::Status status = absl::InvalidArgumentError("sqlite: Prepare takes one statement");
+      status.SetPayload(kSqlPayloadUrl, absl::Cord(sql));
+      return status;
     }
   }
   return statement;
@@ -121,8 +154,7 @@ Statement::~Statement() { sqlite3_finalize(stmt_); }
 void Statement::CheckBind(int rc, int index) {
   if (rc != SQLITE_OK && bind_status_.ok()) {
     absl::Status status = LastError(db_->raw(), rc, sql_);
-    bind_status_ = absl::Status(status.code(),
-                                absl::StrCat("binding parameter ", index, ": ", status.message()));
+    bind_status_ = Prefixed(status, absl::StrCat("binding parameter ", index, ": "));
   }
 }
 

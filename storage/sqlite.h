@@ -1,13 +1,16 @@
 // A thin RAII wrapper over the SQLite C API: a connection (Database), a prepared statement
 // (Statement) and a transaction that rolls back unless committed (Transaction). Every SQLite error
-// becomes an absl::Status carrying SQLite's message and the SQL text:
+// becomes an absl::Status carrying SQLite's message, never the SQL text (messages reach clients);
+// the SQL is attached as the payload kSqlPayloadUrl, which absl::Status::ToString prints for logs:
 //   SQLITE_BUSY / SQLITE_LOCKED            -> Unavailable (another connection holds the lock)
 //   SQLITE_CORRUPT / SQLITE_NOTADB         -> DataLoss
 //   SQLITE_CONSTRAINT_PRIMARYKEY / _UNIQUE -> AlreadyExists
-//   other SQLITE_CONSTRAINT_* (CHECK, NOT NULL, FOREIGN KEY), SQLITE_MISMATCH, SQLITE_RANGE,
+//   SQLITE_CONSTRAINT_FOREIGNKEY           -> FailedPrecondition (a missing or still-referenced row)
+//   other SQLITE_CONSTRAINT_* (CHECK, NOT NULL), SQLITE_MISMATCH, SQLITE_RANGE,
 //   SQLITE_TOOBIG                          -> InvalidArgument
 //   SQLITE_CANTOPEN                        -> NotFound; SQLITE_PERM / SQLITE_READONLY -> PermissionDenied
-//   SQLITE_FULL                            -> ResourceExhausted; anything else -> Internal
+//   SQLITE_FULL / SQLITE_NOMEM             -> ResourceExhausted; SQLITE_INTERRUPT -> Cancelled
+//   anything else (SQLITE_IOERR, SQLITE_ERROR: a bug in our SQL) -> Internal
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<Database> db, Database::Open("lab.db"));
 //   Transaction tx(db.get());
@@ -39,7 +42,11 @@ struct sqlite3_stmt;
 
 namespace lesion::storage {
 
-// Maps an SQLite result code (primary or extended) to a status with `message` and the SQL text.
+// The payload type URL under which a status from this file carries the SQL it came from.
+inline constexpr absl::string_view kSqlPayloadUrl = "type.lesion/storage.sql";
+
+// Maps an SQLite result code (primary or extended) to a status with `message`; `sql` (may be
+// empty) goes into the kSqlPayloadUrl payload, not the message.
 absl::Status SqliteStatus(int code, absl::string_view message, absl::string_view sql);
 
 class Statement;
@@ -48,10 +55,15 @@ class Statement;
 // synchronous=NORMAL and a busy timeout.
 class Database {
  public:
-  // Opens or creates the database at `path` (":memory:" for a private in-memory one). Errors:
-  // NotFound (the directory does not exist), PermissionDenied, DataLoss (not a database), Internal.
+  enum class Access { kReadWrite, kReadOnly };
+
+  // Opens or creates the database at `path` (":memory:" for a private in-memory one); kReadOnly
+  // opens an existing file without creating it and refuses writes (PermissionDenied). Errors:
+  // NotFound (the directory or, read-only, the file does not exist), PermissionDenied, DataLoss
+  // (not a database), Internal.
   static absl::StatusOr<std::unique_ptr<Database>> Open(const std::string& path,
-                                                        absl::Duration busy_timeout = absl::Seconds(5));
+                                                        absl::Duration busy_timeout = absl::Seconds(5),
+                                                        Access access = Access::kReadWrite);
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;

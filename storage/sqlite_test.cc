@@ -2,6 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <cstdio>
+#include <string>
+
 #include "gtest/gtest.h"
 
 namespace lesion::storage {
@@ -21,10 +24,21 @@ TEST(SqliteStatus, MapsCodes) {
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_CHECK, "m", "s").code(),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_FOREIGNKEY, "m", "s").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(SqliteStatus(SQLITE_LOCKED, "m", "s").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(SqliteStatus(SQLITE_FULL, "m", "s").code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(SqliteStatus(SQLITE_IOERR, "m", "s").code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(SqliteStatus(SQLITE_IOERR_WRITE, "m", "s").code(), absl::StatusCode::kInternal);
+}
+
+// The message reaches clients: SQLite's words only. The SQL is a payload, for server logs.
+TEST(SqliteStatus, KeepsTheSqlOutOfTheMessage) {
   const absl::Status s = SqliteStatus(SQLITE_ERROR, "no such table: t", "SELECT * FROM t");
-  EXPECT_NE(s.message().find("no such table: t"), absl::string_view::npos);
-  EXPECT_NE(s.message().find("SELECT * FROM t"), absl::string_view::npos);
+  EXPECT_EQ(s.message(), "sqlite: no such table: t");
+  ASSERT_TRUE(s.GetPayload(kSqlPayloadUrl).has_value());
+  EXPECT_EQ(std::string(*s.GetPayload(kSqlPayloadUrl)), "SELECT * FROM t");
+  EXPECT_NE(s.ToString().find("SELECT * FROM t"), std::string::npos);
 }
 
 TEST(Database, BindStepAndColumns) {
@@ -50,7 +64,7 @@ TEST(Database, BindStepAndColumns) {
   EXPECT_FALSE(*row);
 }
 
-TEST(Database, ErrorsCarryCodeAndSql) {
+TEST(Database, ErrorsCarryTheMappedCodeAndTheSqlAsPayload) {
   auto db = OpenMemory();
   ASSERT_TRUE(db->Execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER CHECK (v > 0))").ok());
   ASSERT_TRUE(db->Execute("INSERT INTO t VALUES ('a', 1)").ok());
@@ -62,11 +76,35 @@ TEST(Database, ErrorsCarryCodeAndSql) {
   EXPECT_EQ((*check)->Run().code(), absl::StatusCode::kInvalidArgument);
   auto bad = db->Prepare("SELECT * FROM missing");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal);
-  EXPECT_NE(bad.status().message().find("missing"), absl::string_view::npos);
+  EXPECT_EQ(bad.status().message(), "sqlite: no such table: missing");
+  EXPECT_EQ(std::string(*bad.status().GetPayload(kSqlPayloadUrl)), "SELECT * FROM missing");
   auto range = db->Prepare("SELECT ?");
   ASSERT_TRUE(range.ok());
   (*range)->BindInt64(5, 1);
-  EXPECT_EQ((*range)->Step().status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status bind = (*range)->Step().status();
+  EXPECT_EQ(bind.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bind.message().find("SELECT"), absl::string_view::npos) << bind.message();
+  EXPECT_TRUE(bind.GetPayload(kSqlPayloadUrl).has_value());
+  ASSERT_TRUE(db->Execute("CREATE TABLE child (k TEXT REFERENCES t(k))").ok());
+  EXPECT_EQ(db->Execute("INSERT INTO child VALUES ('nope')").code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(Database, ReadOnlyRefusesWritesAndMissingFiles) {
+  const std::string path = ::testing::TempDir() + "/sqlite_read_only_test.db";
+  std::remove(path.c_str());
+  EXPECT_EQ(Database::Open(path, absl::Seconds(1), Database::Access::kReadOnly).status().code(),
+            absl::StatusCode::kNotFound);
+  {
+    auto writer = Database::Open(path);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE((*writer)->Execute("CREATE TABLE t (v INTEGER)").ok());
+  }
+  auto reader = Database::Open(path, absl::Seconds(1), Database::Access::kReadOnly);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ((*reader)->Execute("INSERT INTO t VALUES (1)").code(),
+            absl::StatusCode::kPermissionDenied);
+  std::remove(path.c_str());
 }
 
 int64_t Count(Database& db) {
