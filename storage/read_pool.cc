@@ -9,15 +9,15 @@ namespace lesion::storage {
 
 // More connections than this buy nothing on the machines lesiond runs on, and each holds a page
 // cache and, while lent, up to a page of results.
-constexpr int kMaxReadConnections = 256;
+constexpr int64_t kMaxReadConnections = 256;
 
-absl::StatusOr<std::unique_ptr<ReadPool>> ReadPool::Create(const std::string& path, int size) {
+absl::StatusOr<std::unique_ptr<ReadPool>> ReadPool::Create(const std::string& path, int64_t size) {
   if (size < 1 || size > kMaxReadConnections) {
     return absl::InvalidArgumentError(absl::StrCat("read connections ", size, " out of range: use 1 to ",
                                                    kMaxReadConnections));
   }
   std::vector<std::unique_ptr<ExperimentStore>> stores;
-  for (int i = 0; i < size; ++i) {
+  for (int64_t i = 0; i < size; ++i) {
     ASSIGN_OR_RETURN(std::unique_ptr<ExperimentStore> store, ExperimentStore::OpenReadOnly(path));
     stores.push_back(std::move(store));
   }

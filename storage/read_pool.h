@@ -13,6 +13,7 @@
 #ifndef LESION_STORAGE_READ_POOL_H_
 #define LESION_STORAGE_READ_POOL_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,7 +47,7 @@ class ReadPool {
   // Opens `size` (>= 1) read-only connections to the store at `path`, which must exist at the
   // current schema (ExperimentStore::Open it first). InvalidArgument for a size out of range;
   // OpenReadOnly's errors.
-  static absl::StatusOr<std::unique_ptr<ReadPool>> Create(const std::string& path, int size);
+  static absl::StatusOr<std::unique_ptr<ReadPool>> Create(const std::string& path, int64_t size);
 
   // A free connection; waits while all are lent.
   Lease Acquire();
