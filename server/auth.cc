@@ -1,5 +1,12 @@
 #include "server/auth.h"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -7,11 +14,38 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 
 namespace lesion::server {
+namespace {
+
+std::array<uint8_t, 32> Sha256(absl::string_view text) {
+  std::array<uint8_t, 32> digest;
+  static_assert(SHA256_DIGEST_LENGTH == 32);
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest.data());
+  return digest;
+}
+
+// The whole of an open file. Reading the descriptor whose mode was checked (not the path again)
+// leaves no window for another file to be swapped in between.
+absl::StatusOr<std::string> ReadAll(int fd, const std::filesystem::path& path) {
+  std::string contents;
+  char buffer[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(absl::StrCat("error reading ", path.string(), ": ", std::strerror(errno)));
+    }
+    if (n == 0) return contents;
+    contents.append(buffer, static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
 
 Authenticator Authenticator::Anonymous(bool anonymous_admin) {
   Authenticator auth;
@@ -20,7 +54,21 @@ Authenticator Authenticator::Anonymous(bool anonymous_admin) {
 }
 
 absl::StatusOr<Authenticator> Authenticator::FromTokensFile(const std::filesystem::path& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ASSIGN_OR_RETURN(OpenedFile file, OpenRegularFile(path, "tokens file"));
+  struct stat info;
+  if (::fstat(file.fd.get(), &info) != 0) {
+    const int err = errno;
+    return ErrnoToStatus(err, absl::StrCat("cannot stat tokens file ", path.string()));
+  }
+  // Whoever can write the file can give themselves an admin token.
+  if ((info.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "tokens file %s has mode %04o: %s can write it, so could make themselves an admin; "
+        "run `chmod 600 %s` (or 640 to let its group read it)",
+        path.string(), info.st_mode & 07777,
+        (info.st_mode & S_IWOTH) != 0 ? "every user" : "its group", path.string()));
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadAll(file.fd.get(), path));
   return FromTokensText(text, path.string());
 }
 
@@ -44,10 +92,14 @@ absl::StatusOr<Authenticator> Authenticator::FromTokensText(absl::string_view te
       return absl::InvalidArgumentError(
           absl::StrCat(source, ":", line_no, ": unknown role '", fields[2], "' (user or admin)"));
     }
-    if (!auth.tokens_->emplace(std::string(fields[0]), std::move(principal)).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ":", line_no, ": token of user '", fields[1], "' is given twice"));
+    const Digest digest = Sha256(fields[0]);
+    for (const TokenEntry& entry : *auth.tokens_) {
+      if (entry.digest == digest) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ":", line_no, ": token of user '", fields[1], "' is given twice"));
+      }
     }
+    auth.tokens_->push_back(TokenEntry{digest, std::move(principal)});
   }
   return auth;
 }
@@ -70,9 +122,17 @@ absl::StatusOr<Principal> Authenticator::Authenticate(std::optional<absl::string
   }
   absl::string_view token = absl::StripAsciiWhitespace(value.substr(kBearer.size()));
   if (token.empty()) return absl::UnauthenticatedError("metadata 'authorization: Bearer' has no token");
-  auto it = tokens_->find(token);
-  if (it == tokens_->end()) return absl::UnauthenticatedError("unknown token in metadata 'authorization'");
-  return it->second;
+  // Digests have one length whatever the token's, and every entry is compared in full (no early
+  // exit, no branch on the outcome inside the loop), so timing reveals neither a token's prefix nor
+  // which entry matched.
+  const Digest digest = Sha256(token);
+  const TokenEntry* match = nullptr;
+  for (const TokenEntry& entry : *tokens_) {
+    const bool equal = CRYPTO_memcmp(entry.digest.data(), digest.data(), digest.size()) == 0;
+    match = equal ? &entry : match;
+  }
+  if (match == nullptr) return absl::UnauthenticatedError("unknown token in metadata 'authorization'");
+  return match->principal;
 }
 
 }  // namespace lesion::server

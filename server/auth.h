@@ -9,7 +9,10 @@
 //     server runs with --allow-anonymous-admin (the default without a tokens file), else user.
 //
 // Tokens file: one token a line, `TOKEN USER ROLE` separated by blanks, ROLE `user` or `admin`;
-// blank lines and lines starting with '#' are ignored. A token given twice is an error.
+// blank lines and lines starting with '#' are ignored. A token given twice is an error. The file
+// must not be writable by group or others (whoever can write it can make themselves an admin).
+// Only the tokens' SHA-256 digests are kept, and a presented token is checked against every one of
+// them with a constant-time compare, so the time a check takes says nothing about the tokens.
 //
 // Users see everyone's experiments (it is a lab) but cancel only their own; loading and unloading
 // models is admin-only (the service enforces both, using Principal).
@@ -17,10 +20,12 @@
 #ifndef LESION_SERVER_AUTH_H_
 #define LESION_SERVER_AUTH_H_
 
+#include <array>
+#include <cstdint>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -40,7 +45,8 @@ class Authenticator {
   // No tokens: anonymous mode.
   static Authenticator Anonymous(bool anonymous_admin);
   // InvalidArgument naming the file and line for a malformed line, an unknown role or a repeated
-  // token; NotFound / PermissionDenied if the file cannot be read.
+  // token; NotFound / PermissionDenied if the file cannot be read; FailedPrecondition, naming its
+  // mode and the chmod that fixes it, if group or others may write it.
   static absl::StatusOr<Authenticator> FromTokensFile(const std::filesystem::path& path);
   // The same from the file's text; `source` names it in messages.
   static absl::StatusOr<Authenticator> FromTokensText(absl::string_view text, absl::string_view source);
@@ -52,8 +58,14 @@ class Authenticator {
   bool has_tokens() const { return tokens_.has_value(); }
 
  private:
+  using Digest = std::array<uint8_t, 32>;  // SHA-256
+  struct TokenEntry {
+    Digest digest;
+    Principal principal;
+  };
+
   Authenticator() = default;
-  std::optional<std::map<std::string, Principal, std::less<>>> tokens_;  // nullopt: anonymous mode
+  std::optional<std::vector<TokenEntry>> tokens_;  // nullopt: anonymous mode
   bool anonymous_admin_ = false;
 };
 

@@ -1,6 +1,17 @@
 #include "server/auth.h"
 
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <vector>
+
 #include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/testing/scoped_test_dir.h"
 
 namespace lesion::server {
 namespace {
@@ -49,6 +60,71 @@ TEST(Authenticator, BadLinesNameFileAndLine) {
 
 TEST(Authenticator, MissingTokensFileIsNotFound) {
   EXPECT_EQ(Authenticator::FromTokensFile("/nonexistent/lesion-tokens").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Authenticator, EveryTokenMatchesItsOwnUserAndNearMissesDoNot) {
+  Authenticator auth = *Authenticator::FromTokensText("tok-a a user\ntok-b b admin\ntok-c c user\n", "f");
+  for (const char* user : {"a", "b", "c"}) {
+    absl::StatusOr<Principal> p = auth.Authenticate(absl::StrCat("Bearer tok-", user), std::nullopt);
+    ASSERT_TRUE(p.ok()) << user << ": " << p.status();
+    EXPECT_EQ(p->user, user);
+  }
+  EXPECT_TRUE(auth.Authenticate("Bearer tok-b", std::nullopt)->is_admin());
+  // A prefix, an extension and a one-character change of a valid token are all unknown.
+  for (const char* near : {"Bearer tok-", "Bearer tok-bb", "Bearer tok-d", "Bearer TOK-B"}) {
+    EXPECT_EQ(auth.Authenticate(near, std::nullopt).status().code(), absl::StatusCode::kUnauthenticated) << near;
+  }
+}
+
+// The time a check takes must not depend on how much of a token a guess gets right. With an
+// early-exit compare, a 1 MiB guess that differs from the token only in its last byte costs a
+// 1 MiB memcmp, and one that differs in the first byte costs nothing; comparing digests costs the
+// same hash either way. Medians of interleaved runs, and a loose bound, keep this robust on a busy
+// machine while an early-exit compare misses it by a wide margin.
+TEST(Authenticator, CheckTimeDoesNotDependOnHowMuchOfTheTokenIsRight) {
+  const std::string token(1 << 20, 'k');
+  Authenticator auth = *Authenticator::FromTokensText(absl::StrCat(token, " alice user\n"), "f");
+  std::string wrong_first = absl::StrCat("Bearer ", token), wrong_last = wrong_first;
+  wrong_first[7] = 'x';
+  wrong_last.back() = 'x';
+  auto time_one = [&](const std::string& header) {
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(auth.Authenticate(header, std::nullopt).ok());
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  std::vector<double> first_times, last_times;
+  for (int i = 0; i < 15; ++i) {
+    first_times.push_back(time_one(wrong_first));
+    last_times.push_back(time_one(wrong_last));
+  }
+  auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  const double first = median(first_times), last = median(last_times);
+  EXPECT_LT(last, 2 * first) << "wrong last byte " << last * 1e6 << " us, wrong first byte " << first * 1e6 << " us";
+  EXPECT_LT(first, 2 * last) << "wrong last byte " << last * 1e6 << " us, wrong first byte " << first * 1e6 << " us";
+}
+
+TEST(Authenticator, TokensFileThatOthersCanWriteIsRefusedWithTheFix) {
+  ScopedTestDir dir("lesion_auth");
+  const std::filesystem::path path = dir.path() / "tokens";
+  std::ofstream(path) << kTokens;
+  for (mode_t mode : {0600, 0640, 0644, 0400}) {
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+    absl::StatusOr<Authenticator> auth = Authenticator::FromTokensFile(path);
+    ASSERT_TRUE(auth.ok()) << std::oct << mode << ": " << auth.status();
+    EXPECT_EQ(auth->Authenticate("Bearer tok-root", std::nullopt)->user, "root");
+  }
+  for (mode_t mode : {0666, 0662, 0620, 0660}) {
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+    absl::Status st = Authenticator::FromTokensFile(path).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << std::oct << mode << ": " << st;
+    char mode_text[8];
+    std::snprintf(mode_text, sizeof(mode_text), "%04o", static_cast<unsigned>(mode));
+    EXPECT_NE(st.message().find(absl::StrCat("mode ", mode_text)), absl::string_view::npos) << st;
+    EXPECT_NE(st.message().find(absl::StrCat("chmod 600 ", path.string())), absl::string_view::npos) << st;
+  }
 }
 
 TEST(Authenticator, AnonymousModeTakesUserFromMetadata) {
