@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <set>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -239,7 +240,41 @@ absl::Status CheckSweepAxis(const lesion::v1::SweepAxis& axis, const std::string
   return Bad(where, "names no axis kind (variants, heads, norm_channels, weight_values)");
 }
 
-absl::StatusOr<Experiment> FromProto(const lesion::v1::ExperimentSpec& proto) {
+// Replaces every -0.0 (double or float, at any depth) by +0.0. The JSON printer writes -0.0 as
+// "-0", which the JSON parser reads back as +0.0, so a spec holding one would have a canonical JSON
+// that does not hash as itself once re-read (a sweep variant rerun alone, say). Zero's sign changes
+// no result of the forward pass, so +0.0 is the canonical zero.
+void CanonicalizeZeros(google::protobuf::Message& m) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection& r = *m.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  r.ListFields(m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    const int n = f->is_repeated() ? r.FieldSize(m, f) : 1;
+    for (int i = 0; i < n; ++i) {
+      switch (f->cpp_type()) {
+        case FieldDescriptor::CPPTYPE_DOUBLE:
+          if (f->is_repeated() ? r.GetRepeatedDouble(m, f, i) == 0 : r.GetDouble(m, f) == 0) {
+            f->is_repeated() ? r.SetRepeatedDouble(&m, f, i, 0.0) : r.SetDouble(&m, f, 0.0);
+          }
+          break;
+        case FieldDescriptor::CPPTYPE_FLOAT:
+          if (f->is_repeated() ? r.GetRepeatedFloat(m, f, i) == 0 : r.GetFloat(m, f) == 0) {
+            f->is_repeated() ? r.SetRepeatedFloat(&m, f, i, 0.0f) : r.SetFloat(&m, f, 0.0f);
+          }
+          break;
+        case FieldDescriptor::CPPTYPE_MESSAGE:
+          CanonicalizeZeros(f->is_repeated() ? *r.MutableRepeatedMessage(&m, f, i) : *r.MutableMessage(&m, f));
+          break;
+        default:
+          break;
+      }
+    }
+  }
+}
+
+absl::StatusOr<Experiment> FromProto(lesion::v1::ExperimentSpec proto) {
+  CanonicalizeZeros(proto);
   Experiment e;
   if (proto.name().size() > kMaxNameBytes) {
     return Bad("name", absl::StrCat(QuoteForError(proto.name()), " is longer than the limit of ", kMaxNameBytes,

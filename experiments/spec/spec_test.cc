@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "proto/lesion/v1/experiment.pb.h"
@@ -152,6 +154,46 @@ TEST(Sweep, ExpandsAGridLastAxisFastestWithTheSpecsOwnInterventionsFirst) {
     EXPECT_FALSE(alone->has_sweep);
   }
   EXPECT_NE((*variants)[0].spec_sha256, (*variants)[1].spec_sha256);
+}
+
+// Regression (found by fuzz/spec_json_fuzzer): the JSON printer writes -0.0 as "-0", which the
+// parser reads back as +0.0, so a spec holding a negative zero had a canonical JSON that hashed
+// differently once re-read, and a sweep variant rerun alone from its spec got another hash.
+TEST(ExperimentSpec, NegativeZerosAreCanonicalizedToZero) {
+  const std::string with_signs = SweepSpec(
+      R"([{"weight_values": {"layer": 1, "module": "mlp.down", "row": 3, "col": 4, "op": "SET", "values": [-0.0, 0.5]}}])",
+      R"( "interventions": [{"weight_edit": {"module": "mlp.up", "op": "SET", "value": -0.0}},
+                            {"attention_bias": {"key": [-0.0], "value": [1]}}],)");
+  const std::string without = SweepSpec(
+      R"([{"weight_values": {"layer": 1, "module": "mlp.down", "row": 3, "col": 4, "op": "SET", "values": [0, 0.5]}}])",
+      R"( "interventions": [{"weight_edit": {"module": "mlp.up", "op": "SET", "value": 0}},
+                            {"attention_bias": {"key": [0], "value": [1]}}],)");
+  const Experiment e = ParseOrDie(with_signs);
+  EXPECT_EQ(e.canonical_json, ParseOrDie(without).canonical_json);
+  EXPECT_FALSE(std::signbit(std::get<WeightEdit>(e.interventions[0]).value));
+  EXPECT_FALSE(std::signbit(std::get<AttentionBias>(e.interventions[1]).key[0]));
+  auto again = ParseExperimentJson(e.canonical_json);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->spec_sha256, e.spec_sha256);
+
+  // The binary form, as lesiond receives it, canonicalizes the same way.
+  lesion::v1::ExperimentSpec proto;
+  proto.mutable_dataset()->set_text("hi");
+  proto.add_measurements()->mutable_perplexity();
+  proto.add_interventions()->mutable_weight_edit()->set_value(-0.0);
+  auto from_proto = ParseExperimentProto(proto.SerializeAsString());
+  ASSERT_TRUE(from_proto.ok()) << from_proto.status();
+  auto reread = ParseExperimentJson(from_proto->canonical_json);
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  EXPECT_EQ(reread->spec_sha256, from_proto->spec_sha256) << from_proto->canonical_json;
+
+  auto variants = ExpandSweep(e, {3, 4, 16}, 100);
+  ASSERT_TRUE(variants.ok()) << variants.status();
+  for (const Experiment& v : *variants) {
+    auto alone = ParseExperimentJson(v.canonical_json);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ(alone->spec_sha256, v.spec_sha256) << v.canonical_json;
+  }
 }
 
 TEST(Sweep, EmptyListsMeanEveryLayerHeadAndChannel) {
