@@ -2,13 +2,16 @@
 #   make demo   set everything up (Debian packages, a venv with LibTorch, the build) and run the
 #               demo on the bundled stories260K model
 #   make test   the same set-up, then every test: ctest (C++), pytest (CLI and lesiond against HF
-#               transformers and raw gRPC calls) and the Python client's pytest
+#               transformers and raw gRPC calls), the Python client's pytest and a minute of each
+#               fuzzer
+#   make fuzz   only the fuzzers (clang, sanitizers; build-fuzz/), FUZZ_SECONDS each (default 60)
 VENV  ?= .venv
 BUILD ?= build
 PY    := $(VENV)/bin/python
 JOBS  ?= $(shell nproc)
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps venv configure build test demo bench clean
+.PHONY: all deps venv configure build test fuzz demo bench clean
 
 all: build
 
@@ -47,6 +50,11 @@ test: build
 	LESION_CLI=$(abspath $(BUILD))/client/cpp/lesion LESIOND=$(abspath $(BUILD))/server/lesiond \
 	  $(PY) -m pytest tests/python -q
 	LESIOND=$(abspath $(BUILD))/server/lesiond $(PY) -m pytest client/python/tests -q
+	scripts/run_fuzzers.sh $(FUZZ_SECONDS)
+
+# libFuzzer + sanitizer targets of fuzz/ (fuzz/README.md); FUZZ_SECONDS=3600 for a long run by hand.
+fuzz: deps
+	scripts/run_fuzzers.sh $(FUZZ_SECONDS)
 
 demo: build
 	LESION_CLI=$(BUILD)/client/cpp/lesion LESIOND=$(BUILD)/server/lesiond PY=$(PY) scripts/demo.sh
