@@ -1,8 +1,12 @@
 #include "server/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <optional>
+#include <regex>
 #include <set>
 #include <system_error>
 #include <utility>
@@ -111,6 +115,9 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
     } else if (key == "allow_anonymous_admin") {
       if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'allow_anonymous_admin' must be a boolean");
       else config.allow_anonymous_admin = value.get<bool>();
+    } else if (key == "allow_anonymous_remote") {
+      if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'allow_anonymous_remote' must be a boolean");
+      else config.allow_anonymous_remote = value.get<bool>();
     } else if (key == "model_roots") {
       if (!value.is_array()) return absl::InvalidArgumentError("config key 'model_roots' must be an array of strings");
       for (const Json& root_dir : value) {
@@ -150,16 +157,121 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
   return absl::OkStatus();
 }
 
-std::optional<std::filesystem::path> Canonical(const std::string& dir) {
+namespace fs = std::filesystem;
+
+// Where `path` leads: every symbolic link resolved, "." and ".." applied, as the kernel would when
+// opening it (realpath), except that a path that does not exist is resolved as far as it exists
+// and the rest appended (`exists` false). Unlike std::filesystem::weakly_canonical, a dangling
+// link is followed to its target too, so a missing path is placed inside or outside the roots
+// exactly as an existing one would be. nullopt when a component cannot be examined (EACCES) or
+// links loop.
+std::optional<fs::path> Resolve(const fs::path& path, bool* exists = nullptr) {
+  constexpr int kMaxLinks = 40;  // the kernel's limit (ELOOP)
   std::error_code ec;
-  std::filesystem::path p = std::filesystem::canonical(dir, ec);
+  fs::path pending = fs::absolute(path, ec);
   if (ec) return std::nullopt;
-  return p;
+  fs::path current = pending.root_path();
+  int links = 0;
+  for (auto it = std::next(pending.begin()); it != pending.end();) {
+    const fs::path part = *it++;
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      current = current.parent_path();  // `current` has no links left, so this is what ".." is
+      continue;
+    }
+    const fs::path candidate = current / part;
+    const fs::file_status status = fs::symlink_status(candidate, ec);
+    if (status.type() == fs::file_type::not_found) {
+      if (exists != nullptr) *exists = false;
+      fs::path missing = candidate;
+      for (; it != pending.end(); ++it) missing /= *it;
+      return missing.lexically_normal();
+    }
+    if (ec) return std::nullopt;
+    if (status.type() != fs::file_type::symlink) {
+      current = candidate;
+      continue;
+    }
+    if (++links > kMaxLinks) return std::nullopt;
+    fs::path target = fs::read_symlink(candidate, ec);
+    if (ec) return std::nullopt;
+    fs::path rest = target.is_absolute() ? target : current / target;
+    for (; it != pending.end(); ++it) rest /= *it;
+    pending = rest;
+    current = pending.root_path();
+    it = std::next(pending.begin());
+  }
+  if (exists != nullptr) *exists = true;
+  return current;
 }
 
-bool IsUnder(const std::filesystem::path& path, const std::filesystem::path& root) {
+bool IsUnder(const fs::path& path, const fs::path& root) {
   auto [root_end, path_it] = std::mismatch(root.begin(), root.end(), path.begin(), path.end());
   return root_end == root.end();
+}
+
+// The model roots as they resolve; those that do not exist are left out.
+std::vector<fs::path> ResolvedRoots(const ServerConfig& config) {
+  std::vector<fs::path> roots;
+  for (const std::string& root : config.model_roots) {
+    bool exists = false;
+    std::optional<fs::path> resolved = Resolve(root, &exists);
+    if (resolved.has_value() && exists) roots.push_back(*std::move(resolved));
+  }
+  return roots;
+}
+
+bool UnderAnyRoot(const std::optional<fs::path>& path, const std::vector<fs::path>& roots) {
+  return path.has_value() &&
+         std::any_of(roots.begin(), roots.end(), [&](const fs::path& root) { return IsUnder(*path, root); });
+}
+
+// "NAME-00002-of-00003.gguf" -> {"NAME", "00003"}, the loader's naming of GGUF splits
+// (experiments/gguf/gguf.cc).
+std::optional<std::pair<std::string, std::string>> GgufSplitName(const std::string& file_name) {
+  static const std::regex kSplit(R"((.*)-\d{5,9}-of-(\d{5,9})\.gguf)");
+  std::smatch match;
+  if (!std::regex_match(file_name, match, kSplit)) return std::nullopt;
+  return std::make_pair(match[1].str(), match[2].str());
+}
+
+// The files the checkpoint loader may open for the model at `given` (resolved: `resolved`), named
+// as the loader names them: for a directory, everything in it (config.json, tokenizer files,
+// *.safetensors, *.gguf, ...) and the shards its safetensors index names, which may lie in
+// subdirectories; for a GGUF file, its sibling splits.
+absl::StatusOr<std::vector<fs::path>> FilesTheLoaderMayOpen(const fs::path& given, const fs::path& resolved) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  const bool is_dir = fs::is_directory(resolved, ec);
+  // The loader finds splits beside the path it is given, by that path's file name.
+  const fs::path listed = is_dir ? resolved : given.has_parent_path() ? given.parent_path() : fs::path(".");
+  // increment(ec), not ++, which throws on a read error.
+  for (fs::directory_iterator it(listed, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path name = it->path().filename();
+    if (is_dir) {
+      files.push_back(given / name);
+    } else if (name != given.filename() && GgufSplitName(name.string()).has_value() &&
+               GgufSplitName(name.string()) == GgufSplitName(given.filename().string())) {
+      files.push_back(given.parent_path() / name);
+    }
+  }
+  // What could not be listed could not be checked.
+  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list the model directory of '", given.string(), "'"));
+  if (!is_dir) return files;
+  // A malformed or unreadable index is the loader's to report; only its shard names matter here.
+  absl::StatusOr<std::string> index = ReadFile(resolved / "model.safetensors.index.json");
+  if (index.ok()) {
+    const Json json = Json::parse(*index, nullptr, /*allow_exceptions=*/false);
+    const auto weight_map = json.is_object() ? json.find("weight_map") : json.end();
+    if (weight_map != json.end() && weight_map->is_object()) {
+      for (const Json& shard : *weight_map) {
+        if (shard.is_string() && !shard.get_ref<const std::string&>().empty()) {
+          files.push_back(given / shard.get_ref<const std::string&>());
+        }
+      }
+    }
+  }
+  return files;
 }
 
 }  // namespace
@@ -183,6 +295,9 @@ std::string Usage() {
   --tokens-file PATH         lines `TOKEN USER ROLE` (ROLE user|admin); required tokens then
   --allow-anonymous-admin[=true|false]
                              without a tokens file, callers are admins (default true)
+  --allow-anonymous-remote[=true|false]
+                             allow anonymous admins on an address other machines can reach
+                             (0.0.0.0, a host name); refused by default: use --tokens-file
   --tls-cert PATH --tls-key PATH   serve TLS (PEM)
   --max-queue-per-device N   (default 64)
   --max-capture-bytes N      (default 268435456)
@@ -209,8 +324,12 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
     std::string name;
     std::optional<std::string> value;
   };
+  // Boolean flags: bare means true, and they also take =true / =false.
+  static const std::set<std::string, std::less<>> kBoolean = {"--allow-anonymous-admin",
+                                                              "--allow-anonymous-remote", "--tf32"};
   static const std::set<std::string, std::less<>> kNoValue = {"--help", "-h", "--no-default-model",
-                                                              "--allow-anonymous-admin", "--tf32"};
+                                                              "--allow-anonymous-admin",
+                                                              "--allow-anonymous-remote", "--tf32"};
   static const std::set<std::string, std::less<>> kWithValue = {
       "--config",     "--listen",      "--db",          "--database",           "--model",
       "--dtype",      "--device",      "--model-root",  "--tokens-file",        "--tls-cert",
@@ -244,7 +363,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
   bool cli_models = false, cli_roots = false;
   for (const Flag& flag : flags) {
     const std::string& name = flag.name;
-    if (kNoValue.contains(name) && flag.value.has_value() && name != "--allow-anonymous-admin" && name != "--tf32") {
+    if (kNoValue.contains(name) && flag.value.has_value() && !kBoolean.contains(name)) {
       return absl::InvalidArgumentError(absl::StrCat(name, " takes no value"));
     }
     const std::string value = flag.value.value_or("");
@@ -279,6 +398,12 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
       } else {
         config.allow_anonymous_admin = true;
       }
+    } else if (name == "--allow-anonymous-remote") {
+      if (flag.value.has_value()) {
+        ASSIGN_OR_RETURN(config.allow_anonymous_remote, ParseBool(name, value));
+      } else {
+        config.allow_anonymous_remote = true;
+      }
     } else if (name == "--tls-cert") {
       config.tls_cert = value;
     } else if (name == "--tls-key") {
@@ -304,7 +429,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", name, "' (see --help)"));
     }
-    if (flag.value.has_value() && flag.value->empty() && name != "--allow-anonymous-admin" && name != "--tf32") {
+    if (flag.value.has_value() && flag.value->empty() && !kBoolean.contains(name)) {
       return absl::InvalidArgumentError(absl::StrCat(name, " needs a non-empty value"));
     }
   }
@@ -332,6 +457,15 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");
   }
   if (config.listen.empty()) return absl::InvalidArgumentError("--listen: empty address");
+  if (config.tokens_file.empty() && config.allow_anonymous_admin && !config.allow_anonymous_remote &&
+      !IsLoopbackListenAddress(config.listen)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen ", config.listen,
+        " can be reached from other machines, and without --tokens-file every caller would be an "
+        "admin (load and unload models, cancel anyone's experiments). Give --tokens-file FILE, or "
+        "--allow-anonymous-admin=false (anonymous callers become plain users), or listen on "
+        "127.0.0.1:PORT or unix:PATH; --allow-anonymous-remote accepts the risk"));
+  }
   if (config.data_dir.empty()) {
     const char* env = std::getenv("LESION_DATA_DIR");
     config.data_dir = env != nullptr && *env != '\0' ? env : LESION_DEFAULT_DATA_DIR;
@@ -339,25 +473,56 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
   return config;
 }
 
+bool IsLoopbackListenAddress(absl::string_view listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return true;
+  const size_t colon = listen.rfind(':');
+  if (colon == absl::string_view::npos) return false;
+  std::string host(listen.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (absl::EqualsIgnoreCase(host, "localhost")) return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6;
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+  }
+  return false;
+}
+
 absl::Status CheckModelDirAllowed(const ServerConfig& config, const std::string& dir) {
-  std::optional<std::filesystem::path> path = Canonical(dir);
-  if (!path.has_value()) return absl::NotFoundError(absl::StrCat("model directory '", dir, "' does not exist"));
-  for (const ModelPreload& m : config.models) {
-    std::optional<std::filesystem::path> preloaded = Canonical(m.dir);
-    if (preloaded.has_value() && *preloaded == *path) return absl::OkStatus();
+  bool exists = false;
+  const std::optional<fs::path> path = Resolve(dir, &exists);
+  if (path.has_value() && exists) {
+    for (const ModelPreload& m : config.models) {
+      if (Resolve(m.dir) == path) return absl::OkStatus();  // the operator chose it at start-up
+    }
   }
-  for (const std::string& root : config.model_roots) {
-    std::optional<std::filesystem::path> canonical_root = Canonical(root);
-    if (canonical_root.has_value() && IsUnder(*path, *canonical_root)) return absl::OkStatus();
-  }
-  if (config.model_roots.empty()) {
+  // One answer for every path outside the roots, naming it as given: whether it exists, or where
+  // a link in it leads, is not for the caller to learn.
+  const std::vector<fs::path> roots = ResolvedRoots(config);
+  if (!UnderAnyRoot(path, roots)) {
+    if (config.model_roots.empty()) {
+      return absl::PermissionDeniedError(absl::StrCat("model directory '", dir,
+                                                      "' is not allowed: the server has no model roots "
+                                                      "(start lesiond with --model-root DIR)"));
+    }
     return absl::PermissionDeniedError(absl::StrCat("model directory '", dir,
-                                                    "' is not allowed: the server has no model roots "
-                                                    "(start lesiond with --model-root DIR)"));
+                                                    "' is not under an allowed model root (",
+                                                    absl::StrJoin(config.model_roots, ", "), ")"));
   }
-  return absl::PermissionDeniedError(absl::StrCat("model directory '", path->string(),
-                                                  "' is not under an allowed model root (",
-                                                  absl::StrJoin(config.model_roots, ", "), ")"));
+  if (!exists) return absl::NotFoundError(absl::StrCat("model directory '", dir, "' does not exist"));
+  // A link inside the model that leads out of the roots (config.json -> /etc/passwd) would have
+  // the loader read that file.
+  ASSIGN_OR_RETURN(const std::vector<fs::path> files, FilesTheLoaderMayOpen(dir, *path));
+  for (const fs::path& file : files) {
+    if (!UnderAnyRoot(Resolve(file), roots)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "model file '", file.string(), "' leads outside the model roots (",
+          absl::StrJoin(config.model_roots, ", "),
+          "): LoadModel follows no symbolic link out of them; replace the link with the file"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace lesion::server

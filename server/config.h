@@ -23,6 +23,8 @@
 //   --tokens-file PATH (tokens_file)    token auth, see server/auth.h
 //   --allow-anonymous-admin[=BOOL] (allow_anonymous_admin)  without a tokens file, callers are
 //                                       admins; default true without a tokens file
+//   --allow-anonymous-remote[=BOOL] (allow_anonymous_remote)  accept anonymous admins on an address
+//                                       other machines can reach (refused otherwise); default false
 //   --tls-cert PATH, --tls-key PATH (tls_cert, tls_key)  PEM; both or neither
 //   --max-queue-per-device N (max_queue_per_device), --max-capture-bytes N (max_capture_bytes),
 //   --max-tokens N (max_tokens), --max-sweep-variants N (max_sweep_variants),
@@ -60,6 +62,7 @@ struct ServerConfig {
   std::vector<std::string> model_roots;
   std::string tokens_file;
   bool allow_anonymous_admin = true;
+  bool allow_anonymous_remote = false;
   std::string tls_cert, tls_key;
   int64_t max_queue_per_device = 64;
   int64_t max_capture_bytes = int64_t{256} << 20;
@@ -84,12 +87,26 @@ ModelPreload BundledModel();
 // malformed --config file. Reads LESION_DATA_DIR for the default data dir. Each model's `dir` is
 // resolved with ResolveModelPath (common/model_path.h; reads HF_HUB_CACHE / HF_HOME): a reference
 // that is not in the Hugging Face cache is its error (NotFound, InvalidArgument,
-// FailedPrecondition), the message naming the model. Not done with --help.
+// FailedPrecondition), the message naming the model. Not done with --help. InvalidArgument, saying
+// what to do, for anonymous admins (no tokens file, allow_anonymous_admin) on a listen address
+// that is not loopback or a unix socket, unless allow_anonymous_remote.
 absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& args);
 
-// Whether LoadModel may read `dir` (a path: resolve cache references with ResolveModelPath first):
-// its canonical path (symlinks and .. resolved) lies under one of the canonical model roots, or is
-// a preloaded model's. NotFound if `dir` does not exist; PermissionDenied naming the roots otherwise.
+// Whether clients on other machines cannot reach `listen`: unix:PATH, localhost, 127.0.0.0/8, ::1
+// (also as [::1] or ::ffff:127.x). Anything else (0.0.0.0, [::], a host name, an interface's
+// address) counts as reachable.
+bool IsLoopbackListenAddress(absl::string_view listen);
+
+// Whether LoadModel may read `dir` (a path: resolve cache references with ResolveModelPath first).
+// It may when `dir` is a preloaded model's (the same path after resolving links), or when
+//   - `dir` resolves (symbolic links, "." and ".." followed) to a path under a model root, and
+//   - no file the loader may open there leads out of the roots through a symbolic link: every
+//     entry of the directory and every shard its model.safetensors.index.json names (for a GGUF
+//     file, its sibling splits).
+// PermissionDenied, naming `dir` as given and the roots, for a path outside the roots, with the
+// same message whether it exists or not; PermissionDenied naming the file for a file that leads
+// out; NotFound for a missing path under a root. The check is made before the loader runs: a link
+// swapped in afterwards is not caught.
 absl::Status CheckModelDirAllowed(const ServerConfig& config, const std::string& dir);
 
 }  // namespace lesion::server

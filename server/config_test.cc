@@ -166,6 +166,145 @@ TEST(ModelDirs, AllowedUnderARootAfterResolvingSymlinksAndDots) {
   // A sibling whose name merely starts with the root's is not under it.
   fs::create_directories(dir / "rootx");
   EXPECT_EQ(CheckModelDirAllowed(*config, (dir / "rootx").string()).code(), absl::StatusCode::kPermissionDenied);
+  // A link inside the root that stays inside is fine.
+  fs::create_directory_symlink(dir / "root" / "gpt2", dir / "root" / "alias");
+  EXPECT_TRUE(CheckModelDirAllowed(*config, (dir / "root" / "alias").string()).ok());
+}
+
+// Whether a path outside the roots exists, and where a link leads, is not for the caller to learn:
+// the answer is one PERMISSION_DENIED naming the path as given.
+TEST(ModelDirs, OneAnswerForEveryPathOutsideTheRoots) {
+  fs::path dir = TempDir();
+  fs::create_directories(dir / "root");
+  fs::create_directories(dir / "outside" / "exists");
+  fs::create_directory_symlink(dir / "outside", dir / "root" / "out");
+  fs::create_directory_symlink(dir / "outside" / "missing", dir / "root" / "dangling");
+  absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", (dir / "root").string()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  for (const auto& [existing, missing] : std::vector<std::pair<fs::path, fs::path>>{
+           {dir / "outside" / "exists", dir / "outside" / "missing"},
+           {dir / "root" / "out" / "exists", dir / "root" / "out" / "missing"},
+           {dir / "root" / "out", dir / "root" / "dangling"},
+           {dir / "root" / ".." / "outside", dir / "root" / ".." / "nothing"},
+           {"/etc", "/no/such/dir"}}) {
+    absl::Status a = CheckModelDirAllowed(*config, existing.string());
+    absl::Status b = CheckModelDirAllowed(*config, missing.string());
+    EXPECT_EQ(a.code(), absl::StatusCode::kPermissionDenied) << a;
+    EXPECT_EQ(b.code(), absl::StatusCode::kPermissionDenied) << b;
+    // The messages differ only in the path named, which is the one given.
+    std::string a_text(a.message()), b_text(b.message());
+    a_text.replace(a_text.find(existing.string()), existing.string().size(), "PATH");
+    b_text.replace(b_text.find(missing.string()), missing.string().size(), "PATH");
+    EXPECT_EQ(a_text, b_text);
+    EXPECT_EQ(a_text.find(dir / "outside" / "missing"), std::string::npos) << a_text;  // no link target
+  }
+  // Without roots, likewise.
+  absl::StatusOr<ServerConfig> no_roots = ParseServerConfig({});
+  ASSERT_TRUE(no_roots.ok()) << no_roots.status();
+  EXPECT_EQ(CheckModelDirAllowed(*no_roots, "/etc").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(CheckModelDirAllowed(*no_roots, "/no/such/dir").code(), absl::StatusCode::kPermissionDenied);
+}
+
+// No file the loader opens may lead out of the roots through a link inside an allowed directory.
+TEST(ModelDirs, FilesLinkedOutOfTheRootsAreRefusedNamingTheFile) {
+  fs::path dir = TempDir();
+  const fs::path root = dir / "root", model = root / "model";
+  fs::create_directories(model / "shards");
+  fs::create_directories(dir / "outside");
+  Write(dir / "outside" / "secret", "secret");
+  Write(root / "shared_tokenizer.json", "{}");
+  Write(model / "config.json", "{}");
+  absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", root.string()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok());
+
+  // A link that stays inside the roots is allowed.
+  fs::create_symlink(root / "shared_tokenizer.json", model / "tokenizer.json");
+  EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok());
+
+  auto expect_refused = [&](const fs::path& file) {
+    absl::Status st = CheckModelDirAllowed(*config, model.string());
+    EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << file << ": " << st;
+    EXPECT_NE(st.message().find(file.string()), absl::string_view::npos) << st;
+    EXPECT_EQ(st.message().find("secret"), absl::string_view::npos) << st;  // not where it leads
+    fs::remove(file);
+    EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok()) << "after removing " << file;
+  };
+  for (const char* name : {"config.json", "tokenizer.model", "model.safetensors", "model.gguf", "vocab.json"}) {
+    fs::path file = model / name;
+    fs::path saved = dir / "saved";
+    if (fs::exists(file)) fs::rename(file, saved);
+    fs::create_symlink(dir / "outside" / "secret", file);
+    expect_refused(file);
+    if (fs::exists(saved)) fs::rename(saved, file);
+  }
+  // A dangling link out is refused too (whether its target exists is not revealed).
+  fs::create_symlink(dir / "outside" / "missing", model / "tokenizer.model");
+  expect_refused(model / "tokenizer.model");
+  // A subdirectory linked out.
+  fs::create_directory_symlink(dir / "outside", model / "more");
+  expect_refused(model / "more");
+  // A shard the safetensors index names below a subdirectory.
+  Write(model / "model.safetensors.index.json",
+        R"({"weight_map": {"a": "shards/model-00001-of-00001.safetensors"}})");
+  EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok());
+  fs::create_symlink(dir / "outside" / "secret", model / "shards" / "model-00001-of-00001.safetensors");
+  expect_refused(model / "shards" / "model-00001-of-00001.safetensors");
+}
+
+TEST(ModelDirs, GgufSplitsLinkedOutOfTheRootsAreRefused) {
+  fs::path dir = TempDir();
+  const fs::path root = dir / "root";
+  fs::create_directories(root);
+  fs::create_directories(dir / "outside");
+  Write(dir / "outside" / "secret.gguf", "GGUF");
+  Write(root / "m-00001-of-00002.gguf", "GGUF");
+  Write(root / "other.gguf", "GGUF");
+  absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", root.string()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  const std::string first = (root / "m-00001-of-00002.gguf").string();
+  fs::create_symlink(dir / "outside" / "secret.gguf", root / "m-00002-of-00002.gguf");
+  absl::Status st = CheckModelDirAllowed(*config, first);
+  EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+  EXPECT_NE(st.message().find("m-00002-of-00002.gguf"), absl::string_view::npos) << st;
+  // A link out beside it that is not one of its splits is not the loader's business.
+  fs::remove(root / "m-00002-of-00002.gguf");
+  Write(root / "m-00002-of-00002.gguf", "GGUF");
+  fs::create_symlink(dir / "outside" / "secret.gguf", root / "unrelated.gguf");
+  EXPECT_TRUE(CheckModelDirAllowed(*config, first).ok());
+  EXPECT_TRUE(CheckModelDirAllowed(*config, (root / "other.gguf").string()).ok());
+  // The file itself linked out.
+  EXPECT_EQ(CheckModelDirAllowed(*config, (root / "unrelated.gguf").string()).code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST(ServerConfig, AnonymousAdminsOnlyOnLoopbackUnlessForced) {
+  for (const char* local : {"127.0.0.1:50051", "127.1.2.3:0", "localhost:50051", "[::1]:50051",
+                            "unix:/tmp/lesion.sock", "[::ffff:127.0.0.1]:1"}) {
+    EXPECT_TRUE(IsLoopbackListenAddress(local)) << local;
+    EXPECT_TRUE(ParseServerConfig({"--listen", local}).ok()) << local;
+  }
+  for (const char* remote : {"0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", "lab-server:50051", ":50051"}) {
+    EXPECT_FALSE(IsLoopbackListenAddress(remote)) << remote;
+    absl::Status st = ParseServerConfig({"--listen", remote}).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << remote;
+    for (const char* advice : {"--tokens-file", "--allow-anonymous-admin=false", "--allow-anonymous-remote"}) {
+      EXPECT_NE(st.message().find(advice), absl::string_view::npos) << st;
+    }
+    // Fine with tokens, with anonymous plain users, or when forced (flag or JSON key).
+    EXPECT_TRUE(ParseServerConfig({"--listen", remote, "--tokens-file", "/etc/tokens"}).ok()) << remote;
+    EXPECT_TRUE(ParseServerConfig({"--listen", remote, "--allow-anonymous-admin=false"}).ok()) << remote;
+    absl::StatusOr<ServerConfig> forced = ParseServerConfig({"--listen", remote, "--allow-anonymous-remote"});
+    ASSERT_TRUE(forced.ok()) << forced.status();
+    EXPECT_TRUE(forced->allow_anonymous_remote);
+    EXPECT_FALSE(ParseServerConfig({"--listen", remote, "--allow-anonymous-remote=false"}).ok()) << remote;
+  }
+  fs::path dir = TempDir();
+  Write(dir / "forced.json", R"({"listen": "0.0.0.0:6000", "allow_anonymous_remote": true})");
+  Write(dir / "bad.json", R"({"allow_anonymous_remote": "yes"})");
+  EXPECT_TRUE(ParseServerConfig({"--config", (dir / "forced.json").string()}).ok());
+  EXPECT_EQ(ParseServerConfig({"--config", (dir / "bad.json").string()}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
