@@ -18,6 +18,9 @@ else()
   set(LESION_SQLITE_TARGET SQLite::SQLite3)
 endif()
 find_package(nlohmann_json REQUIRED)
+# lesiond's /metrics endpoint (server/metrics.cc). Debian: prometheus-cpp-dev (its CMake package
+# also asks for civetweb, CURL and ZLIB, whose -dev packages it depends on).
+find_package(prometheus-cpp CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 

@@ -6,6 +6,7 @@ packages=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libssl-dev libabsl-dev libsqlite3-dev libgtest-dev libgmock-dev nlohmann-json3-dev libpcre2-dev
   clang-14 libclang-rt-14-dev  # the fuzz build (scripts/run_fuzzers.sh): libFuzzer and the sanitizers
+  prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
 )
 missing=()
 for p in "${packages[@]}"; do

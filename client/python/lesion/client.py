@@ -288,6 +288,31 @@ class Client:
     def unload_model(self, name) -> None:
         self._call("UnloadModel", service_pb2.UnloadModelRequest(name=name))
 
+    # -- the server
+    def status(self) -> dict:
+        """The server at a glance (GetServerStatus; ``lesion status``): ``version``, ``started``
+        (a UTC pandas Timestamp), ``uptime_seconds``, ``models`` (as :meth:`models`), ``devices``
+        (dicts: ``device``, ``queued``, ``running_id``, ``memory_allocated_bytes``, ``memory_reserved_bytes``),
+        ``experiments`` (count per state: queued, running, done, failed, cancelled, interrupted),
+        ``baseline_cache_bytes``, ``baseline_cache_entries``, ``baseline_cache_max_bytes``,
+        ``database_bytes`` and ``database_wal_bytes``."""
+        s = self._call("GetServerStatus", service_pb2.GetServerStatusRequest())
+        return {
+            "version": s.version,
+            "started": _time(s.started_unix_micros),
+            "uptime_seconds": s.uptime_seconds,
+            "models": [self._model_dict(m) for m in s.models],
+            "devices": [{"device": d.device, "queued": d.queued, "running_id": d.running_id,
+                         "memory_allocated_bytes": d.memory_allocated_bytes,
+                         "memory_reserved_bytes": d.memory_reserved_bytes} for d in s.devices],
+            "experiments": dict(s.experiments),
+            "baseline_cache_bytes": s.baseline_cache_bytes,
+            "baseline_cache_entries": s.baseline_cache_entries,
+            "baseline_cache_max_bytes": s.baseline_cache_max_bytes,
+            "database_bytes": s.database_bytes,
+            "database_wal_bytes": s.database_wal_bytes,
+        }
+
     # -- experiments
     def submit(self, spec) -> Handle:
         """Queue an experiment (an Experiment, ExperimentSpec, dict or JSON): returns at once."""
