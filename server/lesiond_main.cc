@@ -131,6 +131,10 @@ int Main(int argc, char** argv) {
     (*engine)->Shutdown();
     return Fail("serving", absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen)));
   }
+  // Health checks name the service ("lesion.v1.Lesion") or the server as a whole (""); the
+  // default health service knows only "" until a service is named.
+  server->GetHealthCheckService()->SetServingStatus(lesion::v1::Lesion::service_full_name(), true);
+  server->GetHealthCheckService()->SetServingStatus("", true);
   std::cout << "lesiond listening on " << BoundAddress(config.listen, port) << std::endl;
 
   int signal_number = 0;

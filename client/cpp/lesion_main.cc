@@ -35,6 +35,9 @@ Server commands (a lesiond; docs/server.md):
       --server ADDR   (else $LESION_SERVER, else 127.0.0.1:50051; host:port or unix:PATH)
       --token T       (else $LESION_TOKEN; servers with a tokens file)
       --user U        (else $LESION_USER; servers without one)
+      --tls           TLS, trusting the system's root certificates
+      --tls-ca FILE   (else $LESION_TLS_CA) TLS, trusting the PEM certificate(s) in FILE: the
+                      lab's CA, or the server's own self-signed certificate
       --timeout SECS  deadline of each call (default 60); for run and watch also of the wait
                       for the experiment (default 24 h)
   Exit status: 0, 2 for a mistake of the caller's (INVALID_ARGUMENT, NOT_FOUND), 1 otherwise; the
@@ -78,7 +81,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local", "tensors"};
+  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local", "tensors", "tls"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
   bool remote = false;

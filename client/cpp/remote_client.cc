@@ -32,8 +32,12 @@ absl::StatusOr<std::unique_ptr<RemoteClient>> RemoteClient::Connect(const Remote
   args.SetMaxSendMessageSize(512 << 20);
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.address, credentials, args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
-    return absl::UnavailableError(absl::StrCat("cannot reach lesiond at ", options.address, " within ",
-                                               absl::FormatDuration(options.connect_timeout)));
+    // A TLS mismatch looks like an unreachable server from here: say what to check.
+    return absl::UnavailableError(absl::StrCat(
+        "cannot reach lesiond at ", options.address, " within ", absl::FormatDuration(options.connect_timeout),
+        options.tls ? " over TLS (does the server serve TLS, with a certificate for this address that the "
+                      "trusted roots or --tls-ca sign?)"
+                    : " (if the server serves TLS, pass --tls or --tls-ca FILE)"));
   }
   return std::unique_ptr<RemoteClient>(new RemoteClient(std::move(channel), options));
 }

@@ -53,6 +53,15 @@ absl::StatusOr<Connection> ReadConnectionFlags(Args& args) {
   if (c.options.address.empty()) c.options.address = kDefaultServer;
   c.options.token = args.Get("token").value_or(FromEnv("LESION_TOKEN"));
   c.options.user = args.Get("user").value_or(FromEnv("LESION_USER"));
+  // TLS: --tls trusts the system's root certificates; --tls-ca FILE (else $LESION_TLS_CA) trusts
+  // the PEM certificates in FILE instead (a lab's CA, or the server's self-signed certificate).
+  c.options.tls = args.Flag("tls");
+  if (std::string ca = args.Get("tls-ca").value_or(FromEnv("LESION_TLS_CA")); !ca.empty()) {
+    absl::StatusOr<std::string> pem = ReadFile(ca);
+    if (!pem.ok()) return absl::Status(pem.status().code(), absl::StrCat("--tls-ca: ", pem.status().message()));
+    c.options.tls = true;
+    c.options.tls_root_certs = *std::move(pem);
+  }
   c.options.timeout = kDefaultTimeout;
   if (std::optional<std::string> t = args.Get("timeout"); t.has_value()) {
     double seconds = 0;
