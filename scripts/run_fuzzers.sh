@@ -33,7 +33,7 @@ cmake --build "$build" -j "$(nproc)" --target lesion_fuzzers
 echo "run_fuzzers: built in $(($(date +%s) - start)) s; running ${#targets[@]} targets for ${seconds} s each, ${jobs} at a time"
 
 # Leaks count as failures (LeakSanitizer runs at exit); UBSan prints where.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}"
 
 run_one() {
@@ -41,12 +41,17 @@ run_one() {
   mkdir -p "$work" "$artifacts" "$build/logs"
   # The scratch corpus comes first, so new inputs land there and fuzz/corpus stays as committed.
   # -timeout: one input taking longer is a hang; -rss_limit_mb: memory grown without bound.
-  if "$build/fuzz/${name}_fuzzer" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
-      -print_final_stats=1 -artifact_prefix="$artifacts" "$work" "fuzz/corpus/$name" >"$log" 2>&1; then
-    echo "run_fuzzers: $name clean: $(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | grep -Eo '[0-9]+$') runs"
+  # bash's `time` reports the CPU seconds the run got (the machine may be busy with more).
+  local TIMEFORMAT='%U %S'
+  if { time "$build/fuzz/${name}_fuzzer" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="$artifacts" "$work" "fuzz/corpus/$name" >"$log" 2>&1; } 2>"$log.cpu"; then
+    local runs cpu
+    runs="$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | grep -Eo '[0-9]+$')"
+    cpu="$(awk '{printf "%.0f", $1 + $2}' "$log.cpu")"
+    echo "run_fuzzers: $name clean: $runs runs in ${cpu} CPU seconds"
   else
     echo "run_fuzzers: $name FAILED (log $log, input in $artifacts):" >&2
-    grep -E -A30 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|==ERROR' "$log" | head -60 >&2
+    grep -E -B8 -A30 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:' "$log" | head -70 >&2
     return 1
   fi
 }
