@@ -21,11 +21,16 @@ std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::
 // which names were consumed so that extra tensors can be reported.
 class TensorSource {
  public:
-  TensorSource(const CheckpointTensors& checkpoint, absl::string_view prefix, at::TensorOptions options)
-      : checkpoint_(checkpoint), prefix_(prefix), options_(options) {}
+  TensorSource(const CheckpointTensors& checkpoint, absl::string_view prefix, at::TensorOptions options,
+               std::function<bool()> cancelled)
+      : checkpoint_(checkpoint), prefix_(prefix), options_(options), cancelled_(std::move(cancelled)) {}
 
   // `name` without the model prefix ("model." / "transformer."), which is optional in the file.
   absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
+    // Between tensors: the one place a load of any size passes often enough to stop promptly.
+    if (cancelled_ && cancelled_()) {
+      return absl::CancelledError(absl::StrCat("loading ", checkpoint_.Files(), " was cancelled"));
+    }
     std::optional<std::string> stored = Lookup(name);
     if (!stored.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat("checkpoint ", checkpoint_.Files(), " has no tensor \"",
@@ -65,6 +70,7 @@ class TensorSource {
   const CheckpointTensors& checkpoint_;
   std::string prefix_;
   at::TensorOptions options_;
+  std::function<bool()> cancelled_;
   std::set<std::string> consumed_;
   std::optional<at::ScalarType> source_dtype_;
 };
@@ -174,7 +180,7 @@ absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& che
         // Weights are ordinary tensors (not inference tensors) so that interventions may edit them in
         // place and restore them; nothing here records autograd history.
         TensorSource src(checkpoint, gpt2 ? "transformer." : "model.",
-                         at::TensorOptions().dtype(dtype).device(options.device));
+                         at::TensorOptions().dtype(dtype).device(options.device), options.cancelled);
         LoadedWeights loaded;
         TransformerWeights& w = loaded.weights;
         RETURN_IF_ERROR(gpt2 ? LoadGpt2(src, config, w) : LoadLlama(src, config, w));

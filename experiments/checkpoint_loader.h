@@ -4,14 +4,15 @@
 //
 // Errors name the file and tensor: InvalidArgument for a checkpoint that does not match its config
 // (missing, extra or mis-shaped tensors, non-float weights), FailedPrecondition for an unavailable
-// device, ResourceExhausted when the weights do not fit; reading errors as CheckpointTensors.
-// Thread-safe (no shared state).
+// device, ResourceExhausted when the weights do not fit, Cancelled when LoadOptions::cancelled said
+// so; reading errors as CheckpointTensors. Thread-safe (no shared state).
 #ifndef LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_
 #define LESION_EXPERIMENTS_CHECKPOINT_LOADER_H_
 
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -25,6 +26,10 @@ namespace lesion::experiments {
 struct LoadOptions {
   at::Device device = at::Device(at::kCPU);
   std::optional<at::ScalarType> dtype;  // default: the checkpoint's floating dtype
+  // Asked before each tensor is read (and by Model::Load between its steps): true abandons the load
+  // with Cancelled, and what was read so far is freed. Empty: never. May be called from the loading
+  // thread only; must return quickly.
+  std::function<bool()> cancelled;
 };
 
 struct LoadedWeights {

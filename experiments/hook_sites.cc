@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/error_text.h"
 #include "common/status_macros.h"
 
 namespace lesion::experiments {
@@ -44,14 +45,14 @@ absl::StatusOr<std::vector<SiteId>> ParseSitePattern(absl::string_view pattern, 
   std::vector<absl::string_view> parts = absl::StrSplit(pattern, '.');
   if (parts.size() != 3 || parts[0] != "blocks") {
     return absl::InvalidArgumentError(
-        absl::StrCat("unknown hook site \"", pattern, "\" (known: ", KnownSites(), ")"));
+        absl::StrCat("unknown hook site ", QuoteForError(pattern), " (known: ", KnownSites(), ")"));
   }
   const auto* name = std::find(std::begin(kSiteNames), std::end(kSiteNames), parts[2]);
   if (name == std::end(kSiteNames) ||
       !IsPerLayer(static_cast<SiteKind>(name - std::begin(kSiteNames)))) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown hook site \"", pattern,
-                                                   "\": no per-layer site \"", parts[2],
-                                                   "\" (known: ", KnownSites(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown hook site ", QuoteForError(pattern),
+                                                   ": no per-layer site ", QuoteForError(parts[2]),
+                                                   " (known: ", KnownSites(), ")"));
   }
   const auto kind = static_cast<SiteKind>(name - std::begin(kSiteNames));
   std::vector<SiteId> sites;
@@ -61,11 +62,11 @@ absl::StatusOr<std::vector<SiteId>> ParseSitePattern(absl::string_view pattern, 
   }
   int64_t layer = 0;
   if (!absl::SimpleAtoi(parts[1], &layer)) {
-    return absl::InvalidArgumentError(absl::StrCat("hook site \"", pattern, "\": layer \"",
-                                                   parts[1], "\" is not a number or *"));
+    return absl::InvalidArgumentError(absl::StrCat("hook site ", QuoteForError(pattern), ": layer ",
+                                                   QuoteForError(parts[1]), " is not a number or *"));
   }
   if (layer < 0 || layer >= n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("hook site \"", pattern, "\": layer ", layer,
+    return absl::InvalidArgumentError(absl::StrCat("hook site ", QuoteForError(pattern), ": layer ", layer,
                                                    " out of range: the model has ", n_layers,
                                                    " layers (0..", n_layers - 1, ")"));
   }

@@ -100,9 +100,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCheckpointTokenizer(const std::fi
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& path,
                                                    const LoadOptions& options) {
+  const auto check_cancelled = [&]() -> absl::Status {
+    if (options.cancelled && options.cancelled()) {
+      return absl::CancelledError(absl::StrCat("loading ", path.string(), " was cancelled"));
+    }
+    return absl::OkStatus();
+  };
   ASSIGN_OR_RETURN(OpenedCheckpoint checkpoint, OpenCheckpoint(path));
+  RETURN_IF_ERROR(check_cancelled());
   ASSIGN_OR_RETURN(LoadedWeights weights, LoadCheckpointWeights(*checkpoint.tensors, checkpoint.config, options));
   ASSIGN_OR_RETURN(Transformer transformer, Transformer::Create(checkpoint.config, std::move(weights.weights)));
+  RETURN_IF_ERROR(check_cancelled());  // the fingerprint reads every weight once more
   ASSIGN_OR_RETURN(std::string fingerprint, WeightsFingerprint(transformer));
   auto model = std::unique_ptr<Model>(new Model(checkpoint.path, std::move(transformer), std::move(checkpoint.tokenizer),
                                                 weights.checkpoint_dtype, std::move(fingerprint)));

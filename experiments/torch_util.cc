@@ -14,6 +14,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "common/error_text.h"
 
 namespace lesion::experiments {
 
@@ -37,7 +38,7 @@ absl::StatusOr<at::ScalarType> ParseDtype(absl::string_view name) {
   if (n == "bfloat16" || n == "bf16") return at::kBFloat16;
   if (n == "float16" || n == "fp16" || n == "f16" || n == "half") return at::kHalf;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype \"", name, "\" (use float32, bfloat16 or float16)"));
+      absl::StrCat("unknown dtype ", QuoteForError(name), " (use float32, bfloat16 or float16)"));
 }
 
 absl::string_view DtypeName(at::ScalarType dtype) {
@@ -63,22 +64,21 @@ absl::StatusOr<at::Device> ParseDevice(absl::string_view name) {
     if (n.size() > 4) {
       if (n[4] != ':' || !absl::SimpleAtoi(n.substr(5), &index) || index < 0) {
         return absl::InvalidArgumentError(
-            absl::StrCat("bad device \"", name, "\" (use cpu, cuda or cuda:N)"));
+            absl::StrCat("bad device ", QuoteForError(name), " (use cpu, cuda or cuda:N)"));
       }
     }
     if (!at::hasCUDA()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("device \"", name, "\" asked for, but this build or machine has no CUDA"));
+          absl::StrCat("device ", QuoteForError(name), " asked for, but this build or machine has no CUDA"));
     }
     const int count = at::getNumGPUs();
     if (index >= count) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "device \"", name, "\" asked for, but only ", count, " CUDA device(s) are present"));
+          "device ", QuoteForError(name), " asked for, but only ", count, " CUDA device(s) are present"));
     }
     return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("bad device \"", name, "\" (use cpu, cuda or cuda:N)"));
+  return absl::InvalidArgumentError(absl::StrCat("bad device ", QuoteForError(name), " (use cpu, cuda or cuda:N)"));
 }
 
 void ReleaseCachedMemory(at::Device device) {

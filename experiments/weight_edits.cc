@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/error_text.h"
 #include "common/status_macros.h"
 #include "experiments/torch_util.h"
 
@@ -59,7 +60,7 @@ absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name) {
   for (int i = 0; i < 7; ++i) {
     if (name == kModuleNames[i]) return static_cast<WeightModule>(i);
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown module \"", name, "\" (known: ",
+  return absl::InvalidArgumentError(absl::StrCat("unknown module ", QuoteForError(name), " (known: ",
                                                  absl::StrJoin(kModuleNames, ", "), ")"));
 }
 

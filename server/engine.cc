@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "common/error_text.h"
 #include "common/status_macros.h"
 #include "experiments/model.h"
 #include "experiments/runner.h"
@@ -93,8 +94,8 @@ absl::StatusOr<std::vector<Placement>> ParsePlacements(const std::string& device
       const std::string key = DeviceKey(d);
       const int n = seen[key]++;
       if (n > 0 && d.is_cuda()) {
-        return absl::InvalidArgumentError(absl::StrCat("device ", key, " is named twice in \"", devices,
-                                                       "\": a model holds one replica per GPU"));
+        return absl::InvalidArgumentError(absl::StrCat("device ", key, " is named twice in ", QuoteForError(devices),
+                                                       ": a model holds one replica per GPU"));
       }
       out.push_back({d, n == 0 ? key : absl::StrCat(key, "#", n)});
     }
@@ -115,9 +116,14 @@ class EngineImpl : public Engine {
   ~EngineImpl() override { Shutdown(); }
 
   absl::Status LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,
-                         const std::string& device,
+                         const std::string& device, std::function<bool()> cancelled,
                          std::function<void(absl::StatusOr<ModelSummary>)> done) override {
     if (name.empty()) return absl::InvalidArgumentError("a model needs a name");
+    // A model's name is echoed in every listing and stored with every experiment, like theirs.
+    if (name.size() > ex::spec::kMaxNameBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("model name ", QuoteForError(name), " is longer than the limit of ",
+                                                     ex::spec::kMaxNameBytes, " bytes"));
+    }
     ex::LoadOptions load;
     if (!dtype.empty()) {
       ASSIGN_OR_RETURN(load.dtype, ex::ParseDtype(dtype));
@@ -129,34 +135,46 @@ class EngineImpl : public Engine {
     auto pending = std::make_shared<PendingLoad>();
     pending->name = name;
     pending->devices = absl::StrJoin(keys, ",");
+    pending->caller_cancelled = std::move(cancelled);
     pending->replicas.resize(placements.size());
     pending->remaining = static_cast<int64_t>(placements.size());
     pending->done = std::move(done);
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::UnavailableError("the engine is shutting down");
-    if (models_.count(name) || loading_.count(name)) {
-      return absl::AlreadyExistsError(absl::StrCat("a model named \"", name, "\" is already loaded (unload it first)"));
+    for (const Placement& p : placements) pending->placed_on.push_back(p.device);
+    load.cancelled = [pending] { return pending->Cancelled(); };
+    std::vector<std::thread> finished;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return absl::UnavailableError("the engine is shutting down");
+      if (models_.count(name) || loading_.count(name)) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("a model named ", QuoteForError(name), " is already loaded or loading (unload it first)"));
+      }
+      loading_[name] = pending;
+      finished = TakeFinishedLoadersLocked();
+      // One loader thread per replica, off the executors: a load waits neither for another load
+      // nor for an experiment on its device (see engine.h on device memory).
+      for (size_t i = 0; i < placements.size(); ++i) {
+        ex::LoadOptions replica_load = load;
+        replica_load.device = placements[i].device;
+        auto exited = std::make_shared<std::atomic<bool>>(false);
+        std::thread thread([this, dir, replica_load, pending, i, key = placements[i].executor, exited] {
+          absl::StatusOr<std::unique_ptr<ex::Model>> model = ex::Model::Load(dir, replica_load);
+          FinishLoad(*pending, i, key, std::move(model));
+          exited->store(true);  // the thread's last touch of the engine
+        });
+        loaders_.push_back({std::move(thread), std::move(exited)});
+      }
     }
-    loading_.insert(name);
-    for (size_t i = 0; i < placements.size(); ++i) {
-      ex::LoadOptions replica_load = load;
-      replica_load.device = placements[i].device;
-      Executor& executor = ExecutorFor(placements[i].executor);
-      executor.admin.push_back([this, dir, replica_load, pending, i, key = placements[i].executor] {
-        absl::StatusOr<std::unique_ptr<ex::Model>> model = ex::Model::Load(dir, replica_load);
-        FinishLoad(*pending, i, key, std::move(model));
-      });
-      executor.wake.Signal();
-    }
+    for (std::thread& t : finished) t.join();
     return absl::OkStatus();
   }
 
   absl::Status UnloadModel(const std::string& name) override {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(name);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named \"", name, "\" is loaded"));
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(name), " is loaded"));
     if (it->second->active > 0) {
-      return absl::FailedPreconditionError(absl::StrCat("model \"", name, "\" has ", it->second->active,
+      return absl::FailedPreconditionError(absl::StrCat("model ", QuoteForError(name), " has ", it->second->active,
                                                         " experiment(s) queued or running; cancel or wait for them"));
     }
     // The tensors are freed on each replica's executor, like every other torch call on its device.
@@ -203,7 +221,7 @@ class EngineImpl : public Engine {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
     auto it = models_.find(job->model);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named \"", job->model, "\" is loaded"));
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(job->model), " is loaded"));
     if (jobs_.count(job->id)) return absl::AlreadyExistsError(absl::StrCat("experiment ", job->id, " is already queued"));
     Entry& entry = *it->second;
 
@@ -295,10 +313,14 @@ class EngineImpl : public Engine {
   void Shutdown() override {
     std::vector<std::shared_ptr<Job>> cancelled;
     std::vector<std::unique_ptr<Executor>> executors;
+    std::vector<Loader> loaders;
     {
       absl::MutexLock lock(&mu_);
-      if (stopping_ && executors_.empty()) return;
+      if (stopping_ && executors_.empty() && loaders_.empty()) return;
       stopping_ = true;
+      for (auto& [name, load] : loading_) load->abandoned = true;  // each stops at its next tensor
+      loaders = std::move(loaders_);
+      loaders_.clear();
       for (auto& [key, executor] : executors_) {
         for (auto& [user, queue] : executor->by_user) {
           for (Task& task : queue) {
@@ -322,6 +344,7 @@ class EngineImpl : public Engine {
     for (auto& job : cancelled) {
       if (job->callbacks.on_finish) job->callbacks.on_finish(absl::CancelledError("the server is shutting down"));
     }
+    for (Loader& loader : loaders) loader.thread.join();
     for (auto& executor : executors) executor->thread.join();
     absl::MutexLock lock(&mu_);
     models_.clear();
@@ -338,13 +361,25 @@ class EngineImpl : public Engine {
     ModelSummary summary;
     int64_t active = 0;  // experiments queued or running on it
   };
+  // A load in flight: its replicas load on loader threads at once; the last to finish reports.
   struct PendingLoad {
-    std::string name;
-    std::string devices;
-    std::vector<Replica> replicas;
+    std::string name;                         // const after LoadModel
+    std::string devices;                      // const after LoadModel
+    std::vector<at::Device> placed_on;        // const after LoadModel: one per replica
+    std::function<bool()> caller_cancelled;   // const after LoadModel; may be empty
+    std::atomic<bool> abandoned{false};       // the engine stops, or another replica failed
+    std::vector<Replica> replicas;            // guarded by the engine's mu_, like the rest
     absl::Status error;
     int64_t remaining = 0;
     std::function<void(absl::StatusOr<ModelSummary>)> done;
+
+    // Asked by the loader threads between tensors, and once more when the last replica is in.
+    bool Cancelled() const { return abandoned.load() || (caller_cancelled && caller_cancelled()); }
+  };
+  // A loader thread; `exited` is set as its last step, so that a later LoadModel joins it at once.
+  struct Loader {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> exited;
   };
   // A sweep cut into shards that run on several executors at once: what they report together.
   struct SweepRun {
@@ -368,7 +403,7 @@ class EngineImpl : public Engine {
   // One device's queue and thread. Members guarded by the engine's mu_ unless said otherwise.
   struct Executor {
     std::string device;                              // the executor key ("cuda:1", "cpu#1")
-    std::deque<std::function<void()>> admin;         // loads, unloads: before the next experiment
+    std::deque<std::function<void()>> admin;         // unloads: before the next experiment
     std::map<std::string, std::deque<Task>> by_user;  // queued tasks per user, in arrival order
     std::deque<std::string> user_order;              // users with queued tasks, round-robin
     int64_t n_queued = 0;
@@ -383,10 +418,14 @@ class EngineImpl : public Engine {
     int64_t shards_left = 0;                  // tasks queued or running
   };
 
+  // On a loader thread: records replica `i`; the last replica in registers the model, or drops
+  // every replica (an error, the caller gone, the engine stopping) and frees them here.
   void FinishLoad(PendingLoad& pending, size_t i, const std::string& key,
                   absl::StatusOr<std::unique_ptr<ex::Model>> model) {
     std::function<void(absl::StatusOr<ModelSummary>)> done;
     absl::StatusOr<ModelSummary> summary = absl::UnknownError("unset");
+    std::vector<std::shared_ptr<ex::Model>> dropped;
+    bool all_idle = true;
     {
       absl::MutexLock lock(&mu_);
       if (model.ok()) {
@@ -394,27 +433,55 @@ class EngineImpl : public Engine {
         pending.replicas[i].device = pending.replicas[i].model->transformer().device();
       } else if (pending.error.ok()) {
         pending.error = model.status();
+        pending.abandoned = true;  // the other replicas stop at their next tensor
       }
       if (--pending.remaining > 0) return;
       loading_.erase(pending.name);
       done = std::move(pending.done);
+      if (pending.error.ok() && stopping_) pending.error = absl::UnavailableError("the engine is shutting down");
+      // A caller that left after the last tensor was read still leaves nothing loaded.
+      if (pending.error.ok() && pending.Cancelled()) {
+        pending.error = absl::CancelledError(absl::StrCat("the load of model ", QuoteForError(pending.name),
+                                                          " was abandoned: its caller cancelled or its deadline passed"));
+      }
       if (!pending.error.ok()) {
         summary = pending.error;
-        for (Replica& r : pending.replicas) {  // dropped on their own executors
-          if (r.model == nullptr) continue;
-          Executor& executor = ExecutorFor(r.executor);
-          executor.admin.push_back([model = std::move(r.model)]() mutable { model.reset(); });
-          executor.wake.Signal();
+        for (Replica& r : pending.replicas) {
+          if (r.model != nullptr) dropped.push_back(std::move(r.model));
         }
+        for (const auto& [k, e] : executors_) all_idle = all_idle && e->running_id.empty();
       } else {
         auto entry = std::make_shared<Entry>();
         entry->replicas = std::move(pending.replicas);
+        for (const Replica& r : entry->replicas) ExecutorFor(r.executor);
         entry->summary = Summarize(pending.name, *entry->replicas.front().model, pending.devices);
         summary = entry->summary;
         models_[pending.name] = std::move(entry);
       }
     }
+    if (!summary.ok()) {
+      // No executor ever saw these replicas, so they are freed here. The cache release is
+      // process-wide: as after an experiment, only while no executor is mid-experiment.
+      dropped.clear();
+      if (all_idle) {
+        for (const at::Device& d : pending.placed_on) ex::ReleaseCachedMemory(d);
+      }
+    }
     if (done) done(std::move(summary));
+  }
+
+  // The loader threads that have exited, taken out of loaders_ to be joined outside mu_.
+  std::vector<std::thread> TakeFinishedLoadersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<std::thread> out;
+    for (auto it = loaders_.begin(); it != loaders_.end();) {
+      if (it->exited->load()) {
+        out.push_back(std::move(it->thread));
+        it = loaders_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
   }
 
   absl::StatusOr<std::shared_ptr<ex::Model>> AnyReplica(const std::string& name) const {
@@ -428,8 +495,8 @@ class EngineImpl : public Engine {
     if (it == models_.end()) {
       std::string known;
       for (const auto& [n, e] : models_) absl::StrAppend(&known, known.empty() ? "" : ", ", n);
-      return absl::NotFoundError(absl::StrCat("no model named \"", name, "\" is loaded (loaded: ",
-                                              known.empty() ? "none" : known, ")"));
+      return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(name), " is loaded (loaded: ",
+                                              known.empty() ? "none" : ClipForError(known, 1024), ")"));
     }
     return it->second.get();
   }
@@ -670,7 +737,8 @@ class EngineImpl : public Engine {
   ex::RunLimits limits_;  // const after construction
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> models_ ABSL_GUARDED_BY(mu_);
-  std::set<std::string> loading_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<PendingLoad>> loading_ ABSL_GUARDED_BY(mu_);
+  std::vector<Loader> loaders_ ABSL_GUARDED_BY(mu_);  // joined by LoadModel once exited, else by Shutdown
   std::map<std::string, std::unique_ptr<Executor>> executors_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, JobState> jobs_ ABSL_GUARDED_BY(mu_);  // queued or running
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -4,14 +4,24 @@
 // LibTorch never meets the generated protobuf code.
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
-//   engine->LoadModel("stories", "models/stories260K", "", "cpu", [](auto summary) { ... });
+//   engine->LoadModel("stories", "models/stories260K", "", "cpu", /*cancelled=*/{}, [](auto summary) { ... });
 //   RETURN_IF_ERROR(engine->Validate("stories", spec));      // on the calling thread, no device work
 //   ASSIGN_OR_RETURN(int ahead, engine->Submit(std::move(job)));  // queued; callbacks report
 //
 // Scheduling: each device has a bounded queue. Experiments on a device run one at a time; the next
 // one is taken round-robin over the users with queued experiments, in the order each user's
-// experiments arrived (one user's sweep cannot starve the others). Model loads and unloads run on
-// the executor of their device, between experiments.
+// experiments arrived (one user's sweep cannot starve the others). Unloads run on the executor of
+// their device, between experiments.
+//
+// Loads behave like requests: each replica is read on a loader thread of its own, so a load waits
+// neither for another load nor for an experiment on its device, and only the finished model is
+// handed to the registry (and so to the executors). A load whose caller has gone (its `cancelled`
+// says so) stops at its next tensor, frees what it read, and leaves nothing loaded. Device memory:
+// the loader thread reads each tensor into host memory and moves it to the device at once, so the
+// host never holds a whole copy, and the weights are on the device when the load reports. The
+// price: a load shares the device with a running experiment, and if the two do not fit, whichever
+// allocates last fails with ResourceExhausted (the load, or the experiment, which the caller may
+// resubmit).
 //
 // Several devices: a model may be loaded on several devices at once (one replica each, device
 // "cuda:0,cuda:1" or "cuda:*"; "cpu,cpu" gives two CPU executors). A single experiment goes to the
@@ -21,8 +31,8 @@
 // handed back once no other executor is mid-experiment (at once after running out of memory), so
 // a finished or failed experiment leaves nothing reserved.
 //
-// Thread-safety: every method may be called from any thread. Callbacks run on executor threads and
-// must not block (hand work to another thread). Errors: NotFound (unknown model or experiment),
+// Thread-safety: every method may be called from any thread. Callbacks run on executor threads (a
+// load's on its loader thread) and must not block (hand work to another thread). Errors: NotFound (unknown model or experiment),
 // AlreadyExists (a model name in use), InvalidArgument (a bad spec or load request),
 // ResourceExhausted (a full queue, device memory), FailedPrecondition, Cancelled.
 #ifndef LESION_SERVER_ENGINE_H_
@@ -110,12 +120,20 @@ class Engine {
   virtual ~Engine() = default;
 
   // Loads `dir` as `name` on `device` ("" = the default; a comma-separated list or "cuda:*" for a
-  // replica on each) in `dtype` ("" = the checkpoint's), each replica on its device's executor;
-  // `done` gets the summary or the first error (the other replicas are then dropped). The caller
-  // checks that `dir` is allowed. Returns the error at once (and does not call `done`) for a name
-  // in use, a bad dtype or device, or a CUDA device named twice.
+  // replica on each) in `dtype` ("" = the checkpoint's), each replica on a loader thread of its
+  // own. `done` gets the summary or the first error (the other replicas are then stopped and
+  // dropped), once, on a loader thread. The caller checks that `dir` is allowed.
+  //
+  // `cancelled` (may be empty) is asked by the loader threads before each tensor and once more when
+  // every replica is in; once it returns true the load is abandoned: what was read is freed, the
+  // name is free again, nothing is registered, and `done` gets Cancelled. It may be called from
+  // several loader threads at once and must return quickly; it is not called after `done`.
+  //
+  // Returns the error at once (and does not call `done`) for a name that is empty, longer than
+  // experiments::spec::kMaxNameBytes, loaded or loading (AlreadyExists), a bad dtype or device, or
+  // a CUDA device named twice.
   virtual absl::Status LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,
-                                 const std::string& device,
+                                 const std::string& device, std::function<bool()> cancelled,
                                  std::function<void(absl::StatusOr<ModelSummary>)> done) = 0;
   // FailedPrecondition while experiments on the model are queued or running.
   virtual absl::Status UnloadModel(const std::string& name) = 0;
@@ -137,7 +155,8 @@ class Engine {
   // Experiments ahead of a queued one on its device; NotFound if it is not queued.
   virtual absl::StatusOr<int64_t> QueuePosition(const std::string& id) const = 0;
 
-  // Stops taking work, cancels what is queued and running, and joins the executors.
+  // Stops taking work, cancels what is queued, running and loading, and joins the executors and
+  // loader threads.
   virtual void Shutdown() = 0;
 };
 

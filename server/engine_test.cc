@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -77,11 +79,12 @@ experiments::spec::Experiment Spec(int max_windows) {
 
 // Loads `dir` as `name` and waits for the load's report (DeadlineExceeded after a minute).
 absl::StatusOr<ModelSummary> LoadAndWait(Engine& engine, const std::string& name, const std::filesystem::path& dir,
-                                         const std::string& devices) {
+                                         const std::string& devices, std::function<bool()> cancelled = {}) {
   std::mutex mu;
   std::condition_variable cv;
   std::optional<absl::StatusOr<ModelSummary>> loaded;
-  absl::Status queued = engine.LoadModel(name, dir.string(), "", devices, [&](absl::StatusOr<ModelSummary> s) {
+  absl::Status queued = engine.LoadModel(name, dir.string(), "", devices, std::move(cancelled),
+                                         [&](absl::StatusOr<ModelSummary> s) {
     std::lock_guard<std::mutex> lock(mu);
     loaded = std::move(s);
     cv.notify_all();
@@ -139,9 +142,16 @@ TEST(Engine, LoadsRunsAndSummarizes) {
   EXPECT_EQ(second->architecture, "GPT2LMHeadModel");
   ASSERT_TRUE(engine->UnloadModel("gpt2").ok());
   // Same name again: AlreadyExists at once.
-  EXPECT_EQ(engine->LoadModel("stories", "x", "", "cpu", [](auto) {}).code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(engine->LoadModel("other", "x", "float64", "cpu", [](auto) {}).code(),
+  EXPECT_EQ(engine->LoadModel("stories", "x", "", "cpu", {}, [](auto) {}).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(engine->LoadModel("other", "x", "float64", "cpu", {}, [](auto) {}).code(),
             absl::StatusCode::kInvalidArgument);
+  // A name of 1 MB: refused, and the error quotes only its start.
+  absl::Status huge = engine->LoadModel(std::string(1 << 20, 'n'), "x", "", "cpu", {}, [](auto) {});
+  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(huge.message().size(), 300u) << huge.message().substr(0, 300);
+  absl::Status unknown = engine->Validate(std::string(1 << 20, 'm'), Spec(2));
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(unknown.message().size(), 300u) << unknown.message().substr(0, 300);
 }
 
 TEST(Engine, RoundRobinOverUsersAndCancellation) {
@@ -266,12 +276,97 @@ TEST(Engine, SingleExperimentsSpreadOverReplicasAndASweepCancelsAsAWhole) {
 
 TEST(Engine, BadDeviceListsAreRefusedAndAFailedReplicaLoadLeavesNothing) {
   auto engine = Started();
-  EXPECT_EQ(engine->LoadModel("x", "d", "", "cpu,tpu", [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine->LoadModel("x", "d", "", ",", [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->LoadModel("x", "d", "", "cpu,tpu", {}, [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->LoadModel("x", "d", "", ",", {}, [](auto) {}).code(), absl::StatusCode::kInvalidArgument);
   absl::StatusOr<ModelSummary> loaded = LoadAndWait(*engine, "x", kRoot / "no/such/model", "cpu,cpu");
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound) << loaded.status();
   EXPECT_EQ(engine->GetModel("x").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(engine->ListModels().size(), 1u);
+}
+
+// Regression: loads ran on their device's executor, one after the other and between experiments,
+// so one slow load (or a long experiment) held up every later load. Here one load is held between
+// two tensors (its `cancelled` waits) and an experiment holds the CPU executor (its on_start
+// waits); another load on the same device finishes meanwhile.
+TEST(Engine, ALoadWaitsNeitherForAnotherLoadNorForAnExperiment) {
+  auto engine = Started();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false, experiment_started = false, load_held = false;
+  std::optional<absl::StatusOr<ModelSummary>> held_result;
+  auto hold = [&](bool& flag) {
+    std::unique_lock<std::mutex> lock(mu);
+    flag = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+  };
+  Reports reports;
+  Job job = MakeJob("busy", "ann", reports);
+  job.callbacks.on_start = [&] { hold(experiment_started); };
+  ASSERT_TRUE(engine->Submit(std::move(job)).ok());
+  ASSERT_TRUE(engine
+                  ->LoadModel(
+                      "held", (kRoot / "tests/fixtures/models/gpt2").string(), "", "cpu",
+                      [&] {
+                        hold(load_held);
+                        return false;
+                      },
+                      [&](absl::StatusOr<ModelSummary> s) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        held_result = std::move(s);
+                        cv.notify_all();
+                      })
+                  .ok());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return experiment_started && load_held; }));
+  }
+
+  absl::StatusOr<ModelSummary> meanwhile = LoadAndWait(*engine, "meanwhile", kRoot / "models/stories260K", "cpu");
+  EXPECT_TRUE(meanwhile.ok()) << meanwhile.status();
+  EXPECT_EQ(engine->GetModel("held").status().code(), absl::StatusCode::kNotFound) << "still loading";
+  // Same name while it loads: AlreadyExists at once.
+  EXPECT_EQ(engine->LoadModel("held", "x", "", "cpu", {}, [](auto) {}).code(), absl::StatusCode::kAlreadyExists);
+
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+    cv.notify_all();
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return held_result.has_value(); }));
+    EXPECT_TRUE(held_result->ok()) << held_result->status();
+  }
+  EXPECT_TRUE(reports.Wait("busy").ok());
+  EXPECT_EQ(engine->ListModels().size(), 3u);
+}
+
+// Regression: a load whose caller had gone (deadline passed, client cancelled) still completed and
+// stayed loaded. Cancelled before the first tensor, mid-way, and after the last one (the check
+// before the model is registered): each leaves nothing loaded and the name free.
+TEST(Engine, ACancelledLoadLeavesNothingLoaded) {
+  EngineOptions options;
+  options.data_dir = kRoot / "data";
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const std::filesystem::path dir = kRoot / "models/stories260K";
+  std::atomic<int> asked{0};
+  ASSERT_TRUE(LoadAndWait(**engine, "m", dir, "cpu", [&] {
+                ++asked;
+                return false;
+              }).ok());
+  ASSERT_TRUE((*engine)->UnloadModel("m").ok());
+  const int questions = asked.load();
+  ASSERT_GT(questions, 10) << "one question per tensor at least";
+  for (int cancelled_at : {1, questions / 2, questions}) {
+    std::atomic<int> k{0};
+    absl::StatusOr<ModelSummary> loaded = LoadAndWait(**engine, "m", dir, "cpu", [&] { return ++k >= cancelled_at; });
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kCancelled) << "cancelled at question " << cancelled_at;
+    EXPECT_EQ(k.load(), cancelled_at) << "the load went on asking after it was cancelled";
+    EXPECT_TRUE((*engine)->ListModels().empty()) << "cancelled at question " << cancelled_at;
+  }
+  EXPECT_TRUE(LoadAndWait(**engine, "m", dir, "cpu").ok()) << "the name is free again";
 }
 
 }  // namespace

@@ -47,14 +47,29 @@ void FakeEngine::CompleteLoad() {
   {
     absl::MutexLock lock(&mu_);
     if (held_loads_.empty()) return;
-    load = std::move(held_loads_.front());
+    load = std::move(held_loads_.front().finish);
     held_loads_.pop_front();
   }
   load();
 }
 
+int64_t FakeEngine::HeldLoads() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(held_loads_.size());
+}
+
+bool FakeEngine::HeldLoadCancelled() const {
+  std::function<bool()> cancelled;
+  {
+    absl::MutexLock lock(&mu_);
+    if (held_loads_.empty()) return false;
+    cancelled = held_loads_.front().cancelled;
+  }
+  return cancelled && cancelled();
+}
+
 absl::Status FakeEngine::LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,
-                                   const std::string& device,
+                                   const std::string& device, std::function<bool()> cancelled,
                                    std::function<void(absl::StatusOr<ModelSummary>)> done) {
   {
     absl::MutexLock lock(&mu_);
@@ -63,7 +78,11 @@ absl::Status FakeEngine::LoadModel(const std::string& name, const std::string& d
       return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", dtype, "'"));
     }
   }
-  auto load = [this, name, dir, device, done = std::move(done)] {
+  auto load = [this, name, dir, device, cancelled, done = std::move(done)] {
+    if (cancelled && cancelled()) {
+      done(absl::CancelledError(absl::StrCat("the load of model '", name, "' was abandoned")));
+      return;
+    }
     ModelSummary m;
     m.name = name;
     m.dir = dir;
@@ -82,7 +101,7 @@ absl::Status FakeEngine::LoadModel(const std::string& name, const std::string& d
   {
     absl::MutexLock lock(&mu_);
     if (hold_loads_) {
-      held_loads_.push_back(std::move(load));
+      held_loads_.push_back({std::move(cancelled), std::move(load)});
       return absl::OkStatus();
     }
   }

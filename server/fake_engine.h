@@ -35,7 +35,13 @@ class FakeEngine : public Engine {
   void SetSubmitError(absl::Status status);
   // The next LoadModel calls `done` only when CompleteLoad is called (else at once).
   void HoldLoads(bool hold);
+  // Finishes the oldest held load: abandoned (Cancelled, nothing added) if its `cancelled` says so,
+  // else with the model added.
   void CompleteLoad();
+  // Loads held now.
+  int64_t HeldLoads() const;
+  // What the oldest held load's `cancelled` says now (false if none is held).
+  bool HeldLoadCancelled() const;
 
   // Scripted life of a submitted job. NotFound if the fake holds no such job.
   absl::Status Start(const std::string& id);
@@ -57,7 +63,8 @@ class FakeEngine : public Engine {
 
   // Engine.
   absl::Status LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,
-                         const std::string& device, std::function<void(absl::StatusOr<ModelSummary>)> done) override;
+                         const std::string& device, std::function<bool()> cancelled,
+                         std::function<void(absl::StatusOr<ModelSummary>)> done) override;
   absl::Status UnloadModel(const std::string& name) override;
   std::vector<ModelSummary> ListModels() const override;
   absl::StatusOr<ModelSummary> GetModel(const std::string& name) const override;
@@ -82,7 +89,11 @@ class FakeEngine : public Engine {
   absl::Status validate_error_ ABSL_GUARDED_BY(mu_);
   absl::Status submit_error_ ABSL_GUARDED_BY(mu_);
   bool hold_loads_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<std::function<void()>> held_loads_ ABSL_GUARDED_BY(mu_);
+  struct HeldLoad {
+    std::function<bool()> cancelled;  // the caller's, as LoadModel got it
+    std::function<void()> finish;
+  };
+  std::deque<HeldLoad> held_loads_ ABSL_GUARDED_BY(mu_);
   std::deque<Entry> jobs_ ABSL_GUARDED_BY(mu_);  // queued and running, in order
   std::vector<std::string> submitted_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Job> submitted_jobs_ ABSL_GUARDED_BY(mu_);  // without callbacks

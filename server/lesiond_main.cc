@@ -104,7 +104,7 @@ int Main(int argc, char** argv) {
   for (const ModelPreload& m : config.models) {
     std::promise<absl::StatusOr<ModelSummary>> loaded;
     std::future<absl::StatusOr<ModelSummary>> done = loaded.get_future();
-    absl::Status queued = (*engine)->LoadModel(m.name, m.dir, m.dtype, m.device,
+    absl::Status queued = (*engine)->LoadModel(m.name, m.dir, m.dtype, m.device, /*cancelled=*/{},
                                                [&loaded](absl::StatusOr<ModelSummary> s) { loaded.set_value(std::move(s)); });
     absl::Status status = queued.ok() ? done.get().status() : queued;
     if (!status.ok()) {

@@ -1,6 +1,9 @@
 #include "server/service.h"
 
+#include <atomic>
+#include <chrono>
 #include <deque>
+#include <functional>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -263,6 +266,63 @@ class RunReactor : public grpc::ServerUnaryReactor {
   bool cancelled_ = false, finish_called_ = false;  // guarded by mu_
 };
 
+// LoadModel: the load runs on the engine's loader threads and finishes the call. A call that is
+// cancelled (the client gone, its deadline passed) ends at once and abandons the load, which then
+// leaves nothing loaded. Kept alive by self_ until OnDone; the engine's report holds a weak_ptr,
+// since an abandoned load reports after the call is over.
+class LoadReactor : public grpc::ServerUnaryReactor {
+ public:
+  static LoadReactor* Start(Engine* engine, const v1::LoadModelRequest& request, const std::string& dir,
+                            std::chrono::system_clock::time_point deadline,
+                            v1::ModelInfo* response) {
+    auto reactor = std::shared_ptr<LoadReactor>(new LoadReactor(response));
+    reactor->self_ = reactor;
+    // Asked by the loader between tensors. The deadline is checked here too, so that a load never
+    // outlives its caller's deadline by more than a tensor even before OnCancel has run.
+    std::function<bool()> cancelled = [gone = reactor->gone_, deadline] {
+      return gone->load() || std::chrono::system_clock::now() >= deadline;
+    };
+    std::weak_ptr<LoadReactor> weak = reactor;
+    absl::Status queued = engine->LoadModel(
+        request.name(), dir, request.dtype(), request.device(), std::move(cancelled),
+        [weak](absl::StatusOr<ModelSummary> summary) {
+          if (std::shared_ptr<LoadReactor> r = weak.lock()) r->FinishOnce(summary);
+        });
+    if (!queued.ok()) reactor->FinishOnce(queued);
+    return reactor.get();
+  }
+
+  void OnCancel() override {
+    gone_->store(true);  // the loader stops at its next tensor
+    FinishOnce(absl::CancelledError("the call was cancelled or its deadline passed; the load is abandoned"));
+  }
+
+  void OnDone() override {
+    std::shared_ptr<LoadReactor> self;
+    std::lock_guard<std::mutex> lock(mu_);
+    self = std::move(self_);  // released after the lock, when `self` goes out of scope
+  }
+
+ private:
+  explicit LoadReactor(v1::ModelInfo* response) : response_(response) {}
+
+  void FinishOnce(const absl::StatusOr<ModelSummary>& summary) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finish_called_) return;
+      finish_called_ = true;
+      if (summary.ok()) *response_ = ToModelInfo(*summary);
+    }
+    Finish(ToGrpcStatus(summary.status()));
+  }
+
+  v1::ModelInfo* const response_;  // written once, under mu_, before Finish
+  const std::shared_ptr<std::atomic<bool>> gone_ = std::make_shared<std::atomic<bool>>(false);
+  std::mutex mu_;
+  std::shared_ptr<LoadReactor> self_;  // guarded by mu_
+  bool finish_called_ = false;         // guarded by mu_
+};
+
 }  // namespace
 
 v1::ModelInfo ToModelInfo(const ModelSummary& m) {
@@ -312,14 +372,7 @@ grpc::ServerUnaryReactor* LesionService::LoadModel(grpc::CallbackServerContext* 
   absl::StatusOr<std::filesystem::path> dir = ResolveModelPath(request->dir());
   if (!dir.ok()) return FinishNow(context, dir.status());
   if (absl::Status st = CheckModelDirAllowed(*config_, dir->string()); !st.ok()) return FinishNow(context, st);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status queued = engine_->LoadModel(request->name(), dir->string(), request->dtype(), request->device(),
-                                           [reactor, response](absl::StatusOr<ModelSummary> summary) {
-                                             if (summary.ok()) *response = ToModelInfo(*summary);
-                                             reactor->Finish(ToGrpcStatus(summary.status()));
-                                           });
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
-  return reactor;
+  return LoadReactor::Start(engine_, *request, dir->string(), context->deadline(), response);
 }
 
 grpc::ServerUnaryReactor* LesionService::UnloadModel(grpc::CallbackServerContext* context,

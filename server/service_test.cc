@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "server/fake_engine.h"
+#include "server/status.h"
 #include "server/test_util.h"
 #include "server/tracker.h"
 
@@ -438,6 +439,66 @@ TEST_F(TokenServiceTest, AdminLoadsFromAllowedRootsOnly) {
   EXPECT_TRUE(stub_->UnloadModel(As("", "tok-root").get(), unload, &unloaded).ok());
   unload.set_name("nope");
   EXPECT_EQ(stub_->UnloadModel(As("", "tok-root").get(), unload, &unloaded).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// Regression: loads whose callers had timed out still completed and stayed loaded.
+TEST_F(TokenServiceTest, ALoadWhoseDeadlinePassedLeavesNoModel) {
+  engine_.HoldLoads(true);
+  v1::LoadModelRequest load;
+  load.set_name("gpt2");
+  load.set_dir((dir_ / "models" / "gpt2").string());
+  v1::ModelInfo info;
+  auto context = As("", "tok-root");
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  EXPECT_EQ(stub_->LoadModel(context.get(), load, &info).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ASSERT_EQ(engine_.HeldLoads(), 1) << "the load never reached the engine";
+  EXPECT_TRUE(engine_.HeldLoadCancelled());
+  engine_.CompleteLoad();  // the engine asks the caller's cancellation before it registers the model
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(As("", "tok-root").get(), {}, &models).ok());
+  for (const v1::ModelInfo& m : models.models()) EXPECT_NE(m.name(), "gpt2");
+  // The name is free again.
+  engine_.HoldLoads(false);
+  EXPECT_TRUE(stub_->LoadModel(As("", "tok-root").get(), load, &info).ok());
+}
+
+TEST_F(TokenServiceTest, ALoadWhoseClientCancelledLeavesNoModel) {
+  engine_.HoldLoads(true);
+  v1::LoadModelRequest load;
+  load.set_name("gpt2");
+  load.set_dir((dir_ / "models" / "gpt2").string());
+  v1::ModelInfo info;
+  auto context = As("", "tok-root");
+  grpc::Status status;
+  std::thread caller([&] { status = stub_->LoadModel(context.get(), load, &info); });
+  ASSERT_TRUE(Eventually([&] { return engine_.HeldLoads() == 1; }));
+  EXPECT_FALSE(engine_.HeldLoadCancelled());
+  context->TryCancel();
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(Eventually([&] { return engine_.HeldLoadCancelled(); })) << "the server never saw the cancellation";
+  engine_.CompleteLoad();
+  absl::StatusOr<ModelSummary> model = engine_.GetModel("gpt2");
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kNotFound);
+}
+
+// Regression: a 1 MB model name or id came back as RESOURCE_EXHAUSTED "Stream removed" (the error
+// echoed it whole, beyond gRPC's limit on metadata) instead of the real error.
+TEST_F(ServiceTest, HugeNamesAndIdsGetTheirRealErrorInFewBytes) {
+  const std::string huge(1 << 20, 'm');
+  v1::SubmitExperimentRequest submit;
+  *submit.mutable_spec() = TinySpec(huge);
+  v1::Experiment submitted;
+  grpc::Status unknown_model = stub_->SubmitExperiment(As("alice").get(), submit, &submitted);
+  EXPECT_EQ(unknown_model.error_code(), grpc::StatusCode::NOT_FOUND) << unknown_model.error_message().substr(0, 200);
+  EXPECT_LE(unknown_model.error_message().size(), kMaxStatusMessageBytes);
+
+  v1::GetExperimentRequest get;
+  get.set_id(huge);
+  v1::Experiment got;
+  grpc::Status unknown_id = stub_->GetExperiment(As("alice").get(), get, &got);
+  EXPECT_EQ(unknown_id.error_code(), grpc::StatusCode::NOT_FOUND) << unknown_id.error_message().substr(0, 200);
+  EXPECT_LE(unknown_id.error_message().size(), kMaxStatusMessageBytes);
 }
 
 }  // namespace

@@ -9,6 +9,8 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "common/error_text.h"
 #include "common/status_codes.h"
 #include "common/status_macros.h"
 #include "experiments/spec/result_proto.h"
@@ -718,7 +720,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::ReadStored(const std::string& 
   absl::MutexLock lock(&read_mu_);
   absl::StatusOr<storage::ExperimentRecord> record = reader_->Get(id);
   if (absl::IsNotFound(record.status())) {
-    return absl::NotFoundError(absl::StrCat("no experiment '", id, "' (ListExperiments lists them)"));
+    return absl::NotFoundError(absl::StrCat("no experiment ", QuoteForError(id), " (ListExperiments lists them)"));
   }
   if (!record.ok()) return record.status();
   v1::Experiment e = RecordToProto(*record);

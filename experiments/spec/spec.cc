@@ -545,7 +545,9 @@ absl::StatusOr<Experiment> ParseExperimentJson(absl::string_view json) {
   options.case_insensitive_enum_parsing = true;
   auto parsed = google::protobuf::util::JsonStringToMessage(std::string(json), &proto, options);
   if (!parsed.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("experiment spec is not valid: ", parsed.message().as_string()));
+    // The parser's message may quote the input (an unknown field's name, a bad value).
+    return absl::InvalidArgumentError(
+        absl::StrCat("experiment spec is not valid: ", ClipForError(parsed.message().as_string(), 1024)));
   }
   return FromProto(proto);
 }
