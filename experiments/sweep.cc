@@ -534,7 +534,60 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
       // Each group's batched plan, per batch size (only a short last batch differs).
       std::map<std::pair<size_t, int64_t>, std::unique_ptr<RunPlan>> group_plans;
 
-      for (const WindowBatch& batch : batches) {
+      // A variant is finished, reported and (by the server) stored as soon as its group's pass over
+      // the last window batch is done: its reducer rows and collectors are complete then, whatever
+      // the round's later groups do, so a crash loses no finished group.
+      auto finish_group = [&](const Group& g) -> absl::Status {
+        const double round_seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - round_start).count();
+        for (int64_t i = g.begin; i < g.end; ++i) {
+          VariantState& s = states[i];
+          const spec::Experiment& v = variants[s.index];
+          result::Experiment out;
+          out.baseline = baseline;
+          out.baseline_from_cache = from_cache;
+          absl::StatusOr<result::Pass> pass;
+          if (s.edits_weights && s.collectors.ReadsWeights()) {
+            // Weight-reading measurements (super-weight values, norm gammas) see this variant's edits;
+            // restored bit for bit before the round's next group runs.
+            WeightEditSession edits(&t);
+            RETURN_IF_ERROR(internal::ApplyWeightEdits(v.interventions, edits));
+            pass = internal::FinishPass(s.collectors, t, prepared.protocol, prepared.tokens, reducer, i);
+            RETURN_IF_ERROR(edits.Restore());
+          } else {
+            pass = internal::FinishPass(s.collectors, t, prepared.protocol, prepared.tokens, reducer, i);
+          }
+          if (!pass.ok()) return pass.status();
+          out.intervened = *std::move(pass);
+          if (prepared.needs_kl) {
+            out.has_kl_divergence = true;
+            out.kl_divergence =
+                reducer.kl_sum()[i].item<double>() / static_cast<double>(prepared.protocol.n_tokens);
+          }
+          out.run = internal::RunInfoOf(model, v.spec_sha256);
+          // The passes the variant took part in (its group's, and the baseline passes of its round,
+          // shared with the round's other variants), and its share of the round's time so far.
+          out.run.forward_passes = n_batches + baseline_passes;
+          out.run.seconds = round_seconds / static_cast<double>(states.size());
+
+          result::SweepVariant& row = parent_result.sweep.variants[s.index];
+          row.name = v.variant_name;
+          if (out.intervened.has_perplexity && out.baseline.has_perplexity) {
+            row.has_perplexity = true;
+            row.perplexity = out.intervened.perplexity.ppl;
+            row.perplexity_delta_pct =
+                100.0 * (out.intervened.perplexity.ppl - out.baseline.perplexity.ppl) / out.baseline.perplexity.ppl;
+          }
+          row.has_kl_divergence = out.has_kl_divergence;
+          row.kl_divergence = out.kl_divergence;
+          controls.on_variant(s.index, std::move(out));
+        }
+        return absl::OkStatus();
+      };
+
+      for (size_t bi = 0; bi < batches.size(); ++bi) {
+        const WindowBatch& batch = batches[bi];
+        const bool last_batch = bi + 1 == batches.size();
         RETURN_IF_ERROR(check_cancel());
         const int64_t b = batch.input.size(0);
         at::Tensor reference;
@@ -544,6 +597,11 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
           if (prepared.needs_kl) reference = logits;
           pass_done();
           ++baseline_passes;
+          if (measure_baseline && last_batch) {  // complete: the variants finished below carry it
+            ASSIGN_OR_RETURN(baseline,
+                             internal::FinishPass(base, t, prepared.protocol, prepared.tokens, *base.next_token, 0));
+            baseline_done = true;
+          }
         } else if (max_start >= 0) {
           RETURN_IF_ERROR(t.ForwardPrefix(batch.input, max_start, base_plan).status());
           pass_done();
@@ -566,61 +624,11 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
           }
           reducer.Add(logits, batch, reference, g.begin);
           pass_done();
+          if (last_batch) RETURN_IF_ERROR(finish_group(g));
         }
         for (auto& [s, x] : saved) x = at::Tensor();
       }
-      if (measure_baseline) {
-        ASSIGN_OR_RETURN(baseline, internal::FinishPass(base, t, prepared.protocol, prepared.tokens, *base.next_token, 0));
-        baseline_done = true;
-      }
-
-      const double round_seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - round_start).count();
-      for (size_t i = 0; i < states.size(); ++i) {
-        VariantState& s = states[i];
-        const spec::Experiment& v = variants[s.index];
-        result::Experiment out;
-        out.baseline = baseline;
-        out.baseline_from_cache = from_cache;
-        absl::StatusOr<result::Pass> pass;
-        if (s.edits_weights && s.collectors.ReadsWeights()) {
-          // Weight-reading measurements (super-weight values, norm gammas) see this variant's edits.
-          WeightEditSession edits(&t);
-          RETURN_IF_ERROR(internal::ApplyWeightEdits(v.interventions, edits));
-          pass = internal::FinishPass(s.collectors, t, prepared.protocol, prepared.tokens, reducer,
-                                      static_cast<int64_t>(i));
-          RETURN_IF_ERROR(edits.Restore());
-        } else {
-          pass = internal::FinishPass(s.collectors, t, prepared.protocol, prepared.tokens, reducer,
-                                      static_cast<int64_t>(i));
-        }
-        if (!pass.ok()) return pass.status();
-        out.intervened = *std::move(pass);
-        if (prepared.needs_kl) {
-          out.has_kl_divergence = true;
-          out.kl_divergence = reducer.kl_sum()[static_cast<int64_t>(i)].item<double>() /
-                              static_cast<double>(prepared.protocol.n_tokens);
-        }
-        out.run = internal::RunInfoOf(model, v.spec_sha256);
-        // The passes the variant took part in (its group's, and the baseline passes of its round,
-        // shared with the round's other variants), and its share of the round's time.
-        out.run.forward_passes = n_batches + baseline_passes;
-        out.run.seconds = round_seconds / static_cast<double>(states.size());
-
-        result::SweepVariant& row = parent_result.sweep.variants[s.index];
-        row.name = v.variant_name;
-        if (out.intervened.has_perplexity && out.baseline.has_perplexity) {
-          row.has_perplexity = true;
-          row.perplexity = out.intervened.perplexity.ppl;
-          row.perplexity_delta_pct =
-              100.0 * (out.intervened.perplexity.ppl - out.baseline.perplexity.ppl) / out.baseline.perplexity.ppl;
-        }
-        row.has_kl_divergence = out.has_kl_divergence;
-        row.kl_divergence = out.kl_divergence;
-        controls.on_variant(s.index, std::move(out));
-      }
-    }
-    return absl::OkStatus();
+    }    return absl::OkStatus();
   }));
 
   parent_result.baseline = std::move(baseline);

@@ -15,7 +15,9 @@
 // matrix products, corrections instead of edited weights): tested at 1e-5 relative in float32.
 //
 // Variants run in rounds of whole groups (at most RunLimits::max_round_variants variants each, or
-// one larger group); a variant's result is handed to on_variant as soon as its round is done.
+// one larger group); a variant's result is handed to on_variant as soon as its group's pass over
+// the last window batch is done (the server stores it then), so a stop loses at most the groups
+// still running.
 // Thread-compatible like RunExperiment: the executor thread that owns the model runs it. Errors as
 // RunExperiment's; validation errors name the variant's index and name; InvalidArgument for a
 // variants_per_pass that puts more than RunLimits::max_pass_tokens tokens in one pass.
@@ -63,8 +65,8 @@ struct SweepControls {
   // variant's baseline (its measurements are not recomputed); the forward passes that give the
   // variants their first layers still run. Not owned.
   const result::Pass* cached_baseline = nullptr;
-  // Each variant's result, by its index in `variants`, once its round is done; on the calling
-  // thread. Required.
+  // Each variant's result, by its index in `variants`, once its group's passes are done; on the
+  // calling thread. Required.
   std::function<void(int64_t variant, result::Experiment result)> on_variant;
   // The groups of GroupSweep to run (a device's shard of the sweep); empty: all of them.
   std::vector<int64_t> only_groups;

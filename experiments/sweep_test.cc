@@ -310,6 +310,33 @@ TEST(Sweep, CancelledBetweenPassesKeepsTheFinishedRoundsAndTheWeights) {
   EXPECT_EQ(WeightsFingerprint(model->transformer()).value(), before);
 }
 
+// Per-variant durability: a variant is reported once its group's passes are done, not when its
+// whole round is (a regression: a 72-variant sweep in one round went from 0 to 72 done at once,
+// so a stop mid-round lost every finished pass).
+TEST(Sweep, VariantsAreReportedGroupByGroupWithinARound) {
+  auto model = LoadFixture("llama2");
+  const spec::Experiment parent = HeadSweep(*model, R"([{"perplexity": {}}])");
+  const auto variants = Expand(*model, parent);
+  std::vector<result::Experiment> whole(variants.size());
+  SweepControls controls;
+  controls.on_variant = [&](int64_t i, result::Experiment r) { whole[i] = std::move(r); };
+  ASSERT_TRUE(RunSweep(*model, parent, variants, kRoot / "data", controls).ok());
+
+  std::map<int64_t, result::Experiment> early;  // one round (the default limits): stopped after a group
+  controls.cancelled = [&] { return !early.empty(); };
+  controls.on_variant = [&](int64_t i, result::Experiment r) { early.emplace(i, std::move(r)); };
+  auto stopped = RunSweep(*model, parent, variants, kRoot / "data", controls);
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  const SweepGroups groups = GroupSweep(model->config(), parent, variants);
+  ASSERT_GT(groups.groups.size(), 1u);
+  ASSERT_EQ(early.size(), groups.groups.front().size()) << "the first group, of " << variants.size() << " variants";
+  for (int64_t i : groups.groups.front()) EXPECT_TRUE(early.count(i)) << "variant " << i;
+  for (const auto& [i, r] : early) {
+    EXPECT_EQ(r.intervened.perplexity.mean_nll, whole[i].intervened.perplexity.mean_nll) << "variant " << i;
+    EXPECT_EQ(r.baseline.perplexity.mean_nll, whole[i].baseline.perplexity.mean_nll);
+  }
+}
+
 TEST(Sweep, ACachedBaselineServesEveryVariant) {
   auto model = LoadFixture("llama2");
   const spec::Experiment parent = HeadSweep(*model, R"([{"perplexity": {}}, {"attention_sink": {}}])");
