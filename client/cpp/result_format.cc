@@ -184,7 +184,10 @@ std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
 }  // namespace
 
 std::string RenderResult(const v1::ExperimentResult& result, const v1::ExperimentSpec& spec, bool json) {
-  return json ? experiments::result::ToJson(result, /*indent=*/true) + "\n" : Table(result, spec);
+  if (json) return experiments::result::ToJson(result, /*indent=*/true) + "\n";
+  std::string out = Table(result, spec);
+  for (const std::string& warning : result.warnings()) absl::StrAppend(&out, "warning: ", warning, "\n");
+  return out;
 }
 
 std::string RenderResult(const experiments::result::Experiment& result, const experiments::spec::Experiment& spec,

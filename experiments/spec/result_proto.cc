@@ -3,6 +3,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -170,7 +172,47 @@ void FillRun(const Experiment& r, v1::RunInfo* run) {
 
 }  // namespace
 
+namespace {
+
+v1::ExperimentResult ToProtoUnchecked(const Experiment& r);
+
+// Flags every non-finite number of the scalar results, so that a nan or inf never passes as an
+// ordinary DONE result.
+void AddNonFiniteWarnings(v1::ExperimentResult& out) {
+  constexpr int kMaxWarnings = 16;
+  std::vector<std::string> found;
+  auto check = [&](double value, absl::string_view what) {
+    if (!std::isfinite(value)) found.push_back(absl::StrCat(what, " is ", std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf")));
+  };
+  for (const v1::Metric& m : out.metrics()) {
+    check(m.baseline(), absl::StrCat("metric ", m.name(), ": baseline value"));
+    check(m.value(), absl::StrCat("metric ", m.name(), ": intervened value"));
+  }
+  for (const v1::SweepSummary::Variant& v : out.sweep().variants()) {
+    check(v.perplexity(), absl::StrCat("variant ", v.name(), ": perplexity"));
+    check(v.kl_divergence(), absl::StrCat("variant ", v.name(), ": kl_divergence"));
+  }
+  check(out.baseline().perplexity().ppl(), "baseline perplexity");
+  for (size_t k = 0; k < found.size(); ++k) {
+    if (k + 1 == kMaxWarnings && found.size() > kMaxWarnings) {
+      out.add_warnings(absl::StrCat("... and ", found.size() - k, " more non-finite results"));
+      break;
+    }
+    out.add_warnings(found[k]);
+  }
+}
+
+}  // namespace
+
 v1::ExperimentResult ToProto(const Experiment& r) {
+  v1::ExperimentResult out = ToProtoUnchecked(r);
+  AddNonFiniteWarnings(out);
+  return out;
+}
+
+namespace {
+
+v1::ExperimentResult ToProtoUnchecked(const Experiment& r) {
   v1::ExperimentResult out;
   Fill(r.baseline, *out.mutable_baseline());
   if (r.has_sweep) {  // a parent: the baseline and one row per variant; the metrics are the children's
@@ -243,6 +285,8 @@ v1::ExperimentResult ToProto(const Experiment& r) {
   FillRun(r, out.mutable_run());
   return out;
 }
+
+}  // namespace
 
 std::string ToJson(const v1::ExperimentResult& result, bool indent) {
   google::protobuf::util::JsonPrintOptions options;

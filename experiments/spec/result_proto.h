@@ -12,7 +12,8 @@
 
 namespace lesion::experiments::result {
 
-// Both passes, the KL divergence, the run info and the derived metrics.
+// Both passes, the KL divergence, the run info and the derived metrics, with a warning for every
+// metric (or sweep row) that is not a finite number.
 lesion::v1::ExperimentResult ToProto(const Experiment& result);
 
 // The inverse of the pass part of ToProto (a cached baseline read back from the store).

@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
 namespace lesion::experiments::result {
 namespace {
 
@@ -40,6 +45,31 @@ TEST(ResultProto, DerivesMetricsWithDeltas) {
   EXPECT_DOUBLE_EQ(Find(p, "kl_divergence")->value(), 0.25);
   EXPECT_DOUBLE_EQ(Find(p, "super_weights")->delta(), -1);
   EXPECT_EQ(Find(p, "norm_outliers"), nullptr) << "not measured";
+}
+
+// A regression: `factor 1e308` ended DONE with perplexity nan and nothing said so.
+TEST(ResultProto, FlagsNonFiniteResults) {
+  Experiment r;
+  r.baseline.has_perplexity = r.intervened.has_perplexity = true;
+  r.baseline.perplexity.ppl = 10;
+  r.intervened.perplexity.ppl = std::nan("");
+  r.intervened.perplexity.mean_nll = std::numeric_limits<double>::infinity();
+  lesion::v1::ExperimentResult p = ToProto(r);
+  ASSERT_EQ(p.warnings_size(), 2);
+  EXPECT_EQ(p.warnings(0), "metric perplexity: intervened value is nan");
+  EXPECT_EQ(p.warnings(1), "metric mean_nll: intervened value is inf");
+
+  r.intervened.perplexity.ppl = 12;
+  r.intervened.perplexity.mean_nll = 2.5;
+  EXPECT_EQ(ToProto(r).warnings_size(), 0) << "finite results carry no warning";
+
+  Experiment sweep;  // a sweep's rows, capped at 16 lines
+  sweep.has_sweep = true;
+  for (int i = 0; i < 40; ++i) sweep.sweep.variants.push_back({absl::StrCat("v", i), "", true, -std::numeric_limits<double>::infinity(), 0, false, 0});
+  lesion::v1::ExperimentResult rows = ToProto(sweep);
+  ASSERT_EQ(rows.warnings_size(), 16);
+  EXPECT_EQ(rows.warnings(0), "variant v0: perplexity is -inf");
+  EXPECT_EQ(rows.warnings(15), "... and 25 more non-finite results");
 }
 
 TEST(ResultProto, JsonKeepsProtoFieldNamesAndZeros) {

@@ -117,6 +117,12 @@ class Result:
             raise ValueError(f"pass: unknown {name!r}; valid: {', '.join(PASSES)}")
         return getattr(self.raw, name)
 
+    @property
+    def warnings(self) -> list:
+        """The results that are not finite numbers, one line each ("metric perplexity: intervened
+        value is nan"); empty when every number is finite."""
+        return list(self.raw.warnings)
+
     # -- scalars
     @property
     def metrics(self) -> pd.DataFrame:
