@@ -42,6 +42,16 @@ absl::StatusOr<int64_t> ParsePositive(absl::string_view what, absl::string_view 
   return value;
 }
 
+// Sizes where 0 means "none" (no cache, no limit, no grace).
+absl::StatusOr<int64_t> ParseNonNegative(absl::string_view what, absl::string_view text) {
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(text, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": '", text, "' is not an integer"));
+  }
+  if (value < 0) return absl::InvalidArgumentError(absl::StrCat(what, ": ", value, " must be 0 or more"));
+  return value;
+}
+
 absl::StatusOr<bool> ParseBool(absl::string_view what, absl::string_view text) {
   if (text == "true" || text == "1" || text == "yes") return true;
   if (text == "false" || text == "0" || text == "no") return false;
@@ -64,6 +74,13 @@ absl::StatusOr<std::string> JsonString(const Json& j, absl::string_view key) {
 absl::StatusOr<int64_t> JsonPositive(const Json& j, absl::string_view key) {
   if (!j.is_number_integer() || j.get<int64_t>() <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("config key '", key, "' must be a positive integer"));
+  }
+  return j.get<int64_t>();
+}
+
+absl::StatusOr<int64_t> JsonNonNegative(const Json& j, absl::string_view key) {
+  if (!j.is_number_integer() || j.get<int64_t>() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("config key '", key, "' must be an integer >= 0"));
   }
   return j.get<int64_t>();
 }
@@ -95,6 +112,10 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
       st = str(config.tls_key);
     } else if (key == "data_dir") {
       st = str(config.data_dir);
+    } else if (key == "metrics_address") {
+      st = str(config.metrics_address);
+    } else if (key == "log_format") {
+      st = str(config.log_format);
     } else if (key == "device") {
       st = str(config.default_device);
     } else if (key == "dtype") {
@@ -109,6 +130,21 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
       st = num(config.max_sweep_variants);
     } else if (key == "max_pass_tokens") {
       st = num(config.max_pass_tokens);
+    } else if (key == "max_user_bytes") {
+      absl::StatusOr<int64_t> parsed = JsonNonNegative(value, key);
+      if (parsed.ok()) config.max_user_bytes = *parsed;
+      st = parsed.status();
+    } else if (key == "read_connections") {
+      st = num(config.read_connections);
+    } else if (key == "max_list_bytes") {
+      st = num(config.max_list_bytes);
+    } else if (key == "baseline_cache_bytes" || key == "max_queued_per_user" || key == "shutdown_grace_seconds") {
+      int64_t& out = key == "baseline_cache_bytes"  ? config.baseline_cache_bytes
+                     : key == "max_queued_per_user" ? config.max_queued_per_user
+                                                    : config.shutdown_grace_seconds;
+      absl::StatusOr<int64_t> parsed = JsonNonNegative(value, key);
+      if (parsed.ok()) out = *parsed;
+      st = parsed.status();
     } else if (key == "tf32") {
       if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'tf32' must be a boolean");
       else config.tf32 = value.get<bool>();
@@ -305,9 +341,26 @@ std::string Usage() {
   --max-sweep-variants N     variants of one sweep (default 65536)
   --max-pass-tokens N        tokens of one batched sweep pass, unless the spec sets
                              variants_per_pass (default 65536)
+  --baseline-cache-bytes N   baseline passes held in memory, least recently used out first;
+                             never captures (default 268435456; 0 holds none)
+  --max-queued-per-user N    experiments one user may have queued, a sweep counting once
+                             (default 0: only --max-queue-per-device bounds them)
+  --max-user-bytes N         bytes one user's stored experiments may take (results, captures,
+                             specs); at the limit Submit is refused until an admin deletes
+                             experiments or drops captures (lesion rm / gc) (default 0: no limit)
+  --read-connections N       database reads that run at once, beside the writer (default 4)
+  --max-list-bytes N         bytes of one ListExperiments page; a page stops short of its limit
+                             there and says where the next starts (default 67108864)
+  --shutdown-grace-seconds N on SIGTERM/SIGINT, let running experiments finish for up to N
+                             seconds before they are stopped and recorded as interrupted
+                             (default 0)
   --tf32[=true|false]        float32 matrix products on TF32 tensor cores (about 1e-3 relative
                              error; recorded in results as run.tf32; default false)
   --data-dir DIR             named datasets (default $LESION_DATA_DIR or the source tree's data/)
+  --metrics-address HOST:PORT  serve Prometheus metrics on http://HOST:PORT/metrics (no
+                             authentication: keep it on 127.0.0.1 or a trusted network; port 0
+                             picks a free one; default: no metrics endpoint)
+  --log-format text|json     log lines on stderr as logfmt key=value (default) or JSON
   --help
 )";
 }
@@ -334,7 +387,9 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
       "--config",     "--listen",      "--db",          "--database",           "--model",
       "--dtype",      "--device",      "--model-root",  "--tokens-file",        "--tls-cert",
       "--tls-key",    "--max-tokens",  "--data-dir",    "--max-queue-per-device", "--max-capture-bytes",
-      "--max-sweep-variants", "--max-pass-tokens"};
+      "--max-sweep-variants", "--max-pass-tokens", "--baseline-cache-bytes", "--max-queued-per-user",
+      "--shutdown-grace-seconds", "--metrics-address", "--log-format", "--max-user-bytes",
+      "--read-connections", "--max-list-bytes"};
   std::vector<Flag> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -418,6 +473,18 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
       ASSIGN_OR_RETURN(config.max_sweep_variants, ParsePositive(name, value));
     } else if (name == "--max-pass-tokens") {
       ASSIGN_OR_RETURN(config.max_pass_tokens, ParsePositive(name, value));
+    } else if (name == "--baseline-cache-bytes") {
+      ASSIGN_OR_RETURN(config.baseline_cache_bytes, ParseNonNegative(name, value));
+    } else if (name == "--max-queued-per-user") {
+      ASSIGN_OR_RETURN(config.max_queued_per_user, ParseNonNegative(name, value));
+    } else if (name == "--max-user-bytes") {
+      ASSIGN_OR_RETURN(config.max_user_bytes, ParseNonNegative(name, value));
+    } else if (name == "--read-connections") {
+      ASSIGN_OR_RETURN(config.read_connections, ParsePositive(name, value));
+    } else if (name == "--max-list-bytes") {
+      ASSIGN_OR_RETURN(config.max_list_bytes, ParsePositive(name, value));
+    } else if (name == "--shutdown-grace-seconds") {
+      ASSIGN_OR_RETURN(config.shutdown_grace_seconds, ParseNonNegative(name, value));
     } else if (name == "--tf32") {
       if (flag.value.has_value()) {
         ASSIGN_OR_RETURN(config.tf32, ParseBool(name, value));
@@ -426,6 +493,10 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
       }
     } else if (name == "--data-dir") {
       config.data_dir = value;
+    } else if (name == "--metrics-address") {
+      config.metrics_address = value;
+    } else if (name == "--log-format") {
+      config.log_format = value;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", name, "' (see --help)"));
     }
@@ -465,6 +536,19 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
         "admin (load and unload models, cancel anyone's experiments). Give --tokens-file FILE, or "
         "--allow-anonymous-admin=false (anonymous callers become plain users), or listen on "
         "127.0.0.1:PORT or unix:PATH; --allow-anonymous-remote accepts the risk"));
+  }
+  if (config.log_format != "text" && config.log_format != "json") {
+    return absl::InvalidArgumentError(absl::StrCat("--log-format: '", config.log_format, "' is not text or json"));
+  }
+  if (!config.metrics_address.empty()) {
+    const size_t colon = config.metrics_address.rfind(':');
+    int port = -1;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(absl::string_view(config.metrics_address).substr(colon + 1), &port) || port < 0 ||
+        port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("--metrics-address: '", config.metrics_address,
+                                                     "' is not HOST:PORT (e.g. 127.0.0.1:9464)"));
+    }
   }
   if (config.data_dir.empty()) {
     const char* env = std::getenv("LESION_DATA_DIR");

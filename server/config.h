@@ -29,10 +29,19 @@
 //   --max-queue-per-device N (max_queue_per_device), --max-capture-bytes N (max_capture_bytes),
 //   --max-tokens N (max_tokens), --max-sweep-variants N (max_sweep_variants),
 //   --max-pass-tokens N (max_pass_tokens)  limits (a sweep's variants; tokens of one batched pass)
+//   --baseline-cache-bytes N (baseline_cache_bytes)  bytes of baseline passes held in memory
+//   --max-queued-per-user N (max_queued_per_user)    experiments one user may have queued
+//   --max-user-bytes N (max_user_bytes)  stored bytes of one user's experiments; 0: no limit
+//   --read-connections N (read_connections)  concurrent database reads (default 4)
+//   --max-list-bytes N (max_list_bytes)  bytes of one ListExperiments page (default 64 MiB)
+//   --shutdown-grace-seconds N (shutdown_grace_seconds)  running experiments may finish first
 //   --tf32[=BOOL] (tf32)                float32 matrix products on TF32 tensor cores (faster, about
 //                                       1e-3 relative error; recorded in every result's run info)
 //   --data-dir DIR (data_dir)           named datasets; default $LESION_DATA_DIR, else the source
 //                                       tree's data/
+//   --metrics-address HOST:PORT (metrics_address)  serve Prometheus metrics on GET /metrics there
+//                                       (unauthenticated; default: none)
+//   --log-format text|json (log_format) stderr log lines as logfmt (default) or JSON (server/log.h)
 // Thread-compatible value types and free functions.
 #ifndef LESION_SERVER_CONFIG_H_
 #define LESION_SERVER_CONFIG_H_
@@ -69,8 +78,16 @@ struct ServerConfig {
   int64_t max_tokens = int64_t{64} << 20;
   int64_t max_sweep_variants = 65536;
   int64_t max_pass_tokens = 65536;
+  int64_t baseline_cache_bytes = int64_t{256} << 20;  // 0: none held
+  int64_t max_queued_per_user = 0;                    // 0: no per-user limit
+  int64_t max_user_bytes = 0;                         // 0: no per-user limit
+  int64_t read_connections = 4;
+  int64_t max_list_bytes = int64_t{64} << 20;
+  int64_t shutdown_grace_seconds = 0;
   bool tf32 = false;
   std::string data_dir;
+  std::string metrics_address;  // "" = no /metrics endpoint
+  std::string log_format = "text";  // "text" | "json"
   std::string default_device = "cpu";
   std::string default_dtype;
   bool help = false;  // --help: print Usage() and exit 0

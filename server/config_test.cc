@@ -335,3 +335,37 @@ TEST(ServerConfig, UnknownFlagIsNamedEvenWithoutAValue) {
 
 }  // namespace
 }  // namespace lesion::server
+
+namespace lesion::server {
+namespace {
+
+TEST(ServerConfig, MetricsAddressAndLogFormat) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig({"--no-default-model"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->metrics_address, "");  // no /metrics unless asked for
+  EXPECT_EQ(config->log_format, "text");
+
+  config = ParseServerConfig({"--no-default-model", "--metrics-address", "127.0.0.1:9464", "--log-format=json"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->metrics_address, "127.0.0.1:9464");
+  EXPECT_EQ(config->log_format, "json");
+
+  const fs::path dir = TempDir();
+  Write(dir / "c.json", R"({"metrics_address": "0.0.0.0:0", "log_format": "json"})");
+  config = ParseServerConfig({"--no-default-model", "--config", (dir / "c.json").string()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->metrics_address, "0.0.0.0:0");
+  EXPECT_EQ(config->log_format, "json");
+
+  absl::Status st = ParseServerConfig({"--no-default-model", "--metrics-address", "9464"}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), "--metrics-address: '9464' is not HOST:PORT (e.g. 127.0.0.1:9464)");
+  EXPECT_EQ(ParseServerConfig({"--no-default-model", "--metrics-address", "localhost:70000"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  st = ParseServerConfig({"--no-default-model", "--log-format", "xml"}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message(), "--log-format: 'xml' is not text or json");
+}
+
+}  // namespace
+}  // namespace lesion::server

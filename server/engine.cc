@@ -10,7 +10,18 @@
 #include <thread>
 #include <utility>
 
+#include <torch/version.h>
+
+// at::accelerator's memory statistics came with LibTorch 2.9 (as in experiments/torch_util.cc);
+// before, device memory reads 0.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#include <ATen/DeviceAccelerator.h>
+#define LESION_ACCELERATOR_MEMORY_API 1
+#endif
+
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -237,8 +248,30 @@ class EngineImpl : public Engine {
     } else {
       const ex::ModelConfig& c = entry.replicas.front().model->config();
       const ex::SweepGroups groups = ex::GroupSweep(c, job->spec, job->variants, limits_);
+      // The groups to run (all, unless a resubmitted sweep finished some), sharded, then named by
+      // their index in `groups` again.
+      const absl::flat_hash_set<int64_t> skip(job->skip_variants.begin(), job->skip_variants.end());
+      ex::SweepGroups to_run;
+      to_run.variants_per_pass = groups.variants_per_pass;
+      std::vector<int64_t> original;
+      for (size_t g = 0; g < groups.groups.size(); ++g) {
+        bool needed = false;
+        for (int64_t v : groups.groups[g]) needed = needed || !skip.contains(v);
+        if (!needed) continue;
+        to_run.groups.push_back(groups.groups[g]);
+        to_run.starts.push_back(groups.starts[g]);
+        original.push_back(static_cast<int64_t>(g));
+      }
+      if (original.empty() && !groups.groups.empty()) {  // everything finished: the baseline still runs
+        to_run.groups.push_back(groups.groups.front());
+        to_run.starts.push_back(groups.starts.front());
+        original.push_back(0);
+      }
       std::vector<std::vector<int64_t>> shards =
-          ex::ShardGroups(groups, c.n_layers, static_cast<int64_t>(entry.replicas.size()));
+          ex::ShardGroups(to_run, c.n_layers, static_cast<int64_t>(entry.replicas.size()));
+      for (std::vector<int64_t>& shard : shards) {
+        for (int64_t& g : shard) g = original[g];
+      }
       auto run = std::make_shared<SweepRun>();
       for (size_t r = 0; r < shards.size(); ++r) {
         if (shards[r].empty()) continue;
@@ -308,6 +341,27 @@ class EngineImpl : public Engine {
       if (e->running_id == id) return absl::NotFoundError(absl::StrCat("experiment ", id, " is not queued"));
     }
     return PositionLocked(id);
+  }
+
+  std::vector<DeviceStats> Devices() const override {
+    std::vector<DeviceStats> out;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [key, e] : executors_) out.push_back({key, e->n_queued, e->running_id});
+    }
+    // Memory outside mu_: the allocator takes its own lock, which an executor may hold mid-pass.
+    for (DeviceStats& d : out) {
+      if (!absl::StartsWith(d.device, "cuda")) continue;
+      absl::StatusOr<at::Device> device = ex::ParseDevice(d.device);
+      if (!device.ok()) continue;
+#ifdef LESION_ACCELERATOR_MEMORY_API
+      const auto stats = at::accelerator::getDeviceStats(device->index());
+      constexpr size_t kAll = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+      d.memory_allocated_bytes = stats.allocated_bytes[kAll].current;
+      d.memory_reserved_bytes = stats.reserved_bytes[kAll].current;
+#endif
+    }
+    return out;
   }
 
   void Shutdown() override {

@@ -71,6 +71,17 @@ struct ModelSummary {
   std::string dequantized_from;  // Model::dequantized_from(): "" unless the checkpoint was quantized
 };
 
+// One device executor now, for lesion status and /metrics.
+struct DeviceStats {
+  std::string device;       // the executor: "cuda:1", "cpu", "cpu#1"
+  int64_t queued = 0;       // experiments waiting (a sweep's shard counts as one)
+  std::string running_id;   // the experiment it runs now; "" when idle
+  // CUDA: the caching allocator's bytes held by tensors and reserved from the driver (LibTorch >=
+  // 2.9; 0 before). The CPU: 0, not tracked.
+  int64_t memory_allocated_bytes = 0;
+  int64_t memory_reserved_bytes = 0;
+};
+
 struct EngineOptions {
   std::filesystem::path data_dir;           // named datasets
   int64_t max_queue_per_device = 64;        // queued experiments; more is ResourceExhausted
@@ -103,6 +114,10 @@ struct Job {
   // A sweep: its variants (experiments::spec::ExpandSweep of `spec`), each reported through
   // on_variant; on_finish gets the parent's result. Empty for a single experiment.
   std::vector<experiments::spec::Experiment> variants;
+  // A resubmitted sweep: indices of variants an earlier run finished. Groups of only such variants
+  // are not run; groups that run are run whole (so every number is as in a fresh run) and report
+  // these variants too. If every variant is done, the first group still runs for the baseline.
+  std::vector<int64_t> skip_variants;
   // Asked when the experiment starts (so that a sweep queued at once still finds the baseline its
   // first experiment computed): the baseline pass of an earlier experiment with the same model
   // fingerprint and spec.baseline_sha256, reused (no baseline forward passes) unless the spec needs
@@ -154,6 +169,10 @@ class Engine {
   virtual absl::Status Cancel(const std::string& id) = 0;
   // Experiments ahead of a queued one on its device; NotFound if it is not queued.
   virtual absl::StatusOr<int64_t> QueuePosition(const std::string& id) const = 0;
+
+  // Every executor that exists (one per device used so far), in device order. Never blocks on a
+  // running experiment.
+  virtual std::vector<DeviceStats> Devices() const = 0;
 
   // Stops taking work, cancels what is queued, running and loading, and joins the executors and
   // loader threads.

@@ -231,6 +231,25 @@ absl::Status FakeEngine::Cancel(const std::string& id) {
   return absl::OkStatus();
 }
 
+std::vector<DeviceStats> FakeEngine::Devices() const {
+  absl::MutexLock lock(&mu_);
+  DeviceStats cpu;
+  cpu.device = "cpu";
+  for (const Entry& e : jobs_) {
+    if (!e.running) ++cpu.queued;
+    if (e.running && cpu.running_id.empty()) cpu.running_id = e.job.id;
+  }
+  cpu.memory_allocated_bytes = memory_allocated_;
+  cpu.memory_reserved_bytes = memory_reserved_;
+  return {cpu};
+}
+
+void FakeEngine::SetDeviceMemory(int64_t allocated_bytes, int64_t reserved_bytes) {
+  absl::MutexLock lock(&mu_);
+  memory_allocated_ = allocated_bytes;
+  memory_reserved_ = reserved_bytes;
+}
+
 absl::StatusOr<int64_t> FakeEngine::QueuePosition(const std::string& id) const {
   absl::MutexLock lock(&mu_);
   int64_t ahead = 0;

@@ -74,7 +74,11 @@ class FakeEngine : public Engine {
   absl::StatusOr<int64_t> Submit(Job job) override;
   absl::Status Cancel(const std::string& id) override;
   absl::StatusOr<int64_t> QueuePosition(const std::string& id) const override;
+  // One device, "cpu": the jobs not started, the first running one, and SetDeviceMemory's bytes.
+  std::vector<DeviceStats> Devices() const override;
   void Shutdown() override;
+
+  void SetDeviceMemory(int64_t allocated_bytes, int64_t reserved_bytes);
 
  private:
   struct Entry {
@@ -99,6 +103,8 @@ class FakeEngine : public Engine {
   std::map<std::string, Job> submitted_jobs_ ABSL_GUARDED_BY(mu_);  // without callbacks
   std::vector<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t memory_allocated_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t memory_reserved_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace lesion::server

@@ -3,10 +3,13 @@
 //
 // Start-up: config -> auth -> engine -> tracker (opens the database, marks what a crash left
 // queued or running interrupted) -> preload models (waits; exit 1 naming the model if one fails)
-// -> serve, printing "lesiond listening on ADDRESS" once it accepts calls. SIGINT / SIGTERM: stop
+// -> serve, printing "lesiond listening on ADDRESS" on stdout once it accepts calls (and
+// /metrics with --metrics-address). Everything else is a structured log line on stderr
+// (server/log.h, --log-format). SIGINT / SIGTERM: stop
 // taking experiments, cancel what runs (recorded as interrupted), stop the server within 5 s, drain
 // the store writer, exit 0. Exit 2 for bad flags, 1 for a start-up failure.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <future>
@@ -19,12 +22,15 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/engine.h"
+#include "server/log.h"
+#include "server/metrics.h"
 #include "server/service.h"
 #include "server/tracker.h"
 
@@ -34,8 +40,26 @@ namespace {
 constexpr int kMaxMessageBytes = 512 << 20;  // captured tensors can be large
 
 int Fail(const std::string& what, const absl::Status& status) {
-  std::cerr << "lesiond: " << what << ": " << status.message() << "\n";
+  Log(LogLevel::kError, "start_failed",
+      {{"while", what}, {"code", absl::StatusCodeToString(status.code())}, {"error", status.message()}});
   return 1;
+}
+
+// A sweep logs once, not once per variant.
+void LogFinished(const lesion::v1::Experiment& e) {
+  if (!e.parent_id().empty()) return;
+  std::string state = lesion::v1::ExperimentStatus_Name(e.status());
+  absl::AsciiStrToLower(&state);
+  const double duration_s =
+      e.started_unix_micros() > 0 ? static_cast<double>(e.finished_unix_micros() - e.started_unix_micros()) / 1e6 : 0;
+  if (e.status() == lesion::v1::FAILED) {
+    Log(LogLevel::kWarning, "experiment_failed",
+        {{"id", e.id()}, {"user", e.user()}, {"model", e.model()}, {"code", e.error_code()},
+         {"error", e.error()}, {"duration_s", duration_s}});
+  } else {
+    Log(LogLevel::kInfo, "experiment_finished",
+        {{"id", e.id()}, {"user", e.user()}, {"model", e.model()}, {"status", state}, {"duration_s", duration_s}});
+  }
 }
 
 std::shared_ptr<grpc::ServerCredentials> Credentials(const ServerConfig& config, absl::Status& error) {
@@ -77,12 +101,16 @@ int Main(int argc, char** argv) {
     std::cout << Usage();
     return 0;
   }
+  SetLogFormat(config.log_format == "json" ? LogFormat::kJson : LogFormat::kText);  // checked by the parser
+  Log(LogLevel::kInfo, "starting",
+      {{"version", LESION_VERSION}, {"pid", int64_t{getpid()}}, {"listen", config.listen}, {"database", config.database},
+       {"metrics_address", config.metrics_address}});
 
   absl::StatusOr<Authenticator> auth = config.tokens_file.empty()
                                            ? Authenticator::Anonymous(config.allow_anonymous_admin)
                                            : Authenticator::FromTokensFile(config.tokens_file);
   if (!auth.ok()) {
-    std::cerr << "lesiond: --tokens-file: " << auth.status().message() << "\n";
+    Log(LogLevel::kError, "start_failed", {{"while", "reading --tokens-file"}, {"error", auth.status().message()}});
     return 2;
   }
 
@@ -98,7 +126,14 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(engine_options);
   if (!engine.ok()) return Fail("starting the engine", engine.status());
 
-  absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(config.database, engine->get(), config.max_sweep_variants);
+  absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(
+      config.database, engine->get(),
+      TrackerOptions{.max_sweep_variants = config.max_sweep_variants,
+                     .baseline_cache_bytes = config.baseline_cache_bytes,
+                     .max_queued_per_user = config.max_queued_per_user,
+                     .read_connections = config.read_connections,
+                     .max_user_bytes = config.max_user_bytes,
+                     .max_list_bytes = config.max_list_bytes});
   if (!tracker.ok()) return Fail(absl::StrCat("opening the database ", config.database), tracker.status());
 
   for (const ModelPreload& m : config.models) {
@@ -111,8 +146,20 @@ int Main(int argc, char** argv) {
       (*engine)->Shutdown();
       return Fail(absl::StrCat("loading model ", m.name, " from ", m.dir), status);
     }
-    std::cerr << "lesiond: loaded model " << m.name << " from " << m.dir << "\n";
+    Log(LogLevel::kInfo, "model_loaded", {{"model", m.name}, {"dir", m.dir}, {"device", m.device}, {"dtype", m.dtype}});
   }
+
+  // /metrics, when asked for: the counters it needs are fed from here on.
+  std::unique_ptr<Metrics> metrics;
+  if (!config.metrics_address.empty()) {
+    metrics = std::make_unique<Metrics>([&engine, &tracker, &config, started = absl::Now()] {
+      return CollectServerStatus(**engine, **tracker, config.database, started);
+    });
+  }
+  (*tracker)->SetFinishObserver([metrics = metrics.get()](const lesion::v1::Experiment& e) {
+    if (metrics != nullptr) metrics->ObserveFinished(e);
+    LogFinished(e);
+  });
 
   LesionService service(engine->get(), tracker->get(), &*auth, &config);
   grpc::EnableDefaultHealthCheckService(true);
@@ -126,6 +173,11 @@ int Main(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  if (metrics != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(metrics->NewInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || (!absl::StartsWith(config.listen, "unix:") && port == 0)) {
     (*engine)->Shutdown();
@@ -135,18 +187,48 @@ int Main(int argc, char** argv) {
   // default health service knows only "" until a service is named.
   server->GetHealthCheckService()->SetServingStatus(lesion::v1::Lesion::service_full_name(), true);
   server->GetHealthCheckService()->SetServingStatus("", true);
+  if (metrics != nullptr) {
+    absl::StatusOr<std::string> metrics_bound = metrics->Serve(config.metrics_address);
+    if (!metrics_bound.ok()) {
+      server->Shutdown();
+      (*engine)->Shutdown();
+      return Fail("serving metrics", metrics_bound.status());
+    }
+    Log(LogLevel::kInfo, "metrics_listening", {{"address", *metrics_bound}, {"path", "/metrics"}});
+  }
+  Log(LogLevel::kInfo, "listening", {{"address", BoundAddress(config.listen, port)}});
   std::cout << "lesiond listening on " << BoundAddress(config.listen, port) << std::endl;
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  std::cerr << "lesiond: " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down\n";
+  Log(LogLevel::kInfo, "shutting_down", {{"signal", signal_number == SIGINT ? "SIGINT" : "SIGTERM"}});
+  // New submissions are refused from here on; the server keeps answering reads and watches while
+  // running experiments use their grace period.
   (*tracker)->BeginShutdown();
+  if (config.shutdown_grace_seconds > 0) {
+    const int64_t interrupted = (*tracker)->InterruptQueued();
+    Log(LogLevel::kInfo, "shutdown_grace",
+        {{"queued_interrupted", interrupted}, {"grace_seconds", config.shutdown_grace_seconds}});
+    if (!(*tracker)->AwaitUnfinished(absl::Seconds(config.shutdown_grace_seconds))) {
+      Log(LogLevel::kWarning, "shutdown_grace_over", {{"action", "stopping the experiments still running"}});
+    }
+  }
   (*engine)->Shutdown();
+  absl::StatusOr<int64_t> recorded = (*tracker)->RecordInterrupted();
+  if (recorded.ok()) {
+    Log(LogLevel::kInfo, "experiments_interrupted", {{"count", *recorded}});  // ResubmitExperiment runs one again
+  } else {
+    // The next start records them.
+    Log(LogLevel::kError, "recording_interrupted_failed",
+        {{"code", absl::StatusCodeToString(recorded.status().code())}, {"error", recorded.status().message()}});
+  }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   (*tracker)->Flush();
+  if (metrics != nullptr) metrics->StopServing();  // scrapes read the tracker and the engine
   tracker->reset();  // joins the writer
   engine->reset();
+  Log(LogLevel::kInfo, "stopped");
   return 0;
 }
 

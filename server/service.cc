@@ -15,6 +15,8 @@
 #include "absl/strings/string_view.h"
 #include "common/model_path.h"
 #include "common/status_codes.h"
+#include "server/log.h"
+#include "server/metrics.h"
 #include "server/status.h"
 
 namespace lesion::server {
@@ -33,6 +35,11 @@ std::optional<absl::string_view> Metadata(grpc::CallbackServerContext* context, 
   auto it = metadata.find(grpc::string_ref(key.data(), key.size()));
   if (it == metadata.end()) return std::nullopt;
   return absl::string_view(it->second.data(), it->second.size());
+}
+
+void LogSubmitted(const v1::Experiment& e) {
+  Log(LogLevel::kInfo, "experiment_submitted",
+      {{"id", e.id()}, {"user", e.user()}, {"model", e.model()}, {"variants", int64_t{e.variants_total()}}});
 }
 
 absl::Status RequireId(const std::string& id) {
@@ -179,6 +186,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
       reactor->FinishOnce(ToGrpcStatus(submitted.status()), std::nullopt);
       return reactor.get();
     }
+    LogSubmitted(*submitted);
     std::weak_ptr<RunReactor> weak = reactor;
     absl::StatusOr<ExperimentTracker::Subscription> sub =
         tracker->Subscribe(submitted->id(), [weak](const ExperimentEvent& e) {
@@ -273,7 +281,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
 class LoadReactor : public grpc::ServerUnaryReactor {
  public:
   static LoadReactor* Start(Engine* engine, const v1::LoadModelRequest& request, const std::string& dir,
-                            std::chrono::system_clock::time_point deadline,
+                            const std::string& user, std::chrono::system_clock::time_point deadline,
                             v1::ModelInfo* response) {
     auto reactor = std::shared_ptr<LoadReactor>(new LoadReactor(response));
     reactor->self_ = reactor;
@@ -285,7 +293,16 @@ class LoadReactor : public grpc::ServerUnaryReactor {
     std::weak_ptr<LoadReactor> weak = reactor;
     absl::Status queued = engine->LoadModel(
         request.name(), dir, request.dtype(), request.device(), std::move(cancelled),
-        [weak](absl::StatusOr<ModelSummary> summary) {
+        [weak, name = request.name(), user](absl::StatusOr<ModelSummary> summary) {
+          if (summary.ok()) {
+            Log(LogLevel::kInfo, "model_loaded",
+                {{"model", name}, {"user", user}, {"dir", summary->dir}, {"device", summary->device},
+                 {"dtype", summary->dtype}, {"weight_bytes", summary->weight_bytes}});
+          } else {
+            Log(LogLevel::kWarning, "model_load_failed",
+                {{"model", name}, {"user", user}, {"code", absl::StatusCodeToString(summary.status().code())},
+                 {"error", summary.status().message()}});
+          }
           if (std::shared_ptr<LoadReactor> r = weak.lock()) r->FinishOnce(summary);
         });
     if (!queued.ok()) reactor->FinishOnce(queued);
@@ -372,7 +389,7 @@ grpc::ServerUnaryReactor* LesionService::LoadModel(grpc::CallbackServerContext* 
   absl::StatusOr<std::filesystem::path> dir = ResolveModelPath(request->dir());
   if (!dir.ok()) return FinishNow(context, dir.status());
   if (absl::Status st = CheckModelDirAllowed(*config_, dir->string()); !st.ok()) return FinishNow(context, st);
-  return LoadReactor::Start(engine_, *request, dir->string(), context->deadline(), response);
+  return LoadReactor::Start(engine_, *request, dir->string(), caller->user, context->deadline(), response);
 }
 
 grpc::ServerUnaryReactor* LesionService::UnloadModel(grpc::CallbackServerContext* context,
@@ -382,7 +399,9 @@ grpc::ServerUnaryReactor* LesionService::UnloadModel(grpc::CallbackServerContext
   if (!caller.ok()) return FinishNow(context, caller.status());
   if (absl::Status st = RequireAdmin(*caller, "UnloadModel"); !st.ok()) return FinishNow(context, st);
   if (request->name().empty()) return FinishNow(context, absl::InvalidArgumentError("name is empty: name the model"));
-  return FinishNow(context, engine_->UnloadModel(request->name()));
+  absl::Status unloaded = engine_->UnloadModel(request->name());
+  if (unloaded.ok()) Log(LogLevel::kInfo, "model_unloaded", {{"model", request->name()}, {"user", caller->user}});
+  return FinishNow(context, unloaded);
 }
 
 // The answer to a submission goes out once its record is in the database (the writer thread
@@ -392,6 +411,7 @@ grpc::ServerUnaryReactor* LesionService::FinishWhenRecorded(grpc::CallbackServer
                                                             v1::Experiment* response) {
   if (!submitted.ok()) return FinishNow(context, submitted.status());
   *response = *std::move(submitted);
+  LogSubmitted(*response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   tracker_->AfterQueuedWrites([reactor] { reactor->Finish(grpc::Status::OK); });
   return reactor;
@@ -470,6 +490,38 @@ grpc::ServerUnaryReactor* LesionService::ResubmitExperiment(grpc::CallbackServer
   if (!caller.ok()) return FinishNow(context, caller.status());
   if (absl::Status st = RequireId(request->id()); !st.ok()) return FinishNow(context, st);
   return FinishWhenRecorded(context, tracker_->Resubmit(*caller, request->id()), response);
+}
+
+grpc::ServerUnaryReactor* LesionService::DeleteExperiments(grpc::CallbackServerContext* context,
+                                                           const v1::RetentionRequest* request,
+                                                           v1::RetentionResponse* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireAdmin(*caller, "DeleteExperiments"); !st.ok()) return FinishNow(context, st);
+  absl::StatusOr<v1::RetentionResponse> done = tracker_->DeleteExperiments(*request);
+  if (done.ok()) *response = std::move(*done);
+  return FinishNow(context, done.status());
+}
+
+grpc::ServerUnaryReactor* LesionService::DropCaptures(grpc::CallbackServerContext* context,
+                                                      const v1::RetentionRequest* request,
+                                                      v1::RetentionResponse* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  if (absl::Status st = RequireAdmin(*caller, "DropCaptures"); !st.ok()) return FinishNow(context, st);
+  absl::StatusOr<v1::RetentionResponse> done = tracker_->DropCaptures(*request);
+  if (done.ok()) *response = std::move(*done);
+  return FinishNow(context, done.status());
+}
+
+grpc::ServerUnaryReactor* LesionService::GetServerStatus(grpc::CallbackServerContext* context,
+                                                         const v1::GetServerStatusRequest* request,
+                                                         v1::ServerStatus* response) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  absl::StatusOr<v1::ServerStatus> status = CollectServerStatus(*engine_, *tracker_, config_->database, started_);
+  if (status.ok()) *response = std::move(*status);
+  return FinishNow(context, status.status());
 }
 
 }  // namespace lesion::server

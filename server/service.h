@@ -2,8 +2,9 @@
 // callback API. Every handler authenticates the call (server/auth.h), validates, and hands work to
 // the ExperimentTracker or the Engine; no handler waits for a device or a model load (LoadModel and
 // RunExperiment finish from the engine's callbacks, WatchExperiment streams from the tracker's
-// events). Reads of the experiment store (GetExperiment, ListExperiments) are short SQLite reads on
-// the calling thread.
+// events). Reads of the experiment store (GetExperiment, ListExperiments) are SQLite reads on the
+// calling thread, through the tracker's pool of read connections (bounded pages); retention
+// (DeleteExperiments, DropCaptures, admin only) waits on the calling thread for the store's writer.
 //
 //   LesionService service(engine.get(), tracker.get(), &authenticator, &config);
 //   grpc::ServerBuilder builder;
@@ -21,6 +22,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/time/time.h"
 #include "proto/lesion/v1/service.grpc.pb.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -64,6 +66,15 @@ class LesionService final : public lesion::v1::Lesion::CallbackService {
   grpc::ServerUnaryReactor* ResubmitExperiment(grpc::CallbackServerContext* context,
                                                const lesion::v1::ResubmitExperimentRequest* request,
                                                lesion::v1::Experiment* response) override;
+  grpc::ServerUnaryReactor* DeleteExperiments(grpc::CallbackServerContext* context,
+                                              const lesion::v1::RetentionRequest* request,
+                                              lesion::v1::RetentionResponse* response) override;
+  grpc::ServerUnaryReactor* DropCaptures(grpc::CallbackServerContext* context,
+                                         const lesion::v1::RetentionRequest* request,
+                                         lesion::v1::RetentionResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerStatus(grpc::CallbackServerContext* context,
+                                            const lesion::v1::GetServerStatusRequest* request,
+                                            lesion::v1::ServerStatus* response) override;
 
  private:
   absl::StatusOr<Principal> Caller(grpc::CallbackServerContext* context) const;
@@ -75,6 +86,7 @@ class LesionService final : public lesion::v1::Lesion::CallbackService {
   ExperimentTracker* const tracker_;
   const Authenticator* const auth_;
   const ServerConfig* const config_;
+  const absl::Time started_ = absl::Now();  // the uptime of GetServerStatus counts from here
 };
 
 }  // namespace lesion::server

@@ -501,5 +501,29 @@ TEST_F(ServiceTest, HugeNamesAndIdsGetTheirRealErrorInFewBytes) {
   EXPECT_LE(unknown_id.error_message().size(), kMaxStatusMessageBytes);
 }
 
+TEST_F(TokenServiceTest, RetentionIsAdminOnlyAndNeedsAFilter) {
+  v1::SubmitExperimentRequest submit;
+  *submit.mutable_spec() = TinySpec();
+  v1::Experiment submitted;
+  ASSERT_TRUE(stub_->SubmitExperiment(As("", "tok-alice").get(), submit, &submitted).ok());
+  v1::RetentionRequest request;
+  request.set_where("user = \"alice\"");
+  v1::RetentionResponse response;
+  grpc::Status denied = stub_->DeleteExperiments(As("", "tok-alice").get(), request, &response);
+  EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(denied.error_message().find("DeleteExperiments is admin-only"), std::string::npos);
+  EXPECT_EQ(stub_->DropCaptures(As("", "tok-alice").get(), request, &response).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  // The admin's call: the queued experiment is skipped, not deleted.
+  grpc::Status done = stub_->DeleteExperiments(As("", "tok-root").get(), request, &response);
+  ASSERT_TRUE(done.ok()) << done.error_message();
+  EXPECT_EQ(response.experiments(), 0);
+  EXPECT_EQ(response.skipped_active(), 1);
+  request.clear_where();
+  grpc::Status no_filter = stub_->DropCaptures(As("", "tok-root").get(), request, &response);
+  EXPECT_EQ(no_filter.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(no_filter.error_message().find("filter is required"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace lesion::server

@@ -5,11 +5,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/error_text.h"
+#include "server/log.h"
+#include "storage/sqlite.h"
 
 namespace lesion::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  // A storage error carries its SQL for us, not for the client: log it here, where it leaves.
+  if (auto sql = status.GetPayload(storage::kSqlPayloadUrl)) {
+    Log(LogLevel::kError, "storage_error",
+        {{"code", absl::StatusCodeToString(status.code())}, {"error", status.message()}, {"sql", std::string(*sql)}});
+  }
   std::string message(status.message());
   if (message.size() > kMaxStatusMessageBytes) {
     const std::string note = absl::StrCat(" [message cut from ", message.size(), " bytes]");

@@ -7,6 +7,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
@@ -15,6 +17,7 @@
 #include "common/status_macros.h"
 #include "experiments/spec/result_proto.h"
 #include "experiments/spec/spec.h"
+#include "server/log.h"
 
 namespace lesion::server {
 namespace {
@@ -51,7 +54,7 @@ v1::Experiment RecordToProto(const storage::ExperimentRecord& record) {
   options.ignore_unknown_fields = true;
   auto parsed = google::protobuf::util::JsonStringToMessage(record.spec_json, e.mutable_spec(), options);
   if (!parsed.ok()) {
-    std::cerr << "lesiond: the stored spec of " << record.id << " does not parse: " << parsed.ToString() << "\n";
+    Log(LogLevel::kWarning, "stored_spec_unreadable", {{"id", record.id}, {"error", parsed.ToString()}});
   }
   e.set_status(ToProtoStatus(record.status));
   e.set_error(record.error);
@@ -78,7 +81,12 @@ void SetSweepCounts(v1::Experiment& e) {
 constexpr int64_t kMaxSweepSpecBytes = int64_t{256} << 20;
 
 void LogWrite(const std::string& what, const std::string& id, const absl::Status& status) {
-  if (!status.ok()) std::cerr << "lesiond: store " << what << " of " << id << " failed: " << status << "\n";
+  if (!status.ok()) {
+    const auto sql = status.GetPayload(storage::kSqlPayloadUrl);  // absl::optional<absl::Cord>
+    Log(LogLevel::kError, "store_write_failed",
+        {{"write", what}, {"id", id}, {"code", absl::StatusCodeToString(status.code())}, {"error", status.message()},
+         {"sql", sql.has_value() ? std::string(*sql) : std::string()}});
+  }
 }
 
 }  // namespace
@@ -133,7 +141,7 @@ void ExperimentTracker::Subscription::Reset() {
 
 absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(const std::string& db_path,
                                                                              Engine* engine,
-                                                                             int64_t max_sweep_variants) {
+                                                                             TrackerOptions options) {
   if (db_path.empty() || db_path == ":memory:") {
     return absl::InvalidArgumentError(
         "the experiment database must be a file (the writer and the readers share it): got '" + db_path + "'");
@@ -141,19 +149,29 @@ absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(con
   ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> writer, storage::ExperimentStore::Open(db_path));
   ASSIGN_OR_RETURN(int64_t interrupted, writer->MarkInterruptedOnStart(absl::Now()));
   if (interrupted > 0) {
-    std::cerr << "lesiond: " << interrupted << " experiment(s) left queued or running by the last run marked "
-              << "interrupted (ResubmitExperiment runs one again)\n";
+    // ResubmitExperiment runs one again.
+    Log(LogLevel::kWarning, "experiments_interrupted_by_last_run", {{"count", interrupted}});
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> reader, storage::ExperimentStore::Open(db_path));
-  return std::unique_ptr<ExperimentTracker>(
-      new ExperimentTracker(engine, std::move(writer), std::move(reader), max_sweep_variants));
+  if (!writer->auto_vacuum_status().ok()) {
+    Log(LogLevel::kWarning, "database_not_incremental_vacuum",
+        {{"error", std::string(writer->auto_vacuum_status().message())}});
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<storage::ReadPool> readers,
+                   storage::ReadPool::Create(db_path, options.read_connections));
+  ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> point_reader,
+                   storage::ExperimentStore::OpenReadOnly(db_path));
+  return std::unique_ptr<ExperimentTracker>(new ExperimentTracker(
+      engine, std::move(writer), std::move(readers), std::move(point_reader), options));
 }
 
 ExperimentTracker::ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
-                                     std::unique_ptr<storage::ExperimentStore> reader, int64_t max_sweep_variants)
+                                     std::unique_ptr<storage::ReadPool> readers,
+                                     std::unique_ptr<storage::ExperimentStore> point_reader, TrackerOptions options)
     : engine_(engine),
-      max_sweep_variants_(max_sweep_variants),
-      reader_(std::move(reader)),
+      options_(options),
+      baselines_(options.baseline_cache_bytes),
+      readers_(std::move(readers)),
+      point_reader_(std::move(point_reader)),
       writer_(std::move(writer)) {
   writer_thread_ = std::thread([this] { WriterLoop(); });
 }
@@ -286,8 +304,8 @@ absl::StatusOr<std::string> ExperimentTracker::NewId() {
       absl::MutexLock lock(&mu_);
       if (live_.contains(id)) continue;
     }
-    absl::MutexLock lock(&read_mu_);
-    absl::StatusOr<storage::ExperimentRecord> existing = reader_->Get(id);
+    absl::MutexLock lock(&point_mu_);
+    absl::StatusOr<storage::ExperimentRecord> existing = point_reader_->Get(id);
     if (absl::IsNotFound(existing.status())) return id;
     if (!existing.ok()) return existing.status();
   }
@@ -295,25 +313,20 @@ absl::StatusOr<std::string> ExperimentTracker::NewId() {
 }
 
 std::optional<experiments::result::Pass> ExperimentTracker::LookupBaseline(const std::string& key) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = baselines_.find(key);
-    if (it != baselines_.end()) return experiments::result::FromProto(it->second);
-  }
+  if (std::optional<v1::PassResult> held = baselines_.Get(key)) return experiments::result::FromProto(*held);
   absl::StatusOr<std::optional<v1::PassResult>> stored;
   {
-    absl::MutexLock lock(&read_mu_);
-    stored = reader_->GetBaseline(key);
+    absl::MutexLock lock(&point_mu_);
+    stored = point_reader_->GetBaseline(key);
   }
   if (!stored.ok()) {
-    std::cerr << "lesiond: reading the cached baseline " << key << " failed: " << stored.status() << "\n";
+    Log(LogLevel::kWarning, "baseline_read_failed",
+        {{"key", key}, {"code", absl::StatusCodeToString(stored.status().code())}, {"error", stored.status().message()}});
     return std::nullopt;
   }
   if (!stored->has_value()) return std::nullopt;
-  experiments::result::Pass pass = experiments::result::FromProto(**stored);
-  absl::MutexLock lock(&mu_);
-  baselines_.emplace(key, std::move(**stored));
-  return pass;
+  baselines_.Put(key, **stored);  // not held if it has captures
+  return experiments::result::FromProto(**stored);
 }
 
 JobCallbacks ExperimentTracker::MakeCallbacks(const std::string& id) {
@@ -331,7 +344,8 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Submit(const Principal& caller
 }
 
 absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& caller,
-                                                               const v1::ExperimentSpec& spec_proto) {
+                                                               const v1::ExperimentSpec& spec_proto,
+                                                               const FinishedVariants* finished) {
   ASSIGN_OR_RETURN(experiments::spec::Experiment spec,
                    experiments::spec::ParseExperimentProto(spec_proto.SerializeAsString()));
   if (spec.model.empty()) {
@@ -341,11 +355,12 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   std::vector<experiments::spec::Experiment> variants;
   if (spec.has_sweep) {
     ASSIGN_OR_RETURN(variants, experiments::spec::ExpandSweep(spec, {model.n_layers, model.n_heads, model.d_model},
-                                                              max_sweep_variants_, kMaxSweepSpecBytes));
+                                                              options_.max_sweep_variants, kMaxSweepSpecBytes));
     RETURN_IF_ERROR(engine_->ValidateSweep(spec.model, spec, variants));
   } else {
     RETURN_IF_ERROR(engine_->Validate(spec.model, spec));
   }
+  RETURN_IF_ERROR(CheckStoredQuota(caller.user));
   ASSIGN_OR_RETURN(std::string id, NewId());
   const absl::Time now = absl::Now();
 
@@ -385,6 +400,16 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
     live.snapshot.set_variants_total(static_cast<int32_t>(variants.size()));
     google::protobuf::util::JsonParseOptions options;
     for (size_t i = 0; i < variants.size(); ++i) {
+      if (finished != nullptr) {
+        auto done = finished->rows.find(static_cast<int64_t>(i));
+        if (done != finished->rows.end()) {  // finished by the earlier run: not run again
+          experiments::result::SweepVariant row = done->second;
+          row.name = variants[i].variant_name;
+          live.children.push_back(row.experiment_id);
+          live.resumed_rows.emplace(done->first, std::move(row));
+          continue;
+        }
+      }
       const std::string child_id = absl::StrCat(id, ".", i);
       storage::ExperimentRecord record = make_record(variants[i], child_id);
       record.parent_id = id;
@@ -408,6 +433,8 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   job.lookup_cached_baseline = [this, key = live.baseline_key] { return LookupBaseline(key); };
   job.spec = std::move(spec);
   job.variants = std::move(variants);
+  for (const auto& [index, row] : live.resumed_rows) job.skip_variants.push_back(index);
+  live.snapshot.set_variants_done(static_cast<int32_t>(live.resumed_rows.size()));
   job.callbacks = MakeCallbacks(id);
   if (!job.variants.empty()) {
     job.callbacks.on_variant = [this, id](int64_t index, experiments::result::Experiment result) {
@@ -416,6 +443,10 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   }
   {
     absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return absl::UnavailableError("lesiond is shutting down: submit the experiment again once it is back");
+    }
+    RETURN_IF_ERROR(CheckQueuedQuotaLocked(caller.user));
     live_.emplace(id, std::move(live));
     for (auto& [child_id, child] : children) live_.emplace(child_id, std::move(child));
   }
@@ -424,7 +455,9 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   auto it = live_.find(id);
   if (!ahead.ok()) {
     if (it != live_.end()) {
-      for (const std::string& child_id : it->second.children) live_.erase(child_id);
+      for (const std::string& child_id : it->second.children) {
+        if (absl::StartsWith(child_id, id)) live_.erase(child_id);  // not an earlier run's variant
+      }
       live_.erase(it);
     }
     return ahead.status();
@@ -440,7 +473,9 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   std::vector<std::string> ids = it->second.children;
   ids.insert(ids.begin(), id);
   for (const std::string& live_id : ids) {
-    Live& entry = live_.at(live_id);
+    auto entry_it = live_.find(live_id);
+    if (entry_it == live_.end()) continue;  // a resubmitted sweep's variant finished earlier
+    Live& entry = entry_it->second;
     if (entry.snapshot.status() == v1::QUEUED) entry.snapshot.set_queue_position(static_cast<int32_t>(*ahead));
     entry.inserted = true;
     for (Write& write : entry.held_writes) Enqueue(std::move(write));
@@ -457,7 +492,56 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Resubmit(const Principal& call
                                                       ": only interrupted, failed or cancelled experiments can be "
                                                       "resubmitted"));
   }
+  if (old.spec().has_sweep() && old.parent_id().empty()) {
+    ASSIGN_OR_RETURN(FinishedVariants finished, ReadFinishedVariants(id));
+    return SubmitParsed(caller, old.spec(), &finished);
+  }
   return SubmitParsed(caller, old.spec());
+}
+
+absl::StatusOr<ExperimentTracker::FinishedVariants> ExperimentTracker::ReadFinishedVariants(
+    const std::string& parent) {
+  FinishedVariants finished;
+  finished.parent = parent;
+  storage::QueryOptions query;
+  // Ids are "exp-" and hex digits: nothing to escape.
+  query.where = absl::StrCat("parent = \"", parent, "\" AND status = \"done\"");
+  query.include_results = true;  // without captured bytes
+  query.limit = 1000;
+  while (true) {
+    storage::QueryPage page;
+    {
+      storage::ReadPool::Lease reader = readers_->Acquire();
+      ASSIGN_OR_RETURN(page, reader->Query(query));
+    }
+    for (size_t r = 0; r < page.records.size(); ++r) {
+      const std::string& child = page.records[r].id;
+      int64_t index = -1;
+      if (!absl::SimpleAtoi(absl::string_view(child).substr(child.rfind('.') + 1), &index) || index < 0 ||
+          r >= page.results.size() || !page.results[r].has_value()) {
+        continue;  // not a variant id, or no result: run it again
+      }
+      const v1::ExperimentResult& result = *page.results[r];
+      experiments::result::SweepVariant row;
+      row.experiment_id = child;
+      if (result.intervened().has_perplexity() && result.baseline().has_perplexity()) {
+        const double base = result.baseline().perplexity().ppl();
+        row.has_perplexity = true;
+        row.perplexity = result.intervened().perplexity().ppl();
+        row.perplexity_delta_pct = 100.0 * (row.perplexity - base) / base;
+      }
+      for (const v1::Metric& metric : result.metrics()) {
+        if (metric.name() == "kl_divergence") {
+          row.has_kl_divergence = true;
+          row.kl_divergence = result.kl_divergence();
+        }
+      }
+      finished.rows.emplace(index, std::move(row));
+    }
+    if (page.next_offset <= 0) break;
+    query.offset = page.next_offset;
+  }
+  return finished;
 }
 
 // ---- Engine callbacks (executor threads) ----------------------------------------------------------------
@@ -567,7 +651,7 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
       });
     }
     if (!result->baseline_from_cache && !live.baseline_key.empty()) {
-      baselines_[live.baseline_key] = proto.baseline();
+      baselines_.Put(live.baseline_key, proto.baseline());
       WriteLocked(live, [key = live.baseline_key, pass = proto.baseline(), now](storage::ExperimentStore& store) {
         LogWrite("put-baseline", key, store.PutBaseline(key, pass, now));
       });
@@ -577,7 +661,8 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
     });
     *snap.mutable_result() = proto;
   } else if (absl::IsCancelled(result.status()) && shutting_down_) {
-    // Left queued / running in the store: the next start records it as interrupted.
+    // Left queued / running in the store until RecordInterrupted (or, after a crash, the next
+    // start) records it as interrupted.
     snap.set_status(v1::INTERRUPTED);
     snap.set_error("the server stopped");
   } else if (absl::IsCancelled(result.status())) {
@@ -598,6 +683,23 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
     });
   }
   live.final = true;
+  if (finish_observer_) {
+    v1::Experiment summary;  // what observers need, without the spec's and result's bytes
+    summary.set_id(snap.id());
+    summary.set_user(snap.user());
+    summary.set_name(snap.name());
+    summary.set_model(snap.model());
+    summary.set_parent_id(snap.parent_id());
+    summary.set_status(snap.status());
+    summary.set_error(snap.error());
+    summary.set_error_code(snap.error_code());
+    summary.set_created_unix_micros(snap.created_unix_micros());
+    summary.set_started_unix_micros(snap.started_unix_micros());
+    summary.set_finished_unix_micros(snap.finished_unix_micros());
+    WriteLocked(live, [observer = finish_observer_, summary = std::move(summary)](storage::ExperimentStore&) {
+      observer(summary);
+    });
+  }
   auto out = PublishLocked(live);
   RetireLocked(id);
   return out;
@@ -636,6 +738,12 @@ void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experimen
     if (result.ok()) {
       for (size_t i = 0; i < children.size() && i < result->sweep.variants.size(); ++i) {
         result->sweep.variants[i].experiment_id = children[i];
+      }
+      // A resubmitted sweep: rows of variants the earlier run finished and this one did not run.
+      for (const auto& [index, row] : it->second.resumed_rows) {
+        if (index < static_cast<int64_t>(result->sweep.variants.size()) && result->sweep.variants[index].name.empty()) {
+          result->sweep.variants[index] = row;
+        }
       }
     }
     // Converted under the lock only for a sweep's parent (its rows name the children); shared with
@@ -710,23 +818,161 @@ void ExperimentTracker::CancelQuietly(const std::string& id) {
   engine_->Cancel(id).IgnoreError();
 }
 
+absl::Status ExperimentTracker::CheckQueuedQuotaLocked(const std::string& user) {
+  if (options_.max_queued_per_user <= 0) return absl::OkStatus();
+  int64_t queued = 0;
+  for (const auto& [id, live] : live_) {
+    const v1::Experiment& snap = live.snapshot;
+    if (!live.final && snap.status() == v1::QUEUED && snap.parent_id().empty() && snap.user() == user) ++queued;
+  }
+  if (queued < options_.max_queued_per_user) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "user '", user, "' has ", queued, " experiments queued, the limit per user (--max-queued-per-user ",
+      options_.max_queued_per_user, "): wait for some to start, or cancel some"));
+}
+
+absl::Status ExperimentTracker::CheckStoredQuota(const std::string& user) {
+  if (options_.max_user_bytes <= 0) return absl::OkStatus();
+  absl::StatusOr<int64_t> stored;
+  {
+    absl::MutexLock lock(&point_mu_);
+    stored = point_reader_->UserBytes(user);
+  }
+  if (!stored.ok()) return stored.status();
+  if (*stored < options_.max_user_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "user '", user, "' stores ", *stored, " bytes of experiments, at or over the limit per user (--max-user-bytes ",
+      options_.max_user_bytes, "): ask an admin to delete experiments or drop their captures (lesion rm / lesion gc)"));
+}
+
+absl::StatusOr<v1::RetentionResponse> ExperimentTracker::DeleteExperiments(const v1::RetentionRequest& request) {
+  return Retain(request, /*captures_only=*/false);
+}
+
+absl::StatusOr<v1::RetentionResponse> ExperimentTracker::DropCaptures(const v1::RetentionRequest& request) {
+  return Retain(request, /*captures_only=*/true);
+}
+
+absl::StatusOr<v1::RetentionResponse> ExperimentTracker::Retain(const v1::RetentionRequest& request,
+                                                                bool captures_only) {
+  // Experiments (with their variants) per writer batch: small enough that a Submit's insert,
+  // queued behind a batch, waits milliseconds rather than for the whole deletion.
+  constexpr int64_t kBatch = 64;
+  auto run = [captures_only](storage::ExperimentStore& store, const storage::RetentionOptions& options) {
+    return captures_only ? store.DropCaptures(options) : store.DeleteExperiments(options);
+  };
+  storage::RetentionOptions options{.where = request.where(), .dry_run = request.dry_run()};
+  v1::RetentionResponse response;
+  auto add = [&response](const storage::RetentionReport& report) {
+    response.set_experiments(response.experiments() + report.experiments);
+    response.set_bytes(response.bytes() + report.bytes);
+    // Skipped ones stay and are counted again by every batch; the last one counts them all.
+    response.set_skipped_active(report.skipped_active);
+    response.set_skipped_variants(report.skipped_variants);
+  };
+  if (request.dry_run()) {
+    storage::ReadPool::Lease reader = readers_->Acquire();
+    ASSIGN_OR_RETURN(storage::RetentionReport report, run(*reader, options));
+    add(report);
+    return response;
+  }
+  options.max_families = kBatch;
+  while (true) {
+    struct Batch {
+      absl::Notification done;
+      absl::StatusOr<storage::RetentionReport> report;
+      absl::StatusOr<int64_t> reclaimed = 0;
+    };
+    auto batch = std::make_shared<Batch>();
+    Enqueue([batch, options, run](storage::ExperimentStore& store) {
+      batch->report = run(store, options);
+      if (batch->report.ok()) batch->reclaimed = store.ReclaimSpace();
+      batch->done.Notify();
+    });
+    batch->done.WaitForNotification();
+    if (!batch->report.ok()) return batch->report.status();
+    add(*batch->report);
+    if (batch->reclaimed.ok()) {
+      response.set_file_bytes_reclaimed(response.file_bytes_reclaimed() + *batch->reclaimed);
+    } else {  // the deletion stands; the pages are reused, the file just does not shrink yet
+      Log(LogLevel::kWarning, "incremental_vacuum_failed", {{"error", batch->reclaimed.status().ToString()}});
+    }
+    if (!batch->report->more) break;
+  }
+  Log(LogLevel::kInfo, captures_only ? "captures_dropped" : "experiments_deleted",
+      {{"where", request.where()}, {"experiments", response.experiments()}, {"bytes", response.bytes()}});
+  return response;
+}
+
+absl::StatusOr<std::map<std::string, int64_t>> ExperimentTracker::CountByStatus() {
+  std::map<std::string, int64_t> counts;
+  storage::ReadPool::Lease reader = readers_->Acquire();
+  for (storage::ExperimentStatus status :
+       {storage::ExperimentStatus::kQueued, storage::ExperimentStatus::kRunning, storage::ExperimentStatus::kDone,
+        storage::ExperimentStatus::kFailed, storage::ExperimentStatus::kCancelled,
+        storage::ExperimentStatus::kInterrupted}) {
+    const std::string name(storage::ExperimentStatusName(status));
+    storage::QueryOptions count;
+    count.where = absl::StrCat("status = \"", name, "\"");
+    count.limit = 0;
+    ASSIGN_OR_RETURN(storage::QueryPage page, reader->Query(count));
+    counts[name] = page.total;
+  }
+  return counts;
+}
+
 void ExperimentTracker::BeginShutdown() {
   absl::MutexLock lock(&mu_);
   shutting_down_ = true;
 }
 
+int64_t ExperimentTracker::InterruptQueued() {
+  std::vector<std::string> queued;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, live] : live_) {
+      if (!live.final && live.snapshot.status() == v1::QUEUED && live.snapshot.parent_id().empty()) {
+        queued.push_back(id);
+      }
+    }
+  }
+  // Cancelled by the engine while shutting down: reported as interrupted (FinishLocked).
+  for (const std::string& id : queued) engine_->Cancel(id).IgnoreError();
+  return static_cast<int64_t>(queued.size());
+}
+
+bool ExperimentTracker::AwaitUnfinished(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(
+      absl::Condition(
+          +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            for (const auto& [id, live] : t->live_) {
+              if (!live.final) return false;
+            }
+            return true;
+          },
+          this),
+      timeout);
+}
+
+absl::StatusOr<int64_t> ExperimentTracker::RecordInterrupted() {
+  auto marked = std::make_shared<absl::StatusOr<int64_t>>(0);
+  Enqueue([marked](storage::ExperimentStore& store) { *marked = store.MarkInterruptedOnStart(absl::Now()); });
+  Flush();
+  return *marked;
+}
+
 absl::StatusOr<v1::Experiment> ExperimentTracker::ReadStored(const std::string& id, bool include_result,
                                                              bool include_captures) {
-  absl::MutexLock lock(&read_mu_);
-  absl::StatusOr<storage::ExperimentRecord> record = reader_->Get(id);
+  storage::ReadPool::Lease reader = readers_->Acquire();
+  absl::StatusOr<storage::ExperimentRecord> record = reader->Get(id);
   if (absl::IsNotFound(record.status())) {
     return absl::NotFoundError(absl::StrCat("no experiment ", QuoteForError(id), " (ListExperiments lists them)"));
   }
   if (!record.ok()) return record.status();
   v1::Experiment e = RecordToProto(*record);
   if (include_result && record->status == storage::ExperimentStatus::kDone) {
-    ASSIGN_OR_RETURN(*e.mutable_result(), reader_->GetResult(id));
-    if (!include_captures) StripCaptures(*e.mutable_result());
+    ASSIGN_OR_RETURN(*e.mutable_result(), reader->GetResult(id, include_captures));
     SetSweepCounts(e);
   }
   return e;
@@ -755,19 +1001,22 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
   options.order_by = request.order_by();
   options.limit = request.limit() == 0 ? 100 : request.limit();
   options.offset = request.offset();
+  // Results come without captured bytes (never read), and the page stops at max_list_bytes.
+  options.include_results = request.include_results();
+  options.max_bytes = options_.max_list_bytes;
   v1::ListExperimentsResponse response;
   {
-    absl::MutexLock read_lock(&read_mu_);
-    ASSIGN_OR_RETURN(storage::QueryPage page, reader_->Query(options));
+    storage::ReadPool::Lease reader = readers_->Acquire();
+    ASSIGN_OR_RETURN(storage::QueryPage page, reader->Query(options));
     response.set_total(page.total);
-    for (const storage::ExperimentRecord& record : page.records) {
+    response.set_next_offset(static_cast<int32_t>(page.next_offset));
+    for (size_t i = 0; i < page.records.size(); ++i) {
+      const storage::ExperimentRecord& record = page.records[i];
       v1::Experiment* e = response.add_experiments();
       *e = RecordToProto(record);
-      if (request.include_results() && record.status == storage::ExperimentStatus::kDone) {
-        absl::StatusOr<v1::ExperimentResult> result = reader_->GetResult(record.id);
-        if (!result.ok()) return result.status();
-        *e->mutable_result() = std::move(*result);
-        StripCaptures(*e->mutable_result());
+      if (request.include_results() && record.status == storage::ExperimentStatus::kDone &&
+          i < page.results.size() && page.results[i].has_value()) {
+        *e->mutable_result() = *std::move(page.results[i]);
         SetSweepCounts(*e);
       }
     }

@@ -10,12 +10,16 @@
 // callbacks move it to running (with progress) and to done / failed / cancelled, and every change
 // is published to the watchers of that experiment as an Experiment snapshot (the result only in
 // the final one). A final event is sent once its store writes are done, from the writer thread:
-// a client that sees an experiment finished finds it so in every query. While the server shuts down (BeginShutdown), experiments the engine cancels are
-// reported as interrupted and left for the next start's MarkInterruptedOnStart to record.
+// a client that sees an experiment finished finds it so in every query. While the server shuts
+// down (BeginShutdown), experiments the engine cancels are reported as interrupted, and
+// RecordInterrupted records them so before the process exits.
 //
 // Storage: ONE writer thread performs every store write (Insert, MarkRunning, Finish, Fail, Cancel,
-// PutBaseline), in order, from a queue; no write happens on an engine executor or a gRPC thread.
-// Reads go through a second, read-only use of the same file (WAL) under read_mu_. An experiment
+// PutBaseline, retention), in order, from a queue; no write happens on an engine executor or a
+// gRPC thread. Reads go through a pool of read-only connections to the same file (WAL), so a slow
+// read (a large list) holds up neither the writer nor other reads. Submit's own reads (a fresh id,
+// the stored-bytes quota) and baseline lookups are point reads on one more connection of their
+// own, so they never wait behind the pool. An experiment
 // stays in memory until its final state is written, so reads never see an older state than the
 // watchers have.
 //
@@ -25,9 +29,13 @@
 // the engine reports them; when the parent fails or is cancelled, its unfinished children follow
 // it. A child cannot be cancelled on its own.
 //
-// Baseline cache: key = model fingerprint + ":" + spec.baseline_sha256; held in memory and in the
-// store. A submitted job gets the cached baseline when there is one; a done experiment whose
-// baseline was computed stores it.
+// Baseline cache: key = model fingerprint + ":" + spec.baseline_sha256; every baseline is in the
+// store, the recently used ones without captures also in memory (BaselineCache, bounded by bytes).
+// A submitted job gets the cached baseline when there is one; a done experiment whose baseline was
+// computed stores it.
+//
+// Quotas: TrackerOptions::max_queued_per_user bounds the experiments one user has queued (a sweep
+// counts once); more is ResourceExhausted naming the limit.
 //
 // Thread-safety: every method may be called from any thread. Watcher callbacks are called without
 // any tracker lock held, from engine executor threads or the caller's thread, possibly
@@ -56,10 +64,30 @@
 #include "absl/time/time.h"
 #include "proto/lesion/v1/service.pb.h"
 #include "server/auth.h"
+#include "server/baseline_cache.h"
 #include "server/engine.h"
 #include "storage/experiment_store.h"
+#include "storage/read_pool.h"
 
 namespace lesion::server {
+
+struct TrackerOptions {
+  int64_t max_sweep_variants = 65536;  // variants of one sweep's expansion
+  // Bytes of baseline passes held in memory (least recently used out first); 0 holds none.
+  int64_t baseline_cache_bytes = int64_t{256} << 20;
+  // Experiments one user may have queued at once (a sweep counts once); 0: no limit of its own
+  // (the engine's per-device queue still bounds them).
+  int64_t max_queued_per_user = 0;
+  // Read-only connections for GetExperiment / ListExperiments / counts (storage/read_pool.h): that
+  // many reads run at once, beside the writer; one more waits for a free one.
+  int64_t read_connections = 4;
+  // Bytes one user's stored experiments may take (ExperimentStore::UserBytes); at or above it,
+  // Submit is ResourceExhausted naming the limit. 0: no limit.
+  int64_t max_user_bytes = 0;
+  // The most bytes of one ListExperiments page (records and results without captures); a page
+  // stops short of its limit there and says where the next starts.
+  int64_t max_list_bytes = storage::kDefaultMaxPageBytes;
+};
 
 struct ExperimentEvent {
   int64_t sequence = 0;
@@ -98,15 +126,16 @@ class ExperimentTracker {
   // Opens the store at `db_path` twice (the writer's and the readers' connection), marks
   // experiments left queued or running by an earlier process interrupted, and starts the writer.
   // `engine` must outlive the tracker.
-  // `max_sweep_variants` bounds one sweep's expansion.
   static absl::StatusOr<std::unique_ptr<ExperimentTracker>> Create(const std::string& db_path, Engine* engine,
-                                                                   int64_t max_sweep_variants = 65536);
+                                                                   TrackerOptions options = {});
   // Drains and joins the writer.
   ~ExperimentTracker();
 
   // Validates and queues `spec` for `user`; the queued snapshot.
   absl::StatusOr<lesion::v1::Experiment> Submit(const Principal& caller, const lesion::v1::ExperimentSpec& spec);
-  // A new experiment with the spec of an interrupted, failed or cancelled one, for `caller`.
+  // A new experiment with the spec of an interrupted, failed or cancelled one, for `caller`. For a
+  // sweep, only the variants that did not finish run again: the new sweep's table names the
+  // earlier experiments of the others.
   absl::StatusOr<lesion::v1::Experiment> Resubmit(const Principal& caller, const std::string& id);
   // Cancels a queued or running experiment of the caller (admins: anyone's). FailedPrecondition if
   // it is already final. Returns the snapshot after the request (cancelled, or still running until
@@ -122,8 +151,42 @@ class ExperimentTracker {
   // The current state, plus `watcher` for every later change unless the current state is final.
   absl::StatusOr<Subscription> Subscribe(const std::string& id, Watcher watcher);
 
-  // From now on, cancellations by the engine are reported as interrupted and not written.
+  // Retention (admin checks are the caller's): deletes the matching finished experiments, or drops
+  // their captures, as ExperimentStore::DeleteExperiments / DropCaptures; on the writer thread in
+  // batches, so that submissions are written between them; then returns the freed pages to the
+  // file system. A dry run reads only. InvalidArgument for an empty or bad filter.
+  absl::StatusOr<lesion::v1::RetentionResponse> DeleteExperiments(const lesion::v1::RetentionRequest& request);
+  absl::StatusOr<lesion::v1::RetentionResponse> DropCaptures(const lesion::v1::RetentionRequest& request);
+
+  // Experiments per state as the store has them ("queued", "running", "done", "failed",
+  // "cancelled", "interrupted"; every state present, 0 if none). The store's errors.
+  absl::StatusOr<std::map<std::string, int64_t>> CountByStatus();
+  // The baseline passes held in memory.
+  const BaselineCache& baseline_cache() const { return baselines_; }
+
+  // Called once per experiment that reaches a final state, after that state's store writes (metrics,
+  // logs), on the writer thread: must not block or call the tracker. The record carries no spec and no result.
+  // Set it before the first Submit.
+  using FinishObserver = std::function<void(const lesion::v1::Experiment&)>;
+  void SetFinishObserver(FinishObserver observer) { finish_observer_ = std::move(observer); }
+
+  // Shutdown, in this order (lesiond_main.cc): BeginShutdown; with a grace period, InterruptQueued
+  // and AwaitUnfinished; Engine::Shutdown; RecordInterrupted.
+  //
+  // From now on Submit and Resubmit are Unavailable, and cancellations by the engine are reported
+  // to watchers as interrupted (and written by RecordInterrupted).
   void BeginShutdown();
+  // Takes every queued experiment off the engine's queues (after BeginShutdown: as interrupted),
+  // leaving the running ones to finish. Returns how many.
+  int64_t InterruptQueued();
+  // Waits until no experiment of this process is queued or running, or `timeout` passed; true if
+  // none is left.
+  bool AwaitUnfinished(absl::Duration timeout);
+  // After Engine::Shutdown: records every experiment the store still has queued or running as
+  // interrupted (as the next start would after a crash) and waits for the write. Returns how many.
+  absl::StatusOr<int64_t> RecordInterrupted();
+  // The read connections (tests: to hold one and see who waits).
+  storage::ReadPool& read_pool_for_testing() { return *readers_; }
   // Blocks until every store write queued so far is done (tests, shutdown).
   void Flush();
   // Calls `fn` on the writer thread once every store write queued so far is done, without
@@ -140,7 +203,16 @@ class ExperimentTracker {
     std::vector<std::function<void(storage::ExperimentStore&)>> held_writes;
     std::map<int64_t, std::shared_ptr<WatcherSlot>> watchers;
     std::string baseline_key;
-    std::vector<std::string> children;  // a sweep's parent: its variants' ids, in order
+    // A sweep's parent: its variants' ids, in order (a resubmitted sweep's variants that an earlier
+    // run finished keep that run's ids), and the summary rows of those earlier variants.
+    std::vector<std::string> children;
+    std::map<int64_t, experiments::result::SweepVariant> resumed_rows;
+  };
+  // The variants of an interrupted, failed or cancelled sweep that finished: resubmitting the
+  // sweep runs only the others.
+  struct FinishedVariants {
+    std::string parent;
+    std::map<int64_t, experiments::result::SweepVariant> rows;  // by variant index; ids set, names not
   };
   using Write = std::function<void(storage::ExperimentStore&)>;
   // A watcher and whether its subscription still wants events; events may be delivered after
@@ -153,9 +225,18 @@ class ExperimentTracker {
   using Delivery = std::pair<ExperimentEvent, std::vector<std::shared_ptr<WatcherSlot>>>;
 
   ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
-                    std::unique_ptr<storage::ExperimentStore> reader, int64_t max_sweep_variants);
+                    std::unique_ptr<storage::ReadPool> readers,
+                    std::unique_ptr<storage::ExperimentStore> point_reader, TrackerOptions options);
+  // ResourceExhausted if `user`'s stored experiments take TrackerOptions::max_user_bytes or more.
+  absl::Status CheckStoredQuota(const std::string& user);
+  absl::StatusOr<lesion::v1::RetentionResponse> Retain(const lesion::v1::RetentionRequest& request,
+                                                       bool captures_only);
 
-  absl::StatusOr<lesion::v1::Experiment> SubmitParsed(const Principal& caller, const lesion::v1::ExperimentSpec& spec);
+  // ResourceExhausted if `user` has TrackerOptions::max_queued_per_user experiments queued.
+  absl::Status CheckQueuedQuotaLocked(const std::string& user) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<lesion::v1::Experiment> SubmitParsed(const Principal& caller, const lesion::v1::ExperimentSpec& spec,
+                                                      const FinishedVariants* finished = nullptr);
+  absl::StatusOr<FinishedVariants> ReadFinishedVariants(const std::string& parent);
   absl::StatusOr<std::string> NewId();
   JobCallbacks MakeCallbacks(const std::string& id);
   void OnStart(const std::string& id);
@@ -183,16 +264,18 @@ class ExperimentTracker {
   std::optional<experiments::result::Pass> LookupBaseline(const std::string& key);
 
   Engine* const engine_;
-  const int64_t max_sweep_variants_;
+  const TrackerOptions options_;
+  FinishObserver finish_observer_;  // set before the first Submit, then read-only
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, lesion::v1::PassResult> baselines_ ABSL_GUARDED_BY(mu_);
+  BaselineCache baselines_;
   int64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
 
-  absl::Mutex read_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  std::unique_ptr<storage::ExperimentStore> reader_ ABSL_GUARDED_BY(read_mu_);
+  const std::unique_ptr<storage::ReadPool> readers_;
+  absl::Mutex point_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::unique_ptr<storage::ExperimentStore> point_reader_ ABSL_GUARDED_BY(point_mu_);
 
   absl::Mutex queue_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::deque<Write> queue_ ABSL_GUARDED_BY(queue_mu_);

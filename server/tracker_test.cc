@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -30,9 +31,9 @@ class TrackerTest : public ::testing::Test {
     engine_.AddModel("tiny");
     Open();
   }
-  void Open() {
+  void Open(TrackerOptions options = {}) {
     tracker_.reset();
-    absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(db_, &engine_);
+    absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(db_, &engine_, options);
     ASSERT_TRUE(tracker.ok()) << tracker.status();
     tracker_ = std::move(*tracker);
   }
@@ -454,6 +455,221 @@ TEST_F(TrackerTest, AFailedSweepFailsItsVariantsAndABadAxisIsRefused) {
   absl::Status s = tracker_->Submit(kAlice, bad).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("layer 7 out of range"), std::string::npos) << s;
+}
+
+TEST_F(TrackerTest, QueuedExperimentsPerUserAreBounded) {
+  Open(TrackerOptions{.max_queued_per_user = 2});
+  absl::StatusOr<v1::Experiment> first = tracker_->Submit(kAlice, TinySpec());
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(tracker_->Submit(kAlice, TinySweep()).ok());  // a sweep counts once
+  absl::StatusOr<v1::Experiment> third = tracker_->Submit(kAlice, TinySpec());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.status().message().find("--max-queued-per-user 2"), std::string::npos) << third.status();
+  EXPECT_TRUE(tracker_->Submit(kBob, TinySpec()).ok());  // another user's queue is their own
+  // Once one of alice's starts, she may queue another.
+  ASSERT_TRUE(engine_.Start(first->id()).ok());
+  EXPECT_TRUE(tracker_->Submit(kAlice, TinySpec()).ok());
+}
+
+// SIGTERM with a grace period: queued experiments are interrupted at once, running ones may finish,
+// and what is left is recorded as interrupted before the process exits (a regression: rows stayed
+// queued / running until the next start).
+TEST_F(TrackerTest, ShutdownWithGraceLetsRunningFinishAndRecordsTheQueuedInterrupted) {
+  absl::StatusOr<v1::Experiment> running = tracker_->Submit(kAlice, TinySpec());
+  absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kBob, TinySpec());
+  ASSERT_TRUE(running.ok() && queued.ok());
+  ASSERT_TRUE(engine_.Start(running->id()).ok());
+
+  tracker_->BeginShutdown();
+  EXPECT_EQ(tracker_->Submit(kAlice, TinySpec()).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(tracker_->InterruptQueued(), 1);
+  EXPECT_TRUE(engine_.Cancelled(queued->id()));
+  EXPECT_FALSE(tracker_->AwaitUnfinished(absl::Milliseconds(20)));  // the running one
+  ASSERT_TRUE(engine_.Finish(running->id(), FakeEngine::Result(3.0, 4.0)).ok());
+  EXPECT_TRUE(tracker_->AwaitUnfinished(absl::Seconds(10)));
+  engine_.Shutdown();
+  absl::StatusOr<int64_t> recorded = tracker_->RecordInterrupted();
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  EXPECT_EQ(*recorded, 1);
+  EXPECT_EQ(Stored(running->id()).status, storage::ExperimentStatus::kDone);
+  EXPECT_EQ(Stored(queued->id()).status, storage::ExperimentStatus::kInterrupted);
+}
+
+TEST_F(TrackerTest, ShutdownWithoutGraceRecordsTheRunningSweepAndItsUnfinishedVariantsInterrupted) {
+  absl::StatusOr<v1::Experiment> sweep = tracker_->Submit(kAlice, TinySweep());
+  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  ASSERT_GE(sweep->variants_total(), 2);
+  ASSERT_TRUE(engine_.Start(sweep->id()).ok());
+  ASSERT_TRUE(engine_.Variant(sweep->id(), 0, FakeEngine::Result(3.0, 4.0)).ok());
+  tracker_->BeginShutdown();
+  engine_.Shutdown();
+  absl::StatusOr<int64_t> recorded = tracker_->RecordInterrupted();
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  EXPECT_EQ(*recorded, sweep->variants_total());  // the parent and every variant but the first
+  EXPECT_EQ(Stored(sweep->id()).status, storage::ExperimentStatus::kInterrupted);
+  EXPECT_EQ(Stored(sweep->id() + ".0").status, storage::ExperimentStatus::kDone);
+  EXPECT_EQ(Stored(sweep->id() + ".1").status, storage::ExperimentStatus::kInterrupted);
+}
+
+// Per-variant durability: resubmitting a stopped sweep runs only the variants that did not finish,
+// and the new sweep's table names the earlier experiments of the others.
+TEST_F(TrackerTest, ResubmittingASweepRunsOnlyItsUnfinishedVariants) {
+  absl::StatusOr<v1::Experiment> sweep = tracker_->Submit(kAlice, TinySweep());
+  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  const std::string old = sweep->id();
+  ASSERT_EQ(sweep->variants_total(), 4);
+  ASSERT_TRUE(engine_.Start(old).ok());
+  ASSERT_TRUE(engine_.Variant(old, 0, FakeEngine::Result(3.0, 6.0)).ok());
+  ASSERT_TRUE(engine_.Variant(old, 2, FakeEngine::Result(3.0, 4.5)).ok());
+  ASSERT_TRUE(tracker_->Cancel(kAlice, old).ok());
+  tracker_->Flush();
+
+  absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kAlice, old);
+  ASSERT_TRUE(again.ok()) << again.status();
+  const std::string fresh = again->id();
+  EXPECT_EQ(again->variants_total(), 4);
+  EXPECT_EQ(again->variants_done(), 2);
+  std::optional<Job> job = engine_.SubmittedJob(fresh);
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->skip_variants, (std::vector<int64_t>{0, 2}));
+
+  ASSERT_TRUE(engine_.Start(fresh).ok());
+  ASSERT_TRUE(engine_.Variant(fresh, 1, FakeEngine::Result(3.0, 3.3)).ok());
+  ASSERT_TRUE(engine_.Variant(fresh, 3, FakeEngine::Result(3.0, 3.6)).ok());
+  experiments::result::Experiment parent = FakeEngine::Result(3.0, 0.0);
+  parent.intervened = {};
+  parent.has_sweep = true;
+  parent.sweep.variants.resize(4);  // rows of the variants this run ran; the others left empty
+  for (int i : {1, 3}) {
+    parent.sweep.variants[i].name = "run-again";
+    parent.sweep.variants[i].has_perplexity = true;
+    parent.sweep.variants[i].perplexity = i == 1 ? 3.3 : 3.6;
+  }
+  ASSERT_TRUE(engine_.Finish(fresh, parent).ok());
+  tracker_->Flush();
+
+  absl::StatusOr<v1::Experiment> done = tracker_->Get(fresh, /*include_captures=*/false);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->status(), v1::DONE);
+  const auto& rows = done->result().sweep().variants();
+  ASSERT_EQ(rows.size(), 4);
+  EXPECT_EQ(rows[0].experiment_id(), old + ".0");
+  EXPECT_DOUBLE_EQ(rows[0].perplexity(), 6.0);
+  EXPECT_DOUBLE_EQ(rows[0].perplexity_delta_pct(), 100.0);
+  EXPECT_FALSE(rows[0].name().empty());
+  EXPECT_EQ(rows[1].experiment_id(), fresh + ".1");
+  EXPECT_DOUBLE_EQ(rows[1].perplexity(), 3.3);
+  EXPECT_EQ(rows[2].experiment_id(), old + ".2");
+  EXPECT_DOUBLE_EQ(rows[2].perplexity(), 4.5);
+  EXPECT_EQ(rows[3].experiment_id(), fresh + ".3");
+  EXPECT_EQ(Stored(fresh + ".1").status, storage::ExperimentStatus::kDone);
+  auto store = storage::ExperimentStore::Open(db_);
+  ASSERT_TRUE(store.ok());
+  EXPECT_EQ((*store)->Get(fresh + ".0").status().code(), absl::StatusCode::kNotFound);
+}
+
+
+// Finishes `id` (submitted to the fake engine) with a result that has captured bytes.
+void RunToDone(FakeEngine& engine, const std::string& id) {
+  ASSERT_TRUE(engine.Start(id).ok());
+  ASSERT_TRUE(engine.Finish(id, FakeEngine::Result(10.0, 12.5)).ok());
+}
+
+// Every read connection lent to slow reads: Submit (its id and quota reads have a connection of
+// their own) and the writer carry on; only pool reads wait, and a second connection serves them.
+TEST_F(TrackerTest, ReadsHeldOpenBlockNeitherSubmitNorTheWriter) {
+  Open({.read_connections = 1});
+  const std::string done = tracker_->Submit(kAlice, TinySpec())->id();
+  RunToDone(engine_, done);
+  tracker_->Flush();
+  std::optional<storage::ReadPool::Lease> slow(tracker_->read_pool_for_testing().Acquire());
+  // A read transaction left open, as a long list over results holds one.
+  auto open = (*slow)->database()->Prepare("SELECT id FROM experiments");
+  ASSERT_TRUE(open.ok() && *(*open)->Step());
+  absl::StatusOr<v1::Experiment> submitted = tracker_->Submit(kBob, TinySpec());
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  RunToDone(engine_, submitted->id());
+  tracker_->Flush();  // the writer wrote the insert and the finish meanwhile
+  EXPECT_EQ(Stored(submitted->id()).status, storage::ExperimentStatus::kDone);
+  open->reset();
+  slow.reset();
+  Open({.read_connections = 2});
+  std::optional<storage::ReadPool::Lease> held(tracker_->read_pool_for_testing().Acquire());
+  absl::StatusOr<v1::ListExperimentsResponse> listed = tracker_->List({});  // the other connection
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->total(), 2);
+}
+
+TEST_F(TrackerTest, ListPagesStopAtTheByteBoundAndSayWhereToGoOn) {
+  Open({.max_list_bytes = 1});
+  for (int i = 0; i < 3; ++i) RunToDone(engine_, tracker_->Submit(kAlice, TinySpec())->id());
+  tracker_->Flush();
+  v1::ListExperimentsRequest request;
+  request.set_include_results(true);
+  std::set<std::string> seen;
+  int pages = 0;
+  do {
+    absl::StatusOr<v1::ListExperimentsResponse> page = tracker_->List(request);
+    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_EQ(page->experiments_size(), 1);  // the bound is below one row: one per page
+    EXPECT_EQ(page->total(), 3);
+    EXPECT_TRUE(page->experiments(0).result().intervened().captures(0).data().empty());
+    seen.insert(page->experiments(0).id());
+    request.set_offset(page->next_offset());
+  } while (request.offset() != 0 && ++pages < 5);
+  EXPECT_EQ(seen.size(), 3u);
+}
+
+TEST_F(TrackerTest, StoredBytesQuotaRefusesSubmitNamingTheLimitUntilSpaceIsFreed) {
+  Open({.max_user_bytes = 1});
+  const std::string first = tracker_->Submit(kAlice, TinySpec())->id();  // alice stored nothing yet
+  RunToDone(engine_, first);
+  tracker_->Flush();
+  const absl::Status refused = tracker_->Submit(kAlice, TinySpec()).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("--max-user-bytes 1"), absl::string_view::npos) << refused;
+  EXPECT_NE(refused.message().find("'alice'"), absl::string_view::npos) << refused;
+  EXPECT_TRUE(tracker_->Submit(kBob, TinySpec()).ok());  // per user
+  v1::RetentionRequest rm;
+  rm.set_where("user = \"alice\"");
+  absl::StatusOr<v1::RetentionResponse> deleted = tracker_->DeleteExperiments(rm);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->experiments(), 1);
+  EXPECT_TRUE(tracker_->Submit(kAlice, TinySpec()).ok());
+}
+
+TEST_F(TrackerTest, RetentionSkipsActiveExperimentsAndADryRunChangesNothing) {
+  const std::string done = tracker_->Submit(kAlice, TinySpec())->id();
+  RunToDone(engine_, done);
+  const std::string queued = tracker_->Submit(kAlice, TinySpec())->id();
+  tracker_->Flush();
+  v1::RetentionRequest request;
+  request.set_where("user = \"alice\"");
+  request.set_dry_run(true);
+  absl::StatusOr<v1::RetentionResponse> planned = tracker_->DropCaptures(request);
+  ASSERT_TRUE(planned.ok()) << planned.status();
+  EXPECT_EQ(planned->experiments(), 1);
+  EXPECT_EQ(planned->skipped_active(), 1);
+  EXPECT_GE(planned->bytes(), 8);
+  EXPECT_EQ(tracker_->Get(done, true)->result().intervened().captures(0).data().size(), 8u);
+
+  request.set_dry_run(false);
+  absl::StatusOr<v1::RetentionResponse> dropped = tracker_->DropCaptures(request);
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(dropped->bytes(), planned->bytes());
+  absl::StatusOr<v1::Experiment> kept = tracker_->Get(done, true);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_TRUE(kept->result().intervened().captures(0).data().empty());
+  EXPECT_DOUBLE_EQ(kept->result().intervened().perplexity().ppl(), 12.5);
+
+  absl::StatusOr<v1::RetentionResponse> deleted = tracker_->DeleteExperiments(request);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->experiments(), 1);
+  EXPECT_EQ(deleted->skipped_active(), 1);
+  EXPECT_EQ(tracker_->Get(done, false).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(tracker_->Get(queued, false)->status(), v1::QUEUED);
+  request.set_where("");
+  EXPECT_EQ(tracker_->DeleteExperiments(request).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -31,6 +31,15 @@ Server commands (a lesiond; docs/server.md):
   lesion ls       [--where Q] [--order-by O] [--limit N] [--offset N] [--json | --csv]
       Experiments matching a query (docs/queries.md), e.g. --where 'model = "gpt2" AND
       metric.perplexity.delta_pct > 1' --order-by 'created desc'. The total count goes to stderr.
+  lesion rm       --where Q [--dry-run] [--json]
+      Admin: delete the finished experiments matching Q (a sweep's variants with their parent)
+      and reclaim their space; queued and running ones are skipped. --dry-run only counts.
+  lesion gc       --where Q [--dry-run] [--json]
+      Admin: drop the captured tensors' bytes of the finished experiments matching Q, keeping
+      everything else. --dry-run only counts.
+  lesion status   [--json]
+      The server at a glance: version, uptime, models, each device's queue and memory,
+      experiments by state, baseline-cache and database size.
   Connection flags of every server command:
       --server ADDR   (else $LESION_SERVER, else 127.0.0.1:50051; host:port or unix:PATH)
       --token T       (else $LESION_TOKEN; servers with a tokens file)
@@ -105,13 +114,17 @@ int main(int argc, char** argv) {
       status = lesion::cli::RunRemoteExperiment(*args);
     }
   } else if (command == "models" || command == "submit" || command == "watch" || command == "show" ||
-             command == "cancel" || command == "ls") {
+             command == "cancel" || command == "ls" || command == "status" || command == "rm" ||
+             command == "gc") {
     remote = true;
     status = command == "models"   ? lesion::cli::RunModels(*args)
              : command == "submit" ? lesion::cli::RunSubmit(*args)
              : command == "watch"  ? lesion::cli::RunWatch(*args)
              : command == "show"   ? lesion::cli::RunShow(*args)
              : command == "cancel" ? lesion::cli::RunCancel(*args)
+             : command == "status" ? lesion::cli::RunStatus(*args)
+             : command == "rm"     ? lesion::cli::RunRemove(*args)
+             : command == "gc"     ? lesion::cli::RunGc(*args)
                                    : lesion::cli::RunList(*args);
   } else if (command == "convert-llama2c") {
     status = lesion::cli::RunConvertLlama2c(*args);

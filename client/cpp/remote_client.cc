@@ -151,4 +151,25 @@ absl::StatusOr<v1::Experiment> RemoteClient::Resubmit(const std::string& id) {
   return response;
 }
 
+absl::StatusOr<v1::RetentionResponse> RemoteClient::DeleteExperiments(const v1::RetentionRequest& request) {
+  v1::RetentionResponse response;
+  grpc::Status status = stub_->DeleteExperiments(Context(options_.timeout).get(), request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::RetentionResponse> RemoteClient::DropCaptures(const v1::RetentionRequest& request) {
+  v1::RetentionResponse response;
+  grpc::Status status = stub_->DropCaptures(Context(options_.timeout).get(), request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::ServerStatus> RemoteClient::Status() {
+  v1::ServerStatus response;
+  grpc::Status status = stub_->GetServerStatus(Context(options_.timeout).get(), {}, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
 }  // namespace lesion::client

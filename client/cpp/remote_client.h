@@ -59,6 +59,11 @@ class RemoteClient {
   absl::StatusOr<lesion::v1::ListExperimentsResponse> List(const lesion::v1::ListExperimentsRequest& request);
   absl::StatusOr<lesion::v1::Experiment> Cancel(const std::string& id);
   absl::StatusOr<lesion::v1::Experiment> Resubmit(const std::string& id);
+  // DeleteExperiments / DropCaptures (admin only): retention by query.
+  absl::StatusOr<lesion::v1::RetentionResponse> DeleteExperiments(const lesion::v1::RetentionRequest& request);
+  absl::StatusOr<lesion::v1::RetentionResponse> DropCaptures(const lesion::v1::RetentionRequest& request);
+  // GetServerStatus: the server at a glance.
+  absl::StatusOr<lesion::v1::ServerStatus> Status();
 
   lesion::v1::Lesion::Stub* stub() { return stub_.get(); }
 

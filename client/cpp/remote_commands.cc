@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -383,6 +384,65 @@ absl::Status RunCancel(Args& args) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// "1.5 MB": sizes for people.
+std::string Bytes(int64_t bytes) {
+  constexpr const char* kUnits[] = {"B", "KB", "MB", "GB", "TB"};
+  double value = static_cast<double>(bytes);
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.1f %s", value, kUnits[unit]);
+}
+
+}  // namespace
+
+absl::Status RunStatus(Args& args) {
+  const bool json = args.Flag("json");
+  ASSIGN_OR_RETURN(Connection c, ReadConnectionFlags(args));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  if (!args.positional().empty()) return absl::InvalidArgumentError("lesion status takes no arguments");
+  ASSIGN_OR_RETURN(std::unique_ptr<RemoteClient> client, Connect(c));
+  ASSIGN_OR_RETURN(v1::ServerStatus s, client->Status());
+  if (json) {
+    std::cout << ToJson(s) << "\n";
+    return absl::OkStatus();
+  }
+  std::cout << absl::StrFormat("lesiond %s at %s, up %s (since %s)\n", s.version(), c.options.address,
+                               absl::FormatDuration(absl::Trunc(absl::Seconds(s.uptime_seconds()), absl::Seconds(1))),
+                               absl::FormatTime("%Y-%m-%d %H:%M:%S %Z", absl::FromUnixMicros(s.started_unix_micros()),
+                                                absl::LocalTimeZone()));
+  std::cout << "\nmodels: " << s.models_size() << "\n";
+  for (const v1::ModelInfo& m : s.models()) {
+    std::cout << absl::StrFormat("  %-20s %-12s %-9s %-12s %10s\n", m.name(), m.architecture(), m.dtype(), m.device(),
+                                 Bytes(m.weight_bytes()));
+  }
+  std::cout << "\n" << absl::StrFormat("  %-10s %7s  %-24s %12s %12s\n", "device", "queued", "running", "allocated",
+                                       "reserved");
+  for (const v1::DeviceStatus& d : s.devices()) {
+    const bool tracked = absl::StartsWith(d.device(), "cuda");  // the CPU's memory is not tracked
+    std::cout << absl::StrFormat("  %-10s %7d  %-24s %12s %12s\n", d.device(), d.queued(),
+                                 d.running_id().empty() ? "-" : d.running_id(),
+                                 tracked ? Bytes(d.memory_allocated_bytes()) : "-",
+                                 tracked ? Bytes(d.memory_reserved_bytes()) : "-");
+  }
+  if (s.devices().empty()) std::cout << "  (no device used yet)\n";
+  std::vector<std::string> states;
+  for (const char* state : {"queued", "running", "done", "failed", "cancelled", "interrupted"}) {
+    auto it = s.experiments().find(state);
+    states.push_back(absl::StrCat(state, " ", it == s.experiments().end() ? 0 : it->second));
+  }
+  std::cout << "\nexperiments: " << absl::StrJoin(states, ", ") << "\n";
+  std::cout << "baseline cache: " << Bytes(s.baseline_cache_bytes()) << " in " << s.baseline_cache_entries()
+            << " entries (bound " << Bytes(s.baseline_cache_max_bytes()) << ")\n";
+  std::cout << "database: " << Bytes(s.database_bytes()) << " (+ " << Bytes(s.database_wal_bytes())
+            << " write-ahead log)\n";
+  return absl::OkStatus();
+}
+
 absl::Status RunList(Args& args) {
   const bool json = args.Flag("json"), csv = args.Flag("csv");
   v1::ListExperimentsRequest request;
@@ -434,5 +494,50 @@ absl::Status RunList(Args& args) {
   std::cerr << absl::StrFormat("%d of %d matching experiment(s)\n", list.experiments_size(), list.total());
   return absl::OkStatus();
 }
+
+namespace {
+
+// lesion rm / lesion gc: one retention call, its counts on stdout.
+absl::Status RunRetention(Args& args, bool captures_only) {
+  const absl::string_view command = captures_only ? "gc" : "rm";
+  const bool json = args.Flag("json");
+  v1::RetentionRequest request;
+  request.set_dry_run(args.Flag("dry-run"));
+  request.set_where(args.Get("where").value_or(""));
+  ASSIGN_OR_RETURN(Connection c, ReadConnectionFlags(args));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  if (!args.positional().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("lesion ", command, " takes no arguments: select with --where"));
+  }
+  if (request.where().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lesion ", command, " needs --where QUERY (--where 'created >= 0' selects every experiment)"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<RemoteClient> client, Connect(c));
+  ASSIGN_OR_RETURN(v1::RetentionResponse r,
+                   captures_only ? client->DropCaptures(request) : client->DeleteExperiments(request));
+  if (json) {
+    std::cout << ToJson(r) << "\n";
+    return absl::OkStatus();
+  }
+  const std::string verb = request.dry_run() ? (captures_only ? "would drop the captures of" : "would delete")
+                                             : (captures_only ? "dropped the captures of" : "deleted");
+  std::cout << absl::StrFormat("%s %d experiment(s), %s", verb, r.experiments(), Bytes(r.bytes()));
+  if (r.file_bytes_reclaimed() > 0) std::cout << absl::StrFormat(" (database file %s smaller)", Bytes(r.file_bytes_reclaimed()));
+  std::cout << "\n";
+  if (r.skipped_active() > 0) {
+    std::cout << absl::StrFormat("skipped %d queued or running experiment(s)\n", r.skipped_active());
+  }
+  if (r.skipped_variants() > 0) {
+    std::cout << absl::StrFormat("skipped %d sweep variant(s) whose sweep did not match (they go with it)\n",
+                                 r.skipped_variants());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunRemove(Args& args) { return RunRetention(args, /*captures_only=*/false); }
+absl::Status RunGc(Args& args) { return RunRetention(args, /*captures_only=*/true); }
 
 }  // namespace lesion::cli

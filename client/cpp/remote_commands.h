@@ -1,5 +1,5 @@
 // The `lesion` subcommands that talk to a lesiond server: models, run (without --local), submit,
-// watch, show, cancel, ls. Torch-free (they include gRPC and protobuf headers; the local commands
+// watch, show, cancel, ls, status. Torch-free (they include gRPC and protobuf headers; the local commands
 // include LibTorch, so the two never share a translation unit).
 //
 // Every command reads the connection flags: --server ADDR (else $LESION_SERVER, else
@@ -23,6 +23,9 @@ absl::Status RunWatch(Args& args);             // lesion watch ID [--json]
 absl::Status RunShow(Args& args);              // lesion show ID [--json]
 absl::Status RunCancel(Args& args);            // lesion cancel ID [--json]
 absl::Status RunList(Args& args);              // lesion ls [--where Q] [--order-by O] [--limit N] ...
+absl::Status RunStatus(Args& args);            // lesion status [--json]
+absl::Status RunRemove(Args& args);            // lesion rm --where Q [--dry-run] [--json]
+absl::Status RunGc(Args& args);                // lesion gc --where Q [--dry-run] [--json]
 
 // A mistake of the caller's (a bad spec or query, an unknown id or model): exit status 2, not 1.
 bool IsRemoteUserError(const absl::Status& status);

@@ -130,7 +130,9 @@ def test_lesiond_preloads_and_loads_models_from_the_cache(tmp_path):
     for root, allowed in ((hub, True), (tmp_path / "elsewhere", False)):
         server = LesiondProcess(tmp_path, "--model", "stories=org/stories", "--model-root", root, env=env)
         try:
-            assert f"loaded model stories from {repo / 'snapshots' / MAIN}" in server.log_path.read_text()
+            loaded = [line for line in server.log_path.read_text().splitlines() if "event=model_loaded" in line]
+            assert len(loaded) == 1 and "model=stories" in loaded[0], loaded
+            assert f"dir={repo / 'snapshots' / MAIN}" in loaded[0] or f'dir="{repo / "snapshots" / MAIN}"' in loaded[0]
             stub = service_pb2_grpc.LesionStub(grpc.insecure_channel(server.address))
             request = service_pb2.LoadModelRequest(name="stories-v1", dir="org/stories@v1")
             if allowed:

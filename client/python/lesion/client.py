@@ -313,6 +313,26 @@ class Client:
             "database_wal_bytes": s.database_wal_bytes,
         }
 
+    # -- retention (admin only)
+    def delete_experiments(self, where, dry_run=False) -> dict:
+        """Delete the finished experiments matching ``where`` (the query language of
+        :meth:`experiments`; required, ``"created >= 0"`` selects all), a sweep's variants with their
+        parent, and reclaim the space (``lesion rm``). Queued and running ones are skipped. Returns
+        the counts: ``experiments``, ``bytes`` (stored bytes freed), ``skipped_active``,
+        ``skipped_variants`` (matched variants whose sweep did not match) and
+        ``file_bytes_reclaimed``. ``dry_run`` only counts. PermissionDenied for a non-admin."""
+        return self._retention("DeleteExperiments", where, dry_run)
+
+    def drop_captures(self, where, dry_run=False) -> dict:
+        """Drop the captured tensors' bytes of the finished experiments matching ``where``, keeping
+        everything else (``lesion gc``); the counts as :meth:`delete_experiments`."""
+        return self._retention("DropCaptures", where, dry_run)
+
+    def _retention(self, rpc, where, dry_run):
+        r = self._call(rpc, service_pb2.RetentionRequest(where=where or "", dry_run=bool(dry_run)))
+        return {"experiments": r.experiments, "bytes": r.bytes, "skipped_active": r.skipped_active,
+                "skipped_variants": r.skipped_variants, "file_bytes_reclaimed": r.file_bytes_reclaimed}
+
     # -- experiments
     def submit(self, spec) -> Handle:
         """Queue an experiment (an Experiment, ExperimentSpec, dict or JSON): returns at once."""
