@@ -754,6 +754,9 @@ class Parser {
 // GgufTensorInfo
 
 int64_t GgufTensorInfo::numel() const {
+  // A 0 dim makes the tensor empty whatever the others are (Open accepts [2^62, 2^62, 0]), so
+  // multiplying in order could overflow before reaching it.
+  if (std::find(dims.begin(), dims.end(), 0) != dims.end()) return 0;
   int64_t n = 1;
   for (int64_t d : dims) n *= d;
   return n;

@@ -1046,6 +1046,22 @@ TEST_F(GgufTest, BadTensorShapesAreInvalidArgument) {
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"t\"", "16"});
 }
 
+// Regression (found by fuzz/gguf_fuzzer): a 0 dim makes any shape empty, so Open accepts
+// [2^62, 2^62, 0], but numel() multiplied the dims in order and overflowed int64 (undefined
+// behaviour, which the UBSan build catches) before it reached the 0.
+TEST_F(GgufTest, ZeroDimMakesHugeShapeEmpty) {
+  WriteBytes(bad_path(), GgufBuilder().Tensor("t", {uint64_t{1} << 62, uint64_t{1} << 62, 0}, kF32, 0).Build());
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(bad_path());
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ((*file)->tensors().size(), 1u);
+  const GgufTensorInfo& t = (*file)->tensors()[0];
+  EXPECT_EQ(t.numel(), 0);
+  EXPECT_EQ(t.n_bytes, 0u);
+  EXPECT_TRUE((*file)->Data(t).empty());
+  std::vector<float> out;
+  EXPECT_TRUE(DequantizeTensor(**file, t, absl::MakeSpan(out)).ok());
+}
+
 TEST_F(GgufTest, BadTensorOffsetsAreRejected) {
   ExpectError(OpenBytes(GgufBuilder().Tensor("t", {4}, kF32, 4).Data(std::string(64, 0)).Build()),
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"t\"", "offset 4", "alignment"});

@@ -324,6 +324,9 @@ size_t DTypeSize(DType dtype) {
 }
 
 int64_t TensorInfo::numel() const {
+  // A 0 dimension makes the tensor empty whatever the others are (Open accepts
+  // [2^32, 2^32, 0]), so multiplying in order could overflow before reaching it.
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;

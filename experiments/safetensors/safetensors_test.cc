@@ -592,6 +592,14 @@ TEST_F(SafetensorsTest, ZeroDimensionMakesHugeShapeEmpty) {
   const absl::Status s =
       OpenEntry(R"({"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[4,4]})");
   EXPECT_TRUE(s.ok()) << s;
+  // Regression (the same bug as GGUF's, found by fuzz/gguf_fuzzer): numel() multiplied the
+  // dimensions in order, overflowing int64 (undefined behaviour, which the UBSan build catches)
+  // before it reached the 0.
+  auto file = SafetensorsFile::Open(bad_path());
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ((*file)->tensors().size(), 1u);
+  EXPECT_EQ((*file)->tensors()[0].numel(), 0);
+  EXPECT_TRUE((*file)->Data((*file)->tensors()[0]).empty());
 }
 
 TEST_F(SafetensorsTest, OverlappingTensorsIsDataLoss) {
