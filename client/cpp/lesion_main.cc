@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local", "tensors", "tls"};
+  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local", "tensors", "tls", "dry-run"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
   bool remote = false;

@@ -62,7 +62,7 @@ def test_sigterm_records_running_and_queued_experiments_interrupted_before_exit(
     assert server.proc.returncode == 0
     statuses = stored_statuses(server.db)
     assert statuses[running.id] == "interrupted" and statuses[queued.id] == "interrupted", statuses
-    assert "recorded as interrupted" in server.log_path.read_text()
+    assert "event=experiments_interrupted count=2" in server.log_path.read_text()
 
 
 def test_a_grace_period_lets_the_running_experiment_finish(pb, tmp_path):
