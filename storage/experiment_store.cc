@@ -5,6 +5,7 @@
 #include <set>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -20,9 +21,14 @@ namespace {
 std::optional<lesion::v1::ExperimentResult> SplitCaptures(lesion::v1::ExperimentResult& result) {
   lesion::v1::ExperimentResult captures;
   bool any = false;
-  const std::pair<lesion::v1::PassResult*, lesion::v1::PassResult*> passes[] = {
-      {result.mutable_baseline(), captures.mutable_baseline()},
-      {result.mutable_intervened(), captures.mutable_intervened()}};
+  // Only passes that hold captures are touched: mutable_*() would mark an absent pass present, and
+  // the stored result must read back equal to the one reported (a sweep's parent has no intervened
+  // pass).
+  std::vector<std::pair<lesion::v1::PassResult*, lesion::v1::PassResult*>> passes;
+  if (result.baseline().captures_size() > 0) passes.push_back({result.mutable_baseline(), captures.mutable_baseline()});
+  if (result.intervened().captures_size() > 0) {
+    passes.push_back({result.mutable_intervened(), captures.mutable_intervened()});
+  }
   for (const auto& [from, to] : passes) {
     for (lesion::v1::Tensor& tensor : *from->mutable_captures()) {
       any = any || !tensor.data().empty();
@@ -37,17 +43,24 @@ std::optional<lesion::v1::ExperimentResult> SplitCaptures(lesion::v1::Experiment
 // The inverse of SplitCaptures. DataLoss if the two do not line up.
 absl::Status MergeCaptures(absl::string_view id, const lesion::v1::ExperimentResult& captures,
                            lesion::v1::ExperimentResult& result) {
-  const std::pair<lesion::v1::PassResult*, const lesion::v1::PassResult*> passes[] = {
-      {result.mutable_baseline(), &captures.baseline()},
-      {result.mutable_intervened(), &captures.intervened()}};
+  const std::pair<const lesion::v1::PassResult*, const lesion::v1::PassResult*> passes[] = {
+      {&result.baseline(), &captures.baseline()}, {&result.intervened(), &captures.intervened()}};
   for (const auto& [to, from] : passes) {
     if (to->captures_size() != from->captures_size()) {
       return absl::DataLossError(absl::StrCat("experiment '", id, "': the stored captures (",
                                               from->captures_size(), ") do not match its result (",
                                               to->captures_size(), ")"));
     }
-    for (int i = 0; i < from->captures_size(); ++i) {
-      to->mutable_captures(i)->set_data(from->captures(i).data());
+  }
+  // As in SplitCaptures: a pass without captures is left as it is (absent stays absent).
+  if (captures.baseline().captures_size() > 0) {
+    for (int i = 0; i < captures.baseline().captures_size(); ++i) {
+      result.mutable_baseline()->mutable_captures(i)->set_data(captures.baseline().captures(i).data());
+    }
+  }
+  if (captures.intervened().captures_size() > 0) {
+    for (int i = 0; i < captures.intervened().captures_size(); ++i) {
+      result.mutable_intervened()->mutable_captures(i)->set_data(captures.intervened().captures(i).data());
     }
   }
   return absl::OkStatus();

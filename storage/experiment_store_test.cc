@@ -274,6 +274,29 @@ TEST(ExperimentStore, FinishWritesMetricsAndResultAtomically) {
   EXPECT_EQ(page->total, 1);
 }
 
+// The stored result reads back equal to the one reported, absent passes included (a regression: a
+// sweep parent's result, with no intervened pass, came back with an empty one after the captures
+// were split off and merged back; found by the kill -9 loop).
+TEST(ExperimentStore, AResultReadsBackExactlyWithAndWithoutCaptures) {
+  auto store = OpenOrDie(":memory:");
+  lesion::v1::ExperimentResult parent;  // a sweep's parent: a baseline, no intervened pass
+  parent.mutable_baseline()->mutable_perplexity()->set_ppl(3.5);
+  parent.mutable_sweep()->add_variants()->set_name("L0.H0");
+  lesion::v1::ExperimentResult baseline_captures = parent;
+  baseline_captures.mutable_baseline()->add_captures()->set_data(std::string(8, '\x02'));
+  int n = 0;
+  for (const lesion::v1::ExperimentResult& result : {parent, baseline_captures, MakeResult()}) {
+    const std::string id = absl::StrCat("r", n++);
+    ASSERT_TRUE(store->Insert(MakeRecord(id)).ok());
+    ASSERT_TRUE(store->MarkRunning(id, kT0).ok());
+    ASSERT_TRUE(store->Finish(id, result, kT0).ok());
+    absl::StatusOr<lesion::v1::ExperimentResult> read = store->GetResult(id);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(read->SerializeAsString(), result.SerializeAsString()) << id;
+    EXPECT_EQ(read->has_intervened(), result.has_intervened()) << id;
+  }
+}
+
 TEST(ExperimentStore, MarkInterruptedAfterACrash) {
   TempFile file;
   {

@@ -20,6 +20,7 @@ hold for every one of them, which is docs/server.md's durability contract:
 
 LESION_KILL9_SEED fixes the RNG (it is printed, and named in every failure, for a rerun);
 LESION_KILL9_ROUNDS sets the number of kills (default 8; 20-40 s on 2 cores)."""
+import difflib
 import collections
 import hashlib
 import os
@@ -280,6 +281,9 @@ def check_after_restart(lesion, acknowledged, known_done, reported_done, context
     for experiment_id, result in reported_done.items():
         got = lesion.GetExperiment(service_pb2.GetExperimentRequest(id=experiment_id, include_captures=True),
                                    timeout=30)
-        assert got.result == result, f"{experiment_id}: the restarted server's result differs from the one " \
-                                     f"reported before the crash {context}"
+        if got.result != result:
+            diff = "\n".join(difflib.unified_diff(str(result).splitlines(), str(got.result).splitlines(),
+                                                 "reported", "stored", lineterm="", n=2))
+            raise AssertionError(f"{experiment_id}: the restarted server's result differs from the one "
+                                 f"reported before the crash {context}:\n{diff}")
     return [i for i, s in status.items() if s == service_pb2.INTERRUPTED]
