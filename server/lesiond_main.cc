@@ -6,8 +6,9 @@
 // -> serve, printing "lesiond listening on ADDRESS" on stdout once it accepts calls (and
 // /metrics with --metrics-address). Everything else is a structured log line on stderr
 // (server/log.h, --log-format). SIGINT / SIGTERM: stop
-// taking experiments, cancel what runs (recorded as interrupted), stop the server within 5 s, drain
-// the store writer, exit 0. Exit 2 for bad flags, 1 for a start-up failure.
+// taking experiments; with --shutdown-grace-seconds, interrupt the queued ones and let running ones
+// finish within the grace period; stop the engine, record what is left queued or running as
+// interrupted, stop the server within 5 s, drain the store writer, exit 0. Exit 2 for bad flags, 1 for a start-up failure.
 #include <signal.h>
 #include <unistd.h>
 
