@@ -135,3 +135,17 @@ def metric(result, name):
     found = [m for m in result["metrics"] if m["name"] == name]
     assert len(found) == 1, f"metric {name!r}: {len(found)} entries in {[m['name'] for m in result['metrics']]}"
     return found[0]
+
+
+@pytest.fixture(scope="session")
+def pb():
+    """The lesion.v1 modules (experiment, result, service, grpc): the stubs the `lesion` package
+    generated from proto/ at install time. Skips the test when the package is not installed."""
+    pytest.importorskip("lesion._proto", reason="the lesion Python package (client/python) is not installed")
+    from lesion._proto import experiment_pb2, result_pb2, service_pb2, service_pb2_grpc
+
+    class Modules:
+        pass
+    m = Modules()
+    m.experiment, m.result, m.service, m.grpc = experiment_pb2, result_pb2, service_pb2, service_pb2_grpc
+    return m

@@ -19,18 +19,6 @@ SHORT = 1024
 
 
 @pytest.fixture(scope="module")
-def pb():
-    pytest.importorskip("lesion._proto", reason="the lesion Python package (client/python) is not installed")
-    from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc
-
-    class Modules:
-        pass
-    m = Modules()
-    m.experiment, m.service, m.grpc = experiment_pb2, service_pb2, service_pb2_grpc
-    return m
-
-
-@pytest.fixture(scope="module")
 def lesion(pb, tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("bounded"), "--model", f"stories={STORIES}",
                     "--model-root", STORIES.parent)

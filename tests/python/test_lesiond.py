@@ -20,19 +20,6 @@ from conftest import LesiondProcess as Server  # noqa: E402
 pytestmark = requires_lesiond
 
 
-@pytest.fixture(scope="session")
-def pb():
-    """The lesion.v1 modules: the stubs the `lesion` package generated from proto/ at install time."""
-    pytest.importorskip("lesion._proto", reason="the lesion Python package (client/python) is not installed")
-    from lesion._proto import experiment_pb2, result_pb2, service_pb2, service_pb2_grpc  # noqa: E402
-
-    class Modules:
-        pass
-    m = Modules()
-    m.experiment, m.result, m.service, m.grpc = experiment_pb2, result_pb2, service_pb2, service_pb2_grpc
-    return m
-
-
 @pytest.fixture
 def server(tmp_path):
     s = Server(tmp_path, "--model", f"stories={STORIES}")

@@ -19,18 +19,6 @@ from conftest import LesiondProcess as Server  # noqa: E402
 pytestmark = requires_lesiond
 
 
-@pytest.fixture(scope="module")
-def pb():
-    pytest.importorskip("lesion._proto", reason="the lesion Python package (client/python) is not installed")
-    from lesion._proto import service_pb2, service_pb2_grpc
-
-    class Modules:
-        pass
-    m = Modules()
-    m.service, m.grpc = service_pb2, service_pb2_grpc
-    return m
-
-
 def make_llama(directory, layers=12, d=512, ffn=1536, vocab=4096):
     """A random Llama checkpoint (float16) that takes lesiond a second or more to load: many tensors
     of some size, so that a deadline can pass between two of them."""
