@@ -101,11 +101,14 @@ absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path,
 absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
   absl::StatusOr<OpenedFile> file = OpenRegularFile(path, /*kind=*/"");
   if (!file.ok()) return file.status();
-  const int fd = file->fd.get();
+  return ReadToEnd(file->fd.get(), path, file->size);
+}
+
+absl::StatusOr<std::string> ReadToEnd(int fd, const std::filesystem::path& path, uint64_t size_hint) {
   std::string contents;
   // The size is a hint (the file may change, /proc files say 0): read to the end regardless.
   constexpr uint64_t kMaxReserve = uint64_t{1} << 30;
-  contents.reserve(static_cast<size_t>(std::min<uint64_t>(file->size, kMaxReserve)));
+  contents.reserve(static_cast<size_t>(std::min<uint64_t>(size_hint, kMaxReserve)));
   char buffer[1 << 16];
   while (true) {
     const ssize_t n = ::read(fd, buffer, sizeof(buffer));

@@ -65,6 +65,9 @@ absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path,
 // device, which is refused without being opened, never read); PermissionDenied / ResourceExhausted
 // / Internal on I/O errors. Every message names the path.
 absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path);
+// The rest of the open file `fd`, read to its end (`path` names it in errors). Reading a descriptor
+// already checked (its type, its mode) leaves no window for another file to be swapped in.
+absl::StatusOr<std::string> ReadToEnd(int fd, const std::filesystem::path& path, uint64_t size_hint = 0);
 
 // Writes `contents` to `path` atomically: a temporary file beside it is written, flushed and renamed
 // over the target, so a failure never leaves a half-written file behind.

@@ -3,10 +3,8 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -27,22 +25,6 @@ std::array<uint8_t, 32> Sha256(absl::string_view text) {
   static_assert(SHA256_DIGEST_LENGTH == 32);
   SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest.data());
   return digest;
-}
-
-// The whole of an open file. Reading the descriptor whose mode was checked (not the path again)
-// leaves no window for another file to be swapped in between.
-absl::StatusOr<std::string> ReadAll(int fd, const std::filesystem::path& path) {
-  std::string contents;
-  char buffer[1 << 16];
-  while (true) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return absl::InternalError(absl::StrCat("error reading ", path.string(), ": ", std::strerror(errno)));
-    }
-    if (n == 0) return contents;
-    contents.append(buffer, static_cast<size_t>(n));
-  }
 }
 
 }  // namespace
@@ -68,7 +50,7 @@ absl::StatusOr<Authenticator> Authenticator::FromTokensFile(const std::filesyste
         path.string(), info.st_mode & 07777,
         (info.st_mode & S_IWOTH) != 0 ? "every user" : "its group", path.string()));
   }
-  ASSIGN_OR_RETURN(std::string text, ReadAll(file.fd.get(), path));
+  ASSIGN_OR_RETURN(std::string text, ReadToEnd(file.fd.get(), path));
   return FromTokensText(text, path.string());
 }
 
