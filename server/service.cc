@@ -495,21 +495,22 @@ grpc::ServerUnaryReactor* LesionService::ResubmitExperiment(grpc::CallbackServer
 grpc::ServerUnaryReactor* LesionService::DeleteExperiments(grpc::CallbackServerContext* context,
                                                            const v1::RetentionRequest* request,
                                                            v1::RetentionResponse* response) {
-  absl::StatusOr<Principal> caller = Caller(context);
-  if (!caller.ok()) return FinishNow(context, caller.status());
-  if (absl::Status st = RequireAdmin(*caller, "DeleteExperiments"); !st.ok()) return FinishNow(context, st);
-  absl::StatusOr<v1::RetentionResponse> done = tracker_->DeleteExperiments(*request);
-  if (done.ok()) *response = std::move(*done);
-  return FinishNow(context, done.status());
+  return Retain(context, "DeleteExperiments", *request, &ExperimentTracker::DeleteExperiments, response);
 }
 
 grpc::ServerUnaryReactor* LesionService::DropCaptures(grpc::CallbackServerContext* context,
                                                       const v1::RetentionRequest* request,
                                                       v1::RetentionResponse* response) {
+  return Retain(context, "DropCaptures", *request, &ExperimentTracker::DropCaptures, response);
+}
+
+grpc::ServerUnaryReactor* LesionService::Retain(grpc::CallbackServerContext* context, absl::string_view method,
+                                                const v1::RetentionRequest& request, RetentionCall call,
+                                                v1::RetentionResponse* response) {
   absl::StatusOr<Principal> caller = Caller(context);
   if (!caller.ok()) return FinishNow(context, caller.status());
-  if (absl::Status st = RequireAdmin(*caller, "DropCaptures"); !st.ok()) return FinishNow(context, st);
-  absl::StatusOr<v1::RetentionResponse> done = tracker_->DropCaptures(*request);
+  if (absl::Status st = RequireAdmin(*caller, method); !st.ok()) return FinishNow(context, st);
+  absl::StatusOr<v1::RetentionResponse> done = (tracker_->*call)(request);
   if (done.ok()) *response = std::move(*done);
   return FinishNow(context, done.status());
 }

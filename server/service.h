@@ -22,6 +22,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "proto/lesion/v1/service.grpc.pb.h"
 #include "server/auth.h"
@@ -78,6 +79,12 @@ class LesionService final : public lesion::v1::Lesion::CallbackService {
 
  private:
   absl::StatusOr<Principal> Caller(grpc::CallbackServerContext* context) const;
+  // DeleteExperiments and DropCaptures: an admin's retention call, run by the tracker.
+  using RetentionCall = absl::StatusOr<lesion::v1::RetentionResponse> (ExperimentTracker::*)(
+      const lesion::v1::RetentionRequest&);
+  grpc::ServerUnaryReactor* Retain(grpc::CallbackServerContext* context, absl::string_view method,
+                                   const lesion::v1::RetentionRequest& request, RetentionCall call,
+                                   lesion::v1::RetentionResponse* response);
   grpc::ServerUnaryReactor* FinishWhenRecorded(grpc::CallbackServerContext* context,
                                                absl::StatusOr<lesion::v1::Experiment> submitted,
                                                lesion::v1::Experiment* response);
