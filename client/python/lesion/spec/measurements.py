@@ -1,0 +1,181 @@
+"""Measurements: what an experiment records on the baseline and the intervened pass (perplexity,
+divergence, token probabilities, activation statistics, captures and the outlier detectors)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ._base import _Builder
+from ._checks import _drop_none, _index, _indices, _opt_count, _opt_number
+from .sites import _sites
+
+
+@dataclass(frozen=True)
+class Perplexity(_Builder):
+    KIND = "perplexity"
+
+    def body(self):
+        return {}
+
+
+@dataclass(frozen=True)
+class KLDivergence(_Builder):
+    KIND = "kl_divergence"
+
+    def body(self):
+        return {}
+
+
+@dataclass(frozen=True)
+class TokenProbabilities(_Builder):
+    """Mean probability of tokens (by id, or by text that encodes to exactly one token)."""
+    tokens: Sequence[str] | None = None
+    token_ids: Sequence[int] | None = None
+    KIND = "token_probabilities"
+
+    def __post_init__(self):
+        tokens = [self.tokens] if isinstance(self.tokens, str) else list(self.tokens or [])
+        if not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("TokenProbabilities.tokens: expected non-empty strings")
+        ids = _indices("TokenProbabilities.token_ids", self.token_ids)
+        if not tokens and not ids:
+            raise ValueError("TokenProbabilities: give tokens= and/or token_ids=")
+        object.__setattr__(self, "tokens", tuple(tokens))
+        object.__setattr__(self, "token_ids", tuple(ids))
+
+    def body(self):
+        d = {}
+        if self.token_ids:
+            d["token_ids"] = list(self.token_ids)
+        if self.tokens:
+            d["tokens"] = list(self.tokens)
+        return d
+
+
+@dataclass(frozen=True)
+class ActivationStats(_Builder):
+    """Per site: top-k |x| (mean over windows and overall with coordinates), median and mean |x|."""
+    sites: Sequence[str] = ("blocks.*.resid_post",)
+    top_k: int = 3
+    KIND = "activation_stats"
+
+    def __post_init__(self):
+        sites = _sites("ActivationStats.sites", self.sites)
+        if not sites:
+            raise ValueError("ActivationStats.sites: must not be empty")
+        object.__setattr__(self, "sites", tuple(sites))
+        if _index("ActivationStats.top_k", self.top_k) == 0:
+            raise ValueError("ActivationStats.top_k: must be >= 1")
+
+    def body(self):
+        return {"sites": list(self.sites), "top_k": int(self.top_k)}
+
+
+@dataclass(frozen=True)
+class AttentionSink(_Builder):
+    """Per layer and head: mean over queries q >= 1 of the attention probability on key 0."""
+    layers: Sequence[int] | None = None
+    KIND = "attention_sink"
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(_indices("AttentionSink.layers", self.layers)))
+
+    def body(self):
+        return {"layers": list(self.layers)} if self.layers else {}
+
+
+@dataclass(frozen=True)
+class Capture(_Builder):
+    """Raw float32 tensors at sites for the first ``max_windows`` windows, at ``positions`` (None: all)."""
+    sites: Sequence[str]
+    positions: Sequence[int] | None = None
+    max_windows: int = 1
+    KIND = "capture"
+
+    def __post_init__(self):
+        sites = _sites("Capture.sites", self.sites)
+        if not sites:
+            raise ValueError("Capture.sites: must not be empty")
+        object.__setattr__(self, "sites", tuple(sites))
+        object.__setattr__(self, "positions", tuple(_indices("Capture.positions", self.positions)))
+        _index("Capture.max_windows", self.max_windows)
+
+    def body(self):
+        d = {"sites": list(self.sites)}
+        if self.positions:
+            d["positions"] = list(self.positions)
+        d["max_windows"] = int(self.max_windows)
+        return d
+
+
+@dataclass(frozen=True)
+class MassiveActivations(_Builder):
+    """Sun et al.: entries with |x| >= min_magnitude and >= min_ratio x their window's median |x|."""
+    sites: Sequence[str] | None = None
+    min_magnitude: float | None = None
+    min_ratio: float | None = None
+    max_reports: int | None = None
+    KIND = "massive_activations"
+
+    def __post_init__(self):
+        object.__setattr__(self, "sites", tuple(_sites("MassiveActivations.sites", self.sites)))
+        object.__setattr__(self, "min_magnitude", _opt_number("MassiveActivations.min_magnitude", self.min_magnitude))
+        object.__setattr__(self, "min_ratio", _opt_number("MassiveActivations.min_ratio", self.min_ratio))
+        object.__setattr__(self, "max_reports", _opt_count("MassiveActivations.max_reports", self.max_reports))
+
+    def body(self):
+        return _drop_none({"sites": list(self.sites) or None, "min_magnitude": self.min_magnitude,
+                           "min_ratio": self.min_ratio, "max_reports": self.max_reports})
+
+
+@dataclass(frozen=True)
+class SuperWeights(_Builder):
+    """Yu et al.: per layer, mlp.down[row, col] from the spikes of |mlp_out| and |mlp_act|."""
+    min_ratio: float | None = None
+    min_magnitude: float | None = None
+    KIND = "super_weights"
+
+    def __post_init__(self):
+        object.__setattr__(self, "min_ratio", _opt_number("SuperWeights.min_ratio", self.min_ratio))
+        object.__setattr__(self, "min_magnitude", _opt_number("SuperWeights.min_magnitude", self.min_magnitude))
+
+    def body(self):
+        return _drop_none({"min_ratio": self.min_ratio, "min_magnitude": self.min_magnitude})
+
+
+@dataclass(frozen=True)
+class NormOutliers(_Builder):
+    """Norm gamma channels with robust |z| >= min_z."""
+    min_z: float | None = None
+    max_reports: int | None = None
+    KIND = "norm_outliers"
+
+    def __post_init__(self):
+        object.__setattr__(self, "min_z", _opt_number("NormOutliers.min_z", self.min_z))
+        object.__setattr__(self, "max_reports", _opt_count("NormOutliers.max_reports", self.max_reports))
+
+    def body(self):
+        return _drop_none({"min_z": self.min_z, "max_reports": self.max_reports})
+
+
+@dataclass(frozen=True)
+class AttentionOutliers(_Builder):
+    """An et al.: keys receiving at least ``min_mass`` of the attention mass of queries q >= 1."""
+    layers: Sequence[int] | None = None
+    min_mass: float | None = None
+    max_reports: int | None = None
+    KIND = "attention_outliers"
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(_indices("AttentionOutliers.layers", self.layers)))
+        object.__setattr__(self, "min_mass", _opt_number("AttentionOutliers.min_mass", self.min_mass))
+        object.__setattr__(self, "max_reports", _opt_count("AttentionOutliers.max_reports", self.max_reports))
+
+    def body(self):
+        return _drop_none({"layers": list(self.layers) or None, "min_mass": self.min_mass,
+                           "max_reports": self.max_reports})
+
+
+MEASUREMENTS = (Perplexity, KLDivergence, TokenProbabilities, ActivationStats, AttentionSink, Capture,
+                MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers)
+_MEASUREMENT_KINDS = {c.KIND for c in MEASUREMENTS}
