@@ -9,6 +9,7 @@ implementation: the C++ runtime is the product; numbers that matter are re-measu
 
 Random-init weights of the shapes of bench/hf_anchor.py; one JSON line per measurement.
 """
+
 import argparse
 import json
 import math
@@ -44,12 +45,15 @@ class Model:
                 n1b=torch.zeros(self.d, device=device, dtype=dtype) if self.gpt2 else None,
                 qkv=w((self.heads + 2 * self.kv) * self.hd, self.d),
                 qkvb=w((self.heads + 2 * self.kv) * self.hd) if self.gpt2 else None,
-                o=w(self.d, self.heads * self.hd), ob=w(self.d) if self.gpt2 else None,
+                o=w(self.d, self.heads * self.hd),
+                ob=w(self.d) if self.gpt2 else None,
                 n2=torch.ones(self.d, device=device, dtype=dtype),
                 n2b=torch.zeros(self.d, device=device, dtype=dtype) if self.gpt2 else None,
                 up=w(self.ffn * (1 if self.gpt2 else 2), self.d),
                 upb=w(self.ffn) if self.gpt2 else None,
-                down=w(self.d, self.ffn), downb=w(self.d) if self.gpt2 else None)
+                down=w(self.d, self.ffn),
+                downb=w(self.d) if self.gpt2 else None,
+            )
             self.blocks.append(b)
         self.nf = torch.ones(self.d, device=device, dtype=dtype)
         self.nfb = torch.zeros(self.d, device=device, dtype=dtype) if self.gpt2 else None
@@ -84,9 +88,9 @@ class Model:
         b, s, _ = h.shape
         qkv = F.linear(h, blk["qkv"], blk["qkvb"])
         H, KV, hd = self.heads, self.kv, self.hd
-        q = qkv[..., :H * hd].view(b, s, H, hd).transpose(1, 2)
-        k = qkv[..., H * hd:(H + KV) * hd].view(b, s, KV, hd).transpose(1, 2)
-        v = qkv[..., (H + KV) * hd:].view(b, s, KV, hd).transpose(1, 2)
+        q = qkv[..., : H * hd].view(b, s, H, hd).transpose(1, 2)
+        k = qkv[..., H * hd : (H + KV) * hd].view(b, s, KV, hd).transpose(1, 2)
+        v = qkv[..., (H + KV) * hd :].view(b, s, KV, hd).transpose(1, 2)
         if cos is not None:
             q = self.rope(q, cos, sin)
             k = self.rope(k, cos, sin)
@@ -109,14 +113,14 @@ class Model:
                 a = F.gelu(F.linear(m, blk["up"], blk["upb"]), approximate="tanh")
             else:
                 gu = F.linear(m, blk["up"])
-                a = F.silu(gu[..., :self.ffn]) * gu[..., self.ffn:]
+                a = F.silu(gu[..., : self.ffn]) * gu[..., self.ffn :]
             x = x + F.linear(a, blk["down"], blk["downb"])
         return x
 
     def embed_ids(self, ids):
         x = F.embedding(ids, self.embed)
         if self.gpt2:
-            x = x + self.pos[:ids.shape[1]]
+            x = x + self.pos[: ids.shape[1]]
         cos = sin = None
         if not self.gpt2:
             cos, sin = self.rotary(ids.shape[1], x.dtype)
@@ -135,8 +139,8 @@ def nll_rows(logits, ids, opts):
     rows = max(1, (1 << 28) // max(1, (n - 1) * vocab))
     out = []
     for r in range(0, b, rows):
-        lg = logits[r:r + rows, :-1].reshape(-1, vocab)
-        tgt = ids[r:r + rows, 1:].reshape(-1, 1)
+        lg = logits[r : r + rows, :-1].reshape(-1, vocab)
+        tgt = ids[r : r + rows, 1:].reshape(-1, 1)
         if opts.nll == "cast":  # what perplexity.cc does now
             lp = torch.log_softmax(lg.float(), -1)
             nll = -lp.gather(1, tgt).squeeze(1)
@@ -169,7 +173,7 @@ def ppl_pass(model, ids, bs, opts):
     total = torch.zeros((), dtype=torch.float64, device=ids.device)
     with torch.inference_mode():
         for i in range(0, n, bs):
-            b = x_all[i:i + bs]
+            b = x_all[i : i + bs]
             x, cos, sin = model.embed_ids(b)
             logits = model.head(model.layers_from(x, 0, cos, sin))
             total += nll_rows(logits, b, opts).sum()
@@ -187,14 +191,14 @@ def head_sweep(model, ids, windows_per_pass, variants_per_pass, opts, n_tokens):
     sums = torch.zeros(len(variants) + 1, dtype=torch.float64, device=ids.device)
     with torch.inference_mode():
         for i in range(0, n, windows_per_pass):
-            b = x_all[i:i + windows_per_pass]
+            b = x_all[i : i + windows_per_pass]
             nb = b.shape[0]
             x, cos, sin = model.embed_ids(b)
             saved = {}
             logits = model.head(model.layers_from(x, 0, cos, sin, save=saved))
             sums[-1] += nll_rows(logits, b, opts).sum()
             for g in range(0, len(variants), variants_per_pass):
-                group = variants[g:g + variants_per_pass]
+                group = variants[g : g + variants_per_pass]
                 G = len(group)
                 first = min(l for l, _ in group)
                 masks = {}
@@ -209,7 +213,7 @@ def head_sweep(model, ids, windows_per_pass, variants_per_pass, opts, n_tokens):
                 xg = saved[first].repeat(G, 1, 1)
                 cg = model.head(model.layers_from(xg, first, cos, sin, z_hook=hook))
                 per_row = nll_rows(cg, b.repeat(G, 1), opts)
-                sums[g:g + G] += per_row.view(G, nb).sum(1)
+                sums[g : g + G] += per_row.view(G, nb).sum(1)
     return (sums / (n * (model.seq - 1))).exp().tolist()
 
 
@@ -239,20 +243,45 @@ def main():
         for bs in map(int, opts.batch.split(",")):
             torch.cuda.reset_peak_memory_stats()
             t = timed(lambda: ppl_pass(model, ids, bs, opts))
-            print(json.dumps(dict(what="ppl_eval", impl="proto", bs=bs, tokens=ntok, s=round(t, 4),
-                                  tok_per_s=round(ntok / t),
-                                  peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), **tag)), flush=True)
+            print(
+                json.dumps(
+                    dict(
+                        what="ppl_eval",
+                        impl="proto",
+                        bs=bs,
+                        tokens=ntok,
+                        s=round(t, 4),
+                        tok_per_s=round(ntok / t),
+                        peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                        **tag,
+                    )
+                ),
+                flush=True,
+            )
     elif opts.what == "sweep":
         for wp in map(int, opts.windows_per_pass.split(",")):
             for vp in map(int, opts.variants_per_pass.split(",")):
                 torch.cuda.reset_peak_memory_stats()
                 t = timed(lambda: head_sweep(model, ids, wp, vp, opts, opts.sweep_tokens), reps=1)
-                print(json.dumps(dict(what="head_sweep", impl="proto", windows_per_pass=wp, variants_per_pass=vp,
-                                      ablations=model.layers * model.heads, tokens_each=opts.sweep_tokens,
-                                      s=round(t, 3), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                                      **tag)), flush=True)
+                print(
+                    json.dumps(
+                        dict(
+                            what="head_sweep",
+                            impl="proto",
+                            windows_per_pass=wp,
+                            variants_per_pass=vp,
+                            ablations=model.layers * model.heads,
+                            tokens_each=opts.sweep_tokens,
+                            s=round(t, 3),
+                            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                            **tag,
+                        )
+                    ),
+                    flush=True,
+                )
     else:
         from torch.profiler import ProfilerActivity, profile
+
         bs = int(opts.batch.split(",")[0])
         sub = ids[: model.seq * bs * 2]
         ppl_pass(model, sub, bs, opts)

@@ -21,6 +21,7 @@ exceeded); --lesiond-arg passes flags to the server, e.g. its cache or quota lim
 
 Exit status: 0 when nothing was lost and every bound held, 1 otherwise, 2 for bad flags.
 Needs the `lesion` Python package (client/python) for the generated stubs."""
+
 import argparse
 import asyncio
 import json
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+
 from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +50,21 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--experiments", type=int, default=None,
-                      help="stop after this many acknowledged submissions (default 1000)")
+    stop.add_argument(
+        "--experiments", type=int, default=None, help="stop after this many acknowledged submissions (default 1000)"
+    )
     stop.add_argument("--duration", type=float, default=None, help="stop submitting after this many seconds")
     p.add_argument("--lesiond", default=os.environ.get("LESIOND", str(ROOT / "build" / "server" / "lesiond")))
     p.add_argument("--model", default=str(ROOT / "models" / "stories260K"), help="model directory served")
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--windows", type=int, default=2, help="windows of tinystories-sample per experiment")
-    p.add_argument("--lesiond-arg", action="append", default=[], metavar="FLAG",
-                   help="a flag for lesiond, e.g. --lesiond-arg=--max-queue-per-device=128 (repeatable)")
+    p.add_argument(
+        "--lesiond-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for lesiond, e.g. --lesiond-arg=--max-queue-per-device=128 (repeatable)",
+    )
     p.add_argument("--max-rss-mib", type=float, help="bound on lesiond's peak RSS (VmHWM) to check")
     p.add_argument("--max-db-mib", type=float, help="bound on the database size (with its WAL) to check")
     p.add_argument("--db-dir", help="where the database goes (default a temporary directory, removed)")
@@ -65,8 +73,11 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.experiments is None and args.duration is None:
         args.experiments = 1000
-    if args.clients < 1 or (args.experiments is not None and args.experiments < 1) or \
-            (args.duration is not None and args.duration <= 0):
+    if (
+        args.clients < 1
+        or (args.experiments is not None and args.experiments < 1)
+        or (args.duration is not None and args.duration <= 0)
+    ):
         p.error("--clients, --experiments and --duration must be positive")
     if not Path(args.lesiond).is_file():
         p.error(f"lesiond not found at {args.lesiond} (build it, or pass --lesiond / set LESIOND)")
@@ -99,8 +110,16 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.address = f"127.0.0.1:{s.getsockname()[1]}"
         self.log = open(db.parent / "lesiond.log", "w")
-        self.command = [args.lesiond, "--listen", self.address, "--db", str(db),
-                        "--model", f"stories={args.model}", *args.lesiond_arg]
+        self.command = [
+            args.lesiond,
+            "--listen",
+            self.address,
+            "--db",
+            str(db),
+            "--model",
+            f"stories={args.model}",
+            *args.lesiond_arg,
+        ]
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()  # "lesiond listening on ..." or EOF when it exits
         if "listening on" not in line:
@@ -121,21 +140,29 @@ class Load:
     def __init__(self, args, address):
         self.args, self.address = args, address
         self.rng = random.Random(args.seed)
-        self.submit_s = []      # latency of each acknowledged SubmitExperiment
+        self.submit_s = []  # latency of each acknowledged SubmitExperiment
         self.end_to_end_s = []  # submit to final event
-        self.acked = {}         # id -> final status its watch saw (None until then)
-        self.refused = 0        # RESOURCE_EXHAUSTED answers (retried)
-        self.errors = []        # anything else
-        self.started = 0        # submissions begun, for --experiments
+        self.acked = {}  # id -> final status its watch saw (None until then)
+        self.refused = 0  # RESOURCE_EXHAUSTED answers (retried)
+        self.errors = []  # anything else
+        self.started = 0  # submissions begun, for --experiments
         self.deadline = None
 
     def spec(self, index):
-        return json_format.ParseDict({
-            "model": "stories", "name": f"load-{index}", "tags": ["server-load"],
-            "dataset": {"named": "tinystories-sample"},
-            "eval": {"seq_len": self.args.seq_len, "max_windows": self.args.windows},
-            "interventions": [{"head_ablation": {"layer": self.rng.randrange(5), "heads": [self.rng.randrange(8)]}}],
-            "measurements": [{"perplexity": {}}]}, experiment_pb2.ExperimentSpec())
+        return json_format.ParseDict(
+            {
+                "model": "stories",
+                "name": f"load-{index}",
+                "tags": ["server-load"],
+                "dataset": {"named": "tinystories-sample"},
+                "eval": {"seq_len": self.args.seq_len, "max_windows": self.args.windows},
+                "interventions": [
+                    {"head_ablation": {"layer": self.rng.randrange(5), "heads": [self.rng.randrange(8)]}}
+                ],
+                "measurements": [{"perplexity": {}}],
+            },
+            experiment_pb2.ExperimentSpec(),
+        )
 
     def more(self):
         if self.deadline is not None:
@@ -164,8 +191,9 @@ class Load:
                 self.submit_s.append(time.perf_counter() - begin)
                 self.acked[queued.id] = None
                 try:
-                    async for event in lesion.WatchExperiment(service_pb2.WatchExperimentRequest(id=queued.id),
-                                                              metadata=metadata, timeout=600):
+                    async for event in lesion.WatchExperiment(
+                        service_pb2.WatchExperimentRequest(id=queued.id), metadata=metadata, timeout=600
+                    ):
                         if event.experiment.status in FINAL:
                             self.acked[queued.id] = event.experiment.status
                 except grpc.aio.AioRpcError as e:
@@ -183,6 +211,7 @@ class Load:
             while True:
                 peak_rss = max(peak_rss, proc_memory(pid)["VmRSS"])
                 await asyncio.sleep(0.2)
+
         sampler = asyncio.ensure_future(sample())
         begin = time.perf_counter()
         await asyncio.gather(*(self.client(n) for n in range(self.args.clients)))
@@ -197,8 +226,9 @@ def stored_states(address, ids):
     lesion = service_pb2_grpc.LesionStub(channel)
     seen, offset = {}, 0
     while True:
-        page = lesion.ListExperiments(service_pb2.ListExperimentsRequest(
-            where='tag = "server-load"', limit=10000, offset=offset), timeout=60)
+        page = lesion.ListExperiments(
+            service_pb2.ListExperimentsRequest(where='tag = "server-load"', limit=10000, offset=offset), timeout=60
+        )
         seen.update((e.id, e.status) for e in page.experiments)
         offset += len(page.experiments)
         if not page.experiments or offset >= page.total:
@@ -234,21 +264,39 @@ def main(argv):
     done = watched.get("DONE", 0)
     lost = sum(n for name, n in stored.items() if name not in ("DONE", "FAILED", "CANCELLED"))
     report = {
-        "clients": args.clients, "acknowledged": len(load.acked), "wall_s": round(wall, 2),
-        "experiments_per_s": round(done / wall, 2), "refused_queue_full": load.refused,
-        "submit_ms": {"p50": round(percentile(load.submit_s, 50) * 1e3, 1),
-                      "p99": round(percentile(load.submit_s, 99) * 1e3, 1),
-                      "max": round(max(load.submit_s) * 1e3, 1),
-                      "mean": round(statistics.fmean(load.submit_s) * 1e3, 1)} if load.submit_s else None,
-        "end_to_end_ms": {"p50": round(percentile(load.end_to_end_s, 50) * 1e3, 1),
-                          "p99": round(percentile(load.end_to_end_s, 99) * 1e3, 1)} if load.end_to_end_s else None,
-        "watched_final": watched, "stored": stored, "lost": lost, "errors": load.errors[:10],
-        "rss_mib": {"idle_before": round(before["VmRSS"] / MIB, 1), "after": round(after["VmRSS"] / MIB, 1),
-                    # VmHWM can lag a sample of VmRSS slightly (the kernel syncs its counters lazily).
-                    "peak": round(max(peak_rss, after["VmHWM"]) / MIB, 1)},
+        "clients": args.clients,
+        "acknowledged": len(load.acked),
+        "wall_s": round(wall, 2),
+        "experiments_per_s": round(done / wall, 2),
+        "refused_queue_full": load.refused,
+        "submit_ms": {
+            "p50": round(percentile(load.submit_s, 50) * 1e3, 1),
+            "p99": round(percentile(load.submit_s, 99) * 1e3, 1),
+            "max": round(max(load.submit_s) * 1e3, 1),
+            "mean": round(statistics.fmean(load.submit_s) * 1e3, 1),
+        }
+        if load.submit_s
+        else None,
+        "end_to_end_ms": {
+            "p50": round(percentile(load.end_to_end_s, 50) * 1e3, 1),
+            "p99": round(percentile(load.end_to_end_s, 99) * 1e3, 1),
+        }
+        if load.end_to_end_s
+        else None,
+        "watched_final": watched,
+        "stored": stored,
+        "lost": lost,
+        "errors": load.errors[:10],
+        "rss_mib": {
+            "idle_before": round(before["VmRSS"] / MIB, 1),
+            "after": round(after["VmRSS"] / MIB, 1),
+            # VmHWM can lag a sample of VmRSS slightly (the kernel syncs its counters lazily).
+            "peak": round(max(peak_rss, after["VmHWM"]) / MIB, 1),
+        },
         "db_mib": round(database / MIB, 2),
         "bounds": {"max_rss_mib": args.max_rss_mib, "max_db_mib": args.max_db_mib},
-        "lesiond_args": args.lesiond_arg, "cpus": os.cpu_count(),
+        "lesiond_args": args.lesiond_arg,
+        "cpus": os.cpu_count(),
         # lesiond inherits it; torch's intra-op pool size matters on a busy host (bench/README.md).
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
@@ -264,17 +312,25 @@ def main(argv):
         print(json.dumps(report))
     else:
         s, e2e, rss = report["submit_ms"] or {}, report["end_to_end_ms"] or {}, report["rss_mib"]
-        print(f"{args.clients} clients, {len(load.acked)} experiments acknowledged in {wall:.1f} s on "
-              f"{os.cpu_count()} CPUs (OMP_NUM_THREADS={report['omp_num_threads'] or 'unset'}): "
-              f"{report['experiments_per_s']} experiments/s")
-        print(f"Submit latency p50 {s.get('p50')} ms, p99 {s.get('p99')} ms, max {s.get('max')} ms; "
-              f"submit to final p50 {e2e.get('p50')} ms, p99 {e2e.get('p99')} ms; "
-              f"{load.refused} queue-full refusals retried")
+        print(
+            f"{args.clients} clients, {len(load.acked)} experiments acknowledged in {wall:.1f} s on "
+            f"{os.cpu_count()} CPUs (OMP_NUM_THREADS={report['omp_num_threads'] or 'unset'}): "
+            f"{report['experiments_per_s']} experiments/s"
+        )
+        print(
+            f"Submit latency p50 {s.get('p50')} ms, p99 {s.get('p99')} ms, max {s.get('max')} ms; "
+            f"submit to final p50 {e2e.get('p50')} ms, p99 {e2e.get('p99')} ms; "
+            f"{load.refused} queue-full refusals retried"
+        )
         print(f"final states seen: {watched}; stored: {stored}; lost: {lost}")
-        print(f"lesiond RSS: {rss['idle_before']} MiB idle before, {rss['after']} MiB after, peak "
-              f"{rss['peak']} MiB (VmHWM){'' if args.max_rss_mib is None else f' / bound {args.max_rss_mib}'}")
-        print(f"database: {report['db_mib']} MiB with its WAL"
-              f"{'' if args.max_db_mib is None else f' / bound {args.max_db_mib}'}")
+        print(
+            f"lesiond RSS: {rss['idle_before']} MiB idle before, {rss['after']} MiB after, peak "
+            f"{rss['peak']} MiB (VmHWM){'' if args.max_rss_mib is None else f' / bound {args.max_rss_mib}'}"
+        )
+        print(
+            f"database: {report['db_mib']} MiB with its WAL"
+            f"{'' if args.max_db_mib is None else f' / bound {args.max_db_mib}'}"
+        )
         for failure in failures:
             print(f"FAILED: {failure}")
         for error in load.errors[:10]:

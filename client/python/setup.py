@@ -11,10 +11,9 @@ The include root follows the .proto files themselves: if they import "proto/lesi
 root is the repository (what the C++ build uses), if they import "lesion/v1/x.proto" it is proto/.
 Either way the descriptors carry the same file names as the server's, which gRPC reflection shows.
 """
+
 import os
 import re
-import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -51,15 +50,25 @@ def generate(target):
         raise SystemExit(
             f"lesion: cannot generate the gRPC stubs: {', '.join(m + '.proto' for m in missing)} not found "
             f"in {PROTO_DIR / 'lesion' / 'v1'}. Build the package from the lesion repository "
-            f"(pip install ./client/python), or point $LESION_PROTO_DIR at its proto/ directory.")
-    from grpc_tools import protoc  # a build requirement (pyproject.toml [build-system])
+            f"(pip install ./client/python), or point $LESION_PROTO_DIR at its proto/ directory."
+        )
     import importlib.resources
+
+    from grpc_tools import protoc  # a build requirement (pyproject.toml [build-system])
+
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
     include, prefix = _include_root()
     files = [f"{prefix}lesion/v1/{n}.proto" for n in PROTOS]
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["grpc_tools.protoc", f"-I{include}", f"-I{well_known}", f"--python_out={tmp}",
-                f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *files]
+        args = [
+            "grpc_tools.protoc",
+            f"-I{include}",
+            f"-I{well_known}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *files,
+        ]
         if protoc.main(args) != 0:
             raise SystemExit(f"lesion: grpc_tools.protoc failed: {' '.join(args)}")
         out_dir = Path(tmp) / prefix / "lesion" / "v1"

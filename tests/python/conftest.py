@@ -3,6 +3,7 @@
 The binary is $LESION_CLI (default build/client/cpp/lesion). Without it every test that runs it is
 skipped with that reason (modules mark themselves with `requires_cli`, and the `cli` fixture skips
 too), so the suite still collects."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(os.environ.get("LESION_CLI", ROOT / "build" / "client" / "cpp" / "lesion"))
 SHARED = Path("/work/shared/data")
-CLI_MISSING = (None if CLI.is_file() and os.access(CLI, os.X_OK)
-               else f"lesion CLI not built at {CLI} (build it, or set LESION_CLI)")
+CLI_MISSING = (
+    None
+    if CLI.is_file() and os.access(CLI, os.X_OK)
+    else f"lesion CLI not built at {CLI} (build it, or set LESION_CLI)"
+)
 
 # `pytestmark = requires_cli` in a module skips all of it when the binary is missing.
 requires_cli = pytest.mark.skipif(CLI_MISSING is not None, reason=CLI_MISSING or "")
@@ -48,13 +52,19 @@ class LesiondProcess:
 
     def __init__(self, tmp_path, *flags, db=None, env=None):
         import grpc
+
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.db = db or tmp_path / "lesion.db"
         self.log_path = tmp_path / f"lesiond-{self.port}.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(LESIOND), "--listen", self.address, "--db", str(self.db), *map(str, flags)],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [str(LESIOND), "--listen", self.address, "--db", str(self.db), *map(str, flags)],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
         deadline = time.time() + 60
         line = ""
         while time.time() < deadline:
@@ -89,22 +99,23 @@ def cli():
         pytest.skip(CLI_MISSING)
 
     def run(*args, check=True, stdin=None):
-        proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, input=stdin,
-                              timeout=600)
+        proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, input=stdin, timeout=600)
         if check and proc.returncode != 0:
-            raise AssertionError(f"lesion {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                                 f"{proc.stderr}")
+            raise AssertionError(f"lesion {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
+
     return run
 
 
 @pytest.fixture
 def write_ids(tmp_path):
     """write_ids(ids, name) -> path of a JSON file holding `ids` (a list, or a list of lists)."""
+
     def write(ids, name="ids.json"):
         path = tmp_path / name
         path.write_text(json.dumps(ids))
         return path
+
     return write
 
 
@@ -119,6 +130,7 @@ def gpt2_tokenizer_files():
         for f in ("vocab.json", "merges.txt"):
             shutil.copy(GPT2_TOKENIZER / f, directory / f)
         return directory
+
     return copy
 
 
@@ -146,6 +158,7 @@ def pb():
 
     class Modules:
         pass
+
     m = Modules()
     m.experiment, m.result, m.service, m.grpc = experiment_pb2, result_pb2, service_pb2, service_pb2_grpc
     return m

@@ -1,21 +1,43 @@
 """What Hugging Face transformers computes, for the CLI tests: fresh random tiny checkpoints of every
 supported architecture, every lesion hook site captured with module hooks, and HF's perplexity
 recipe. Nothing here runs lesion."""
+
 import json
 
 import numpy as np
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 VOCAB = 97
-COMMON = dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-              vocab_size=VOCAB, max_position_embeddings=64, rms_norm_eps=1e-6, attn_implementation="eager")
+COMMON = dict(
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    attn_implementation="eager",
+)
 # LLaMA 3.1's own rope settings (theta 5e5, factor 8, low/high 1/4, original 8192). With head_dim 8
 # the four rotary frequencies have wavelengths 6.3, 167, 4443 and 118k positions, so they fall in all
 # three branches of the llama3 rule: kept (< 8192/4), smoothed (between), divided by 8 (> 8192).
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 KINDS = ["gpt2", "llama", "llama_gqa", "llama3", "mistral", "qwen2", "qwen2_sliding"]
 WINDOW = 4  # sliding window of the mistral / qwen2_sliding models; the tests use 13 > 4 tokens
@@ -25,24 +47,43 @@ def make_model(kind, seed):
     """A random tiny model of `kind` with wide weights, gammas around 1 and biases around 0."""
     torch.manual_seed(seed)
     if kind == "gpt2":  # Conv1D weights, LayerNorm with bias, learned positions, tied head
-        model = GPT2LMHeadModel(GPT2Config(n_embd=48, n_layer=2, n_head=6, n_inner=80, vocab_size=VOCAB,
-                                           n_positions=64, bos_token_id=0, eos_token_id=0,
-                                           attn_implementation="eager"))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=48,
+                n_layer=2,
+                n_head=6,
+                n_inner=80,
+                vocab_size=VOCAB,
+                n_positions=64,
+                bos_token_id=0,
+                eos_token_id=0,
+                attn_implementation="eager",
+            )
+        )
     elif kind == "llama":  # multi-head (no GQA), untied head, unusual theta
         model = LlamaForCausalLM(LlamaConfig(**COMMON, num_key_value_heads=6, rope_theta=777.0))
     elif kind == "llama_gqa":  # GQA 6/3, untied
         model = LlamaForCausalLM(LlamaConfig(**COMMON, num_key_value_heads=3, rope_theta=50000.0))
     elif kind == "llama3":  # GQA 6/2, llama3 rope scaling, tied
-        model = LlamaForCausalLM(LlamaConfig(**{**COMMON, "max_position_embeddings": 131072},
-                                             num_key_value_heads=2, tie_word_embeddings=True,
-                                             rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE)))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                **{**COMMON, "max_position_embeddings": 131072},
+                num_key_value_heads=2,
+                tie_word_embeddings=True,
+                rope_theta=500000.0,
+                rope_scaling=dict(LLAMA3_ROPE),
+            )
+        )
     elif kind == "mistral":  # sliding window on every layer
         model = MistralForCausalLM(MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=WINDOW))
     elif kind == "qwen2":  # q/k/v biases, GQA 6/2, tied
         model = Qwen2ForCausalLM(Qwen2Config(**COMMON, num_key_value_heads=2, tie_word_embeddings=True))
     elif kind == "qwen2_sliding":  # window only from max_window_layers on: layer 0 full, layer 1 windowed
-        model = Qwen2ForCausalLM(Qwen2Config(**COMMON, num_key_value_heads=3, use_sliding_window=True,
-                                             sliding_window=WINDOW, max_window_layers=1))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                **COMMON, num_key_value_heads=3, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1
+            )
+        )
     else:
         raise ValueError(kind)
     return randomize(model, seed)
@@ -86,12 +127,14 @@ def capture(model, ids):
     def out_hook(name):
         def fn(module, args, output):
             sites[name] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+
         return fn
 
     def in_hook(name, heads=False):
         def fn(module, args):
             x = args[0].detach().clone()
             sites[name] = x.view(*x.shape[:-1], n_heads, head_dim) if heads else x
+
         return fn
 
     for l, layer in enumerate(layers):
@@ -101,14 +144,16 @@ def capture(model, ids):
         else:
             attn_norm, o_proj = layer.input_layernorm, layer.self_attn.o_proj
             mlp_norm, down = layer.post_attention_layernorm, layer.mlp.down_proj
-        hooks += [attn_norm.register_forward_hook(out_hook(p + "attn_in")),
-                  o_proj.register_forward_pre_hook(in_hook(p + "attn_z", heads=True)),
-                  o_proj.register_forward_hook(out_hook(p + "attn_out")),
-                  mlp_norm.register_forward_pre_hook(in_hook(p + "resid_mid")),
-                  mlp_norm.register_forward_hook(out_hook(p + "mlp_in")),
-                  down.register_forward_pre_hook(in_hook(p + "mlp_act")),
-                  layer.mlp.register_forward_hook(out_hook(p + "mlp_out")),
-                  layer.register_forward_hook(out_hook(p + "resid_post"))]
+        hooks += [
+            attn_norm.register_forward_hook(out_hook(p + "attn_in")),
+            o_proj.register_forward_pre_hook(in_hook(p + "attn_z", heads=True)),
+            o_proj.register_forward_hook(out_hook(p + "attn_out")),
+            mlp_norm.register_forward_pre_hook(in_hook(p + "resid_mid")),
+            mlp_norm.register_forward_hook(out_hook(p + "mlp_in")),
+            down.register_forward_pre_hook(in_hook(p + "mlp_act")),
+            layer.mlp.register_forward_hook(out_hook(p + "mlp_out")),
+            layer.register_forward_hook(out_hook(p + "resid_post")),
+        ]
     final = base.ln_f if gpt2 else base.norm
     hooks.append(final.register_forward_hook(out_hook("final_norm")))
     try:
@@ -137,9 +182,11 @@ def capture(model, ids):
     return {k: v.float().numpy() for k, v in sites.items()}
 
 
-ALL_SITES = ("embed,blocks.*.attn_in,blocks.*.attn_z,blocks.*.attn_pattern,blocks.*.attn_out,"
-             "blocks.*.resid_mid,blocks.*.mlp_in,blocks.*.mlp_act,blocks.*.mlp_out,blocks.*.resid_post,"
-             "final_norm,logits")
+ALL_SITES = (
+    "embed,blocks.*.attn_in,blocks.*.attn_z,blocks.*.attn_pattern,blocks.*.attn_out,"
+    "blocks.*.resid_mid,blocks.*.mlp_in,blocks.*.mlp_act,blocks.*.mlp_out,blocks.*.resid_post,"
+    "final_norm,logits"
+)
 
 
 def compare(got, want, tol, what=""):
@@ -164,7 +211,9 @@ def compare(got, want, tol, what=""):
     extra = sorted(set(got) - set(want))
     if extra:
         rows.append(f"  unexpected tensors: {extra}")
-    assert not bad and not extra, f"{what}: {len(bad)} site(s) differ from transformers (tol {tol}):\n" + "\n".join(rows)
+    assert not bad and not extra, f"{what}: {len(bad)} site(s) differ from transformers (tol {tol}):\n" + "\n".join(
+        rows
+    )
     return rows
 
 
@@ -250,10 +299,13 @@ def gpt2_encoding(tokenizer_dir):
     network: tiktoken.get_encoding("gpt2") would download)."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(tokenizer_dir / "merges.txt"),
-                                            encoder_json_file=str(tokenizer_dir / "vocab.json"))
-    return tiktoken.Encoding("gpt2_files", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256})
+
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(tokenizer_dir / "merges.txt"), encoder_json_file=str(tokenizer_dir / "vocab.json")
+    )
+    return tiktoken.Encoding(
+        "gpt2_files", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
 
 
 def lower_median(a):
@@ -289,9 +341,17 @@ def hf_detectors(model, windows, massive, super_w, norms, attention):
             o, act = ref[f"blocks.{l}.mlp_out"][0], ref[f"blocks.{l}.mlp_act"][0]
             t, row = np.unravel_index(np.abs(o).argmax(), o.shape)
             col = int(np.abs(act[t]).argmax())
-            spike = dict(layer=l, row=int(row), col=col, sequence=s, token=int(t), output_spike=float(o[t, row]),
-                         input_spike=float(act[t, col]), output_ratio=abs(float(o[t, row])) / lower_median(np.abs(o)),
-                         input_ratio=abs(float(act[t, col])) / lower_median(np.abs(act)))
+            spike = dict(
+                layer=l,
+                row=int(row),
+                col=col,
+                sequence=s,
+                token=int(t),
+                output_spike=float(o[t, row]),
+                input_spike=float(act[t, col]),
+                output_ratio=abs(float(o[t, row])) / lower_median(np.abs(o)),
+                input_ratio=abs(float(act[t, col])) / lower_median(np.abs(act)),
+            )
             if best is None or abs(spike["output_spike"]) > abs(best["output_spike"]):
                 best = spike
         best["max_out_by_window"] = [float(np.abs(ref[f"blocks.{l}.mlp_out"][0]).max()) for ref in refs]
@@ -310,10 +370,13 @@ def hf_detectors(model, windows, massive, super_w, norms, attention):
         med = float(g.median())
         scale = 1.4826 * float((g - med).abs().median())
         z = (g - med) / scale
-        here = [dict(norm=name, layer=l, channel=c, gamma=float(g[c]), z=float(z[c]), median=med)
-                for c in range(len(g)) if abs(float(z[c])) >= norms["min_z"]]
+        here = [
+            dict(norm=name, layer=l, channel=c, gamma=float(g[c]), z=float(z[c]), median=med)
+            for c in range(len(g))
+            if abs(float(z[c])) >= norms["min_z"]
+        ]
         here.sort(key=lambda o: -abs(o["z"]))
-        outliers += here[:norms.get("max_reports", 10)]
+        outliers += here[: norms.get("max_reports", 10)]
     out["norm_outliers"] = outliers
 
     keys = []
@@ -326,8 +389,12 @@ def hf_detectors(model, windows, massive, super_w, norms, attention):
             mass_sum[:, :s] += p[:, 1:, :].sum(1) / (s - 1)
             n[:s] += 1
         mass = mass_sum / n
-        keys += [dict(layer=l, head=h, key_position=k, mass=float(mass[h, k]))
-                 for h in range(mass.shape[0]) for k in range(seq) if mass[h, k] >= attention["min_mass"]]
+        keys += [
+            dict(layer=l, head=h, key_position=k, mass=float(mass[h, k]))
+            for h in range(mass.shape[0])
+            for k in range(seq)
+            if mass[h, k] >= attention["min_mass"]
+        ]
     keys.sort(key=lambda k: -k["mass"])
-    out["attention_outliers"] = keys[:attention.get("max_reports", 50)]
+    out["attention_outliers"] = keys[: attention.get("max_reports", 50)]
     return out

@@ -2,6 +2,7 @@
 file others can write is refused, and anonymous admins are not served to other machines.
 
 Env: LESIOND (conftest.py)."""
+
 import shutil
 import subprocess
 
@@ -14,8 +15,12 @@ pytestmark = requires_lesiond
 
 def lesiond_fails(tmp_path, *flags):
     """lesiond's exit status and stderr for flags it should refuse at start-up."""
-    proc = subprocess.run([str(LESIOND), "--db", str(tmp_path / "refused.db"), *map(str, flags)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(LESIOND), "--db", str(tmp_path / "refused.db"), *map(str, flags)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc.returncode, proc.stderr
 
 

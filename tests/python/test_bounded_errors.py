@@ -2,6 +2,7 @@
 message travels as trailing metadata, which a gRPC client refuses beyond 16 KiB: an error that
 echoed a 1 MB name reached the client as RESOURCE_EXHAUSTED "Stream removed" instead of the real
 error."""
+
 import pytest
 
 grpc = pytest.importorskip("grpc")
@@ -20,8 +21,7 @@ SHORT = 1024
 
 @pytest.fixture(scope="module")
 def lesion(pb, tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("bounded"), "--model", f"stories={STORIES}",
-                    "--model-root", STORIES.parent)
+    server = Server(tmp_path_factory.mktemp("bounded"), "--model", f"stories={STORIES}", "--model-root", STORIES.parent)
     yield pb.grpc.LesionStub(server.channel)
     server.stop()
 
@@ -35,31 +35,43 @@ def fails(call, request, code, limit=SHORT):
     return details
 
 
-SPEC = {"model": "stories", "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64, "max_windows": 1},
-        "measurements": [{"perplexity": {}}]}
+SPEC = {
+    "model": "stories",
+    "dataset": {"named": "tinystories-sample"},
+    "eval": {"seq_len": 64, "max_windows": 1},
+    "measurements": [{"perplexity": {}}],
+}
 
 
-@pytest.mark.parametrize("change, code, needle", [
-    ({"model": MB}, "NOT_FOUND", "no model named"),
-    ({"measurements": [{"token_probabilities": {"tokens": [TEXT, TEXT]}}]}, "INVALID_ARGUMENT", "not one"),
-    ({"measurements": [{"activation_stats": {"sites": [TEXT]}}]}, "INVALID_ARGUMENT", "unknown hook site"),
-    ({"measurements": [{"capture": {"sites": ["blocks." + TEXT + ".resid_post"]}}]}, "INVALID_ARGUMENT",
-     "is not a number"),
-    ({"interventions": [{"activation_edit": {"site": TEXT}}]}, "INVALID_ARGUMENT", "unknown hook site"),
-    ({"interventions": [{"weight_edit": {"layer": 0, "module": TEXT}}]}, "INVALID_ARGUMENT", "unknown module"),
-    ({"dataset": {"named": TEXT}}, "INVALID_ARGUMENT", "unknown dataset"),
-])
+@pytest.mark.parametrize(
+    "change, code, needle",
+    [
+        ({"model": MB}, "NOT_FOUND", "no model named"),
+        ({"measurements": [{"token_probabilities": {"tokens": [TEXT, TEXT]}}]}, "INVALID_ARGUMENT", "not one"),
+        ({"measurements": [{"activation_stats": {"sites": [TEXT]}}]}, "INVALID_ARGUMENT", "unknown hook site"),
+        (
+            {"measurements": [{"capture": {"sites": ["blocks." + TEXT + ".resid_post"]}}]},
+            "INVALID_ARGUMENT",
+            "is not a number",
+        ),
+        ({"interventions": [{"activation_edit": {"site": TEXT}}]}, "INVALID_ARGUMENT", "unknown hook site"),
+        ({"interventions": [{"weight_edit": {"layer": 0, "module": TEXT}}]}, "INVALID_ARGUMENT", "unknown module"),
+        ({"dataset": {"named": TEXT}}, "INVALID_ARGUMENT", "unknown dataset"),
+    ],
+)
 def test_submissions_that_quote_huge_input_get_their_real_error(pb, lesion, change, code, needle):
     spec = json_format.ParseDict({**SPEC, **change}, pb.experiment.ExperimentSpec())
-    details = fails(lesion.SubmitExperiment, pb.service.SubmitExperimentRequest(spec=spec),
-                    getattr(grpc.StatusCode, code))
+    details = fails(
+        lesion.SubmitExperiment, pb.service.SubmitExperimentRequest(spec=spec), getattr(grpc.StatusCode, code)
+    )
     assert needle in details, details
 
 
 def test_a_query_of_1100_terms_gets_its_real_error(pb, lesion):
     where = " OR ".join([f'name = "{"y" * 10}"'] * 1100)
-    details = fails(lesion.ListExperiments, pb.service.ListExperimentsRequest(where=where),
-                    grpc.StatusCode.INVALID_ARGUMENT)
+    details = fails(
+        lesion.ListExperiments, pb.service.ListExperimentsRequest(where=where), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "more than the limit" in details or "comparisons" in details, details
 
 
@@ -71,12 +83,15 @@ def test_huge_experiment_ids_get_not_found(pb, lesion, call):
 
 def test_load_and_unload_with_huge_names_get_their_real_error(pb, lesion):
     load = pb.service.LoadModelRequest
-    assert "longer than the limit" in fails(lesion.LoadModel, load(name=MB, dir=str(STORIES)),
-                                            grpc.StatusCode.INVALID_ARGUMENT)
-    assert "dtype" in fails(lesion.LoadModel, load(name="d", dir=str(STORIES), dtype=TEXT),
-                            grpc.StatusCode.INVALID_ARGUMENT)
-    assert "device" in fails(lesion.LoadModel, load(name="d", dir=str(STORIES), device=TEXT),
-                             grpc.StatusCode.INVALID_ARGUMENT)
+    assert "longer than the limit" in fails(
+        lesion.LoadModel, load(name=MB, dir=str(STORIES)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "dtype" in fails(
+        lesion.LoadModel, load(name="d", dir=str(STORIES), dtype=TEXT), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "device" in fails(
+        lesion.LoadModel, load(name="d", dir=str(STORIES), device=TEXT), grpc.StatusCode.INVALID_ARGUMENT
+    )
     # A directory that does not exist (or lies outside the roots): the message is cut to lesiond's
     # limit at worst.
     with pytest.raises(grpc.RpcError) as e:

@@ -3,6 +3,7 @@
 Env: LESIOND (default build/server/lesiond), LESION_CLI (default build/client/cpp/lesion).
 Skipped when the server binary is missing.
 """
+
 import csv
 import io
 import json
@@ -19,14 +20,15 @@ LESIOND = pathlib.Path(os.environ.get("LESIOND", ROOT / "build/server/lesiond"))
 CLI = pathlib.Path(os.environ.get("LESION_CLI", ROOT / "build/client/cpp/lesion"))
 MODEL_DIR = ROOT / "models/stories260K"
 
-pytestmark = pytest.mark.skipif(not LESIOND.exists() or not CLI.exists(),
-                                reason=f"needs {LESIOND} and {CLI}")
+pytestmark = pytest.mark.skipif(not LESIOND.exists() or not CLI.exists(), reason=f"needs {LESIOND} and {CLI}")
 
 SPEC = {
     "name": "cli-remote-ablate",
     "tags": ["cli-test"],
-    "dataset": {"text": "Once upon a time there was a little girl named Lily. She loved to play "
-                        "outside in the sun with her dog and her friends in the park."},
+    "dataset": {
+        "text": "Once upon a time there was a little girl named Lily. She loved to play "
+        "outside in the sun with her dog and her friends in the park."
+    },
     "eval": {"seq_len": 16},
     "interventions": [{"head_ablation": {"layer": 0, "heads": [0, 1]}}],
     "measurements": [{"perplexity": {}}, {"kl_divergence": {}}],
@@ -49,8 +51,20 @@ def free_port():
 def start_server(tmp_path, *extra):
     port = free_port()
     log = open(tmp_path / f"lesiond-{port}.log", "w+")
-    proc = subprocess.Popen([str(LESIOND), "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / f"{port}.db"),
-                             "--model", f"stories={MODEL_DIR}", *extra], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(LESIOND),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            str(tmp_path / f"{port}.db"),
+            "--model",
+            f"stories={MODEL_DIR}",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         log.seek(0)
@@ -84,8 +98,7 @@ def lesion(*args, server=None, env=None, timeout=120):
     if server:
         full_env["LESION_SERVER"] = server
     full_env.update(env or {})
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
 @pytest.fixture
@@ -249,8 +262,7 @@ def test_token(tmp_path, spec_file):
         r = lesion("submit", spec_file, "--model", "stories", "--token", "secret-alice", server=addr)
         assert r.returncode == 0, r.stderr
         exp_id = r.stdout.strip()
-        shown = json.loads(lesion("show", exp_id, "--json", server=addr,
-                                  env={"LESION_TOKEN": "secret-alice"}).stdout)
+        shown = json.loads(lesion("show", exp_id, "--json", server=addr, env={"LESION_TOKEN": "secret-alice"}).stdout)
         assert shown["user"] == "alice"
     finally:
         stop_server(proc)

@@ -1,6 +1,7 @@
 """`lesion dump` against live transformers on random checkpoints made at test time: every hook site
 of every architecture, GQA, llama3 rope scaling, sliding windows, biases, transformers-4 style
 configs, sharded and bfloat16 checkpoints, text input."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,18 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from conftest import requires_cli
-from hf_reference import (ALL_SITES, KINDS, VOCAB, WINDOW, capture, compare, gpt2_encoding, make_model,
-                          randomize, to_legacy_config)
+from hf_reference import (
+    ALL_SITES,
+    KINDS,
+    VOCAB,
+    WINDOW,
+    capture,
+    compare,
+    gpt2_encoding,
+    make_model,
+    randomize,
+    to_legacy_config,
+)
 
 pytestmark = requires_cli
 TOL = 1e-4
@@ -45,8 +56,9 @@ def check_hf_exercises(kind, model, ref):
         inv = model.model.rotary_emb.inv_freq
         plain = 1.0 / 500000.0 ** (torch.arange(0, 8, 2).float() / 8)
         ratio = (plain / inv).tolist()  # 1 kept, 8 divided, in between smoothed
-        assert abs(ratio[0] - 1) < 1e-6 and abs(ratio[1] - 1) < 1e-6 and 1.5 < ratio[2] < 7.5 \
-            and abs(ratio[3] - 8) < 1e-3, ratio
+        assert (
+            abs(ratio[0] - 1) < 1e-6 and abs(ratio[1] - 1) < 1e-6 and 1.5 < ratio[2] < 7.5 and abs(ratio[3] - 8) < 1e-3
+        ), ratio
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -72,10 +84,15 @@ def test_transformers4_style_config(cli, tmp_path, write_ids, kind):
     to_legacy_config(tmp_path / "m")
     ids = random_ids((2, 13), seed=6)
     ref = capture(model, ids)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32,
-                                                    attn_implementation="eager").eval()
-    compare({"logits": capture(reloaded, ids)["logits"]}, {"logits": ref["logits"]}, 0.0,
-            "transformers on the rewritten config")  # the rewrite itself is faithful
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    compare(
+        {"logits": capture(reloaded, ids)["logits"]},
+        {"logits": ref["logits"]},
+        0.0,
+        "transformers on the rewritten config",
+    )  # the rewrite itself is faithful
     got = dump(cli, tmp_path, tmp_path / "m", write_ids(ids.tolist()), "blocks.*.attn_pattern,final_norm,logits")
     want = {k: v for k, v in ref.items() if k.endswith("attn_pattern") or k in ("final_norm", "logits")}
     compare(got, want, TOL, kind + " (transformers-4 config)")
@@ -87,8 +104,17 @@ def test_single_sequence_and_explicit_layers(cli, tmp_path, write_ids):
     ids = random_ids((1, 9), seed=8)
     ref = capture(model, ids)
     sites = ["blocks.1.attn_z", "blocks.0.mlp_act", "blocks.1.attn_pattern", "embed"]
-    got = dump(cli, tmp_path, tmp_path / "m", write_ids(ids[0].tolist()), ",".join(sites),
-               "--device", "cpu", "--dtype", "float32")
+    got = dump(
+        cli,
+        tmp_path,
+        tmp_path / "m",
+        write_ids(ids[0].tolist()),
+        ",".join(sites),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    )
     assert got["blocks.1.attn_z"].shape == (1, 9, 6, 8)
     compare(got, {k: ref[k] for k in sites}, TOL, "single sequence")
 
@@ -107,8 +133,9 @@ def test_bf16_checkpoint_loaded_as_float32(cli, tmp_path, write_ids):
     model = make_model("qwen2", seed=11).to(torch.bfloat16)
     model.save_pretrained(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
-    upcast = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32,
-                                                  attn_implementation="eager").eval()
+    upcast = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = random_ids((2, 12), seed=12)
     got = dump(cli, tmp_path, tmp_path / "m", write_ids(ids.tolist()), ALL_SITES, "--dtype", "float32")
     compare(got, capture(upcast, ids), TOL, "bf16 checkpoint as float32")
@@ -121,8 +148,7 @@ def test_half_precision_compute_is_close(cli, tmp_path, write_ids, dtype):
     model.save_pretrained(tmp_path / "m")
     ids = random_ids((2, 12), seed=14)
     ref = capture(model, ids)
-    got = dump(cli, tmp_path, tmp_path / "m", write_ids(ids.tolist()), "logits,blocks.1.resid_post",
-               "--dtype", dtype)
+    got = dump(cli, tmp_path, tmp_path / "m", write_ids(ids.tolist()), "logits,blocks.1.resid_post", "--dtype", dtype)
     for name in ("logits", "blocks.1.resid_post"):
         scale = float(np.abs(ref[name]).max())
         diff = float(np.abs(got[name] - ref[name]).max())
@@ -132,8 +158,9 @@ def test_half_precision_compute_is_close(cli, tmp_path, write_ids, dtype):
 def test_text_input_uses_the_checkpoint_tokenizer(cli, tmp_path, gpt2_tokenizer_files):
     """--text is tokenized with the model dir's GPT-2 vocab.json/merges.txt; --add-bos prepends
     <|endoftext|> (config bos_token_id 50256)."""
-    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_inner=32, n_positions=64,
-                                       attn_implementation="eager"))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_embd=16, n_layer=1, n_head=2, n_inner=32, n_positions=64, attn_implementation="eager")
+    )
     randomize(model, 15).save_pretrained(tmp_path / "m")
     gpt2_tokenizer_files(tmp_path / "m")
     text = "The massive activation at dim 447 isn't 364, is it?"

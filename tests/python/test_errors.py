@@ -1,4 +1,5 @@
 """Bad inputs: a non-zero exit, a message on stderr naming the problem, and no output file."""
+
 import json
 import struct
 
@@ -33,9 +34,12 @@ def dump(cli, model, tmp_path, ids_file, sites="logits"):
 
 @pytest.mark.parametrize("command", ["inspect", "dump", "perplexity", "tokenize"])
 def test_missing_model_dir(cli, tmp_path, write_ids, command):
-    args = {"inspect": [], "tokenize": ["--text", "hi"],
-            "dump": ["--ids-json", write_ids([1, 2, 3]), "--sites", "logits", "--out", tmp_path / "o.safetensors"],
-            "perplexity": ["--ids-json", write_ids([1, 2, 3]), "--seq-len", 2]}[command]
+    args = {
+        "inspect": [],
+        "tokenize": ["--text", "hi"],
+        "dump": ["--ids-json", write_ids([1, 2, 3]), "--sites", "logits", "--out", tmp_path / "o.safetensors"],
+        "perplexity": ["--ids-json", write_ids([1, 2, 3]), "--seq-len", 2],
+    }[command]
     fails(cli(command, "--model", tmp_path / "no_such_model", *args, check=False), "no_such_model")
 
 
@@ -49,7 +53,7 @@ def test_truncated_safetensors(cli, tmp_path, write_ids, model_dir, how):
     weights = model_dir / "model.safetensors"
     data = weights.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    cut = {"tail": data[:-64], "header": data[:8 + n // 2], "header_length": data[:5]}[how]
+    cut = {"tail": data[:-64], "header": data[: 8 + n // 2], "header_length": data[:5]}[how]
     weights.write_bytes(cut)
     fails(cli("inspect", "--model", model_dir, check=False), "model.safetensors")
     fails(dump(cli, model_dir, tmp_path, write_ids([1, 2])), "model.safetensors")
@@ -71,15 +75,18 @@ def test_unknown_architecture(cli, tmp_path, write_ids, model_dir):
     fails(dump(cli, model_dir, tmp_path, write_ids([1, 2])), "FalconForCausalLM")
 
 
-@pytest.mark.parametrize("site, needles", [
-    ("blocks.0.attn_q", ["attn_q"]),
-    ("blocks.*.attn_q", ["attn_q"]),
-    ("resid_pre", ["resid_pre"]),
-    ("logits,blocks.0.mlp_out,blocks.0.mlpout", ["mlpout"]),
-    ("blocks.7.resid_post", ["7"]),    # the model has layers 0 and 1
-    ("blocks.2.attn_pattern", ["2"]),
-    ("blocks.-1.attn_z", ["-1"]),
-])
+@pytest.mark.parametrize(
+    "site, needles",
+    [
+        ("blocks.0.attn_q", ["attn_q"]),
+        ("blocks.*.attn_q", ["attn_q"]),
+        ("resid_pre", ["resid_pre"]),
+        ("logits,blocks.0.mlp_out,blocks.0.mlpout", ["mlpout"]),
+        ("blocks.7.resid_post", ["7"]),  # the model has layers 0 and 1
+        ("blocks.2.attn_pattern", ["2"]),
+        ("blocks.-1.attn_z", ["-1"]),
+    ],
+)
 def test_bad_site(cli, tmp_path, write_ids, model_dir, site, needles):
     proc = dump(cli, model_dir, tmp_path, write_ids([1, 2, 3]), site)
     fails(proc, *needles)
@@ -96,8 +103,24 @@ def test_bad_ids(cli, tmp_path, write_ids, model_dir):
 
 def test_bad_flags(cli, tmp_path, write_ids, model_dir):
     fails(cli("inspect", "--model", model_dir, "--jsn", check=False), "--jsn")
-    fails(cli("perplexity", "--model", model_dir, "--ids-json", write_ids([1, 2, 3]), "--seq-len", 1,
-              check=False), "seq")
+    fails(
+        cli("perplexity", "--model", model_dir, "--ids-json", write_ids([1, 2, 3]), "--seq-len", 1, check=False), "seq"
+    )
     out = tmp_path / "o.safetensors"
-    fails(cli("dump", "--model", model_dir, "--ids-json", write_ids([1, 2]), "--sites", "logits", "--out", out,
-              "--dtype", "float8", check=False), "float8")
+    fails(
+        cli(
+            "dump",
+            "--model",
+            model_dir,
+            "--ids-json",
+            write_ids([1, 2]),
+            "--sites",
+            "logits",
+            "--out",
+            out,
+            "--dtype",
+            "float8",
+            check=False,
+        ),
+        "float8",
+    )

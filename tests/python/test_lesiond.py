@@ -3,6 +3,7 @@ generated from proto/ (those of the `lesion` package; health and reflection as r
 grpcurl sends them): health, reflection,
 models, submit / watch / get / list / cancel / run / resubmit, the baseline cache, crash recovery,
 error codes and token auth."""
+
 import json
 import shutil
 import subprocess
@@ -35,13 +36,23 @@ def spec_proto(pb, spec):
     return json_format.ParseDict(spec, pb.experiment.ExperimentSpec())
 
 
-PRUNE = {"model": "stories", "name": "prune", "tags": ["e2e", "heads"],
-         "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 128, "add_bos": True},
-         "interventions": [{"head_ablation": {"layer": 1, "heads": [3], "mode": "ZERO"}}],
-         "measurements": [{"perplexity": {}}, {"attention_sink": {}}]}
-LONG = {"model": "stories", "name": "long", "dataset": {"named": "wikitext-2-raw-test"},
-        "eval": {"seq_len": 32, "batch_size": 1},
-        "interventions": [{"head_ablation": {"layer": 0, "heads": [0]}}], "measurements": [{"perplexity": {}}]}
+PRUNE = {
+    "model": "stories",
+    "name": "prune",
+    "tags": ["e2e", "heads"],
+    "dataset": {"named": "tinystories-sample"},
+    "eval": {"seq_len": 128, "add_bos": True},
+    "interventions": [{"head_ablation": {"layer": 1, "heads": [3], "mode": "ZERO"}}],
+    "measurements": [{"perplexity": {}}, {"attention_sink": {}}],
+}
+LONG = {
+    "model": "stories",
+    "name": "long",
+    "dataset": {"named": "wikitext-2-raw-test"},
+    "eval": {"seq_len": 32, "batch_size": 1},
+    "interventions": [{"head_ablation": {"layer": 0, "heads": [0]}}],
+    "measurements": [{"perplexity": {}}],
+}
 
 
 def watch_to_end(pb, lesion, experiment_id, timeout=120):
@@ -51,11 +62,15 @@ def watch_to_end(pb, lesion, experiment_id, timeout=120):
 
 
 def test_health_and_reflection_answer(pb, server):
-    check = server.channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda _: b"",
-                                       response_deserializer=lambda b: b)
+    check = server.channel.unary_unary(
+        "/grpc.health.v1.Health/Check", request_serializer=lambda _: b"", response_deserializer=lambda b: b
+    )
     assert check(None, timeout=10) == b"\x08\x01"  # status: SERVING
-    reflect = server.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                                           request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    reflect = server.channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
     answer = b"".join(reflect(iter([b"\x3a\x00"]), timeout=10))  # list_services
     assert b"lesion.v1.Lesion" in answer
 
@@ -64,8 +79,14 @@ def test_models_are_listed_with_their_shapes(pb, server):
     models = stub(pb, server).ListModels(pb.service.ListModelsRequest(), timeout=10).models
     assert [m.name for m in models] == ["stories"]
     m = models[0]
-    assert (m.architecture, m.n_layers, m.n_heads, m.d_model, m.dtype, m.device) == \
-        ("LlamaForCausalLM", 5, 8, 64, "float32", "cpu")
+    assert (m.architecture, m.n_layers, m.n_heads, m.d_model, m.dtype, m.device) == (
+        "LlamaForCausalLM",
+        5,
+        8,
+        64,
+        "float32",
+        "cpu",
+    )
     assert m.weight_bytes > 0 and len(m.fingerprint) == 16
 
 
@@ -81,19 +102,29 @@ def test_submit_watch_get_and_list_match_a_local_run(pb, server, tmp_path):
     # The same spec run in-process by the CLI gives the same numbers.
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({k: v for k, v in PRUNE.items() if k != "model"}))
-    local = json.loads(subprocess.run([str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path),
-                                       "--json"], capture_output=True, text=True, check=True).stdout)
+    local = json.loads(
+        subprocess.run(
+            [str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert final.result.intervened.perplexity.ppl == pytest.approx(local["intervened"]["perplexity"]["ppl"], rel=1e-12)
     assert final.result.baseline.perplexity.ppl == pytest.approx(local["baseline"]["perplexity"]["ppl"], rel=1e-12)
     got = lesion.GetExperiment(pb.service.GetExperimentRequest(id=queued.id), timeout=10)
     assert got.status == pb.service.DONE and got.result.run.spec_sha256 == final.result.run.spec_sha256
     assert list(got.tags) == ["e2e", "heads"] and got.name == "prune"
-    listed = lesion.ListExperiments(pb.service.ListExperimentsRequest(
-        where='tag = "heads" AND metric.perplexity.delta_pct > 0 AND intervention.head_ablation.layer = 1'),
-        timeout=10)
+    listed = lesion.ListExperiments(
+        pb.service.ListExperimentsRequest(
+            where='tag = "heads" AND metric.perplexity.delta_pct > 0 AND intervention.head_ablation.layer = 1'
+        ),
+        timeout=10,
+    )
     assert [e.id for e in listed.experiments] == [queued.id] and listed.total == 1
-    none = lesion.ListExperiments(pb.service.ListExperimentsRequest(where="intervention.head_ablation.layer = 4"),
-                                  timeout=10)
+    none = lesion.ListExperiments(
+        pb.service.ListExperimentsRequest(where="intervention.head_ablation.layer = 4"), timeout=10
+    )
     assert none.total == 0
 
 
@@ -108,10 +139,13 @@ def test_a_second_run_reuses_the_cached_baseline(pb, server):
     assert second.result.baseline.perplexity.ppl == first.result.baseline.perplexity.ppl
     assert second.result.intervened.perplexity.ppl != first.result.intervened.perplexity.ppl
     # A sweep queued at once: each experiment looks the baseline up when it starts.
-    sweep = [dict(PRUNE, tags=["sweep"], interventions=[{"head_ablation": {"layer": 3, "heads": [h]}}])
-             for h in range(4)]
-    ids = [lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, s)), timeout=30).id
-           for s in sweep]
+    sweep = [
+        dict(PRUNE, tags=["sweep"], interventions=[{"head_ablation": {"layer": 3, "heads": [h]}}]) for h in range(4)
+    ]
+    ids = [
+        lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, s)), timeout=30).id
+        for s in sweep
+    ]
     finals = [watch_to_end(pb, lesion, i)[-1].experiment for i in ids]
     assert all(f.status == pb.service.DONE for f in finals)
     assert all(f.result.run.baseline_cached for f in finals)
@@ -133,29 +167,42 @@ def test_cancel_stops_a_running_experiment_within_a_second(pb, server):
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.mark.parametrize("change, code, needle", [
-    ({"model": "nope"}, "NOT_FOUND", "nope"),
-    ({"interventions": [{"head_ablation": {"layer": 9, "heads": [0]}}]}, "INVALID_ARGUMENT", "layer 9 out of range"),
-    ({"measurements": []}, "INVALID_ARGUMENT", "measurements"),
-    ({"dataset": {"named": "imagenet"}}, "INVALID_ARGUMENT", "unknown dataset"),
-    ({"eval": {"seq_len": 600}}, "INVALID_ARGUMENT", "eval.seq_len 600 is longer than the model's 512 positions"),
-    ({"interventions": [{"head_ablation": {"layer": 1, "heads": [3], "mode": "SCALE", "factor": 1e308}}]},
-     "INVALID_ARGUMENT", "factor 1e+308 is larger in magnitude than the limit"),
-    ({"name": "n" * 300}, "INVALID_ARGUMENT", "(300 bytes) is longer than the limit of 256 bytes"),
-    ({"tags": ["t"] * 65}, "INVALID_ARGUMENT", "65 tags, more than the limit of 64"),
-])
+@pytest.mark.parametrize(
+    "change, code, needle",
+    [
+        ({"model": "nope"}, "NOT_FOUND", "nope"),
+        (
+            {"interventions": [{"head_ablation": {"layer": 9, "heads": [0]}}]},
+            "INVALID_ARGUMENT",
+            "layer 9 out of range",
+        ),
+        ({"measurements": []}, "INVALID_ARGUMENT", "measurements"),
+        ({"dataset": {"named": "imagenet"}}, "INVALID_ARGUMENT", "unknown dataset"),
+        ({"eval": {"seq_len": 600}}, "INVALID_ARGUMENT", "eval.seq_len 600 is longer than the model's 512 positions"),
+        (
+            {"interventions": [{"head_ablation": {"layer": 1, "heads": [3], "mode": "SCALE", "factor": 1e308}}]},
+            "INVALID_ARGUMENT",
+            "factor 1e+308 is larger in magnitude than the limit",
+        ),
+        ({"name": "n" * 300}, "INVALID_ARGUMENT", "(300 bytes) is longer than the limit of 256 bytes"),
+        ({"tags": ["t"] * 65}, "INVALID_ARGUMENT", "65 tags, more than the limit of 64"),
+    ],
+)
 def test_bad_submissions_get_precise_codes(pb, server, change, code, needle):
     with pytest.raises(grpc.RpcError) as e:
-        stub(pb, server).SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, {**PRUNE, **change})),
-                                          timeout=30)
+        stub(pb, server).SubmitExperiment(
+            pb.service.SubmitExperimentRequest(spec=spec_proto(pb, {**PRUNE, **change})), timeout=30
+        )
     assert e.value.code() == getattr(grpc.StatusCode, code)
     assert needle in e.value.details()
 
 
 def test_unknown_experiments_and_bad_queries(pb, server):
     lesion = stub(pb, server)
-    for call, request in [(lesion.GetExperiment, pb.service.GetExperimentRequest(id="exp-000000000000")),
-                          (lesion.CancelExperiment, pb.service.CancelExperimentRequest(id="exp-000000000000"))]:
+    for call, request in [
+        (lesion.GetExperiment, pb.service.GetExperimentRequest(id="exp-000000000000")),
+        (lesion.CancelExperiment, pb.service.CancelExperimentRequest(id="exp-000000000000")),
+    ]:
         with pytest.raises(grpc.RpcError) as e:
             call(request, timeout=10)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -163,9 +210,12 @@ def test_unknown_experiments_and_bad_queries(pb, server):
         lesion.ListExperiments(pb.service.ListExperimentsRequest(where="modle = 1"), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "modle" in e.value.details()
     # These crashed lesiond (the parser recursed once per NOT and '('), or matched everything.
-    for where, needle in [("NOT " * 20000 + 'id = "x"', "limit of 16384 bytes"), ("(" * 50000, "limit of 16384 bytes"),
-                          ("NOT " * 40 + 'id = "x"', "nested more than 32 deep"),
-                          ("created >= 99999999999999999999999", "out of range")]:
+    for where, needle in [
+        ("NOT " * 20000 + 'id = "x"', "limit of 16384 bytes"),
+        ("(" * 50000, "limit of 16384 bytes"),
+        ("NOT " * 40 + 'id = "x"', "nested more than 32 deep"),
+        ("created >= 99999999999999999999999", "out of range"),
+    ]:
         with pytest.raises(grpc.RpcError) as e:
             lesion.ListExperiments(pb.service.ListExperimentsRequest(where=where), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in e.value.details(), e.value.details()
@@ -193,10 +243,15 @@ def test_a_crash_leaves_experiments_interrupted_and_resubmittable(pb, tmp_path):
         second.stop()
 
 
-HEADS = {"model": "stories", "name": "heads", "tags": ["e2e", "sweep"], "dataset": {"named": "tinystories-sample"},
-         "eval": {"seq_len": 64, "add_bos": True, "max_windows": 6},
-         "measurements": [{"perplexity": {}}, {"kl_divergence": {}}, {"attention_sink": {"layers": [0, 4]}}],
-         "sweep": {"axes": [{"heads": {"layers": [1, 3]}}]}}
+HEADS = {
+    "model": "stories",
+    "name": "heads",
+    "tags": ["e2e", "sweep"],
+    "dataset": {"named": "tinystories-sample"},
+    "eval": {"seq_len": 64, "add_bos": True, "max_windows": 6},
+    "measurements": [{"perplexity": {}}, {"kl_divergence": {}}, {"attention_sink": {"layers": [0, 4]}}],
+    "sweep": {"axes": [{"heads": {"layers": [1, 3]}}]},
+}
 
 
 def run_sweep(pb, lesion, spec=HEADS):
@@ -213,8 +268,12 @@ def test_a_sweep_is_a_parent_with_a_child_per_variant_that_reruns_alone(pb, serv
     rows = parent.result.sweep.variants
     assert [r.name for r in rows][:3] == ["L1.H0", "L1.H1", "L1.H2"] and rows[15].name == "L3.H7"
     assert [r.experiment_id for r in rows] == [f"{parent.id}.{i}" for i in range(16)]
-    children = lesion.ListExperiments(pb.service.ListExperimentsRequest(
-        where=f'parent = "{parent.id}"', order_by="metric.perplexity.delta_pct desc", include_results=True), timeout=10)
+    children = lesion.ListExperiments(
+        pb.service.ListExperimentsRequest(
+            where=f'parent = "{parent.id}"', order_by="metric.perplexity.delta_pct desc", include_results=True
+        ),
+        timeout=10,
+    )
     assert children.total == 16 and all(c.status == pb.service.DONE for c in children.experiments)
     assert all(c.parent_id == parent.id for c in children.experiments)
     top = children.experiments[0]
@@ -226,15 +285,27 @@ def test_a_sweep_is_a_parent_with_a_child_per_variant_that_reruns_alone(pb, serv
     assert not child.spec.HasField("sweep") and child.spec.name == top.name and top.name.startswith("heads/L")
     path = tmp_path / "child.json"
     path.write_text(json.dumps(json_format.MessageToDict(child.spec, preserving_proto_field_name=True)))
-    local = json.loads(subprocess.run([str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path),
-                                       "--json"], capture_output=True, text=True, check=True).stdout)
+    local = json.loads(
+        subprocess.run(
+            [str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert child.result.intervened.perplexity.ppl == pytest.approx(local["intervened"]["perplexity"]["ppl"], rel=1e-6)
     assert child.result.kl_divergence == pytest.approx(local["kl_divergence"], rel=1e-5)
     assert child.result.run.spec_sha256 == local["run"]["spec_sha256"]
     # The whole sweep run locally: the same rows, number for number.
     path.write_text(json.dumps({k: v for k, v in HEADS.items() if k != "model"}))
-    whole = json.loads(subprocess.run([str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path),
-                                       "--json"], capture_output=True, text=True, check=True).stdout)
+    whole = json.loads(
+        subprocess.run(
+            [str(CLI), "run", "--local", "--model", str(STORIES), "--spec", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert [v["perplexity"] for v in whole["parent"]["sweep"]["variants"]] == [r.perplexity for r in rows]
     # A variant is not cancelled alone.
     with pytest.raises(grpc.RpcError) as e:
@@ -248,15 +319,18 @@ def test_a_sweep_on_two_cpu_replicas_gives_the_numbers_of_one(pb, server, tmp_pa
         model = stub(pb, two).ListModels(pb.service.ListModelsRequest(), timeout=10).models[0]
         assert model.device == "cpu,cpu#1"
         sharded = run_sweep(pb, stub(pb, two))
-        children = stub(pb, two).ListExperiments(pb.service.ListExperimentsRequest(
-            where=f'parent = "{sharded.id}"', include_results=True, limit=100), timeout=10)
+        children = stub(pb, two).ListExperiments(
+            pb.service.ListExperimentsRequest(where=f'parent = "{sharded.id}"', include_results=True, limit=100),
+            timeout=10,
+        )
         assert {c.result.run.device for c in children.experiments} == {"cpu", "cpu#1"}
     finally:
         two.stop()
     single = run_sweep(pb, stub(pb, server))
     assert [r.perplexity for r in sharded.result.sweep.variants] == [r.perplexity for r in single.result.sweep.variants]
-    assert [r.kl_divergence for r in sharded.result.sweep.variants] == \
-        [r.kl_divergence for r in single.result.sweep.variants]
+    assert [r.kl_divergence for r in sharded.result.sweep.variants] == [
+        r.kl_divergence for r in single.result.sweep.variants
+    ]
 
 
 def test_a_crash_during_a_sweep_interrupts_it_and_its_variants(pb, tmp_path):
@@ -271,17 +345,22 @@ def test_a_crash_during_a_sweep_interrupts_it_and_its_variants(pb, tmp_path):
     second = Server(tmp_path, "--model", f"stories={STORIES}", db=first.db)
     try:
         lesion = stub(pb, second)
-        assert lesion.GetExperiment(pb.service.GetExperimentRequest(id=parent.id), timeout=10).status == \
-            pb.service.INTERRUPTED
-        children = lesion.ListExperiments(pb.service.ListExperimentsRequest(where=f'parent = "{parent.id}"'), timeout=10)
+        assert (
+            lesion.GetExperiment(pb.service.GetExperimentRequest(id=parent.id), timeout=10).status
+            == pb.service.INTERRUPTED
+        )
+        children = lesion.ListExperiments(
+            pb.service.ListExperimentsRequest(where=f'parent = "{parent.id}"'), timeout=10
+        )
         assert children.total == 16 and {c.status for c in children.experiments} == {pb.service.INTERRUPTED}
         again = lesion.ResubmitExperiment(pb.service.ResubmitExperimentRequest(id=parent.id), timeout=30)
         assert again.variants_total == 16 and again.spec.HasField("sweep")
         lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=again.id), timeout=10)
         final = watch_to_end(pb, lesion, again.id)[-1].experiment
         assert final.status == pb.service.CANCELLED
-        cancelled = lesion.ListExperiments(pb.service.ListExperimentsRequest(
-            where=f'parent = "{again.id}" AND status = "cancelled"'), timeout=10)
+        cancelled = lesion.ListExperiments(
+            pb.service.ListExperimentsRequest(where=f'parent = "{again.id}" AND status = "cancelled"'), timeout=10
+        )
         assert cancelled.total == 16
     finally:
         second.stop()
@@ -308,15 +387,21 @@ def long_context_server(tmp_path):
     s.stop()
 
 
-@pytest.mark.skipif(not _overcommit_refuses_huge_allocations(),
-                    reason="the kernel would grant a terabyte allocation lazily (vm.overcommit_memory=1)")
+@pytest.mark.skipif(
+    not _overcommit_refuses_huge_allocations(),
+    reason="the kernel would grant a terabyte allocation lazily (vm.overcommit_memory=1)",
+)
 def test_out_of_memory_is_resource_exhausted_and_the_server_goes_on(pb, long_context_server):
     # One 200k-token window with its attention pattern observed needs a 1.3 TB score matrix: the
     # allocator refuses it at once (a GPU's would too), nothing is touched.
     server = long_context_server
-    too_big = {"model": "stories", "name": "too-big", "dataset": {"named": "wikitext-2-raw-test"},
-               "eval": {"seq_len": 200000, "max_windows": 1, "batch_size": 1},
-               "measurements": [{"perplexity": {}}, {"attention_sink": {"layers": [0]}}]}
+    too_big = {
+        "model": "stories",
+        "name": "too-big",
+        "dataset": {"named": "wikitext-2-raw-test"},
+        "eval": {"seq_len": 200000, "max_windows": 1, "batch_size": 1},
+        "measurements": [{"perplexity": {}}, {"attention_sink": {"layers": [0]}}],
+    }
     lesion = stub(pb, server)
     with pytest.raises(grpc.RpcError) as e:
         lesion.RunExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, too_big)), timeout=120)
@@ -347,11 +432,14 @@ def test_tokens_file_auth_and_roles(pb, tmp_path):
         with pytest.raises(grpc.RpcError) as e:
             lesion.UnloadModel(pb.service.UnloadModelRequest(name="stories"), timeout=10, metadata=bob)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        queued = lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(spec=spec_proto(pb, LONG)), timeout=30,
-                                         metadata=bob)
+        queued = lesion.SubmitExperiment(
+            pb.service.SubmitExperimentRequest(spec=spec_proto(pb, LONG)), timeout=30, metadata=bob
+        )
         assert queued.user == "bob"
         # Everyone sees it, only bob (or an admin) cancels it.
-        assert lesion.GetExperiment(pb.service.GetExperimentRequest(id=queued.id), timeout=10, metadata=cat).user == "bob"
+        assert (
+            lesion.GetExperiment(pb.service.GetExperimentRequest(id=queued.id), timeout=10, metadata=cat).user == "bob"
+        )
         with pytest.raises(grpc.RpcError) as e:
             lesion.CancelExperiment(pb.service.CancelExperimentRequest(id=queued.id), timeout=10, metadata=cat)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -367,14 +455,18 @@ def test_admin_loads_and_unloads_a_model_under_an_allowed_root(pb, tmp_path):
     s = Server(tmp_path, "--model", f"stories={STORIES}", "--model-root", ROOT / "tests" / "fixtures" / "models")
     try:
         lesion = stub(pb, s)
-        info = lesion.LoadModel(pb.service.LoadModelRequest(name="gpt2", dir=str(ROOT / "tests/fixtures/models/gpt2")),
-                                timeout=60)
+        info = lesion.LoadModel(
+            pb.service.LoadModelRequest(name="gpt2", dir=str(ROOT / "tests/fixtures/models/gpt2")), timeout=60
+        )
         assert info.architecture == "GPT2LMHeadModel"
-        assert sorted(m.name for m in lesion.ListModels(pb.service.ListModelsRequest(), timeout=10).models) == \
-            ["gpt2", "stories"]
+        assert sorted(m.name for m in lesion.ListModels(pb.service.ListModelsRequest(), timeout=10).models) == [
+            "gpt2",
+            "stories",
+        ]
         with pytest.raises(grpc.RpcError) as e:
-            lesion.LoadModel(pb.service.LoadModelRequest(name="gpt2", dir=str(ROOT / "tests/fixtures/models/gpt2")),
-                             timeout=60)
+            lesion.LoadModel(
+                pb.service.LoadModelRequest(name="gpt2", dir=str(ROOT / "tests/fixtures/models/gpt2")), timeout=60
+            )
         assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
         lesion.UnloadModel(pb.service.UnloadModelRequest(name="gpt2"), timeout=10)
         with pytest.raises(grpc.RpcError) as e:

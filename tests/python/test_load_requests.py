@@ -1,6 +1,7 @@
 """End-to-end: LoadModel behaves like a request (the real `lesiond`, raw gRPC). A load whose deadline
 passes is abandoned and leaves nothing loaded; loads of different models run at once; a FIFO in a
 model directory is refused at once instead of hanging the load."""
+
 import json
 import os
 import shutil
@@ -23,15 +24,31 @@ def make_llama(directory, layers=12, d=512, ffn=1536, vocab=4096):
     """A random Llama checkpoint (float16) that takes lesiond a second or more to load: many tensors
     of some size, so that a deadline can pass between two of them."""
     directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": d, "intermediate_size": ffn,
-        "num_attention_heads": d // 64, "num_key_value_heads": d // 64, "num_hidden_layers": layers,
-        "vocab_size": vocab, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": True, "hidden_act": "silu", "torch_dtype": "float16"}))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": d,
+                "intermediate_size": ffn,
+                "num_attention_heads": d // 64,
+                "num_key_value_heads": d // 64,
+                "num_hidden_layers": layers,
+                "vocab_size": vocab,
+                "max_position_embeddings": 256,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0,
+                "tie_word_embeddings": True,
+                "hidden_act": "silu",
+                "torch_dtype": "float16",
+            }
+        )
+    )
     rng = np.random.default_rng(0)
 
     def matrix(rows, cols):
         return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+
     tensors = {"model.embed_tokens.weight": matrix(vocab, d), "model.norm.weight": np.ones(d, np.float16)}
     for layer in range(layers):
         p = f"model.layers.{layer}."
@@ -64,12 +81,14 @@ def server(tmp_path, models):
 
 def load(pb, server, name, directory, timeout=120, dtype="float32"):
     return pb.grpc.LesionStub(server.channel).LoadModel(
-        pb.service.LoadModelRequest(name=name, dir=str(directory), dtype=dtype), timeout=timeout)
+        pb.service.LoadModelRequest(name=name, dir=str(directory), dtype=dtype), timeout=timeout
+    )
 
 
 def loaded_names(pb, server):
-    return {m.name for m in pb.grpc.LesionStub(server.channel).ListModels(pb.service.ListModelsRequest(),
-                                                                          timeout=10).models}
+    return {
+        m.name for m in pb.grpc.LesionStub(server.channel).ListModels(pb.service.ListModelsRequest(), timeout=10).models
+    }
 
 
 def timed_full_load(pb, server, models):
@@ -106,6 +125,7 @@ def test_loads_of_different_models_run_at_once(pb, server, models):
     def slow():
         load(pb, server, "slow", models / "big")
         finished["slow"] = time.monotonic()
+
     thread = threading.Thread(target=slow)
     thread.start()
     time.sleep(full / 5)  # "slow" is reading its tensors now

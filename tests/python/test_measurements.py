@@ -6,6 +6,7 @@ Every reference number is computed here with transformers on the windows of the 
 protocol (hf_reference.hf_windows): non-overlapping windows of seq_len, no BOS unless asked, a
 window's positions 1..n-1 predicted from its prefix, so its logits at 0..n-2 are the scored next-token
 distributions."""
+
 import base64
 import json
 
@@ -15,16 +16,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import ROOT, STORIES, metric, requires_cli, run_spec
-from hf_reference import (VOCAB, capture, dims, hf_detectors, hf_perplexity, hf_windows, layers_of, make_model,
-                          randomize)
+from hf_reference import VOCAB, capture, dims, hf_detectors, hf_perplexity, hf_windows, layers_of, make_model, randomize
 
 pytestmark = requires_cli
 TOL = 1e-5
 EXAMPLES = ROOT / "experiments" / "examples"
-
-
-
-
 
 
 def saved(kind, seed, tmp_path):
@@ -48,6 +44,7 @@ def decode(tensor):
 
 # --- the same interventions in transformers ----------------------------------------------------
 
+
 def o_proj(model, layer):
     gpt2, _, layers = layers_of(model)
     return layers[layer].attn.c_proj if gpt2 else layers[layer].self_attn.o_proj
@@ -61,8 +58,9 @@ def hook_heads(model, layer, heads, replace):
     def fn(module, args):
         z = args[0].clone()
         for h in heads:
-            z[..., h * head_dim:(h + 1) * head_dim] = replace(z[..., h * head_dim:(h + 1) * head_dim], h)
+            z[..., h * head_dim : (h + 1) * head_dim] = replace(z[..., h * head_dim : (h + 1) * head_dim], h)
         return (z,)
+
     return o_proj(model, layer).register_forward_pre_hook(fn)
 
 
@@ -77,9 +75,15 @@ def linear_weight(model, layer, module):
     blk = layers[layer]
     if gpt2:
         return {"attn.o": blk.attn.c_proj, "mlp.up": blk.mlp.c_fc, "mlp.down": blk.mlp.c_proj}[module].weight, True
-    return {"attn.q": blk.self_attn.q_proj, "attn.k": blk.self_attn.k_proj, "attn.v": blk.self_attn.v_proj,
-            "attn.o": blk.self_attn.o_proj, "mlp.gate": blk.mlp.gate_proj, "mlp.up": blk.mlp.up_proj,
-            "mlp.down": blk.mlp.down_proj}[module].weight, False
+    return {
+        "attn.q": blk.self_attn.q_proj,
+        "attn.k": blk.self_attn.k_proj,
+        "attn.v": blk.self_attn.v_proj,
+        "attn.o": blk.self_attn.o_proj,
+        "mlp.gate": blk.mlp.gate_proj,
+        "mlp.up": blk.mlp.up_proj,
+        "mlp.down": blk.mlp.down_proj,
+    }[module].weight, False
 
 
 def scale_weight(model, layer, module, row, col, factor):
@@ -114,17 +118,25 @@ def kl(base_lp, inter_lp):
 TOKENS = [3, 17, 50]
 
 
-@pytest.mark.parametrize("kind, interventions", [
-    ("llama_gqa", [{"head_ablation": {"layer": 1, "heads": [0, 2], "mode": "ZERO"}}]),
-    ("gpt2", [{"weight_edit": {"layer": 0, "module": "mlp.down", "row": 7, "col": 30, "op": "SCALE",
-                               "value": 60.0}}]),
-])
+@pytest.mark.parametrize(
+    "kind, interventions",
+    [
+        ("llama_gqa", [{"head_ablation": {"layer": 1, "heads": [0, 2], "mode": "ZERO"}}]),
+        (
+            "gpt2",
+            [{"weight_edit": {"layer": 0, "module": "mlp.down", "row": 7, "col": 30, "op": "SCALE", "value": 60.0}}],
+        ),
+    ],
+)
 def test_token_probabilities_match_transformers(cli, tmp_path, kind, interventions):
     model, model_dir = saved(kind, 21, tmp_path)
     ids = random_ids(70, seed=4)  # 4 windows of 16 and a tail of 6; batches of 3 windows
-    spec = {"dataset": {"token_ids": {"ids": ids.tolist()}}, "eval": {"seq_len": 16, "batch_size": 3},
-            "interventions": interventions,
-            "measurements": [{"perplexity": {}}, {"token_probabilities": {"token_ids": TOKENS}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids.tolist()}},
+        "eval": {"seq_len": 16, "batch_size": 3},
+        "interventions": interventions,
+        "measurements": [{"perplexity": {}}, {"token_probabilities": {"token_ids": TOKENS}}],
+    }
     result = run_spec(cli, tmp_path, model_dir, spec)
 
     base_lp = hf_log_probs(model, ids, 16)
@@ -152,16 +164,21 @@ def test_token_probabilities_match_transformers(cli, tmp_path, kind, interventio
 
 # --- b. KL divergence --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["llama_gqa", "gpt2", "qwen2"])
 def test_kl_divergence_matches_transformers(cli, tmp_path, kind):
     model, model_dir = saved(kind, 31, tmp_path)
     ids = random_ids(70, seed=6)
     # attn.o [row 5, col 13]: an asymmetric address, so a transposed GPT-2 edit lands elsewhere.
-    spec = {"dataset": {"token_ids": {"ids": ids.tolist()}}, "eval": {"seq_len": 16, "batch_size": 3},
-            "interventions": [{"head_ablation": {"layer": 1, "heads": [0, 2], "mode": "ZERO"}},
-                              {"weight_edit": {"layer": 0, "module": "attn.o", "row": 5, "col": 13,
-                                               "op": "SCALE", "value": 50.0}}],
-            "measurements": [{"kl_divergence": {}}, {"perplexity": {}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids.tolist()}},
+        "eval": {"seq_len": 16, "batch_size": 3},
+        "interventions": [
+            {"head_ablation": {"layer": 1, "heads": [0, 2], "mode": "ZERO"}},
+            {"weight_edit": {"layer": 0, "module": "attn.o", "row": 5, "col": 13, "op": "SCALE", "value": 50.0}},
+        ],
+        "measurements": [{"kl_divergence": {}}, {"perplexity": {}}],
+    }
     result = run_spec(cli, tmp_path, model_dir, spec)
 
     base_lp = hf_log_probs(model, ids, 16)
@@ -181,28 +198,42 @@ def test_kl_divergence_matches_transformers(cli, tmp_path, kind):
 
 
 def scored_targets(ids, seq_len):
-    return torch.cat([ids[begin + 1:end] for begin, end, _ in hf_windows(len(ids), seq_len)])
+    return torch.cat([ids[begin + 1 : end] for begin, end, _ in hf_windows(len(ids), seq_len)])
 
 
 def test_kl_divergence_is_zero_without_interventions(cli, tmp_path):
     _, model_dir = saved("llama", 32, tmp_path)
-    spec = {"dataset": {"token_ids": {"ids": random_ids(40, seed=1).tolist()}}, "eval": {"seq_len": 16},
-            "measurements": [{"kl_divergence": {}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": random_ids(40, seed=1).tolist()}},
+        "eval": {"seq_len": 16},
+        "measurements": [{"kl_divergence": {}}],
+    }
     result = run_spec(cli, tmp_path, model_dir, spec)
     assert abs(result["kl_divergence"]) < 1e-9, result["kl_divergence"]
 
 
 # --- c. capture --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["llama_gqa", "gpt2"])
 def test_capture_matches_transformers(cli, tmp_path, kind):
     model, model_dir = saved(kind, 41, tmp_path)
     ids = random_ids(50, seed=9)  # windows of 16: [0, 16), [16, 32), [32, 48), [48, 50)
     positions = [0, 2, 5]
-    spec = {"dataset": {"token_ids": {"ids": ids.tolist()}}, "eval": {"seq_len": 16},
-            "interventions": [{"head_ablation": {"layer": 0, "heads": [1, 4], "mode": "ZERO"}}],
-            "measurements": [{"capture": {"sites": ["blocks.0.resid_post", "blocks.1.attn_pattern"],
-                                          "positions": positions, "max_windows": 2}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids.tolist()}},
+        "eval": {"seq_len": 16},
+        "interventions": [{"head_ablation": {"layer": 0, "heads": [1, 4], "mode": "ZERO"}}],
+        "measurements": [
+            {
+                "capture": {
+                    "sites": ["blocks.0.resid_post", "blocks.1.attn_pattern"],
+                    "positions": positions,
+                    "max_windows": 2,
+                }
+            }
+        ],
+    }
     result = run_spec(cli, tmp_path, model_dir, spec)
     n_heads = dims(model)[0]
     windows = ids[:32].view(2, 16)  # the first two windows, as one batch
@@ -232,6 +263,7 @@ def test_capture_matches_transformers(cli, tmp_path, kind):
 
 # --- d. MEAN head ablation ---------------------------------------------------------------------
 
+
 def head_means(model, ids, seq_len, layer):
     """Each head's mean of its o_proj input slice over every token of every window."""
     sums, count = [], [0]
@@ -240,6 +272,7 @@ def head_means(model, ids, seq_len, layer):
         z = args[0][0].double()  # [n, heads * head_dim]
         sums.append(z.sum(0))
         count[0] += z.shape[0]
+
     handle = o_proj(model, layer).register_forward_pre_hook(fn)
     ids = torch.as_tensor(ids)
     try:
@@ -256,9 +289,12 @@ def head_means(model, ids, seq_len, layer):
 def test_mean_head_ablation_matches_transformers(cli, tmp_path, kind):
     model, model_dir = saved(kind, 51, tmp_path)
     ids = random_ids(70, seed=12)  # the 6-token tail window counts in the means too
-    spec = {"dataset": {"token_ids": {"ids": ids.tolist()}}, "eval": {"seq_len": 16, "batch_size": 3},
-            "interventions": [{"head_ablation": {"layer": 1, "heads": [2], "mode": "MEAN"}}],
-            "measurements": [{"perplexity": {}}, {"kl_divergence": {}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids.tolist()}},
+        "eval": {"seq_len": 16, "batch_size": 3},
+        "interventions": [{"head_ablation": {"layer": 1, "heads": [2], "mode": "MEAN"}}],
+        "measurements": [{"perplexity": {}}, {"kl_divergence": {}}],
+    }
     result = run_spec(cli, tmp_path, model_dir, spec)
 
     base_nll, count = hf_perplexity(model, ids, 16)
@@ -268,7 +304,7 @@ def test_mean_head_ablation_matches_transformers(cli, tmp_path, kind):
     handle = zero_heads(model, 1, [2])
     zero_nll, _ = hf_perplexity(model, ids, 16)
     handle.remove()
-    hook_heads(model, 1, [2], lambda z, h: mean[h * hd:(h + 1) * hd].expand_as(z))
+    hook_heads(model, 1, [2], lambda z, h: mean[h * hd : (h + 1) * hd].expand_as(z))
     mean_nll, _ = hf_perplexity(model, ids, 16)
     inter_lp = hf_log_probs(model, ids, 16)
     # MEAN must be told apart from ZERO and from no ablation at all.
@@ -276,8 +312,11 @@ def test_mean_head_ablation_matches_transformers(cli, tmp_path, kind):
 
     assert int(result["intervened"]["perplexity"]["n_tokens"]) == count
     assert abs(result["baseline"]["perplexity"]["mean_nll"] - base_nll) < TOL
-    assert abs(result["intervened"]["perplexity"]["mean_nll"] - mean_nll) < TOL, \
-        (result["intervened"]["perplexity"]["mean_nll"], mean_nll, zero_nll)
+    assert abs(result["intervened"]["perplexity"]["mean_nll"] - mean_nll) < TOL, (
+        result["intervened"]["perplexity"]["mean_nll"],
+        mean_nll,
+        zero_nll,
+    )
     # With MEAN and KL the baseline runs twice (means first, then per batch as the reference).
     assert abs(result["kl_divergence"] - kl(base_lp, inter_lp)) < TOL, (result["kl_divergence"], kl(base_lp, inter_lp))
 
@@ -289,16 +328,21 @@ def test_mean_activation_edit_with_a_partial_tail_window(cli, tmp_path):
     model, model_dir = saved("llama", 52, tmp_path)
     ids = random_ids(70, seed=13)
     positions, dim_list = [3, 10], [5, 7, 40]
-    spec = {"dataset": {"token_ids": {"ids": ids.tolist()}}, "eval": {"seq_len": 16, "batch_size": 3},
-            "interventions": [{"activation_edit": {"site": "blocks.0.resid_post", "positions": positions,
-                                                   "dims": dim_list, "op": "MEAN"}}],
-            "measurements": [{"perplexity": {}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids.tolist()}},
+        "eval": {"seq_len": 16, "batch_size": 3},
+        "interventions": [
+            {"activation_edit": {"site": "blocks.0.resid_post", "positions": positions, "dims": dim_list, "op": "MEAN"}}
+        ],
+        "measurements": [{"perplexity": {}}],
+    }
     result = run_spec(cli, tmp_path, model_dir, spec)
 
     layer0 = model.model.layers[0]
     outs = []
     handle = layer0.register_forward_hook(
-        lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o)[0].detach().double()))
+        lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o)[0].detach().double())
+    )
     hf_perplexity(model, ids, 16)
     handle.remove()
     mean = {p: torch.stack([o[p] for o in outs if o.shape[0] > p]).mean(0).float() for p in positions}
@@ -310,6 +354,7 @@ def test_mean_activation_edit_with_a_partial_tail_window(cli, tmp_path):
             if p < x.shape[1]:
                 x[0, p, dim_list] = mean[p][dim_list]
         return (x, *output[1:]) if isinstance(output, tuple) else x
+
     layer0.register_forward_hook(edit)
     want, _ = hf_perplexity(model, ids, 16)
     got = result["intervened"]["perplexity"]["mean_nll"]
@@ -317,6 +362,7 @@ def test_mean_activation_edit_with_a_partial_tail_window(cli, tmp_path):
 
 
 # --- e. errors ---------------------------------------------------------------------------------
+
 
 def fails(proc, *needles):
     assert proc.returncode == 2, f"exit {proc.returncode}; stderr:\n{proc.stderr}\nstdout:\n{proc.stdout[:2000]}"
@@ -327,13 +373,16 @@ def fails(proc, *needles):
 STORY = {"text": "Once upon a time there was a little girl who liked to play in the park."}
 
 
-@pytest.mark.parametrize("measurement, needles", [
-    ({"token_probabilities": {"tokens": ["hello world"]}}, ["token_probabilities", '"hello world" encodes to']),
-    ({"massive_activations": {"min_ratio": -1}}, ["massive_activations", "min_ratio"]),
-    ({"super_weights": {"min_ratio": -1}}, ["super_weights", "min_ratio"]),
-    ({"attention_outliers": {"min_mass": 2}}, ["attention_outliers", "min_mass"]),
-    ({"token_probabilities": {"token_ids": [512]}}, ["token id 512 out of range"]),
-])
+@pytest.mark.parametrize(
+    "measurement, needles",
+    [
+        ({"token_probabilities": {"tokens": ["hello world"]}}, ["token_probabilities", '"hello world" encodes to']),
+        ({"massive_activations": {"min_ratio": -1}}, ["massive_activations", "min_ratio"]),
+        ({"super_weights": {"min_ratio": -1}}, ["super_weights", "min_ratio"]),
+        ({"attention_outliers": {"min_mass": 2}}, ["attention_outliers", "min_mass"]),
+        ({"token_probabilities": {"token_ids": [512]}}, ["token id 512 out of range"]),
+    ],
+)
 def test_bad_measurements_fail_with_status_2(cli, tmp_path, measurement, needles):
     spec = {"dataset": STORY, "measurements": [{"perplexity": {}}, measurement]}
     proc = run_spec(cli, tmp_path, STORIES, spec, check=False)
@@ -353,12 +402,22 @@ def test_token_text_of_one_token_is_accepted(cli, tmp_path):
 def test_capture_over_the_limit_fails_before_compute(cli, tmp_path):
     # A 32k vocabulary: logits of 32 windows of 64 tokens are 2 x 32 x 64 x 32000 x 4 = 524 MB for
     # both passes, over the 256 MiB limit.
-    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, vocab_size=32000, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=32000,
+        max_position_embeddings=128,
+    )
     randomize(LlamaForCausalLM(cfg), 3).save_pretrained(tmp_path / "m")
     ids = random_ids(2048, seed=2, vocab=32000)
-    spec = {"dataset": {"token_ids": {"ids": ids.tolist()}}, "eval": {"seq_len": 64},
-            "measurements": [{"capture": {"sites": ["logits"], "max_windows": 100000}}]}
+    spec = {
+        "dataset": {"token_ids": {"ids": ids.tolist()}},
+        "eval": {"seq_len": 64},
+        "measurements": [{"capture": {"sites": ["logits"], "max_windows": 100000}}],
+    }
     proc = run_spec(cli, tmp_path, tmp_path / "m", spec, check=False)
     fails(proc, "capture", "exceed the limit", str(2 * 32 * 64 * 32000 * 4))
     # One position per window is 16 MB: allowed, and the logits are HF's.
@@ -375,18 +434,22 @@ def test_capture_over_the_limit_fails_before_compute(cli, tmp_path):
 
 # --- f. the super-weight scan on stories260K ---------------------------------------------------
 
+
 def stories_windows(cli, seq_len=128):
     """The tinystories-sample dataset as lesion tokenizes it, cut into BOS windows of seq_len."""
     text = (ROOT / "data" / "tinystories_sample.txt").read_text()
     ids = json.loads(cli("tokenize", "--model", STORIES, stdin=text).stdout)
     bos = json.loads((STORIES / "config.json").read_text())["bos_token_id"]
     span = seq_len - 1
-    return ids, bos, [torch.tensor([[bos] + ids[i:i + span]]) for i in range(0, len(ids), span)]
+    return ids, bos, [torch.tensor([[bos] + ids[i : i + span]]) for i in range(0, len(ids), span)]
 
 
-DEFAULTS = {"massive_activations": {"min_magnitude": 100, "min_ratio": 1000, "max_reports": 20},
-            "super_weights": {"min_ratio": 100}, "norm_outliers": {"min_z": 8, "max_reports": 10},
-            "attention_outliers": {"min_mass": 0.3, "max_reports": 50}}
+DEFAULTS = {
+    "massive_activations": {"min_magnitude": 100, "min_ratio": 1000, "max_reports": 20},
+    "super_weights": {"min_ratio": 100},
+    "norm_outliers": {"min_z": 8, "max_reports": 10},
+    "attention_outliers": {"min_mass": 0.3, "max_reports": 50},
+}
 
 
 def check_detectors(result, want, cfg):
@@ -403,12 +466,14 @@ def check_detectors(result, want, cfg):
                 ref = by_coord[(int(e["sequence"]), int(e["token"]), int(e["dim"]))]
                 assert abs(e["value"] - ref[4]) < 1e-4 and abs(e["ratio"] - ref[5]) < 1e-4 * ref[5], (e, ref)
                 assert abs(abs(e["value"]) - w["entries"][rank][0]) < 1e-4, (rank, e, w["entries"][rank])
-        assert metric(result, "massive_activations:blocks.0.resid_post")["baseline"] == \
-            want["massive_activations"][0]["count"]
+        assert (
+            metric(result, "massive_activations:blocks.0.resid_post")["baseline"]
+            == want["massive_activations"][0]["count"]
+        )
         # super weights
-        assert [(s["layer"], int(s["row"]), int(s["col"]), int(s["token"])) for s in got["super_weights"]] == \
-            [(s["layer"], s["row"], s["col"], s["token"]) for s in want["super_weights"]], \
-            (got["super_weights"], want["super_weights"])
+        assert [(s["layer"], int(s["row"]), int(s["col"]), int(s["token"])) for s in got["super_weights"]] == [
+            (s["layer"], s["row"], s["col"], s["token"]) for s in want["super_weights"]
+        ], (got["super_weights"], want["super_weights"])
         for g, w in zip(got["super_weights"], want["super_weights"]):
             # ties between windows (a spike at BOS is the same in every window): any window at the max
             assert w["max_out_by_window"][int(g["sequence"])] > abs(w["output_spike"]) - 1e-5, (g, w)
@@ -418,14 +483,16 @@ def check_detectors(result, want, cfg):
                 assert abs(g[k] - w[k]) < 1e-4 * w[k], (k, g, w)
         assert metric(result, "super_weights")["baseline"] == len(want["super_weights"])
         # norm outliers (weights only: exact)
-        assert [(o["norm"], o["layer"], int(o["channel"])) for o in got["norm_outliers"]] == \
-            [(o["norm"], o["layer"], o["channel"]) for o in want["norm_outliers"]]
+        assert [(o["norm"], o["layer"], int(o["channel"])) for o in got["norm_outliers"]] == [
+            (o["norm"], o["layer"], o["channel"]) for o in want["norm_outliers"]
+        ]
         for g, w in zip(got["norm_outliers"], want["norm_outliers"]):
             for k in ("gamma", "z", "median"):
                 assert abs(g[k] - w[k]) < 1e-9 * max(1, abs(w[k])), (k, g, w)
         # attention outliers
-        assert [(k["layer"], k["head"], int(k["key_position"])) for k in got["attention_outliers"]] == \
-            [(k["layer"], k["head"], k["key_position"]) for k in want["attention_outliers"]]
+        assert [(k["layer"], k["head"], int(k["key_position"])) for k in got["attention_outliers"]] == [
+            (k["layer"], k["head"], k["key_position"]) for k in want["attention_outliers"]
+        ]
         for g, w in zip(got["attention_outliers"], want["attention_outliers"]):
             assert abs(g["mass"] - w["mass"]) < TOL, (g, w)
 
@@ -458,15 +525,32 @@ def test_super_weight_scan_example_matches_transformers(cli, tmp_path):
     want_nll, n = hf_perplexity(model, ids, spec["eval"]["seq_len"], bos_id=bos)
     assert int(result["baseline"]["perplexity"]["n_tokens"]) == n == len(ids)
     assert abs(result["baseline"]["perplexity"]["mean_nll"] - want_nll) < TOL
-    want = hf_detectors(model, windows, cfg["massive_activations"], cfg["super_weights"], cfg["norm_outliers"],
-                        cfg["attention_outliers"])
+    want = hf_detectors(
+        model,
+        windows,
+        cfg["massive_activations"],
+        cfg["super_weights"],
+        cfg["norm_outliers"],
+        cfg["attention_outliers"],
+    )
     check_detectors(result, want, cfg)
     # The default thresholds are the papers' (for billion-parameter models): stories260K has none.
     # The nearest misses, so that a threshold lowered by accident shows up above.
     assert all(w["count"] == 0 for w in want["massive_activations"])
-    assert max(abs(o["z"]) for o in hf_detectors(model, windows[:1], cfg["massive_activations"],
-                                                 cfg["super_weights"], {"min_z": 0, "max_reports": 1000},
-                                                 cfg["attention_outliers"])["norm_outliers"]) > 7.5
+    assert (
+        max(
+            abs(o["z"])
+            for o in hf_detectors(
+                model,
+                windows[:1],
+                cfg["massive_activations"],
+                cfg["super_weights"],
+                {"min_z": 0, "max_reports": 1000},
+                cfg["attention_outliers"],
+            )["norm_outliers"]
+        )
+        > 7.5
+    )
 
 
 def test_super_weight_scan_small_thresholds_match_transformers(cli, tmp_path):
@@ -480,8 +564,14 @@ def test_super_weight_scan_small_thresholds_match_transformers(cli, tmp_path):
             if k in cfg:
                 cfg[k].update({f: x for f, x in v.items() if f != "sites"})
     _, _, windows = stories_windows(cli, spec["eval"]["seq_len"])
-    want = hf_detectors(load_stories(), windows, cfg["massive_activations"], cfg["super_weights"],
-                        cfg["norm_outliers"], cfg["attention_outliers"])
+    want = hf_detectors(
+        load_stories(),
+        windows,
+        cfg["massive_activations"],
+        cfg["super_weights"],
+        cfg["norm_outliers"],
+        cfg["attention_outliers"],
+    )
     assert want["super_weights"] and want["norm_outliers"] and want["attention_outliers"]
     assert all(w["count"] > 0 for w in want["massive_activations"])
     check_detectors(result, want, cfg)

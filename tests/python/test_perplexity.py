@@ -1,5 +1,6 @@
 """`lesion perplexity` against transformers' own loss, windowed as in the transformers perplexity
 guide (see hf_reference.hf_perplexity for the exact semantics)."""
+
 import json
 import math
 
@@ -24,8 +25,10 @@ def run_ppl(cli, model_dir, ids_file, seq_len, stride=None, add_bos=False):
 def check(got, model, ids, seq_len, stride=None, bos_id=None, what=""):
     nll, count = hf_perplexity(model, ids, seq_len, stride, bos_id)
     windows = len(hf_windows(len(ids), seq_len, stride, bos_id is not None))
-    msg = (f"{what}: lesion {got} vs HF mean_nll {nll:.8f} n_tokens {count} n_windows {windows} "
-           f"(|d mean_nll| {abs(got['mean_nll'] - nll):.3e})")
+    msg = (
+        f"{what}: lesion {got} vs HF mean_nll {nll:.8f} n_tokens {count} n_windows {windows} "
+        f"(|d mean_nll| {abs(got['mean_nll'] - nll):.3e})"
+    )
     assert got["n_tokens"] == count, msg
     assert got["n_windows"] == windows, msg
     assert abs(got["mean_nll"] - nll) < 1e-5, msg

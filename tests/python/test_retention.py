@@ -2,12 +2,13 @@
 drop_captures against a real lesiond with token auth, and --max-user-bytes refusing a submission.
 
 Env: LESIOND, LESION_CLI (conftest.py). Skipped without the binaries or the Python client."""
+
 import json
 import os
 
 import pytest
 
-from conftest import CLI, CLI_MISSING, STORIES, LesiondProcess, requires_lesiond
+from conftest import CLI_MISSING, STORIES, LesiondProcess, requires_lesiond
 
 pytestmark = [requires_lesiond, pytest.mark.skipif(CLI_MISSING is not None, reason=CLI_MISSING or "")]
 lesion = pytest.importorskip("lesion", reason="the lesion Python package (client/python) is not installed")
@@ -33,6 +34,7 @@ def server(tmp_path):
         s = LesiondProcess(tmp_path, "--model", f"stories={STORIES}", "--tokens-file", tokens, *flags)
         started.append(s)
         return s
+
     yield start
     for s in started:
         s.stop()

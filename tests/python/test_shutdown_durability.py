@@ -2,6 +2,7 @@
 running as interrupted before the process exits (with an optional grace period for running
 experiments), a sweep's finished variants survive a crash, and resubmitting the sweep runs only the
 others; results that are not finite numbers are flagged."""
+
 import signal
 import sqlite3
 
@@ -18,8 +19,9 @@ pytestmark = requires_lesiond
 
 def submit(pb, server, spec):
     lesion = pb.grpc.LesionStub(server.channel)
-    return lesion.SubmitExperiment(pb.service.SubmitExperimentRequest(
-        spec=json_format.ParseDict(spec, pb.experiment.ExperimentSpec())), timeout=30)
+    return lesion.SubmitExperiment(
+        pb.service.SubmitExperimentRequest(spec=json_format.ParseDict(spec, pb.experiment.ExperimentSpec())), timeout=30
+    )
 
 
 def wait_until(pb, server, experiment_id, predicate, timeout=120):
@@ -36,9 +38,14 @@ def stored_statuses(db):
 
 
 def long_spec(name, windows):
-    return {"model": "stories", "name": name, "dataset": {"named": "wikitext-2-raw-test"},
-            "eval": {"seq_len": 32, "batch_size": 1, "max_windows": windows},
-            "interventions": [{"head_ablation": {"layer": 0, "heads": [0]}}], "measurements": [{"perplexity": {}}]}
+    return {
+        "model": "stories",
+        "name": name,
+        "dataset": {"named": "wikitext-2-raw-test"},
+        "eval": {"seq_len": 32, "batch_size": 1, "max_windows": windows},
+        "interventions": [{"head_ablation": {"layer": 0, "heads": [0]}}],
+        "measurements": [{"perplexity": {}}],
+    }
 
 
 def test_sigterm_records_running_and_queued_experiments_interrupted_before_exit(pb, tmp_path):
@@ -70,10 +77,14 @@ def test_a_grace_period_lets_the_running_experiment_finish(pb, tmp_path):
 
 # One window batch of 64 x 256 tokens and one variant per pass: each of the 32 groups takes a
 # forward pass of its own, and each variant is stored as its pass ends.
-SWEEP = {"model": "stories", "name": "heads", "dataset": {"named": "wikitext-2-raw-test"},
-         "eval": {"seq_len": 256, "batch_size": 64, "max_windows": 64},
-         "measurements": [{"perplexity": {}}],
-         "sweep": {"axes": [{"heads": {"layers": [1, 2, 3, 4]}}], "variants_per_pass": 1}}
+SWEEP = {
+    "model": "stories",
+    "name": "heads",
+    "dataset": {"named": "wikitext-2-raw-test"},
+    "eval": {"seq_len": 256, "batch_size": 64, "max_windows": 64},
+    "measurements": [{"perplexity": {}}],
+    "sweep": {"axes": [{"heads": {"layers": [1, 2, 3, 4]}}], "variants_per_pass": 1},
+}
 
 
 def test_a_crash_mid_sweep_keeps_finished_variants_and_resubmit_runs_only_the_rest(pb, tmp_path):
@@ -91,8 +102,9 @@ def test_a_crash_mid_sweep_keeps_finished_variants_and_resubmit_runs_only_the_re
         lesion = pb.grpc.LesionStub(second.channel)
         again = lesion.ResubmitExperiment(pb.service.ResubmitExperimentRequest(id=parent.id), timeout=30)
         assert again.variants_total == total and again.variants_done == len(done_before)
-        final = wait_until(pb, second, again.id, lambda e: e.status != pb.service.QUEUED and
-                           e.status != pb.service.RUNNING)
+        final = wait_until(
+            pb, second, again.id, lambda e: e.status != pb.service.QUEUED and e.status != pb.service.RUNNING
+        )
         assert final.status == pb.service.DONE, final.error
         rows = final.result.sweep.variants
         assert len(rows) == total and all(r.name for r in rows)
@@ -107,16 +119,23 @@ def test_a_crash_mid_sweep_keeps_finished_variants_and_resubmit_runs_only_the_re
 def test_a_non_finite_result_is_flagged(pb, tmp_path):
     server = Server(tmp_path, "--model", f"stories={STORIES}")
     try:
-        spec = {"model": "stories", "name": "overflow", "dataset": {"named": "tinystories-sample"},
-                "eval": {"seq_len": 64, "max_windows": 2},
-                # Three scalings by 1e15 in a row reach 1e45: beyond float32, so inf and then nan.
-                "interventions": [{"activation_edit": {"site": f"blocks.{layer}.resid_post", "op": "SCALE",
-                                                       "value": 1e15}} for layer in range(3)],
-                "measurements": [{"perplexity": {}}]}
+        spec = {
+            "model": "stories",
+            "name": "overflow",
+            "dataset": {"named": "tinystories-sample"},
+            "eval": {"seq_len": 64, "max_windows": 2},
+            # Three scalings by 1e15 in a row reach 1e45: beyond float32, so inf and then nan.
+            "interventions": [
+                {"activation_edit": {"site": f"blocks.{layer}.resid_post", "op": "SCALE", "value": 1e15}}
+                for layer in range(3)
+            ],
+            "measurements": [{"perplexity": {}}],
+        }
         experiment = submit(pb, server, spec)
         final = wait_until(pb, server, experiment.id, lambda e: e.status not in (pb.service.QUEUED, pb.service.RUNNING))
         assert final.status == pb.service.DONE, final.error
-        assert any("perplexity" in w and ("nan" in w or "inf" in w) for w in final.result.warnings), \
-            list(final.result.warnings)
+        assert any("perplexity" in w and ("nan" in w or "inf" in w) for w in final.result.warnings), list(
+            final.result.warnings
+        )
     finally:
         server.stop()

@@ -3,9 +3,9 @@ Client.status() and the structured log lines, against a real lesiond on loopback
 
 Env: LESIOND (default build/server/lesiond), LESION_CLI (default build/client/cpp/lesion).
 """
+
 import json
 import re
-import time
 import urllib.request
 
 import pytest
@@ -60,12 +60,23 @@ def test_metrics_count_an_experiment_and_errors(server):
 
     address = metrics_address(server)
     before = samples(scrape(address))
-    for name in ("lesion_build_info", "lesion_uptime_seconds", "lesion_start_time_seconds", "lesion_models_loaded",
-                 "lesion_baseline_cache_bytes", "lesion_baseline_cache_entries", "lesion_baseline_cache_max_bytes",
-                 'lesion_database_bytes{file="main"}', 'lesion_database_bytes{file="wal"}',
-                 'lesion_experiments{state="done"}', 'lesion_experiments{state="interrupted"}',
-                 'lesion_queue_length{device="cpu"}', 'lesion_device_busy{device="cpu"}',
-                 'lesion_device_memory_allocated_bytes{device="cpu"}', "lesion_status_errors_total"):
+    for name in (
+        "lesion_build_info",
+        "lesion_uptime_seconds",
+        "lesion_start_time_seconds",
+        "lesion_models_loaded",
+        "lesion_baseline_cache_bytes",
+        "lesion_baseline_cache_entries",
+        "lesion_baseline_cache_max_bytes",
+        'lesion_database_bytes{file="main"}',
+        'lesion_database_bytes{file="wal"}',
+        'lesion_experiments{state="done"}',
+        'lesion_experiments{state="interrupted"}',
+        'lesion_queue_length{device="cpu"}',
+        'lesion_device_busy{device="cpu"}',
+        'lesion_device_memory_allocated_bytes{device="cpu"}',
+        "lesion_status_errors_total",
+    ):
         assert any(k == name or k.startswith(name + "{") for k in before), (name, sorted(before))
     assert before["lesion_models_loaded"] == 1
     assert before['lesion_experiments{state="done"}'] == 0
@@ -97,8 +108,14 @@ def test_status_from_cli_and_python(server, cli):
     assert status["version"]
     assert status["uptime_seconds"] > 0
     assert [m["name"] for m in status["models"]] == ["stories"]
-    assert status["experiments"] == {"queued": 0, "running": 0, "done": 1, "failed": 0, "cancelled": 0,
-                                     "interrupted": 0}
+    assert status["experiments"] == {
+        "queued": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "interrupted": 0,
+    }
     assert [d["device"] for d in status["devices"]] == ["cpu"]
     assert status["database_bytes"] + status["database_wal_bytes"] > 0
     assert status["baseline_cache_max_bytes"] > 0
@@ -123,11 +140,20 @@ def test_log_lines_are_structured(tmp_path):
     finally:
         text_server.stop()
     lines = text_server.log_path.read_text().splitlines()
-    assert lines and all(re.match(r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=(info|warning|error) event=\w+",
-                                  line) for line in lines), lines
+    assert lines and all(
+        re.match(r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=(info|warning|error) event=\w+", line)
+        for line in lines
+    ), lines
     events = [re.search(r"event=(\w+)", line).group(1) for line in lines]
-    for event in ("starting", "model_loaded", "listening", "experiment_submitted", "experiment_finished",
-                  "shutting_down", "stopped"):
+    for event in (
+        "starting",
+        "model_loaded",
+        "listening",
+        "experiment_submitted",
+        "experiment_finished",
+        "shutting_down",
+        "stopped",
+    ):
         assert event in events, (event, lines)
     finished = next(line for line in lines if "event=experiment_finished" in line)
     assert "user=ada" in finished and "model=stories" in finished and "status=done" in finished

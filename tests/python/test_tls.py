@@ -3,6 +3,7 @@ connect when they trust it and are refused when they do not (or speak plaintext)
 service answers for lesion.v1.Lesion.
 
 Env: LESIOND, LESION_CLI (conftest.py). Needs the openssl command to make the certificates."""
+
 import os
 import shutil
 import subprocess
@@ -11,8 +12,7 @@ import pytest
 
 from conftest import CLI, CLI_MISSING, STORIES, LesiondProcess, requires_lesiond
 
-pytestmark = [requires_lesiond,
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")]
+pytestmark = [requires_lesiond, pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")]
 
 TOKENS = "tls-alice alice user\n"
 
@@ -20,10 +20,30 @@ TOKENS = "tls-alice alice user\n"
 def make_certificate(directory, name):
     """A self-signed certificate (and its key) for localhost and 127.0.0.1, valid for a day."""
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", f"/CN={name}",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -37,14 +57,16 @@ def tls_server(tmp_path_factory):
     tokens = tmp / "tokens"
     tokens.write_text(TOKENS)
     tokens.chmod(0o600)
-    server = LesiondProcess(tmp, "--model", f"stories={STORIES}", "--tls-cert", cert, "--tls-key", key,
-                            "--tokens-file", tokens)
+    server = LesiondProcess(
+        tmp, "--model", f"stories={STORIES}", "--tls-cert", cert, "--tls-key", key, "--tokens-file", tokens
+    )
     yield server, cert, other
     server.stop()
 
 
 def test_python_client_over_tls(tls_server):
     from lesion import Client, LesionError
+
     grpc = pytest.importorskip("grpc")
     server, cert, other = tls_server
 
@@ -80,8 +102,13 @@ def test_cli_over_tls(tls_server, tmp_path):
     assert '"stories"' in listed.stdout
 
     # $LESION_TLS_CA does the same as --tls-ca.
-    env_listed = subprocess.run([str(CLI), "models", *connect], capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "LESION_TLS_CA": str(cert)})
+    env_listed = subprocess.run(
+        [str(CLI), "models", *connect],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LESION_TLS_CA": str(cert)},
+    )
     assert env_listed.returncode == 0, env_listed.stderr
 
     # Plaintext to a TLS server: unreachable, and the message says what to try.
@@ -102,6 +129,7 @@ def test_health_reports_the_lesion_service(tls_server):
     grpc = pytest.importorskip("grpc")
     health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2", reason="needs grpcio-health-checking")
     from grpc_health.v1 import health_pb2_grpc
+
     server, cert, _ = tls_server
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     with grpc.secure_channel(server.address, credentials) as channel:

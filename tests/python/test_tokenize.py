@@ -1,4 +1,5 @@
 """`lesion tokenize` against tiktoken's GPT-2 encoding built from the same vocab.json / merges.txt."""
+
 import json
 
 import pytest
@@ -10,9 +11,13 @@ from hf_reference import gpt2_encoding
 pytestmark = requires_cli
 tiktoken = pytest.importorskip("tiktoken")
 
-SAMPLES = ["Hello world", " = Robert Boulter = \n \n Robert Boulter is an English film actor .",
-           "It's 1,234.5 ml -- isn't it? I'll've   spaces\t\ttabs\n\n\nnewlines",
-           "Ünïcödé → 漢字 😀 \u00a0nbsp", ""]
+SAMPLES = [
+    "Hello world",
+    " = Robert Boulter = \n \n Robert Boulter is an English film actor .",
+    "It's 1,234.5 ml -- isn't it? I'll've   spaces\t\ttabs\n\n\nnewlines",
+    "Ünïcödé → 漢字 😀 \u00a0nbsp",
+    "",
+]
 
 
 @pytest.fixture
@@ -32,7 +37,9 @@ def test_wikitext2_test_matches_tiktoken(cli, gpt2_dir):
     assert len(ref) == 286221
     assert len(ours) == len(ref), f"{len(ours)} ids, tiktoken {len(ref)}"
     first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
-    assert first is None, f"first difference at id {first}: lesion {ours[first:first + 8]} tiktoken {ref[first:first + 8]}"
+    assert first is None, (
+        f"first difference at id {first}: lesion {ours[first : first + 8]} tiktoken {ref[first : first + 8]}"
+    )
 
 
 @pytest.mark.parametrize("text", SAMPLES)

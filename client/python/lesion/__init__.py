@@ -1,40 +1,96 @@
 """lesion: Python client for lesiond, the LLM ablation / intervention experiment server.
 
-    import lesion
-    with lesion.Client.local("models/stories260K") as c:
-        r = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
-                                    interventions=[lesion.HeadAblation(layer=1, heads=[3])],
-                                    measurements=[lesion.Perplexity()]))
-        print(r.perplexity, r.metrics)
-        sweep = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
-                                        measurements=[lesion.Perplexity()],
-                                        sweep=lesion.Sweep([lesion.HeadSweep()])))   # one child per head
-        print(sweep.sweep)                       # a row per variant; c.variants(id) lists the children
+import lesion
+with lesion.Client.local("models/stories260K") as c:
+    r = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
+                                interventions=[lesion.HeadAblation(layer=1, heads=[3])],
+                                measurements=[lesion.Perplexity()]))
+    print(r.perplexity, r.metrics)
+    sweep = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
+                                    measurements=[lesion.Perplexity()],
+                                    sweep=lesion.Sweep([lesion.HeadSweep()])))   # one child per head
+    print(sweep.sweep)                       # a row per variant; c.variants(id) lists the children
 """
+
 __version__ = "0.1.0"
 
-from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated  # noqa: E402
-from .spec import (  # noqa: E402
-    ActivationEdit, ActivationStats, AttentionBias, AttentionOutliers, AttentionSink, Capture, Dataset, Eval,
-    Experiment, HeadAblation, HeadSweep, KLDivergence, MassiveActivations, NormChannelReset, NormChannelSweep,
-    NormOutliers, Perplexity, SuperWeights, Sweep, TokenProbabilities, Variant, Variants, WeightEdit,
-    WeightValueSweep, sweep, sweep_heads)
-from .result import Result  # noqa: E402
 from .client import Client, ExperimentFailed, ExperimentRecord, Handle  # noqa: E402
+from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated  # noqa: E402
+from .result import Result  # noqa: E402
+from .spec import (  # noqa: E402
+    ActivationEdit,
+    ActivationStats,
+    AttentionBias,
+    AttentionOutliers,
+    AttentionSink,
+    Capture,
+    Dataset,
+    Eval,
+    Experiment,
+    HeadAblation,
+    HeadSweep,
+    KLDivergence,
+    MassiveActivations,
+    NormChannelReset,
+    NormChannelSweep,
+    NormOutliers,
+    Perplexity,
+    SuperWeights,
+    Sweep,
+    TokenProbabilities,
+    Variant,
+    Variants,
+    WeightEdit,
+    WeightValueSweep,
+    sweep,
+    sweep_heads,
+)
 
 
 def __getattr__(name):  # lesion.plots without importing matplotlib up front
     if name == "plots":
         import importlib
+
         return importlib.import_module(".plots", __name__)
     raise AttributeError(f"module 'lesion' has no attribute {name!r}")
 
 
 __all__ = [
-    "__version__", "Client", "Handle", "ExperimentRecord", "ExperimentFailed", "Result", "LesionError", "NotFound",
-    "InvalidArgument", "PermissionDenied", "Unauthenticated", "Experiment", "Dataset", "Eval", "HeadAblation",
-    "WeightEdit", "NormChannelReset", "AttentionBias", "ActivationEdit", "Perplexity", "KLDivergence",
-    "TokenProbabilities", "ActivationStats", "AttentionSink", "Capture", "MassiveActivations", "SuperWeights",
-    "NormOutliers", "AttentionOutliers", "Sweep", "HeadSweep", "NormChannelSweep", "WeightValueSweep", "Variants",
-    "Variant", "sweep", "sweep_heads",
+    "__version__",
+    "Client",
+    "Handle",
+    "ExperimentRecord",
+    "ExperimentFailed",
+    "Result",
+    "LesionError",
+    "NotFound",
+    "InvalidArgument",
+    "PermissionDenied",
+    "Unauthenticated",
+    "Experiment",
+    "Dataset",
+    "Eval",
+    "HeadAblation",
+    "WeightEdit",
+    "NormChannelReset",
+    "AttentionBias",
+    "ActivationEdit",
+    "Perplexity",
+    "KLDivergence",
+    "TokenProbabilities",
+    "ActivationStats",
+    "AttentionSink",
+    "Capture",
+    "MassiveActivations",
+    "SuperWeights",
+    "NormOutliers",
+    "AttentionOutliers",
+    "Sweep",
+    "HeadSweep",
+    "NormChannelSweep",
+    "WeightValueSweep",
+    "Variants",
+    "Variant",
+    "sweep",
+    "sweep_heads",
 ]

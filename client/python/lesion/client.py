@@ -1,4 +1,5 @@
 """lesion.Client: the lesiond gRPC API (proto/lesion/v1/service.proto) for notebooks and scripts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,11 +35,15 @@ class ExperimentFailed(LesionError):
     def __init__(self, record):
         self.record = record
         code = {"CANCELLED": grpc.StatusCode.CANCELLED, "INTERRUPTED": grpc.StatusCode.ABORTED}.get(
-            record.status, grpc.StatusCode.UNKNOWN)
+            record.status, grpc.StatusCode.UNKNOWN
+        )
         # A failure's own code, e.g. RESOURCE_EXHAUSTED when the device ran out of memory.
         code = getattr(grpc.StatusCode, record.error_code, code) if record.error_code else code
-        super().__init__(code, f"experiment {record.id} {record.status}" + (f": {record.error}" if record.error else ""),
-                         rpc="experiment")
+        super().__init__(
+            code,
+            f"experiment {record.id} {record.status}" + (f": {record.error}" if record.error else ""),
+            rpc="experiment",
+        )
 
 
 @dataclass
@@ -47,6 +52,7 @@ class ExperimentRecord:
 
     A sweep's parent has ``variants_total`` (its variants) and ``variants_done`` (finished so far); a
     sweep's variant (child) has ``parent_id``, and its id is "<parent_id>.<index>"."""
+
     id: str
     user: str
     name: str
@@ -75,14 +81,29 @@ class ExperimentRecord:
             spec = Experiment.from_proto(e.spec) if e.HasField("spec") else None
         except ValueError:
             spec = None
-        return cls(id=e.id, user=e.user, name=e.name, tags=list(e.tags), model=e.model,
-                   model_fingerprint=e.model_fingerprint, status=_status_name(e.status), error=e.error,
-                   created=_time(e.created_unix_micros), started=_time(e.started_unix_micros),
-                   finished=_time(e.finished_unix_micros), queue_position=e.queue_position,
-                   passes_done=int(e.passes_done), passes_planned=int(e.passes_planned), spec=spec,
-                   result=Result(e.result) if e.HasField("result") else None, raw=e, parent_id=e.parent_id,
-                   variants_total=int(e.variants_total), variants_done=int(e.variants_done),
-                   error_code=e.error_code)
+        return cls(
+            id=e.id,
+            user=e.user,
+            name=e.name,
+            tags=list(e.tags),
+            model=e.model,
+            model_fingerprint=e.model_fingerprint,
+            status=_status_name(e.status),
+            error=e.error,
+            created=_time(e.created_unix_micros),
+            started=_time(e.started_unix_micros),
+            finished=_time(e.finished_unix_micros),
+            queue_position=e.queue_position,
+            passes_done=int(e.passes_done),
+            passes_planned=int(e.passes_planned),
+            spec=spec,
+            result=Result(e.result) if e.HasField("result") else None,
+            raw=e,
+            parent_id=e.parent_id,
+            variants_total=int(e.variants_total),
+            variants_done=int(e.variants_done),
+            error_code=e.error_code,
+        )
 
     @property
     def done(self):
@@ -98,7 +119,7 @@ class ExperimentRecord:
         """A sweep variant's index in its sweep (None for other experiments)."""
         if not self.parent_id or not self.id.startswith(self.parent_id + "."):
             return None
-        suffix = self.id[len(self.parent_id) + 1:]
+        suffix = self.id[len(self.parent_id) + 1 :]
         return int(suffix) if suffix.isdigit() else None
 
     def to_dict(self):
@@ -149,6 +170,7 @@ class Handle:
 
     def _update_bar(self, bar, record):
         from tqdm.auto import tqdm
+
         if record.is_sweep:  # count variants; the passes go in the postfix
             total, done, unit = record.variants_total, record.variants_done, "variant"
         else:
@@ -176,14 +198,16 @@ class Handle:
         record = self.wait(timeout=timeout, progress=progress)
         if record.status != "DONE":
             raise ExperimentFailed(record)
-        if record.result is None or (_spec_wants_captures(record.raw.spec)
-                                     and not any(len(getattr(record.result.raw, p).captures)
-                                                 for p in ("baseline", "intervened"))):
+        if record.result is None or (
+            _spec_wants_captures(record.raw.spec)
+            and not any(len(getattr(record.result.raw, p).captures) for p in ("baseline", "intervened"))
+        ):
             record = self._client.get(self.id, include_captures=True)
             self.record = record
         if record.result is None:
-            raise LesionError(grpc.StatusCode.INTERNAL, f"experiment {self.id} is DONE without a result",
-                              rpc="GetExperiment")
+            raise LesionError(
+                grpc.StatusCode.INTERNAL, f"experiment {self.id} is DONE without a result", rpc="GetExperiment"
+            )
         return record.result
 
     def cancel(self) -> ExperimentRecord:
@@ -206,8 +230,16 @@ class Client:
     LesionError with ``.code`` (grpc.StatusCode) and ``.details`` (the server's message).
     """
 
-    def __init__(self, address, token=None, user=None, timeout=DEFAULT_TIMEOUT, secure=False,
-                 root_certificates=None, options=None):
+    def __init__(
+        self,
+        address,
+        token=None,
+        user=None,
+        timeout=DEFAULT_TIMEOUT,
+        secure=False,
+        root_certificates=None,
+        options=None,
+    ):
         self.address = address
         self.timeout = timeout
         self._metadata = []
@@ -215,8 +247,10 @@ class Client:
             self._metadata.append(("authorization", f"Bearer {token}"))
         if user:
             self._metadata.append(("x-lesion-user", user))
-        options = list(options or []) + [("grpc.max_receive_message_length", 512 * 1024 * 1024),
-                                         ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        options = list(options or []) + [
+            ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
         if secure or root_certificates:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channel = grpc.secure_channel(address, creds, options=options)
@@ -245,15 +279,16 @@ class Client:
         ``.gguf``, or the repository's name. The process ends with close(), the with-block, or
         interpreter exit. See lesion.local."""
         from .local import start_local
+
         return start_local(model_dir, port=port, db=db, lesiond=lesiond, name=name, **kwargs)
 
     def _call(self, name, request, timeout=None):
         method = getattr(self._stub, name)
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout,
-                          metadata=self._metadata)
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             from .errors import wrap_rpc_error
+
             raise wrap_rpc_error(e, name) from e
 
     def wait_ready(self, timeout=10.0):
@@ -261,8 +296,9 @@ class Client:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError as e:
-            raise LesionError(grpc.StatusCode.UNAVAILABLE, f"no lesiond at {self.address} after {timeout}s",
-                              rpc="connect") from e
+            raise LesionError(
+                grpc.StatusCode.UNAVAILABLE, f"no lesiond at {self.address} after {timeout}s", rpc="connect"
+            ) from e
 
     # -- models
     def models(self, as_frame=False):
@@ -273,8 +309,7 @@ class Client:
 
     @staticmethod
     def _model_dict(m):
-        d = json_format.MessageToDict(m, preserving_proto_field_name=True,
-                                      always_print_fields_with_no_presence=True)
+        d = json_format.MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         for k in ("n_params", "weight_bytes"):
             d[k] = int(d.get(k, 0))
         return d
@@ -302,9 +337,16 @@ class Client:
             "started": _time(s.started_unix_micros),
             "uptime_seconds": s.uptime_seconds,
             "models": [self._model_dict(m) for m in s.models],
-            "devices": [{"device": d.device, "queued": d.queued, "running_id": d.running_id,
-                         "memory_allocated_bytes": d.memory_allocated_bytes,
-                         "memory_reserved_bytes": d.memory_reserved_bytes} for d in s.devices],
+            "devices": [
+                {
+                    "device": d.device,
+                    "queued": d.queued,
+                    "running_id": d.running_id,
+                    "memory_allocated_bytes": d.memory_allocated_bytes,
+                    "memory_reserved_bytes": d.memory_reserved_bytes,
+                }
+                for d in s.devices
+            ],
             "experiments": dict(s.experiments),
             "baseline_cache_bytes": s.baseline_cache_bytes,
             "baseline_cache_entries": s.baseline_cache_entries,
@@ -330,8 +372,13 @@ class Client:
 
     def _retention(self, rpc, where, dry_run):
         r = self._call(rpc, service_pb2.RetentionRequest(where=where or "", dry_run=bool(dry_run)))
-        return {"experiments": r.experiments, "bytes": r.bytes, "skipped_active": r.skipped_active,
-                "skipped_variants": r.skipped_variants, "file_bytes_reclaimed": r.file_bytes_reclaimed}
+        return {
+            "experiments": r.experiments,
+            "bytes": r.bytes,
+            "skipped_active": r.skipped_active,
+            "skipped_variants": r.skipped_variants,
+            "file_bytes_reclaimed": r.file_bytes_reclaimed,
+        }
 
     # -- experiments
     def submit(self, spec) -> Handle:
@@ -349,16 +396,19 @@ class Client:
         handles = [self.submit(s) for s in specs]
         if progress:
             from tqdm.auto import tqdm
+
             return [h.result(timeout=timeout) for h in tqdm(handles, desc="experiments", unit="exp")]
         return [h.result(timeout=timeout) for h in handles]
 
     def _watch(self, id, timeout=None):
         try:
-            for event in self._stub.WatchExperiment(service_pb2.WatchExperimentRequest(id=id), timeout=timeout,
-                                                    metadata=self._metadata):
+            for event in self._stub.WatchExperiment(
+                service_pb2.WatchExperimentRequest(id=id), timeout=timeout, metadata=self._metadata
+            ):
                 yield ExperimentRecord.from_proto(event.experiment)
         except grpc.RpcError as e:
             from .errors import wrap_rpc_error
+
             raise wrap_rpc_error(e, "WatchExperiment") from e
 
     def watch(self, id, timeout=None):
@@ -385,8 +435,9 @@ class Client:
 
     def list(self, where=None, order_by=None, limit=100, offset=0, include_results=False):
         """(records, total) of ListExperiments."""
-        req = service_pb2.ListExperimentsRequest(where=where or "", order_by=order_by or "", limit=limit,
-                                                 offset=offset, include_results=include_results)
+        req = service_pb2.ListExperimentsRequest(
+            where=where or "", order_by=order_by or "", limit=limit, offset=offset, include_results=include_results
+        )
         resp = self._call("ListExperiments", req)
         return [ExperimentRecord.from_proto(e) for e in resp.experiments], int(resp.total)
 
@@ -415,8 +466,7 @@ class Client:
         fetch = bool(metrics or include_results)
         records, total, offset = [], None, 0
         while total is None or offset < total:
-            page, total = self.list(where, order_by="id", limit=MAX_LIST_LIMIT, offset=offset,
-                                    include_results=fetch)
+            page, total = self.list(where, order_by="id", limit=MAX_LIST_LIMIT, offset=offset, include_results=fetch)
             if not page:
                 break
             records.extend(page)
@@ -429,11 +479,12 @@ class Client:
         df = records_frame(records)
         if not metrics:
             df = df[[c for c in df.columns if not c.startswith("metric.")]]
-        variant = [names.get(r.id) or (r.name[len(prefix):] if prefix and r.name.startswith(prefix) else r.name)
-                   for r in records]
+        variant = [
+            names.get(r.id) or (r.name[len(prefix) :] if prefix and r.name.startswith(prefix) else r.name)
+            for r in records
+        ]
         df.insert(len(_BASE_COLUMNS), "variant", pd.Series(variant, dtype=object))
-        df.insert(len(_BASE_COLUMNS) + 1, "index",
-                  pd.Series([r.variant_index for r in records], dtype="Int64"))
+        df.insert(len(_BASE_COLUMNS) + 1, "index", pd.Series([r.variant_index for r in records], dtype="Int64"))
         if include_results:
             df["result"] = pd.Series([r.result for r in records], dtype=object)
         df.attrs["total"] = len(records)
@@ -496,14 +547,30 @@ def flatten_spec(spec_dict) -> dict:
 def records_frame(records) -> pd.DataFrame:
     rows = []
     for r in records:
-        row = {"id": r.id, "user": r.user, "name": r.name, "model": r.model, "status": r.status,
-               "created": r.created, "finished": r.finished, "tags": tuple(r.tags), "started": r.started,
-               "error": r.error, "parent_id": r.parent_id, "variants_total": r.variants_total,
-               "variants_done": r.variants_done}
+        row = {
+            "id": r.id,
+            "user": r.user,
+            "name": r.name,
+            "model": r.model,
+            "status": r.status,
+            "created": r.created,
+            "finished": r.finished,
+            "tags": tuple(r.tags),
+            "started": r.started,
+            "error": r.error,
+            "parent_id": r.parent_id,
+            "variants_total": r.variants_total,
+            "variants_done": r.variants_done,
+        }
         if r.raw.HasField("spec"):
             # unset fields as their defaults (layer 0, mode "ZERO"), as the query language reads them
-            row.update(flatten_spec(json_format.MessageToDict(r.raw.spec, preserving_proto_field_name=True,
-                                                              always_print_fields_with_no_presence=True)))
+            row.update(
+                flatten_spec(
+                    json_format.MessageToDict(
+                        r.raw.spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                    )
+                )
+            )
         if r.result is not None:
             for m in r.result.raw.metrics:
                 for k in ("value", "baseline", "delta", "delta_pct"):

@@ -1,4 +1,5 @@
 """Every failed call raises LesionError: the gRPC status code and the server's message."""
+
 import functools
 
 import grpc
@@ -60,6 +61,7 @@ def wrap_rpc_error(error, rpc=None):
 
 def translate_errors(rpc):
     """Decorator: re-raise grpc.RpcError from the wrapped function as LesionError."""
+
     def deco(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
@@ -67,5 +69,7 @@ def translate_errors(rpc):
                 return fn(*args, **kwargs)
             except grpc.RpcError as e:
                 raise wrap_rpc_error(e, rpc) from e
+
         return inner
+
     return deco

@@ -5,6 +5,7 @@ The command line is built from the constants below (one place to change if lesio
 (REF: a model directory or file, or org/name[@revision] in lesiond's Hugging Face cache)
 and the client connects once lesiond prints READY_LINE on stdout.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,11 +26,11 @@ from .client import Client
 from .errors import LesionError
 
 FLAG_LISTEN = "--listen"
-FLAG_DB = "--db"          # lesiond also accepts --database
-FLAG_MODEL = "--model"    # NAME=REF
+FLAG_DB = "--db"  # lesiond also accepts --database
+FLAG_MODEL = "--model"  # NAME=REF
 READY_LINE = "lesiond listening on"
 ENV_BINARY = "LESIOND"
-STARTUP_TIMEOUT = 120.0   # seconds until READY_LINE (the model is loaded before it)
+STARTUP_TIMEOUT = 120.0  # seconds until READY_LINE (the model is loaded before it)
 
 
 def find_lesiond(explicit=None) -> Path:
@@ -57,8 +58,11 @@ def find_lesiond(explicit=None) -> Path:
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c
-    raise LesionError(None, "lesiond not found: pass lesiond=PATH, set $LESIOND, put it on PATH, or build it "
-                            "(build/server/lesiond)", rpc="local")
+    raise LesionError(
+        None,
+        "lesiond not found: pass lesiond=PATH, set $LESIOND, put it on PATH, or build it (build/server/lesiond)",
+        rpc="local",
+    )
 
 
 def free_port() -> int:
@@ -80,15 +84,24 @@ def model_reference(model) -> tuple:
         return (resolved.stem if resolved.is_file() else resolved.name), str(resolved)
     if "/" in text and not text.startswith(("/", ".", "~")):
         return re.split(r"[@/]", text.split("/", 1)[1], maxsplit=1)[0], text
-    raise LesionError(None, f"model directory not found: {text} (nor is it a Hugging Face model id "
-                            "org/name[@revision])", rpc="local")
+    raise LesionError(
+        None, f"model directory not found: {text} (nor is it a Hugging Face model id org/name[@revision])", rpc="local"
+    )
 
 
 def build_command(binary, model, port, db, extra_args=(), name=None):
     default_name, reference = model_reference(model)
     name = name or default_name
-    return [str(binary), FLAG_LISTEN, f"127.0.0.1:{port}", FLAG_DB, str(db), FLAG_MODEL,
-            f"{name}={reference}", *map(str, extra_args)]
+    return [
+        str(binary),
+        FLAG_LISTEN,
+        f"127.0.0.1:{port}",
+        FLAG_DB,
+        str(db),
+        FLAG_MODEL,
+        f"{name}={reference}",
+        *map(str, extra_args),
+    ]
 
 
 class _Process:
@@ -99,8 +112,9 @@ class _Process:
         self.lines = collections.deque(maxlen=200)
         self.ready = threading.Event()
         self.address = None
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+        )
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
 
@@ -157,8 +171,17 @@ def _cleanup(process, tmpdir):
         tmpdir.cleanup()
 
 
-def start_local(model_dir, port=None, db=None, lesiond=None, extra_args=(), startup_timeout=STARTUP_TIMEOUT,
-                env=None, name=None, **client_kwargs) -> LocalClient:
+def start_local(
+    model_dir,
+    port=None,
+    db=None,
+    lesiond=None,
+    extra_args=(),
+    startup_timeout=STARTUP_TIMEOUT,
+    env=None,
+    name=None,
+    **client_kwargs,
+) -> LocalClient:
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.\-]+", name)):
         raise LesionError(None, f"model name {name!r}: use letters, digits, '_', '-' and '.'", rpc="local")
     name = name or model_reference(model_dir)[0]
@@ -172,17 +195,21 @@ def start_local(model_dir, port=None, db=None, lesiond=None, extra_args=(), star
     process = _Process(cmd, env=env)
     try:
         if not process.ready.wait(startup_timeout):
-            raise LesionError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              f"lesiond did not print '{READY_LINE}' within {startup_timeout}s: {' '.join(cmd)}\n"
-                              f"{process.log()}", rpc="local")
+            raise LesionError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"lesiond did not print '{READY_LINE}' within {startup_timeout}s: {' '.join(cmd)}\n{process.log()}",
+                rpc="local",
+            )
         if process.address is None:  # output ended before the ready line: the process exited
             try:
                 rc = process.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 rc = "unknown (closed its output)"
-            raise LesionError(grpc.StatusCode.UNAVAILABLE,
-                              f"lesiond exited with status {rc} before '{READY_LINE}': {' '.join(cmd)}\n"
-                              f"{process.log()}", rpc="local")
+            raise LesionError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"lesiond exited with status {rc} before '{READY_LINE}': {' '.join(cmd)}\n{process.log()}",
+                rpc="local",
+            )
     except BaseException:
         _cleanup(process, tmpdir)
         raise

@@ -1,6 +1,7 @@
 """Figures of the outlier papers, with matplotlib's object API only (no pyplot state, no GUI backend:
 safe under Agg, in notebooks and on servers). Every function returns the Figure; ``save=PATH`` also
 writes it as PNG (``dpi=`` sets the resolution)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,10 @@ def _set_layer_ticks(ax, df, max_labels=16):
 
 # ------------------------------------------------------------------------------ per-layer magnitudes
 
-def layer_magnitudes(result: Result, site="blocks.*.resid_post", pass_="baseline", title=None, save=None,
-                     dpi=150, figsize=(6.4, 4.0)):
+
+def layer_magnitudes(
+    result: Result, site="blocks.*.resid_post", pass_="baseline", title=None, save=None, dpi=150, figsize=(6.4, 4.0)
+):
     """Per-layer top-1/2/3 and median |activation| on a log scale (Sun et al. 2024, Fig. 1)."""
     df = _layer_frame(result, site, pass_)
     fig = Figure(figsize=figsize)
@@ -67,8 +70,18 @@ def layer_magnitudes(result: Result, site="blocks.*.resid_post", pass_="baseline
     return _finish(fig, save, dpi)
 
 
-def compare(result_a: Result, result_b: Result | None = None, site="blocks.*.resid_post", stat="top1",
-            labels=None, pass_="intervened", title=None, save=None, dpi=150, figsize=(6.4, 4.0)):
+def compare(
+    result_a: Result,
+    result_b: Result | None = None,
+    site="blocks.*.resid_post",
+    stat="top1",
+    labels=None,
+    pass_="intervened",
+    title=None,
+    save=None,
+    dpi=150,
+    figsize=(6.4, 4.0),
+):
     """Before / after, per layer, of ``stat`` (top1, top2, top3, median, mean_abs) on a log scale:
     with one result its baseline vs intervened pass; with two, ``pass_`` of each."""
     if result_b is None:
@@ -97,6 +110,7 @@ def compare(result_a: Result, result_b: Result | None = None, site="blocks.*.res
 
 # ------------------------------------------------------------------------------------- 3D surface
 
+
 def _peak_bins(a, n):
     """Max over ~equal bins along the last axis, so a few huge dims survive downsampling."""
     if a.shape[-1] <= n:
@@ -105,8 +119,20 @@ def _peak_bins(a, n):
     return np.stack([a[..., s:e].max(axis=-1) for s, e in zip(edges[:-1], edges[1:])], axis=-1), edges[:-1]
 
 
-def activation_surface(capture, window=0, dims=None, tokens=None, max_dims=512, max_tokens=256, title=None,
-                       cmap="coolwarm", save=None, dpi=150, figsize=(7.0, 5.5), token_labels=None):
+def activation_surface(
+    capture,
+    window=0,
+    dims=None,
+    tokens=None,
+    max_dims=512,
+    max_tokens=256,
+    title=None,
+    cmap="coolwarm",
+    save=None,
+    dpi=150,
+    figsize=(7.0, 5.5),
+    token_labels=None,
+):
     """3D surface of |activation| over tokens x feature dims for one site (Sun et al.'s 3D plots), from a
     capture array [windows, positions, d] (or [positions, d]). ``dims`` / ``tokens`` select indices;
     beyond ``max_dims`` dims are max-pooled into bins so massive activations stay visible."""
@@ -114,8 +140,9 @@ def activation_surface(capture, window=0, dims=None, tokens=None, max_dims=512, 
     if a.ndim == 3:
         a = a[window]
     if a.ndim != 2:
-        raise ValueError(f"activation_surface: expected [windows, positions, d] or [positions, d], got shape "
-                         f"{np.shape(capture)}")
+        raise ValueError(
+            f"activation_surface: expected [windows, positions, d] or [positions, d], got shape {np.shape(capture)}"
+        )
     token_idx = np.arange(a.shape[0]) if tokens is None else np.asarray(tokens)
     a = a[token_idx]
     if dims is not None:
@@ -144,6 +171,7 @@ def activation_surface(capture, window=0, dims=None, tokens=None, max_dims=512, 
 
 # ------------------------------------------------------------------------------------ attention sink
 
+
 def _sink(result, pass_):
     _check_pass(pass_)
     s = result.attention_sink
@@ -153,15 +181,17 @@ def _sink(result, pass_):
     return arr, s.layers
 
 
-def attention_sink_heatmap(result: Result, pass_="baseline", annotate=None, title=None, cmap="viridis", save=None,
-                           dpi=150, figsize=None):
+def attention_sink_heatmap(
+    result: Result, pass_="baseline", annotate=None, title=None, cmap="viridis", save=None, dpi=150, figsize=None
+):
     """Layers x heads heat map of the attention-sink score (mean probability on key 0)."""
     arr, layers = _sink(result, pass_)
     n_layers, n_heads = arr.shape
     fig = Figure(figsize=figsize or (max(4.0, 0.5 * n_heads + 2), max(3.0, 0.4 * n_layers + 1.5)))
     ax = fig.add_subplot()
-    im = ax.imshow(arr, vmin=0.0, vmax=max(1e-9, float(arr.max()), 1.0 if arr.max() > 0.5 else 0.0),
-                   cmap=cmap, aspect="auto")
+    im = ax.imshow(
+        arr, vmin=0.0, vmax=max(1e-9, float(arr.max()), 1.0 if arr.max() > 0.5 else 0.0), cmap=cmap, aspect="auto"
+    )
     fig.colorbar(im, ax=ax, label="attention on token 0")
     ax.set_xticks(np.arange(n_heads), [str(h) for h in range(n_heads)])
     ax.set_yticks(np.arange(n_layers), [str(l) for l in layers])
@@ -172,18 +202,23 @@ def attention_sink_heatmap(result: Result, pass_="baseline", annotate=None, titl
     if annotate:
         for i in range(n_layers):
             for j in range(n_heads):
-                ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if arr[i, j] < 0.5 * max(arr.max(), 1e-9) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{arr[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if arr[i, j] < 0.5 * max(arr.max(), 1e-9) else "black",
+                )
     ax.set_title(title or f"attention sink ({pass_})")
     return _finish(fig, save, dpi)
 
 
-def attention_sink_ranking(result: Result, pass_="baseline", top=None, title=None, save=None, dpi=150,
-                           figsize=None):
+def attention_sink_ranking(result: Result, pass_="baseline", top=None, title=None, save=None, dpi=150, figsize=None):
     """Every head sorted by its attention-sink score, largest first (``top``: only the first n)."""
     arr, layers = _sink(result, pass_)
-    items = sorted(((arr[i, h], f"L{l}.H{h}") for i, l in enumerate(layers) for h in range(arr.shape[1])),
-                   reverse=True)
+    items = sorted(((arr[i, h], f"L{l}.H{h}") for i, l in enumerate(layers) for h in range(arr.shape[1])), reverse=True)
     if top:
         items = items[:top]
     scores = [s for s, _ in items]
@@ -201,6 +236,7 @@ def attention_sink_ranking(result: Result, pass_="baseline", top=None, title=Non
 
 # ------------------------------------------------------------------------ perplexity per ablated head
 
+
 def _head_label(layer, heads):
     if isinstance(heads, (list, tuple)):
         heads = ",".join(str(h) for h in heads)
@@ -210,31 +246,35 @@ def _head_label(layer, heads):
 def _sweep_rows(data, metric):
     """(labels, deltas) of a sweep: a parent Result (or a record holding one), its ``Result.sweep``
     table, or ``Client.variants()``'s frame; None when ``data`` is none of these."""
-    if hasattr(data, "result") and isinstance(getattr(data, "result"), Result):  # an ExperimentRecord
+    if hasattr(data, "result") and isinstance(data.result, Result):  # an ExperimentRecord
         data = data.result
     if isinstance(data, Result):
         if not data.is_sweep:
-            raise ValueError("perplexity_change_per_head: this Result is not a sweep's parent (no sweep table); "
-                             "pass the experiments' DataFrame, records or {label: Result}")
+            raise ValueError(
+                "perplexity_change_per_head: this Result is not a sweep's parent (no sweep table); "
+                "pass the experiments' DataFrame, records or {label: Result}"
+            )
         data = data.sweep
     if not isinstance(data, pd.DataFrame):
         return None
     if "variant" in data.columns:  # Client.variants()
         col = f"metric.{metric}.delta_pct"
         if col not in data.columns:
-            raise ValueError(f"perplexity_change_per_head: the variants frame lacks {col!r} "
-                             f"(Client.variants(..., metrics=True))")
+            raise ValueError(
+                f"perplexity_change_per_head: the variants frame lacks {col!r} (Client.variants(..., metrics=True))"
+            )
         return [str(n) for n in data["variant"]], [float(d) for d in data[col]]
     if {"name", "experiment_id", "perplexity_delta_pct"} <= set(data.columns):  # Result.sweep
         if metric != "perplexity":
-            raise ValueError(f"perplexity_change_per_head: a sweep's table has the perplexity change only, not "
-                             f"{metric!r}; pass Client.variants(parent_id) for other metrics")
+            raise ValueError(
+                f"perplexity_change_per_head: a sweep's table has the perplexity change only, not "
+                f"{metric!r}; pass Client.variants(parent_id) for other metrics"
+            )
         return [str(n) for n in data["name"]], [float(d) for d in data["perplexity_delta_pct"]]
     return None
 
 
-def perplexity_change_per_head(data, metric="perplexity", title=None, sort=False, save=None, dpi=150,
-                               figsize=None):
+def perplexity_change_per_head(data, metric="perplexity", title=None, sort=False, save=None, dpi=150, figsize=None):
     """Bar chart of the perplexity change (delta %) per ablated head.
 
     ``data``: a sweep's parent Result (``client.run(spec_with_a_HeadSweep)``), its ``.sweep`` table, or

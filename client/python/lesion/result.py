@@ -1,4 +1,5 @@
 """ExperimentResult (proto/lesion/v1/result.proto) as Python objects, numpy arrays and DataFrames."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -12,8 +13,15 @@ import pandas as pd
 
 PASSES = ("baseline", "intervened")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
-_DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int32": "<i4", "int64": "<i8",
-           "int8": "i1", "uint8": "u1"}
+_DTYPES = {
+    "float32": "<f4",
+    "float16": "<f2",
+    "float64": "<f8",
+    "int32": "<i4",
+    "int64": "<i8",
+    "int8": "i1",
+    "uint8": "u1",
+}
 
 
 def site_layer(site):
@@ -42,6 +50,7 @@ def decode_tensor(t) -> np.ndarray:
 
 class SinkScores(NamedTuple):
     """Attention-sink scores of both passes: arrays [len(layers), n_heads] (None if not measured)."""
+
     baseline: np.ndarray | None
     intervened: np.ndarray | None
     layers: list
@@ -50,6 +59,7 @@ class SinkScores(NamedTuple):
 @dataclass(frozen=True)
 class PerplexityPair:
     """Baseline and intervened perplexity; unpacks as ``baseline, intervened = r.perplexity``."""
+
     baseline: float
     intervened: float
     baseline_nll: float
@@ -88,24 +98,32 @@ class Result:
     @classmethod
     def from_json(cls, text_or_dict):
         from google.protobuf import json_format
+
         from ._proto import result_pb2
+
         d = json.loads(text_or_dict) if isinstance(text_or_dict, (str, bytes)) else text_or_dict
         return cls(json_format.ParseDict(d, result_pb2.ExperimentResult()))
 
     def to_dict(self):
         from google.protobuf import json_format
-        return json_format.MessageToDict(self.raw, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+
+        return json_format.MessageToDict(
+            self.raw, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
 
     def to_json(self, indent=None):
         return json.dumps(self.to_dict(), indent=indent)
 
     def __repr__(self):
         if self.is_sweep:
-            ppl = (f", baseline ppl {self.raw.baseline.perplexity.ppl:.4g}"
-                   if self.raw.baseline.HasField("perplexity") else "")
-            return (f"<lesion.Result sweep of {len(self.raw.sweep.variants)} variants{ppl}, "
-                    f"model {self.raw.run.model!r}>")
+            ppl = (
+                f", baseline ppl {self.raw.baseline.perplexity.ppl:.4g}"
+                if self.raw.baseline.HasField("perplexity")
+                else ""
+            )
+            return (
+                f"<lesion.Result sweep of {len(self.raw.sweep.variants)} variants{ppl}, model {self.raw.run.model!r}>"
+            )
         ppl = ""
         if self.raw.baseline.HasField("perplexity"):
             p = self.perplexity
@@ -132,8 +150,13 @@ class Result:
     def metric(self, name) -> dict:
         for m in self.raw.metrics:
             if m.name == name:
-                return {"name": m.name, "baseline": m.baseline, "value": m.value, "delta": m.delta,
-                        "delta_pct": m.delta_pct}
+                return {
+                    "name": m.name,
+                    "baseline": m.baseline,
+                    "value": m.value,
+                    "delta": m.delta,
+                    "delta_pct": m.delta_pct,
+                }
         raise KeyError(f"no metric {name!r}; have: {', '.join(m.name for m in self.raw.metrics)}")
 
     @property
@@ -145,10 +168,24 @@ class Result:
             return None
         if self.is_sweep:
             nan = float("nan")
-            return PerplexityPair(b.perplexity.ppl, nan, b.perplexity.mean_nll, nan, int(b.perplexity.n_tokens),
-                                  int(b.perplexity.n_windows), b.perplexity.protocol)
-        return PerplexityPair(b.perplexity.ppl, i.perplexity.ppl, b.perplexity.mean_nll, i.perplexity.mean_nll,
-                              int(b.perplexity.n_tokens), int(b.perplexity.n_windows), b.perplexity.protocol)
+            return PerplexityPair(
+                b.perplexity.ppl,
+                nan,
+                b.perplexity.mean_nll,
+                nan,
+                int(b.perplexity.n_tokens),
+                int(b.perplexity.n_windows),
+                b.perplexity.protocol,
+            )
+        return PerplexityPair(
+            b.perplexity.ppl,
+            i.perplexity.ppl,
+            b.perplexity.mean_nll,
+            i.perplexity.mean_nll,
+            int(b.perplexity.n_tokens),
+            int(b.perplexity.n_windows),
+            b.perplexity.protocol,
+        )
 
     # -- sweeps
     @property
@@ -163,8 +200,10 @@ class Result:
         child; empty for local runs), perplexity, perplexity_delta_pct (against the shared baseline),
         kl_divergence (0 without the measures). ``df.attrs["variants_per_pass"]``: as run. Empty for
         a result that is not a sweep's."""
-        rows = [(v.name, v.experiment_id, v.perplexity, v.perplexity_delta_pct, v.kl_divergence)
-                for v in self.raw.sweep.variants]
+        rows = [
+            (v.name, v.experiment_id, v.perplexity, v.perplexity_delta_pct, v.kl_divergence)
+            for v in self.raw.sweep.variants
+        ]
         df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
         df.attrs["variants_per_pass"] = int(self.raw.sweep.variants_per_pass)
         return df
@@ -176,8 +215,10 @@ class Result:
     @property
     def run(self) -> dict:
         from google.protobuf import json_format
-        d = json_format.MessageToDict(self.raw.run, preserving_proto_field_name=True,
-                                      always_print_fields_with_no_presence=True)
+
+        d = json_format.MessageToDict(
+            self.raw.run, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
         d["forward_passes"] = int(d.get("forward_passes", 0))
         return d
 
@@ -199,8 +240,7 @@ class Result:
                     row.update(max1_sequence=int(t.sequence), max1_token=int(t.token), max1_dim=int(t.dim))
                 row.update(median=s.median, mean_abs=s.mean_abs, n_windows=int(s.n_windows))
                 rows.append(row)
-        df = pd.DataFrame(rows, columns=None if rows else ["pass", "site", "layer", "median", "mean_abs",
-                                                           "n_windows"])
+        df = pd.DataFrame(rows, columns=None if rows else ["pass", "site", "layer", "median", "mean_abs", "n_windows"])
         if len(df):
             df["layer"] = df["layer"].astype("Int64")
         return df
@@ -248,8 +288,7 @@ class Result:
 
     @property
     def token_probabilities(self) -> pd.DataFrame:
-        rows = [(p, t.token_id, t.token, t.mean_probability)
-                for p in PASSES for t in self._pass(p).token_probabilities]
+        rows = [(p, t.token_id, t.token, t.mean_probability) for p in PASSES for t in self._pass(p).token_probabilities]
         return pd.DataFrame(rows, columns=["pass", "token_id", "token", "mean_probability"])
 
     @property
@@ -280,10 +319,22 @@ class Result:
         for p in PASSES:
             for r in self._pass(p).massive_activations:
                 for a in r.top:
-                    rows.append((p, r.site, site_layer(r.site), int(a.sequence), int(a.token), int(a.dim),
-                                 a.value, a.ratio, int(r.count)))
-        return pd.DataFrame(rows, columns=["pass", "site", "layer", "sequence", "token", "dim", "value", "ratio",
-                                           "count"])
+                    rows.append(
+                        (
+                            p,
+                            r.site,
+                            site_layer(r.site),
+                            int(a.sequence),
+                            int(a.token),
+                            int(a.dim),
+                            a.value,
+                            a.ratio,
+                            int(r.count),
+                        )
+                    )
+        return pd.DataFrame(
+            rows, columns=["pass", "site", "layer", "sequence", "token", "dim", "value", "ratio", "count"]
+        )
 
     @property
     def massive_activation_counts(self) -> pd.DataFrame:
@@ -292,8 +343,18 @@ class Result:
 
     @property
     def super_weights(self) -> pd.DataFrame:
-        cols = ["layer", "row", "col", "weight", "sequence", "token", "input_spike", "output_spike",
-                "input_ratio", "output_ratio"]
+        cols = [
+            "layer",
+            "row",
+            "col",
+            "weight",
+            "sequence",
+            "token",
+            "input_spike",
+            "output_spike",
+            "input_ratio",
+            "output_ratio",
+        ]
         rows = []
         for p in PASSES:
             for w in self._pass(p).super_weights:
@@ -303,12 +364,16 @@ class Result:
 
     @property
     def norm_outliers(self) -> pd.DataFrame:
-        rows = [(p, o.norm, o.layer, int(o.channel), o.gamma, o.z, o.median)
-                for p in PASSES for o in self._pass(p).norm_outliers]
+        rows = [
+            (p, o.norm, o.layer, int(o.channel), o.gamma, o.z, o.median)
+            for p in PASSES
+            for o in self._pass(p).norm_outliers
+        ]
         return pd.DataFrame(rows, columns=["pass", "norm", "layer", "channel", "gamma", "z", "median"])
 
     @property
     def attention_outliers(self) -> pd.DataFrame:
-        rows = [(p, o.layer, o.head, int(o.key_position), o.mass)
-                for p in PASSES for o in self._pass(p).attention_outliers]
+        rows = [
+            (p, o.layer, o.head, int(o.key_position), o.mass) for p in PASSES for o in self._pass(p).attention_outliers
+        ]
         return pd.DataFrame(rows, columns=["pass", "layer", "head", "key_position", "mass"])

@@ -1,4 +1,5 @@
 """Shared fixtures: a hand-built ExperimentResult, and a real lesiond (skipped until it is built)."""
+
 import os
 from pathlib import Path
 
@@ -33,8 +34,9 @@ def make_pass(scale, sink_shift=0.0):
     e.mean_top.extend([1.0, 0.9, 0.8])
     p.attention_sink.layers.extend(range(N_LAYERS))
     p.attention_sink.n_heads = N_HEADS
-    p.attention_sink.scores.extend([min(1.0, (l * N_HEADS + h) / 40.0 + sink_shift)
-                                    for l in range(N_LAYERS) for h in range(N_HEADS)])
+    p.attention_sink.scores.extend(
+        [min(1.0, (l * N_HEADS + h) / 40.0 + sink_shift) for l in range(N_LAYERS) for h in range(N_HEADS)]
+    )
     tp = p.token_probabilities.add()
     tp.token_id, tp.token, tp.mean_probability = 426, "the", 0.05 * scale
     cap = p.captures.add()
@@ -50,7 +52,14 @@ def make_pass(scale, sink_shift=0.0):
     a.sequence, a.token, a.dim, a.value, a.ratio = 0, 0, 30, -1500.0, 3000.0
     sw = p.super_weights.add()
     sw.layer, sw.row, sw.col, sw.weight = 1, 30, 7, -0.25 * scale
-    sw.sequence, sw.token, sw.input_spike, sw.output_spike, sw.input_ratio, sw.output_ratio = 0, 0, 9.0, 800.0, 150.0, 2000.0
+    sw.sequence, sw.token, sw.input_spike, sw.output_spike, sw.input_ratio, sw.output_ratio = (
+        0,
+        0,
+        9.0,
+        800.0,
+        150.0,
+        2000.0,
+    )
     no = p.norm_outliers.add()
     no.norm, no.layer, no.channel, no.gamma, no.z, no.median = "mlp", 2, 30, 5.0 * scale, 12.0, 1.0
     ao = p.attention_outliers.add()
@@ -63,8 +72,12 @@ def make_result():
     r.baseline.CopyFrom(make_pass(1.0))
     r.intervened.CopyFrom(make_pass(1.5, sink_shift=-0.1))
     r.kl_divergence = 0.0063
-    for name, b, v in [("perplexity", 4.0, 6.0), ("mean_nll", float(np.log(4.0)), float(np.log(6.0))),
-                       ("top1:blocks.0.resid_post", 100.0, 150.0), ("kl_divergence", 0.0, 0.0063)]:
+    for name, b, v in [
+        ("perplexity", 4.0, 6.0),
+        ("mean_nll", float(np.log(4.0)), float(np.log(6.0))),
+        ("top1:blocks.0.resid_post", 100.0, 150.0),
+        ("kl_divergence", 0.0, 0.0063),
+    ]:
         m = r.metrics.add()
         m.name, m.baseline, m.value, m.delta = name, b, v, v - b
         m.delta_pct = 100.0 * (v - b) / abs(b) if b else 0.0
@@ -81,6 +94,7 @@ def result_proto():
 @pytest.fixture
 def result(result_proto):
     import lesion
+
     return lesion.Result(result_proto)
 
 
@@ -90,6 +104,7 @@ def server(tmp_path_factory):
     if not (LESIOND.is_file() and os.access(LESIOND, os.X_OK)):
         pytest.skip(f"lesiond not built at {LESIOND} (build it, or set LESIOND)")
     import lesion
+
     db = tmp_path_factory.mktemp("lesiond") / "lesion.db"
     client = lesion.Client.local(STORIES, db=db, lesiond=LESIOND, timeout=60)
     yield client

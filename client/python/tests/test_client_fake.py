@@ -1,5 +1,6 @@
 """The Client against an in-process fake lesiond (the generated servicer on a loopback grpc.server):
 metadata, every RPC's request/response mapping, watch + progress, error wrapping, the DataFrame."""
+
 from concurrent import futures
 
 import grpc
@@ -7,10 +8,9 @@ import numpy as np
 import pytest
 
 import lesion
+from conftest import make_result
 from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc
 from lesion.errors import wrap_rpc_error
-
-from conftest import make_result
 
 
 class FakeRpcError(grpc.RpcError):
@@ -25,8 +25,9 @@ class FakeRpcError(grpc.RpcError):
 
 
 def test_error_wrapping_of_a_fake_rpc_error():
-    e = wrap_rpc_error(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "interventions[0].head_ablation: layer 9"),
-                       "SubmitExperiment")
+    e = wrap_rpc_error(
+        FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "interventions[0].head_ablation: layer 9"), "SubmitExperiment"
+    )
     assert isinstance(e, lesion.InvalidArgument) and isinstance(e, lesion.LesionError)
     assert e.code is grpc.StatusCode.INVALID_ARGUMENT and "layer 9" in e.details and e.rpc == "SubmitExperiment"
     assert str(e) == "SubmitExperiment: INVALID_ARGUMENT: interventions[0].head_ablation: layer 9"
@@ -39,9 +40,11 @@ def sweep_variants(spec):
     axis (enough for the client's side)."""
     axis = spec.sweep.axes[0]
     if axis.WhichOneof("kind") == "heads":
-        return [(f"L{l}.H{h}", [experiment_pb2.Intervention(head_ablation=experiment_pb2.HeadAblation(
-                    layer=l, heads=[h]))])
-                for l in (axis.heads.layers or range(5)) for h in (axis.heads.heads or range(8))]
+        return [
+            (f"L{l}.H{h}", [experiment_pb2.Intervention(head_ablation=experiment_pb2.HeadAblation(layer=l, heads=[h]))])
+            for l in (axis.heads.layers or range(5))
+            for h in (axis.heads.heads or range(8))
+        ]
     return [(v.name or f"v{i}", list(v.interventions)) for i, v in enumerate(axis.variants.variants)]
 
 
@@ -60,8 +63,13 @@ class Fake(service_pb2_grpc.LesionServicer):
 
     def ListModels(self, request, context):
         self._auth(context)
-        return service_pb2.ListModelsResponse(models=[service_pb2.ModelInfo(
-            name="stories260K", architecture="LlamaForCausalLM", n_layers=5, n_heads=8, n_params=260000)])
+        return service_pb2.ListModelsResponse(
+            models=[
+                service_pb2.ModelInfo(
+                    name="stories260K", architecture="LlamaForCausalLM", n_layers=5, n_heads=8, n_params=260000
+                )
+            ]
+        )
 
     def LoadModel(self, request, context):
         self._auth(context)
@@ -78,8 +86,17 @@ class Fake(service_pb2_grpc.LesionServicer):
 
     def _new(self, spec, status=service_pb2.QUEUED):
         eid = f"e{len(self.experiments) + 1}"
-        e = service_pb2.Experiment(id=eid, user="alice", name=spec.name, tags=spec.tags, model=spec.model, spec=spec,
-                                   status=status, created_unix_micros=1_700_000_000_000_000, queue_position=1)
+        e = service_pb2.Experiment(
+            id=eid,
+            user="alice",
+            name=spec.name,
+            tags=spec.tags,
+            model=spec.model,
+            spec=spec,
+            status=status,
+            created_unix_micros=1_700_000_000_000_000,
+            queue_position=1,
+        )
         self.experiments[eid] = e
         return e
 
@@ -99,8 +116,15 @@ class Fake(service_pb2_grpc.LesionServicer):
                 child_spec.name = f"{request.spec.name}/{name}" if request.spec.name else name
                 cid = f"{parent.id}.{i}"
                 self.experiments[cid] = service_pb2.Experiment(
-                    id=cid, user="alice", name=child_spec.name, model=child_spec.model, spec=child_spec,
-                    status=service_pb2.QUEUED, parent_id=parent.id, created_unix_micros=parent.created_unix_micros)
+                    id=cid,
+                    user="alice",
+                    name=child_spec.name,
+                    model=child_spec.model,
+                    spec=child_spec,
+                    status=service_pb2.QUEUED,
+                    parent_id=parent.id,
+                    created_unix_micros=parent.created_unix_micros,
+                )
         return parent
 
     def _finish_sweep(self, parent):
@@ -116,8 +140,13 @@ class Fake(service_pb2_grpc.LesionServicer):
             m = child.result.metrics[0]
             m.value, m.delta, m.delta_pct = 4.0 * (1 + i / 100), 0.04 * i, float(i)
             name = child.name.split("/", 1)[1] if "/" in child.name else child.name
-            parent.result.sweep.variants.add(name=name, experiment_id=child.id, perplexity=m.value,
-                                             perplexity_delta_pct=m.delta_pct, kl_divergence=0.001 * i)
+            parent.result.sweep.variants.add(
+                name=name,
+                experiment_id=child.id,
+                perplexity=m.value,
+                perplexity_delta_pct=m.delta_pct,
+                kl_divergence=0.001 * i,
+            )
 
     def WatchExperiment(self, request, context):
         self._auth(context)
@@ -178,7 +207,7 @@ class Fake(service_pb2_grpc.LesionServicer):
             exps.sort(key=lambda e: e.id)  # as text, like the server: "p.10" before "p.2"
         limit = min(request.limit or 100, self.page_cap or 10000)
         page = []
-        for e in exps[request.offset:request.offset + limit]:
+        for e in exps[request.offset : request.offset + limit]:
             out = service_pb2.Experiment()
             out.CopyFrom(e)
             if not request.include_results:
@@ -190,8 +219,10 @@ class Fake(service_pb2_grpc.LesionServicer):
         self._auth(context)
         e = self.experiments[request.id]
         if e.parent_id:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"experiment {e.id} is a variant of sweep {e.parent_id}: cancel the sweep")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"experiment {e.id} is a variant of sweep {e.parent_id}: cancel the sweep",
+            )
         if e.status == service_pb2.DONE:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"experiment {request.id} is DONE")
         e.status = service_pb2.CANCELLED
@@ -214,9 +245,14 @@ def fake():
 
 
 def spec(name="ppl", model="stories260K"):
-    return lesion.Experiment(model=model, name=name, tags=["t"], dataset=lesion.Dataset.named("tinystories-sample"),
-                             interventions=[lesion.HeadAblation(layer=1, heads=[3])],
-                             measurements=[lesion.Perplexity(), lesion.Capture(sites=["blocks.0.resid_post"])])
+    return lesion.Experiment(
+        model=model,
+        name=name,
+        tags=["t"],
+        dataset=lesion.Dataset.named("tinystories-sample"),
+        interventions=[lesion.HeadAblation(layer=1, heads=[3])],
+        measurements=[lesion.Perplexity(), lesion.Capture(sites=["blocks.0.resid_post"])],
+    )
 
 
 def test_metadata_models_and_admin_calls(fake):
@@ -306,7 +342,12 @@ def test_experiments_frame(fake):
     c.submit(spec("two"))
     df = c.experiments(where='model = "stories260K"', order_by="created desc", limit=10)
     req = servicer.requests[-1]
-    assert (req.where, req.order_by, req.limit, req.include_results) == ('model = "stories260K"', "created desc", 10, True)
+    assert (req.where, req.order_by, req.limit, req.include_results) == (
+        'model = "stories260K"',
+        "created desc",
+        10,
+        True,
+    )
     assert list(df.columns[:8]) == ["id", "user", "name", "model", "status", "created", "finished", "tags"]
     assert df.attrs["total"] == 2 and list(df["status"]) == ["DONE", "QUEUED"]
     assert df.loc[0, "metric.perplexity.delta_pct"] == 50.0 and df.loc[0, "metric.perplexity.value"] == 6.0
@@ -332,9 +373,14 @@ def test_unreachable_server_is_a_lesion_error():
 
 def test_local_passes_hugging_face_cache_references_through(tmp_path, monkeypatch):
     from lesion import local
+
     monkeypatch.chdir(tmp_path)
-    for ref, name in [("openai-community/gpt2", "gpt2"), ("org/m@v1.0", "m"), ("org/m@some/branch", "m"),
-                      ("org/q-GGUF/q.Q8_0.gguf", "q-GGUF")]:
+    for ref, name in [
+        ("openai-community/gpt2", "gpt2"),
+        ("org/m@v1.0", "m"),
+        ("org/m@some/branch", "m"),
+        ("org/q-GGUF/q.Q8_0.gguf", "q-GGUF"),
+    ]:
         assert local.model_reference(ref) == (name, ref)
         assert local.build_command("/bin/lesiond", ref, 5000, "db")[-1] == f"{name}={ref}"
     (tmp_path / "org" / "m").mkdir(parents=True)  # an existing directory wins
@@ -346,22 +392,30 @@ def test_local_passes_hugging_face_cache_references_through(tmp_path, monkeypatc
 
 def test_local_command_line_and_errors(tmp_path, monkeypatch):
     from lesion import local
+
     cmd = local.build_command("/bin/lesiond", tmp_path, 5000, tmp_path / "db")
-    assert cmd == ["/bin/lesiond", "--listen", "127.0.0.1:5000", "--db", str(tmp_path / "db"), "--model",
-                   f"{tmp_path.name}={tmp_path}"]
+    assert cmd == [
+        "/bin/lesiond",
+        "--listen",
+        "127.0.0.1:5000",
+        "--db",
+        str(tmp_path / "db"),
+        "--model",
+        f"{tmp_path.name}={tmp_path}",
+    ]
     with pytest.raises(lesion.LesionError, match="model directory not found"):
         lesion.Client.local(tmp_path / "missing")
     with pytest.raises(lesion.LesionError, match="lesiond binary not found"):
         lesion.Client.local(tmp_path, lesiond=tmp_path / "no-such-binary")
     # a "server" that exits at once: the error carries its output
     fake = tmp_path / "lesiond"
-    fake.write_text("#!/bin/sh\necho \"bad flag $1\" >&2\nexit 3\n")
+    fake.write_text('#!/bin/sh\necho "bad flag $1" >&2\nexit 3\n')
     fake.chmod(0o755)
     with pytest.raises(lesion.LesionError, match="exited with status 3") as ei:
         lesion.Client.local(tmp_path, lesiond=fake)
     assert "bad flag --listen" in ei.value.details
     # one that prints the ready line and serves nothing: Client.local returns, close() stops it
-    fake.write_text("#!/bin/sh\necho \"lesiond listening on 127.0.0.1:$(echo $2 | cut -d: -f2)\"\nexec sleep 60\n")
+    fake.write_text('#!/bin/sh\necho "lesiond listening on 127.0.0.1:$(echo $2 | cut -d: -f2)"\nexec sleep 60\n')
     c = lesion.Client.local(tmp_path, lesiond=fake, startup_timeout=10)
     assert c.model == tmp_path.name and c.address.startswith("127.0.0.1:") and c.process.proc.poll() is None
     c.close()
@@ -383,8 +437,13 @@ def test_local_command_line_and_errors(tmp_path, monkeypatch):
 
 
 def head_sweep_spec(name="heads"):
-    return lesion.Experiment(model="stories260K", name=name, dataset=lesion.Dataset.named("tinystories-sample"),
-                             measurements=[lesion.Perplexity()], sweep=lesion.Sweep([lesion.HeadSweep()]))
+    return lesion.Experiment(
+        model="stories260K",
+        name=name,
+        dataset=lesion.Dataset.named("tinystories-sample"),
+        measurements=[lesion.Perplexity()],
+        sweep=lesion.Sweep([lesion.HeadSweep()]),
+    )
 
 
 def test_sweep_run_progress_and_result(fake, capsys):
@@ -430,8 +489,18 @@ def test_variants_pages_through_every_child(fake):
     assert [r.offset for r in lists] == [0, 7, 14, 21, 28, 35]
     assert all(r.limit == 10000 and r.include_results and r.where == f'parent = "{h.id}"' for r in lists)
     assert len(df) == 40 and df.attrs["total"] == 40 and df.attrs["parent"] == h.id
-    assert list(df.columns[:10]) == ["id", "user", "name", "model", "status", "created", "finished", "tags",
-                                     "variant", "index"]
+    assert list(df.columns[:10]) == [
+        "id",
+        "user",
+        "name",
+        "model",
+        "status",
+        "created",
+        "finished",
+        "tags",
+        "variant",
+        "index",
+    ]
     assert list(df["index"]) == list(range(40)) and list(df["id"]) == [f"{h.id}.{i}" for i in range(40)]
     assert df.loc[13, "variant"] == "L1.H5" and (df["status"] == "DONE").all() and (df["parent_id"] == h.id).all()
     assert df.loc[13, "metric.perplexity.delta_pct"] == 13.0
@@ -463,10 +532,16 @@ def test_variants_pages_through_every_child(fake):
 def test_variants_of_an_unnamed_sweep_in_progress(fake):
     servicer, address = fake
     c = lesion.Client(address, timeout=5)
-    h = c.submit(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.text("hi"),
-                                   measurements=[lesion.Perplexity()],
-                                   sweep=lesion.Variants([("a", lesion.HeadAblation(0, [1])),
-                                                          lesion.Variant("b", [lesion.HeadAblation(1, [2])])])))
+    h = c.submit(
+        lesion.Experiment(
+            model="stories260K",
+            dataset=lesion.Dataset.text("hi"),
+            measurements=[lesion.Perplexity()],
+            sweep=lesion.Variants(
+                [("a", lesion.HeadAblation(0, [1])), lesion.Variant("b", [lesion.HeadAblation(1, [2])])]
+            ),
+        )
+    )
     df = c.variants(h.id)  # queued: no parent table yet, the names come from the children's
     assert df["variant"].tolist() == ["a", "b"] and df["status"].tolist() == ["QUEUED", "QUEUED"]
     assert "metric.perplexity.value" not in df.columns

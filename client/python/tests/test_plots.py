@@ -1,4 +1,5 @@
 """Every plot renders to a valid, non-trivial PNG."""
+
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def check_png(path, fig):
     from matplotlib.figure import Figure
+
     assert isinstance(fig, Figure)
     assert path.is_file() and path.stat().st_size > 5000
     assert path.read_bytes()[:8] == PNG
@@ -26,6 +28,7 @@ def test_layer_magnitudes(result, tmp_path):
 
 def test_layer_labels_stay_readable_at_30_layers():
     from lesion._proto import result_pb2
+
     r = result_pb2.ExperimentResult()
     for l in range(30):
         s = r.baseline.activation_stats.add()
@@ -70,9 +73,13 @@ def test_attention_sink_plots(result, tmp_path):
 
 
 def test_perplexity_change_per_head(result, tmp_path):
-    df = pd.DataFrame({"intervention.head_ablation.layer": [0, 0, 1],
-                       "intervention.head_ablation.heads": [(0,), (1,), (0,)],
-                       "metric.perplexity.delta_pct": [1.5, -0.5, 30.0]})
+    df = pd.DataFrame(
+        {
+            "intervention.head_ablation.layer": [0, 0, 1],
+            "intervention.head_ablation.heads": [(0,), (1,), (0,)],
+            "metric.perplexity.delta_pct": [1.5, -0.5, 30.0],
+        }
+    )
     p = tmp_path / "ppl.png"
     fig = plots.perplexity_change_per_head(df, sort=True, save=p)
     check_png(p, fig)
@@ -86,6 +93,7 @@ def test_perplexity_change_per_head(result, tmp_path):
 
 def test_missing_measurements_are_clear_errors():
     from lesion._proto import result_pb2
+
     empty = lesion.Result(result_pb2.ExperimentResult())
     with pytest.raises(ValueError, match="ActivationStats"):
         plots.layer_magnitudes(empty)
@@ -97,5 +105,6 @@ def test_missing_measurements_are_clear_errors():
 
 def test_no_pyplot_needed():
     import sys
+
     assert matplotlib.get_backend()  # whatever it is; plots never select or need a GUI backend
     assert "lesion.plots" in sys.modules

@@ -1,4 +1,5 @@
 """Result parsing from a hand-built ExperimentResult: numbers in, numbers out."""
+
 import json
 
 import numpy as np
@@ -119,15 +120,40 @@ def test_empty_result():
 def test_sweep_parent_from_local_json():
     """The parent of `lesion run --local --spec sweep.json --json` ({"parent": ..., "variants": [...]}):
     no experiment ids, no intervened pass, no metrics."""
-    parent = {"baseline": {"perplexity": {"ppl": 3.98, "mean_nll": 1.38, "n_tokens": "1020", "n_windows": "4",
-                                          "protocol": "non-overlapping windows of 256, BOS per window"}},
-              "intervened": {}, "kl_divergence": 0.0, "metrics": [],
-              "run": {"model": "models/stories260K", "forward_passes": "12"},
-              "sweep": {"variants": [{"name": "L0.H0", "experiment_id": "", "perplexity": 4.02,
-                                      "perplexity_delta_pct": 0.89, "kl_divergence": 0.0129},
-                                     {"name": "L0.H1", "experiment_id": "", "perplexity": 4.01,
-                                      "perplexity_delta_pct": 0.66, "kl_divergence": 0.0151}],
-                        "variants_per_pass": 32}}
+    parent = {
+        "baseline": {
+            "perplexity": {
+                "ppl": 3.98,
+                "mean_nll": 1.38,
+                "n_tokens": "1020",
+                "n_windows": "4",
+                "protocol": "non-overlapping windows of 256, BOS per window",
+            }
+        },
+        "intervened": {},
+        "kl_divergence": 0.0,
+        "metrics": [],
+        "run": {"model": "models/stories260K", "forward_passes": "12"},
+        "sweep": {
+            "variants": [
+                {
+                    "name": "L0.H0",
+                    "experiment_id": "",
+                    "perplexity": 4.02,
+                    "perplexity_delta_pct": 0.89,
+                    "kl_divergence": 0.0129,
+                },
+                {
+                    "name": "L0.H1",
+                    "experiment_id": "",
+                    "perplexity": 4.01,
+                    "perplexity_delta_pct": 0.66,
+                    "kl_divergence": 0.0151,
+                },
+            ],
+            "variants_per_pass": 32,
+        },
+    }
     r = lesion.Result.from_json(json.dumps(parent))
     assert r.is_sweep and repr(r).startswith("<lesion.Result sweep of 2 variants, baseline ppl 3.98")
     df = r.sweep

@@ -1,5 +1,6 @@
 """Against a real lesiond on loopback (fixture `server` in conftest.py; skipped until
 build/server/lesiond exists or $LESIOND points at one). Written before the server: enable, then fix."""
+
 import grpc
 import pytest
 
@@ -7,8 +8,12 @@ import lesion
 
 
 def base(server, **kw):
-    return lesion.Experiment(model=server.model, dataset=lesion.Dataset.named("tinystories-sample"),
-                             eval=lesion.Eval(seq_len=64, max_windows=2), **kw)
+    return lesion.Experiment(
+        model=server.model,
+        dataset=lesion.Dataset.named("tinystories-sample"),
+        eval=lesion.Eval(seq_len=64, max_windows=2),
+        **kw,
+    )
 
 
 def test_models(server):
@@ -18,10 +23,20 @@ def test_models(server):
 
 
 def test_run_head_ablation(server):
-    r = server.run(base(server, name="ablate", interventions=[lesion.HeadAblation(layer=1, heads=[3])],
-                        measurements=[lesion.Perplexity(), lesion.ActivationStats(), lesion.AttentionSink(),
-                                      lesion.Capture(sites=["blocks.0.resid_post"], positions=[0, 1])]),
-                   progress=False)
+    r = server.run(
+        base(
+            server,
+            name="ablate",
+            interventions=[lesion.HeadAblation(layer=1, heads=[3])],
+            measurements=[
+                lesion.Perplexity(),
+                lesion.ActivationStats(),
+                lesion.AttentionSink(),
+                lesion.Capture(sites=["blocks.0.resid_post"], positions=[0, 1]),
+            ],
+        ),
+        progress=False,
+    )
     assert r.perplexity.baseline > 1 and r.perplexity.intervened > 1
     assert r.metric("perplexity")["baseline"] == pytest.approx(r.perplexity.baseline)
     assert r.attention_sink.baseline.shape == (5, 8)
@@ -53,12 +68,14 @@ def test_cancel(server):
 
 def test_errors(server):
     with pytest.raises(lesion.InvalidArgument, match="layer 9") as ei:
-        server.submit(base(server, interventions=[lesion.HeadAblation(layer=9, heads=[0])],
-                           measurements=[lesion.Perplexity()]))
+        server.submit(
+            base(server, interventions=[lesion.HeadAblation(layer=9, heads=[0])], measurements=[lesion.Perplexity()])
+        )
     assert ei.value.code is grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(lesion.NotFound):
-        server.submit(lesion.Experiment(model="nope", dataset=lesion.Dataset.text("hi"),
-                                        measurements=[lesion.Perplexity()]))
+        server.submit(
+            lesion.Experiment(model="nope", dataset=lesion.Dataset.text("hi"), measurements=[lesion.Perplexity()])
+        )
     with pytest.raises(lesion.NotFound):
         server.get("no-such-id")
     with pytest.raises(lesion.InvalidArgument):
@@ -69,12 +86,14 @@ def test_tokens_auth_against_a_real_server(tmp_path):
     """A shared server with a tokens file: the client's token is the user; no or a wrong token is
     Unauthenticated; a user cannot cancel another's experiment or load models."""
     from conftest import LESIOND, STORIES
+
     if not LESIOND.is_file():
         pytest.skip(f"lesiond not built at {LESIOND}")
     tokens = tmp_path / "tokens"
     tokens.write_text("t-ann ann user\nt-bob bob user\nt-root root admin\n")
-    local = lesion.Client.local(STORIES, db=tmp_path / "lesion.db", lesiond=LESIOND,
-                                extra_args=["--tokens-file", str(tokens)], token="t-ann")
+    local = lesion.Client.local(
+        STORIES, db=tmp_path / "lesion.db", lesiond=LESIOND, extra_args=["--tokens-file", str(tokens)], token="t-ann"
+    )
     try:
         address = local.address
         ann, bob = local, lesion.Client(address, token="t-bob")
@@ -82,10 +101,13 @@ def test_tokens_auth_against_a_real_server(tmp_path):
             lesion.Client(address).models()
         with pytest.raises(lesion.Unauthenticated):
             lesion.Client(address, token="wrong").models()
-        long = lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("wikitext-2-raw-test"),
-                                 eval=lesion.Eval(seq_len=32, batch_size=1),
-                                 interventions=[lesion.HeadAblation(layer=0, heads=[0])],
-                                 measurements=[lesion.Perplexity()])
+        long = lesion.Experiment(
+            model="stories260K",
+            dataset=lesion.Dataset.named("wikitext-2-raw-test"),
+            eval=lesion.Eval(seq_len=32, batch_size=1),
+            interventions=[lesion.HeadAblation(layer=0, heads=[0])],
+            measurements=[lesion.Perplexity()],
+        )
         h = ann.submit(long)
         assert ann.get(h.id).user == "ann" and bob.get(h.id).user == "ann"
         with pytest.raises(lesion.PermissionDenied):
@@ -99,15 +121,30 @@ def test_tokens_auth_against_a_real_server(tmp_path):
 
 
 def test_plots_of_a_real_result(server, tmp_path):
-    r = server.run(base(server, name="plots", interventions=[lesion.HeadAblation(layer=2, heads=[6])],
-                        measurements=[lesion.ActivationStats(["blocks.*.resid_post"]), lesion.AttentionSink(),
-                                      lesion.Capture(sites=["blocks.0.resid_post"])]),
-                   progress=False)
-    for name, fig in [("layers", lesion.plots.layer_magnitudes(r, save=tmp_path / "layers.png")),
-                      ("sinks", lesion.plots.attention_sink_heatmap(r, save=tmp_path / "sinks.png")),
-                      ("compare", lesion.plots.compare(r, save=tmp_path / "compare.png")),
-                      ("surface", lesion.plots.activation_surface(r.captures["baseline"]["blocks.0.resid_post"],
-                                                                  save=tmp_path / "surface.png"))]:
+    r = server.run(
+        base(
+            server,
+            name="plots",
+            interventions=[lesion.HeadAblation(layer=2, heads=[6])],
+            measurements=[
+                lesion.ActivationStats(["blocks.*.resid_post"]),
+                lesion.AttentionSink(),
+                lesion.Capture(sites=["blocks.0.resid_post"]),
+            ],
+        ),
+        progress=False,
+    )
+    for name, fig in [
+        ("layers", lesion.plots.layer_magnitudes(r, save=tmp_path / "layers.png")),
+        ("sinks", lesion.plots.attention_sink_heatmap(r, save=tmp_path / "sinks.png")),
+        ("compare", lesion.plots.compare(r, save=tmp_path / "compare.png")),
+        (
+            "surface",
+            lesion.plots.activation_surface(
+                r.captures["baseline"]["blocks.0.resid_post"], save=tmp_path / "surface.png"
+            ),
+        ),
+    ]:
         path = tmp_path / f"{name}.png"
         assert fig is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
@@ -115,11 +152,15 @@ def test_plots_of_a_real_result(server, tmp_path):
 def test_head_sweep(server, capsys, tmp_path):
     """One submission, 40 children: the parent's table names them, Client.variants lists them DONE,
     and a child's perplexity is what its own spec gives run alone."""
-    spec = lesion.Experiment(model=server.model, name="head-sweep", tags=["pytest-sweep"],
-                             dataset=lesion.Dataset.named("tinystories-sample"),
-                             eval=lesion.Eval(seq_len=64, max_windows=4),
-                             measurements=[lesion.Perplexity(), lesion.KLDivergence()],
-                             sweep=lesion.Sweep([lesion.HeadSweep()]))
+    spec = lesion.Experiment(
+        model=server.model,
+        name="head-sweep",
+        tags=["pytest-sweep"],
+        dataset=lesion.Dataset.named("tinystories-sample"),
+        eval=lesion.Eval(seq_len=64, max_windows=4),
+        measurements=[lesion.Perplexity(), lesion.KLDivergence()],
+        sweep=lesion.Sweep([lesion.HeadSweep()]),
+    )
     h = server.submit(spec)
     assert h.record.is_sweep and h.record.variants_total == 40 and h.record.spec.sweep == spec.sweep
     record = h.wait(progress=True)
@@ -156,10 +197,14 @@ def test_head_sweep(server, capsys, tmp_path):
 
 def test_cancel_a_sweep(server):
     """A variant alone cannot be cancelled; cancelling the parent cancels the variants not yet done."""
-    long = lesion.Experiment(model=server.model, name="long-sweep",
-                             dataset=lesion.Dataset.named("wikitext-2-raw-test"),
-                             eval=lesion.Eval(seq_len=32, batch_size=1), measurements=[lesion.Perplexity()],
-                             sweep=lesion.Sweep([lesion.HeadSweep()], variants_per_pass=1))
+    long = lesion.Experiment(
+        model=server.model,
+        name="long-sweep",
+        dataset=lesion.Dataset.named("wikitext-2-raw-test"),
+        eval=lesion.Eval(seq_len=32, batch_size=1),
+        measurements=[lesion.Perplexity()],
+        sweep=lesion.Sweep([lesion.HeadSweep()], variants_per_pass=1),
+    )
     h = server.submit(long)
     with pytest.raises(lesion.LesionError, match="cancel the sweep") as ei:
         server.cancel(f"{h.id}.39")

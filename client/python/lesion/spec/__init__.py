@@ -18,30 +18,69 @@ The modules: ``sites`` (module, norm and hook-site names), ``dataset`` (``Datase
 (``Experiment``, ``spec_to_proto``) and ``client_sweep`` (``sweep``, ``sweep_heads``); everything
 public is importable from ``lesion.spec`` itself.
 """
+
 from .client_sweep import sweep, sweep_heads
 from .dataset import NAMED_DATASETS, Dataset, Eval
 from .experiment import Experiment, spec_to_proto
 from .interventions import INTERVENTIONS, ActivationEdit, AttentionBias, HeadAblation, NormChannelReset, WeightEdit
 from .measurements import (
-    MEASUREMENTS, ActivationStats, AttentionOutliers, AttentionSink, Capture, KLDivergence, MassiveActivations,
-    NormOutliers, Perplexity, SuperWeights, TokenProbabilities)
+    MEASUREMENTS,
+    ActivationStats,
+    AttentionOutliers,
+    AttentionSink,
+    Capture,
+    KLDivergence,
+    MassiveActivations,
+    NormOutliers,
+    Perplexity,
+    SuperWeights,
+    TokenProbabilities,
+)
 from .server_sweep import AXES, HeadSweep, NormChannelSweep, Sweep, Variant, Variants, WeightValueSweep
 from .sites import GLOBAL_SITES, MODULES, NORMS, SITE_NAMES, check_site
 
 __all__ = [
     # sites
-    "MODULES", "NORMS", "SITE_NAMES", "GLOBAL_SITES", "check_site",
+    "MODULES",
+    "NORMS",
+    "SITE_NAMES",
+    "GLOBAL_SITES",
+    "check_site",
     # dataset
-    "NAMED_DATASETS", "Dataset", "Eval",
+    "NAMED_DATASETS",
+    "Dataset",
+    "Eval",
     # interventions
-    "HeadAblation", "WeightEdit", "NormChannelReset", "AttentionBias", "ActivationEdit", "INTERVENTIONS",
+    "HeadAblation",
+    "WeightEdit",
+    "NormChannelReset",
+    "AttentionBias",
+    "ActivationEdit",
+    "INTERVENTIONS",
     # measurements
-    "Perplexity", "KLDivergence", "TokenProbabilities", "ActivationStats", "AttentionSink", "Capture",
-    "MassiveActivations", "SuperWeights", "NormOutliers", "AttentionOutliers", "MEASUREMENTS",
+    "Perplexity",
+    "KLDivergence",
+    "TokenProbabilities",
+    "ActivationStats",
+    "AttentionSink",
+    "Capture",
+    "MassiveActivations",
+    "SuperWeights",
+    "NormOutliers",
+    "AttentionOutliers",
+    "MEASUREMENTS",
     # server-side sweeps
-    "HeadSweep", "NormChannelSweep", "WeightValueSweep", "Variant", "Variants", "AXES", "Sweep",
+    "HeadSweep",
+    "NormChannelSweep",
+    "WeightValueSweep",
+    "Variant",
+    "Variants",
+    "AXES",
+    "Sweep",
     # experiment
-    "Experiment", "spec_to_proto",
+    "Experiment",
+    "spec_to_proto",
     # client-side sweeps
-    "sweep", "sweep_heads",
+    "sweep",
+    "sweep_heads",
 ]

@@ -1,13 +1,15 @@
 """Base classes of the builders that are members of a proto oneof (interventions, measurements, sweep
 axes), and the check of an intervention or measurement given as a builder or as its dict."""
+
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class _OneOf:
     """A proto oneof member: ``to_dict()`` gives {KIND: body}."""
+
     KIND = ""
 
     def body(self) -> dict:

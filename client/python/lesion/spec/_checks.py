@@ -1,5 +1,6 @@
 """Checks of the values a builder is given: each returns the value as the spec's proto3 JSON holds it
 (an int, a float, an upper-case enum name) or raises ``ValueError`` naming the field and the valid choices."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,9 +28,10 @@ def _indices(what, values, allow_empty=True):
         values = []
     if isinstance(values, (int, np.integer)):
         values = [values]
-    values = [_index(f"{what}[{i}]", v) for i, v in enumerate(np.asarray(values).ravel().tolist()
-                                                                  if isinstance(values, np.ndarray)
-                                                                  else values)]
+    values = [
+        _index(f"{what}[{i}]", v)
+        for i, v in enumerate(np.asarray(values).ravel().tolist() if isinstance(values, np.ndarray) else values)
+    ]
     if not values and not allow_empty:
         raise ValueError(f"{what}: must not be empty")
     return values

@@ -1,8 +1,10 @@
 """Client-side sweeps: ``sweep()`` and ``sweep_heads()`` make one separate ``Experiment`` per variant
 (a server-side ``Sweep`` is the fast path)."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ._base import _Builder
 from ._checks import _index
@@ -44,8 +46,9 @@ def sweep(base: Experiment, variants: Iterable[Any]) -> list:
     return out
 
 
-def sweep_heads(base: Experiment, n_layers: int, n_heads: int, mode="zero", factor=None,
-                layers: Iterable[int] | None = None) -> list:
+def sweep_heads(
+    base: Experiment, n_layers: int, n_heads: int, mode="zero", factor=None, layers: Iterable[int] | None = None
+) -> list:
     """One single-head ablation per (layer, head), named ``NAME/L<l>.H<h>``, in layer-major order: separate
     experiments. The fast path is a server-side sweep, ``base.replace(sweep=Sweep([HeadSweep()]))``: one
     submission, one child experiment per head (named the same), one shared baseline, the heads batched
@@ -53,5 +56,11 @@ def sweep_heads(base: Experiment, n_layers: int, n_heads: int, mode="zero", fact
     _index("sweep_heads.n_layers", n_layers)
     _index("sweep_heads.n_heads", n_heads)
     layers = range(n_layers) if layers is None else layers
-    return sweep(base, [(f"L{l}.H{h}", HeadAblation(layer=l, heads=[h], mode=mode, factor=factor))
-                        for l in layers for h in range(n_heads)])
+    return sweep(
+        base,
+        [
+            (f"L{l}.H{h}", HeadAblation(layer=l, heads=[h], mode=mode, factor=factor))
+            for l in layers
+            for h in range(n_heads)
+        ],
+    )

@@ -1,8 +1,10 @@
 """What text an experiment evaluates on (``Dataset``) and how it is cut into windows (``Eval``)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -14,21 +16,22 @@ NAMED_DATASETS = ("wikitext-2-raw-test", "tinystories-sample")  # bundled with t
 @dataclass(frozen=True)
 class Dataset:
     """What text to evaluate on: ``Dataset.text(s)``, ``Dataset.token_ids(ids)``, ``Dataset.named(n)``."""
+
     kind: str
     value: Any
 
     @classmethod
-    def text(cls, s: str) -> "Dataset":
+    def text(cls, s: str) -> Dataset:
         if not isinstance(s, str) or not s:
             raise ValueError("Dataset.text: expected a non-empty string")
         return cls("text", s)
 
     @classmethod
-    def token_ids(cls, ids: Iterable[int]) -> "Dataset":
+    def token_ids(cls, ids: Iterable[int]) -> Dataset:
         return cls("token_ids", tuple(_indices("Dataset.token_ids", ids, allow_empty=False)))
 
     @classmethod
-    def named(cls, name: str) -> "Dataset":
+    def named(cls, name: str) -> Dataset:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Dataset.named: expected a dataset name such as {', '.join(NAMED_DATASETS)}")
         return cls("named", name)
@@ -42,6 +45,7 @@ class Dataset:
 @dataclass(frozen=True)
 class Eval:
     """How windows are cut (docs/conventions.md); zeros mean the server's defaults."""
+
     seq_len: int = 0
     stride: int = 0
     max_windows: int = 0
@@ -55,5 +59,10 @@ class Eval:
             raise ValueError(f"Eval.add_bos: expected a bool, got {self.add_bos!r}")
 
     def to_dict(self):
-        return {"seq_len": int(self.seq_len), "stride": int(self.stride), "max_windows": int(self.max_windows),
-                "batch_size": int(self.batch_size), "add_bos": bool(self.add_bos)}
+        return {
+            "seq_len": int(self.seq_len),
+            "stride": int(self.stride),
+            "max_windows": int(self.max_windows),
+            "batch_size": int(self.batch_size),
+            "add_bos": bool(self.add_bos),
+        }

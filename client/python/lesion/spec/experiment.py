@@ -1,10 +1,12 @@
 """``Experiment``, the whole spec, with its proto3 JSON / JSON / proto forms, and ``spec_to_proto``."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._base import _Axis, _Builder, _part_dict
 from .dataset import Dataset, Eval
@@ -19,6 +21,7 @@ class Experiment:
     baseline and the intervened model). Interventions and measurements are builders or their
     proto3-JSON dicts. With ``sweep`` (a ``Sweep``, one axis, a list of axes or a dict) it is a
     sweep's parent: the server runs one child experiment per variant (``Client.variants``)."""
+
     model: str = ""
     dataset: Dataset | Mapping | None = None
     eval: Eval | Mapping | None = None
@@ -59,8 +62,9 @@ class Experiment:
             elif isinstance(sw, Mapping):
                 sw = Sweep.from_dict(sw)
             else:
-                raise ValueError(f"Experiment.sweep: expected a Sweep(...), an axis or a list of axes, "
-                                 f"got {type(sw).__name__}")
+                raise ValueError(
+                    f"Experiment.sweep: expected a Sweep(...), an axis or a list of axes, got {type(sw).__name__}"
+                )
             object.__setattr__(self, "sweep", sw)
 
     # -- forms
@@ -87,14 +91,16 @@ class Experiment:
 
     def to_proto(self):
         from google.protobuf import json_format
+
         from .._proto import experiment_pb2
+
         try:
             return json_format.ParseDict(self.to_dict(), experiment_pb2.ExperimentSpec())
         except json_format.ParseError as e:
             raise ValueError(f"Experiment: not a valid lesion.v1.ExperimentSpec: {e}") from e
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Experiment":
+    def from_dict(cls, d: Mapping) -> Experiment:
         """From the proto3 JSON form (interventions and measurements stay dicts; a sweep becomes a
         ``Sweep`` of axis builders)."""
         d = dict(d)
@@ -102,33 +108,46 @@ class Experiment:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"Experiment.from_dict: unknown fields {sorted(unknown)}")
-        return cls(model=d.get("model", ""), dataset=d.get("dataset"), eval=d.get("eval"),
-                   interventions=d.get("interventions", ()), measurements=d.get("measurements", ()),
-                   name=d.get("name", ""), tags=d.get("tags", ()), sweep=d.get("sweep"))
+        return cls(
+            model=d.get("model", ""),
+            dataset=d.get("dataset"),
+            eval=d.get("eval"),
+            interventions=d.get("interventions", ()),
+            measurements=d.get("measurements", ()),
+            name=d.get("name", ""),
+            tags=d.get("tags", ()),
+            sweep=d.get("sweep"),
+        )
 
     @classmethod
-    def from_json(cls, s: str) -> "Experiment":
+    def from_json(cls, s: str) -> Experiment:
         return cls.from_dict(json.loads(s))
 
     @classmethod
-    def from_proto(cls, spec) -> "Experiment":
+    def from_proto(cls, spec) -> Experiment:
         from google.protobuf import json_format
+
         return cls.from_dict(json_format.MessageToDict(spec, preserving_proto_field_name=True))
 
     # -- variations
-    def replace(self, **changes) -> "Experiment":
+    def replace(self, **changes) -> Experiment:
         return dataclasses.replace(self, **changes)
 
-    def with_interventions(self, *interventions, name=None) -> "Experiment":
+    def with_interventions(self, *interventions, name=None) -> Experiment:
         """A copy with ``interventions`` added to the existing ones."""
-        return dataclasses.replace(self, interventions=tuple(self.interventions) + tuple(interventions),
-                                   name=self.name if name is None else name)
+        return dataclasses.replace(
+            self,
+            interventions=tuple(self.interventions) + tuple(interventions),
+            name=self.name if name is None else name,
+        )
 
 
 def spec_to_proto(spec):
     """An Experiment, an ExperimentSpec proto, a proto3-JSON dict or JSON text -> ExperimentSpec."""
     from google.protobuf import json_format
+
     from .._proto import experiment_pb2
+
     if isinstance(spec, Experiment):
         return spec.to_proto()
     if isinstance(spec, experiment_pb2.ExperimentSpec):

@@ -1,9 +1,11 @@
 """Interventions: what an experiment changes in the model (heads, weights, norm channels, attention
 slots, activations), applied together on the intervened pass."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._base import _Builder, _part_dict
 from ._checks import _choice, _floats, _index, _indices, _number
@@ -13,6 +15,7 @@ from .sites import MODULES, NORMS, check_site
 @dataclass(frozen=True)
 class HeadAblation(_Builder):
     """Heads' slices of blocks.LAYER.attn_z set to zero, scaled by ``factor``, or to their mean."""
+
     layer: int
     heads: Sequence[int]
     mode: str = "zero"
@@ -45,6 +48,7 @@ class WeightEdit(_Builder):
     ``WeightEdit.zero(layer=2, module="mlp.down", row=3968, col=7003)``, ``.scale(..., factor=)``,
     ``.set(..., value=)``.
     """
+
     layer: int
     module: str
     row: int
@@ -86,6 +90,7 @@ class WeightEdit(_Builder):
 class NormChannelReset(_Builder):
     """Gamma channels of norm ``attn`` / ``mlp`` at ``layer`` (or ``final``) reset to 1, the gamma mean,
     or ``value``."""
+
     layer: int
     norm: str
     channels: Sequence[int]
@@ -98,8 +103,9 @@ class NormChannelReset(_Builder):
         object.__setattr__(self, "layer", _index("NormChannelReset.layer", 0 if self.layer is None else self.layer))
         if self.norm not in NORMS:
             raise ValueError(f"NormChannelReset.norm: unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
-        object.__setattr__(self, "channels", tuple(_indices("NormChannelReset.channels", self.channels,
-                                                            allow_empty=False)))
+        object.__setattr__(
+            self, "channels", tuple(_indices("NormChannelReset.channels", self.channels, allow_empty=False))
+        )
         object.__setattr__(self, "mode", _choice("NormChannelReset.mode", self.mode, self.MODES).lower())
         if self.mode == "value":
             if self.value is None:
@@ -119,6 +125,7 @@ class NormChannelReset(_Builder):
 class AttentionBias(_Builder):
     """An extra key/value slot per KV head at ``layer``: ``key`` and ``value`` hold n_kv_heads x head_dim
     numbers (any array-like, e.g. numpy [n_kv_heads, head_dim]; flattened row-major, sent as float32)."""
+
     layer: int
     key: Any
     value: Any
@@ -143,6 +150,7 @@ class AttentionBias(_Builder):
 class ActivationEdit(_Builder):
     """Entries of a hook site (``*`` for every layer) at ``positions`` and ``dims`` (None: all) set to
     zero, ``value``, scaled by ``value``, or set to their dataset mean (``op="mean"``)."""
+
     site: str
     positions: Sequence[int] | None = None
     dims: Sequence[int] | None = None

@@ -1,9 +1,10 @@
 """Measurements: what an experiment records on the baseline and the intervened pass (perplexity,
 divergence, token probabilities, activation statistics, captures and the outlier detectors)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ._base import _Builder
 from ._checks import _drop_none, _index, _indices, _opt_count, _opt_number
@@ -29,6 +30,7 @@ class KLDivergence(_Builder):
 @dataclass(frozen=True)
 class TokenProbabilities(_Builder):
     """Mean probability of tokens (by id, or by text that encodes to exactly one token)."""
+
     tokens: Sequence[str] | None = None
     token_ids: Sequence[int] | None = None
     KIND = "token_probabilities"
@@ -55,6 +57,7 @@ class TokenProbabilities(_Builder):
 @dataclass(frozen=True)
 class ActivationStats(_Builder):
     """Per site: top-k |x| (mean over windows and overall with coordinates), median and mean |x|."""
+
     sites: Sequence[str] = ("blocks.*.resid_post",)
     top_k: int = 3
     KIND = "activation_stats"
@@ -74,6 +77,7 @@ class ActivationStats(_Builder):
 @dataclass(frozen=True)
 class AttentionSink(_Builder):
     """Per layer and head: mean over queries q >= 1 of the attention probability on key 0."""
+
     layers: Sequence[int] | None = None
     KIND = "attention_sink"
 
@@ -87,6 +91,7 @@ class AttentionSink(_Builder):
 @dataclass(frozen=True)
 class Capture(_Builder):
     """Raw float32 tensors at sites for the first ``max_windows`` windows, at ``positions`` (None: all)."""
+
     sites: Sequence[str]
     positions: Sequence[int] | None = None
     max_windows: int = 1
@@ -111,6 +116,7 @@ class Capture(_Builder):
 @dataclass(frozen=True)
 class MassiveActivations(_Builder):
     """Sun et al.: entries with |x| >= min_magnitude and >= min_ratio x their window's median |x|."""
+
     sites: Sequence[str] | None = None
     min_magnitude: float | None = None
     min_ratio: float | None = None
@@ -124,13 +130,20 @@ class MassiveActivations(_Builder):
         object.__setattr__(self, "max_reports", _opt_count("MassiveActivations.max_reports", self.max_reports))
 
     def body(self):
-        return _drop_none({"sites": list(self.sites) or None, "min_magnitude": self.min_magnitude,
-                           "min_ratio": self.min_ratio, "max_reports": self.max_reports})
+        return _drop_none(
+            {
+                "sites": list(self.sites) or None,
+                "min_magnitude": self.min_magnitude,
+                "min_ratio": self.min_ratio,
+                "max_reports": self.max_reports,
+            }
+        )
 
 
 @dataclass(frozen=True)
 class SuperWeights(_Builder):
     """Yu et al.: per layer, mlp.down[row, col] from the spikes of |mlp_out| and |mlp_act|."""
+
     min_ratio: float | None = None
     min_magnitude: float | None = None
     KIND = "super_weights"
@@ -146,6 +159,7 @@ class SuperWeights(_Builder):
 @dataclass(frozen=True)
 class NormOutliers(_Builder):
     """Norm gamma channels with robust |z| >= min_z."""
+
     min_z: float | None = None
     max_reports: int | None = None
     KIND = "norm_outliers"
@@ -161,6 +175,7 @@ class NormOutliers(_Builder):
 @dataclass(frozen=True)
 class AttentionOutliers(_Builder):
     """An et al.: keys receiving at least ``min_mass`` of the attention mass of queries q >= 1."""
+
     layers: Sequence[int] | None = None
     min_mass: float | None = None
     max_reports: int | None = None
@@ -172,10 +187,21 @@ class AttentionOutliers(_Builder):
         object.__setattr__(self, "max_reports", _opt_count("AttentionOutliers.max_reports", self.max_reports))
 
     def body(self):
-        return _drop_none({"layers": list(self.layers) or None, "min_mass": self.min_mass,
-                           "max_reports": self.max_reports})
+        return _drop_none(
+            {"layers": list(self.layers) or None, "min_mass": self.min_mass, "max_reports": self.max_reports}
+        )
 
 
-MEASUREMENTS = (Perplexity, KLDivergence, TokenProbabilities, ActivationStats, AttentionSink, Capture,
-                MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers)
+MEASUREMENTS = (
+    Perplexity,
+    KLDivergence,
+    TokenProbabilities,
+    ActivationStats,
+    AttentionSink,
+    Capture,
+    MassiveActivations,
+    SuperWeights,
+    NormOutliers,
+    AttentionOutliers,
+)
 _MEASUREMENT_KINDS = {c.KIND for c in MEASUREMENTS}

@@ -1,10 +1,12 @@
 """Server-side sweeps: the axes (``HeadSweep``, ``NormChannelSweep``, ``WeightValueSweep``, ``Variants``
 of ``Variant``) and ``Sweep``, their product, which the server expands into one child experiment per
 variant sharing one baseline."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._base import _Axis, _part_dict
 from ._checks import _choice, _enum_name, _index, _indices, _number, _numbers, _opt_count
@@ -16,6 +18,7 @@ from .sites import MODULES, NORMS
 class HeadSweep(_Axis):
     """Single-head ablations: one variant per (layer, head), named ``L<layer>.H<head>``, layer-major.
     ``layers`` / ``heads`` None (or empty): every layer / every head of the model."""
+
     layers: Sequence[int] | None = None
     heads: Sequence[int] | None = None
     mode: str = "zero"
@@ -48,9 +51,9 @@ class HeadSweep(_Axis):
     @classmethod
     def _from_message(cls, m):
         from .._proto import experiment_pb2
+
         mode = _enum_name(experiment_pb2.HeadAblation.Mode, m.mode)
-        return cls(layers=list(m.layers), heads=list(m.heads), mode=mode,
-                   factor=m.factor if mode == "scale" else None)
+        return cls(layers=list(m.layers), heads=list(m.heads), mode=mode, factor=m.factor if mode == "scale" else None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class NormChannelSweep(_Axis):
     """Single-channel norm resets: one variant per (layer, channel), named ``<norm>.L<layer>.C<channel>``
     (``final.C<channel>`` for the final norm, which takes no layers). ``layers`` / ``channels`` None (or
     empty): every layer / every channel."""
+
     norm: str
     layers: Sequence[int] | None = None
     channels: Sequence[int] | None = None
@@ -95,9 +99,15 @@ class NormChannelSweep(_Axis):
     @classmethod
     def _from_message(cls, m):
         from .._proto import experiment_pb2
+
         mode = _enum_name(experiment_pb2.NormChannelReset.Mode, m.mode)
-        return cls(norm=m.norm, layers=[] if m.norm == "final" else list(m.layers), channels=list(m.channels),
-                   mode=mode, value=m.value if mode == "value" else None)
+        return cls(
+            norm=m.norm,
+            layers=[] if m.norm == "final" else list(m.layers),
+            channels=list(m.channels),
+            mode=mode,
+            value=m.value if mode == "value" else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ class WeightValueSweep(_Axis):
     """One weight element ([row, col] of ``module`` at ``layer``, nn.Linear convention) at several
     values: one variant per value, named ``x<value>`` (op ``scale``: w *= value) or ``=<value>``
     (op ``set``: w = value); op ``zero`` takes no values and makes one variant, ``zero``."""
+
     layer: int
     module: str
     row: int
@@ -137,14 +148,22 @@ class WeightValueSweep(_Axis):
     @classmethod
     def _from_message(cls, m):
         from .._proto import experiment_pb2
-        return cls(layer=m.layer, module=m.module, row=int(m.row), col=int(m.col),
-                   op=_enum_name(experiment_pb2.WeightEdit.Op, m.op), values=list(m.values))
+
+        return cls(
+            layer=m.layer,
+            module=m.module,
+            row=int(m.row),
+            col=int(m.col),
+            op=_enum_name(experiment_pb2.WeightEdit.Op, m.op),
+            values=list(m.values),
+        )
 
 
 @dataclass(frozen=True)
 class Variant:
     """One variant of a ``Variants`` axis: its name (``""``: the server names it ``v<index>``) and the
     interventions it adds to the spec's own (builders or their dicts; one or a list)."""
+
     name: str = ""
     interventions: Sequence[Any] = ()
 
@@ -153,8 +172,9 @@ class Variant:
             object.__setattr__(self, "name", "")
         if not isinstance(self.name, str):
             raise ValueError(f"Variant.name: expected a string, got {self.name!r}")
-        object.__setattr__(self, "interventions",
-                           _intervention_list(f"Variant({self.name!r}).interventions", self.interventions))
+        object.__setattr__(
+            self, "interventions", _intervention_list(f"Variant({self.name!r}).interventions", self.interventions)
+        )
 
     def to_dict(self):
         d = {"name": self.name} if self.name else {}
@@ -166,17 +186,20 @@ class Variant:
 class Variants(_Axis):
     """An explicit list of variants: ``Variant(name, interventions)`` or ``(name, intervention-or-list)``
     pairs (or ``{"name": ..., "interventions": [...]}`` dicts). Names must be unique."""
+
     variants: Sequence[Any]
     KIND = "variants"
 
     def __post_init__(self):
         items = self.variants
-        if isinstance(items, (Variant, Mapping)) or (isinstance(items, tuple) and len(items) == 2
-                                                      and isinstance(items[0], str)):
+        if isinstance(items, (Variant, Mapping)) or (
+            isinstance(items, tuple) and len(items) == 2 and isinstance(items[0], str)
+        ):
             items = [items]
         if not isinstance(items, (list, tuple)):
-            raise ValueError(f"Variants: expected a list of Variant or (name, interventions) pairs, "
-                             f"got {type(items).__name__}")
+            raise ValueError(
+                f"Variants: expected a list of Variant or (name, interventions) pairs, got {type(items).__name__}"
+            )
         out = []
         for i, v in enumerate(items):
             if isinstance(v, Variant):
@@ -205,8 +228,15 @@ class Variants(_Axis):
     @classmethod
     def _from_message(cls, m):
         from google.protobuf import json_format
-        return cls([Variant(v.name, [json_format.MessageToDict(iv, preserving_proto_field_name=True)
-                                     for iv in v.interventions]) for v in m.variants])
+
+        return cls(
+            [
+                Variant(
+                    v.name, [json_format.MessageToDict(iv, preserving_proto_field_name=True) for iv in v.interventions]
+                )
+                for v in m.variants
+            ]
+        )
 
 
 AXES = (Variants, HeadSweep, NormChannelSweep, WeightValueSweep)
@@ -222,6 +252,7 @@ class Sweep:
     time in shared forward passes (None: the server picks from its token budget). Axes are
     ``HeadSweep``, ``NormChannelSweep``, ``WeightValueSweep``, ``Variants`` or their proto3-JSON
     dicts ({"heads": {}})."""
+
     axes: Sequence[Any]
     variants_per_pass: int | None = None
 
@@ -230,8 +261,10 @@ class Sweep:
         if isinstance(axes, (_Axis, Mapping)):
             axes = [axes]
         if not isinstance(axes, (list, tuple)):
-            raise ValueError(f"Sweep.axes: expected a list of axes ({', '.join(a.__name__ for a in AXES)}), "
-                             f"got {type(axes).__name__}")
+            raise ValueError(
+                f"Sweep.axes: expected a list of axes ({', '.join(a.__name__ for a in AXES)}), "
+                f"got {type(axes).__name__}"
+            )
         out = []
         for i, a in enumerate(axes):
             if isinstance(a, _Axis):
@@ -239,8 +272,9 @@ class Sweep:
             elif isinstance(a, Mapping):
                 out.append(_axis_from_dict(f"Sweep.axes[{i}]", a))
             else:
-                raise ValueError(f"Sweep.axes[{i}]: expected one of {', '.join(a.__name__ for a in AXES)}, "
-                                 f"got {type(a).__name__}")
+                raise ValueError(
+                    f"Sweep.axes[{i}]: expected one of {', '.join(a.__name__ for a in AXES)}, got {type(a).__name__}"
+                )
         if not out:
             raise ValueError("Sweep.axes: give at least one axis")
         object.__setattr__(self, "axes", tuple(out))
@@ -255,11 +289,13 @@ class Sweep:
 
     def to_proto(self):
         from google.protobuf import json_format
+
         from .._proto import experiment_pb2
+
         return json_format.ParseDict(self.to_dict(), experiment_pb2.Sweep())
 
     @classmethod
-    def from_proto(cls, m) -> "Sweep":
+    def from_proto(cls, m) -> Sweep:
         axes = []
         for i, a in enumerate(m.axes):
             kind = a.WhichOneof("kind")
@@ -269,10 +305,12 @@ class Sweep:
         return cls(axes, variants_per_pass=m.variants_per_pass or None)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Sweep":
+    def from_dict(cls, d: Mapping) -> Sweep:
         """From the proto3 JSON form (field names as in the proto or lowerCamelCase)."""
         from google.protobuf import json_format
+
         from .._proto import experiment_pb2
+
         try:
             m = json_format.ParseDict(dict(d), experiment_pb2.Sweep())
         except json_format.ParseError as e:
@@ -280,13 +318,17 @@ class Sweep:
         axes = d.get("axes", [])
         if not isinstance(axes, (list, tuple)):
             return cls.from_proto(m)
-        return cls([_axis_from_dict(f"Sweep.axes[{i}]", a) for i, a in enumerate(axes)],
-                   variants_per_pass=m.variants_per_pass or None)
+        return cls(
+            [_axis_from_dict(f"Sweep.axes[{i}]", a) for i, a in enumerate(axes)],
+            variants_per_pass=m.variants_per_pass or None,
+        )
 
 
 def _axis_from_dict(what, d):
     from google.protobuf import json_format
+
     from .._proto import experiment_pb2
+
     valid = ", ".join(sorted(_AXIS_BY_KIND))
     if len(d) != 1:
         raise ValueError(f"{what}: expected one of {valid}, got {list(d)}")
@@ -296,6 +338,7 @@ def _axis_from_dict(what, d):
         raise ValueError(f"{what}: expected one of {valid}: {e}") from e
     kind = m.WhichOneof("kind")
     if kind == "variants" and isinstance(d.get("variants"), Mapping):  # keep the interventions as given
-        return Variants([Variant(v.get("name", ""), v.get("interventions", ()))
-                         for v in d["variants"].get("variants", [])])
+        return Variants(
+            [Variant(v.get("name", ""), v.get("interventions", ())) for v in d["variants"].get("variants", [])]
+        )
     return _AXIS_BY_KIND[kind]._from_message(getattr(m, kind))

@@ -1,12 +1,22 @@
 """What a spec names inside a model: projection modules, norms and hook sites (DESIGN.md)."""
+
 from __future__ import annotations
 
 import re
 
 MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
 NORMS = ("attn", "mlp", "final")
-SITE_NAMES = ("attn_in", "attn_z", "attn_pattern", "attn_out", "resid_mid", "mlp_in", "mlp_act",
-              "mlp_out", "resid_post")
+SITE_NAMES = (
+    "attn_in",
+    "attn_z",
+    "attn_pattern",
+    "attn_out",
+    "resid_mid",
+    "mlp_in",
+    "mlp_act",
+    "mlp_out",
+    "resid_post",
+)
 GLOBAL_SITES = ("embed", "final_norm", "logits")
 _SITE = re.compile(r"^(?:embed|final_norm|logits|blocks\.(?:\d+|\*)\.(?:%s|\*))$" % "|".join(SITE_NAMES))
 
@@ -16,7 +26,8 @@ def check_site(what, site):
     if not isinstance(site, str) or not _SITE.match(site):
         raise ValueError(
             f"{what}: unknown hook site {site!r}; valid: {', '.join(GLOBAL_SITES)} or blocks.L.NAME "
-            f"(L a layer or '*') with NAME one of {', '.join(SITE_NAMES)}")
+            f"(L a layer or '*') with NAME one of {', '.join(SITE_NAMES)}"
+        )
     return site
 
 
