@@ -242,7 +242,7 @@ def main():
     if opts.what == "ppl":
         for bs in map(int, opts.batch.split(",")):
             torch.cuda.reset_peak_memory_stats()
-            t = timed(lambda: ppl_pass(model, ids, bs, opts))
+            t = timed(lambda bs=bs: ppl_pass(model, ids, bs, opts))
             print(
                 json.dumps(
                     dict(
@@ -262,7 +262,7 @@ def main():
         for wp in map(int, opts.windows_per_pass.split(",")):
             for vp in map(int, opts.variants_per_pass.split(",")):
                 torch.cuda.reset_peak_memory_stats()
-                t = timed(lambda: head_sweep(model, ids, wp, vp, opts, opts.sweep_tokens), reps=1)
+                t = timed(lambda wp=wp, vp=vp: head_sweep(model, ids, wp, vp, opts, opts.sweep_tokens), reps=1)
                 print(
                     json.dumps(
                         dict(

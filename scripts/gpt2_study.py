@@ -90,7 +90,7 @@ def main():
             print(
                 f"{label:8s} {', '.join(f'L{l}.H{h}' for _, l, h in heads)}: perplexity "
                 f"{r.perplexity.baseline:.4f} -> {r.perplexity.intervened:.4f} ({r.perplexity.delta_pct:+.2f}%); "
-                f"top-1 per layer {' '.join(f'{a:.2f}->{b:.2f}' for a, b in zip(before, after))}"
+                f"top-1 per layer {' '.join(f'{a:.2f}->{b:.2f}' for a, b in zip(before, after, strict=True))}"
             )
         plots.compare(pruned["top3"], pruned["bottom3"], save=out / "pruning_top1.png")
 

@@ -109,7 +109,7 @@ def main():
             ratio=table["top1"] / table["median"],
             _order=[
                 -1 if s == "embed" else n_layers if s == "final_norm" else int(l)
-                for s, l in zip(table["site"], table["layer"].fillna(-1))
+                for s, l in zip(table["site"], table["layer"].fillna(-1), strict=True)
             ],
         )
         table = table.sort_values("_order")
@@ -130,7 +130,8 @@ def main():
             top = massive.sort_values("value", key=abs, ascending=False).iloc[0]
             dims = sorted(set(massive[massive["layer"] == first_layer]["dim"].tolist()))
             print(
-                f"massive activations (|x| >= 100 and >= 1000 x the median): {int(massive.groupby('site')['count'].first().sum())} "
+                f"massive activations (|x| >= 100 and >= 1000 x the median): "
+                f"{int(massive.groupby('site')['count'].first().sum())} "
                 f"entries from layer {first_layer} on, at dims {dims}; the largest {top['value']:.1f} at layer "
                 f"{int(top['layer'])}, token {int(top['token'])}, dim {int(top['dim'])} "
                 f"({top['ratio']:.0f} x the median)"
@@ -303,7 +304,8 @@ def main():
             print("stop-word probabilities (mean over predicted positions):")
             for token, p in probs.iterrows():
                 print(
-                    f"  {token!r:8} {p['baseline']:.4f} -> {p['intervened']:.4f} (x{p['intervened'] / p['baseline']:.2f})"
+                    f"  {token!r:8} {p['baseline']:.4f} -> {p['intervened']:.4f} "
+                    f"(x{p['intervened'] / p['baseline']:.2f})"
                 )
             s = zeroed.attention_sink
             print(

@@ -328,7 +328,7 @@ def hf_detectors(model, windows, massive, super_w, norms, attention):
             med = lower_median(a)
             passed = a >= max(med * massive["min_ratio"], massive["min_magnitude"])
             count += int(passed.sum())
-            for t, d in zip(*np.nonzero(passed)):
+            for t, d in zip(*np.nonzero(passed), strict=True):
                 entries.append((float(a[t, d]), s, int(t), int(d), float(x[t, d]), float(a[t, d]) / med))
         entries.sort(key=lambda e: -e[0])
         reports.append({"site": site, "count": count, "entries": entries})

@@ -145,7 +145,10 @@ def test_run_matches_local(server, spec_file):
     table = lesion("run", spec_file, "--model", "stories", server=server)
     assert table.returncode == 0, table.stderr
     local_table = lesion("run", "--local", "--model", MODEL_DIR, "--spec", spec_file)
-    ppl_line = lambda out: next(l for l in out.splitlines() if l.startswith("perplexity"))
+
+    def ppl_line(out):
+        return next(line for line in out.splitlines() if line.startswith("perplexity"))
+
     assert ppl_line(table.stdout) == ppl_line(local_table.stdout)
     assert "experiment cli-remote-ablate: 1 intervention(s)" in table.stdout
 

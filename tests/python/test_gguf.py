@@ -21,11 +21,11 @@ from hf_reference import ALL_SITES, capture, compare, hf_detectors, hf_perplexit
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
-from transformers import (
+from transformers import (  # noqa: E402 (after importorskip)
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
-    GPT2LMHeadModel,  # noqa: E402
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen2Config,
@@ -244,7 +244,7 @@ def test_split_gguf_loads_as_the_whole_file(cli, tmp_path):
     (tmp_path / "split").mkdir()
     write_gguf(tmp_path / "split" / "tiny.gguf", model, "llama", Q.Q8_0, seed=11, split_max_tensors=7)
     parts = sorted(p.name for p in (tmp_path / "split").iterdir())
-    assert len(parts) > 1 and parts[0].endswith("-00001-of-%05d.gguf" % len(parts)), parts
+    assert len(parts) > 1 and parts[0].endswith(f"-00001-of-{len(parts):05d}.gguf"), parts
     ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
     whole = dump(cli, tmp_path, tmp_path / "whole.gguf", ids, "logits,blocks.*.resid_post")
     for path in (tmp_path / "split" / parts[0], tmp_path / "split"):  # the first split, or its directory
@@ -347,7 +347,9 @@ def test_smollm2_tokenizer_matches_transformers_on_wikitext(cli, smol_ids):
     want = tokenizer.encode(text, add_special_tokens=False)
     got = json.loads(cli("tokenize", "--model", SMOL, "--text-file", WIKITEXT_TEST).stdout)
     assert got == want, (
-        next(i for i, (a, b) in enumerate(zip(got, want)) if a != b) if got[: len(want)] != want else len(got)
+        next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
+        if got[: len(want)] != want
+        else len(got)
     )
     # bytes that have no token in this vocabulary are dropped, as transformers does
     for s in ["a\x04b", "!\x04!", "\x1d\x04", "héllo wörld 2019"]:
@@ -382,7 +384,7 @@ def test_smollm2_detectors_agree_with_transformers(cli, tmp_path, smol_hf, smol_
     want_counts = {r["site"]: r["count"] for r in want["massive_activations"]}
     assert counts == want_counts
     assert sum(counts.values()) > 0, "SmolLM2 has massive activations"
-    for g, w in zip(got["massive_activations"], want["massive_activations"]):
+    for g, w in zip(got["massive_activations"], want["massive_activations"], strict=True):
         by_coord = {(e[1], e[2], e[3]): e for e in w["entries"]}
         for e in g["top"]:
             ref = by_coord[(int(e["sequence"]), int(e["token"]), int(e["dim"]))]
@@ -391,7 +393,7 @@ def test_smollm2_detectors_agree_with_transformers(cli, tmp_path, smol_hf, smol_
         (s["layer"], s["row"], s["col"]) for s in want["super_weights"]
     ]
     assert got["super_weights"], "SmolLM2 has a super weight"
-    for g, w in zip(got["super_weights"], want["super_weights"]):
+    for g, w in zip(got["super_weights"], want["super_weights"], strict=True):
         assert g["weight"] == pytest.approx(w["weight"], rel=1e-6)
         for k in ("input_spike", "output_spike"):
             assert g[k] == pytest.approx(w[k], rel=2e-5), (k, g, w)

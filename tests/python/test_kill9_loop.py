@@ -189,13 +189,15 @@ def test_kill9_loop_loses_nothing_finished_or_acknowledged(tmp_path):
             if mode is None:
                 break
             calls = [
-                lambda i=i: current.lesion.ResubmitExperiment(service_pb2.ResubmitExperimentRequest(id=i), timeout=30)
+                lambda i=i, current=current: current.lesion.ResubmitExperiment(
+                    service_pb2.ResubmitExperimentRequest(id=i), timeout=30
+                )
                 for i in again
             ]
             specs = [single_spec(rng, f"{round_index}.{n}") for n in range(rng.randint(2, 4))]
             specs.insert(rng.randrange(len(specs) + 1), sweep_spec(rng, round_index))
             calls += [
-                lambda s=s: current.lesion.SubmitExperiment(
+                lambda s=s, current=current: current.lesion.SubmitExperiment(
                     service_pb2.SubmitExperimentRequest(spec=json_format.ParseDict(s, experiment_pb2.ExperimentSpec())),
                     timeout=30,
                 )

@@ -148,12 +148,14 @@ def test_token_probabilities_match_transformers(cli, tmp_path, kind, interventio
     want_base = base_lp.exp()[:, TOKENS].mean(0).tolist()
     want_inter = inter_lp.exp()[:, TOKENS].mean(0).tolist()
     assert int(result["baseline"]["perplexity"]["n_tokens"]) == len(base_lp) == 65
-    assert max(abs(a - b) for a, b in zip(want_base, want_inter)) > 1e-3, "the intervention changes nothing"
+    assert max(abs(a - b) for a, b in zip(want_base, want_inter, strict=True)) > 1e-3, (
+        "the intervention changes nothing"
+    )
 
     for part, want in (("baseline", want_base), ("intervened", want_inter)):
         got = result[part]["token_probabilities"]
         assert [t["token_id"] for t in got] == TOKENS, got
-        for t, w in zip(got, want):
+        for t, w in zip(got, want, strict=True):
             assert abs(t["mean_probability"] - w) < TOL, (part, t, w)
     for i, t in enumerate(TOKENS):
         m = metric(result, f"token_probability:{t}")
@@ -457,7 +459,7 @@ def check_detectors(result, want, cfg):
         got = result[part]
         # massive activations: counts, and every reported entry is one of HF's at its rank
         assert [r["site"] for r in got["massive_activations"]] == [r["site"] for r in want["massive_activations"]]
-        for g, w in zip(got["massive_activations"], want["massive_activations"]):
+        for g, w in zip(got["massive_activations"], want["massive_activations"], strict=True):
             assert int(g["count"]) == w["count"], (part, g["site"], g["count"], w["count"])
             r = min(cfg["massive_activations"]["max_reports"], w["count"])
             assert len(g["top"]) == r, (g["site"], len(g["top"]), r)
@@ -474,7 +476,7 @@ def check_detectors(result, want, cfg):
         assert [(s["layer"], int(s["row"]), int(s["col"]), int(s["token"])) for s in got["super_weights"]] == [
             (s["layer"], s["row"], s["col"], s["token"]) for s in want["super_weights"]
         ], (got["super_weights"], want["super_weights"])
-        for g, w in zip(got["super_weights"], want["super_weights"]):
+        for g, w in zip(got["super_weights"], want["super_weights"], strict=True):
             # ties between windows (a spike at BOS is the same in every window): any window at the max
             assert w["max_out_by_window"][int(g["sequence"])] > abs(w["output_spike"]) - 1e-5, (g, w)
             for k in ("weight", "input_spike", "output_spike"):
@@ -486,14 +488,14 @@ def check_detectors(result, want, cfg):
         assert [(o["norm"], o["layer"], int(o["channel"])) for o in got["norm_outliers"]] == [
             (o["norm"], o["layer"], o["channel"]) for o in want["norm_outliers"]
         ]
-        for g, w in zip(got["norm_outliers"], want["norm_outliers"]):
+        for g, w in zip(got["norm_outliers"], want["norm_outliers"], strict=True):
             for k in ("gamma", "z", "median"):
                 assert abs(g[k] - w[k]) < 1e-9 * max(1, abs(w[k])), (k, g, w)
         # attention outliers
         assert [(k["layer"], k["head"], int(k["key_position"])) for k in got["attention_outliers"]] == [
             (k["layer"], k["head"], k["key_position"]) for k in want["attention_outliers"]
         ]
-        for g, w in zip(got["attention_outliers"], want["attention_outliers"]):
+        for g, w in zip(got["attention_outliers"], want["attention_outliers"], strict=True):
             assert abs(g["mass"] - w["mass"]) < TOL, (g, w)
 
 

@@ -36,7 +36,7 @@ def test_wikitext2_test_matches_tiktoken(cli, gpt2_dir):
     ours = json.loads(cli("tokenize", "--model", gpt2_dir, stdin=text).stdout)  # stdin: no --text
     assert len(ref) == 286221
     assert len(ours) == len(ref), f"{len(ours)} ids, tiktoken {len(ref)}"
-    first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
+    first = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b), None)
     assert first is None, (
         f"first difference at id {first}: lesion {ours[first : first + 8]} tiktoken {ref[first : first + 8]}"
     )

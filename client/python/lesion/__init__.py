@@ -12,12 +12,10 @@ with lesion.Client.local("models/stories260K") as c:
     print(sweep.sweep)                       # a row per variant; c.variants(id) lists the children
 """
 
-__version__ = "0.1.0"
-
-from .client import Client, ExperimentFailed, ExperimentRecord, Handle  # noqa: E402
-from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated  # noqa: E402
-from .result import Result  # noqa: E402
-from .spec import (  # noqa: E402
+from .client import Client, ExperimentFailed, ExperimentRecord, Handle
+from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated
+from .result import Result
+from .spec import (
     ActivationEdit,
     ActivationStats,
     AttentionBias,
@@ -45,6 +43,8 @@ from .spec import (  # noqa: E402
     sweep,
     sweep_heads,
 )
+
+__version__ = "0.1.0"
 
 
 def __getattr__(name):  # lesion.plots without importing matplotlib up front

@@ -32,7 +32,7 @@ def _layer_frame(result, site, pass_):
 
 
 def _layer_labels(df):
-    return [str(l) if not pd.isna(l) else s for l, s in zip(df["layer"], df["site"])]
+    return [str(l) if not pd.isna(l) else s for l, s in zip(df["layer"], df["site"], strict=True)]
 
 
 def _set_layer_ticks(ax, df, max_labels=16):
@@ -40,7 +40,7 @@ def _set_layer_ticks(ax, df, max_labels=16):
     at 30+ layers (sites without a layer, such as embed, always keep theirs)."""
     labels = _layer_labels(df)
     step = max(1, -(-len(labels) // max_labels))
-    keep = [i for i, (l, _) in enumerate(zip(df["layer"], labels)) if pd.isna(l) or int(l) % step == 0]
+    keep = [i for i, (l, _) in enumerate(zip(df["layer"], labels, strict=True)) if pd.isna(l) or int(l) % step == 0]
     ax.set_xticks(keep, [labels[i] for i in keep])
 
 
@@ -95,7 +95,7 @@ def compare(
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
     width = 0.4
-    for i, (f, label) in enumerate(zip(frames, labels)):
+    for i, (f, label) in enumerate(zip(frames, labels, strict=False)):
         ax.bar(np.arange(len(f)) + (i - 0.5) * width, f[stat].to_numpy(float), width=width, label=label)
     ax.set_yscale("log")
     longest = max(frames, key=len)
@@ -116,7 +116,7 @@ def _peak_bins(a, n):
     if a.shape[-1] <= n:
         return a, np.arange(a.shape[-1])
     edges = np.linspace(0, a.shape[-1], n + 1).astype(int)
-    return np.stack([a[..., s:e].max(axis=-1) for s, e in zip(edges[:-1], edges[1:])], axis=-1), edges[:-1]
+    return np.stack([a[..., s:e].max(axis=-1) for s, e in zip(edges[:-1], edges[1:], strict=True)], axis=-1), edges[:-1]
 
 
 def activation_surface(

@@ -18,7 +18,7 @@ SITE_NAMES = (
     "resid_post",
 )
 GLOBAL_SITES = ("embed", "final_norm", "logits")
-_SITE = re.compile(r"^(?:embed|final_norm|logits|blocks\.(?:\d+|\*)\.(?:%s|\*))$" % "|".join(SITE_NAMES))
+_SITE = re.compile(rf"^(?:embed|final_norm|logits|blocks\.(?:\d+|\*)\.(?:{'|'.join(SITE_NAMES)}|\*))$")
 
 
 def check_site(what, site):
