@@ -9,15 +9,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-#include "experiments/checkpoint_loader.h"
-#include "experiments/model_config.h"
-#include "experiments/next_token_ops.h"
-#include "experiments/torch_util.h"
+#include "model/checkpoint_loader.h"
+#include "model/model_config.h"
+#include "model/next_token_ops.h"
+#include "model/torch_util.h"
 
 namespace lesion::bench {
 namespace {
-
-namespace ex = lesion::experiments;
 
 constexpr char kGpt2Small[] = R"({"architectures": ["GPT2LMHeadModel"], "n_layer": 12, "n_embd": 768,
   "n_head": 12, "vocab_size": 50257, "n_positions": 1024})";
@@ -34,18 +32,18 @@ void Die(const absl::Status& status) {
 
 namespace {
 
-std::unique_ptr<ex::Model> LoadBenchModel(const std::string& shape, const std::string& model_dir, at::Device device,
+std::unique_ptr<model::Model> LoadBenchModel(const std::string& shape, const std::string& model_dir, at::Device device,
                                           at::ScalarType dtype) {
   if (!model_dir.empty()) {
-    ex::LoadOptions options;
+    model::LoadOptions options;
     options.device = device;
     options.dtype = dtype;
-    return OrDie(ex::Model::Load(model_dir, options));
+    return OrDie(model::Model::Load(model_dir, options));
   }
   if (shape != "gpt2" && shape != "llama7b") Die(absl::InvalidArgumentError("give --shape gpt2|llama7b or --model DIR"));
-  ex::ModelConfig config = OrDie(ex::ParseModelConfig(shape == "gpt2" ? kGpt2Small : kLlama7b, shape));
-  ex::Transformer t = OrDie(ex::Transformer::Create(config, OrDie(ex::MakeRandomWeights(config, device, dtype))));
-  return OrDie(ex::Model::FromTransformer(shape, std::move(t)));
+  model::ModelConfig config = OrDie(model::ParseModelConfig(shape == "gpt2" ? kGpt2Small : kLlama7b, shape));
+  model::Transformer t = OrDie(model::Transformer::Create(config, OrDie(model::MakeRandomWeights(config, device, dtype))));
+  return OrDie(model::Model::FromTransformer(shape, std::move(t)));
 }
 
 }  // namespace
@@ -70,8 +68,8 @@ BenchSetup ParseAndLoad(int argc, char** argv, const std::set<std::string>& own_
     else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
   }
   if (setup.tf32) AllowTf32();
-  setup.device = OrDie(ex::ParseDevice(device));
-  setup.dtype = OrDie(ex::ParseDtype(dtype));
+  setup.device = OrDie(model::ParseDevice(device));
+  setup.dtype = OrDie(model::ParseDtype(dtype));
   at::manual_seed(0);
   setup.model = LoadBenchModel(setup.shape, model_dir, setup.device, setup.dtype);
   if (!model_dir.empty()) setup.shape = model_dir;
@@ -85,9 +83,9 @@ nlohmann::json ResultLine(const BenchSetup& setup, const std::string& what) {
   return {{"what", what},
           {"impl", "lesion"},
           {"model", setup.shape},
-          {"dtype", std::string(ex::DtypeName(setup.dtype))},
+          {"dtype", std::string(model::DtypeName(setup.dtype))},
           {"tf32", setup.tf32},
-          {"fused_kernels", ex::HasFusedCudaKernels()},
+          {"fused_kernels", model::HasFusedCudaKernels()},
           {"device", setup.device.str()},
           {"seq", setup.seq}};
 }
@@ -107,18 +105,18 @@ std::vector<int32_t> RandomIds(int64_t n, int64_t vocab) {
 }
 
 void Synchronize(at::Device device) {
-  ex::SynchronizeDevice(device);
+  model::SynchronizeDevice(device);
 }
 
 double PeakMemoryGiB(at::Device device) {
-  if (device.is_cuda()) return static_cast<double>(ex::PeakMemoryBytes(device)) / (1 << 30);
+  if (device.is_cuda()) return static_cast<double>(model::PeakMemoryBytes(device)) / (1 << 30);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / (1 << 20);  // ru_maxrss is in KiB
 }
 
-void ResetPeak(at::Device device) { ex::ResetPeakMemory(device); }
+void ResetPeak(at::Device device) { model::ResetPeakMemory(device); }
 
-void AllowTf32() { ex::AllowTf32(); }
+void AllowTf32() { model::AllowTf32(); }
 
 }  // namespace lesion::bench

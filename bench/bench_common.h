@@ -17,7 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "experiments/model.h"
+#include "model/model.h"
 #include "nlohmann/json.hpp"
 
 namespace lesion::bench {
@@ -39,7 +39,7 @@ struct BenchSetup {
   at::ScalarType dtype = at::kFloat;
   bool tf32 = false;
   int64_t seq = 0;
-  std::unique_ptr<experiments::Model> model;
+  std::unique_ptr<model::Model> model;
   std::map<std::string, std::string> flags;  // the benchmark's own flags, by name ("--batch")
 };
 // Dies on an unknown flag or a missing value; `own_flags` are the benchmark's flags with values.

@@ -17,11 +17,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_common.h"
-#include "experiments/next_token_ops.h"
-#include "experiments/perplexity.h"
-#include "experiments/torch_util.h"
+#include "model/next_token_ops.h"
+#include "model/perplexity.h"
+#include "model/torch_util.h"
 
-namespace ex = lesion::experiments;
+namespace model = ::lesion::model;
 using lesion::bench::Die;
 using lesion::bench::OrDie;
 
@@ -30,8 +30,8 @@ int main(int argc, char** argv) {
   const std::string batches = setup.flags.count("--batch") ? setup.flags.at("--batch") : "1,8";
   const int reps = static_cast<int>(lesion::bench::IntFlag(setup, "--reps", 3));
   const at::Device device = setup.device;
-  const ex::Transformer& t = setup.model->transformer();
-  const ex::ModelConfig& c = t.config();
+  const model::Transformer& t = setup.model->transformer();
+  const model::ModelConfig& c = t.config();
   const int64_t seq = setup.seq;
   const int64_t tokens = lesion::bench::IntFlag(setup, "--tokens", seq * (setup.shape == "llama7b" ? 16 : 256));
   const std::vector<int32_t> ids = lesion::bench::RandomIds(tokens, c.vocab_size);
@@ -39,14 +39,14 @@ int main(int argc, char** argv) {
   for (absl::string_view b : absl::StrSplit(batches, ',')) {
     int64_t batch = 0;
     if (!absl::SimpleAtoi(b, &batch) || batch < 1) Die(absl::InvalidArgumentError("bad --batch"));
-    ex::PerplexityOptions options;
+    model::PerplexityOptions options;
     options.seq_len = seq;
     options.batch_size = batch;
-    const ex::RunPlan plan(c.n_layers);
+    const model::RunPlan plan(c.n_layers);
     lesion::bench::ResetPeak(device);
     double ppl = 0;
     const double seconds = lesion::bench::Timed(device, reps, [&] {
-      ppl = OrDie(ex::EvaluatePerplexity(t, ids, options, std::nullopt, plan)).ppl;
+      ppl = OrDie(model::EvaluatePerplexity(t, ids, options, std::nullopt, plan)).ppl;
     });
     nlohmann::json line = lesion::bench::ResultLine(setup, "ppl_eval");
     line.update({{"bs", batch},

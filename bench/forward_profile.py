@@ -1,5 +1,5 @@
-"""The op sequence of lesion's transformer (experiments/transformer.cc) and of its perplexity
-reduction (experiments/perplexity.cc) written in PyTorch, to time candidate changes on a GPU host
+"""The op sequence of lesion's transformer (model/transformer.cc) and of its perplexity
+reduction (model/perplexity.cc) written in PyTorch, to time candidate changes on a GPU host
 before porting them to C++, and to prototype batched sweeps. It is a measuring tool, not a second
 implementation: the C++ runtime is the product; numbers that matter are re-measured there.
 

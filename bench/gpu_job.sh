@@ -31,7 +31,8 @@ echo "== ctest on the GPU host (CPU tests)"
 OMP_NUM_THREADS=2 ctest --test-dir build-gpu -j 8 2>&1 | tail -5 | tee "$out/ctest.txt"
 
 echo "== CUDA tests: the fused kernel, every sweep test on the GPU"
-LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='NextTokenOps*:Sweep*' 2>&1 \
+{ LESION_TEST_DEVICE=cuda build-gpu/model/model_test --gtest_filter='NextTokenOps*' 2>&1
+  LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='Sweep*' 2>&1; } \
   | grep -E '^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|Which is|largest' | head -40 | tee "$out/cuda_tests.txt"
 
 echo "== CUDA parity: every hook site of the HF fixtures, computed on CUDA in float32"
@@ -88,7 +89,8 @@ fi
 
 if has cuda-tests; then
   echo "== CUDA tests: the fused kernel, every sweep test on the GPU"
-  LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='NextTokenOps*:Sweep*:TorchCall*' 2>&1 \
+  { LESION_TEST_DEVICE=cuda build-gpu/model/model_test --gtest_filter='NextTokenOps*:TorchCall*' 2>&1
+    LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='Sweep*' 2>&1; } \
     | grep -E '^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|Which is|largest' | head -40 | tee "$out/cuda_tests.txt"
 fi
 

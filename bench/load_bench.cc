@@ -12,17 +12,17 @@
 #include <string>
 
 #include "bench/bench_common.h"
-#include "experiments/model.h"
-#include "experiments/torch_util.h"
-#include "experiments/weight_edits.h"
+#include "model/model.h"
+#include "model/torch_util.h"
+#include "model/weight_addressing.h"
 #include "nlohmann/json.hpp"
 
-namespace ex = lesion::experiments;
+namespace model = ::lesion::model;
 namespace bench = lesion::bench;
 
 int main(int argc, char** argv) {
   std::string model_path;
-  ex::LoadOptions options;
+  model::LoadOptions options;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (i + 1 >= argc) bench::Die(absl::InvalidArgumentError(flag + " needs a value"));
@@ -30,9 +30,9 @@ int main(int argc, char** argv) {
     if (flag == "--model") {
       model_path = value;
     } else if (flag == "--dtype") {
-      options.dtype = bench::OrDie(ex::ParseDtype(value));
+      options.dtype = bench::OrDie(model::ParseDtype(value));
     } else if (flag == "--device") {
-      options.device = bench::OrDie(ex::ParseDevice(value));
+      options.device = bench::OrDie(model::ParseDevice(value));
     } else {
       bench::Die(absl::InvalidArgumentError("unknown flag " + flag + " (flags: --model, --dtype, --device)"));
     }
@@ -40,18 +40,18 @@ int main(int argc, char** argv) {
   if (model_path.empty()) bench::Die(absl::InvalidArgumentError("--model PATH is required"));
   const double rss_before = bench::PeakMemoryGiB(at::kCPU);
   const auto start = std::chrono::steady_clock::now();
-  std::unique_ptr<ex::Model> model = bench::OrDie(ex::Model::Load(model_path, options));
+  std::unique_ptr<model::Model> model = bench::OrDie(model::Model::Load(model_path, options));
   bench::Synchronize(options.device);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   double weight_bytes = 0;
-  for (const at::Tensor* t : ex::WeightTensors(model->transformer())) {
+  for (const at::Tensor* t : model::WeightTensors(model->transformer())) {
     if (t->defined()) weight_bytes += static_cast<double>(t->nbytes());
   }
   nlohmann::json line = {{"what", "load"},
                          {"model", model_path},
                          {"format", model->checkpoint_format()},
                          {"dequantized_from", model->dequantized_from()},
-                         {"dtype", std::string(ex::DtypeName(model->transformer().dtype()))},
+                         {"dtype", std::string(model::DtypeName(model->transformer().dtype()))},
                          {"device", options.device.str()},
                          {"seconds", seconds},
                          {"peak_memory_gib", bench::PeakMemoryGiB(options.device)},

@@ -17,11 +17,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bench/bench_common.h"
-#include "experiments/next_token_ops.h"
+#include "model/next_token_ops.h"
 #include "experiments/sweep.h"
-#include "experiments/torch_util.h"
+#include "model/torch_util.h"
 
 namespace ex = lesion::experiments;
+namespace model = ::lesion::model;
+namespace spec = ::lesion::spec;
+namespace result = ::lesion::result;
 using lesion::bench::Die;
 using lesion::bench::OrDie;
 
@@ -33,8 +36,8 @@ int main(int argc, char** argv) {
   const int64_t per_pass = lesion::bench::IntFlag(setup, "--variants-per-pass", 0);
   const int64_t max_heads = lesion::bench::IntFlag(setup, "--max-heads", 0);
   const at::Device device = setup.device;
-  const ex::Model& model = *setup.model;
-  const ex::ModelConfig& c = model.config();
+  const model::Model& model = *setup.model;
+  const model::ModelConfig& c = model.config();
   const int64_t seq = setup.seq;
   const std::vector<int32_t> ids = lesion::bench::RandomIds(tokens, c.vocab_size);
 
@@ -55,9 +58,9 @@ int main(int argc, char** argv) {
                                          R"(}, "measurements": [{"perplexity": {}}], "sweep": {"axes": [)", axis,
                                          R"(], "variants_per_pass": )", per_pass, "}}");
   const auto expand_start = std::chrono::steady_clock::now();
-  const ex::spec::Experiment parent = OrDie(ex::spec::ParseExperimentJson(json));
-  const std::vector<ex::spec::Experiment> variants =
-      OrDie(ex::spec::ExpandSweep(parent, {c.n_layers, c.n_heads, c.d_model}, 1 << 20));
+  const spec::Experiment parent = OrDie(spec::ParseExperimentJson(json));
+  const std::vector<spec::Experiment> variants =
+      OrDie(spec::ExpandSweep(parent, {c.n_layers, c.n_heads, c.d_model}, 1 << 20));
   const double expand_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - expand_start).count();
 
@@ -65,8 +68,8 @@ int main(int argc, char** argv) {
   ex::RunLimits limits;  // a pass as large as the flags ask for
   limits.max_pass_tokens = std::max(limits.max_pass_tokens, per_pass * batch * seq);
   ex::SweepControls controls;
-  controls.on_variant = [&](int64_t i, ex::result::Experiment r) { ppl[i] = r.intervened.perplexity.ppl; };
-  ex::result::Experiment parent_result;
+  controls.on_variant = [&](int64_t i, result::Experiment r) { ppl[i] = r.intervened.perplexity.ppl; };
+  result::Experiment parent_result;
   lesion::bench::ResetPeak(device);
   const double seconds = lesion::bench::Timed(device, 1, [&] {
     parent_result = OrDie(ex::RunSweep(model, parent, variants, "data", controls, limits));

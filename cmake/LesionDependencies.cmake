@@ -32,8 +32,8 @@ if(LESION_WITH_TORCH)
   endif()
   message(STATUS "LibTorch ${Torch_VERSION} from ${Torch_DIR}")
 
-  # A LibTorch built with CUDA gets lesion's own CUDA kernels too (experiments/cuda/; the runtime
-  # falls back to ATen ops without them, see experiments/next_token_ops.h). Needs nvcc.
+  # A LibTorch built with CUDA gets lesion's own CUDA kernels too (model/cuda/; the runtime
+  # falls back to ATen ops without them, see model/next_token_ops.h). Needs nvcc.
   if(C10_CUDA_LIBRARY)
     include(CheckLanguage)
     check_language(CUDA)

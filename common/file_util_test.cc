@@ -13,11 +13,14 @@
 #include <string>
 #include <utility>
 
-#include "common/fifo_watchdog.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/fifo_watchdog.h"
 #include "common/testing/scoped_test_dir.h"
 
 namespace lesion {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 namespace fs = std::filesystem;
 
@@ -29,30 +32,30 @@ class FileUtilTest : public ::testing::Test {
 
 TEST_F(FileUtilTest, ReadsAWrittenFile) {
   const std::string contents("binary\0bytes\n", 13);
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "f", contents).ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "f", contents));
   absl::StatusOr<std::string> read = ReadFile(dir_ / "f");
-  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_OK(read);
   EXPECT_EQ(*read, contents);
 }
 
 TEST_F(FileUtilTest, ReadsAFileLargerThanOneBuffer) {
   std::string contents(200000, 'a');
   for (size_t i = 0; i < contents.size(); i += 7) contents[i] = static_cast<char>('b' + i % 20);
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "big", contents).ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "big", contents));
   absl::StatusOr<std::string> read = ReadFile(dir_ / "big");
-  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_OK(read);
   EXPECT_EQ(*read, contents);
 }
 
 TEST_F(FileUtilTest, MissingFileIsNotFound) {
   absl::StatusOr<std::string> read = ReadFile(dir_ / "missing");
-  EXPECT_EQ(read.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(read, StatusIs(absl::StatusCode::kNotFound));
   EXPECT_NE(read.status().message().find("missing"), std::string::npos) << read.status();
 }
 
 TEST_F(FileUtilTest, DirectoryIsInvalidArgument) {
   absl::StatusOr<std::string> read = ReadFile(dir_);
-  EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(read, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(read.status().message().find("is a directory"), std::string::npos) << read.status();
 }
 
@@ -75,10 +78,10 @@ TEST_F(FileUtilTest, DeviceIsInvalidArgument) {
 }
 
 TEST_F(FileUtilTest, SymlinkToARegularFileIsFollowed) {
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "target", "x").ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "target", "x"));
   fs::create_symlink(dir_ / "target", dir_ / "link");
   absl::StatusOr<std::string> read = ReadFile(dir_ / "link");
-  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_OK(read);
   EXPECT_EQ(*read, "x");
 }
 
@@ -105,9 +108,9 @@ TEST(ErrnoToStatusTest, MapsEachErrnoToItsCode) {
 }
 
 TEST_F(FileUtilTest, OpenRegularFileGivesTheSize) {
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "f", "12345").ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "f", "12345"));
   absl::StatusOr<OpenedFile> file = OpenRegularFile(dir_ / "f", "test file");
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_OK(file);
   EXPECT_GE(file->fd.get(), 0);
   EXPECT_EQ(file->size, 5u);
   EXPECT_EQ(file->fd.Close(), 0);
@@ -117,12 +120,12 @@ TEST_F(FileUtilTest, OpenRegularFileGivesTheSize) {
 
 TEST_F(FileUtilTest, OpenRegularFileNamesTheKindInMessages) {
   absl::StatusOr<OpenedFile> missing = OpenRegularFile(dir_ / "missing", "test file");
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing, StatusIs(absl::StatusCode::kNotFound));
   EXPECT_NE(missing.status().message().find("cannot open test file " + (dir_ / "missing").string()),
             std::string::npos)
       << missing.status();
   absl::StatusOr<OpenedFile> dir = OpenRegularFile(dir_, "test file");
-  EXPECT_EQ(dir.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(dir, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(dir.status().message(),
             dir_.string() + " is not a regular file (it is a directory), so not a test file");
 }

@@ -1,5 +1,5 @@
 // A read-only, private memory mapping of a whole regular file: what the torch-free checkpoint
-// readers (experiments/gguf/, experiments/safetensors/) parse and hand tensor bytes out of.
+// readers (model/gguf/, model/safetensors/) parse and hand tensor bytes out of.
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path, "GGUF file"));
 //   absl::Span<const std::byte> bytes = file->bytes();  // the whole file; lives as long as `file`

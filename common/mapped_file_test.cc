@@ -10,9 +10,10 @@
 #include <memory>
 #include <string>
 
+#include "common/testing/status_matchers.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
-#include "common/fifo_watchdog.h"
+#include "common/testing/fifo_watchdog.h"
 #include "common/file_util.h"
 #include "common/testing/scoped_test_dir.h"
 
@@ -44,9 +45,9 @@ void ExpectError(const absl::Status& status, absl::StatusCode code, const fs::pa
 
 TEST_F(MappedFileTest, MapsTheWholeFile) {
   const std::string contents("binary\0bytes\n", 13);
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "f", contents).ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "f", contents));
   absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(dir_ / "f", "test file");
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_OK(file);
   EXPECT_EQ(AsString((*file)->bytes()), contents);
   EXPECT_EQ((*file)->path(), dir_ / "f");
 }
@@ -54,25 +55,25 @@ TEST_F(MappedFileTest, MapsTheWholeFile) {
 TEST_F(MappedFileTest, BytesOutliveTheFileName) {
   std::string contents(100000, 'a');
   for (size_t i = 0; i < contents.size(); i += 7) contents[i] = static_cast<char>('b' + i % 20);
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "big", contents).ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "big", contents));
   absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(dir_ / "big", "test file");
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_OK(file);
   ASSERT_EQ(::unlink((dir_ / "big").c_str()), 0);  // the mapping keeps the file alive
   EXPECT_EQ(AsString((*file)->bytes()), contents);
 }
 
 TEST_F(MappedFileTest, EmptyFileHasEmptyBytes) {
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "empty", "").ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "empty", ""));
   absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(dir_ / "empty", "test file");
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_OK(file);
   EXPECT_TRUE((*file)->bytes().empty());
 }
 
 TEST_F(MappedFileTest, SymlinkToARegularFileIsFollowed) {
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "target", "x").ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "target", "x"));
   fs::create_symlink(dir_ / "target", dir_ / "link");
   absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(dir_ / "link", "test file");
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_OK(file);
   EXPECT_EQ(AsString((*file)->bytes()), "x");
   EXPECT_EQ((*file)->path(), dir_ / "link");
 }
@@ -86,7 +87,7 @@ TEST_F(MappedFileTest, MissingFileIsNotFound) {
 
 TEST_F(MappedFileTest, UnreadableFileIsPermissionDenied) {
   if (::geteuid() == 0) GTEST_SKIP() << "root reads any file";
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "secret", "x").ok());
+  ASSERT_OK(WriteFileAtomically(dir_ / "secret", "x"));
   ASSERT_EQ(::chmod((dir_ / "secret").c_str(), 0), 0);
   ExpectError(MappedFile::Open(dir_ / "secret", "test file").status(),
               absl::StatusCode::kPermissionDenied, dir_ / "secret");

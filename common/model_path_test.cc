@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/file_util.h"
@@ -57,7 +58,7 @@ class ModelPathTest : public testing::Test {
   void SetUp() override {
     const auto* info = testing::UnitTest::GetInstance()->current_test_info();
     root_ = fs::temp_directory_path() / absl::StrCat("lesion_model_path_", info->name(), "_", getpid());
-    ASSERT_TRUE(RemoveTree(root_).ok());
+    ASSERT_OK(RemoveTree(root_));
     hub_ = root_ / "hub";
     fs::create_directories(hub_);
   }
@@ -107,10 +108,10 @@ class ModelPathTest : public testing::Test {
 TEST_F(ModelPathTest, MainResolvesThroughRefsToTheSnapshotDirectory) {
   AddSafetensorsRepo();
   absl::StatusOr<fs::path> path = ResolveModelPath("org/model", hub_);
-  ASSERT_TRUE(path.ok()) << path.status();
+  ASSERT_OK(path);
   EXPECT_EQ(*path, Repo("org", "model") / "snapshots" / kMain);
   absl::StatusOr<std::string> config = ReadFile(*path / "config.json");  // through the symlink
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(*config, "content of config.json");
 }
 
@@ -135,7 +136,7 @@ TEST_F(ModelPathTest, GgufOnlySnapshotResolvesToItsFileNotTheBlob) {
   AddFile("org", "tiny-GGUF", kMain, "README.md");
   SetRef("org", "tiny-GGUF", "main", kMain);
   absl::StatusOr<fs::path> path = ResolveModelPath("org/tiny-GGUF", hub_);
-  ASSERT_TRUE(path.ok()) << path.status();
+  ASSERT_OK(path);
   EXPECT_EQ(*path, Repo("org", "tiny-GGUF") / "snapshots" / kMain / "tiny.Q8_0.gguf");
 }
 
@@ -272,7 +273,7 @@ TEST_F(ModelPathTest, ExistingLocalPathWins) {
   fs::current_path(root_ / "work");
   absl::StatusOr<fs::path> path = ResolveModelPath("org/model", hub_);
   fs::current_path(cwd);
-  ASSERT_TRUE(path.ok()) << path.status();
+  ASSERT_OK(path);
   EXPECT_EQ(*path, fs::path("org/model"));
   // A file too (a .gguf checkpoint), and absolute paths.
   std::ofstream(root_ / "work" / "m.gguf") << "GGUF";

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "experiments/torch_util.h"
+#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
@@ -19,7 +19,7 @@ absl::Status CheckNonNegative(absl::string_view what, double value) {
   return absl::OkStatus();
 }
 
-absl::Status CheckLayers(const ModelConfig& c, absl::string_view what, std::vector<int64_t>& layers) {
+absl::Status CheckLayers(const model::ModelConfig& c, absl::string_view what, std::vector<int64_t>& layers) {
   if (layers.empty()) {
     for (int64_t l = 0; l < c.n_layers; ++l) layers.push_back(l);
   }
@@ -41,10 +41,10 @@ at::Tensor RowMedian(const at::Tensor& a) { return std::get<0>(a.median(/*dim=*/
 
 // --- massive activations ---------------------------------------------------------------------
 
-MassiveActivationDetector::MassiveActivationDetector(std::vector<SiteId> sites, double min_magnitude,
+MassiveActivationDetector::MassiveActivationDetector(std::vector<model::SiteId> sites, double min_magnitude,
                                                      double min_ratio, int64_t max_reports)
     : min_magnitude_(min_magnitude), min_ratio_(min_ratio), max_reports_(max_reports) {
-  for (const SiteId& s : sites) {
+  for (const model::SiteId& s : sites) {
     PerSite p;
     p.site = s;
     sites_.push_back(std::move(p));
@@ -52,10 +52,10 @@ MassiveActivationDetector::MassiveActivationDetector(std::vector<SiteId> sites, 
 }
 
 absl::StatusOr<std::unique_ptr<MassiveActivationDetector>> MassiveActivationDetector::Create(
-    std::vector<SiteId> sites, double min_magnitude, double min_ratio, int64_t max_reports) {
+    std::vector<model::SiteId> sites, double min_magnitude, double min_ratio, int64_t max_reports) {
   if (sites.empty()) return absl::InvalidArgumentError("massive activations: no sites given");
-  for (const SiteId& s : sites) {
-    if (s.kind == SiteKind::kAttnPattern) {
+  for (const model::SiteId& s : sites) {
+    if (s.kind == model::SiteKind::kAttnPattern) {
       return absl::InvalidArgumentError(
           "massive activations: attn_pattern holds probabilities, not activations (use attention_outliers)");
     }
@@ -69,9 +69,9 @@ absl::StatusOr<std::unique_ptr<MassiveActivationDetector>> MassiveActivationDete
       new MassiveActivationDetector(std::move(sites), min_magnitude, min_ratio, max_reports));
 }
 
-void MassiveActivationDetector::Attach(RunPlan& plan) {
+void MassiveActivationDetector::Attach(model::RunPlan& plan) {
   for (PerSite& s : sites_) {
-    plan.AddHook(s.site, [this, &s](const SiteId&, at::Tensor& x) { Observe(s, x); });
+    plan.AddHook(s.site, [this, &s](const model::SiteId&, at::Tensor& x) { Observe(s, x); });
   }
 }
 
@@ -96,7 +96,7 @@ void MassiveActivationDetector::Observe(PerSite& s, const at::Tensor& x) {
 }
 
 absl::StatusOr<std::vector<result::MassiveActivationReport>> MassiveActivationDetector::Finish() const {
-  return TorchCall("reducing massive activations",
+  return model::TorchCall("reducing massive activations",
                    [&]() -> absl::StatusOr<std::vector<result::MassiveActivationReport>> {
     std::vector<result::MassiveActivationReport> out;
     for (const PerSite& s : sites_) {
@@ -136,7 +136,7 @@ absl::StatusOr<std::vector<result::MassiveActivationReport>> MassiveActivationDe
 
 // --- super weights ---------------------------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<SuperWeightDetector>> SuperWeightDetector::Create(const ModelConfig& config,
+absl::StatusOr<std::unique_ptr<SuperWeightDetector>> SuperWeightDetector::Create(const model::ModelConfig& config,
                                                                                  double min_ratio,
                                                                                  double min_magnitude) {
   RETURN_IF_ERROR(CheckNonNegative("super weights: min_ratio", min_ratio));
@@ -147,15 +147,15 @@ absl::StatusOr<std::unique_ptr<SuperWeightDetector>> SuperWeightDetector::Create
 // Columns of PerLayer::spikes.
 enum SpikeColumn { kOutValue, kToken, kRow, kOutMedian, kInValue, kCol, kInMedian, kNumSpikeColumns };
 
-void SuperWeightDetector::Attach(RunPlan& plan) {
+void SuperWeightDetector::Attach(model::RunPlan& plan) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     PerLayer& layer = layers_[l];
     const int64_t li = static_cast<int64_t>(l);
     // mlp_act comes before mlp_out in every block: keep it until the output arrives.
-    plan.AddHook({SiteKind::kMlpAct, li}, [&layer](const SiteId&, at::Tensor& act) {
+    plan.AddHook({model::SiteKind::kMlpAct, li}, [&layer](const model::SiteId&, at::Tensor& act) {
       layer.act = act.detach().to(at::kFloat);  // [b, s, ffn]
     });
-    plan.AddHook({SiteKind::kMlpOut, li}, [&layer](const SiteId&, at::Tensor& out_in) {
+    plan.AddHook({model::SiteKind::kMlpOut, li}, [&layer](const model::SiteId&, at::Tensor& out_in) {
       at::Tensor out = out_in.detach().to(at::kFloat);  // [b, s, d]
       const int64_t b = out.size(0), d = out.size(2), ffn = layer.act.size(2);
       at::Tensor out_flat = out.reshape({b, -1});                 // [b, s d]
@@ -180,8 +180,8 @@ void SuperWeightDetector::Attach(RunPlan& plan) {
   }
 }
 
-absl::StatusOr<std::vector<result::SuperWeight>> SuperWeightDetector::Finish(const Transformer& model) const {
-  return TorchCall("reducing super-weight spikes", [&]() -> absl::StatusOr<std::vector<result::SuperWeight>> {
+absl::StatusOr<std::vector<result::SuperWeight>> SuperWeightDetector::Finish(const model::Transformer& model) const {
+  return model::TorchCall("reducing super-weight spikes", [&]() -> absl::StatusOr<std::vector<result::SuperWeight>> {
     std::vector<result::SuperWeight> found;
     for (size_t l = 0; l < layers_.size(); ++l) {
       const PerLayer& layer = layers_[l];
@@ -215,7 +215,7 @@ absl::StatusOr<std::vector<result::SuperWeight>> SuperWeightDetector::Finish(con
       w.layer = static_cast<int64_t>(l);
       w.row = static_cast<int64_t>(spike[kRow]);
       w.col = static_cast<int64_t>(spike[kCol]);
-      ASSIGN_OR_RETURN(at::Tensor down, ModuleWeight(model, w.layer, WeightModule::kMlpDown));  // [d, ffn]
+      ASSIGN_OR_RETURN(at::Tensor down, model::ModuleWeight(model, w.layer, model::WeightModule::kMlpDown));  // [d, ffn]
       w.weight = down[w.row][w.col].item<double>();
       w.sequence = best_sequence;
       w.token = static_cast<int64_t>(spike[kToken]);
@@ -232,7 +232,7 @@ absl::StatusOr<std::vector<result::SuperWeight>> SuperWeightDetector::Finish(con
 // --- attention outliers ----------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<AttentionOutlierDetector>> AttentionOutlierDetector::Create(
-    const ModelConfig& config, std::vector<int64_t> layers, double min_mass, int64_t max_reports) {
+    const model::ModelConfig& config, std::vector<int64_t> layers, double min_mass, int64_t max_reports) {
   RETURN_IF_ERROR(CheckLayers(config, "attention outliers", layers));
   if (!(min_mass >= 0 && min_mass <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("attention outliers: min_mass must be in [0, 1], got ", min_mass));
@@ -247,9 +247,9 @@ absl::StatusOr<std::unique_ptr<AttentionOutlierDetector>> AttentionOutlierDetect
   return detector;
 }
 
-void AttentionOutlierDetector::Attach(RunPlan& plan) {
+void AttentionOutlierDetector::Attach(model::RunPlan& plan) {
   for (size_t i = 0; i < layers_.size(); ++i) {
-    plan.AddHook({SiteKind::kAttnPattern, layers_[i]}, [this, i](const SiteId&, at::Tensor& p_in) {
+    plan.AddHook({model::SiteKind::kAttnPattern, layers_[i]}, [this, i](const model::SiteId&, at::Tensor& p_in) {
       // p: [b, heads, q, k (+ 1 attention-bias slot)]; only the sequence's own keys count.
       const int64_t b = p_in.size(0), s = p_in.size(2);
       if (s < 2) return;
@@ -268,7 +268,7 @@ void AttentionOutlierDetector::Attach(RunPlan& plan) {
 }
 
 absl::StatusOr<std::vector<result::AttentionOutlierKey>> AttentionOutlierDetector::Finish() const {
-  return TorchCall("reducing attention outliers",
+  return model::TorchCall("reducing attention outliers",
                    [&]() -> absl::StatusOr<std::vector<result::AttentionOutlierKey>> {
     std::vector<result::AttentionOutlierKey> found;
     for (size_t i = 0; i < layers_.size(); ++i) {
@@ -294,7 +294,7 @@ absl::StatusOr<std::vector<result::AttentionOutlierKey>> AttentionOutlierDetecto
 
 // --- norm gamma outliers ---------------------------------------------------------------------
 
-absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const Transformer& model, double min_z,
+absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const model::Transformer& model, double min_z,
                                                                     int64_t max_reports) {
   RETURN_IF_ERROR(CheckNonNegative("norm outliers: min_z", min_z));
   if (max_reports < 1) {
@@ -306,13 +306,13 @@ absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const Transf
     const at::Tensor* gamma;
   };
   std::vector<Norm> norms;
-  const TransformerWeights& w = model.weights();
+  const model::TransformerWeights& w = model.weights();
   for (int64_t l = 0; l < model.config().n_layers; ++l) {
     norms.push_back({"attn", l, &w.blocks[l].attn_norm.weight});
     norms.push_back({"mlp", l, &w.blocks[l].mlp_norm.weight});
   }
   norms.push_back({"final", -1, &w.final_norm.weight});
-  return TorchCall("scanning norm gammas", [&] {
+  return model::TorchCall("scanning norm gammas", [&] {
     std::vector<result::NormOutlier> found;
     for (const Norm& n : norms) {
       at::Tensor g = n.gamma->detach().to(at::kCPU, at::kDouble);  // [d]

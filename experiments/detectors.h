@@ -28,31 +28,31 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "experiments/hook_sites.h"
-#include "experiments/model_config.h"
-#include "experiments/run_plan.h"
-#include "experiments/spec/result.h"
-#include "experiments/transformer.h"
+#include "model/hook_sites.h"
+#include "model/model_config.h"
+#include "model/run_plan.h"
+#include "spec/result.h"
+#include "model/transformer.h"
 
 namespace lesion::experiments {
 
 class MassiveActivationDetector {
  public:
   // InvalidArgument for no sites, attn_pattern, negative thresholds or max_reports < 1.
-  static absl::StatusOr<std::unique_ptr<MassiveActivationDetector>> Create(std::vector<SiteId> sites,
+  static absl::StatusOr<std::unique_ptr<MassiveActivationDetector>> Create(std::vector<model::SiteId> sites,
                                                                            double min_magnitude,
                                                                            double min_ratio,
                                                                            int64_t max_reports);
   MassiveActivationDetector(const MassiveActivationDetector&) = delete;
   MassiveActivationDetector& operator=(const MassiveActivationDetector&) = delete;
 
-  void Attach(RunPlan& plan);
+  void Attach(model::RunPlan& plan);
   // One report per site, in the order given, the largest |x| first.
   absl::StatusOr<std::vector<result::MassiveActivationReport>> Finish() const;
 
  private:
   struct PerSite {
-    SiteId site;
+    model::SiteId site;
     std::vector<at::Tensor> values;   // per batch [b, r] signed, NaN where nothing passed
     std::vector<at::Tensor> indices;  // per batch [b, r] flat token * features + dim
     std::vector<at::Tensor> medians;  // per batch [b]
@@ -61,7 +61,7 @@ class MassiveActivationDetector {
     at::Tensor count;                 // [] int64 on the device
     int64_t n_sequences = 0;
   };
-  MassiveActivationDetector(std::vector<SiteId> sites, double min_magnitude, double min_ratio,
+  MassiveActivationDetector(std::vector<model::SiteId> sites, double min_magnitude, double min_ratio,
                             int64_t max_reports);
   void Observe(PerSite& s, const at::Tensor& x);
 
@@ -73,16 +73,16 @@ class MassiveActivationDetector {
 class SuperWeightDetector {
  public:
   // Every layer of the model. InvalidArgument for negative thresholds.
-  static absl::StatusOr<std::unique_ptr<SuperWeightDetector>> Create(const ModelConfig& config,
+  static absl::StatusOr<std::unique_ptr<SuperWeightDetector>> Create(const model::ModelConfig& config,
                                                                      double min_ratio,
                                                                      double min_magnitude);
   SuperWeightDetector(const SuperWeightDetector&) = delete;
   SuperWeightDetector& operator=(const SuperWeightDetector&) = delete;
 
-  void Attach(RunPlan& plan);
+  void Attach(model::RunPlan& plan);
   // The super weights found, by layer; `weight` is read from `model` as it is when Finish runs
   // (call it with the pass's edits in place).
-  absl::StatusOr<std::vector<result::SuperWeight>> Finish(const Transformer& model) const;
+  absl::StatusOr<std::vector<result::SuperWeight>> Finish(const model::Transformer& model) const;
 
  private:
   struct PerLayer {
@@ -103,7 +103,7 @@ class AttentionOutlierDetector {
  public:
   // `layers` empty: every layer. InvalidArgument for layers out of range, min_mass outside [0, 1]
   // or max_reports < 1.
-  static absl::StatusOr<std::unique_ptr<AttentionOutlierDetector>> Create(const ModelConfig& config,
+  static absl::StatusOr<std::unique_ptr<AttentionOutlierDetector>> Create(const model::ModelConfig& config,
                                                                           std::vector<int64_t> layers,
                                                                           double min_mass,
                                                                           int64_t max_reports);
@@ -111,7 +111,7 @@ class AttentionOutlierDetector {
   AttentionOutlierDetector& operator=(const AttentionOutlierDetector&) = delete;
 
   // Reading the pattern switches those layers to the explicit attention path.
-  void Attach(RunPlan& plan);
+  void Attach(model::RunPlan& plan);
   // The keys at or above min_mass, largest mass first, at most max_reports.
   absl::StatusOr<std::vector<result::AttentionOutlierKey>> Finish() const;
 
@@ -127,7 +127,7 @@ class AttentionOutlierDetector {
 
 // Scans the gammas of every norm of `model` (attn and mlp of each layer, then final) as they are
 // now. At most `max_reports` per norm, largest |z| first. InvalidArgument for a negative min_z.
-absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const Transformer& model, double min_z,
+absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const model::Transformer& model, double min_z,
                                                                     int64_t max_reports);
 
 }  // namespace lesion::experiments

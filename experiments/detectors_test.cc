@@ -8,9 +8,10 @@
 
 #include <filesystem>
 
+#include "common/testing/status_matchers.h"
 #include "common/file_util.h"
 #include "experiments/measurements.h"
-#include "experiments/model.h"
+#include "model/model.h"
 #include "experiments/runner.h"
 #include "experiments/weight_edits.h"
 #include "nlohmann/json.hpp"
@@ -18,16 +19,18 @@
 namespace lesion::experiments {
 namespace {
 
+using ::lesion::matchers::StatusIs;
+
 const std::filesystem::path kFixtures = std::filesystem::path(LESION_SOURCE_DIR) / "tests/fixtures";
 
 class PlantedOutliers : public ::testing::Test {
  protected:
   void SetUp() override {
     auto text = ReadFile(kFixtures / "reference/planted.json");
-    ASSERT_TRUE(text.ok()) << text.status();
+    ASSERT_OK(text);
     ref_ = nlohmann::json::parse(*text);
-    auto model = Model::Load(kFixtures / "models/planted", {});
-    ASSERT_TRUE(model.ok()) << model.status();
+    auto model = model::Model::Load(kFixtures / "models/planted", {});
+    ASSERT_OK(model);
     model_ = *std::move(model);
     std::vector<int64_t> flat;
     for (const auto& row : ref_["input_ids"]) {
@@ -36,18 +39,18 @@ class PlantedOutliers : public ::testing::Test {
     ids_ = at::tensor(flat, at::kLong).view({static_cast<int64_t>(ref_["input_ids"].size()), -1});
   }
   nlohmann::json ref_;
-  std::unique_ptr<Model> model_;
+  std::unique_ptr<model::Model> model_;
   at::Tensor ids_;  // [2, 16]
 };
 
 TEST_F(PlantedOutliers, SuperWeightIsFoundAtItsCoordinatesOnly) {
   auto detector = SuperWeightDetector::Create(model_->config(), 100, 0);
-  ASSERT_TRUE(detector.ok());
-  RunPlan plan(model_->config().n_layers);
+  ASSERT_OK(detector);
+  model::RunPlan plan(model_->config().n_layers);
   (*detector)->Attach(plan);
-  ASSERT_TRUE(model_->transformer().Forward(ids_, plan).ok());
+  ASSERT_OK(model_->transformer().Forward(ids_, plan));
   auto found = (*detector)->Finish(model_->transformer());
-  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_OK(found);
   const auto& want = ref_["super_weight"];
   ASSERT_EQ(found->size(), 1u);
   const result::SuperWeight& w = (*found)[0];
@@ -64,15 +67,15 @@ TEST_F(PlantedOutliers, SuperWeightIsFoundAtItsCoordinatesOnly) {
 }
 
 TEST_F(PlantedOutliers, MassiveActivationIsTheSuperWeightsRowAtTheFirstToken) {
-  auto sites = ParseSitePattern("blocks.*.resid_post", model_->config().n_layers);
-  ASSERT_TRUE(sites.ok());
+  auto sites = model::ParseSitePattern("blocks.*.resid_post", model_->config().n_layers);
+  ASSERT_OK(sites);
   auto detector = MassiveActivationDetector::Create(*sites, 100, 1000, 20);
-  ASSERT_TRUE(detector.ok());
-  RunPlan plan(model_->config().n_layers);
+  ASSERT_OK(detector);
+  model::RunPlan plan(model_->config().n_layers);
   (*detector)->Attach(plan);
-  ASSERT_TRUE(model_->transformer().Forward(ids_, plan).ok());
+  ASSERT_OK(model_->transformer().Forward(ids_, plan));
   auto reports = (*detector)->Finish();
-  ASSERT_TRUE(reports.ok()) << reports.status();
+  ASSERT_OK(reports);
   ASSERT_EQ(reports->size(), 3u);
   const auto& want = ref_["massive_activation"];
   EXPECT_EQ((*reports)[0].count, 0) << "layer 0 has no massive activation";
@@ -93,7 +96,7 @@ TEST_F(PlantedOutliers, MassiveActivationIsTheSuperWeightsRowAtTheFirstToken) {
 
 TEST_F(PlantedOutliers, NormOutlierIsThePlantedGammaOnly) {
   auto found = DetectNormOutliers(model_->transformer(), 8, 10);
-  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_OK(found);
   ASSERT_EQ(found->size(), 1u);
   const auto& want = ref_["norm_outlier"];
   EXPECT_EQ((*found)[0].norm, want["norm"].get<std::string>());
@@ -123,10 +126,10 @@ TEST_F(PlantedOutliers, ZeroingTheSuperWeightRemovesTheMassiveActivation) {
         {{"massive_activations", nlohmann::json::object()}},
         {{"norm_outliers", nlohmann::json::object()}}}}};
   auto experiment = spec::ParseExperimentJson(spec.dump());
-  ASSERT_TRUE(experiment.ok()) << experiment.status();
+  ASSERT_OK(experiment);
   const std::string before = model_->fingerprint();
   auto r = RunExperiment(*model_, *experiment, std::filesystem::path(LESION_SOURCE_DIR) / "data");
-  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_OK(r);
   ASSERT_EQ(r->baseline.super_weights.size(), 1u);
   EXPECT_EQ(r->baseline.super_weights[0].row, sw["row"].get<int64_t>());
   EXPECT_TRUE(r->intervened.super_weights.empty());
@@ -134,29 +137,29 @@ TEST_F(PlantedOutliers, ZeroingTheSuperWeightRemovesTheMassiveActivation) {
   EXPECT_EQ(r->baseline.massive_activations[1].count, 2);
   for (const auto& report : r->intervened.massive_activations) EXPECT_EQ(report.count, 0) << report.site;
   EXPECT_EQ(r->baseline.norm_outliers.size(), 1u);
-  EXPECT_EQ(WeightsFingerprint(model_->transformer()).value(), before);
+  EXPECT_EQ(model::WeightsFingerprint(model_->transformer()).value(), before);
 }
 
 TEST(AttentionOutliers, IsTheShareOfAttentionMassAgainstADirectComputation) {
-  auto model = Model::Load(kFixtures / "models/llama2", {});
-  ASSERT_TRUE(model.ok()) << model.status();
-  const ModelConfig& c = (*model)->config();
+  auto model = model::Model::Load(kFixtures / "models/llama2", {});
+  ASSERT_OK(model);
+  const model::ModelConfig& c = (*model)->config();
   auto detector = AttentionOutlierDetector::Create(c, {1}, 0.0, 100000);
-  ASSERT_TRUE(detector.ok());
-  RunPlan plan(c.n_layers);
+  ASSERT_OK(detector);
+  model::RunPlan plan(c.n_layers);
   std::vector<at::Tensor> patterns;
-  plan.AddHook({SiteKind::kAttnPattern, 1}, [&](const SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
+  plan.AddHook({model::SiteKind::kAttnPattern, 1}, [&](const model::SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
   (*detector)->Attach(plan);
   auto sink = AttentionSinkCollector::Create(c, {1});
-  ASSERT_TRUE(sink.ok());
+  ASSERT_OK(sink);
   (*sink)->Attach(plan);
   at::manual_seed(3);
   at::Tensor long_ids = at::randint(0, c.vocab_size, {2, 12}, at::kLong);
   at::Tensor short_ids = at::randint(0, c.vocab_size, {1, 7}, at::kLong);  // a shorter tail window
-  ASSERT_TRUE((*model)->transformer().Forward(long_ids, plan).ok());
-  ASSERT_TRUE((*model)->transformer().Forward(short_ids, plan).ok());
+  ASSERT_OK((*model)->transformer().Forward(long_ids, plan));
+  ASSERT_OK((*model)->transformer().Forward(short_ids, plan));
   auto found = (*detector)->Finish();
-  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_OK(found);
   // Direct: for each key k, the mean over the windows that reach k of sum_{q >= 1} p[q, k] / (s - 1).
   std::map<std::pair<int64_t, int64_t>, double> sums, counts;
   for (const at::Tensor& p : patterns) {  // [b, heads, s, s]
@@ -188,20 +191,20 @@ TEST(AttentionOutliers, IsTheShareOfAttentionMassAgainstADirectComputation) {
   }
   for (size_t i = 1; i < found->size(); ++i) EXPECT_GE((*found)[i - 1].mass, (*found)[i].mass);
   auto filtered = AttentionOutlierDetector::Create(c, {}, 1.5, 10);
-  EXPECT_EQ(filtered.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(filtered, StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(Detectors, BadArguments) {
-  ModelConfig c;
+  model::ModelConfig c;
   c.n_layers = 2;
   EXPECT_EQ(MassiveActivationDetector::Create({}, 100, 1000, 20).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MassiveActivationDetector::Create({{SiteKind::kAttnPattern, 0}}, 100, 1000, 20).status().code(),
+  EXPECT_EQ(MassiveActivationDetector::Create({{model::SiteKind::kAttnPattern, 0}}, 100, 1000, 20).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MassiveActivationDetector::Create({{SiteKind::kEmbed, -1}}, -1, 1000, 20).status().code(),
+  EXPECT_EQ(MassiveActivationDetector::Create({{model::SiteKind::kEmbed, -1}}, -1, 1000, 20).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(SuperWeightDetector::Create(c, NAN, 0).status().code(), absl::StatusCode::kInvalidArgument);
   auto layer = AttentionOutlierDetector::Create(c, {2}, 0.3, 10);
-  EXPECT_EQ(layer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(layer, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(layer.status().message().find("layer 2 out of range"), std::string::npos);
 }
 

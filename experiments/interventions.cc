@@ -22,24 +22,24 @@ at::Tensor IndexTensor(const std::vector<int64_t>& v, at::Device device) {
 
 }  // namespace
 
-int64_t SiteFeatures(const ModelConfig& c, SiteKind kind) {
+int64_t SiteFeatures(const model::ModelConfig& c, model::SiteKind kind) {
   switch (kind) {
-    case SiteKind::kAttnZ:
+    case model::SiteKind::kAttnZ:
       return c.n_heads * c.head_dim;
-    case SiteKind::kMlpAct:
+    case model::SiteKind::kMlpAct:
       return c.d_ffn;
-    case SiteKind::kLogits:
+    case model::SiteKind::kLogits:
       return c.vocab_size;
-    case SiteKind::kAttnPattern:
+    case model::SiteKind::kAttnPattern:
       return -1;
     default:
       return c.d_model;
   }
 }
 
-absl::Status AddHeadAblation(const ModelConfig& c, int64_t layer, const std::vector<int64_t>& heads,
+absl::Status AddHeadAblation(const model::ModelConfig& c, int64_t layer, const std::vector<int64_t>& heads,
                              HeadAblationMode mode, double factor, const at::Tensor& head_means,
-                             RunPlan& plan) {
+                             model::RunPlan& plan) {
   if (layer < 0 || layer >= c.n_layers) {
     return absl::InvalidArgumentError(absl::StrCat("head ablation: layer ", layer, " out of range: model ",
                                                    c.architecture, " has ", c.n_layers, " layers"));
@@ -54,7 +54,7 @@ absl::Status AddHeadAblation(const ModelConfig& c, int64_t layer, const std::vec
        head_means.size(1) != c.head_dim)) {
     return absl::InvalidArgumentError("head ablation: mean mode needs head means of shape [n_heads, head_dim]");
   }
-  plan.AddHook({SiteKind::kAttnZ, layer}, [heads, mode, factor, head_means](const SiteId&, at::Tensor& z) {
+  plan.AddHook({model::SiteKind::kAttnZ, layer}, [heads, mode, factor, head_means](const model::SiteId&, at::Tensor& z) {
     // z: [b, s, heads, hd]
     z = z.clone();
     at::Tensor index = IndexTensor(heads, z.device());
@@ -75,15 +75,15 @@ absl::Status AddHeadAblation(const ModelConfig& c, int64_t layer, const std::vec
   return absl::OkStatus();
 }
 
-absl::Status AddActivationEdit(const ModelConfig& c, const SiteId& site, const std::vector<int64_t>& positions,
+absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId& site, const std::vector<int64_t>& positions,
                                const std::vector<int64_t>& dims, ActivationOp op, double value,
-                               const at::Tensor& mean, RunPlan& plan) {
+                               const at::Tensor& mean, model::RunPlan& plan) {
   const int64_t features = SiteFeatures(c, site.kind);
   if (features < 0) {
     return absl::InvalidArgumentError(
         "activation edit: attn_pattern cannot be edited here (use a head ablation or an attention bias)");
   }
-  if (IsPerLayer(site.kind) && (site.layer < 0 || site.layer >= c.n_layers)) {
+  if (model::IsPerLayer(site.kind) && (site.layer < 0 || site.layer >= c.n_layers)) {
     return absl::InvalidArgumentError(absl::StrCat("activation edit: layer ", site.layer, " out of range"));
   }
   if (auto s = CheckIndices(dims, features, absl::StrCat("activation edit at ", site.Name(), ": dim")); !s.ok()) {
@@ -99,7 +99,7 @@ absl::Status AddActivationEdit(const ModelConfig& c, const SiteId& site, const s
     return absl::InvalidArgumentError(
         absl::StrCat("activation edit: mean mode needs a mean of shape [seq, ", features, "]"));
   }
-  plan.AddHook(site, [positions, dims, op, value, mean](const SiteId&, at::Tensor& x_in) {
+  plan.AddHook(site, [positions, dims, op, value, mean](const model::SiteId&, at::Tensor& x_in) {
     const auto shape = x_in.sizes().vec();
     at::Tensor x = x_in.reshape({shape[0], shape[1], -1}).clone();  // [b, s, features]
     const int64_t seq = x.size(1);

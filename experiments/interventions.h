@@ -12,33 +12,35 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "experiments/hook_sites.h"
-#include "experiments/model_config.h"
-#include "experiments/run_plan.h"
+#include "model/hook_sites.h"
+#include "model/model_config.h"
+#include "model/run_plan.h"
+#include "spec/spec.h"
 
 namespace lesion::experiments {
 
-enum class HeadAblationMode { kZero, kScale, kMean };
+// The spec's enums are the runtime's: one definition from the request to the forward pass.
+using HeadAblationMode = spec::HeadAblation::Mode;
 
 // Replaces the heads' slices of blocks.`layer`.attn_z (before the output projection) with zero,
 // `factor` times themselves, or `head_means` ([n_heads, head_dim], each head's mean output over a
 // dataset; required for kMean).
-absl::Status AddHeadAblation(const ModelConfig& config, int64_t layer, const std::vector<int64_t>& heads,
+absl::Status AddHeadAblation(const model::ModelConfig& config, int64_t layer, const std::vector<int64_t>& heads,
                              HeadAblationMode mode, double factor, const at::Tensor& head_means,
-                             RunPlan& plan);
+                             model::RunPlan& plan);
 
-enum class ActivationOp { kZero, kSet, kScale, kMean };
+using ActivationOp = spec::ActivationEdit::Op;
 
 // Edits x[:, positions, dims] at `site` (all positions / dims when empty): zero, set to `value`,
 // scale by `value`, or set to `mean` ([seq, features]: the site's mean over a dataset, by position
 // and feature; Sun et al.'s "set to mean"). attn_z is addressed as [seq, heads * head_dim];
 // attn_pattern cannot be edited this way. Positions beyond a window's length are skipped.
-absl::Status AddActivationEdit(const ModelConfig& config, const SiteId& site,
+absl::Status AddActivationEdit(const model::ModelConfig& config, const model::SiteId& site,
                                const std::vector<int64_t>& positions, const std::vector<int64_t>& dims,
-                               ActivationOp op, double value, const at::Tensor& mean, RunPlan& plan);
+                               ActivationOp op, double value, const at::Tensor& mean, model::RunPlan& plan);
 
 // Width of the feature dimension of a site (d_model, d_ffn, heads * head_dim, vocab).
-int64_t SiteFeatures(const ModelConfig& config, SiteKind kind);
+int64_t SiteFeatures(const model::ModelConfig& config, model::SiteKind kind);
 
 }  // namespace lesion::experiments
 

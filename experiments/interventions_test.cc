@@ -5,22 +5,25 @@
 
 #include <filesystem>
 
-#include "experiments/model.h"
+#include "common/testing/status_matchers.h"
+#include "model/model.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
 namespace {
 
-std::unique_ptr<Model> LoadFixture(const char* name) {
-  auto model = Model::Load(std::filesystem::path(LESION_SOURCE_DIR) / "tests/fixtures/models" / name, {});
-  EXPECT_TRUE(model.ok()) << model.status();
+using ::lesion::matchers::StatusIs;
+
+std::unique_ptr<model::Model> LoadFixture(const char* name) {
+  auto model = model::Model::Load(std::filesystem::path(LESION_SOURCE_DIR) / "tests/fixtures/models" / name, {});
+  EXPECT_OK(model);
   return *std::move(model);
 }
 
-at::Tensor Logits(const Transformer& m, const RunPlan& plan) {
+at::Tensor Logits(const model::Transformer& m, const model::RunPlan& plan) {
   at::Tensor ids = (at::arange(24, at::kLong).view({2, 12}) * 13) % m.config().vocab_size;
   auto logits = m.Forward(ids, plan);
-  EXPECT_TRUE(logits.ok()) << logits.status();
+  EXPECT_OK(logits);
   return logits->clone();
 }
 
@@ -31,10 +34,10 @@ double MaxDiff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().
 TEST(HeadAblation, ZeroEqualsZeroingTheHeadsOutputProjectionColumns) {
   for (const char* name : {"llama2", "gpt2"}) {
     auto model = LoadFixture(name);
-    const Transformer& m = model->transformer();
-    const ModelConfig& c = m.config();
-    RunPlan plan(c.n_layers);
-    ASSERT_TRUE(AddHeadAblation(c, 1, {0, 2}, HeadAblationMode::kZero, 0, {}, plan).ok());
+    const model::Transformer& m = model->transformer();
+    const model::ModelConfig& c = m.config();
+    model::RunPlan plan(c.n_layers);
+    ASSERT_OK(AddHeadAblation(c, 1, {0, 2}, HeadAblationMode::kZero, 0, {}, plan));
     const at::Tensor ablated = Logits(m, plan);
     at::Tensor via_weights;
     {
@@ -42,42 +45,42 @@ TEST(HeadAblation, ZeroEqualsZeroingTheHeadsOutputProjectionColumns) {
       for (int64_t h : {0, 2}) {
         for (int64_t row = 0; row < c.d_model; ++row) {
           for (int64_t col = h * c.head_dim; col < (h + 1) * c.head_dim; ++col) {
-            ASSERT_TRUE(edits.EditElement(1, WeightModule::kAttnO, row, col, ElementOp::kZero, 0).ok());
+            ASSERT_OK(edits.EditElement(1, model::WeightModule::kAttnO, row, col, ElementOp::kZero, 0));
           }
         }
       }
-      via_weights = Logits(m, RunPlan(c.n_layers));
+      via_weights = Logits(m, model::RunPlan(c.n_layers));
     }
     EXPECT_LE(MaxDiff(ablated, via_weights), 1e-5) << name;
-    EXPECT_GT(MaxDiff(ablated, Logits(m, RunPlan(c.n_layers))), 1e-3) << name << ": ablation had no effect";
+    EXPECT_GT(MaxDiff(ablated, Logits(m, model::RunPlan(c.n_layers))), 1e-3) << name << ": ablation had no effect";
   }
 }
 
 TEST(HeadAblation, ScaleAndMeanModes) {
   auto model = LoadFixture("mistral");
-  const Transformer& m = model->transformer();
-  const ModelConfig& c = m.config();
-  RunPlan zero(c.n_layers), scale0(c.n_layers), scale1(c.n_layers), mean0(c.n_layers);
-  ASSERT_TRUE(AddHeadAblation(c, 2, {3}, HeadAblationMode::kZero, 0, {}, zero).ok());
-  ASSERT_TRUE(AddHeadAblation(c, 2, {3}, HeadAblationMode::kScale, 0.0, {}, scale0).ok());
-  ASSERT_TRUE(AddHeadAblation(c, 2, {3}, HeadAblationMode::kScale, 1.0, {}, scale1).ok());
-  ASSERT_TRUE(AddHeadAblation(c, 2, {3}, HeadAblationMode::kMean, 0, at::zeros({c.n_heads, c.head_dim}), mean0).ok());
+  const model::Transformer& m = model->transformer();
+  const model::ModelConfig& c = m.config();
+  model::RunPlan zero(c.n_layers), scale0(c.n_layers), scale1(c.n_layers), mean0(c.n_layers);
+  ASSERT_OK(AddHeadAblation(c, 2, {3}, HeadAblationMode::kZero, 0, {}, zero));
+  ASSERT_OK(AddHeadAblation(c, 2, {3}, HeadAblationMode::kScale, 0.0, {}, scale0));
+  ASSERT_OK(AddHeadAblation(c, 2, {3}, HeadAblationMode::kScale, 1.0, {}, scale1));
+  ASSERT_OK(AddHeadAblation(c, 2, {3}, HeadAblationMode::kMean, 0, at::zeros({c.n_heads, c.head_dim}), mean0));
   EXPECT_TRUE(at::equal(Logits(m, zero), Logits(m, scale0)));
   EXPECT_TRUE(at::equal(Logits(m, zero), Logits(m, mean0)));
-  EXPECT_TRUE(at::equal(Logits(m, scale1), Logits(m, RunPlan(c.n_layers))));
+  EXPECT_TRUE(at::equal(Logits(m, scale1), Logits(m, model::RunPlan(c.n_layers))));
 }
 
 TEST(ActivationEdit, EditsExactlyTheSelectedCells) {
   auto model = LoadFixture("qwen2");
-  const Transformer& m = model->transformer();
-  const ModelConfig& c = m.config();
+  const model::Transformer& m = model->transformer();
+  const model::ModelConfig& c = m.config();
   at::Tensor before, after;
-  RunPlan observe(c.n_layers);
-  observe.AddHook({SiteKind::kMlpIn, 1}, [&](const SiteId&, at::Tensor& x) { before = x.clone(); });
+  model::RunPlan observe(c.n_layers);
+  observe.AddHook({model::SiteKind::kMlpIn, 1}, [&](const model::SiteId&, at::Tensor& x) { before = x.clone(); });
   Logits(m, observe);
-  RunPlan plan(c.n_layers);
-  ASSERT_TRUE(AddActivationEdit(c, {SiteKind::kMlpIn, 1}, {0, 5, 99}, {3, 7}, ActivationOp::kSet, 42.0, {}, plan).ok());
-  plan.AddHook({SiteKind::kMlpIn, 1}, [&](const SiteId&, at::Tensor& x) { after = x.clone(); });
+  model::RunPlan plan(c.n_layers);
+  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kMlpIn, 1}, {0, 5, 99}, {3, 7}, ActivationOp::kSet, 42.0, {}, plan));
+  plan.AddHook({model::SiteKind::kMlpIn, 1}, [&](const model::SiteId&, at::Tensor& x) { after = x.clone(); });
   Logits(m, plan);
   at::Tensor expected = before.clone();
   for (int64_t p : {0, 5}) {
@@ -88,31 +91,31 @@ TEST(ActivationEdit, EditsExactlyTheSelectedCells) {
 
 TEST(ActivationEdit, ZeroingTheLastResidualZeroesTheLogitsOfAnRmsNormModel) {
   auto model = LoadFixture("llama2");
-  const ModelConfig& c = model->config();
-  RunPlan plan(c.n_layers);
-  ASSERT_TRUE(AddActivationEdit(c, {SiteKind::kResidPost, c.n_layers - 1}, {}, {}, ActivationOp::kZero, 0, {}, plan).ok());
+  const model::ModelConfig& c = model->config();
+  model::RunPlan plan(c.n_layers);
+  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kResidPost, c.n_layers - 1}, {}, {}, ActivationOp::kZero, 0, {}, plan));
   EXPECT_EQ(Logits(model->transformer(), plan).abs().max().item<float>(), 0.0f);
-  RunPlan identity(c.n_layers);
-  ASSERT_TRUE(AddActivationEdit(c, {SiteKind::kAttnZ, 0}, {}, {}, ActivationOp::kScale, 1.0, {}, identity).ok());
-  EXPECT_TRUE(at::equal(Logits(model->transformer(), identity), Logits(model->transformer(), RunPlan(c.n_layers))));
+  model::RunPlan identity(c.n_layers);
+  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kAttnZ, 0}, {}, {}, ActivationOp::kScale, 1.0, {}, identity));
+  EXPECT_TRUE(at::equal(Logits(model->transformer(), identity), Logits(model->transformer(), model::RunPlan(c.n_layers))));
 }
 
 TEST(Interventions, InvalidArgumentsNameFieldAndValue) {
   auto model = LoadFixture("gpt2");
-  const ModelConfig& c = model->config();
-  RunPlan plan(c.n_layers);
+  const model::ModelConfig& c = model->config();
+  model::RunPlan plan(c.n_layers);
   absl::Status head = AddHeadAblation(c, 0, {4}, HeadAblationMode::kZero, 0, {}, plan);
-  EXPECT_EQ(head.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(head, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(head.message().find("head 4 out of range"), std::string::npos) << head;
   EXPECT_NE(AddHeadAblation(c, 3, {0}, HeadAblationMode::kZero, 0, {}, plan).message().find("layer 3"),
             std::string::npos);
   EXPECT_EQ(AddHeadAblation(c, 0, {0}, HeadAblationMode::kMean, 0, {}, plan).code(),
             absl::StatusCode::kInvalidArgument);
-  absl::Status dim = AddActivationEdit(c, {SiteKind::kMlpAct, 0}, {}, {128}, ActivationOp::kZero, 0, {}, plan);
+  absl::Status dim = AddActivationEdit(c, {model::SiteKind::kMlpAct, 0}, {}, {128}, ActivationOp::kZero, 0, {}, plan);
   EXPECT_NE(dim.message().find("dim 128 out of range"), std::string::npos) << dim;
-  EXPECT_EQ(AddActivationEdit(c, {SiteKind::kAttnPattern, 0}, {}, {}, ActivationOp::kZero, 0, {}, plan).code(),
+  EXPECT_EQ(AddActivationEdit(c, {model::SiteKind::kAttnPattern, 0}, {}, {}, ActivationOp::kZero, 0, {}, plan).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(AddActivationEdit(c, {SiteKind::kEmbed, -1}, {-1}, {}, ActivationOp::kZero, 0, {}, plan).code(),
+  EXPECT_EQ(AddActivationEdit(c, {model::SiteKind::kEmbed, -1}, {-1}, {}, ActivationOp::kZero, 0, {}, plan).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(plan.empty());
 }

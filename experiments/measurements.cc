@@ -3,12 +3,12 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "experiments/torch_util.h"
+#include "model/torch_util.h"
 
 namespace lesion::experiments {
 
-ActivationStatsCollector::ActivationStatsCollector(std::vector<SiteId> sites, int64_t top_k) : top_k_(top_k) {
-  for (const SiteId& s : sites) {
+ActivationStatsCollector::ActivationStatsCollector(std::vector<model::SiteId> sites, int64_t top_k) : top_k_(top_k) {
+  for (const model::SiteId& s : sites) {
     PerSite p;
     p.site = s;
     sites_.push_back(std::move(p));
@@ -16,11 +16,11 @@ ActivationStatsCollector::ActivationStatsCollector(std::vector<SiteId> sites, in
 }
 
 absl::StatusOr<std::unique_ptr<ActivationStatsCollector>> ActivationStatsCollector::Create(
-    std::vector<SiteId> sites, int64_t top_k) {
+    std::vector<model::SiteId> sites, int64_t top_k) {
   if (top_k < 1) return absl::InvalidArgumentError(absl::StrCat("activation stats: top_k must be >= 1, got ", top_k));
   if (sites.empty()) return absl::InvalidArgumentError("activation stats: no sites given");
-  for (const SiteId& s : sites) {
-    if (s.kind == SiteKind::kAttnPattern) {
+  for (const model::SiteId& s : sites) {
+    if (s.kind == model::SiteKind::kAttnPattern) {
       return absl::InvalidArgumentError(
           "activation stats: attn_pattern is a probability, not an activation (use the attention sink score)");
     }
@@ -28,9 +28,9 @@ absl::StatusOr<std::unique_ptr<ActivationStatsCollector>> ActivationStatsCollect
   return std::unique_ptr<ActivationStatsCollector>(new ActivationStatsCollector(std::move(sites), top_k));
 }
 
-void ActivationStatsCollector::Attach(RunPlan& plan) {
+void ActivationStatsCollector::Attach(model::RunPlan& plan) {
   for (PerSite& s : sites_) {
-    plan.AddHook(s.site, [this, &s](const SiteId&, at::Tensor& x) { Observe(s, x); });
+    plan.AddHook(s.site, [this, &s](const model::SiteId&, at::Tensor& x) { Observe(s, x); });
   }
 }
 
@@ -50,7 +50,7 @@ void ActivationStatsCollector::Observe(PerSite& s, const at::Tensor& x) {
 }
 
 absl::StatusOr<std::vector<result::SiteStats>> ActivationStatsCollector::Finish() const {
-  return TorchCall("reducing activation stats", [&]() -> absl::StatusOr<std::vector<result::SiteStats>> {
+  return model::TorchCall("reducing activation stats", [&]() -> absl::StatusOr<std::vector<result::SiteStats>> {
     std::vector<result::SiteStats> out;
     for (const PerSite& s : sites_) {
       if (s.n_sequences == 0) {
@@ -90,7 +90,7 @@ absl::StatusOr<std::vector<result::SiteStats>> ActivationStatsCollector::Finish(
   });
 }
 
-absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> AttentionSinkCollector::Create(const ModelConfig& config,
+absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> AttentionSinkCollector::Create(const model::ModelConfig& config,
                                                                                       std::vector<int64_t> layers) {
   if (layers.empty()) {
     for (int64_t l = 0; l < config.n_layers; ++l) layers.push_back(l);
@@ -106,9 +106,9 @@ absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> AttentionSinkCollector::
   return collector;
 }
 
-void AttentionSinkCollector::Attach(RunPlan& plan) {
+void AttentionSinkCollector::Attach(model::RunPlan& plan) {
   for (size_t i = 0; i < layers_.size(); ++i) {
-    plan.AddHook({SiteKind::kAttnPattern, layers_[i]}, [this, i](const SiteId&, at::Tensor& p) {
+    plan.AddHook({model::SiteKind::kAttnPattern, layers_[i]}, [this, i](const model::SiteId&, at::Tensor& p) {
       // p: [b, heads, q, k]; queries 1.. and their probability on key 0
       if (p.size(2) < 2) return;
       at::Tensor on_first = p.narrow(2, 1, p.size(2) - 1).select(3, 0).to(at::kDouble);  // [b, heads, q-1]
@@ -123,21 +123,21 @@ absl::StatusOr<at::Tensor> AttentionSinkCollector::Finish() const {
   if (n_windows_ == 0) {
     return absl::FailedPreconditionError("attention sink: no window with at least two tokens was observed");
   }
-  return TorchCall("reducing attention sink scores", [&] {
+  return model::TorchCall("reducing attention sink scores", [&] {
     return at::stack(sums_).to(at::kCPU) / static_cast<double>(n_windows_);  // [layers, heads]
   });
 }
 
-CaptureCollector::CaptureCollector(std::vector<SiteId> sites, std::vector<int64_t> positions, int64_t max_windows)
+CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions, int64_t max_windows)
     : positions_(std::move(positions)), max_windows_(max_windows) {
-  for (const SiteId& s : sites) {
+  for (const model::SiteId& s : sites) {
     PerSite p;
     p.site = s;
     sites_.push_back(std::move(p));
   }
 }
 
-absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<SiteId> sites,
+absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<model::SiteId> sites,
                                                                           std::vector<int64_t> positions,
                                                                           int64_t max_windows) {
   if (sites.empty()) return absl::InvalidArgumentError("capture: no sites given");
@@ -150,7 +150,7 @@ absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::
   return std::unique_ptr<CaptureCollector>(new CaptureCollector(std::move(sites), std::move(positions), max_windows));
 }
 
-int64_t CaptureCollector::ExpectedBytes(const ModelConfig& c, int64_t n_windows, int64_t seq) const {
+int64_t CaptureCollector::ExpectedBytes(const model::ModelConfig& c, int64_t n_windows, int64_t seq) const {
   int64_t positions = 0;
   if (positions_.empty()) {
     positions = seq;
@@ -162,16 +162,16 @@ int64_t CaptureCollector::ExpectedBytes(const ModelConfig& c, int64_t n_windows,
   for (const PerSite& s : sites_) {
     int64_t features;
     switch (s.site.kind) {
-      case SiteKind::kAttnPattern:
+      case model::SiteKind::kAttnPattern:
         features = c.n_heads * (seq + 1);  // + an attention-bias slot
         break;
-      case SiteKind::kAttnZ:
+      case model::SiteKind::kAttnZ:
         features = c.n_heads * c.head_dim;
         break;
-      case SiteKind::kMlpAct:
+      case model::SiteKind::kMlpAct:
         features = c.d_ffn;
         break;
-      case SiteKind::kLogits:
+      case model::SiteKind::kLogits:
         features = c.vocab_size;
         break;
       default:
@@ -182,16 +182,16 @@ int64_t CaptureCollector::ExpectedBytes(const ModelConfig& c, int64_t n_windows,
   return bytes;
 }
 
-void CaptureCollector::Attach(RunPlan& plan) {
+void CaptureCollector::Attach(model::RunPlan& plan) {
   for (PerSite& s : sites_) {
-    plan.AddHook(s.site, [this, &s](const SiteId&, at::Tensor& x) { Observe(s, x); });
+    plan.AddHook(s.site, [this, &s](const model::SiteId&, at::Tensor& x) { Observe(s, x); });
   }
 }
 
 void CaptureCollector::Observe(PerSite& s, const at::Tensor& x) {
   const int64_t remaining = max_windows_ - static_cast<int64_t>(s.windows.size());
   // Positions run along dim 1, the queries of attn_pattern [b, heads, q, k] along dim 2.
-  const int64_t position_dim = s.site.kind == SiteKind::kAttnPattern ? 2 : 1;
+  const int64_t position_dim = s.site.kind == model::SiteKind::kAttnPattern ? 2 : 1;
   const int64_t seq = x.size(position_dim);
   if (remaining <= 0 || (s.length >= 0 && seq != s.length)) return;
   if (s.length < 0) {
@@ -211,7 +211,7 @@ void CaptureCollector::Observe(PerSite& s, const at::Tensor& x) {
 }
 
 absl::StatusOr<std::vector<result::Tensor>> CaptureCollector::Finish() const {
-  return TorchCall("assembling captures", [&] {
+  return model::TorchCall("assembling captures", [&] {
     std::vector<result::Tensor> out;
     for (const PerSite& s : sites_) {
       result::Tensor t;

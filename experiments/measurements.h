@@ -22,29 +22,29 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "experiments/hook_sites.h"
-#include "experiments/model_config.h"
-#include "experiments/run_plan.h"
-#include "experiments/spec/result.h"
+#include "model/hook_sites.h"
+#include "model/model_config.h"
+#include "model/run_plan.h"
+#include "spec/result.h"
 
 namespace lesion::experiments {
 
 class ActivationStatsCollector {
  public:
   // InvalidArgument for top_k < 1, no sites, or attn_pattern (use AttentionSinkCollector).
-  static absl::StatusOr<std::unique_ptr<ActivationStatsCollector>> Create(std::vector<SiteId> sites,
+  static absl::StatusOr<std::unique_ptr<ActivationStatsCollector>> Create(std::vector<model::SiteId> sites,
                                                                           int64_t top_k);
   ActivationStatsCollector(const ActivationStatsCollector&) = delete;
   ActivationStatsCollector& operator=(const ActivationStatsCollector&) = delete;
 
-  void Attach(RunPlan& plan);
+  void Attach(model::RunPlan& plan);
   // Reduces everything seen, one entry per site in the order given (result.h has the fields);
   // FailedPrecondition if no window was observed.
   absl::StatusOr<std::vector<result::SiteStats>> Finish() const;
 
  private:
   struct PerSite {
-    SiteId site;
+    model::SiteId site;
     std::vector<at::Tensor> top_values;   // [b, k] per batch
     std::vector<at::Tensor> top_indices;  // [b, k] flat token * features + dim
     std::vector<at::Tensor> medians;      // [b]
@@ -53,7 +53,7 @@ class ActivationStatsCollector {
     std::vector<int64_t> first_sequence;  // per batch
     int64_t n_sequences = 0;
   };
-  ActivationStatsCollector(std::vector<SiteId> sites, int64_t top_k);
+  ActivationStatsCollector(std::vector<model::SiteId> sites, int64_t top_k);
   void Observe(PerSite& s, const at::Tensor& x);
 
   int64_t top_k_;
@@ -63,13 +63,13 @@ class ActivationStatsCollector {
 class AttentionSinkCollector {
  public:
   // `layers` empty means every layer. InvalidArgument for a layer out of range.
-  static absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> Create(const ModelConfig& config,
+  static absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> Create(const model::ModelConfig& config,
                                                                         std::vector<int64_t> layers);
   AttentionSinkCollector(const AttentionSinkCollector&) = delete;
   AttentionSinkCollector& operator=(const AttentionSinkCollector&) = delete;
 
   // Reading the pattern switches those layers to the explicit attention path.
-  void Attach(RunPlan& plan);
+  void Attach(model::RunPlan& plan);
   // [layers.size(), n_heads] float64 on the CPU; FailedPrecondition if no window had q >= 1.
   absl::StatusOr<at::Tensor> Finish() const;
   const std::vector<int64_t>& layers() const { return layers_; }
@@ -88,26 +88,26 @@ class AttentionSinkCollector {
 class CaptureCollector {
  public:
   // InvalidArgument for no sites or max_windows < 1.
-  static absl::StatusOr<std::unique_ptr<CaptureCollector>> Create(std::vector<SiteId> sites,
+  static absl::StatusOr<std::unique_ptr<CaptureCollector>> Create(std::vector<model::SiteId> sites,
                                                                   std::vector<int64_t> positions,
                                                                   int64_t max_windows);
   CaptureCollector(const CaptureCollector&) = delete;
   CaptureCollector& operator=(const CaptureCollector&) = delete;
 
   // Bytes the capture holds for `n_windows` windows of `seq` tokens of a model `config`.
-  int64_t ExpectedBytes(const ModelConfig& config, int64_t n_windows, int64_t seq) const;
+  int64_t ExpectedBytes(const model::ModelConfig& config, int64_t n_windows, int64_t seq) const;
 
-  void Attach(RunPlan& plan);
+  void Attach(model::RunPlan& plan);
   absl::StatusOr<std::vector<result::Tensor>> Finish() const;
 
  private:
   struct PerSite {
-    SiteId site;
+    model::SiteId site;
     std::vector<at::Tensor> windows;  // [1, ...] float32 on the host, one per captured window
     std::vector<int64_t> positions;   // the positions taken
     int64_t length = -1;              // sequence length of the captured windows
   };
-  CaptureCollector(std::vector<SiteId> sites, std::vector<int64_t> positions, int64_t max_windows);
+  CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions, int64_t max_windows);
   void Observe(PerSite& s, const at::Tensor& x);
 
   std::vector<int64_t> positions_;

@@ -5,15 +5,18 @@
 
 #include <filesystem>
 
-#include "experiments/model.h"
-#include "experiments/perplexity.h"
+#include "common/testing/status_matchers.h"
+#include "model/model.h"
+#include "model/perplexity.h"
 
 namespace lesion::experiments {
 namespace {
 
-std::unique_ptr<Model> LoadFixture(const char* name) {
-  auto model = Model::Load(std::filesystem::path(LESION_SOURCE_DIR) / "tests/fixtures/models" / name, {});
-  EXPECT_TRUE(model.ok()) << model.status();
+using ::lesion::matchers::StatusIs;
+
+std::unique_ptr<model::Model> LoadFixture(const char* name) {
+  auto model = model::Model::Load(std::filesystem::path(LESION_SOURCE_DIR) / "tests/fixtures/models" / name, {});
+  EXPECT_OK(model);
   return *std::move(model);
 }
 
@@ -23,20 +26,20 @@ at::Tensor Ids(int64_t b, int64_t s, int64_t vocab, int64_t seed) {
 
 TEST(ActivationStats, MatchesADirectComputationOverTwoBatches) {
   auto model = LoadFixture("llama2");
-  const ModelConfig& c = model->config();
-  const SiteId resid{SiteKind::kResidPost, 1}, z{SiteKind::kAttnZ, 2};
+  const model::ModelConfig& c = model->config();
+  const model::SiteId resid{model::SiteKind::kResidPost, 1}, z{model::SiteKind::kAttnZ, 2};
   auto stats = ActivationStatsCollector::Create({resid, z}, 3);
-  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_OK(stats);
   std::vector<at::Tensor> seen_resid, seen_z;
   for (int64_t batch = 0; batch < 2; ++batch) {
-    RunPlan plan(c.n_layers);
+    model::RunPlan plan(c.n_layers);
     (*stats)->Attach(plan);
-    plan.AddHook(resid, [&](const SiteId&, at::Tensor& x) { seen_resid.push_back(x.clone()); });
-    plan.AddHook(z, [&](const SiteId&, at::Tensor& x) { seen_z.push_back(x.clone()); });
-    ASSERT_TRUE(model->transformer().Forward(Ids(2, 10, c.vocab_size, batch), plan).ok());
+    plan.AddHook(resid, [&](const model::SiteId&, at::Tensor& x) { seen_resid.push_back(x.clone()); });
+    plan.AddHook(z, [&](const model::SiteId&, at::Tensor& x) { seen_z.push_back(x.clone()); });
+    ASSERT_OK(model->transformer().Forward(Ids(2, 10, c.vocab_size, batch), plan));
   }
   auto result = (*stats)->Finish();
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_OK(result);
   ASSERT_EQ(result->size(), 2u);
 
   for (int which = 0; which < 2; ++which) {
@@ -62,18 +65,18 @@ TEST(ActivationStats, MatchesADirectComputationOverTwoBatches) {
 
 TEST(AttentionSink, IsTheMeanProbabilityOnKeyZeroOverQueriesFromOne) {
   auto model = LoadFixture("gpt2");
-  const ModelConfig& c = model->config();
+  const model::ModelConfig& c = model->config();
   auto sink = AttentionSinkCollector::Create(c, {});
-  ASSERT_TRUE(sink.ok());
+  ASSERT_OK(sink);
   std::vector<at::Tensor> patterns;  // layer 2, per batch
   for (int64_t batch = 0; batch < 3; ++batch) {
-    RunPlan plan(c.n_layers);
+    model::RunPlan plan(c.n_layers);
     (*sink)->Attach(plan);
-    plan.AddHook({SiteKind::kAttnPattern, 2}, [&](const SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
-    ASSERT_TRUE(model->transformer().Forward(Ids(2, 9, c.vocab_size, batch), plan).ok());
+    plan.AddHook({model::SiteKind::kAttnPattern, 2}, [&](const model::SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
+    ASSERT_OK(model->transformer().Forward(Ids(2, 9, c.vocab_size, batch), plan));
   }
   auto scores = (*sink)->Finish();
-  ASSERT_TRUE(scores.ok()) << scores.status();
+  ASSERT_OK(scores);
   ASSERT_EQ(scores->sizes(), (std::vector<int64_t>{c.n_layers, c.n_heads}));
   at::Tensor p = at::cat(patterns, 0).to(at::kDouble);  // [6, heads, q, k]
   at::Tensor expected = p.narrow(2, 1, 8).select(3, 0).mean(2).mean(0);  // [heads]
@@ -83,21 +86,21 @@ TEST(AttentionSink, IsTheMeanProbabilityOnKeyZeroOverQueriesFromOne) {
 
 TEST(Capture, TakesTheFirstWindowsAtThePositionsAsked) {
   auto model = LoadFixture("llama2");
-  const ModelConfig& c = model->config();
-  const SiteId resid{SiteKind::kResidPost, 0}, pattern{SiteKind::kAttnPattern, 1};
+  const model::ModelConfig& c = model->config();
+  const model::SiteId resid{model::SiteKind::kResidPost, 0}, pattern{model::SiteKind::kAttnPattern, 1};
   auto capture = CaptureCollector::Create({resid, pattern}, {0, 3, 50}, 3);
-  ASSERT_TRUE(capture.ok()) << capture.status();
+  ASSERT_OK(capture);
   std::vector<at::Tensor> seen_resid, seen_pattern;
-  RunPlan plan(c.n_layers);
+  model::RunPlan plan(c.n_layers);
   (*capture)->Attach(plan);
-  plan.AddHook(resid, [&](const SiteId&, at::Tensor& x) { seen_resid.push_back(x.clone()); });
-  plan.AddHook(pattern, [&](const SiteId&, at::Tensor& x) { seen_pattern.push_back(x.clone()); });
+  plan.AddHook(resid, [&](const model::SiteId&, at::Tensor& x) { seen_resid.push_back(x.clone()); });
+  plan.AddHook(pattern, [&](const model::SiteId&, at::Tensor& x) { seen_pattern.push_back(x.clone()); });
   for (int64_t batch = 0; batch < 2; ++batch) {  // 2 + 2 windows of 10 tokens: the first 3 count
-    ASSERT_TRUE(model->transformer().Forward(Ids(2, 10, c.vocab_size, batch), plan).ok());
+    ASSERT_OK(model->transformer().Forward(Ids(2, 10, c.vocab_size, batch), plan));
   }
-  ASSERT_TRUE(model->transformer().Forward(Ids(1, 6, c.vocab_size, 9), plan).ok());  // shorter: left out
+  ASSERT_OK(model->transformer().Forward(Ids(1, 6, c.vocab_size, 9), plan));  // shorter: left out
   auto tensors = (*capture)->Finish();
-  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_OK(tensors);
   ASSERT_EQ(tensors->size(), 2u);
   const at::Tensor index = at::tensor(std::vector<int64_t>{0, 3}, at::kLong);  // 50 is beyond every window
   const at::Tensor want_resid = at::cat({seen_resid[0], seen_resid[1]}, 0).narrow(0, 0, 3).index_select(1, index);
@@ -120,24 +123,24 @@ TEST(Capture, TakesTheFirstWindowsAtThePositionsAsked) {
 // probabilities of given tokens and KL(reference || logits), at the scored positions only.
 TEST(NextTokenReducer, MatchesADirectComputationAtScoredPositions) {
   auto model = LoadFixture("llama2");
-  const ModelConfig& c = model->config();
-  PerplexityOptions options;
+  const model::ModelConfig& c = model->config();
+  model::PerplexityOptions options;
   options.seq_len = 9;
   options.batch_size = 2;
   options.add_bos = true;
   std::vector<int32_t> ids;
   for (int i = 0; i < 40; ++i) ids.push_back((i * 37 + 5) % c.vocab_size);
-  auto batches = MakeWindowBatches(model->transformer(), ids, options, 1);
-  ASSERT_TRUE(batches.ok()) << batches.status();
+  auto batches = model::MakeWindowBatches(model->transformer(), ids, options, 1);
+  ASSERT_OK(batches);
   const std::vector<int32_t> tokens = {3, 77, 200};
-  NextTokenReducer reducer(tokens, model->transformer().device());
+  model::NextTokenReducer reducer(tokens, model->transformer().device());
   double nll = 0, kl = 0;
   std::vector<double> probs(tokens.size(), 0);
   int64_t scored = 0;
-  RunPlan plan(c.n_layers);
-  RunPlan ablated(c.n_layers);
-  ablated.AddHook({SiteKind::kResidPost, 0}, [](const SiteId&, at::Tensor& x) { x = x * 0.5; });
-  for (const WindowBatch& batch : *batches) {
+  model::RunPlan plan(c.n_layers);
+  model::RunPlan ablated(c.n_layers);
+  ablated.AddHook({model::SiteKind::kResidPost, 0}, [](const model::SiteId&, at::Tensor& x) { x = x * 0.5; });
+  for (const model::WindowBatch& batch : *batches) {
     at::Tensor ref = *model->transformer().Forward(batch.input, plan);      // [b, n, V]
     at::Tensor logits = *model->transformer().Forward(batch.input, ablated);
     reducer.Add(logits, batch, ref);
@@ -166,22 +169,22 @@ TEST(NextTokenReducer, SeveralVariantsInOneBatchKeepSeparateSums) {
   // A sweep's pass holds the logits of several variants of the same windows, variant after
   // variant; each variant's sums must equal what a reducer of its own would hold.
   auto model = LoadFixture("gpt2");
-  const ModelConfig& c = model->config();
+  const model::ModelConfig& c = model->config();
   std::vector<int32_t> ids;
   for (int i = 0; i < 37; ++i) ids.push_back((i * 29 + 5) % static_cast<int32_t>(c.vocab_size));
-  PerplexityOptions options;
+  model::PerplexityOptions options;
   options.seq_len = 8;
   options.batch_size = 3;
-  auto batches = MakeWindowBatches(model->transformer(), ids, options, std::nullopt);
-  ASSERT_TRUE(batches.ok()) << batches.status();
+  auto batches = model::MakeWindowBatches(model->transformer(), ids, options, std::nullopt);
+  ASSERT_OK(batches);
   const std::vector<int32_t> tokens = {3, 77};
   const at::Device device = model->transformer().device();
-  NextTokenReducer together(tokens, device, /*n_variants=*/4);
-  NextTokenReducer alone_a(tokens, device), alone_b(tokens, device);
-  RunPlan plan(c.n_layers);
-  RunPlan ablated(c.n_layers);
-  ablated.AddHook({SiteKind::kResidPost, 1}, [](const SiteId&, at::Tensor& x) { x = x * 0.25; });
-  for (const WindowBatch& batch : *batches) {
+  model::NextTokenReducer together(tokens, device, /*n_variants=*/4);
+  model::NextTokenReducer alone_a(tokens, device), alone_b(tokens, device);
+  model::RunPlan plan(c.n_layers);
+  model::RunPlan ablated(c.n_layers);
+  ablated.AddHook({model::SiteKind::kResidPost, 1}, [](const model::SiteId&, at::Tensor& x) { x = x * 0.25; });
+  for (const model::WindowBatch& batch : *batches) {
     at::Tensor a = *model->transformer().Forward(batch.input, plan);
     at::Tensor b = *model->transformer().Forward(batch.input, ablated);
     together.Add(at::cat({a, b}), batch, a, /*first_variant=*/2);
@@ -203,19 +206,19 @@ TEST(NextTokenReducer, SeveralVariantsInOneBatchKeepSeparateSums) {
 
 TEST(Measurements, BadArguments) {
   auto model = LoadFixture("gpt2");
-  EXPECT_EQ(ActivationStatsCollector::Create({{SiteKind::kLogits, -1}}, 0).status().code(),
+  EXPECT_EQ(ActivationStatsCollector::Create({{model::SiteKind::kLogits, -1}}, 0).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ActivationStatsCollector::Create({}, 3).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ActivationStatsCollector::Create({{SiteKind::kAttnPattern, 0}}, 3).status().code(),
+  EXPECT_EQ(ActivationStatsCollector::Create({{model::SiteKind::kAttnPattern, 0}}, 3).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(AttentionSinkCollector::Create(model->config(), {3}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CaptureCollector::Create({}, {}, 1).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(CaptureCollector::Create({{SiteKind::kEmbed, -1}}, {}, 0).status().code(),
+  EXPECT_EQ(CaptureCollector::Create({{model::SiteKind::kEmbed, -1}}, {}, 0).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(CaptureCollector::Create({{SiteKind::kEmbed, -1}}, {-1}, 1).status().code(),
+  EXPECT_EQ(CaptureCollector::Create({{model::SiteKind::kEmbed, -1}}, {-1}, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
-  auto unused = ActivationStatsCollector::Create({{SiteKind::kLogits, -1}}, 3);
-  EXPECT_EQ((*unused)->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
+  auto unused = ActivationStatsCollector::Create({{model::SiteKind::kLogits, -1}}, 3);
+  EXPECT_THAT((*unused)->Finish(), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 }  // namespace

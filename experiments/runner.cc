@@ -10,8 +10,8 @@
 #include "common/error_text.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "experiments/run_parts.h"
-#include "experiments/torch_util.h"
+#include "experiments/spec_binding.h"
+#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
@@ -20,7 +20,7 @@ using internal::Means;
 using internal::PassCollectors;
 using internal::Prepared;
 
-absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const spec::Experiment& e,
+absl::StatusOr<std::vector<int32_t>> ResolveDataset(const model::Model& model, const spec::Experiment& e,
                                                     const std::filesystem::path& data_dir) {
   if (!e.token_ids.empty()) return e.token_ids;
   std::string text = e.text;
@@ -36,23 +36,23 @@ absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const sp
     }
     ASSIGN_OR_RETURN(text, ReadFile(file));
   }
-  ASSIGN_OR_RETURN(const Tokenizer* tokenizer, model.RequireTokenizer());
+  ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model.RequireTokenizer());
   return tokenizer->Encode(text);
 }
 
-absl::Status ValidateExperiment(const Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
+absl::Status ValidateExperiment(const model::Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
                                 const RunLimits& limits) {
-  return TorchCall("validating the experiment", [&]() -> absl::Status {
+  return model::TorchCall("validating the experiment", [&]() -> absl::Status {
     return internal::Prepare(model, e, data_dir, limits).status();
   });
 }
 
-absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec::Experiment& e,
+absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, const spec::Experiment& e,
                                                  const std::filesystem::path& data_dir,
                                                  const RunControls& controls, const RunLimits& limits) {
   const auto start = std::chrono::steady_clock::now();
-  const ModelConfig& c = model.config();
-  const Transformer& t = model.transformer();
+  const model::ModelConfig& c = model.config();
+  const model::Transformer& t = model.transformer();
 
   // Everything is validated before the first forward pass.
   ASSIGN_OR_RETURN(Prepared prepared, internal::Prepare(model, e, data_dir, limits));
@@ -62,19 +62,19 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   const bool needs_means = prepared.needs_means;
   // A cached baseline serves when the baseline's logits and means are not needed again.
   const bool reuse_baseline = controls.cached_baseline != nullptr && !needs_kl && !needs_means;
-  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches,
-                   MakeWindowBatches(t, prepared.ids, prepared.options, model.bos_id()));
+  ASSIGN_OR_RETURN(std::vector<model::WindowBatch> batches,
+                   model::MakeWindowBatches(t, prepared.ids, prepared.options, model.bos_id()));
   std::vector<int32_t> token_ids;
   for (const auto& tp : prepared.tokens) token_ids.push_back(tp.token_id);
-  RETURN_IF_ERROR(TorchCall("next-token reducers", [&] {
-    base.next_token = std::make_unique<NextTokenReducer>(token_ids, t.device());
-    inter.next_token = std::make_unique<NextTokenReducer>(token_ids, t.device());
+  RETURN_IF_ERROR(model::TorchCall("next-token reducers", [&] {
+    base.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device());
+    inter.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device());
   }));
 
   const int64_t n_batches = static_cast<int64_t>(batches.size());
   const int64_t planned = reuse_baseline ? n_batches : n_batches * (needs_means && needs_kl ? 3 : 2);
   int64_t passes = 0;
-  auto forward = [&](const WindowBatch& batch, const RunPlan& plan) -> absl::StatusOr<at::Tensor> {
+  auto forward = [&](const model::WindowBatch& batch, const model::RunPlan& plan) -> absl::StatusOr<at::Tensor> {
     if (controls.cancelled && controls.cancelled()) {
       return absl::CancelledError(absl::StrCat("experiment cancelled after ", passes, " of ", planned,
                                                " forward passes"));
@@ -90,33 +90,33 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   };
 
   Means means;
-  RunPlan baseline_plan(c.n_layers);
+  model::RunPlan baseline_plan(c.n_layers);
   base.Attach(baseline_plan);
   internal::AddMeanObservers(c, e.interventions, means, baseline_plan);
-  RunPlan plain(c.n_layers);
+  model::RunPlan plain(c.n_layers);
   if (controls.cancelled) {
     baseline_plan.SetInterrupt(controls.cancelled);
     plain.SetInterrupt(controls.cancelled);
   }
   WeightEditSession edits(&t);  // restores in its destructor on every early return
 
-  RETURN_IF_ERROR(TorchCall("running the experiment", [&]() -> absl::Status {
+  RETURN_IF_ERROR(model::TorchCall("running the experiment", [&]() -> absl::Status {
     c10::InferenceMode guard;
     bool baseline_done = reuse_baseline;
     if (needs_means) {  // the dataset means first: the intervened pass depends on them
-      for (const WindowBatch& batch : batches) {
+      for (const model::WindowBatch& batch : batches) {
         ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, baseline_plan));
         base.next_token->Add(logits, batch);
       }
       baseline_done = true;
     }
-    RunPlan plan(c.n_layers);
+    model::RunPlan plan(c.n_layers);
     if (controls.cancelled) plan.SetInterrupt(controls.cancelled);
     RETURN_IF_ERROR(internal::AddActivationInterventions(c, e.interventions, prepared.options.seq_len, &means, plan));
     inter.Attach(plan);
     RETURN_IF_ERROR(internal::ApplyWeightEdits(e.interventions, edits));
     RETURN_IF_ERROR(edits.Suspend());
-    for (const WindowBatch& batch : batches) {
+    for (const model::WindowBatch& batch : batches) {
       at::Tensor reference;
       if (!baseline_done || needs_kl) {
         ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, baseline_done ? plain : baseline_plan));
@@ -147,7 +147,7 @@ absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec:
   out.intervened = *std::move(intervened);
   if (needs_kl) {
     out.has_kl_divergence = true;
-    ASSIGN_OR_RETURN(double kl_sum, TorchCall("reading the KL divergence",
+    ASSIGN_OR_RETURN(double kl_sum, model::TorchCall("reading the KL divergence",
                                               [&] { return inter.next_token->kl_sum()[0].item<double>(); }));
     out.kl_divergence = kl_sum / static_cast<double>(prepared.protocol.n_tokens);
   }

@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "experiments/model.h"
-#include "experiments/spec/result.h"
-#include "experiments/spec/spec.h"
+#include "model/model.h"
+#include "spec/result.h"
+#include "spec/spec.h"
 
 namespace lesion::experiments {
 
@@ -50,18 +50,18 @@ struct RunControls {
 };
 
 // `data_dir` holds the named datasets (data/ of the repository).
-absl::StatusOr<result::Experiment> RunExperiment(const Model& model, const spec::Experiment& experiment,
+absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, const spec::Experiment& experiment,
                                                  const std::filesystem::path& data_dir,
                                                  const RunControls& controls = {}, const RunLimits& limits = {});
 
 // Every check RunExperiment makes before its first forward pass, without device work and without
 // touching the weights (allocates small CPU tensors only), so it may run on a thread other than the
 // one running the model. Errors as RunExperiment's.
-absl::Status ValidateExperiment(const Model& model, const spec::Experiment& experiment,
+absl::Status ValidateExperiment(const model::Model& model, const spec::Experiment& experiment,
                                 const std::filesystem::path& data_dir, const RunLimits& limits = {});
 
 // The token ids of the spec's dataset (text tokenized, named datasets read from `data_dir`).
-absl::StatusOr<std::vector<int32_t>> ResolveDataset(const Model& model, const spec::Experiment& experiment,
+absl::StatusOr<std::vector<int32_t>> ResolveDataset(const model::Model& model, const spec::Experiment& experiment,
                                                     const std::filesystem::path& data_dir);
 
 }  // namespace lesion::experiments

@@ -7,16 +7,19 @@
 #include <filesystem>
 #include <string>
 
+#include "common/testing/status_matchers.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
 namespace {
 
+using ::lesion::matchers::StatusIs;
+
 const std::filesystem::path kRoot = LESION_SOURCE_DIR;
 
-std::unique_ptr<Model> LoadStories() {
-  auto model = Model::Load(kRoot / "models/stories260K", {});
-  EXPECT_TRUE(model.ok()) << model.status();
+std::unique_ptr<model::Model> LoadStories() {
+  auto model = model::Model::Load(kRoot / "models/stories260K", {});
+  EXPECT_OK(model);
   return *std::move(model);
 }
 
@@ -27,13 +30,13 @@ spec::Experiment Spec(const std::string& measurements) {
                             {"head_ablation": {"layer": 1, "heads": [3]}}],
           "measurements": )" +
       measurements + "}");
-  EXPECT_TRUE(e.ok()) << e.status();
+  EXPECT_OK(e);
   return *e;
 }
 
 TEST(Runner, CancelledBetweenForwardPassesWithTheWeightsRestored) {
   auto model = LoadStories();
-  const std::string before = WeightsFingerprint(model->transformer()).value();
+  const std::string before = model::WeightsFingerprint(model->transformer()).value();
   RunControls controls;
   int64_t seen = 0;
   controls.progress = [&](int64_t done, int64_t planned) {
@@ -44,26 +47,26 @@ TEST(Runner, CancelledBetweenForwardPassesWithTheWeightsRestored) {
   auto r = RunExperiment(*model, Spec(R"([{"perplexity": {}}])"), kRoot / "data", controls);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
   EXPECT_EQ(seen, 3);
-  EXPECT_EQ(WeightsFingerprint(model->transformer()).value(), before);
+  EXPECT_EQ(model::WeightsFingerprint(model->transformer()).value(), before);
 }
 
 TEST(Runner, ValidationLeavesTheWeightsAloneAndNamesTheField) {
   auto model = LoadStories();
-  const std::string before = WeightsFingerprint(model->transformer()).value();
-  EXPECT_TRUE(ValidateExperiment(*model, Spec(R"([{"perplexity": {}}])"), kRoot / "data").ok());
+  const std::string before = model::WeightsFingerprint(model->transformer()).value();
+  EXPECT_OK(ValidateExperiment(*model, Spec(R"([{"perplexity": {}}])"), kRoot / "data"));
   auto bad = spec::ParseExperimentJson(
       R"({"dataset": {"named": "tinystories-sample"},
           "interventions": [{"weight_edit": {"layer": 0, "module": "mlp.down", "row": 64, "col": 0}}],
           "measurements": [{"perplexity": {}}]})");
-  ASSERT_TRUE(bad.ok());
+  ASSERT_OK(bad);
   absl::Status s = ValidateExperiment(*model, *bad, kRoot / "data");
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("[64, 0] out of range"), std::string::npos) << s;
   RunLimits tight;
   tight.max_tokens = 10;
   EXPECT_EQ(ValidateExperiment(*model, Spec(R"([{"perplexity": {}}])"), kRoot / "data", tight).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(WeightsFingerprint(model->transformer()).value(), before);
+  EXPECT_EQ(model::WeightsFingerprint(model->transformer()).value(), before);
 }
 
 TEST(Runner, ACachedBaselineReplacesTheBaselinePassExactly) {
@@ -71,12 +74,12 @@ TEST(Runner, ACachedBaselineReplacesTheBaselinePassExactly) {
   const spec::Experiment e =
       Spec(R"([{"perplexity": {}}, {"activation_stats": {"sites": ["blocks.*.resid_post"]}}, {"attention_sink": {}}])");
   auto first = RunExperiment(*model, e, kRoot / "data");
-  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_OK(first);
   EXPECT_FALSE(first->baseline_from_cache);
   RunControls controls;
   controls.cached_baseline = &first->baseline;
   auto second = RunExperiment(*model, e, kRoot / "data", controls);
-  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_OK(second);
   EXPECT_TRUE(second->baseline_from_cache);
   EXPECT_EQ(second->run.forward_passes * 2, first->run.forward_passes);
   EXPECT_EQ(second->intervened.perplexity.mean_nll, first->intervened.perplexity.mean_nll);
@@ -86,7 +89,7 @@ TEST(Runner, ACachedBaselineReplacesTheBaselinePassExactly) {
   // KL needs the baseline's logits: the cache is not used.
   const spec::Experiment kl = Spec(R"([{"perplexity": {}}, {"kl_divergence": {}}])");
   auto with_kl = RunExperiment(*model, kl, kRoot / "data", controls);
-  ASSERT_TRUE(with_kl.ok()) << with_kl.status();
+  ASSERT_OK(with_kl);
   EXPECT_FALSE(with_kl->baseline_from_cache);
   EXPECT_GT(with_kl->kl_divergence, 0);
 }
@@ -105,19 +108,19 @@ TEST(Runner, SeqLenBeyondTheModelsPositionsIsInvalidArgument) {
     auto e = spec::ParseExperimentJson(R"({"dataset": {"token_ids": {"ids": [)" + TokenIds(2000, vocab) +
                                        R"(]}}, "eval": {"seq_len": )" + std::to_string(seq_len) +
                                        R"(}, "measurements": [{"perplexity": {}}]})");
-    EXPECT_TRUE(e.ok()) << e.status();
+    EXPECT_OK(e);
     return *e;
   };
-  EXPECT_TRUE(ValidateExperiment(*stories, spec(512, 512), kRoot / "data").ok());
+  EXPECT_OK(ValidateExperiment(*stories, spec(512, 512), kRoot / "data"));
   absl::Status s = ValidateExperiment(*stories, spec(513, 512), kRoot / "data");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("eval.seq_len 513 is longer than the model's 512 positions"), std::string::npos) << s;
   EXPECT_EQ(RunExperiment(*stories, spec(200000, 512), kRoot / "data").status().code(),
             absl::StatusCode::kInvalidArgument);
 
-  auto gpt2 = Model::Load(kRoot / "tests/fixtures/models/gpt2", {});
-  ASSERT_TRUE(gpt2.ok()) << gpt2.status();
-  EXPECT_TRUE(ValidateExperiment(**gpt2, spec(64, 512), kRoot / "data").ok());
+  auto gpt2 = model::Model::Load(kRoot / "tests/fixtures/models/gpt2", {});
+  ASSERT_OK(gpt2);
+  EXPECT_OK(ValidateExperiment(**gpt2, spec(64, 512), kRoot / "data"));
   s = ValidateExperiment(**gpt2, spec(65, 512), kRoot / "data");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("65 is longer than the model's 64 positions"), std::string::npos) << s;
@@ -127,9 +130,9 @@ TEST(Runner, SeqLenBeyondTheModelsPositionsIsInvalidArgument) {
 // otherwise meets the same checks in the runner, and numbers must also fit the model's dtype.
 TEST(Runner, UnknownEnumsAndOverflowingNumbersAreInvalidArgument) {
   auto model = LoadStories();
-  const std::string before = WeightsFingerprint(model->transformer()).value();
+  const std::string before = model::WeightsFingerprint(model->transformer()).value();
   spec::Experiment e = Spec(R"([{"perplexity": {}}])");  // a weight edit, then a head ablation
-  ASSERT_TRUE(ValidateExperiment(*model, e, kRoot / "data").ok());
+  ASSERT_OK(ValidateExperiment(*model, e, kRoot / "data"));
 
   spec::Experiment bad_mode = e;
   std::get<spec::HeadAblation>(bad_mode.interventions[1]).mode = static_cast<spec::HeadAblation::Mode>(99);
@@ -162,18 +165,18 @@ TEST(Runner, UnknownEnumsAndOverflowingNumbersAreInvalidArgument) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("interventions[2].attention_bias: key[0]"), std::string::npos) << s;
 
-  EXPECT_EQ(WeightsFingerprint(model->transformer()).value(), before);
+  EXPECT_EQ(model::WeightsFingerprint(model->transformer()).value(), before);
 
   // float16 ends at 65504: a value that float32 holds overflows there.
-  LoadOptions half;
+  model::LoadOptions half;
   half.dtype = at::kHalf;
-  auto model16 = Model::Load(kRoot / "models/stories260K", half);
-  ASSERT_TRUE(model16.ok()) << model16.status();
+  auto model16 = model::Model::Load(kRoot / "models/stories260K", half);
+  ASSERT_OK(model16);
   spec::Experiment set_big = e;
   auto& edit16 = std::get<spec::WeightEdit>(set_big.interventions[0]);
   edit16.op = spec::WeightEdit::Op::kSet;
   edit16.value = 1e5;
-  EXPECT_TRUE(ValidateExperiment(*model, set_big, kRoot / "data").ok());
+  EXPECT_OK(ValidateExperiment(*model, set_big, kRoot / "data"));
   s = ValidateExperiment(**model16, set_big, kRoot / "data");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("value 100000 overflows the model's dtype float16"), std::string::npos) << s;

@@ -13,8 +13,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "experiments/run_parts.h"
-#include "experiments/torch_util.h"
+#include "experiments/spec_binding.h"
+#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
@@ -24,57 +24,57 @@ using internal::PassCollectors;
 using internal::Prepared;
 
 // Every hook site of a model, in forward order.
-std::vector<SiteId> AllSites(const ModelConfig& c) {
-  std::vector<SiteId> sites = {{SiteKind::kEmbed, -1}};
+std::vector<model::SiteId> AllSites(const model::ModelConfig& c) {
+  std::vector<model::SiteId> sites = {{model::SiteKind::kEmbed, -1}};
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    for (int k = 0; k < kNumSiteKinds; ++k) {
-      if (IsPerLayer(static_cast<SiteKind>(k))) sites.push_back({static_cast<SiteKind>(k), l});
+    for (int k = 0; k < model::kNumSiteKinds; ++k) {
+      if (model::IsPerLayer(static_cast<model::SiteKind>(k))) sites.push_back({static_cast<model::SiteKind>(k), l});
     }
   }
-  sites.push_back({SiteKind::kFinalNorm, -1});
-  sites.push_back({SiteKind::kLogits, -1});
+  sites.push_back({model::SiteKind::kFinalNorm, -1});
+  sites.push_back({model::SiteKind::kLogits, -1});
   return sites;
 }
 
 // Whether `site` is computed before block `start` (so, for a pass beginning there, by the baseline).
-bool BeforeStart(const SiteId& site, int64_t start) {
-  if (site.kind == SiteKind::kEmbed) return start >= 0;
-  if (IsPerLayer(site.kind)) return site.layer < start;
+bool BeforeStart(const model::SiteId& site, int64_t start) {
+  if (site.kind == model::SiteKind::kEmbed) return start >= 0;
+  if (model::IsPerLayer(site.kind)) return site.layer < start;
   return false;  // final_norm, logits
 }
 
 // A weight element edit as a correction of a fused matrix's output (transformer.h's layout).
 struct Correction {
   int64_t layer;
-  LinearSite site;
+  model::LinearSite site;
   int64_t row, col;
   double delta;
 };
 
-Correction ToCorrection(const ModelConfig& c, const WeightEditPreview::Element& e) {
+Correction ToCorrection(const model::ModelConfig& c, const WeightEditPreview::Element& e) {
   const int64_t q_rows = c.n_heads * c.head_dim, kv_rows = c.n_kv_heads * c.head_dim;
-  Correction out{e.layer, LinearSite::kQkv, e.row, e.col, e.edited - e.original};
+  Correction out{e.layer, model::LinearSite::kQkv, e.row, e.col, e.edited - e.original};
   switch (e.module) {
-    case WeightModule::kAttnQ:
+    case model::WeightModule::kAttnQ:
       break;
-    case WeightModule::kAttnK:
+    case model::WeightModule::kAttnK:
       out.row += q_rows;
       break;
-    case WeightModule::kAttnV:
+    case model::WeightModule::kAttnV:
       out.row += q_rows + kv_rows;
       break;
-    case WeightModule::kAttnO:
-      out.site = LinearSite::kO;
+    case model::WeightModule::kAttnO:
+      out.site = model::LinearSite::kO;
       break;
-    case WeightModule::kMlpGate:
-      out.site = LinearSite::kGateUp;
+    case model::WeightModule::kMlpGate:
+      out.site = model::LinearSite::kGateUp;
       break;
-    case WeightModule::kMlpUp:
-      out.site = LinearSite::kGateUp;
+    case model::WeightModule::kMlpUp:
+      out.site = model::LinearSite::kGateUp;
       if (c.gated_mlp) out.row += c.d_ffn;
       break;
-    case WeightModule::kMlpDown:
-      out.site = LinearSite::kDown;
+    case model::WeightModule::kMlpDown:
+      out.site = model::LinearSite::kDown;
       break;
   }
   return out;
@@ -85,7 +85,7 @@ Correction ToCorrection(const ModelConfig& c, const WeightEditPreview::Element& 
 struct VariantState {
   int64_t index = 0;  // into the sweep's variants
   PassCollectors collectors;
-  std::unique_ptr<RunPlan> plan;
+  std::unique_ptr<model::RunPlan> plan;
   std::vector<Correction> corrections;
   std::vector<WeightEditPreview::Gamma> gammas;
   bool edits_weights = false;
@@ -100,12 +100,12 @@ struct Group {
 // The batched plan of one group for a window batch of `b` rows per variant: a dispatcher at every
 // site where a member has hooks (each member's hooks see only its rows), and the members'
 // attention-bias slots, weight corrections and norm gammas per row.
-absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::vector<VariantState>& states,
-                                                   const Group& g, int64_t b, const std::vector<SiteId>& sites,
+absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transformer& t, std::vector<VariantState>& states,
+                                                   const Group& g, int64_t b, const std::vector<model::SiteId>& sites,
                                                    const std::function<bool()>& interrupt) {
-  const ModelConfig& c = t.config();
+  const model::ModelConfig& c = t.config();
   const int64_t n = g.end - g.begin;
-  auto plan = std::make_unique<RunPlan>(c.n_layers);
+  auto plan = std::make_unique<model::RunPlan>(c.n_layers);
   if (interrupt) plan->SetInterrupt(interrupt);
   std::vector<VariantState*> members;
   for (int64_t i = g.begin; i < g.end; ++i) members.push_back(&states[i]);
@@ -114,15 +114,15 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
   for (int64_t l = 0; l < c.n_layers; ++l) {
     for (VariantState* m : members) batch_bias[l] = batch_bias[l] || m->plan->attention_bias(l).has_value();
   }
-  for (const SiteId& site : sites) {
+  for (const model::SiteId& site : sites) {
     if (BeforeStart(site, g.start)) continue;
     bool any = false;
     for (VariantState* m : members) any = any || m->plan->HasHooks(site);
     if (!any) continue;
-    const bool pattern_has_slot = site.kind == SiteKind::kAttnPattern && batch_bias[site.layer];
-    plan->AddHook(site, [members, b, pattern_has_slot](const SiteId& s, at::Tensor& x) {
+    const bool pattern_has_slot = site.kind == model::SiteKind::kAttnPattern && batch_bias[site.layer];
+    plan->AddHook(site, [members, b, pattern_has_slot](const model::SiteId& s, at::Tensor& x) {
       for (size_t j = 0; j < members.size(); ++j) {
-        const RunPlan& own = *members[j]->plan;
+        const model::RunPlan& own = *members[j]->plan;
         if (!own.HasHooks(s)) continue;
         at::Tensor rows = x.narrow(0, static_cast<int64_t>(j) * b, b);
         // A variant without a bias slot sees the pattern it would have alone (the slot holds 0).
@@ -135,7 +135,7 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
   }
 
   const at::Device device = t.device();
-  return TorchCall("building a sweep's batched pass", [&]() -> std::unique_ptr<RunPlan> {
+  return model::TorchCall("building a sweep's batched pass", [&]() -> std::unique_ptr<model::RunPlan> {
     for (int64_t l = 0; l < c.n_layers; ++l) {
       if (!batch_bias[l]) continue;
       at::Tensor key = at::zeros({n, c.n_kv_heads, c.head_dim});  // [variants, kv, hd] float32
@@ -148,7 +148,7 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
         value[j].copy_(bias->value);
         rows[j] = true;
       }
-      plan->SetAttentionBias(l, AttentionBias{key.repeat_interleave(b, 0).to(device),
+      plan->SetAttentionBias(l, model::AttentionBias{key.repeat_interleave(b, 0).to(device),
                                               value.repeat_interleave(b, 0).to(device),
                                               rows.repeat_interleave(b, 0).to(device)});
     }
@@ -164,7 +164,7 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
     for (const auto& [key, d] : deltas) {
       const auto& [layer, site, row, col] = key;
       at::Tensor delta = at::tensor(d).repeat_interleave(b, 0).to(device);  // [n b] float32
-      plan->AddLinearCorrection(layer, static_cast<LinearSite>(site), LinearCorrection{row, col, delta});
+      plan->AddLinearCorrection(layer, static_cast<model::LinearSite>(site), model::LinearCorrection{row, col, delta});
     }
     // Norm gammas: every row starts from the model's gamma; members with resets bring theirs.
     std::map<std::pair<int64_t, int>, at::Tensor> gammas;
@@ -172,8 +172,8 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
       for (const WeightEditPreview::Gamma& gm : members[j]->gammas) {
         at::Tensor& all = gammas[{gm.layer, static_cast<int>(gm.norm)}];
         if (!all.defined()) {
-          const NormWeights& w = gm.norm == NormSite::kFinal ? t.weights().final_norm
-                                 : gm.norm == NormSite::kAttn ? t.weights().blocks[gm.layer].attn_norm
+          const model::NormWeights& w = gm.norm == model::NormSite::kFinal ? t.weights().final_norm
+                                 : gm.norm == model::NormSite::kAttn ? t.weights().blocks[gm.layer].attn_norm
                                                               : t.weights().blocks[gm.layer].mlp_norm;
           all = w.weight.unsqueeze(0).repeat({n, 1});  // [variants, d]
         }
@@ -181,7 +181,7 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
       }
     }
     for (const auto& [key, all] : gammas) {
-      plan->SetNormGamma(key.first, static_cast<NormSite>(key.second),
+      plan->SetNormGamma(key.first, static_cast<model::NormSite>(key.second),
                          all.repeat_interleave(b, 0).unsqueeze(1));  // [n b, 1, d]
     }
     return std::move(plan);
@@ -190,26 +190,26 @@ absl::StatusOr<std::unique_ptr<RunPlan>> GroupPlan(const Transformer& t, std::ve
 
 // A variant's own plan (its activation-level interventions, then its measurements' observers) and
 // its weight edits as corrections. `means`: the dataset means of MEAN modes, or null.
-absl::StatusOr<VariantState> MakeVariantState(const Model& model, const spec::Experiment& parent,
+absl::StatusOr<VariantState> MakeVariantState(const model::Model& model, const spec::Experiment& parent,
                                               const spec::Experiment& variant, int64_t index,
                                               int64_t seq_len, const internal::Means* means) {
-  const ModelConfig& c = model.config();
+  const model::ModelConfig& c = model.config();
   VariantState s;
   s.index = index;
   ASSIGN_OR_RETURN(s.collectors, internal::MakeCollectors(model, parent));
-  s.plan = std::make_unique<RunPlan>(c.n_layers);
+  s.plan = std::make_unique<model::RunPlan>(c.n_layers);
   RETURN_IF_ERROR(internal::AddActivationInterventions(c, variant.interventions, seq_len, means, *s.plan));
   s.collectors.Attach(*s.plan);
   WeightEditPreview preview(&model.transformer());
   for (const spec::Intervention& in : variant.interventions) {
     if (const auto* w = std::get_if<spec::WeightEdit>(&in)) {
-      ASSIGN_OR_RETURN(WeightModule module, ParseWeightModule(w->module));
-      RETURN_IF_ERROR(preview.EditElement(w->layer, module, w->row, w->col, internal::ToRuntime(w->op), w->value));
+      ASSIGN_OR_RETURN(model::WeightModule module, model::ParseWeightModule(w->module));
+      RETURN_IF_ERROR(preview.EditElement(w->layer, module, w->row, w->col, w->op, w->value));
       s.edits_weights = true;
     } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
-      ASSIGN_OR_RETURN(NormSite norm, ParseNormSite(n->norm));
+      ASSIGN_OR_RETURN(model::NormSite norm, model::ParseNormSite(n->norm));
       RETURN_IF_ERROR(
-          preview.ResetNormChannels(n->layer, norm, n->channels, internal::ToRuntime(n->mode), n->value));
+          preview.ResetNormChannels(n->layer, norm, n->channels, n->mode, n->value));
       s.edits_weights = true;
     }
   }
@@ -221,14 +221,14 @@ absl::StatusOr<VariantState> MakeVariantState(const Model& model, const spec::Ex
 }
 
 // Per-variant checks of a sweep (the parent's are Prepare's).
-absl::Status CheckVariants(const Model& model, const std::vector<spec::Experiment>& variants, int64_t seq_len,
+absl::Status CheckVariants(const model::Model& model, const std::vector<spec::Experiment>& variants, int64_t seq_len,
                            const RunLimits& limits) {
   if (variants.empty()) return absl::InvalidArgumentError("sweep: no variants");
   if (static_cast<int64_t>(variants.size()) > limits.max_sweep_variants) {
     return absl::InvalidArgumentError(absl::StrCat("sweep: ", variants.size(), " variants exceed the limit of ",
                                                    limits.max_sweep_variants));
   }
-  const ModelConfig& c = model.config();
+  const model::ModelConfig& c = model.config();
   for (size_t i = 0; i < variants.size(); ++i) {
     const spec::Experiment& v = variants[i];
     auto named = [&](const absl::Status& s) {
@@ -237,7 +237,7 @@ absl::Status CheckVariants(const Model& model, const std::vector<spec::Experimen
     if (absl::Status s = internal::CheckInterventionValues(model.transformer().dtype(), v.interventions); !s.ok()) {
       return named(s);
     }
-    RunPlan dry_run(c.n_layers);
+    model::RunPlan dry_run(c.n_layers);
     if (absl::Status s = internal::AddActivationInterventions(c, v.interventions, seq_len, nullptr, dry_run); !s.ok()) {
       return named(s);
     }
@@ -246,12 +246,12 @@ absl::Status CheckVariants(const Model& model, const std::vector<spec::Experimen
   return absl::OkStatus();
 }
 
-absl::StatusOr<Prepared> PrepareSweep(const Model& model, const spec::Experiment& parent,
+absl::StatusOr<Prepared> PrepareSweep(const model::Model& model, const spec::Experiment& parent,
                                       const std::vector<spec::Experiment>& variants,
                                       const std::filesystem::path& data_dir, const RunLimits& limits) {
   ASSIGN_OR_RETURN(Prepared prepared, internal::Prepare(model, parent, data_dir, limits));
   RETURN_IF_ERROR(CheckVariants(model, variants, prepared.options.seq_len, limits));
-  const ModelConfig& c = model.config();
+  const model::ModelConfig& c = model.config();
   const int64_t seq = prepared.options.seq_len;
   // Every variant's result holds the baseline's captures and its own.
   int64_t bytes = 0;
@@ -277,7 +277,7 @@ absl::StatusOr<Prepared> PrepareSweep(const Model& model, const spec::Experiment
 
 }  // namespace
 
-int64_t FirstIntervenedLayer(const ModelConfig& c, const std::vector<spec::Intervention>& interventions) {
+int64_t FirstIntervenedLayer(const model::ModelConfig& c, const std::vector<spec::Intervention>& interventions) {
   int64_t first = c.n_layers;
   for (const spec::Intervention& in : interventions) {
     if (const auto* h = std::get_if<spec::HeadAblation>(&in)) {
@@ -289,20 +289,20 @@ int64_t FirstIntervenedLayer(const ModelConfig& c, const std::vector<spec::Inter
     } else if (const auto* b = std::get_if<spec::AttentionBias>(&in)) {
       first = std::min(first, b->layer);
     } else if (const auto* a = std::get_if<spec::ActivationEdit>(&in)) {
-      auto sites = ParseSitePattern(a->site, c.n_layers);
+      auto sites = model::ParseSitePattern(a->site, c.n_layers);
       if (!sites.ok()) continue;
-      for (const SiteId& s : *sites) {
-        first = std::min(first, s.kind == SiteKind::kEmbed ? int64_t{-1} : IsPerLayer(s.kind) ? s.layer : c.n_layers);
+      for (const model::SiteId& s : *sites) {
+        first = std::min(first, s.kind == model::SiteKind::kEmbed ? int64_t{-1} : model::IsPerLayer(s.kind) ? s.layer : c.n_layers);
       }
     }
   }
   return first;
 }
 
-SweepGroups GroupSweep(const ModelConfig& c, const spec::Experiment& parent,
+SweepGroups GroupSweep(const model::ModelConfig& c, const spec::Experiment& parent,
                        const std::vector<spec::Experiment>& variants, const RunLimits& limits) {
   SweepGroups out;
-  const PerplexityOptions options = internal::EvalOptions(c, parent);
+  const model::PerplexityOptions options = internal::EvalOptions(c, parent);
   const int64_t window_tokens = std::max<int64_t>(1, options.batch_size * options.seq_len);
   out.variants_per_pass = parent.variants_per_pass > 0 ? parent.variants_per_pass
                                                        : std::max<int64_t>(1, limits.max_pass_tokens / window_tokens);
@@ -348,31 +348,380 @@ std::vector<std::vector<int64_t>> ShardGroups(const SweepGroups& groups, int64_t
   return shards;
 }
 
-absl::Status ValidateSweep(const Model& model, const spec::Experiment& parent,
+absl::Status ValidateSweep(const model::Model& model, const spec::Experiment& parent,
                            const std::vector<spec::Experiment>& variants, const std::filesystem::path& data_dir,
                            const RunLimits& limits) {
-  return TorchCall("validating the sweep", [&]() -> absl::Status {
+  return model::TorchCall("validating the sweep", [&]() -> absl::Status {
     return PrepareSweep(model, parent, variants, data_dir, limits).status();
   });
 }
 
-absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Experiment& parent,
+namespace {
+
+// Rounds: consecutive groups, at most `max_round_variants` variants each (a group is never split);
+// a round's variants are finished and reported together.
+std::vector<std::vector<int64_t>> PlanRounds(const SweepGroups& plan, const std::vector<int64_t>& run_groups,
+                                             int64_t max_round_variants) {
+  std::vector<std::vector<int64_t>> rounds;
+  int64_t in_round = 0;
+  for (int64_t g : run_groups) {
+    const int64_t size = static_cast<int64_t>(plan.groups[g].size());
+    if (rounds.empty() || (in_round > 0 && in_round + size > max_round_variants)) {
+      rounds.emplace_back();
+      in_round = 0;
+    }
+    rounds.back().push_back(g);
+    in_round += size;
+  }
+  return rounds;
+}
+
+// One round being run: its variants with their own plans (group after group), the reducer of their
+// NLL sums, and the baseline plan whose passes feed them. Built once per round and not moved after
+// BuildBaselinePlan (the plan's hooks point into `saved`).
+struct Round {
+  std::chrono::steady_clock::time_point start;
+  std::vector<VariantState> states;
+  std::vector<Group> groups;
+  std::unique_ptr<model::NextTokenReducer> reducer;
+  std::unique_ptr<model::RunPlan> base_plan;
+  std::map<int64_t, at::Tensor> saved;  // group start -> residual stream entering that block
+  int64_t max_start = -1;               // the deepest block a group starts at; -1: all at the embedding
+  bool measure_baseline = false;        // this round's baseline passes measure the baseline
+  int64_t baseline_passes = 0;          // of this round, shared by its variants
+  // Each group's batched plan, per batch size (only a short last batch differs).
+  std::map<std::pair<size_t, int64_t>, std::unique_ptr<model::RunPlan>> group_plans;
+};
+
+// One call of RunSweep: what its rounds share (the prepared spec, the window batches, the baseline,
+// progress and cancellation) and the steps of the run. Runs on the calling thread; torch may throw
+// inside Run's steps, which RunSweep wraps in one TorchCall.
+class SweepRun {
+ public:
+  SweepRun(const model::Model& model, const spec::Experiment& parent, const std::vector<spec::Experiment>& variants,
+           const SweepControls& controls, Prepared prepared, std::vector<model::WindowBatch> batches,
+           SweepGroups plan, std::vector<int64_t> run_groups, int64_t max_round_variants)
+      : model_(model),
+        c_(model.config()),
+        t_(model.transformer()),
+        parent_(parent),
+        variants_(variants),
+        controls_(controls),
+        prepared_(std::move(prepared)),
+        batches_(std::move(batches)),
+        plan_(std::move(plan)),
+        run_groups_(std::move(run_groups)),
+        rounds_(PlanRounds(plan_, run_groups_, max_round_variants)),
+        sites_(AllSites(c_)) {
+    for (const auto& tp : prepared_.tokens) token_ids_.push_back(tp.token_id);
+    for (int64_t g : run_groups_) {
+      for (int64_t v : plan_.groups[g]) needs_means_ = needs_means_ || internal::NeedsMeans(variants_[v].interventions);
+    }
+    from_cache_ = controls_.cached_baseline != nullptr && !needs_means_;
+    baseline_done_ = from_cache_;
+    if (from_cache_) baseline_ = *controls_.cached_baseline;
+    planned_ = PlannedPasses();
+  }
+
+  // The parent's result (see RunSweep); each variant's went to controls.on_variant as it finished.
+  absl::StatusOr<result::Experiment> Run() {
+    const auto start_time = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(model::TorchCall("sweep reducers", [&] {
+      prepared_.base.next_token = std::make_unique<model::NextTokenReducer>(token_ids_, t_.device());
+    }));
+    parent_result_.has_sweep = true;
+    for (int64_t g : run_groups_) {  // the largest pass this run made
+      parent_result_.sweep.variants_per_pass =
+          std::max<int64_t>(parent_result_.sweep.variants_per_pass, static_cast<int64_t>(plan_.groups[g].size()));
+    }
+    parent_result_.sweep.variants.resize(variants_.size());
+    FindObservedPatterns();
+
+    RETURN_IF_ERROR(model::TorchCall("running the sweep", [&]() -> absl::Status {
+      c10::InferenceMode guard;
+      if (needs_means_) RETURN_IF_ERROR(ComputeMeans());  // the variants' passes depend on them
+      for (const std::vector<int64_t>& round : rounds_) RETURN_IF_ERROR(RunRound(round));
+      return absl::OkStatus();
+    }));
+
+    parent_result_.baseline = std::move(baseline_);
+    parent_result_.baseline_from_cache = from_cache_;
+    parent_result_.run = internal::RunInfoOf(model_, parent_.spec_sha256);
+    parent_result_.run.forward_passes = passes_;
+    parent_result_.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+    return std::move(parent_result_);
+  }
+
+ private:
+  int64_t n_batches() const { return static_cast<int64_t>(batches_.size()); }
+
+  // The means' baseline pass, then per round and window batch one baseline pass (unless every
+  // group of the round starts at the embedding and nothing else needs it) and one pass per group.
+  int64_t PlannedPasses() const {
+    int64_t planned = needs_means_ ? n_batches() : 0;
+    for (size_t r = 0; r < rounds_.size(); ++r) {
+      bool any_prefix = false;
+      for (int64_t g : rounds_[r]) any_prefix = any_prefix || plan_.starts[g] >= 0;
+      const bool measures_baseline = r == 0 && !baseline_done_ && !needs_means_;
+      planned += n_batches() * (static_cast<int64_t>(rounds_[r].size()) +
+                                (measures_baseline || any_prefix || prepared_.needs_kl ? 1 : 0));
+    }
+    return planned;
+  }
+
+  void PassDone() {
+    ++passes_;
+    if (controls_.progress) controls_.progress(passes_, std::max(planned_, passes_));
+  }
+
+  absl::Status CheckCancel() const {
+    if (controls_.cancelled && controls_.cancelled()) {
+      return absl::CancelledError(absl::StrCat("sweep cancelled after ", passes_, " of ", planned_, " forward passes"));
+    }
+    return absl::OkStatus();
+  }
+
+  // Layers whose attention pattern the measurements observe (computed explicitly there).
+  void FindObservedPatterns() {
+    observes_pattern_.assign(c_.n_layers, false);
+    model::RunPlan probe(c_.n_layers);
+    prepared_.base.Attach(probe);
+    for (int64_t l = 0; l < c_.n_layers; ++l) {
+      observes_pattern_[l] = probe.HasHooks({model::SiteKind::kAttnPattern, l});
+    }
+  }
+
+  // The dataset means of MEAN modes over one baseline pass, which also measures the baseline
+  // unless it came from the cache.
+  absl::Status ComputeMeans() {
+    std::vector<spec::Intervention> all;
+    for (int64_t g : run_groups_) {
+      for (int64_t v : plan_.groups[g]) {
+        all.insert(all.end(), variants_[v].interventions.begin(), variants_[v].interventions.end());
+      }
+    }
+    PassCollectors& base = prepared_.base;
+    model::RunPlan means_plan(c_.n_layers);
+    if (controls_.cancelled) means_plan.SetInterrupt(controls_.cancelled);
+    if (!baseline_done_) base.Attach(means_plan);
+    internal::AddMeanObservers(c_, all, means_, means_plan);
+    for (const model::WindowBatch& batch : batches_) {
+      RETURN_IF_ERROR(CheckCancel());
+      ASSIGN_OR_RETURN(at::Tensor logits, t_.Forward(batch.input, means_plan));
+      if (!baseline_done_) base.next_token->Add(logits, batch);
+      PassDone();
+    }
+    if (!baseline_done_) {
+      ASSIGN_OR_RETURN(baseline_,
+                       internal::FinishPass(base, t_, prepared_.protocol, prepared_.tokens, *base.next_token, 0));
+      baseline_done_ = true;
+    }
+    return absl::OkStatus();
+  }
+
+  // The round's variants with their own plans, group after group, and their reducer.
+  absl::Status BuildVariants(const std::vector<int64_t>& round_groups, Round& round) {
+    for (int64_t g : round_groups) {
+      round.groups.push_back({plan_.starts[g], static_cast<int64_t>(round.states.size()),
+                              static_cast<int64_t>(round.states.size() + plan_.groups[g].size())});
+      for (int64_t index : plan_.groups[g]) {
+        ASSIGN_OR_RETURN(VariantState state,
+                         MakeVariantState(model_, parent_, variants_[index], index, prepared_.options.seq_len,
+                                          needs_means_ ? &means_ : nullptr));
+        round.states.push_back(std::move(state));
+      }
+    }
+    round.reducer =
+        std::make_unique<model::NextTokenReducer>(token_ids_, t_.device(), static_cast<int64_t>(round.states.size()));
+    return absl::OkStatus();
+  }
+
+  // The baseline plan of every batch of the round: the baseline's own measurements (once), what
+  // each variant observes before its group's first layer, and the residual stream there.
+  void BuildBaselinePlan(Round& round) {
+    round.measure_baseline = !baseline_done_;
+    round.base_plan = std::make_unique<model::RunPlan>(c_.n_layers);
+    model::RunPlan& base_plan = *round.base_plan;
+    if (controls_.cancelled) base_plan.SetInterrupt(controls_.cancelled);
+    if (round.measure_baseline) prepared_.base.Attach(base_plan);
+    // Every round's baseline passes take the attention path of the measured one, whichever
+    // variants observe them, so a KL reference does not depend on how the sweep was cut.
+    for (int64_t l = 0; l < c_.n_layers; ++l) {
+      if (observes_pattern_[l]) base_plan.RequireExplicitAttention(l);
+    }
+    std::vector<int64_t> group_start_of(round.states.size());
+    for (const Group& g : round.groups) {
+      for (int64_t i = g.begin; i < g.end; ++i) group_start_of[i] = g.start;
+    }
+    for (const model::SiteId& site : sites_) {
+      std::vector<const model::RunPlan*> observers;
+      for (size_t i = 0; i < round.states.size(); ++i) {
+        if (BeforeStart(site, group_start_of[i]) && round.states[i].plan->HasHooks(site)) {
+          observers.push_back(round.states[i].plan.get());
+        }
+      }
+      if (observers.empty()) continue;
+      base_plan.AddHook(site, [observers](const model::SiteId& s, at::Tensor& x) {
+        for (const model::RunPlan* own : observers) {
+          at::Tensor value = x;  // observers only: nothing before a variant's first layer edits it
+          own->Apply(s, value);
+        }
+      });
+    }
+    for (const Group& g : round.groups) {
+      if (g.start < 0 || round.saved.count(g.start)) continue;
+      round.saved[g.start] = at::Tensor();
+      round.max_start = std::max(round.max_start, g.start);
+      const model::SiteId site = g.start == 0 ? model::SiteId{model::SiteKind::kEmbed, -1}
+                                              : model::SiteId{model::SiteKind::kResidPost, g.start - 1};
+      base_plan.AddHook(site, [&saved = round.saved, at_start = g.start](const model::SiteId&, at::Tensor& x) {
+        saved[at_start] = x;
+      });
+    }
+  }
+
+  absl::Status RunRound(const std::vector<int64_t>& round_groups) {
+    Round round;
+    round.start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(BuildVariants(round_groups, round));
+    BuildBaselinePlan(round);
+    const bool full_baseline = round.measure_baseline || prepared_.needs_kl;
+    for (size_t bi = 0; bi < batches_.size(); ++bi) {
+      const model::WindowBatch& batch = batches_[bi];
+      const bool last_batch = bi + 1 == batches_.size();
+      RETURN_IF_ERROR(CheckCancel());
+      at::Tensor reference;
+      if (full_baseline) {
+        ASSIGN_OR_RETURN(at::Tensor logits, t_.Forward(batch.input, *round.base_plan));
+        if (round.measure_baseline) prepared_.base.next_token->Add(logits, batch);
+        if (prepared_.needs_kl) reference = logits;
+        PassDone();
+        ++round.baseline_passes;
+        if (round.measure_baseline && last_batch) {  // complete: the variants finished below carry it
+          ASSIGN_OR_RETURN(baseline_, internal::FinishPass(prepared_.base, t_, prepared_.protocol, prepared_.tokens,
+                                                           *prepared_.base.next_token, 0));
+          baseline_done_ = true;
+        }
+      } else if (round.max_start >= 0) {
+        RETURN_IF_ERROR(t_.ForwardPrefix(batch.input, round.max_start, *round.base_plan).status());
+        PassDone();
+        ++round.baseline_passes;
+      }  // else every group starts at the embedding: nothing to take from the baseline
+      for (size_t gi = 0; gi < round.groups.size(); ++gi) {
+        RETURN_IF_ERROR(CheckCancel());
+        RETURN_IF_ERROR(RunGroupPass(round, gi, batch, reference));
+        if (last_batch) RETURN_IF_ERROR(FinishGroup(round, round.groups[gi]));
+      }
+      for (auto& [start, x] : round.saved) x = at::Tensor();
+    }
+    return absl::OkStatus();
+  }
+
+  // One batched pass of group `gi` over `batch`, from the group's first block on.
+  absl::Status RunGroupPass(Round& round, size_t gi, const model::WindowBatch& batch, const at::Tensor& reference) {
+    const Group& g = round.groups[gi];
+    const int64_t n = g.end - g.begin;
+    const int64_t b = batch.input.size(0);
+    std::unique_ptr<model::RunPlan>& group_plan = round.group_plans[{gi, b}];
+    if (group_plan == nullptr) {
+      ASSIGN_OR_RETURN(group_plan, GroupPlan(t_, round.states, g, b, sites_, controls_.cancelled));
+    }
+    at::Tensor logits;  // [n b, s, vocab]: the group's variants one after the other
+    if (g.start < 0) {
+      ASSIGN_OR_RETURN(logits, t_.Forward(n == 1 ? batch.input : batch.input.repeat({n, 1}), *group_plan));
+    } else {
+      const at::Tensor& x = round.saved.at(g.start);  // [b, s, d]
+      ASSIGN_OR_RETURN(logits, t_.ForwardFrom(n == 1 ? x : x.repeat({n, 1, 1}), g.start, *group_plan));
+    }
+    round.reducer->Add(logits, batch, reference, g.begin);
+    PassDone();
+    return absl::OkStatus();
+  }
+
+  // A variant is finished, reported and (by the server) stored as soon as its group's pass over
+  // the last window batch is done: its reducer rows and collectors are complete then, whatever
+  // the round's later groups do, so a crash loses no finished group.
+  absl::Status FinishGroup(Round& round, const Group& g) {
+    const double round_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - round.start).count();
+    for (int64_t i = g.begin; i < g.end; ++i) {
+      VariantState& s = round.states[i];
+      const spec::Experiment& v = variants_[s.index];
+      result::Experiment out;
+      out.baseline = baseline_;
+      out.baseline_from_cache = from_cache_;
+      absl::StatusOr<result::Pass> pass;
+      if (s.edits_weights && s.collectors.ReadsWeights()) {
+        // Weight-reading measurements (super-weight values, norm gammas) see this variant's edits;
+        // restored bit for bit before the round's next group runs.
+        WeightEditSession edits(&t_);
+        RETURN_IF_ERROR(internal::ApplyWeightEdits(v.interventions, edits));
+        pass = internal::FinishPass(s.collectors, t_, prepared_.protocol, prepared_.tokens, *round.reducer, i);
+        RETURN_IF_ERROR(edits.Restore());
+      } else {
+        pass = internal::FinishPass(s.collectors, t_, prepared_.protocol, prepared_.tokens, *round.reducer, i);
+      }
+      if (!pass.ok()) return pass.status();
+      out.intervened = *std::move(pass);
+      if (prepared_.needs_kl) {
+        out.has_kl_divergence = true;
+        out.kl_divergence =
+            round.reducer->kl_sum()[i].item<double>() / static_cast<double>(prepared_.protocol.n_tokens);
+      }
+      out.run = internal::RunInfoOf(model_, v.spec_sha256);
+      // The passes the variant took part in (its group's, and the baseline passes of its round,
+      // shared with the round's other variants), and its share of the round's time so far.
+      out.run.forward_passes = n_batches() + round.baseline_passes;
+      out.run.seconds = round_seconds / static_cast<double>(round.states.size());
+
+      result::SweepVariant& row = parent_result_.sweep.variants[s.index];
+      row.name = v.variant_name;
+      if (out.intervened.has_perplexity && out.baseline.has_perplexity) {
+        row.has_perplexity = true;
+        row.perplexity = out.intervened.perplexity.ppl;
+        row.perplexity_delta_pct =
+            100.0 * (out.intervened.perplexity.ppl - out.baseline.perplexity.ppl) / out.baseline.perplexity.ppl;
+      }
+      row.has_kl_divergence = out.has_kl_divergence;
+      row.kl_divergence = out.kl_divergence;
+      controls_.on_variant(s.index, std::move(out));
+    }
+    return absl::OkStatus();
+  }
+
+  const model::Model& model_;
+  const model::ModelConfig& c_;
+  const model::Transformer& t_;
+  const spec::Experiment& parent_;
+  const std::vector<spec::Experiment>& variants_;
+  const SweepControls& controls_;
+  Prepared prepared_;
+  const std::vector<model::WindowBatch> batches_;
+  const SweepGroups plan_;
+  const std::vector<int64_t> run_groups_;
+  const std::vector<std::vector<int64_t>> rounds_;
+  const std::vector<model::SiteId> sites_;
+  std::vector<int32_t> token_ids_;
+  std::vector<bool> observes_pattern_;
+  bool needs_means_ = false;
+  bool from_cache_ = false;
+  bool baseline_done_ = false;
+  result::Pass baseline_;
+  internal::Means means_;
+  int64_t passes_ = 0, planned_ = 0;
+  result::Experiment parent_result_;
+};
+
+}  // namespace
+
+absl::StatusOr<result::Experiment> RunSweep(const model::Model& model, const spec::Experiment& parent,
                                             const std::vector<spec::Experiment>& variants,
                                             const std::filesystem::path& data_dir, const SweepControls& controls,
                                             const RunLimits& limits) {
-  const auto start_time = std::chrono::steady_clock::now();
   if (!controls.on_variant) return absl::InvalidArgumentError("RunSweep needs an on_variant callback");
-  const ModelConfig& c = model.config();
-  const Transformer& t = model.transformer();
   ASSIGN_OR_RETURN(Prepared prepared, PrepareSweep(model, parent, variants, data_dir, limits));
-  PassCollectors& base = prepared.base;
-  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches, MakeWindowBatches(t, prepared.ids, prepared.options, model.bos_id()));
-  std::vector<int32_t> token_ids;
-  for (const auto& tp : prepared.tokens) token_ids.push_back(tp.token_id);
-  const int64_t n_batches = static_cast<int64_t>(batches.size());
-  const int64_t n_variants = static_cast<int64_t>(variants.size());
-  const std::vector<SiteId> sites = AllSites(c);
-  const SweepGroups plan = GroupSweep(c, parent, variants, limits);
+  ASSIGN_OR_RETURN(std::vector<model::WindowBatch> batches,
+                   model::MakeWindowBatches(model.transformer(), prepared.ids, prepared.options, model.bos_id()));
+  SweepGroups plan = GroupSweep(model.config(), parent, variants, limits);
   std::vector<int64_t> run_groups = controls.only_groups;
   if (run_groups.empty()) {
     for (size_t g = 0; g < plan.groups.size(); ++g) run_groups.push_back(static_cast<int64_t>(g));
@@ -383,260 +732,9 @@ absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Expe
                                                      plan.groups.size(), " groups"));
     }
   }
-  // Rounds: consecutive groups, at most max_round_variants variants each (a group is never split);
-  // a round's variants are finished and reported together.
-  std::vector<std::vector<int64_t>> rounds;
-  int64_t in_round = 0;
-  for (int64_t g : run_groups) {
-    const int64_t size = static_cast<int64_t>(plan.groups[g].size());
-    if (rounds.empty() || (in_round > 0 && in_round + size > limits.max_round_variants)) {
-      rounds.emplace_back();
-      in_round = 0;
-    }
-    rounds.back().push_back(g);
-    in_round += size;
-  }
-  bool needs_means = false;
-  for (int64_t g : run_groups) {
-    for (int64_t v : plan.groups[g]) needs_means = needs_means || internal::NeedsMeans(variants[v].interventions);
-  }
-
-  const bool from_cache = controls.cached_baseline != nullptr && !needs_means;
-  bool baseline_done = from_cache;
-  result::Pass baseline;
-  if (from_cache) baseline = *controls.cached_baseline;
-  RETURN_IF_ERROR(TorchCall("sweep reducers", [&] {
-    base.next_token = std::make_unique<NextTokenReducer>(token_ids, t.device());
-  }));
-
-  // Planned forward passes: the means' baseline pass, then per round and window batch one
-  // baseline pass (unless every group of the round starts at the embedding and nothing else needs
-  // it) and one pass per group.
-  int64_t passes = 0, planned = needs_means ? n_batches : 0;
-  for (size_t r = 0; r < rounds.size(); ++r) {
-    bool any_prefix = false;
-    for (int64_t g : rounds[r]) any_prefix = any_prefix || plan.starts[g] >= 0;
-    const bool measures_baseline = r == 0 && !baseline_done && !needs_means;
-    planned += n_batches * (static_cast<int64_t>(rounds[r].size()) +
-                            (measures_baseline || any_prefix || prepared.needs_kl ? 1 : 0));
-  }
-  auto cancelled = [&] { return controls.cancelled && controls.cancelled(); };
-  auto pass_done = [&] {
-    ++passes;
-    if (controls.progress) controls.progress(passes, std::max(planned, passes));
-  };
-  auto check_cancel = [&]() -> absl::Status {
-    if (cancelled()) {
-      return absl::CancelledError(absl::StrCat("sweep cancelled after ", passes, " of ", planned, " forward passes"));
-    }
-    return absl::OkStatus();
-  };
-
-  result::Experiment parent_result;
-  parent_result.has_sweep = true;
-  for (int64_t g : run_groups) {  // the largest pass this run made
-    parent_result.sweep.variants_per_pass =
-        std::max<int64_t>(parent_result.sweep.variants_per_pass, static_cast<int64_t>(plan.groups[g].size()));
-  }
-  parent_result.sweep.variants.resize(n_variants);
-
-  // Layers whose attention pattern the measurements observe (computed explicitly there).
-  std::vector<bool> observes_pattern(c.n_layers, false);
-  {
-    RunPlan probe(c.n_layers);
-    base.Attach(probe);
-    for (int64_t l = 0; l < c.n_layers; ++l) observes_pattern[l] = probe.HasHooks({SiteKind::kAttnPattern, l});
-  }
-
-  internal::Means means;
-  RETURN_IF_ERROR(TorchCall("running the sweep", [&]() -> absl::Status {
-    c10::InferenceMode guard;
-    if (needs_means) {  // the dataset means first: the variants' passes depend on them
-      std::vector<spec::Intervention> all;
-      for (int64_t g : run_groups) {
-        for (int64_t v : plan.groups[g]) {
-          all.insert(all.end(), variants[v].interventions.begin(), variants[v].interventions.end());
-        }
-      }
-      RunPlan means_plan(c.n_layers);
-      if (controls.cancelled) means_plan.SetInterrupt(controls.cancelled);
-      if (!baseline_done) base.Attach(means_plan);
-      internal::AddMeanObservers(c, all, means, means_plan);
-      for (const WindowBatch& batch : batches) {
-        RETURN_IF_ERROR(check_cancel());
-        ASSIGN_OR_RETURN(at::Tensor logits, t.Forward(batch.input, means_plan));
-        if (!baseline_done) base.next_token->Add(logits, batch);
-        pass_done();
-      }
-      if (!baseline_done) {
-        ASSIGN_OR_RETURN(baseline, internal::FinishPass(base, t, prepared.protocol, prepared.tokens, *base.next_token, 0));
-        baseline_done = true;
-      }
-    }
-
-    for (const std::vector<int64_t>& round : rounds) {
-      const auto round_start = std::chrono::steady_clock::now();
-      // The round's variants with their own plans, group after group.
-      std::vector<VariantState> states;
-      std::vector<Group> groups;
-      for (int64_t g : round) {
-        groups.push_back({plan.starts[g], static_cast<int64_t>(states.size()),
-                          static_cast<int64_t>(states.size() + plan.groups[g].size())});
-        for (int64_t index : plan.groups[g]) {
-          ASSIGN_OR_RETURN(VariantState state, MakeVariantState(model, parent, variants[index], index,
-                                                                prepared.options.seq_len, needs_means ? &means : nullptr));
-          states.push_back(std::move(state));
-        }
-      }
-      NextTokenReducer reducer(token_ids, t.device(), static_cast<int64_t>(states.size()));
-
-      // The baseline pass of every batch: the baseline's own measurements (once), what each
-      // variant observes before its group's first layer, and the residual stream there.
-      const bool measure_baseline = !baseline_done;
-      RunPlan base_plan(c.n_layers);
-      if (controls.cancelled) base_plan.SetInterrupt(controls.cancelled);
-      if (measure_baseline) base.Attach(base_plan);
-      // Every round's baseline passes take the attention path of the measured one, whichever
-      // variants observe them, so a KL reference does not depend on how the sweep was cut.
-      for (int64_t l = 0; l < c.n_layers; ++l) {
-        if (observes_pattern[l]) base_plan.RequireExplicitAttention(l);
-      }
-      std::vector<int64_t> group_start_of(states.size());
-      for (const Group& g : groups) {
-        for (int64_t i = g.begin; i < g.end; ++i) group_start_of[i] = g.start;
-      }
-      for (const SiteId& site : sites) {
-        std::vector<const RunPlan*> observers;
-        for (size_t i = 0; i < states.size(); ++i) {
-          if (BeforeStart(site, group_start_of[i]) && states[i].plan->HasHooks(site)) {
-            observers.push_back(states[i].plan.get());
-          }
-        }
-        if (observers.empty()) continue;
-        base_plan.AddHook(site, [observers](const SiteId& s, at::Tensor& x) {
-          for (const RunPlan* own : observers) {
-            at::Tensor value = x;  // observers only: nothing before a variant's first layer edits it
-            own->Apply(s, value);
-          }
-        });
-      }
-      std::map<int64_t, at::Tensor> saved;  // group start -> residual stream entering that block
-      int64_t max_start = -1;
-      for (const Group& g : groups) {
-        if (g.start < 0 || saved.count(g.start)) continue;
-        saved[g.start] = at::Tensor();
-        max_start = std::max(max_start, g.start);
-        const SiteId site = g.start == 0 ? SiteId{SiteKind::kEmbed, -1} : SiteId{SiteKind::kResidPost, g.start - 1};
-        base_plan.AddHook(site, [&saved, at_start = g.start](const SiteId&, at::Tensor& x) { saved[at_start] = x; });
-      }
-      const bool full_baseline = measure_baseline || prepared.needs_kl;
-      int64_t baseline_passes = 0;  // of this round, shared by its variants
-      // Each group's batched plan, per batch size (only a short last batch differs).
-      std::map<std::pair<size_t, int64_t>, std::unique_ptr<RunPlan>> group_plans;
-
-      // A variant is finished, reported and (by the server) stored as soon as its group's pass over
-      // the last window batch is done: its reducer rows and collectors are complete then, whatever
-      // the round's later groups do, so a crash loses no finished group.
-      auto finish_group = [&](const Group& g) -> absl::Status {
-        const double round_seconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - round_start).count();
-        for (int64_t i = g.begin; i < g.end; ++i) {
-          VariantState& s = states[i];
-          const spec::Experiment& v = variants[s.index];
-          result::Experiment out;
-          out.baseline = baseline;
-          out.baseline_from_cache = from_cache;
-          absl::StatusOr<result::Pass> pass;
-          if (s.edits_weights && s.collectors.ReadsWeights()) {
-            // Weight-reading measurements (super-weight values, norm gammas) see this variant's edits;
-            // restored bit for bit before the round's next group runs.
-            WeightEditSession edits(&t);
-            RETURN_IF_ERROR(internal::ApplyWeightEdits(v.interventions, edits));
-            pass = internal::FinishPass(s.collectors, t, prepared.protocol, prepared.tokens, reducer, i);
-            RETURN_IF_ERROR(edits.Restore());
-          } else {
-            pass = internal::FinishPass(s.collectors, t, prepared.protocol, prepared.tokens, reducer, i);
-          }
-          if (!pass.ok()) return pass.status();
-          out.intervened = *std::move(pass);
-          if (prepared.needs_kl) {
-            out.has_kl_divergence = true;
-            out.kl_divergence =
-                reducer.kl_sum()[i].item<double>() / static_cast<double>(prepared.protocol.n_tokens);
-          }
-          out.run = internal::RunInfoOf(model, v.spec_sha256);
-          // The passes the variant took part in (its group's, and the baseline passes of its round,
-          // shared with the round's other variants), and its share of the round's time so far.
-          out.run.forward_passes = n_batches + baseline_passes;
-          out.run.seconds = round_seconds / static_cast<double>(states.size());
-
-          result::SweepVariant& row = parent_result.sweep.variants[s.index];
-          row.name = v.variant_name;
-          if (out.intervened.has_perplexity && out.baseline.has_perplexity) {
-            row.has_perplexity = true;
-            row.perplexity = out.intervened.perplexity.ppl;
-            row.perplexity_delta_pct =
-                100.0 * (out.intervened.perplexity.ppl - out.baseline.perplexity.ppl) / out.baseline.perplexity.ppl;
-          }
-          row.has_kl_divergence = out.has_kl_divergence;
-          row.kl_divergence = out.kl_divergence;
-          controls.on_variant(s.index, std::move(out));
-        }
-        return absl::OkStatus();
-      };
-
-      for (size_t bi = 0; bi < batches.size(); ++bi) {
-        const WindowBatch& batch = batches[bi];
-        const bool last_batch = bi + 1 == batches.size();
-        RETURN_IF_ERROR(check_cancel());
-        const int64_t b = batch.input.size(0);
-        at::Tensor reference;
-        if (full_baseline) {
-          ASSIGN_OR_RETURN(at::Tensor logits, t.Forward(batch.input, base_plan));
-          if (measure_baseline) base.next_token->Add(logits, batch);
-          if (prepared.needs_kl) reference = logits;
-          pass_done();
-          ++baseline_passes;
-          if (measure_baseline && last_batch) {  // complete: the variants finished below carry it
-            ASSIGN_OR_RETURN(baseline,
-                             internal::FinishPass(base, t, prepared.protocol, prepared.tokens, *base.next_token, 0));
-            baseline_done = true;
-          }
-        } else if (max_start >= 0) {
-          RETURN_IF_ERROR(t.ForwardPrefix(batch.input, max_start, base_plan).status());
-          pass_done();
-          ++baseline_passes;
-        }  // else every group starts at the embedding: nothing to take from the baseline
-        for (size_t gi = 0; gi < groups.size(); ++gi) {
-          const Group& g = groups[gi];
-          RETURN_IF_ERROR(check_cancel());
-          const int64_t n = g.end - g.begin;
-          std::unique_ptr<RunPlan>& group_plan = group_plans[{gi, b}];
-          if (group_plan == nullptr) {
-            ASSIGN_OR_RETURN(group_plan, GroupPlan(t, states, g, b, sites, controls.cancelled));
-          }
-          at::Tensor logits;  // [n b, s, vocab]: the group's variants one after the other
-          if (g.start < 0) {
-            ASSIGN_OR_RETURN(logits, t.Forward(n == 1 ? batch.input : batch.input.repeat({n, 1}), *group_plan));
-          } else {
-            const at::Tensor& x = saved.at(g.start);  // [b, s, d]
-            ASSIGN_OR_RETURN(logits, t.ForwardFrom(n == 1 ? x : x.repeat({n, 1, 1}), g.start, *group_plan));
-          }
-          reducer.Add(logits, batch, reference, g.begin);
-          pass_done();
-          if (last_batch) RETURN_IF_ERROR(finish_group(g));
-        }
-        for (auto& [s, x] : saved) x = at::Tensor();
-      }
-    }    return absl::OkStatus();
-  }));
-
-  parent_result.baseline = std::move(baseline);
-  parent_result.baseline_from_cache = from_cache;
-  parent_result.run = internal::RunInfoOf(model, parent.spec_sha256);
-  parent_result.run.forward_passes = passes;
-  parent_result.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
-  return parent_result;
+  SweepRun run(model, parent, variants, controls, std::move(prepared), std::move(batches), std::move(plan),
+               std::move(run_groups), limits.max_round_variants);
+  return run.Run();
 }
 
 }  // namespace lesion::experiments

@@ -31,10 +31,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "experiments/model.h"
+#include "model/model.h"
 #include "experiments/runner.h"
-#include "experiments/spec/result.h"
-#include "experiments/spec/spec.h"
+#include "spec/result.h"
+#include "spec/spec.h"
 
 namespace lesion::experiments {
 
@@ -48,7 +48,7 @@ struct SweepGroups {
   std::vector<std::vector<int64_t>> groups;  // variant indices
   std::vector<int64_t> starts;               // per group: its first intervened layer
 };
-SweepGroups GroupSweep(const ModelConfig& config, const spec::Experiment& parent,
+SweepGroups GroupSweep(const model::ModelConfig& config, const spec::Experiment& parent,
                        const std::vector<spec::Experiment>& variants, const RunLimits& limits = {});
 
 // Deals whole groups to `n_shards` devices so that their work (variants times the layers they run)
@@ -77,21 +77,21 @@ struct SweepControls {
 // parent's result: the baseline pass and the run info, with one sweep summary row per variant
 // (perplexity and KL of each, in the variants' order; ids left empty; rows of variants outside the
 // shard left empty too).
-absl::StatusOr<result::Experiment> RunSweep(const Model& model, const spec::Experiment& parent,
+absl::StatusOr<result::Experiment> RunSweep(const model::Model& model, const spec::Experiment& parent,
                                             const std::vector<spec::Experiment>& variants,
                                             const std::filesystem::path& data_dir, const SweepControls& controls,
                                             const RunLimits& limits = {});
 
 // Every check RunSweep makes before its first forward pass (the parent's dataset and measurements,
 // each variant's interventions), without device work and without touching the weights.
-absl::Status ValidateSweep(const Model& model, const spec::Experiment& parent,
+absl::Status ValidateSweep(const model::Model& model, const spec::Experiment& parent,
                            const std::vector<spec::Experiment>& variants, const std::filesystem::path& data_dir,
                            const RunLimits& limits = {});
 
 // The layer where a variant's interventions begin to change the forward pass: -1 for an edit of
 // the embedding, n_layers for the final norm and logits (or no interventions). The layers before
 // it are the baseline's. Interventions must be valid for the model.
-int64_t FirstIntervenedLayer(const ModelConfig& config, const std::vector<spec::Intervention>& interventions);
+int64_t FirstIntervenedLayer(const model::ModelConfig& config, const std::vector<spec::Intervention>& interventions);
 
 }  // namespace lesion::experiments
 

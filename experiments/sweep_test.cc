@@ -13,28 +13,31 @@
 #include <iostream>
 #include <map>
 
+#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "experiments/torch_util.h"
+#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
 namespace {
 
+using ::lesion::matchers::StatusIs;
+
 const std::filesystem::path kRoot = LESION_SOURCE_DIR;
 
 // LESION_TEST_DEVICE=cuda runs these on a GPU (the GPU host's job does).
-std::unique_ptr<Model> LoadFixture(const std::string& name) {
+std::unique_ptr<model::Model> LoadFixture(const std::string& name) {
   const std::filesystem::path dir =
       name == "stories260K" ? kRoot / "models/stories260K" : kRoot / "tests/fixtures/models" / name;
-  LoadOptions options;
+  model::LoadOptions options;
   if (const char* device = std::getenv("LESION_TEST_DEVICE")) {
-    auto parsed = ParseDevice(device);
-    EXPECT_TRUE(parsed.ok()) << parsed.status();
+    auto parsed = model::ParseDevice(device);
+    EXPECT_OK(parsed);
     if (parsed.ok()) options.device = *parsed;
   }
-  auto model = Model::Load(dir, options);
-  EXPECT_TRUE(model.ok()) << model.status();
+  auto model = model::Model::Load(dir, options);
+  EXPECT_OK(model);
   return *std::move(model);
 }
 
@@ -54,14 +57,14 @@ std::string Floats(int n, double scale) {
 
 spec::Experiment Parse(const std::string& json) {
   auto e = spec::ParseExperimentJson(json);
-  EXPECT_TRUE(e.ok()) << e.status() << "\n" << json;
+  EXPECT_OK(e) << e.status() << "\n" << json;
   return *e;
 }
 
-std::vector<spec::Experiment> Expand(const Model& model, const spec::Experiment& parent) {
-  const ModelConfig& c = model.config();
+std::vector<spec::Experiment> Expand(const model::Model& model, const spec::Experiment& parent) {
+  const model::ModelConfig& c = model.config();
   auto variants = spec::ExpandSweep(parent, {c.n_layers, c.n_heads, c.d_model}, 1000);
-  EXPECT_TRUE(variants.ok()) << variants.status();
+  EXPECT_OK(variants);
   return *variants;
 }
 
@@ -104,10 +107,10 @@ std::vector<std::pair<std::string, double>> Flatten(const result::Experiment& e)
 }
 
 // Runs the sweep and each variant alone; every metric, capture and report must agree.
-void ExpectSweepEqualsAlone(const Model& model, const spec::Experiment& parent, const RunLimits& limits,
+void ExpectSweepEqualsAlone(const model::Model& model, const spec::Experiment& parent, const RunLimits& limits,
                             double tolerance) {
   const std::vector<spec::Experiment> variants = Expand(model, parent);
-  const std::string before = WeightsFingerprint(model.transformer()).value();
+  const std::string before = model::WeightsFingerprint(model.transformer()).value();
   std::map<int64_t, result::Experiment> got;
   SweepControls controls;
   int64_t last_progress = 0, planned = 0;
@@ -121,17 +124,17 @@ void ExpectSweepEqualsAlone(const Model& model, const spec::Experiment& parent, 
     got[i] = std::move(r);
   };
   auto parent_result = RunSweep(model, parent, variants, kRoot / "data", controls, limits);
-  ASSERT_TRUE(parent_result.ok()) << parent_result.status();
+  ASSERT_OK(parent_result);
   EXPECT_EQ(last_progress, planned) << "progress ends at the planned number of passes";
   ASSERT_EQ(got.size(), variants.size());
   ASSERT_EQ(parent_result->sweep.variants.size(), variants.size());
-  EXPECT_EQ(WeightsFingerprint(model.transformer()).value(), before) << "weights changed by the sweep";
+  EXPECT_EQ(model::WeightsFingerprint(model.transformer()).value(), before) << "weights changed by the sweep";
 
   int64_t changed = 0, alone_passes = 0;
   for (size_t i = 0; i < variants.size(); ++i) {
     SCOPED_TRACE(absl::StrCat("variant ", i, " ", variants[i].variant_name));
     auto alone = RunExperiment(model, variants[i], kRoot / "data");
-    ASSERT_TRUE(alone.ok()) << alone.status();
+    ASSERT_OK(alone);
     alone_passes += alone->run.forward_passes;
     if (alone->intervened.perplexity.ppl != alone->baseline.perplexity.ppl) ++changed;
     const auto want = Flatten(*alone);
@@ -200,8 +203,8 @@ std::string EveryKindOfVariant(int kv_width, bool gated) {
                       bias_last, "]}]}}");
 }
 
-spec::Experiment EveryKindSweep(const Model& model, const std::string& measurements, int variants_per_pass) {
-  const ModelConfig& c = model.config();
+spec::Experiment EveryKindSweep(const model::Model& model, const std::string& measurements, int variants_per_pass) {
+  const model::ModelConfig& c = model.config();
   return Parse(absl::StrCat(R"({"name": "every-kind", "dataset": {"token_ids": {"ids": [)", TokenIds(c.vocab_size),
                             R"(]}}, "eval": {"seq_len": 16, "batch_size": 3},
       "measurements": )",
@@ -269,7 +272,7 @@ TEST(Sweep, AllSingleHeadAblationsOfStories) {
 
 TEST(Sweep, FirstIntervenedLayer) {
   auto model = LoadFixture("llama2");
-  const ModelConfig& c = model->config();
+  const model::ModelConfig& c = model->config();
   auto first = [&](const std::string& interventions) {
     return FirstIntervenedLayer(
         c, Parse(absl::StrCat(R"({"dataset": {"token_ids": {"ids": [1, 2]}}, "measurements": [{"perplexity": {}}],
@@ -286,7 +289,7 @@ TEST(Sweep, FirstIntervenedLayer) {
   EXPECT_EQ(first(R"([{"activation_edit": {"site": "final_norm"}}])"), 3);
 }
 
-spec::Experiment HeadSweep(const Model& model, const std::string& measurements) {
+spec::Experiment HeadSweep(const model::Model& model, const std::string& measurements) {
   return Parse(absl::StrCat(R"({"dataset": {"token_ids": {"ids": [)", TokenIds(model.config().vocab_size),
                             R"(]}}, "eval": {"seq_len": 16, "batch_size": 3}, "measurements": )", measurements,
                             R"(, "sweep": {"axes": [{"heads": {}}], "variants_per_pass": 3}})"));
@@ -296,7 +299,7 @@ TEST(Sweep, CancelledBetweenPassesKeepsTheFinishedRoundsAndTheWeights) {
   auto model = LoadFixture("llama2");
   const spec::Experiment parent = HeadSweep(*model, R"([{"perplexity": {}}])");
   const auto variants = Expand(*model, parent);
-  const std::string before = WeightsFingerprint(model->transformer()).value();
+  const std::string before = model::WeightsFingerprint(model->transformer()).value();
   RunLimits limits;
   limits.max_round_variants = 4;  // three rounds of 4
   int64_t seen = 0, reported = 0;
@@ -307,7 +310,7 @@ TEST(Sweep, CancelledBetweenPassesKeepsTheFinishedRoundsAndTheWeights) {
   auto r = RunSweep(*model, parent, variants, kRoot / "data", controls, limits);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
   EXPECT_EQ(reported, 4) << "the first round finished, the second was stopped";
-  EXPECT_EQ(WeightsFingerprint(model->transformer()).value(), before);
+  EXPECT_EQ(model::WeightsFingerprint(model->transformer()).value(), before);
 }
 
 // Per-variant durability: a variant is reported once its group's passes are done, not when its
@@ -320,7 +323,7 @@ TEST(Sweep, VariantsAreReportedGroupByGroupWithinARound) {
   std::vector<result::Experiment> whole(variants.size());
   SweepControls controls;
   controls.on_variant = [&](int64_t i, result::Experiment r) { whole[i] = std::move(r); };
-  ASSERT_TRUE(RunSweep(*model, parent, variants, kRoot / "data", controls).ok());
+  ASSERT_OK(RunSweep(*model, parent, variants, kRoot / "data", controls));
 
   std::map<int64_t, result::Experiment> early;  // one round (the default limits): stopped after a group
   controls.cancelled = [&] { return !early.empty(); };
@@ -345,11 +348,11 @@ TEST(Sweep, ACachedBaselineServesEveryVariant) {
   SweepControls controls;
   controls.on_variant = [&](int64_t i, result::Experiment r) { first[i] = std::move(r); };
   auto fresh = RunSweep(*model, parent, variants, kRoot / "data", controls);
-  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_OK(fresh);
   controls.cached_baseline = &fresh->baseline;
   controls.on_variant = [&](int64_t i, result::Experiment r) { second[i] = std::move(r); };
   auto cached = RunSweep(*model, parent, variants, kRoot / "data", controls);
-  ASSERT_TRUE(cached.ok()) << cached.status();
+  ASSERT_OK(cached);
   EXPECT_TRUE(cached->baseline_from_cache);
   for (size_t i = 0; i < variants.size(); ++i) {
     EXPECT_TRUE(second[i].baseline_from_cache);
@@ -367,7 +370,7 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
               {"name": "bad", "interventions": [{"weight_edit": {"layer": 0, "module": "mlp.down", "row": 64}}]}]}}]}})"));
   const auto variants = Expand(*model, parent);
   absl::Status s = ValidateSweep(*model, parent, variants, kRoot / "data");
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("sweep variant 1 (bad)"), std::string::npos) << s;
 
   // A variant's enums and numbers are checked like a single run's (the parser checks them too,
@@ -375,7 +378,7 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   auto heads = Expand(*model, HeadSweep(*model, R"([{"perplexity": {}}])"));
   std::get<spec::HeadAblation>(heads[2].interventions[0]).mode = static_cast<spec::HeadAblation::Mode>(99);
   s = ValidateSweep(*model, HeadSweep(*model, R"([{"perplexity": {}}])"), heads, kRoot / "data");
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("sweep variant 2 (L0.H2): interventions[0].head_ablation: unknown mode 99"),
             std::string::npos)
       << s;
@@ -384,7 +387,7 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   small_passes.max_pass_tokens = 100;  // 3 variants x 3 windows x 16 tokens = 144
   s = ValidateSweep(*model, HeadSweep(*model, R"([{"perplexity": {}}])"),
                     Expand(*model, HeadSweep(*model, R"([{"perplexity": {}}])")), kRoot / "data", small_passes);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("= 144 tokens in one pass, more than the limit of 100"), std::string::npos) << s;
 
   const spec::Experiment captures =
@@ -392,7 +395,7 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   RunLimits limits;
   limits.max_capture_bytes = 1 << 20;
   s = ValidateSweep(*model, captures, Expand(*model, captures), kRoot / "data", limits);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("12 variants"), std::string::npos) << s;
 }
 
@@ -437,7 +440,7 @@ TEST(Sweep, ShardsRunOnTheirOwnGiveBitIdenticalResults) {
   std::vector<result::Experiment> whole(variants.size()), sharded(variants.size());
   SweepControls controls;
   controls.on_variant = [&](int64_t i, result::Experiment r) { whole[i] = std::move(r); };
-  ASSERT_TRUE(RunSweep(*model, parent, variants, kRoot / "data", controls).ok());
+  ASSERT_OK(RunSweep(*model, parent, variants, kRoot / "data", controls));
   const auto shards = ShardGroups(GroupSweep(model->config(), parent, variants), model->config().n_layers, 2);
   int64_t reported = 0;
   for (const auto& shard : shards) {
@@ -446,7 +449,7 @@ TEST(Sweep, ShardsRunOnTheirOwnGiveBitIdenticalResults) {
       sharded[i] = std::move(r);
       ++reported;
     };
-    ASSERT_TRUE(RunSweep(*model, parent, variants, kRoot / "data", controls).ok());
+    ASSERT_OK(RunSweep(*model, parent, variants, kRoot / "data", controls));
   }
   EXPECT_EQ(reported, static_cast<int64_t>(variants.size()));
   for (size_t i = 0; i < variants.size(); ++i) {

@@ -1,13 +1,11 @@
-// Weight addressing (DESIGN.md "Weight addressing") and exact, restorable in-place weight edits:
-// the machinery behind super-weight edits and norm-channel resets.
+// Exact, restorable in-place weight edits: the machinery behind super-weight edits and norm-channel
+// resets. Weights are addressed as model/weight_addressing.h says.
 //
 //   WeightEditSession edits(&model);
 //   RETURN_IF_ERROR(edits.EditElement(2, WeightModule::kMlpDown, 3968, 7003, ElementOp::kZero, 0));
 //   ... run forward passes ...
 //   RETURN_IF_ERROR(edits.Restore());  // also done by the destructor
 //
-// Every matrix is addressed [row, col] in nn.Linear's [out_features, in_features] convention for
-// every architecture (GPT-2's Conv1D weights are stored transposed at load, see transformer.h).
 // Edits write into the model's weight tensors in place; the first time an element or channel is
 // touched its original value is saved, and Restore writes the saved originals back (never undoing
 // arithmetic) and proves with a checksum of each touched tensor that it is bit-identical to before.
@@ -26,42 +24,21 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "experiments/transformer.h"
+#include "model/transformer.h"
+#include "model/weight_addressing.h"
+#include "spec/spec.h"
 
 namespace lesion::experiments {
 
-enum class WeightModule { kAttnQ, kAttnK, kAttnV, kAttnO, kMlpGate, kMlpUp, kMlpDown };
-enum class ElementOp { kZero, kScale, kSet };
-enum class NormResetMode { kOne, kGammaMean, kValue };
-
-// "attn.q" ... "mlp.down"; InvalidArgument listing the known names otherwise.
-absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name);
-absl::string_view WeightModuleName(WeightModule module);
-// "attn", "mlp", "final".
-absl::StatusOr<NormSite> ParseNormSite(absl::string_view name);
-
-// The [out, in] weight of (layer, module): a view into the model's storage. InvalidArgument for a
-// layer out of range or a module the architecture lacks (mlp.gate on GPT-2).
-absl::StatusOr<at::Tensor> ModuleWeight(const Transformer& model, int64_t layer, WeightModule module);
-// The gamma [d] of a norm; `layer` is ignored for kFinal.
-absl::StatusOr<at::Tensor> NormGamma(const Transformer& model, int64_t layer, NormSite norm);
-
-// An order-sensitive checksum of a tensor's exact bits (any float dtype, any device).
-uint64_t BitChecksum(const at::Tensor& tensor);
-
-// Every weight tensor slot of `model` in a fixed order: embed, positions, final norm weight and
-// bias, lm_head, then per block its norms, fused qkv, o, fused gate/up and down with their biases.
-// Slots the architecture lacks are undefined tensors; a tied lm_head is the embed tensor itself.
-std::vector<const at::Tensor*> WeightTensors(const Transformer& model);
-
-// Hex digest of the BitChecksum, dtype and shape of every weight tensor of `model`, in a fixed order.
-absl::StatusOr<std::string> WeightsFingerprint(const Transformer& model);
+// The spec's enums are the runtime's: one definition from the request to the weights.
+using ElementOp = spec::WeightEdit::Op;
+using NormResetMode = spec::NormChannelReset::Mode;
 
 // The checks of EditElement and ResetNormChannels without the edit (InvalidArgument naming the
 // index, shape or value): a spec can be validated while another thread runs the model.
-absl::Status CheckElementEdit(const Transformer& model, int64_t layer, WeightModule module, int64_t row,
+absl::Status CheckElementEdit(const model::Transformer& model, int64_t layer, model::WeightModule module, int64_t row,
                               int64_t col, double value);
-absl::Status CheckNormReset(const Transformer& model, int64_t layer, NormSite norm,
+absl::Status CheckNormReset(const model::Transformer& model, int64_t layer, model::NormSite norm,
                             const std::vector<int64_t>& channels, double value);
 
 // What a list of edits would write, computed on copies of the touched elements and gammas with the
@@ -73,27 +50,27 @@ class WeightEditPreview {
  public:
   struct Element {
     int64_t layer = 0;
-    WeightModule module = WeightModule::kAttnQ;
+    model::WeightModule module = model::WeightModule::kAttnQ;
     int64_t row = 0, col = 0;
     double original = 0;  // the checkpoint's value
     double edited = 0;    // after every edit of this element, rounded to the weight's dtype
   };
   struct Gamma {
     int64_t layer = 0;  // -1 for the final norm
-    NormSite norm = NormSite::kAttn;
+    model::NormSite norm = model::NormSite::kAttn;
     at::Tensor gamma;   // [d] the whole gamma after the resets, in the weight's dtype and device
   };
 
-  explicit WeightEditPreview(const Transformer* model) : model_(model) {}  // `model` must outlive it
-  absl::Status EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col, ElementOp op,
+  explicit WeightEditPreview(const model::Transformer* model) : model_(model) {}  // `model` must outlive it
+  absl::Status EditElement(int64_t layer, model::WeightModule module, int64_t row, int64_t col, ElementOp op,
                            double value);
-  absl::Status ResetNormChannels(int64_t layer, NormSite norm, const std::vector<int64_t>& channels,
+  absl::Status ResetNormChannels(int64_t layer, model::NormSite norm, const std::vector<int64_t>& channels,
                                  NormResetMode mode, double value);
   const std::vector<Element>& elements() const { return elements_; }
   const std::vector<Gamma>& gammas() const { return gammas_; }
 
  private:
-  const Transformer* model_;
+  const model::Transformer* model_;
   std::vector<Element> elements_;
   std::vector<at::Tensor> element_values_;  // 0-d copies, parallel to elements_
   std::vector<Gamma> gammas_;
@@ -101,17 +78,17 @@ class WeightEditPreview {
 
 class WeightEditSession {
  public:
-  explicit WeightEditSession(const Transformer* model);  // `model` must outlive the session
+  explicit WeightEditSession(const model::Transformer* model);  // `model` must outlive the session
   ~WeightEditSession();
   WeightEditSession(const WeightEditSession&) = delete;
   WeightEditSession& operator=(const WeightEditSession&) = delete;
 
   // w[row, col] = 0 | w * value | value. InvalidArgument naming the index and shape when out of
   // range, or for a non-finite value.
-  absl::Status EditElement(int64_t layer, WeightModule module, int64_t row, int64_t col, ElementOp op,
+  absl::Status EditElement(int64_t layer, model::WeightModule module, int64_t row, int64_t col, ElementOp op,
                            double value);
   // gamma[channels] = 1 | mean(original gamma) | value. Norm biases are untouched.
-  absl::Status ResetNormChannels(int64_t layer, NormSite norm, const std::vector<int64_t>& channels,
+  absl::Status ResetNormChannels(int64_t layer, model::NormSite norm, const std::vector<int64_t>& channels,
                                  NormResetMode mode, double value);
   // Writes every saved original back and checks each touched tensor's checksum. Idempotent.
   // Internal if a tensor does not come back bit-identical (a bug, never expected).
@@ -141,7 +118,7 @@ class WeightEditSession {
   absl::Status Touch(const at::Tensor& whole, const at::Tensor& target);
   const Touched& FindTouched(const at::Tensor& whole) const;
 
-  const Transformer* model_;
+  const model::Transformer* model_;
   std::vector<Saved> saved_;
   std::vector<Touched> touched_;
   int64_t n_edits_ = 0;

@@ -1,4 +1,4 @@
-// Fuzzes the GGUF reader (experiments/gguf/gguf.h) and dequantization (dequantize.h): the input is
+// Fuzzes the GGUF reader (model/gguf/gguf.h) and dequantization (dequantize.h): the input is
 // the file. Of a file that opens, every metadata value is printed and read through each accessor,
 // and every tensor's bytes are read in full and, for a type lesion dequantizes, dequantized
 // (tensors above kMaxElements elements are skipped to keep an input's work bounded).
@@ -12,13 +12,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "experiments/gguf/dequantize.h"
-#include "experiments/gguf/gguf.h"
+#include "model/gguf/dequantize.h"
+#include "model/gguf/gguf.h"
 #include "fuzz/fuzz_file.h"
 
 namespace {
 
-using lesion::experiments::GgufValue;
+using lesion::model::GgufValue;
 
 constexpr int64_t kMaxElements = int64_t{1} << 16;
 
@@ -39,8 +39,8 @@ void ReadValue(const GgufValue& v, uint8_t& sink) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using lesion::experiments::GgufFile;
-  using lesion::experiments::GgufTensorInfo;
+  using lesion::model::GgufFile;
+  using lesion::model::GgufTensorInfo;
   static lesion::fuzz::MemoryFile file;
   absl::StatusOr<std::unique_ptr<GgufFile>> gguf = GgufFile::Open(file.Write(data, size));
   if (!gguf.ok()) return 0;
@@ -57,9 +57,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     absl::Span<const std::byte> bytes = (*gguf)->Data(t);
     sink ^= lesion::fuzz::TouchBytes(bytes);
     (void)t.shape();
-    if (!lesion::experiments::CanDequantize(t.type) || t.numel() > kMaxElements) continue;
+    if (!lesion::model::CanDequantize(t.type) || t.numel() > kMaxElements) continue;
     out.assign(static_cast<size_t>(t.numel()), 0.0f);
-    absl::Status s = lesion::experiments::DequantizeTensor(**gguf, t, absl::MakeSpan(out));
+    absl::Status s = lesion::model::DequantizeTensor(**gguf, t, absl::MakeSpan(out));
     if (!s.ok()) {
       std::fprintf(stderr, "tensor %s of a valid file does not dequantize: %s\n", t.name.c_str(),
                    s.ToString().c_str());

@@ -1,4 +1,4 @@
-// Fuzzes the config.json parser (experiments/model_config.h) on the input as text, and
+// Fuzzes the config.json parser (model/model_config.h) on the input as text, and
 // CheckModelConfigBounds on a ModelConfig filled from the same bytes, as GGUF metadata fills one.
 // Every config either check accepts must be safe to size a model by: n_params() must not overflow
 // (UBSan aborts on signed overflow), and a parsed config answers Attends for each of its layers.
@@ -12,14 +12,14 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "experiments/model_config.h"
+#include "model/model_config.h"
 
 namespace {
 
-using lesion::experiments::ModelConfig;
+using lesion::model::ModelConfig;
 
 void ParseText(absl::string_view text) {
-  absl::StatusOr<ModelConfig> config = lesion::experiments::ParseModelConfig(text, "config.json");
+  absl::StatusOr<ModelConfig> config = lesion::model::ParseModelConfig(text, "config.json");
   if (!config.ok()) {
     if (config.status().code() != absl::StatusCode::kInvalidArgument) {
       std::fprintf(stderr, "unexpected code: %s\n", config.status().ToString().c_str());
@@ -27,7 +27,7 @@ void ParseText(absl::string_view text) {
     }
     return;
   }
-  if (absl::Status bounds = lesion::experiments::CheckModelConfigBounds(*config, "config.json"); !bounds.ok()) {
+  if (absl::Status bounds = lesion::model::CheckModelConfigBounds(*config, "config.json"); !bounds.ok()) {
     std::fprintf(stderr, "a parsed config is out of bounds: %s\n", bounds.ToString().c_str());
     std::abort();
   }
@@ -43,7 +43,7 @@ void ParseText(absl::string_view text) {
 void CheckBuilt(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   ModelConfig c;
-  c.family = in.ConsumeBool() ? lesion::experiments::Family::kGpt2 : lesion::experiments::Family::kLlama;
+  c.family = in.ConsumeBool() ? lesion::model::Family::kGpt2 : lesion::model::Family::kLlama;
   c.n_layers = in.ConsumeIntegral<int64_t>();
   c.d_model = in.ConsumeIntegral<int64_t>();
   c.n_heads = in.ConsumeIntegral<int64_t>();
@@ -52,7 +52,7 @@ void CheckBuilt(const uint8_t* data, size_t size) {
   c.d_ffn = in.ConsumeIntegral<int64_t>();
   c.vocab_size = in.ConsumeIntegral<int64_t>();
   c.max_position_embeddings = in.ConsumeIntegral<int64_t>();
-  c.norm = in.ConsumeBool() ? lesion::experiments::NormKind::kLayerNorm : lesion::experiments::NormKind::kRmsNorm;
+  c.norm = in.ConsumeBool() ? lesion::model::NormKind::kLayerNorm : lesion::model::NormKind::kRmsNorm;
   c.gated_mlp = in.ConsumeBool();
   c.qkv_bias = in.ConsumeBool();
   c.o_bias = in.ConsumeBool();
@@ -63,7 +63,7 @@ void CheckBuilt(const uint8_t* data, size_t size) {
     c.rope.emplace();
     c.rope->original_max_position_embeddings = in.ConsumeIntegral<int64_t>();
   }
-  if (absl::Status s = lesion::experiments::CheckModelConfigBounds(c, "fuzz"); !s.ok()) return;
+  if (absl::Status s = lesion::model::CheckModelConfigBounds(c, "fuzz"); !s.ok()) return;
   volatile int64_t n = c.n_params();
   (void)n;
 }

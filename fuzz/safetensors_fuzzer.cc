@@ -1,4 +1,4 @@
-// Fuzzes the safetensors reader (experiments/safetensors/safetensors.h): the input is the file.
+// Fuzzes the safetensors reader (model/safetensors/safetensors.h): the input is the file.
 // Every tensor of a file that opens has its bytes read in full, so AddressSanitizer checks the
 // ranges the header validation let through, and is found again by name.
 #include <cstddef>
@@ -8,19 +8,19 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "experiments/safetensors/safetensors.h"
+#include "model/safetensors/safetensors.h"
 #include "fuzz/fuzz_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using lesion::experiments::SafetensorsFile;
-  using lesion::experiments::TensorInfo;
+  using lesion::model::SafetensorsFile;
+  using lesion::model::TensorInfo;
   static lesion::fuzz::MemoryFile file;
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> st = SafetensorsFile::Open(file.Write(data, size));
   if (!st.ok()) return 0;
   uint8_t sink = 0;
   for (const TensorInfo& t : (*st)->tensors()) {
     absl::Span<const std::byte> bytes = (*st)->Data(t);
-    const uint64_t expected = static_cast<uint64_t>(t.numel()) * lesion::experiments::DTypeSize(t.dtype);
+    const uint64_t expected = static_cast<uint64_t>(t.numel()) * lesion::model::DTypeSize(t.dtype);
     if (bytes.size() != expected || (*st)->Find(t.name) != &t) {
       std::fprintf(stderr, "tensor %s: %zu bytes for %llu expected, or not found by name\n", t.name.c_str(),
                    bytes.size(), static_cast<unsigned long long>(expected));

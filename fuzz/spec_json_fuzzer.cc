@@ -1,4 +1,4 @@
-// Fuzzes the experiment spec parsers (experiments/spec/spec.h): the JSON form that `lesion run`
+// Fuzzes the experiment spec parsers (spec/spec.h): the JSON form that `lesion run`
 // reads and the binary protobuf form that lesiond receives, then the expansion of a sweep. Beyond
 // "no crash", it checks the promise the baseline cache rests on: a parsed spec's canonical JSON
 // parses again to the same hash, and so does each sweep variant's.
@@ -11,12 +11,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "experiments/spec/spec.h"
+#include "spec/spec.h"
 #include "fuzz/quiet_protobuf.h"
 
 namespace {
 
-namespace spec = lesion::experiments::spec;
+namespace spec = lesion::spec;
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "%s\n", what.c_str());

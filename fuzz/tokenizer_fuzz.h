@@ -13,11 +13,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "experiments/tokenizer/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace lesion::fuzz {
 
-inline void ExerciseTokenizer(const experiments::Tokenizer& tok) {
+inline void ExerciseTokenizer(const model::Tokenizer& tok) {
   static constexpr std::string_view kTexts[] = {
       "Once upon a time, there was a little girl named Lily.",
       "  Hello\tworld!\n\n It's 12345 o'clock; they're \"here\"...",

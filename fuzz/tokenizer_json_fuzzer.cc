@@ -1,18 +1,18 @@
-// Fuzzes the tokenizer.json loader (byte-level BPE, experiments/tokenizer/tokenizer.h): the input
+// Fuzzes the tokenizer.json loader (byte-level BPE, model/tokenizer/tokenizer.h): the input
 // is the file; a tokenizer that loads encodes and decodes a few texts (fuzz/tokenizer_fuzz.h).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "experiments/tokenizer/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 #include "fuzz/fuzz_file.h"
 #include "fuzz/tokenizer_fuzz.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static lesion::fuzz::MemoryFile file;
-  absl::StatusOr<std::unique_ptr<lesion::experiments::Tokenizer>> tok =
-      lesion::experiments::LoadTokenizerJson(file.Write(data, size));
+  absl::StatusOr<std::unique_ptr<lesion::model::Tokenizer>> tok =
+      lesion::model::LoadTokenizerJson(file.Write(data, size));
   if (tok.ok()) lesion::fuzz::ExerciseTokenizer(**tok);
   return 0;
 }

@@ -10,11 +10,14 @@
 
 #include <gtest/gtest.h>
 
+#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "common/testing/scoped_test_dir.h"
 
 namespace lesion::server {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 constexpr char kTokens[] = R"(# lab tokens
 tok-alice alice user
@@ -24,14 +27,14 @@ tok-root   root	admin
 
 TEST(Authenticator, ParsesTokensFileWithCommentsAndBlankLines) {
   absl::StatusOr<Authenticator> auth = Authenticator::FromTokensText(kTokens, "tokens");
-  ASSERT_TRUE(auth.ok()) << auth.status();
+  ASSERT_OK(auth);
   EXPECT_TRUE(auth->has_tokens());
   absl::StatusOr<Principal> alice = auth->Authenticate("Bearer tok-alice", std::nullopt);
-  ASSERT_TRUE(alice.ok()) << alice.status();
+  ASSERT_OK(alice);
   EXPECT_EQ(alice->user, "alice");
   EXPECT_EQ(alice->role, Role::kUser);
   absl::StatusOr<Principal> root = auth->Authenticate("Bearer tok-root", "someone-else");
-  ASSERT_TRUE(root.ok());
+  ASSERT_OK(root);
   EXPECT_EQ(root->user, "root");  // x-lesion-user is ignored with tokens
   EXPECT_TRUE(root->is_admin());
 }
@@ -39,7 +42,7 @@ TEST(Authenticator, ParsesTokensFileWithCommentsAndBlankLines) {
 TEST(Authenticator, MissingMalformedOrUnknownTokenIsUnauthenticated) {
   Authenticator auth = *Authenticator::FromTokensText(kTokens, "tokens");
   absl::Status missing = auth.Authenticate(std::nullopt, std::nullopt).status();
-  EXPECT_EQ(missing.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(missing, StatusIs(absl::StatusCode::kUnauthenticated));
   EXPECT_NE(missing.message().find("authorization"), absl::string_view::npos) << missing;
   EXPECT_EQ(auth.Authenticate("tok-alice", std::nullopt).status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(auth.Authenticate("Bearer ", std::nullopt).status().code(), absl::StatusCode::kUnauthenticated);
@@ -48,13 +51,13 @@ TEST(Authenticator, MissingMalformedOrUnknownTokenIsUnauthenticated) {
 
 TEST(Authenticator, BadLinesNameFileAndLine) {
   absl::Status role = Authenticator::FromTokensText("# c\nt1 bob superuser\n", "/etc/tokens").status();
-  EXPECT_EQ(role.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(role, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(role.message().find("/etc/tokens:2"), absl::string_view::npos) << role;
   EXPECT_NE(role.message().find("superuser"), absl::string_view::npos) << role;
   absl::Status fields = Authenticator::FromTokensText("t1 bob\n", "f").status();
-  EXPECT_EQ(fields.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(fields, StatusIs(absl::StatusCode::kInvalidArgument));
   absl::Status twice = Authenticator::FromTokensText("t1 bob user\nt1 eve user\n", "f").status();
-  EXPECT_EQ(twice.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(twice, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(twice.message().find("f:2"), absl::string_view::npos) << twice;
 }
 
@@ -66,7 +69,7 @@ TEST(Authenticator, EveryTokenMatchesItsOwnUserAndNearMissesDoNot) {
   Authenticator auth = *Authenticator::FromTokensText("tok-a a user\ntok-b b admin\ntok-c c user\n", "f");
   for (const char* user : {"a", "b", "c"}) {
     absl::StatusOr<Principal> p = auth.Authenticate(absl::StrCat("Bearer tok-", user), std::nullopt);
-    ASSERT_TRUE(p.ok()) << user << ": " << p.status();
+    ASSERT_OK(p) << user << ": " << p.status();
     EXPECT_EQ(p->user, user);
   }
   EXPECT_TRUE(auth.Authenticate("Bearer tok-b", std::nullopt)->is_admin());
@@ -113,7 +116,7 @@ TEST(Authenticator, TokensFileThatOthersCanWriteIsRefusedWithTheFix) {
   for (mode_t mode : {0600, 0640, 0644, 0400}) {
     ASSERT_EQ(::chmod(path.c_str(), mode), 0);
     absl::StatusOr<Authenticator> auth = Authenticator::FromTokensFile(path);
-    ASSERT_TRUE(auth.ok()) << std::oct << mode << ": " << auth.status();
+    ASSERT_OK(auth) << std::oct << mode << ": " << auth.status();
     EXPECT_EQ(auth->Authenticate("Bearer tok-root", std::nullopt)->user, "root");
   }
   for (mode_t mode : {0666, 0662, 0620, 0660}) {
@@ -131,7 +134,7 @@ TEST(Authenticator, AnonymousModeTakesUserFromMetadata) {
   Authenticator admin = Authenticator::Anonymous(true);
   EXPECT_FALSE(admin.has_tokens());
   absl::StatusOr<Principal> p = admin.Authenticate(std::nullopt, std::nullopt);
-  ASSERT_TRUE(p.ok());
+  ASSERT_OK(p);
   EXPECT_EQ(p->user, "anonymous");
   EXPECT_TRUE(p->is_admin());
   EXPECT_EQ(admin.Authenticate("Bearer whatever", "carol")->user, "carol");

@@ -263,7 +263,7 @@ bool UnderAnyRoot(const std::optional<fs::path>& path, const std::vector<fs::pat
 }
 
 // "NAME-00002-of-00003.gguf" -> {"NAME", "00003"}, the loader's naming of GGUF splits
-// (experiments/gguf/gguf.cc).
+// (model/gguf/gguf.cc).
 std::optional<std::pair<std::string, std::string>> GgufSplitName(const std::string& file_name) {
   static const std::regex kSplit(R"((.*)-\d{5,9}-of-(\d{5,9})\.gguf)");
   std::smatch match;

@@ -1,4 +1,5 @@
 #include "server/config.h"
+#include "common/testing/status_matchers.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -10,6 +11,8 @@
 
 namespace lesion::server {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 namespace fs = std::filesystem;
 
@@ -26,7 +29,7 @@ void Write(const fs::path& path, const std::string& text) { std::ofstream(path) 
 
 TEST(ServerConfig, NoArgumentsServeTheBundledModel) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig({});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->listen, "127.0.0.1:50051");
   EXPECT_EQ(config->database, "lesion.db");
   ASSERT_EQ(config->models.size(), 1u);
@@ -43,7 +46,7 @@ TEST(ServerConfig, FlagsWithDtypeAndDeviceAfterTheirModel) {
                          "a=/m/a", "--device", "cuda:1", "--model", "b=/m/b", "--dtype", "float32",
                          "--model-root", "/m", "--max-queue-per-device", "3", "--allow-anonymous-admin=false",
                          "--data-dir", "/d"});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->listen, "unix:/tmp/l.sock");
   EXPECT_EQ(config->database, "/tmp/x.db");
   ASSERT_EQ(config->models.size(), 2u);
@@ -62,10 +65,10 @@ TEST(ServerConfig, FlagsWithDtypeAndDeviceAfterTheirModel) {
 TEST(ServerConfig, BadFlagsAreInvalidArgumentNamingTheFlag) {
   auto code_and_message = [](std::vector<std::string> args) { return ParseServerConfig(args).status(); };
   absl::Status unknown = code_and_message({"--lisen", "x"});
-  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(unknown.message().find("--lisen"), absl::string_view::npos) << unknown;
   absl::Status number = code_and_message({"--max-tokens", "abc"});
-  EXPECT_EQ(number.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(number, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(number.message().find("abc"), absl::string_view::npos) << number;
   EXPECT_EQ(code_and_message({"--max-tokens", "0"}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code_and_message({"--model", "nodir"}).code(), absl::StatusCode::kInvalidArgument);
@@ -79,7 +82,7 @@ TEST(ServerConfig, BadFlagsAreInvalidArgumentNamingTheFlag) {
 TEST(ServerConfig, SweepLimitsAndTf32FromFlagsAndFile) {
   absl::StatusOr<ServerConfig> config =
       ParseServerConfig({"--max-sweep-variants", "100", "--max-pass-tokens=4096", "--tf32", "--device", "cuda:0,cuda:1"});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->max_sweep_variants, 100);
   EXPECT_EQ(config->max_pass_tokens, 4096);
   EXPECT_TRUE(config->tf32);
@@ -89,7 +92,7 @@ TEST(ServerConfig, SweepLimitsAndTf32FromFlagsAndFile) {
   const fs::path file = TempDir() / "lesiond.json";
   Write(file, R"({"max_sweep_variants": 7, "tf32": true, "max_pass_tokens": 99})");
   config = ParseServerConfig({"--config", file.string()});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->max_sweep_variants, 7);
   EXPECT_EQ(config->max_pass_tokens, 99);
   EXPECT_TRUE(config->tf32);
@@ -114,7 +117,7 @@ TEST(ServerConfig, JsonFileWithFlagsOverriding) {
   })");
   absl::StatusOr<ServerConfig> config =
       ParseServerConfig({"--listen", "127.0.0.1:7000", "--config", (dir / "lesiond.json").string()});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->listen, "127.0.0.1:7000");  // the flag wins wherever --config is
   EXPECT_EQ(config->database, "/var/lesion.db");
   ASSERT_EQ(config->models.size(), 1u);
@@ -155,9 +158,9 @@ TEST(ModelDirs, AllowedUnderARootAfterResolvingSymlinksAndDots) {
   fs::create_directory_symlink(dir / "outside" / "secret", dir / "root" / "link");
   absl::StatusOr<ServerConfig> config = ParseServerConfig(
       {"--model-root", (dir / "root").string(), "--model", "p=" + (dir / "preloaded").string()});
-  ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_TRUE(CheckModelDirAllowed(*config, (dir / "root" / "gpt2").string()).ok());
-  EXPECT_TRUE(CheckModelDirAllowed(*config, (dir / "preloaded").string()).ok());
+  ASSERT_OK(config);
+  EXPECT_OK(CheckModelDirAllowed(*config, (dir / "root" / "gpt2").string()));
+  EXPECT_OK(CheckModelDirAllowed(*config, (dir / "preloaded").string()));
   EXPECT_EQ(CheckModelDirAllowed(*config, (dir / "root" / "link").string()).code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(CheckModelDirAllowed(*config, (dir / "root" / ".." / "outside" / "secret").string()).code(),
@@ -168,7 +171,7 @@ TEST(ModelDirs, AllowedUnderARootAfterResolvingSymlinksAndDots) {
   EXPECT_EQ(CheckModelDirAllowed(*config, (dir / "rootx").string()).code(), absl::StatusCode::kPermissionDenied);
   // A link inside the root that stays inside is fine.
   fs::create_directory_symlink(dir / "root" / "gpt2", dir / "root" / "alias");
-  EXPECT_TRUE(CheckModelDirAllowed(*config, (dir / "root" / "alias").string()).ok());
+  EXPECT_OK(CheckModelDirAllowed(*config, (dir / "root" / "alias").string()));
 }
 
 // Whether a path outside the roots exists, and where a link leads, is not for the caller to learn:
@@ -180,7 +183,7 @@ TEST(ModelDirs, OneAnswerForEveryPathOutsideTheRoots) {
   fs::create_directory_symlink(dir / "outside", dir / "root" / "out");
   fs::create_directory_symlink(dir / "outside" / "missing", dir / "root" / "dangling");
   absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", (dir / "root").string()});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   for (const auto& [existing, missing] : std::vector<std::pair<fs::path, fs::path>>{
            {dir / "outside" / "exists", dir / "outside" / "missing"},
            {dir / "root" / "out" / "exists", dir / "root" / "out" / "missing"},
@@ -200,7 +203,7 @@ TEST(ModelDirs, OneAnswerForEveryPathOutsideTheRoots) {
   }
   // Without roots, likewise.
   absl::StatusOr<ServerConfig> no_roots = ParseServerConfig({});
-  ASSERT_TRUE(no_roots.ok()) << no_roots.status();
+  ASSERT_OK(no_roots);
   EXPECT_EQ(CheckModelDirAllowed(*no_roots, "/etc").code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(CheckModelDirAllowed(*no_roots, "/no/such/dir").code(), absl::StatusCode::kPermissionDenied);
 }
@@ -215,12 +218,12 @@ TEST(ModelDirs, FilesLinkedOutOfTheRootsAreRefusedNamingTheFile) {
   Write(root / "shared_tokenizer.json", "{}");
   Write(model / "config.json", "{}");
   absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", root.string()});
-  ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok());
+  ASSERT_OK(config);
+  EXPECT_OK(CheckModelDirAllowed(*config, model.string()));
 
   // A link that stays inside the roots is allowed.
   fs::create_symlink(root / "shared_tokenizer.json", model / "tokenizer.json");
-  EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok());
+  EXPECT_OK(CheckModelDirAllowed(*config, model.string()));
 
   auto expect_refused = [&](const fs::path& file) {
     absl::Status st = CheckModelDirAllowed(*config, model.string());
@@ -228,7 +231,7 @@ TEST(ModelDirs, FilesLinkedOutOfTheRootsAreRefusedNamingTheFile) {
     EXPECT_NE(st.message().find(file.string()), absl::string_view::npos) << st;
     EXPECT_EQ(st.message().find("secret"), absl::string_view::npos) << st;  // not where it leads
     fs::remove(file);
-    EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok()) << "after removing " << file;
+    EXPECT_OK(CheckModelDirAllowed(*config, model.string())) << "after removing " << file;
   };
   for (const char* name : {"config.json", "tokenizer.model", "model.safetensors", "model.gguf", "vocab.json"}) {
     fs::path file = model / name;
@@ -247,7 +250,7 @@ TEST(ModelDirs, FilesLinkedOutOfTheRootsAreRefusedNamingTheFile) {
   // A shard the safetensors index names below a subdirectory.
   Write(model / "model.safetensors.index.json",
         R"({"weight_map": {"a": "shards/model-00001-of-00001.safetensors"}})");
-  EXPECT_TRUE(CheckModelDirAllowed(*config, model.string()).ok());
+  EXPECT_OK(CheckModelDirAllowed(*config, model.string()));
   fs::create_symlink(dir / "outside" / "secret", model / "shards" / "model-00001-of-00001.safetensors");
   expect_refused(model / "shards" / "model-00001-of-00001.safetensors");
 }
@@ -261,7 +264,7 @@ TEST(ModelDirs, GgufSplitsLinkedOutOfTheRootsAreRefused) {
   Write(root / "m-00001-of-00002.gguf", "GGUF");
   Write(root / "other.gguf", "GGUF");
   absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", root.string()});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   const std::string first = (root / "m-00001-of-00002.gguf").string();
   fs::create_symlink(dir / "outside" / "secret.gguf", root / "m-00002-of-00002.gguf");
   absl::Status st = CheckModelDirAllowed(*config, first);
@@ -271,8 +274,8 @@ TEST(ModelDirs, GgufSplitsLinkedOutOfTheRootsAreRefused) {
   fs::remove(root / "m-00002-of-00002.gguf");
   Write(root / "m-00002-of-00002.gguf", "GGUF");
   fs::create_symlink(dir / "outside" / "secret.gguf", root / "unrelated.gguf");
-  EXPECT_TRUE(CheckModelDirAllowed(*config, first).ok());
-  EXPECT_TRUE(CheckModelDirAllowed(*config, (root / "other.gguf").string()).ok());
+  EXPECT_OK(CheckModelDirAllowed(*config, first));
+  EXPECT_OK(CheckModelDirAllowed(*config, (root / "other.gguf").string()));
   // The file itself linked out.
   EXPECT_EQ(CheckModelDirAllowed(*config, (root / "unrelated.gguf").string()).code(),
             absl::StatusCode::kPermissionDenied);
@@ -282,7 +285,7 @@ TEST(ServerConfig, AnonymousAdminsOnlyOnLoopbackUnlessForced) {
   for (const char* local : {"127.0.0.1:50051", "127.1.2.3:0", "localhost:50051", "[::1]:50051",
                             "unix:/tmp/lesion.sock", "[::ffff:127.0.0.1]:1"}) {
     EXPECT_TRUE(IsLoopbackListenAddress(local)) << local;
-    EXPECT_TRUE(ParseServerConfig({"--listen", local}).ok()) << local;
+    EXPECT_OK(ParseServerConfig({"--listen", local}));
   }
   for (const char* remote : {"0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", "lab-server:50051", ":50051"}) {
     EXPECT_FALSE(IsLoopbackListenAddress(remote)) << remote;
@@ -292,17 +295,17 @@ TEST(ServerConfig, AnonymousAdminsOnlyOnLoopbackUnlessForced) {
       EXPECT_NE(st.message().find(advice), absl::string_view::npos) << st;
     }
     // Fine with tokens, with anonymous plain users, or when forced (flag or JSON key).
-    EXPECT_TRUE(ParseServerConfig({"--listen", remote, "--tokens-file", "/etc/tokens"}).ok()) << remote;
-    EXPECT_TRUE(ParseServerConfig({"--listen", remote, "--allow-anonymous-admin=false"}).ok()) << remote;
+    EXPECT_OK(ParseServerConfig({"--listen", remote, "--tokens-file", "/etc/tokens"}));
+    EXPECT_OK(ParseServerConfig({"--listen", remote, "--allow-anonymous-admin=false"}));
     absl::StatusOr<ServerConfig> forced = ParseServerConfig({"--listen", remote, "--allow-anonymous-remote"});
-    ASSERT_TRUE(forced.ok()) << forced.status();
+    ASSERT_OK(forced);
     EXPECT_TRUE(forced->allow_anonymous_remote);
     EXPECT_FALSE(ParseServerConfig({"--listen", remote, "--allow-anonymous-remote=false"}).ok()) << remote;
   }
   fs::path dir = TempDir();
   Write(dir / "forced.json", R"({"listen": "0.0.0.0:6000", "allow_anonymous_remote": true})");
   Write(dir / "bad.json", R"({"allow_anonymous_remote": "yes"})");
-  EXPECT_TRUE(ParseServerConfig({"--config", (dir / "forced.json").string()}).ok());
+  EXPECT_OK(ParseServerConfig({"--config", (dir / "forced.json").string()}));
   EXPECT_EQ(ParseServerConfig({"--config", (dir / "bad.json").string()}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -316,7 +319,7 @@ namespace {
 TEST(ServerConfig, TheDeployExampleParses) {
   absl::StatusOr<ServerConfig> config =
       ParseServerConfig({"--config", std::string(LESION_SOURCE_DIR) + "/deploy/lesiond.example.json"});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->models.size(), 2u);
   EXPECT_EQ(config->tokens_file, "/etc/lesion/tokens");
 }
@@ -329,7 +332,7 @@ namespace {
 
 TEST(ServerConfig, UnknownFlagIsNamedEvenWithoutAValue) {
   absl::Status st = ParseServerConfig({"--bogus"}).status();
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(st.message(), "unknown flag '--bogus' (see --help)");
 }
 
@@ -341,29 +344,29 @@ namespace {
 
 TEST(ServerConfig, MetricsAddressAndLogFormat) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig({"--no-default-model"});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->metrics_address, "");  // no /metrics unless asked for
   EXPECT_EQ(config->log_format, "text");
 
   config = ParseServerConfig({"--no-default-model", "--metrics-address", "127.0.0.1:9464", "--log-format=json"});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->metrics_address, "127.0.0.1:9464");
   EXPECT_EQ(config->log_format, "json");
 
   const fs::path dir = TempDir();
   Write(dir / "c.json", R"({"metrics_address": "0.0.0.0:0", "log_format": "json"})");
   config = ParseServerConfig({"--no-default-model", "--config", (dir / "c.json").string()});
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_OK(config);
   EXPECT_EQ(config->metrics_address, "0.0.0.0:0");
   EXPECT_EQ(config->log_format, "json");
 
   absl::Status st = ParseServerConfig({"--no-default-model", "--metrics-address", "9464"}).status();
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(st.message(), "--metrics-address: '9464' is not HOST:PORT (e.g. 127.0.0.1:9464)");
   EXPECT_EQ(ParseServerConfig({"--no-default-model", "--metrics-address", "localhost:70000"}).status().code(),
             absl::StatusCode::kInvalidArgument);
   st = ParseServerConfig({"--no-default-model", "--log-format", "xml"}).status();
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(st.message(), "--log-format: 'xml' is not text or json");
 }
 

@@ -5,14 +5,13 @@
 #include <atomic>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <set>
 #include <thread>
 #include <utility>
 
 #include <torch/version.h>
 
-// at::accelerator's memory statistics came with LibTorch 2.9 (as in experiments/torch_util.cc);
+// at::accelerator's memory statistics came with LibTorch 2.9 (as in model/torch_util.cc);
 // before, device memory reads 0.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
 #include <ATen/DeviceAccelerator.h>
@@ -29,28 +28,30 @@
 #include "absl/synchronization/mutex.h"
 #include "common/error_text.h"
 #include "common/status_macros.h"
-#include "experiments/model.h"
+#include "model/model.h"
 #include "experiments/runner.h"
 #include "experiments/sweep.h"
-#include "experiments/torch_util.h"
-#include "experiments/weight_edits.h"
+#include "model/torch_util.h"
+#include "model/weight_addressing.h"
+#include "server/fair_queue.h"
+#include "server/sweep_shards.h"
 
 namespace lesion::server {
 namespace {
 
 namespace ex = ::lesion::experiments;
 
-int64_t WeightBytes(const ex::Transformer& t) {
+int64_t WeightBytes(const model::Transformer& t) {
   int64_t bytes = 0;
-  for (const at::Tensor* x : ex::WeightTensors(t)) {
+  for (const at::Tensor* x : model::WeightTensors(t)) {
     const bool tied_head = x == &t.weights().lm_head && x->is_same(t.weights().embed);
     if (x->defined() && !tied_head) bytes += static_cast<int64_t>(x->nbytes());
   }
   return bytes;
 }
 
-ModelSummary Summarize(const std::string& name, const ex::Model& m, const std::string& devices) {
-  const ex::ModelConfig& c = m.config();
+ModelSummary Summarize(const std::string& name, const model::Model& m, const std::string& devices) {
+  const model::ModelConfig& c = m.config();
   ModelSummary s;
   s.name = name;
   s.architecture = c.architecture;
@@ -62,7 +63,7 @@ ModelSummary Summarize(const std::string& name, const ex::Model& m, const std::s
   s.d_ffn = c.d_ffn;
   s.vocab_size = c.vocab_size;
   s.n_params = c.n_params();
-  s.dtype = std::string(ex::DtypeName(m.transformer().dtype()));
+  s.dtype = std::string(model::DtypeName(m.transformer().dtype()));
   s.device = devices;
   s.weight_bytes = WeightBytes(m.transformer());
   s.fingerprint = m.fingerprint();
@@ -90,15 +91,15 @@ absl::StatusOr<std::vector<Placement>> ParsePlacements(const std::string& device
     part = absl::StripAsciiWhitespace(part);
     std::vector<at::Device> expanded;
     if (part == "cuda:*") {
-      ASSIGN_OR_RETURN(at::Device first, ex::ParseDevice("cuda:0"));
+      ASSIGN_OR_RETURN(at::Device first, model::ParseDevice("cuda:0"));
       expanded.push_back(first);
       for (int i = 1;; ++i) {
-        absl::StatusOr<at::Device> d = ex::ParseDevice(absl::StrCat("cuda:", i));
+        absl::StatusOr<at::Device> d = model::ParseDevice(absl::StrCat("cuda:", i));
         if (!d.ok()) break;
         expanded.push_back(*d);
       }
     } else {
-      ASSIGN_OR_RETURN(at::Device d, ex::ParseDevice(part));
+      ASSIGN_OR_RETURN(at::Device d, model::ParseDevice(part));
       expanded.push_back(d);
     }
     for (const at::Device& d : expanded) {
@@ -115,6 +116,35 @@ absl::StatusOr<std::vector<Placement>> ParsePlacements(const std::string& device
   return out;
 }
 
+// The groups of `job`'s sweep (ex::GroupSweep) that each of `n_replicas` replicas runs: every group,
+// unless a resubmitted sweep finished some (job.skip_variants), spread by ex::ShardGroups.
+std::vector<std::vector<int64_t>> SweepShards(const model::ModelConfig& c, const Job& job, const ex::RunLimits& limits,
+                                              int64_t n_replicas) {
+  const ex::SweepGroups groups = ex::GroupSweep(c, job.spec, job.variants, limits);
+  const absl::flat_hash_set<int64_t> skip(job.skip_variants.begin(), job.skip_variants.end());
+  ex::SweepGroups to_run;
+  to_run.variants_per_pass = groups.variants_per_pass;
+  std::vector<int64_t> original;  // index in `groups` of each group of `to_run`
+  for (size_t g = 0; g < groups.groups.size(); ++g) {
+    bool needed = false;
+    for (int64_t v : groups.groups[g]) needed = needed || !skip.contains(v);
+    if (!needed) continue;
+    to_run.groups.push_back(groups.groups[g]);
+    to_run.starts.push_back(groups.starts[g]);
+    original.push_back(static_cast<int64_t>(g));
+  }
+  if (original.empty() && !groups.groups.empty()) {  // everything finished: the baseline still runs
+    to_run.groups.push_back(groups.groups.front());
+    to_run.starts.push_back(groups.starts.front());
+    original.push_back(0);
+  }
+  std::vector<std::vector<int64_t>> shards = ex::ShardGroups(to_run, c.n_layers, n_replicas);
+  for (std::vector<int64_t>& shard : shards) {
+    for (int64_t& g : shard) g = original[g];
+  }
+  return shards;
+}
+
 class EngineImpl : public Engine {
  public:
   explicit EngineImpl(EngineOptions options) : options_(std::move(options)) {
@@ -122,7 +152,7 @@ class EngineImpl : public Engine {
     limits_.max_tokens = options_.max_tokens;
     limits_.max_sweep_variants = options_.max_sweep_variants;
     limits_.max_pass_tokens = options_.max_pass_tokens;
-    if (options_.tf32) ex::AllowTf32();
+    if (options_.tf32) model::AllowTf32();
   }
   ~EngineImpl() override { Shutdown(); }
 
@@ -131,13 +161,13 @@ class EngineImpl : public Engine {
                          std::function<void(absl::StatusOr<ModelSummary>)> done) override {
     if (name.empty()) return absl::InvalidArgumentError("a model needs a name");
     // A model's name is echoed in every listing and stored with every experiment, like theirs.
-    if (name.size() > ex::spec::kMaxNameBytes) {
+    if (name.size() > spec::kMaxNameBytes) {
       return absl::InvalidArgumentError(absl::StrCat("model name ", QuoteForError(name), " is longer than the limit of ",
-                                                     ex::spec::kMaxNameBytes, " bytes"));
+                                                     spec::kMaxNameBytes, " bytes"));
     }
-    ex::LoadOptions load;
+    model::LoadOptions load;
     if (!dtype.empty()) {
-      ASSIGN_OR_RETURN(load.dtype, ex::ParseDtype(dtype));
+      ASSIGN_OR_RETURN(load.dtype, model::ParseDtype(dtype));
     }
     ASSIGN_OR_RETURN(std::vector<Placement> placements,
                      ParsePlacements(device.empty() ? options_.default_device : device));
@@ -165,11 +195,11 @@ class EngineImpl : public Engine {
       // One loader thread per replica, off the executors: a load waits neither for another load
       // nor for an experiment on its device (see engine.h on device memory).
       for (size_t i = 0; i < placements.size(); ++i) {
-        ex::LoadOptions replica_load = load;
+        model::LoadOptions replica_load = load;
         replica_load.device = placements[i].device;
         auto exited = std::make_shared<std::atomic<bool>>(false);
         std::thread thread([this, dir, replica_load, pending, i, key = placements[i].executor, exited] {
-          absl::StatusOr<std::unique_ptr<ex::Model>> model = ex::Model::Load(dir, replica_load);
+          absl::StatusOr<std::unique_ptr<model::Model>> model = model::Model::Load(dir, replica_load);
           FinishLoad(*pending, i, key, std::move(model));
           exited->store(true);  // the thread's last touch of the engine
         });
@@ -195,7 +225,7 @@ class EngineImpl : public Engine {
       Executor& executor = ExecutorFor(r.executor);
       executor.admin.push_back([model = std::move(r.model), device = r.device]() mutable {
         model.reset();
-        ex::ReleaseCachedMemory(device);
+        model::ReleaseCachedMemory(device);
       });
       executor.wake.Signal();
     }
@@ -215,15 +245,15 @@ class EngineImpl : public Engine {
     return entry->summary;
   }
 
-  absl::Status Validate(const std::string& model, const ex::spec::Experiment& spec) const override {
-    ASSIGN_OR_RETURN(std::shared_ptr<ex::Model> m, AnyReplica(model));
+  absl::Status Validate(const std::string& model, const spec::Experiment& spec) const override {
+    ASSIGN_OR_RETURN(std::shared_ptr<model::Model> m, AnyReplica(model));
     // Shapes and tokenizer only: safe beside the executor running the same model.
     return ex::ValidateExperiment(*m, spec, options_.data_dir, limits_);
   }
 
-  absl::Status ValidateSweep(const std::string& model, const ex::spec::Experiment& parent,
-                             const std::vector<ex::spec::Experiment>& variants) const override {
-    ASSIGN_OR_RETURN(std::shared_ptr<ex::Model> m, AnyReplica(model));
+  absl::Status ValidateSweep(const std::string& model, const spec::Experiment& parent,
+                             const std::vector<spec::Experiment>& variants) const override {
+    ASSIGN_OR_RETURN(std::shared_ptr<model::Model> m, AnyReplica(model));
     return ex::ValidateSweep(*m, parent, variants, options_.data_dir, limits_);
   }
 
@@ -246,44 +276,19 @@ class EngineImpl : public Engine {
       }
       tasks.push_back({job, best, {}, nullptr, 0});
     } else {
-      const ex::ModelConfig& c = entry.replicas.front().model->config();
-      const ex::SweepGroups groups = ex::GroupSweep(c, job->spec, job->variants, limits_);
-      // The groups to run (all, unless a resubmitted sweep finished some), sharded, then named by
-      // their index in `groups` again.
-      const absl::flat_hash_set<int64_t> skip(job->skip_variants.begin(), job->skip_variants.end());
-      ex::SweepGroups to_run;
-      to_run.variants_per_pass = groups.variants_per_pass;
-      std::vector<int64_t> original;
-      for (size_t g = 0; g < groups.groups.size(); ++g) {
-        bool needed = false;
-        for (int64_t v : groups.groups[g]) needed = needed || !skip.contains(v);
-        if (!needed) continue;
-        to_run.groups.push_back(groups.groups[g]);
-        to_run.starts.push_back(groups.starts[g]);
-        original.push_back(static_cast<int64_t>(g));
-      }
-      if (original.empty() && !groups.groups.empty()) {  // everything finished: the baseline still runs
-        to_run.groups.push_back(groups.groups.front());
-        to_run.starts.push_back(groups.starts.front());
-        original.push_back(0);
-      }
       std::vector<std::vector<int64_t>> shards =
-          ex::ShardGroups(to_run, c.n_layers, static_cast<int64_t>(entry.replicas.size()));
-      for (std::vector<int64_t>& shard : shards) {
-        for (int64_t& g : shard) g = original[g];
-      }
-      auto run = std::make_shared<SweepRun>();
+          SweepShards(entry.replicas.front().model->config(), *job, limits_, static_cast<int64_t>(entry.replicas.size()));
+      int64_t n_shards = 0;
+      for (const auto& shard : shards) n_shards += shard.empty() ? 0 : 1;
+      auto sweep = std::make_shared<ShardedSweep>(n_shards);
       for (size_t r = 0; r < shards.size(); ++r) {
         if (shards[r].empty()) continue;
-        tasks.push_back({job, r, std::move(shards[r]), run, 0});
+        tasks.push_back({job, r, std::move(shards[r]), sweep, static_cast<int64_t>(tasks.size())});
       }
-      run->shards = static_cast<int64_t>(tasks.size());
-      run->passes.assign(tasks.size(), {0, 0});
-      for (size_t k = 0; k < tasks.size(); ++k) tasks[k].shard = static_cast<int64_t>(k);
     }
     for (const Task& t : tasks) {
       Executor& executor = ExecutorFor(entry.replicas[t.replica].executor);
-      if (executor.n_queued >= options_.max_queue_per_device) {
+      if (executor.queue.size() >= options_.max_queue_per_device) {
         return absl::ResourceExhaustedError(absl::StrCat("the queue of ", executor.device, " is full (",
                                                          options_.max_queue_per_device,
                                                          " experiments); try again later"));
@@ -296,10 +301,7 @@ class EngineImpl : public Engine {
     for (Task& t : tasks) {
       Executor& executor = ExecutorFor(entry.replicas[t.replica].executor);
       state.executors.push_back(&executor);
-      const std::string user = job->user;
-      if (executor.by_user[user].empty()) executor.user_order.push_back(user);
-      executor.by_user[user].push_back(std::move(t));
-      ++executor.n_queued;
+      executor.queue.Push(job->user, std::move(t));
       executor.wake.Signal();
     }
     return PositionLocked(job->id);
@@ -347,12 +349,12 @@ class EngineImpl : public Engine {
     std::vector<DeviceStats> out;
     {
       absl::MutexLock lock(&mu_);
-      for (const auto& [key, e] : executors_) out.push_back({key, e->n_queued, e->running_id});
+      for (const auto& [key, e] : executors_) out.push_back({key, e->queue.size(), e->running_id});
     }
     // Memory outside mu_: the allocator takes its own lock, which an executor may hold mid-pass.
     for (DeviceStats& d : out) {
       if (!absl::StartsWith(d.device, "cuda")) continue;
-      absl::StatusOr<at::Device> device = ex::ParseDevice(d.device);
+      absl::StatusOr<at::Device> device = model::ParseDevice(d.device);
       if (!device.ok()) continue;
 #ifdef LESION_ACCELERATOR_MEMORY_API
       const auto stats = at::accelerator::getDeviceStats(device->index());
@@ -376,19 +378,14 @@ class EngineImpl : public Engine {
       loaders = std::move(loaders_);
       loaders_.clear();
       for (auto& [key, executor] : executors_) {
-        for (auto& [user, queue] : executor->by_user) {
-          for (Task& task : queue) {
-            auto it = jobs_.find(task.job->id);
-            if (it == jobs_.end()) continue;
-            if (--it->second.shards_left == 0 && !IsRunningLocked(task.job->id)) {
-              cancelled.push_back(task.job);
-              jobs_.erase(it);
-            }
+        for (Task& task : executor->queue.TakeAll()) {
+          auto it = jobs_.find(task.job->id);
+          if (it == jobs_.end()) continue;
+          if (--it->second.shards_left == 0 && !IsRunningLocked(task.job->id)) {
+            cancelled.push_back(task.job);
+            jobs_.erase(it);
           }
         }
-        executor->by_user.clear();
-        executor->user_order.clear();
-        executor->n_queued = 0;
         executor->cancel_running = true;
         executor->wake.SignalAll();
         executors.push_back(std::move(executor));
@@ -406,7 +403,7 @@ class EngineImpl : public Engine {
 
  private:
   struct Replica {
-    std::shared_ptr<ex::Model> model;  // shared with a validation in flight
+    std::shared_ptr<model::Model> model;  // shared with a validation in flight
     at::Device device = at::kCPU;
     std::string executor;
   };
@@ -435,32 +432,19 @@ class EngineImpl : public Engine {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> exited;
   };
-  // A sweep cut into shards that run on several executors at once: what they report together.
-  struct SweepRun {
-    std::mutex mu;  // serialises the shards' reports (the callbacks are short)
-    int64_t shards = 0;                               // as planned
-    int64_t succeeded = 0;
-    bool started = false;
-    std::vector<std::pair<int64_t, int64_t>> passes;  // per shard: done, planned
-    std::optional<ex::result::Experiment> merged;     // the parent result so far
-    absl::Status error;                               // the first shard's error
-    std::chrono::steady_clock::time_point start;
-  };
   // One unit of an executor's queue: a single experiment, or one shard of a sweep.
   struct Task {
     std::shared_ptr<Job> job;
     size_t replica = 0;
     std::vector<int64_t> groups;     // a sweep's shard: its groups
-    std::shared_ptr<SweepRun> sweep;  // null for a single experiment
+    std::shared_ptr<ShardedSweep> sweep;  // null for a single experiment
     int64_t shard = 0;
   };
   // One device's queue and thread. Members guarded by the engine's mu_ unless said otherwise.
   struct Executor {
     std::string device;                              // the executor key ("cuda:1", "cpu#1")
     std::deque<std::function<void()>> admin;         // unloads: before the next experiment
-    std::map<std::string, std::deque<Task>> by_user;  // queued tasks per user, in arrival order
-    std::deque<std::string> user_order;              // users with queued tasks, round-robin
-    int64_t n_queued = 0;
+    FairQueue<Task> queue;                           // per user in arrival order, users round-robin
     std::string running_id;
     std::atomic<bool> cancel_running{false};         // read by the executor thread without mu_
     absl::CondVar wake;
@@ -475,15 +459,15 @@ class EngineImpl : public Engine {
   // On a loader thread: records replica `i`; the last replica in registers the model, or drops
   // every replica (an error, the caller gone, the engine stopping) and frees them here.
   void FinishLoad(PendingLoad& pending, size_t i, const std::string& key,
-                  absl::StatusOr<std::unique_ptr<ex::Model>> model) {
+                  absl::StatusOr<std::unique_ptr<model::Model>> model) {
     std::function<void(absl::StatusOr<ModelSummary>)> done;
     absl::StatusOr<ModelSummary> summary = absl::UnknownError("unset");
-    std::vector<std::shared_ptr<ex::Model>> dropped;
+    std::vector<std::shared_ptr<model::Model>> dropped;
     bool all_idle = true;
     {
       absl::MutexLock lock(&mu_);
       if (model.ok()) {
-        pending.replicas[i] = {std::shared_ptr<ex::Model>(*std::move(model)), at::kCPU, key};
+        pending.replicas[i] = {std::shared_ptr<model::Model>(*std::move(model)), at::kCPU, key};
         pending.replicas[i].device = pending.replicas[i].model->transformer().device();
       } else if (pending.error.ok()) {
         pending.error = model.status();
@@ -518,7 +502,7 @@ class EngineImpl : public Engine {
       // process-wide: as after an experiment, only while no executor is mid-experiment.
       dropped.clear();
       if (all_idle) {
-        for (const at::Device& d : pending.placed_on) ex::ReleaseCachedMemory(d);
+        for (const at::Device& d : pending.placed_on) model::ReleaseCachedMemory(d);
       }
     }
     if (done) done(std::move(summary));
@@ -538,7 +522,7 @@ class EngineImpl : public Engine {
     return out;
   }
 
-  absl::StatusOr<std::shared_ptr<ex::Model>> AnyReplica(const std::string& name) const {
+  absl::StatusOr<std::shared_ptr<model::Model>> AnyReplica(const std::string& name) const {
     absl::MutexLock lock(&mu_);
     ASSIGN_OR_RETURN(const Entry* entry, Find(name));
     return entry->replicas.front().model;
@@ -569,7 +553,7 @@ class EngineImpl : public Engine {
   // Work ahead on an executor: its queue and what it runs now.
   int64_t LoadOf(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const Executor& e = ExecutorFor(key);
-    return e.n_queued + (e.running_id.empty() ? 0 : 1);
+    return e.queue.size() + (e.running_id.empty() ? 0 : 1);
   }
 
   bool IsRunningLocked(const std::string& id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -581,28 +565,13 @@ class EngineImpl : public Engine {
     return false;
   }
 
-  // The round-robin order of task ids: the front user's oldest task, then that user goes to the back.
-  std::vector<std::string> OrderLocked(const Executor& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    std::vector<std::string> order;
-    std::deque<std::string> users = e.user_order;
-    std::map<std::string, size_t> taken;
-    while (!users.empty()) {
-      const std::string user = users.front();
-      users.pop_front();
-      const std::deque<Task>& queue = e.by_user.at(user);
-      order.push_back(queue[taken[user]++].job->id);
-      if (taken[user] < queue.size()) users.push_back(user);
-    }
-    return order;
-  }
-
   // Experiments ahead of `id` on the executor where it waits least.
   int64_t PositionLocked(const std::string& id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     int64_t best = -1;
     for (const Executor* e : jobs_.at(id).executors) {
       int64_t ahead = e->running_id.empty() ? 0 : 1;
-      for (const std::string& queued : OrderLocked(*e)) {
-        if (queued == id) break;
+      for (const Task* queued : e->queue.InServiceOrder()) {
+        if (queued->job->id == id) break;
         ++ahead;
       }
       if (best < 0 || ahead < best) best = ahead;
@@ -612,29 +581,14 @@ class EngineImpl : public Engine {
 
   // Removes `id`'s queued tasks from `e`; how many.
   int64_t RemoveQueuedLocked(Executor& e, const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    int64_t removed = 0;
-    for (auto it = e.by_user.begin(); it != e.by_user.end();) {
-      std::deque<Task>& queue = it->second;
-      const size_t before = queue.size();
-      queue.erase(std::remove_if(queue.begin(), queue.end(), [&](const Task& t) { return t.job->id == id; }),
-                  queue.end());
-      removed += static_cast<int64_t>(before - queue.size());
-      if (queue.empty()) {
-        e.user_order.erase(std::find(e.user_order.begin(), e.user_order.end(), it->first));
-        it = e.by_user.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    e.n_queued -= removed;
-    return removed;
+    return e.queue.RemoveIf([&id](const Task& task) { return task.job->id == id; });
   }
 
   // Runs a task on the executor thread: a single experiment's result, or a sweep shard's.
-  absl::StatusOr<ex::result::Experiment> RunTask(Executor& e, Task& task, const ex::Model& model) {
+  absl::StatusOr<result::Experiment> RunTask(Executor& e, Task& task, const model::Model& model) {
     Job& job = *task.job;
     const std::function<bool()> cancelled = [&e] { return e.cancel_running.load(); };
-    std::optional<ex::result::Pass> cached;
+    std::optional<result::Pass> cached;
     if (job.lookup_cached_baseline) cached = job.lookup_cached_baseline();
     if (task.sweep == nullptr) {
       if (job.callbacks.on_start) job.callbacks.on_start();
@@ -642,101 +596,46 @@ class EngineImpl : public Engine {
       controls.cancelled = cancelled;
       controls.progress = job.callbacks.on_progress;
       if (cached.has_value()) controls.cached_baseline = &*cached;
-      absl::StatusOr<ex::result::Experiment> result =
+      absl::StatusOr<result::Experiment> result =
           ex::RunExperiment(model, job.spec, options_.data_dir, controls, limits_);
       if (result.ok()) result->run.model = job.model;  // the server's name for it
       return result;
     }
-    SweepRun& run = *task.sweep;
-    {
-      std::lock_guard<std::mutex> lock(run.mu);
-      if (!run.started) {
-        run.started = true;
-        run.start = std::chrono::steady_clock::now();
-        if (job.callbacks.on_start) job.callbacks.on_start();
-      }
-    }
+    ShardedSweep& sweep = *task.sweep;
+    if (sweep.MarkStarted() && job.callbacks.on_start) job.callbacks.on_start();
     ex::SweepControls controls;
     controls.cancelled = cancelled;
     controls.only_groups = task.groups;
     if (cached.has_value()) controls.cached_baseline = &*cached;
-    controls.progress = [&run, &job, shard = task.shard](int64_t done, int64_t planned) {
-      std::lock_guard<std::mutex> lock(run.mu);
-      run.passes[shard] = {done, planned};
-      int64_t all_done = 0, all_planned = 0;
-      for (const auto& [d, p] : run.passes) {
-        all_done += d;
-        all_planned += p;
-      }
+    controls.progress = [&sweep, &job, shard = task.shard](int64_t done, int64_t planned) {
+      const auto [all_done, all_planned] = sweep.ReportProgress(shard, done, planned);
       if (job.callbacks.on_progress) job.callbacks.on_progress(all_done, all_planned);
     };
-    controls.on_variant = [&job, device = e.device](int64_t i, ex::result::Experiment r) {
+    controls.on_variant = [&job, device = e.device](int64_t i, result::Experiment r) {
       r.run.device = device;  // the executor that ran it ("cuda:1", "cpu#1")
       r.run.model = job.model;
       if (job.callbacks.on_variant) job.callbacks.on_variant(i, std::move(r));
     };
-    absl::StatusOr<ex::result::Experiment> shard =
+    absl::StatusOr<result::Experiment> shard =
         ex::RunSweep(model, job.spec, job.variants, options_.data_dir, controls, limits_);
     if (shard.ok()) shard->run.model = job.model;
     return shard;
-  }
-
-  // Adds a finished shard to its sweep: its variant rows and passes, or its error.
-  static void MergeShard(SweepRun& run, absl::StatusOr<ex::result::Experiment> shard, const std::string& device) {
-    std::lock_guard<std::mutex> lock(run.mu);
-    if (!shard.ok()) {
-      if (run.error.ok()) run.error = shard.status();
-      return;
-    }
-    ++run.succeeded;
-    if (!run.merged.has_value()) {
-      run.merged = *std::move(shard);
-      run.merged->run.device = device;
-      return;
-    }
-    for (size_t i = 0; i < shard->sweep.variants.size(); ++i) {
-      if (!shard->sweep.variants[i].name.empty()) run.merged->sweep.variants[i] = shard->sweep.variants[i];
-    }
-    run.merged->run.forward_passes += shard->run.forward_passes;
-    run.merged->sweep.variants_per_pass = std::max(run.merged->sweep.variants_per_pass, shard->sweep.variants_per_pass);
-    absl::StrAppend(&run.merged->run.device, ",", device);
-  }
-
-  // The parent's result once no shard is left: merged when every shard succeeded.
-  static absl::StatusOr<ex::result::Experiment> SweepOutcome(SweepRun& run) {
-    std::lock_guard<std::mutex> lock(run.mu);
-    if (!run.error.ok()) return run.error;
-    if (run.succeeded < run.shards || !run.merged.has_value()) {
-      return absl::CancelledError("the sweep was cancelled before every shard ran");
-    }
-    run.merged->run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
-    return *std::move(run.merged);
   }
 
   void Loop(Executor& e) {
     while (true) {
       std::function<void()> admin;
       std::optional<Task> task;
-      std::shared_ptr<ex::Model> model;
+      std::shared_ptr<model::Model> model;
       at::Device device = at::kCPU;
       {
         absl::MutexLock lock(&mu_);
-        while (!stopping_ && e.admin.empty() && e.user_order.empty()) e.wake.Wait(&mu_);
+        while (!stopping_ && e.admin.empty() && e.queue.empty()) e.wake.Wait(&mu_);
         if (!e.admin.empty()) {
           admin = std::move(e.admin.front());
           e.admin.pop_front();
-        } else if (!e.user_order.empty()) {
-          const std::string user = e.user_order.front();
-          e.user_order.pop_front();
-          std::deque<Task>& queue = e.by_user[user];
-          task = std::move(queue.front());
-          queue.pop_front();
-          if (queue.empty()) {
-            e.by_user.erase(user);
-          } else {
-            e.user_order.push_back(user);
-          }
-          --e.n_queued;
+        } else if (!e.queue.empty()) {
+          task = e.queue.Pop();
           e.running_id = task->job->id;
           e.cancel_running = false;
           const Replica& replica = models_.at(task->job->model)->replicas[task->replica];
@@ -750,11 +649,11 @@ class EngineImpl : public Engine {
         admin();
         continue;
       }
-      absl::StatusOr<ex::result::Experiment> outcome = RunTask(e, *task, *model);
+      absl::StatusOr<result::Experiment> outcome = RunTask(e, *task, *model);
       const std::shared_ptr<Job> job = task->job;
       const bool failed = !outcome.ok();
       const bool out_of_memory = absl::IsResourceExhausted(outcome.status());
-      if (task->sweep != nullptr) MergeShard(*task->sweep, std::move(outcome), e.device);
+      if (task->sweep != nullptr) task->sweep->Merge(std::move(outcome), e.device);
       bool complete = false;
       bool all_idle = true;
       {
@@ -781,9 +680,9 @@ class EngineImpl : public Engine {
       // Nothing of a finished experiment stays reserved on the device. The release is process-wide
       // (every GPU's cache), so it waits until no other executor is mid-experiment, unless this
       // one ran out of memory.
-      if (all_idle || out_of_memory) ex::ReleaseCachedMemory(device);
+      if (all_idle || out_of_memory) model::ReleaseCachedMemory(device);
       if (!complete || !job->callbacks.on_finish) continue;
-      job->callbacks.on_finish(task->sweep != nullptr ? SweepOutcome(*task->sweep) : std::move(outcome));
+      job->callbacks.on_finish(task->sweep != nullptr ? task->sweep->Outcome() : std::move(outcome));
     }
   }
 

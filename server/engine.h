@@ -1,6 +1,6 @@
 // Engine: the models lesiond holds and the executors that run experiments on them, one executor
 // thread per device. This is the torch side of the server behind a torch-free and proto-free
-// interface (plain values of experiments/spec), so that the gRPC side never includes LibTorch and
+// interface (plain values of spec/), so that the gRPC side never includes LibTorch and
 // LibTorch never meets the generated protobuf code.
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
@@ -48,8 +48,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "experiments/spec/result.h"
-#include "experiments/spec/spec.h"
+#include "spec/result.h"
+#include "spec/spec.h"
 
 namespace lesion::server {
 
@@ -101,19 +101,19 @@ struct JobCallbacks {
   std::function<void(int64_t passes_done, int64_t passes_planned)> on_progress;
   // A sweep's variant is done (its index in Job::variants), before on_finish; shards on several
   // devices may call it at once.
-  std::function<void(int64_t variant, experiments::result::Experiment)> on_variant;
+  std::function<void(int64_t variant, result::Experiment)> on_variant;
   // The result, or why not: Cancelled, ResourceExhausted (device memory), Internal, ...
-  std::function<void(absl::StatusOr<experiments::result::Experiment>)> on_finish;
+  std::function<void(absl::StatusOr<result::Experiment>)> on_finish;
 };
 
 struct Job {
   std::string id;
   std::string user;
   std::string model;  // a loaded model's name
-  experiments::spec::Experiment spec;
-  // A sweep: its variants (experiments::spec::ExpandSweep of `spec`), each reported through
+  spec::Experiment spec;
+  // A sweep: its variants (spec::ExpandSweep of `spec`), each reported through
   // on_variant; on_finish gets the parent's result. Empty for a single experiment.
-  std::vector<experiments::spec::Experiment> variants;
+  std::vector<spec::Experiment> variants;
   // A resubmitted sweep: indices of variants an earlier run finished. Groups of only such variants
   // are not run; groups that run are run whole (so every number is as in a fresh run) and report
   // these variants too. If every variant is done, the first group still runs for the baseline.
@@ -125,7 +125,7 @@ struct Job {
   // baseline's forward passes for its variants' first layers and logits, and reuses the
   // measurements unless MEAN modes need the means). May be empty. Called on the executor thread;
   // must not block for long.
-  std::function<std::optional<experiments::result::Pass>()> lookup_cached_baseline;
+  std::function<std::optional<result::Pass>()> lookup_cached_baseline;
   JobCallbacks callbacks;
 };
 
@@ -145,7 +145,7 @@ class Engine {
   // several loader threads at once and must return quickly; it is not called after `done`.
   //
   // Returns the error at once (and does not call `done`) for a name that is empty, longer than
-  // experiments::spec::kMaxNameBytes, loaded or loading (AlreadyExists), a bad dtype or device, or
+  // spec::kMaxNameBytes, loaded or loading (AlreadyExists), a bad dtype or device, or
   // a CUDA device named twice.
   virtual absl::Status LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,
                                  const std::string& device, std::function<bool()> cancelled,
@@ -157,10 +157,10 @@ class Engine {
 
   // Every check of the spec against the model (indices, shapes, tokens, sizes), without device work
   // and without touching the weights. NotFound for an unknown model.
-  virtual absl::Status Validate(const std::string& model, const experiments::spec::Experiment& spec) const = 0;
+  virtual absl::Status Validate(const std::string& model, const spec::Experiment& spec) const = 0;
   // The same for a sweep: the parent's dataset and measurements, every variant's interventions.
-  virtual absl::Status ValidateSweep(const std::string& model, const experiments::spec::Experiment& parent,
-                                     const std::vector<experiments::spec::Experiment>& variants) const = 0;
+  virtual absl::Status ValidateSweep(const std::string& model, const spec::Experiment& parent,
+                                     const std::vector<spec::Experiment>& variants) const = 0;
   // Queues `job` (validate it first); returns how many experiments are ahead of it on its device.
   virtual absl::StatusOr<int64_t> Submit(Job job) = 0;
   // A queued experiment leaves the queue (its on_finish gets Cancelled at once, on this thread); a

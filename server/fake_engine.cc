@@ -135,14 +135,14 @@ absl::StatusOr<ModelSummary> FakeEngine::GetModel(const std::string& name) const
   return it->second;
 }
 
-absl::Status FakeEngine::Validate(const std::string& model, const experiments::spec::Experiment& spec) const {
+absl::Status FakeEngine::Validate(const std::string& model, const spec::Experiment& spec) const {
   absl::MutexLock lock(&mu_);
   if (!models_.contains(model)) return absl::NotFoundError(absl::StrCat("no model '", model, "' is loaded"));
   return validate_error_;
 }
 
-absl::Status FakeEngine::ValidateSweep(const std::string& model, const experiments::spec::Experiment& parent,
-                                       const std::vector<experiments::spec::Experiment>& variants) const {
+absl::Status FakeEngine::ValidateSweep(const std::string& model, const spec::Experiment& parent,
+                                       const std::vector<spec::Experiment>& variants) const {
   return Validate(model, parent);
 }
 
@@ -192,8 +192,8 @@ absl::Status FakeEngine::Progress(const std::string& id, int64_t done, int64_t p
   return absl::OkStatus();
 }
 
-absl::Status FakeEngine::Variant(const std::string& id, int64_t index, experiments::result::Experiment result) {
-  std::function<void(int64_t, experiments::result::Experiment)> on_variant;
+absl::Status FakeEngine::Variant(const std::string& id, int64_t index, result::Experiment result) {
+  std::function<void(int64_t, result::Experiment)> on_variant;
   {
     absl::MutexLock lock(&mu_);
     auto it = std::find_if(jobs_.begin(), jobs_.end(), [&](const Entry& e) { return e.job.id == id; });
@@ -207,7 +207,7 @@ absl::Status FakeEngine::Variant(const std::string& id, int64_t index, experimen
   return absl::OkStatus();
 }
 
-absl::Status FakeEngine::Finish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result) {
+absl::Status FakeEngine::Finish(const std::string& id, absl::StatusOr<result::Experiment> result) {
   absl::StatusOr<JobCallbacks> callbacks;
   {
     absl::MutexLock lock(&mu_);
@@ -303,9 +303,9 @@ bool FakeEngine::Cancelled(const std::string& id) const {
   return std::find(cancelled_.begin(), cancelled_.end(), id) != cancelled_.end();
 }
 
-experiments::result::Experiment FakeEngine::Result(double baseline_ppl, double intervened_ppl,
+result::Experiment FakeEngine::Result(double baseline_ppl, double intervened_ppl,
                                                    bool baseline_from_cache) {
-  experiments::result::Experiment r;
+  result::Experiment r;
   r.baseline.has_perplexity = true;
   r.baseline.perplexity.ppl = baseline_ppl;
   r.baseline.perplexity.n_tokens = 100;
@@ -314,7 +314,7 @@ experiments::result::Experiment FakeEngine::Result(double baseline_ppl, double i
   r.intervened.perplexity.ppl = intervened_ppl;
   r.intervened.perplexity.n_tokens = 100;
   r.intervened.perplexity.n_windows = 1;
-  experiments::result::Tensor t;
+  result::Tensor t;
   t.name = "blocks.0.resid_post";
   t.shape = {1, 2};
   t.dtype = "float32";

@@ -47,8 +47,8 @@ class FakeEngine : public Engine {
   absl::Status Start(const std::string& id);
   absl::Status Progress(const std::string& id, int64_t done, int64_t planned);
   // A sweep's variant `index` finished with `result`.
-  absl::Status Variant(const std::string& id, int64_t index, experiments::result::Experiment result);
-  absl::Status Finish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result);
+  absl::Status Variant(const std::string& id, int64_t index, result::Experiment result);
+  absl::Status Finish(const std::string& id, absl::StatusOr<result::Experiment> result);
 
   // Blocks until `n` jobs were submitted in all (or the timeout); true if they were.
   bool WaitForSubmitted(int64_t n, absl::Duration timeout = absl::Seconds(10));
@@ -58,7 +58,7 @@ class FakeEngine : public Engine {
   bool Cancelled(const std::string& id) const;
 
   // A result with perplexities `baseline_ppl` and `intervened_ppl` and one capture of 8 bytes.
-  static experiments::result::Experiment Result(double baseline_ppl, double intervened_ppl,
+  static result::Experiment Result(double baseline_ppl, double intervened_ppl,
                                                 bool baseline_from_cache = false);
 
   // Engine.
@@ -68,9 +68,9 @@ class FakeEngine : public Engine {
   absl::Status UnloadModel(const std::string& name) override;
   std::vector<ModelSummary> ListModels() const override;
   absl::StatusOr<ModelSummary> GetModel(const std::string& name) const override;
-  absl::Status Validate(const std::string& model, const experiments::spec::Experiment& spec) const override;
-  absl::Status ValidateSweep(const std::string& model, const experiments::spec::Experiment& parent,
-                             const std::vector<experiments::spec::Experiment>& variants) const override;
+  absl::Status Validate(const std::string& model, const spec::Experiment& spec) const override;
+  absl::Status ValidateSweep(const std::string& model, const spec::Experiment& parent,
+                             const std::vector<spec::Experiment>& variants) const override;
   absl::StatusOr<int64_t> Submit(Job job) override;
   absl::Status Cancel(const std::string& id) override;
   absl::StatusOr<int64_t> QueuePosition(const std::string& id) const override;

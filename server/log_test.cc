@@ -51,7 +51,9 @@ TEST(LogLine, JsonIsOneObjectWithTypedFields) {
 TEST(LogLine, JsonSurvivesInvalidUtf8) {
   const std::string line =
       FormatLogLine(LogFormat::kJson, kNoon, LogLevel::kInfo, "experiment_submitted", {{"user", "bad\xff\xfe"}});
-  EXPECT_NO_THROW((void)nlohmann::json::parse(line));
+  nlohmann::json parsed;
+  EXPECT_NO_THROW(parsed = nlohmann::json::parse(line));
+  EXPECT_TRUE(parsed["user"].is_string()) << line;
 }
 
 TEST(Log, WritesWholeLinesInTheFormatSet) {

@@ -16,6 +16,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "common/testing/status_matchers.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -145,8 +146,8 @@ TEST_F(MetricsTest, CountsEveryResponseByMethodAndCode) {
   v1::Experiment experiment;
   EXPECT_EQ(stub_->GetExperiment(As("ada").get(), get, &experiment).error_code(), grpc::StatusCode::NOT_FOUND);
   v1::ListModelsResponse models;
-  ASSERT_TRUE(stub_->ListModels(As("ada").get(), {}, &models).ok());
-  ASSERT_TRUE(stub_->ListModels(As("ada").get(), {}, &models).ok());
+  ASSERT_OK(stub_->ListModels(As("ada").get(), {}, &models));
+  ASSERT_OK(stub_->ListModels(As("ada").get(), {}, &models));
   v1::LoadModelRequest load;  // not an admin
   load.set_name("x");
   load.set_dir("/tmp");
@@ -173,7 +174,7 @@ TEST_F(MetricsTest, GaugesAndDurationsFollowTheServer) {
   EXPECT_GE(Sample(text, "lesion_uptime_seconds"), 5) << text;
   EXPECT_GT(Sample(text, R"(lesion_database_bytes{file="main"})"), 0) << text;
 
-  ASSERT_TRUE(engine_.Start(first).ok());
+  ASSERT_OK(engine_.Start(first));
   engine_.SetDeviceMemory(1000, 4096);
   tracker_->Flush();
   text = metrics_->ExpositionText();
@@ -183,9 +184,9 @@ TEST_F(MetricsTest, GaugesAndDurationsFollowTheServer) {
   EXPECT_EQ(Sample(text, R"(lesion_device_memory_allocated_bytes{device="cpu"})"), 1000) << text;
   EXPECT_EQ(Sample(text, R"(lesion_device_memory_reserved_bytes{device="cpu"})"), 4096) << text;
 
-  ASSERT_TRUE(engine_.Finish(first, FakeEngine::Result(3.0, 4.0)).ok());
-  ASSERT_TRUE(engine_.Start(second).ok());
-  ASSERT_TRUE(engine_.Finish(second, absl::ResourceExhaustedError("out of memory")).ok());
+  ASSERT_OK(engine_.Finish(first, FakeEngine::Result(3.0, 4.0)));
+  ASSERT_OK(engine_.Start(second));
+  ASSERT_OK(engine_.Finish(second, absl::ResourceExhaustedError("out of memory")));
   tracker_->Flush();
   text = metrics_->ExpositionText();
   EXPECT_EQ(Sample(text, R"(lesion_experiments{state="done"})"), 1) << text;
@@ -203,9 +204,9 @@ TEST_F(MetricsTest, SweepVariantsAreNotTimedOneByOne) {
   v1::SubmitExperimentRequest request;
   *request.mutable_spec() = testing_util::TinySweep();
   v1::Experiment sweep;
-  ASSERT_TRUE(stub_->SubmitExperiment(As("ada").get(), request, &sweep).ok());
-  ASSERT_TRUE(engine_.Start(sweep.id()).ok());
-  ASSERT_TRUE(engine_.Finish(sweep.id(), absl::InternalError("broke")).ok());
+  ASSERT_OK(stub_->SubmitExperiment(As("ada").get(), request, &sweep));
+  ASSERT_OK(engine_.Start(sweep.id()));
+  ASSERT_OK(engine_.Finish(sweep.id(), absl::InternalError("broke")));
   tracker_->Flush();
   const std::string text = metrics_->ExpositionText();
   EXPECT_EQ(Sample(text, R"(lesion_experiment_duration_seconds_count{state="failed"})"), 1) << text;
@@ -236,7 +237,7 @@ TEST_F(MetricsTest, GetServerStatusShowsTheSameNumbers) {
 
 TEST_F(MetricsTest, ServesTheTextOnHttp) {
   absl::StatusOr<std::string> address = metrics_->Serve("127.0.0.1:0");
-  ASSERT_TRUE(address.ok()) << address.status();
+  ASSERT_OK(address);
   int port = 0;
   ASSERT_TRUE(absl::SimpleAtoi(address->substr(address->rfind(':') + 1), &port)) << *address;
   ASSERT_GT(port, 0);

@@ -8,6 +8,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "common/testing/status_matchers.h"
 #include "server/fake_engine.h"
 #include "server/service.h"
 #include "server/test_util.h"
@@ -15,6 +16,8 @@
 
 namespace lesion::server {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 namespace v1 = lesion::v1;
 
@@ -49,22 +52,22 @@ class RemoteClientTest : public ::testing::Test {
 
 TEST_F(RemoteClientTest, SubmitWatchGetListCancel) {
   absl::StatusOr<v1::ListModelsResponse> models = client_->ListModels();
-  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_OK(models);
   EXPECT_EQ(models->models(0).name(), "tiny");
 
   absl::StatusOr<v1::Experiment> queued = client_->Submit(testing_util::TinySpec());
-  ASSERT_TRUE(queued.ok()) << queued.status();
+  ASSERT_OK(queued);
   EXPECT_EQ(queued->user(), "alice");
   std::thread driver([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    ASSERT_TRUE(engine_.Start(queued->id()).ok());
-    ASSERT_TRUE(engine_.Progress(queued->id(), 1, 1).ok());
-    ASSERT_TRUE(engine_.Finish(queued->id(), FakeEngine::Result(5, 6)).ok());
+    ASSERT_OK(engine_.Start(queued->id()));
+    ASSERT_OK(engine_.Progress(queued->id(), 1, 1));
+    ASSERT_OK(engine_.Finish(queued->id(), FakeEngine::Result(5, 6)));
   });
   int events = 0;
   absl::StatusOr<v1::Experiment> done = client_->Watch(queued->id(), [&](const v1::Experiment&) { ++events; });
   driver.join();
-  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_OK(done);
   EXPECT_EQ(done->status(), v1::DONE);
   EXPECT_GE(events, 2);
   EXPECT_EQ(client_->Get(queued->id())->status(), v1::DONE);
@@ -72,9 +75,9 @@ TEST_F(RemoteClientTest, SubmitWatchGetListCancel) {
   EXPECT_EQ(client_->List({})->total(), 1);
 
   absl::StatusOr<v1::Experiment> second = client_->Submit(testing_util::TinySpec());
-  ASSERT_TRUE(second.ok());
+  ASSERT_OK(second);
   EXPECT_EQ(client_->Cancel(second->id())->status(), v1::CANCELLED);
-  EXPECT_EQ(client_->Cancel(second->id()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(client_->Cancel(second->id()), StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(client_->Resubmit(second->id())->status(), v1::QUEUED);
   EXPECT_EQ(client_->Get("exp-ffffffffffff").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(client_->UnloadModel("tiny").code(), absl::StatusCode::kPermissionDenied);
@@ -90,7 +93,7 @@ TEST(RemoteClient, ConnectToNothingIsUnavailable) {
   options.address = "127.0.0.1:1";
   options.connect_timeout = absl::Milliseconds(200);
   absl::StatusOr<std::unique_ptr<client::RemoteClient>> client = client::RemoteClient::Connect(options);
-  EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(client, StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace

@@ -13,20 +13,31 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/grpc/grpc_status.h"
 #include "common/model_path.h"
 #include "common/status_codes.h"
 #include "server/log.h"
 #include "server/metrics.h"
-#include "server/status.h"
+#include "storage/sqlite.h"
 
 namespace lesion::server {
 namespace {
 
 namespace v1 = lesion::v1;
 
+// What an RPC finishes with. A storage error carries its SQL for us, not for the client: it is
+// logged here, where the error leaves the server.
+grpc::Status ReplyStatus(const absl::Status& status) {
+  if (auto sql = status.GetPayload(storage::kSqlPayloadUrl)) {
+    Log(LogLevel::kError, "storage_error",
+        {{"code", absl::StatusCodeToString(status.code())}, {"error", status.message()}, {"sql", std::string(*sql)}});
+  }
+  return ToGrpcStatus(status);
+}
+
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
+  reactor->Finish(ReplyStatus(status));
   return reactor;
 }
 
@@ -66,7 +77,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::ExperimentEvent> {
       if (std::shared_ptr<WatchReactor> r = weak.lock()) r->Push(e);
     });
     if (!sub.ok()) {
-      reactor->FinishOnce(ToGrpcStatus(sub.status()));
+      reactor->FinishOnce(ReplyStatus(sub.status()));
       return reactor.get();
     }
     ExperimentEvent current = sub->current();
@@ -183,7 +194,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
     reactor->self_ = reactor;
     absl::StatusOr<v1::Experiment> submitted = tracker->Submit(caller, spec);
     if (!submitted.ok()) {
-      reactor->FinishOnce(ToGrpcStatus(submitted.status()), std::nullopt);
+      reactor->FinishOnce(ReplyStatus(submitted.status()), std::nullopt);
       return reactor.get();
     }
     LogSubmitted(*submitted);
@@ -194,7 +205,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
           if (std::shared_ptr<RunReactor> r = weak.lock()) r->FinishFinal(e.experiment);
         });
     if (!sub.ok()) {
-      reactor->FinishOnce(ToGrpcStatus(sub.status()), std::nullopt);
+      reactor->FinishOnce(ReplyStatus(sub.status()), std::nullopt);
       return reactor.get();
     }
     bool cancelled;
@@ -223,7 +234,7 @@ class RunReactor : public grpc::ServerUnaryReactor {
       return;
     }
     const absl::StatusCode code = StatusCodeFromName(e.error_code()).value_or(absl::StatusCode::kInternal);
-    FinishOnce(ToGrpcStatus(absl::Status(code, absl::StrCat("experiment ", e.id(), " failed: ", e.error()))),
+    FinishOnce(ReplyStatus(absl::Status(code, absl::StrCat("experiment ", e.id(), " failed: ", e.error()))),
                std::nullopt);
   }
 
@@ -330,7 +341,7 @@ class LoadReactor : public grpc::ServerUnaryReactor {
       finish_called_ = true;
       if (summary.ok()) *response_ = ToModelInfo(*summary);
     }
-    Finish(ToGrpcStatus(summary.status()));
+    Finish(ReplyStatus(summary.status()));
   }
 
   v1::ModelInfo* const response_;  // written once, under mu_, before Finish
@@ -434,7 +445,7 @@ grpc::ServerWriteReactor<v1::ExperimentEvent>* LesionService::WatchExperiment(
     // A stream that fails at once.
     class Failed : public grpc::ServerWriteReactor<v1::ExperimentEvent> {
      public:
-      explicit Failed(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+      explicit Failed(const absl::Status& status) { Finish(ReplyStatus(status)); }
       void OnDone() override { delete this; }
     };
     return new Failed(st);

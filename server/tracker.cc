@@ -15,8 +15,8 @@
 #include "common/error_text.h"
 #include "common/status_codes.h"
 #include "common/status_macros.h"
-#include "experiments/spec/result_proto.h"
-#include "experiments/spec/spec.h"
+#include "spec/result_proto.h"
+#include "spec/spec.h"
 #include "server/log.h"
 
 namespace lesion::server {
@@ -312,8 +312,8 @@ absl::StatusOr<std::string> ExperimentTracker::NewId() {
   return absl::InternalError("could not draw an unused experiment id in 16 attempts");
 }
 
-std::optional<experiments::result::Pass> ExperimentTracker::LookupBaseline(const std::string& key) {
-  if (std::optional<v1::PassResult> held = baselines_.Get(key)) return experiments::result::FromProto(*held);
+std::optional<result::Pass> ExperimentTracker::LookupBaseline(const std::string& key) {
+  if (std::optional<v1::PassResult> held = baselines_.Get(key)) return result::FromProto(*held);
   absl::StatusOr<std::optional<v1::PassResult>> stored;
   {
     absl::MutexLock lock(&point_mu_);
@@ -326,14 +326,14 @@ std::optional<experiments::result::Pass> ExperimentTracker::LookupBaseline(const
   }
   if (!stored->has_value()) return std::nullopt;
   baselines_.Put(key, **stored);  // not held if it has captures
-  return experiments::result::FromProto(**stored);
+  return result::FromProto(**stored);
 }
 
 JobCallbacks ExperimentTracker::MakeCallbacks(const std::string& id) {
   JobCallbacks callbacks;
   callbacks.on_start = [this, id] { OnStart(id); };
   callbacks.on_progress = [this, id](int64_t done, int64_t planned) { OnProgress(id, done, planned); };
-  callbacks.on_finish = [this, id](absl::StatusOr<experiments::result::Experiment> result) {
+  callbacks.on_finish = [this, id](absl::StatusOr<result::Experiment> result) {
     OnFinish(id, std::move(result));
   };
   return callbacks;
@@ -346,15 +346,15 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Submit(const Principal& caller
 absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& caller,
                                                                const v1::ExperimentSpec& spec_proto,
                                                                const FinishedVariants* finished) {
-  ASSIGN_OR_RETURN(experiments::spec::Experiment spec,
-                   experiments::spec::ParseExperimentProto(spec_proto.SerializeAsString()));
+  ASSIGN_OR_RETURN(spec::Experiment spec,
+                   spec::ParseExperimentProto(spec_proto.SerializeAsString()));
   if (spec.model.empty()) {
     return absl::InvalidArgumentError("spec.model is empty: name a loaded model (ListModels lists them)");
   }
   ASSIGN_OR_RETURN(ModelSummary model, engine_->GetModel(spec.model));
-  std::vector<experiments::spec::Experiment> variants;
+  std::vector<spec::Experiment> variants;
   if (spec.has_sweep) {
-    ASSIGN_OR_RETURN(variants, experiments::spec::ExpandSweep(spec, {model.n_layers, model.n_heads, model.d_model},
+    ASSIGN_OR_RETURN(variants, spec::ExpandSweep(spec, {model.n_layers, model.n_heads, model.d_model},
                                                               options_.max_sweep_variants, kMaxSweepSpecBytes));
     RETURN_IF_ERROR(engine_->ValidateSweep(spec.model, spec, variants));
   } else {
@@ -364,7 +364,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   ASSIGN_OR_RETURN(std::string id, NewId());
   const absl::Time now = absl::Now();
 
-  auto make_record = [&](const experiments::spec::Experiment& e, const std::string& record_id) {
+  auto make_record = [&](const spec::Experiment& e, const std::string& record_id) {
     storage::ExperimentRecord record;
     record.id = record_id;
     record.user = caller.user;
@@ -376,7 +376,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
     record.created = now;
     return record;
   };
-  auto make_live = [&](const experiments::spec::Experiment& e, const std::string& live_id,
+  auto make_live = [&](const spec::Experiment& e, const std::string& live_id,
                        const v1::ExperimentSpec& proto) {
     Live live;
     v1::Experiment& snap = live.snapshot;
@@ -403,7 +403,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
       if (finished != nullptr) {
         auto done = finished->rows.find(static_cast<int64_t>(i));
         if (done != finished->rows.end()) {  // finished by the earlier run: not run again
-          experiments::result::SweepVariant row = done->second;
+          result::SweepVariant row = done->second;
           row.name = variants[i].variant_name;
           live.children.push_back(row.experiment_id);
           live.resumed_rows.emplace(done->first, std::move(row));
@@ -437,7 +437,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   live.snapshot.set_variants_done(static_cast<int32_t>(live.resumed_rows.size()));
   job.callbacks = MakeCallbacks(id);
   if (!job.variants.empty()) {
-    job.callbacks.on_variant = [this, id](int64_t index, experiments::result::Experiment result) {
+    job.callbacks.on_variant = [this, id](int64_t index, result::Experiment result) {
       OnVariant(id, index, std::move(result));
     };
   }
@@ -522,7 +522,7 @@ absl::StatusOr<ExperimentTracker::FinishedVariants> ExperimentTracker::ReadFinis
         continue;  // not a variant id, or no result: run it again
       }
       const v1::ExperimentResult& result = *page.results[r];
-      experiments::result::SweepVariant row;
+      result::SweepVariant row;
       row.experiment_id = child;
       if (result.intervened().has_perplexity() && result.baseline().has_perplexity()) {
         const double base = result.baseline().perplexity().ppl();
@@ -633,7 +633,7 @@ void ExperimentTracker::OnProgress(const std::string& id, int64_t done, int64_t 
 }
 
 ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
-    const std::string& id, const absl::StatusOr<experiments::result::Experiment>& result,
+    const std::string& id, const absl::StatusOr<result::Experiment>& result,
     std::shared_ptr<const v1::ExperimentResult> converted, absl::Time now) {
   Live& live = live_.at(id);
   v1::Experiment& snap = live.snapshot;
@@ -706,10 +706,10 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
 }
 
 void ExperimentTracker::OnVariant(const std::string& parent, int64_t index,
-                                  experiments::result::Experiment result) {
+                                  result::Experiment result) {
   const absl::Time now = absl::Now();
   const std::string id = absl::StrCat(parent, ".", index);
-  auto converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(result));
+  auto converted = std::make_shared<const v1::ExperimentResult>(result::ToProto(result));
   std::vector<Delivery> out;
   {
     absl::MutexLock lock(&mu_);
@@ -727,7 +727,7 @@ void ExperimentTracker::OnVariant(const std::string& parent, int64_t index,
   });
 }
 
-void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result) {
+void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<result::Experiment> result) {
   const absl::Time now = absl::Now();
   std::vector<Delivery> out;
   {
@@ -749,7 +749,7 @@ void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<experimen
     // Converted under the lock only for a sweep's parent (its rows name the children); shared with
     // the store write rather than copied (captures can be large).
     std::shared_ptr<const v1::ExperimentResult> converted;
-    if (result.ok()) converted = std::make_shared<const v1::ExperimentResult>(experiments::result::ToProto(*result));
+    if (result.ok()) converted = std::make_shared<const v1::ExperimentResult>(result::ToProto(*result));
     // Variants not done follow their sweep: failed, cancelled or interrupted with it.
     for (const std::string& child : children) {
       auto c = live_.find(child);

@@ -23,7 +23,7 @@
 // stays in memory until its final state is written, so reads never see an older state than the
 // watchers have.
 //
-// Sweeps: a spec with a sweep is expanded (experiments::spec::ExpandSweep) into a parent and one
+// Sweeps: a spec with a sweep is expanded (spec::ExpandSweep) into a parent and one
 // child per variant, ids "<parent>.<index>", all recorded at submission in one transaction and
 // queued as one engine job. Children move to running with their parent and to done one by one as
 // the engine reports them; when the parent fails or is cancelled, its unfinished children follow
@@ -206,13 +206,13 @@ class ExperimentTracker {
     // A sweep's parent: its variants' ids, in order (a resubmitted sweep's variants that an earlier
     // run finished keep that run's ids), and the summary rows of those earlier variants.
     std::vector<std::string> children;
-    std::map<int64_t, experiments::result::SweepVariant> resumed_rows;
+    std::map<int64_t, result::SweepVariant> resumed_rows;
   };
   // The variants of an interrupted, failed or cancelled sweep that finished: resubmitting the
   // sweep runs only the others.
   struct FinishedVariants {
     std::string parent;
-    std::map<int64_t, experiments::result::SweepVariant> rows;  // by variant index; ids set, names not
+    std::map<int64_t, result::SweepVariant> rows;  // by variant index; ids set, names not
   };
   using Write = std::function<void(storage::ExperimentStore&)>;
   // A watcher and whether its subscription still wants events; events may be delivered after
@@ -241,12 +241,12 @@ class ExperimentTracker {
   JobCallbacks MakeCallbacks(const std::string& id);
   void OnStart(const std::string& id);
   void OnProgress(const std::string& id, int64_t done, int64_t planned);
-  void OnFinish(const std::string& id, absl::StatusOr<experiments::result::Experiment> result);
-  void OnVariant(const std::string& parent, int64_t index, experiments::result::Experiment result);
+  void OnFinish(const std::string& id, absl::StatusOr<result::Experiment> result);
+  void OnVariant(const std::string& parent, int64_t index, result::Experiment result);
   // Moves a live, unfinished experiment to its final state for `result`; returns its event and
   // watchers for the caller to notify after unlocking.
   Delivery FinishLocked(
-      const std::string& id, const absl::StatusOr<experiments::result::Experiment>& result,
+      const std::string& id, const absl::StatusOr<result::Experiment>& result,
       std::shared_ptr<const lesion::v1::ExperimentResult> converted, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshQueuePositions();
   // Bumps the sequence, copies the event and the watchers; the caller notifies after unlocking.
@@ -261,7 +261,7 @@ class ExperimentTracker {
   void WriterLoop();
   absl::StatusOr<lesion::v1::Experiment> ReadStored(const std::string& id, bool include_result,
                                                     bool include_captures);
-  std::optional<experiments::result::Pass> LookupBaseline(const std::string& key);
+  std::optional<result::Pass> LookupBaseline(const std::string& key);
 
   Engine* const engine_;
   const TrackerOptions options_;

@@ -8,12 +8,15 @@
 
 #include <gtest/gtest.h>
 
+#include "common/testing/status_matchers.h"
 #include "server/fake_engine.h"
 #include "server/test_util.h"
 #include "storage/experiment_store.h"
 
 namespace lesion::server {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 namespace v1 = lesion::v1;
 using testing_util::TestDir;
@@ -34,16 +37,16 @@ class TrackerTest : public ::testing::Test {
   void Open(TrackerOptions options = {}) {
     tracker_.reset();
     absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(db_, &engine_, options);
-    ASSERT_TRUE(tracker.ok()) << tracker.status();
+    ASSERT_OK(tracker);
     tracker_ = std::move(*tracker);
   }
   // The record as the store has it, after every queued write.
   storage::ExperimentRecord Stored(const std::string& id) {
     tracker_->Flush();
     auto store = storage::ExperimentStore::Open(db_);
-    EXPECT_TRUE(store.ok());
+    EXPECT_OK(store);
     absl::StatusOr<storage::ExperimentRecord> record = (*store)->Get(id);
-    EXPECT_TRUE(record.ok()) << record.status();
+    EXPECT_OK(record);
     return record.ok() ? *record : storage::ExperimentRecord{};
   }
 
@@ -67,7 +70,7 @@ struct Events {
 // (a regression: the answer went out before the insert, and a crash lost the id).
 TEST_F(TrackerTest, AfterQueuedWritesSeesTheSubmittedRecordInTheFile) {
   absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kAlice, TinySpec());
-  ASSERT_TRUE(queued.ok()) << queued.status();
+  ASSERT_OK(queued);
   std::mutex mu;
   std::condition_variable cv;
   std::optional<absl::Status> read;
@@ -85,7 +88,7 @@ TEST_F(TrackerTest, AfterQueuedWritesSeesTheSubmittedRecordInTheFile) {
 
 TEST_F(TrackerTest, SubmitQueuesAndRecords) {
   absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kAlice, TinySpec());
-  ASSERT_TRUE(queued.ok()) << queued.status();
+  ASSERT_OK(queued);
   EXPECT_EQ(queued->id().size(), 16u) << queued->id();
   EXPECT_EQ(queued->id().substr(0, 4), "exp-");
   EXPECT_EQ(queued->status(), v1::QUEUED);
@@ -96,7 +99,7 @@ TEST_F(TrackerTest, SubmitQueuesAndRecords) {
   EXPECT_EQ(engine_.SubmittedIds(), std::vector<std::string>{queued->id()});
 
   absl::StatusOr<v1::Experiment> second = tracker_->Submit(kBob, TinySpec());
-  ASSERT_TRUE(second.ok());
+  ASSERT_OK(second);
   EXPECT_EQ(second->queue_position(), 1);
 
   storage::ExperimentRecord record = Stored(queued->id());
@@ -114,7 +117,7 @@ TEST_F(TrackerTest, BadSpecsAreRejectedBeforeTheEngine) {
   EXPECT_EQ(tracker_->Submit(kAlice, no_dataset).status().code(), absl::StatusCode::kInvalidArgument);
   engine_.SetValidateError(absl::InvalidArgumentError("layer 14 out of range: model tiny has 2 layers"));
   absl::Status invalid = tracker_->Submit(kAlice, TinySpec()).status();
-  EXPECT_EQ(invalid.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(invalid, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(invalid.message(), "layer 14 out of range: model tiny has 2 layers");
   engine_.SetValidateError(absl::OkStatus());
   engine_.SetSubmitError(absl::ResourceExhaustedError("the queue of cpu is full (64)"));
@@ -130,18 +133,18 @@ TEST_F(TrackerTest, LifecycleNotifiesWatchersInOrderAndStoresTheResult) {
   const std::string id = queued.id();
   Events events;
   absl::StatusOr<ExperimentTracker::Subscription> sub = tracker_->Subscribe(id, events.watcher());
-  ASSERT_TRUE(sub.ok()) << sub.status();
+  ASSERT_OK(sub);
   EXPECT_EQ(sub->current().experiment.status(), v1::QUEUED);
   EXPECT_FALSE(sub->current().final);
 
-  ASSERT_TRUE(engine_.Start(id).ok());
+  ASSERT_OK(engine_.Start(id));
   EXPECT_EQ(tracker_->Get(id, false)->status(), v1::RUNNING);
   EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kRunning);
-  ASSERT_TRUE(engine_.Progress(id, 1, 4).ok());
+  ASSERT_OK(engine_.Progress(id, 1, 4));
   v1::Experiment running = *tracker_->Get(id, false);
   EXPECT_EQ(running.passes_done(), 1);
   EXPECT_EQ(running.passes_planned(), 4);
-  ASSERT_TRUE(engine_.Finish(id, FakeEngine::Result(10.0, 12.5)).ok());
+  ASSERT_OK(engine_.Finish(id, FakeEngine::Result(10.0, 12.5)));
   tracker_->Flush();  // the final event follows its store writes
 
   {
@@ -159,7 +162,7 @@ TEST_F(TrackerTest, LifecycleNotifiesWatchersInOrderAndStoresTheResult) {
   EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kDone);
   // Retired from memory: now read from the store.
   absl::StatusOr<v1::Experiment> done = tracker_->Get(id, /*include_captures=*/false);
-  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_OK(done);
   EXPECT_EQ(done->status(), v1::DONE);
   EXPECT_EQ(done->spec().name(), "prune");
   EXPECT_EQ(done->spec().interventions(0).head_ablation().layer(), 1);
@@ -171,7 +174,7 @@ TEST_F(TrackerTest, LifecycleNotifiesWatchersInOrderAndStoresTheResult) {
 
   // A subscription to a finished experiment is its final state and nothing else.
   absl::StatusOr<ExperimentTracker::Subscription> late = tracker_->Subscribe(id, events.watcher());
-  ASSERT_TRUE(late.ok());
+  ASSERT_OK(late);
   EXPECT_TRUE(late->current().final);
   EXPECT_EQ(late->current().experiment.status(), v1::DONE);
   EXPECT_EQ(tracker_->Subscribe("exp-000000000000", events.watcher()).status().code(), absl::StatusCode::kNotFound);
@@ -179,8 +182,8 @@ TEST_F(TrackerTest, LifecycleNotifiesWatchersInOrderAndStoresTheResult) {
 
 TEST_F(TrackerTest, FailureIsRecordedWithItsError) {
   std::string id = tracker_->Submit(kAlice, TinySpec())->id();
-  ASSERT_TRUE(engine_.Start(id).ok());
-  ASSERT_TRUE(engine_.Finish(id, absl::ResourceExhaustedError("CUDA out of memory")).ok());
+  ASSERT_OK(engine_.Start(id));
+  ASSERT_OK(engine_.Finish(id, absl::ResourceExhaustedError("CUDA out of memory")));
   v1::Experiment failed = *tracker_->Get(id, false);
   EXPECT_EQ(failed.status(), v1::FAILED);
   EXPECT_NE(failed.error().find("CUDA out of memory"), std::string::npos) << failed.error();
@@ -192,10 +195,10 @@ TEST_F(TrackerTest, FailureIsRecordedWithItsError) {
 TEST_F(TrackerTest, CancelOnlyByOwnerOrAdmin) {
   std::string id = tracker_->Submit(kAlice, TinySpec())->id();
   absl::Status denied = tracker_->Cancel(kBob, id).status();
-  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(denied, StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_NE(denied.message().find("alice"), absl::string_view::npos) << denied;
   absl::StatusOr<v1::Experiment> cancelled = tracker_->Cancel(kAlice, id);
-  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  ASSERT_OK(cancelled);
   EXPECT_EQ(cancelled->status(), v1::CANCELLED);
   EXPECT_TRUE(engine_.Cancelled(id));
   EXPECT_EQ(Stored(id).status, storage::ExperimentStatus::kCancelled);
@@ -203,15 +206,15 @@ TEST_F(TrackerTest, CancelOnlyByOwnerOrAdmin) {
   EXPECT_EQ(tracker_->Cancel(kAlice, "exp-000000000000").status().code(), absl::StatusCode::kNotFound);
 
   std::string other = tracker_->Submit(kBob, TinySpec())->id();
-  ASSERT_TRUE(engine_.Start(other).ok());
+  ASSERT_OK(engine_.Start(other));
   EXPECT_EQ(tracker_->Cancel(kAdmin, other)->status(), v1::CANCELLED);
 }
 
 TEST_F(TrackerTest, BaselineIsCachedByFingerprintAndBaselineHash) {
   std::string first = tracker_->Submit(kAlice, TinySpec())->id();
   EXPECT_FALSE(engine_.SubmittedJob(first)->lookup_cached_baseline().has_value());
-  ASSERT_TRUE(engine_.Start(first).ok());
-  ASSERT_TRUE(engine_.Finish(first, FakeEngine::Result(7.25, 9.0)).ok());
+  ASSERT_OK(engine_.Start(first));
+  ASSERT_OK(engine_.Finish(first, FakeEngine::Result(7.25, 9.0)));
 
   // Same dataset and measurements, other interventions and name: the same baseline.
   v1::ExperimentSpec similar = TinySpec();
@@ -237,10 +240,10 @@ TEST_F(TrackerTest, BaselineIsCachedByFingerprintAndBaselineHash) {
 TEST_F(TrackerTest, RestartMarksLeftoversInterruptedAndResubmitRunsThemAgain) {
   std::string queued = tracker_->Submit(kAlice, TinySpec())->id();
   std::string running = tracker_->Submit(kAlice, TinySpec())->id();
-  ASSERT_TRUE(engine_.Start(running).ok());
+  ASSERT_OK(engine_.Start(running));
   std::string done = tracker_->Submit(kAlice, TinySpec())->id();
-  ASSERT_TRUE(engine_.Start(done).ok());
-  ASSERT_TRUE(engine_.Finish(done, FakeEngine::Result(1, 2)).ok());
+  ASSERT_OK(engine_.Start(done));
+  ASSERT_OK(engine_.Finish(done, FakeEngine::Result(1, 2)));
   tracker_->Flush();
   Open();  // as after a crash: the store still says queued / running
   EXPECT_EQ(tracker_->Get(queued, false)->status(), v1::INTERRUPTED);
@@ -249,7 +252,7 @@ TEST_F(TrackerTest, RestartMarksLeftoversInterruptedAndResubmitRunsThemAgain) {
 
   EXPECT_EQ(tracker_->Resubmit(kBob, done).status().code(), absl::StatusCode::kFailedPrecondition);
   absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kBob, running);
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK(again);
   EXPECT_NE(again->id(), running);
   EXPECT_EQ(again->user(), "bob");
   EXPECT_EQ(again->status(), v1::QUEUED);
@@ -276,15 +279,15 @@ TEST_F(TrackerTest, ShutdownReportsInterruptedAndLeavesTheStoreForTheNextStart) 
 TEST_F(TrackerTest, ListFiltersOrdersPagesAndOverlaysLiveState) {
   std::string a = tracker_->Submit(kAlice, TinySpec())->id();
   std::string b = tracker_->Submit(kBob, TinySpec())->id();
-  ASSERT_TRUE(engine_.Start(a).ok());
-  ASSERT_TRUE(engine_.Finish(a, FakeEngine::Result(10, 11)).ok());
+  ASSERT_OK(engine_.Start(a));
+  ASSERT_OK(engine_.Finish(a, FakeEngine::Result(10, 11)));
   tracker_->Flush();
 
   v1::ListExperimentsRequest request;
   request.set_where("metric.perplexity.delta_pct > 5");
   request.set_include_results(true);
   absl::StatusOr<v1::ListExperimentsResponse> page = tracker_->List(request);
-  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_OK(page);
   ASSERT_EQ(page->experiments_size(), 1);
   EXPECT_EQ(page->experiments(0).id(), a);
   EXPECT_DOUBLE_EQ(page->experiments(0).result().intervened().perplexity().ppl(), 11);
@@ -308,11 +311,11 @@ TEST_F(TrackerTest, ListFiltersOrdersPagesAndOverlaysLiveState) {
   request.Clear();
   request.set_where("modle = \"x\"");
   absl::Status bad = tracker_->List(request).status();
-  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(bad.message().find("modle"), absl::string_view::npos) << bad;
   request.Clear();
   request.set_limit(-1);
-  EXPECT_EQ(tracker_->List(request).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tracker_->List(request), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(TrackerTest, QueuePositionsMoveUpWhenAnExperimentStarts) {
@@ -321,10 +324,10 @@ TEST_F(TrackerTest, QueuePositionsMoveUpWhenAnExperimentStarts) {
   EXPECT_EQ(tracker_->Get(b, false)->queue_position(), 1);
   Events events;
   auto sub = tracker_->Subscribe(b, events.watcher());
-  ASSERT_TRUE(engine_.Finish(a, FakeEngine::Result(1, 1)).ok());  // finished from the queue
+  ASSERT_OK(engine_.Finish(a, FakeEngine::Result(1, 1)));  // finished from the queue
   tracker_->Flush();
   EXPECT_EQ(tracker_->Get(b, false)->queue_position(), 0);
-  ASSERT_TRUE(engine_.Start(b).ok());
+  ASSERT_OK(engine_.Start(b));
   tracker_->Flush();
   std::lock_guard<std::mutex> lock(events.mu);
   ASSERT_EQ(events.seen.size(), 2u);
@@ -342,7 +345,7 @@ TEST(Tracker, InMemoryDatabaseIsRefused) {
 
 TEST_F(TrackerTest, ASweepIsAParentWithOneQueuedChildPerVariant) {
   absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
-  ASSERT_TRUE(parent.ok()) << parent.status();
+  ASSERT_OK(parent);
   EXPECT_EQ(parent->variants_total(), 4);
   EXPECT_EQ(parent->status(), v1::QUEUED);
   EXPECT_EQ(engine_.SubmittedIds(), std::vector<std::string>{parent->id()}) << "one engine job for the sweep";
@@ -353,7 +356,7 @@ TEST_F(TrackerTest, ASweepIsAParentWithOneQueuedChildPerVariant) {
 
   const std::string child = parent->id() + ".3";
   absl::StatusOr<v1::Experiment> c = tracker_->Get(child, false);
-  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_OK(c);
   EXPECT_EQ(c->parent_id(), parent->id());
   EXPECT_EQ(c->name(), "heads/L1.H1");
   EXPECT_EQ(c->status(), v1::QUEUED);
@@ -367,7 +370,7 @@ TEST_F(TrackerTest, ASweepIsAParentWithOneQueuedChildPerVariant) {
   v1::ListExperimentsRequest children;
   children.set_where("parent = \"" + parent->id() + "\"");
   absl::StatusOr<v1::ListExperimentsResponse> listed = tracker_->List(children);
-  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_OK(listed);
   EXPECT_EQ(listed->total(), 4);
   EXPECT_EQ(tracker_->Cancel(kAlice, child).status().code(), absl::StatusCode::kFailedPrecondition)
       << "a variant is cancelled with its sweep";
@@ -375,26 +378,26 @@ TEST_F(TrackerTest, ASweepIsAParentWithOneQueuedChildPerVariant) {
 
 TEST_F(TrackerTest, VariantsFinishOneByOneAndTheParentNamesThem) {
   absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
-  ASSERT_TRUE(parent.ok()) << parent.status();
+  ASSERT_OK(parent);
   const std::string id = parent->id();
   Events events;
   absl::StatusOr<ExperimentTracker::Subscription> sub = tracker_->Subscribe(id, events.watcher());
-  ASSERT_TRUE(sub.ok());
-  ASSERT_TRUE(engine_.Start(id).ok());
+  ASSERT_OK(sub);
+  ASSERT_OK(engine_.Start(id));
   EXPECT_EQ(tracker_->Get(id + ".2", false)->status(), v1::RUNNING) << "variants run with their sweep";
-  ASSERT_TRUE(engine_.Variant(id, 2, FakeEngine::Result(3.0, 3.5)).ok());
+  ASSERT_OK(engine_.Variant(id, 2, FakeEngine::Result(3.0, 3.5)));
   absl::StatusOr<v1::Experiment> done = tracker_->Get(id + ".2", false);
   EXPECT_EQ(done->status(), v1::DONE);
   EXPECT_NEAR(done->result().metrics(0).value(), 3.5, 1e-12);
   EXPECT_EQ(tracker_->Get(id, false)->variants_done(), 1);
   for (int i : {0, 1, 3}) ASSERT_TRUE(engine_.Variant(id, i, FakeEngine::Result(3.0, 3.0 + i)).ok());
-  experiments::result::Experiment summary = FakeEngine::Result(3.0, 3.0);
+  result::Experiment summary = FakeEngine::Result(3.0, 3.0);
   summary.has_sweep = true;
   summary.sweep.variants.resize(4);
   for (int i = 0; i < 4; ++i) summary.sweep.variants[i].name = "v" + std::to_string(i);
-  ASSERT_TRUE(engine_.Finish(id, summary).ok());
+  ASSERT_OK(engine_.Finish(id, summary));
   absl::StatusOr<v1::Experiment> finished = tracker_->Get(id, false);
-  ASSERT_TRUE(finished.ok());
+  ASSERT_OK(finished);
   EXPECT_EQ(finished->status(), v1::DONE);
   EXPECT_EQ(finished->variants_done(), 4);
   ASSERT_EQ(finished->result().sweep().variants_size(), 4);
@@ -407,7 +410,7 @@ TEST_F(TrackerTest, VariantsFinishOneByOneAndTheParentNamesThem) {
   tracker_->Flush();
   Open();
   absl::StatusOr<v1::Experiment> reread = tracker_->Get(id, false);
-  ASSERT_TRUE(reread.ok());
+  ASSERT_OK(reread);
   EXPECT_EQ(reread->variants_total(), 4);
   EXPECT_EQ(reread->result().sweep().variants(1).experiment_id(), id + ".1");
   EXPECT_EQ(tracker_->Get(id + ".1", false)->parent_id(), id);
@@ -415,12 +418,12 @@ TEST_F(TrackerTest, VariantsFinishOneByOneAndTheParentNamesThem) {
 
 TEST_F(TrackerTest, CancellingASweepCancelsTheVariantsNotDone) {
   absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
-  ASSERT_TRUE(parent.ok());
+  ASSERT_OK(parent);
   const std::string id = parent->id();
-  ASSERT_TRUE(engine_.Start(id).ok());
-  ASSERT_TRUE(engine_.Variant(id, 0, FakeEngine::Result(3.0, 3.5)).ok());
+  ASSERT_OK(engine_.Start(id));
+  ASSERT_OK(engine_.Variant(id, 0, FakeEngine::Result(3.0, 3.5)));
   EXPECT_EQ(tracker_->Cancel(kBob, id).status().code(), absl::StatusCode::kPermissionDenied);
-  ASSERT_TRUE(tracker_->Cancel(kAlice, id).ok());
+  ASSERT_OK(tracker_->Cancel(kAlice, id));
   EXPECT_EQ(tracker_->Get(id, false)->status(), v1::CANCELLED);
   EXPECT_EQ(tracker_->Get(id + ".0", false)->status(), v1::DONE) << "a finished variant stays done";
   for (int i : {1, 2, 3}) {
@@ -435,7 +438,7 @@ TEST_F(TrackerTest, CancellingASweepCancelsTheVariantsNotDone) {
   EXPECT_NE(tracker_->Get(id + ".3", false)->error().find("sweep " + id), std::string::npos);
   // A cancelled variant reruns alone.
   absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kAlice, id + ".2");
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK(again);
   EXPECT_EQ(again->variants_total(), 0);
   EXPECT_TRUE(again->parent_id().empty());
   EXPECT_EQ(again->spec().interventions(0).head_ablation().layer(), 1);
@@ -443,9 +446,9 @@ TEST_F(TrackerTest, CancellingASweepCancelsTheVariantsNotDone) {
 
 TEST_F(TrackerTest, AFailedSweepFailsItsVariantsAndABadAxisIsRefused) {
   absl::StatusOr<v1::Experiment> parent = tracker_->Submit(kAlice, TinySweep());
-  ASSERT_TRUE(parent.ok());
-  ASSERT_TRUE(engine_.Start(parent->id()).ok());
-  ASSERT_TRUE(engine_.Finish(parent->id(), absl::ResourceExhaustedError("out of memory on the device")).ok());
+  ASSERT_OK(parent);
+  ASSERT_OK(engine_.Start(parent->id()));
+  ASSERT_OK(engine_.Finish(parent->id(), absl::ResourceExhaustedError("out of memory on the device")));
   absl::StatusOr<v1::Experiment> child = tracker_->Get(parent->id() + ".1", false);
   EXPECT_EQ(child->status(), v1::FAILED);
   EXPECT_NE(child->error().find("out of memory"), std::string::npos) << child->error();
@@ -453,22 +456,22 @@ TEST_F(TrackerTest, AFailedSweepFailsItsVariantsAndABadAxisIsRefused) {
   v1::ExperimentSpec bad = TinySweep();
   bad.mutable_sweep()->mutable_axes(0)->mutable_heads()->add_layers(7);
   absl::Status s = tracker_->Submit(kAlice, bad).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("layer 7 out of range"), std::string::npos) << s;
 }
 
 TEST_F(TrackerTest, QueuedExperimentsPerUserAreBounded) {
   Open(TrackerOptions{.max_queued_per_user = 2});
   absl::StatusOr<v1::Experiment> first = tracker_->Submit(kAlice, TinySpec());
-  ASSERT_TRUE(first.ok()) << first.status();
-  ASSERT_TRUE(tracker_->Submit(kAlice, TinySweep()).ok());  // a sweep counts once
+  ASSERT_OK(first);
+  ASSERT_OK(tracker_->Submit(kAlice, TinySweep()));  // a sweep counts once
   absl::StatusOr<v1::Experiment> third = tracker_->Submit(kAlice, TinySpec());
-  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_NE(third.status().message().find("--max-queued-per-user 2"), std::string::npos) << third.status();
-  EXPECT_TRUE(tracker_->Submit(kBob, TinySpec()).ok());  // another user's queue is their own
+  EXPECT_OK(tracker_->Submit(kBob, TinySpec()));  // another user's queue is their own
   // Once one of alice's starts, she may queue another.
-  ASSERT_TRUE(engine_.Start(first->id()).ok());
-  EXPECT_TRUE(tracker_->Submit(kAlice, TinySpec()).ok());
+  ASSERT_OK(engine_.Start(first->id()));
+  EXPECT_OK(tracker_->Submit(kAlice, TinySpec()));
 }
 
 // SIGTERM with a grace period: queued experiments are interrupted at once, running ones may finish,
@@ -477,19 +480,20 @@ TEST_F(TrackerTest, QueuedExperimentsPerUserAreBounded) {
 TEST_F(TrackerTest, ShutdownWithGraceLetsRunningFinishAndRecordsTheQueuedInterrupted) {
   absl::StatusOr<v1::Experiment> running = tracker_->Submit(kAlice, TinySpec());
   absl::StatusOr<v1::Experiment> queued = tracker_->Submit(kBob, TinySpec());
-  ASSERT_TRUE(running.ok() && queued.ok());
-  ASSERT_TRUE(engine_.Start(running->id()).ok());
+  ASSERT_OK(running);
+  ASSERT_OK(queued);
+  ASSERT_OK(engine_.Start(running->id()));
 
   tracker_->BeginShutdown();
   EXPECT_EQ(tracker_->Submit(kAlice, TinySpec()).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(tracker_->InterruptQueued(), 1);
   EXPECT_TRUE(engine_.Cancelled(queued->id()));
   EXPECT_FALSE(tracker_->AwaitUnfinished(absl::Milliseconds(20)));  // the running one
-  ASSERT_TRUE(engine_.Finish(running->id(), FakeEngine::Result(3.0, 4.0)).ok());
+  ASSERT_OK(engine_.Finish(running->id(), FakeEngine::Result(3.0, 4.0)));
   EXPECT_TRUE(tracker_->AwaitUnfinished(absl::Seconds(10)));
   engine_.Shutdown();
   absl::StatusOr<int64_t> recorded = tracker_->RecordInterrupted();
-  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  ASSERT_OK(recorded);
   EXPECT_EQ(*recorded, 1);
   EXPECT_EQ(Stored(running->id()).status, storage::ExperimentStatus::kDone);
   EXPECT_EQ(Stored(queued->id()).status, storage::ExperimentStatus::kInterrupted);
@@ -497,14 +501,14 @@ TEST_F(TrackerTest, ShutdownWithGraceLetsRunningFinishAndRecordsTheQueuedInterru
 
 TEST_F(TrackerTest, ShutdownWithoutGraceRecordsTheRunningSweepAndItsUnfinishedVariantsInterrupted) {
   absl::StatusOr<v1::Experiment> sweep = tracker_->Submit(kAlice, TinySweep());
-  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  ASSERT_OK(sweep);
   ASSERT_GE(sweep->variants_total(), 2);
-  ASSERT_TRUE(engine_.Start(sweep->id()).ok());
-  ASSERT_TRUE(engine_.Variant(sweep->id(), 0, FakeEngine::Result(3.0, 4.0)).ok());
+  ASSERT_OK(engine_.Start(sweep->id()));
+  ASSERT_OK(engine_.Variant(sweep->id(), 0, FakeEngine::Result(3.0, 4.0)));
   tracker_->BeginShutdown();
   engine_.Shutdown();
   absl::StatusOr<int64_t> recorded = tracker_->RecordInterrupted();
-  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  ASSERT_OK(recorded);
   EXPECT_EQ(*recorded, sweep->variants_total());  // the parent and every variant but the first
   EXPECT_EQ(Stored(sweep->id()).status, storage::ExperimentStatus::kInterrupted);
   EXPECT_EQ(Stored(sweep->id() + ".0").status, storage::ExperimentStatus::kDone);
@@ -515,17 +519,17 @@ TEST_F(TrackerTest, ShutdownWithoutGraceRecordsTheRunningSweepAndItsUnfinishedVa
 // and the new sweep's table names the earlier experiments of the others.
 TEST_F(TrackerTest, ResubmittingASweepRunsOnlyItsUnfinishedVariants) {
   absl::StatusOr<v1::Experiment> sweep = tracker_->Submit(kAlice, TinySweep());
-  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  ASSERT_OK(sweep);
   const std::string old = sweep->id();
   ASSERT_EQ(sweep->variants_total(), 4);
-  ASSERT_TRUE(engine_.Start(old).ok());
-  ASSERT_TRUE(engine_.Variant(old, 0, FakeEngine::Result(3.0, 6.0)).ok());
-  ASSERT_TRUE(engine_.Variant(old, 2, FakeEngine::Result(3.0, 4.5)).ok());
-  ASSERT_TRUE(tracker_->Cancel(kAlice, old).ok());
+  ASSERT_OK(engine_.Start(old));
+  ASSERT_OK(engine_.Variant(old, 0, FakeEngine::Result(3.0, 6.0)));
+  ASSERT_OK(engine_.Variant(old, 2, FakeEngine::Result(3.0, 4.5)));
+  ASSERT_OK(tracker_->Cancel(kAlice, old));
   tracker_->Flush();
 
   absl::StatusOr<v1::Experiment> again = tracker_->Resubmit(kAlice, old);
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK(again);
   const std::string fresh = again->id();
   EXPECT_EQ(again->variants_total(), 4);
   EXPECT_EQ(again->variants_done(), 2);
@@ -533,10 +537,10 @@ TEST_F(TrackerTest, ResubmittingASweepRunsOnlyItsUnfinishedVariants) {
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->skip_variants, (std::vector<int64_t>{0, 2}));
 
-  ASSERT_TRUE(engine_.Start(fresh).ok());
-  ASSERT_TRUE(engine_.Variant(fresh, 1, FakeEngine::Result(3.0, 3.3)).ok());
-  ASSERT_TRUE(engine_.Variant(fresh, 3, FakeEngine::Result(3.0, 3.6)).ok());
-  experiments::result::Experiment parent = FakeEngine::Result(3.0, 0.0);
+  ASSERT_OK(engine_.Start(fresh));
+  ASSERT_OK(engine_.Variant(fresh, 1, FakeEngine::Result(3.0, 3.3)));
+  ASSERT_OK(engine_.Variant(fresh, 3, FakeEngine::Result(3.0, 3.6)));
+  result::Experiment parent = FakeEngine::Result(3.0, 0.0);
   parent.intervened = {};
   parent.has_sweep = true;
   parent.sweep.variants.resize(4);  // rows of the variants this run ran; the others left empty
@@ -545,11 +549,11 @@ TEST_F(TrackerTest, ResubmittingASweepRunsOnlyItsUnfinishedVariants) {
     parent.sweep.variants[i].has_perplexity = true;
     parent.sweep.variants[i].perplexity = i == 1 ? 3.3 : 3.6;
   }
-  ASSERT_TRUE(engine_.Finish(fresh, parent).ok());
+  ASSERT_OK(engine_.Finish(fresh, parent));
   tracker_->Flush();
 
   absl::StatusOr<v1::Experiment> done = tracker_->Get(fresh, /*include_captures=*/false);
-  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_OK(done);
   EXPECT_EQ(done->status(), v1::DONE);
   const auto& rows = done->result().sweep().variants();
   ASSERT_EQ(rows.size(), 4);
@@ -564,15 +568,15 @@ TEST_F(TrackerTest, ResubmittingASweepRunsOnlyItsUnfinishedVariants) {
   EXPECT_EQ(rows[3].experiment_id(), fresh + ".3");
   EXPECT_EQ(Stored(fresh + ".1").status, storage::ExperimentStatus::kDone);
   auto store = storage::ExperimentStore::Open(db_);
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   EXPECT_EQ((*store)->Get(fresh + ".0").status().code(), absl::StatusCode::kNotFound);
 }
 
 
 // Finishes `id` (submitted to the fake engine) with a result that has captured bytes.
 void RunToDone(FakeEngine& engine, const std::string& id) {
-  ASSERT_TRUE(engine.Start(id).ok());
-  ASSERT_TRUE(engine.Finish(id, FakeEngine::Result(10.0, 12.5)).ok());
+  ASSERT_OK(engine.Start(id));
+  ASSERT_OK(engine.Finish(id, FakeEngine::Result(10.0, 12.5)));
 }
 
 // Every read connection lent to slow reads: Submit (its id and quota reads have a connection of
@@ -587,7 +591,7 @@ TEST_F(TrackerTest, ReadsHeldOpenBlockNeitherSubmitNorTheWriter) {
   auto open = (*slow)->database()->Prepare("SELECT id FROM experiments");
   ASSERT_TRUE(open.ok() && *(*open)->Step());
   absl::StatusOr<v1::Experiment> submitted = tracker_->Submit(kBob, TinySpec());
-  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  ASSERT_OK(submitted);
   RunToDone(engine_, submitted->id());
   tracker_->Flush();  // the writer wrote the insert and the finish meanwhile
   EXPECT_EQ(Stored(submitted->id()).status, storage::ExperimentStatus::kDone);
@@ -596,7 +600,7 @@ TEST_F(TrackerTest, ReadsHeldOpenBlockNeitherSubmitNorTheWriter) {
   Open({.read_connections = 2});
   std::optional<storage::ReadPool::Lease> held(tracker_->read_pool_for_testing().Acquire());
   absl::StatusOr<v1::ListExperimentsResponse> listed = tracker_->List({});  // the other connection
-  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_OK(listed);
   EXPECT_EQ(listed->total(), 2);
 }
 
@@ -610,7 +614,7 @@ TEST_F(TrackerTest, ListPagesStopAtTheByteBoundAndSayWhereToGoOn) {
   int pages = 0;
   do {
     absl::StatusOr<v1::ListExperimentsResponse> page = tracker_->List(request);
-    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_OK(page);
     ASSERT_EQ(page->experiments_size(), 1);  // the bound is below one row: one per page
     EXPECT_EQ(page->total(), 3);
     EXPECT_TRUE(page->experiments(0).result().intervened().captures(0).data().empty());
@@ -626,16 +630,16 @@ TEST_F(TrackerTest, StoredBytesQuotaRefusesSubmitNamingTheLimitUntilSpaceIsFreed
   RunToDone(engine_, first);
   tracker_->Flush();
   const absl::Status refused = tracker_->Submit(kAlice, TinySpec()).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_NE(refused.message().find("--max-user-bytes 1"), absl::string_view::npos) << refused;
   EXPECT_NE(refused.message().find("'alice'"), absl::string_view::npos) << refused;
-  EXPECT_TRUE(tracker_->Submit(kBob, TinySpec()).ok());  // per user
+  EXPECT_OK(tracker_->Submit(kBob, TinySpec()));  // per user
   v1::RetentionRequest rm;
   rm.set_where("user = \"alice\"");
   absl::StatusOr<v1::RetentionResponse> deleted = tracker_->DeleteExperiments(rm);
-  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  ASSERT_OK(deleted);
   EXPECT_EQ(deleted->experiments(), 1);
-  EXPECT_TRUE(tracker_->Submit(kAlice, TinySpec()).ok());
+  EXPECT_OK(tracker_->Submit(kAlice, TinySpec()));
 }
 
 TEST_F(TrackerTest, RetentionSkipsActiveExperimentsAndADryRunChangesNothing) {
@@ -647,7 +651,7 @@ TEST_F(TrackerTest, RetentionSkipsActiveExperimentsAndADryRunChangesNothing) {
   request.set_where("user = \"alice\"");
   request.set_dry_run(true);
   absl::StatusOr<v1::RetentionResponse> planned = tracker_->DropCaptures(request);
-  ASSERT_TRUE(planned.ok()) << planned.status();
+  ASSERT_OK(planned);
   EXPECT_EQ(planned->experiments(), 1);
   EXPECT_EQ(planned->skipped_active(), 1);
   EXPECT_GE(planned->bytes(), 8);
@@ -655,21 +659,21 @@ TEST_F(TrackerTest, RetentionSkipsActiveExperimentsAndADryRunChangesNothing) {
 
   request.set_dry_run(false);
   absl::StatusOr<v1::RetentionResponse> dropped = tracker_->DropCaptures(request);
-  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  ASSERT_OK(dropped);
   EXPECT_EQ(dropped->bytes(), planned->bytes());
   absl::StatusOr<v1::Experiment> kept = tracker_->Get(done, true);
-  ASSERT_TRUE(kept.ok()) << kept.status();
+  ASSERT_OK(kept);
   EXPECT_TRUE(kept->result().intervened().captures(0).data().empty());
   EXPECT_DOUBLE_EQ(kept->result().intervened().perplexity().ppl(), 12.5);
 
   absl::StatusOr<v1::RetentionResponse> deleted = tracker_->DeleteExperiments(request);
-  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  ASSERT_OK(deleted);
   EXPECT_EQ(deleted->experiments(), 1);
   EXPECT_EQ(deleted->skipped_active(), 1);
   EXPECT_EQ(tracker_->Get(done, false).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(tracker_->Get(queued, false)->status(), v1::QUEUED);
   request.set_where("");
-  EXPECT_EQ(tracker_->DeleteExperiments(request).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tracker_->DeleteExperiments(request), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -58,7 +58,7 @@ struct ExperimentRecord {
   std::vector<std::string> tags;  // stored once each, read back sorted
   std::string model;              // the server's model name
   std::string model_fingerprint;  // replaced by the result's on Finish when that is set
-  std::string spec_json;          // canonical spec JSON (experiments/spec: protobuf's printer,
+  std::string spec_json;          // canonical spec JSON (spec/: protobuf's printer,
                                   // proto field names); queried by intervention.* fields
   std::optional<std::string> parent_id;  // an existing experiment (sweeps)
 

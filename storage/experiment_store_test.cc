@@ -7,11 +7,14 @@
 #include <filesystem>
 #include <limits>
 
+#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace lesion::storage {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 const absl::Time kT0 = absl::FromUnixSeconds(1796205600);  // 2026-12-02T10:00:00Z
 
@@ -61,7 +64,7 @@ QueryOptions Where(std::string where) {
 
 std::unique_ptr<ExperimentStore> OpenOrDie(const std::string& path) {
   auto store = ExperimentStore::Open(path);
-  EXPECT_TRUE(store.ok()) << store.status();
+  EXPECT_OK(store);
   return store.ok() ? *std::move(store) : nullptr;
 }
 
@@ -103,13 +106,13 @@ TEST(ExperimentStoreSchema, MigratesAnEmptyFileAndReopens) {
   {
     auto store = OpenOrDie(file.path());
     ASSERT_NE(store, nullptr);
-    ASSERT_TRUE(store->Insert(MakeRecord("a")).ok());
+    ASSERT_OK(store->Insert(MakeRecord("a")));
   }
   EXPECT_EQ(UserVersion(file.path()), ExperimentStore::SchemaVersion());
   auto store = OpenOrDie(file.path());
   ASSERT_NE(store, nullptr);
   auto record = store->Get("a");
-  ASSERT_TRUE(record.ok()) << record.status();
+  ASSERT_OK(record);
   EXPECT_EQ(record->name, "name-a");
   EXPECT_EQ(UserVersion(file.path()), ExperimentStore::SchemaVersion());
 }
@@ -119,7 +122,7 @@ TEST(ExperimentStoreSchema, UsesWal) {
   auto store = OpenOrDie(file.path());
   ASSERT_NE(store, nullptr);
   auto mode = store->database()->Prepare("PRAGMA journal_mode");
-  ASSERT_TRUE(mode.ok());
+  ASSERT_OK(mode);
   ASSERT_TRUE(*(*mode)->Step());
   EXPECT_EQ((*mode)->ColumnText(0), "wal");
 }
@@ -135,7 +138,7 @@ TEST(ExperimentStoreSchema, RefusesANewerDatabase) {
     sqlite3_close(db);
   }
   auto store = ExperimentStore::Open(file.path());
-  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store, StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_NE(store.status().message().find(
                 absl::StrCat("schema version ", ExperimentStore::SchemaVersion() + 1)),
             absl::string_view::npos)
@@ -155,9 +158,9 @@ TEST(ExperimentStoreSchema, NotADatabaseIsDataLoss) {
 
 TEST(ExperimentStore, InsertAndGet) {
   auto store = OpenOrDie(":memory:");
-  ASSERT_TRUE(store->Insert(MakeRecord("a")).ok());
+  ASSERT_OK(store->Insert(MakeRecord("a")));
   auto r = store->Get("a");
-  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_OK(r);
   EXPECT_EQ(r->status, ExperimentStatus::kQueued);
   EXPECT_EQ(r->user, "alice");
   EXPECT_EQ(r->model, "gpt2");
@@ -169,35 +172,35 @@ TEST(ExperimentStore, InsertAndGet) {
   EXPECT_EQ(store->Get("nope").status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(store->Get("nope").status().message().find("'nope'"), absl::string_view::npos);
   ExperimentRecord bad = MakeRecord("");
-  EXPECT_EQ(store->Insert(bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store->Insert(bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = MakeRecord("b");
   bad.spec_json = "{not json";
-  EXPECT_EQ(store->Insert(bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store->Insert(bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = MakeRecord("c");
   bad.parent_id = "missing-parent";
-  EXPECT_EQ(store->Insert(bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store->Insert(bad), StatusIs(absl::StatusCode::kInvalidArgument));
   ExperimentRecord child = MakeRecord("d");
   child.parent_id = "a";
-  ASSERT_TRUE(store->Insert(child).ok());
+  ASSERT_OK(store->Insert(child));
   EXPECT_EQ(store->Get("d")->parent_id, std::optional<std::string>("a"));
 }
 
 TEST(ExperimentStore, LegalTransitions) {
   auto store = OpenOrDie(":memory:");
   for (const char* id : {"done", "failed", "cancelled_q", "cancelled_r", "failed_q"}) {
-    ASSERT_TRUE(store->Insert(MakeRecord(id)).ok());
+    ASSERT_OK(store->Insert(MakeRecord(id)));
   }
-  ASSERT_TRUE(store->MarkRunning("done", kT0 + absl::Seconds(1)).ok());
-  ASSERT_TRUE(store->Finish("done", MakeResult(), kT0 + absl::Seconds(2)).ok());
-  ASSERT_TRUE(store->MarkRunning("failed", kT0).ok());
-  ASSERT_TRUE(store->Fail("failed", "out of memory", kT0 + absl::Seconds(3)).ok());
-  ASSERT_TRUE(store->Fail("failed_q", "bad spec", kT0).ok());
-  ASSERT_TRUE(store->Cancel("cancelled_q", kT0).ok());
-  ASSERT_TRUE(store->MarkRunning("cancelled_r", kT0).ok());
-  ASSERT_TRUE(store->Cancel("cancelled_r", kT0 + absl::Seconds(4)).ok());
+  ASSERT_OK(store->MarkRunning("done", kT0 + absl::Seconds(1)));
+  ASSERT_OK(store->Finish("done", MakeResult(), kT0 + absl::Seconds(2)));
+  ASSERT_OK(store->MarkRunning("failed", kT0));
+  ASSERT_OK(store->Fail("failed", "out of memory", kT0 + absl::Seconds(3)));
+  ASSERT_OK(store->Fail("failed_q", "bad spec", kT0));
+  ASSERT_OK(store->Cancel("cancelled_q", kT0));
+  ASSERT_OK(store->MarkRunning("cancelled_r", kT0));
+  ASSERT_OK(store->Cancel("cancelled_r", kT0 + absl::Seconds(4)));
 
   auto done = store->Get("done");
-  ASSERT_TRUE(done.ok());
+  ASSERT_OK(done);
   EXPECT_EQ(done->status, ExperimentStatus::kDone);
   EXPECT_EQ(done->started, kT0 + absl::Seconds(1));
   EXPECT_EQ(done->finished, kT0 + absl::Seconds(2));
@@ -217,14 +220,14 @@ TEST(ExperimentStore, LegalTransitions) {
 
 TEST(ExperimentStore, IllegalTransitionsAreFailedPrecondition) {
   auto store = OpenOrDie(":memory:");
-  ASSERT_TRUE(store->Insert(MakeRecord("q")).ok());
+  ASSERT_OK(store->Insert(MakeRecord("q")));
   // Finishing a queued experiment.
   absl::Status s = store->Finish("q", MakeResult(), kT0);
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_NE(s.message().find("is queued"), absl::string_view::npos) << s;
-  ASSERT_TRUE(store->MarkRunning("q", kT0).ok());
+  ASSERT_OK(store->MarkRunning("q", kT0));
   EXPECT_EQ(store->MarkRunning("q", kT0).code(), absl::StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(store->Finish("q", MakeResult(), kT0).ok());
+  ASSERT_OK(store->Finish("q", MakeResult(), kT0));
   EXPECT_EQ(store->Cancel("q", kT0).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(store->Fail("q", "x", kT0).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(store->Finish("q", MakeResult(), kT0).code(), absl::StatusCode::kFailedPrecondition);
@@ -239,9 +242,9 @@ TEST(ExperimentStore, IllegalTransitionsAreFailedPrecondition) {
 
 TEST(ExperimentStore, FinishWritesMetricsAndResultAtomically) {
   auto store = OpenOrDie(":memory:");
-  ASSERT_TRUE(store->Insert(MakeRecord("a")).ok());
+  ASSERT_OK(store->Insert(MakeRecord("a")));
   EXPECT_EQ(store->GetResult("a").status().code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(store->MarkRunning("a", kT0).ok());
+  ASSERT_OK(store->MarkRunning("a", kT0));
 
   // A metric given twice fails the whole Finish: nothing is written.
   lesion::v1::ExperimentResult twice = MakeResult();
@@ -250,7 +253,7 @@ TEST(ExperimentStore, FinishWritesMetricsAndResultAtomically) {
   EXPECT_EQ(store->Get("a")->status, ExperimentStatus::kRunning);
   EXPECT_EQ(store->GetResult("a").status().code(), absl::StatusCode::kNotFound);
   auto page = store->Query(Where("metric.perplexity.value > 0"));
-  ASSERT_TRUE(page.ok());
+  ASSERT_OK(page);
   EXPECT_EQ(page->total, 0);
 
   // A failure after the first writes (the result row is taken by a trigger) rolls back too.
@@ -262,15 +265,15 @@ TEST(ExperimentStore, FinishWritesMetricsAndResultAtomically) {
   EXPECT_EQ(store->Get("a")->status, ExperimentStatus::kRunning);
   page = store->Query(Where("metric.perplexity.value > 0"));
   EXPECT_EQ(page->total, 0);
-  ASSERT_TRUE(store->database()->Execute("DROP TRIGGER fail_result").ok());
+  ASSERT_OK(store->database()->Execute("DROP TRIGGER fail_result"));
 
-  ASSERT_TRUE(store->Finish("a", MakeResult(), kT0 + absl::Seconds(9)).ok());
+  ASSERT_OK(store->Finish("a", MakeResult(), kT0 + absl::Seconds(9)));
   auto result = store->GetResult("a");
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_OK(result);
   EXPECT_EQ(result->SerializeAsString(), MakeResult().SerializeAsString());
   EXPECT_EQ(result->intervened().captures(0).data(), std::string("\0\0\x80?", 4));
   page = store->Query(Where("metric.perplexity.delta_pct = 10 AND metric.kl_divergence.value = 0.25"));
-  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_OK(page);
   EXPECT_EQ(page->total, 1);
 }
 
@@ -287,11 +290,11 @@ TEST(ExperimentStore, AResultReadsBackExactlyWithAndWithoutCaptures) {
   int n = 0;
   for (const lesion::v1::ExperimentResult& result : {parent, baseline_captures, MakeResult()}) {
     const std::string id = absl::StrCat("r", n++);
-    ASSERT_TRUE(store->Insert(MakeRecord(id)).ok());
-    ASSERT_TRUE(store->MarkRunning(id, kT0).ok());
-    ASSERT_TRUE(store->Finish(id, result, kT0).ok());
+    ASSERT_OK(store->Insert(MakeRecord(id)));
+    ASSERT_OK(store->MarkRunning(id, kT0));
+    ASSERT_OK(store->Finish(id, result, kT0));
     absl::StatusOr<lesion::v1::ExperimentResult> read = store->GetResult(id);
-    ASSERT_TRUE(read.ok()) << read.status();
+    ASSERT_OK(read);
     EXPECT_EQ(read->SerializeAsString(), result.SerializeAsString()) << id;
     EXPECT_EQ(read->has_intervened(), result.has_intervened()) << id;
   }
@@ -301,19 +304,19 @@ TEST(ExperimentStore, MarkInterruptedAfterACrash) {
   TempFile file;
   {
     auto store = OpenOrDie(file.path());
-    ASSERT_TRUE(store->Insert(MakeRecord("running")).ok());
-    ASSERT_TRUE(store->MarkRunning("running", kT0).ok());
-    ASSERT_TRUE(store->Insert(MakeRecord("queued")).ok());
-    ASSERT_TRUE(store->Insert(MakeRecord("done")).ok());
-    ASSERT_TRUE(store->MarkRunning("done", kT0).ok());
-    ASSERT_TRUE(store->Finish("done", MakeResult(), kT0).ok());
+    ASSERT_OK(store->Insert(MakeRecord("running")));
+    ASSERT_OK(store->MarkRunning("running", kT0));
+    ASSERT_OK(store->Insert(MakeRecord("queued")));
+    ASSERT_OK(store->Insert(MakeRecord("done")));
+    ASSERT_OK(store->MarkRunning("done", kT0));
+    ASSERT_OK(store->Finish("done", MakeResult(), kT0));
     // The server dies here: the store is dropped with work in flight.
   }
   auto store = OpenOrDie(file.path());
   ASSERT_NE(store, nullptr);
   const absl::Time restart = kT0 + absl::Hours(1);
   auto marked = store->MarkInterruptedOnStart(restart);
-  ASSERT_TRUE(marked.ok()) << marked.status();
+  ASSERT_OK(marked);
   EXPECT_EQ(*marked, 2);
   auto running = store->Get("running");
   EXPECT_EQ(running->status, ExperimentStatus::kInterrupted);
@@ -322,7 +325,7 @@ TEST(ExperimentStore, MarkInterruptedAfterACrash) {
   EXPECT_EQ(store->Get("queued")->status, ExperimentStatus::kInterrupted);
   // Nothing that finished is lost.
   EXPECT_EQ(store->Get("done")->status, ExperimentStatus::kDone);
-  EXPECT_TRUE(store->GetResult("done").ok());
+  EXPECT_OK(store->GetResult("done"));
   EXPECT_EQ(*store->MarkInterruptedOnStart(restart), 0);
   EXPECT_EQ(store->Cancel("running", restart).code(), absl::StatusCode::kFailedPrecondition);
 }
@@ -331,24 +334,24 @@ TEST(ExperimentStore, SecondConnectionReads) {
   TempFile file;
   auto writer = OpenOrDie(file.path());
   auto reader = OpenOrDie(file.path());
-  ASSERT_TRUE(writer->Insert(MakeRecord("a")).ok());
-  EXPECT_TRUE(reader->Get("a").ok());
+  ASSERT_OK(writer->Insert(MakeRecord("a")));
+  EXPECT_OK(reader->Get("a"));
 }
 
 TEST(ExperimentStore, BaselineCacheRoundTrip) {
   auto store = OpenOrDie(":memory:");
   auto miss = store->GetBaseline("gpt2|wikitext|512");
-  ASSERT_TRUE(miss.ok());
+  ASSERT_OK(miss);
   EXPECT_FALSE(miss->has_value());
   lesion::v1::PassResult pass;
   pass.mutable_perplexity()->set_ppl(29.5);
   pass.add_activation_stats()->set_site("blocks.0.resid_post");
-  ASSERT_TRUE(store->PutBaseline("gpt2|wikitext|512", pass, kT0).ok());
+  ASSERT_OK(store->PutBaseline("gpt2|wikitext|512", pass, kT0));
   auto hit = store->GetBaseline("gpt2|wikitext|512");
   ASSERT_TRUE(hit.ok() && hit->has_value());
   EXPECT_EQ((*hit)->SerializeAsString(), pass.SerializeAsString());
   pass.mutable_perplexity()->set_ppl(30);
-  ASSERT_TRUE(store->PutBaseline("gpt2|wikitext|512", pass, kT0).ok());
+  ASSERT_OK(store->PutBaseline("gpt2|wikitext|512", pass, kT0));
   EXPECT_EQ((*store->GetBaseline("gpt2|wikitext|512"))->perplexity().ppl(), 30);
 }
 
@@ -356,8 +359,8 @@ TEST(ExperimentStore, BaselineCacheRoundTrip) {
 // and infinities compare as numbers (a regression: NOT NULL made Finish fail).
 TEST(ExperimentStore, NanAndInfiniteMetricsAreRecorded) {
   auto store = OpenOrDie(":memory:");
-  ASSERT_TRUE(store->Insert(MakeRecord("nan")).ok());
-  ASSERT_TRUE(store->MarkRunning("nan", kT0).ok());
+  ASSERT_OK(store->Insert(MakeRecord("nan")));
+  ASSERT_OK(store->MarkRunning("nan", kT0));
   lesion::v1::ExperimentResult result;
   auto* m = result.add_metrics();
   m->set_name("perplexity");
@@ -369,7 +372,7 @@ TEST(ExperimentStore, NanAndInfiniteMetricsAreRecorded) {
   m->set_name("mean_nll");
   m->set_baseline(2);
   m->set_value(std::numeric_limits<double>::infinity());
-  ASSERT_TRUE(store->Finish("nan", result, kT0).ok());
+  ASSERT_OK(store->Finish("nan", result, kT0));
   EXPECT_EQ(store->Get("nan")->status, ExperimentStatus::kDone);
   EXPECT_TRUE(std::isnan(store->GetResult("nan")->metrics(0).value()));
   EXPECT_EQ(store->Query({.where = "metric.perplexity.value > 0", .order_by = ""})->total, 0);
@@ -382,12 +385,12 @@ TEST(ExperimentStore, TwentyThousandExperimentsInOneTransaction) {
   constexpr int kCount = 20000;
   {
     Transaction tx(store->database());
-    ASSERT_TRUE(tx.Begin().ok());
+    ASSERT_OK(tx.Begin());
     for (int i = 0; i < kCount; ++i) {
       ExperimentRecord r = MakeRecord(absl::StrCat("exp", i));
       r.created = kT0 + absl::Seconds(i);
-      ASSERT_TRUE(store->Insert(r).ok());
-      ASSERT_TRUE(store->MarkRunning(r.id, r.created).ok());
+      ASSERT_OK(store->Insert(r));
+      ASSERT_OK(store->MarkRunning(r.id, r.created));
       lesion::v1::ExperimentResult result;
       auto* m = result.add_metrics();
       m->set_name("perplexity");
@@ -398,16 +401,16 @@ TEST(ExperimentStore, TwentyThousandExperimentsInOneTransaction) {
       auto* kl = result.add_metrics();
       kl->set_name("kl_divergence");
       kl->set_value(i);
-      ASSERT_TRUE(store->Finish(r.id, result, r.created).ok());
+      ASSERT_OK(store->Finish(r.id, result, r.created));
     }
-    ASSERT_TRUE(tx.Commit().ok());
+    ASSERT_OK(tx.Commit());
   }
   // delta_pct = (i % 100) / 10 > 5  <=>  i % 100 in 51..99: 49 of every 100.
   auto page = store->Query({.where = "metric.perplexity.delta_pct > 5",
                             .order_by = "metric.kl_divergence.value desc",
                             .limit = 3,
                             .offset = 0});
-  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_OK(page);
   EXPECT_EQ(page->total, kCount / 100 * 49);
   ASSERT_EQ(page->records.size(), 3u);
   EXPECT_EQ(page->records[0].id, "exp19999");

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/testing/status_matchers.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -9,6 +10,8 @@
 
 namespace lesion::storage {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -40,7 +43,7 @@ class QueryTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto store = ExperimentStore::Open(":memory:");
-    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_OK(store);
     store_ = *std::move(store);
     Add("a", "alice", "gpt2", {"sinks"},
         R"({"name":"a","interventions":[{"head_ablation":{"layer":5,"heads":[1,3]}}]})",
@@ -56,7 +59,7 @@ class QueryTest : public ::testing::Test {
     Add("d", "bob", "llama", {},
         R"({"name":"d","interventions":[{"norm_channel_reset":{"norm":"final","channels":[4]}}]})",
         At("2026-12-04T10:00:00Z"), {});
-    ASSERT_TRUE(store_->Fail("d", "oom", At("2026-12-04T10:00:01Z")).ok());
+    ASSERT_OK(store_->Fail("d", "oom", At("2026-12-04T10:00:01Z")));
     ExperimentRecord e;
     e.id = "e";
     e.user = "carol";
@@ -65,7 +68,7 @@ class QueryTest : public ::testing::Test {
     e.spec_json =
         R"({"name":"e","interventions":[{"activation_edit":{"site":"blocks.2.resid_post","op":"SET"}}]})";
     e.created = At("2026-12-05T10:00:00Z");
-    ASSERT_TRUE(store_->Insert(e).ok());
+    ASSERT_OK(store_->Insert(e));
   }
 
   void Add(absl::string_view id, absl::string_view user, absl::string_view model,
@@ -79,12 +82,12 @@ class QueryTest : public ::testing::Test {
     r.tags = std::move(tags);
     r.spec_json = std::string(spec);
     r.created = created;
-    ASSERT_TRUE(store_->Insert(r).ok());
-    ASSERT_TRUE(store_->MarkRunning(r.id, created + absl::Seconds(1)).ok());
+    ASSERT_OK(store_->Insert(r));
+    ASSERT_OK(store_->MarkRunning(r.id, created + absl::Seconds(1)));
     if (metrics.empty()) return;
     lesion::v1::ExperimentResult result;
     for (auto& m : metrics) *result.add_metrics() = m;
-    ASSERT_TRUE(store_->Finish(r.id, result, created + absl::Minutes(1)).ok());
+    ASSERT_OK(store_->Finish(r.id, result, created + absl::Minutes(1)));
   }
 
   std::vector<std::string> Ids(absl::string_view where, absl::string_view order_by = "id") {
@@ -92,7 +95,7 @@ class QueryTest : public ::testing::Test {
     options.where = std::string(where);
     options.order_by = std::string(order_by);
     absl::StatusOr<QueryPage> page = store_->Query(options);
-    EXPECT_TRUE(page.ok()) << where << ": " << page.status();
+    EXPECT_OK(page) << where << ": " << page.status();
     std::vector<std::string> ids;
     if (!page.ok()) return ids;
     for (const auto& r : page->records) ids.push_back(r.id);
@@ -189,19 +192,19 @@ TEST_F(QueryTest, PagingWithTotal) {
   options.limit = 2;
   options.offset = 1;
   auto page = store_->Query(options);
-  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_OK(page);
   EXPECT_EQ(page->total, 4);
   ASSERT_EQ(page->records.size(), 2u);
   EXPECT_EQ(page->records[0].id, "b");
   EXPECT_EQ(page->records[1].id, "c");
   options.offset = 3;
   page = store_->Query(options);
-  ASSERT_TRUE(page.ok());
+  ASSERT_OK(page);
   EXPECT_EQ(page->total, 4);
   ASSERT_EQ(page->records.size(), 1u);
   EXPECT_EQ(page->records[0].id, "d");
   options.limit = -1;
-  EXPECT_EQ(store_->Query(options).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store_->Query(options), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(QueryTest, ValuesAreBoundNotSpliced) {
@@ -265,14 +268,14 @@ TEST(CompileQuery, HugeNestingIsRefusedNotACrash) {
     EXPECT_LT(status.message().size(), 200u) << "the error must not echo the query";
   }
   const absl::Status order = CompileQuery("", Repeat("id, ", 5000) + "id").status();
-  EXPECT_EQ(order.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(order, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(order.message()), HasSubstr("limit of 16384 bytes"));
 }
 
 TEST(CompileQuery, NestingDeeperThan32IsInvalidArgument) {
-  EXPECT_TRUE(CompileQuery(Repeat("NOT ", 32) + R"(id = "x")", "").ok());
-  EXPECT_TRUE(CompileQuery(Repeat("(", 32) + R"(id = "x")" + Repeat(")", 32), "").ok());
-  EXPECT_TRUE(CompileQuery(Repeat("NOT (", 16) + R"(id = "x")" + Repeat(")", 16), "").ok());
+  EXPECT_OK(CompileQuery(Repeat("NOT ", 32) + R"(id = "x")", ""));
+  EXPECT_OK(CompileQuery(Repeat("(", 32) + R"(id = "x")" + Repeat(")", 32), ""));
+  EXPECT_OK(CompileQuery(Repeat("NOT (", 16) + R"(id = "x")" + Repeat(")", 16), ""));
   for (const std::string& where : {Repeat("NOT ", 33) + R"(id = "x")",
                                    Repeat("(", 33) + R"(id = "x")" + Repeat(")", 33),
                                    Repeat("NOT (", 17) + R"(id = "x")" + Repeat(")", 17),
@@ -283,17 +286,17 @@ TEST(CompileQuery, NestingDeeperThan32IsInvalidArgument) {
     EXPECT_LT(status.message().size(), 200u);
   }
   // Nesting that is left again does not add up.
-  EXPECT_TRUE(CompileQuery(Repeat(R"((NOT id = "x") AND )", 100) + R"(id = "y")", "").ok());
+  EXPECT_OK(CompileQuery(Repeat(R"((NOT id = "x") AND )", 100) + R"(id = "y")", ""));
 }
 
 TEST(CompileQuery, MoreThan256ComparisonsIsInvalidArgument) {
-  EXPECT_TRUE(CompileQuery(Repeat(R"(id = "x" OR )", 255) + R"(id = "y")", "").ok());
+  EXPECT_OK(CompileQuery(Repeat(R"(id = "x" OR )", 255) + R"(id = "y")", ""));
   const absl::Status status = CompileQuery(Repeat(R"(id = "x" OR )", 256) + R"(id = "y")", "").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(status.message()), HasSubstr("more than 256 comparisons"));
-  EXPECT_TRUE(CompileQuery("", Repeat("id, ", 255) + "id").ok());
+  EXPECT_OK(CompileQuery("", Repeat("id, ", 255) + "id"));
   const absl::Status order = CompileQuery("", Repeat("id, ", 256) + "id").status();
-  EXPECT_EQ(order.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(order, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(order.message()), HasSubstr("more than 256 keys"));
 }
 
@@ -333,7 +336,7 @@ TEST_F(QueryTest, TimesOutOfRangeAreInvalidArgument) {
   EXPECT_THAT(Ids("created < 253402300799"), ElementsAre("a", "b", "c", "d", "e"));
   EXPECT_THAT(Ids("created > -62135596800"), ElementsAre("a", "b", "c", "d", "e"));
   const absl::Status huge = Error("metric.perplexity.value > 1e999");
-  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(huge, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(huge.message()), HasSubstr("number '1e999' out of range"));
 }
 
@@ -360,14 +363,14 @@ TEST(CompileQuery, ErrorsQuoteAtMost80CharactersOfTheInput) {
     EXPECT_EQ(std::string(status.message()).find(std::string(81, 'f')), std::string::npos);
   }
   const absl::Status order = CompileQuery("", long_name).status();
-  EXPECT_EQ(order.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(order, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_LT(order.message().size(), 400u) << order.message().substr(0, 400);
 }
 
 TEST(CompileQuery, EveryValueIsAParameter) {
   auto q = CompileQuery(R"(user = "x" AND metric.perplexity.delta_pct > 1 OR tag = "t")",
                         "metric.kl_divergence.value desc");
-  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_OK(q);
   EXPECT_EQ(q->where_sql.find("\"x\""), std::string::npos);
   EXPECT_EQ(std::count(q->where_sql.begin(), q->where_sql.end(), '?'),
             static_cast<long>(q->where_params.size()));

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <thread>
 
+#include "common/testing/status_matchers.h"
 #include "absl/synchronization/notification.h"
 #include "common/testing/scoped_test_dir.h"
 #include "gtest/gtest.h"
@@ -25,16 +26,16 @@ class ReadPoolTest : public ::testing::Test {
   void SetUp() override {
     path_ = (dir_.path() / "lesion.db").string();
     auto writer = ExperimentStore::Open(path_);
-    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_OK(writer);
     writer_ = *std::move(writer);
-    ASSERT_TRUE(writer_->Insert(Record("a")).ok());
+    ASSERT_OK(writer_->Insert(Record("a")));
   }
 
   // Opens a read transaction on `reader` and keeps it open while the returned statement lives
   // (mid-iteration): the state of a slow read that has not finished.
   static std::unique_ptr<Statement> HoldRead(ExperimentStore& reader) {
     auto select = reader.database()->Prepare("SELECT id FROM experiments");
-    EXPECT_TRUE(select.ok()) << select.status();
+    EXPECT_OK(select);
     auto row = (*select)->Step();
     EXPECT_TRUE(row.ok() && *row);
     return *std::move(select);
@@ -53,7 +54,7 @@ TEST_F(ReadPoolTest, SizeIsChecked) {
 
 TEST_F(ReadPoolTest, ReadersCannotWrite) {
   auto pool = ReadPool::Create(path_, 1);
-  ASSERT_TRUE(pool.ok()) << pool.status();
+  ASSERT_OK(pool);
   ReadPool::Lease reader = (*pool)->Acquire();
   const absl::Status write = reader->Insert(Record("b"));
   EXPECT_EQ(write.code(), absl::StatusCode::kPermissionDenied) << write;
@@ -64,7 +65,7 @@ TEST_F(ReadPoolTest, ReadersCannotWrite) {
 // while it is held, and it keeps its snapshot.
 TEST_F(ReadPoolTest, AnOpenReadBlocksNeitherOtherReadsNorTheWriter) {
   auto pool = ReadPool::Create(path_, 2);
-  ASSERT_TRUE(pool.ok()) << pool.status();
+  ASSERT_OK(pool);
   absl::Notification holding, release;
   std::atomic<int64_t> seen_by_slow_read{-1};
   std::thread slow([&] {
@@ -77,12 +78,12 @@ TEST_F(ReadPoolTest, AnOpenReadBlocksNeitherOtherReadsNorTheWriter) {
     if (count.ok() && (*count)->Step().value_or(false)) seen_by_slow_read = (*count)->ColumnInt64(0);
   });
   holding.WaitForNotification();
-  ASSERT_TRUE(writer_->Insert(Record("b")).ok());  // the writer: no wait, no Unavailable
-  ASSERT_TRUE(writer_->MarkRunning("b", absl::Now()).ok());
+  ASSERT_OK(writer_->Insert(Record("b")));  // the writer: no wait, no Unavailable
+  ASSERT_OK(writer_->MarkRunning("b", absl::Now()));
   {
     ReadPool::Lease other = (*pool)->Acquire();  // a second reader, while the first is held
     auto page = other->Query({});
-    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_OK(page);
     EXPECT_EQ(page->total, 2);
     EXPECT_EQ(other->Get("b")->status, ExperimentStatus::kRunning);
   }
@@ -94,7 +95,7 @@ TEST_F(ReadPoolTest, AnOpenReadBlocksNeitherOtherReadsNorTheWriter) {
 // With every connection lent, a read waits for the first one given back (and gets it).
 TEST_F(ReadPoolTest, AcquireWaitsOnlyWhileEveryConnectionIsLent) {
   auto pool = ReadPool::Create(path_, 1);
-  ASSERT_TRUE(pool.ok()) << pool.status();
+  ASSERT_OK(pool);
   std::optional<ReadPool::Lease> held((*pool)->Acquire());
   ExperimentStore* const lent = &**held;
   std::atomic<bool> acquired{false};

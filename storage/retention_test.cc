@@ -5,12 +5,15 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/testing/status_matchers.h"
 #include "common/testing/scoped_test_dir.h"
 #include "gtest/gtest.h"
 #include "storage/experiment_store.h"
 
 namespace lesion::storage {
 namespace {
+
+using ::lesion::matchers::StatusIs;
 
 const absl::Time kT0 = absl::FromUnixSeconds(1796205600);  // 2026-12-02T10:00:00Z
 
@@ -51,20 +54,20 @@ class RetentionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto store = ExperimentStore::Open(Path());
-    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_OK(store);
     store_ = *std::move(store);
   }
   std::string Path() const { return (dir_.path() / "lesion.db").string(); }
 
   void AddDone(absl::string_view id, int64_t capture_bytes, absl::string_view user = "alice",
                std::optional<std::string> parent = std::nullopt) {
-    ASSERT_TRUE(store_->Insert(Record(id, user, parent)).ok());
-    ASSERT_TRUE(store_->MarkRunning(id, kT0).ok());
-    ASSERT_TRUE(store_->Finish(id, Result(capture_bytes), kT0).ok());
+    ASSERT_OK(store_->Insert(Record(id, user, parent)));
+    ASSERT_OK(store_->MarkRunning(id, kT0));
+    ASSERT_OK(store_->Finish(id, Result(capture_bytes), kT0));
   }
   int64_t Pragma(absl::string_view name) {
     auto read = store_->database()->Prepare(absl::StrCat("PRAGMA ", name));
-    EXPECT_TRUE(read.ok());
+    EXPECT_OK(read);
     EXPECT_TRUE(*(*read)->Step());
     return (*read)->ColumnInt64(0);
   }
@@ -76,13 +79,13 @@ class RetentionTest : public ::testing::Test {
 TEST_F(RetentionTest, CapturesAreReadOnlyWhenAskedFor) {
   AddDone("a", 1000);
   auto without = store_->GetResult("a", /*include_captures=*/false);
-  ASSERT_TRUE(without.ok()) << without.status();
+  ASSERT_OK(without);
   ASSERT_EQ(without->intervened().captures_size(), 1);
   EXPECT_EQ(without->intervened().captures(0).shape(0), 250);  // shape kept
   EXPECT_TRUE(without->intervened().captures(0).data().empty());
   EXPECT_EQ(without->intervened().activation_stats_size(), 1);
   auto with = store_->GetResult("a");
-  ASSERT_TRUE(with.ok()) << with.status();
+  ASSERT_OK(with);
   EXPECT_EQ(with->SerializeAsString(), Result(1000).SerializeAsString());
   // The result row itself holds no capture bytes: a list never reads them.
   auto size = store_->database()->Prepare("SELECT length(result) FROM results");
@@ -96,7 +99,7 @@ TEST_F(RetentionTest, QueryPagesAreBoundedByBytesAndSayWhereTheNextStarts) {
   options.include_results = true;
   options.order_by = "id";
   auto all = store_->Query(options);
-  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_OK(all);
   ASSERT_EQ(all->records.size(), 5u);
   ASSERT_EQ(all->results.size(), 5u);
   EXPECT_EQ(all->next_offset, 0);
@@ -111,7 +114,7 @@ TEST_F(RetentionTest, QueryPagesAreBoundedByBytesAndSayWhereTheNextStarts) {
   int pages = 0;
   do {
     auto page = store_->Query(options);
-    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_OK(page);
     EXPECT_LE(page->records.size(), 2u);
     EXPECT_EQ(page->total, 5);
     for (const auto& r : page->records) ids.push_back(r.id);
@@ -124,20 +127,20 @@ TEST_F(RetentionTest, QueryPagesAreBoundedByBytesAndSayWhereTheNextStarts) {
   options.offset = 0;
   options.max_bytes = 1;
   auto one = store_->Query(options);
-  ASSERT_TRUE(one.ok());
+  ASSERT_OK(one);
   EXPECT_EQ(one->records.size(), 1u);
   EXPECT_EQ(one->next_offset, 1);
   options.max_bytes = 0;
-  EXPECT_EQ(store_->Query(options).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store_->Query(options), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(RetentionTest, UserBytesFollowInsertFinishDropAndDelete) {
   EXPECT_EQ(*store_->UserBytes("alice"), 0);
-  ASSERT_TRUE(store_->Insert(Record("a")).ok());
+  ASSERT_OK(store_->Insert(Record("a")));
   const int64_t queued = *store_->UserBytes("alice");
   EXPECT_GT(queued, 0);
-  ASSERT_TRUE(store_->MarkRunning("a", kT0).ok());
-  ASSERT_TRUE(store_->Finish("a", Result(100000), kT0).ok());
+  ASSERT_OK(store_->MarkRunning("a", kT0));
+  ASSERT_OK(store_->Finish("a", Result(100000), kT0));
   const int64_t done = *store_->UserBytes("alice");
   EXPECT_GT(done, queued + 2 * 100000);
   AddDone("b", 5000, "bob");
@@ -145,7 +148,7 @@ TEST_F(RetentionTest, UserBytesFollowInsertFinishDropAndDelete) {
   EXPECT_GT(*store_->UserBytes("bob"), 10000);
 
   auto dropped = store_->DropCaptures({.where = "user = \"alice\""});
-  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  ASSERT_OK(dropped);
   EXPECT_EQ(dropped->experiments, 1);
   EXPECT_GE(dropped->bytes, 2 * 100000);
   EXPECT_EQ(*store_->UserBytes("alice"), done - dropped->bytes);
@@ -153,12 +156,12 @@ TEST_F(RetentionTest, UserBytesFollowInsertFinishDropAndDelete) {
   EXPECT_EQ(again->experiments, 0);
   EXPECT_EQ(again->bytes, 0);
   auto result = store_->GetResult("a");
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_OK(result);
   EXPECT_TRUE(result->intervened().captures(0).data().empty());
   EXPECT_EQ(result->intervened().captures(0).shape(0), 25000);
 
   auto deleted = store_->DeleteExperiments({.where = "user = \"alice\""});
-  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  ASSERT_OK(deleted);
   EXPECT_EQ(deleted->experiments, 1);
   EXPECT_EQ(deleted->bytes, done - dropped->bytes);
   EXPECT_EQ(*store_->UserBytes("alice"), 0);
@@ -172,12 +175,12 @@ TEST_F(RetentionTest, DeleteSkipsActiveExperimentsTakesVariantsWithTheirParentAn
   AddDone("sweep.1", 10, "alice", "sweep");
   AddDone("other", 10);
   AddDone("other.0", 10, "alice", "other");
-  ASSERT_TRUE(store_->Insert(Record("queued")).ok());
-  ASSERT_TRUE(store_->Insert(Record("running")).ok());
-  ASSERT_TRUE(store_->MarkRunning("running", kT0).ok());
+  ASSERT_OK(store_->Insert(Record("queued")));
+  ASSERT_OK(store_->Insert(Record("running")));
+  ASSERT_OK(store_->MarkRunning("running", kT0));
   lesion::v1::PassResult baseline;
   baseline.mutable_perplexity()->set_ppl(3);
-  ASSERT_TRUE(store_->PutBaseline("fp:abc", baseline, kT0).ok());
+  ASSERT_OK(store_->PutBaseline("fp:abc", baseline, kT0));
 
   // The parent "sweep", its variants, the variant "other.0" (its parent does not match), and the
   // two active ones match.
@@ -185,7 +188,7 @@ TEST_F(RetentionTest, DeleteSkipsActiveExperimentsTakesVariantsWithTheirParentAn
                                           "id = \"running\"",
                                  .dry_run = true};
   auto planned = store_->DeleteExperiments(options);
-  ASSERT_TRUE(planned.ok()) << planned.status();
+  ASSERT_OK(planned);
   EXPECT_EQ(planned->experiments, 3);
   EXPECT_EQ(planned->skipped_active, 2);
   EXPECT_EQ(planned->skipped_variants, 1);
@@ -194,14 +197,14 @@ TEST_F(RetentionTest, DeleteSkipsActiveExperimentsTakesVariantsWithTheirParentAn
   RetentionOptions run = options;
   run.dry_run = false;
   auto done = store_->DeleteExperiments(run);
-  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_OK(done);
   EXPECT_EQ(done->experiments, planned->experiments);
   EXPECT_EQ(done->bytes, planned->bytes);
   for (const char* gone : {"sweep", "sweep.0", "sweep.1"}) {
     EXPECT_EQ(store_->Get(gone).status().code(), absl::StatusCode::kNotFound) << gone;
   }
   for (const char* kept : {"other", "other.0", "queued", "running"}) {
-    EXPECT_TRUE(store_->Get(kept).ok()) << kept;
+    EXPECT_OK(store_->Get(kept));
   }
   auto cached = store_->GetBaseline("fp:abc");
   ASSERT_TRUE(cached.ok() && cached->has_value());
@@ -218,7 +221,7 @@ TEST_F(RetentionTest, BatchesStopAfterMaxFamilies) {
   int batches = 0;
   while (true) {
     auto batch = store_->DeleteExperiments({.where = "model = \"gpt2\"", .max_families = 2});
-    ASSERT_TRUE(batch.ok()) << batch.status();
+    ASSERT_OK(batch);
     deleted += batch->experiments;
     ++batches;
     if (!batch->more || batches > 5) break;
@@ -229,12 +232,12 @@ TEST_F(RetentionTest, BatchesStopAfterMaxFamilies) {
 
 TEST_F(RetentionTest, DeletingReclaimsTheSpaceOfTheFile) {
   EXPECT_EQ(Pragma("auto_vacuum"), 2);  // incremental, from creation
-  EXPECT_TRUE(store_->auto_vacuum_status().ok());
+  EXPECT_OK(store_->auto_vacuum_status());
   for (int i = 0; i < 4; ++i) AddDone(absl::StrCat("e", i), 1 << 20);
   const int64_t before = Pragma("page_count") * Pragma("page_size");
-  ASSERT_TRUE(store_->DeleteExperiments({.where = "created >= 0"}).ok());
+  ASSERT_OK(store_->DeleteExperiments({.where = "created >= 0"}));
   auto reclaimed = store_->ReclaimSpace();
-  ASSERT_TRUE(reclaimed.ok()) << reclaimed.status();
+  ASSERT_OK(reclaimed);
   EXPECT_GT(*reclaimed, 8 << 20);
   EXPECT_EQ(Pragma("page_count") * Pragma("page_size"), before - *reclaimed);
 }
@@ -271,22 +274,22 @@ TEST_F(RetentionTest, AVersionOneFileIsMigrated) {
   EXPECT_EQ(Pragma("user_version"), ExperimentStore::SchemaVersion());
   EXPECT_EQ(Pragma("auto_vacuum"), 2);
   auto full = store_->GetResult("a");
-  ASSERT_TRUE(full.ok()) << full.status();
+  ASSERT_OK(full);
   EXPECT_EQ(full->SerializeAsString(), Result(4000).SerializeAsString());
   EXPECT_TRUE(store_->GetResult("a", false)->intervened().captures(0).data().empty());
   EXPECT_GT(*store_->UserBytes("alice"), 2 * 4000);
   EXPECT_GT(*store_->UserBytes("bob"), 0);
   auto dropped = store_->DropCaptures({.where = "id = \"a\""});
-  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  ASSERT_OK(dropped);
   EXPECT_GE(dropped->bytes, 2 * 4000);
 }
 
 TEST_F(RetentionTest, ARetentionDryRunWorksOnAReadOnlyStore) {
   AddDone("a", 100);
   auto reader = ExperimentStore::OpenReadOnly(Path());
-  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_OK(reader);
   auto planned = (*reader)->DeleteExperiments({.where = "id = \"a\"", .dry_run = true});
-  ASSERT_TRUE(planned.ok()) << planned.status();
+  ASSERT_OK(planned);
   EXPECT_EQ(planned->experiments, 1);
   EXPECT_EQ((*reader)->DeleteExperiments({.where = "id = \"a\""}).status().code(),
             absl::StatusCode::kPermissionDenied);

@@ -5,14 +5,17 @@
 #include <cstdio>
 #include <string>
 
+#include "common/testing/status_matchers.h"
 #include "gtest/gtest.h"
 
 namespace lesion::storage {
 namespace {
 
+using ::lesion::matchers::StatusIs;
+
 std::unique_ptr<Database> OpenMemory() {
   absl::StatusOr<std::unique_ptr<Database>> db = Database::Open(":memory:");
-  EXPECT_TRUE(db.ok()) << db.status();
+  EXPECT_OK(db);
   return *std::move(db);
 }
 
@@ -43,16 +46,16 @@ TEST(SqliteStatus, KeepsTheSqlOutOfTheMessage) {
 
 TEST(Database, BindStepAndColumns) {
   auto db = OpenMemory();
-  ASSERT_TRUE(db->Execute("CREATE TABLE t (i INTEGER, d REAL, s TEXT, b BLOB)").ok());
+  ASSERT_OK(db->Execute("CREATE TABLE t (i INTEGER, d REAL, s TEXT, b BLOB)"));
   auto insert = db->Prepare("INSERT INTO t VALUES (?, ?, ?, ?)");
-  ASSERT_TRUE(insert.ok()) << insert.status();
+  ASSERT_OK(insert);
   (*insert)->BindInt64(1, 1LL << 40);
   (*insert)->BindDouble(2, 2.5);
   (*insert)->BindText(3, "it's");
   (*insert)->BindBlob(4, std::string("a\0b", 3));
-  ASSERT_TRUE((*insert)->Run().ok());
+  ASSERT_OK((*insert)->Run());
   auto select = db->Prepare("SELECT i, d, s, b FROM t");
-  ASSERT_TRUE(select.ok());
+  ASSERT_OK(select);
   auto row = (*select)->Step();
   ASSERT_TRUE(row.ok() && *row);
   EXPECT_EQ((*select)->ColumnInt64(0), 1LL << 40);
@@ -60,32 +63,32 @@ TEST(Database, BindStepAndColumns) {
   EXPECT_EQ((*select)->ColumnText(2), "it's");
   EXPECT_EQ((*select)->ColumnBlob(3), std::string("a\0b", 3));
   row = (*select)->Step();
-  ASSERT_TRUE(row.ok());
+  ASSERT_OK(row);
   EXPECT_FALSE(*row);
 }
 
 TEST(Database, ErrorsCarryTheMappedCodeAndTheSqlAsPayload) {
   auto db = OpenMemory();
-  ASSERT_TRUE(db->Execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER CHECK (v > 0))").ok());
-  ASSERT_TRUE(db->Execute("INSERT INTO t VALUES ('a', 1)").ok());
+  ASSERT_OK(db->Execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER CHECK (v > 0))"));
+  ASSERT_OK(db->Execute("INSERT INTO t VALUES ('a', 1)"));
   auto dup = db->Prepare("INSERT INTO t VALUES ('a', 2)");
-  ASSERT_TRUE(dup.ok());
-  EXPECT_EQ((*dup)->Run().code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_OK(dup);
+  EXPECT_THAT((*dup)->Run(), StatusIs(absl::StatusCode::kAlreadyExists));
   auto check = db->Prepare("INSERT INTO t VALUES ('b', -1)");
-  ASSERT_TRUE(check.ok());
-  EXPECT_EQ((*check)->Run().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_OK(check);
+  EXPECT_THAT((*check)->Run(), StatusIs(absl::StatusCode::kInvalidArgument));
   auto bad = db->Prepare("SELECT * FROM missing");
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(bad, StatusIs(absl::StatusCode::kInternal));
   EXPECT_EQ(bad.status().message(), "sqlite: no such table: missing");
   EXPECT_EQ(std::string(*bad.status().GetPayload(kSqlPayloadUrl)), "SELECT * FROM missing");
   auto range = db->Prepare("SELECT ?");
-  ASSERT_TRUE(range.ok());
+  ASSERT_OK(range);
   (*range)->BindInt64(5, 1);
   const absl::Status bind = (*range)->Step().status();
-  EXPECT_EQ(bind.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bind, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(bind.message().find("SELECT"), absl::string_view::npos) << bind.message();
   EXPECT_TRUE(bind.GetPayload(kSqlPayloadUrl).has_value());
-  ASSERT_TRUE(db->Execute("CREATE TABLE child (k TEXT REFERENCES t(k))").ok());
+  ASSERT_OK(db->Execute("CREATE TABLE child (k TEXT REFERENCES t(k))"));
   EXPECT_EQ(db->Execute("INSERT INTO child VALUES ('nope')").code(),
             absl::StatusCode::kFailedPrecondition);
 }
@@ -97,11 +100,11 @@ TEST(Database, ReadOnlyRefusesWritesAndMissingFiles) {
             absl::StatusCode::kNotFound);
   {
     auto writer = Database::Open(path);
-    ASSERT_TRUE(writer.ok()) << writer.status();
-    ASSERT_TRUE((*writer)->Execute("CREATE TABLE t (v INTEGER)").ok());
+    ASSERT_OK(writer);
+    ASSERT_OK((*writer)->Execute("CREATE TABLE t (v INTEGER)"));
   }
   auto reader = Database::Open(path, absl::Seconds(1), Database::Access::kReadOnly);
-  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_OK(reader);
   EXPECT_EQ((*reader)->Execute("INSERT INTO t VALUES (1)").code(),
             absl::StatusCode::kPermissionDenied);
   std::remove(path.c_str());
@@ -109,7 +112,7 @@ TEST(Database, ReadOnlyRefusesWritesAndMissingFiles) {
 
 int64_t Count(Database& db) {
   auto count = db.Prepare("SELECT count(*) FROM t");
-  EXPECT_TRUE(count.ok());
+  EXPECT_OK(count);
   auto row = (*count)->Step();
   EXPECT_TRUE(row.ok() && *row);
   return (*count)->ColumnInt64(0);
@@ -117,42 +120,42 @@ int64_t Count(Database& db) {
 
 TEST(Transaction, RollsBackUnlessCommitted) {
   auto db = OpenMemory();
-  ASSERT_TRUE(db->Execute("CREATE TABLE t (v INTEGER)").ok());
+  ASSERT_OK(db->Execute("CREATE TABLE t (v INTEGER)"));
   {
     Transaction tx(db.get());
-    ASSERT_TRUE(tx.Begin().ok());
-    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (1)").ok());
+    ASSERT_OK(tx.Begin());
+    ASSERT_OK(db->Execute("INSERT INTO t VALUES (1)"));
   }
   EXPECT_EQ(Count(*db), 0);
   EXPECT_FALSE(db->InTransaction());
   {
     Transaction tx(db.get());
-    ASSERT_TRUE(tx.Begin().ok());
-    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (1)").ok());
-    ASSERT_TRUE(tx.Commit().ok());
-    EXPECT_EQ(tx.Commit().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_OK(tx.Begin());
+    ASSERT_OK(db->Execute("INSERT INTO t VALUES (1)"));
+    ASSERT_OK(tx.Commit());
+    EXPECT_THAT(tx.Commit(), StatusIs(absl::StatusCode::kFailedPrecondition));
   }
   EXPECT_EQ(Count(*db), 1);
 }
 
 TEST(Transaction, NestedIsASavepoint) {
   auto db = OpenMemory();
-  ASSERT_TRUE(db->Execute("CREATE TABLE t (v INTEGER)").ok());
+  ASSERT_OK(db->Execute("CREATE TABLE t (v INTEGER)"));
   Transaction outer(db.get());
-  ASSERT_TRUE(outer.Begin().ok());
+  ASSERT_OK(outer.Begin());
   {
     Transaction inner(db.get());
-    ASSERT_TRUE(inner.Begin().ok());
-    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (1)").ok());
+    ASSERT_OK(inner.Begin());
+    ASSERT_OK(db->Execute("INSERT INTO t VALUES (1)"));
   }  // inner rolled back
   {
     Transaction inner(db.get());
-    ASSERT_TRUE(inner.Begin().ok());
-    ASSERT_TRUE(db->Execute("INSERT INTO t VALUES (2)").ok());
-    ASSERT_TRUE(inner.Commit().ok());
+    ASSERT_OK(inner.Begin());
+    ASSERT_OK(db->Execute("INSERT INTO t VALUES (2)"));
+    ASSERT_OK(inner.Commit());
   }
   EXPECT_TRUE(db->InTransaction());
-  ASSERT_TRUE(outer.Commit().ok());
+  ASSERT_OK(outer.Commit());
   EXPECT_EQ(Count(*db), 1);
 }
 

@@ -8,11 +8,12 @@
 #include <map>
 #include <string>
 
-#include "experiments/generation.h"
-#include "experiments/hook_sites.h"
-#include "experiments/model.h"
-#include "experiments/perplexity.h"
-#include "experiments/safetensors/safetensors.h"
+#include "model/generation.h"
+#include "common/testing/status_matchers.h"
+#include "model/hook_sites.h"
+#include "model/model.h"
+#include "model/perplexity.h"
+#include "model/safetensors/safetensors.h"
 
 namespace lesion::experiments {
 namespace {
@@ -21,12 +22,12 @@ const std::filesystem::path kFixtures = std::filesystem::path(LESION_SOURCE_DIR)
 
 std::map<std::string, at::Tensor> ReadReference(const std::filesystem::path& path) {
   std::map<std::string, at::Tensor> out;
-  auto file = SafetensorsFile::Open(path);
-  EXPECT_TRUE(file.ok()) << file.status();
+  auto file = model::SafetensorsFile::Open(path);
+  EXPECT_OK(file);
   if (!file.ok()) return out;
-  for (const TensorInfo& info : (*file)->tensors()) {
-    at::ScalarType dtype = info.dtype == DType::kI64 ? at::kLong : at::kFloat;
-    EXPECT_TRUE(info.dtype == DType::kI64 || info.dtype == DType::kF32) << info.name;
+  for (const model::TensorInfo& info : (*file)->tensors()) {
+    at::ScalarType dtype = info.dtype == model::DType::kI64 ? at::kLong : at::kFloat;
+    EXPECT_TRUE(info.dtype == model::DType::kI64 || info.dtype == model::DType::kF32) << info.name;
     at::Tensor t = at::empty(info.shape, dtype);
     auto bytes = (*file)->Data(info);
     std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
@@ -42,28 +43,28 @@ void ExpectParity(const std::filesystem::path& model_dir, const std::string& ref
   const std::string model_name = model_dir.filename().string();
   const auto ref_path = kFixtures / "reference" / (reference_name + ".safetensors");
   if (!std::filesystem::exists(ref_path)) GTEST_SKIP() << "no reference " << ref_path;
-  LoadOptions options;
+  model::LoadOptions options;
   options.dtype = dtype;
-  auto model = Model::Load(model_dir, options);
-  ASSERT_TRUE(model.ok()) << model.status();
+  auto model = model::Model::Load(model_dir, options);
+  ASSERT_OK(model);
   std::map<std::string, at::Tensor> ref = ReadReference(ref_path);
   ASSERT_TRUE(ref.count("input_ids"));
-  const ModelConfig& c = (*model)->config();
+  const model::ModelConfig& c = (*model)->config();
 
   std::map<std::string, at::Tensor> got;
-  RunPlan plan(c.n_layers);
-  std::vector<SiteId> sites;
-  for (int k = 0; k < kNumSiteKinds; ++k) {
-    const auto kind = static_cast<SiteKind>(k);
-    if (!IsPerLayer(kind)) sites.push_back({kind, -1});
+  model::RunPlan plan(c.n_layers);
+  std::vector<model::SiteId> sites;
+  for (int k = 0; k < model::kNumSiteKinds; ++k) {
+    const auto kind = static_cast<model::SiteKind>(k);
+    if (!model::IsPerLayer(kind)) sites.push_back({kind, -1});
     else
       for (int64_t l = 0; l < c.n_layers; ++l) sites.push_back({kind, l});
   }
-  for (const SiteId& site : sites) {
-    plan.AddHook(site, [&got](const SiteId& s, at::Tensor& v) { got[s.Name()] = v.to(at::kFloat).clone(); });
+  for (const model::SiteId& site : sites) {
+    plan.AddHook(site, [&got](const model::SiteId& s, at::Tensor& v) { got[s.Name()] = v.to(at::kFloat).clone(); });
   }
   auto logits = (*model)->transformer().Forward(ref["input_ids"], plan);
-  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_OK(logits);
 
   int compared = 0;
   for (const auto& [name, expected] : ref) {
@@ -81,13 +82,13 @@ void ExpectParity(const std::filesystem::path& model_dir, const std::string& ref
     // HF's loss: mean NLL of tokens 1..n-1 over the batch = our non-overlapping protocol when
     // each row is one window.
     const at::Tensor ids = ref["input_ids"];
-    PerplexityOptions o;
+    model::PerplexityOptions o;
     o.seq_len = ids.size(1);
     o.batch_size = ids.size(0);
     std::vector<int32_t> flat(ids.numel());
     for (int64_t i = 0; i < ids.numel(); ++i) flat[i] = static_cast<int32_t>(ids.view(-1)[i].item<int64_t>());
-    auto r = EvaluatePerplexity((*model)->transformer(), flat, o, std::nullopt, RunPlan(c.n_layers));
-    ASSERT_TRUE(r.ok()) << r.status();
+    auto r = model::EvaluatePerplexity((*model)->transformer(), flat, o, std::nullopt, model::RunPlan(c.n_layers));
+    ASSERT_OK(r);
     EXPECT_NEAR(r->mean_nll, ref["loss"].item<double>(), tolerance) << model_name << " loss";
     EXPECT_EQ(r->n_tokens, ids.size(0) * (ids.size(1) - 1));
   }
@@ -111,11 +112,11 @@ TEST(HfParity, Stories260KAgainstLlamaForCausalLM) {
   ExpectParity(dir, "stories260K", 1e-4);
   // The greedy continuation from BOS that transformers generated.
   auto ref = ReadReference(kFixtures / "reference/stories260K.safetensors");
-  auto model = Model::Load(dir, {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  auto model = model::Model::Load(dir, {});
+  ASSERT_OK(model);
   const at::Tensor expected = ref["greedy_ids"];
-  auto ids = GreedyGenerate((*model)->transformer(), {1}, expected.numel(), std::nullopt);
-  ASSERT_TRUE(ids.ok()) << ids.status();
+  auto ids = model::GreedyGenerate((*model)->transformer(), {1}, expected.numel(), std::nullopt);
+  ASSERT_OK(ids);
   for (int64_t i = 0; i < expected.numel(); ++i) {
     EXPECT_EQ((*ids)[i], expected[i].item<int64_t>()) << "greedy token " << i;
   }

@@ -7,10 +7,11 @@
 #include <sstream>
 
 #include "common/file_util.h"
-#include "experiments/generation.h"
-#include "experiments/llama2c_converter.h"
-#include "experiments/model.h"
-#include "experiments/perplexity.h"
+#include "common/testing/status_matchers.h"
+#include "model/generation.h"
+#include "model/llama2c_converter.h"
+#include "model/model.h"
+#include "model/perplexity.h"
 
 namespace lesion::experiments {
 namespace {
@@ -25,14 +26,14 @@ std::string Slurp(const std::filesystem::path& p) {
 }
 
 TEST(Stories260K, GreedyDecodingFromBosTellsTheKnownStory) {
-  auto model = Model::Load(kModel, {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  auto model = model::Model::Load(kModel, {});
+  ASSERT_OK(model);
   ASSERT_NE((*model)->tokenizer(), nullptr);
   ASSERT_EQ((*model)->bos_id(), 1);
-  auto ids = GreedyGenerate((*model)->transformer(), {1}, 40, std::nullopt);
-  ASSERT_TRUE(ids.ok()) << ids.status();
+  auto ids = model::GreedyGenerate((*model)->transformer(), {1}, 40, std::nullopt);
+  ASSERT_OK(ids);
   auto text = (*model)->tokenizer()->Decode(*ids);
-  ASSERT_TRUE(text.ok()) << text.status();
+  ASSERT_OK(text);
   EXPECT_EQ(text->rfind("Once upon a time, there was a little girl named Lily. She loved to play "
                         "outside in the park.",
                         0),
@@ -43,9 +44,9 @@ TEST(Stories260K, GreedyDecodingFromBosTellsTheKnownStory) {
 TEST(Stories260K, ConverterReproducesTheCommittedFilesByteForByte) {
   const auto out = std::filesystem::temp_directory_path() / "lesion_stories260k_convert_test";
   (void)RemoveTree(out);
-  absl::Status status = ConvertLlama2cCheckpoint(kModel / "llama2c/stories260K.bin",
+  absl::Status status = model::ConvertLlama2cCheckpoint(kModel / "llama2c/stories260K.bin",
                                                  kModel / "llama2c/tok512.bin", out);
-  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_OK(status);
   for (const char* file : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
     EXPECT_EQ(Slurp(out / file), Slurp(kModel / file)) << file << " differs from the committed copy";
   }
@@ -58,23 +59,23 @@ TEST(Stories260K, ConverterRejectsTruncatedCheckpoint) {
   std::string bytes = Slurp(kModel / "llama2c/stories260K.bin");
   ASSERT_GT(bytes.size(), 1000u);
   std::ofstream(dir / "bad.bin", std::ios::binary).write(bytes.data(), bytes.size() - 100);
-  absl::Status status = ConvertLlama2cCheckpoint(dir / "bad.bin", kModel / "llama2c/tok512.bin", dir / "out");
+  absl::Status status = model::ConvertLlama2cCheckpoint(dir / "bad.bin", kModel / "llama2c/tok512.bin", dir / "out");
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
   EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.safetensors"));
   (void)RemoveTree(dir);
 }
 
 TEST(Stories260K, PerplexityOnStoryTextIsLow) {
-  auto model = Model::Load(kModel, {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  auto model = model::Model::Load(kModel, {});
+  ASSERT_OK(model);
   auto ids = (*model)->tokenizer()->Encode(Slurp(std::filesystem::path(LESION_SOURCE_DIR) /
                                                  "data/tinystories_sample.txt"));
-  ASSERT_TRUE(ids.ok());
-  PerplexityOptions o;
+  ASSERT_OK(ids);
+  model::PerplexityOptions o;
   o.seq_len = 128;
   o.add_bos = true;
-  auto r = EvaluatePerplexity((*model)->transformer(), *ids, o, 1, RunPlan(5));
-  ASSERT_TRUE(r.ok()) << r.status();
+  auto r = model::EvaluatePerplexity((*model)->transformer(), *ids, o, 1, model::RunPlan(5));
+  ASSERT_OK(r);
   // A 260K-parameter TinyStories model on TinyStories-style text: single digits, far from the
   // 512-token uniform baseline. A broken rotary permutation lands in the hundreds.
   EXPECT_LT(r->ppl, 10.0) << r->ppl;

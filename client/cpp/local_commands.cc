@@ -18,16 +18,16 @@
 #include "common/file_util.h"
 #include "common/model_path.h"
 #include "common/status_macros.h"
-#include "experiments/generation.h"
-#include "experiments/hook_sites.h"
-#include "experiments/llama2c_converter.h"
-#include "experiments/model.h"
-#include "experiments/perplexity.h"
+#include "model/generation.h"
+#include "model/hook_sites.h"
+#include "model/llama2c_converter.h"
+#include "model/model.h"
+#include "model/perplexity.h"
 #include "experiments/runner.h"
-#include "experiments/spec/spec.h"
+#include "spec/spec.h"
 #include "experiments/sweep.h"
-#include "experiments/tensor_io.h"
-#include "experiments/torch_util.h"
+#include "model/tensor_io.h"
+#include "model/torch_util.h"
 #include "nlohmann/json.hpp"
 
 namespace lesion::cli {
@@ -36,13 +36,13 @@ namespace {
 namespace ex = ::lesion::experiments;
 using Json = nlohmann::json;
 
-absl::StatusOr<ex::LoadOptions> ReadLoadOptions(Args& args) {
-  ex::LoadOptions options;
+absl::StatusOr<model::LoadOptions> ReadLoadOptions(Args& args) {
+  model::LoadOptions options;
   if (auto dtype = args.Get("dtype"); dtype.has_value()) {
-    ASSIGN_OR_RETURN(options.dtype, ex::ParseDtype(*dtype));
+    ASSIGN_OR_RETURN(options.dtype, model::ParseDtype(*dtype));
   }
   if (auto device = args.Get("device"); device.has_value()) {
-    ASSIGN_OR_RETURN(options.device, ex::ParseDevice(*device));
+    ASSIGN_OR_RETURN(options.device, model::ParseDevice(*device));
   }
   return options;
 }
@@ -55,12 +55,12 @@ absl::StatusOr<std::string> RequireModelPath(Args& args) {
   return path.string();
 }
 
-absl::StatusOr<std::unique_ptr<ex::Model>> LoadModel(Args& args) {
+absl::StatusOr<std::unique_ptr<model::Model>> LoadModel(Args& args) {
   ASSIGN_OR_RETURN(std::string dir, RequireModelPath(args));
-  ASSIGN_OR_RETURN(ex::LoadOptions options, ReadLoadOptions(args));
+  ASSIGN_OR_RETURN(model::LoadOptions options, ReadLoadOptions(args));
   // --tf32: float32 matrix products on TF32 tensor cores, for this whole (one-command) process.
-  if (args.Flag("tf32")) ex::AllowTf32();
-  return ex::Model::Load(dir, options);
+  if (args.Flag("tf32")) model::AllowTf32();
+  return model::Model::Load(dir, options);
 }
 
 std::string ReadStdin() {
@@ -107,7 +107,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ParseIdsJson(absl::string_view
 
 // Token ids from --ids-json FILE, --text T or --text-file F (tokenized with the model's tokenizer),
 // with BOS prepended to each sequence when `add_bos`.
-absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const ex::Model& model,
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const model::Model& model,
                                                                bool add_bos) {
   const auto ids_json = args.Get("ids-json");
   const auto text = args.Get("text");
@@ -130,7 +130,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const
   } else {
     ASSIGN_OR_RETURN(content, ReadFile(*text_file));
   }
-  ASSIGN_OR_RETURN(const ex::Tokenizer* tokenizer, model.RequireTokenizer());
+  ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model.RequireTokenizer());
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(content));
   if (add_bos) {
     if (!model.bos_id().has_value()) return absl::FailedPreconditionError("the model has no BOS token");
@@ -141,7 +141,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const
 }
 
 absl::StatusOr<at::Tensor> ToTensor(const std::vector<std::vector<int32_t>>& batch) {
-  return ex::TorchCall("building the id tensor", [&] {
+  return model::TorchCall("building the id tensor", [&] {
     at::Tensor t = at::empty({static_cast<int64_t>(batch.size()), static_cast<int64_t>(batch[0].size())},
                              at::kLong);  // [b, s]
     auto a = t.accessor<int64_t, 2>();
@@ -152,11 +152,11 @@ absl::StatusOr<at::Tensor> ToTensor(const std::vector<std::vector<int32_t>>& bat
   });
 }
 
-std::string RopeDescription(const ex::ModelConfig& c) {
+std::string RopeDescription(const model::ModelConfig& c) {
   if (!c.rope.has_value()) return "learned positions";
   std::string s = absl::StrCat("rotary, theta ", c.rope->theta);
-  if (c.rope->scaling == ex::RopeScaling::kLinear) absl::StrAppend(&s, ", linear x", c.rope->factor);
-  if (c.rope->scaling == ex::RopeScaling::kLlama3) absl::StrAppend(&s, ", llama3 x", c.rope->factor);
+  if (c.rope->scaling == model::RopeScaling::kLinear) absl::StrAppend(&s, ", linear x", c.rope->factor);
+  if (c.rope->scaling == model::RopeScaling::kLlama3) absl::StrAppend(&s, ", llama3 x", c.rope->factor);
   return s;
 }
 
@@ -167,10 +167,10 @@ absl::Status RunInspect(Args& args) {
   const bool json = args.Flag("json");
   const bool list_tensors = args.Flag("tensors");
   RETURN_IF_ERROR(args.CheckAllUsed());
-  ASSIGN_OR_RETURN(ex::OpenedCheckpoint checkpoint, ex::OpenCheckpoint(dir));
-  const ex::ModelConfig& c = checkpoint.config;
-  const ex::CheckpointSummary summary = ex::SummarizeCheckpoint(*checkpoint.tensors);
-  const absl::StatusOr<std::unique_ptr<ex::Tokenizer>>& tokenizer = checkpoint.tokenizer;
+  ASSIGN_OR_RETURN(model::OpenedCheckpoint checkpoint, model::OpenCheckpoint(dir));
+  const model::ModelConfig& c = checkpoint.config;
+  const model::CheckpointSummary summary = model::SummarizeCheckpoint(*checkpoint.tensors);
+  const absl::StatusOr<std::unique_ptr<model::Tokenizer>>& tokenizer = checkpoint.tokenizer;
   const std::string tokenizer_kind =
       tokenizer.ok() ? std::string((*tokenizer)->kind())
       : absl::IsNotFound(tokenizer.status())
@@ -179,13 +179,13 @@ absl::Status RunInspect(Args& args) {
   const int64_t n_params = c.n_params();
   if (json) {
     Json tensors = Json::array();
-    for (const ex::CheckpointSummary::Tensor& t : summary.tensors) {
+    for (const model::CheckpointSummary::Tensor& t : summary.tensors) {
       tensors.push_back({{"name", t.name}, {"type", t.storage_type}, {"shape", t.shape}});
     }
     Json metadata = Json::object();
     for (const auto& [key, value] : checkpoint.metadata) metadata[key] = value;
     Json out = {{"architecture", c.architecture},
-                {"family", std::string(ex::FamilyName(c.family))},
+                {"family", std::string(model::FamilyName(c.family))},
                 {"n_layers", c.n_layers},
                 {"n_heads", c.n_heads},
                 {"n_kv_heads", c.n_kv_heads},
@@ -221,7 +221,7 @@ absl::Status RunInspect(Args& args) {
       "positions     %s, up to %d\n"
       "parameters    %d (%.2f M)%s\n"
       "dtype         %s, %d %s file(s), %.1f MB\n",
-      checkpoint.path.string(), c.architecture, ex::FamilyName(c.family), c.n_layers, c.n_heads, c.n_kv_heads,
+      checkpoint.path.string(), c.architecture, model::FamilyName(c.family), c.n_layers, c.n_heads, c.n_kv_heads,
       c.head_dim, c.d_model, c.d_ffn, c.gated_mlp ? "gated" : "plain", c.vocab_size,
       tokenizer_kind, RopeDescription(c), c.max_position_embeddings, n_params, n_params / 1e6,
       c.tied_embeddings ? ", tied embeddings" : "", summary.dtype, summary.n_files, summary.format,
@@ -229,7 +229,7 @@ absl::Status RunInspect(Args& args) {
   if (!summary.dequantized_from.empty()) std::cout << "weights       " << summary.dequantized_from << "\n";
   if (list_tensors) {
     std::cout << "\ntensors (Hugging Face names, as stored)\n";
-    for (const ex::CheckpointSummary::Tensor& t : summary.tensors) {
+    for (const model::CheckpointSummary::Tensor& t : summary.tensors) {
       std::cout << absl::StrFormat("  %-50s %-5s [%s]\n", t.name, t.storage_type, absl::StrJoin(t.shape, ", "));
     }
   }
@@ -243,7 +243,7 @@ absl::Status RunTokenize(Args& args) {
   const bool add_bos = args.Flag("add-bos");
   const bool decode = args.Flag("decode");
   RETURN_IF_ERROR(args.CheckAllUsed());
-  ASSIGN_OR_RETURN(std::unique_ptr<ex::Tokenizer> tokenizer, ex::LoadCheckpointTokenizer(dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer, model::LoadCheckpointTokenizer(dir));
   std::string input;
   if (text.has_value()) {
     input = *text;
@@ -273,52 +273,52 @@ absl::Status RunDump(Args& args) {
   ASSIGN_OR_RETURN(std::string sites_text, args.Require("sites"));
   ASSIGN_OR_RETURN(std::string out_path, args.Require("out"));
   const bool add_bos = args.Flag("add-bos");
-  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
   ASSIGN_OR_RETURN(auto batch, ReadInputIds(args, *model, add_bos));
   RETURN_IF_ERROR(args.CheckAllUsed());
-  const ex::ModelConfig& c = model->config();
-  ASSIGN_OR_RETURN(std::vector<ex::SiteId> sites, ex::ParseSiteList(sites_text, c.n_layers));
+  const model::ModelConfig& c = model->config();
+  ASSIGN_OR_RETURN(std::vector<model::SiteId> sites, model::ParseSiteList(sites_text, c.n_layers));
   ASSIGN_OR_RETURN(at::Tensor ids, ToTensor(batch));
 
   std::vector<std::pair<std::string, at::Tensor>> captured;
-  ex::RunPlan plan(c.n_layers);
-  for (const ex::SiteId& site : sites) {
-    plan.AddHook(site, [&captured](const ex::SiteId& s, at::Tensor& value) {
+  model::RunPlan plan(c.n_layers);
+  for (const model::SiteId& site : sites) {
+    plan.AddHook(site, [&captured](const model::SiteId& s, at::Tensor& value) {
       captured.emplace_back(s.Name(), value.detach().to(at::kCPU, at::kFloat).clone());
     });
   }
   ASSIGN_OR_RETURN(at::Tensor logits, model->transformer().Forward(ids, plan));
   // Keep the order the user asked for.
   std::vector<std::pair<std::string, at::Tensor>> ordered;
-  for (const ex::SiteId& site : sites) {
+  for (const model::SiteId& site : sites) {
     for (auto& [name, t] : captured) {
       if (name == site.Name()) ordered.emplace_back(name, t);
     }
   }
-  RETURN_IF_ERROR(ex::SaveTensorsAsFloat32(out_path, ordered));
+  RETURN_IF_ERROR(model::SaveTensorsAsFloat32(out_path, ordered));
   std::cerr << "wrote " << ordered.size() << " tensor(s) for " << batch.size() << " x "
             << batch[0].size() << " tokens to " << out_path << "\n";
   return absl::OkStatus();
 }
 
 absl::Status RunPerplexity(Args& args) {
-  ex::PerplexityOptions options;
+  model::PerplexityOptions options;
   ASSIGN_OR_RETURN(std::optional<int64_t> seq_len, args.GetInt("seq-len"));
   ASSIGN_OR_RETURN(options.stride, args.GetInt("stride"));
   ASSIGN_OR_RETURN(std::optional<int64_t> batch_size, args.GetInt("batch-size"));
   ASSIGN_OR_RETURN(options.max_windows, args.GetInt("max-windows"));
   options.add_bos = args.Flag("add-bos");  // BOS per window, not once for the text
   const bool json = args.Flag("json");
-  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
   ASSIGN_OR_RETURN(auto batch, ReadInputIds(args, *model, /*add_bos=*/false));
   RETURN_IF_ERROR(args.CheckAllUsed());
   options.seq_len = seq_len.value_or(std::min<int64_t>(model->config().max_position_embeddings, 1024));
   if (batch_size.has_value()) options.batch_size = *batch_size;
   std::vector<int32_t> ids;
   for (const auto& row : batch) ids.insert(ids.end(), row.begin(), row.end());
-  ASSIGN_OR_RETURN(ex::PerplexityResult r,
-                   ex::EvaluatePerplexity(model->transformer(), ids, options, model->bos_id(),
-                                          ex::RunPlan(model->config().n_layers)));
+  ASSIGN_OR_RETURN(model::PerplexityResult r,
+                   model::EvaluatePerplexity(model->transformer(), ids, options, model->bos_id(),
+                                          model::RunPlan(model->config().n_layers)));
   if (json) {
     std::cout << Json({{"ppl", r.ppl},
                        {"mean_nll", r.mean_nll},
@@ -338,16 +338,16 @@ absl::Status RunGenerate(Args& args) {
   const std::string prompt = args.Get("prompt").value_or("");
   ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens, args.GetInt("max-tokens"));
   const bool json = args.Flag("json");
-  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
   RETURN_IF_ERROR(args.CheckAllUsed());
-  ASSIGN_OR_RETURN(const ex::Tokenizer* tokenizer, model->RequireTokenizer());
+  ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model->RequireTokenizer());
   std::vector<int32_t> ids;
   if (model->bos_id().has_value()) ids.push_back(*model->bos_id());
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt_ids, tokenizer->Encode(prompt));
   ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
   if (ids.empty()) return absl::InvalidArgumentError("empty prompt and the model has no BOS token");
   ASSIGN_OR_RETURN(std::vector<int32_t> generated,
-                   ex::GreedyGenerate(model->transformer(), ids, max_tokens.value_or(64),
+                   model::GreedyGenerate(model->transformer(), ids, max_tokens.value_or(64),
                                       model->config().eos_token_id));
   std::vector<int32_t> all = prompt_ids;
   all.insert(all.end(), generated.begin(), generated.end());
@@ -366,7 +366,7 @@ absl::Status RunConvertLlama2c(Args& args) {
   ASSIGN_OR_RETURN(std::string tokenizer, args.Require("tokenizer"));
   ASSIGN_OR_RETURN(std::string out, args.Require("out"));
   RETURN_IF_ERROR(args.CheckAllUsed());
-  RETURN_IF_ERROR(ex::ConvertLlama2cCheckpoint(checkpoint, tokenizer, out));
+  RETURN_IF_ERROR(model::ConvertLlama2cCheckpoint(checkpoint, tokenizer, out));
   std::cerr << "wrote a Hugging Face LLaMA directory to " << out << "\n";
   return absl::OkStatus();
 }
@@ -388,32 +388,32 @@ absl::Status RunLocalExperiment(Args& args) {
   }
   ASSIGN_OR_RETURN(std::string spec_path, args.Require("spec"));
   const bool json = args.Flag("json");
-  ASSIGN_OR_RETURN(std::unique_ptr<ex::Model> model, LoadModel(args));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
   RETURN_IF_ERROR(args.CheckAllUsed());
   ASSIGN_OR_RETURN(std::string spec_text, ReadFile(spec_path));
-  absl::StatusOr<ex::spec::Experiment> experiment = ex::spec::ParseExperimentJson(spec_text);
+  absl::StatusOr<spec::Experiment> experiment = spec::ParseExperimentJson(spec_text);
   if (!experiment.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(spec_path, ": ", experiment.status().message()));
   }
   if (experiment->has_sweep) {
-    const ex::ModelConfig& c = model->config();
+    const model::ModelConfig& c = model->config();
     ex::RunLimits limits;
-    ASSIGN_OR_RETURN(std::vector<ex::spec::Experiment> variants,
-                     ex::spec::ExpandSweep(*experiment, {c.n_layers, c.n_heads, c.d_model}, limits.max_sweep_variants));
-    std::vector<ex::result::Experiment> results(variants.size());
+    ASSIGN_OR_RETURN(std::vector<spec::Experiment> variants,
+                     spec::ExpandSweep(*experiment, {c.n_layers, c.n_heads, c.d_model}, limits.max_sweep_variants));
+    std::vector<result::Experiment> results(variants.size());
     ex::SweepControls controls;
-    controls.on_variant = [&](int64_t i, ex::result::Experiment r) { results[i] = std::move(r); };
+    controls.on_variant = [&](int64_t i, result::Experiment r) { results[i] = std::move(r); };
     if (!json && isatty(fileno(stderr))) {
       controls.progress = [](int64_t done, int64_t planned) {
         std::cerr << "\r" << done << " / " << planned << " forward passes" << (done == planned ? "\n" : "") << std::flush;
       };
     }
-    ASSIGN_OR_RETURN(ex::result::Experiment parent,
+    ASSIGN_OR_RETURN(result::Experiment parent,
                      ex::RunSweep(*model, *experiment, variants, DataDir(), controls, limits));
     std::cout << RenderSweep(parent, results, *experiment, json);
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(ex::result::Experiment result, ex::RunExperiment(*model, *experiment, DataDir()));
+  ASSIGN_OR_RETURN(result::Experiment result, ex::RunExperiment(*model, *experiment, DataDir()));
   std::cout << RenderResult(result, *experiment, json);
   return absl::OkStatus();
 }

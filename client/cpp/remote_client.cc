@@ -3,19 +3,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc/grpc_status.h"
 
 namespace lesion::client {
 
 namespace v1 = lesion::v1;
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  int code = static_cast<int>(status.error_code());
-  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
-    return absl::UnknownError(status.error_message());
-  }
-  return absl::Status(static_cast<absl::StatusCode>(code), status.error_message());
-}
 
 RemoteClient::RemoteClient(std::shared_ptr<grpc::Channel> channel, RemoteOptions options)
     : options_(std::move(options)), channel_(std::move(channel)), stub_(v1::Lesion::NewStub(channel_)) {}
@@ -58,7 +50,7 @@ std::unique_ptr<grpc::ClientContext> RemoteClient::Context(absl::Duration timeou
 absl::StatusOr<v1::ListModelsResponse> RemoteClient::ListModels() {
   v1::ListModelsResponse response;
   grpc::Status status = stub_->ListModels(Context(options_.timeout).get(), {}, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
@@ -66,7 +58,7 @@ absl::StatusOr<v1::ModelInfo> RemoteClient::LoadModel(const v1::LoadModelRequest
   v1::ModelInfo response;
   // Loading a large checkpoint takes longer than an ordinary call.
   grpc::Status status = stub_->LoadModel(Context(absl::InfiniteDuration()).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
@@ -74,7 +66,7 @@ absl::Status RemoteClient::UnloadModel(const std::string& name) {
   v1::UnloadModelRequest request;
   request.set_name(name);
   v1::UnloadModelResponse response;
-  return FromGrpc(stub_->UnloadModel(Context(options_.timeout).get(), request, &response));
+  return FromGrpcStatus(stub_->UnloadModel(Context(options_.timeout).get(), request, &response));
 }
 
 absl::StatusOr<v1::Experiment> RemoteClient::Submit(const v1::ExperimentSpec& spec) {
@@ -82,7 +74,7 @@ absl::StatusOr<v1::Experiment> RemoteClient::Submit(const v1::ExperimentSpec& sp
   *request.mutable_spec() = spec;
   v1::Experiment response;
   grpc::Status status = stub_->SubmitExperiment(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
@@ -91,7 +83,7 @@ absl::StatusOr<v1::Experiment> RemoteClient::Run(const v1::ExperimentSpec& spec,
   *request.mutable_spec() = spec;
   v1::Experiment response;
   grpc::Status status = stub_->RunExperiment(Context(deadline).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
@@ -111,7 +103,7 @@ absl::StatusOr<v1::Experiment> RemoteClient::Watch(const std::string& id,
     if (on_event) on_event(last);
   }
   grpc::Status status = reader->Finish();
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   if (!any) return absl::InternalError(absl::StrCat("the watch of ", id, " ended without an event"));
   return last;
 }
@@ -122,14 +114,14 @@ absl::StatusOr<v1::Experiment> RemoteClient::Get(const std::string& id, bool inc
   request.set_include_captures(include_captures);
   v1::Experiment response;
   grpc::Status status = stub_->GetExperiment(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
 absl::StatusOr<v1::ListExperimentsResponse> RemoteClient::List(const v1::ListExperimentsRequest& request) {
   v1::ListExperimentsResponse response;
   grpc::Status status = stub_->ListExperiments(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
@@ -138,7 +130,7 @@ absl::StatusOr<v1::Experiment> RemoteClient::Cancel(const std::string& id) {
   request.set_id(id);
   v1::Experiment response;
   grpc::Status status = stub_->CancelExperiment(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
@@ -147,28 +139,28 @@ absl::StatusOr<v1::Experiment> RemoteClient::Resubmit(const std::string& id) {
   request.set_id(id);
   v1::Experiment response;
   grpc::Status status = stub_->ResubmitExperiment(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
 absl::StatusOr<v1::RetentionResponse> RemoteClient::DeleteExperiments(const v1::RetentionRequest& request) {
   v1::RetentionResponse response;
   grpc::Status status = stub_->DeleteExperiments(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
 absl::StatusOr<v1::RetentionResponse> RemoteClient::DropCaptures(const v1::RetentionRequest& request) {
   v1::RetentionResponse response;
   grpc::Status status = stub_->DropCaptures(Context(options_.timeout).get(), request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
 absl::StatusOr<v1::ServerStatus> RemoteClient::Status() {
   v1::ServerStatus response;
   grpc::Status status = stub_->GetServerStatus(Context(options_.timeout).get(), {}, &response);
-  if (!status.ok()) return FromGrpc(status);
+  if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 

@@ -77,9 +77,6 @@ class RemoteClient {
   std::unique_ptr<lesion::v1::Lesion::Stub> stub_;
 };
 
-// grpc::Status as absl::Status, code for code.
-absl::Status FromGrpc(const grpc::Status& status);
-
 }  // namespace lesion::client
 
 #endif  // LESION_CLIENT_CPP_REMOTE_CLIENT_H_

@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "experiments/spec/result_proto.h"
+#include "spec/result_proto.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace lesion::cli {
@@ -184,30 +184,30 @@ std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
 }  // namespace
 
 std::string RenderResult(const v1::ExperimentResult& result, const v1::ExperimentSpec& spec, bool json) {
-  if (json) return experiments::result::ToJson(result, /*indent=*/true) + "\n";
+  if (json) return result::ToJson(result, /*indent=*/true) + "\n";
   std::string out = Table(result, spec);
   for (const std::string& warning : result.warnings()) absl::StrAppend(&out, "warning: ", warning, "\n");
   return out;
 }
 
-std::string RenderResult(const experiments::result::Experiment& result, const experiments::spec::Experiment& spec,
+std::string RenderResult(const result::Experiment& result, const spec::Experiment& spec,
                          bool json) {
   // canonical_json is the parsed spec as protobuf's printer wrote it, so it reads back losslessly.
   v1::ExperimentSpec spec_proto;
   if (!google::protobuf::util::JsonStringToMessage(spec.canonical_json, &spec_proto).ok()) {
     spec_proto.set_name(spec.name);
   }
-  return RenderResult(experiments::result::ToProto(result), spec_proto, json);
+  return RenderResult(result::ToProto(result), spec_proto, json);
 }
 
-std::string RenderSweep(const experiments::result::Experiment& parent,
-                        const std::vector<experiments::result::Experiment>& variants,
-                        const experiments::spec::Experiment& spec, bool json) {
+std::string RenderSweep(const result::Experiment& parent,
+                        const std::vector<result::Experiment>& variants,
+                        const spec::Experiment& spec, bool json) {
   if (!json) return RenderResult(parent, spec, false);
-  std::string out = absl::StrCat("{\"parent\": ", experiments::result::ToJson(experiments::result::ToProto(parent), true),
+  std::string out = absl::StrCat("{\"parent\": ", result::ToJson(result::ToProto(parent), true),
                                  ",\n\"variants\": [");
   for (size_t i = 0; i < variants.size(); ++i) {
-    absl::StrAppend(&out, i == 0 ? "\n" : ",\n", experiments::result::ToJson(experiments::result::ToProto(variants[i]), true));
+    absl::StrAppend(&out, i == 0 ? "\n" : ",\n", result::ToJson(result::ToProto(variants[i]), true));
   }
   return absl::StrCat(out, "]}\n");
 }

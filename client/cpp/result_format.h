@@ -8,20 +8,20 @@
 #include <string>
 #include <vector>
 
-#include "experiments/spec/result.h"
-#include "experiments/spec/spec.h"
+#include "spec/result.h"
+#include "spec/spec.h"
 
 namespace lesion::cli {
 
 // The JSON form (pretty-printed), or a readable report of every measurement the spec asked for.
-std::string RenderResult(const experiments::result::Experiment& result, const experiments::spec::Experiment& spec,
+std::string RenderResult(const result::Experiment& result, const spec::Experiment& spec,
                          bool json);
 
 // A local sweep: the parent's table, or {"parent": ExperimentResult, "variants": [ExperimentResult,
 // ...]} in the sweep's order.
-std::string RenderSweep(const experiments::result::Experiment& parent,
-                        const std::vector<experiments::result::Experiment>& variants,
-                        const experiments::spec::Experiment& spec, bool json);
+std::string RenderSweep(const result::Experiment& parent,
+                        const std::vector<result::Experiment>& variants,
+                        const spec::Experiment& spec, bool json);
 
 }  // namespace lesion::cli
 

@@ -1,6 +1,6 @@
 // The proto-taking form of result_format.h: renders a lesion.v1.ExperimentResult (as the server
 // returns it) for people or programs. The local path renders through this too. Includes protobuf
-// headers, so only torch-free code may include it (never next to experiments/*.h).
+// headers, so only torch-free code may include it (never next to model/ or experiments/ headers).
 // Thread-safe (no state).
 #ifndef LESION_CLIENT_CPP_RESULT_FORMAT_PROTO_H_
 #define LESION_CLIENT_CPP_RESULT_FORMAT_PROTO_H_

@@ -115,8 +115,9 @@ def dims(model):
     return cfg.num_attention_heads, cfg.num_key_value_heads, head_dim
 
 
-def capture(model, ids):
-    """{site: float32 numpy array} for every lesion hook site (DESIGN.md names and shapes) and logits.
+def capture_tensors(model, ids):
+    """{site: float32 torch tensor} for every lesion hook site (docs/conventions.md names and shapes)
+    and logits: the one HF reference of the hook sites, for the parity tests and the fixtures.
 
     Captured with forward hooks / pre-hooks on the modules, and checked against transformers'
     own hidden_states and the residual identities before being returned."""
@@ -179,7 +180,12 @@ def capture(model, ids):
         if l < L - 1:
             assert torch.equal(sites[p + "resid_post"], out.hidden_states[l + 1]), l
         prev = sites[p + "resid_post"]
-    return {k: v.float().numpy() for k, v in sites.items()}
+    return {k: v.float().contiguous() for k, v in sites.items()}
+
+
+def capture(model, ids):
+    """capture_tensors as float32 numpy arrays."""
+    return {k: v.numpy() for k, v in capture_tensors(model, ids).items()}
 
 
 ALL_SITES = (

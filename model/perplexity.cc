@@ -1,0 +1,220 @@
+#include "model/perplexity.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <map>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/next_token_ops.h"
+#include "model/torch_util.h"
+
+namespace lesion::model {
+
+absl::StatusOr<std::vector<Window>> PlanWindows(int64_t n_ids, const PerplexityOptions& o) {
+  const int64_t bos = o.add_bos ? 1 : 0;
+  if (o.seq_len < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len must be at least 2, got ", o.seq_len));
+  }
+  const int64_t span = o.seq_len - bos;  // text tokens per window
+  const int64_t stride = o.stride.value_or(span);
+  if (stride < 1 || stride > span) {
+    return absl::InvalidArgumentError(absl::StrCat("stride must be in [1, ", span, "], got ",
+                                                   stride));
+  }
+  if (o.max_windows.has_value() && *o.max_windows < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_windows must be at least 1, got ",
+                                                   *o.max_windows));
+  }
+  std::vector<Window> windows;
+  int64_t prev_end = 0;
+  for (int64_t begin = 0; begin < n_ids; begin += stride) {
+    const int64_t end = std::min(begin + span, n_ids);
+    // Without BOS a window's first token has no context and is never scored.
+    const int64_t score_begin = std::max(prev_end, begin + (o.add_bos ? 0 : 1));
+    if (end > score_begin) windows.push_back({begin, end, score_begin});
+    prev_end = end;
+    if (end == n_ids) break;
+    if (o.max_windows.has_value() && static_cast<int64_t>(windows.size()) == *o.max_windows) break;
+  }
+  if (windows.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("text of ", n_ids,
+                                                   " tokens is too short to predict any token"));
+  }
+  return windows;
+}
+
+std::string DescribeProtocol(const PerplexityOptions& o) {
+  std::string s = o.stride.has_value() && *o.stride < o.seq_len - (o.add_bos ? 1 : 0)
+                      ? absl::StrCat("sliding windows of ", o.seq_len, " with stride ", *o.stride)
+                      : absl::StrCat("non-overlapping windows of ", o.seq_len);
+  absl::StrAppend(&s, o.add_bos ? ", BOS per window" : ", no BOS");
+  if (o.max_windows.has_value()) absl::StrAppend(&s, ", first ", *o.max_windows, " windows");
+  return s;
+}
+
+absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model,
+                                                           absl::Span<const int32_t> ids,
+                                                           const PerplexityOptions& options,
+                                                           std::optional<int32_t> bos_id) {
+  if (options.add_bos && !bos_id.has_value()) {
+    return absl::FailedPreconditionError("add_bos asked for, but the model defines no BOS token");
+  }
+  if (options.batch_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size must be at least 1, got ",
+                                                   options.batch_size));
+  }
+  const int64_t vocab = model.config().vocab_size;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " at position ", i,
+                                                     " out of range: vocabulary has ", vocab,
+                                                     " ids"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<Window> windows,
+                   PlanWindows(static_cast<int64_t>(ids.size()), options));
+  const int64_t bos = options.add_bos ? 1 : 0;
+  if (model.config().learned_positions &&
+      windows.front().end - windows.front().begin + bos > model.config().max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len ", options.seq_len, " is longer than the model's ",
+                                                   model.config().max_position_embeddings, " positions"));
+  }
+  std::map<int64_t, std::vector<int64_t>> by_length;
+  for (size_t i = 0; i < windows.size(); ++i) {
+    by_length[windows[i].end - windows[i].begin].push_back(static_cast<int64_t>(i));
+  }
+  return TorchCall("building window batches", [&] {
+    std::vector<WindowBatch> batches;
+    int64_t sequence = 0;
+    // Longest first: the full windows, then the partial tail.
+    for (auto it = by_length.rbegin(); it != by_length.rend(); ++it) {
+      const int64_t n = it->first + bos;  // input tokens per window
+      const std::vector<int64_t>& group = it->second;
+      for (size_t start = 0; start < group.size(); start += options.batch_size) {
+        const int64_t b = std::min<int64_t>(options.batch_size, group.size() - start);
+        // Page-locked on the host when the model is on a GPU, so that the copies below are
+        // asynchronous (the caching host allocator keeps a block until its copy is done).
+        const auto host = at::TensorOptions().pinned_memory(model.device().is_cuda());
+        at::Tensor input = at::empty({b, n}, host.dtype(at::kLong));     // [b, n]
+        at::Tensor mask = at::zeros({b, n - 1}, host.dtype(at::kBool));  // [b, n - 1]
+        auto in = input.accessor<int64_t, 2>();
+        auto m = mask.accessor<bool, 2>();
+        WindowBatch batch;
+        for (int64_t i = 0; i < b; ++i) {
+          const Window& w = windows[group[start + i]];
+          if (bos) in[i][0] = *bos_id;
+          for (int64_t p = w.begin; p < w.end; ++p) in[i][p - w.begin + bos] = ids[p];
+          for (int64_t p = w.score_begin; p < w.end; ++p) m[i][p - w.begin + bos - 1] = true;
+          batch.window_indices.push_back(group[start + i]);
+        }
+        batch.input = input.to(model.device(), /*non_blocking=*/true);
+        batch.score_mask = mask.to(model.device(), /*non_blocking=*/true);
+        batch.first_sequence = sequence;
+        sequence += b;
+        batches.push_back(std::move(batch));
+      }
+    }
+    return batches;
+  });
+}
+
+NextTokenReducer::NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants) {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  nll_sum_ = at::zeros({n_variants}, f64);
+  kl_sum_ = at::zeros({n_variants}, f64);
+  token_prob_sum_ = at::zeros({n_variants, static_cast<int64_t>(token_ids.size())}, f64);
+  if (!token_ids.empty()) {
+    token_ids_ = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()), at::kLong).to(device);
+  }
+}
+
+void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference,
+                           int64_t first_variant) {
+  // logits: [g b, n, vocab]; position p of a window predicts its input token p + 1, the last
+  // position predicts nothing. Every sum is over a variant's rows in order, so that the result
+  // does not depend on how many variants share a pass.
+  const int64_t b = batch.input.size(0), n = logits.size(1), vocab = logits.size(2);
+  const int64_t g = logits.size(0) / b;
+  const auto f64 = logits.options().dtype(at::kDouble);
+  const at::Tensor targets = at::cat({batch.input.narrow(1, 1, n - 1), at::zeros({b, 1}, batch.input.options())},
+                                     1);  // [b, n]
+  const at::Tensor scored =
+      at::cat({batch.score_mask, at::zeros({b, 1}, batch.score_mask.options())}, 1);  // [b, n]
+  const int64_t n_tokens = token_ids_.defined() ? token_ids_.size(0) : 0;
+  at::Tensor row_nll = at::empty({g * b}, f64);                  // per sequence
+  at::Tensor row_prob = at::empty({g * b, n_tokens}, f64);       // per sequence and token
+  // Sequences per step: the CPU fallback of LogSumExpRows makes a float32 copy of its rows.
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, n * vocab));
+  for (int64_t r = 0; r < g * b; r += step) {
+    const int64_t m = std::min(step, g * b - r);
+    const at::Tensor windows = at::arange(r, r + m, batch.input.options()).remainder(b);  // [m]
+    const at::Tensor rows = logits.narrow(0, r, m).reshape({m * n, vocab});              // [m n, vocab]
+    const at::Tensor mask = scored.index_select(0, windows);                             // [m, n]
+    const RowLogSumExp lse = LogSumExpRows(rows, targets.index_select(0, windows).reshape({-1}));
+    const at::Tensor nll = (lse.lse - lse.target_logit).view({m, n});                     // [m, n]
+    // where(), not masked_select(): no host-device sync to size the result.
+    row_nll.narrow(0, r, m).copy_(at::where(mask, nll, 0.0).sum(1, false, at::kDouble));
+    if (n_tokens > 0) {
+      at::Tensor p = (rows.index_select(1, token_ids_).to(at::kFloat) - lse.lse.unsqueeze(1)).exp();  // [m n, T]
+      row_prob.narrow(0, r, m).copy_(
+          at::where(mask.view({m, n, 1}), p.view({m, n, n_tokens}), 0.0).sum(1, false, at::kDouble));
+    }
+  }
+  nll_sum_.narrow(0, first_variant, g) += row_nll.view({g, b}).sum(1);
+  if (n_tokens > 0) token_prob_sum_.narrow(0, first_variant, g) += row_prob.view({g, b, n_tokens}).sum(1);
+
+  if (reference.defined()) {
+    // KL(reference || logits) needs both distributions in full: a few windows at a time.
+    // The reference's distribution once per chunk of windows, for every variant.
+    at::Tensor row_kl = at::empty({g * b}, f64);
+    const int64_t kl_step = std::max<int64_t>(1, step / 3);
+    for (int64_t w = 0; w < b; w += kl_step) {
+      const int64_t m = std::min(kl_step, b - w);
+      at::Tensor log_q = at::log_softmax(reference.narrow(0, w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+      at::Tensor q = log_q.exp();  // [m n, vocab]
+      for (int64_t j = 0; j < g; ++j) {
+        at::Tensor log_p =
+            at::log_softmax(logits.narrow(0, j * b + w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+        at::Tensor kl = (q * (log_q - log_p)).sum(-1).view({m, n});  // [m, n]
+        row_kl.narrow(0, j * b + w, m).copy_(at::where(scored.narrow(0, w, m), kl, 0.0).sum(1, false, at::kDouble));
+      }
+    }
+    kl_sum_.narrow(0, first_variant, g) += row_kl.view({g, b}).sum(1);
+  }
+}
+
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
+                                                    absl::Span<const int32_t> ids,
+                                                    const PerplexityOptions& options,
+                                                    std::optional<int32_t> bos_id,
+                                                    const RunPlan& plan,
+                                                    const ProgressFn& progress) {
+  ASSIGN_OR_RETURN(std::vector<WindowBatch> batches, MakeWindowBatches(model, ids, options, bos_id));
+  ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(ids.size()), options));
+  PerplexityResult result;
+  result.n_windows = static_cast<int64_t>(windows.size());
+  result.protocol = DescribeProtocol(options);
+  for (const Window& w : windows) result.n_tokens += w.end - w.score_begin;
+
+  absl::StatusOr<double> total = TorchCall("perplexity", [&]() -> absl::StatusOr<double> {
+    c10::InferenceMode guard;
+    NextTokenReducer reducer({}, model.device());
+    int64_t done = 0;
+    for (const WindowBatch& batch : batches) {
+      ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(batch.input, plan));  // [b, n, vocab]
+      reducer.Add(logits, batch);
+      done += batch.input.size(0);
+      if (progress) progress(done, result.n_windows);
+    }
+    return reducer.nll_sum().item<double>();
+  });
+  if (!total.ok()) return total.status();
+  result.mean_nll = *total / static_cast<double>(result.n_tokens);
+  result.ppl = std::exp(result.mean_nll);
+  return result;
+}
+
+}  // namespace lesion::model

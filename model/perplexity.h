@@ -1,0 +1,119 @@
+// Perplexity evaluation (DESIGN.md "Perplexity"): windows over a tokenized text, exp(mean NLL)
+// over the predicted tokens, reported with the token count and the protocol.
+//
+// Protocols:
+//  * non-overlapping (default): windows ids[i : i + seq_len] for i = 0, seq_len, 2 seq_len, ...;
+//    each window predicts its tokens 1..n-1 from the window's own prefix; a final partial window is
+//    kept when it predicts at least one token.
+//  * sliding (stride < seq_len, HF's perplexity recipe): for begin = 0, stride, ...:
+//    end = min(begin + seq_len, N); the window ids[begin:end] scores only the tokens not scored by
+//    an earlier window (positions [prev_end, end), never the window's first position); stops once
+//    end == N. Every token but the first is scored exactly once. (The HF guide weights each window's
+//    mean loss by trg_len - 1, an approximation; lesion sums exact per-token NLLs.)
+//  * add_bos: every window is prefixed with BOS and holds seq_len - 1 text tokens, all of which
+//    (from prev_end on, with a stride) are scored.
+//
+// Thread-compatible; runs on the model's device.
+#ifndef LESION_MODEL_PERPLEXITY_H_
+#define LESION_MODEL_PERPLEXITY_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/run_plan.h"
+#include "model/transformer.h"
+
+namespace lesion::model {
+
+struct PerplexityOptions {
+  int64_t seq_len = 512;
+  std::optional<int64_t> stride;       // < seq_len for the sliding protocol
+  bool add_bos = false;
+  int64_t batch_size = 8;              // windows per forward pass
+  std::optional<int64_t> max_windows;  // evaluate only the first N windows
+};
+
+// One window: text positions [begin, end), of which [score_begin, end) are predicted.
+struct Window {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t score_begin = 0;
+};
+
+struct PerplexityResult {
+  double ppl = 0;
+  double mean_nll = 0;  // nats per predicted token
+  int64_t n_tokens = 0;  // predicted tokens
+  int64_t n_windows = 0;
+  std::string protocol;  // e.g. "non-overlapping windows of 512, no BOS"
+};
+
+// The windows of the protocol for a text of `n_ids` tokens. InvalidArgument for seq_len < 2
+// (seq_len < 2 + add_bos), stride outside [1, seq_len], max_windows < 1, or a text too short to
+// predict any token.
+absl::StatusOr<std::vector<Window>> PlanWindows(int64_t n_ids, const PerplexityOptions& options);
+
+std::string DescribeProtocol(const PerplexityOptions& options);
+
+// Windows cut into forward-pass batches: windows of equal length share a batch (in both protocols
+// only the last window can be shorter), in PlanWindows order within a length.
+struct WindowBatch {
+  at::Tensor input;                     // [b, n] int64 on the device (n = window length + BOS)
+  at::Tensor score_mask;                // [b, n - 1] bool on the device: position p + 1 is predicted
+  std::vector<int64_t> window_indices;  // [b] indices into the PlanWindows result
+  int64_t first_sequence = 0;           // running index of this batch's first window over all batches
+};
+
+// Validates the protocol, BOS and ids against `model` and builds every batch on its device.
+// InvalidArgument for ids out of the vocabulary or bad options (see PlanWindows),
+// FailedPrecondition for add_bos without a BOS token.
+absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model,
+                                                           absl::Span<const int32_t> ids,
+                                                           const PerplexityOptions& options,
+                                                           std::optional<int32_t> bos_id);
+
+// Reductions over the next-token distributions of a batch's logits at its predicted positions:
+// NLL of the targets, probabilities of chosen tokens, KL divergence from a reference. The NLL and
+// token probabilities come from one fused pass over each row of logits (next_token_ops.h); the KL
+// needs both full distributions and is computed a few windows at a time so that its float32
+// temporaries stay within ~1 GiB. Sums are kept per variant (a sweep's batched passes hold several
+// variants' logits of the same windows) and stay on the device until the caller reads them.
+class NextTokenReducer {
+ public:
+  // `token_ids`: tokens whose probability is summed (may be empty). `n_variants` >= 1.
+  NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants = 1);
+
+  // Adds `logits` [g * b, n, vocab]: the logits of g variants on `batch` (b windows each, variant
+  // after variant), counted as variants first_variant .. first_variant + g - 1. With `reference`
+  // (the baseline's logits of the batch, [b, n, vocab]) also KL(reference || logits).
+  void Add(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& reference = {},
+           int64_t first_variant = 0);
+
+  const at::Tensor& nll_sum() const { return nll_sum_; }                // [variants] float64
+  const at::Tensor& token_prob_sum() const { return token_prob_sum_; }  // [variants, T] float64
+  const at::Tensor& kl_sum() const { return kl_sum_; }                  // [variants] float64
+
+ private:
+  at::Tensor token_ids_;  // [T] int64 on the device, undefined when T = 0
+  at::Tensor nll_sum_, token_prob_sum_, kl_sum_;
+};
+
+// Progress callback: (windows done, windows total). Called between batches.
+using ProgressFn = std::function<void(int64_t, int64_t)>;
+
+// Evaluates `model` with `plan`'s hooks on `ids`. `bos_id` is required when options.add_bos.
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
+                                                    absl::Span<const int32_t> ids,
+                                                    const PerplexityOptions& options,
+                                                    std::optional<int32_t> bos_id,
+                                                    const RunPlan& plan,
+                                                    const ProgressFn& progress = nullptr);
+
+}  // namespace lesion::model
+
+#endif  // LESION_MODEL_PERPLEXITY_H_

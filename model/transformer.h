@@ -1,0 +1,120 @@
+// Transformer: the one decoder-only transformer implementation of lesion, parameterised by
+// ModelConfig (GPT-2: LayerNorm, learned positions, GELU MLP; LLaMA/Mistral/Qwen2: RMSNorm, rotary,
+// SwiGLU, GQA, optional biases and sliding windows). Every intermediate passes a named hook site
+// (model/hook_sites.h) through the per-run RunPlan.
+//
+// Weights follow nn.Linear's [out_features, in_features] convention for every architecture (GPT-2's
+// Conv1D weights are transposed at load). q/k/v are row views of one fused matrix, gate/up likewise,
+// so one matrix product serves all three and an edit of a view edits the fused weight.
+//
+// On CUDA the output head is stored with its rows padded to a multiple of 64 (embed and lm_head
+// are views of its first vocab_size rows): cuBLAS has no fast kernels for a vocabulary like GPT-2's
+// 50257, whose rows of logits are not 16-byte aligned, and takes several times longer. Logits are
+// then a [b, s, vocab] view with a row stride of the padded size.
+//
+// Thread-safety: Forward is const and may run on several threads at once, but the intended use is
+// one executor thread per device. Weight tensors are shared with the caller through weights();
+// edits to them (issue-3 interventions) must not overlap a forward pass.
+#ifndef LESION_MODEL_TRANSFORMER_H_
+#define LESION_MODEL_TRANSFORMER_H_
+
+#include <ATen/ATen.h>
+
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/model_config.h"
+#include "model/run_plan.h"
+
+namespace lesion::model {
+
+struct LinearWeights {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out], undefined when the layer has none
+};
+
+struct NormWeights {
+  at::Tensor weight;  // [d]  (gamma)
+  at::Tensor bias;    // [d]  LayerNorm only, else undefined
+};
+
+struct BlockWeights {
+  NormWeights attn_norm;
+  LinearWeights qkv;  // [(heads + 2 kv_heads) * hd, d]: rows q, then k, then v
+  LinearWeights q, k, v;  // row views of qkv
+  LinearWeights o;        // [d, heads * hd]
+  NormWeights mlp_norm;
+  LinearWeights gate_up;  // gated MLP: [2 * ffn, d], rows gate then up; else [ffn, d] = up
+  LinearWeights gate, up;  // row views of gate_up (gate undefined without a gated MLP)
+  LinearWeights down;      // [d, ffn]
+};
+
+struct TransformerWeights {
+  at::Tensor embed;      // [vocab, d]
+  at::Tensor positions;  // [max_positions, d]  GPT-2 only, else undefined
+  std::vector<BlockWeights> blocks;
+  NormWeights final_norm;
+  at::Tensor lm_head;  // [vocab, d]; the same tensor as `embed` when tied
+};
+
+class Transformer {
+ public:
+  // Takes weights already on `device` in `dtype`, laid out as above (see checkpoint_loader.h).
+  static absl::StatusOr<Transformer> Create(ModelConfig config, TransformerWeights weights);
+
+  // Runs ids [batch, seq] (int64, any device) through the model with `plan`'s hooks. Returns the
+  // logits [batch, seq, vocab] in the model's dtype. InvalidArgument for ids out of range or
+  // sequences longer than the model supports; ResourceExhausted on device OOM; Cancelled when the
+  // plan's interrupt fires between layers.
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& ids, const RunPlan& plan) const;
+
+  // The rest of a forward pass from the residual stream `resid` [batch, seq, d] entering block
+  // `first_layer` (n_layers: only the final norm and the head), with `plan`'s hooks from there on.
+  // This is how a sweep reuses the layers before a variant's first intervened layer. Errors as
+  // Forward's; InvalidArgument for a layer out of [0, n_layers] or a resid of the wrong shape.
+  absl::StatusOr<at::Tensor> ForwardFrom(const at::Tensor& resid, int64_t first_layer, const RunPlan& plan) const;
+
+  // The first part of a forward pass: the embedding and blocks 0 .. end_layer - 1 with `plan`'s
+  // hooks; returns the residual stream [batch, seq, d] entering block `end_layer` (in [0,
+  // n_layers]). Errors as Forward's.
+  absl::StatusOr<at::Tensor> ForwardPrefix(const at::Tensor& ids, int64_t end_layer, const RunPlan& plan) const;
+
+  const ModelConfig& config() const { return config_; }
+  const TransformerWeights& weights() const { return weights_; }
+  at::Device device() const { return weights_.embed.device(); }
+  at::ScalarType dtype() const { return weights_.embed.scalar_type(); }
+
+ private:
+  Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded, at::Tensor inv_freq);
+
+  // Checks of ids and plan shared by Forward and ForwardPrefix (no device work).
+  absl::Status CheckInput(const at::Tensor& ids, const RunPlan& plan) const;
+  // Checks the ids' range on the device, then embeds them: [b, s, d] after the embed hooks.
+  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const RunPlan& plan) const;
+  // Blocks [begin, end); an undefined tensor when the plan's interrupt fired.
+  at::Tensor RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan) const;
+  // The final norm and the output head: logits [b, s, vocab].
+  at::Tensor Head(const at::Tensor& x, const RunPlan& plan) const;
+  // cos and sin [s, 1, hd] in the model dtype, sin with rotate_half's sign folded into its first
+  // half; undefined without rotary.
+  std::pair<at::Tensor, at::Tensor> RotaryTables(int64_t seq) const;
+  at::Tensor Block(int64_t layer, at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                   const RunPlan& plan) const;
+  at::Tensor Attention(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
+                       const at::Tensor& sin, const RunPlan& plan) const;
+  // x @ w.T + b, then the plan's per-row corrections of (layer, site).
+  at::Tensor Linear(const at::Tensor& x, const LinearWeights& w, int64_t layer, LinearSite site,
+                    const RunPlan& plan) const;
+  at::Tensor Norm(const NormWeights& w, const at::Tensor& x, const at::Tensor& gamma_override) const;
+  at::Tensor Activate(const at::Tensor& x) const;
+
+  ModelConfig config_;
+  TransformerWeights weights_;
+  at::Tensor lm_head_padded_;  // [vocab rounded up, d] on CUDA (weights_.lm_head is a view), else lm_head
+  at::Tensor inv_freq_;  // [hd / 2] float32 on the device; undefined without rotary
+};
+
+}  // namespace lesion::model
+
+#endif  // LESION_MODEL_TRANSFORMER_H_
