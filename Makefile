@@ -4,14 +4,18 @@
 #   make test   the same set-up, then every test: ctest (C++), pytest (CLI and lesiond against HF
 #               transformers and raw gRPC calls), the Python client's pytest and a minute of each
 #               fuzzer
+#   make sanitize  the torch-free unit tests under AddressSanitizer + UBSan (clang; build-fuzz/)
 #   make fuzz   only the fuzzers (clang, sanitizers; build-fuzz/), FUZZ_SECONDS each (default 60)
+#   make format rewrite C++ (clang-format-14) and Python (ruff) in place
+#   make lint   fail on unformatted code or ruff findings (the first step of make test)
 VENV  ?= .venv
 BUILD ?= build
 PY    := $(VENV)/bin/python
 JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
+WERROR ?= OFF
 
-.PHONY: all deps venv configure build test fuzz demo bench clean
+.PHONY: all deps venv configure build test lint format sanitize fuzz demo bench clean
 
 all: build
 
@@ -31,7 +35,8 @@ $(VENV)/.installed: requirements-dev.txt
 	touch $@
 
 # The Python client, with its gRPC stubs generated from proto/ by its build hook.
-CLIENT_SOURCES := $(wildcard client/python/pyproject.toml client/python/setup.py client/python/lesion/*.py proto/lesion/v1/*.proto)
+CLIENT_SOURCES := $(wildcard client/python/pyproject.toml client/python/setup.py client/python/lesion/*.py \
+                    client/python/lesion/*/*.py proto/lesion/v1/*.proto)
 $(VENV)/.client-installed: $(VENV)/.installed $(CLIENT_SOURCES)
 	$(PY) -m pip install -q ./client/python
 	touch $@
@@ -39,18 +44,29 @@ $(VENV)/.client-installed: $(VENV)/.installed $(CLIENT_SOURCES)
 venv: $(VENV)/.installed $(VENV)/.client-installed
 
 configure: deps venv
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLESION_WERROR=$(WERROR) \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+# Formatting and lint first: they take seconds, the build takes many minutes.
+test: lint build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 	LESION_CLI=$(abspath $(BUILD))/client/cpp/lesion LESIOND=$(abspath $(BUILD))/server/lesiond \
 	  $(PY) -m pytest tests/python -q
 	LESIOND=$(abspath $(BUILD))/server/lesiond $(PY) -m pytest client/python/tests -q
+	scripts/sanitize.sh
 	scripts/run_fuzzers.sh $(FUZZ_SECONDS)
+
+lint: deps venv
+	scripts/format.sh --check
+
+format: deps venv
+	scripts/format.sh
+
+sanitize: deps
+	scripts/sanitize.sh
 
 # libFuzzer + sanitizer targets of fuzz/ (fuzz/README.md); FUZZ_SECONDS=3600 for a long run by hand.
 fuzz: deps

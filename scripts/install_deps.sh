@@ -5,7 +5,8 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libssl-dev libabsl-dev libsqlite3-dev libgtest-dev libgmock-dev nlohmann-json3-dev libpcre2-dev
-  clang-14 libclang-rt-14-dev  # the fuzz build (scripts/run_fuzzers.sh): libFuzzer and the sanitizers
+  clang-14 libclang-rt-14-dev  # the fuzz and sanitizer builds: libFuzzer and the sanitizers
+  clang-format-14              # make format / make lint (scripts/format.sh): one pinned version
   prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
 )
 missing=()

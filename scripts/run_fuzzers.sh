@@ -25,10 +25,9 @@ fi
 cc="${cxx/clang++/clang}"
 
 start=$(date +%s)
-if [ ! -f "$build/build.ninja" ]; then
-  CC="$cc" CXX="$cxx" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DLESION_WITH_TORCH=OFF -DLESION_FUZZ=ON -DLESION_BUILD_TESTS=OFF >/dev/null
-fi
+# The same configuration as scripts/sanitize.sh (one build-fuzz/ serves both).
+CC="$cc" CXX="$cxx" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DLESION_WITH_TORCH=OFF -DLESION_FUZZ=ON -DLESION_BUILD_TESTS=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target lesion_fuzzers
 echo "run_fuzzers: built in $(($(date +%s) - start)) s; running ${#targets[@]} targets for ${seconds} s each, ${jobs} at a time"
 
