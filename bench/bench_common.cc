@@ -8,7 +8,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-
 #include "model/checkpoint_loader.h"
 #include "model/model_config.h"
 #include "model/next_token_ops.h"
@@ -33,16 +32,18 @@ void Die(const absl::Status& status) {
 namespace {
 
 std::unique_ptr<model::Model> LoadBenchModel(const std::string& shape, const std::string& model_dir, at::Device device,
-                                          at::ScalarType dtype) {
+                                             at::ScalarType dtype) {
   if (!model_dir.empty()) {
     model::LoadOptions options;
     options.device = device;
     options.dtype = dtype;
     return OrDie(model::Model::Load(model_dir, options));
   }
-  if (shape != "gpt2" && shape != "llama7b") Die(absl::InvalidArgumentError("give --shape gpt2|llama7b or --model DIR"));
+  if (shape != "gpt2" && shape != "llama7b")
+    Die(absl::InvalidArgumentError("give --shape gpt2|llama7b or --model DIR"));
   model::ModelConfig config = OrDie(model::ParseModelConfig(shape == "gpt2" ? kGpt2Small : kLlama7b, shape));
-  model::Transformer t = OrDie(model::Transformer::Create(config, OrDie(model::MakeRandomWeights(config, device, dtype))));
+  model::Transformer t =
+      OrDie(model::Transformer::Create(config, OrDie(model::MakeRandomWeights(config, device, dtype))));
   return OrDie(model::Model::FromTransformer(shape, std::move(t)));
 }
 
@@ -59,13 +60,20 @@ BenchSetup ParseAndLoad(int argc, char** argv, const std::set<std::string>& own_
     }
     if (i + 1 >= argc) Die(absl::InvalidArgumentError(absl::StrCat(flag, " needs a value")));
     const std::string value = argv[++i];
-    if (flag == "--shape") setup.shape = value;
-    else if (flag == "--model") model_dir = value;
-    else if (flag == "--device") device = value;
-    else if (flag == "--dtype") dtype = value;
-    else if (flag == "--seq") setup.seq = std::stoll(value);
-    else if (own_flags.count(flag)) setup.flags[flag] = value;
-    else Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
+    if (flag == "--shape")
+      setup.shape = value;
+    else if (flag == "--model")
+      model_dir = value;
+    else if (flag == "--device")
+      device = value;
+    else if (flag == "--dtype")
+      dtype = value;
+    else if (flag == "--seq")
+      setup.seq = std::stoll(value);
+    else if (own_flags.count(flag))
+      setup.flags[flag] = value;
+    else
+      Die(absl::InvalidArgumentError(absl::StrCat("unknown flag ", flag)));
   }
   if (setup.tf32) AllowTf32();
   setup.device = OrDie(model::ParseDevice(device));
@@ -74,7 +82,8 @@ BenchSetup ParseAndLoad(int argc, char** argv, const std::set<std::string>& own_
   setup.model = LoadBenchModel(setup.shape, model_dir, setup.device, setup.dtype);
   if (!model_dir.empty()) setup.shape = model_dir;
   if (setup.seq == 0) {
-    setup.seq = std::min<int64_t>(setup.model->config().max_position_embeddings, setup.shape == "llama7b" ? 4096 : 1024);
+    setup.seq =
+        std::min<int64_t>(setup.model->config().max_position_embeddings, setup.shape == "llama7b" ? 4096 : 1024);
   }
   return setup;
 }
@@ -104,9 +113,7 @@ std::vector<int32_t> RandomIds(int64_t n, int64_t vocab) {
   return std::vector<int32_t>(p, p + n);
 }
 
-void Synchronize(at::Device device) {
-  model::SynchronizeDevice(device);
-}
+void Synchronize(at::Device device) { model::SynchronizeDevice(device); }
 
 double PeakMemoryGiB(at::Device device) {
   if (device.is_cuda()) return static_cast<double>(model::PeakMemoryBytes(device)) / (1 << 30);

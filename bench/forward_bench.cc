@@ -45,9 +45,8 @@ int main(int argc, char** argv) {
     const model::RunPlan plan(c.n_layers);
     lesion::bench::ResetPeak(device);
     double ppl = 0;
-    const double seconds = lesion::bench::Timed(device, reps, [&] {
-      ppl = OrDie(model::EvaluatePerplexity(t, ids, options, std::nullopt, plan)).ppl;
-    });
+    const double seconds = lesion::bench::Timed(
+        device, reps, [&] { ppl = OrDie(model::EvaluatePerplexity(t, ids, options, std::nullopt, plan)).ppl; });
     nlohmann::json line = lesion::bench::ResultLine(setup, "ppl_eval");
     line.update({{"bs", batch},
                  {"tokens", tokens},

@@ -79,8 +79,8 @@ int main(int argc, char** argv) {
         default:
           r.name = absl::StrCat("sweep/L", layer, ".H", head);
           r.tags = {"sinks", "single-head"};
-          r.spec_json = absl::StrCat(R"({"interventions":[{"head_ablation":{"layer":)", layer, R"(,"heads":[)", head,
-                                     R"(]}}]})");
+          r.spec_json =
+              absl::StrCat(R"({"interventions":[{"head_ablation":{"layer":)", layer, R"(,"heads":[)", head, R"(]}}]})");
       }
       r.created = t0 + absl::Seconds(i * 20);
       if (auto s = (*store)->Insert(r); !s.ok()) return Fail(s);
@@ -101,8 +101,8 @@ int main(int argc, char** argv) {
     }
     if (auto s = tx.Commit(); !s.ok()) return Fail(s);
   }
-  std::printf("wrote %lld experiments (14 metrics each) in %.1f s to %s\n", static_cast<long long>(n),
-              Seconds(start), db.c_str());
+  std::printf("wrote %lld experiments (14 metrics each) in %.1f s to %s\n", static_cast<long long>(n), Seconds(start),
+              db.c_str());
 
   const QueryOptions queries[] = {
       {"metric.perplexity.delta_pct > 9", "", 100, 0},

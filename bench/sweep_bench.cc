@@ -17,8 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bench/bench_common.h"
-#include "model/next_token_ops.h"
 #include "experiments/sweep.h"
+#include "model/next_token_ops.h"
 #include "model/torch_util.h"
 
 namespace ex = lesion::experiments;
@@ -52,17 +52,16 @@ int main(int argc, char** argv) {
     }
     axis = absl::StrCat(R"({"variants": {"variants": [)", absl::StrJoin(variants, ","), "]}}");
   }
-  const std::string json = absl::StrCat(R"({"name": "head-sweep", "dataset": {"token_ids": {"ids": [)",
-                                         absl::StrJoin(ids, ","), R"(]}}, "eval": {"seq_len": )", seq,
-                                         R"(, "batch_size": )", batch,
-                                         R"(}, "measurements": [{"perplexity": {}}], "sweep": {"axes": [)", axis,
-                                         R"(], "variants_per_pass": )", per_pass, "}}");
+  const std::string json =
+      absl::StrCat(R"({"name": "head-sweep", "dataset": {"token_ids": {"ids": [)", absl::StrJoin(ids, ","),
+                   R"(]}}, "eval": {"seq_len": )", seq, R"(, "batch_size": )", batch,
+                   R"(}, "measurements": [{"perplexity": {}}], "sweep": {"axes": [)", axis,
+                   R"(], "variants_per_pass": )", per_pass, "}}");
   const auto expand_start = std::chrono::steady_clock::now();
   const spec::Experiment parent = OrDie(spec::ParseExperimentJson(json));
   const std::vector<spec::Experiment> variants =
       OrDie(spec::ExpandSweep(parent, {c.n_layers, c.n_heads, c.d_model}, 1 << 20));
-  const double expand_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - expand_start).count();
+  const double expand_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - expand_start).count();
 
   std::vector<double> ppl(variants.size());
   ex::RunLimits limits;  // a pass as large as the flags ask for
@@ -71,22 +70,22 @@ int main(int argc, char** argv) {
   controls.on_variant = [&](int64_t i, result::Experiment r) { ppl[i] = r.intervened.perplexity.ppl; };
   result::Experiment parent_result;
   lesion::bench::ResetPeak(device);
-  const double seconds = lesion::bench::Timed(device, 1, [&] {
-    parent_result = OrDie(ex::RunSweep(model, parent, variants, "data", controls, limits));
-  });
+  const double seconds = lesion::bench::Timed(
+      device, 1, [&] { parent_result = OrDie(ex::RunSweep(model, parent, variants, "data", controls, limits)); });
   nlohmann::json line = lesion::bench::ResultLine(setup, "head_sweep");
-  line.update({{"ablations", variants.size()},
-                         {"tokens_each", parent_result.baseline.perplexity.n_tokens + parent_result.baseline.perplexity.n_windows},
-                         {"bs", batch},
-                         {"variants_per_pass", parent_result.sweep.variants_per_pass},
-                         {"forward_passes", parent_result.run.forward_passes},
-                         {"s", seconds},
-                         {"ablations_per_s", static_cast<double>(variants.size()) / seconds},
-                         {"expand_s", expand_seconds},
-                         {"peak_mem_gib", lesion::bench::PeakMemoryGiB(device)},
-                         {"baseline_ppl", parent_result.baseline.perplexity.ppl},
-                         {"first_ppl", ppl.front()},
-                         {"last_ppl", ppl.back()}});
+  line.update(
+      {{"ablations", variants.size()},
+       {"tokens_each", parent_result.baseline.perplexity.n_tokens + parent_result.baseline.perplexity.n_windows},
+       {"bs", batch},
+       {"variants_per_pass", parent_result.sweep.variants_per_pass},
+       {"forward_passes", parent_result.run.forward_passes},
+       {"s", seconds},
+       {"ablations_per_s", static_cast<double>(variants.size()) / seconds},
+       {"expand_s", expand_seconds},
+       {"peak_mem_gib", lesion::bench::PeakMemoryGiB(device)},
+       {"baseline_ppl", parent_result.baseline.perplexity.ppl},
+       {"first_ppl", ppl.front()},
+       {"last_ppl", ppl.back()}});
   std::cout << line.dump() << std::endl;
   return 0;
 }

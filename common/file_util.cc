@@ -29,8 +29,7 @@ absl::string_view FileTypeName(mode_t mode) {
   return "";
 }
 
-absl::Status NotRegularFileError(const std::filesystem::path& path, mode_t mode,
-                                 absl::string_view kind) {
+absl::Status NotRegularFileError(const std::filesystem::path& path, mode_t mode, absl::string_view kind) {
   std::string message = absl::StrCat(path.string(), " is not a regular file");
   if (const absl::string_view type = FileTypeName(mode); !type.empty()) {
     absl::StrAppend(&message, " (it is ", type, ")");
@@ -80,11 +79,9 @@ int ScopedFd::Close() {
   return ::close(std::exchange(fd_, -1));
 }
 
-absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path,
-                                           absl::string_view kind) {
-  const std::string what = kind.empty()
-                               ? absl::StrCat("cannot open ", path.string())
-                               : absl::StrCat("cannot open ", kind, " ", path.string());
+absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path, absl::string_view kind) {
+  const std::string what = kind.empty() ? absl::StrCat("cannot open ", path.string())
+                                        : absl::StrCat("cannot open ", kind, " ", path.string());
   struct stat info;
   if (::stat(path.c_str(), &info) != 0) return ErrnoToStatus(errno, what);
   if (!S_ISREG(info.st_mode)) return NotRegularFileError(path, info.st_mode, kind);
@@ -128,8 +125,7 @@ absl::Status WriteFileAtomically(const std::filesystem::path& path, absl::string
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("cannot write ", tmp.string(), ": ", std::strerror(errno)));
+      return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp.string(), ": ", std::strerror(errno)));
     }
     out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
     out.flush();
@@ -143,8 +139,7 @@ absl::Status WriteFileAtomically(const std::filesystem::path& path, absl::string
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
     std::filesystem::remove(tmp, ec);
-    return absl::InternalError(
-        absl::StrCat("cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message()));
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message()));
   }
   return absl::OkStatus();
 }

@@ -57,8 +57,7 @@ struct OpenedFile {
 //   NotFound / PermissionDenied / ResourceExhausted / Internal   stat, open or fstat failed, as
 //                     ErrnoToStatus: "cannot open KIND PATH: REASON" ("cannot stat PATH: REASON"
 //                     for fstat).
-absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path,
-                                           absl::string_view kind);
+absl::StatusOr<OpenedFile> OpenRegularFile(const std::filesystem::path& path, absl::string_view kind);
 
 // Reads a whole regular file (symbolic links followed), opened by OpenRegularFile. NotFound if it
 // does not exist; InvalidArgument if it is a directory or not a regular file (a FIFO, socket or

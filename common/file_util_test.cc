@@ -1,11 +1,10 @@
 #include "common/file_util.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cerrno>
 #include <cstring>
@@ -13,9 +12,9 @@
 #include <string>
 #include <utility>
 
-#include "common/testing/status_matchers.h"
 #include "common/testing/fifo_watchdog.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 
 namespace lesion {
 namespace {
@@ -121,13 +120,11 @@ TEST_F(FileUtilTest, OpenRegularFileGivesTheSize) {
 TEST_F(FileUtilTest, OpenRegularFileNamesTheKindInMessages) {
   absl::StatusOr<OpenedFile> missing = OpenRegularFile(dir_ / "missing", "test file");
   EXPECT_THAT(missing, StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_NE(missing.status().message().find("cannot open test file " + (dir_ / "missing").string()),
-            std::string::npos)
+  EXPECT_NE(missing.status().message().find("cannot open test file " + (dir_ / "missing").string()), std::string::npos)
       << missing.status();
   absl::StatusOr<OpenedFile> dir = OpenRegularFile(dir_, "test file");
   EXPECT_THAT(dir, StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_EQ(dir.status().message(),
-            dir_.string() + " is not a regular file (it is a directory), so not a test file");
+  EXPECT_EQ(dir.status().message(), dir_.string() + " is not a regular file (it is a directory), so not a test file");
 }
 
 TEST(ScopedFdTest, MovingTransfersOwnership) {
@@ -137,9 +134,7 @@ TEST(ScopedFdTest, MovingTransfersOwnership) {
   ScopedFd moved(std::move(read_end));
   EXPECT_EQ(read_end.get(), -1);  // NOLINT(bugprone-use-after-move): the moved-from state
   EXPECT_EQ(moved.get(), fds[0]);
-  {
-    ScopedFd write_end(fds[1]);
-  }
+  { ScopedFd write_end(fds[1]); }
   EXPECT_EQ(::fcntl(fds[1], F_GETFD), -1);  // closed by the destructor
   ScopedFd assigned;
   assigned = std::move(moved);

@@ -34,8 +34,7 @@ class MappedFile {
   //   InvalidArgument   it is not a regular file: "PATH is not a regular file (it is a
   //                     directory), so not a KIND" ("a FIFO", "a character device", ...).
   //   ResourceExhausted / Internal   mmap or another system call failed ("cannot mmap PATH: ...").
-  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::filesystem::path& path,
-                                                          absl::string_view kind);
+  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::filesystem::path& path, absl::string_view kind);
 
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;

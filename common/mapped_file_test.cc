@@ -1,21 +1,20 @@
 #include "common/mapped_file.h"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
 
-#include "common/testing/status_matchers.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
-#include "common/testing/fifo_watchdog.h"
 #include "common/file_util.h"
+#include "common/testing/fifo_watchdog.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 
 namespace lesion {
 namespace {
@@ -38,8 +37,7 @@ void ExpectError(const absl::Status& status, absl::StatusCode code, const fs::pa
   EXPECT_EQ(status.code(), code) << status;
   EXPECT_TRUE(absl::StrContains(status.message(), path.string())) << status;
   for (absl::string_view needle : needles) {
-    EXPECT_TRUE(absl::StrContains(status.message(), needle))
-        << "message lacks \"" << needle << "\": " << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), needle)) << "message lacks \"" << needle << "\": " << status;
   }
 }
 
@@ -79,28 +77,27 @@ TEST_F(MappedFileTest, SymlinkToARegularFileIsFollowed) {
 }
 
 TEST_F(MappedFileTest, MissingFileIsNotFound) {
-  ExpectError(MappedFile::Open(dir_ / "missing", "test file").status(),
-              absl::StatusCode::kNotFound, dir_ / "missing", {"cannot open test file"});
-  ExpectError(MappedFile::Open(dir_ / "missing" / "below", "test file").status(),
-              absl::StatusCode::kNotFound, dir_ / "missing" / "below");
+  ExpectError(MappedFile::Open(dir_ / "missing", "test file").status(), absl::StatusCode::kNotFound, dir_ / "missing",
+              {"cannot open test file"});
+  ExpectError(MappedFile::Open(dir_ / "missing" / "below", "test file").status(), absl::StatusCode::kNotFound,
+              dir_ / "missing" / "below");
 }
 
 TEST_F(MappedFileTest, UnreadableFileIsPermissionDenied) {
   if (::geteuid() == 0) GTEST_SKIP() << "root reads any file";
   ASSERT_OK(WriteFileAtomically(dir_ / "secret", "x"));
   ASSERT_EQ(::chmod((dir_ / "secret").c_str(), 0), 0);
-  ExpectError(MappedFile::Open(dir_ / "secret", "test file").status(),
-              absl::StatusCode::kPermissionDenied, dir_ / "secret");
+  ExpectError(MappedFile::Open(dir_ / "secret", "test file").status(), absl::StatusCode::kPermissionDenied,
+              dir_ / "secret");
 }
 
 TEST_F(MappedFileTest, DirectoryIsInvalidArgument) {
-  ExpectError(MappedFile::Open(dir_, "test file").status(), absl::StatusCode::kInvalidArgument,
-              dir_, {"is a directory", "is not a regular file", "so not a test file"});
+  ExpectError(MappedFile::Open(dir_, "test file").status(), absl::StatusCode::kInvalidArgument, dir_,
+              {"is a directory", "is not a regular file", "so not a test file"});
 }
 
 TEST_F(MappedFileTest, DeviceIsInvalidArgument) {
-  ExpectError(MappedFile::Open("/dev/zero", "test file").status(),
-              absl::StatusCode::kInvalidArgument, "/dev/zero",
+  ExpectError(MappedFile::Open("/dev/zero", "test file").status(), absl::StatusCode::kInvalidArgument, "/dev/zero",
               {"is not a regular file", "character device"});
 }
 

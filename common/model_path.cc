@@ -31,8 +31,7 @@ namespace fs = std::filesystem;
 constexpr size_t kMaxRepoPartLength = 96;  // huggingface_hub's REPO_ID_REGEX
 constexpr int kMaxSearchDepth = 8;         // .gguf files in a snapshot's subfolders
 constexpr size_t kMaxListed = 12;          // names listed in an error message
-constexpr char kNeverDownloads[] =
-    "lesion never downloads; set HF_HUB_CACHE or HF_HOME, or pass a directory";
+constexpr char kNeverDownloads[] = "lesion never downloads; set HF_HUB_CACHE or HF_HOME, or pass a directory";
 
 // A variable's value; nullopt when unset or empty.
 std::optional<std::string> Env(const char* name) {
@@ -129,9 +128,8 @@ bool Exists(const fs::path& path) {
 }
 
 bool IsCommitHash(absl::string_view s) {
-  return s.size() == 40 && std::all_of(s.begin(), s.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
+  return s.size() == 40 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 enum class EntryKind { kFile, kDirectory };
@@ -167,17 +165,18 @@ void ListEntries(const fs::path& dir, const std::string& prefix, int depth, bool
 std::string ListForMessage(const std::vector<std::string>& names) {
   if (names.empty()) return "none";
   if (names.size() <= kMaxListed) return absl::StrJoin(names, ", ");
-  return absl::StrCat(absl::StrJoin(names.begin(), names.begin() + kMaxListed, ", "), ", ... (",
-                      names.size(), " in all)");
+  return absl::StrCat(absl::StrJoin(names.begin(), names.begin() + kMaxListed, ", "), ", ... (", names.size(),
+                      " in all)");
 }
 
 // The cache's revisions of a repository folder, for "not found" messages.
 std::string CachedRevisions(const fs::path& repo) {
   std::vector<std::string> refs, snapshots;
-  ListEntries(repo / "refs", "", 0, /*recursive=*/true, EntryKind::kFile, [](const std::string&) { return true; },
-              refs);
-  ListEntries(repo / "snapshots", "", 0, /*recursive=*/false, EntryKind::kDirectory,
-              [](const std::string&) { return true; }, snapshots);
+  ListEntries(
+      repo / "refs", "", 0, /*recursive=*/true, EntryKind::kFile, [](const std::string&) { return true; }, refs);
+  ListEntries(
+      repo / "snapshots", "", 0, /*recursive=*/false, EntryKind::kDirectory, [](const std::string&) { return true; },
+      snapshots);
   return absl::StrCat("cached refs: ", ListForMessage(refs), "; snapshots: ", ListForMessage(snapshots));
 }
 
@@ -195,20 +194,20 @@ bool LooksLikeHubReference(absl::string_view reference) {
 }
 
 absl::Status BadReference(absl::string_view reference, absl::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "model '", reference,
-      "' is neither an existing path nor a Hugging Face model id org/name[@revision][/FILE]: ", why));
+  return absl::InvalidArgumentError(
+      absl::StrCat("model '", reference,
+                   "' is neither an existing path nor a Hugging Face model id org/name[@revision][/FILE]: ", why));
 }
 
 absl::Status CheckRepoPart(absl::string_view reference, absl::string_view what, absl::string_view part) {
   if (part.empty() || part.size() > kMaxRepoPartLength) {
-    return BadReference(reference, absl::StrCat("the ", what, " '", part, "' must have 1 to ", kMaxRepoPartLength,
-                                                 " characters"));
+    return BadReference(reference,
+                        absl::StrCat("the ", what, " '", part, "' must have 1 to ", kMaxRepoPartLength, " characters"));
   }
   for (char c : part) {
     if (!IsWordChar(c) && c != '-' && c != '.') {
-      return BadReference(reference, absl::StrCat("the ", what, " '", part,
-                                                   "' may only hold letters, digits, '-', '_' and '.'"));
+      return BadReference(reference,
+                          absl::StrCat("the ", what, " '", part, "' may only hold letters, digits, '-', '_' and '.'"));
     }
   }
   if (!IsWordChar(part.front()) || !IsWordChar(part.back())) {
@@ -268,8 +267,8 @@ absl::StatusOr<std::optional<std::string>> LookUpRevision(const fs::path& repo, 
   ASSIGN_OR_RETURN(std::string content, ReadFile(ref_file));
   const std::string commit(absl::StripAsciiWhitespace(content));
   if (!IsCommitHash(commit)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        ref_file.string(), " holds '", commit.substr(0, 64), "', not a 40-digit commit hash (a damaged cache?)"));
+    return absl::FailedPreconditionError(absl::StrCat(ref_file.string(), " holds '", commit.substr(0, 64),
+                                                      "', not a 40-digit commit hash (a damaged cache?)"));
   }
   return commit;
 }
@@ -297,8 +296,9 @@ std::pair<std::string, int> GgufCheckpoint(const std::string& relative) {
 absl::StatusOr<fs::path> ModelInDirectory(absl::string_view reference, const fs::path& dir) {
   if (IsRegularFile(dir / "config.json")) return dir;
   std::vector<std::string> files;
-  ListEntries(dir, "", 0, /*recursive=*/true, EntryKind::kFile,
-              [](const std::string& name) { return absl::EndsWith(name, ".gguf"); }, files);
+  ListEntries(
+      dir, "", 0, /*recursive=*/true, EntryKind::kFile,
+      [](const std::string& name) { return absl::EndsWith(name, ".gguf"); }, files);
   if (files.empty()) {
     return absl::NotFoundError(absl::StrCat("model '", reference, "': ", dir.string(),
                                             " in the Hugging Face cache holds neither config.json nor a .gguf file "
@@ -322,10 +322,10 @@ absl::StatusOr<fs::path> ModelInDirectory(absl::string_view reference, const fs:
   }
   absl::string_view base = reference;
   while (!base.empty() && base.back() == '/') base.remove_suffix(1);
-  return absl::InvalidArgumentError(absl::StrCat(
-      "model '", reference, "': ", dir.string(), " holds ", checkpoints.size(), " GGUF checkpoints (",
-      ListForMessage(listed), "); name one as org/name[@revision]/FILE.gguf, e.g. '", base, "/",
-      checkpoints.at(order.front()).first.second, "'"));
+  return absl::InvalidArgumentError(absl::StrCat("model '", reference, "': ", dir.string(), " holds ",
+                                                 checkpoints.size(), " GGUF checkpoints (", ListForMessage(listed),
+                                                 "); name one as org/name[@revision]/FILE.gguf, e.g. '", base, "/",
+                                                 checkpoints.at(order.front()).first.second, "'"));
 }
 
 }  // namespace
@@ -367,8 +367,8 @@ absl::StatusOr<fs::path> ResolveModelPath(absl::string_view reference, const fs:
   ASSIGN_OR_RETURN(HubReference ref, ParseHubReference(reference));
 
   auto not_cached = [&](absl::string_view what) {
-    return absl::NotFoundError(absl::StrCat("model '", reference, "' is not in the Hugging Face cache: ", what,
-                                            " (", kNeverDownloads, ")"));
+    return absl::NotFoundError(
+        absl::StrCat("model '", reference, "' is not in the Hugging Face cache: ", what, " (", kNeverDownloads, ")"));
   };
   const fs::path repo = hub_cache / absl::StrCat("models--", ref.org, "--", ref.name);
   if (!IsDirectory(hub_cache)) {
@@ -403,8 +403,8 @@ absl::StatusOr<fs::path> ResolveModelPath(absl::string_view reference, const fs:
   }
   const fs::path snapshot = repo / "snapshots" / *commit;
   if (!IsDirectory(snapshot)) {
-    return not_cached(absl::StrCat("revision '", revision, "' is commit ", *commit, ", but ", snapshot.string(),
-                                   " does not exist"));
+    return not_cached(
+        absl::StrCat("revision '", revision, "' is commit ", *commit, ", but ", snapshot.string(), " does not exist"));
   }
   fs::path target = snapshot;
   for (const std::string& part : inner) target /= part;

@@ -1,5 +1,6 @@
 #include "common/model_path.h"
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -9,12 +10,10 @@
 #include <string>
 #include <vector>
 
-#include <gtest/gtest.h>
-
-#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/file_util.h"
+#include "common/testing/status_matchers.h"
 
 namespace lesion {
 namespace {
@@ -146,8 +145,8 @@ TEST_F(ModelPathTest, SeveralGgufFilesAreInvalidArgumentUntilOneIsNamed) {
   SetRef("org", "q", "some/branch", kMain);
   absl::StatusOr<fs::path> path = ResolveModelPath("org/q", hub_);
   ASSERT_EQ(path.status().code(), absl::StatusCode::kInvalidArgument) << path.status();
-  for (const char* needle : {"q-Q4_K_M.gguf", "q-Q8_0.gguf", "f16/q-F16.gguf", "org/name[@revision]/FILE.gguf",
-                             "'org/q/f16/q-F16.gguf'"}) {
+  for (const char* needle :
+       {"q-Q4_K_M.gguf", "q-Q8_0.gguf", "f16/q-F16.gguf", "org/name[@revision]/FILE.gguf", "'org/q/f16/q-F16.gguf'"}) {
     EXPECT_NE(path.status().message().find(needle), std::string::npos) << needle << " in " << path.status();
   }
   const fs::path snapshot = Repo("org", "q") / "snapshots" / kMain;
@@ -195,16 +194,14 @@ TEST_F(ModelPathTest, MissingRepositoryIsNotFoundNamingTheCacheFolder) {
   absl::StatusOr<fs::path> path = ResolveModelPath("openai-community/gpt2", hub_);
   ASSERT_EQ(path.status().code(), absl::StatusCode::kNotFound) << path.status();
   const std::string message(path.status().message());
-  for (const std::string& needle :
-       {std::string("model 'openai-community/gpt2' is not in the Hugging Face cache"),
-        (hub_ / "models--openai-community--gpt2").string() + " does not exist", std::string("never downloads"),
-        std::string("HF_HUB_CACHE")}) {
+  for (const std::string& needle : {std::string("model 'openai-community/gpt2' is not in the Hugging Face cache"),
+                                    (hub_ / "models--openai-community--gpt2").string() + " does not exist",
+                                    std::string("never downloads"), std::string("HF_HUB_CACHE")}) {
     EXPECT_NE(message.find(needle), std::string::npos) << needle << " in " << message;
   }
   absl::StatusOr<fs::path> no_cache = ResolveModelPath("org/model", root_ / "no-such-cache");
   ASSERT_EQ(no_cache.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_NE(no_cache.status().message().find((root_ / "no-such-cache").string() + " does not exist"),
-            std::string::npos)
+  EXPECT_NE(no_cache.status().message().find((root_ / "no-such-cache").string() + " does not exist"), std::string::npos)
       << no_cache.status();
 }
 
@@ -243,8 +240,7 @@ TEST_F(ModelPathTest, SnapshotWithoutAModelIsNotFound) {
   SetRef("org", "partial", "main", kMain);
   absl::StatusOr<fs::path> path = ResolveModelPath("org/partial", hub_);
   ASSERT_EQ(path.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_NE(path.status().message().find("neither config.json nor a .gguf file"), std::string::npos)
-      << path.status();
+  EXPECT_NE(path.status().message().find("neither config.json nor a .gguf file"), std::string::npos) << path.status();
 }
 
 TEST_F(ModelPathTest, DamagedRefIsFailedPrecondition) {
@@ -254,10 +250,9 @@ TEST_F(ModelPathTest, DamagedRefIsFailedPrecondition) {
 }
 
 TEST_F(ModelPathTest, InvalidRepoIdsAreInvalidArgument) {
-  for (const char* reference :
-       {"org/na me", "org/..", "org/a..b", "org/a--b", "org/-a", "org/a.", "org/a.git", "or g/name", "user@host/x",
-        "org//name", "org/name@", "org/name@a//b", "org/name@../x", "org/name/../x", "org/name/./x",
-        "org/name@v1/../x"}) {
+  for (const char* reference : {"org/na me", "org/..", "org/a..b", "org/a--b", "org/-a", "org/a.", "org/a.git",
+                                "or g/name", "user@host/x", "org//name", "org/name@", "org/name@a//b", "org/name@../x",
+                                "org/name/../x", "org/name/./x", "org/name@v1/../x"}) {
     absl::StatusOr<fs::path> path = ResolveModelPath(reference, hub_);
     EXPECT_EQ(path.status().code(), absl::StatusCode::kInvalidArgument) << reference << ": " << path.status();
   }

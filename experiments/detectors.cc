@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
+#include "model/torch_util.h"
 
 namespace lesion::experiments {
 namespace {
@@ -25,8 +25,8 @@ absl::Status CheckLayers(const model::ModelConfig& c, absl::string_view what, st
   }
   for (int64_t l : layers) {
     if (l < 0 || l >= c.n_layers) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": layer ", l, " out of range: model ",
-                                                     c.architecture, " has ", c.n_layers, " layers"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": layer ", l, " out of range: model ", c.architecture, " has ", c.n_layers, " layers"));
     }
   }
   return absl::OkStatus();
@@ -79,9 +79,9 @@ void MassiveActivationDetector::Observe(PerSite& s, const at::Tensor& x) {
   const int64_t b = x.size(0);
   at::Tensor flat = x.detach().reshape({b, -1}).to(at::kFloat);  // [b, s * features]
   at::Tensor a = flat.abs();
-  at::Tensor median = RowMedian(a);                                             // [b]
+  at::Tensor median = RowMedian(a);                                                        // [b]
   at::Tensor threshold = at::clamp_min(median * min_ratio_, min_magnitude_).unsqueeze(1);  // [b, 1]
-  at::Tensor passed = a >= threshold;                                           // [b, N]
+  at::Tensor passed = a >= threshold;                                                      // [b, N]
   at::Tensor n = passed.sum();
   s.count = s.count.defined() ? s.count + n : n;
   const int64_t r = std::min<int64_t>(max_reports_, a.size(1));
@@ -96,42 +96,43 @@ void MassiveActivationDetector::Observe(PerSite& s, const at::Tensor& x) {
 }
 
 absl::StatusOr<std::vector<result::MassiveActivationReport>> MassiveActivationDetector::Finish() const {
-  return model::TorchCall("reducing massive activations",
-                   [&]() -> absl::StatusOr<std::vector<result::MassiveActivationReport>> {
-    std::vector<result::MassiveActivationReport> out;
-    for (const PerSite& s : sites_) {
-      if (s.n_sequences == 0) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("massive activations: site ", s.site.Name(), " saw no window"));
-      }
-      result::MassiveActivationReport report;
-      report.site = s.site.Name();
-      report.count = s.count.item<int64_t>();
-      for (size_t batch = 0; batch < s.values.size(); ++batch) {
-        at::Tensor values = s.values[batch].to(at::kCPU, at::kDouble);
-        at::Tensor indices = s.indices[batch].to(at::kCPU);
-        at::Tensor medians = s.medians[batch].to(at::kCPU, at::kDouble);
-        auto v = values.accessor<double, 2>();
-        auto ix = indices.accessor<int64_t, 2>();
-        auto med = medians.accessor<double, 1>();
-        for (int64_t i = 0; i < values.size(0); ++i) {
-          for (int64_t j = 0; j < values.size(1); ++j) {
-            if (std::isnan(v[i][j])) continue;
-            const int64_t features = s.features[batch];
-            report.top.push_back({s.first_sequence[batch] + i, ix[i][j] / features, ix[i][j] % features, v[i][j],
-                                  med[i] > 0 ? std::abs(v[i][j]) / med[i] : std::numeric_limits<double>::infinity()});
+  return model::TorchCall(
+      "reducing massive activations", [&]() -> absl::StatusOr<std::vector<result::MassiveActivationReport>> {
+        std::vector<result::MassiveActivationReport> out;
+        for (const PerSite& s : sites_) {
+          if (s.n_sequences == 0) {
+            return absl::FailedPreconditionError(
+                absl::StrCat("massive activations: site ", s.site.Name(), " saw no window"));
           }
+          result::MassiveActivationReport report;
+          report.site = s.site.Name();
+          report.count = s.count.item<int64_t>();
+          for (size_t batch = 0; batch < s.values.size(); ++batch) {
+            at::Tensor values = s.values[batch].to(at::kCPU, at::kDouble);
+            at::Tensor indices = s.indices[batch].to(at::kCPU);
+            at::Tensor medians = s.medians[batch].to(at::kCPU, at::kDouble);
+            auto v = values.accessor<double, 2>();
+            auto ix = indices.accessor<int64_t, 2>();
+            auto med = medians.accessor<double, 1>();
+            for (int64_t i = 0; i < values.size(0); ++i) {
+              for (int64_t j = 0; j < values.size(1); ++j) {
+                if (std::isnan(v[i][j])) continue;
+                const int64_t features = s.features[batch];
+                report.top.push_back(
+                    {s.first_sequence[batch] + i, ix[i][j] / features, ix[i][j] % features, v[i][j],
+                     med[i] > 0 ? std::abs(v[i][j]) / med[i] : std::numeric_limits<double>::infinity()});
+              }
+            }
+          }
+          std::stable_sort(report.top.begin(), report.top.end(),
+                           [](const result::MassiveActivation& a, const result::MassiveActivation& b) {
+                             return std::abs(a.value) > std::abs(b.value);
+                           });
+          if (static_cast<int64_t>(report.top.size()) > max_reports_) report.top.resize(max_reports_);
+          out.push_back(std::move(report));
         }
-      }
-      std::stable_sort(report.top.begin(), report.top.end(),
-                       [](const result::MassiveActivation& a, const result::MassiveActivation& b) {
-                         return std::abs(a.value) > std::abs(b.value);
-                       });
-      if (static_cast<int64_t>(report.top.size()) > max_reports_) report.top.resize(max_reports_);
-      out.push_back(std::move(report));
-    }
-    return out;
-  });
+        return out;
+      });
 }
 
 // --- super weights ---------------------------------------------------------------------------
@@ -158,21 +159,21 @@ void SuperWeightDetector::Attach(model::RunPlan& plan) {
     plan.AddHook({model::SiteKind::kMlpOut, li}, [&layer](const model::SiteId&, at::Tensor& out_in) {
       at::Tensor out = out_in.detach().to(at::kFloat);  // [b, s, d]
       const int64_t b = out.size(0), d = out.size(2), ffn = layer.act.size(2);
-      at::Tensor out_flat = out.reshape({b, -1});                 // [b, s d]
+      at::Tensor out_flat = out.reshape({b, -1});  // [b, s d]
       at::Tensor out_abs = out_flat.abs();
-      at::Tensor out_index = std::get<1>(out_abs.max(1));         // [b]
-      at::Tensor token = at::floor_divide(out_index, d);          // [b]
-      at::Tensor row = at::remainder(out_index, d);               // [b]
+      at::Tensor out_index = std::get<1>(out_abs.max(1));  // [b]
+      at::Tensor token = at::floor_divide(out_index, d);   // [b]
+      at::Tensor row = at::remainder(out_index, d);        // [b]
       at::Tensor out_value = out_flat.gather(1, out_index.unsqueeze(1)).squeeze(1);
       at::Tensor act_at = layer.act.gather(1, token.view({b, 1, 1}).expand({b, 1, ffn})).squeeze(1);  // [b, ffn]
-      at::Tensor col = std::get<1>(act_at.abs().max(1));          // [b]
+      at::Tensor col = std::get<1>(act_at.abs().max(1));                                              // [b]
       at::Tensor in_value = act_at.gather(1, col.unsqueeze(1)).squeeze(1);
       at::Tensor in_median = RowMedian(layer.act.reshape({b, -1}).abs());
       at::Tensor out_median = RowMedian(out_abs);
-      layer.spikes.push_back(at::stack({out_value.to(at::kDouble), token.to(at::kDouble), row.to(at::kDouble),
-                                        out_median.to(at::kDouble), in_value.to(at::kDouble), col.to(at::kDouble),
-                                        in_median.to(at::kDouble)},
-                                       1));  // [b, kNumSpikeColumns]
+      layer.spikes.push_back(
+          at::stack({out_value.to(at::kDouble), token.to(at::kDouble), row.to(at::kDouble), out_median.to(at::kDouble),
+                     in_value.to(at::kDouble), col.to(at::kDouble), in_median.to(at::kDouble)},
+                    1));  // [b, kNumSpikeColumns]
       layer.first_sequence.push_back(layer.n_sequences);
       layer.n_sequences += b;
       layer.act = at::Tensor();
@@ -205,8 +206,8 @@ absl::StatusOr<std::vector<result::SuperWeight>> SuperWeightDetector::Finish(con
       }
       const double out_ratio = spike[kOutMedian] > 0 ? std::abs(spike[kOutValue]) / spike[kOutMedian]
                                                      : std::numeric_limits<double>::infinity();
-      const double in_ratio = spike[kInMedian] > 0 ? std::abs(spike[kInValue]) / spike[kInMedian]
-                                                   : std::numeric_limits<double>::infinity();
+      const double in_ratio =
+          spike[kInMedian] > 0 ? std::abs(spike[kInValue]) / spike[kInMedian] : std::numeric_limits<double>::infinity();
       if (out_ratio < min_ratio_ || in_ratio < min_ratio_ || std::abs(spike[kOutValue]) < min_magnitude_ ||
           std::abs(spike[kInValue]) < min_magnitude_) {
         continue;
@@ -215,7 +216,8 @@ absl::StatusOr<std::vector<result::SuperWeight>> SuperWeightDetector::Finish(con
       w.layer = static_cast<int64_t>(l);
       w.row = static_cast<int64_t>(spike[kRow]);
       w.col = static_cast<int64_t>(spike[kCol]);
-      ASSIGN_OR_RETURN(at::Tensor down, model::ModuleWeight(model, w.layer, model::WeightModule::kMlpDown));  // [d, ffn]
+      ASSIGN_OR_RETURN(at::Tensor down,
+                       model::ModuleWeight(model, w.layer, model::WeightModule::kMlpDown));  // [d, ffn]
       w.weight = down[w.row][w.col].item<double>();
       w.sequence = best_sequence;
       w.token = static_cast<int64_t>(spike[kToken]);
@@ -240,8 +242,8 @@ absl::StatusOr<std::unique_ptr<AttentionOutlierDetector>> AttentionOutlierDetect
   if (max_reports < 1) {
     return absl::InvalidArgumentError(absl::StrCat("attention outliers: max_reports must be >= 1, got ", max_reports));
   }
-  auto detector = std::unique_ptr<AttentionOutlierDetector>(
-      new AttentionOutlierDetector(std::move(layers), min_mass, max_reports));
+  auto detector =
+      std::unique_ptr<AttentionOutlierDetector>(new AttentionOutlierDetector(std::move(layers), min_mass, max_reports));
   detector->mass_sums_.resize(detector->layers_.size());
   detector->counts_.resize(detector->layers_.size());
   return detector;
@@ -255,7 +257,7 @@ void AttentionOutlierDetector::Attach(model::RunPlan& plan) {
       if (s < 2) return;
       // Query 0 sees only key 0: leave it out, as the sink score does.
       at::Tensor p = p_in.narrow(2, 1, s - 1).narrow(3, 0, s).to(at::kDouble);  // [b, heads, s - 1, s]
-      at::Tensor sum = (p.sum(2) / static_cast<double>(s - 1)).sum(0);        // [heads, s]
+      at::Tensor sum = (p.sum(2) / static_cast<double>(s - 1)).sum(0);          // [heads, s]
       if (!mass_sums_[i].defined()) {  // the first batch holds the longest windows
         mass_sums_[i] = at::zeros_like(sum);
         counts_[i] = at::zeros({s}, p.options());
@@ -268,28 +270,27 @@ void AttentionOutlierDetector::Attach(model::RunPlan& plan) {
 }
 
 absl::StatusOr<std::vector<result::AttentionOutlierKey>> AttentionOutlierDetector::Finish() const {
-  return model::TorchCall("reducing attention outliers",
-                   [&]() -> absl::StatusOr<std::vector<result::AttentionOutlierKey>> {
-    std::vector<result::AttentionOutlierKey> found;
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      if (!mass_sums_[i].defined()) {
-        return absl::FailedPreconditionError("attention outliers: no window with at least two tokens was observed");
-      }
-      at::Tensor mean = (mass_sums_[i] / counts_[i].clamp_min(1)).to(at::kCPU);  // [heads, positions]
-      auto m = mean.accessor<double, 2>();
-      for (int64_t h = 0; h < mean.size(0); ++h) {
-        for (int64_t k = 0; k < mean.size(1); ++k) {
-          if (m[h][k] >= min_mass_) found.push_back({layers_[i], h, k, m[h][k]});
+  return model::TorchCall(
+      "reducing attention outliers", [&]() -> absl::StatusOr<std::vector<result::AttentionOutlierKey>> {
+        std::vector<result::AttentionOutlierKey> found;
+        for (size_t i = 0; i < layers_.size(); ++i) {
+          if (!mass_sums_[i].defined()) {
+            return absl::FailedPreconditionError("attention outliers: no window with at least two tokens was observed");
+          }
+          at::Tensor mean = (mass_sums_[i] / counts_[i].clamp_min(1)).to(at::kCPU);  // [heads, positions]
+          auto m = mean.accessor<double, 2>();
+          for (int64_t h = 0; h < mean.size(0); ++h) {
+            for (int64_t k = 0; k < mean.size(1); ++k) {
+              if (m[h][k] >= min_mass_) found.push_back({layers_[i], h, k, m[h][k]});
+            }
+          }
         }
-      }
-    }
-    std::stable_sort(found.begin(), found.end(),
-                     [](const result::AttentionOutlierKey& a, const result::AttentionOutlierKey& b) {
-                       return a.mass > b.mass;
-                     });
-    if (static_cast<int64_t>(found.size()) > max_reports_) found.resize(max_reports_);
-    return found;
-  });
+        std::stable_sort(
+            found.begin(), found.end(),
+            [](const result::AttentionOutlierKey& a, const result::AttentionOutlierKey& b) { return a.mass > b.mass; });
+        if (static_cast<int64_t>(found.size()) > max_reports_) found.resize(max_reports_);
+        return found;
+      });
 }
 
 // --- norm gamma outliers ---------------------------------------------------------------------

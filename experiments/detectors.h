@@ -31,8 +31,8 @@
 #include "model/hook_sites.h"
 #include "model/model_config.h"
 #include "model/run_plan.h"
-#include "spec/result.h"
 #include "model/transformer.h"
+#include "spec/result.h"
 
 namespace lesion::experiments {
 
@@ -40,8 +40,7 @@ class MassiveActivationDetector {
  public:
   // InvalidArgument for no sites, attn_pattern, negative thresholds or max_reports < 1.
   static absl::StatusOr<std::unique_ptr<MassiveActivationDetector>> Create(std::vector<model::SiteId> sites,
-                                                                           double min_magnitude,
-                                                                           double min_ratio,
+                                                                           double min_magnitude, double min_ratio,
                                                                            int64_t max_reports);
   MassiveActivationDetector(const MassiveActivationDetector&) = delete;
   MassiveActivationDetector& operator=(const MassiveActivationDetector&) = delete;
@@ -58,7 +57,7 @@ class MassiveActivationDetector {
     std::vector<at::Tensor> medians;  // per batch [b]
     std::vector<int64_t> features;    // per batch
     std::vector<int64_t> first_sequence;
-    at::Tensor count;                 // [] int64 on the device
+    at::Tensor count;  // [] int64 on the device
     int64_t n_sequences = 0;
   };
   MassiveActivationDetector(std::vector<model::SiteId> sites, double min_magnitude, double min_ratio,
@@ -73,8 +72,7 @@ class MassiveActivationDetector {
 class SuperWeightDetector {
  public:
   // Every layer of the model. InvalidArgument for negative thresholds.
-  static absl::StatusOr<std::unique_ptr<SuperWeightDetector>> Create(const model::ModelConfig& config,
-                                                                     double min_ratio,
+  static absl::StatusOr<std::unique_ptr<SuperWeightDetector>> Create(const model::ModelConfig& config, double min_ratio,
                                                                      double min_magnitude);
   SuperWeightDetector(const SuperWeightDetector&) = delete;
   SuperWeightDetector& operator=(const SuperWeightDetector&) = delete;
@@ -104,8 +102,7 @@ class AttentionOutlierDetector {
   // `layers` empty: every layer. InvalidArgument for layers out of range, min_mass outside [0, 1]
   // or max_reports < 1.
   static absl::StatusOr<std::unique_ptr<AttentionOutlierDetector>> Create(const model::ModelConfig& config,
-                                                                          std::vector<int64_t> layers,
-                                                                          double min_mass,
+                                                                          std::vector<int64_t> layers, double min_mass,
                                                                           int64_t max_reports);
   AttentionOutlierDetector(const AttentionOutlierDetector&) = delete;
   AttentionOutlierDetector& operator=(const AttentionOutlierDetector&) = delete;

@@ -8,12 +8,12 @@
 
 #include <filesystem>
 
-#include "common/testing/status_matchers.h"
 #include "common/file_util.h"
+#include "common/testing/status_matchers.h"
 #include "experiments/measurements.h"
-#include "model/model.h"
 #include "experiments/runner.h"
 #include "experiments/weight_edits.h"
+#include "model/model.h"
 #include "nlohmann/json.hpp"
 
 namespace lesion::experiments {
@@ -60,8 +60,7 @@ TEST_F(PlantedOutliers, SuperWeightIsFoundAtItsCoordinatesOnly) {
   EXPECT_EQ(w.token, want["token"].get<int64_t>());
   EXPECT_DOUBLE_EQ(w.weight, want["weight"].get<double>());
   EXPECT_NEAR(w.input_spike, want["input_spike"].get<double>(), 1e-3 * std::abs(want["input_spike"].get<double>()));
-  EXPECT_NEAR(w.output_spike, want["output_spike"].get<double>(),
-              1e-3 * std::abs(want["output_spike"].get<double>()));
+  EXPECT_NEAR(w.output_spike, want["output_spike"].get<double>(), 1e-3 * std::abs(want["output_spike"].get<double>()));
   EXPECT_GT(w.input_ratio, 100);
   EXPECT_GT(w.output_ratio, 100);
 }
@@ -148,7 +147,8 @@ TEST(AttentionOutliers, IsTheShareOfAttentionMassAgainstADirectComputation) {
   ASSERT_OK(detector);
   model::RunPlan plan(c.n_layers);
   std::vector<at::Tensor> patterns;
-  plan.AddHook({model::SiteKind::kAttnPattern, 1}, [&](const model::SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
+  plan.AddHook({model::SiteKind::kAttnPattern, 1},
+               [&](const model::SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
   (*detector)->Attach(plan);
   auto sink = AttentionSinkCollector::Create(c, {1});
   ASSERT_OK(sink);

@@ -16,9 +16,7 @@ absl::Status CheckIndices(const std::vector<int64_t>& indices, int64_t limit, ab
   return absl::OkStatus();
 }
 
-at::Tensor IndexTensor(const std::vector<int64_t>& v, at::Device device) {
-  return at::tensor(v, at::kLong).to(device);
-}
+at::Tensor IndexTensor(const std::vector<int64_t>& v, at::Device device) { return at::tensor(v, at::kLong).to(device); }
 
 }  // namespace
 
@@ -38,8 +36,7 @@ int64_t SiteFeatures(const model::ModelConfig& c, model::SiteKind kind) {
 }
 
 absl::Status AddHeadAblation(const model::ModelConfig& c, int64_t layer, const std::vector<int64_t>& heads,
-                             HeadAblationMode mode, double factor, const at::Tensor& head_means,
-                             model::RunPlan& plan) {
+                             HeadAblationMode mode, double factor, const at::Tensor& head_means, model::RunPlan& plan) {
   if (layer < 0 || layer >= c.n_layers) {
     return absl::InvalidArgumentError(absl::StrCat("head ablation: layer ", layer, " out of range: model ",
                                                    c.architecture, " has ", c.n_layers, " layers"));
@@ -49,35 +46,35 @@ absl::Status AddHeadAblation(const model::ModelConfig& c, int64_t layer, const s
   if (mode == HeadAblationMode::kScale && !std::isfinite(factor)) {
     return absl::InvalidArgumentError(absl::StrCat("head ablation: factor ", factor, " is not finite"));
   }
-  if (mode == HeadAblationMode::kMean &&
-      (!head_means.defined() || head_means.dim() != 2 || head_means.size(0) != c.n_heads ||
-       head_means.size(1) != c.head_dim)) {
+  if (mode == HeadAblationMode::kMean && (!head_means.defined() || head_means.dim() != 2 ||
+                                          head_means.size(0) != c.n_heads || head_means.size(1) != c.head_dim)) {
     return absl::InvalidArgumentError("head ablation: mean mode needs head means of shape [n_heads, head_dim]");
   }
-  plan.AddHook({model::SiteKind::kAttnZ, layer}, [heads, mode, factor, head_means](const model::SiteId&, at::Tensor& z) {
-    // z: [b, s, heads, hd]
-    z = z.clone();
-    at::Tensor index = IndexTensor(heads, z.device());
-    at::Tensor selected = z.index_select(2, index);  // [b, s, n, hd]
-    switch (mode) {
-      case HeadAblationMode::kZero:
-        selected.zero_();
-        break;
-      case HeadAblationMode::kScale:
-        selected.mul_(factor);
-        break;
-      case HeadAblationMode::kMean:
-        selected.copy_(head_means.to(z.options()).index_select(0, index).expand_as(selected));
-        break;
-    }
-    z.index_copy_(2, index, selected);
-  });
+  plan.AddHook({model::SiteKind::kAttnZ, layer},
+               [heads, mode, factor, head_means](const model::SiteId&, at::Tensor& z) {
+                 // z: [b, s, heads, hd]
+                 z = z.clone();
+                 at::Tensor index = IndexTensor(heads, z.device());
+                 at::Tensor selected = z.index_select(2, index);  // [b, s, n, hd]
+                 switch (mode) {
+                   case HeadAblationMode::kZero:
+                     selected.zero_();
+                     break;
+                   case HeadAblationMode::kScale:
+                     selected.mul_(factor);
+                     break;
+                   case HeadAblationMode::kMean:
+                     selected.copy_(head_means.to(z.options()).index_select(0, index).expand_as(selected));
+                     break;
+                 }
+                 z.index_copy_(2, index, selected);
+               });
   return absl::OkStatus();
 }
 
-absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId& site, const std::vector<int64_t>& positions,
-                               const std::vector<int64_t>& dims, ActivationOp op, double value,
-                               const at::Tensor& mean, model::RunPlan& plan) {
+absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId& site,
+                               const std::vector<int64_t>& positions, const std::vector<int64_t>& dims, ActivationOp op,
+                               double value, const at::Tensor& mean, model::RunPlan& plan) {
   const int64_t features = SiteFeatures(c, site.kind);
   if (features < 0) {
     return absl::InvalidArgumentError(
@@ -108,12 +105,12 @@ absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId&
       if (p < seq) pos.push_back(p);
     }
     if (!positions.empty() && pos.empty()) return;  // no selected position in this window
-    at::Tensor p_index = positions.empty() ? at::arange(seq, x.options().dtype(at::kLong))
-                                           : IndexTensor(pos, x.device());
-    at::Tensor d_index = dims.empty() ? at::arange(x.size(2), x.options().dtype(at::kLong))
-                                      : IndexTensor(dims, x.device());
-    at::Tensor rows = x.index_select(1, p_index);       // [b, P, features]
-    at::Tensor cells = rows.index_select(2, d_index);   // [b, P, D]
+    at::Tensor p_index =
+        positions.empty() ? at::arange(seq, x.options().dtype(at::kLong)) : IndexTensor(pos, x.device());
+    at::Tensor d_index =
+        dims.empty() ? at::arange(x.size(2), x.options().dtype(at::kLong)) : IndexTensor(dims, x.device());
+    at::Tensor rows = x.index_select(1, p_index);      // [b, P, features]
+    at::Tensor cells = rows.index_select(2, d_index);  // [b, P, D]
     switch (op) {
       case ActivationOp::kZero:
         cells.zero_();

@@ -26,8 +26,7 @@ using HeadAblationMode = spec::HeadAblation::Mode;
 // `factor` times themselves, or `head_means` ([n_heads, head_dim], each head's mean output over a
 // dataset; required for kMean).
 absl::Status AddHeadAblation(const model::ModelConfig& config, int64_t layer, const std::vector<int64_t>& heads,
-                             HeadAblationMode mode, double factor, const at::Tensor& head_means,
-                             model::RunPlan& plan);
+                             HeadAblationMode mode, double factor, const at::Tensor& head_means, model::RunPlan& plan);
 
 using ActivationOp = spec::ActivationEdit::Op;
 
@@ -36,8 +35,8 @@ using ActivationOp = spec::ActivationEdit::Op;
 // and feature; Sun et al.'s "set to mean"). attn_z is addressed as [seq, heads * head_dim];
 // attn_pattern cannot be edited this way. Positions beyond a window's length are skipped.
 absl::Status AddActivationEdit(const model::ModelConfig& config, const model::SiteId& site,
-                               const std::vector<int64_t>& positions, const std::vector<int64_t>& dims,
-                               ActivationOp op, double value, const at::Tensor& mean, model::RunPlan& plan);
+                               const std::vector<int64_t>& positions, const std::vector<int64_t>& dims, ActivationOp op,
+                               double value, const at::Tensor& mean, model::RunPlan& plan);
 
 // Width of the feature dimension of a site (d_model, d_ffn, heads * head_dim, vocab).
 int64_t SiteFeatures(const model::ModelConfig& config, model::SiteKind kind);

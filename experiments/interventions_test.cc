@@ -6,8 +6,8 @@
 #include <filesystem>
 
 #include "common/testing/status_matchers.h"
-#include "model/model.h"
 #include "experiments/weight_edits.h"
+#include "model/model.h"
 
 namespace lesion::experiments {
 namespace {
@@ -93,11 +93,13 @@ TEST(ActivationEdit, ZeroingTheLastResidualZeroesTheLogitsOfAnRmsNormModel) {
   auto model = LoadFixture("llama2");
   const model::ModelConfig& c = model->config();
   model::RunPlan plan(c.n_layers);
-  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kResidPost, c.n_layers - 1}, {}, {}, ActivationOp::kZero, 0, {}, plan));
+  ASSERT_OK(
+      AddActivationEdit(c, {model::SiteKind::kResidPost, c.n_layers - 1}, {}, {}, ActivationOp::kZero, 0, {}, plan));
   EXPECT_EQ(Logits(model->transformer(), plan).abs().max().item<float>(), 0.0f);
   model::RunPlan identity(c.n_layers);
   ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kAttnZ, 0}, {}, {}, ActivationOp::kScale, 1.0, {}, identity));
-  EXPECT_TRUE(at::equal(Logits(model->transformer(), identity), Logits(model->transformer(), model::RunPlan(c.n_layers))));
+  EXPECT_TRUE(
+      at::equal(Logits(model->transformer(), identity), Logits(model->transformer(), model::RunPlan(c.n_layers))));
 }
 
 TEST(Interventions, InvalidArgumentsNameFieldAndValue) {

@@ -70,16 +70,17 @@ absl::StatusOr<std::vector<result::SiteStats>> ActivationStatsCollector::Finish(
         for (int64_t i = 0; i < values.size(0); ++i) {
           for (int64_t j = 0; j < std::min<int64_t>(k, values.size(1)); ++j) {
             top_sums[j] += v[i][j];
-            candidates.push_back({v[i][j], s.first_sequence[batch] + i, ix[i][j] / s.features[batch],
-                                  ix[i][j] % s.features[batch]});
+            candidates.push_back(
+                {v[i][j], s.first_sequence[batch] + i, ix[i][j] / s.features[batch], ix[i][j] % s.features[batch]});
           }
         }
         stats.median += s.medians[batch].to(at::kCPU, at::kDouble).sum().item<double>();
         stats.mean_abs += s.means[batch].to(at::kCPU, at::kDouble).sum().item<double>();
       }
       for (double sum : top_sums) stats.mean_top.push_back(sum / s.n_sequences);
-      std::partial_sort(candidates.begin(), candidates.begin() + std::min<size_t>(k, candidates.size()),
-                        candidates.end(), [](const result::TopActivation& a, const result::TopActivation& b) { return a.value > b.value; });
+      std::partial_sort(
+          candidates.begin(), candidates.begin() + std::min<size_t>(k, candidates.size()), candidates.end(),
+          [](const result::TopActivation& a, const result::TopActivation& b) { return a.value > b.value; });
       candidates.resize(std::min<size_t>(k, candidates.size()));
       stats.max_top = std::move(candidates);
       stats.median /= s.n_sequences;
@@ -91,7 +92,7 @@ absl::StatusOr<std::vector<result::SiteStats>> ActivationStatsCollector::Finish(
 }
 
 absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> AttentionSinkCollector::Create(const model::ModelConfig& config,
-                                                                                      std::vector<int64_t> layers) {
+                                                                                       std::vector<int64_t> layers) {
   if (layers.empty()) {
     for (int64_t l = 0; l < config.n_layers; ++l) layers.push_back(l);
   }
@@ -112,7 +113,7 @@ void AttentionSinkCollector::Attach(model::RunPlan& plan) {
       // p: [b, heads, q, k]; queries 1.. and their probability on key 0
       if (p.size(2) < 2) return;
       at::Tensor on_first = p.narrow(2, 1, p.size(2) - 1).select(3, 0).to(at::kDouble);  // [b, heads, q-1]
-      at::Tensor per_window = on_first.mean(2).sum(0);                                     // [heads]
+      at::Tensor per_window = on_first.mean(2).sum(0);                                   // [heads]
       sums_[i] = sums_[i].defined() ? sums_[i] + per_window : per_window;
       if (i == 0) n_windows_ += p.size(0);
     });
@@ -128,7 +129,8 @@ absl::StatusOr<at::Tensor> AttentionSinkCollector::Finish() const {
   });
 }
 
-CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions, int64_t max_windows)
+CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions,
+                                   int64_t max_windows)
     : positions_(std::move(positions)), max_windows_(max_windows) {
   for (const model::SiteId& s : sites) {
     PerSite p;
@@ -138,8 +140,8 @@ CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector
 }
 
 absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<model::SiteId> sites,
-                                                                          std::vector<int64_t> positions,
-                                                                          int64_t max_windows) {
+                                                                           std::vector<int64_t> positions,
+                                                                           int64_t max_windows) {
   if (sites.empty()) return absl::InvalidArgumentError("capture: no sites given");
   if (max_windows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("capture: max_windows must be >= 1, got ", max_windows));

@@ -89,8 +89,7 @@ class CaptureCollector {
  public:
   // InvalidArgument for no sites or max_windows < 1.
   static absl::StatusOr<std::unique_ptr<CaptureCollector>> Create(std::vector<model::SiteId> sites,
-                                                                  std::vector<int64_t> positions,
-                                                                  int64_t max_windows);
+                                                                  std::vector<int64_t> positions, int64_t max_windows);
   CaptureCollector(const CaptureCollector&) = delete;
   CaptureCollector& operator=(const CaptureCollector&) = delete;
 

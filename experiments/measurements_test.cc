@@ -72,13 +72,14 @@ TEST(AttentionSink, IsTheMeanProbabilityOnKeyZeroOverQueriesFromOne) {
   for (int64_t batch = 0; batch < 3; ++batch) {
     model::RunPlan plan(c.n_layers);
     (*sink)->Attach(plan);
-    plan.AddHook({model::SiteKind::kAttnPattern, 2}, [&](const model::SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
+    plan.AddHook({model::SiteKind::kAttnPattern, 2},
+                 [&](const model::SiteId&, at::Tensor& p) { patterns.push_back(p.clone()); });
     ASSERT_OK(model->transformer().Forward(Ids(2, 9, c.vocab_size, batch), plan));
   }
   auto scores = (*sink)->Finish();
   ASSERT_OK(scores);
   ASSERT_EQ(scores->sizes(), (std::vector<int64_t>{c.n_layers, c.n_heads}));
-  at::Tensor p = at::cat(patterns, 0).to(at::kDouble);  // [6, heads, q, k]
+  at::Tensor p = at::cat(patterns, 0).to(at::kDouble);                   // [6, heads, q, k]
   at::Tensor expected = p.narrow(2, 1, 8).select(3, 0).mean(2).mean(0);  // [heads]
   EXPECT_LE((scores->select(0, 2) - expected).abs().max().item<double>(), 1e-9);
   EXPECT_TRUE(((*scores >= 0) & (*scores <= 1)).all().item<bool>());
@@ -104,8 +105,7 @@ TEST(Capture, TakesTheFirstWindowsAtThePositionsAsked) {
   ASSERT_EQ(tensors->size(), 2u);
   const at::Tensor index = at::tensor(std::vector<int64_t>{0, 3}, at::kLong);  // 50 is beyond every window
   const at::Tensor want_resid = at::cat({seen_resid[0], seen_resid[1]}, 0).narrow(0, 0, 3).index_select(1, index);
-  const at::Tensor want_pattern =
-      at::cat({seen_pattern[0], seen_pattern[1]}, 0).narrow(0, 0, 3).index_select(2, index);
+  const at::Tensor want_pattern = at::cat({seen_pattern[0], seen_pattern[1]}, 0).narrow(0, 0, 3).index_select(2, index);
   for (int which = 0; which < 2; ++which) {
     const result::Tensor& t = (*tensors)[which];
     const at::Tensor& want = which == 0 ? want_resid : want_pattern;
@@ -141,7 +141,7 @@ TEST(NextTokenReducer, MatchesADirectComputationAtScoredPositions) {
   model::RunPlan ablated(c.n_layers);
   ablated.AddHook({model::SiteKind::kResidPost, 0}, [](const model::SiteId&, at::Tensor& x) { x = x * 0.5; });
   for (const model::WindowBatch& batch : *batches) {
-    at::Tensor ref = *model->transformer().Forward(batch.input, plan);      // [b, n, V]
+    at::Tensor ref = *model->transformer().Forward(batch.input, plan);  // [b, n, V]
     at::Tensor logits = *model->transformer().Forward(batch.input, ablated);
     reducer.Add(logits, batch, ref);
     const int64_t n = batch.input.size(1);

@@ -18,9 +18,9 @@
 #include "experiments/detectors.h"
 #include "experiments/interventions.h"
 #include "experiments/measurements.h"
+#include "experiments/weight_edits.h"
 #include "model/perplexity.h"
 #include "model/torch_util.h"
-#include "experiments/weight_edits.h"
 
 namespace lesion::experiments::internal {
 
@@ -30,8 +30,8 @@ absl::StatusOr<std::vector<result::TokenProbability>> ResolveTokens(const model:
   const int64_t vocab = model.config().vocab_size;
   for (int32_t id : t.token_ids) {
     if (id < 0 || id >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("token_probabilities: token id ", id,
-                                                     " out of range: vocabulary has ", vocab, " ids"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token_probabilities: token id ", id, " out of range: vocabulary has ", vocab, " ids"));
     }
     std::string text;
     if (model.tokenizer() != nullptr) {
@@ -102,13 +102,13 @@ absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const s
 // Reads back what a pass measured. Weight-based parts (super-weight values, norm gammas) read the
 // model as it is now: call with the pass's edits in place.
 absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const model::Transformer& t,
-                                        const model::PerplexityResult& windows, std::vector<result::TokenProbability> tokens,
+                                        const model::PerplexityResult& windows,
+                                        std::vector<result::TokenProbability> tokens,
                                         const model::NextTokenReducer& reducer, int64_t variant) {
   result::Pass out;
   if (p.perplexity) {
-    ASSIGN_OR_RETURN(double nll_sum, model::TorchCall("reading the NLL", [&] {
-                       return reducer.nll_sum()[variant].item<double>();
-                     }));
+    ASSIGN_OR_RETURN(double nll_sum,
+                     model::TorchCall("reading the NLL", [&] { return reducer.nll_sum()[variant].item<double>(); }));
     out.has_perplexity = true;
     out.perplexity.mean_nll = nll_sum / static_cast<double>(windows.n_tokens);
     out.perplexity.ppl = std::exp(out.perplexity.mean_nll);
@@ -117,9 +117,8 @@ absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const model::Tr
     out.perplexity.protocol = windows.protocol;
   }
   if (!tokens.empty()) {
-    ASSIGN_OR_RETURN(at::Tensor sums, model::TorchCall("reading token probabilities", [&] {
-                       return reducer.token_prob_sum()[variant].to(at::kCPU);
-                     }));
+    ASSIGN_OR_RETURN(at::Tensor sums, model::TorchCall("reading token probabilities",
+                                                       [&] { return reducer.token_prob_sum()[variant].to(at::kCPU); }));
     for (size_t i = 0; i < tokens.size(); ++i) {
       tokens[i].mean_probability = sums[static_cast<int64_t>(i)].item<double>() / static_cast<double>(windows.n_tokens);
     }

@@ -19,10 +19,10 @@
 #include "absl/status/statusor.h"
 #include "experiments/detectors.h"
 #include "experiments/measurements.h"
+#include "experiments/runner.h"
 #include "model/model.h"
 #include "model/perplexity.h"
 #include "model/run_plan.h"
-#include "experiments/runner.h"
 #include "spec/result.h"
 #include "spec/spec.h"
 
@@ -64,7 +64,8 @@ absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const s
 // `reducer`. Weight-based parts (super-weight values, norm gammas) read the model as it is now:
 // call with the pass's edits in place.
 absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const model::Transformer& t,
-                                        const model::PerplexityResult& windows, std::vector<result::TokenProbability> tokens,
+                                        const model::PerplexityResult& windows,
+                                        std::vector<result::TokenProbability> tokens,
                                         const model::NextTokenReducer& reducer, int64_t variant);
 
 // What identifies a run of `spec_sha256` on `model` (model, architecture, dtype, device, weights'

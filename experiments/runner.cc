@@ -11,8 +11,8 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "experiments/spec_binding.h"
-#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
+#include "model/torch_util.h"
 
 namespace lesion::experiments {
 
@@ -40,16 +40,15 @@ absl::StatusOr<std::vector<int32_t>> ResolveDataset(const model::Model& model, c
   return tokenizer->Encode(text);
 }
 
-absl::Status ValidateExperiment(const model::Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
-                                const RunLimits& limits) {
-  return model::TorchCall("validating the experiment", [&]() -> absl::Status {
-    return internal::Prepare(model, e, data_dir, limits).status();
-  });
+absl::Status ValidateExperiment(const model::Model& model, const spec::Experiment& e,
+                                const std::filesystem::path& data_dir, const RunLimits& limits) {
+  return model::TorchCall("validating the experiment",
+                          [&]() -> absl::Status { return internal::Prepare(model, e, data_dir, limits).status(); });
 }
 
 absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, const spec::Experiment& e,
-                                                 const std::filesystem::path& data_dir,
-                                                 const RunControls& controls, const RunLimits& limits) {
+                                                 const std::filesystem::path& data_dir, const RunControls& controls,
+                                                 const RunLimits& limits) {
   const auto start = std::chrono::steady_clock::now();
   const model::ModelConfig& c = model.config();
   const model::Transformer& t = model.transformer();
@@ -76,13 +75,13 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
   int64_t passes = 0;
   auto forward = [&](const model::WindowBatch& batch, const model::RunPlan& plan) -> absl::StatusOr<at::Tensor> {
     if (controls.cancelled && controls.cancelled()) {
-      return absl::CancelledError(absl::StrCat("experiment cancelled after ", passes, " of ", planned,
-                                               " forward passes"));
+      return absl::CancelledError(
+          absl::StrCat("experiment cancelled after ", passes, " of ", planned, " forward passes"));
     }
     absl::StatusOr<at::Tensor> logits = t.Forward(batch.input, plan);  // [b, n, vocab]
     if (absl::IsCancelled(logits.status())) {
-      return absl::CancelledError(absl::StrCat("experiment cancelled during forward pass ", passes + 1, " of ",
-                                               planned));
+      return absl::CancelledError(
+          absl::StrCat("experiment cancelled during forward pass ", passes + 1, " of ", planned));
     }
     ++passes;
     if (logits.ok() && controls.progress) controls.progress(passes, planned);
@@ -148,7 +147,7 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
   if (needs_kl) {
     out.has_kl_divergence = true;
     ASSIGN_OR_RETURN(double kl_sum, model::TorchCall("reading the KL divergence",
-                                              [&] { return inter.next_token->kl_sum()[0].item<double>(); }));
+                                                     [&] { return inter.next_token->kl_sum()[0].item<double>(); }));
     out.kl_divergence = kl_sum / static_cast<double>(prepared.protocol.n_tokens);
   }
 

@@ -18,9 +18,9 @@
 #include "experiments/detectors.h"
 #include "experiments/interventions.h"
 #include "experiments/measurements.h"
+#include "experiments/weight_edits.h"
 #include "model/perplexity.h"
 #include "model/torch_util.h"
-#include "experiments/weight_edits.h"
 
 namespace lesion::experiments::internal {
 
@@ -86,8 +86,8 @@ absl::Status CheckNumber(at::ScalarType dtype, absl::string_view where, absl::st
                                                    spec::kMaxInterventionMagnitude));
   }
   if (!FiniteIn(dtype, value)) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, " ", value, " overflows the model's dtype ",
-                                                   model::DtypeName(dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": ", field, " ", value, " overflows the model's dtype ", model::DtypeName(dtype)));
   }
   return absl::OkStatus();
 }
@@ -138,8 +138,7 @@ absl::Status ApplyWeightEdits(const std::vector<spec::Intervention>& interventio
       RETURN_IF_ERROR(edits.EditElement(w->layer, module, w->row, w->col, w->op, w->value));
     } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
       ASSIGN_OR_RETURN(model::NormSite norm, model::ParseNormSite(n->norm));
-      RETURN_IF_ERROR(
-          edits.ResetNormChannels(n->layer, norm, n->channels, n->mode, n->value));
+      RETURN_IF_ERROR(edits.ResetNormChannels(n->layer, norm, n->channels, n->mode, n->value));
     }
   }
   return absl::OkStatus();
@@ -160,8 +159,9 @@ absl::Status CheckWeightEdits(const model::Transformer& t, const std::vector<spe
 
 // Adds the activation-level interventions to `plan`. With `means` null, MEAN modes get zero
 // placeholders of the right shape: that validates every index before any compute.
-absl::Status AddActivationInterventions(const model::ModelConfig& c, const std::vector<spec::Intervention>& interventions,
-                                        int64_t seq_len, const Means* means, model::RunPlan& plan) {
+absl::Status AddActivationInterventions(const model::ModelConfig& c,
+                                        const std::vector<spec::Intervention>& interventions, int64_t seq_len,
+                                        const Means* means, model::RunPlan& plan) {
   for (const spec::Intervention& in : interventions) {
     if (const auto* h = std::get_if<spec::HeadAblation>(&in)) {
       at::Tensor head_means;
@@ -170,8 +170,7 @@ absl::Status AddActivationInterventions(const model::ModelConfig& c, const std::
                          ? means->head_sums.at(h->layer) / static_cast<double>(means->head_counts.at(h->layer))
                          : at::zeros({c.n_heads, c.head_dim});
       }
-      RETURN_IF_ERROR(AddHeadAblation(c, h->layer, h->heads, h->mode, h->factor,
-                                      head_means, plan));
+      RETURN_IF_ERROR(AddHeadAblation(c, h->layer, h->heads, h->mode, h->factor, head_means, plan));
     } else if (const auto* a = std::get_if<spec::ActivationEdit>(&in)) {
       ASSIGN_OR_RETURN(std::vector<model::SiteId> sites, model::ParseSitePattern(a->site, c.n_layers));
       for (const model::SiteId& site : sites) {
@@ -182,8 +181,7 @@ absl::Status AddActivationInterventions(const model::ModelConfig& c, const std::
                      ? means->site_sums.at(name) / means->site_counts.at(name).clamp_min(1)
                      : at::zeros({seq_len, SiteFeatures(c, site.kind)});
         }
-        RETURN_IF_ERROR(AddActivationEdit(c, site, a->positions, a->dims, a->op,
-                                          a->value, mean, plan));
+        RETURN_IF_ERROR(AddActivationEdit(c, site, a->positions, a->dims, a->op, a->value, mean, plan));
       }
     } else if (const auto* b = std::get_if<spec::AttentionBias>(&in)) {
       const int64_t width = c.n_kv_heads * c.head_dim;
@@ -194,8 +192,7 @@ absl::Status AddActivationInterventions(const model::ModelConfig& c, const std::
       if (static_cast<int64_t>(b->key.size()) != width || static_cast<int64_t>(b->value.size()) != width) {
         return absl::InvalidArgumentError(absl::StrCat("attention bias at layer ", b->layer, ": key and value need ",
                                                        width, " numbers (n_kv_heads ", c.n_kv_heads, " x head_dim ",
-                                                       c.head_dim, "), got ", b->key.size(), " and ",
-                                                       b->value.size()));
+                                                       c.head_dim, "), got ", b->key.size(), " and ", b->value.size()));
       }
       for (float v : b->key) {
         if (!std::isfinite(v)) return absl::InvalidArgumentError("attention bias: key holds a non-finite number");
@@ -205,7 +202,8 @@ absl::Status AddActivationInterventions(const model::ModelConfig& c, const std::
       }
       ASSIGN_OR_RETURN(model::AttentionBias bias, model::TorchCall("attention bias", [&] {
                          return model::AttentionBias{at::tensor(b->key).view({c.n_kv_heads, c.head_dim}),
-                                              at::tensor(b->value).view({c.n_kv_heads, c.head_dim}), at::Tensor()};
+                                                     at::tensor(b->value).view({c.n_kv_heads, c.head_dim}),
+                                                     at::Tensor()};
                        }));
       plan.SetAttentionBias(b->layer, std::move(bias));
     }
@@ -220,12 +218,13 @@ void AddMeanObservers(const model::ModelConfig& c, const std::vector<spec::Inter
     if (const auto* h = std::get_if<spec::HeadAblation>(&in); h && h->mode == spec::HeadAblation::Mode::kMean) {
       if (means.head_sums.count(h->layer)) continue;
       means.head_sums[h->layer] = at::Tensor();
-      plan.AddHook({model::SiteKind::kAttnZ, h->layer}, [&means, layer = h->layer](const model::SiteId&, at::Tensor& z) {
-        at::Tensor sum = z.to(at::kDouble).sum(at::IntArrayRef{0, 1}).cpu();  // [heads, hd]
-        at::Tensor& acc = means.head_sums[layer];
-        acc = acc.defined() ? acc + sum : sum;
-        means.head_counts[layer] += z.size(0) * z.size(1);
-      });
+      plan.AddHook({model::SiteKind::kAttnZ, h->layer},
+                   [&means, layer = h->layer](const model::SiteId&, at::Tensor& z) {
+                     at::Tensor sum = z.to(at::kDouble).sum(at::IntArrayRef{0, 1}).cpu();  // [heads, hd]
+                     at::Tensor& acc = means.head_sums[layer];
+                     acc = acc.defined() ? acc + sum : sum;
+                     means.head_counts[layer] += z.size(0) * z.size(1);
+                   });
     } else if (const auto* a = std::get_if<spec::ActivationEdit>(&in); a && a->op == spec::ActivationEdit::Op::kMean) {
       auto sites = model::ParseSitePattern(a->site, c.n_layers);
       if (!sites.ok()) continue;  // reported by validation
@@ -251,7 +250,6 @@ void AddMeanObservers(const model::ModelConfig& c, const std::vector<spec::Inter
   }
 }
 
-
 bool NeedsMeans(const std::vector<spec::Intervention>& interventions) {
   for (const spec::Intervention& in : interventions) {
     if (const auto* h = std::get_if<spec::HeadAblation>(&in); h && h->mode == spec::HeadAblation::Mode::kMean) {
@@ -264,7 +262,6 @@ bool NeedsMeans(const std::vector<spec::Intervention>& interventions) {
   return false;
 }
 
-
 model::PerplexityOptions EvalOptions(const model::ModelConfig& c, const spec::Experiment& e) {
   model::PerplexityOptions options;
   options.seq_len = e.seq_len > 0 ? e.seq_len : std::min<int64_t>(512, c.max_position_embeddings);
@@ -276,8 +273,8 @@ model::PerplexityOptions EvalOptions(const model::ModelConfig& c, const spec::Ex
 }
 
 // Every check of the spec against the model, without device work or touching the weights.
-absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
-                                 const RunLimits& limits) {
+absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experiment& e,
+                                 const std::filesystem::path& data_dir, const RunLimits& limits) {
   const model::ModelConfig& c = model.config();
   Prepared p;
   ASSIGN_OR_RETURN(p.ids, ResolveDataset(model, e, data_dir));

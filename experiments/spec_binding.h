@@ -21,14 +21,14 @@
 #include "experiments/detectors.h"
 #include "experiments/interventions.h"
 #include "experiments/measurements.h"
+#include "experiments/pass_collectors.h"
+#include "experiments/runner.h"
+#include "experiments/weight_edits.h"
 #include "model/model.h"
 #include "model/perplexity.h"
 #include "model/run_plan.h"
-#include "experiments/runner.h"
 #include "spec/result.h"
 #include "spec/spec.h"
-#include "experiments/weight_edits.h"
-#include "experiments/pass_collectors.h"
 
 namespace lesion::experiments::internal {
 
@@ -55,8 +55,9 @@ absl::Status CheckWeightEdits(const model::Transformer& t, const std::vector<spe
 // Adds the activation-level interventions (head ablations, activation edits, attention biases) to
 // `plan`. With `means` null, MEAN modes get zero placeholders of the right shape: that validates
 // every index before any compute.
-absl::Status AddActivationInterventions(const model::ModelConfig& c, const std::vector<spec::Intervention>& interventions,
-                                        int64_t seq_len, const Means* means, model::RunPlan& plan);
+absl::Status AddActivationInterventions(const model::ModelConfig& c,
+                                        const std::vector<spec::Intervention>& interventions, int64_t seq_len,
+                                        const Means* means, model::RunPlan& plan);
 // Observers that sum what MEAN-mode interventions need over the baseline pass into `means`
 // (which must outlive the plan's use).
 void AddMeanObservers(const model::ModelConfig& c, const std::vector<spec::Intervention>& interventions, Means& means,
@@ -78,8 +79,8 @@ struct Prepared {
 };
 
 // Every check of the spec against the model, without device work or touching the weights.
-absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experiment& e, const std::filesystem::path& data_dir,
-                                 const RunLimits& limits);
+absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experiment& e,
+                                 const std::filesystem::path& data_dir, const RunLimits& limits);
 
 }  // namespace lesion::experiments::internal
 

@@ -14,8 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "experiments/spec_binding.h"
-#include "model/torch_util.h"
 #include "experiments/weight_edits.h"
+#include "model/torch_util.h"
 
 namespace lesion::experiments {
 namespace {
@@ -100,9 +100,10 @@ struct Group {
 // The batched plan of one group for a window batch of `b` rows per variant: a dispatcher at every
 // site where a member has hooks (each member's hooks see only its rows), and the members'
 // attention-bias slots, weight corrections and norm gammas per row.
-absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transformer& t, std::vector<VariantState>& states,
-                                                   const Group& g, int64_t b, const std::vector<model::SiteId>& sites,
-                                                   const std::function<bool()>& interrupt) {
+absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transformer& t,
+                                                          std::vector<VariantState>& states, const Group& g, int64_t b,
+                                                          const std::vector<model::SiteId>& sites,
+                                                          const std::function<bool()>& interrupt) {
   const model::ModelConfig& c = t.config();
   const int64_t n = g.end - g.begin;
   auto plan = std::make_unique<model::RunPlan>(c.n_layers);
@@ -148,9 +149,9 @@ absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transform
         value[j].copy_(bias->value);
         rows[j] = true;
       }
-      plan->SetAttentionBias(l, model::AttentionBias{key.repeat_interleave(b, 0).to(device),
-                                              value.repeat_interleave(b, 0).to(device),
-                                              rows.repeat_interleave(b, 0).to(device)});
+      plan->SetAttentionBias(
+          l, model::AttentionBias{key.repeat_interleave(b, 0).to(device), value.repeat_interleave(b, 0).to(device),
+                                  rows.repeat_interleave(b, 0).to(device)});
     }
     // Corrections of the same element by several members share one delta vector.
     std::map<std::tuple<int64_t, int, int64_t, int64_t>, std::vector<float>> deltas;
@@ -172,9 +173,9 @@ absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transform
       for (const WeightEditPreview::Gamma& gm : members[j]->gammas) {
         at::Tensor& all = gammas[{gm.layer, static_cast<int>(gm.norm)}];
         if (!all.defined()) {
-          const model::NormWeights& w = gm.norm == model::NormSite::kFinal ? t.weights().final_norm
-                                 : gm.norm == model::NormSite::kAttn ? t.weights().blocks[gm.layer].attn_norm
-                                                              : t.weights().blocks[gm.layer].mlp_norm;
+          const model::NormWeights& w = gm.norm == model::NormSite::kFinal  ? t.weights().final_norm
+                                        : gm.norm == model::NormSite::kAttn ? t.weights().blocks[gm.layer].attn_norm
+                                                                            : t.weights().blocks[gm.layer].mlp_norm;
           all = w.weight.unsqueeze(0).repeat({n, 1});  // [variants, d]
         }
         all[j].copy_(gm.gamma);
@@ -191,8 +192,8 @@ absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transform
 // A variant's own plan (its activation-level interventions, then its measurements' observers) and
 // its weight edits as corrections. `means`: the dataset means of MEAN modes, or null.
 absl::StatusOr<VariantState> MakeVariantState(const model::Model& model, const spec::Experiment& parent,
-                                              const spec::Experiment& variant, int64_t index,
-                                              int64_t seq_len, const internal::Means* means) {
+                                              const spec::Experiment& variant, int64_t index, int64_t seq_len,
+                                              const internal::Means* means) {
   const model::ModelConfig& c = model.config();
   VariantState s;
   s.index = index;
@@ -208,8 +209,7 @@ absl::StatusOr<VariantState> MakeVariantState(const model::Model& model, const s
       s.edits_weights = true;
     } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
       ASSIGN_OR_RETURN(model::NormSite norm, model::ParseNormSite(n->norm));
-      RETURN_IF_ERROR(
-          preview.ResetNormChannels(n->layer, norm, n->channels, n->mode, n->value));
+      RETURN_IF_ERROR(preview.ResetNormChannels(n->layer, norm, n->channels, n->mode, n->value));
       s.edits_weights = true;
     }
   }
@@ -225,8 +225,8 @@ absl::Status CheckVariants(const model::Model& model, const std::vector<spec::Ex
                            const RunLimits& limits) {
   if (variants.empty()) return absl::InvalidArgumentError("sweep: no variants");
   if (static_cast<int64_t>(variants.size()) > limits.max_sweep_variants) {
-    return absl::InvalidArgumentError(absl::StrCat("sweep: ", variants.size(), " variants exceed the limit of ",
-                                                   limits.max_sweep_variants));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sweep: ", variants.size(), " variants exceed the limit of ", limits.max_sweep_variants));
   }
   const model::ModelConfig& c = model.config();
   for (size_t i = 0; i < variants.size(); ++i) {
@@ -266,11 +266,11 @@ absl::StatusOr<Prepared> PrepareSweep(const model::Model& model, const spec::Exp
   // A pass holds variants_per_pass x batch_size windows: bounded like the passes the runner sizes.
   const int64_t window_tokens = prepared.options.batch_size * seq;
   if (parent.variants_per_pass * window_tokens > limits.max_pass_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sweep.variants_per_pass: ", parent.variants_per_pass, " variants x ", prepared.options.batch_size,
-        " windows x ", seq, " tokens = ", parent.variants_per_pass * window_tokens,
-        " tokens in one pass, more than the limit of ", limits.max_pass_tokens,
-        " (lesiond --max-pass-tokens); lower variants_per_pass or eval.batch_size, or leave it 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sweep.variants_per_pass: ", parent.variants_per_pass, " variants x ", prepared.options.batch_size,
+                     " windows x ", seq, " tokens = ", parent.variants_per_pass * window_tokens,
+                     " tokens in one pass, more than the limit of ", limits.max_pass_tokens,
+                     " (lesiond --max-pass-tokens); lower variants_per_pass or eval.batch_size, or leave it 0"));
   }
   return prepared;
 }
@@ -292,7 +292,9 @@ int64_t FirstIntervenedLayer(const model::ModelConfig& c, const std::vector<spec
       auto sites = model::ParseSitePattern(a->site, c.n_layers);
       if (!sites.ok()) continue;
       for (const model::SiteId& s : *sites) {
-        first = std::min(first, s.kind == model::SiteKind::kEmbed ? int64_t{-1} : model::IsPerLayer(s.kind) ? s.layer : c.n_layers);
+        first = std::min(first, s.kind == model::SiteKind::kEmbed ? int64_t{-1}
+                                : model::IsPerLayer(s.kind)       ? s.layer
+                                                                  : c.n_layers);
       }
     }
   }
@@ -399,8 +401,8 @@ struct Round {
 class SweepRun {
  public:
   SweepRun(const model::Model& model, const spec::Experiment& parent, const std::vector<spec::Experiment>& variants,
-           const SweepControls& controls, Prepared prepared, std::vector<model::WindowBatch> batches,
-           SweepGroups plan, std::vector<int64_t> run_groups, int64_t max_round_variants)
+           const SweepControls& controls, Prepared prepared, std::vector<model::WindowBatch> batches, SweepGroups plan,
+           std::vector<int64_t> run_groups, int64_t max_round_variants)
       : model_(model),
         c_(model.config()),
         t_(model.transformer()),
@@ -728,8 +730,8 @@ absl::StatusOr<result::Experiment> RunSweep(const model::Model& model, const spe
   }
   for (int64_t g : run_groups) {
     if (g < 0 || g >= static_cast<int64_t>(plan.groups.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("sweep: group ", g, " out of range: the sweep has ",
-                                                     plan.groups.size(), " groups"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sweep: group ", g, " out of range: the sweep has ", plan.groups.size(), " groups"));
     }
   }
   SweepRun run(model, parent, variants, controls, std::move(prepared), std::move(batches), std::move(plan),

@@ -31,8 +31,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "model/model.h"
 #include "experiments/runner.h"
+#include "model/model.h"
 #include "spec/result.h"
 #include "spec/spec.h"
 

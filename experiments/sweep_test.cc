@@ -8,16 +8,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 
-#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "model/torch_util.h"
+#include "common/testing/status_matchers.h"
 #include "experiments/weight_edits.h"
+#include "model/torch_util.h"
 
 namespace lesion::experiments {
 namespace {
@@ -76,14 +76,16 @@ std::vector<std::pair<std::string, double>> Flatten(const result::Experiment& e)
     const std::string p = pass == &e.baseline ? "baseline." : "intervened.";
     const result::Pass& r = *pass;
     if (r.has_perplexity) add(p + "perplexity", r.perplexity.ppl);
-    for (const auto& t : r.token_probabilities) add(absl::StrCat(p, "token_probability:", t.token_id), t.mean_probability);
+    for (const auto& t : r.token_probabilities)
+      add(absl::StrCat(p, "token_probability:", t.token_id), t.mean_probability);
     for (const auto& s : r.activation_stats) {
       for (size_t k = 0; k < s.mean_top.size(); ++k) add(absl::StrCat(p, "mean_top", k, ":", s.site), s.mean_top[k]);
       for (size_t k = 0; k < s.max_top.size(); ++k) add(absl::StrCat(p, "max_top", k, ":", s.site), s.max_top[k].value);
       add(p + "median:" + s.site, s.median);
       add(p + "mean_abs:" + s.site, s.mean_abs);
     }
-    for (size_t k = 0; k < r.attention_sink.scores.size(); ++k) add(absl::StrCat(p, "sink", k), r.attention_sink.scores[k]);
+    for (size_t k = 0; k < r.attention_sink.scores.size(); ++k)
+      add(absl::StrCat(p, "sink", k), r.attention_sink.scores[k]);
     for (const auto& c : r.captures) {
       const float* f = reinterpret_cast<const float*>(c.data.data());
       for (size_t k = 0; k < c.data.size() / 4; ++k) add(absl::StrCat(p, "capture:", c.name, "[", k, "]"), f[k]);
@@ -97,7 +99,8 @@ std::vector<std::pair<std::string, double>> Flatten(const result::Experiment& e)
     for (const auto& w : r.super_weights) {
       add(absl::StrCat(p, "super_weight:", w.layer, ",", w.row, ",", w.col), w.weight);
     }
-    for (const auto& n : r.norm_outliers) add(absl::StrCat(p, "norm_outlier:", n.norm, n.layer, ",", n.channel), n.gamma);
+    for (const auto& n : r.norm_outliers)
+      add(absl::StrCat(p, "norm_outlier:", n.norm, n.layer, ",", n.channel), n.gamma);
     for (const auto& a : r.attention_outliers) {
       add(absl::StrCat(p, "attention_outlier:", a.layer, ",", a.head, ",", a.key_position), a.mass);
     }
@@ -156,7 +159,8 @@ void ExpectSweepEqualsAlone(const model::Model& model, const spec::Experiment& p
     const auto& row = parent_result->sweep.variants[i];
     EXPECT_EQ(row.name, variants[i].variant_name);
     EXPECT_NEAR(row.perplexity, alone->intervened.perplexity.ppl, tolerance * alone->intervened.perplexity.ppl);
-    if (getenv("LESION_TEST_VERBOSE")) std::cerr << variants[i].variant_name << " worst " << worst << " at " << worst_name << "\n";
+    if (getenv("LESION_TEST_VERBOSE"))
+      std::cerr << variants[i].variant_name << " worst " << worst << " at " << worst_name << "\n";
   }
   EXPECT_GE(changed, static_cast<int64_t>(variants.size()) - 2) << "the variants must change the model";
   EXPECT_LT(parent_result->run.forward_passes, alone_passes) << "the sweep shares passes";
@@ -177,8 +181,10 @@ std::string EveryKindOfVariant(int kv_width, bool gated) {
     {"name": "head0", "interventions": [{"head_ablation": {"layer": 0, "heads": [1]}}]},
     {"name": "head2scale", "interventions": [{"head_ablation": {"layer": 2, "heads": [0, 3], "mode": "SCALE", "factor": 0.5}}]},
     {"name": "head1mean", "interventions": [{"head_ablation": {"layer": 1, "heads": [2], "mode": "MEAN"}}]},
-    {"name": "bias1", "interventions": [)", bias1, R"(]},
-    {"name": "bias1head", "interventions": [)", bias2, R"(, {"head_ablation": {"layer": 1, "heads": [0]}}]},
+    {"name": "bias1", "interventions": [)",
+                      bias1, R"(]},
+    {"name": "bias1head", "interventions": [)",
+                      bias2, R"(, {"head_ablation": {"layer": 1, "heads": [0]}}]},
     {"name": "q", "interventions": [{"weight_edit": {"layer": 1, "module": "attn.q", "row": 5, "col": 7, "op": "SCALE", "value": 10}}]},
     {"name": "kv", "interventions": [{"weight_edit": {"layer": 0, "module": "attn.k", "row": 3, "col": 2, "op": "SET", "value": 0.7}},
                                      {"weight_edit": {"layer": 0, "module": "attn.v", "row": 1, "col": 60, "op": "ZERO"}}]},
@@ -208,8 +214,9 @@ spec::Experiment EveryKindSweep(const model::Model& model, const std::string& me
   return Parse(absl::StrCat(R"({"name": "every-kind", "dataset": {"token_ids": {"ids": [)", TokenIds(c.vocab_size),
                             R"(]}}, "eval": {"seq_len": 16, "batch_size": 3},
       "measurements": )",
-                            measurements, R"(, "sweep": {"axes": [)", EveryKindOfVariant(c.n_kv_heads * c.head_dim, c.gated_mlp),
-                            R"(], "variants_per_pass": )", variants_per_pass, "}}"));
+                            measurements, R"(, "sweep": {"axes": [)",
+                            EveryKindOfVariant(c.n_kv_heads * c.head_dim, c.gated_mlp), R"(], "variants_per_pass": )",
+                            variants_per_pass, "}}"));
 }
 
 constexpr char kAllMeasurements[] = R"([{"perplexity": {}}, {"kl_divergence": {}},
@@ -239,7 +246,9 @@ TEST(Sweep, FastAttentionPathWithBatchedCorrectionsEqualsRunningAlone) {
   auto model = LoadFixture("llama2");
   ExpectSweepEqualsAlone(
       *model,
-      EveryKindSweep(*model, R"([{"perplexity": {}}, {"kl_divergence": {}}, {"activation_stats": {"sites": ["blocks.*.mlp_out"]}}])", 18),
+      EveryKindSweep(
+          *model,
+          R"([{"perplexity": {}}, {"kl_divergence": {}}, {"activation_stats": {"sites": ["blocks.*.mlp_out"]}}])", 18),
       {}, 1e-5);
 }
 
@@ -249,13 +258,13 @@ TEST(Sweep, SuperWeightScalesOnThePlantedModel) {
   auto model = LoadFixture("planted");
   for (int per_pass : {1, 8}) {
     SCOPED_TRACE(per_pass);
-    const spec::Experiment parent = Parse(absl::StrCat(
-        R"({"dataset": {"token_ids": {"ids": [)", TokenIds(model->config().vocab_size),
-        R"(]}}, "eval": {"seq_len": 32, "batch_size": 2, "add_bos": true},
+    const spec::Experiment parent =
+        Parse(absl::StrCat(R"({"dataset": {"token_ids": {"ids": [)", TokenIds(model->config().vocab_size),
+                           R"(]}}, "eval": {"seq_len": 32, "batch_size": 2, "add_bos": true},
         "measurements": [{"perplexity": {}}, {"super_weights": {}}, {"massive_activations": {}}],
         "sweep": {"axes": [{"weight_values": {"layer": 1, "module": "mlp.down", "row": 37, "col": 91, "op": "SCALE",
                                               "values": [0, 0.5, 1, 2]}}], "variants_per_pass": )",
-        per_pass, "}}"));
+                           per_pass, "}}"));
     ExpectSweepEqualsAlone(*model, parent, {}, 1e-5);
   }
 }
@@ -281,7 +290,9 @@ TEST(Sweep, FirstIntervenedLayer) {
                .interventions);
   };
   EXPECT_EQ(first("[]"), 3);
-  EXPECT_EQ(first(R"([{"head_ablation": {"layer": 2, "heads": [0]}}, {"weight_edit": {"layer": 1, "module": "attn.o"}}])"), 1);
+  EXPECT_EQ(
+      first(R"([{"head_ablation": {"layer": 2, "heads": [0]}}, {"weight_edit": {"layer": 1, "module": "attn.o"}}])"),
+      1);
   EXPECT_EQ(first(R"([{"norm_channel_reset": {"norm": "final", "channels": [1]}}])"), 3);
   EXPECT_EQ(first(R"([{"norm_channel_reset": {"layer": 2, "norm": "mlp", "channels": [1]}}])"), 2);
   EXPECT_EQ(first(R"([{"activation_edit": {"site": "embed"}}])"), -1);
@@ -363,9 +374,9 @@ TEST(Sweep, ACachedBaselineServesEveryVariant) {
 
 TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   auto model = LoadFixture("llama2");
-  const spec::Experiment parent = Parse(absl::StrCat(
-      R"({"dataset": {"token_ids": {"ids": [)", TokenIds(model->config().vocab_size),
-      R"(]}}, "measurements": [{"perplexity": {}}],
+  const spec::Experiment parent =
+      Parse(absl::StrCat(R"({"dataset": {"token_ids": {"ids": [)", TokenIds(model->config().vocab_size),
+                         R"(]}}, "measurements": [{"perplexity": {}}],
           "sweep": {"axes": [{"variants": {"variants": [{"name": "fine"},
               {"name": "bad", "interventions": [{"weight_edit": {"layer": 0, "module": "mlp.down", "row": 64}}]}]}}]}})"));
   const auto variants = Expand(*model, parent);
@@ -390,8 +401,7 @@ TEST(Sweep, ValidationNamesTheVariantAndBoundsTheCaptures) {
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.message().find("= 144 tokens in one pass, more than the limit of 100"), std::string::npos) << s;
 
-  const spec::Experiment captures =
-      HeadSweep(*model, R"([{"capture": {"sites": ["logits"], "max_windows": 10}}])");
+  const spec::Experiment captures = HeadSweep(*model, R"([{"capture": {"sites": ["logits"], "max_windows": 10}}])");
   RunLimits limits;
   limits.max_capture_bytes = 1 << 20;
   s = ValidateSweep(*model, captures, Expand(*model, captures), kRoot / "data", limits);
@@ -435,7 +445,8 @@ TEST(Sweep, ShardsRunOnTheirOwnGiveBitIdenticalResults) {
   // variant's numbers must be exactly those of the whole sweep on one device.
   auto model = LoadFixture("llama2");
   const spec::Experiment parent = EveryKindSweep(*model, R"([{"perplexity": {}}, {"kl_divergence": {}},
-      {"activation_stats": {"sites": ["blocks.*.resid_post"]}}, {"attention_sink": {}}])", 3);
+      {"activation_stats": {"sites": ["blocks.*.resid_post"]}}, {"attention_sink": {}}])",
+                                                 3);
   const auto variants = Expand(*model, parent);
   std::vector<result::Experiment> whole(variants.size()), sharded(variants.size());
   SweepControls controls;

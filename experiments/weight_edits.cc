@@ -64,8 +64,9 @@ absl::Status WeightEditPreview::EditElement(int64_t layer, model::WeightModule m
   });
 }
 
-absl::Status WeightEditPreview::ResetNormChannels(int64_t layer, model::NormSite norm, const std::vector<int64_t>& channels,
-                                                  NormResetMode mode, double value) {
+absl::Status WeightEditPreview::ResetNormChannels(int64_t layer, model::NormSite norm,
+                                                  const std::vector<int64_t>& channels, NormResetMode mode,
+                                                  double value) {
   RETURN_IF_ERROR(CheckNormReset(*model_, layer, norm, channels, value));
   ASSIGN_OR_RETURN(at::Tensor pristine, model::NormGamma(*model_, layer, norm));  // [d]
   ASSIGN_OR_RETURN(const double fill, ResetValue(pristine, mode, value));
@@ -104,9 +105,9 @@ absl::Status CheckElementEdit(const model::Transformer& model, int64_t layer, mo
                               int64_t col, double value) {
   ASSIGN_OR_RETURN(at::Tensor w, model::ModuleWeight(model, layer, module));  // [out, in]
   if (row < 0 || row >= w.size(0) || col < 0 || col >= w.size(1)) {
-    return absl::InvalidArgumentError(absl::StrCat("index [", row, ", ", col, "] out of range for layer ",
-                                                   layer, " ", model::WeightModuleName(module), " of shape ",
-                                                   Shape(w), " ([out_features, in_features])"));
+    return absl::InvalidArgumentError(absl::StrCat("index [", row, ", ", col, "] out of range for layer ", layer, " ",
+                                                   model::WeightModuleName(module), " of shape ", Shape(w),
+                                                   " ([out_features, in_features])"));
   }
   if (!std::isfinite(value)) {
     return absl::InvalidArgumentError(absl::StrCat("edit value ", value, " is not finite"));
@@ -119,8 +120,8 @@ absl::Status CheckNormReset(const model::Transformer& model, int64_t layer, mode
   ASSIGN_OR_RETURN(at::Tensor gamma, model::NormGamma(model, layer, norm));  // [d]
   for (int64_t c : channels) {
     if (c < 0 || c >= gamma.size(0)) {
-      return absl::InvalidArgumentError(absl::StrCat("channel ", c, " out of range: the norm has ",
-                                                     gamma.size(0), " channels"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("channel ", c, " out of range: the norm has ", gamma.size(0), " channels"));
     }
   }
   if (!std::isfinite(value)) return absl::InvalidArgumentError(absl::StrCat("value ", value, " is not finite"));
@@ -134,10 +135,10 @@ absl::Status WeightEditSession::EditElement(int64_t layer, model::WeightModule m
   ASSIGN_OR_RETURN(at::Tensor w, model::ModuleWeight(*model_, layer, module));  // [out, in]
   // The whole tensor that owns the storage: q/k/v and gate/up are views of fused matrices.
   const model::BlockWeights& b = model_->weights().blocks[layer];
-  const at::Tensor& whole = module <= model::WeightModule::kAttnV ? b.qkv.weight
-                            : module == model::WeightModule::kAttnO ? b.o.weight
+  const at::Tensor& whole = module <= model::WeightModule::kAttnV     ? b.qkv.weight
+                            : module == model::WeightModule::kAttnO   ? b.o.weight
                             : module == model::WeightModule::kMlpDown ? b.down.weight
-                                                               : b.gate_up.weight;
+                                                                      : b.gate_up.weight;
   at::Tensor element = w.select(0, row).select(0, col);  // 0-d view
   RETURN_IF_ERROR(Touch(whole, element));
   RETURN_IF_ERROR(model::TorchCall("editing a weight", [&] { ApplyElementOp(element, op, value); }));

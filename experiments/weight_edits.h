@@ -58,7 +58,7 @@ class WeightEditPreview {
   struct Gamma {
     int64_t layer = 0;  // -1 for the final norm
     model::NormSite norm = model::NormSite::kAttn;
-    at::Tensor gamma;   // [d] the whole gamma after the resets, in the weight's dtype and device
+    at::Tensor gamma;  // [d] the whole gamma after the resets, in the weight's dtype and device
   };
 
   explicit WeightEditPreview(const model::Transformer* model) : model_(model) {}  // `model` must outlive it

@@ -61,8 +61,8 @@ TEST(WeightEdits, ThousandsOfRandomEditsRestoreTheModelBitForBit) {
         if (i % 10 == 0) {
           const model::NormSite norm = static_cast<model::NormSite>(rng() % 3);
           const auto mode = static_cast<NormResetMode>(rng() % 3);
-          ASSERT_TRUE(edits.ResetNormChannels(layer, norm, {static_cast<int64_t>(rng() % m.config().d_model)},
-                                              mode, 2.5).ok());
+          ASSERT_TRUE(
+              edits.ResetNormChannels(layer, norm, {static_cast<int64_t>(rng() % m.config().d_model)}, mode, 2.5).ok());
           continue;
         }
         model::WeightModule module = static_cast<model::WeightModule>(rng() % 7);
@@ -121,8 +121,10 @@ TEST(WeightEdits, Gpt2AddressingIsLinearConventionOverConv1D) {
   const model::Transformer& m = model->transformer();
   // row = output feature, col = input feature
   EXPECT_EQ((*model::ModuleWeight(m, 1, model::WeightModule::kAttnQ))[5][9].item<float>(), c_attn[9][5].item<float>());
-  EXPECT_EQ((*model::ModuleWeight(m, 1, model::WeightModule::kAttnK))[5][9].item<float>(), c_attn[9][d + 5].item<float>());
-  EXPECT_EQ((*model::ModuleWeight(m, 1, model::WeightModule::kAttnV))[5][9].item<float>(), c_attn[9][2 * d + 5].item<float>());
+  EXPECT_EQ((*model::ModuleWeight(m, 1, model::WeightModule::kAttnK))[5][9].item<float>(),
+            c_attn[9][d + 5].item<float>());
+  EXPECT_EQ((*model::ModuleWeight(m, 1, model::WeightModule::kAttnV))[5][9].item<float>(),
+            c_attn[9][2 * d + 5].item<float>());
   EXPECT_EQ((*model::ModuleWeight(m, 1, model::WeightModule::kMlpUp))[70][3].item<float>(), c_fc[3][70].item<float>());
 }
 

@@ -12,9 +12,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "fuzz/fuzz_file.h"
 #include "model/gguf/dequantize.h"
 #include "model/gguf/gguf.h"
-#include "fuzz/fuzz_file.h"
 
 namespace {
 
@@ -61,8 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     out.assign(static_cast<size_t>(t.numel()), 0.0f);
     absl::Status s = lesion::model::DequantizeTensor(**gguf, t, absl::MakeSpan(out));
     if (!s.ok()) {
-      std::fprintf(stderr, "tensor %s of a valid file does not dequantize: %s\n", t.name.c_str(),
-                   s.ToString().c_str());
+      std::fprintf(stderr, "tensor %s of a valid file does not dequantize: %s\n", t.name.c_str(), s.ToString().c_str());
       std::abort();
     }
   }

@@ -11,8 +11,7 @@
 namespace lesion::fuzz {
 
 inline void QuietProtobuf() {
-  google::protobuf::SetLogHandler(
-      [](google::protobuf::LogLevel, const char*, int, const std::string&) {});
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel, const char*, int, const std::string&) {});
 }
 
 }  // namespace lesion::fuzz

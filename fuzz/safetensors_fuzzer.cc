@@ -8,8 +8,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "model/safetensors/safetensors.h"
 #include "fuzz/fuzz_file.h"
+#include "model/safetensors/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using lesion::model::SafetensorsFile;

@@ -11,8 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "spec/spec.h"
 #include "fuzz/quiet_protobuf.h"
+#include "spec/spec.h"
 
 namespace {
 

@@ -5,9 +5,9 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "model/tokenizer/tokenizer.h"
 #include "fuzz/fuzz_file.h"
 #include "fuzz/tokenizer_fuzz.h"
+#include "model/tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static lesion::fuzz::MemoryFile file;

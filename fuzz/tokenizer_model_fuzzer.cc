@@ -6,10 +6,10 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "model/tokenizer/tokenizer.h"
 #include "fuzz/fuzz_file.h"
 #include "fuzz/quiet_protobuf.h"
 #include "fuzz/tokenizer_fuzz.h"
+#include "model/tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   lesion::fuzz::QuietProtobuf();

@@ -33,16 +33,15 @@ class TensorSource {
     }
     std::optional<std::string> stored = Lookup(name);
     if (!stored.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", checkpoint_.Files(), " has no tensor \"",
-                                                     prefix_, name, "\" (expected shape ",
-                                                     ShapeString(shape), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", checkpoint_.Files(), " has no tensor \"", prefix_,
+                                                     name, "\" (expected shape ", ShapeString(shape), ")"));
     }
     const CheckpointTensors::Info info = *checkpoint_.Find(*stored);
     consumed_.insert(*stored);
     if (info.shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor \"", *stored, "\" in ", checkpoint_.Files(),
-                                                     " has shape ", ShapeString(info.shape),
-                                                     " but the config implies ", ShapeString(shape)));
+      return absl::InvalidArgumentError(absl::StrCat("tensor \"", *stored, "\" in ", checkpoint_.Files(), " has shape ",
+                                                     ShapeString(info.shape), " but the config implies ",
+                                                     ShapeString(shape)));
     }
     ASSIGN_OR_RETURN(at::Tensor cpu, checkpoint_.ReadCpu(*stored));
     if (!source_dtype_.has_value()) source_dtype_ = cpu.scalar_type();
@@ -170,51 +169,47 @@ bool IsNonWeightBuffer(const std::string& name) {
   return std::regex_match(name, kBuffers);
 }
 
-absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint,
-                                                    const ModelConfig& config,
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint, const ModelConfig& config,
                                                     const LoadOptions& options) {
   const at::ScalarType dtype = options.dtype.value_or(checkpoint.DefaultDtype());
   const bool gpt2 = config.family == Family::kGpt2;
-  return TorchCall(
-      absl::StrCat("loading ", checkpoint.Files()), [&]() -> absl::StatusOr<LoadedWeights> {
-        // Weights are ordinary tensors (not inference tensors) so that interventions may edit them in
-        // place and restore them; nothing here records autograd history.
-        TensorSource src(checkpoint, gpt2 ? "transformer." : "model.",
-                         at::TensorOptions().dtype(dtype).device(options.device), options.cancelled);
-        LoadedWeights loaded;
-        TransformerWeights& w = loaded.weights;
-        RETURN_IF_ERROR(gpt2 ? LoadGpt2(src, config, w) : LoadLlama(src, config, w));
-        // The output head: tied to the embedding, or its own lm_head.weight.
-        if (config.tied_embeddings) {
-          w.lm_head = w.embed;
-        } else {
-          ASSIGN_OR_RETURN(w.lm_head, src.Get("lm_head.weight", {config.vocab_size, config.d_model}));
-        }
-        for (BlockWeights& b : w.blocks) MakeViews(config, b);
-        // A tied checkpoint may carry a copy of the head; buffers are never weights.
-        std::vector<std::string> extra = src.Unconsumed([&](const std::string& name) {
-          return IsNonWeightBuffer(name) || (config.tied_embeddings && name == "lm_head.weight");
-        });
-        if (!extra.empty()) {
-          if (extra.size() > 5) extra.resize(5), extra.push_back("...");
-          return absl::InvalidArgumentError(absl::StrCat(
-              "checkpoint ", src.Files(), " has tensors that are not part of a ",
-              config.architecture, " with this config: ", absl::StrJoin(extra, ", ")));
-        }
-        loaded.checkpoint_dtype = src.source_dtype().value_or(at::kFloat);
-        return loaded;
-      });
+  return TorchCall(absl::StrCat("loading ", checkpoint.Files()), [&]() -> absl::StatusOr<LoadedWeights> {
+    // Weights are ordinary tensors (not inference tensors) so that interventions may edit them in
+    // place and restore them; nothing here records autograd history.
+    TensorSource src(checkpoint, gpt2 ? "transformer." : "model.",
+                     at::TensorOptions().dtype(dtype).device(options.device), options.cancelled);
+    LoadedWeights loaded;
+    TransformerWeights& w = loaded.weights;
+    RETURN_IF_ERROR(gpt2 ? LoadGpt2(src, config, w) : LoadLlama(src, config, w));
+    // The output head: tied to the embedding, or its own lm_head.weight.
+    if (config.tied_embeddings) {
+      w.lm_head = w.embed;
+    } else {
+      ASSIGN_OR_RETURN(w.lm_head, src.Get("lm_head.weight", {config.vocab_size, config.d_model}));
+    }
+    for (BlockWeights& b : w.blocks) MakeViews(config, b);
+    // A tied checkpoint may carry a copy of the head; buffers are never weights.
+    std::vector<std::string> extra = src.Unconsumed([&](const std::string& name) {
+      return IsNonWeightBuffer(name) || (config.tied_embeddings && name == "lm_head.weight");
+    });
+    if (!extra.empty()) {
+      if (extra.size() > 5) extra.resize(5), extra.push_back("...");
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", src.Files(), " has tensors that are not part of a ",
+                                                     config.architecture,
+                                                     " with this config: ", absl::StrJoin(extra, ", ")));
+    }
+    loaded.checkpoint_dtype = src.source_dtype().value_or(at::kFloat);
+    return loaded;
+  });
 }
 
-absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir,
-                                                    const ModelConfig& config,
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir, const ModelConfig& config,
                                                     const LoadOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<CheckpointTensors> checkpoint, OpenSafetensorsTensors(model_dir));
   return LoadCheckpointWeights(*checkpoint, config, options);
 }
 
-absl::StatusOr<TransformerWeights> MakeRandomWeights(const ModelConfig& c, at::Device device,
-                                                     at::ScalarType dtype) {
+absl::StatusOr<TransformerWeights> MakeRandomWeights(const ModelConfig& c, at::Device device, at::ScalarType dtype) {
   return TorchCall("making random weights", [&]() -> absl::StatusOr<TransformerWeights> {
     const auto options = at::TensorOptions().dtype(dtype).device(device);
     auto matrix = [&](int64_t rows, int64_t cols) {

@@ -41,12 +41,10 @@ struct LoadedWeights {
 // `attn.masked_bias` and rotary `inv_freq`. Loading ignores them.
 bool IsNonWeightBuffer(const std::string& name);
 
-absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint,
-                                                    const ModelConfig& config,
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint, const ModelConfig& config,
                                                     const LoadOptions& options);
 // The same for a Hugging Face safetensors directory.
-absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir,
-                                                    const ModelConfig& config,
+absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const std::filesystem::path& model_dir, const ModelConfig& config,
                                                     const LoadOptions& options);
 
 // Random weights for a config (normal(0, 0.02) matrices, unit norm gammas, zero biases), made

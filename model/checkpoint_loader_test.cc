@@ -7,8 +7,8 @@
 #include <fstream>
 #include <map>
 
-#include "common/testing/status_matchers.h"
 #include "common/file_util.h"
+#include "common/testing/status_matchers.h"
 #include "model/model.h"
 #include "model/safetensors/safetensors.h"
 
@@ -168,9 +168,9 @@ TEST_F(CheckpointLoaderTest, AnUnreadableTokenizerDoesNotStopTheModel) {
 }
 
 TEST_F(CheckpointLoaderTest, TiedCheckpointMayCarryACopyOfTheHead) {
-  ASSERT_TRUE(WriteFileAtomically(dir_ / "config.json",
-                                  std::string(kConfig).replace(1, 0, R"("tie_word_embeddings": true, )"))
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(dir_ / "config.json", std::string(kConfig).replace(1, 0, R"("tie_word_embeddings": true, )"))
+          .ok());
   Write(ValidShapes());  // includes lm_head.weight
   EXPECT_OK(Load());
   auto shapes = ValidShapes();

@@ -29,8 +29,7 @@ std::optional<at::ScalarType> TorchDtype(DType dtype) {
 
 class SafetensorsTensors final : public CheckpointTensors {
  public:
-  explicit SafetensorsTensors(std::unique_ptr<SafetensorsCheckpoint> checkpoint)
-      : checkpoint_(std::move(checkpoint)) {}
+  explicit SafetensorsTensors(std::unique_ptr<SafetensorsCheckpoint> checkpoint) : checkpoint_(std::move(checkpoint)) {}
 
   std::vector<std::string> Names() const override { return checkpoint_->TensorNames(); }
 
@@ -68,7 +67,8 @@ class SafetensorsTensors final : public CheckpointTensors {
   size_t FileCount() const override { return checkpoint_->files().size(); }
 
   at::ScalarType DefaultDtype() const override {
-    for (const char* name : {"model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight", "wte.weight"}) {
+    for (const char* name :
+         {"model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight", "wte.weight"}) {
       if (auto e = checkpoint_->Find(name); e.has_value()) {
         if (auto t = TorchDtype(e->info->dtype); t.has_value()) return *t;
       }

@@ -8,10 +8,8 @@
 
 namespace lesion::model {
 
-absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Transformer& model,
-                                                    const std::vector<int32_t>& prompt,
-                                                    int64_t max_new_tokens,
-                                                    std::optional<int32_t> stop_id) {
+absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Transformer& model, const std::vector<int32_t>& prompt,
+                                                    int64_t max_new_tokens, std::optional<int32_t> stop_id) {
   if (prompt.empty()) return absl::InvalidArgumentError("generation needs a non-empty prompt");
   if (max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens must be >= 0");
   std::vector<int32_t> tokens = prompt;
@@ -22,10 +20,10 @@ absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Transformer& model,
         static_cast<int64_t>(tokens.size()) >= model.config().max_position_embeddings) {
       break;
     }
-    ASSIGN_OR_RETURN(at::Tensor ids, TorchCall("building ids", [&] {
-                       return at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::kLong)
-                           .unsqueeze(0);  // [1, s]
-                     }));
+    ASSIGN_OR_RETURN(
+        at::Tensor ids, TorchCall("building ids", [&] {
+          return at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::kLong).unsqueeze(0);  // [1, s]
+        }));
     ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(ids, plan));  // [1, s, vocab]
     absl::StatusOr<int32_t> next = TorchCall("argmax", [&] {
       c10::InferenceMode guard;

@@ -15,10 +15,8 @@ namespace lesion::model {
 
 // Appends up to `max_new_tokens` argmax tokens to `prompt` (non-empty), stopping after `stop_id`
 // if given. Returns only the new tokens.
-absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Transformer& model,
-                                                    const std::vector<int32_t>& prompt,
-                                                    int64_t max_new_tokens,
-                                                    std::optional<int32_t> stop_id);
+absl::StatusOr<std::vector<int32_t>> GreedyGenerate(const Transformer& model, const std::vector<int32_t>& prompt,
+                                                    int64_t max_new_tokens, std::optional<int32_t> stop_id);
 
 }  // namespace lesion::model
 

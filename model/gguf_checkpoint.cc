@@ -392,17 +392,18 @@ class GgufTensors final : public CheckpointTensors {
     const GgufTensorInfo& t = *m.entry.info;
     const std::vector<int64_t> shape = t.shape();
     auto error = [&](absl::string_view what) {
-      return absl::InvalidArgumentError(absl::StrCat(m.entry.file->path().string(), ": tensor \"", t.name,
-                                                     "\" (type ", GgmlTypeName(t.type), ") ", what));
+      return absl::InvalidArgumentError(absl::StrCat(m.entry.file->path().string(), ": tensor \"", t.name, "\" (type ",
+                                                     GgmlTypeName(t.type), ") ", what));
     };
     if (!CanDequantize(t.type)) {
-      return error("cannot be dequantized: lesion reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and "
-                   "Q2_K to Q6_K");
+      return error(
+          "cannot be dequantized: lesion reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and "
+          "Q2_K to Q6_K");
     }
     return TorchCall(absl::StrCat("dequantizing ", t.name), [&]() -> absl::StatusOr<at::Tensor> {
       at::Tensor out = at::empty(shape, at::kFloat);  // row-major as stored
-      absl::Status st = DequantizeToFloat(t.type, m.entry.file->Data(t),
-                                          absl::Span<float>(out.data_ptr<float>(), out.numel()));
+      absl::Status st =
+          DequantizeToFloat(t.type, m.entry.file->Data(t), absl::Span<float>(out.data_ptr<float>(), out.numel()));
       if (!st.ok()) return error(st.message());
       switch (m.transform) {
         case Transform::kNone:

@@ -14,8 +14,8 @@ namespace lesion::model {
 namespace {
 
 constexpr absl::string_view kSiteNames[kNumSiteKinds] = {
-    "embed",   "attn_in", "attn_z",  "attn_pattern", "attn_out",   "resid_mid",
-    "mlp_in",  "mlp_act", "mlp_out", "resid_post",   "final_norm", "logits",
+    "embed",  "attn_in", "attn_z",  "attn_pattern", "attn_out",   "resid_mid",
+    "mlp_in", "mlp_act", "mlp_out", "resid_post",   "final_norm", "logits",
 };
 
 std::string KnownSites() {
@@ -48,11 +48,9 @@ absl::StatusOr<std::vector<SiteId>> ParseSitePattern(absl::string_view pattern, 
         absl::StrCat("unknown hook site ", QuoteForError(pattern), " (known: ", KnownSites(), ")"));
   }
   const auto* name = std::find(std::begin(kSiteNames), std::end(kSiteNames), parts[2]);
-  if (name == std::end(kSiteNames) ||
-      !IsPerLayer(static_cast<SiteKind>(name - std::begin(kSiteNames)))) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown hook site ", QuoteForError(pattern),
-                                                   ": no per-layer site ", QuoteForError(parts[2]),
-                                                   " (known: ", KnownSites(), ")"));
+  if (name == std::end(kSiteNames) || !IsPerLayer(static_cast<SiteKind>(name - std::begin(kSiteNames)))) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown hook site ", QuoteForError(pattern), ": no per-layer site ",
+                                                   QuoteForError(parts[2]), " (known: ", KnownSites(), ")"));
   }
   const auto kind = static_cast<SiteKind>(name - std::begin(kSiteNames));
   std::vector<SiteId> sites;
@@ -67,8 +65,8 @@ absl::StatusOr<std::vector<SiteId>> ParseSitePattern(absl::string_view pattern, 
   }
   if (layer < 0 || layer >= n_layers) {
     return absl::InvalidArgumentError(absl::StrCat("hook site ", QuoteForError(pattern), ": layer ", layer,
-                                                   " out of range: the model has ", n_layers,
-                                                   " layers (0..", n_layers - 1, ")"));
+                                                   " out of range: the model has ", n_layers, " layers (0..",
+                                                   n_layers - 1, ")"));
   }
   sites.push_back({kind, layer});
   return sites;

@@ -55,9 +55,7 @@ struct SiteId {
   int64_t layer = -1;  // -1 for the model-level sites embed, final_norm, logits
 
   std::string Name() const;  // "blocks.3.attn_z", "logits"
-  friend bool operator==(const SiteId& a, const SiteId& b) {
-    return a.kind == b.kind && a.layer == b.layer;
-  }
+  friend bool operator==(const SiteId& a, const SiteId& b) { return a.kind == b.kind && a.layer == b.layer; }
 };
 
 // Parses one site name or pattern against a model with `n_layers` layers: "logits",

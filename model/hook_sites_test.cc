@@ -1,7 +1,8 @@
 #include "model/hook_sites.h"
-#include "common/testing/status_matchers.h"
 
 #include <gtest/gtest.h>
+
+#include "common/testing/status_matchers.h"
 
 namespace lesion::model {
 namespace {

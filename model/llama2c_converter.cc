@@ -30,8 +30,7 @@ struct Array {
 
 // llama2.c interleaved-pair rows -> HF rotate-half rows, per head: within a head, old row 2j + e
 // (pair j, element e) becomes new row e * hd/2 + j.
-std::vector<float> PermuteForRotateHalf(const float* w, int64_t n_heads, int64_t head_dim,
-                                        int64_t cols) {
+std::vector<float> PermuteForRotateHalf(const float* w, int64_t n_heads, int64_t head_dim, int64_t cols) {
   std::vector<float> out(static_cast<size_t>(n_heads * head_dim * cols));
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
@@ -58,25 +57,21 @@ absl::Status ConvertLlama2cCheckpoint(const std::filesystem::path& checkpoint_bi
   }
   Header h;
   std::memcpy(&h, bytes.data(), sizeof(Header));
-  if (h.dim <= 0 || h.hidden_dim <= 0 || h.n_layers <= 0 || h.n_heads <= 0 || h.n_kv_heads <= 0 ||
-      h.vocab_size == 0 || h.seq_len <= 0 || h.dim % h.n_heads != 0 ||
-      h.n_heads % h.n_kv_heads != 0 || (h.dim / h.n_heads) % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": inconsistent llama2.c header (dim ", h.dim, ", hidden_dim ", h.hidden_dim,
-        ", n_layers ", h.n_layers, ", n_heads ", h.n_heads, ", n_kv_heads ", h.n_kv_heads,
-        ", vocab_size ", h.vocab_size, ", seq_len ", h.seq_len, ")"));
+  if (h.dim <= 0 || h.hidden_dim <= 0 || h.n_layers <= 0 || h.n_heads <= 0 || h.n_kv_heads <= 0 || h.vocab_size == 0 ||
+      h.seq_len <= 0 || h.dim % h.n_heads != 0 || h.n_heads % h.n_kv_heads != 0 || (h.dim / h.n_heads) % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": inconsistent llama2.c header (dim ", h.dim,
+                                                   ", hidden_dim ", h.hidden_dim, ", n_layers ", h.n_layers,
+                                                   ", n_heads ", h.n_heads, ", n_kv_heads ", h.n_kv_heads,
+                                                   ", vocab_size ", h.vocab_size, ", seq_len ", h.seq_len, ")"));
   }
   const bool shared_classifier = h.vocab_size > 0;
-  const int64_t vocab = std::abs(h.vocab_size), dim = h.dim, hidden = h.hidden_dim,
-                layers = h.n_layers, head_dim = h.dim / h.n_heads,
-                kv_dim = h.dim / h.n_heads * h.n_kv_heads, seq_len = h.seq_len;
-  const int64_t floats = vocab * dim + layers * (2 * dim + 2 * dim * dim + 2 * kv_dim * dim +
-                                                 3 * dim * hidden) +
-                         dim + seq_len * head_dim + (shared_classifier ? 0 : vocab * dim);
+  const int64_t vocab = std::abs(h.vocab_size), dim = h.dim, hidden = h.hidden_dim, layers = h.n_layers,
+                head_dim = h.dim / h.n_heads, kv_dim = h.dim / h.n_heads * h.n_kv_heads, seq_len = h.seq_len;
+  const int64_t floats = vocab * dim + layers * (2 * dim + 2 * dim * dim + 2 * kv_dim * dim + 3 * dim * hidden) + dim +
+                         seq_len * head_dim + (shared_classifier ? 0 : vocab * dim);
   const uint64_t expected = sizeof(Header) + static_cast<uint64_t>(floats) * sizeof(float);
   if (bytes.size() != expected) {
-    return absl::DataLossError(absl::StrCat(source, ": ", bytes.size(),
-                                            " bytes, but its header implies ", expected));
+    return absl::DataLossError(absl::StrCat(source, ": ", bytes.size(), " bytes, but its header implies ", expected));
   }
   const float* p = reinterpret_cast<const float*>(bytes.data() + sizeof(Header));
   auto take = [&p](int64_t n) {
@@ -109,9 +104,9 @@ absl::Status ConvertLlama2cCheckpoint(const std::filesystem::path& checkpoint_bi
     }
   }
   if (worst > 1e-3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": freq_cis tables are not theta=10000 rotary tables (max deviation ", worst,
-        "); this converter handles only the standard tables"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": freq_cis tables are not theta=10000 rotary tables (max deviation ", worst,
+                     "); this converter handles only the standard tables"));
   }
 
   std::vector<Array> arrays;
@@ -120,20 +115,18 @@ absl::Status ConvertLlama2cCheckpoint(const std::filesystem::path& checkpoint_bi
   for (int64_t l = 0; l < layers; ++l) {
     const std::string pre = absl::StrCat("model.layers.", l, ".");
     arrays.push_back({pre + "input_layernorm.weight", {dim}, copy(rms_att + l * dim, dim)});
-    arrays.push_back({pre + "self_attn.q_proj.weight", {dim, dim},
+    arrays.push_back({pre + "self_attn.q_proj.weight",
+                      {dim, dim},
                       PermuteForRotateHalf(wq + l * dim * dim, h.n_heads, head_dim, dim)});
-    arrays.push_back({pre + "self_attn.k_proj.weight", {kv_dim, dim},
+    arrays.push_back({pre + "self_attn.k_proj.weight",
+                      {kv_dim, dim},
                       PermuteForRotateHalf(wk + l * kv_dim * dim, h.n_kv_heads, head_dim, dim)});
-    arrays.push_back({pre + "self_attn.v_proj.weight", {kv_dim, dim},
-                      copy(wv + l * kv_dim * dim, kv_dim * dim)});
+    arrays.push_back({pre + "self_attn.v_proj.weight", {kv_dim, dim}, copy(wv + l * kv_dim * dim, kv_dim * dim)});
     arrays.push_back({pre + "self_attn.o_proj.weight", {dim, dim}, copy(wo + l * dim * dim, dim * dim)});
     arrays.push_back({pre + "post_attention_layernorm.weight", {dim}, copy(rms_ffn + l * dim, dim)});
-    arrays.push_back({pre + "mlp.gate_proj.weight", {hidden, dim},
-                      copy(w1 + l * hidden * dim, hidden * dim)});
-    arrays.push_back({pre + "mlp.down_proj.weight", {dim, hidden},
-                      copy(w2 + l * dim * hidden, dim * hidden)});
-    arrays.push_back({pre + "mlp.up_proj.weight", {hidden, dim},
-                      copy(w3 + l * hidden * dim, hidden * dim)});
+    arrays.push_back({pre + "mlp.gate_proj.weight", {hidden, dim}, copy(w1 + l * hidden * dim, hidden * dim)});
+    arrays.push_back({pre + "mlp.down_proj.weight", {dim, hidden}, copy(w2 + l * dim * hidden, dim * hidden)});
+    arrays.push_back({pre + "mlp.up_proj.weight", {hidden, dim}, copy(w3 + l * hidden * dim, hidden * dim)});
   }
   arrays.push_back({"model.norm.weight", {dim}, copy(rms_final, dim)});
   if (wcls != nullptr) arrays.push_back({"lm_head.weight", {vocab, dim}, copy(wcls, vocab * dim)});
@@ -163,8 +156,12 @@ absl::Status ConvertLlama2cCheckpoint(const std::filesystem::path& checkpoint_bi
       {"_lesion_converted_from", checkpoint_bin.filename().string()},
   };
   nlohmann::json tokenizer_config = {
-      {"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"},  {"eos_token", "</s>"},
-      {"unk_token", "<unk>"},                {"add_bos_token", true}, {"add_eos_token", false},
+      {"tokenizer_class", "LlamaTokenizer"},
+      {"bos_token", "<s>"},
+      {"eos_token", "</s>"},
+      {"unk_token", "<unk>"},
+      {"add_bos_token", true},
+      {"add_eos_token", false},
       {"legacy", true},
   };
 
@@ -177,14 +174,12 @@ absl::Status ConvertLlama2cCheckpoint(const std::filesystem::path& checkpoint_bi
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", out_dir.string(), ": ", ec.message()));
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir.string(), ": ", ec.message()));
   }
   RETURN_IF_ERROR(WriteSafetensors(out_dir / "model.safetensors", tensors, {{"format", "pt"}}));
   RETURN_IF_ERROR(WriteFileAtomically(out_dir / "tokenizer.model", tokenizer_model));
   RETURN_IF_ERROR(WriteFileAtomically(out_dir / "config.json", config.dump(2) + "\n"));
-  RETURN_IF_ERROR(
-      WriteFileAtomically(out_dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n"));
+  RETURN_IF_ERROR(WriteFileAtomically(out_dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n"));
   return absl::OkStatus();
 }
 

@@ -20,8 +20,7 @@
 namespace lesion::model {
 
 absl::Status ConvertLlama2cCheckpoint(const std::filesystem::path& checkpoint_bin,
-                                      const std::filesystem::path& tokenizer_bin,
-                                      const std::filesystem::path& out_dir);
+                                      const std::filesystem::path& tokenizer_bin, const std::filesystem::path& out_dir);
 
 }  // namespace lesion::model
 

@@ -53,16 +53,16 @@ absl::StatusOr<std::filesystem::path> GgufInDirectory(const std::filesystem::pat
 absl::StatusOr<OpenedCheckpoint> OpenCheckpoint(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
-    return absl::NotFoundError(absl::StrCat("model not found: ", path.string(),
-                                            " (give a model directory or a .gguf file)"));
+    return absl::NotFoundError(
+        absl::StrCat("model not found: ", path.string(), " (give a model directory or a .gguf file)"));
   }
   OpenedCheckpoint opened;
   std::filesystem::path gguf_path;
   if (IsGgufPath(path)) {
     gguf_path = path;
   } else if (!std::filesystem::is_directory(path, ec)) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", path.string(),
-                                                   " is neither a directory nor a .gguf file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", path.string(), " is neither a directory nor a .gguf file"));
   } else if (!std::filesystem::exists(path / "config.json", ec)) {
     ASSIGN_OR_RETURN(gguf_path, GgufInDirectory(path));
   }
@@ -98,8 +98,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCheckpointTokenizer(const std::fi
   return LoadGgufFileTokenizer(*checkpoint);
 }
 
-absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& path,
-                                                   const LoadOptions& options) {
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& path, const LoadOptions& options) {
   const auto check_cancelled = [&]() -> absl::Status {
     if (options.cancelled && options.cancelled()) {
       return absl::CancelledError(absl::StrCat("loading ", path.string(), " was cancelled"));
@@ -112,8 +111,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& 
   ASSIGN_OR_RETURN(Transformer transformer, Transformer::Create(checkpoint.config, std::move(weights.weights)));
   RETURN_IF_ERROR(check_cancelled());  // the fingerprint reads every weight once more
   ASSIGN_OR_RETURN(std::string fingerprint, WeightsFingerprint(transformer));
-  auto model = std::unique_ptr<Model>(new Model(checkpoint.path, std::move(transformer), std::move(checkpoint.tokenizer),
-                                                weights.checkpoint_dtype, std::move(fingerprint)));
+  auto model =
+      std::unique_ptr<Model>(new Model(checkpoint.path, std::move(transformer), std::move(checkpoint.tokenizer),
+                                       weights.checkpoint_dtype, std::move(fingerprint)));
   model->checkpoint_format_ = checkpoint.tensors->Format();
   model->dequantized_from_ = DequantizationNote(*checkpoint.tensors);
   return model;
@@ -129,14 +129,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromTransformer(const std::string&
 
 absl::StatusOr<const Tokenizer*> Model::RequireTokenizer() const {
   if (tokenizer_ == nullptr && !absl::IsNotFound(tokenizer_error_)) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot use the tokenizer of ", dir_.string(), ": ",
-                                                      tokenizer_error_.message()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot use the tokenizer of ", dir_.string(), ": ", tokenizer_error_.message()));
   }
   if (tokenizer_ == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model ", dir_.string(),
-        " has no tokenizer (tokenizer.json, vocab.json + merges.txt, tokenizer.model or "
-        "tokenizer.bin, or a GGUF file's tokenizer.ggml.tokens); pass token ids instead of text"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", dir_.string(),
+                     " has no tokenizer (tokenizer.json, vocab.json + merges.txt, tokenizer.model or "
+                     "tokenizer.bin, or a GGUF file's tokenizer.ggml.tokens); pass token ids instead of text"));
   }
   return tokenizer_.get();
 }

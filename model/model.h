@@ -53,8 +53,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCheckpointTokenizer(const std::fi
 class Model {
  public:
   // `path` as for OpenCheckpoint; errors as OpenCheckpoint and LoadCheckpointWeights.
-  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::filesystem::path& path,
-                                                     const LoadOptions& options);
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::filesystem::path& path, const LoadOptions& options);
   // A model built in memory (e.g. random weights of a benchmark's shape): no tokenizer, and
   // `name` stands where the directory would.
   static absl::StatusOr<std::unique_ptr<Model>> FromTransformer(const std::string& name, Transformer transformer);
@@ -81,9 +80,8 @@ class Model {
   const std::string& fingerprint() const { return fingerprint_; }
 
  private:
-  Model(std::filesystem::path dir, Transformer transformer,
-        absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, at::ScalarType checkpoint_dtype,
-        std::string fingerprint)
+  Model(std::filesystem::path dir, Transformer transformer, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer,
+        at::ScalarType checkpoint_dtype, std::string fingerprint)
       : dir_(std::move(dir)),
         transformer_(std::move(transformer)),
         checkpoint_dtype_(checkpoint_dtype),

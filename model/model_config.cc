@@ -81,8 +81,7 @@ class ConfigReader {
   std::string source_;  // owned: readers for nested objects get a composed name
 };
 
-absl::StatusOr<Activation> ParseActivation(const ConfigReader& r, absl::string_view key,
-                                           absl::string_view name) {
+absl::StatusOr<Activation> ParseActivation(const ConfigReader& r, absl::string_view key, absl::string_view name) {
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") {
     return Activation::kGeluTanh;
   }
@@ -95,8 +94,7 @@ absl::StatusOr<Activation> ParseActivation(const ConfigReader& r, absl::string_v
 
 // Rotary settings: transformers 5 writes `rope_parameters` {rope_theta, rope_type, ...};
 // transformers 4 writes `rope_theta` and an optional `rope_scaling` {type|rope_type, ...}.
-absl::StatusOr<RopeConfig> ParseRope(const Json& json, const ConfigReader& r,
-                                     absl::string_view source) {
+absl::StatusOr<RopeConfig> ParseRope(const Json& json, const ConfigReader& r, absl::string_view source) {
   RopeConfig rope;
   ASSIGN_OR_RETURN(rope.theta, r.Number("rope_theta", 10000.0));
   const Json* scaling = nullptr;
@@ -127,14 +125,12 @@ absl::StatusOr<RopeConfig> ParseRope(const Json& json, const ConfigReader& r,
     ASSIGN_OR_RETURN(rope.factor, s.Number("factor", 8.0));
     ASSIGN_OR_RETURN(rope.low_freq_factor, s.Number("low_freq_factor", 1.0));
     ASSIGN_OR_RETURN(rope.high_freq_factor, s.Number("high_freq_factor", 4.0));
-    ASSIGN_OR_RETURN(rope.original_max_position_embeddings,
-                     s.Int("original_max_position_embeddings", 8192));
+    ASSIGN_OR_RETURN(rope.original_max_position_embeddings, s.Int("original_max_position_embeddings", 8192));
     if (rope.high_freq_factor <= rope.low_freq_factor) {
       return s.Error("high_freq_factor", "must be larger than low_freq_factor");
     }
   } else {
-    return s.Error("rope_type", absl::StrCat("\"", type,
-                                             "\" is not supported (supported: default, linear, llama3)"));
+    return s.Error("rope_type", absl::StrCat("\"", type, "\" is not supported (supported: default, linear, llama3)"));
   }
   if (rope.theta <= 0) return r.Error("rope_theta", "must be positive");
   if (rope.factor <= 0) return s.Error("factor", "must be positive");
@@ -172,8 +168,7 @@ absl::Status ParseGpt2(const ConfigReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
-absl::Status ParseLlamaLike(const Json& json, const ConfigReader& r, absl::string_view source,
-                            ModelConfig& c) {
+absl::Status ParseLlamaLike(const Json& json, const ConfigReader& r, absl::string_view source, ModelConfig& c) {
   c.family = Family::kLlama;
   ASSIGN_OR_RETURN(c.n_layers, r.PositiveInt("num_hidden_layers"));
   ASSIGN_OR_RETURN(c.d_model, r.PositiveInt("hidden_size"));
@@ -190,15 +185,13 @@ absl::Status ParseLlamaLike(const Json& json, const ConfigReader& r, absl::strin
     ASSIGN_OR_RETURN(c.head_dim, r.PositiveInt("head_dim"));
   } else {
     if (c.d_model % c.n_heads != 0) {
-      return r.Error("num_attention_heads",
-                     absl::StrCat(c.n_heads, " does not divide hidden_size ", c.d_model));
+      return r.Error("num_attention_heads", absl::StrCat(c.n_heads, " does not divide hidden_size ", c.d_model));
     }
     c.head_dim = c.d_model / c.n_heads;
   }
   if (c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0) {
-    return r.Error("num_key_value_heads", absl::StrCat(c.n_kv_heads,
-                                                       " must be positive and divide num_attention_heads ",
-                                                       c.n_heads));
+    return r.Error("num_key_value_heads",
+                   absl::StrCat(c.n_kv_heads, " must be positive and divide num_attention_heads ", c.n_heads));
   }
   if (c.head_dim % 2 != 0) return r.Error("head_dim", "must be even for rotary embeddings");
   // Every size is read: bound them before the per-layer vectors below are sized by n_layers.
@@ -279,20 +272,19 @@ absl::Status CheckModelConfigBounds(const ModelConfig& c, absl::string_view sour
     }
   }
   if (c.n_heads % c.n_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", c.n_kv_heads, " key/value heads do not divide ",
-                                                   c.n_heads, " attention heads"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": ", c.n_kv_heads, " key/value heads do not divide ", c.n_heads, " attention heads"));
   }
   if (c.rope.has_value()) {
     const int64_t original = c.rope->original_max_position_embeddings;
     if (original < 1 || original > kMaxPositions) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": field \"original_max_position_embeddings\" is ", original,
-          ", outside the sanity limits [1, ", kMaxPositions, "]"));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": field \"original_max_position_embeddings\" is ",
+                                                     original, ", outside the sanity limits [1, ", kMaxPositions, "]"));
     }
   }
   if (!c.sliding_window.empty() && static_cast<int64_t>(c.sliding_window.size()) != c.n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", c.sliding_window.size(),
-                                                   " sliding windows for ", c.n_layers, " layers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": ", c.sliding_window.size(), " sliding windows for ", c.n_layers, " layers"));
   }
   return absl::OkStatus();
 }
@@ -349,10 +341,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
              c.architecture == "Qwen2ForCausalLM") {
     RETURN_IF_ERROR(ParseLlamaLike(json, r, source, c));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": architecture \"", c.architecture,
-        "\" is not supported (supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
-        "Qwen2ForCausalLM)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": architecture \"", c.architecture,
+                     "\" is not supported (supported: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
+                     "Qwen2ForCausalLM)"));
   }
   if (c.d_ffn <= 0) return r.Error("intermediate size", "must be positive");
   RETURN_IF_ERROR(CheckModelConfigBounds(c, source));  // before n_layers sizes anything

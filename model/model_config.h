@@ -29,14 +29,14 @@ enum class RopeScaling { kNone, kLinear, kLlama3 };
 struct RopeConfig {
   double theta = 10000.0;
   RopeScaling scaling = RopeScaling::kNone;
-  double factor = 1.0;                       // linear and llama3
-  double low_freq_factor = 1.0;              // llama3
-  double high_freq_factor = 4.0;             // llama3
+  double factor = 1.0;                              // linear and llama3
+  double low_freq_factor = 1.0;                     // llama3
+  double high_freq_factor = 4.0;                    // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
 struct ModelConfig {
-  std::string architecture;   // as in config.json, e.g. "LlamaForCausalLM"
+  std::string architecture;  // as in config.json, e.g. "LlamaForCausalLM"
   Family family = Family::kLlama;
   int64_t n_layers = 0;
   int64_t d_model = 0;
@@ -49,7 +49,7 @@ struct ModelConfig {
   NormKind norm = NormKind::kRmsNorm;
   double norm_eps = 1e-5;
   Activation activation = Activation::kSilu;
-  bool gated_mlp = true;          // SwiGLU: down(act(gate x) * up x); else down(act(up x))
+  bool gated_mlp = true;  // SwiGLU: down(act(gate x) * up x); else down(act(up x))
   bool qkv_bias = false;
   bool o_bias = false;
   bool mlp_bias = false;
@@ -75,7 +75,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
 // Sanity limits on a config's sizes, generous for any real model; a config beyond them is corrupt
 // or hostile, and would make loading allocate without bound (2^31 layers, say).
 inline constexpr int64_t kMaxLayers = 1024;
-inline constexpr int64_t kMaxHeads = 1024;        // attention heads, and key/value heads
+inline constexpr int64_t kMaxHeads = 1024;  // attention heads, and key/value heads
 inline constexpr int64_t kMaxHeadDim = 16384;
 inline constexpr int64_t kMaxDModel = 65536;
 inline constexpr int64_t kMaxDFfn = int64_t{1} << 20;

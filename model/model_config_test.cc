@@ -1,7 +1,8 @@
 #include "model/model_config.h"
-#include "common/testing/status_matchers.h"
 
 #include <gtest/gtest.h>
+
+#include "common/testing/status_matchers.h"
 
 namespace lesion::model {
 namespace {
@@ -116,18 +117,17 @@ TEST(ModelConfig, AbsurdSizesAreInvalidArgumentNamingFieldValueAndLimit) {
     const char* limit;
   } cases[] = {
       {LlamaConfig(R"(, "num_hidden_layers": 2147483647)"), "num_hidden_layers", "2147483647", "1024"},
-      {LlamaConfig(R"(, "num_hidden_layers": 100000000, "sliding_window": 4)"), "num_hidden_layers",
-       "100000000", "1024"},
+      {LlamaConfig(R"(, "num_hidden_layers": 100000000, "sliding_window": 4)"), "num_hidden_layers", "100000000",
+       "1024"},
       {LlamaConfig(R"(, "num_hidden_layers": 1025)"), "num_hidden_layers", "1025", "1024"},
       {LlamaConfig(R"(, "hidden_size": 131072, "head_dim": 16)"), "hidden_size", "131072", "65536"},
-      {LlamaConfig(R"(, "num_attention_heads": 2048, "num_key_value_heads": 1, "head_dim": 16)"),
-       "num_attention_heads", "2048", "1024"},
+      {LlamaConfig(R"(, "num_attention_heads": 2048, "num_key_value_heads": 1, "head_dim": 16)"), "num_attention_heads",
+       "2048", "1024"},
       {LlamaConfig(R"(, "head_dim": 32768)"), "head_dim", "32768", "16384"},
-      {LlamaConfig(R"(, "intermediate_size": 9223372036854775807)"), "intermediate_size",
-       "9223372036854775807", "1048576"},
+      {LlamaConfig(R"(, "intermediate_size": 9223372036854775807)"), "intermediate_size", "9223372036854775807",
+       "1048576"},
       {LlamaConfig(R"(, "vocab_size": 4194305)"), "vocab_size", "4194305", "4194304"},
-      {LlamaConfig(R"(, "max_position_embeddings": 16777217)"), "max_position_embeddings", "16777217",
-       "16777216"},
+      {LlamaConfig(R"(, "max_position_embeddings": 16777217)"), "max_position_embeddings", "16777217", "16777216"},
       {LlamaConfig(R"(, "max_position_embeddings": 0)"), "max_position_embeddings", "0", "16777216"},
       {LlamaConfig(R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
                        "original_max_position_embeddings": 9223372036854775807})"),

@@ -15,10 +15,10 @@ void ExpectMatchesReference(at::Device device, at::ScalarType dtype) {
   at::manual_seed(3);
   const int64_t rows = 37, vocab = 50257, stride = 50304;  // GPT-2's vocabulary in a padded head
   at::Tensor padded = (at::randn({rows, stride}) * 4).to(dtype);
-  padded[3][17] = 40;                                            // one dominant logit
+  padded[3][17] = 40;  // one dominant logit
   padded[5].narrow(0, 0, vocab).fill_(-std::numeric_limits<double>::infinity());
-  padded[5][11] = 2;                                             // all -inf but one
-  at::Tensor logits = padded.to(device).narrow(1, 0, vocab);     // [rows, vocab], row stride 50304
+  padded[5][11] = 2;                                          // all -inf but one
+  at::Tensor logits = padded.to(device).narrow(1, 0, vocab);  // [rows, vocab], row stride 50304
   at::Tensor targets = at::randint(vocab, {rows}, at::kLong);
   targets[5] = 11;
   const RowLogSumExp got = LogSumExpRows(logits, targets.to(device));

@@ -21,12 +21,10 @@ absl::StatusOr<std::vector<Window>> PlanWindows(int64_t n_ids, const PerplexityO
   const int64_t span = o.seq_len - bos;  // text tokens per window
   const int64_t stride = o.stride.value_or(span);
   if (stride < 1 || stride > span) {
-    return absl::InvalidArgumentError(absl::StrCat("stride must be in [1, ", span, "], got ",
-                                                   stride));
+    return absl::InvalidArgumentError(absl::StrCat("stride must be in [1, ", span, "], got ", stride));
   }
   if (o.max_windows.has_value() && *o.max_windows < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_windows must be at least 1, got ",
-                                                   *o.max_windows));
+    return absl::InvalidArgumentError(absl::StrCat("max_windows must be at least 1, got ", *o.max_windows));
   }
   std::vector<Window> windows;
   int64_t prev_end = 0;
@@ -40,8 +38,7 @@ absl::StatusOr<std::vector<Window>> PlanWindows(int64_t n_ids, const PerplexityO
     if (o.max_windows.has_value() && static_cast<int64_t>(windows.size()) == *o.max_windows) break;
   }
   if (windows.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("text of ", n_ids,
-                                                   " tokens is too short to predict any token"));
+    return absl::InvalidArgumentError(absl::StrCat("text of ", n_ids, " tokens is too short to predict any token"));
   }
   return windows;
 }
@@ -55,27 +52,23 @@ std::string DescribeProtocol(const PerplexityOptions& o) {
   return s;
 }
 
-absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model,
-                                                           absl::Span<const int32_t> ids,
+absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model, absl::Span<const int32_t> ids,
                                                            const PerplexityOptions& options,
                                                            std::optional<int32_t> bos_id) {
   if (options.add_bos && !bos_id.has_value()) {
     return absl::FailedPreconditionError("add_bos asked for, but the model defines no BOS token");
   }
   if (options.batch_size < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("batch_size must be at least 1, got ",
-                                                   options.batch_size));
+    return absl::InvalidArgumentError(absl::StrCat("batch_size must be at least 1, got ", options.batch_size));
   }
   const int64_t vocab = model.config().vocab_size;
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " at position ", i,
-                                                     " out of range: vocabulary has ", vocab,
-                                                     " ids"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", ids[i], " at position ", i, " out of range: vocabulary has ", vocab, " ids"));
     }
   }
-  ASSIGN_OR_RETURN(std::vector<Window> windows,
-                   PlanWindows(static_cast<int64_t>(ids.size()), options));
+  ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(ids.size()), options));
   const int64_t bos = options.add_bos ? 1 : 0;
   if (model.config().learned_positions &&
       windows.front().end - windows.front().begin + bos > model.config().max_position_embeddings) {
@@ -140,21 +133,20 @@ void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, c
   const int64_t g = logits.size(0) / b;
   const auto f64 = logits.options().dtype(at::kDouble);
   const at::Tensor targets = at::cat({batch.input.narrow(1, 1, n - 1), at::zeros({b, 1}, batch.input.options())},
-                                     1);  // [b, n]
-  const at::Tensor scored =
-      at::cat({batch.score_mask, at::zeros({b, 1}, batch.score_mask.options())}, 1);  // [b, n]
+                                     1);                                                                    // [b, n]
+  const at::Tensor scored = at::cat({batch.score_mask, at::zeros({b, 1}, batch.score_mask.options())}, 1);  // [b, n]
   const int64_t n_tokens = token_ids_.defined() ? token_ids_.size(0) : 0;
-  at::Tensor row_nll = at::empty({g * b}, f64);                  // per sequence
-  at::Tensor row_prob = at::empty({g * b, n_tokens}, f64);       // per sequence and token
+  at::Tensor row_nll = at::empty({g * b}, f64);             // per sequence
+  at::Tensor row_prob = at::empty({g * b, n_tokens}, f64);  // per sequence and token
   // Sequences per step: the CPU fallback of LogSumExpRows makes a float32 copy of its rows.
   const int64_t step = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(1, n * vocab));
   for (int64_t r = 0; r < g * b; r += step) {
     const int64_t m = std::min(step, g * b - r);
     const at::Tensor windows = at::arange(r, r + m, batch.input.options()).remainder(b);  // [m]
-    const at::Tensor rows = logits.narrow(0, r, m).reshape({m * n, vocab});              // [m n, vocab]
-    const at::Tensor mask = scored.index_select(0, windows);                             // [m, n]
+    const at::Tensor rows = logits.narrow(0, r, m).reshape({m * n, vocab});               // [m n, vocab]
+    const at::Tensor mask = scored.index_select(0, windows);                              // [m, n]
     const RowLogSumExp lse = LogSumExpRows(rows, targets.index_select(0, windows).reshape({-1}));
-    const at::Tensor nll = (lse.lse - lse.target_logit).view({m, n});                     // [m, n]
+    const at::Tensor nll = (lse.lse - lse.target_logit).view({m, n});  // [m, n]
     // where(), not masked_select(): no host-device sync to size the result.
     row_nll.narrow(0, r, m).copy_(at::where(mask, nll, 0.0).sum(1, false, at::kDouble));
     if (n_tokens > 0) {
@@ -176,8 +168,7 @@ void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, c
       at::Tensor log_q = at::log_softmax(reference.narrow(0, w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
       at::Tensor q = log_q.exp();  // [m n, vocab]
       for (int64_t j = 0; j < g; ++j) {
-        at::Tensor log_p =
-            at::log_softmax(logits.narrow(0, j * b + w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
+        at::Tensor log_p = at::log_softmax(logits.narrow(0, j * b + w, m).reshape({m * n, vocab}).to(at::kFloat), -1);
         at::Tensor kl = (q * (log_q - log_p)).sum(-1).view({m, n});  // [m, n]
         row_kl.narrow(0, j * b + w, m).copy_(at::where(scored.narrow(0, w, m), kl, 0.0).sum(1, false, at::kDouble));
       }
@@ -186,12 +177,9 @@ void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, c
   }
 }
 
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
-                                                    absl::Span<const int32_t> ids,
-                                                    const PerplexityOptions& options,
-                                                    std::optional<int32_t> bos_id,
-                                                    const RunPlan& plan,
-                                                    const ProgressFn& progress) {
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model, absl::Span<const int32_t> ids,
+                                                    const PerplexityOptions& options, std::optional<int32_t> bos_id,
+                                                    const RunPlan& plan, const ProgressFn& progress) {
   ASSIGN_OR_RETURN(std::vector<WindowBatch> batches, MakeWindowBatches(model, ids, options, bos_id));
   ASSIGN_OR_RETURN(std::vector<Window> windows, PlanWindows(static_cast<int64_t>(ids.size()), options));
   PerplexityResult result;

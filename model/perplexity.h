@@ -32,7 +32,7 @@ namespace lesion::model {
 
 struct PerplexityOptions {
   int64_t seq_len = 512;
-  std::optional<int64_t> stride;       // < seq_len for the sliding protocol
+  std::optional<int64_t> stride;  // < seq_len for the sliding protocol
   bool add_bos = false;
   int64_t batch_size = 8;              // windows per forward pass
   std::optional<int64_t> max_windows;  // evaluate only the first N windows
@@ -47,7 +47,7 @@ struct Window {
 
 struct PerplexityResult {
   double ppl = 0;
-  double mean_nll = 0;  // nats per predicted token
+  double mean_nll = 0;   // nats per predicted token
   int64_t n_tokens = 0;  // predicted tokens
   int64_t n_windows = 0;
   std::string protocol;  // e.g. "non-overlapping windows of 512, no BOS"
@@ -72,8 +72,7 @@ struct WindowBatch {
 // Validates the protocol, BOS and ids against `model` and builds every batch on its device.
 // InvalidArgument for ids out of the vocabulary or bad options (see PlanWindows),
 // FailedPrecondition for add_bos without a BOS token.
-absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model,
-                                                           absl::Span<const int32_t> ids,
+absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& model, absl::Span<const int32_t> ids,
                                                            const PerplexityOptions& options,
                                                            std::optional<int32_t> bos_id);
 
@@ -107,12 +106,9 @@ class NextTokenReducer {
 using ProgressFn = std::function<void(int64_t, int64_t)>;
 
 // Evaluates `model` with `plan`'s hooks on `ids`. `bos_id` is required when options.add_bos.
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model,
-                                                    absl::Span<const int32_t> ids,
-                                                    const PerplexityOptions& options,
-                                                    std::optional<int32_t> bos_id,
-                                                    const RunPlan& plan,
-                                                    const ProgressFn& progress = nullptr);
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model, absl::Span<const int32_t> ids,
+                                                    const PerplexityOptions& options, std::optional<int32_t> bos_id,
+                                                    const RunPlan& plan, const ProgressFn& progress = nullptr);
 
 }  // namespace lesion::model
 

@@ -46,8 +46,8 @@ enum class NormSite { kAttn, kMlp, kFinal };
 // when w[row, col] is w + delta[b] (up to rounding). Lets variants with different weight edits
 // share one forward pass and leaves the weights untouched.
 struct LinearCorrection {
-  int64_t row = 0;  // output feature of the fused matrix
-  int64_t col = 0;  // input feature
+  int64_t row = 0;   // output feature of the fused matrix
+  int64_t col = 0;   // input feature
   at::Tensor delta;  // [batch] float32 on the device
 };
 
@@ -79,9 +79,7 @@ class RunPlan {
     const auto& hooks = hooks_[Index(site)];
     for (const Hook& hook : hooks) hook(site, value);
   }
-  const std::optional<AttentionBias>& attention_bias(int64_t layer) const {
-    return attention_bias_[layer];
-  }
+  const std::optional<AttentionBias>& attention_bias(int64_t layer) const { return attention_bias_[layer]; }
   // Computes the pattern of `layer` explicitly even without hooks there, so that a pass gives the
   // same numbers as another pass that observes it (a sweep's baseline passes).
   void RequireExplicitAttention(int64_t layer) { explicit_attention_[layer] = true; }
@@ -108,10 +106,10 @@ class RunPlan {
   }
 
   int64_t n_layers_;
-  std::vector<std::vector<Hook>> hooks_;  // indexed by Index(site)
+  std::vector<std::vector<Hook>> hooks_;                      // indexed by Index(site)
   std::vector<std::optional<AttentionBias>> attention_bias_;  // per layer
   std::vector<bool> explicit_attention_;                      // per layer
-  std::vector<std::vector<LinearCorrection>> corrections_;  // [layer * kNumLinearSites + site]
+  std::vector<std::vector<LinearCorrection>> corrections_;    // [layer * kNumLinearSites + site]
   std::vector<at::Tensor> gammas_;                            // [layer * 2 + norm]
   at::Tensor final_gamma_;
   int n_hooks_ = 0;

@@ -20,10 +20,8 @@ absl::Status SaveTensorsAsFloat32(const std::filesystem::path& path,
   std::vector<TensorToWrite> out;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = host[i];
-    out.push_back({tensors[i].first, DType::kF32,
-                   std::vector<int64_t>(t.sizes().begin(), t.sizes().end()),
-                   absl::Span<const std::byte>(static_cast<const std::byte*>(t.data_ptr()),
-                                               t.nbytes())});
+    out.push_back({tensors[i].first, DType::kF32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end()),
+                   absl::Span<const std::byte>(static_cast<const std::byte*>(t.data_ptr()), t.nbytes())});
   }
   return WriteSafetensors(path, out, {{"format", "pt"}, {"producer", "lesion"}});
 }

@@ -28,12 +28,12 @@ struct CheckpointSummary {
     std::string storage_type;  // as stored: "F32", "BF16", "Q4_1", ...
     std::vector<int64_t> shape;
   };
-  std::string dtype;      // the dtype weights load in by default ("float32", "bfloat16", ...)
-  std::string format;     // "safetensors" | "gguf"
+  std::string dtype;             // the dtype weights load in by default ("float32", "bfloat16", ...)
+  std::string format;            // "safetensors" | "gguf"
   std::string dequantized_from;  // DequantizationNote: "" unless quantized
-  int64_t n_params = 0;   // elements of all weight tensors in the files
+  int64_t n_params = 0;          // elements of all weight tensors in the files
   int64_t n_files = 0;
-  uint64_t n_bytes = 0;   // bytes of tensor data as stored
+  uint64_t n_bytes = 0;         // bytes of tensor data as stored
   std::vector<Tensor> tensors;  // sorted by name
 };
 CheckpointSummary SummarizeCheckpoint(const CheckpointTensors& tensors);

@@ -73,8 +73,8 @@ absl::StatusOr<at::Device> ParseDevice(absl::string_view name) {
     }
     const int count = at::getNumGPUs();
     if (index >= count) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "device ", QuoteForError(name), " asked for, but only ", count, " CUDA device(s) are present"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("device ", QuoteForError(name), " asked for, but only ", count, " CUDA device(s) are present"));
     }
     return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
   }

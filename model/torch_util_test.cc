@@ -2,7 +2,6 @@
 // on the CPU, is ResourceExhausted (a request the server refuses and survives), anything else
 // Internal with the first line of torch's message.
 #include "model/torch_util.h"
-#include "common/testing/status_matchers.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -10,6 +9,8 @@
 
 #include <fstream>
 #include <string>
+
+#include "common/testing/status_matchers.h"
 
 namespace lesion::model {
 namespace {
@@ -41,8 +42,7 @@ TEST(TorchCall, OutOfCpuMemoryIsResourceExhausted) {
 }
 
 TEST(TorchCall, OtherErrorsAreInternalWithTheirFirstLine) {
-  absl::StatusOr<at::Tensor> t =
-      TorchCall("adding", [] { return at::ones({2, 3}) + at::ones({4, 5}); });
+  absl::StatusOr<at::Tensor> t = TorchCall("adding", [] { return at::ones({2, 3}) + at::ones({4, 5}); });
   EXPECT_THAT(t, StatusIs(absl::StatusCode::kInternal));
   EXPECT_EQ(t.status().message().find('\n'), absl::string_view::npos) << t.status();
   EXPECT_NE(t.status().message().find("adding failed inside LibTorch"), absl::string_view::npos) << t.status();

@@ -15,9 +15,8 @@ namespace {
 // Inverse rotary frequencies exactly as transformers computes them (float32 throughout).
 at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim, at::Device device) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
-  at::Tensor exponent =
-      at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong).device(device)).to(at::kFloat) /
-      static_cast<float>(head_dim);
+  at::Tensor exponent = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong).device(device)).to(at::kFloat) /
+                        static_cast<float>(head_dim);
   at::Tensor inv_freq = 1.0 / at::pow(rope.theta, exponent);
   switch (rope.scaling) {
     case RopeScaling::kNone:
@@ -30,11 +29,10 @@ at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim, at::Devi
       const double high_freq_wavelen = old_len / rope.high_freq_factor;
       at::Tensor wavelen = 2 * M_PI / inv_freq;
       at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq);
-      at::Tensor smooth = (old_len / wavelen - rope.low_freq_factor) /
-                          (rope.high_freq_factor - rope.low_freq_factor);
+      at::Tensor smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
       at::Tensor smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
-      at::Tensor is_medium = at::logical_not(wavelen < high_freq_wavelen)
-                                 .logical_and(at::logical_not(wavelen > low_freq_wavelen));
+      at::Tensor is_medium =
+          at::logical_not(wavelen < high_freq_wavelen).logical_and(at::logical_not(wavelen > low_freq_wavelen));
       return at::where(is_medium, smoothed, scaled).to(f32);
     }
   }
@@ -46,8 +44,7 @@ at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim, at::Devi
 // Rows of the CUDA output head are padded to this multiple (see transformer.h).
 constexpr int64_t kHeadRowAlignment = 64;
 
-Transformer::Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded,
-                         at::Tensor inv_freq)
+Transformer::Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded, at::Tensor inv_freq)
     : config_(std::move(config)),
       weights_(std::move(weights)),
       lm_head_padded_(std::move(lm_head_padded)),
@@ -55,8 +52,8 @@ Transformer::Transformer(ModelConfig config, TransformerWeights weights, at::Ten
 
 absl::StatusOr<Transformer> Transformer::Create(ModelConfig config, TransformerWeights weights) {
   if (static_cast<int64_t>(weights.blocks.size()) != config.n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("weights hold ", weights.blocks.size(),
-                                                   " blocks, config says ", config.n_layers));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights hold ", weights.blocks.size(), " blocks, config says ", config.n_layers));
   }
   return TorchCall("building rotary tables and the output head", [&]() -> absl::StatusOr<Transformer> {
     at::Tensor inv_freq;
@@ -83,12 +80,11 @@ absl::Status Transformer::CheckInput(const at::Tensor& ids, const RunPlan& plan)
     return absl::InvalidArgumentError("token ids must be a non-empty [batch, seq] tensor");
   }
   if (plan.n_layers() != config_.n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("run plan is for ", plan.n_layers(),
-                                                   " layers, the model has ", config_.n_layers));
+    return absl::InvalidArgumentError(
+        absl::StrCat("run plan is for ", plan.n_layers(), " layers, the model has ", config_.n_layers));
   }
   if (config_.learned_positions && ids.size(1) > config_.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence of ", ids.size(1),
-                                                   " tokens is longer than the model's ",
+    return absl::InvalidArgumentError(absl::StrCat("sequence of ", ids.size(1), " tokens is longer than the model's ",
                                                    config_.max_position_embeddings, " positions"));
   }
   return absl::OkStatus();
@@ -99,8 +95,8 @@ absl::StatusOr<at::Tensor> Transformer::Embed(const at::Tensor& ids, const RunPl
   const int64_t lo = ids.min().item<int64_t>();
   const int64_t hi = ids.max().item<int64_t>();
   if (lo < 0 || hi >= config_.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("token id ", lo < 0 ? lo : hi, " out of range: vocabulary has ",
-                                                   config_.vocab_size, " ids"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("token id ", lo < 0 ? lo : hi, " out of range: vocabulary has ", config_.vocab_size, " ids"));
   }
   const at::Tensor input = ids.to(device(), at::kLong);  // [b, s]
   at::Tensor x = at::embedding(weights_.embed, input);   // [b, s, d]
@@ -127,8 +123,8 @@ absl::StatusOr<at::Tensor> Transformer::ForwardPrefix(const at::Tensor& ids, int
                                                       const RunPlan& plan) const {
   if (absl::Status s = CheckInput(ids, plan); !s.ok()) return s;
   if (end_layer < 0 || end_layer > config_.n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("end layer ", end_layer, " out of range [0, ",
-                                                   config_.n_layers, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("end layer ", end_layer, " out of range [0, ", config_.n_layers, "]"));
   }
   return TorchCall(absl::StrCat("forward pass of ", config_.architecture, " up to layer ", end_layer),
                    [&]() -> absl::StatusOr<at::Tensor> {
@@ -144,8 +140,8 @@ absl::StatusOr<at::Tensor> Transformer::ForwardPrefix(const at::Tensor& ids, int
 absl::StatusOr<at::Tensor> Transformer::ForwardFrom(const at::Tensor& resid, int64_t first_layer,
                                                     const RunPlan& plan) const {
   if (first_layer < 0 || first_layer > config_.n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("first layer ", first_layer, " out of range [0, ",
-                                                   config_.n_layers, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("first layer ", first_layer, " out of range [0, ", config_.n_layers, "]"));
   }
   if (!resid.defined() || resid.dim() != 3 || resid.size(0) == 0 || resid.size(1) == 0 ||
       resid.size(2) != config_.d_model) {
@@ -153,8 +149,8 @@ absl::StatusOr<at::Tensor> Transformer::ForwardFrom(const at::Tensor& resid, int
         absl::StrCat("the residual stream must be a non-empty [batch, seq, ", config_.d_model, "] tensor"));
   }
   if (plan.n_layers() != config_.n_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("run plan is for ", plan.n_layers(),
-                                                   " layers, the model has ", config_.n_layers));
+    return absl::InvalidArgumentError(
+        absl::StrCat("run plan is for ", plan.n_layers(), " layers, the model has ", config_.n_layers));
   }
   return TorchCall(absl::StrCat("forward pass of ", config_.architecture, " from layer ", first_layer),
                    [&]() -> absl::StatusOr<at::Tensor> {
@@ -168,7 +164,7 @@ absl::StatusOr<at::Tensor> Transformer::ForwardFrom(const at::Tensor& resid, int
 std::pair<at::Tensor, at::Tensor> Transformer::RotaryTables(int64_t seq) const {
   if (!inv_freq_.defined()) return {};
   at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device())).to(at::kFloat);
-  at::Tensor freqs = at::outer(pos, inv_freq_);  // [s, hd/2] float32
+  at::Tensor freqs = at::outer(pos, inv_freq_);                                 // [s, hd/2] float32
   at::Tensor cos = at::cat({freqs, freqs}, -1).cos().to(dtype()).unsqueeze(1);  // [s, 1, hd]
   // rotate_half(x) * sin == swap_halves(x) * [-sin_1, sin_2]: the sign moves into the table.
   at::Tensor sin = at::cat({-freqs.sin(), freqs.sin()}, -1).to(dtype()).unsqueeze(1);  // [s, 1, hd]
@@ -235,8 +231,8 @@ at::Tensor Transformer::Block(int64_t l, at::Tensor x, const at::Tensor& cos, co
   return resid_post;
 }
 
-at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tensor& cos,
-                                  const at::Tensor& sin, const RunPlan& plan) const {
+at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
+                                  const RunPlan& plan) const {
   const BlockWeights& w = weights_.blocks[l];
   const int64_t b = h.size(0), s = h.size(1);
   const int64_t n_heads = config_.n_heads, n_kv = config_.n_kv_heads, hd = config_.head_dim;
@@ -250,7 +246,7 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tens
     at::Tensor swapped = qk.view({b, s, n_heads + n_kv, 2, hd / 2}).flip(3).view({b, s, n_heads + n_kv, hd});
     qk = at::addcmul(qk * cos, swapped, sin);
   }
-  at::Tensor q = qk.narrow(2, 0, n_heads).transpose(1, 2);    // [b, heads, s, hd]
+  at::Tensor q = qk.narrow(2, 0, n_heads).transpose(1, 2);     // [b, heads, s, hd]
   at::Tensor k = qk.narrow(2, n_heads, n_kv).transpose(1, 2);  // [b, kv, s, hd]
   at::Tensor v =
       qkv.narrow(-1, (n_heads + n_kv) * hd, n_kv * hd).view({b, s, n_kv, hd}).transpose(1, 2);  // [b, kv, s, hd]
@@ -289,9 +285,9 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tens
       at::Tensor bias_key = bias->key.to(q.options()).repeat_interleave(rep, batched ? 1 : 0);
       bias_value = bias->value.to(q.options()).repeat_interleave(rep, batched ? 1 : 0).unsqueeze(-2);
       at::Tensor extra = at::matmul(q, bias_key.unsqueeze(-1)) * scale;  // [b, heads, q, 1]
-      if (batched) {  // rows without the slot give it probability 0
-        extra = extra.masked_fill(bias->rows.logical_not().view({b, 1, 1, 1}),
-                                  -std::numeric_limits<double>::infinity());
+      if (batched) {                                                     // rows without the slot give it probability 0
+        extra =
+            extra.masked_fill(bias->rows.logical_not().view({b, 1, 1, 1}), -std::numeric_limits<double>::infinity());
       }
       scores = at::cat({scores, extra}, -1);  // [b, heads, q, k + 1]
     }

@@ -41,11 +41,11 @@ struct NormWeights {
 
 struct BlockWeights {
   NormWeights attn_norm;
-  LinearWeights qkv;  // [(heads + 2 kv_heads) * hd, d]: rows q, then k, then v
+  LinearWeights qkv;      // [(heads + 2 kv_heads) * hd, d]: rows q, then k, then v
   LinearWeights q, k, v;  // row views of qkv
   LinearWeights o;        // [d, heads * hd]
   NormWeights mlp_norm;
-  LinearWeights gate_up;  // gated MLP: [2 * ffn, d], rows gate then up; else [ffn, d] = up
+  LinearWeights gate_up;   // gated MLP: [2 * ffn, d], rows gate then up; else [ffn, d] = up
   LinearWeights gate, up;  // row views of gate_up (gate undefined without a gated MLP)
   LinearWeights down;      // [d, ffn]
 };
@@ -101,8 +101,8 @@ class Transformer {
   std::pair<at::Tensor, at::Tensor> RotaryTables(int64_t seq) const;
   at::Tensor Block(int64_t layer, at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
                    const RunPlan& plan) const;
-  at::Tensor Attention(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                       const at::Tensor& sin, const RunPlan& plan) const;
+  at::Tensor Attention(int64_t layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
+                       const RunPlan& plan) const;
   // x @ w.T + b, then the plan's per-row corrections of (layer, site).
   at::Tensor Linear(const at::Tensor& x, const LinearWeights& w, int64_t layer, LinearSite site,
                     const RunPlan& plan) const;
@@ -112,7 +112,7 @@ class Transformer {
   ModelConfig config_;
   TransformerWeights weights_;
   at::Tensor lm_head_padded_;  // [vocab rounded up, d] on CUDA (weights_.lm_head is a view), else lm_head
-  at::Tensor inv_freq_;  // [hd / 2] float32 on the device; undefined without rotary
+  at::Tensor inv_freq_;        // [hd / 2] float32 on the device; undefined without rotary
 };
 
 }  // namespace lesion::model

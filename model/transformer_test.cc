@@ -128,7 +128,7 @@ TEST(Transformer, AttentionBiasSlotIsExactSoftmaxOverExtraKey) {
   auto heads = [&](const LinearWeights& lw) {
     return at::linear(attn_in, lw.weight, lw.bias).view({1, s, h, hd}).transpose(1, 2);
   };
-  at::Tensor q = heads(w.q), k = heads(w.k), v = heads(w.v);  // [1, h, s, hd]
+  at::Tensor q = heads(w.q), k = heads(w.k), v = heads(w.v);    // [1, h, s, hd]
   at::Tensor k_all = at::cat({k, key.view({1, h, 1, hd})}, 2);  // [1, h, s + 1, hd]
   at::Tensor v_all = at::cat({v, value.view({1, h, 1, hd})}, 2);
   at::Tensor scores = at::matmul(q, k_all.transpose(-1, -2)) / std::sqrt(double(hd));  // [1,h,s,s+1]
@@ -144,8 +144,7 @@ TEST(Transformer, RejectsBadIds) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(model.Forward(at::full({1, 3}, -1, at::kLong), RunPlan(2)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(model.Forward(at::zeros({3}, at::kLong), RunPlan(2)).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model.Forward(at::zeros({3}, at::kLong), RunPlan(2)).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(model.Forward(at::zeros({1, 17}, at::kLong), RunPlan(2)).status().code(),
             absl::StatusCode::kInvalidArgument);  // beyond GPT-2's 16 positions
   EXPECT_EQ(model.Forward(at::zeros({1, 3}, at::kLong), RunPlan(3)).status().code(),
@@ -206,8 +205,9 @@ TEST(Transformer, BatchedAttentionBiasLeavesRowsWithoutTheSlotUnchanged) {
   RunPlan single(c.n_layers);
   single.SetAttentionBias(1, AttentionBias{key, value, {}});
   RunPlan batched(c.n_layers);
-  batched.SetAttentionBias(1, AttentionBias{at::stack({at::zeros_like(key), key}), at::stack({at::zeros_like(value), value}),
-                                            at::tensor({0, 1}).to(at::kBool)});
+  batched.SetAttentionBias(
+      1, AttentionBias{at::stack({at::zeros_like(key), key}), at::stack({at::zeros_like(value), value}),
+                       at::tensor({0, 1}).to(at::kBool)});
   const at::Tensor both = *t.Forward(ids.repeat({2, 1}), batched);
   const at::Tensor plain = *t.Forward(ids, RunPlan(c.n_layers));
   const at::Tensor biased = *t.Forward(ids, single);

@@ -10,16 +10,15 @@
 namespace lesion::model {
 namespace {
 
-constexpr absl::string_view kModuleNames[] = {"attn.q",   "attn.k", "attn.v",  "attn.o",
-                                              "mlp.gate", "mlp.up", "mlp.down"};
+constexpr absl::string_view kModuleNames[] = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"};
 
 }  // namespace
 
 absl::Status CheckLayerIndex(const Transformer& model, int64_t layer) {
   const int64_t n = model.config().n_layers;
   if (layer < 0 || layer >= n) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range: model ",
-                                                   model.config().architecture, " has ", n, " layers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, " out of range: model ", model.config().architecture, " has ", n, " layers"));
   }
   return absl::OkStatus();
 }
@@ -28,8 +27,8 @@ absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name) {
   for (int i = 0; i < 7; ++i) {
     if (name == kModuleNames[i]) return static_cast<WeightModule>(i);
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown module ", QuoteForError(name), " (known: ",
-                                                 absl::StrJoin(kModuleNames, ", "), ")"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown module ", QuoteForError(name), " (known: ", absl::StrJoin(kModuleNames, ", "), ")"));
 }
 
 absl::string_view WeightModuleName(WeightModule module) { return kModuleNames[static_cast<int>(module)]; }
@@ -55,8 +54,8 @@ absl::StatusOr<at::Tensor> ModuleWeight(const Transformer& model, int64_t layer,
       return b.o.weight;
     case WeightModule::kMlpGate:
       if (!b.gate.weight.defined()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "module mlp.gate: ", model.config().architecture, " has no gated MLP (use mlp.up, mlp.down)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("module mlp.gate: ", model.config().architecture, " has no gated MLP (use mlp.up, mlp.down)"));
       }
       return b.gate.weight;
     case WeightModule::kMlpUp:
@@ -92,9 +91,9 @@ std::vector<const at::Tensor*> WeightTensors(const Transformer& model) {
   std::vector<const at::Tensor*> tensors = {&w.embed, &w.positions, &w.final_norm.weight, &w.final_norm.bias,
                                             &w.lm_head};
   for (const BlockWeights& b : w.blocks) {
-    for (const at::Tensor* t : {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight,
-                                &b.o.bias, &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight, &b.gate_up.bias,
-                                &b.down.weight, &b.down.bias}) {
+    for (const at::Tensor* t :
+         {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight, &b.o.bias,
+          &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight, &b.gate_up.bias, &b.down.weight, &b.down.bias}) {
       tensors.push_back(t);
     }
   }

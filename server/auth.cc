@@ -44,11 +44,11 @@ absl::StatusOr<Authenticator> Authenticator::FromTokensFile(const std::filesyste
   }
   // Whoever can write the file can give themselves an admin token.
   if ((info.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "tokens file %s has mode %04o: %s can write it, so could make themselves an admin; "
-        "run `chmod 600 %s` (or 640 to let its group read it)",
-        path.string(), info.st_mode & 07777,
-        (info.st_mode & S_IWOTH) != 0 ? "every user" : "its group", path.string()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("tokens file %s has mode %04o: %s can write it, so could make themselves an admin; "
+                        "run `chmod 600 %s` (or 640 to let its group read it)",
+                        path.string(), info.st_mode & 07777, (info.st_mode & S_IWOTH) != 0 ? "every user" : "its group",
+                        path.string()));
   }
   ASSIGN_OR_RETURN(std::string text, ReadToEnd(file.fd.get(), path));
   return FromTokensText(text, path.string());
@@ -64,8 +64,8 @@ absl::StatusOr<Authenticator> Authenticator::FromTokensText(absl::string_view te
     if (line.empty() || line.front() == '#') continue;
     std::vector<absl::string_view> fields = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     if (fields.size() != 3) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ":", line_no, ": expected `TOKEN USER ROLE`, got ",
-                                                     fields.size(), " field(s)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ":", line_no, ": expected `TOKEN USER ROLE`, got ", fields.size(), " field(s)"));
     }
     Principal principal{std::string(fields[1]), Role::kUser};
     if (fields[2] == "admin") {
@@ -89,8 +89,8 @@ absl::StatusOr<Authenticator> Authenticator::FromTokensText(absl::string_view te
 absl::StatusOr<Principal> Authenticator::Authenticate(std::optional<absl::string_view> authorization,
                                                       std::optional<absl::string_view> x_lesion_user) const {
   if (!tokens_.has_value()) {
-    std::string user = x_lesion_user.has_value() && !x_lesion_user->empty() ? std::string(*x_lesion_user)
-                                                                           : std::string("anonymous");
+    std::string user =
+        x_lesion_user.has_value() && !x_lesion_user->empty() ? std::string(*x_lesion_user) : std::string("anonymous");
     return Principal{std::move(user), anonymous_admin_ ? Role::kAdmin : Role::kUser};
   }
   if (!authorization.has_value()) {

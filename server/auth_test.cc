@@ -1,5 +1,6 @@
 #include "server/auth.h"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -8,11 +9,9 @@
 #include <string>
 #include <vector>
 
-#include <gtest/gtest.h>
-
-#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 
 namespace lesion::server {
 namespace {

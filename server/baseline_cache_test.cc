@@ -10,7 +10,8 @@ namespace {
 lesion::v1::PassResult PassOfSize(double ppl, int n_layers) {
   lesion::v1::PassResult pass;
   pass.mutable_perplexity()->set_ppl(ppl);
-  for (int l = 0; l < n_layers; ++l) pass.add_activation_stats()->set_site("blocks." + std::to_string(l) + ".resid_post");
+  for (int l = 0; l < n_layers; ++l)
+    pass.add_activation_stats()->set_site("blocks." + std::to_string(l) + ".resid_post");
   return pass;
 }
 

@@ -5,13 +5,12 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <set>
 #include <system_error>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -61,7 +60,8 @@ absl::StatusOr<bool> ParseBool(absl::string_view what, absl::string_view text) {
 absl::StatusOr<ModelPreload> ParseModelFlag(absl::string_view text) {
   size_t eq = text.find('=');
   if (eq == absl::string_view::npos || eq == 0 || eq + 1 == text.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("--model: '", text, "' is not NAME=REF (REF: a directory or org/name[@revision])"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model: '", text, "' is not NAME=REF (REF: a directory or org/name[@revision])"));
   }
   return ModelPreload{std::string(text.substr(0, eq)), std::string(text.substr(eq + 1)), "", ""};
 }
@@ -146,14 +146,20 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
       if (parsed.ok()) out = *parsed;
       st = parsed.status();
     } else if (key == "tf32") {
-      if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'tf32' must be a boolean");
-      else config.tf32 = value.get<bool>();
+      if (!value.is_boolean())
+        st = absl::InvalidArgumentError("config key 'tf32' must be a boolean");
+      else
+        config.tf32 = value.get<bool>();
     } else if (key == "allow_anonymous_admin") {
-      if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'allow_anonymous_admin' must be a boolean");
-      else config.allow_anonymous_admin = value.get<bool>();
+      if (!value.is_boolean())
+        st = absl::InvalidArgumentError("config key 'allow_anonymous_admin' must be a boolean");
+      else
+        config.allow_anonymous_admin = value.get<bool>();
     } else if (key == "allow_anonymous_remote") {
-      if (!value.is_boolean()) st = absl::InvalidArgumentError("config key 'allow_anonymous_remote' must be a boolean");
-      else config.allow_anonymous_remote = value.get<bool>();
+      if (!value.is_boolean())
+        st = absl::InvalidArgumentError("config key 'allow_anonymous_remote' must be a boolean");
+      else
+        config.allow_anonymous_remote = value.get<bool>();
     } else if (key == "model_roots") {
       if (!value.is_array()) return absl::InvalidArgumentError("config key 'model_roots' must be an array of strings");
       for (const Json& root_dir : value) {
@@ -165,7 +171,8 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
       for (size_t i = 0; i < value.size(); ++i) {
         const Json& m = value[i];
         std::string where = absl::StrCat("models[", i, "]");
-        if (!m.is_object()) return absl::InvalidArgumentError(absl::StrCat("config key '", where, "' must be an object"));
+        if (!m.is_object())
+          return absl::InvalidArgumentError(absl::StrCat("config key '", where, "' must be an object"));
         ModelPreload preload;
         for (const auto& [mkey, mvalue] : m.items()) {
           std::string full = absl::StrCat(where, ".", mkey);
@@ -378,18 +385,35 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
     std::optional<std::string> value;
   };
   // Boolean flags: bare means true, and they also take =true / =false.
-  static const std::set<std::string, std::less<>> kBoolean = {"--allow-anonymous-admin",
-                                                              "--allow-anonymous-remote", "--tf32"};
-  static const std::set<std::string, std::less<>> kNoValue = {"--help", "-h", "--no-default-model",
-                                                              "--allow-anonymous-admin",
-                                                              "--allow-anonymous-remote", "--tf32"};
-  static const std::set<std::string, std::less<>> kWithValue = {
-      "--config",     "--listen",      "--db",          "--database",           "--model",
-      "--dtype",      "--device",      "--model-root",  "--tokens-file",        "--tls-cert",
-      "--tls-key",    "--max-tokens",  "--data-dir",    "--max-queue-per-device", "--max-capture-bytes",
-      "--max-sweep-variants", "--max-pass-tokens", "--baseline-cache-bytes", "--max-queued-per-user",
-      "--shutdown-grace-seconds", "--metrics-address", "--log-format", "--max-user-bytes",
-      "--read-connections", "--max-list-bytes"};
+  static const std::set<std::string, std::less<>> kBoolean = {"--allow-anonymous-admin", "--allow-anonymous-remote",
+                                                              "--tf32"};
+  static const std::set<std::string, std::less<>> kNoValue = {
+      "--help", "-h", "--no-default-model", "--allow-anonymous-admin", "--allow-anonymous-remote", "--tf32"};
+  static const std::set<std::string, std::less<>> kWithValue = {"--config",
+                                                                "--listen",
+                                                                "--db",
+                                                                "--database",
+                                                                "--model",
+                                                                "--dtype",
+                                                                "--device",
+                                                                "--model-root",
+                                                                "--tokens-file",
+                                                                "--tls-cert",
+                                                                "--tls-key",
+                                                                "--max-tokens",
+                                                                "--data-dir",
+                                                                "--max-queue-per-device",
+                                                                "--max-capture-bytes",
+                                                                "--max-sweep-variants",
+                                                                "--max-pass-tokens",
+                                                                "--baseline-cache-bytes",
+                                                                "--max-queued-per-user",
+                                                                "--shutdown-grace-seconds",
+                                                                "--metrics-address",
+                                                                "--log-format",
+                                                                "--max-user-bytes",
+                                                                "--read-connections",
+                                                                "--max-list-bytes"};
   std::vector<Flag> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -530,12 +554,12 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
   if (config.listen.empty()) return absl::InvalidArgumentError("--listen: empty address");
   if (config.tokens_file.empty() && config.allow_anonymous_admin && !config.allow_anonymous_remote &&
       !IsLoopbackListenAddress(config.listen)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--listen ", config.listen,
-        " can be reached from other machines, and without --tokens-file every caller would be an "
-        "admin (load and unload models, cancel anyone's experiments). Give --tokens-file FILE, or "
-        "--allow-anonymous-admin=false (anonymous callers become plain users), or listen on "
-        "127.0.0.1:PORT or unix:PATH; --allow-anonymous-remote accepts the risk"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen ", config.listen,
+                     " can be reached from other machines, and without --tokens-file every caller would be an "
+                     "admin (load and unload models, cancel anyone's experiments). Give --tokens-file FILE, or "
+                     "--allow-anonymous-admin=false (anonymous callers become plain users), or listen on "
+                     "127.0.0.1:PORT or unix:PATH; --allow-anonymous-remote accepts the risk"));
   }
   if (config.log_format != "text" && config.log_format != "json") {
     return absl::InvalidArgumentError(absl::StrCat("--log-format: '", config.log_format, "' is not text or json"));
@@ -546,8 +570,8 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::vector<std::string>& a
     if (colon == std::string::npos || colon == 0 ||
         !absl::SimpleAtoi(absl::string_view(config.metrics_address).substr(colon + 1), &port) || port < 0 ||
         port > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("--metrics-address: '", config.metrics_address,
-                                                     "' is not HOST:PORT (e.g. 127.0.0.1:9464)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics-address: '", config.metrics_address, "' is not HOST:PORT (e.g. 127.0.0.1:9464)"));
     }
   }
   if (config.data_dir.empty()) {
@@ -590,8 +614,7 @@ absl::Status CheckModelDirAllowed(const ServerConfig& config, const std::string&
                                                       "' is not allowed: the server has no model roots "
                                                       "(start lesiond with --model-root DIR)"));
     }
-    return absl::PermissionDeniedError(absl::StrCat("model directory '", dir,
-                                                    "' is not under an allowed model root (",
+    return absl::PermissionDeniedError(absl::StrCat("model directory '", dir, "' is not under an allowed model root (",
                                                     absl::StrJoin(config.model_roots, ", "), ")"));
   }
   if (!exists) return absl::NotFoundError(absl::StrCat("model directory '", dir, "' does not exist"));
@@ -601,8 +624,7 @@ absl::Status CheckModelDirAllowed(const ServerConfig& config, const std::string&
   for (const fs::path& file : files) {
     if (!UnderAnyRoot(Resolve(file), roots)) {
       return absl::PermissionDeniedError(absl::StrCat(
-          "model file '", file.string(), "' leads outside the model roots (",
-          absl::StrJoin(config.model_roots, ", "),
+          "model file '", file.string(), "' leads outside the model roots (", absl::StrJoin(config.model_roots, ", "),
           "): LoadModel follows no symbolic link out of them; replace the link with the file"));
     }
   }

@@ -86,7 +86,7 @@ struct ServerConfig {
   int64_t shutdown_grace_seconds = 0;
   bool tf32 = false;
   std::string data_dir;
-  std::string metrics_address;  // "" = no /metrics endpoint
+  std::string metrics_address;      // "" = no /metrics endpoint
   std::string log_format = "text";  // "text" | "json"
   std::string default_device = "cpu";
   std::string default_dtype;

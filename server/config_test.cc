@@ -1,13 +1,13 @@
 #include "server/config.h"
-#include "common/testing/status_matchers.h"
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 
-#include <gtest/gtest.h>
+#include "common/testing/status_matchers.h"
 
 namespace lesion::server {
 namespace {
@@ -18,8 +18,8 @@ namespace fs = std::filesystem;
 
 fs::path TempDir() {
   const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::temp_directory_path() /
-                 (std::string("lesion_config_") + info->name() + "_" + std::to_string(getpid()));
+  fs::path dir =
+      fs::temp_directory_path() / (std::string("lesion_config_") + info->name() + "_" + std::to_string(getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -41,11 +41,26 @@ TEST(ServerConfig, NoArgumentsServeTheBundledModel) {
 }
 
 TEST(ServerConfig, FlagsWithDtypeAndDeviceAfterTheirModel) {
-  absl::StatusOr<ServerConfig> config =
-      ParseServerConfig({"--listen", "unix:/tmp/l.sock", "--db=/tmp/x.db", "--dtype", "bfloat16", "--model",
-                         "a=/m/a", "--device", "cuda:1", "--model", "b=/m/b", "--dtype", "float32",
-                         "--model-root", "/m", "--max-queue-per-device", "3", "--allow-anonymous-admin=false",
-                         "--data-dir", "/d"});
+  absl::StatusOr<ServerConfig> config = ParseServerConfig({"--listen",
+                                                           "unix:/tmp/l.sock",
+                                                           "--db=/tmp/x.db",
+                                                           "--dtype",
+                                                           "bfloat16",
+                                                           "--model",
+                                                           "a=/m/a",
+                                                           "--device",
+                                                           "cuda:1",
+                                                           "--model",
+                                                           "b=/m/b",
+                                                           "--dtype",
+                                                           "float32",
+                                                           "--model-root",
+                                                           "/m",
+                                                           "--max-queue-per-device",
+                                                           "3",
+                                                           "--allow-anonymous-admin=false",
+                                                           "--data-dir",
+                                                           "/d"});
   ASSERT_OK(config);
   EXPECT_EQ(config->listen, "unix:/tmp/l.sock");
   EXPECT_EQ(config->database, "/tmp/x.db");
@@ -80,8 +95,8 @@ TEST(ServerConfig, BadFlagsAreInvalidArgumentNamingTheFlag) {
 }
 
 TEST(ServerConfig, SweepLimitsAndTf32FromFlagsAndFile) {
-  absl::StatusOr<ServerConfig> config =
-      ParseServerConfig({"--max-sweep-variants", "100", "--max-pass-tokens=4096", "--tf32", "--device", "cuda:0,cuda:1"});
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(
+      {"--max-sweep-variants", "100", "--max-pass-tokens=4096", "--tf32", "--device", "cuda:0,cuda:1"});
   ASSERT_OK(config);
   EXPECT_EQ(config->max_sweep_variants, 100);
   EXPECT_EQ(config->max_pass_tokens, 4096);
@@ -156,8 +171,8 @@ TEST(ModelDirs, AllowedUnderARootAfterResolvingSymlinksAndDots) {
   fs::create_directories(dir / "outside" / "secret");
   fs::create_directories(dir / "preloaded");
   fs::create_directory_symlink(dir / "outside" / "secret", dir / "root" / "link");
-  absl::StatusOr<ServerConfig> config = ParseServerConfig(
-      {"--model-root", (dir / "root").string(), "--model", "p=" + (dir / "preloaded").string()});
+  absl::StatusOr<ServerConfig> config =
+      ParseServerConfig({"--model-root", (dir / "root").string(), "--model", "p=" + (dir / "preloaded").string()});
   ASSERT_OK(config);
   EXPECT_OK(CheckModelDirAllowed(*config, (dir / "root" / "gpt2").string()));
   EXPECT_OK(CheckModelDirAllowed(*config, (dir / "preloaded").string()));
@@ -184,12 +199,12 @@ TEST(ModelDirs, OneAnswerForEveryPathOutsideTheRoots) {
   fs::create_directory_symlink(dir / "outside" / "missing", dir / "root" / "dangling");
   absl::StatusOr<ServerConfig> config = ParseServerConfig({"--model-root", (dir / "root").string()});
   ASSERT_OK(config);
-  for (const auto& [existing, missing] : std::vector<std::pair<fs::path, fs::path>>{
-           {dir / "outside" / "exists", dir / "outside" / "missing"},
-           {dir / "root" / "out" / "exists", dir / "root" / "out" / "missing"},
-           {dir / "root" / "out", dir / "root" / "dangling"},
-           {dir / "root" / ".." / "outside", dir / "root" / ".." / "nothing"},
-           {"/etc", "/no/such/dir"}}) {
+  for (const auto& [existing, missing] :
+       std::vector<std::pair<fs::path, fs::path>>{{dir / "outside" / "exists", dir / "outside" / "missing"},
+                                                  {dir / "root" / "out" / "exists", dir / "root" / "out" / "missing"},
+                                                  {dir / "root" / "out", dir / "root" / "dangling"},
+                                                  {dir / "root" / ".." / "outside", dir / "root" / ".." / "nothing"},
+                                                  {"/etc", "/no/such/dir"}}) {
     absl::Status a = CheckModelDirAllowed(*config, existing.string());
     absl::Status b = CheckModelDirAllowed(*config, missing.string());
     EXPECT_EQ(a.code(), absl::StatusCode::kPermissionDenied) << a;
@@ -248,8 +263,7 @@ TEST(ModelDirs, FilesLinkedOutOfTheRootsAreRefusedNamingTheFile) {
   fs::create_directory_symlink(dir / "outside", model / "more");
   expect_refused(model / "more");
   // A shard the safetensors index names below a subdirectory.
-  Write(model / "model.safetensors.index.json",
-        R"({"weight_map": {"a": "shards/model-00001-of-00001.safetensors"}})");
+  Write(model / "model.safetensors.index.json", R"({"weight_map": {"a": "shards/model-00001-of-00001.safetensors"}})");
   EXPECT_OK(CheckModelDirAllowed(*config, model.string()));
   fs::create_symlink(dir / "outside" / "secret", model / "shards" / "model-00001-of-00001.safetensors");
   expect_refused(model / "shards" / "model-00001-of-00001.safetensors");
@@ -282,8 +296,8 @@ TEST(ModelDirs, GgufSplitsLinkedOutOfTheRootsAreRefused) {
 }
 
 TEST(ServerConfig, AnonymousAdminsOnlyOnLoopbackUnlessForced) {
-  for (const char* local : {"127.0.0.1:50051", "127.1.2.3:0", "localhost:50051", "[::1]:50051",
-                            "unix:/tmp/lesion.sock", "[::ffff:127.0.0.1]:1"}) {
+  for (const char* local : {"127.0.0.1:50051", "127.1.2.3:0", "localhost:50051", "[::1]:50051", "unix:/tmp/lesion.sock",
+                            "[::ffff:127.0.0.1]:1"}) {
     EXPECT_TRUE(IsLoopbackListenAddress(local)) << local;
     EXPECT_OK(ParseServerConfig({"--listen", local}));
   }

@@ -1,6 +1,8 @@
 // The torch side of lesiond: models, their replicas and one executor thread per device (engine.h).
 #include "server/engine.h"
 
+#include <torch/version.h>
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -8,8 +10,6 @@
 #include <set>
 #include <thread>
 #include <utility>
-
-#include <torch/version.h>
 
 // at::accelerator's memory statistics came with LibTorch 2.9 (as in model/torch_util.cc);
 // before, device memory reads 0.
@@ -28,9 +28,9 @@
 #include "absl/synchronization/mutex.h"
 #include "common/error_text.h"
 #include "common/status_macros.h"
-#include "model/model.h"
 #include "experiments/runner.h"
 #include "experiments/sweep.h"
+#include "model/model.h"
 #include "model/torch_util.h"
 #include "model/weight_addressing.h"
 #include "server/fair_queue.h"
@@ -162,8 +162,8 @@ class EngineImpl : public Engine {
     if (name.empty()) return absl::InvalidArgumentError("a model needs a name");
     // A model's name is echoed in every listing and stored with every experiment, like theirs.
     if (name.size() > spec::kMaxNameBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("model name ", QuoteForError(name), " is longer than the limit of ",
-                                                     spec::kMaxNameBytes, " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat("model name ", QuoteForError(name),
+                                                     " is longer than the limit of ", spec::kMaxNameBytes, " bytes"));
     }
     model::LoadOptions load;
     if (!dtype.empty()) {
@@ -213,7 +213,8 @@ class EngineImpl : public Engine {
   absl::Status UnloadModel(const std::string& name) override {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(name);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(name), " is loaded"));
+    if (it == models_.end())
+      return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(name), " is loaded"));
     if (it->second->active > 0) {
       return absl::FailedPreconditionError(absl::StrCat("model ", QuoteForError(name), " has ", it->second->active,
                                                         " experiment(s) queued or running; cancel or wait for them"));
@@ -262,8 +263,10 @@ class EngineImpl : public Engine {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the engine is shutting down");
     auto it = models_.find(job->model);
-    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(job->model), " is loaded"));
-    if (jobs_.count(job->id)) return absl::AlreadyExistsError(absl::StrCat("experiment ", job->id, " is already queued"));
+    if (it == models_.end())
+      return absl::NotFoundError(absl::StrCat("no model named ", QuoteForError(job->model), " is loaded"));
+    if (jobs_.count(job->id))
+      return absl::AlreadyExistsError(absl::StrCat("experiment ", job->id, " is already queued"));
     Entry& entry = *it->second;
 
     // The tasks: one for a single experiment (on the least busy replica), one per non-empty shard
@@ -276,8 +279,8 @@ class EngineImpl : public Engine {
       }
       tasks.push_back({job, best, {}, nullptr, 0});
     } else {
-      std::vector<std::vector<int64_t>> shards =
-          SweepShards(entry.replicas.front().model->config(), *job, limits_, static_cast<int64_t>(entry.replicas.size()));
+      std::vector<std::vector<int64_t>> shards = SweepShards(entry.replicas.front().model->config(), *job, limits_,
+                                                             static_cast<int64_t>(entry.replicas.size()));
       int64_t n_shards = 0;
       for (const auto& shard : shards) n_shards += shard.empty() ? 0 : 1;
       auto sweep = std::make_shared<ShardedSweep>(n_shards);
@@ -330,7 +333,8 @@ class EngineImpl : public Engine {
       if (auto m = models_.find(removed->model); m != models_.end()) --m->second->active;
     }
     if (removed->callbacks.on_finish) {
-      removed->callbacks.on_finish(absl::CancelledError(absl::StrCat("experiment ", id, " was cancelled while queued")));
+      removed->callbacks.on_finish(
+          absl::CancelledError(absl::StrCat("experiment ", id, " was cancelled while queued")));
     }
     return absl::OkStatus();
   }
@@ -414,12 +418,12 @@ class EngineImpl : public Engine {
   };
   // A load in flight: its replicas load on loader threads at once; the last to finish reports.
   struct PendingLoad {
-    std::string name;                         // const after LoadModel
-    std::string devices;                      // const after LoadModel
-    std::vector<at::Device> placed_on;        // const after LoadModel: one per replica
-    std::function<bool()> caller_cancelled;   // const after LoadModel; may be empty
-    std::atomic<bool> abandoned{false};       // the engine stops, or another replica failed
-    std::vector<Replica> replicas;            // guarded by the engine's mu_, like the rest
+    std::string name;                        // const after LoadModel
+    std::string devices;                     // const after LoadModel
+    std::vector<at::Device> placed_on;       // const after LoadModel: one per replica
+    std::function<bool()> caller_cancelled;  // const after LoadModel; may be empty
+    std::atomic<bool> abandoned{false};      // the engine stops, or another replica failed
+    std::vector<Replica> replicas;           // guarded by the engine's mu_, like the rest
     absl::Status error;
     int64_t remaining = 0;
     std::function<void(absl::StatusOr<ModelSummary>)> done;
@@ -436,24 +440,24 @@ class EngineImpl : public Engine {
   struct Task {
     std::shared_ptr<Job> job;
     size_t replica = 0;
-    std::vector<int64_t> groups;     // a sweep's shard: its groups
+    std::vector<int64_t> groups;          // a sweep's shard: its groups
     std::shared_ptr<ShardedSweep> sweep;  // null for a single experiment
     int64_t shard = 0;
   };
   // One device's queue and thread. Members guarded by the engine's mu_ unless said otherwise.
   struct Executor {
-    std::string device;                              // the executor key ("cuda:1", "cpu#1")
-    std::deque<std::function<void()>> admin;         // unloads: before the next experiment
-    FairQueue<Task> queue;                           // per user in arrival order, users round-robin
+    std::string device;                       // the executor key ("cuda:1", "cpu#1")
+    std::deque<std::function<void()>> admin;  // unloads: before the next experiment
+    FairQueue<Task> queue;                    // per user in arrival order, users round-robin
     std::string running_id;
-    std::atomic<bool> cancel_running{false};         // read by the executor thread without mu_
+    std::atomic<bool> cancel_running{false};  // read by the executor thread without mu_
     absl::CondVar wake;
     std::thread thread;
   };
   struct JobState {
     std::shared_ptr<Job> job;
     std::vector<Executor*> executors;  // where its tasks were queued
-    int64_t shards_left = 0;                  // tasks queued or running
+    int64_t shards_left = 0;           // tasks queued or running
   };
 
   // On a loader thread: records replica `i`; the last replica in registers the model, or drops
@@ -479,8 +483,9 @@ class EngineImpl : public Engine {
       if (pending.error.ok() && stopping_) pending.error = absl::UnavailableError("the engine is shutting down");
       // A caller that left after the last tensor was read still leaves nothing loaded.
       if (pending.error.ok() && pending.Cancelled()) {
-        pending.error = absl::CancelledError(absl::StrCat("the load of model ", QuoteForError(pending.name),
-                                                          " was abandoned: its caller cancelled or its deadline passed"));
+        pending.error =
+            absl::CancelledError(absl::StrCat("the load of model ", QuoteForError(pending.name),
+                                              " was abandoned: its caller cancelled or its deadline passed"));
       }
       if (!pending.error.ok()) {
         summary = pending.error;

@@ -32,9 +32,9 @@
 // a finished or failed experiment leaves nothing reserved.
 //
 // Thread-safety: every method may be called from any thread. Callbacks run on executor threads (a
-// load's on its loader thread) and must not block (hand work to another thread). Errors: NotFound (unknown model or experiment),
-// AlreadyExists (a model name in use), InvalidArgument (a bad spec or load request),
-// ResourceExhausted (a full queue, device memory), FailedPrecondition, Cancelled.
+// load's on its loader thread) and must not block (hand work to another thread). Errors: NotFound (unknown model or
+// experiment), AlreadyExists (a model name in use), InvalidArgument (a bad spec or load request), ResourceExhausted (a
+// full queue, device memory), FailedPrecondition, Cancelled.
 #ifndef LESION_SERVER_ENGINE_H_
 #define LESION_SERVER_ENGINE_H_
 
@@ -65,17 +65,17 @@ struct ModelSummary {
   int64_t vocab_size = 0;
   int64_t n_params = 0;
   std::string dtype;
-  std::string device;  // the replicas' devices, comma-separated ("cuda:0,cuda:1")
-  int64_t weight_bytes = 0;  // of one replica
-  std::string fingerprint;  // Model::fingerprint(): the weights' exact bits
+  std::string device;            // the replicas' devices, comma-separated ("cuda:0,cuda:1")
+  int64_t weight_bytes = 0;      // of one replica
+  std::string fingerprint;       // Model::fingerprint(): the weights' exact bits
   std::string dequantized_from;  // Model::dequantized_from(): "" unless the checkpoint was quantized
 };
 
 // One device executor now, for lesion status and /metrics.
 struct DeviceStats {
-  std::string device;       // the executor: "cuda:1", "cpu", "cpu#1"
-  int64_t queued = 0;       // experiments waiting (a sweep's shard counts as one)
-  std::string running_id;   // the experiment it runs now; "" when idle
+  std::string device;      // the executor: "cuda:1", "cpu", "cpu#1"
+  int64_t queued = 0;      // experiments waiting (a sweep's shard counts as one)
+  std::string running_id;  // the experiment it runs now; "" when idle
   // CUDA: the caching allocator's bytes held by tensors and reserved from the driver (LibTorch >=
   // 2.9; 0 before). The CPU: 0, not tracked.
   int64_t memory_allocated_bytes = 0;
@@ -83,8 +83,8 @@ struct DeviceStats {
 };
 
 struct EngineOptions {
-  std::filesystem::path data_dir;           // named datasets
-  int64_t max_queue_per_device = 64;        // queued experiments; more is ResourceExhausted
+  std::filesystem::path data_dir;     // named datasets
+  int64_t max_queue_per_device = 64;  // queued experiments; more is ResourceExhausted
   int64_t max_capture_bytes = int64_t{256} << 20;
   int64_t max_tokens = int64_t{64} << 20;
   int64_t max_sweep_variants = 65536;  // variants of one sweep

@@ -1,7 +1,6 @@
 // The engine on the bundled stories260K on the CPU: loading, running, fairness, cancellation,
 // queue limits and unloading.
 #include "server/engine.h"
-#include "common/testing/status_matchers.h"
 
 #include <gtest/gtest.h>
 
@@ -12,6 +11,8 @@
 #include <mutex>
 #include <set>
 #include <thread>
+
+#include "common/testing/status_matchers.h"
 
 namespace lesion::server {
 namespace {
@@ -86,12 +87,12 @@ absl::StatusOr<ModelSummary> LoadAndWait(Engine& engine, const std::string& name
   std::mutex mu;
   std::condition_variable cv;
   std::optional<absl::StatusOr<ModelSummary>> loaded;
-  absl::Status queued = engine.LoadModel(name, dir.string(), "", devices, std::move(cancelled),
-                                         [&](absl::StatusOr<ModelSummary> s) {
-    std::lock_guard<std::mutex> lock(mu);
-    loaded = std::move(s);
-    cv.notify_all();
-  });
+  absl::Status queued =
+      engine.LoadModel(name, dir.string(), "", devices, std::move(cancelled), [&](absl::StatusOr<ModelSummary> s) {
+        std::lock_guard<std::mutex> lock(mu);
+        loaded = std::move(s);
+        cv.notify_all();
+      });
   if (!queued.ok()) return queued;
   std::unique_lock<std::mutex> lock(mu);
   if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return loaded.has_value(); })) {
@@ -215,7 +216,8 @@ Job SweepJob(const std::string& id, Reports& reports, int max_windows = 4) {
   job.model = "stories";
   auto parent = spec::ParseExperimentJson(
       R"({"name": "heads", "dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64, "batch_size": 2,
-          "max_windows": )" + std::to_string(max_windows) + R"(}, "measurements": [{"perplexity": {}}, {"attention_sink": {}}],
+          "max_windows": )" +
+      std::to_string(max_windows) + R"(}, "measurements": [{"perplexity": {}}, {"attention_sink": {}}],
           "sweep": {"axes": [{"heads": {}}], "variants_per_pass": 4}})");
   EXPECT_OK(parent);
   auto variants = spec::ExpandSweep(*parent, {5, 8, 64}, 1000);
@@ -261,7 +263,8 @@ TEST(Engine, SingleExperimentsSpreadOverReplicasAndASweepCancelsAsAWhole) {
   // Two long experiments run at once, one per replica.
   ASSERT_OK(engine->Submit(MakeJob("long1", "ann", reports, 0)));
   ASSERT_OK(engine->Submit(MakeJob("long2", "bob", reports, 0)));
-  for (int i = 0; i < 5000 && reports.started().size() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 5000 && reports.started().size() < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_EQ(reports.started().size(), 2u) << "the second went to the idle replica";
   ASSERT_OK(engine->Cancel("long1"));
   ASSERT_OK(engine->Cancel("long2"));
@@ -270,7 +273,8 @@ TEST(Engine, SingleExperimentsSpreadOverReplicasAndASweepCancelsAsAWhole) {
 
   // A sweep over all of WikiText-2: both shards start, one cancel stops both, one report.
   ASSERT_OK(engine->Submit(SweepJob("sweep", reports, 0)));
-  for (int i = 0; i < 5000 && reports.started().size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 5000 && reports.started().size() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_OK(engine->Cancel("sweep"));
   EXPECT_EQ(reports.Wait("sweep").code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(engine->Cancel("sweep").code(), absl::StatusCode::kNotFound) << "nothing of it is left";

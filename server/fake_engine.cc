@@ -227,7 +227,8 @@ absl::Status FakeEngine::Cancel(const std::string& id) {
   }
   if (!callbacks.ok()) return callbacks.status();
   // A real engine stops a running job between passes; the fake stops it at once.
-  if (callbacks->on_finish) callbacks->on_finish(absl::CancelledError(absl::StrCat("experiment ", id, " was cancelled")));
+  if (callbacks->on_finish)
+    callbacks->on_finish(absl::CancelledError(absl::StrCat("experiment ", id, " was cancelled")));
   return absl::OkStatus();
 }
 
@@ -280,9 +281,9 @@ bool FakeEngine::WaitForSubmitted(int64_t n, absl::Duration timeout) {
     int64_t n;
   } arg{this, n};
   return mu_.AwaitWithTimeout(
-      absl::Condition(+[](Arg* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return static_cast<int64_t>(a->e->submitted_.size()) >= a->n;
-      }, &arg),
+      absl::Condition(
+          +[](Arg* a) ABSL_NO_THREAD_SAFETY_ANALYSIS { return static_cast<int64_t>(a->e->submitted_.size()) >= a->n; },
+          &arg),
       timeout);
 }
 
@@ -303,8 +304,7 @@ bool FakeEngine::Cancelled(const std::string& id) const {
   return std::find(cancelled_.begin(), cancelled_.end(), id) != cancelled_.end();
 }
 
-result::Experiment FakeEngine::Result(double baseline_ppl, double intervened_ppl,
-                                                   bool baseline_from_cache) {
+result::Experiment FakeEngine::Result(double baseline_ppl, double intervened_ppl, bool baseline_from_cache) {
   result::Experiment r;
   r.baseline.has_perplexity = true;
   r.baseline.perplexity.ppl = baseline_ppl;

@@ -58,8 +58,7 @@ class FakeEngine : public Engine {
   bool Cancelled(const std::string& id) const;
 
   // A result with perplexities `baseline_ppl` and `intervened_ppl` and one capture of 8 bytes.
-  static result::Experiment Result(double baseline_ppl, double intervened_ppl,
-                                                bool baseline_from_cache = false);
+  static result::Experiment Result(double baseline_ppl, double intervened_ppl, bool baseline_from_cache = false);
 
   // Engine.
   absl::Status LoadModel(const std::string& name, const std::string& dir, const std::string& dtype,

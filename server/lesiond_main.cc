@@ -8,7 +8,11 @@
 // (server/log.h, --log-format). SIGINT / SIGTERM: stop
 // taking experiments; with --shutdown-grace-seconds, interrupt the queued ones and let running ones
 // finish within the grace period; stop the engine, record what is left queued or running as
-// interrupted, stop the server within 5 s, drain the store writer, exit 0. Exit 2 for bad flags, 1 for a start-up failure.
+// interrupted, stop the server within 5 s, drain the store writer, exit 0. Exit 2 for bad flags, 1 for a start-up
+// failure.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -18,10 +22,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -55,8 +55,12 @@ void LogFinished(const lesion::v1::Experiment& e) {
       e.started_unix_micros() > 0 ? static_cast<double>(e.finished_unix_micros() - e.started_unix_micros()) / 1e6 : 0;
   if (e.status() == lesion::v1::FAILED) {
     Log(LogLevel::kWarning, "experiment_failed",
-        {{"id", e.id()}, {"user", e.user()}, {"model", e.model()}, {"code", e.error_code()},
-         {"error", e.error()}, {"duration_s", duration_s}});
+        {{"id", e.id()},
+         {"user", e.user()},
+         {"model", e.model()},
+         {"code", e.error_code()},
+         {"error", e.error()},
+         {"duration_s", duration_s}});
   } else {
     Log(LogLevel::kInfo, "experiment_finished",
         {{"id", e.id()}, {"user", e.user()}, {"model", e.model()}, {"status", state}, {"duration_s", duration_s}});
@@ -104,7 +108,10 @@ int Main(int argc, char** argv) {
   }
   SetLogFormat(config.log_format == "json" ? LogFormat::kJson : LogFormat::kText);  // checked by the parser
   Log(LogLevel::kInfo, "starting",
-      {{"version", LESION_VERSION}, {"pid", int64_t{getpid()}}, {"listen", config.listen}, {"database", config.database},
+      {{"version", LESION_VERSION},
+       {"pid", int64_t{getpid()}},
+       {"listen", config.listen},
+       {"database", config.database},
        {"metrics_address", config.metrics_address}});
 
   absl::StatusOr<Authenticator> auth = config.tokens_file.empty()
@@ -127,21 +134,22 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(engine_options);
   if (!engine.ok()) return Fail("starting the engine", engine.status());
 
-  absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker = ExperimentTracker::Create(
-      config.database, engine->get(),
-      TrackerOptions{.max_sweep_variants = config.max_sweep_variants,
-                     .baseline_cache_bytes = config.baseline_cache_bytes,
-                     .max_queued_per_user = config.max_queued_per_user,
-                     .read_connections = config.read_connections,
-                     .max_user_bytes = config.max_user_bytes,
-                     .max_list_bytes = config.max_list_bytes});
+  absl::StatusOr<std::unique_ptr<ExperimentTracker>> tracker =
+      ExperimentTracker::Create(config.database, engine->get(),
+                                TrackerOptions{.max_sweep_variants = config.max_sweep_variants,
+                                               .baseline_cache_bytes = config.baseline_cache_bytes,
+                                               .max_queued_per_user = config.max_queued_per_user,
+                                               .read_connections = config.read_connections,
+                                               .max_user_bytes = config.max_user_bytes,
+                                               .max_list_bytes = config.max_list_bytes});
   if (!tracker.ok()) return Fail(absl::StrCat("opening the database ", config.database), tracker.status());
 
   for (const ModelPreload& m : config.models) {
     std::promise<absl::StatusOr<ModelSummary>> loaded;
     std::future<absl::StatusOr<ModelSummary>> done = loaded.get_future();
-    absl::Status queued = (*engine)->LoadModel(m.name, m.dir, m.dtype, m.device, /*cancelled=*/{},
-                                               [&loaded](absl::StatusOr<ModelSummary> s) { loaded.set_value(std::move(s)); });
+    absl::Status queued =
+        (*engine)->LoadModel(m.name, m.dir, m.dtype, m.device, /*cancelled=*/{},
+                             [&loaded](absl::StatusOr<ModelSummary> s) { loaded.set_value(std::move(s)); });
     absl::Status status = queued.ok() ? done.get().status() : queued;
     if (!status.ok()) {
       (*engine)->Shutdown();
@@ -227,7 +235,7 @@ int Main(int argc, char** argv) {
   server->Wait();
   (*tracker)->Flush();
   if (metrics != nullptr) metrics->StopServing();  // scrapes read the tracker and the engine
-  tracker->reset();  // joins the writer
+  tracker->reset();                                // joins the writer
   engine->reset();
   Log(LogLevel::kInfo, "stopped");
   return 0;

@@ -1,9 +1,9 @@
 #include "server/log.h"
 
-#include <sstream>
-
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 namespace lesion::server {
 namespace {
@@ -28,15 +28,16 @@ TEST(LogLine, TextIsOneLogfmtLine) {
 TEST(LogLine, TextQuotesWhatWouldBreakTheLine) {
   const std::string line = FormatLogLine(LogFormat::kText, kNoon, LogLevel::kError, "store_write_failed",
                                          {{"error", "disk \"full\"\nnext=line"}, {"empty", ""}});
-  EXPECT_EQ(line, "time=2025-06-01T12:00:00.123Z level=error event=store_write_failed "
-                  "error=\"disk \\\"full\\\"\\nnext=line\" empty=\"\"");
+  EXPECT_EQ(line,
+            "time=2025-06-01T12:00:00.123Z level=error event=store_write_failed "
+            "error=\"disk \\\"full\\\"\\nnext=line\" empty=\"\"");
   EXPECT_EQ(line.find('\n'), std::string::npos);
 }
 
 TEST(LogLine, JsonIsOneObjectWithTypedFields) {
-  const std::string line = FormatLogLine(LogFormat::kJson, kNoon, LogLevel::kWarning, "model_load_failed",
-                                         {{"model", "gpt2"}, {"weight_bytes", int64_t{1} << 40}, {"nan", 0.0 / 0.0},
-                                          {"error", "line one\nline two"}});
+  const std::string line = FormatLogLine(
+      LogFormat::kJson, kNoon, LogLevel::kWarning, "model_load_failed",
+      {{"model", "gpt2"}, {"weight_bytes", int64_t{1} << 40}, {"nan", 0.0 / 0.0}, {"error", "line one\nline two"}});
   EXPECT_EQ(line.find('\n'), std::string::npos);
   const nlohmann::json j = nlohmann::json::parse(line);
   EXPECT_EQ(j["time"], "2025-06-01T12:00:00.123Z");

@@ -1,14 +1,5 @@
 #include "server/metrics.h"
 
-#include <algorithm>
-#include <exception>
-#include <filesystem>
-#include <map>
-#include <sstream>
-#include <system_error>
-#include <utility>
-#include <vector>
-
 #include <google/protobuf/descriptor.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -17,6 +8,15 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+
+#include <algorithm>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <system_error>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -121,8 +121,9 @@ std::vector<MetricFamily> StatusFamilies(const v1::ServerStatus& s) {
                        static_cast<double>(s.baseline_cache_entries())));
   out.push_back(Single("lesion_baseline_cache_max_bytes", "The bound on lesion_baseline_cache_bytes.",
                        static_cast<double>(s.baseline_cache_max_bytes())));
-  MetricFamily database = Gauge("lesion_database_bytes", "Size of the SQLite database (file=\"main\") and its "
-                                                         "write-ahead log (file=\"wal\").");
+  MetricFamily database = Gauge("lesion_database_bytes",
+                                "Size of the SQLite database (file=\"main\") and its "
+                                "write-ahead log (file=\"wal\").");
   AddSample(database, static_cast<double>(s.database_bytes()), {{"file", "main"}});
   AddSample(database, static_cast<double>(s.database_wal_bytes()), {{"file", "wal"}});
   out.push_back(std::move(database));
@@ -157,9 +158,7 @@ class CountingInterceptorFactory : public grpc::experimental::ServerInterceptorF
 };
 
 // grpc::StatusCode as absl spells it ("NOT_FOUND"): the two enums share their numbers.
-std::string CodeName(grpc::StatusCode code) {
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-}
+std::string CodeName(grpc::StatusCode code) { return absl::StatusCodeToString(static_cast<absl::StatusCode>(code)); }
 
 }  // namespace
 
@@ -218,8 +217,7 @@ std::string MethodLabel(absl::string_view grpc_method) {
 // from it, counted in lesion_status_errors_total, not the whole scrape.
 class Metrics::StatusCollectable : public prometheus::Collectable {
  public:
-  StatusCollectable(StatusSource source, prometheus::Counter* errors)
-      : source_(std::move(source)), errors_(errors) {}
+  StatusCollectable(StatusSource source, prometheus::Counter* errors) : source_(std::move(source)), errors_(errors) {}
   std::vector<MetricFamily> Collect() const override {
     absl::StatusOr<v1::ServerStatus> status = source_();
     if (!status.ok()) {
@@ -243,8 +241,9 @@ Metrics::Metrics(StatusSource status) : registry_(std::make_shared<prometheus::R
                     .Register(*registry_);
   durations_ = &prometheus::BuildHistogram()
                     .Name("lesion_experiment_duration_seconds")
-                    .Help("Experiments (a sweep once, not its variants) from start to final state, by that "
-                          "state; those that never started are left out.")
+                    .Help(
+                        "Experiments (a sweep once, not its variants) from start to final state, by that "
+                        "state; those that never started are left out.")
                     .Register(*registry_);
   prometheus::Counter& errors = prometheus::BuildCounter()
                                     .Name("lesion_status_errors_total")

@@ -17,12 +17,12 @@
 #ifndef LESION_SERVER_METRICS_H_
 #define LESION_SERVER_METRICS_H_
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/support/server_interceptor.h>
+
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/support/server_interceptor.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -86,8 +86,8 @@ class Metrics {
  private:
   class StatusCollectable;
 
-  std::shared_ptr<prometheus::Registry> registry_;  // event-driven metrics
-  std::shared_ptr<StatusCollectable> status_;        // read at scrape time
+  std::shared_ptr<prometheus::Registry> registry_;      // event-driven metrics
+  std::shared_ptr<StatusCollectable> status_;           // read at scrape time
   prometheus::Family<prometheus::Counter>* responses_;  // owned by registry_
   prometheus::Family<prometheus::Histogram>* durations_;
   std::unique_ptr<prometheus::Exposer> exposer_;  // set once by Serve, before it returns

@@ -1,6 +1,8 @@
 #include "server/metrics.h"
 
 #include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,13 +15,10 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-#include <gtest/gtest.h>
-
-#include "common/testing/status_matchers.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/testing/status_matchers.h"
 #include "server/config.h"
 #include "server/fake_engine.h"
 #include "server/service.h"

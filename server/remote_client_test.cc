@@ -2,11 +2,11 @@
 // in-process channel.
 #include "client/cpp/remote_client.h"
 
-#include <chrono>
-#include <thread>
-
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 
 #include "common/testing/status_matchers.h"
 #include "server/fake_engine.h"

@@ -3,8 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <functional>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -60,8 +60,7 @@ absl::Status RequireId(const std::string& id) {
 
 absl::Status RequireAdmin(const Principal& caller, absl::string_view what) {
   if (caller.is_admin()) return absl::OkStatus();
-  return absl::PermissionDeniedError(
-      absl::StrCat(what, " is admin-only: user '", caller.user, "' has the role user"));
+  return absl::PermissionDeniedError(absl::StrCat(what, " is admin-only: user '", caller.user, "' has the role user"));
 }
 
 // WatchExperiment's stream: the current snapshot, then every newer event of the tracker, one write in
@@ -174,10 +173,10 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::ExperimentEvent> {
   }
 
   std::mutex mu_;
-  std::shared_ptr<WatchReactor> self_;          // guarded by mu_
-  ExperimentTracker::Subscription sub_;         // guarded by mu_
+  std::shared_ptr<WatchReactor> self_;                        // guarded by mu_
+  ExperimentTracker::Subscription sub_;                       // guarded by mu_
   std::deque<std::pair<v1::ExperimentEvent, bool>> pending_;  // guarded by mu_
-  v1::ExperimentEvent in_flight_;               // written by StartNextLocked only while !writing_
+  v1::ExperimentEvent in_flight_;                             // written by StartNextLocked only while !writing_
   bool writing_ = false, wrote_final_ = false, final_queued_ = false;  // guarded by mu_
   bool cancelled_ = false, done_ = false, finish_called_ = false;      // guarded by mu_
   bool seen_any_ = false;                                              // guarded by mu_
@@ -279,9 +278,9 @@ class RunReactor : public grpc::ServerUnaryReactor {
   ExperimentTracker* const tracker_;
   v1::Experiment* const response_;  // written once, under mu_, before Finish
   std::mutex mu_;
-  std::shared_ptr<RunReactor> self_;   // guarded by mu_
-  ExperimentTracker::Subscription sub_;  // guarded by mu_
-  std::string id_;                     // guarded by mu_
+  std::shared_ptr<RunReactor> self_;                // guarded by mu_
+  ExperimentTracker::Subscription sub_;             // guarded by mu_
+  std::string id_;                                  // guarded by mu_
   bool cancelled_ = false, finish_called_ = false;  // guarded by mu_
 };
 
@@ -302,20 +301,26 @@ class LoadReactor : public grpc::ServerUnaryReactor {
       return gone->load() || std::chrono::system_clock::now() >= deadline;
     };
     std::weak_ptr<LoadReactor> weak = reactor;
-    absl::Status queued = engine->LoadModel(
-        request.name(), dir, request.dtype(), request.device(), std::move(cancelled),
-        [weak, name = request.name(), user](absl::StatusOr<ModelSummary> summary) {
-          if (summary.ok()) {
-            Log(LogLevel::kInfo, "model_loaded",
-                {{"model", name}, {"user", user}, {"dir", summary->dir}, {"device", summary->device},
-                 {"dtype", summary->dtype}, {"weight_bytes", summary->weight_bytes}});
-          } else {
-            Log(LogLevel::kWarning, "model_load_failed",
-                {{"model", name}, {"user", user}, {"code", absl::StatusCodeToString(summary.status().code())},
-                 {"error", summary.status().message()}});
-          }
-          if (std::shared_ptr<LoadReactor> r = weak.lock()) r->FinishOnce(summary);
-        });
+    absl::Status queued =
+        engine->LoadModel(request.name(), dir, request.dtype(), request.device(), std::move(cancelled),
+                          [weak, name = request.name(), user](absl::StatusOr<ModelSummary> summary) {
+                            if (summary.ok()) {
+                              Log(LogLevel::kInfo, "model_loaded",
+                                  {{"model", name},
+                                   {"user", user},
+                                   {"dir", summary->dir},
+                                   {"device", summary->device},
+                                   {"dtype", summary->dtype},
+                                   {"weight_bytes", summary->weight_bytes}});
+                            } else {
+                              Log(LogLevel::kWarning, "model_load_failed",
+                                  {{"model", name},
+                                   {"user", user},
+                                   {"code", absl::StatusCodeToString(summary.status().code())},
+                                   {"error", summary.status().message()}});
+                            }
+                            if (std::shared_ptr<LoadReactor> r = weak.lock()) r->FinishOnce(summary);
+                          });
     if (!queued.ok()) reactor->FinishOnce(queued);
     return reactor.get();
   }

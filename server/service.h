@@ -80,8 +80,8 @@ class LesionService final : public lesion::v1::Lesion::CallbackService {
  private:
   absl::StatusOr<Principal> Caller(grpc::CallbackServerContext* context) const;
   // DeleteExperiments and DropCaptures: an admin's retention call, run by the tracker.
-  using RetentionCall = absl::StatusOr<lesion::v1::RetentionResponse> (ExperimentTracker::*)(
-      const lesion::v1::RetentionRequest&);
+  using RetentionCall =
+      absl::StatusOr<lesion::v1::RetentionResponse> (ExperimentTracker::*)(const lesion::v1::RetentionRequest&);
   grpc::ServerUnaryReactor* Retain(grpc::CallbackServerContext* context, absl::string_view method,
                                    const lesion::v1::RetentionRequest& request, RetentionCall call,
                                    lesion::v1::RetentionResponse* response);

@@ -1,16 +1,16 @@
 #include "server/service.h"
 
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <filesystem>
 #include <memory>
 #include <thread>
 
-#include <grpcpp/grpcpp.h>
-#include <gtest/gtest.h>
-
+#include "common/grpc/grpc_status.h"
 #include "common/testing/status_matchers.h"
 #include "server/fake_engine.h"
-#include "common/grpc/grpc_status.h"
 #include "server/test_util.h"
 #include "server/tracker.h"
 
@@ -308,8 +308,7 @@ TEST_F(ServiceTest, BadRequestsGetExactCodes) {
   engine_.SetSubmitError(absl::ResourceExhaustedError("queue full"));
   EXPECT_EQ(stub_->SubmitExperiment(As("a").get(), submit, &response).error_code(),
             grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_EQ(stub_->RunExperiment(As("a").get(), submit, &response).error_code(),
-            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(stub_->RunExperiment(As("a").get(), submit, &response).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 
   v1::GetExperimentRequest get;
   EXPECT_EQ(stub_->GetExperiment(As("a").get(), get, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -364,8 +363,7 @@ TEST_F(ServiceTest, LoadAndUnloadAreAdminOnly) {
   v1::UnloadModelRequest unload;
   unload.set_name("tiny");
   v1::UnloadModelResponse unloaded;
-  EXPECT_EQ(stub_->UnloadModel(As("alice").get(), unload, &unloaded).error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(stub_->UnloadModel(As("alice").get(), unload, &unloaded).error_code(), grpc::StatusCode::PERMISSION_DENIED);
 }
 
 class TokenServiceTest : public ServiceTest {
@@ -408,8 +406,7 @@ TEST_F(TokenServiceTest, AdminLoadsFromAllowedRootsOnly) {
   load.set_name("gpt2");
   load.set_dir((dir_ / "elsewhere").string());
   v1::ModelInfo info;
-  EXPECT_EQ(stub_->LoadModel(As("", "tok-alice").get(), load, &info).error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(stub_->LoadModel(As("", "tok-alice").get(), load, &info).error_code(), grpc::StatusCode::PERMISSION_DENIED);
   grpc::Status outside = stub_->LoadModel(As("", "tok-root").get(), load, &info);
   EXPECT_EQ(outside.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_NE(outside.error_message().find("model root"), std::string::npos) << outside.error_message();

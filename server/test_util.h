@@ -2,18 +2,18 @@
 #ifndef LESION_SERVER_TEST_UTIL_H_
 #define LESION_SERVER_TEST_UTIL_H_
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <string>
 
-#include <gtest/gtest.h>
-
 #include "proto/lesion/v1/experiment.pb.h"
 
 namespace lesion::server::testing_util {
 
-inline lesion::v1::ExperimentSpec TinySpec(const std::string& model = "tiny", const std::string& text = "Once upon a time") {
+inline lesion::v1::ExperimentSpec TinySpec(const std::string& model = "tiny",
+                                           const std::string& text = "Once upon a time") {
   lesion::v1::ExperimentSpec spec;
   spec.set_name("prune");
   spec.add_tags("sinks");
@@ -38,9 +38,9 @@ inline lesion::v1::ExperimentSpec TinySweep(const std::string& model = "tiny") {
 // A fresh directory for the current test, removed at the start of the next run.
 inline std::filesystem::path TestDir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                              (std::string("lesion_") + info->test_suite_name() + "_" + info->name() + "_" +
-                               std::to_string(getpid()));
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      (std::string("lesion_") + info->test_suite_name() + "_" + info->name() + "_" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;

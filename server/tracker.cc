@@ -1,10 +1,10 @@
 #include "server/tracker.h"
 
+#include <google/protobuf/util/json_util.h>
+
 #include <iostream>
 #include <utility>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/random/random.h"
 #include "absl/strings/match.h"
@@ -15,9 +15,9 @@
 #include "common/error_text.h"
 #include "common/status_codes.h"
 #include "common/status_macros.h"
+#include "server/log.h"
 #include "spec/result_proto.h"
 #include "spec/spec.h"
-#include "server/log.h"
 
 namespace lesion::server {
 namespace {
@@ -28,13 +28,20 @@ int64_t Micros(absl::Time t) { return absl::ToUnixMicros(t); }
 
 absl::string_view StatusWord(v1::ExperimentStatus status) {
   switch (status) {
-    case v1::QUEUED: return "queued";
-    case v1::RUNNING: return "running";
-    case v1::DONE: return "done";
-    case v1::FAILED: return "failed";
-    case v1::CANCELLED: return "cancelled";
-    case v1::INTERRUPTED: return "interrupted";
-    default: return "unspecified";
+    case v1::QUEUED:
+      return "queued";
+    case v1::RUNNING:
+      return "running";
+    case v1::DONE:
+      return "done";
+    case v1::FAILED:
+      return "failed";
+    case v1::CANCELLED:
+      return "cancelled";
+    case v1::INTERRUPTED:
+      return "interrupted";
+    default:
+      return "unspecified";
   }
 }
 
@@ -84,7 +91,10 @@ void LogWrite(const std::string& what, const std::string& id, const absl::Status
   if (!status.ok()) {
     const auto sql = status.GetPayload(storage::kSqlPayloadUrl);  // absl::optional<absl::Cord>
     Log(LogLevel::kError, "store_write_failed",
-        {{"write", what}, {"id", id}, {"code", absl::StatusCodeToString(status.code())}, {"error", status.message()},
+        {{"write", what},
+         {"id", id},
+         {"code", absl::StatusCodeToString(status.code())},
+         {"error", status.message()},
          {"sql", sql.has_value() ? std::string(*sql) : std::string()}});
   }
 }
@@ -93,12 +103,18 @@ void LogWrite(const std::string& what, const std::string& id, const absl::Status
 
 v1::ExperimentStatus ToProtoStatus(storage::ExperimentStatus status) {
   switch (status) {
-    case storage::ExperimentStatus::kQueued: return v1::QUEUED;
-    case storage::ExperimentStatus::kRunning: return v1::RUNNING;
-    case storage::ExperimentStatus::kDone: return v1::DONE;
-    case storage::ExperimentStatus::kFailed: return v1::FAILED;
-    case storage::ExperimentStatus::kCancelled: return v1::CANCELLED;
-    case storage::ExperimentStatus::kInterrupted: return v1::INTERRUPTED;
+    case storage::ExperimentStatus::kQueued:
+      return v1::QUEUED;
+    case storage::ExperimentStatus::kRunning:
+      return v1::RUNNING;
+    case storage::ExperimentStatus::kDone:
+      return v1::DONE;
+    case storage::ExperimentStatus::kFailed:
+      return v1::FAILED;
+    case storage::ExperimentStatus::kCancelled:
+      return v1::CANCELLED;
+    case storage::ExperimentStatus::kInterrupted:
+      return v1::INTERRUPTED;
   }
   return v1::EXPERIMENT_STATUS_UNSPECIFIED;
 }
@@ -139,8 +155,7 @@ void ExperimentTracker::Subscription::Reset() {
 
 // ---- Construction ----------------------------------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(const std::string& db_path,
-                                                                             Engine* engine,
+absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(const std::string& db_path, Engine* engine,
                                                                              TrackerOptions options) {
   if (db_path.empty() || db_path == ":memory:") {
     return absl::InvalidArgumentError(
@@ -160,8 +175,8 @@ absl::StatusOr<std::unique_ptr<ExperimentTracker>> ExperimentTracker::Create(con
                    storage::ReadPool::Create(db_path, options.read_connections));
   ASSIGN_OR_RETURN(std::unique_ptr<storage::ExperimentStore> point_reader,
                    storage::ExperimentStore::OpenReadOnly(db_path));
-  return std::unique_ptr<ExperimentTracker>(new ExperimentTracker(
-      engine, std::move(writer), std::move(readers), std::move(point_reader), options));
+  return std::unique_ptr<ExperimentTracker>(
+      new ExperimentTracker(engine, std::move(writer), std::move(readers), std::move(point_reader), options));
 }
 
 ExperimentTracker::ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
@@ -198,8 +213,7 @@ void ExperimentTracker::WriterLoop() {
     {
       absl::MutexLock lock(&queue_mu_);
       queue_mu_.Await(absl::Condition(
-          +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stop_ || !t->queue_.empty(); },
-          this));
+          +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stop_ || !t->queue_.empty(); }, this));
       if (queue_.empty()) return;  // stop_ and drained
       write = std::move(queue_.front());
       queue_.pop_front();
@@ -244,8 +258,7 @@ void ExperimentTracker::RetireLocked(const std::string& id) {
 
 // ---- Events --------------------------------------------------------------------------------------------
 
-ExperimentTracker::Delivery ExperimentTracker::PublishLocked(
-    Live& live) {
+ExperimentTracker::Delivery ExperimentTracker::PublishLocked(Live& live) {
   ++live.sequence;
   if (live.watchers.empty()) return {ExperimentEvent{live.sequence, {}, live.final}, {}};  // no copy for nobody
   ExperimentEvent event{live.sequence, live.snapshot, live.final};
@@ -256,7 +269,8 @@ ExperimentTracker::Delivery ExperimentTracker::PublishLocked(
   return {std::move(event), std::move(watchers)};
 }
 
-void ExperimentTracker::Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<WatcherSlot>>& watchers) {
+void ExperimentTracker::Notify(const ExperimentEvent& event,
+                               const std::vector<std::shared_ptr<WatcherSlot>>& watchers) {
   for (const auto& slot : watchers) {
     absl::MutexLock lock(&slot->mu);
     if (slot->active) slot->fn(event);
@@ -321,7 +335,9 @@ std::optional<result::Pass> ExperimentTracker::LookupBaseline(const std::string&
   }
   if (!stored.ok()) {
     Log(LogLevel::kWarning, "baseline_read_failed",
-        {{"key", key}, {"code", absl::StatusCodeToString(stored.status().code())}, {"error", stored.status().message()}});
+        {{"key", key},
+         {"code", absl::StatusCodeToString(stored.status().code())},
+         {"error", stored.status().message()}});
     return std::nullopt;
   }
   if (!stored->has_value()) return std::nullopt;
@@ -333,9 +349,7 @@ JobCallbacks ExperimentTracker::MakeCallbacks(const std::string& id) {
   JobCallbacks callbacks;
   callbacks.on_start = [this, id] { OnStart(id); };
   callbacks.on_progress = [this, id](int64_t done, int64_t planned) { OnProgress(id, done, planned); };
-  callbacks.on_finish = [this, id](absl::StatusOr<result::Experiment> result) {
-    OnFinish(id, std::move(result));
-  };
+  callbacks.on_finish = [this, id](absl::StatusOr<result::Experiment> result) { OnFinish(id, std::move(result)); };
   return callbacks;
 }
 
@@ -346,8 +360,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Submit(const Principal& caller
 absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& caller,
                                                                const v1::ExperimentSpec& spec_proto,
                                                                const FinishedVariants* finished) {
-  ASSIGN_OR_RETURN(spec::Experiment spec,
-                   spec::ParseExperimentProto(spec_proto.SerializeAsString()));
+  ASSIGN_OR_RETURN(spec::Experiment spec, spec::ParseExperimentProto(spec_proto.SerializeAsString()));
   if (spec.model.empty()) {
     return absl::InvalidArgumentError("spec.model is empty: name a loaded model (ListModels lists them)");
   }
@@ -355,7 +368,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
   std::vector<spec::Experiment> variants;
   if (spec.has_sweep) {
     ASSIGN_OR_RETURN(variants, spec::ExpandSweep(spec, {model.n_layers, model.n_heads, model.d_model},
-                                                              options_.max_sweep_variants, kMaxSweepSpecBytes));
+                                                 options_.max_sweep_variants, kMaxSweepSpecBytes));
     RETURN_IF_ERROR(engine_->ValidateSweep(spec.model, spec, variants));
   } else {
     RETURN_IF_ERROR(engine_->Validate(spec.model, spec));
@@ -376,8 +389,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
     record.created = now;
     return record;
   };
-  auto make_live = [&](const spec::Experiment& e, const std::string& live_id,
-                       const v1::ExperimentSpec& proto) {
+  auto make_live = [&](const spec::Experiment& e, const std::string& live_id, const v1::ExperimentSpec& proto) {
     Live live;
     v1::Experiment& snap = live.snapshot;
     snap.set_id(live_id);
@@ -499,8 +511,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Resubmit(const Principal& call
   return SubmitParsed(caller, old.spec());
 }
 
-absl::StatusOr<ExperimentTracker::FinishedVariants> ExperimentTracker::ReadFinishedVariants(
-    const std::string& parent) {
+absl::StatusOr<ExperimentTracker::FinishedVariants> ExperimentTracker::ReadFinishedVariants(const std::string& parent) {
   FinishedVariants finished;
   finished.parent = parent;
   storage::QueryOptions query;
@@ -632,9 +643,10 @@ void ExperimentTracker::OnProgress(const std::string& id, int64_t done, int64_t 
   Notify(out.first, out.second);
 }
 
-ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
-    const std::string& id, const absl::StatusOr<result::Experiment>& result,
-    std::shared_ptr<const v1::ExperimentResult> converted, absl::Time now) {
+ExperimentTracker::Delivery ExperimentTracker::FinishLocked(const std::string& id,
+                                                            const absl::StatusOr<result::Experiment>& result,
+                                                            std::shared_ptr<const v1::ExperimentResult> converted,
+                                                            absl::Time now) {
   Live& live = live_.at(id);
   v1::Experiment& snap = live.snapshot;
   const bool was_queued = snap.status() == v1::QUEUED;
@@ -673,14 +685,12 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
       LogWrite("cancel", id, store.Cancel(id, now, why));
     });
   } else {
-    std::string error =
-        absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ", result.status().message());
+    std::string error = absl::StrCat(absl::StatusCodeToString(result.status().code()), ": ", result.status().message());
     snap.set_status(v1::FAILED);
     snap.set_error(error);
     snap.set_error_code(absl::StatusCodeToString(result.status().code()));
-    WriteLocked(live, [id, error, now](storage::ExperimentStore& store) {
-      LogWrite("fail", id, store.Fail(id, error, now));
-    });
+    WriteLocked(
+        live, [id, error, now](storage::ExperimentStore& store) { LogWrite("fail", id, store.Fail(id, error, now)); });
   }
   live.final = true;
   if (finish_observer_) {
@@ -705,8 +715,7 @@ ExperimentTracker::Delivery ExperimentTracker::FinishLocked(
   return out;
 }
 
-void ExperimentTracker::OnVariant(const std::string& parent, int64_t index,
-                                  result::Experiment result) {
+void ExperimentTracker::OnVariant(const std::string& parent, int64_t index, result::Experiment result) {
   const absl::Time now = absl::Now();
   const std::string id = absl::StrCat(parent, ".", index);
   auto converted = std::make_shared<const v1::ExperimentResult>(result::ToProto(result));
@@ -754,10 +763,10 @@ void ExperimentTracker::OnFinish(const std::string& id, absl::StatusOr<result::E
     for (const std::string& child : children) {
       auto c = live_.find(child);
       if (c == live_.end() || c->second.final) continue;
-      const absl::Status why =
-          result.ok() ? absl::InternalError(absl::StrCat("sweep ", id, " finished without this variant"))
-                      : absl::Status(result.status().code(),
-                                     absl::StrCat("sweep ", id, " stopped: ", result.status().message()));
+      const absl::Status why = result.ok()
+                                   ? absl::InternalError(absl::StrCat("sweep ", id, " finished without this variant"))
+                                   : absl::Status(result.status().code(),
+                                                  absl::StrCat("sweep ", id, " stopped: ", result.status().message()));
       out.push_back(FinishLocked(child, why, nullptr, now));
     }
     if (it->second.snapshot.variants_total() > 0 && result.ok()) {
@@ -790,8 +799,8 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::Cancel(const Principal& caller
             absl::StrCat("experiment ", id, " is already ", StatusWord(snap.status())));
       }
       if (!snap.parent_id().empty()) {
-        return absl::FailedPreconditionError(absl::StrCat("experiment ", id, " is a variant of sweep ",
-                                                          snap.parent_id(), ": cancel the sweep"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("experiment ", id, " is a variant of sweep ", snap.parent_id(), ": cancel the sweep"));
       }
     } else {
       ASSIGN_OR_RETURN(v1::Experiment stored, ReadStored(id, false, false));
@@ -826,9 +835,9 @@ absl::Status ExperimentTracker::CheckQueuedQuotaLocked(const std::string& user) 
     if (!live.final && snap.status() == v1::QUEUED && snap.parent_id().empty() && snap.user() == user) ++queued;
   }
   if (queued < options_.max_queued_per_user) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "user '", user, "' has ", queued, " experiments queued, the limit per user (--max-queued-per-user ",
-      options_.max_queued_per_user, "): wait for some to start, or cancel some"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("user '", user, "' has ", queued, " experiments queued, the limit per user (--max-queued-per-user ",
+                   options_.max_queued_per_user, "): wait for some to start, or cancel some"));
 }
 
 absl::Status ExperimentTracker::CheckStoredQuota(const std::string& user) {
@@ -943,16 +952,15 @@ int64_t ExperimentTracker::InterruptQueued() {
 
 bool ExperimentTracker::AwaitUnfinished(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(
-      absl::Condition(
-          +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            for (const auto& [id, live] : t->live_) {
-              if (!live.final) return false;
-            }
-            return true;
-          },
-          this),
-      timeout);
+  return mu_.AwaitWithTimeout(absl::Condition(
+                                  +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                    for (const auto& [id, live] : t->live_) {
+                                      if (!live.final) return false;
+                                    }
+                                    return true;
+                                  },
+                                  this),
+                              timeout);
 }
 
 absl::StatusOr<int64_t> ExperimentTracker::RecordInterrupted() {
@@ -995,7 +1003,8 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
   if (request.limit() < 0) {
     return absl::InvalidArgumentError(absl::StrCat("limit ", request.limit(), " is negative (0 means 100)"));
   }
-  if (request.offset() < 0) return absl::InvalidArgumentError(absl::StrCat("offset ", request.offset(), " is negative"));
+  if (request.offset() < 0)
+    return absl::InvalidArgumentError(absl::StrCat("offset ", request.offset(), " is negative"));
   storage::QueryOptions options;
   options.where = request.where();
   options.order_by = request.order_by();
@@ -1014,8 +1023,8 @@ absl::StatusOr<v1::ListExperimentsResponse> ExperimentTracker::List(const v1::Li
       const storage::ExperimentRecord& record = page.records[i];
       v1::Experiment* e = response.add_experiments();
       *e = RecordToProto(record);
-      if (request.include_results() && record.status == storage::ExperimentStatus::kDone &&
-          i < page.results.size() && page.results[i].has_value()) {
+      if (request.include_results() && record.status == storage::ExperimentStatus::kDone && i < page.results.size() &&
+          page.results[i].has_value()) {
         *e->mutable_result() = *std::move(page.results[i]);
         SetSweepCounts(*e);
       }

@@ -225,12 +225,11 @@ class ExperimentTracker {
   using Delivery = std::pair<ExperimentEvent, std::vector<std::shared_ptr<WatcherSlot>>>;
 
   ExperimentTracker(Engine* engine, std::unique_ptr<storage::ExperimentStore> writer,
-                    std::unique_ptr<storage::ReadPool> readers,
-                    std::unique_ptr<storage::ExperimentStore> point_reader, TrackerOptions options);
+                    std::unique_ptr<storage::ReadPool> readers, std::unique_ptr<storage::ExperimentStore> point_reader,
+                    TrackerOptions options);
   // ResourceExhausted if `user`'s stored experiments take TrackerOptions::max_user_bytes or more.
   absl::Status CheckStoredQuota(const std::string& user);
-  absl::StatusOr<lesion::v1::RetentionResponse> Retain(const lesion::v1::RetentionRequest& request,
-                                                       bool captures_only);
+  absl::StatusOr<lesion::v1::RetentionResponse> Retain(const lesion::v1::RetentionRequest& request, bool captures_only);
 
   // ResourceExhausted if `user` has TrackerOptions::max_queued_per_user experiments queued.
   absl::Status CheckQueuedQuotaLocked(const std::string& user) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -245,13 +244,12 @@ class ExperimentTracker {
   void OnVariant(const std::string& parent, int64_t index, result::Experiment result);
   // Moves a live, unfinished experiment to its final state for `result`; returns its event and
   // watchers for the caller to notify after unlocking.
-  Delivery FinishLocked(
-      const std::string& id, const absl::StatusOr<result::Experiment>& result,
-      std::shared_ptr<const lesion::v1::ExperimentResult> converted, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Delivery FinishLocked(const std::string& id, const absl::StatusOr<result::Experiment>& result,
+                        std::shared_ptr<const lesion::v1::ExperimentResult> converted, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshQueuePositions();
   // Bumps the sequence, copies the event and the watchers; the caller notifies after unlocking.
-  Delivery PublishLocked(Live& live)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Delivery PublishLocked(Live& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<WatcherSlot>>& watchers);
   void WriteLocked(Live& live, Write write) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Enqueue(Write write);
@@ -259,8 +257,7 @@ class ExperimentTracker {
   void RetireLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unsubscribe(const std::string& id, int64_t handle);
   void WriterLoop();
-  absl::StatusOr<lesion::v1::Experiment> ReadStored(const std::string& id, bool include_result,
-                                                    bool include_captures);
+  absl::StatusOr<lesion::v1::Experiment> ReadStored(const std::string& id, bool include_result, bool include_captures);
   std::optional<result::Pass> LookupBaseline(const std::string& key);
 
   Engine* const engine_;

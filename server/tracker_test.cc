@@ -1,12 +1,12 @@
 #include "server/tracker.h"
 
+#include <gtest/gtest.h>
+
 #include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/testing/status_matchers.h"
 #include "server/fake_engine.h"
@@ -571,7 +571,6 @@ TEST_F(TrackerTest, ResubmittingASweepRunsOnlyItsUnfinishedVariants) {
   ASSERT_OK(store);
   EXPECT_EQ((*store)->Get(fresh + ".0").status().code(), absl::StatusCode::kNotFound);
 }
-
 
 // Finishes `id` (submitted to the fake engine) with a result that has captured bytes.
 void RunToDone(FakeEngine& engine, const std::string& id) {

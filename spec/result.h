@@ -126,7 +126,7 @@ struct RunInfo {
   std::string lesion_version;
   double seconds = 0;
   int64_t forward_passes = 0;
-  bool tf32 = false;  // float32 matrix products ran on TF32 tensor cores
+  bool tf32 = false;              // float32 matrix products ran on TF32 tensor cores
   std::string checkpoint_format;  // "safetensors" | "gguf"
   std::string dequantized_from;   // "" unless the checkpoint was quantized (see result.proto)
 };

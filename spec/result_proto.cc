@@ -129,9 +129,13 @@ Pass FromProto(const v1::PassResult& in) {
     const auto& a = in.attention_sink();
     p.attention_sink = {{a.layers().begin(), a.layers().end()}, a.n_heads(), {a.scores().begin(), a.scores().end()}};
   }
-  for (const auto& t : in.token_probabilities()) p.token_probabilities.push_back({t.token_id(), t.token(), t.mean_probability()});
+  for (const auto& t : in.token_probabilities())
+    p.token_probabilities.push_back({t.token_id(), t.token(), t.mean_probability()});
   for (const auto& t : in.captures()) {
-    p.captures.push_back({t.name(), {t.shape().begin(), t.shape().end()}, t.dtype(), t.data(),
+    p.captures.push_back({t.name(),
+                          {t.shape().begin(), t.shape().end()},
+                          t.dtype(),
+                          t.data(),
                           {t.positions().begin(), t.positions().end()}});
   }
   for (const auto& r : in.massive_activations()) {
@@ -182,7 +186,8 @@ void AddNonFiniteWarnings(v1::ExperimentResult& out) {
   constexpr int kMaxWarnings = 16;
   std::vector<std::string> found;
   auto check = [&](double value, absl::string_view what) {
-    if (!std::isfinite(value)) found.push_back(absl::StrCat(what, " is ", std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf")));
+    if (!std::isfinite(value))
+      found.push_back(absl::StrCat(what, " is ", std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf")));
   };
   for (const v1::Metric& m : out.metrics()) {
     check(m.baseline(), absl::StrCat("metric ", m.name(), ": baseline value"));
@@ -266,8 +271,7 @@ v1::ExperimentResult ToProtoUnchecked(const Experiment& r) {
   }
   for (size_t k = 0; k < b.massive_activations.size() && k < i.massive_activations.size(); ++k) {
     AddMetric(out, absl::StrCat("massive_activations:", b.massive_activations[k].site),
-              static_cast<double>(b.massive_activations[k].count),
-              static_cast<double>(i.massive_activations[k].count));
+              static_cast<double>(b.massive_activations[k].count), static_cast<double>(i.massive_activations[k].count));
   }
   if (b.has_super_weights) {
     AddMetric(out, "super_weights", static_cast<double>(b.super_weights.size()),

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
-#include "spec/result.h"
 #include "proto/lesion/v1/result.pb.h"
+#include "spec/result.h"
 
 namespace lesion::result {
 

@@ -65,7 +65,9 @@ TEST(ResultProto, FlagsNonFiniteResults) {
 
   Experiment sweep;  // a sweep's rows, capped at 16 lines
   sweep.has_sweep = true;
-  for (int i = 0; i < 40; ++i) sweep.sweep.variants.push_back({absl::StrCat("v", i), "", true, -std::numeric_limits<double>::infinity(), 0, false, 0});
+  for (int i = 0; i < 40; ++i)
+    sweep.sweep.variants.push_back(
+        {absl::StrCat("v", i), "", true, -std::numeric_limits<double>::infinity(), 0, false, 0});
   lesion::v1::ExperimentResult rows = ToProto(sweep);
   ASSERT_EQ(rows.warnings_size(), 16);
   EXPECT_EQ(rows.warnings(0), "variant v0: perplexity is -inf");

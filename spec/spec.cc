@@ -152,8 +152,7 @@ absl::StatusOr<Intervention> FromProto(const lesion::v1::Intervention& in, const
       const std::string at = where + ".head_ablation";
       RETURN_IF_ERROR(CheckEnum(at, "mode", h.mode(), pb::HeadAblation::Mode_descriptor()));
       RETURN_IF_ERROR(CheckMagnitude(at, "factor", h.factor()));
-      HeadAblation out{h.layer(), ToVector<int64_t>(h.heads()), static_cast<HeadAblation::Mode>(h.mode()),
-                       h.factor()};
+      HeadAblation out{h.layer(), ToVector<int64_t>(h.heads()), static_cast<HeadAblation::Mode>(h.mode()), h.factor()};
       if (out.heads.empty()) return Bad(at, "no heads");
       return out;
     }
@@ -277,16 +276,16 @@ absl::StatusOr<Experiment> FromProto(lesion::v1::ExperimentSpec proto) {
   CanonicalizeZeros(proto);
   Experiment e;
   if (proto.name().size() > kMaxNameBytes) {
-    return Bad("name", absl::StrCat(QuoteForError(proto.name()), " is longer than the limit of ", kMaxNameBytes,
-                                    " bytes"));
+    return Bad("name",
+               absl::StrCat(QuoteForError(proto.name()), " is longer than the limit of ", kMaxNameBytes, " bytes"));
   }
   if (proto.tags_size() > kMaxTags) {
     return Bad("tags", absl::StrCat(proto.tags_size(), " tags, more than the limit of ", kMaxTags));
   }
   for (int i = 0; i < proto.tags_size(); ++i) {
     if (proto.tags(i).size() > kMaxTagBytes) {
-      return Bad(absl::StrCat("tags[", i, "]"), absl::StrCat(QuoteForError(proto.tags(i)),
-                                                              " is longer than the limit of ", kMaxTagBytes, " bytes"));
+      return Bad(absl::StrCat("tags[", i, "]"),
+                 absl::StrCat(QuoteForError(proto.tags(i)), " is longer than the limit of ", kMaxTagBytes, " bytes"));
     }
   }
   e.name = proto.name();
@@ -499,15 +498,15 @@ absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, co
     axes.push_back(std::move(choices));
   }
   if (total > max_variants) {
-    return Bad("sweep", absl::StrCat("the axes make ", absl::StrJoin(sizes, " x "), " = ", total,
-                                     " variants, more than the limit of ", max_variants,
-                                     " (lesiond --max-sweep-variants)"));
+    return Bad("sweep",
+               absl::StrCat("the axes make ", absl::StrJoin(sizes, " x "), " = ", total,
+                            " variants, more than the limit of ", max_variants, " (lesiond --max-sweep-variants)"));
   }
   // Every variant carries the parent's spec, dataset included: refuse before building them.
   if (max_spec_bytes > 0 && total * static_cast<int64_t>(parent.canonical_json.size()) > max_spec_bytes) {
-    return Bad("sweep", absl::StrCat(total, " variants of a ", parent.canonical_json.size(),
-                                     "-byte spec take more than ", max_spec_bytes >> 20,
-                                     " MiB: every variant carries the dataset; use a named dataset"));
+    return Bad("sweep",
+               absl::StrCat(total, " variants of a ", parent.canonical_json.size(), "-byte spec take more than ",
+                            max_spec_bytes >> 20, " MiB: every variant carries the dataset; use a named dataset"));
   }
   lesion::v1::ExperimentSpec base = proto;
   base.clear_sweep();

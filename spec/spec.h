@@ -91,8 +91,8 @@ struct AttentionOutliers {
   double min_mass = 0.3;
   int64_t max_reports = 50;
 };
-using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink, TokenProbabilities, KlDivergence,
-                                 Capture, MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers>;
+using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink, TokenProbabilities, KlDivergence, Capture,
+                                 MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers>;
 
 struct Experiment {
   std::string name;

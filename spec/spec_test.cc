@@ -97,18 +97,15 @@ TEST(ExperimentSpec, ErrorsNameTheField) {
       {R"({"dataset": {"text": "hi"}, "measurements": [{"perplexity": {}}],
            "interventions": [{"weight_edit": {"op": "EXPLODE"}}]})",
        "EXPLODE"},
-      {R"({"dataset": {"text": "hi"}, "eval": {"seq_len": -4}, "measurements": [{"perplexity": {}}]})",
-       "eval"},
+      {R"({"dataset": {"text": "hi"}, "eval": {"seq_len": -4}, "measurements": [{"perplexity": {}}]})", "eval"},
       {R"({"dataset": {"text": "hi"}, "measurements": [{"massive_activations": {"min_ratio": -1}}]})",
        "measurements[0].massive_activations: min_ratio"},
       {R"({"dataset": {"text": "hi"}, "measurements": [{"attention_outliers": {"min_mass": 2}}]})",
        "min_mass is a probability"},
-      {R"({"dataset": {"text": "hi"}, "measurements": [{"token_probabilities": {}}]})",
-       "give token_ids or tokens"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"token_probabilities": {}}]})", "give token_ids or tokens"},
       {R"({"dataset": {"text": "hi"}, "measurements": [{"capture": {"sites": ["logits"], "positions": [-1]}}]})",
        "position -1"},
-      {R"({"dataset": {"text": "hi"}, "measurements": [{"perplexity": {}}, {"perplexity": {}}]})",
-       "asked for twice"},
+      {R"({"dataset": {"text": "hi"}, "measurements": [{"perplexity": {}}, {"perplexity": {}}]})", "asked for twice"},
   };
   for (const Case& c : cases) {
     auto e = ParseExperimentJson(c.json);
@@ -204,16 +201,18 @@ TEST(Sweep, EmptyListsMeanEveryLayerHeadAndChannel) {
   ASSERT_OK(heads);
   ASSERT_EQ(heads->size(), 12u);
   EXPECT_EQ(heads->back().variant_name, "L2.H3");
-  auto channels = ExpandSweep(ParseOrDie(SweepSpec(R"([{"norm_channels": {"norm": "mlp", "layers": [1], "mode": "GAMMA_MEAN"}}])")),
-                              {3, 4, 16}, 100);
+  auto channels =
+      ExpandSweep(ParseOrDie(SweepSpec(R"([{"norm_channels": {"norm": "mlp", "layers": [1], "mode": "GAMMA_MEAN"}}])")),
+                  {3, 4, 16}, 100);
   ASSERT_OK(channels);
   ASSERT_EQ(channels->size(), 16u);
   EXPECT_EQ((*channels)[5].variant_name, "mlp.L1.C5");
-  auto final_norm = ExpandSweep(ParseOrDie(SweepSpec(R"([{"norm_channels": {"norm": "final", "channels": [2]}}])")),
-                                {3, 4, 16}, 100);
+  auto final_norm =
+      ExpandSweep(ParseOrDie(SweepSpec(R"([{"norm_channels": {"norm": "final", "channels": [2]}}])")), {3, 4, 16}, 100);
   ASSERT_OK(final_norm);
   EXPECT_EQ(final_norm->front().variant_name, "final.C2");
-  auto listed = ExpandSweep(ParseOrDie(SweepSpec(R"([{"variants": {"variants": [{"name": "none"}, {}]}}])")), {3, 4, 16}, 100);
+  auto listed =
+      ExpandSweep(ParseOrDie(SweepSpec(R"([{"variants": {"variants": [{"name": "none"}, {}]}}])")), {3, 4, 16}, 100);
   ASSERT_OK(listed);
   EXPECT_EQ((*listed)[1].variant_name, "v1");
   EXPECT_TRUE((*listed)[0].interventions.empty());
@@ -227,7 +226,8 @@ TEST(Sweep, BadAxesAreInvalidArgumentNamingTheAxis) {
   };
   absl::Status s = error(R"([{"heads": {"layers": [3]}}])");
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_NE(s.message().find("sweep.axes[0].heads: layer 3 out of range: the model has 3 layers"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("sweep.axes[0].heads: layer 3 out of range: the model has 3 layers"), std::string::npos)
+      << s;
   s = error(R"([{"heads": {}}, {"norm_channels": {"norm": "mlp", "channels": [16]}}])");
   EXPECT_NE(s.message().find("sweep.axes[1].norm_channels: channel 16 out of range"), std::string::npos) << s;
   EXPECT_NE(error(R"([{"norm_channels": {"norm": "ln"}}])").message().find("unknown norm"), std::string::npos);
@@ -238,9 +238,12 @@ TEST(Sweep, BadAxesAreInvalidArgumentNamingTheAxis) {
   EXPECT_NE(error(R"([{"variants": {}}])").message().find("has no variants"), std::string::npos);
   EXPECT_NE(error(R"([{"weight_values": {"module": "mlp.up", "op": "SCALE"}}])").message().find("values"),
             std::string::npos);
-  EXPECT_NE(error(R"([{"weight_values": {"module": "mlp.up", "op": "ZERO", "values": [1]}}])").message().find("no values"),
-            std::string::npos);
-  EXPECT_NE(error(R"([{"heads": {}}, {"heads": {}}])", 100).message().find("12 x 12 = 144 variants, more than the limit of 100"),
+  EXPECT_NE(
+      error(R"([{"weight_values": {"module": "mlp.up", "op": "ZERO", "values": [1]}}])").message().find("no values"),
+      std::string::npos);
+  EXPECT_NE(error(R"([{"heads": {}}, {"heads": {}}])", 100)
+                .message()
+                .find("12 x 12 = 144 variants, more than the limit of 100"),
             std::string::npos);
   auto big = ParseExperimentJson(SweepSpec(R"([{"heads": {}}])"));
   ASSERT_OK(big);
@@ -303,7 +306,8 @@ TEST(ExperimentSpec, UnknownEnumNumbersAreInvalidArgument) {
   } sweep_cases[] = {
       {R"([{"heads": {"mode": 7}}])", "sweep.axes[0].heads: unknown mode 7"},
       {R"([{"norm_channels": {"norm": "mlp", "mode": 7}}])", "sweep.axes[0].norm_channels: unknown mode 7"},
-      {R"([{"weight_values": {"module": "mlp.up", "op": 7, "values": [1]}}])", "sweep.axes[0].weight_values: unknown op 7"},
+      {R"([{"weight_values": {"module": "mlp.up", "op": 7, "values": [1]}}])",
+       "sweep.axes[0].weight_values: unknown op 7"},
       {R"([{"variants": {"variants": [{}, {"interventions": [{"weight_edit": {"op": 7}}]}]}}])",
        "sweep.axes[0].variants.variants[1].interventions[0].weight_edit: unknown op 7"},
   };
@@ -341,10 +345,11 @@ TEST(ExperimentSpec, NumbersThatOverflowTheForwardPassAreInvalidArgument) {
                     .status(),
                 {"sweep.axes[0].weight_values: values[1] 2e+16"}, "values axis");
   // Large but harmless numbers pass.
-  EXPECT_TRUE(ParseExperimentJson(WithInterventions(R"([{"head_ablation": {"heads": [1], "mode": "SCALE", "factor": -1e15}},
+  EXPECT_TRUE(
+      ParseExperimentJson(WithInterventions(R"([{"head_ablation": {"heads": [1], "mode": "SCALE", "factor": -1e15}},
       {"weight_edit": {"module": "mlp.up", "op": "SET", "value": 1e4}},
       {"attention_bias": {"key": [1e15], "value": [-1e15]}}])"))
-                  .ok());
+          .ok());
 }
 
 // Regression: a 10 MB name and 100,000 tags were stored.

@@ -47,9 +47,8 @@ absl::Status MergeCaptures(absl::string_view id, const lesion::v1::ExperimentRes
       {&result.baseline(), &captures.baseline()}, {&result.intervened(), &captures.intervened()}};
   for (const auto& [to, from] : passes) {
     if (to->captures_size() != from->captures_size()) {
-      return absl::DataLossError(absl::StrCat("experiment '", id, "': the stored captures (",
-                                              from->captures_size(), ") do not match its result (",
-                                              to->captures_size(), ")"));
+      return absl::DataLossError(absl::StrCat("experiment '", id, "': the stored captures (", from->captures_size(),
+                                              ") do not match its result (", to->captures_size(), ")"));
     }
   }
   // As in SplitCaptures: a pass without captures is left as it is (absent stays absent).
@@ -95,8 +94,7 @@ absl::Status SplitStoredCapturesAndCountBytes(Database& db) {
     }
   }
   // One row at a time: results with captures can be hundreds of megabytes.
-  ASSIGN_OR_RETURN(std::unique_ptr<Statement> read,
-                   db.Prepare("SELECT result FROM results WHERE experiment_id = ?"));
+  ASSIGN_OR_RETURN(std::unique_ptr<Statement> read, db.Prepare("SELECT result FROM results WHERE experiment_id = ?"));
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> write,
                    db.Prepare("UPDATE results SET result = ? WHERE experiment_id = ?"));
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> keep,
@@ -119,12 +117,12 @@ absl::Status SplitStoredCapturesAndCountBytes(Database& db) {
     keep->BindBlob(2, captures->SerializeAsString());
     RETURN_IF_ERROR(keep->Run());
   }
-  RETURN_IF_ERROR(db.Execute(absl::StrCat(
-      "UPDATE experiments SET stored_bytes = ", kRecordBytesSql,
-      " + coalesce((SELECT length(result) FROM results WHERE experiment_id = experiments.id), 0)"
-      " + coalesce((SELECT length(tensors) FROM captures WHERE experiment_id = experiments.id), 0);"
-      "INSERT INTO user_bytes (user, bytes) "
-      "SELECT user, sum(stored_bytes) FROM experiments GROUP BY user;")));
+  RETURN_IF_ERROR(db.Execute(
+      absl::StrCat("UPDATE experiments SET stored_bytes = ", kRecordBytesSql,
+                   " + coalesce((SELECT length(result) FROM results WHERE experiment_id = experiments.id), 0)"
+                   " + coalesce((SELECT length(tensors) FROM captures WHERE experiment_id = experiments.id), 0);"
+                   "INSERT INTO user_bytes (user, bytes) "
+                   "SELECT user, sum(stored_bytes) FROM experiments GROUP BY user;")));
   return db.Execute(R"sql(
 CREATE TRIGGER experiments_bytes_insert AFTER INSERT ON experiments BEGIN
   INSERT INTO user_bytes (user, bytes) VALUES (new.user, new.stored_bytes)
@@ -223,8 +221,7 @@ CREATE TABLE user_bytes (
 
 constexpr int kSchemaVersion = static_cast<int>(std::size(kMigrations));
 
-constexpr absl::string_view kStatusNames[] = {"queued", "running", "done",
-                                              "failed", "cancelled", "interrupted"};
+constexpr absl::string_view kStatusNames[] = {"queued", "running", "done", "failed", "cancelled", "interrupted"};
 
 constexpr absl::string_view kRecordColumns =
     "e.id, e.user, e.name, e.model, e.model_fingerprint, e.spec_json, e.parent_id, e.status, "
@@ -255,9 +252,7 @@ absl::Status NoExperiment(absl::string_view id) {
 
 }  // namespace
 
-absl::string_view ExperimentStatusName(ExperimentStatus status) {
-  return kStatusNames[static_cast<int>(status)];
-}
+absl::string_view ExperimentStatusName(ExperimentStatus status) { return kStatusNames[static_cast<int>(status)]; }
 
 std::optional<ExperimentStatus> ParseExperimentStatus(absl::string_view name) {
   for (size_t i = 0; i < std::size(kStatusNames); ++i) {
@@ -278,18 +273,16 @@ absl::StatusOr<std::unique_ptr<ExperimentStore>> ExperimentStore::Open(const std
   return store;
 }
 
-absl::StatusOr<std::unique_ptr<ExperimentStore>> ExperimentStore::OpenReadOnly(
-    const std::string& path) {
-  ASSIGN_OR_RETURN(std::unique_ptr<Database> db,
-                   Database::Open(path, absl::Seconds(5), Database::Access::kReadOnly));
+absl::StatusOr<std::unique_ptr<ExperimentStore>> ExperimentStore::OpenReadOnly(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Database> db, Database::Open(path, absl::Seconds(5), Database::Access::kReadOnly));
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> read, db->Prepare("PRAGMA user_version"));
   ASSIGN_OR_RETURN(bool row, read->Step());
   const int64_t version = row ? read->ColumnInt64(0) : 0;
   read.reset();
   if (version != kSchemaVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("database ", path, " has schema version ", version, ", this lesion reads ",
-                     kSchemaVersion, ": open it for writing first (that migrates it)"));
+    return absl::FailedPreconditionError(absl::StrCat("database ", path, " has schema version ", version,
+                                                      ", this lesion reads ", kSchemaVersion,
+                                                      ": open it for writing first (that migrates it)"));
   }
   return std::unique_ptr<ExperimentStore>(new ExperimentStore(std::move(db)));
 }
@@ -305,8 +298,8 @@ absl::Status ExperimentStore::EnableIncrementalVacuum() {
   absl::Status vacuum = db_->Execute("VACUUM");
   if (!vacuum.ok()) {
     return absl::Status(vacuum.code(),
-                        absl::StrCat("converting ", db_->path(), " to incremental auto-vacuum: ",
-                                     vacuum.message(), "; deleted experiments free space for "
+                        absl::StrCat("converting ", db_->path(), " to incremental auto-vacuum: ", vacuum.message(),
+                                     "; deleted experiments free space for "
                                      "reuse but the file does not shrink until a VACUUM succeeds"));
   }
   return absl::OkStatus();
@@ -320,9 +313,9 @@ absl::Status ExperimentStore::Migrate() {
   const int64_t version = row ? read->ColumnInt64(0) : 0;
   read.reset();
   if (version > kSchemaVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "database ", db_->path(), " has schema version ", version, " but this lesion knows only up to ",
-        kSchemaVersion, "; use a newer lesion"));
+    return absl::FailedPreconditionError(absl::StrCat("database ", db_->path(), " has schema version ", version,
+                                                      " but this lesion knows only up to ", kSchemaVersion,
+                                                      "; use a newer lesion"));
   }
   for (int v = static_cast<int>(version); v < kSchemaVersion; ++v) {
     RETURN_IF_ERROR(db_->Execute(kMigrations[v].sql));
@@ -362,11 +355,10 @@ absl::Status ExperimentStore::Insert(const ExperimentRecord& record) {
       return absl::AlreadyExistsError(absl::StrCat("experiment id '", record.id, "' is taken"));
     }
     if (absl::IsFailedPrecondition(status) && record.parent_id.has_value()) {  // the foreign key
-      return absl::InvalidArgumentError(absl::StrCat("experiment '", record.id, "': parent experiment '",
-                                                     *record.parent_id, "' does not exist"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("experiment '", record.id, "': parent experiment '", *record.parent_id, "' does not exist"));
     }
-    return absl::Status(status.code(),
-                        absl::StrCat("inserting experiment '", record.id, "': ", status.message()));
+    return absl::Status(status.code(), absl::StrCat("inserting experiment '", record.id, "': ", status.message()));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> tag, db_->Prepare(kInsertTag));
   for (const std::string& t : record.tags) {
@@ -392,12 +384,10 @@ absl::StatusOr<ExperimentStatus> ExperimentStore::StatusOf(absl::string_view id)
   return *status;
 }
 
-absl::Status ExperimentStore::Transition(absl::string_view id, std::vector<ExperimentStatus> from,
-                                         ExperimentStatus to, absl::Time now,
-                                         absl::string_view error) {
+absl::Status ExperimentStore::Transition(absl::string_view id, std::vector<ExperimentStatus> from, ExperimentStatus to,
+                                         absl::Time now, absl::string_view error) {
   // started_us is set when entering running; finished_us when entering any final status.
-  static constexpr absl::string_view kToRunning =
-      "UPDATE experiments SET status = ?, started_us = ? WHERE id = ?";
+  static constexpr absl::string_view kToRunning = "UPDATE experiments SET status = ?, started_us = ? WHERE id = ?";
   static constexpr absl::string_view kToFinal =
       "UPDATE experiments SET status = ?, finished_us = ?, error = ? WHERE id = ?";
   Transaction tx(db_.get());
@@ -406,9 +396,9 @@ absl::Status ExperimentStore::Transition(absl::string_view id, std::vector<Exper
   if (std::find(from.begin(), from.end(), current) == from.end()) {
     std::vector<std::string> names;
     for (ExperimentStatus s : from) names.emplace_back(ExperimentStatusName(s));
-    return absl::FailedPreconditionError(absl::StrCat(
-        "experiment '", id, "' is ", ExperimentStatusName(current), "; only a ",
-        absl::StrJoin(names, " or "), " experiment can become ", ExperimentStatusName(to)));
+    return absl::FailedPreconditionError(absl::StrCat("experiment '", id, "' is ", ExperimentStatusName(current),
+                                                      "; only a ", absl::StrJoin(names, " or "),
+                                                      " experiment can become ", ExperimentStatusName(to)));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> update,
                    db_->Prepare(to == ExperimentStatus::kRunning ? kToRunning : kToFinal));
@@ -429,17 +419,15 @@ absl::Status ExperimentStore::MarkRunning(absl::string_view id, absl::Time now) 
 }
 
 absl::Status ExperimentStore::Fail(absl::string_view id, absl::string_view error, absl::Time now) {
-  return Transition(id, {ExperimentStatus::kQueued, ExperimentStatus::kRunning},
-                    ExperimentStatus::kFailed, now, error);
+  return Transition(id, {ExperimentStatus::kQueued, ExperimentStatus::kRunning}, ExperimentStatus::kFailed, now, error);
 }
 
 absl::Status ExperimentStore::Cancel(absl::string_view id, absl::Time now, absl::string_view why) {
-  return Transition(id, {ExperimentStatus::kQueued, ExperimentStatus::kRunning},
-                    ExperimentStatus::kCancelled, now, why);
+  return Transition(id, {ExperimentStatus::kQueued, ExperimentStatus::kRunning}, ExperimentStatus::kCancelled, now,
+                    why);
 }
 
-absl::Status ExperimentStore::Finish(absl::string_view id,
-                                     const lesion::v1::ExperimentResult& result, absl::Time now) {
+absl::Status ExperimentStore::Finish(absl::string_view id, const lesion::v1::ExperimentResult& result, absl::Time now) {
   static constexpr absl::string_view kUpdate =
       "UPDATE experiments SET status = 'done', finished_us = ?, spec_sha256 = ?, "
       "lesion_version = ?, dtype = ?, device = ?, "
@@ -455,24 +443,21 @@ absl::Status ExperimentStore::Finish(absl::string_view id,
   std::set<std::string> names;
   for (const lesion::v1::Metric& m : result.metrics()) {
     if (!names.insert(m.name()).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("experiment '", id, "': metric '", m.name(), "' is given twice"));
+      return absl::InvalidArgumentError(absl::StrCat("experiment '", id, "': metric '", m.name(), "' is given twice"));
     }
   }
   // Split on a copy: the caller's result (shared with watchers) keeps its captures.
   lesion::v1::ExperimentResult stripped = result;
   std::optional<lesion::v1::ExperimentResult> captures = SplitCaptures(stripped);
   std::string blob, captures_blob;
-  if (!stripped.SerializeToString(&blob) ||
-      (captures.has_value() && !captures->SerializeToString(&captures_blob))) {
+  if (!stripped.SerializeToString(&blob) || (captures.has_value() && !captures->SerializeToString(&captures_blob))) {
     return absl::InternalError(absl::StrCat("experiment '", id, "': cannot serialize the result"));
   }
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.Begin());
   ASSIGN_OR_RETURN(ExperimentStatus current, StatusOf(id));
   if (current != ExperimentStatus::kRunning) {
-    return absl::FailedPreconditionError(absl::StrCat("experiment '", id, "' is ",
-                                                      ExperimentStatusName(current),
+    return absl::FailedPreconditionError(absl::StrCat("experiment '", id, "' is ", ExperimentStatusName(current),
                                                       "; only a running experiment can finish"));
   }
   const lesion::v1::RunInfo& run = result.run();
@@ -532,8 +517,7 @@ absl::StatusOr<int64_t> ExperimentStore::MarkInterruptedOnStart(absl::Time now) 
 }
 
 absl::StatusOr<ExperimentRecord> ExperimentStore::ReadRecord(Statement& row) {
-  static constexpr absl::string_view kTags =
-      "SELECT tag FROM experiment_tags WHERE experiment_id = ? ORDER BY tag";
+  static constexpr absl::string_view kTags = "SELECT tag FROM experiment_tags WHERE experiment_id = ? ORDER BY tag";
   ExperimentRecord r;
   r.id = row.ColumnText(0);
   r.user = row.ColumnText(1);
@@ -568,16 +552,14 @@ absl::StatusOr<ExperimentRecord> ExperimentStore::ReadRecord(Statement& row) {
 
 absl::StatusOr<ExperimentRecord> ExperimentStore::Get(absl::string_view id) {
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> select,
-                   db_->Prepare(absl::StrCat("SELECT ", kRecordColumns,
-                                             " FROM experiments AS e WHERE e.id = ?")));
+                   db_->Prepare(absl::StrCat("SELECT ", kRecordColumns, " FROM experiments AS e WHERE e.id = ?")));
   select->BindText(1, id);
   ASSIGN_OR_RETURN(bool row, select->Step());
   if (!row) return NoExperiment(id);
   return ReadRecord(*select);
 }
 
-absl::StatusOr<lesion::v1::ExperimentResult> ExperimentStore::GetResult(absl::string_view id,
-                                                                        bool include_captures) {
+absl::StatusOr<lesion::v1::ExperimentResult> ExperimentStore::GetResult(absl::string_view id, bool include_captures) {
   static constexpr absl::string_view kSelect =
       "SELECT e.status, r.result, NULL FROM experiments AS e "
       "LEFT JOIN results AS r ON r.experiment_id = e.id WHERE e.id = ?";
@@ -585,14 +567,12 @@ absl::StatusOr<lesion::v1::ExperimentResult> ExperimentStore::GetResult(absl::st
       "SELECT e.status, r.result, c.tensors FROM experiments AS e "
       "LEFT JOIN results AS r ON r.experiment_id = e.id "
       "LEFT JOIN captures AS c ON c.experiment_id = e.id WHERE e.id = ?";
-  ASSIGN_OR_RETURN(std::unique_ptr<Statement> select,
-                   db_->Prepare(include_captures ? kSelectWithCaptures : kSelect));
+  ASSIGN_OR_RETURN(std::unique_ptr<Statement> select, db_->Prepare(include_captures ? kSelectWithCaptures : kSelect));
   select->BindText(1, id);
   ASSIGN_OR_RETURN(bool row, select->Step());
   if (!row) return NoExperiment(id);
   if (select->ColumnIsNull(1)) {
-    return absl::NotFoundError(absl::StrCat("experiment '", id, "' has no result (it is ",
-                                            select->ColumnText(0), ")"));
+    return absl::NotFoundError(absl::StrCat("experiment '", id, "' has no result (it is ", select->ColumnText(0), ")"));
   }
   lesion::v1::ExperimentResult result;
   if (!result.ParseFromString(select->ColumnBlob(1))) {
@@ -608,8 +588,7 @@ absl::StatusOr<lesion::v1::ExperimentResult> ExperimentStore::GetResult(absl::st
   return result;
 }
 
-absl::Status ExperimentStore::PutBaseline(absl::string_view key, const lesion::v1::PassResult& pass,
-                                          absl::Time now) {
+absl::Status ExperimentStore::PutBaseline(absl::string_view key, const lesion::v1::PassResult& pass, absl::Time now) {
   static constexpr absl::string_view kPut =
       "INSERT OR REPLACE INTO baselines (key, pass_result, created_us) VALUES (?, ?, ?)";
   std::string blob;
@@ -626,8 +605,7 @@ absl::Status ExperimentStore::PutBaseline(absl::string_view key, const lesion::v
   return tx.Commit();
 }
 
-absl::StatusOr<std::optional<lesion::v1::PassResult>> ExperimentStore::GetBaseline(
-    absl::string_view key) {
+absl::StatusOr<std::optional<lesion::v1::PassResult>> ExperimentStore::GetBaseline(absl::string_view key) {
   static constexpr absl::string_view kGet = "SELECT pass_result FROM baselines WHERE key = ?";
   ASSIGN_OR_RETURN(std::unique_ptr<Statement> get, db_->Prepare(kGet));
   get->BindText(1, key);
@@ -642,8 +620,7 @@ absl::StatusOr<std::optional<lesion::v1::PassResult>> ExperimentStore::GetBaseli
 
 absl::StatusOr<QueryPage> ExperimentStore::Query(const QueryOptions& options) {
   if (options.limit < 0 || options.limit > 10000) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("limit ", options.limit, " out of range: use 0 to 10000"));
+    return absl::InvalidArgumentError(absl::StrCat("limit ", options.limit, " out of range: use 0 to 10000"));
   }
   if (options.offset < 0) {
     return absl::InvalidArgumentError(absl::StrCat("offset ", options.offset, " is negative"));
@@ -655,8 +632,7 @@ absl::StatusOr<QueryPage> ExperimentStore::Query(const QueryOptions& options) {
   QueryPage page;
   {
     ASSIGN_OR_RETURN(std::unique_ptr<Statement> count,
-                     db_->Prepare(absl::StrCat("SELECT count(*) FROM experiments AS e WHERE ",
-                                               query.where_sql)));
+                     db_->Prepare(absl::StrCat("SELECT count(*) FROM experiments AS e WHERE ", query.where_sql)));
     BindAll(*count, query.where_params, 1);
     ASSIGN_OR_RETURN(bool row, count->Step());
     page.total = row ? count->ColumnInt64(0) : 0;
@@ -667,10 +643,8 @@ absl::StatusOr<QueryPage> ExperimentStore::Query(const QueryOptions& options) {
   ASSIGN_OR_RETURN(
       std::unique_ptr<Statement> select,
       db_->Prepare(absl::StrCat(
-          "SELECT ", kRecordColumns,
-          options.include_results ? ", length(r.result), r.result" : ", 0, NULL",
-          " FROM experiments AS e",
-          options.include_results ? " LEFT JOIN results AS r ON r.experiment_id = e.id" : "",
+          "SELECT ", kRecordColumns, options.include_results ? ", length(r.result), r.result" : ", 0, NULL",
+          " FROM experiments AS e", options.include_results ? " LEFT JOIN results AS r ON r.experiment_id = e.id" : "",
           " WHERE ", query.where_sql, " ORDER BY ", query.order_sql, " LIMIT ? OFFSET ?")));
   BindAll(*select, query.where_params, 1);
   const int next = 1 + static_cast<int>(query.where_params.size());
@@ -684,8 +658,7 @@ absl::StatusOr<QueryPage> ExperimentStore::Query(const QueryOptions& options) {
     if (!row) break;
     ASSIGN_OR_RETURN(ExperimentRecord record, ReadRecord(*select));
     const int64_t result_bytes = select->ColumnInt64(kResultSize);
-    const int64_t row_bytes =
-        RecordBytes(record) + static_cast<int64_t>(record.error.size()) + result_bytes;
+    const int64_t row_bytes = RecordBytes(record) + static_cast<int64_t>(record.error.size()) + result_bytes;
     if (!page.records.empty() && bytes + row_bytes > options.max_bytes) break;
     bytes += row_bytes;
     if (options.include_results) {
@@ -693,8 +666,7 @@ absl::StatusOr<QueryPage> ExperimentStore::Query(const QueryOptions& options) {
       if (!select->ColumnIsNull(kResult)) {
         result.emplace();
         if (!result->ParseFromString(select->ColumnBlob(kResult))) {
-          return absl::DataLossError(
-              absl::StrCat("experiment '", record.id, "': stored result does not parse"));
+          return absl::DataLossError(absl::StrCat("experiment '", record.id, "': stored result does not parse"));
         }
       }
       page.results.push_back(std::move(result));
@@ -708,8 +680,8 @@ absl::StatusOr<QueryPage> ExperimentStore::Query(const QueryOptions& options) {
 
 // ---- Retention and accounting ------------------------------------------------------------------
 
-absl::StatusOr<ExperimentStore::Selection> ExperimentStore::SelectFinal(
-    const RetentionOptions& options, bool variants_alone, bool captures_only) {
+absl::StatusOr<ExperimentStore::Selection> ExperimentStore::SelectFinal(const RetentionOptions& options,
+                                                                        bool variants_alone, bool captures_only) {
   static constexpr absl::string_view kChildren =
       "SELECT id, status IN ('queued', 'running') FROM experiments WHERE parent_id = ? ORDER BY id";
   static constexpr absl::string_view kSize =
@@ -755,8 +727,7 @@ absl::StatusOr<ExperimentStore::Selection> ExperimentStore::SelectFinal(
       continue;  // else it goes with its parent
     }
     if (m.parent.has_value() && matched.contains(*m.parent)) continue;  // with its parent
-    if (options.max_families > 0 &&
-        static_cast<int64_t>(selection.families.size()) >= options.max_families) {
+    if (options.max_families > 0 && static_cast<int64_t>(selection.families.size()) >= options.max_families) {
       selection.more = true;
       break;
     }
@@ -819,8 +790,7 @@ absl::StatusOr<RetentionReport> ExperimentStore::DeleteExperiments(const Retenti
 
 absl::StatusOr<RetentionReport> ExperimentStore::DropCaptures(const RetentionOptions& options) {
   static constexpr absl::string_view kDrop = "DELETE FROM captures WHERE experiment_id = ?";
-  static constexpr absl::string_view kCount =
-      "UPDATE experiments SET stored_bytes = stored_bytes - ? WHERE id = ?";
+  static constexpr absl::string_view kCount = "UPDATE experiments SET stored_bytes = stored_bytes - ? WHERE id = ?";
   Transaction tx(db_.get());
   if (!options.dry_run) RETURN_IF_ERROR(tx.Begin());
   ASSIGN_OR_RETURN(Selection selection, SelectFinal(options, /*variants_alone=*/true,
@@ -869,8 +839,7 @@ absl::StatusOr<int64_t> ExperimentStore::ReclaimSpace() {
 }
 
 absl::StatusOr<int64_t> ExperimentStore::UserBytes(absl::string_view user) {
-  ASSIGN_OR_RETURN(std::unique_ptr<Statement> select,
-                   db_->Prepare("SELECT bytes FROM user_bytes WHERE user = ?"));
+  ASSIGN_OR_RETURN(std::unique_ptr<Statement> select, db_->Prepare("SELECT bytes FROM user_bytes WHERE user = ?"));
   select->BindText(1, user);
   ASSIGN_OR_RETURN(bool row, select->Step());
   return row ? select->ColumnInt64(0) : 0;

@@ -55,11 +55,11 @@ struct ExperimentRecord {
   std::string id;  // caller-given, unique
   std::string user;
   std::string name;
-  std::vector<std::string> tags;  // stored once each, read back sorted
-  std::string model;              // the server's model name
-  std::string model_fingerprint;  // replaced by the result's on Finish when that is set
-  std::string spec_json;          // canonical spec JSON (spec/: protobuf's printer,
-                                  // proto field names); queried by intervention.* fields
+  std::vector<std::string> tags;         // stored once each, read back sorted
+  std::string model;                     // the server's model name
+  std::string model_fingerprint;         // replaced by the result's on Finish when that is set
+  std::string spec_json;                 // canonical spec JSON (spec/: protobuf's printer,
+                                         // proto field names); queried by intervention.* fields
   std::optional<std::string> parent_id;  // an existing experiment (sweeps)
 
   // Set by the store; Insert ignores them.
@@ -135,8 +135,7 @@ class ExperimentStore {
   absl::Status MarkRunning(absl::string_view id, absl::Time now);
   // running -> done, writing the metrics, the result blob and the fingerprint in one transaction.
   // NotFound; FailedPrecondition unless running; InvalidArgument for a metric name given twice.
-  absl::Status Finish(absl::string_view id, const lesion::v1::ExperimentResult& result,
-                      absl::Time now);
+  absl::Status Finish(absl::string_view id, const lesion::v1::ExperimentResult& result, absl::Time now);
   // queued | running -> failed with `error`. NotFound; FailedPrecondition otherwise.
   absl::Status Fail(absl::string_view id, absl::string_view error, absl::Time now);
   // queued | running -> cancelled. NotFound; FailedPrecondition otherwise.
@@ -151,8 +150,7 @@ class ExperimentStore {
   // NotFound if there is no such experiment or it has no result (not finished). Without
   // `include_captures` the captured tensors keep names, shapes and dtypes but no bytes, and their
   // bytes are never read. Captures dropped by DropCaptures come back without bytes either way.
-  absl::StatusOr<lesion::v1::ExperimentResult> GetResult(absl::string_view id,
-                                                         bool include_captures = true);
+  absl::StatusOr<lesion::v1::ExperimentResult> GetResult(absl::string_view id, bool include_captures = true);
 
   // The baseline cache: a PassResult under a key (model + dataset + eval config + measurements).
   // Put replaces an existing entry. Get returns nullopt on a miss.
@@ -201,11 +199,10 @@ class ExperimentStore {
   };
   // `variants_alone`: a matched variant whose parent did not match is a family of its own (else
   // it is skipped). `captures_only`: families count only their members with captures.
-  absl::StatusOr<Selection> SelectFinal(const RetentionOptions& options, bool variants_alone,
-                                        bool captures_only);
+  absl::StatusOr<Selection> SelectFinal(const RetentionOptions& options, bool variants_alone, bool captures_only);
   // Moves `id` from one of `from` to `to`, in its own transaction.
-  absl::Status Transition(absl::string_view id, std::vector<ExperimentStatus> from,
-                          ExperimentStatus to, absl::Time now, absl::string_view error);
+  absl::Status Transition(absl::string_view id, std::vector<ExperimentStatus> from, ExperimentStatus to, absl::Time now,
+                          absl::string_view error);
   absl::StatusOr<ExperimentStatus> StatusOf(absl::string_view id);
   absl::StatusOr<ExperimentRecord> ReadRecord(Statement& row);
 

@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <limits>
 
-#include "common/testing/status_matchers.h"
 #include "absl/strings/str_cat.h"
+#include "common/testing/status_matchers.h"
 #include "gtest/gtest.h"
 
 namespace lesion::storage {
@@ -132,15 +132,13 @@ TEST(ExperimentStoreSchema, RefusesANewerDatabase) {
   {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(file.path().c_str(), &db), SQLITE_OK);
-    const std::string sql =
-        absl::StrCat("PRAGMA user_version = ", ExperimentStore::SchemaVersion() + 1);
+    const std::string sql = absl::StrCat("PRAGMA user_version = ", ExperimentStore::SchemaVersion() + 1);
     ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(db);
   }
   auto store = ExperimentStore::Open(file.path());
   EXPECT_THAT(store, StatusIs(absl::StatusCode::kFailedPrecondition));
-  EXPECT_NE(store.status().message().find(
-                absl::StrCat("schema version ", ExperimentStore::SchemaVersion() + 1)),
+  EXPECT_NE(store.status().message().find(absl::StrCat("schema version ", ExperimentStore::SchemaVersion() + 1)),
             absl::string_view::npos)
       << store.status();
 }

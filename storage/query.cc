@@ -28,8 +28,8 @@ namespace {
 // the comparison at the bottom about 20. Its expressions are at most 1000 deep; a chain of N
 // comparisons is N deep there.
 constexpr size_t kMaxQueryBytes = 16384;
-constexpr int kMaxNesting = 32;   // NOT and '(' around one comparison
-constexpr int kMaxTerms = 256;    // comparisons in a filter, keys in an order
+constexpr int kMaxNesting = 32;  // NOT and '(' around one comparison
+constexpr int kMaxTerms = 256;   // comparisons in a filter, keys in an order
 // Times as unix seconds: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, the RFC 3339 range (and
 // well inside int64 microseconds).
 constexpr double kMinUnixSeconds = -62135596800.0;
@@ -39,30 +39,30 @@ enum class TokenKind { kEnd, kLParen, kRParen, kComma, kOp, kString, kNumber, kW
 
 struct Token {
   TokenKind kind = TokenKind::kEnd;
-  int column = 0;        // 1-based
-  std::string text;      // the source text (for kWord / kOp), the unescaped value (kString)
+  int column = 0;                     // 1-based
+  std::string text;                   // the source text (for kWord / kOp), the unescaped value (kString)
   std::vector<std::string> segments;  // kWord: '.'-separated parts, quoted parts unquoted
   std::vector<bool> quoted;           // kWord: which segments were quoted
-  double number = 0;     // kNumber
+  double number = 0;                  // kNumber
 };
 
 std::string Describe(const Token& t) {
   switch (t.kind) {
-    case TokenKind::kEnd: return "the end of the query";
-    case TokenKind::kString: return QuoteForError(t.text);
-    default: return absl::StrCat("'", ClipForError(t.text), "'");
+    case TokenKind::kEnd:
+      return "the end of the query";
+    case TokenKind::kString:
+      return QuoteForError(t.text);
+    default:
+      return absl::StrCat("'", ClipForError(t.text), "'");
   }
 }
 
 // "WHAT at column N[; HINT]".
 absl::Status Bad(int column, absl::string_view what, absl::string_view hint = "") {
-  return absl::InvalidArgumentError(
-      absl::StrCat(what, " at column ", column, hint.empty() ? "" : "; ", hint));
+  return absl::InvalidArgumentError(absl::StrCat(what, " at column ", column, hint.empty() ? "" : "; ", hint));
 }
 
-bool IsSegmentChar(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':';
-}
+bool IsSegmentChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':'; }
 
 // Reads a double-quoted string starting at text[*pos] == '"'; leaves *pos after the closing quote.
 absl::StatusOr<std::string> LexString(absl::string_view text, size_t* pos) {
@@ -101,8 +101,7 @@ absl::StatusOr<std::vector<Token>> Lex(absl::string_view text) {
       while (j < text.size() && (text[j] == '=' || text[j] == '!' || text[j] == '<' || text[j] == '>')) ++j;
       t.kind = TokenKind::kOp;
       t.text = std::string(text.substr(i, j - i));
-      if (t.text != "=" && t.text != "!=" && t.text != "<" && t.text != "<=" && t.text != ">" &&
-          t.text != ">=") {
+      if (t.text != "=" && t.text != "!=" && t.text != "<" && t.text != "<=" && t.text != ">" && t.text != ">=") {
         const char* hint = t.text == "==" ? " (use =)" : t.text == "<>" ? " (use !=)" : "";
         return Bad(t.column, absl::StrCat("unknown operator '", ClipForError(t.text), "'", hint),
                    "operators are = != < <= > >=");
@@ -113,9 +112,8 @@ absl::StatusOr<std::vector<Token>> Lex(absl::string_view text) {
       ASSIGN_OR_RETURN(t.text, LexString(text, &i));
     } else if (std::isdigit(static_cast<unsigned char>(c)) || c == '-' || c == '+' || c == '.') {
       size_t j = i + 1;
-      while (j < text.size() &&
-             (std::isalnum(static_cast<unsigned char>(text[j])) || text[j] == '.' ||
-              ((text[j] == '-' || text[j] == '+') && (text[j - 1] == 'e' || text[j - 1] == 'E')))) {
+      while (j < text.size() && (std::isalnum(static_cast<unsigned char>(text[j])) || text[j] == '.' ||
+                                 ((text[j] == '-' || text[j] == '+') && (text[j - 1] == 'e' || text[j - 1] == 'E')))) {
         ++j;
       }
       t.kind = TokenKind::kNumber;
@@ -140,8 +138,8 @@ absl::StatusOr<std::vector<Token>> Lex(absl::string_view text) {
           const size_t start = j;
           while (j < text.size() && IsSegmentChar(text[j])) ++j;
           if (j == start) {
-            return Bad(static_cast<int>(j) + 1, absl::StrCat("empty component in field name '",
-                                                             ClipForError(text.substr(i, j - i)), "'"));
+            return Bad(static_cast<int>(j) + 1,
+                       absl::StrCat("empty component in field name '", ClipForError(text.substr(i, j - i)), "'"));
           }
           t.segments.emplace_back(text.substr(start, j - start));
           t.quoted.push_back(false);
@@ -170,16 +168,14 @@ bool IsKeyword(const Token& t, absl::string_view keyword) {
          absl::EqualsIgnoreCase(t.segments[0], keyword);
 }
 
-constexpr absl::string_view kStatuses[] = {"queued", "running", "done",
-                                           "failed", "cancelled", "interrupted"};
+constexpr absl::string_view kStatuses[] = {"queued", "running", "done", "failed", "cancelled", "interrupted"};
 constexpr absl::string_view kFieldList =
     "id, user, name, model, status, parent, created, started, finished, tag, metric.NAME.FIELD, "
     "intervention.KIND.FIELD";
 
 // Record fields that map to one column of `experiments`.
 std::optional<std::string> RecordColumn(absl::string_view field) {
-  if (field == "id" || field == "user" || field == "name" || field == "model" ||
-      field == "status") {
+  if (field == "id" || field == "user" || field == "name" || field == "model" || field == "status") {
     return absl::StrCat("e.", field);
   }
   if (field == "created" || field == "started" || field == "finished") {
@@ -189,16 +185,12 @@ std::optional<std::string> RecordColumn(absl::string_view field) {
   return std::nullopt;
 }
 
-bool IsTimeField(absl::string_view field) {
-  return field == "created" || field == "started" || field == "finished";
-}
+bool IsTimeField(absl::string_view field) { return field == "created" || field == "started" || field == "finished"; }
 
 absl::Status TimeOutOfRange(const Token& value, absl::string_view field) {
-  return Bad(value.column,
-             absl::StrCat("time ", Describe(value), " out of range for field '", field, "'"),
+  return Bad(value.column, absl::StrCat("time ", Describe(value), " out of range for field '", field, "'"),
              absl::StrCat("times are from 0001-01-01 to 9999-12-31 (unix seconds ",
-                          static_cast<int64_t>(kMinUnixSeconds), " to ",
-                          static_cast<int64_t>(kMaxUnixSeconds), ")"));
+                          static_cast<int64_t>(kMinUnixSeconds), " to ", static_cast<int64_t>(kMaxUnixSeconds), ")"));
 }
 
 absl::StatusOr<int64_t> ParseTimeValue(const Token& value, absl::string_view field) {
@@ -220,12 +212,10 @@ absl::StatusOr<int64_t> ParseTimeValue(const Token& value, absl::string_view fie
       }
       return absl::ToUnixMicros(t);
     }
-    return Bad(value.column, absl::StrCat("bad time ", Describe(value), " for field '", field,
-                                          "'"),
+    return Bad(value.column, absl::StrCat("bad time ", Describe(value), " for field '", field, "'"),
                "use \"2026-12-02T10:00:00Z\", \"2026-12-02\" or unix seconds");
   }
-  return Bad(value.column, absl::StrCat("expected a time for field '", field, "', found ",
-                                        Describe(value)));
+  return Bad(value.column, absl::StrCat("expected a time for field '", field, "', found ", Describe(value)));
 }
 
 // A compiled part of a filter: SQL, the values of its '?' in order, and the levels of NOT and '('
@@ -293,8 +283,7 @@ class Compiler {
         continue;
       }
       if (Peek().kind != TokenKind::kEnd) {
-        return Bad(Peek().column, absl::StrCat("expected asc, desc, ',' or the end, found ",
-                                               Describe(Peek())));
+        return Bad(Peek().column, absl::StrCat("expected asc, desc, ',' or the end, found ", Describe(Peek())));
       }
       break;
     }
@@ -385,8 +374,8 @@ class Compiler {
       Leave();
       if (Peek().kind != TokenKind::kRParen) {
         if (Peek().kind == TokenKind::kEnd) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "unbalanced parentheses: the '(' at column ", open, " is never closed"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("unbalanced parentheses: the '(' at column ", open, " is never closed"));
         }
         return Bad(Peek().column, absl::StrCat("expected ')' or AND / OR, found ", Describe(Peek())));
       }
@@ -399,8 +388,7 @@ class Compiler {
     const size_t first_param = params_->size();
     ASSIGN_OR_RETURN(std::string sql, Comparison());
     Expr out{std::move(sql), {}, 0};
-    out.params.assign(std::make_move_iterator(params_->begin() + first_param),
-                      std::make_move_iterator(params_->end()));
+    out.params.assign(std::make_move_iterator(params_->begin() + first_param), std::make_move_iterator(params_->end()));
     params_->resize(first_param);
     return out;
   }
@@ -419,14 +407,13 @@ class Compiler {
     }
     const Token& op = Next();
     if (op.kind != TokenKind::kOp) {
-      return Bad(op.column, absl::StrCat("expected an operator (= != < <= > >=) after '",
-                                         ClipForError(field.text), "', found ", Describe(op)));
+      return Bad(op.column, absl::StrCat("expected an operator (= != < <= > >=) after '", ClipForError(field.text),
+                                         "', found ", Describe(op)));
     }
     const Token& value = Next();
     if (value.kind != TokenKind::kNumber && value.kind != TokenKind::kString) {
-      return Bad(value.column, absl::StrCat("expected a number or a \"string\" after '",
-                                            ClipForError(field.text), " ", op.text, "', found ",
-                                            Describe(value)));
+      return Bad(value.column, absl::StrCat("expected a number or a \"string\" after '", ClipForError(field.text), " ",
+                                            op.text, "', found ", Describe(value)));
     }
     const std::string& head = field.segments[0];
     if (head == "metric") return Metric(field, op, value);
@@ -451,8 +438,8 @@ class Compiler {
       return absl::StrCat(*column, " ", op.text, " ?");
     }
     if (value.kind != TokenKind::kString) {
-      return Bad(value.column, absl::StrCat("field '", ClipForError(head), "' takes a \"string\", found ",
-                                            Describe(value)));
+      return Bad(value.column,
+                 absl::StrCat("field '", ClipForError(head), "' takes a \"string\", found ", Describe(value)));
     }
     if (head == "status") {
       if (op.text != "=" && op.text != "!=") {
@@ -482,10 +469,9 @@ class Compiler {
                                             "baseline, value, delta, delta_pct"));
     }
     const std::string& last = field.segments.back();
-    if (field.quoted.back() ||
-        (last != "baseline" && last != "value" && last != "delta" && last != "delta_pct")) {
-      return Bad(field.column, absl::StrCat("unknown metric field '", ClipForError(last), "' in '",
-                                            ClipForError(field.text), "'"),
+    if (field.quoted.back() || (last != "baseline" && last != "value" && last != "delta" && last != "delta_pct")) {
+      return Bad(field.column,
+                 absl::StrCat("unknown metric field '", ClipForError(last), "' in '", ClipForError(field.text), "'"),
                  "use baseline, value, delta or delta_pct");
     }
     std::vector<std::string> name(field.segments.begin() + 1, field.segments.end() - 1);
@@ -495,28 +481,27 @@ class Compiler {
   absl::StatusOr<std::string> Metric(const Token& field, const Token& op, const Token& value) {
     ASSIGN_OR_RETURN(auto metric, MetricField(field));
     if (value.kind != TokenKind::kNumber) {
-      return Bad(value.column, absl::StrCat("metric field '", ClipForError(field.text),
-                                            "' takes a number, found ", Describe(value)));
+      return Bad(value.column,
+                 absl::StrCat("metric field '", ClipForError(field.text), "' takes a number, found ", Describe(value)));
     }
     params_->push_back(metric.first);
     params_->emplace_back(std::in_place_type<double>, value.number);
-    return absl::StrCat("e.id IN (SELECT m.experiment_id FROM metrics AS m WHERE m.name = ? AND m.",
-                        metric.second, " ", op.text, " ?)");
+    return absl::StrCat("e.id IN (SELECT m.experiment_id FROM metrics AS m WHERE m.name = ? AND m.", metric.second, " ",
+                        op.text, " ?)");
   }
 
   absl::StatusOr<std::string> Intervention(const Token& field, const Token& op, const Token& value) {
     namespace pb = google::protobuf;
     if (field.segments.size() != 3 || field.quoted[1] || field.quoted[2]) {
-      return Bad(field.column, absl::StrCat("intervention field '", ClipForError(field.text),
-                                            "' must be intervention.KIND.FIELD"));
+      return Bad(field.column,
+                 absl::StrCat("intervention field '", ClipForError(field.text), "' must be intervention.KIND.FIELD"));
     }
     const pb::Descriptor* intervention = lesion::v1::Intervention::descriptor();
     const pb::FieldDescriptor* kind = intervention->FindFieldByName(field.segments[1]);
     if (kind == nullptr || kind->message_type() == nullptr) {
       std::vector<std::string> kinds;
       for (int i = 0; i < intervention->field_count(); ++i) kinds.push_back(intervention->field(i)->name());
-      return Bad(field.column, absl::StrCat("unknown intervention kind '",
-                                            ClipForError(field.segments[1]), "'"),
+      return Bad(field.column, absl::StrCat("unknown intervention kind '", ClipForError(field.segments[1]), "'"),
                  absl::StrCat("kinds are ", absl::StrJoin(kinds, ", ")));
     }
     const pb::Descriptor* message = kind->message_type();
@@ -524,33 +509,29 @@ class Compiler {
     if (f == nullptr || f->message_type() != nullptr) {
       std::vector<std::string> fields;
       for (int i = 0; i < message->field_count(); ++i) fields.push_back(message->field(i)->name());
-      return Bad(field.column, absl::StrCat("unknown field '", ClipForError(field.segments[2]), "' of ",
-                                            kind->name()),
+      return Bad(field.column, absl::StrCat("unknown field '", ClipForError(field.segments[2]), "' of ", kind->name()),
                  absl::StrCat("its fields are ", absl::StrJoin(fields, ", ")));
     }
-    const bool is_string = f->type() == pb::FieldDescriptor::TYPE_STRING ||
-                           f->type() == pb::FieldDescriptor::TYPE_ENUM;
+    const bool is_string = f->type() == pb::FieldDescriptor::TYPE_STRING || f->type() == pb::FieldDescriptor::TYPE_ENUM;
     if (is_string && value.kind != TokenKind::kString) {
-      return Bad(value.column, absl::StrCat("field '", ClipForError(field.text),
-                                            "' takes a \"string\", found ", Describe(value)));
+      return Bad(value.column,
+                 absl::StrCat("field '", ClipForError(field.text), "' takes a \"string\", found ", Describe(value)));
     }
     if (!is_string && value.kind != TokenKind::kNumber) {
-      return Bad(value.column, absl::StrCat("field '", ClipForError(field.text),
-                                            "' takes a number, found ", Describe(value)));
+      return Bad(value.column,
+                 absl::StrCat("field '", ClipForError(field.text), "' takes a number, found ", Describe(value)));
     }
     if (f->type() == pb::FieldDescriptor::TYPE_ENUM && f->enum_type()->FindValueByName(value.text) == nullptr) {
       std::vector<std::string> names;
       for (int i = 0; i < f->enum_type()->value_count(); ++i) names.push_back(f->enum_type()->value(i)->name());
-      return Bad(value.column, absl::StrCat("unknown value ", Describe(value), " for '",
-                                            ClipForError(field.text), "'"),
+      return Bad(value.column, absl::StrCat("unknown value ", Describe(value), " for '", ClipForError(field.text), "'"),
                  absl::StrCat("values are ", absl::StrJoin(names, ", ")));
     }
     // The stored spec is protobuf's JSON with proto field names: defaults are omitted, int64 is
     // a JSON string, enums are names.
     const std::string kind_path = absl::StrCat("$.", kind->name());
     const std::string field_path = absl::StrCat(kind_path, ".", f->name());
-    constexpr absl::string_view kEach =
-        "EXISTS (SELECT 1 FROM json_each(e.spec_json, '$.interventions') AS iv";
+    constexpr absl::string_view kEach = "EXISTS (SELECT 1 FROM json_each(e.spec_json, '$.interventions') AS iv";
     if (f->is_repeated()) {
       params_->push_back(field_path);
       const std::string element = is_string ? "el.value" : "CAST(el.value AS REAL)";
@@ -569,8 +550,7 @@ class Compiler {
       extracted = "CAST(COALESCE(json_extract(iv.value, ?), 0) AS REAL)";
     }
     PushValue(value, is_string);
-    return absl::StrCat(kEach, " WHERE json_type(iv.value, ?) IS NOT NULL AND ", extracted, " ",
-                        op.text, " ?)");
+    return absl::StrCat(kEach, " WHERE json_type(iv.value, ?) IS NOT NULL AND ", extracted, " ", op.text, " ?)");
   }
 
   void PushValue(const Token& value, bool is_string) {
@@ -590,8 +570,8 @@ class Compiler {
 
 absl::Status CheckLength(absl::string_view what, absl::string_view text) {
   if (text.size() <= kMaxQueryBytes) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(what, " is ", text.size(), " bytes, more than the limit of ",
-                                                 kMaxQueryBytes, " bytes"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " is ", text.size(), " bytes, more than the limit of ", kMaxQueryBytes, " bytes"));
 }
 
 }  // namespace

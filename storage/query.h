@@ -63,9 +63,9 @@ using SqlValue = std::variant<int64_t, double, std::string>;
 
 // SQL fragments over the table `experiments` aliased `e` (and `metrics`, `experiment_tags`).
 struct CompiledQuery {
-  std::string where_sql = "1";       // a boolean expression
+  std::string where_sql = "1";         // a boolean expression
   std::vector<SqlValue> where_params;  // in the order of its '?'
-  std::string order_sql;             // the text after ORDER BY
+  std::string order_sql;               // the text after ORDER BY
   std::vector<SqlValue> order_params;
 };
 

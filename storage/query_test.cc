@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "common/testing/status_matchers.h"
 #include "absl/time/time.h"
+#include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/experiment_store.h"
@@ -46,16 +46,14 @@ class QueryTest : public ::testing::Test {
     ASSERT_OK(store);
     store_ = *std::move(store);
     Add("a", "alice", "gpt2", {"sinks"},
-        R"({"name":"a","interventions":[{"head_ablation":{"layer":5,"heads":[1,3]}}]})",
-        At("2026-12-01T10:00:00Z"), {MakeMetric("perplexity", 10, 10.5),
-                                     MakeMetric("top1:blocks.0.resid_post", 100, 50)});
+        R"({"name":"a","interventions":[{"head_ablation":{"layer":5,"heads":[1,3]}}]})", At("2026-12-01T10:00:00Z"),
+        {MakeMetric("perplexity", 10, 10.5), MakeMetric("top1:blocks.0.resid_post", 100, 50)});
     Add("b", "bob", "gpt2", {"sinks", "sw"},
         R"({"name":"b","interventions":[{"weight_edit":{"layer":2,"module":"mlp.down","row":"7","col":"9","op":"SCALE","value":0.5}}]})",
         At("2026-12-02T10:00:00Z"), {MakeMetric("perplexity", 10, 10.05)});
-    Add("c", "alice", "llama", {"sw"},
-        R"({"name":"c","interventions":[{"head_ablation":{"heads":[2]}}]})",
-        At("2026-12-03T10:00:00Z"), {MakeMetric("perplexity", 8, 12),
-                                     MakeMetric("top1:blocks.0.resid_post", 100, 150)});
+    Add("c", "alice", "llama", {"sw"}, R"({"name":"c","interventions":[{"head_ablation":{"heads":[2]}}]})",
+        At("2026-12-03T10:00:00Z"),
+        {MakeMetric("perplexity", 8, 12), MakeMetric("top1:blocks.0.resid_post", 100, 150)});
     Add("d", "bob", "llama", {},
         R"({"name":"d","interventions":[{"norm_channel_reset":{"norm":"final","channels":[4]}}]})",
         At("2026-12-04T10:00:00Z"), {});
@@ -65,15 +63,13 @@ class QueryTest : public ::testing::Test {
     e.user = "carol";
     e.name = "e";
     e.model = "gpt2";
-    e.spec_json =
-        R"({"name":"e","interventions":[{"activation_edit":{"site":"blocks.2.resid_post","op":"SET"}}]})";
+    e.spec_json = R"({"name":"e","interventions":[{"activation_edit":{"site":"blocks.2.resid_post","op":"SET"}}]})";
     e.created = At("2026-12-05T10:00:00Z");
     ASSERT_OK(store_->Insert(e));
   }
 
-  void Add(absl::string_view id, absl::string_view user, absl::string_view model,
-           std::vector<std::string> tags, absl::string_view spec, absl::Time created,
-           std::vector<lesion::v1::Metric> metrics) {
+  void Add(absl::string_view id, absl::string_view user, absl::string_view model, std::vector<std::string> tags,
+           absl::string_view spec, absl::Time created, std::vector<lesion::v1::Metric> metrics) {
     ExperimentRecord r;
     r.id = std::string(id);
     r.user = std::string(user);
@@ -109,9 +105,7 @@ class QueryTest : public ::testing::Test {
   std::unique_ptr<ExperimentStore> store_;
 };
 
-TEST_F(QueryTest, EmptyMatchesEverythingNewestFirst) {
-  EXPECT_THAT(Ids("", ""), ElementsAre("e", "d", "c", "b", "a"));
-}
+TEST_F(QueryTest, EmptyMatchesEverythingNewestFirst) { EXPECT_THAT(Ids("", ""), ElementsAre("e", "d", "c", "b", "a")); }
 
 TEST_F(QueryTest, RecordFields) {
   EXPECT_THAT(Ids(R"(model = "gpt2")"), ElementsAre("a", "b", "e"));
@@ -129,8 +123,7 @@ TEST_F(QueryTest, Tags) {
 }
 
 TEST_F(QueryTest, TimeRanges) {
-  EXPECT_THAT(Ids(R"(created >= "2026-12-02T10:00:00Z" AND created < "2026-12-04")"),
-              ElementsAre("b", "c"));
+  EXPECT_THAT(Ids(R"(created >= "2026-12-02T10:00:00Z" AND created < "2026-12-04")"), ElementsAre("b", "c"));
   const int64_t dec3 = absl::ToUnixSeconds(At("2026-12-03T00:00:00Z"));
   EXPECT_THAT(Ids(absl::StrCat("created > ", dec3)), ElementsAre("c", "d", "e"));
   EXPECT_THAT(Ids(R"(created < "2026-12-02T12:00:00+02:00")"), ElementsAre("a"));  // b is at 10:00Z
@@ -141,8 +134,7 @@ TEST_F(QueryTest, TimeRanges) {
 
 TEST_F(QueryTest, MetricRanges) {
   EXPECT_THAT(Ids("metric.perplexity.delta_pct > 1"), ElementsAre("a", "c"));
-  EXPECT_THAT(Ids("metric.perplexity.delta_pct > 1 AND metric.perplexity.delta_pct < 10"),
-              ElementsAre("a"));
+  EXPECT_THAT(Ids("metric.perplexity.delta_pct > 1 AND metric.perplexity.delta_pct < 10"), ElementsAre("a"));
   EXPECT_THAT(Ids("metric.perplexity.baseline = 8"), ElementsAre("c"));
   EXPECT_THAT(Ids("metric.perplexity.delta <= 0.5"), ElementsAre("a", "b"));
   EXPECT_THAT(Ids("metric.top1:blocks.0.resid_post.value > 100"), ElementsAre("c"));
@@ -163,8 +155,7 @@ TEST_F(QueryTest, InterventionFieldsThroughJson) {
   EXPECT_THAT(Ids(R"(intervention.weight_edit.op = "SCALE")"), ElementsAre("b"));
   EXPECT_THAT(Ids(R"(intervention.norm_channel_reset.norm = "final")"), ElementsAre("d"));
   EXPECT_THAT(Ids("intervention.norm_channel_reset.channels = 4"), ElementsAre("d"));
-  EXPECT_THAT(Ids(R"(intervention.activation_edit.site = "blocks.2.resid_post")"),
-              ElementsAre("e"));
+  EXPECT_THAT(Ids(R"(intervention.activation_edit.site = "blocks.2.resid_post")"), ElementsAre("e"));
   EXPECT_THAT(Ids(R"(intervention.activation_edit.op = "SET")"), ElementsAre("e"));
 }
 
@@ -175,8 +166,7 @@ TEST_F(QueryTest, PrecedenceNotAndOr) {
   // NOT binds tighter than AND.
   EXPECT_THAT(Ids(R"(NOT model = "gpt2" AND user = "bob")"), ElementsAre("d"));
   EXPECT_THAT(Ids(R"(NOT (model = "gpt2" AND user = "bob"))"), ElementsAre("a", "c", "d", "e"));
-  EXPECT_THAT(Ids(R"(not not tag = "sw" and (status = "done" or status = "failed"))"),
-              ElementsAre("b", "c"));
+  EXPECT_THAT(Ids(R"(not not tag = "sw" and (status = "done" or status = "failed"))"), ElementsAre("b", "c"));
 }
 
 TEST_F(QueryTest, OrderByMetricAndFields) {
@@ -276,10 +266,9 @@ TEST(CompileQuery, NestingDeeperThan32IsInvalidArgument) {
   EXPECT_OK(CompileQuery(Repeat("NOT ", 32) + R"(id = "x")", ""));
   EXPECT_OK(CompileQuery(Repeat("(", 32) + R"(id = "x")" + Repeat(")", 32), ""));
   EXPECT_OK(CompileQuery(Repeat("NOT (", 16) + R"(id = "x")" + Repeat(")", 16), ""));
-  for (const std::string& where : {Repeat("NOT ", 33) + R"(id = "x")",
-                                   Repeat("(", 33) + R"(id = "x")" + Repeat(")", 33),
-                                   Repeat("NOT (", 17) + R"(id = "x")" + Repeat(")", 17),
-                                   Repeat("(", 1000)}) {
+  for (const std::string& where :
+       {Repeat("NOT ", 33) + R"(id = "x")", Repeat("(", 33) + R"(id = "x")" + Repeat(")", 33),
+        Repeat("NOT (", 17) + R"(id = "x")" + Repeat(")", 17), Repeat("(", 1000)}) {
     const absl::Status status = CompileQuery(where, "").status();
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << where;
     EXPECT_THAT(std::string(status.message()), HasSubstr("nested more than 32 deep")) << where;
@@ -319,9 +308,9 @@ TEST_F(QueryTest, QueriesAtTheLimitsRun) {
   EXPECT_THAT(Ids(Repeat(R"(id = "x" OR id != "y" AND ()", 32) + heads + Repeat(")", 32)), ElementsAre("a"));
   EXPECT_THAT(Ids(Repeat(R"(NOT id = "x" AND NOT ()", 16) + heads + Repeat(")", 16)), ElementsAre("a"));
   EXPECT_THAT(Ids(Repeat("(", 24) + BalancedTree(heads, 8) + Repeat(")", 24)), ElementsAre("a"));
-  EXPECT_THAT(Ids(Repeat(R"(NOT (intervention.head_ablation.heads = 7) AND )", 255) + Repeat("NOT ", 32) +
-                  R"(id != "c")"),
-              ElementsAre("a", "b", "d", "e"));
+  EXPECT_THAT(
+      Ids(Repeat(R"(NOT (intervention.head_ablation.heads = 7) AND )", 255) + Repeat("NOT ", 32) + R"(id != "c")"),
+      ElementsAre("a", "b", "d", "e"));
 }
 
 // Regression: 99999999999999999999999 seconds overflowed the conversion to microseconds and
@@ -343,18 +332,18 @@ TEST_F(QueryTest, TimesOutOfRangeAreInvalidArgument) {
 TEST(CompileQuery, ErrorsQuoteAtMost80CharactersOfTheInput) {
   const std::string long_name(10000, 'f');
   const std::string cases[] = {
-      long_name + R"( = "x")",                      // unknown field
-      R"(status = ")" + long_name + R"(")",         // unknown status
-      "model = " + long_name,                       // a word where a value belongs
-      R"(model = "x" )" + long_name,                // a word where AND / OR belongs
-      "metric.perplexity." + long_name + " > 1",    // unknown metric field
-      "intervention." + long_name + ".layer = 1",   // unknown intervention kind
+      long_name + R"( = "x")",                     // unknown field
+      R"(status = ")" + long_name + R"(")",        // unknown status
+      "model = " + long_name,                      // a word where a value belongs
+      R"(model = "x" )" + long_name,               // a word where AND / OR belongs
+      "metric.perplexity." + long_name + " > 1",   // unknown metric field
+      "intervention." + long_name + ".layer = 1",  // unknown intervention kind
       "intervention.head_ablation." + long_name + " = 1",
       R"(intervention.head_ablation.mode = ")" + long_name + R"(")",
-      R"(created > ")" + long_name + R"(")",        // bad time
-      "id " + std::string(5000, '=') + R"( "x")",   // unknown operator
-      "created > 1" + std::string(5000, '0'),       // out of range
-      long_name + ". = 1",                          // empty component
+      R"(created > ")" + long_name + R"(")",       // bad time
+      "id " + std::string(5000, '=') + R"( "x")",  // unknown operator
+      "created > 1" + std::string(5000, '0'),      // out of range
+      long_name + ". = 1",                         // empty component
   };
   for (const std::string& where : cases) {
     const absl::Status status = CompileQuery(where, "").status();
@@ -368,12 +357,11 @@ TEST(CompileQuery, ErrorsQuoteAtMost80CharactersOfTheInput) {
 }
 
 TEST(CompileQuery, EveryValueIsAParameter) {
-  auto q = CompileQuery(R"(user = "x" AND metric.perplexity.delta_pct > 1 OR tag = "t")",
-                        "metric.kl_divergence.value desc");
+  auto q =
+      CompileQuery(R"(user = "x" AND metric.perplexity.delta_pct > 1 OR tag = "t")", "metric.kl_divergence.value desc");
   ASSERT_OK(q);
   EXPECT_EQ(q->where_sql.find("\"x\""), std::string::npos);
-  EXPECT_EQ(std::count(q->where_sql.begin(), q->where_sql.end(), '?'),
-            static_cast<long>(q->where_params.size()));
+  EXPECT_EQ(std::count(q->where_sql.begin(), q->where_sql.end(), '?'), static_cast<long>(q->where_params.size()));
   EXPECT_EQ(q->where_params.size(), 4u);
   EXPECT_EQ(q->order_params.size(), 1u);
 }

@@ -13,8 +13,8 @@ constexpr int64_t kMaxReadConnections = 256;
 
 absl::StatusOr<std::unique_ptr<ReadPool>> ReadPool::Create(const std::string& path, int64_t size) {
   if (size < 1 || size > kMaxReadConnections) {
-    return absl::InvalidArgumentError(absl::StrCat("read connections ", size, " out of range: use 1 to ",
-                                                   kMaxReadConnections));
+    return absl::InvalidArgumentError(
+        absl::StrCat("read connections ", size, " out of range: use 1 to ", kMaxReadConnections));
   }
   std::vector<std::unique_ptr<ExperimentStore>> stores;
   for (int64_t i = 0; i < size; ++i) {

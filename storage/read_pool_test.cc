@@ -3,9 +3,9 @@
 #include <atomic>
 #include <thread>
 
-#include "common/testing/status_matchers.h"
 #include "absl/synchronization/notification.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 #include "gtest/gtest.h"
 
 namespace lesion::storage {

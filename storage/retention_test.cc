@@ -5,8 +5,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "common/testing/status_matchers.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 #include "gtest/gtest.h"
 #include "storage/experiment_store.h"
 
@@ -184,8 +184,9 @@ TEST_F(RetentionTest, DeleteSkipsActiveExperimentsTakesVariantsWithTheirParentAn
 
   // The parent "sweep", its variants, the variant "other.0" (its parent does not match), and the
   // two active ones match.
-  const RetentionOptions options{.where = "id = \"sweep\" OR id = \"other.0\" OR id = \"queued\" OR "
-                                          "id = \"running\"",
+  const RetentionOptions options{.where =
+                                     "id = \"sweep\" OR id = \"other.0\" OR id = \"queued\" OR "
+                                     "id = \"running\"",
                                  .dry_run = true};
   auto planned = store_->DeleteExperiments(options);
   ASSERT_OK(planned);
@@ -211,8 +212,7 @@ TEST_F(RetentionTest, DeleteSkipsActiveExperimentsTakesVariantsWithTheirParentAn
   EXPECT_EQ((*cached)->perplexity().ppl(), 3);
 
   EXPECT_EQ(store_->DeleteExperiments({}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(store_->DeleteExperiments({.where = "modle = \"x\""}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->DeleteExperiments({.where = "modle = \"x\""}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(RetentionTest, BatchesStopAfterMaxFamilies) {
@@ -253,8 +253,7 @@ TEST_F(RetentionTest, AVersionOneFileIsMigrated) {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(Path().c_str(), &db), SQLITE_OK);
     sqlite3_stmt* put = nullptr;
-    ASSERT_EQ(sqlite3_prepare_v2(db, "UPDATE results SET result = ? WHERE experiment_id = 'a'", -1,
-                                 &put, nullptr),
+    ASSERT_EQ(sqlite3_prepare_v2(db, "UPDATE results SET result = ? WHERE experiment_id = 'a'", -1, &put, nullptr),
               SQLITE_OK);
     const std::string full = Result(4000).SerializeAsString();
     sqlite3_bind_blob(put, 1, full.data(), static_cast<int>(full.size()), SQLITE_TRANSIENT);
@@ -291,8 +290,7 @@ TEST_F(RetentionTest, ARetentionDryRunWorksOnAReadOnlyStore) {
   auto planned = (*reader)->DeleteExperiments({.where = "id = \"a\"", .dry_run = true});
   ASSERT_OK(planned);
   EXPECT_EQ(planned->experiments, 1);
-  EXPECT_EQ((*reader)->DeleteExperiments({.where = "id = \"a\""}).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ((*reader)->DeleteExperiments({.where = "id = \"a\""}).status().code(), absl::StatusCode::kPermissionDenied);
 }
 
 }  // namespace

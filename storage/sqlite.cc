@@ -71,8 +71,7 @@ namespace {
 // `status` with `prefix` before its message, payloads (the SQL) kept.
 absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
   absl::Status out(status.code(), absl::StrCat(prefix, status.message()));
-  status.ForEachPayload(
-      [&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
   return out;
 }
 
@@ -86,13 +85,11 @@ absl::Status LastError(sqlite3* db, int rc, absl::string_view sql) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
-                                                         absl::Duration busy_timeout,
+absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path, absl::Duration busy_timeout,
                                                          Access access) {
   sqlite3* raw = nullptr;
-  const int flags = SQLITE_OPEN_NOMUTEX | (access == Access::kReadOnly
-                                               ? SQLITE_OPEN_READONLY
-                                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  const int flags = SQLITE_OPEN_NOMUTEX |
+                    (access == Access::kReadOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   if (rc != SQLITE_OK) {
     absl::Status status = LastError(raw, rc, "");
@@ -104,10 +101,10 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path
   std::unique_ptr<Database> db(new Database(raw, path));
   // journal_mode answers "memory" for ":memory:" databases; that is fine. A read-only connection
   // cannot change the journal mode: it reads a WAL file as the writer set it up.
-  absl::Status status = db->Execute(
-      access == Access::kReadOnly
-          ? "PRAGMA foreign_keys = ON;"
-          : "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
+  absl::Status status =
+      db->Execute(access == Access::kReadOnly
+                      ? "PRAGMA foreign_keys = ON;"
+                      : "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
   if (!status.ok()) {
     return Prefixed(status, absl::StrCat("cannot open database ", path, ": "));
   }
@@ -158,22 +155,15 @@ void Statement::CheckBind(int rc, int index) {
   }
 }
 
-void Statement::BindInt64(int index, int64_t value) {
-  CheckBind(sqlite3_bind_int64(stmt_, index, value), index);
-}
-void Statement::BindDouble(int index, double value) {
-  CheckBind(sqlite3_bind_double(stmt_, index, value), index);
-}
+void Statement::BindInt64(int index, int64_t value) { CheckBind(sqlite3_bind_int64(stmt_, index, value), index); }
+void Statement::BindDouble(int index, double value) { CheckBind(sqlite3_bind_double(stmt_, index, value), index); }
 void Statement::BindText(int index, absl::string_view value) {
-  CheckBind(sqlite3_bind_text64(stmt_, index, value.data(), value.size(), SQLITE_TRANSIENT,
-                                SQLITE_UTF8),
-            index);
+  CheckBind(sqlite3_bind_text64(stmt_, index, value.data(), value.size(), SQLITE_TRANSIENT, SQLITE_UTF8), index);
 }
 void Statement::BindBlob(int index, absl::string_view bytes) {
   // A zero-length blob with a null pointer would bind NULL; pass a valid pointer.
   static const char kEmpty = 0;
-  CheckBind(sqlite3_bind_blob64(stmt_, index, bytes.empty() ? &kEmpty : bytes.data(), bytes.size(),
-                                SQLITE_TRANSIENT),
+  CheckBind(sqlite3_bind_blob64(stmt_, index, bytes.empty() ? &kEmpty : bytes.data(), bytes.size(), SQLITE_TRANSIENT),
             index);
 }
 void Statement::BindNull(int index) { CheckBind(sqlite3_bind_null(stmt_, index), index); }
@@ -200,9 +190,7 @@ void Statement::Reset() {
   bind_status_ = absl::OkStatus();
 }
 
-bool Statement::ColumnIsNull(int column) const {
-  return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
-}
+bool Statement::ColumnIsNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
 int64_t Statement::ColumnInt64(int column) const { return sqlite3_column_int64(stmt_, column); }
 double Statement::ColumnDouble(int column) const { return sqlite3_column_double(stmt_, column); }
 std::string Statement::ColumnText(int column) const {

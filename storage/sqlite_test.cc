@@ -23,12 +23,9 @@ TEST(SqliteStatus, MapsCodes) {
   EXPECT_EQ(SqliteStatus(SQLITE_BUSY, "m", "s").code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(SqliteStatus(SQLITE_CORRUPT, "m", "s").code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(SqliteStatus(SQLITE_NOTADB, "m", "s").code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_PRIMARYKEY, "m", "s").code(),
-            absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_CHECK, "m", "s").code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_FOREIGNKEY, "m", "s").code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_PRIMARYKEY, "m", "s").code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_CHECK, "m", "s").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SqliteStatus(SQLITE_CONSTRAINT_FOREIGNKEY, "m", "s").code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(SqliteStatus(SQLITE_LOCKED, "m", "s").code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(SqliteStatus(SQLITE_FULL, "m", "s").code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(SqliteStatus(SQLITE_IOERR, "m", "s").code(), absl::StatusCode::kInternal);
@@ -89,8 +86,7 @@ TEST(Database, ErrorsCarryTheMappedCodeAndTheSqlAsPayload) {
   EXPECT_EQ(bind.message().find("SELECT"), absl::string_view::npos) << bind.message();
   EXPECT_TRUE(bind.GetPayload(kSqlPayloadUrl).has_value());
   ASSERT_OK(db->Execute("CREATE TABLE child (k TEXT REFERENCES t(k))"));
-  EXPECT_EQ(db->Execute("INSERT INTO child VALUES ('nope')").code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(db->Execute("INSERT INTO child VALUES ('nope')").code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(Database, ReadOnlyRefusesWritesAndMissingFiles) {
@@ -105,8 +101,7 @@ TEST(Database, ReadOnlyRefusesWritesAndMissingFiles) {
   }
   auto reader = Database::Open(path, absl::Seconds(1), Database::Access::kReadOnly);
   ASSERT_OK(reader);
-  EXPECT_EQ((*reader)->Execute("INSERT INTO t VALUES (1)").code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ((*reader)->Execute("INSERT INTO t VALUES (1)").code(), absl::StatusCode::kPermissionDenied);
   std::remove(path.c_str());
 }
 

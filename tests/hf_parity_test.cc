@@ -8,8 +8,8 @@
 #include <map>
 #include <string>
 
-#include "model/generation.h"
 #include "common/testing/status_matchers.h"
+#include "model/generation.h"
 #include "model/hook_sites.h"
 #include "model/model.h"
 #include "model/perplexity.h"
@@ -38,8 +38,8 @@ std::map<std::string, at::Tensor> ReadReference(const std::filesystem::path& pat
 
 // Runs `model_name` on the reference's input_ids capturing every site, and compares every
 // captured site with the reference within `tolerance` (max abs difference).
-void ExpectParity(const std::filesystem::path& model_dir, const std::string& reference_name,
-                  double tolerance, std::optional<at::ScalarType> dtype = std::nullopt) {
+void ExpectParity(const std::filesystem::path& model_dir, const std::string& reference_name, double tolerance,
+                  std::optional<at::ScalarType> dtype = std::nullopt) {
   const std::string model_name = model_dir.filename().string();
   const auto ref_path = kFixtures / "reference" / (reference_name + ".safetensors");
   if (!std::filesystem::exists(ref_path)) GTEST_SKIP() << "no reference " << ref_path;
@@ -56,7 +56,8 @@ void ExpectParity(const std::filesystem::path& model_dir, const std::string& ref
   std::vector<model::SiteId> sites;
   for (int k = 0; k < model::kNumSiteKinds; ++k) {
     const auto kind = static_cast<model::SiteKind>(k);
-    if (!model::IsPerLayer(kind)) sites.push_back({kind, -1});
+    if (!model::IsPerLayer(kind))
+      sites.push_back({kind, -1});
     else
       for (int64_t l = 0; l < c.n_layers; ++l) sites.push_back({kind, l});
   }
@@ -101,12 +102,8 @@ TEST(HfParity, Llama2Gqa) { ExpectParity(Fixture("llama2"), "llama2", 1e-4); }
 TEST(HfParity, Llama3RopeScaling) { ExpectParity(Fixture("llama3"), "llama3", 1e-4); }
 TEST(HfParity, MistralSlidingWindow) { ExpectParity(Fixture("mistral"), "mistral", 1e-4); }
 TEST(HfParity, Qwen2QkvBias) { ExpectParity(Fixture("qwen2"), "qwen2", 1e-4); }
-TEST(HfParity, ShardedCheckpointLoadsTheSameWeights) {
-  ExpectParity(Fixture("llama2_sharded"), "llama2", 1e-4);
-}
-TEST(HfParity, Bf16CheckpointLoadedAsFloat32) {
-  ExpectParity(Fixture("llama2_bf16"), "llama2_bf16", 1e-4, at::kFloat);
-}
+TEST(HfParity, ShardedCheckpointLoadsTheSameWeights) { ExpectParity(Fixture("llama2_sharded"), "llama2", 1e-4); }
+TEST(HfParity, Bf16CheckpointLoadedAsFloat32) { ExpectParity(Fixture("llama2_bf16"), "llama2_bf16", 1e-4, at::kFloat); }
 TEST(HfParity, Stories260KAgainstLlamaForCausalLM) {
   const auto dir = std::filesystem::path(LESION_SOURCE_DIR) / "models/stories260K";
   ExpectParity(dir, "stories260K", 1e-4);

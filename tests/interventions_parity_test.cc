@@ -7,11 +7,11 @@
 #include <filesystem>
 #include <map>
 
-#include "experiments/interventions.h"
 #include "common/testing/status_matchers.h"
+#include "experiments/interventions.h"
+#include "experiments/weight_edits.h"
 #include "model/model.h"
 #include "model/safetensors/safetensors.h"
-#include "experiments/weight_edits.h"
 
 namespace lesion::experiments {
 namespace {

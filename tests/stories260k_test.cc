@@ -44,8 +44,8 @@ TEST(Stories260K, GreedyDecodingFromBosTellsTheKnownStory) {
 TEST(Stories260K, ConverterReproducesTheCommittedFilesByteForByte) {
   const auto out = std::filesystem::temp_directory_path() / "lesion_stories260k_convert_test";
   (void)RemoveTree(out);
-  absl::Status status = model::ConvertLlama2cCheckpoint(kModel / "llama2c/stories260K.bin",
-                                                 kModel / "llama2c/tok512.bin", out);
+  absl::Status status =
+      model::ConvertLlama2cCheckpoint(kModel / "llama2c/stories260K.bin", kModel / "llama2c/tok512.bin", out);
   ASSERT_OK(status);
   for (const char* file : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
     EXPECT_EQ(Slurp(out / file), Slurp(kModel / file)) << file << " differs from the committed copy";
@@ -68,8 +68,8 @@ TEST(Stories260K, ConverterRejectsTruncatedCheckpoint) {
 TEST(Stories260K, PerplexityOnStoryTextIsLow) {
   auto model = model::Model::Load(kModel, {});
   ASSERT_OK(model);
-  auto ids = (*model)->tokenizer()->Encode(Slurp(std::filesystem::path(LESION_SOURCE_DIR) /
-                                                 "data/tinystories_sample.txt"));
+  auto ids =
+      (*model)->tokenizer()->Encode(Slurp(std::filesystem::path(LESION_SOURCE_DIR) / "data/tinystories_sample.txt"));
   ASSERT_OK(ids);
   model::PerplexityOptions o;
   o.seq_len = 128;

@@ -6,8 +6,7 @@
 
 namespace lesion::cli {
 
-absl::StatusOr<Args> Args::Parse(int argc, char** argv, int first,
-                                 const std::set<std::string>& boolean_flags) {
+absl::StatusOr<Args> Args::Parse(int argc, char** argv, int first, const std::set<std::string>& boolean_flags) {
   Args args;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -53,8 +52,7 @@ absl::StatusOr<std::optional<int64_t>> Args::GetInt(const std::string& name) {
   if (!v.has_value()) return std::optional<int64_t>();
   int64_t n = 0;
   if (!absl::SimpleAtoi(*v, &n)) {
-    return absl::InvalidArgumentError(absl::StrCat("flag --", name, " must be an integer, got \"",
-                                                   *v, "\""));
+    return absl::InvalidArgumentError(absl::StrCat("flag --", name, " must be an integer, got \"", *v, "\""));
   }
   return std::optional<int64_t>(n);
 }
@@ -70,8 +68,7 @@ absl::Status Args::CheckAllUsed() const {
     if (used_.count(name) == 0) unknown.push_back("--" + name);
   }
   if (unknown.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown flag(s) for this command: ", absl::StrJoin(unknown, ", ")));
+  return absl::InvalidArgumentError(absl::StrCat("unknown flag(s) for this command: ", absl::StrJoin(unknown, ", ")));
 }
 
 }  // namespace lesion::cli

@@ -20,8 +20,7 @@ namespace lesion::cli {
 class Args {
  public:
   // Parses argv[first..argc). `boolean_flags` never take a value.
-  static absl::StatusOr<Args> Parse(int argc, char** argv, int first,
-                                    const std::set<std::string>& boolean_flags);
+  static absl::StatusOr<Args> Parse(int argc, char** argv, int first, const std::set<std::string>& boolean_flags);
 
   std::optional<std::string> Get(const std::string& name);
   absl::StatusOr<std::string> Require(const std::string& name);

@@ -84,13 +84,13 @@ Dtypes: float32, bfloat16, float16 (default: the checkpoint's; float32 for GGUF)
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help" ||
-      std::string(argv[1]) == "-h") {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json", "csv", "add-bos", "decode", "local", "tensors", "tls", "dry-run"};
+  const std::set<std::string> boolean_flags = {"json",  "csv",     "add-bos", "decode",
+                                               "local", "tensors", "tls",     "dry-run"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
   bool remote = false;
@@ -114,8 +114,7 @@ int main(int argc, char** argv) {
       status = lesion::cli::RunRemoteExperiment(*args);
     }
   } else if (command == "models" || command == "submit" || command == "watch" || command == "show" ||
-             command == "cancel" || command == "ls" || command == "status" || command == "rm" ||
-             command == "gc") {
+             command == "cancel" || command == "ls" || command == "status" || command == "rm" || command == "gc") {
     remote = true;
     status = command == "models"   ? lesion::cli::RunModels(*args)
              : command == "submit" ? lesion::cli::RunSubmit(*args)

@@ -18,17 +18,17 @@
 #include "common/file_util.h"
 #include "common/model_path.h"
 #include "common/status_macros.h"
+#include "experiments/runner.h"
+#include "experiments/sweep.h"
 #include "model/generation.h"
 #include "model/hook_sites.h"
 #include "model/llama2c_converter.h"
 #include "model/model.h"
 #include "model/perplexity.h"
-#include "experiments/runner.h"
-#include "spec/spec.h"
-#include "experiments/sweep.h"
 #include "model/tensor_io.h"
 #include "model/torch_util.h"
 #include "nlohmann/json.hpp"
+#include "spec/spec.h"
 
 namespace lesion::cli {
 namespace {
@@ -68,12 +68,9 @@ std::string ReadStdin() {
 }
 
 // A JSON list of ids, or a list of equal-length lists (a batch).
-absl::StatusOr<std::vector<std::vector<int32_t>>> ParseIdsJson(absl::string_view text,
-                                                               absl::string_view source) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> ParseIdsJson(absl::string_view text, absl::string_view source) {
   Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", why));
-  };
+  auto bad = [&](absl::string_view why) { return absl::InvalidArgumentError(absl::StrCat(source, ": ", why)); };
   if (json.is_discarded()) return bad("not valid JSON");
   if (!json.is_array() || json.empty()) return bad("must be a non-empty list of token ids or of lists");
   std::vector<std::vector<int32_t>> batch;
@@ -93,8 +90,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ParseIdsJson(absl::string_view
       if (!row.is_array()) return bad("mixes lists and ids");
       ASSIGN_OR_RETURN(std::vector<int32_t> ids, parse_row(row));
       if (!batch.empty() && ids.size() != batch[0].size()) {
-        return bad(absl::StrCat("batch rows must have equal length (", batch[0].size(), " vs ",
-                                ids.size(), ")"));
+        return bad(absl::StrCat("batch rows must have equal length (", batch[0].size(), " vs ", ids.size(), ")"));
       }
       batch.push_back(std::move(ids));
     }
@@ -107,8 +103,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ParseIdsJson(absl::string_view
 
 // Token ids from --ids-json FILE, --text T or --text-file F (tokenized with the model's tokenizer),
 // with BOS prepended to each sequence when `add_bos`.
-absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const model::Model& model,
-                                                               bool add_bos) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReadInputIds(Args& args, const model::Model& model, bool add_bos) {
   const auto ids_json = args.Get("ids-json");
   const auto text = args.Get("text");
   const auto text_file = args.Get("text-file");
@@ -171,11 +166,10 @@ absl::Status RunInspect(Args& args) {
   const model::ModelConfig& c = checkpoint.config;
   const model::CheckpointSummary summary = model::SummarizeCheckpoint(*checkpoint.tensors);
   const absl::StatusOr<std::unique_ptr<model::Tokenizer>>& tokenizer = checkpoint.tokenizer;
-  const std::string tokenizer_kind =
-      tokenizer.ok() ? std::string((*tokenizer)->kind())
-      : absl::IsNotFound(tokenizer.status())
-          ? std::string("none")
-          : absl::StrCat("unreadable: ", tokenizer.status().message());
+  const std::string tokenizer_kind = tokenizer.ok() ? std::string((*tokenizer)->kind())
+                                     : absl::IsNotFound(tokenizer.status())
+                                         ? std::string("none")
+                                         : absl::StrCat("unreadable: ", tokenizer.status().message());
   const int64_t n_params = c.n_params();
   if (json) {
     Json tensors = Json::array();
@@ -222,10 +216,9 @@ absl::Status RunInspect(Args& args) {
       "parameters    %d (%.2f M)%s\n"
       "dtype         %s, %d %s file(s), %.1f MB\n",
       checkpoint.path.string(), c.architecture, model::FamilyName(c.family), c.n_layers, c.n_heads, c.n_kv_heads,
-      c.head_dim, c.d_model, c.d_ffn, c.gated_mlp ? "gated" : "plain", c.vocab_size,
-      tokenizer_kind, RopeDescription(c), c.max_position_embeddings, n_params, n_params / 1e6,
-      c.tied_embeddings ? ", tied embeddings" : "", summary.dtype, summary.n_files, summary.format,
-      summary.n_bytes / 1e6);
+      c.head_dim, c.d_model, c.d_ffn, c.gated_mlp ? "gated" : "plain", c.vocab_size, tokenizer_kind, RopeDescription(c),
+      c.max_position_embeddings, n_params, n_params / 1e6, c.tied_embeddings ? ", tied embeddings" : "", summary.dtype,
+      summary.n_files, summary.format, summary.n_bytes / 1e6);
   if (!summary.dequantized_from.empty()) std::cout << "weights       " << summary.dequantized_from << "\n";
   if (list_tensors) {
     std::cout << "\ntensors (Hugging Face names, as stored)\n";
@@ -296,8 +289,8 @@ absl::Status RunDump(Args& args) {
     }
   }
   RETURN_IF_ERROR(model::SaveTensorsAsFloat32(out_path, ordered));
-  std::cerr << "wrote " << ordered.size() << " tensor(s) for " << batch.size() << " x "
-            << batch[0].size() << " tokens to " << out_path << "\n";
+  std::cerr << "wrote " << ordered.size() << " tensor(s) for " << batch.size() << " x " << batch[0].size()
+            << " tokens to " << out_path << "\n";
   return absl::OkStatus();
 }
 
@@ -318,7 +311,7 @@ absl::Status RunPerplexity(Args& args) {
   for (const auto& row : batch) ids.insert(ids.end(), row.begin(), row.end());
   ASSIGN_OR_RETURN(model::PerplexityResult r,
                    model::EvaluatePerplexity(model->transformer(), ids, options, model->bos_id(),
-                                          model::RunPlan(model->config().n_layers)));
+                                             model::RunPlan(model->config().n_layers)));
   if (json) {
     std::cout << Json({{"ppl", r.ppl},
                        {"mean_nll", r.mean_nll},
@@ -346,15 +339,14 @@ absl::Status RunGenerate(Args& args) {
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt_ids, tokenizer->Encode(prompt));
   ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
   if (ids.empty()) return absl::InvalidArgumentError("empty prompt and the model has no BOS token");
-  ASSIGN_OR_RETURN(std::vector<int32_t> generated,
-                   model::GreedyGenerate(model->transformer(), ids, max_tokens.value_or(64),
-                                      model->config().eos_token_id));
+  ASSIGN_OR_RETURN(
+      std::vector<int32_t> generated,
+      model::GreedyGenerate(model->transformer(), ids, max_tokens.value_or(64), model->config().eos_token_id));
   std::vector<int32_t> all = prompt_ids;
   all.insert(all.end(), generated.begin(), generated.end());
   ASSIGN_OR_RETURN(std::string text, tokenizer->Decode(all));
   if (json) {
-    std::cout << Json({{"prompt_ids", ids}, {"generated_ids", generated}, {"text", text}}).dump()
-              << "\n";
+    std::cout << Json({{"prompt_ids", ids}, {"generated_ids", generated}, {"text", text}}).dump() << "\n";
   } else {
     std::cout << text << "\n";
   }
@@ -405,7 +397,8 @@ absl::Status RunLocalExperiment(Args& args) {
     controls.on_variant = [&](int64_t i, result::Experiment r) { results[i] = std::move(r); };
     if (!json && isatty(fileno(stderr))) {
       controls.progress = [](int64_t done, int64_t planned) {
-        std::cerr << "\r" << done << " / " << planned << " forward passes" << (done == planned ? "\n" : "") << std::flush;
+        std::cerr << "\r" << done << " / " << planned << " forward passes" << (done == planned ? "\n" : "")
+                  << std::flush;
       };
     }
     ASSIGN_OR_RETURN(result::Experiment parent,

@@ -10,11 +10,11 @@
 #ifndef LESION_CLIENT_CPP_REMOTE_CLIENT_H_
 #define LESION_CLIENT_CPP_REMOTE_CLIENT_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -24,11 +24,11 @@
 namespace lesion::client {
 
 struct RemoteOptions {
-  std::string address = "127.0.0.1:50051";  // host:port or unix:PATH
-  std::string token;                        // sent as "authorization: Bearer TOKEN" when set
-  std::string user;                         // sent as "x-lesion-user" (servers without tokens)
-  bool tls = false;                         // the CLI's --tls / --tls-ca
-  std::string tls_root_certs;               // PEM; empty: the system roots
+  std::string address = "127.0.0.1:50051";     // host:port or unix:PATH
+  std::string token;                           // sent as "authorization: Bearer TOKEN" when set
+  std::string user;                            // sent as "x-lesion-user" (servers without tokens)
+  bool tls = false;                            // the CLI's --tls / --tls-ca
+  std::string tls_root_certs;                  // PEM; empty: the system roots
   absl::Duration timeout = absl::Seconds(60);  // per unary call; Watch and Run have none by default
   absl::Duration connect_timeout = absl::Seconds(10);
 };

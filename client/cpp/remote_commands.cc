@@ -77,9 +77,7 @@ absl::StatusOr<Connection> ReadConnectionFlags(Args& args) {
   return c;
 }
 
-absl::StatusOr<std::unique_ptr<RemoteClient>> Connect(const Connection& c) {
-  return RemoteClient::Connect(c.options);
-}
+absl::StatusOr<std::unique_ptr<RemoteClient>> Connect(const Connection& c) { return RemoteClient::Connect(c.options); }
 
 // Exactly one positional argument, named `what` in the error.
 absl::StatusOr<std::string> OnePositional(const Args& args, const char* what) {
@@ -100,9 +98,7 @@ std::string ToJson(const google::protobuf::Message& message) {
   return out;
 }
 
-std::string StatusName(v1::ExperimentStatus status) {
-  return absl::AsciiStrToLower(v1::ExperimentStatus_Name(status));
-}
+std::string StatusName(v1::ExperimentStatus status) { return absl::AsciiStrToLower(v1::ExperimentStatus_Name(status)); }
 
 std::string FormatTime(int64_t unix_micros) {
   if (unix_micros == 0) return "";
@@ -223,8 +219,8 @@ absl::Status FinalStatus(const v1::Experiment& e) {
 absl::Status FollowAndPrint(RemoteClient& client, const std::string& id, const Connection& c, bool json,
                             bool cancel_on_deadline) {
   Progress progress;
-  absl::StatusOr<v1::Experiment> final =
-      client.Watch(id, [&](const v1::Experiment& e) { progress.Update(e); }, c.wait);
+  absl::StatusOr<v1::Experiment> final = client.Watch(
+      id, [&](const v1::Experiment& e) { progress.Update(e); }, c.wait);
   progress.Finish();
   if (!final.ok()) {
     if (absl::IsDeadlineExceeded(final.status())) {
@@ -233,8 +229,8 @@ absl::Status FollowAndPrint(RemoteClient& client, const std::string& id, const C
         absl::StatusOr<v1::Experiment> cancelled = client.Cancel(id);
         what = cancelled.ok() ? "cancelled" : absl::StrCat("not cancelled: ", cancelled.status().message());
       }
-      return absl::DeadlineExceededError(absl::StrCat("experiment ", id, " did not finish within ",
-                                                      absl::FormatDuration(c.wait), " (", what, ")"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("experiment ", id, " did not finish within ", absl::FormatDuration(c.wait), " (", what, ")"));
     }
     return final.status();
   }
@@ -293,9 +289,8 @@ absl::Status RunModels(Args& args) {
   std::cout << absl::StrFormat("%-20s %-12s %6s %6s %8s %-9s %-8s %10s\n", "name", "architecture", "layers", "heads",
                                "d_model", "dtype", "device", "memory MB");
   for (const v1::ModelInfo& m : models.models()) {
-    std::cout << absl::StrFormat("%-20s %-12s %6d %6d %8d %-9s %-8s %10.1f\n", m.name(), m.architecture(),
-                                 m.n_layers(), m.n_heads(), m.d_model(), m.dtype(), m.device(),
-                                 m.weight_bytes() / (1024.0 * 1024.0));
+    std::cout << absl::StrFormat("%-20s %-12s %6d %6d %8d %-9s %-8s %10.1f\n", m.name(), m.architecture(), m.n_layers(),
+                                 m.n_heads(), m.d_model(), m.dtype(), m.device(), m.weight_bytes() / (1024.0 * 1024.0));
   }
   return absl::OkStatus();
 }
@@ -411,23 +406,23 @@ absl::Status RunStatus(Args& args) {
     std::cout << ToJson(s) << "\n";
     return absl::OkStatus();
   }
-  std::cout << absl::StrFormat("lesiond %s at %s, up %s (since %s)\n", s.version(), c.options.address,
-                               absl::FormatDuration(absl::Trunc(absl::Seconds(s.uptime_seconds()), absl::Seconds(1))),
-                               absl::FormatTime("%Y-%m-%d %H:%M:%S %Z", absl::FromUnixMicros(s.started_unix_micros()),
-                                                absl::LocalTimeZone()));
+  std::cout << absl::StrFormat(
+      "lesiond %s at %s, up %s (since %s)\n", s.version(), c.options.address,
+      absl::FormatDuration(absl::Trunc(absl::Seconds(s.uptime_seconds()), absl::Seconds(1))),
+      absl::FormatTime("%Y-%m-%d %H:%M:%S %Z", absl::FromUnixMicros(s.started_unix_micros()), absl::LocalTimeZone()));
   std::cout << "\nmodels: " << s.models_size() << "\n";
   for (const v1::ModelInfo& m : s.models()) {
     std::cout << absl::StrFormat("  %-20s %-12s %-9s %-12s %10s\n", m.name(), m.architecture(), m.dtype(), m.device(),
                                  Bytes(m.weight_bytes()));
   }
-  std::cout << "\n" << absl::StrFormat("  %-10s %7s  %-24s %12s %12s\n", "device", "queued", "running", "allocated",
-                                       "reserved");
+  std::cout << "\n"
+            << absl::StrFormat("  %-10s %7s  %-24s %12s %12s\n", "device", "queued", "running", "allocated",
+                               "reserved");
   for (const v1::DeviceStatus& d : s.devices()) {
     const bool tracked = absl::StartsWith(d.device(), "cuda");  // the CPU's memory is not tracked
-    std::cout << absl::StrFormat("  %-10s %7d  %-24s %12s %12s\n", d.device(), d.queued(),
-                                 d.running_id().empty() ? "-" : d.running_id(),
-                                 tracked ? Bytes(d.memory_allocated_bytes()) : "-",
-                                 tracked ? Bytes(d.memory_reserved_bytes()) : "-");
+    std::cout << absl::StrFormat(
+        "  %-10s %7d  %-24s %12s %12s\n", d.device(), d.queued(), d.running_id().empty() ? "-" : d.running_id(),
+        tracked ? Bytes(d.memory_allocated_bytes()) : "-", tracked ? Bytes(d.memory_reserved_bytes()) : "-");
   }
   if (s.devices().empty()) std::cout << "  (no device used yet)\n";
   std::vector<std::string> states;
@@ -510,8 +505,8 @@ absl::Status RunRetention(Args& args, bool captures_only) {
     return absl::InvalidArgumentError(absl::StrCat("lesion ", command, " takes no arguments: select with --where"));
   }
   if (request.where().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "lesion ", command, " needs --where QUERY (--where 'created >= 0' selects every experiment)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("lesion ", command, " needs --where QUERY (--where 'created >= 0' selects every experiment)"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<RemoteClient> client, Connect(c));
   ASSIGN_OR_RETURN(v1::RetentionResponse r,
@@ -523,7 +518,8 @@ absl::Status RunRetention(Args& args, bool captures_only) {
   const std::string verb = request.dry_run() ? (captures_only ? "would drop the captures of" : "would delete")
                                              : (captures_only ? "dropped the captures of" : "deleted");
   std::cout << absl::StrFormat("%s %d experiment(s), %s", verb, r.experiments(), Bytes(r.bytes()));
-  if (r.file_bytes_reclaimed() > 0) std::cout << absl::StrFormat(" (database file %s smaller)", Bytes(r.file_bytes_reclaimed()));
+  if (r.file_bytes_reclaimed() > 0)
+    std::cout << absl::StrFormat(" (database file %s smaller)", Bytes(r.file_bytes_reclaimed()));
   std::cout << "\n";
   if (r.skipped_active() > 0) {
     std::cout << absl::StrFormat("skipped %d queued or running experiment(s)\n", r.skipped_active());

@@ -1,5 +1,4 @@
 #include "client/cpp/result_format.h"
-#include "client/cpp/result_format_proto.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,8 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "spec/result_proto.h"
+#include "client/cpp/result_format_proto.h"
 #include "google/protobuf/util/json_util.h"
+#include "spec/result_proto.h"
 
 namespace lesion::cli {
 namespace {
@@ -91,9 +91,10 @@ void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
     absl::StrAppendFormat(&out, "\nnorm gamma outliers: %d (intervened: %d)\n", b.norm_outliers_size(),
                           i.norm_outliers_size());
     for (const auto& n : b.norm_outliers()) {
-      absl::StrAppendFormat(&out, "  %s channel %d: gamma %.4g, z %.1f (median %.4g)\n",
-                            n.norm() == "final" ? std::string("final norm") : absl::StrCat("layer ", n.layer(), " ", n.norm(), " norm"),
-                            n.channel(), n.gamma(), n.z(), n.median());
+      absl::StrAppendFormat(
+          &out, "  %s channel %d: gamma %.4g, z %.1f (median %.4g)\n",
+          n.norm() == "final" ? std::string("final norm") : absl::StrCat("layer ", n.layer(), " ", n.norm(), " norm"),
+          n.channel(), n.gamma(), n.z(), n.median());
     }
   }
   if (asked_attention) {
@@ -110,10 +111,10 @@ void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
 std::string SweepTable(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
   std::string out;
   const v1::SweepSummary& sweep = r.sweep();
-  absl::StrAppendFormat(&out, "sweep %s: %d variants on %s (%s, %s), %.2f s, %d forward passes, up to %d variants a pass\n",
-                        e.name().empty() ? "(unnamed)" : e.name(), sweep.variants_size(), r.run().architecture(),
-                        r.run().dtype(), r.run().device(), r.run().seconds(), r.run().forward_passes(),
-                        sweep.variants_per_pass());
+  absl::StrAppendFormat(
+      &out, "sweep %s: %d variants on %s (%s, %s), %.2f s, %d forward passes, up to %d variants a pass\n",
+      e.name().empty() ? "(unnamed)" : e.name(), sweep.variants_size(), r.run().architecture(), r.run().dtype(),
+      r.run().device(), r.run().seconds(), r.run().forward_passes(), sweep.variants_per_pass());
   const v1::PerplexityResult& ppl = r.baseline().perplexity();
   const bool has_ppl = r.baseline().has_perplexity();
   if (has_ppl) {
@@ -130,8 +131,8 @@ std::string SweepTable(const v1::ExperimentResult& r, const v1::ExperimentSpec& 
     });
   }
   const size_t shown = order.size() <= 40 ? order.size() : 20;
-  absl::StrAppendFormat(&out, "\n%-28s %12s %10s%s   %s\n", "variant", "perplexity", "delta %", has_kl ? "        KL" : "",
-                        "experiment");
+  absl::StrAppendFormat(&out, "\n%-28s %12s %10s%s   %s\n", "variant", "perplexity", "delta %",
+                        has_kl ? "        KL" : "", "experiment");
   for (size_t j = 0; j < shown; ++j) {
     const auto& v = sweep.variants(order[j]);
     absl::StrAppendFormat(&out, "%-28s %12.4f %+9.2f%%%s   %s\n", v.name(), v.perplexity(), v.perplexity_delta_pct(),
@@ -164,9 +165,8 @@ std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
   }
   for (int k = 0; k < r.baseline().token_probabilities_size(); ++k) {
     const auto& t = r.baseline().token_probabilities(k);
-    const double after = k < r.intervened().token_probabilities_size()
-                             ? r.intervened().token_probabilities(k).mean_probability()
-                             : NAN;
+    const double after =
+        k < r.intervened().token_probabilities_size() ? r.intervened().token_probabilities(k).mean_probability() : NAN;
     absl::StrAppendFormat(&out, "p(%-10s) id %-6d %.5f -> %.5f\n", absl::StrCat("\"", t.token(), "\""), t.token_id(),
                           t.mean_probability(), after);
   }
@@ -190,8 +190,7 @@ std::string RenderResult(const v1::ExperimentResult& result, const v1::Experimen
   return out;
 }
 
-std::string RenderResult(const result::Experiment& result, const spec::Experiment& spec,
-                         bool json) {
+std::string RenderResult(const result::Experiment& result, const spec::Experiment& spec, bool json) {
   // canonical_json is the parsed spec as protobuf's printer wrote it, so it reads back losslessly.
   v1::ExperimentSpec spec_proto;
   if (!google::protobuf::util::JsonStringToMessage(spec.canonical_json, &spec_proto).ok()) {
@@ -200,12 +199,10 @@ std::string RenderResult(const result::Experiment& result, const spec::Experimen
   return RenderResult(result::ToProto(result), spec_proto, json);
 }
 
-std::string RenderSweep(const result::Experiment& parent,
-                        const std::vector<result::Experiment>& variants,
+std::string RenderSweep(const result::Experiment& parent, const std::vector<result::Experiment>& variants,
                         const spec::Experiment& spec, bool json) {
   if (!json) return RenderResult(parent, spec, false);
-  std::string out = absl::StrCat("{\"parent\": ", result::ToJson(result::ToProto(parent), true),
-                                 ",\n\"variants\": [");
+  std::string out = absl::StrCat("{\"parent\": ", result::ToJson(result::ToProto(parent), true), ",\n\"variants\": [");
   for (size_t i = 0; i < variants.size(); ++i) {
     absl::StrAppend(&out, i == 0 ? "\n" : ",\n", result::ToJson(result::ToProto(variants[i]), true));
   }

@@ -14,13 +14,11 @@
 namespace lesion::cli {
 
 // The JSON form (pretty-printed), or a readable report of every measurement the spec asked for.
-std::string RenderResult(const result::Experiment& result, const spec::Experiment& spec,
-                         bool json);
+std::string RenderResult(const result::Experiment& result, const spec::Experiment& spec, bool json);
 
 // A local sweep: the parent's table, or {"parent": ExperimentResult, "variants": [ExperimentResult,
 // ...]} in the sweep's order.
-std::string RenderSweep(const result::Experiment& parent,
-                        const std::vector<result::Experiment>& variants,
+std::string RenderSweep(const result::Experiment& parent, const std::vector<result::Experiment>& variants,
                         const spec::Experiment& spec, bool json);
 
 }  // namespace lesion::cli

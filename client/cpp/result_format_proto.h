@@ -14,8 +14,7 @@ namespace lesion::cli {
 
 // The JSON form of `result` (pretty-printed, every field), or a readable report of every
 // measurement `spec` asked for (its name and intervention count head the report).
-std::string RenderResult(const lesion::v1::ExperimentResult& result, const lesion::v1::ExperimentSpec& spec,
-                         bool json);
+std::string RenderResult(const lesion::v1::ExperimentResult& result, const lesion::v1::ExperimentSpec& spec, bool json);
 
 }  // namespace lesion::cli
 

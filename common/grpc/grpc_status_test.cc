@@ -1,9 +1,10 @@
 #include "common/grpc/grpc_status.h"
-#include "common/testing/status_matchers.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
+
+#include "common/testing/status_matchers.h"
 
 namespace lesion {
 namespace {

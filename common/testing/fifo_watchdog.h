@@ -26,8 +26,7 @@ namespace lesion {
 
 class FifoWatchdog {
  public:
-  explicit FifoWatchdog(std::filesystem::path fifo,
-                        std::chrono::milliseconds deadline = std::chrono::seconds(5))
+  explicit FifoWatchdog(std::filesystem::path fifo, std::chrono::milliseconds deadline = std::chrono::seconds(5))
       : fifo_(std::move(fifo)), deadline_(deadline), thread_([this] { Run(); }) {}
   ~FifoWatchdog() { Stop(); }
   FifoWatchdog(const FifoWatchdog&) = delete;

@@ -48,9 +48,8 @@ MATCHER_P2(StatusIsMatcher, code, message,
                ::testing::DescribeMatcher<std::string>(message, negation)) {
   const absl::Status& status = ::lesion::matchers::StatusOf(arg);
   *result_listener << "whose status is " << status;
-  return status.code() == code &&
-         ::testing::ExplainMatchResult(::testing::Matcher<std::string>(message), std::string(status.message()),
-                                       result_listener);
+  return status.code() == code && ::testing::ExplainMatchResult(::testing::Matcher<std::string>(message),
+                                                                std::string(status.message()), result_listener);
 }
 
 template <typename MessageMatcher>

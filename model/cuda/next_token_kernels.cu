@@ -1,8 +1,6 @@
 // The fused log-sum-exp of next-token logits (next_token_kernels.h). Memory-bound: each row of
 // logits is read once, in its own dtype, 16 bytes per load where the row allows it, and reduced in
 // float32 with the online softmax normaliser (running max and sum of exp(x - max)).
-#include "model/cuda/next_token_kernels.h"
-
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,6 +8,8 @@
 
 #include <cmath>
 #include <cstdint>
+
+#include "model/cuda/next_token_kernels.h"
 
 namespace lesion::model::cuda {
 namespace {
@@ -52,11 +52,10 @@ __device__ __forceinline__ void WarpReduce(MaxSum& a, int& nan) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) LogSumExpRowsKernel(const T* __restrict__ logits, int64_t row_stride,
-                                                                  int64_t vocab, bool vectorized,
-                                                                  const int64_t* __restrict__ targets,
-                                                                  float* __restrict__ lse,
-                                                                  float* __restrict__ target_logit) {
+__global__ void __launch_bounds__(kThreads)
+    LogSumExpRowsKernel(const T* __restrict__ logits, int64_t row_stride, int64_t vocab, bool vectorized,
+                        const int64_t* __restrict__ targets, float* __restrict__ lse,
+                        float* __restrict__ target_logit) {
   constexpr int kPerLoad = 16 / sizeof(T);
   const int64_t row = blockIdx.x;
   const T* x = logits + row * row_stride;
@@ -113,8 +112,7 @@ __global__ void __launch_bounds__(kThreads) LogSumExpRowsKernel(const T* __restr
 
 }  // namespace
 
-void LogSumExpRowsCuda(const at::Tensor& logits, const at::Tensor& targets, at::Tensor& lse,
-                       at::Tensor& target_logit) {
+void LogSumExpRowsCuda(const at::Tensor& logits, const at::Tensor& targets, at::Tensor& lse, at::Tensor& target_logit) {
   TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "logits must be [rows, vocab] with a contiguous last dim");
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.scalar_type() == at::kLong,
               "targets must be [rows] int64");

@@ -10,8 +10,7 @@ namespace lesion::model::cuda {
 // lse[r] = log(sum_v exp(logits[r, v])), target_logit[r] = logits[r, targets[r]], in float32, one
 // block per row on the current stream. `logits` [rows, vocab] float32 / bfloat16 / float16 with a
 // contiguous last dim; `targets` [rows] int64; outputs [rows] float32, contiguous.
-void LogSumExpRowsCuda(const at::Tensor& logits, const at::Tensor& targets, at::Tensor& lse,
-                       at::Tensor& target_logit);
+void LogSumExpRowsCuda(const at::Tensor& logits, const at::Tensor& targets, at::Tensor& lse, at::Tensor& target_logit);
 
 }  // namespace lesion::model::cuda
 

@@ -49,8 +49,8 @@ inline float F16(const HalfTable& halves, const unsigned char* p) {
 }
 
 inline uint32_t Le32(const unsigned char* p) {
-  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
-         (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
+         (static_cast<uint32_t>(p[3]) << 24);
 }
 
 // Q4_0: d * (nibble - 8); the low nibbles of qs are elements 0-15, the high ones 16-31.
@@ -261,10 +261,9 @@ BlockFn BlockFunction(uint32_t type) {
 
 std::string SupportedList() {
   std::vector<std::string> names;
-  for (GgmlType t : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ4_0,
-                     GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ8_0,
-                     GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ5_K,
-                     GgmlType::kQ6_K}) {
+  for (GgmlType t : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0,
+                     GgmlType::kQ5_1, GgmlType::kQ8_0, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+                     GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     names.push_back(GgmlTypeName(static_cast<uint32_t>(t)));
   }
   return absl::StrJoin(names, ", ");
@@ -274,22 +273,19 @@ std::string SupportedList() {
 
 float HalfToFloat(uint16_t h) { return std::bit_cast<float>(Halves()[h]); }
 
-absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src,
-                               absl::Span<float> out) {
+absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src, absl::Span<float> out) {
   if (!CanDequantize(type)) {
-    return absl::InvalidArgumentError(absl::StrCat("type ", GgmlTypeName(type),
-                                                   " cannot be dequantized by lesion (supported: ",
-                                                   SupportedList(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "type ", GgmlTypeName(type), " cannot be dequantized by lesion (supported: ", SupportedList(), ")"));
   }
   const absl::StatusOr<uint64_t> expected = GgmlRowBytes(type, static_cast<int64_t>(out.size()));
   if (!expected.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot dequantize into ", out.size(),
-                                                   " floats: ", expected.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot dequantize into ", out.size(), " floats: ", expected.status().message()));
   }
   if (*expected != src.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        out.size(), " elements of type ", GgmlTypeName(type), " take ", *expected,
-        " bytes, but ", src.size(), " were given"));
+    return absl::InvalidArgumentError(absl::StrCat(out.size(), " elements of type ", GgmlTypeName(type), " take ",
+                                                   *expected, " bytes, but ", src.size(), " were given"));
   }
   const auto* p = reinterpret_cast<const unsigned char*>(src.data());
   float* y = out.data();
@@ -309,8 +305,7 @@ absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src,
     }
     case GgmlType::kBF16:
       for (size_t i = 0; i < n; ++i) {
-        const uint32_t bits = (static_cast<uint32_t>(p[2 * i]) << 16) |
-                              (static_cast<uint32_t>(p[2 * i + 1]) << 24);
+        const uint32_t bits = (static_cast<uint32_t>(p[2 * i]) << 16) | (static_cast<uint32_t>(p[2 * i + 1]) << 24);
         std::memcpy(y + i, &bits, sizeof(bits));
       }
       return absl::OkStatus();
@@ -326,19 +321,16 @@ absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src,
   return absl::OkStatus();
 }
 
-absl::Status DequantizeTensor(const GgufFile& file, const GgufTensorInfo& info,
-                              absl::Span<float> out) {
-  const std::string where =
-      absl::StrCat(file.path().string(), ": tensor ", gguf_internal::Quote(info.name));
+absl::Status DequantizeTensor(const GgufFile& file, const GgufTensorInfo& info, absl::Span<float> out) {
+  const std::string where = absl::StrCat(file.path().string(), ": tensor ", gguf_internal::Quote(info.name));
   if (!CanDequantize(info.type)) {
     return absl::InvalidArgumentError(absl::StrCat(where, " has type ", GgmlTypeName(info.type),
-                                                   ", which lesion cannot dequantize (supported: ",
-                                                   SupportedList(), ")"));
+                                                   ", which lesion cannot dequantize (supported: ", SupportedList(),
+                                                   ")"));
   }
   if (out.size() != static_cast<uint64_t>(info.numel())) {
-    return absl::InvalidArgumentError(absl::StrCat(where, " has ", info.numel(),
-                                                   " elements, but the output holds ",
-                                                   out.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, " has ", info.numel(), " elements, but the output holds ", out.size()));
   }
   const absl::Status status = DequantizeToFloat(info.type, file.Data(info), out);
   if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", status.message()));

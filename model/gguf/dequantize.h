@@ -31,8 +31,7 @@ namespace lesion::model {
 // Errors: InvalidArgument naming the type if it is unsupported (with the supported list), or if
 // src.size() != GgmlRowBytes(type, out.size()) (which includes out.size() not being a multiple of
 // the block size).
-absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src,
-                               absl::Span<float> out);
+absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src, absl::Span<float> out);
 
 // DequantizeToFloat of tensor `info` of `file` (an element of file.tensors()) into `out`, which
 // must hold info.numel() floats. Errors (InvalidArgument), naming the file, the tensor and its
@@ -40,8 +39,7 @@ absl::Status DequantizeToFloat(uint32_t type, absl::Span<const std::byte> src,
 //   model.gguf: tensor "blk.0.attn_q.weight" has type IQ2_XXS, which lesion cannot dequantize
 //   (supported: F32, F16, Q4_0, ...)
 // or out.size() != info.numel().
-absl::Status DequantizeTensor(const GgufFile& file, const GgufTensorInfo& info,
-                              absl::Span<float> out);
+absl::Status DequantizeTensor(const GgufFile& file, const GgufTensorInfo& info, absl::Span<float> out);
 
 // The exact float32 value of IEEE binary16 bits `h` (what numpy's float16 -> float32 cast gives,
 // NaN payloads and signalling NaNs preserved).

@@ -46,23 +46,18 @@ struct TypeTraits {
 
 // gguf-py 0.19.0's GGML_QUANT_SIZES (checked against it by gguf_test through a fixture).
 constexpr std::array<TypeTraits, 34> kTypes = {{
-    {0, "F32", 1, 4, true},          {1, "F16", 1, 2, true},
-    {2, "Q4_0", 32, 18, true},       {3, "Q4_1", 32, 20, true},
-    {6, "Q5_0", 32, 22, true},       {7, "Q5_1", 32, 24, true},
-    {8, "Q8_0", 32, 34, true},       {9, "Q8_1", 32, 40, false},
-    {10, "Q2_K", 256, 84, true},     {11, "Q3_K", 256, 110, true},
-    {12, "Q4_K", 256, 144, true},    {13, "Q5_K", 256, 176, true},
-    {14, "Q6_K", 256, 210, true},    {15, "Q8_K", 256, 292, false},
-    {16, "IQ2_XXS", 256, 66, false}, {17, "IQ2_XS", 256, 74, false},
-    {18, "IQ3_XXS", 256, 98, false}, {19, "IQ1_S", 256, 50, false},
-    {20, "IQ4_NL", 32, 18, false},   {21, "IQ3_S", 256, 110, false},
-    {22, "IQ2_S", 256, 82, false},   {23, "IQ4_XS", 256, 136, false},
-    {24, "I8", 1, 1, false},         {25, "I16", 1, 2, false},
-    {26, "I32", 1, 4, false},        {27, "I64", 1, 8, false},
-    {28, "F64", 1, 8, false},        {29, "IQ1_M", 256, 56, false},
-    {30, "BF16", 1, 2, true},        {34, "TQ1_0", 256, 54, false},
-    {35, "TQ2_0", 256, 66, false},   {39, "MXFP4", 32, 17, false},
-    {40, "NVFP4", 64, 36, false},    {41, "Q1_0", 128, 18, false},
+    {0, "F32", 1, 4, true},          {1, "F16", 1, 2, true},          {2, "Q4_0", 32, 18, true},
+    {3, "Q4_1", 32, 20, true},       {6, "Q5_0", 32, 22, true},       {7, "Q5_1", 32, 24, true},
+    {8, "Q8_0", 32, 34, true},       {9, "Q8_1", 32, 40, false},      {10, "Q2_K", 256, 84, true},
+    {11, "Q3_K", 256, 110, true},    {12, "Q4_K", 256, 144, true},    {13, "Q5_K", 256, 176, true},
+    {14, "Q6_K", 256, 210, true},    {15, "Q8_K", 256, 292, false},   {16, "IQ2_XXS", 256, 66, false},
+    {17, "IQ2_XS", 256, 74, false},  {18, "IQ3_XXS", 256, 98, false}, {19, "IQ1_S", 256, 50, false},
+    {20, "IQ4_NL", 32, 18, false},   {21, "IQ3_S", 256, 110, false},  {22, "IQ2_S", 256, 82, false},
+    {23, "IQ4_XS", 256, 136, false}, {24, "I8", 1, 1, false},         {25, "I16", 1, 2, false},
+    {26, "I32", 1, 4, false},        {27, "I64", 1, 8, false},        {28, "F64", 1, 8, false},
+    {29, "IQ1_M", 256, 56, false},   {30, "BF16", 1, 2, true},        {34, "TQ1_0", 256, 54, false},
+    {35, "TQ2_0", 256, 66, false},   {39, "MXFP4", 32, 17, false},    {40, "NVFP4", 64, 36, false},
+    {41, "Q1_0", 128, 18, false},
 }};
 
 const TypeTraits* FindType(uint32_t type) {
@@ -74,8 +69,8 @@ const TypeTraits* FindType(uint32_t type) {
 
 constexpr uint32_t kNumValueTypes = 13;
 constexpr std::array<absl::string_view, kNumValueTypes> kValueTypeNames = {
-    "uint8", "int8",   "uint16", "int16", "uint32", "int32",  "float32",
-    "bool",  "string", "array",  "uint64", "int64", "float64"};
+    "uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+    "bool",  "string", "array",  "uint64", "int64",  "float64"};
 
 // Bytes of a numeric or bool value; 0 for string and array.
 size_t ScalarSize(GgufValueType type) {
@@ -219,8 +214,7 @@ struct SplitName {
 };
 std::optional<SplitName> ParseSplitName(absl::string_view file_name) {
   constexpr absl::string_view kSuffix = ".gguf";
-  if (file_name.size() <= kSuffix.size() ||
-      file_name.substr(file_name.size() - kSuffix.size()) != kSuffix) {
+  if (file_name.size() <= kSuffix.size() || file_name.substr(file_name.size() - kSuffix.size()) != kSuffix) {
     return std::nullopt;
   }
   const absl::string_view stem = file_name.substr(0, file_name.size() - kSuffix.size());
@@ -274,8 +268,7 @@ bool CanDequantize(uint32_t type) {
 absl::StatusOr<std::pair<int64_t, int64_t>> GgmlBlockSize(uint32_t type) {
   const TypeTraits* t = FindType(type);
   if (t == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ggml type ", type, " is unknown (not a type that ggml defines)"));
+    return absl::InvalidArgumentError(absl::StrCat("ggml type ", type, " is unknown (not a type that ggml defines)"));
   }
   return std::make_pair(t->block_elements, t->block_bytes);
 }
@@ -283,18 +276,16 @@ absl::StatusOr<std::pair<int64_t, int64_t>> GgmlBlockSize(uint32_t type) {
 absl::StatusOr<uint64_t> GgmlRowBytes(uint32_t type, int64_t n_elements) {
   const TypeTraits* t = FindType(type);
   if (t == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot size ", n_elements,
-                                                   " elements of ggml type ", type,
-                                                   ", which ggml does not define"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot size ", n_elements, " elements of ggml type ", type, ", which ggml does not define"));
   }
   if (n_elements < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("negative element count ", n_elements, " of type ", t->name));
+    return absl::InvalidArgumentError(absl::StrCat("negative element count ", n_elements, " of type ", t->name));
   }
   if (n_elements % t->block_elements != 0) {
     return absl::InvalidArgumentError(absl::StrCat(n_elements, " elements of type ", t->name,
-                                                   " are not a whole number of its ",
-                                                   t->block_elements, "-element blocks"));
+                                                   " are not a whole number of its ", t->block_elements,
+                                                   "-element blocks"));
   }
   uint64_t bytes = 0;
   if (__builtin_mul_overflow(static_cast<uint64_t>(n_elements / t->block_elements),
@@ -448,16 +439,14 @@ class Parser {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": ", message));
   }
   absl::Status Truncated(absl::string_view what) const {
-    return absl::DataLossError(absl::StrCat(path_, ": the file ends (at byte ", size_,
-                                            ") inside ", what, ", which starts at byte ", pos_,
-                                            " (truncated file?)"));
+    return absl::DataLossError(absl::StrCat(path_, ": the file ends (at byte ", size_, ") inside ", what,
+                                            ", which starts at byte ", pos_, " (truncated file?)"));
   }
-  absl::Status TooLong(absl::string_view what, uint64_t count, absl::string_view unit,
-                       uint64_t min_unit_bytes) const {
-    return absl::DataLossError(absl::StrCat(
-        path_, ": ", what, " announces ", count, " ", unit, " (at least ", min_unit_bytes,
-        " bytes each), but only ", remaining(), " bytes are left in the file (truncated or "
-        "corrupt file)"));
+  absl::Status TooLong(absl::string_view what, uint64_t count, absl::string_view unit, uint64_t min_unit_bytes) const {
+    return absl::DataLossError(absl::StrCat(path_, ": ", what, " announces ", count, " ", unit, " (at least ",
+                                            min_unit_bytes, " bytes each), but only ", remaining(),
+                                            " bytes are left in the file (truncated or "
+                                            "corrupt file)"));
   }
 
   absl::Status ReadU32(absl::string_view what, uint32_t* out) {
@@ -476,8 +465,7 @@ class Parser {
     uint64_t length = 0;
     RETURN_IF_ERROR(ReadU64(what, &length));
     if (length > remaining()) {
-      return absl::DataLossError(absl::StrCat(path_, ": ", what, " is ", length,
-                                              " bytes long, but only ", remaining(),
+      return absl::DataLossError(absl::StrCat(path_, ": ", what, " is ", length, " bytes long, but only ", remaining(),
                                               " bytes are left in the file (truncated or "
                                               "corrupt file)"));
     }
@@ -490,8 +478,7 @@ class Parser {
     RETURN_IF_ERROR(ReadU32(what, &type));
     if (type >= kNumValueTypes) {
       pos_ -= 4;
-      return Invalid(absl::StrCat(what, " is ", type, " at byte ", pos_,
-                                  ", which is not a GGUF value type (0-12)"));
+      return Invalid(absl::StrCat(what, " is ", type, " at byte ", pos_, ", which is not a GGUF value type (0-12)"));
     }
     *out = static_cast<GgufValueType>(type);
     return absl::OkStatus();
@@ -503,8 +490,7 @@ class Parser {
     if (std::memcmp(data_, kMagic, have) != 0) {
       std::string shown;
       for (size_t i = 0; i < have; ++i) absl::StrAppend(&shown, absl::StrFormat("%02x", data_[i]));
-      return Invalid(absl::StrCat("not a GGUF file: it starts with the bytes 0x", shown,
-                                  ", not \"GGUF\""));
+      return Invalid(absl::StrCat("not a GGUF file: it starts with the bytes 0x", shown, ", not \"GGUF\""));
     }
     if (size_ < 4) return Truncated("the magic \"GGUF\"");
     pos_ = 4;
@@ -514,12 +500,10 @@ class Parser {
     }
     if (version != 0 && (version & 0xFFFF) == 0) {
       return Invalid(absl::StrFormat(
-          "the version field reads 0x%08x: a big-endian GGUF file, which lesion does not read",
-          version));
+          "the version field reads 0x%08x: a big-endian GGUF file, which lesion does not read", version));
     }
     if (version != 2 && version != 3) {
-      return Invalid(absl::StrCat("GGUF version ", version,
-                                  " is not supported (lesion reads versions 2 and 3)"));
+      return Invalid(absl::StrCat("GGUF version ", version, " is not supported (lesion reads versions 2 and 3)"));
     }
     RETURN_IF_ERROR(ReadU64("the tensor count", &n_tensors_));
     RETURN_IF_ERROR(ReadU64("the key-value count", &n_kv_));
@@ -533,8 +517,7 @@ class Parser {
       return TooLong("the header", n_kv_, "key-value pairs", kMinBytes);
     }
     if (n_kv_ > kMaxKeyValues) {
-      return Invalid(absl::StrCat("the header announces ", n_kv_,
-                                  " key-value pairs, more than the ", kMaxKeyValues,
+      return Invalid(absl::StrCat("the header announces ", n_kv_, " key-value pairs, more than the ", kMaxKeyValues,
                                   " lesion accepts"));
     }
     metadata.reserve(std::min<uint64_t>(n_kv_, 1024));
@@ -583,8 +566,7 @@ class Parser {
                                : element == GgufValueType::kArray ? 12
                                                                   : ScalarSize(element);
     if (count > remaining() / min_bytes) {
-      return TooLong(absl::StrCat("an array of ", GgufValueTypeName(element)), count, "elements",
-                     min_bytes);
+      return TooLong(absl::StrCat("an array of ", GgufValueTypeName(element)), count, "elements", min_bytes);
     }
     out->size_ = static_cast<size_t>(count);
     switch (element) {
@@ -603,13 +585,11 @@ class Parser {
       }
       case GgufValueType::kArray: {
         if (depth >= kMaxArrayDepth) {
-          return Invalid(absl::StrCat("arrays nested more than ", kMaxArrayDepth,
-                                      " deep at byte ", pos_));
+          return Invalid(absl::StrCat("arrays nested more than ", kMaxArrayDepth, " deep at byte ", pos_));
         }
         nested_arrays_ += count;
         if (nested_arrays_ > kMaxNestedArrays) {
-          return Invalid(absl::StrCat("more than ", kMaxNestedArrays,
-                                      " arrays inside arrays in the file"));
+          return Invalid(absl::StrCat("more than ", kMaxNestedArrays, " arrays inside arrays in the file"));
         }
         out->elements_.resize(out->size_);
         for (uint64_t i = 0; i < count; ++i) {
@@ -634,8 +614,7 @@ class Parser {
     const std::optional<int64_t> a = value.AsInt();
     if (!a.has_value() || *a <= 0 || *a > static_cast<int64_t>(kMaxAlignment) ||
         !std::has_single_bit(static_cast<uint64_t>(*a))) {
-      return Invalid(absl::StrCat(kAlignmentKey, " is ", value.ToString(), " (",
-                                  GgufValueTypeName(value.type()),
+      return Invalid(absl::StrCat(kAlignmentKey, " is ", value.ToString(), " (", GgufValueTypeName(value.type()),
                                   "); it must be an integer power of two up to 2^31"));
     }
     alignment = static_cast<uint64_t>(*a);
@@ -649,8 +628,8 @@ class Parser {
       return TooLong("the header", n_tensors_, "tensors", kMinBytes);
     }
     if (n_tensors_ > kMaxTensors) {
-      return Invalid(absl::StrCat("the header announces ", n_tensors_, " tensors, more than the ",
-                                  kMaxTensors, " lesion accepts"));
+      return Invalid(absl::StrCat("the header announces ", n_tensors_, " tensors, more than the ", kMaxTensors,
+                                  " lesion accepts"));
     }
     tensors.reserve(static_cast<size_t>(n_tensors_));
     for (uint64_t i = 0; i < n_tensors_; ++i) {
@@ -663,16 +642,14 @@ class Parser {
       uint32_t n_dims = 0;
       RETURN_IF_ERROR(ReadU32(absl::StrCat("the dimension count of ", where), &n_dims));
       if (n_dims > kMaxDims) {
-        return Invalid(absl::StrCat(where, " has ", n_dims, " dimensions; ggml allows at most ",
-                                    kMaxDims));
+        return Invalid(absl::StrCat(where, " has ", n_dims, " dimensions; ggml allows at most ", kMaxDims));
       }
       uint64_t numel = 1;
       for (uint32_t d = 0; d < n_dims; ++d) {
         uint64_t dim = 0;
         RETURN_IF_ERROR(ReadU64(absl::StrCat("the dimensions of ", where), &dim));
         if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-          return Invalid(absl::StrCat(where, " has dimension ", d, " = ", dim,
-                                      ", which is negative as an int64"));
+          return Invalid(absl::StrCat(where, " has dimension ", d, " = ", dim, ", which is negative as an int64"));
         }
         info.dims.push_back(static_cast<int64_t>(dim));
         if (__builtin_mul_overflow(numel, dim, &numel)) numel = ~uint64_t{0};
@@ -688,19 +665,18 @@ class Parser {
         const int64_t row = info.dims.empty() ? 1 : info.dims[0];
         if (row % t->block_elements != 0) {
           return Invalid(absl::StrCat(where, " has type ", t->name, " and rows of ", row,
-                                      " elements, not a multiple of the type's block size ",
-                                      t->block_elements));
+                                      " elements, not a multiple of the type's block size ", t->block_elements));
         }
         absl::StatusOr<uint64_t> bytes = GgmlRowBytes(info.type, static_cast<int64_t>(numel));
         if (!bytes.ok()) {
-          return Invalid(absl::StrCat(where, " (dims [", absl::StrJoin(info.dims, ", "),
-                                      "]): ", bytes.status().message()));
+          return Invalid(
+              absl::StrCat(where, " (dims [", absl::StrJoin(info.dims, ", "), "]): ", bytes.status().message()));
         }
         info.n_bytes = *bytes;
       }
       if (info.offset % alignment != 0) {
-        return Invalid(absl::StrCat(where, " has offset ", info.offset,
-                                    ", which is not a multiple of the alignment ", alignment));
+        return Invalid(
+            absl::StrCat(where, " has offset ", info.offset, ", which is not a multiple of the alignment ", alignment));
       }
       tensor_index.emplace(info.name, tensors.size());
       tensors.push_back(std::move(info));
@@ -716,24 +692,22 @@ class Parser {
     for (size_t i = 0; i < tensors.size(); ++i) {
       const GgufTensorInfo& t = tensors[i];
       if (t.offset > data_size || t.n_bytes > data_size - t.offset) {
-        return absl::DataLossError(absl::StrCat(
-            path_, ": tensor ", Quote(t.name), " (", GgmlTypeName(t.type), ", ", t.n_bytes,
-            " bytes at offset ", t.offset, " of the data section) extends past the end of the "
-            "file; the data section has ", data_size, " bytes (truncated file?)"));
+        return absl::DataLossError(absl::StrCat(path_, ": tensor ", Quote(t.name), " (", GgmlTypeName(t.type), ", ",
+                                                t.n_bytes, " bytes at offset ", t.offset,
+                                                " of the data section) extends past the end of the "
+                                                "file; the data section has ",
+                                                data_size, " bytes (truncated file?)"));
       }
       if (t.n_bytes > 0) order.push_back(i);
     }
-    std::sort(order.begin(), order.end(), [this](size_t a, size_t b) {
-      return tensors[a].offset < tensors[b].offset;
-    });
+    std::sort(order.begin(), order.end(), [this](size_t a, size_t b) { return tensors[a].offset < tensors[b].offset; });
     for (size_t k = 1; k < order.size(); ++k) {
       const GgufTensorInfo& prev = tensors[order[k - 1]];
       const GgufTensorInfo& next = tensors[order[k]];
       if (next.offset < prev.offset + prev.n_bytes) {
-        return Invalid(absl::StrCat("the bytes of tensors ", Quote(prev.name), " [", prev.offset,
-                                    ", ", prev.offset + prev.n_bytes, ") and ", Quote(next.name),
-                                    " [", next.offset, ", ", next.offset + next.n_bytes,
-                                    ") overlap"));
+        return Invalid(absl::StrCat("the bytes of tensors ", Quote(prev.name), " [", prev.offset, ", ",
+                                    prev.offset + prev.n_bytes, ") and ", Quote(next.name), " [", next.offset, ", ",
+                                    next.offset + next.n_bytes, ") overlap"));
       }
     }
     return absl::OkStatus();
@@ -762,9 +736,7 @@ int64_t GgufTensorInfo::numel() const {
   return n;
 }
 
-std::vector<int64_t> GgufTensorInfo::shape() const {
-  return std::vector<int64_t>(dims.rbegin(), dims.rend());
-}
+std::vector<int64_t> GgufTensorInfo::shape() const { return std::vector<int64_t>(dims.rbegin(), dims.rend()); }
 
 // ---------------------------------------------------------------------------------------------
 // GgufFile
@@ -776,12 +748,10 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::filesystem::
   const absl::Span<const std::byte> bytes = mapping->bytes();
   const std::string path_string = path.string();
   if (bytes.empty()) {
-    return absl::DataLossError(
-        absl::StrCat(path_string, ": the file is empty (truncated GGUF file?)"));
+    return absl::DataLossError(absl::StrCat(path_string, ": the file is empty (truncated GGUF file?)"));
   }
 
-  gguf_internal::Parser parser(path_string, reinterpret_cast<const unsigned char*>(bytes.data()),
-                               bytes.size());
+  gguf_internal::Parser parser(path_string, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
   RETURN_IF_ERROR(parser.Parse());
 
   auto file = std::unique_ptr<GgufFile>(new GgufFile());
@@ -826,18 +796,15 @@ absl::StatusOr<std::optional<int64_t>> IntKey(const GgufFile& file, absl::string
   if (v == nullptr) return std::optional<int64_t>();
   const std::optional<int64_t> i = v->AsInt();
   if (!i.has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(file.path().string(), ": ", key, " is ",
-                                                   v->ToString(), " (",
-                                                   GgufValueTypeName(v->type()),
-                                                   "), not an integer"));
+    return absl::InvalidArgumentError(absl::StrCat(file.path().string(), ": ", key, " is ", v->ToString(), " (",
+                                                   GgufValueTypeName(v->type()), "), not an integer"));
   }
   return i;
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(
-    const std::filesystem::path& path) {
+absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(const std::filesystem::path& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> opened, GgufFile::Open(path));
   const std::string path_string = path.string();
   auto checkpoint = std::unique_ptr<GgufCheckpoint>(new GgufCheckpoint());
@@ -845,13 +812,13 @@ absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(
   ASSIGN_OR_RETURN(const std::optional<int64_t> count, IntKey(*opened, "split.count"));
   ASSIGN_OR_RETURN(const std::optional<int64_t> no, IntKey(*opened, "split.no"));
   if (count.has_value() && (*count < 1 || *count > kMaxSplits)) {
-    return absl::InvalidArgumentError(absl::StrCat(path_string, ": split.count is ", *count,
-                                                   "; it must be between 1 and ", kMaxSplits));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_string, ": split.count is ", *count, "; it must be between 1 and ", kMaxSplits));
   }
   const int64_t n_splits = count.value_or(1);
   if (no.has_value() && (*no < 0 || *no >= n_splits)) {
-    return absl::InvalidArgumentError(absl::StrCat(path_string, ": split.no is ", *no,
-                                                   " but split.count is ", n_splits));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_string, ": split.no is ", *no, " but split.count is ", n_splits));
   }
 
   if (n_splits == 1) {
@@ -862,10 +829,10 @@ absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(
     const int64_t this_no = no.value_or(0);
     if (!name.has_value() || name->count != static_cast<uint64_t>(n_splits) ||
         name->index != static_cast<uint64_t>(this_no + 1)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: split.no %d and split.count %d say this is split %d of %d, but the file name "
-          "does not end in -%05d-of-%05d.gguf, so the other splits cannot be found",
-          path_string, this_no, n_splits, this_no + 1, n_splits, this_no + 1, n_splits));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: split.no %d and split.count %d say this is split %d of %d, but the file name "
+                          "does not end in -%05d-of-%05d.gguf, so the other splits cannot be found",
+                          path_string, this_no, n_splits, this_no + 1, n_splits, this_no + 1, n_splits));
     }
     const std::filesystem::path dir = path.parent_path();
     for (int64_t i = 0; i < n_splits; ++i) {
@@ -877,9 +844,8 @@ absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(
           dir / absl::StrFormat("%s-%05d-of-%05d.gguf", name->prefix, i + 1, n_splits);
       absl::StatusOr<std::unique_ptr<GgufFile>> split = GgufFile::Open(split_path);
       if (!split.ok()) {
-        return WithSuffix(split.status(),
-                          absl::StrCat(" (split ", i + 1, " of ", n_splits,
-                                       " of the checkpoint opened from ", path_string, ")"));
+        return WithSuffix(split.status(), absl::StrCat(" (split ", i + 1, " of ", n_splits,
+                                                       " of the checkpoint opened from ", path_string, ")"));
       }
       ASSIGN_OR_RETURN(const std::optional<int64_t> split_no, IntKey(**split, "split.no"));
       ASSIGN_OR_RETURN(const std::optional<int64_t> split_count, IntKey(**split, "split.count"));
@@ -887,10 +853,10 @@ absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(
         auto show = [](const std::optional<int64_t>& v) {
           return v.has_value() ? absl::StrCat(*v) : std::string("absent");
         };
-        return absl::InvalidArgumentError(absl::StrCat(
-            split_path.string(), ": split.no is ", show(split_no), " and split.count is ",
-            show(split_count), ", but as split ", i + 1, " of the checkpoint opened from ",
-            path_string, " they should be ", i, " and ", n_splits));
+        return absl::InvalidArgumentError(absl::StrCat(split_path.string(), ": split.no is ", show(split_no),
+                                                       " and split.count is ", show(split_count), ", but as split ",
+                                                       i + 1, " of the checkpoint opened from ", path_string,
+                                                       " they should be ", i, " and ", n_splits));
       }
       checkpoint->files_.push_back(*std::move(split));
     }
@@ -901,21 +867,19 @@ absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(
     for (const GgufTensorInfo& info : file->tensors()) {
       const auto [it, inserted] = checkpoint->entries_.emplace(info.name, Entry{file.get(), &info});
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "checkpoint opened from ", path_string, ": tensor ", Quote(info.name),
-            " occurs in both ", it->second.file->path().string(), " and ",
-            file->path().string()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint opened from ", path_string, ": tensor ", Quote(info.name), " occurs in both ",
+                         it->second.file->path().string(), " and ", file->path().string()));
       }
       ++total;
     }
   }
   if (n_splits > 1) {
-    ASSIGN_OR_RETURN(const std::optional<int64_t> expected,
-                     IntKey(checkpoint->first(), "split.tensors.count"));
+    ASSIGN_OR_RETURN(const std::optional<int64_t> expected, IntKey(checkpoint->first(), "split.tensors.count"));
     if (expected.has_value() && *expected != static_cast<int64_t>(total)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          checkpoint->first().path().string(), ": split.tensors.count is ", *expected, " but the ",
-          n_splits, " splits hold ", total, " tensors"));
+      return absl::InvalidArgumentError(absl::StrCat(checkpoint->first().path().string(), ": split.tensors.count is ",
+                                                     *expected, " but the ", n_splits, " splits hold ", total,
+                                                     " tensors"));
     }
   }
   return checkpoint;

@@ -306,8 +306,8 @@ class GgufCheckpoint {
   const GgufValue* Find(absl::string_view key) const { return first().Find(key); }
 
   struct Entry {
-    const GgufFile* file;         // not owned; lives as long as the checkpoint
-    const GgufTensorInfo* info;   // an element of file->tensors()
+    const GgufFile* file;        // not owned; lives as long as the checkpoint
+    const GgufTensorInfo* info;  // an element of file->tensors()
   };
   // The tensor called `name` in any split, or nullopt.
   std::optional<Entry> FindTensor(absl::string_view name) const;

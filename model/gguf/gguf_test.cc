@@ -1,3 +1,5 @@
+#include "model/gguf/gguf.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -24,14 +26,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/testing/status_matchers.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 #include "model/gguf/dequantize.h"
-#include "model/gguf/gguf.h"
 
 namespace lesion::model {
 namespace {
@@ -83,8 +84,7 @@ void ExpectError(const absl::Status& status, absl::StatusCode code, const fs::pa
         << "message does not name " << path << ": " << status;
   }
   for (absl::string_view needle : needles) {
-    EXPECT_TRUE(absl::StrContains(status.message(), needle))
-        << "message lacks \"" << needle << "\": " << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), needle)) << "message lacks \"" << needle << "\": " << status;
   }
 }
 
@@ -125,18 +125,13 @@ class GgufBuilder {
   GgufBuilder& KvString(absl::string_view key, absl::string_view value) {
     return Kv(key, VT(GgufValueType::kString), Str(value));
   }
-  GgufBuilder& KvU32(absl::string_view key, uint32_t value) {
-    return Kv(key, VT(GgufValueType::kUint32), U32(value));
-  }
-  GgufBuilder& KvU16(absl::string_view key, uint16_t value) {
-    return Kv(key, VT(GgufValueType::kUint16), U16(value));
-  }
+  GgufBuilder& KvU32(absl::string_view key, uint32_t value) { return Kv(key, VT(GgufValueType::kUint32), U32(value)); }
+  GgufBuilder& KvU16(absl::string_view key, uint16_t value) { return Kv(key, VT(GgufValueType::kUint16), U16(value)); }
   GgufBuilder& Alignment(uint32_t a) {
     alignment_ = a;
     return KvU32("general.alignment", a);
   }
-  GgufBuilder& Tensor(absl::string_view name, std::vector<uint64_t> dims, uint32_t type,
-                      uint64_t offset) {
+  GgufBuilder& Tensor(absl::string_view name, std::vector<uint64_t> dims, uint32_t type, uint64_t offset) {
     infos_ += absl::StrCat(Str(name), U32(static_cast<uint32_t>(dims.size())));
     for (uint64_t d : dims) infos_ += U64(d);
     infos_ += absl::StrCat(U32(type), U64(offset));
@@ -153,8 +148,7 @@ class GgufBuilder {
     return *this;
   }
   std::string Build() const {
-    std::string out =
-        absl::StrCat("GGUF", U32(version_), U64(n_tensors_), U64(n_kv_), kvs_, infos_);
+    std::string out = absl::StrCat("GGUF", U32(version_), U64(n_tensors_), U64(n_kv_), kvs_, infos_);
     if (!data_.empty()) {
       out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_, '\0');
       out += data_;
@@ -175,8 +169,7 @@ class GgufBuilder {
 // A valid file: one key, one 4-element F32 tensor "w" = [1, 2, 3, 4].
 GgufBuilder ValidBuilder() {
   GgufBuilder b;
-  b.KvString("general.architecture", "llama").Tensor("w", {4}, kF32, 0).Data(
-      F32Bytes({1, 2, 3, 4}));
+  b.KvString("general.architecture", "llama").Tensor("w", {4}, kF32, 0).Data(F32Bytes({1, 2, 3, 4}));
   return b;
 }
 
@@ -248,14 +241,10 @@ TEST(GgmlTypeTest, RowBytes) {
   EXPECT_EQ(*GgmlRowBytes(kQ4_0, 64), 36u);
   EXPECT_EQ(*GgmlRowBytes(static_cast<uint32_t>(GgmlType::kQ4_K), 512), 288u);
   EXPECT_EQ(*GgmlRowBytes(static_cast<uint32_t>(GgmlType::kQ6_K), 256), 210u);
-  ExpectError(GgmlRowBytes(kQ4_0, 33).status(), absl::StatusCode::kInvalidArgument, {},
-              {"Q4_0", "33", "32"});
+  ExpectError(GgmlRowBytes(kQ4_0, 33).status(), absl::StatusCode::kInvalidArgument, {}, {"Q4_0", "33", "32"});
   ExpectError(GgmlRowBytes(77, 32).status(), absl::StatusCode::kInvalidArgument, {}, {"77"});
-  ExpectError(GgmlRowBytes(kF32, -4).status(), absl::StatusCode::kInvalidArgument, {},
-              {"negative"});
-  ExpectError(GgmlRowBytes(static_cast<uint32_t>(GgmlType::kF64),
-                           std::numeric_limits<int64_t>::max())
-                  .status(),
+  ExpectError(GgmlRowBytes(kF32, -4).status(), absl::StatusCode::kInvalidArgument, {}, {"negative"});
+  ExpectError(GgmlRowBytes(static_cast<uint32_t>(GgmlType::kF64), std::numeric_limits<int64_t>::max()).status(),
               absl::StatusCode::kInvalidArgument, {}, {"overflow"});
 }
 
@@ -269,8 +258,7 @@ TEST(GgufValueTypeTest, Names) {
 // Dequantization against gguf-py
 
 // Asserts that `got` and `want` are the same bytes, printing the first difference.
-void ExpectBitIdentical(const std::string& what, const std::vector<float>& got,
-                        const std::vector<float>& want) {
+void ExpectBitIdentical(const std::string& what, const std::vector<float>& got, const std::vector<float>& want) {
   ASSERT_EQ(got.size(), want.size()) << what;
   if (std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0) return;
   size_t differing = 0;
@@ -283,8 +271,7 @@ void ExpectBitIdentical(const std::string& what, const std::vector<float>& got,
   }
   ADD_FAILURE() << what << ": " << differing << " of " << got.size()
                 << " elements differ from gguf-py; the first is index " << first << ": lesion "
-                << absl::StrFormat("%.9g (0x%08x)", got[first], Bits(got[first]))
-                << ", gguf-py "
+                << absl::StrFormat("%.9g (0x%08x)", got[first], Bits(got[first])) << ", gguf-py "
                 << absl::StrFormat("%.9g (0x%08x)", want[first], Bits(want[first]));
 }
 
@@ -323,8 +310,7 @@ TEST(DequantizeTest, NonFiniteScalesMatchGgufPy) {
     ++tensors_checked;
     std::vector<float> got(info.numel());
     ASSERT_OK(DequantizeTensor(*file, info, absl::MakeSpan(got)));
-    const std::vector<float> want =
-        ReadFloats(kTestdata / "expected" / absl::StrCat(info.name, ".f32"));
+    const std::vector<float> want = ReadFloats(kTestdata / "expected" / absl::StrCat(info.name, ".f32"));
     ASSERT_EQ(got.size(), want.size());
     int nans = 0;
     int nan_payload_differences = 0;
@@ -359,8 +345,7 @@ uint64_t Fnv1a64(const std::vector<float>& values) {
 TEST(DequantizeTest, AllHalfAndBfloat16PatternsMatchNumpy) {
   std::string src;
   for (uint32_t h = 0; h < 65536; ++h) src += U16(static_cast<uint16_t>(h));
-  const auto bytes = absl::Span<const std::byte>(reinterpret_cast<const std::byte*>(src.data()),
-                                                 src.size());
+  const auto bytes = absl::Span<const std::byte>(reinterpret_cast<const std::byte*>(src.data()), src.size());
   std::istringstream hashes(ReadBytes(kTestdata / "half_hashes.txt"));
   std::string name, hex;
   int checked = 0;
@@ -389,9 +374,7 @@ TEST(DequantizeTest, HalfToFloatEdgeCases) {
   // bits and keeps it, as numpy does.
   const std::string snan = U16(0x7C01);
   float out = 0;
-  ASSERT_TRUE(DequantizeToFloat(1,
-                                absl::Span<const std::byte>(
-                                    reinterpret_cast<const std::byte*>(snan.data()), 2),
+  ASSERT_TRUE(DequantizeToFloat(1, absl::Span<const std::byte>(reinterpret_cast<const std::byte*>(snan.data()), 2),
                                 absl::Span<float>(&out, 1))
                   .ok());
   EXPECT_EQ(Bits(out), 0x7F802000u);
@@ -404,12 +387,11 @@ absl::Span<const std::byte> AsBytes(absl::string_view s) {
 TEST(DequantizeTest, UnsupportedTypeIsInvalidArgumentNamingIt) {
   const std::string src(66, '\0');
   std::vector<float> out(256);
-  ExpectError(DequantizeToFloat(kIQ2_XXS, AsBytes(src), absl::MakeSpan(out)),
-              absl::StatusCode::kInvalidArgument, {}, {"IQ2_XXS", "supported: F32", "Q6_K"});
-  ExpectError(DequantizeToFloat(77, AsBytes(src), absl::MakeSpan(out)),
-              absl::StatusCode::kInvalidArgument, {}, {"unknown type 77"});
-  ExpectError(DequantizeToFloat(static_cast<uint32_t>(GgmlType::kQ8_K), AsBytes(src),
-                                absl::MakeSpan(out)),
+  ExpectError(DequantizeToFloat(kIQ2_XXS, AsBytes(src), absl::MakeSpan(out)), absl::StatusCode::kInvalidArgument, {},
+              {"IQ2_XXS", "supported: F32", "Q6_K"});
+  ExpectError(DequantizeToFloat(77, AsBytes(src), absl::MakeSpan(out)), absl::StatusCode::kInvalidArgument, {},
+              {"unknown type 77"});
+  ExpectError(DequantizeToFloat(static_cast<uint32_t>(GgmlType::kQ8_K), AsBytes(src), absl::MakeSpan(out)),
               absl::StatusCode::kInvalidArgument, {}, {"Q8_K"});
 }
 
@@ -421,8 +403,8 @@ TEST(DequantizeTest, SizeMismatchIsInvalidArgument) {
               absl::StatusCode::kInvalidArgument, {}, {"Q4_0", "18", "17"});
   ExpectError(DequantizeToFloat(kQ4_0, AsBytes(src), absl::MakeSpan(out).subspan(1)),
               absl::StatusCode::kInvalidArgument, {}, {"Q4_0", "31"});
-  ExpectError(DequantizeToFloat(kF32, AsBytes(src), absl::MakeSpan(out)),
-              absl::StatusCode::kInvalidArgument, {}, {"F32"});
+  ExpectError(DequantizeToFloat(kF32, AsBytes(src), absl::MakeSpan(out)), absl::StatusCode::kInvalidArgument, {},
+              {"F32"});
   EXPECT_OK(DequantizeToFloat(kF32, {}, {}));
 }
 
@@ -435,10 +417,9 @@ TEST(DequantizeTest, TensorOfUnsupportedTypeNamesFileTensorAndType) {
   EXPECT_EQ(info->n_bytes, 2u * 66u);
   EXPECT_EQ(file->Data(*info).size(), info->n_bytes);  // the bytes are there; only decoding fails
   std::vector<float> out(info->numel());
-  ExpectError(DequantizeTensor(*file, *info, absl::MakeSpan(out)),
-              absl::StatusCode::kInvalidArgument, file->path(),
-              {"tensor \"iq2_xxs\" has type IQ2_XXS, which lesion cannot dequantize",
-               "(supported: F32, F16, BF16, Q4_0"});
+  ExpectError(
+      DequantizeTensor(*file, *info, absl::MakeSpan(out)), absl::StatusCode::kInvalidArgument, file->path(),
+      {"tensor \"iq2_xxs\" has type IQ2_XXS, which lesion cannot dequantize", "(supported: F32, F16, BF16, Q4_0"});
 }
 
 TEST(DequantizeTest, TensorOutputSizeMismatchIsInvalidArgument) {
@@ -447,8 +428,8 @@ TEST(DequantizeTest, TensorOutputSizeMismatchIsInvalidArgument) {
   const GgufTensorInfo* info = file->FindTensor("q4_k_raw");
   ASSERT_NE(info, nullptr);
   std::vector<float> out(info->numel() - 1);
-  ExpectError(DequantizeTensor(*file, *info, absl::MakeSpan(out)),
-              absl::StatusCode::kInvalidArgument, file->path(), {"q4_k_raw", "512", "511"});
+  ExpectError(DequantizeTensor(*file, *info, absl::MakeSpan(out)), absl::StatusCode::kInvalidArgument, file->path(),
+              {"q4_k_raw", "512", "511"});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,8 +523,7 @@ TEST(GgufFileTest, MetadataArrays) {
   EXPECT_EQ(strings->type(), GgufValueType::kArray);
   EXPECT_EQ(strings->element_type(), GgufValueType::kString);
   EXPECT_EQ(strings->size(), 4u);
-  EXPECT_EQ(strings->AsStringArray(),
-            (std::vector<std::string>{"<unk>", "<s>", "h\xc3\xa9llo", ""}));
+  EXPECT_EQ(strings->AsStringArray(), (std::vector<std::string>{"<unk>", "<s>", "h\xc3\xa9llo", ""}));
   EXPECT_EQ(strings->StringAt(2), "h\xc3\xa9llo");
   EXPECT_EQ(strings->StringAt(3), "");
   EXPECT_EQ(strings->StringAt(4), std::nullopt);
@@ -553,11 +533,9 @@ TEST(GgufFileTest, MetadataArrays) {
   EXPECT_EQ(file->Find("test.array.int32")->AsIntArray(), (std::vector<int64_t>{1, -2, 3}));
   EXPECT_EQ(file->Find("test.array.int32")->element_type(), GgufValueType::kInt32);
   EXPECT_EQ(file->Find("test.array.uint8")->AsIntArray(), (std::vector<int64_t>{1, 255}));
-  EXPECT_EQ(file->Find("test.array.int64")->AsIntArray(),
-            (std::vector<int64_t>{-(int64_t{1} << 40), 7}));
+  EXPECT_EQ(file->Find("test.array.int64")->AsIntArray(), (std::vector<int64_t>{-(int64_t{1} << 40), 7}));
   EXPECT_EQ(file->Find("test.array.uint64")->AsIntArray(), std::nullopt);  // 2^63
-  EXPECT_EQ(file->Find("test.array.float32")->AsFloat32Array(),
-            (std::vector<float>{0.5f, -1.25f, 3e-8f}));
+  EXPECT_EQ(file->Find("test.array.float32")->AsFloat32Array(), (std::vector<float>{0.5f, -1.25f, 3e-8f}));
   EXPECT_EQ(file->Find("test.array.float32")->AsIntArray(), std::nullopt);
   EXPECT_EQ(file->Find("test.array.float64")->AsFloat32Array(), std::nullopt);
   EXPECT_EQ(file->Find("test.array.float64")->element_type(), GgufValueType::kFloat64);
@@ -639,8 +617,7 @@ TEST(GgufCheckpointTest, OpensSplitSetFromEitherSplit) {
 
     std::vector<std::string> names;
     for (const GgufCheckpoint::Entry& e : c.Tensors()) names.push_back(e.info->name);
-    EXPECT_EQ(names, (std::vector<std::string>{"token_embd.weight", "blk.0.attn_q.weight",
-                                               "output.weight"}));
+    EXPECT_EQ(names, (std::vector<std::string>{"token_embd.weight", "blk.0.attn_q.weight", "output.weight"}));
     const std::optional<GgufCheckpoint::Entry> out = c.FindTensor("output.weight");
     ASSERT_TRUE(out.has_value());
     EXPECT_EQ(out->file, c.files()[1].get());
@@ -651,15 +628,13 @@ TEST(GgufCheckpointTest, OpensSplitSetFromEitherSplit) {
     const std::optional<GgufCheckpoint::Entry> embd = c.FindTensor("token_embd.weight");
     ASSERT_TRUE(embd.has_value());
     EXPECT_EQ(embd->file, c.files()[0].get());
-    EXPECT_EQ(DecodeFloats(embd->file->Data(*embd->info)),
-              (std::vector<float>{0, 1, 2, 3, 4, 5, 6, 7}));
+    EXPECT_EQ(DecodeFloats(embd->file->Data(*embd->info)), (std::vector<float>{0, 1, 2, 3, 4, 5, 6, 7}));
     EXPECT_FALSE(c.FindTensor("absent").has_value());
   }
 }
 
 TEST(GgufCheckpointTest, SingleFile) {
-  absl::StatusOr<std::unique_ptr<GgufCheckpoint>> ckpt =
-      GgufCheckpoint::Open(kTestdata / "types.gguf");
+  absl::StatusOr<std::unique_ptr<GgufCheckpoint>> ckpt = GgufCheckpoint::Open(kTestdata / "types.gguf");
   ASSERT_OK(ckpt);
   EXPECT_EQ((*ckpt)->files().size(), 1u);
   EXPECT_EQ((*ckpt)->Tensors().size(), 32u);
@@ -668,8 +643,7 @@ TEST(GgufCheckpointTest, SingleFile) {
 }
 
 // A split of a set named m-0000i-of-0000n.gguf, with one F32 tensor per name given.
-std::string SplitBytes(uint16_t no, uint16_t count, int32_t total_tensors,
-                       const std::vector<std::string>& tensors) {
+std::string SplitBytes(uint16_t no, uint16_t count, int32_t total_tensors, const std::vector<std::string>& tensors) {
   GgufBuilder b;
   b.KvU16("split.no", no).KvU16("split.count", count);
   b.Kv("split.tensors.count", VT(GgufValueType::kInt32), U32(static_cast<uint32_t>(total_tensors)));
@@ -686,15 +660,14 @@ TEST_F(GgufTest, CheckpointMissingSplitIsNotFound) {
   WriteBytes(dir_ / "m-00001-of-00003.gguf", SplitBytes(0, 3, 3, {"a"}));
   WriteBytes(dir_ / "m-00002-of-00003.gguf", SplitBytes(1, 3, 3, {"b"}));
   const fs::path missing = dir_ / "m-00003-of-00003.gguf";
-  ExpectError(GgufCheckpoint::Open(dir_ / "m-00002-of-00003.gguf").status(),
-              absl::StatusCode::kNotFound, missing, {"split 3 of 3"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "m-00002-of-00003.gguf").status(), absl::StatusCode::kNotFound, missing,
+              {"split 3 of 3"});
 }
 
 TEST_F(GgufTest, CheckpointOfHandWrittenSplits) {
   WriteBytes(dir_ / "m-00001-of-00002.gguf", SplitBytes(0, 2, 3, {"a", "b"}));
   WriteBytes(dir_ / "m-00002-of-00002.gguf", SplitBytes(1, 2, 3, {"c"}));
-  absl::StatusOr<std::unique_ptr<GgufCheckpoint>> ckpt =
-      GgufCheckpoint::Open(dir_ / "m-00001-of-00002.gguf");
+  absl::StatusOr<std::unique_ptr<GgufCheckpoint>> ckpt = GgufCheckpoint::Open(dir_ / "m-00001-of-00002.gguf");
   ASSERT_OK(ckpt);
   EXPECT_EQ((*ckpt)->Tensors().size(), 3u);
   EXPECT_EQ((*ckpt)->FindTensor("c")->file, (*ckpt)->files()[1].get());
@@ -703,54 +676,48 @@ TEST_F(GgufTest, CheckpointOfHandWrittenSplits) {
 TEST_F(GgufTest, CheckpointDuplicateTensorAcrossSplitsIsInvalidArgument) {
   WriteBytes(dir_ / "m-00001-of-00002.gguf", SplitBytes(0, 2, 2, {"a"}));
   WriteBytes(dir_ / "m-00002-of-00002.gguf", SplitBytes(1, 2, 2, {"a"}));
-  ExpectError(GgufCheckpoint::Open(dir_ / "m-00001-of-00002.gguf").status(),
-              absl::StatusCode::kInvalidArgument, dir_ / "m-00002-of-00002.gguf",
-              {"\"a\"", "both"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "m-00001-of-00002.gguf").status(), absl::StatusCode::kInvalidArgument,
+              dir_ / "m-00002-of-00002.gguf", {"\"a\"", "both"});
 }
 
 TEST_F(GgufTest, CheckpointSplitMetadataDisagreeingWithNameIsInvalidArgument) {
   WriteBytes(dir_ / "m-00001-of-00002.gguf", SplitBytes(0, 2, 2, {"a"}));
   WriteBytes(dir_ / "m-00002-of-00002.gguf", SplitBytes(1, 3, 2, {"b"}));  // says 3 splits
-  ExpectError(GgufCheckpoint::Open(dir_ / "m-00001-of-00002.gguf").status(),
-              absl::StatusCode::kInvalidArgument, dir_ / "m-00002-of-00002.gguf",
-              {"split.count is 3"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "m-00001-of-00002.gguf").status(), absl::StatusCode::kInvalidArgument,
+              dir_ / "m-00002-of-00002.gguf", {"split.count is 3"});
   // A split set's file renamed so that its name no longer says where the others are.
   WriteBytes(dir_ / "model.gguf", SplitBytes(0, 2, 2, {"a"}));
-  ExpectError(GgufCheckpoint::Open(dir_ / "model.gguf").status(),
-              absl::StatusCode::kInvalidArgument, dir_ / "model.gguf", {"-00001-of-00002.gguf"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "model.gguf").status(), absl::StatusCode::kInvalidArgument,
+              dir_ / "model.gguf", {"-00001-of-00002.gguf"});
   WriteBytes(dir_ / "x-00002-of-00002.gguf", SplitBytes(0, 2, 2, {"a"}));  // split.no 0
-  ExpectError(GgufCheckpoint::Open(dir_ / "x-00002-of-00002.gguf").status(),
-              absl::StatusCode::kInvalidArgument, dir_ / "x-00002-of-00002.gguf",
-              {"split.no 0"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "x-00002-of-00002.gguf").status(), absl::StatusCode::kInvalidArgument,
+              dir_ / "x-00002-of-00002.gguf", {"split.no 0"});
 }
 
 TEST_F(GgufTest, CheckpointBadSplitKeysAreInvalidArgument) {
   WriteBytes(dir_ / "m-00001-of-00002.gguf", SplitBytes(0, 2, 5, {"a"}));
   WriteBytes(dir_ / "m-00002-of-00002.gguf", SplitBytes(1, 2, 5, {"b"}));
-  ExpectError(GgufCheckpoint::Open(dir_ / "m-00002-of-00002.gguf").status(),
-              absl::StatusCode::kInvalidArgument, dir_ / "m-00001-of-00002.gguf",
-              {"split.tensors.count is 5"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "m-00002-of-00002.gguf").status(), absl::StatusCode::kInvalidArgument,
+              dir_ / "m-00001-of-00002.gguf", {"split.tensors.count is 5"});
 
   WriteBytes(dir_ / "n.gguf", SplitBytes(2, 2, 1, {"a"}));  // split.no out of range
-  ExpectError(GgufCheckpoint::Open(dir_ / "n.gguf").status(), absl::StatusCode::kInvalidArgument,
-              dir_ / "n.gguf", {"split.no is 2"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "n.gguf").status(), absl::StatusCode::kInvalidArgument, dir_ / "n.gguf",
+              {"split.no is 2"});
 
   WriteBytes(dir_ / "s.gguf", GgufBuilder().KvString("split.count", "two").Build());
-  ExpectError(GgufCheckpoint::Open(dir_ / "s.gguf").status(), absl::StatusCode::kInvalidArgument,
-              dir_ / "s.gguf", {"split.count", "not an integer"});
+  ExpectError(GgufCheckpoint::Open(dir_ / "s.gguf").status(), absl::StatusCode::kInvalidArgument, dir_ / "s.gguf",
+              {"split.count", "not an integer"});
 }
 
 TEST_F(GgufTest, CheckpointSplitCountOneIsSingleFile) {
   WriteBytes(dir_ / "whatever.gguf", SplitBytes(0, 1, 1, {"a"}));
-  absl::StatusOr<std::unique_ptr<GgufCheckpoint>> ckpt =
-      GgufCheckpoint::Open(dir_ / "whatever.gguf");
+  absl::StatusOr<std::unique_ptr<GgufCheckpoint>> ckpt = GgufCheckpoint::Open(dir_ / "whatever.gguf");
   ASSERT_OK(ckpt);
   EXPECT_EQ((*ckpt)->files().size(), 1u);
 }
 
 TEST_F(GgufTest, CheckpointMissingFileIsNotFound) {
-  ExpectError(GgufCheckpoint::Open(dir_ / "nope.gguf").status(), absl::StatusCode::kNotFound,
-              dir_ / "nope.gguf");
+  ExpectError(GgufCheckpoint::Open(dir_ / "nope.gguf").status(), absl::StatusCode::kNotFound, dir_ / "nope.gguf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,11 +743,8 @@ TEST_F(GgufTest, NoTensorsAndNoPaddingIsValid) {
 }
 
 TEST_F(GgufTest, EmptyTensorsAndScalarsAreValid) {
-  WriteBytes(bad_path(), GgufBuilder()
-                             .Tensor("empty", {0, 3}, kQ4_0, 0)
-                             .Tensor("scalar", {}, kF32, 0)
-                             .Data(F32Bytes({7}))
-                             .Build());
+  WriteBytes(bad_path(),
+             GgufBuilder().Tensor("empty", {0, 3}, kQ4_0, 0).Tensor("scalar", {}, kF32, 0).Data(F32Bytes({7})).Build());
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(bad_path());
   ASSERT_OK(file);
   const GgufTensorInfo* empty = (*file)->FindTensor("empty");
@@ -806,19 +770,15 @@ TEST_F(GgufTest, UnknownTensorTypeIsListedButNotReadable) {
     EXPECT_EQ(t->n_bytes, 0u);
     EXPECT_TRUE((*file)->Data(*t).empty());
     std::vector<float> out(32);
-    ExpectError(DequantizeTensor(**file, *t, absl::MakeSpan(out)),
-                absl::StatusCode::kInvalidArgument, bad_path(),
+    ExpectError(DequantizeTensor(**file, *t, absl::MakeSpan(out)), absl::StatusCode::kInvalidArgument, bad_path(),
                 {"\"odd\"", absl::StrCat("unknown type ", type)});
   }
 }
 
 TEST_F(GgufTest, AlignmentKeyIsHonoured) {
-  WriteBytes(bad_path(), GgufBuilder()
-                             .Alignment(1)
-                             .Tensor("a", {1}, kF32, 0)
-                             .Tensor("b", {1}, kF32, 4)
-                             .Data(F32Bytes({1, 2}))
-                             .Build());
+  WriteBytes(
+      bad_path(),
+      GgufBuilder().Alignment(1).Tensor("a", {1}, kF32, 0).Tensor("b", {1}, kF32, 4).Data(F32Bytes({1, 2})).Build());
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(bad_path());
   ASSERT_OK(file);
   EXPECT_EQ((*file)->alignment(), 1u);
@@ -844,10 +804,8 @@ TEST_F(GgufTest, NestedArraysUpToFourLevels) {
 TEST_F(GgufTest, EmptyArraysStringsAndOddBools) {
   WriteBytes(bad_path(),
              GgufBuilder()
-                 .Kv("floats", VT(GgufValueType::kArray),
-                     absl::StrCat(U32(VT(GgufValueType::kFloat32)), U64(0)))
-                 .Kv("strings", VT(GgufValueType::kArray),
-                     absl::StrCat(U32(VT(GgufValueType::kString)), U64(0)))
+                 .Kv("floats", VT(GgufValueType::kArray), absl::StrCat(U32(VT(GgufValueType::kFloat32)), U64(0)))
+                 .Kv("strings", VT(GgufValueType::kArray), absl::StrCat(U32(VT(GgufValueType::kString)), U64(0)))
                  .Kv("empty", VT(GgufValueType::kString), Str(""))
                  .Kv("bool2", VT(GgufValueType::kBool), U8(2))
                  .Build());
@@ -865,15 +823,13 @@ TEST_F(GgufTest, EmptyArraysStringsAndOddBools) {
 // Hand-built files: errors
 
 TEST_F(GgufTest, MissingFileIsNotFound) {
-  ExpectError(GgufFile::Open(dir_ / "absent.gguf").status(), absl::StatusCode::kNotFound,
-              dir_ / "absent.gguf");
+  ExpectError(GgufFile::Open(dir_ / "absent.gguf").status(), absl::StatusCode::kNotFound, dir_ / "absent.gguf");
 }
 
 TEST_F(GgufTest, DirectoryAndDeviceAreInvalidArgument) {
-  ExpectError(GgufFile::Open(dir_).status(), absl::StatusCode::kInvalidArgument, dir_,
-              {"directory"});
-  ExpectError(GgufFile::Open("/dev/null").status(), absl::StatusCode::kInvalidArgument,
-              "/dev/null", {"character device"});
+  ExpectError(GgufFile::Open(dir_).status(), absl::StatusCode::kInvalidArgument, dir_, {"directory"});
+  ExpectError(GgufFile::Open("/dev/null").status(), absl::StatusCode::kInvalidArgument, "/dev/null",
+              {"character device"});
 }
 
 TEST_F(GgufTest, FifoIsInvalidArgumentAndDoesNotHang) {
@@ -900,22 +856,21 @@ TEST_F(GgufTest, EmptyFileIsDataLoss) {
 TEST_F(GgufTest, BadMagicIsInvalidArgument) {
   std::string bytes = ValidBuilder().Build();
   bytes[3] = 'L';
-  ExpectError(OpenBytes(bytes), absl::StatusCode::kInvalidArgument, bad_path(),
-              {"not a GGUF file", "4747554c"});
+  ExpectError(OpenBytes(bytes), absl::StatusCode::kInvalidArgument, bad_path(), {"not a GGUF file", "4747554c"});
   ExpectError(OpenBytes("x"), absl::StatusCode::kInvalidArgument, bad_path(), {"not a GGUF"});
-  ExpectError(OpenBytes(absl::StrCat(U64(2), "{}")), absl::StatusCode::kInvalidArgument,
-              bad_path(), {"not a GGUF"});  // a safetensors file
+  ExpectError(OpenBytes(absl::StrCat(U64(2), "{}")), absl::StatusCode::kInvalidArgument, bad_path(),
+              {"not a GGUF"});  // a safetensors file
 }
 
 TEST_F(GgufTest, UnsupportedVersionsAreInvalidArgument) {
-  ExpectError(OpenBytes(ValidBuilder().Version(1).Build()), absl::StatusCode::kInvalidArgument,
-              bad_path(), {"GGUF version 1 is not supported"});
-  ExpectError(OpenBytes(ValidBuilder().Version(4).Build()), absl::StatusCode::kInvalidArgument,
-              bad_path(), {"GGUF version 4 is not supported"});
-  ExpectError(OpenBytes(ValidBuilder().Version(0).Build()), absl::StatusCode::kInvalidArgument,
-              bad_path(), {"version 0"});
-  ExpectError(OpenBytes(ValidBuilder().Version(0x03000000).Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"big-endian"});
+  ExpectError(OpenBytes(ValidBuilder().Version(1).Build()), absl::StatusCode::kInvalidArgument, bad_path(),
+              {"GGUF version 1 is not supported"});
+  ExpectError(OpenBytes(ValidBuilder().Version(4).Build()), absl::StatusCode::kInvalidArgument, bad_path(),
+              {"GGUF version 4 is not supported"});
+  ExpectError(OpenBytes(ValidBuilder().Version(0).Build()), absl::StatusCode::kInvalidArgument, bad_path(),
+              {"version 0"});
+  ExpectError(OpenBytes(ValidBuilder().Version(0x03000000).Build()), absl::StatusCode::kInvalidArgument, bad_path(),
+              {"big-endian"});
 }
 
 // Truncating a valid file anywhere before the end of its last tensor's bytes is DataLoss; only
@@ -955,15 +910,14 @@ TEST_F(GgufTest, TruncationAtEveryOffsetIsDataLoss) {
 
 TEST_F(GgufTest, HugeCountsAndLengthsAreDataLossWithoutAllocating) {
   const uint64_t kHuge = uint64_t{1} << 62;
-  ExpectError(OpenBytes(GgufBuilder().Counts(0, kHuge).Build()), absl::StatusCode::kDataLoss,
-              bad_path(), {"key-value pairs"});
-  ExpectError(OpenBytes(GgufBuilder().Counts(kHuge, 0).Build()), absl::StatusCode::kDataLoss,
-              bad_path(), {"tensors"});
-  ExpectError(OpenBytes(GgufBuilder().Counts(~uint64_t{0}, ~uint64_t{0}).Build()),
-              absl::StatusCode::kDataLoss, bad_path());
+  ExpectError(OpenBytes(GgufBuilder().Counts(0, kHuge).Build()), absl::StatusCode::kDataLoss, bad_path(),
+              {"key-value pairs"});
+  ExpectError(OpenBytes(GgufBuilder().Counts(kHuge, 0).Build()), absl::StatusCode::kDataLoss, bad_path(), {"tensors"});
+  ExpectError(OpenBytes(GgufBuilder().Counts(~uint64_t{0}, ~uint64_t{0}).Build()), absl::StatusCode::kDataLoss,
+              bad_path());
   // A key whose length is huge.
-  ExpectError(OpenBytes(absl::StrCat("GGUF", U32(3), U64(0), U64(1), U64(kHuge), "k")),
-              absl::StatusCode::kDataLoss, bad_path(), {"key"});
+  ExpectError(OpenBytes(absl::StrCat("GGUF", U32(3), U64(0), U64(1), U64(kHuge), "k")), absl::StatusCode::kDataLoss,
+              bad_path(), {"key"});
   // Arrays of every element type with a huge length.
   for (uint32_t element = 0; element < 13; ++element) {
     SCOPED_TRACE(element);
@@ -974,8 +928,7 @@ TEST_F(GgufTest, HugeCountsAndLengthsAreDataLossWithoutAllocating) {
   // A string element of an array with a huge length.
   ExpectError(OpenBytes(GgufBuilder()
                             .Kv("arr", VT(GgufValueType::kArray),
-                                absl::StrCat(U32(VT(GgufValueType::kString)), U64(2), Str("a"),
-                                             U64(kHuge)))
+                                absl::StrCat(U32(VT(GgufValueType::kString)), U64(2), Str("a"), U64(kHuge)))
                             .Build()),
               absl::StatusCode::kDataLoss, bad_path(), {"\"arr\"", "element 1"});
 }
@@ -989,43 +942,35 @@ TEST_F(GgufTest, CountsAboveTheCapsAreInvalidArgument) {
               {"1048577 key-value pairs"});
   WriteBytes(bad_path(), GgufBuilder().Counts((uint64_t{1} << 20) + 1, 0).Build());
   ASSERT_EQ(::truncate(bad_path().c_str(), 30 << 20), 0);
-  ExpectError(GgufFile::Open(bad_path()).status(), absl::StatusCode::kInvalidArgument, bad_path(),
-              {"1048577 tensors"});
+  ExpectError(GgufFile::Open(bad_path()).status(), absl::StatusCode::kInvalidArgument, bad_path(), {"1048577 tensors"});
 }
 
 TEST_F(GgufTest, UndefinedValueTypesAreInvalidArgument) {
-  ExpectError(OpenBytes(GgufBuilder().Kv("k", 13, U32(0)).Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"\"k\"", "13"});
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Kv("arr", VT(GgufValueType::kArray), absl::StrCat(U32(99), U64(1)))
-                            .Build()),
+  ExpectError(OpenBytes(GgufBuilder().Kv("k", 13, U32(0)).Build()), absl::StatusCode::kInvalidArgument, bad_path(),
+              {"\"k\"", "13"});
+  ExpectError(OpenBytes(GgufBuilder().Kv("arr", VT(GgufValueType::kArray), absl::StrCat(U32(99), U64(1))).Build()),
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"arr\"", "99"});
 }
 
 TEST_F(GgufTest, DuplicateNamesAreInvalidArgument) {
   ExpectError(OpenBytes(GgufBuilder().KvString("k", "a").KvString("k", "b").Build()),
               absl::StatusCode::kInvalidArgument, bad_path(), {"duplicate key \"k\""});
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Tensor("w", {1}, kF32, 0)
-                            .Tensor("w", {1}, kF32, 32)
-                            .Data(std::string(36, '\0'))
-                            .Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"duplicate tensor \"w\""});
+  ExpectError(
+      OpenBytes(GgufBuilder().Tensor("w", {1}, kF32, 0).Tensor("w", {1}, kF32, 32).Data(std::string(36, '\0')).Build()),
+      absl::StatusCode::kInvalidArgument, bad_path(), {"duplicate tensor \"w\""});
 }
 
 TEST_F(GgufTest, BadAlignmentIsInvalidArgument) {
   for (uint32_t a : {0u, 3u, 48u, 0x80000001u}) {
     SCOPED_TRACE(a);
-    ExpectError(OpenBytes(GgufBuilder().KvU32("general.alignment", a).Build()),
-                absl::StatusCode::kInvalidArgument, bad_path(), {"general.alignment"});
+    ExpectError(OpenBytes(GgufBuilder().KvU32("general.alignment", a).Build()), absl::StatusCode::kInvalidArgument,
+                bad_path(), {"general.alignment"});
   }
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Kv("general.alignment", VT(GgufValueType::kUint64),
-                                U64(uint64_t{1} << 40))
-                            .Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"general.alignment"});
-  ExpectError(OpenBytes(GgufBuilder().KvString("general.alignment", "32").Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"general.alignment", "string"});
+  ExpectError(
+      OpenBytes(GgufBuilder().Kv("general.alignment", VT(GgufValueType::kUint64), U64(uint64_t{1} << 40)).Build()),
+      absl::StatusCode::kInvalidArgument, bad_path(), {"general.alignment"});
+  ExpectError(OpenBytes(GgufBuilder().KvString("general.alignment", "32").Build()), absl::StatusCode::kInvalidArgument,
+              bad_path(), {"general.alignment", "string"});
 }
 
 TEST_F(GgufTest, BadTensorShapesAreInvalidArgument) {
@@ -1033,9 +978,7 @@ TEST_F(GgufTest, BadTensorShapesAreInvalidArgument) {
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"t\"", "5 dimensions"});
   ExpectError(OpenBytes(GgufBuilder().Tensor("t", {uint64_t{1} << 63}, kF32, 0).Build()),
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"t\"", "negative"});
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Tensor("t", {uint64_t{1} << 40, uint64_t{1} << 40}, kF32, 0)
-                            .Build()),
+  ExpectError(OpenBytes(GgufBuilder().Tensor("t", {uint64_t{1} << 40, uint64_t{1} << 40}, kF32, 0).Build()),
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"t\"", "overflow"});
   // 2^62 F32 elements: the element count fits, the byte count does not.
   ExpectError(OpenBytes(GgufBuilder().Tensor("t", {uint64_t{1} << 62}, kF32, 0).Build()),
@@ -1068,10 +1011,7 @@ TEST_F(GgufTest, BadTensorOffsetsAreRejected) {
               absl::StatusCode::kInvalidArgument, bad_path(), {"\"t\"", "offset 4", "alignment"});
   ExpectError(OpenBytes(GgufBuilder().Tensor("t", {4}, kF32, 32).Data(std::string(40, 0)).Build()),
               absl::StatusCode::kDataLoss, bad_path(), {"\"t\"", "past the end"});
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Tensor("t", {4}, kF32, ~uint64_t{0} - 31)
-                            .Data(std::string(64, 0))
-                            .Build()),
+  ExpectError(OpenBytes(GgufBuilder().Tensor("t", {4}, kF32, ~uint64_t{0} - 31).Data(std::string(64, 0)).Build()),
               absl::StatusCode::kDataLoss, bad_path(), {"\"t\""});
   ExpectError(OpenBytes(GgufBuilder().Tensor("t", {16}, kF32, 0).Data(std::string(63, 0)).Build()),
               absl::StatusCode::kDataLoss, bad_path(), {"\"t\"", "63 bytes"});
@@ -1081,27 +1021,19 @@ TEST_F(GgufTest, BadTensorOffsetsAreRejected) {
 }
 
 TEST_F(GgufTest, OverlappingTensorsAreInvalidArgument) {
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Tensor("a", {16}, kF32, 0)
-                            .Tensor("b", {4}, kF32, 32)
-                            .Data(std::string(64, 0))
-                            .Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"\"a\"", "\"b\"", "overlap"});
+  ExpectError(
+      OpenBytes(GgufBuilder().Tensor("a", {16}, kF32, 0).Tensor("b", {4}, kF32, 32).Data(std::string(64, 0)).Build()),
+      absl::StatusCode::kInvalidArgument, bad_path(), {"\"a\"", "\"b\"", "overlap"});
   // Two names for the same bytes.
-  ExpectError(OpenBytes(GgufBuilder()
-                            .Tensor("a", {4}, kF32, 0)
-                            .Tensor("b", {4}, kF32, 0)
-                            .Data(std::string(16, 0))
-                            .Build()),
-              absl::StatusCode::kInvalidArgument, bad_path(), {"overlap"});
+  ExpectError(
+      OpenBytes(GgufBuilder().Tensor("a", {4}, kF32, 0).Tensor("b", {4}, kF32, 0).Data(std::string(16, 0)).Build()),
+      absl::StatusCode::kInvalidArgument, bad_path(), {"overlap"});
 }
 
 TEST_F(GgufTest, ErrorsQuoteBinaryNamesSafely) {
   const std::string name = std::string("bad\n\x01\xff", 6) + std::string(500, 'x');
-  const absl::Status status =
-      OpenBytes(GgufBuilder().Tensor(name, {3}, kQ4_0, 0).Data("x").Build());
-  ExpectError(status, absl::StatusCode::kInvalidArgument, bad_path(),
-              {"\"bad\\n\\x01\\xffxxx", "...\" (506 bytes)"});
+  const absl::Status status = OpenBytes(GgufBuilder().Tensor(name, {3}, kQ4_0, 0).Data("x").Build());
+  ExpectError(status, absl::StatusCode::kInvalidArgument, bad_path(), {"\"bad\\n\\x01\\xffxxx", "...\" (506 bytes)"});
   EXPECT_LT(status.message().size(), 400u);
 }
 
@@ -1133,9 +1065,7 @@ TEST_F(GgufTest, RandomCorruptionNeverCrashes) {
     absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(bad_path());
     if (!file.ok()) {
       const absl::StatusCode code = file.status().code();
-      EXPECT_TRUE(code == absl::StatusCode::kInvalidArgument ||
-                  code == absl::StatusCode::kDataLoss)
-          << file.status();
+      EXPECT_TRUE(code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kDataLoss) << file.status();
       continue;
     }
     ++opened;

@@ -16,9 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
-#include "common/utf8.h"
 #include "common/mapped_file.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace lesion::model {
@@ -57,8 +57,8 @@ constexpr std::array<DTypeEntry, 12> kDTypes = {{
 
 // Dtypes that the safetensors spec defines but lesion does not: a valid file we cannot use, not a
 // corrupt one.
-constexpr std::array<absl::string_view, 9> kUnsupportedDTypes = {
-    "U16", "U32", "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64", "C128"};
+constexpr std::array<absl::string_view, 9> kUnsupportedDTypes = {"U16",     "U32",     "U64", "F8_E8M0", "F4",
+                                                                 "F6_E2M3", "F6_E3M2", "C64", "C128"};
 
 std::string Quote(absl::string_view s) {
   if (s.size() <= kMaxQuotedChars) return absl::StrCat("\"", s, "\"");
@@ -92,8 +92,7 @@ std::string Describe(const json& j) {
 
 std::string ShapeString(absl::Span<const int64_t> shape) {
   if (shape.size() <= kMaxQuotedDims) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-  return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kMaxQuotedDims), ", "), ", ... (",
-                      shape.size(), " dims)]");
+  return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kMaxQuotedDims), ", "), ", ... (", shape.size(), " dims)]");
 }
 
 // A JSON integer >= 0 (nlohmann parses non-negative integers as unsigned, but "-0" as signed).
@@ -110,8 +109,7 @@ std::optional<uint64_t> AsNonNegativeInt(const json& j) {
 // bytes, producing the tensors in file order and the metadata.
 class HeaderParser {
  public:
-  HeaderParser(const std::filesystem::path& path, uint64_t data_size)
-      : path_(path), data_size_(data_size) {}
+  HeaderParser(const std::filesystem::path& path, uint64_t data_size) : path_(path), data_size_(data_size) {}
 
   absl::Status Parse(const json& header) {
     if (!header.is_object()) {
@@ -126,8 +124,7 @@ class HeaderParser {
       }
     }
     std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
-      return std::tie(a.data_begin, a.data_end, a.name) <
-             std::tie(b.data_begin, b.data_end, b.name);
+      return std::tie(a.data_begin, a.data_end, a.name) < std::tie(b.data_begin, b.data_end, b.name);
     });
     return CheckNoOverlap();
   }
@@ -137,8 +134,7 @@ class HeaderParser {
 
  private:
   absl::Status Corrupt(absl::string_view detail) const {
-    return absl::DataLossError(
-        absl::StrCat("corrupt safetensors file ", path_.string(), ": ", detail));
+    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_.string(), ": ", detail));
   }
   absl::Status CorruptTensor(absl::string_view name, absl::string_view detail) const {
     return Corrupt(absl::StrCat("tensor ", Quote(name), ": ", detail));
@@ -148,13 +144,12 @@ class HeaderParser {
     // serde deserialises null into the Python library's Option<HashMap>, so null means "none".
     if (value.is_null()) return absl::OkStatus();
     if (!value.is_object()) {
-      return Corrupt(absl::StrCat("\"__metadata__\" is ", Describe(value),
-                                  ", not a string->string map"));
+      return Corrupt(absl::StrCat("\"__metadata__\" is ", Describe(value), ", not a string->string map"));
     }
     for (auto it = value.begin(); it != value.end(); ++it) {
       if (!it.value().is_string()) {
-        return Corrupt(absl::StrCat("\"__metadata__\" value for key ", Quote(it.key()), " is ",
-                                    Describe(it.value()), ", not a string"));
+        return Corrupt(absl::StrCat("\"__metadata__\" value for key ", Quote(it.key()), " is ", Describe(it.value()),
+                                    ", not a string"));
       }
       metadata_.emplace(it.key(), it.value().get_ref<const std::string&>());
     }
@@ -176,11 +171,9 @@ class HeaderParser {
     const std::string& dtype_name = dtype_it->get_ref<const std::string&>();
     const std::optional<DType> dtype = ParseDType(dtype_name);
     if (!dtype.has_value()) {
-      if (std::find(kUnsupportedDTypes.begin(), kUnsupportedDTypes.end(), dtype_name) !=
-          kUnsupportedDTypes.end()) {
-        return absl::UnimplementedError(absl::StrCat(
-            "safetensors file ", path_.string(), ": tensor ", Quote(name), " has dtype ",
-            dtype_name, ", which lesion does not support"));
+      if (std::find(kUnsupportedDTypes.begin(), kUnsupportedDTypes.end(), dtype_name) != kUnsupportedDTypes.end()) {
+        return absl::UnimplementedError(absl::StrCat("safetensors file ", path_.string(), ": tensor ", Quote(name),
+                                                     " has dtype ", dtype_name, ", which lesion does not support"));
       }
       return CorruptTensor(name, absl::StrCat("unknown dtype ", Quote(dtype_name)));
     }
@@ -196,8 +189,8 @@ class HeaderParser {
       const json& dim = (*shape_it)[i];
       const std::optional<uint64_t> v = AsNonNegativeInt(dim);
       if (!v.has_value() || *v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return CorruptTensor(name, absl::StrCat("shape dimension ", i, " is ", Describe(dim),
-                                                ", not a non-negative 64-bit integer"));
+        return CorruptTensor(
+            name, absl::StrCat("shape dimension ", i, " is ", Describe(dim), ", not a non-negative 64-bit integer"));
       }
       info.shape.push_back(static_cast<int64_t>(*v));
     }
@@ -205,25 +198,21 @@ class HeaderParser {
     const auto offsets_it = entry.find("data_offsets");
     if (offsets_it == entry.end()) return CorruptTensor(name, "no \"data_offsets\"");
     if (!offsets_it->is_array() || offsets_it->size() != 2) {
-      return CorruptTensor(name, absl::StrCat("data_offsets is ", Describe(*offsets_it),
-                                              ", not [begin, end]"));
+      return CorruptTensor(name, absl::StrCat("data_offsets is ", Describe(*offsets_it), ", not [begin, end]"));
     }
     const std::optional<uint64_t> begin = AsNonNegativeInt((*offsets_it)[0]);
     const std::optional<uint64_t> end = AsNonNegativeInt((*offsets_it)[1]);
     const std::string offsets_string =
         absl::StrCat("[", Describe((*offsets_it)[0]), ", ", Describe((*offsets_it)[1]), "]");
     if (!begin.has_value() || !end.has_value()) {
-      return CorruptTensor(name, absl::StrCat("data_offsets ", offsets_string,
-                                              " are not two non-negative integers"));
+      return CorruptTensor(name, absl::StrCat("data_offsets ", offsets_string, " are not two non-negative integers"));
     }
     if (*begin > *end) {
-      return CorruptTensor(
-          name, absl::StrCat("data_offsets ", offsets_string, " end before they begin"));
+      return CorruptTensor(name, absl::StrCat("data_offsets ", offsets_string, " end before they begin"));
     }
     if (*end > data_size_) {
-      return CorruptTensor(name, absl::StrCat("data_offsets ", offsets_string,
-                                              " end beyond the data section of ", data_size_,
-                                              " bytes (truncated file?)"));
+      return CorruptTensor(name, absl::StrCat("data_offsets ", offsets_string, " end beyond the data section of ",
+                                              data_size_, " bytes (truncated file?)"));
     }
     info.data_begin = *begin;
     info.data_end = *end;
@@ -242,14 +231,13 @@ class HeaderParser {
     overflow = overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
                __builtin_mul_overflow(numel, DTypeSize(info.dtype), &expected_bytes);
     if (overflow) {
-      return CorruptTensor(name, absl::StrCat("shape ", ShapeString(info.shape), " x dtype ",
-                                              dtype_name, " overflows 64 bits"));
+      return CorruptTensor(
+          name, absl::StrCat("shape ", ShapeString(info.shape), " x dtype ", dtype_name, " overflows 64 bits"));
     }
     if (*end - *begin != expected_bytes) {
       return CorruptTensor(
-          name, absl::StrCat("data_offsets ", offsets_string, " span ", *end - *begin,
-                             " bytes but dtype ", dtype_name, " x shape ", ShapeString(info.shape),
-                             " needs ", expected_bytes));
+          name, absl::StrCat("data_offsets ", offsets_string, " span ", *end - *begin, " bytes but dtype ", dtype_name,
+                             " x shape ", ShapeString(info.shape), " needs ", expected_bytes));
     }
     return info;
   }
@@ -261,9 +249,9 @@ class HeaderParser {
     for (const TensorInfo& t : tensors_) {
       if (t.data_begin == t.data_end) continue;
       if (previous != nullptr && t.data_begin < previous->data_end) {
-        return Corrupt(absl::StrCat("tensors ", Quote(previous->name), " [", previous->data_begin,
-                                    ", ", previous->data_end, ") and ", Quote(t.name), " [",
-                                    t.data_begin, ", ", t.data_end, ") overlap"));
+        return Corrupt(absl::StrCat("tensors ", Quote(previous->name), " [", previous->data_begin, ", ",
+                                    previous->data_end, ") and ", Quote(t.name), " [", t.data_begin, ", ", t.data_end,
+                                    ") overlap"));
       }
       if (previous == nullptr || t.data_end > previous->data_end) previous = &t;
     }
@@ -336,8 +324,7 @@ int64_t TensorInfo::numel() const {
 // SafetensorsFile
 
 SafetensorsFile::SafetensorsFile(std::unique_ptr<const MappedFile> mapping, uint64_t data_start,
-                                 std::vector<TensorInfo> tensors,
-                                 std::map<std::string, std::string> metadata)
+                                 std::vector<TensorInfo> tensors, std::map<std::string, std::string> metadata)
     : mapping_(std::move(mapping)),
       data_start_(data_start),
       tensors_(std::move(tensors)),
@@ -346,15 +333,12 @@ SafetensorsFile::SafetensorsFile(std::unique_ptr<const MappedFile> mapping, uint
 
 SafetensorsFile::~SafetensorsFile() = default;
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
-    const std::filesystem::path& path) {
-  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping,
-                   MappedFile::Open(path, "safetensors file"));
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesystem::path& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapping, MappedFile::Open(path, "safetensors file"));
   const std::string path_string = path.string();
   const uint64_t file_size = mapping->bytes().size();
   if (file_size < 8) {
-    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string, ": ",
-                                            file_size,
+    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string, ": ", file_size,
                                             " bytes, too short for the 8-byte header length"));
   }
 
@@ -362,14 +346,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
   if (header_size > kMaxHeaderBytes) {
-    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string,
-                                            ": header length ", header_size,
+    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string, ": header length ", header_size,
                                             " exceeds the limit of ", kMaxHeaderBytes, " bytes"));
   }
   if (header_size > file_size - 8) {
-    return absl::DataLossError(absl::StrCat(
-        "corrupt safetensors file ", path_string, ": header length ", header_size,
-        " exceeds the ", file_size - 8, " bytes after the length prefix (truncated file?)"));
+    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string, ": header length ", header_size,
+                                            " exceeds the ", file_size - 8,
+                                            " bytes after the length prefix (truncated file?)"));
   }
   const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
   // nlohmann's lexer stops at a NUL byte as if the input ended there, which would accept
@@ -379,15 +362,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
                               : json::parse(header_begin, header_begin + header_size,
                                             /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded()) {
-    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string,
-                                            ": the ", header_size,
+    return absl::DataLossError(absl::StrCat("corrupt safetensors file ", path_string, ": the ", header_size,
                                             "-byte header is not valid UTF-8 JSON"));
   }
   const uint64_t data_start = 8 + header_size;
   HeaderParser parser(path, file_size - data_start);
   RETURN_IF_ERROR(parser.Parse(header));
-  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
-      std::move(mapping), data_start, parser.TakeTensors(), parser.TakeMetadata()));
+  return std::unique_ptr<SafetensorsFile>(
+      new SafetensorsFile(std::move(mapping), data_start, parser.TakeTensors(), parser.TakeMetadata()));
 }
 
 const TensorInfo* SafetensorsFile::Find(absl::string_view name) const {
@@ -405,16 +387,14 @@ absl::Span<const std::byte> SafetensorsFile::Data(const TensorInfo& t) const {
 // ---------------------------------------------------------------------------------------------
 // SafetensorsCheckpoint
 
-absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Open(
-    const std::filesystem::path& dir) {
+absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Open(const std::filesystem::path& dir) {
   std::error_code ec;
   const std::filesystem::file_status status = std::filesystem::status(dir, ec);
   if (!std::filesystem::exists(status)) {
     return absl::NotFoundError(absl::StrCat("checkpoint directory not found: ", dir.string()));
   }
   if (!std::filesystem::is_directory(status)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint path ", dir.string(), " is not a directory"));
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint path ", dir.string(), " is not a directory"));
   }
   auto checkpoint = std::unique_ptr<SafetensorsCheckpoint>(new SafetensorsCheckpoint());
 
@@ -429,43 +409,40 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
     return checkpoint;
   }
   if (!std::filesystem::exists(index_path, ec)) {
-    return absl::NotFoundError(absl::StrCat("checkpoint directory ", dir.string(), " has neither ",
-                                            kSingleFileName, " nor ", kIndexFileName));
+    return absl::NotFoundError(
+        absl::StrCat("checkpoint directory ", dir.string(), " has neither ", kSingleFileName, " nor ", kIndexFileName));
   }
 
   ASSIGN_OR_RETURN(const std::string index_text, ReadFile(index_path));
   const std::string index_name = index_path.string();
   const json index = json::parse(index_text, /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (index.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint index ", index_name,
-                                                   " is not valid JSON"));
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint index ", index_name, " is not valid JSON"));
   }
   if (!index.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint index ", index_name, " is ",
-                                                   Describe(index), ", not a JSON object"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint index ", index_name, " is ", Describe(index), ", not a JSON object"));
   }
   const auto weight_map = index.find("weight_map");
   if (weight_map == index.end() || !weight_map->is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint index ", index_name, " has no \"weight_map\" object"));
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint index ", index_name, " has no \"weight_map\" object"));
   }
 
   // Shard path (normalised, so that "a" and "./a" are one file) -> tensors the index puts there.
   std::map<std::filesystem::path, std::vector<std::string>> shards;
   for (auto it = weight_map->begin(); it != weight_map->end(); ++it) {
     if (!it.value().is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoint index ", index_name, ": weight_map entry for tensor ", Quote(it.key()),
-          " is ", Describe(it.value()), ", not a file name"));
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint index ", index_name, ": weight_map entry for tensor ",
+                                                     Quote(it.key()), " is ", Describe(it.value()),
+                                                     ", not a file name"));
     }
     const std::filesystem::path shard(it.value().get_ref<const std::string&>());
     const bool escapes =
-        std::any_of(shard.begin(), shard.end(),
-                    [](const std::filesystem::path& part) { return part == ".."; });
+        std::any_of(shard.begin(), shard.end(), [](const std::filesystem::path& part) { return part == ".."; });
     if (shard.empty() || shard.is_absolute() || escapes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoint index ", index_name, ": tensor ", Quote(it.key()), " is mapped to shard ",
-          Quote(shard.string()), "; shards must be relative paths inside the directory"));
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint index ", index_name, ": tensor ", Quote(it.key()),
+                                                     " is mapped to shard ", Quote(shard.string()),
+                                                     "; shards must be relative paths inside the directory"));
     }
     shards[(dir / shard).lexically_normal()].push_back(it.key());
   }
@@ -476,12 +453,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
       return WithContext(file.status(), absl::StrCat(" (a shard named by ", index_name, ")"));
     }
     for (const TensorInfo& info : (*file)->tensors()) {
-      const auto [it, inserted] =
-          checkpoint->entries_.emplace(info.name, Entry{file->get(), &info});
+      const auto [it, inserted] = checkpoint->entries_.emplace(info.name, Entry{file->get(), &info});
       if (!inserted) {
-        return absl::DataLossError(absl::StrCat(
-            "checkpoint ", dir.string(), ": tensor ", Quote(info.name), " occurs in both ",
-            it->second.file->path().string(), " and ", shard_path.string()));
+        return absl::DataLossError(absl::StrCat("checkpoint ", dir.string(), ": tensor ", Quote(info.name),
+                                                " occurs in both ", it->second.file->path().string(), " and ",
+                                                shard_path.string()));
       }
     }
     checkpoint->files_.push_back(*std::move(file));
@@ -491,11 +467,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
       const auto it = checkpoint->entries_.find(name);
       if (it == checkpoint->entries_.end() || it->second.file->path() != shard_path) {
         return absl::DataLossError(absl::StrCat(
-            "checkpoint index ", index_name, " maps tensor ", Quote(name), " to ",
-            shard_path.string(), ", which has no such tensor",
-            it == checkpoint->entries_.end()
-                ? std::string()
-                : absl::StrCat(" (it is in ", it->second.file->path().string(), ")")));
+            "checkpoint index ", index_name, " maps tensor ", Quote(name), " to ", shard_path.string(),
+            ", which has no such tensor",
+            it == checkpoint->entries_.end() ? std::string()
+                                             : absl::StrCat(" (it is in ", it->second.file->path().string(), ")")));
       }
     }
   }
@@ -509,8 +484,7 @@ std::vector<std::string> SafetensorsCheckpoint::TensorNames() const {
   return names;
 }
 
-std::optional<SafetensorsCheckpoint::Entry> SafetensorsCheckpoint::Find(
-    absl::string_view name) const {
+std::optional<SafetensorsCheckpoint::Entry> SafetensorsCheckpoint::Find(absl::string_view name) const {
   const auto it = entries_.find(name);
   if (it == entries_.end()) return std::nullopt;
   return it->second;
@@ -526,8 +500,7 @@ std::vector<std::filesystem::path> SafetensorsCheckpoint::files() const {
 // ---------------------------------------------------------------------------------------------
 // WriteSafetensors
 
-absl::Status WriteSafetensors(const std::filesystem::path& path,
-                              const std::vector<TensorToWrite>& tensors,
+absl::Status WriteSafetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   const std::string path_string = path.string();
   // ordered_json keeps the Python library's layout: __metadata__ first, tensors in offset order.
@@ -536,8 +509,8 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
     nlohmann::ordered_json meta = nlohmann::ordered_json::object();
     for (const auto& [key, value] : metadata) {
       if (!IsValidUtf8(key) || !IsValidUtf8(value)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "cannot write ", path_string, ": metadata entry ", Quote(key), " is not valid UTF-8"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("cannot write ", path_string, ": metadata entry ", Quote(key), " is not valid UTF-8"));
       }
       meta[key] = value;
     }
@@ -565,8 +538,8 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
       return invalid(absl::StrCat("shape ", ShapeString(t.shape), " overflows 64 bits"));
     }
     if (nbytes != t.data.size()) {
-      return invalid(absl::StrCat("dtype ", DTypeName(t.dtype), " x shape ", ShapeString(t.shape),
-                                  " needs ", nbytes, " bytes but ", t.data.size(), " were given"));
+      return invalid(absl::StrCat("dtype ", DTypeName(t.dtype), " x shape ", ShapeString(t.shape), " needs ", nbytes,
+                                  " bytes but ", t.data.size(), " were given"));
     }
     nlohmann::ordered_json entry = nlohmann::ordered_json::object();
     entry["dtype"] = std::string(DTypeName(t.dtype));
@@ -577,13 +550,12 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
   }
 
   // All strings were validated above, so `replace` never fires; it only rules out a throw.
-  std::string header_text = header.dump(-1, ' ', /*ensure_ascii=*/false,
-                                        nlohmann::ordered_json::error_handler_t::replace);
+  std::string header_text =
+      header.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::ordered_json::error_handler_t::replace);
   header_text.resize((header_text.size() + 7) / 8 * 8, ' ');
   if (header_text.size() > kMaxHeaderBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot write ", path_string, ": the header of ", header_text.size(),
-                     " bytes exceeds the limit of ", kMaxHeaderBytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot write ", path_string, ": the header of ", header_text.size(),
+                                                   " bytes exceeds the limit of ", kMaxHeaderBytes, " bytes"));
   }
   std::array<std::byte, 8> length_prefix;
   for (int i = 0; i < 8; ++i) {
@@ -597,8 +569,7 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
   if (fd.get() < 0) return ErrnoToStatus(errno, absl::StrCat("cannot create ", tmp_string));
   absl::Status status = WriteAll(fd.get(), length_prefix.data(), length_prefix.size(), tmp_string);
   if (status.ok()) {
-    status = WriteAll(fd.get(), reinterpret_cast<const std::byte*>(header_text.data()),
-                      header_text.size(), tmp_string);
+    status = WriteAll(fd.get(), reinterpret_cast<const std::byte*>(header_text.data()), header_text.size(), tmp_string);
   }
   for (const TensorToWrite& t : tensors) {
     if (!status.ok()) break;

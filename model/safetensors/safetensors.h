@@ -119,8 +119,8 @@ class SafetensorsFile {
   const std::filesystem::path& path() const { return mapping_->path(); }
 
  private:
-  SafetensorsFile(std::unique_ptr<const MappedFile> mapping, uint64_t data_start,
-                  std::vector<TensorInfo> tensors, std::map<std::string, std::string> metadata);
+  SafetensorsFile(std::unique_ptr<const MappedFile> mapping, uint64_t data_start, std::vector<TensorInfo> tensors,
+                  std::map<std::string, std::string> metadata);
 
   const std::unique_ptr<const MappedFile> mapping_;  // the whole file (>= 8 bytes); never null
   const uint64_t data_start_;                        // 8 + header length (<= the file size)
@@ -148,8 +148,7 @@ class SafetensorsCheckpoint {
   //   DataLoss         a shard is corrupt (see SafetensorsFile::Open), a tensor in the weight map
   //                    is absent from its shard, or a tensor name occurs in two shards.
   //   Others as SafetensorsFile::Open.
-  static absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> Open(
-      const std::filesystem::path& dir);
+  static absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> Open(const std::filesystem::path& dir);
 
   // Every tensor name, sorted.
   std::vector<std::string> TensorNames() const;
@@ -195,8 +194,7 @@ struct TensorToWrite {
 //   PermissionDenied  it cannot be written.
 //   ResourceExhausted the disk is full.
 //   Internal          any other I/O error.
-absl::Status WriteSafetensors(const std::filesystem::path& path,
-                              const std::vector<TensorToWrite>& tensors,
+absl::Status WriteSafetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace lesion::model

@@ -18,13 +18,13 @@
 #include <string>
 #include <vector>
 
-#include "common/testing/status_matchers.h"
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/testing/fifo_watchdog.h"
 #include "common/testing/scoped_test_dir.h"
+#include "common/testing/status_matchers.h"
 
 namespace lesion::model {
 namespace {
@@ -34,9 +34,8 @@ static_assert(std::endian::native == std::endian::little, "fixtures hold little-
 
 const fs::path kTestdata = fs::path(LESION_SOURCE_DIR) / "model/safetensors/testdata";
 
-constexpr DType kAllDTypes[] = {DType::kF64,  DType::kF32,   DType::kF16,   DType::kBF16,
-                                DType::kI64,  DType::kI32,   DType::kI16,   DType::kI8,
-                                DType::kU8,   DType::kBool,  DType::kF8E4M3, DType::kF8E5M2};
+constexpr DType kAllDTypes[] = {DType::kF64, DType::kF32, DType::kF16, DType::kBF16, DType::kI64,    DType::kI32,
+                                DType::kI16, DType::kI8,  DType::kU8,  DType::kBool, DType::kF8E4M3, DType::kF8E5M2};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -78,11 +77,9 @@ absl::Span<const std::byte> AsBytes(absl::string_view s) {
 void ExpectError(const absl::Status& status, absl::StatusCode code, const fs::path& path,
                  std::initializer_list<absl::string_view> needles = {}) {
   EXPECT_EQ(status.code(), code) << status;
-  EXPECT_TRUE(absl::StrContains(status.message(), path.string()))
-      << "message does not name " << path << ": " << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), path.string())) << "message does not name " << path << ": " << status;
   for (absl::string_view needle : needles) {
-    EXPECT_TRUE(absl::StrContains(status.message(), needle))
-        << "message lacks \"" << needle << "\": " << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), needle)) << "message lacks \"" << needle << "\": " << status;
   }
 }
 
@@ -108,9 +105,7 @@ class SafetensorsTest : public ::testing::Test {
     }
     ASSERT_OK(WriteSafetensors(dir_ / file, tensors));
   }
-  void WriteIndex(const std::string& json) {
-    WriteBytes(dir_ / "model.safetensors.index.json", json);
-  }
+  void WriteIndex(const std::string& json) { WriteBytes(dir_ / "model.safetensors.index.json", json); }
 
   ScopedTestDir test_dir_{"safetensors_test"};
   const fs::path& dir_ = test_dir_.path();
@@ -136,10 +131,10 @@ TEST(DTypeTest, ParseRejectsOtherSpellings) {
 }
 
 TEST(DTypeTest, Sizes) {
-  const std::map<DType, size_t> expected = {
-      {DType::kF64, 8}, {DType::kF32, 4}, {DType::kF16, 2},    {DType::kBF16, 2},
-      {DType::kI64, 8}, {DType::kI32, 4}, {DType::kI16, 2},    {DType::kI8, 1},
-      {DType::kU8, 1},  {DType::kBool, 1}, {DType::kF8E4M3, 1}, {DType::kF8E5M2, 1}};
+  const std::map<DType, size_t> expected = {{DType::kF64, 8},  {DType::kF32, 4},    {DType::kF16, 2},
+                                            {DType::kBF16, 2}, {DType::kI64, 8},    {DType::kI32, 4},
+                                            {DType::kI16, 2},  {DType::kI8, 1},     {DType::kU8, 1},
+                                            {DType::kBool, 1}, {DType::kF8E4M3, 1}, {DType::kF8E5M2, 1}};
   for (DType d : kAllDTypes) EXPECT_EQ(DTypeSize(d), expected.at(d)) << DTypeName(d);
 }
 
@@ -164,8 +159,8 @@ TEST_F(SafetensorsTest, RoundTripEveryDtypeAndShapeKind) {
       std::string data(numel * DTypeSize(d), '\0');
       for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 37 + buffers.size());
       buffers.push_back(std::move(data));
-      tensors.push_back({absl::StrCat(DTypeName(d), "/", shape.size(), "d/", numel), d, shape,
-                         AsBytes(buffers.back())});
+      tensors.push_back(
+          {absl::StrCat(DTypeName(d), "/", shape.size(), "d/", numel), d, shape, AsBytes(buffers.back())});
     }
   }
   const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"note", "héllo"}};
@@ -231,8 +226,7 @@ TEST_F(SafetensorsTest, NoTensorsGivesZeroLengthDataSection) {
 
 TEST_F(SafetensorsTest, OnlyEmptyTensorsGivesZeroLengthDataSection) {
   const fs::path path = dir_ / "empties.safetensors";
-  ASSERT_TRUE(WriteSafetensors(path, {{"a", DType::kF32, {0}, {}}, {"b", DType::kBF16, {3, 0}, {}}})
-                  .ok());
+  ASSERT_TRUE(WriteSafetensors(path, {{"a", DType::kF32, {0}, {}}, {"b", DType::kBF16, {3, 0}, {}}}).ok());
   auto file = SafetensorsFile::Open(path);
   ASSERT_OK(file);
   ASSERT_EQ((*file)->tensors().size(), 2u);
@@ -257,8 +251,8 @@ TEST_F(SafetensorsTest, WriterReplacesExistingFileAndLeavesNoTemporary) {
 TEST_F(SafetensorsTest, WriterRejectsDuplicateNames) {
   const std::string d(4, '\0');
   const fs::path path = dir_ / "dup.safetensors";
-  const absl::Status s = WriteSafetensors(
-      path, {{"x", DType::kF32, {1}, AsBytes(d)}, {"x", DType::kI32, {1}, AsBytes(d)}});
+  const absl::Status s =
+      WriteSafetensors(path, {{"x", DType::kF32, {1}, AsBytes(d)}, {"x", DType::kI32, {1}, AsBytes(d)}});
   ExpectError(s, absl::StatusCode::kInvalidArgument, path, {"\"x\"", "duplicate"});
   EXPECT_FALSE(fs::exists(path));
 }
@@ -275,16 +269,15 @@ TEST_F(SafetensorsTest, WriterRejectsSizeMismatch) {
 TEST_F(SafetensorsTest, WriterRejectsBadShapesNamesAndMetadata) {
   const fs::path path = dir_ / "bad.safetensors";
   const std::string d(4, '\0');
-  ExpectError(WriteSafetensors(path, {{"x", DType::kF32, {-1}, {}}}),
-              absl::StatusCode::kInvalidArgument, path, {"negative"});
+  ExpectError(WriteSafetensors(path, {{"x", DType::kF32, {-1}, {}}}), absl::StatusCode::kInvalidArgument, path,
+              {"negative"});
   ExpectError(WriteSafetensors(path, {{"x", DType::kF64, {int64_t{1} << 62, 8}, {}}}),
               absl::StatusCode::kInvalidArgument, path, {"overflows"});
   ExpectError(WriteSafetensors(path, {{"__metadata__", DType::kF32, {1}, AsBytes(d)}}),
               absl::StatusCode::kInvalidArgument, path, {"reserved"});
-  ExpectError(WriteSafetensors(path, {{"bad\xff", DType::kF32, {1}, AsBytes(d)}}),
-              absl::StatusCode::kInvalidArgument, path, {"UTF-8"});
-  ExpectError(WriteSafetensors(path, {}, {{"k", "\xc0\x80"}}), absl::StatusCode::kInvalidArgument,
+  ExpectError(WriteSafetensors(path, {{"bad\xff", DType::kF32, {1}, AsBytes(d)}}), absl::StatusCode::kInvalidArgument,
               path, {"UTF-8"});
+  ExpectError(WriteSafetensors(path, {}, {{"k", "\xc0\x80"}}), absl::StatusCode::kInvalidArgument, path, {"UTF-8"});
   EXPECT_FALSE(fs::exists(path));
 }
 
@@ -307,8 +300,7 @@ TEST(PythonFixtureTest, ReadsEveryDtype) {
     EXPECT_LE(file.tensors()[i - 1].data_end, file.tensors()[i].data_begin);
   }
 
-  auto get = [&](absl::string_view name, DType dtype,
-                 std::vector<int64_t> shape) -> absl::Span<const std::byte> {
+  auto get = [&](absl::string_view name, DType dtype, std::vector<int64_t> shape) -> absl::Span<const std::byte> {
     const TensorInfo* t = file.Find(name);
     EXPECT_NE(t, nullptr) << name;
     if (t == nullptr) return {};
@@ -321,23 +313,18 @@ TEST(PythonFixtureTest, ReadsEveryDtype) {
   std::vector<float> f32;
   for (int i = 0; i < 12; ++i) f32.push_back(i * 0.5f - 1.0f);
   EXPECT_EQ(DecodeAs<float>(get("f32", DType::kF32, {3, 4})), f32);
-  EXPECT_EQ(DecodeAs<uint16_t>(get("f16", DType::kF16, {4})),
-            (std::vector<uint16_t>{0x3C00, 0xC000, 0x3800, 0x7BFF}));
+  EXPECT_EQ(DecodeAs<uint16_t>(get("f16", DType::kF16, {4})), (std::vector<uint16_t>{0x3C00, 0xC000, 0x3800, 0x7BFF}));
   EXPECT_EQ(DecodeAs<uint16_t>(get("bf16", DType::kBF16, {4})),
             (std::vector<uint16_t>{0x3F80, 0xC000, 0x3F00, 0x4040}));
   EXPECT_EQ(DecodeAs<int64_t>(get("i64", DType::kI64, {3})),
             (std::vector<int64_t>{-(int64_t{1} << 40), 0, int64_t{1} << 62}));
-  EXPECT_EQ(DecodeAs<int32_t>(get("i32", DType::kI32, {2, 2})),
-            (std::vector<int32_t>{-1, 2, 3, -4}));
-  EXPECT_EQ(DecodeAs<int16_t>(get("i16", DType::kI16, {2})),
-            (std::vector<int16_t>{-32768, 32767}));
+  EXPECT_EQ(DecodeAs<int32_t>(get("i32", DType::kI32, {2, 2})), (std::vector<int32_t>{-1, 2, 3, -4}));
+  EXPECT_EQ(DecodeAs<int16_t>(get("i16", DType::kI16, {2})), (std::vector<int16_t>{-32768, 32767}));
   EXPECT_EQ(DecodeAs<int8_t>(get("i8", DType::kI8, {3})), (std::vector<int8_t>{-128, 127, 0}));
   EXPECT_EQ(DecodeAs<uint8_t>(get("u8", DType::kU8, {3})), (std::vector<uint8_t>{0, 255, 7}));
   EXPECT_EQ(DecodeAs<uint8_t>(get("bool", DType::kBool, {3})), (std::vector<uint8_t>{1, 0, 1}));
-  EXPECT_EQ(DecodeAs<uint8_t>(get("f8_e4m3", DType::kF8E4M3, {4})),
-            (std::vector<uint8_t>{0x38, 0xC0, 0x30, 0x7E}));
-  EXPECT_EQ(DecodeAs<uint8_t>(get("f8_e5m2", DType::kF8E5M2, {4})),
-            (std::vector<uint8_t>{0x3C, 0xC0, 0x38, 0x7B}));
+  EXPECT_EQ(DecodeAs<uint8_t>(get("f8_e4m3", DType::kF8E4M3, {4})), (std::vector<uint8_t>{0x38, 0xC0, 0x30, 0x7E}));
+  EXPECT_EQ(DecodeAs<uint8_t>(get("f8_e5m2", DType::kF8E5M2, {4})), (std::vector<uint8_t>{0x3C, 0xC0, 0x38, 0x7B}));
   EXPECT_EQ(DecodeAs<float>(get("scalar", DType::kF32, {})), (std::vector<float>{42.0f}));
   EXPECT_EQ(file.Find("scalar")->numel(), 1);
   EXPECT_TRUE(get("empty", DType::kF32, {0, 3}).empty());
@@ -366,9 +353,8 @@ TEST(PythonFixtureTest, ReadsShardedCheckpoint) {
   EXPECT_EQ((*checkpoint)->TensorNames(),
             (std::vector<std::string>{"model.embed_tokens.weight", "model.layers.0.mlp.weight",
                                       "model.layers.1.mlp.weight", "model.norm.weight"}));
-  EXPECT_EQ((*checkpoint)->files(),
-            (std::vector<fs::path>{dir / "model-00001-of-00002.safetensors",
-                                   dir / "model-00002-of-00002.safetensors"}));
+  EXPECT_EQ((*checkpoint)->files(), (std::vector<fs::path>{dir / "model-00001-of-00002.safetensors",
+                                                           dir / "model-00002-of-00002.safetensors"}));
 
   auto embed = (*checkpoint)->Find("model.embed_tokens.weight");
   ASSERT_TRUE(embed.has_value());
@@ -426,13 +412,11 @@ TEST_F(SafetensorsTest, CheckpointFifoInPlaceOfAnyFileIsInvalidArgumentWithoutBl
 
 TEST_F(SafetensorsTest, ShorterThanEightBytesIsDataLoss) {
   ExpectError(OpenBytes(""), absl::StatusCode::kDataLoss, bad_path(), {"0 bytes"});
-  ExpectError(OpenBytes(std::string(7, '\0')), absl::StatusCode::kDataLoss, bad_path(),
-              {"7 bytes"});
+  ExpectError(OpenBytes(std::string(7, '\0')), absl::StatusCode::kDataLoss, bad_path(), {"7 bytes"});
 }
 
 TEST_F(SafetensorsTest, HeaderLengthBeyondFileIsDataLoss) {
-  ExpectError(OpenBytes(LengthPrefix(1000) + "{}"), absl::StatusCode::kDataLoss, bad_path(),
-              {"1000", "2 bytes"});
+  ExpectError(OpenBytes(LengthPrefix(1000) + "{}"), absl::StatusCode::kDataLoss, bad_path(), {"1000", "2 bytes"});
   // Only the length prefix, announcing one byte.
   ExpectError(OpenBytes(LengthPrefix(1)), absl::StatusCode::kDataLoss, bad_path(), {"1"});
 }
@@ -440,48 +424,40 @@ TEST_F(SafetensorsTest, HeaderLengthBeyondFileIsDataLoss) {
 TEST_F(SafetensorsTest, AbsurdHeaderLengthIsDataLoss) {
   ExpectError(OpenBytes(LengthPrefix(100'000'001) + "{}"), absl::StatusCode::kDataLoss, bad_path(),
               {"100000001", "limit"});
-  ExpectError(OpenBytes(LengthPrefix(~uint64_t{0}) + "{}"), absl::StatusCode::kDataLoss,
-              bad_path(), {"18446744073709551615", "limit"});
+  ExpectError(OpenBytes(LengthPrefix(~uint64_t{0}) + "{}"), absl::StatusCode::kDataLoss, bad_path(),
+              {"18446744073709551615", "limit"});
 }
 
 TEST_F(SafetensorsTest, HeaderNotJsonIsDataLoss) {
   ExpectError(OpenBytes(FileBytes("{\"w\": ")), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
   ExpectError(OpenBytes(FileBytes("")), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
-  ExpectError(OpenBytes(FileBytes(std::string("{}\0\0\0\0\0\0", 8))), absl::StatusCode::kDataLoss,
-              bad_path(), {"JSON"});
-  ExpectError(OpenBytes(FileBytes("{} garbage")), absl::StatusCode::kDataLoss, bad_path(),
+  ExpectError(OpenBytes(FileBytes(std::string("{}\0\0\0\0\0\0", 8))), absl::StatusCode::kDataLoss, bad_path(),
               {"JSON"});
-  ExpectError(OpenBytes(FileBytes(std::string("{}\0{\"w\":5}", 10))), absl::StatusCode::kDataLoss,
-              bad_path(), {"JSON"});
-  ExpectError(OpenBytes(FileBytes(std::string("{\"a\0\":{}}", 9))), absl::StatusCode::kDataLoss,
-              bad_path(), {"JSON"});
+  ExpectError(OpenBytes(FileBytes("{} garbage")), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
+  ExpectError(OpenBytes(FileBytes(std::string("{}\0{\"w\":5}", 10))), absl::StatusCode::kDataLoss, bad_path(),
+              {"JSON"});
+  ExpectError(OpenBytes(FileBytes(std::string("{\"a\0\":{}}", 9))), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
 }
 
 TEST_F(SafetensorsTest, HeaderNotUtf8IsDataLoss) {
-  ExpectError(OpenBytes(FileBytes("{\"\xff\xfe\":{}}")), absl::StatusCode::kDataLoss, bad_path(),
-              {"JSON"});
+  ExpectError(OpenBytes(FileBytes("{\"\xff\xfe\":{}}")), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
 }
 
 TEST_F(SafetensorsTest, HeaderNotObjectIsDataLoss) {
-  ExpectError(OpenBytes(FileBytes("[1, 2]")), absl::StatusCode::kDataLoss, bad_path(),
-              {"array", "not a JSON object"});
-  ExpectError(OpenBytes(FileBytes("\"str\"")), absl::StatusCode::kDataLoss, bad_path(),
-              {"not a JSON object"});
-  ExpectError(OpenBytes(FileBytes("null")), absl::StatusCode::kDataLoss, bad_path(),
-              {"not a JSON object"});
+  ExpectError(OpenBytes(FileBytes("[1, 2]")), absl::StatusCode::kDataLoss, bad_path(), {"array", "not a JSON object"});
+  ExpectError(OpenBytes(FileBytes("\"str\"")), absl::StatusCode::kDataLoss, bad_path(), {"not a JSON object"});
+  ExpectError(OpenBytes(FileBytes("null")), absl::StatusCode::kDataLoss, bad_path(), {"not a JSON object"});
 }
 
 TEST_F(SafetensorsTest, DeeplyNestedHeaderDoesNotCrash) {
   const int depth = 200'000;
   const std::string nested = std::string(depth, '[') + std::string(depth, ']');
-  ExpectError(OpenBytes(FileBytes(absl::StrCat("{\"w\":", nested, "}"))),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "not an object"});
-  ExpectError(OpenBytes(FileBytes(absl::StrCat("{\"w\":{\"dtype\":", nested, "}}"))),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "dtype"});
-  ExpectError(OpenBytes(FileBytes(std::string(depth, '['))), absl::StatusCode::kDataLoss,
-              bad_path(), {"JSON"});
-  ExpectError(OpenBytes(FileBytes(std::string(depth, '{'))), absl::StatusCode::kDataLoss,
-              bad_path(), {"JSON"});
+  ExpectError(OpenBytes(FileBytes(absl::StrCat("{\"w\":", nested, "}"))), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "not an object"});
+  ExpectError(OpenBytes(FileBytes(absl::StrCat("{\"w\":{\"dtype\":", nested, "}}"))), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "dtype"});
+  ExpectError(OpenBytes(FileBytes(std::string(depth, '['))), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
+  ExpectError(OpenBytes(FileBytes(std::string(depth, '{'))), absl::StatusCode::kDataLoss, bad_path(), {"JSON"});
 }
 
 TEST_F(SafetensorsTest, EntryNotObjectIsDataLoss) {
@@ -491,40 +467,39 @@ TEST_F(SafetensorsTest, EntryNotObjectIsDataLoss) {
 }
 
 TEST_F(SafetensorsTest, MissingOrMistypedDtypeIsDataLoss) {
-  ExpectError(OpenEntry(R"({"shape":[4],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss,
-              bad_path(), {"\"w\"", "dtype"});
-  ExpectError(OpenEntry(R"({"dtype":4,"shape":[4],"data_offsets":[0,16]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "dtype is 4"});
+  ExpectError(OpenEntry(R"({"shape":[4],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "dtype"});
+  ExpectError(OpenEntry(R"({"dtype":4,"shape":[4],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "dtype is 4"});
 }
 
 TEST_F(SafetensorsTest, UnknownDtypeIsDataLoss) {
-  ExpectError(OpenEntry(R"({"dtype":"F33","shape":[4],"data_offsets":[0,16]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "unknown dtype", "F33"});
-  ExpectError(OpenEntry(R"({"dtype":"f32","shape":[4],"data_offsets":[0,16]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "f32"});
+  ExpectError(OpenEntry(R"({"dtype":"F33","shape":[4],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "unknown dtype", "F33"});
+  ExpectError(OpenEntry(R"({"dtype":"f32","shape":[4],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "f32"});
 }
 
 TEST_F(SafetensorsTest, SpecDtypeLesionDoesNotSupportIsUnimplemented) {
-  ExpectError(OpenEntry(R"({"dtype":"U16","shape":[8],"data_offsets":[0,16]})"),
-              absl::StatusCode::kUnimplemented, bad_path(), {"\"w\"", "U16"});
+  ExpectError(OpenEntry(R"({"dtype":"U16","shape":[8],"data_offsets":[0,16]})"), absl::StatusCode::kUnimplemented,
+              bad_path(), {"\"w\"", "U16"});
 }
 
 TEST_F(SafetensorsTest, ShapeNotArrayIsDataLoss) {
-  ExpectError(OpenEntry(R"({"dtype":"F32","data_offsets":[0,16]})"), absl::StatusCode::kDataLoss,
-              bad_path(), {"\"w\"", "shape"});
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":4,"data_offsets":[0,16]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "shape is 4"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","data_offsets":[0,16]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "shape"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":4,"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "shape is 4"});
 }
 
 TEST_F(SafetensorsTest, NegativeDimensionIsDataLoss) {
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[2,-2],"data_offsets":[0,16]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "dimension 1 is -2"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[2,-2],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "dimension 1 is -2"});
 }
 
 TEST_F(SafetensorsTest, NonIntegerDimensionIsDataLoss) {
   for (absl::string_view dim : {"2.5", "\"4\"", "true", "null", "[4]", "4e0"}) {
-    ExpectError(OpenEntry(absl::StrCat(R"({"dtype":"F32","shape":[)", dim,
-                                       R"(],"data_offsets":[0,16]})")),
+    ExpectError(OpenEntry(absl::StrCat(R"({"dtype":"F32","shape":[)", dim, R"(],"data_offsets":[0,16]})")),
                 absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "dimension 0"});
   }
   // Above INT64_MAX (and above UINT64_MAX, which the JSON parser turns into a float).
@@ -536,51 +511,49 @@ TEST_F(SafetensorsTest, NonIntegerDimensionIsDataLoss) {
 
 TEST_F(SafetensorsTest, DataOffsetsNotTwoIntegersIsDataLoss) {
   for (absl::string_view offsets : {"[0]", "[0,8,16]", "[]", "\"0-16\"", "{}"}) {
-    ExpectError(OpenEntry(absl::StrCat(R"({"dtype":"F32","shape":[4],"data_offsets":)", offsets,
-                                       "}")),
+    ExpectError(OpenEntry(absl::StrCat(R"({"dtype":"F32","shape":[4],"data_offsets":)", offsets, "}")),
                 absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "data_offsets"});
   }
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4]})"), absl::StatusCode::kDataLoss,
-              bad_path(), {"\"w\"", "data_offsets"});
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4],"data_offsets":[0,16.0]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "[0, 16]", "non-negative"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "data_offsets"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4],"data_offsets":[0,16.0]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "[0, 16]", "non-negative"});
 }
 
 TEST_F(SafetensorsTest, NegativeDataOffsetIsDataLoss) {
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4],"data_offsets":[-16,0]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "[-16, 0]"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4],"data_offsets":[-16,0]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "[-16, 0]"});
 }
 
 TEST_F(SafetensorsTest, DataOffsetsEndingBeforeTheyBeginIsDataLoss) {
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[1],"data_offsets":[8,4]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "[8, 4]"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[1],"data_offsets":[8,4]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "[8, 4]"});
 }
 
 TEST_F(SafetensorsTest, TruncatedDataSectionIsDataLoss) {
   // 16 data bytes present, 32 announced.
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[8],"data_offsets":[0,32]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "[0, 32]", "16 bytes"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[8],"data_offsets":[0,32]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "[0, 32]", "16 bytes"});
   // A real file cut short.
   const std::string d(64, '\7');
   const fs::path good = dir_ / "good.safetensors";
   ASSERT_OK(WriteSafetensors(good, {{"x", DType::kF64, {8}, AsBytes(d)}}));
   const std::string bytes = ReadBytes(good);
-  ExpectError(OpenBytes(bytes.substr(0, bytes.size() - 1)), absl::StatusCode::kDataLoss,
-              bad_path(), {"\"x\"", "[0, 64]", "63 bytes"});
+  ExpectError(OpenBytes(bytes.substr(0, bytes.size() - 1)), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"x\"", "[0, 64]", "63 bytes"});
 }
 
 TEST_F(SafetensorsTest, ByteCountNotMatchingShapeIsDataLoss) {
-  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[3],"data_offsets":[0,16]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "16 bytes", "F32", "[3]", "12"});
-  ExpectError(OpenEntry(R"({"dtype":"BF16","shape":[],"data_offsets":[0,0]})"),
-              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "needs 2"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[3],"data_offsets":[0,16]})"), absl::StatusCode::kDataLoss,
+              bad_path(), {"\"w\"", "16 bytes", "F32", "[3]", "12"});
+  ExpectError(OpenEntry(R"({"dtype":"BF16","shape":[],"data_offsets":[0,0]})"), absl::StatusCode::kDataLoss, bad_path(),
+              {"\"w\"", "needs 2"});
 }
 
 TEST_F(SafetensorsTest, ShapeOverflowIsDataLoss) {
   // numel overflows 64 bits.
-  ExpectError(
-      OpenEntry(R"({"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,0]})"),
-      absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "overflows"});
+  ExpectError(OpenEntry(R"({"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,0]})"),
+              absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "overflows"});
   // numel fits but numel x size does not.
   ExpectError(OpenEntry(R"({"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]})"),
               absl::StatusCode::kDataLoss, bad_path(), {"\"w\"", "overflows"});
@@ -590,8 +563,7 @@ TEST_F(SafetensorsTest, ShapeOverflowIsDataLoss) {
 }
 
 TEST_F(SafetensorsTest, ZeroDimensionMakesHugeShapeEmpty) {
-  const absl::Status s =
-      OpenEntry(R"({"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[4,4]})");
+  const absl::Status s = OpenEntry(R"({"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[4,4]})");
   EXPECT_OK(s);
   // Regression (the same bug as GGUF's, found by fuzz/gguf_fuzzer): numel() multiplied the
   // dimensions in order, overflowing int64 (undefined behaviour, which the UBSan build catches)
@@ -605,42 +577,38 @@ TEST_F(SafetensorsTest, ZeroDimensionMakesHugeShapeEmpty) {
 
 TEST_F(SafetensorsTest, OverlappingTensorsIsDataLoss) {
   const std::string data(16, 'x');
-  ExpectError(
-      OpenBytes(FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                          data)),
-      absl::StatusCode::kDataLoss, bad_path(), {"\"a\" [0, 8)", "\"b\" [4, 12)", "overlap"});
+  ExpectError(OpenBytes(FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                  R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                  data)),
+              absl::StatusCode::kDataLoss, bad_path(), {"\"a\" [0, 8)", "\"b\" [4, 12)", "overlap"});
   // Two tensors sharing the same bytes.
-  ExpectError(
-      OpenBytes(FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                          R"("b":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
-                          data)),
-      absl::StatusCode::kDataLoss, bad_path(), {"\"a\"", "\"b\"", "overlap"});
+  ExpectError(OpenBytes(FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                  R"("b":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
+                                  data)),
+              absl::StatusCode::kDataLoss, bad_path(), {"\"a\"", "\"b\"", "overlap"});
   // A short tensor inside a longer one.
-  ExpectError(
-      OpenBytes(FileBytes(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
-                          R"("b":{"dtype":"U8","shape":[],"data_offsets":[9,10]}})",
-                          data)),
-      absl::StatusCode::kDataLoss, bad_path(), {"\"a\"", "\"b\"", "overlap"});
+  ExpectError(OpenBytes(FileBytes(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+                                  R"("b":{"dtype":"U8","shape":[],"data_offsets":[9,10]}})",
+                                  data)),
+              absl::StatusCode::kDataLoss, bad_path(), {"\"a\"", "\"b\"", "overlap"});
 }
 
 TEST_F(SafetensorsTest, EmptyTensorsAndGapsAreNotOverlaps) {
   const std::string data(32, 'x');
-  const absl::Status s = OpenBytes(FileBytes(
-      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
-      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}})",
-      data));
+  const absl::Status s = OpenBytes(FileBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                             R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}})",
+                                             data));
   EXPECT_OK(s);
 }
 
 TEST_F(SafetensorsTest, MetadataNotStringMapIsDataLoss) {
-  ExpectError(OpenBytes(FileBytes(R"({"__metadata__":"pt"})")), absl::StatusCode::kDataLoss,
-              bad_path(), {"__metadata__", "\"pt\""});
-  ExpectError(OpenBytes(FileBytes(R"({"__metadata__":{"format":"pt","n":3}})")),
-              absl::StatusCode::kDataLoss, bad_path(), {"__metadata__", "\"n\"", "3"});
-  ExpectError(OpenBytes(FileBytes(R"({"__metadata__":{"k":{"nested":"x"}}})")),
-              absl::StatusCode::kDataLoss, bad_path(), {"__metadata__", "\"k\""});
+  ExpectError(OpenBytes(FileBytes(R"({"__metadata__":"pt"})")), absl::StatusCode::kDataLoss, bad_path(),
+              {"__metadata__", "\"pt\""});
+  ExpectError(OpenBytes(FileBytes(R"({"__metadata__":{"format":"pt","n":3}})")), absl::StatusCode::kDataLoss,
+              bad_path(), {"__metadata__", "\"n\"", "3"});
+  ExpectError(OpenBytes(FileBytes(R"({"__metadata__":{"k":{"nested":"x"}}})")), absl::StatusCode::kDataLoss, bad_path(),
+              {"__metadata__", "\"k\""});
 }
 
 TEST_F(SafetensorsTest, NullMetadataMeansNone) {
@@ -711,41 +679,39 @@ TEST_F(SafetensorsTest, CheckpointWithoutModelFilesIsNotFound) {
 TEST_F(SafetensorsTest, CheckpointMissingShardIsNotFound) {
   WriteShard("s1.safetensors", {"a"});
   WriteIndex(R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
-  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kNotFound,
-              dir_ / "s2.safetensors", {"model.safetensors.index.json"});
+  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kNotFound, dir_ / "s2.safetensors",
+              {"model.safetensors.index.json"});
 }
 
 TEST_F(SafetensorsTest, CheckpointTensorAbsentFromItsShardIsDataLoss) {
   WriteShard("s1.safetensors", {"a"});
   WriteShard("s2.safetensors", {"b"});
   WriteIndex(R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s2.safetensors"}})");
-  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss,
-              dir_ / "s2.safetensors", {"\"c\"", "no such tensor"});
+  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss, dir_ / "s2.safetensors",
+              {"\"c\"", "no such tensor"});
 }
 
 TEST_F(SafetensorsTest, CheckpointTensorInAnotherShardThanIndexedIsDataLoss) {
   WriteShard("s1.safetensors", {"a", "b"});
   WriteShard("s2.safetensors", {"c"});
   WriteIndex(R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s2.safetensors"}})");
-  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss,
-              dir_ / "s1.safetensors", {"\"b\"", "s2.safetensors"});
+  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss, dir_ / "s1.safetensors",
+              {"\"b\"", "s2.safetensors"});
 }
 
 TEST_F(SafetensorsTest, CheckpointDuplicateNameAcrossShardsIsDataLoss) {
   WriteShard("s1.safetensors", {"a", "dup"});
   WriteShard("s2.safetensors", {"b", "dup"});
-  WriteIndex(
-      R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","dup":"s1.safetensors"}})");
-  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss,
-              dir_ / "s1.safetensors", {"\"dup\"", (dir_ / "s2.safetensors").string()});
+  WriteIndex(R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","dup":"s1.safetensors"}})");
+  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss, dir_ / "s1.safetensors",
+              {"\"dup\"", (dir_ / "s2.safetensors").string()});
 }
 
 TEST_F(SafetensorsTest, CheckpointCorruptShardIsDataLoss) {
   WriteShard("s1.safetensors", {"a"});
   WriteBytes(dir_ / "s2.safetensors", "short");
   WriteIndex(R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
-  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss,
-              dir_ / "s2.safetensors");
+  ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kDataLoss, dir_ / "s2.safetensors");
 }
 
 TEST_F(SafetensorsTest, CheckpointMalformedIndexIsInvalidArgument) {
@@ -764,8 +730,7 @@ TEST_F(SafetensorsTest, CheckpointMalformedIndexIsInvalidArgument) {
   for (const auto& [json, needle] : cases) {
     SCOPED_TRACE(json);
     WriteIndex(json);
-    ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kInvalidArgument,
-                index, {needle});
+    ExpectError(SafetensorsCheckpoint::Open(dir_).status(), absl::StatusCode::kInvalidArgument, index, {needle});
   }
 }
 
@@ -784,8 +749,7 @@ TEST_F(SafetensorsTest, RandomCorruptionNeverCrashes) {
                                 {"scalar", DType::kF64, {}, AsBytes(s)}},
                                {{"format", "pt"}})
                   .ok());
-  const std::vector<std::string> bases = {ReadBytes(base_path),
-                                          ReadBytes(kTestdata / "python_dtypes.safetensors")};
+  const std::vector<std::string> bases = {ReadBytes(base_path), ReadBytes(kTestdata / "python_dtypes.safetensors")};
 
   std::mt19937_64 rng(20240601);
   auto uniform = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
@@ -799,8 +763,7 @@ TEST_F(SafetensorsTest, RandomCorruptionNeverCrashes) {
     std::memcpy(&header_size, bytes.data(), 8);
     const int n_mutations = 1 + static_cast<int>(uniform(3));
     for (int m = 0; m < n_mutations && !bytes.empty(); ++m) {
-      const size_t header_span =
-          bytes.size() > 8 ? std::min<size_t>(header_size, bytes.size() - 8) : 0;
+      const size_t header_span = bytes.size() > 8 ? std::min<size_t>(header_size, bytes.size() - 8) : 0;
       const size_t header_pos = header_span > 0 ? 8 + uniform(header_span) : bytes.size();
       switch (uniform(6)) {
         case 0:  // flip a bit anywhere
@@ -851,8 +814,7 @@ TEST_F(SafetensorsTest, RandomCorruptionNeverCrashes) {
     for (const TensorInfo& t : (*file)->tensors()) {
       const absl::Span<const std::byte> data = (*file)->Data(t);
       ASSERT_EQ(data.size(), t.data_end - t.data_begin) << "iteration " << iter;
-      ASSERT_EQ(data.size(), static_cast<uint64_t>(t.numel()) * DTypeSize(t.dtype))
-          << "iteration " << iter;
+      ASSERT_EQ(data.size(), static_cast<uint64_t>(t.numel()) * DTypeSize(t.dtype)) << "iteration " << iter;
       if (!data.empty()) {
         ASSERT_GE(t.data_begin, previous_end) << "iteration " << iter << ": overlap";
         previous_end = t.data_end;

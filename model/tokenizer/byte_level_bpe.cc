@@ -43,11 +43,11 @@ namespace {
 using Json = nlohmann::json;
 using tokenizer_internal::AddedToken;
 using tokenizer_internal::AppendUtf8;
-using tokenizer_internal::kGpt2SplitPattern;
-using tokenizer_internal::PreTokenizerStage;
 using tokenizer_internal::DecodeUtf8;
 using tokenizer_internal::FindInvalidUtf8;
 using tokenizer_internal::IsUnicodeWhiteSpace;
+using tokenizer_internal::kGpt2SplitPattern;
+using tokenizer_internal::PreTokenizerStage;
 using tokenizer_internal::ValidUtf8Length;
 
 constexpr char kMetaspace[] = "\xE2\x96\x81";  // U+2581, HF Metaspace's replacement of spaces
@@ -309,7 +309,7 @@ class AddedTokenMatcher {
 
   std::vector<AddedToken> tokens_;                        // longest first
   std::array<std::vector<uint32_t>, 256> by_first_byte_;  // indices into tokens_, longest first
-  std::shared_ptr<const Regex> word_;  // kRustWordChar; only if a token is single_word
+  std::shared_ptr<const Regex> word_;                     // kRustWordChar; only if a token is single_word
 };
 
 // BPE as HF `tokenizers` runs it: added tokens split off, pre-tokenization (ByteLevel regex
@@ -545,8 +545,8 @@ class HfBpe final : public tokenizer_internal::TokenizerBase {
     };
     std::vector<int32_t> ids;
     absl::flat_hash_map<std::string, std::pair<uint32_t, uint32_t>> memo;  // piece -> (offset, count)
-    std::vector<std::unique_ptr<Regex::MatchData>> match_data;              // per stage
-    std::vector<int32_t> initial;  // a word's tokens before merging
+    std::vector<std::unique_ptr<Regex::MatchData>> match_data;             // per stage
+    std::vector<int32_t> initial;                                          // a word's tokens before merging
     std::vector<Symbol> symbols;
     std::vector<Candidate> heap;
   };
@@ -675,8 +675,8 @@ class HfBpe final : public tokenizer_internal::TokenizerBase {
     }
     const size_t offset = state.ids.size();
     MergePiece(piece, state);
-    state.memo.emplace(std::string(piece), std::make_pair(static_cast<uint32_t>(offset),
-                                                          static_cast<uint32_t>(state.ids.size() - offset)));
+    state.memo.emplace(std::string(piece),
+                       std::make_pair(static_cast<uint32_t>(offset), static_cast<uint32_t>(state.ids.size() - offset)));
   }
 
   // The tokens of a word's characters before merging, as HF's BPE::merge_word: a character's
@@ -821,13 +821,13 @@ class HfBpe final : public tokenizer_internal::TokenizerBase {
   }
 
   PreTokenizer pre_tokenizer_ = PreTokenizer::kByteLevel;
-  std::vector<Stage> stages_;          // kByteLevel
-  bool strip_decoded_space_ = false;   // kMetaspace
+  std::vector<Stage> stages_;         // kByteLevel
+  bool strip_decoded_space_ = false;  // kMetaspace
   // kMetaspace: whether a word may be encoded in pieces split before each U+2581 that follows
   // another character (the ids are the same when no merge can span such a split).
   bool metaspace_words_are_independent_ = false;
-  std::vector<std::string> decoded_;   // id -> what it decodes to (bytes; "" for unused ids)
-  std::vector<int16_t> byte_values_;   // id -> its byte if a "<0xNN>" token (kMetaspace), kNotByte, kNoToken
+  std::vector<std::string> decoded_;             // id -> what it decodes to (bytes; "" for unused ids)
+  std::vector<int16_t> byte_values_;             // id -> its byte if a "<0xNN>" token (kMetaspace), kNotByte, kNoToken
   std::array<CharSymbols, 256> byte_symbols_{};  // kByteLevel: byte -> its initial tokens
   std::array<int32_t, 128> ascii_ids_{};         // kMetaspace: ASCII character -> its token, or -1
   std::array<int32_t, 256> fallback_ids_{};      // byte -> its token "<0xNN>" (if byte_fallback), or -1
@@ -847,12 +847,12 @@ absl::Status ParseVocab(const Json& vocab, absl::string_view source, absl::flat_
   out.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": the id of token \"", it.key(), "\" is not an integer"));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": the id of token \"", it.key(), "\" is not an integer"));
     }
     const int64_t id = it.value().get<int64_t>();
     if (id < 0 || id >= std::numeric_limits<int32_t>::max()) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": token \"", it.key(), "\" has id ", id, " out of range"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": token \"", it.key(), "\" has id ", id, " out of range"));
     }
     out[it.key()] = static_cast<int32_t>(id);
   }
@@ -894,7 +894,7 @@ std::string QuoteRegex(absl::string_view literal) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesystem::path& vocab_json,
-                                                           const std::filesystem::path& merges_txt) {
+                                                            const std::filesystem::path& merges_txt) {
   HfBpe::Spec spec;
   ASSIGN_OR_RETURN(Json vocab, ParseJsonFile(vocab_json));
   RETURN_IF_ERROR(ParseVocab(vocab, vocab_json.string(), spec.vocab));
@@ -1001,8 +1001,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
       if (byte_level) return bad("a Split pre_tokenizer after ByteLevel is not supported");
       auto pattern = p.find("pattern");
       std::string regex;
-      if (pattern != p.end() && pattern->is_object() && pattern->contains("Regex") &&
-          (*pattern)["Regex"].is_string()) {
+      if (pattern != p.end() && pattern->is_object() && pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
         regex = (*pattern)["Regex"].get<std::string>();
       } else if (pattern != p.end() && pattern->is_object() && pattern->contains("String") &&
                  (*pattern)["String"].is_string()) {
@@ -1048,8 +1047,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::filesyst
 
 namespace tokenizer_internal {
 
-const char kGpt2SplitPattern[] =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char kGpt2SplitPattern[] = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 std::string ByteLevelSpelling(absl::string_view bytes) { return ByteLevelForm(bytes); }
 

@@ -30,13 +30,11 @@ constexpr int32_t kControl = 3;
 constexpr int32_t kUserDefined = 4;
 
 // transformers' GGUF_PRE_TOKENIZER_SPLITS: the Split regex of a tokenizer.ggml.pre.
-constexpr char kLlama3Split[] =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3})"
-    R"(| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-constexpr char kTekkenSplit[] =
-    R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+)"
-    R"(|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*)"
-    R"(|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr char kLlama3Split[] = R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3})"
+                                R"(| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr char kTekkenSplit[] = R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+)"
+                                R"(|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*)"
+                                R"(|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr char kGpt4oSplit[] =
     R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?)"
     R"(|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?)"
@@ -53,14 +51,18 @@ struct PreSplit {
   const char* pattern;
 };
 constexpr PreSplit kPreSplits[] = {
-    {"llama3", kLlama3Split},     {"llama-v3", kLlama3Split},     {"llama-bpe", kLlama3Split},
-    {"falcon3", kLlama3Split},    {"falcon-h1", kLlama3Split},    {"pixtral", kLlama3Split},
-    {"midm-2.0", kLlama3Split},   {"lfm2", kLlama3Split},         {"jina-v5-nano", kLlama3Split},
-    {"dbrx", kLlama3Split},       {"smaug-bpe", kLlama3Split},    {"tekken", kTekkenSplit},
-    {"qwen2", kQwen2Split},       {"deepseek-r1-qwen", kQwen2Split}, {"kormo", kQwen2Split},
-    {"f2llmv2", kQwen2Split},     {"megrez", kQwen2Split},        {"qwen35", kQwen35Split},
-    {"gpt-4o", kGpt4oSplit},      {"llama4", kGpt4oSplit},        {"kanana2", kGpt4oSplit},
-    {"talkie", kGpt4oSplit},      {"minimax-m2", kGpt4oSplit},
+    {"llama3", kLlama3Split},       {"llama-v3", kLlama3Split},
+    {"llama-bpe", kLlama3Split},    {"falcon3", kLlama3Split},
+    {"falcon-h1", kLlama3Split},    {"pixtral", kLlama3Split},
+    {"midm-2.0", kLlama3Split},     {"lfm2", kLlama3Split},
+    {"jina-v5-nano", kLlama3Split}, {"dbrx", kLlama3Split},
+    {"smaug-bpe", kLlama3Split},    {"tekken", kTekkenSplit},
+    {"qwen2", kQwen2Split},         {"deepseek-r1-qwen", kQwen2Split},
+    {"kormo", kQwen2Split},         {"f2llmv2", kQwen2Split},
+    {"megrez", kQwen2Split},        {"qwen35", kQwen35Split},
+    {"gpt-4o", kGpt4oSplit},        {"llama4", kGpt4oSplit},
+    {"kanana2", kGpt4oSplit},       {"talkie", kGpt4oSplit},
+    {"minimax-m2", kGpt4oSplit},
 };
 
 const char* SplitPatternFor(absl::string_view pre) {
@@ -84,7 +86,7 @@ size_t CodePoints(absl::string_view s) {
 // with Python dicts.
 std::vector<std::pair<std::string, std::string>> GenerateMerges(const std::vector<std::string>& tokens,
                                                                 const std::vector<float>& scores) {
-  absl::flat_hash_map<absl::string_view, int32_t> index;  // token -> its last index
+  absl::flat_hash_map<absl::string_view, int32_t> index;      // token -> its last index
   std::vector<std::pair<absl::string_view, float>> by_first;  // distinct tokens, last score
   absl::flat_hash_map<absl::string_view, size_t> position;
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -164,13 +166,11 @@ class AddedTokens {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufTokenizerMetadata& metadata,
-                                                            absl::string_view source) {
+                                                             absl::string_view source) {
   const GgufTokenizerMetadata& m = metadata;
-  auto bad = [&](auto&&... parts) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", parts...));
-  };
-  const bool sentencepiece_architecture = m.architecture == "gemma" || m.architecture == "gemma2" ||
-                                          m.architecture == "gemma3" || m.architecture == "phi3";
+  auto bad = [&](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(source, ": ", parts...)); };
+  const bool sentencepiece_architecture =
+      m.architecture == "gemma" || m.architecture == "gemma2" || m.architecture == "gemma3" || m.architecture == "phi3";
   if ((m.model == "llama" && sentencepiece_architecture) || m.model == "t5" || m.model == "gemma4") {
     return absl::UnimplementedError(absl::StrCat(source, ": the tokenizer of architecture \"", m.architecture,
                                                  "\" with tokenizer.ggml.model \"", m.model,
@@ -268,8 +268,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufTokenizer
   }
   const size_t typed = m.token_types.empty() ? 0 : n;
   for (size_t i = 0; i < typed; ++i) {
-    if (m.token_types[i] == kControl &&
-        (!byte_level || tokenizer_internal::IsInByteLevelAlphabet(m.tokens[i]))) {
+    if (m.token_types[i] == kControl && (!byte_level || tokenizer_internal::IsInByteLevelAlphabet(m.tokens[i]))) {
       added.Add(m.tokens[i]);
     }
   }

@@ -17,8 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "model/tokenizer/tokenizer.h"
@@ -107,7 +107,8 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       }
     }
     for (auto& list : tok->user_defined_) {  // longest first: PrefixMatch takes the longest
-      std::stable_sort(list.begin(), list.end(), [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+      std::stable_sort(list.begin(), list.end(),
+                       [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
     }
     return std::unique_ptr<Tokenizer>(std::move(tok));
   }
@@ -146,8 +147,8 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       } else {
         const size_t offset = ids.size();
         RETURN_IF_ERROR(EncodeSegment(word, ids));
-        memo.emplace(std::string(word), std::make_pair(static_cast<uint32_t>(offset),
-                                                       static_cast<uint32_t>(ids.size() - offset)));
+        memo.emplace(std::string(word),
+                     std::make_pair(static_cast<uint32_t>(offset), static_cast<uint32_t>(ids.size() - offset)));
       }
       begin = end;
     }
@@ -229,9 +230,7 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       bool operator<(const Candidate& o) const { return score != o.score ? score < o.score : left > o.left; }
     };
     std::priority_queue<Candidate> queue;
-    auto text_of = [&](int a, int b) {
-      return normalized.substr(symbols[a].begin, symbols[b].end - symbols[a].begin);
-    };
+    auto text_of = [&](int a, int b) { return normalized.substr(symbols[a].begin, symbols[b].end - symbols[a].begin); };
     auto push = [&](int a, int b) {
       if (a < 0 || b < 0 || symbols[a].frozen || symbols[b].frozen) return;
       auto it = ids_.find(text_of(a, b));
@@ -263,16 +262,16 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
       } else if (spec_.byte_fallback) {
         for (unsigned char b : s) {
           if (byte_ids_[b] < 0) {
-            return absl::InvalidArgumentError(absl::StrFormat(
-                "\"%s\" cannot be encoded: %s has no byte piece <0x%02X>", std::string(s), spec_.source, b));
+            return absl::InvalidArgumentError(absl::StrFormat("\"%s\" cannot be encoded: %s has no byte piece <0x%02X>",
+                                                              std::string(s), spec_.source, b));
           }
           ids.push_back(byte_ids_[b]);
         }
       } else if (spec_.unk.has_value()) {
         ids.push_back(*spec_.unk);
       } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("\"", s, "\" cannot be encoded: not in the vocabulary of ", spec_.source, ", which has no <unk>"));
+        return absl::InvalidArgumentError(absl::StrCat("\"", s, "\" cannot be encoded: not in the vocabulary of ",
+                                                       spec_.source, ", which has no <unk>"));
       }
     }
     return absl::OkStatus();
@@ -325,9 +324,9 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
   }
 
   Spec spec_;
-  absl::flat_hash_map<std::string, int32_t> ids_;  // NORMAL and USER_DEFINED pieces
-  std::array<int32_t, 256> byte_ids_{};            // byte -> its <0xNN> piece, -1 if none
-  std::vector<int> byte_values_;                   // id -> byte of a BYTE piece, else -1
+  absl::flat_hash_map<std::string, int32_t> ids_;           // NORMAL and USER_DEFINED pieces
+  std::array<int32_t, 256> byte_ids_{};                     // byte -> its <0xNN> piece, -1 if none
+  std::vector<int> byte_values_;                            // id -> byte of a BYTE piece, else -1
   std::array<std::vector<std::string>, 256> user_defined_;  // by first byte, longest first
   bool words_are_independent_ = false;
 };
@@ -345,8 +344,9 @@ absl::StatusOr<std::vector<VocabEntry>> ReadLlama2cVocab(const std::filesystem::
   std::vector<VocabEntry> vocab;
   while (vocab_size.has_value() ? static_cast<int32_t>(vocab.size()) < *vocab_size : pos < bytes.size()) {
     if (bytes.size() - pos < 8) {
-      return absl::DataLossError(absl::StrCat(source, " is truncated: record ", vocab.size(), " is incomplete",
-                                              vocab_size.has_value() ? absl::StrCat(" (", *vocab_size, " expected)") : ""));
+      return absl::DataLossError(
+          absl::StrCat(source, " is truncated: record ", vocab.size(), " is incomplete",
+                       vocab_size.has_value() ? absl::StrCat(" (", *vocab_size, " expected)") : ""));
     }
     float score;
     int32_t len;
@@ -357,9 +357,8 @@ absl::StatusOr<std::vector<VocabEntry>> ReadLlama2cVocab(const std::filesystem::
     std::memcpy(&len, bytes.data() + pos + 4, 4);
     pos += 8;
     if (len < 0 || static_cast<size_t>(len) > bytes.size() - pos) {
-      return absl::DataLossError(
-          absl::StrCat(source, " is truncated or corrupt: record ", vocab.size(), " has length ", len, " with ",
-                       bytes.size() - pos, " bytes left"));
+      return absl::DataLossError(absl::StrCat(source, " is truncated or corrupt: record ", vocab.size(), " has length ",
+                                              len, " with ", bytes.size() - pos, " bytes left"));
     }
     VocabEntry e;
     e.piece = bytes.substr(pos, len);
@@ -400,12 +399,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceModel(const std::fil
   const sentencepiece::TrainerSpec& trainer = proto.trainer_spec();
   const sentencepiece::NormalizerSpec& normalizer = proto.normalizer_spec();
   if (trainer.model_type() != sentencepiece::TrainerSpec::BPE) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": model type ", trainer.model_type(),
-                                                   " is not supported (only BPE = 2)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": model type ", trainer.model_type(), " is not supported (only BPE = 2)"));
   }
   if (!normalizer.precompiled_charsmap().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": normalizer \"", normalizer.name(),
-                                                   "\" is not supported (only identity)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": normalizer \"", normalizer.name(), "\" is not supported (only identity)"));
   }
   if (trainer.treat_whitespace_as_suffix()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": treat_whitespace_as_suffix is not supported"));
@@ -432,7 +431,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceModel(const std::fil
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::filesystem::path& path,
-                                                               std::optional<int32_t> vocab_size) {
+                                                                std::optional<int32_t> vocab_size) {
   SentencePieceBpe::Spec spec;
   ASSIGN_OR_RETURN(spec.vocab, ReadLlama2cVocab(path, vocab_size));
   spec.source = path.string();

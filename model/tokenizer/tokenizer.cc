@@ -45,8 +45,8 @@ absl::Status ApplyConfigIds(const ConfigIds& config, const std::filesystem::path
   auto check = [&](const char* key, std::optional<int32_t> id) -> absl::Status {
     if (id.has_value() && (*id < 0 || *id >= tokenizer.vocab_size())) {
       return absl::InvalidArgumentError(absl::StrCat((dir / "config.json").string(), ": ", key, " ", *id,
-                                                     " is out of range for the tokenizer's ",
-                                                     tokenizer.vocab_size(), " ids"));
+                                                     " is out of range for the tokenizer's ", tokenizer.vocab_size(),
+                                                     " ids"));
     }
     return absl::OkStatus();
   };
@@ -83,9 +83,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::
   } else if (has("tokenizer.bin")) {
     ASSIGN_OR_RETURN(tokenizer, LoadLlama2cTokenizer(dir / "tokenizer.bin", config.vocab_size));
   } else {
-    return absl::NotFoundError(absl::StrCat(
-        "no tokenizer in ", dir.string(),
-        " (looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model, tokenizer.bin)"));
+    return absl::NotFoundError(
+        absl::StrCat("no tokenizer in ", dir.string(),
+                     " (looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model, tokenizer.bin)"));
   }
   RETURN_IF_ERROR(ApplyConfigIds(config, dir, *tokenizer));
   return tokenizer;

@@ -79,15 +79,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::
 // Byte-level BPE from GPT-2's vocab.json + merges.txt ("#version" header optional). A
 // "<|endoftext|>" entry of the vocabulary is matched as a special token. No BOS/EOS.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(const std::filesystem::path& vocab_json,
-                                                           const std::filesystem::path& merges_txt);
+                                                            const std::filesystem::path& merges_txt);
 // Byte-level BPE from a Hugging Face tokenizer.json: model.type "BPE" (merges as "a b" strings or
 // ["a", "b"] pairs, a repeated pair taking its last rank, ignore_merges honoured; a vocabulary may
 // lack the tokens of some bytes, as SmolLM2's does: as in HF, such a byte becomes
 // model.unk_token if set (a run of them one token with fuse_unk), or its "<0xNN>" tokens with
 // byte_fallback, or else is dropped, its neighbours then merging as if adjacent), pre_tokenizer
 // ByteLevel (use_regex: GPT-2's pattern; add_prefix_space) or a Sequence of Split (regex,
-// behavior Isolated) and ByteLevel, as LLaMA 3 and Qwen2 have; normalizer null or NFC (not applied: exact for NFC text only, see above);
-// added_tokens matched whole before pre-tokenization, leftmost-longest, with their
+// behavior Isolated) and ByteLevel, as LLaMA 3 and Qwen2 have; normalizer null or NFC (not applied: exact for NFC text
+// only, see above); added_tokens matched whole before pre-tokenization, leftmost-longest, with their
 // lstrip/rstrip/single_word flags. No BOS/EOS. InvalidArgument also for Sequences nested more
 // than 64 deep, for ids implausibly large for the number of tokens, and for an unk_token that is
 // not in the vocabulary when a byte lacks its token.
@@ -101,7 +101,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceModel(const std::fil
 // (from the model's config) is the number of records to read; without it records are read to the
 // end of the file. DataLoss for a truncated file.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::filesystem::path& path,
-                                                               std::optional<int32_t> vocab_size);
+                                                                std::optional<int32_t> vocab_size);
 
 // A serialized SentencePiece ModelProto equivalent to a llama2.c tokenizer.bin (all records):
 // BPE model type, byte_fallback, add_dummy_prefix, identity normalizer, "\u2581" for spaces,
@@ -113,7 +113,7 @@ absl::StatusOr<std::string> Llama2cTokenizerBinToModelProto(const std::filesyste
 // The tokenizer part of a GGUF file's metadata (llama.cpp's tokenizer.ggml.* keys).
 struct GgufTokenizerMetadata {
   std::string architecture;         // general.architecture ("llama", "qwen2", "gpt2", ...)
-  std::string model;  // tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+  std::string model;                // tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
   std::string pre;                  // tokenizer.ggml.pre ("" if absent)
   std::vector<std::string> tokens;  // tokenizer.ggml.tokens
   std::vector<float> scores;        // tokenizer.ggml.scores (may be empty)
@@ -162,7 +162,7 @@ struct GgufTokenizerMetadata {
 // model for those whose transformers builder differs: "llama" models of architecture gemma,
 // gemma2, gemma3 or phi3, and models "t5" and "gemma4".
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufTokenizerMetadata& metadata,
-                                                            absl::string_view source);
+                                                             absl::string_view source);
 
 }  // namespace lesion::model
 

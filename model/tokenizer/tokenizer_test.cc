@@ -8,16 +8,16 @@
 
 #include <chrono>
 #include <cstring>
-#include <functional>
-#include <limits>
 #include <filesystem>
+#include <functional>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
-#include "common/testing/status_matchers.h"
 #include "absl/status/status.h"
 #include "common/file_util.h"
+#include "common/testing/status_matchers.h"
 #include "model/tokenizer/tokenizer_internal.h"
 #include "nlohmann/json.hpp"
 
@@ -141,8 +141,8 @@ TEST(ByteLevelBpe, WikiText2TestIsExactly286221Gpt2Tokens) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_OK(ids);
   // Information only, not a test: see the benchmark for timings.
-  std::cout << "[ timing   ] encoded wiki.test.raw (" << text.size() << " bytes, " << ids->size()
-            << " ids) in " << seconds * 1e3 << " ms (" << text.size() / seconds / 1e6 << " MB/s)\n";
+  std::cout << "[ timing   ] encoded wiki.test.raw (" << text.size() << " bytes, " << ids->size() << " ids) in "
+            << seconds * 1e3 << " ms (" << text.size() / seconds / 1e6 << " MB/s)\n";
   const Json& ref = Fixtures()["gpt2"]["wiki_test_raw"];
   ASSERT_EQ(ids->size(), 286221u);
   ASSERT_EQ(ids->size(), ref["n_ids"].get<size_t>());
@@ -209,8 +209,7 @@ TEST(ByteLevelBpe, TokenizerJsonFormsAgreeWithVocabAndMerges) {
       {"model", {{"type", "BPE"}, {"vocab", Json::parse(Slurp(kGpt2 / "vocab.json"))}, {"merges", merges}}},
       {"normalizer", nullptr},
       {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
-      {"added_tokens",
-       {{{"id", 50256}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}}}}};
+      {"added_tokens", {{{"id", 50256}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}}}}};
   Json split = plain;
   split["pre_tokenizer"] = {
       {"type", "Sequence"},
@@ -404,8 +403,8 @@ TEST(SentencePieceBpe, WikiText2TestMatchesSentencepiece) {
   absl::StatusOr<std::vector<int32_t>> ids = tok->Encode(text);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_OK(ids);
-  std::cout << "[ timing   ] encoded wiki.test.raw with stories260K's tokenizer (" << ids->size()
-            << " ids) in " << seconds * 1e3 << " ms\n";
+  std::cout << "[ timing   ] encoded wiki.test.raw with stories260K's tokenizer (" << ids->size() << " ids) in "
+            << seconds * 1e3 << " ms\n";
   const Json& ref = Fixtures()["stories260K"]["wiki_test_raw"];
   ASSERT_EQ(ids->size(), ref["n_ids"].get<size_t>());
   EXPECT_EQ(Checksum(*ids), ref["checksum"].get<uint64_t>());
@@ -633,8 +632,8 @@ void ExpectGgufVariantsMatchTransformers(bool llama) {
       absl::StatusOr<std::vector<int32_t>> ids = tok.Encode(wiki);
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       ASSERT_OK(ids);
-      std::cout << "[ timing   ] " << name << ": encoded wiki.test.raw (" << ids->size() << " ids) in "
-                << seconds * 1e3 << " ms\n";
+      std::cout << "[ timing   ] " << name << ": encoded wiki.test.raw (" << ids->size() << " ids) in " << seconds * 1e3
+                << " ms\n";
       const Json& ref = v["wiki_test_raw"];
       ASSERT_EQ(ids->size(), ref["n_ids"].get<size_t>()) << name;
       EXPECT_EQ(Checksum(*ids), ref["checksum"].get<uint64_t>()) << name;
@@ -673,7 +672,7 @@ TEST(GgufTokenizer, LlamaModelsFollowTransformersNotSentencepiece) {
   std::unique_ptr<Tokenizer> sp = MustLoad(kStories);
   ASSERT_NE(sp, nullptr);
   EXPECT_EQ(*(*gguf)->Encode("Hello world"), *sp->Encode("Hello world"));
-  EXPECT_EQ(*(*gguf)->Encode(" hi"), *sp->Encode("hi"));     // no second U+2581
+  EXPECT_EQ(*(*gguf)->Encode(" hi"), *sp->Encode("hi"));                      // no second U+2581
   EXPECT_EQ(*(*gguf)->Encode("<s>hi"), (std::vector<int32_t>{1, 415, 417}));  // "<s>" whole, "hi" without U+2581
   EXPECT_EQ(*(*gguf)->Decode({1, 270, 417}), "<s> hi");
   EXPECT_EQ(*sp->Decode({1, 270, 417}), "hi");
@@ -681,9 +680,12 @@ TEST(GgufTokenizer, LlamaModelsFollowTransformersNotSentencepiece) {
 
 TEST(GgufTokenizer, UnsupportedBuildersAreUnimplemented) {
   GgufTokenizerMetadata m = StoriesGguf();
-  for (const auto& [architecture, model] : std::vector<std::pair<std::string, std::string>>{
-           {"gemma", "llama"}, {"gemma2", "llama"}, {"gemma3", "llama"}, {"phi3", "llama"}, {"t5", "t5"},
-           {"gemma4", "gemma4"}}) {
+  for (const auto& [architecture, model] : std::vector<std::pair<std::string, std::string>>{{"gemma", "llama"},
+                                                                                            {"gemma2", "llama"},
+                                                                                            {"gemma3", "llama"},
+                                                                                            {"phi3", "llama"},
+                                                                                            {"t5", "t5"},
+                                                                                            {"gemma4", "gemma4"}}) {
     m.architecture = architecture;
     m.model = model;
     absl::Status s = LoadGgufTokenizer(m, "model.gguf").status();
@@ -725,14 +727,23 @@ TEST(GgufTokenizer, InconsistentMetadataIsInvalidArgumentNamingTheSource) {
          m.tokens.clear();
          m.merges.clear();
        }},
-      {"scores has 2 entries for 3 tokens", [](auto& m) { m.scores = {0, 0}; }},
+      {"scores has 2 entries for 3 tokens",
+       [](auto& m) {
+         m.scores = {0, 0};
+       }},
       {"token_type has 1 entries", [](auto& m) { m.token_types = {1}; }},
       {"bos_token_id 3 is out of range", [](auto& m) { m.bos_id = 3; }},
       {"padding_token_id -1", [](auto& m) { m.pad_id = -1; }},
-      {"token 1 has score NaN", [](auto& m) { m.scores = {0, std::numeric_limits<float>::quiet_NaN(), 0}; }},
+      {"token 1 has score NaN",
+       [](auto& m) {
+         m.scores = {0, std::numeric_limits<float>::quiet_NaN(), 0};
+       }},
       {"token 2 is not valid UTF-8", [](auto& m) { m.tokens[2] = "a\xff"; }},
       {"merge 0 \"ab\" is not two tokens", [](auto& m) { m.merges = {"ab"}; }},
-      {"merge 1 \"a  b\"", [](auto& m) { m.merges = {"a b", "a  b"}; }},
+      {"merge 1 \"a  b\"",
+       [](auto& m) {
+         m.merges = {"a b", "a  b"};
+       }},
       {"merge 0 (\"a\", \"c\") uses tokens that are not in the vocabulary", [](auto& m) { m.merges = {"a c"}; }},
       {"neither tokenizer.ggml.merges nor tokenizer.ggml.scores", [](auto& m) { m.merges.clear(); }},
   };
