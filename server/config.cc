@@ -90,7 +90,10 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig& config) {
   Json root = Json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
   if (root.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
   if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": must be a JSON object"));
-  for (const auto& [key, value] : root.items()) {
+  for (const auto& item : root.items()) {
+    // Named references, not structured bindings: the lambdas below capture them (clang 14).
+    const std::string& key = item.key();
+    const Json& value = item.value();
     absl::Status st = absl::OkStatus();
     auto str = [&](std::string& out) -> absl::Status {
       ASSIGN_OR_RETURN(out, JsonString(value, key));
