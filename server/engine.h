@@ -1,40 +1,20 @@
 // Engine: the models lesiond holds and the executors that run experiments on them, one executor
 // thread per device. This is the torch side of the server behind a torch-free and proto-free
-// interface (plain values of spec/), so that the gRPC side never includes LibTorch and
-// LibTorch never meets the generated protobuf code.
+// interface (plain values of spec/), so that the gRPC side never includes LibTorch and LibTorch
+// never meets the generated protobuf code. Scheduling, replicas, sweep shards and loads:
+// docs/design.md, "How a request flows" and "Threads and ownership".
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
 //   engine->LoadModel("stories", "models/stories260K", "", "cpu", /*cancelled=*/{}, [](auto summary) { ... });
 //   RETURN_IF_ERROR(engine->Validate("stories", spec));      // on the calling thread, no device work
 //   ASSIGN_OR_RETURN(int ahead, engine->Submit(std::move(job)));  // queued; callbacks report
 //
-// Scheduling: each device has a bounded queue. Experiments on a device run one at a time; the next
-// one is taken round-robin over the users with queued experiments, in the order each user's
-// experiments arrived (one user's sweep cannot starve the others). Unloads run on the executor of
-// their device, between experiments.
-//
-// Loads behave like requests: each replica is read on a loader thread of its own, so a load waits
-// neither for another load nor for an experiment on its device, and only the finished model is
-// handed to the registry (and so to the executors). A load whose caller has gone (its `cancelled`
-// says so) stops at its next tensor, frees what it read, and leaves nothing loaded. Device memory:
-// the loader thread reads each tensor into host memory and moves it to the device at once, so the
-// host never holds a whole copy, and the weights are on the device when the load reports. The
-// price: a load shares the device with a running experiment, and if the two do not fit, whichever
-// allocates last fails with ResourceExhausted (the load, or the experiment, which the caller may
-// resubmit).
-//
-// Several devices: a model may be loaded on several devices at once (one replica each, device
-// "cuda:0,cuda:1" or "cuda:*"; "cpu,cpu" gives two CPU executors). A single experiment goes to the
-// replica whose executor has the least work queued; a sweep is cut into shards of whole variant
-// groups (experiments/sweep.h ShardGroups), one per replica, run at once and merged, so its
-// numbers are those of a run on one device. After an experiment the device's cached memory is
-// handed back once no other executor is mid-experiment (at once after running out of memory), so
-// a finished or failed experiment leaves nothing reserved.
-//
+// Ownership: the engine owns the models (one replica per device), its executor threads and its
+// loader threads; only a replica's executor runs forward passes on it and edits its weights.
 // Thread-safety: every method may be called from any thread. Callbacks run on executor threads (a
-// load's on its loader thread) and must not block (hand work to another thread). Errors: NotFound (unknown model or
-// experiment), AlreadyExists (a model name in use), InvalidArgument (a bad spec or load request), ResourceExhausted (a
-// full queue, device memory), FailedPrecondition, Cancelled.
+// load's on its loader thread) and must not block (hand work to another thread). Errors: NotFound
+// (unknown model or experiment), AlreadyExists (a model name in use), InvalidArgument (a bad spec or
+// load request), ResourceExhausted (a full queue, device memory), FailedPrecondition, Cancelled.
 #ifndef LESION_SERVER_ENGINE_H_
 #define LESION_SERVER_ENGINE_H_
 

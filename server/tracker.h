@@ -1,49 +1,23 @@
 // ExperimentTracker: the live state of every experiment of this server process, between the gRPC
-// service and the torch-side Engine, and the owner of the experiment store. Torch-free.
+// service and the torch-side Engine, and the owner of the experiment store. Torch-free. It validates
+// and queues submissions, turns the engine's reports into states and watcher events, and writes the
+// store. The life of an experiment, sweeps, the baseline cache, quotas and shutdown:
+// docs/design.md, "How a request flows", "Threads and ownership" and "Durability and failures".
 //
 //   ASSIGN_OR_RETURN(auto tracker, ExperimentTracker::Create("lesion.db", engine.get()));
 //   ASSIGN_OR_RETURN(lesion::v1::Experiment queued, tracker->Submit(principal, spec_proto));
 //   ASSIGN_OR_RETURN(auto sub, tracker->Subscribe(queued.id(), [](const ExperimentEvent& e) { ... }));
 //
-// Life of an experiment: Submit parses and validates the spec (Engine::Validate), creates an id
-// ("exp-" + 12 hex digits), queues it on the engine and records it as queued; the engine's job
-// callbacks move it to running (with progress) and to done / failed / cancelled, and every change
-// is published to the watchers of that experiment as an Experiment snapshot (the result only in
-// the final one). A final event is sent once its store writes are done, from the writer thread:
-// a client that sees an experiment finished finds it so in every query. While the server shuts
-// down (BeginShutdown), experiments the engine cancels are reported as interrupted, and
-// RecordInterrupted records them so before the process exits.
-//
-// Storage: ONE writer thread performs every store write (Insert, MarkRunning, Finish, Fail, Cancel,
-// PutBaseline, retention), in order, from a queue; no write happens on an engine executor or a
-// gRPC thread. Reads go through a pool of read-only connections to the same file (WAL), so a slow
-// read (a large list) holds up neither the writer nor other reads. Submit's own reads (a fresh id,
-// the stored-bytes quota) and baseline lookups are point reads on one more connection of their
-// own, so they never wait behind the pool. An experiment
-// stays in memory until its final state is written, so reads never see an older state than the
-// watchers have.
-//
-// Sweeps: a spec with a sweep is expanded (spec::ExpandSweep) into a parent and one
-// child per variant, ids "<parent>.<index>", all recorded at submission in one transaction and
-// queued as one engine job. Children move to running with their parent and to done one by one as
-// the engine reports them; when the parent fails or is cancelled, its unfinished children follow
-// it. A child cannot be cancelled on its own.
-//
-// Baseline cache: key = model fingerprint + ":" + spec.baseline_sha256; every baseline is in the
-// store, the recently used ones without captures also in memory (BaselineCache, bounded by bytes).
-// A submitted job gets the cached baseline when there is one; a done experiment whose baseline was
-// computed stores it.
-//
-// Quotas: TrackerOptions::max_queued_per_user bounds the experiments one user has queued (a sweep
-// counts once); more is ResourceExhausted naming the limit.
-//
+// Ownership: the tracker owns the store's one writer connection and thread (every store write runs
+// there, in order), the read connections and the baseline cache; `engine` must outlive it.
 // Thread-safety: every method may be called from any thread. Watcher callbacks are called without
-// any tracker lock held, from engine executor threads or the caller's thread, possibly
-// concurrently; they must not block. An event's `sequence` grows with every change of one
-// experiment: a watcher keeps the highest it has seen and drops older ones.
+// any tracker lock held, from engine executor threads or the writer thread, possibly concurrently;
+// they must not block. An event's `sequence` grows with every change of one experiment: a watcher
+// keeps the highest it has seen and drops older ones.
 // Errors: NotFound (unknown experiment or model), InvalidArgument (bad spec or query),
 // PermissionDenied (cancelling someone else's experiment), FailedPrecondition (wrong state),
-// ResourceExhausted (full queue), and the store's Unavailable / DataLoss / Internal.
+// ResourceExhausted (a full queue, a quota), Unavailable (shutting down), and the store's
+// Unavailable / DataLoss / Internal.
 #ifndef LESION_SERVER_TRACKER_H_
 #define LESION_SERVER_TRACKER_H_
 
