@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Loopback load on one lesiond (issue 12): many clients submitting small experiments at once.
+"""Loopback load on one lesiond: many clients submitting small experiments at once.
 
 Starts `lesiond` on a free loopback port with a fresh database (the bundled stories260K on the CPU),
 then runs --clients clients at once, each on its own gRPC connection and user name

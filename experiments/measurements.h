@@ -1,11 +1,11 @@
 // Measurements that observe hook sites during forward passes and reduce on the device, reading
 // back to the host once in Finish() (no syncs inside the layer loop):
 //
-//  * ActivationStatsCollector (DESIGN.md "Activation stats"): per site, each window's top-k |x|
+//  * ActivationStatsCollector (docs/design.md, "Measurements"): per site, each window's top-k |x|
 //    over all its tokens and features with their (sequence, token, dim), its median |x| and mean
 //    |x|; aggregated over windows as the users' notes do: the mean of the per-window top-k, the
 //    overall largest k with coordinates, and the mean of per-window medians and means.
-//  * AttentionSinkCollector (DESIGN.md "Attention sink score"): per layer and head, the mean over
+//  * AttentionSinkCollector (docs/design.md, "Measurements"): per layer and head, the mean over
 //    query positions q >= 1 of the attention probability on key 0, averaged over windows.
 //  * CaptureCollector: raw tensors at sites for the first windows (the spec's capture).
 //

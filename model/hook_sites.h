@@ -1,4 +1,4 @@
-// Hook sites: the named intermediates of the transformer (DESIGN.md "Hook sites"). Every
+// Hook sites: the named intermediates of the transformer (docs/design.md, "Hook sites"). Every
 // interpretable activation of a forward pass passes one of these, so interventions and
 // measurements attach by name instead of editing model code.
 //

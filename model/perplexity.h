@@ -1,5 +1,5 @@
-// Perplexity evaluation (DESIGN.md "Perplexity"): windows over a tokenized text, exp(mean NLL)
-// over the predicted tokens, reported with the token count and the protocol.
+// Perplexity evaluation (docs/design.md, "Perplexity"): windows over a tokenized text, exp(mean
+// NLL) over the predicted tokens, reported with the token count and the protocol.
 //
 // Protocols:
 //  * non-overlapping (default): windows ids[i : i + seq_len] for i = 0, seq_len, 2 seq_len, ...;

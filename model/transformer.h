@@ -14,7 +14,7 @@
 //
 // Thread-safety: Forward is const and may run on several threads at once, but the intended use is
 // one executor thread per device. Weight tensors are shared with the caller through weights();
-// edits to them (issue-3 interventions) must not overlap a forward pass.
+// edits to them (an experiment's weight edits) must not overlap a forward pass.
 #ifndef LESION_MODEL_TRANSFORMER_H_
 #define LESION_MODEL_TRANSFORMER_H_
 

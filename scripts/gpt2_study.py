@@ -1,4 +1,4 @@
-"""The GPT-2 outlier study (DESIGN.md), run through lesiond and the Python client on a model:
+"""The GPT-2 outlier study (docs/design.md, "Purpose"), run through lesiond and the Python client on a model:
 per-layer top-1/2/3 and median |activation|, attention-sink scores of every head, pruning the 3
 top- and 3 bottom-ranked heads, every single head ablated (one server-side sweep: a child experiment
 per head), and the super-weight / massive-activation scan with the strongest candidate zeroed.

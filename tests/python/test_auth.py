@@ -1,4 +1,4 @@
-"""Auth hygiene of a real lesiond (issue 12): the model roots hold against links and probing, a tokens
+"""Auth hygiene of a real lesiond: the model roots hold against links and probing, a tokens
 file others can write is refused, and anonymous admins are not served to other machines.
 
 Env: LESIOND (conftest.py)."""

@@ -1,4 +1,4 @@
-"""Crash safety of lesiond under repeated `kill -9` (issue 12).
+"""Crash safety of lesiond under repeated `kill -9`.
 
 One database, one loop: start the real `lesiond`, submit a batch of small experiments (singles and a
 head sweep) plus resubmissions of earlier interrupted ones, SIGKILL the server at a moment a seeded

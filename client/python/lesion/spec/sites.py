@@ -1,4 +1,5 @@
-"""What a spec names inside a model: projection modules, norms and hook sites (DESIGN.md)."""
+"""What a spec names inside a model: projection modules, norms and hook sites (docs/design.md,
+"Weight addressing" and "Hook sites")."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ _SITE = re.compile(rf"^(?:embed|final_norm|logits|blocks\.(?:\d+|\*)\.(?:{'|'.jo
 
 
 def check_site(what, site):
-    """A hook site name (DESIGN.md); '*' stands for every layer (or every site name of a block)."""
+    """A hook site name (docs/design.md, "Hook sites"); '*' stands for every layer (or every site name of a block)."""
     if not isinstance(site, str) or not _SITE.match(site):
         raise ValueError(
             f"{what}: unknown hook site {site!r}; valid: {', '.join(GLOBAL_SITES)} or blocks.L.NAME "
