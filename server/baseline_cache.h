@@ -1,7 +1,7 @@
-// BaselineCache: the baseline passes of finished experiments, held in memory by key (model
-// fingerprint + ":" + spec.baseline_sha256) so that a later experiment with the same model, dataset
-// and measurements skips its baseline forward passes. The store keeps every baseline on disk; this
-// is only the hot set in front of it:
+// BaselineCache: the baseline passes of finished experiments, held in memory by key (BaselineKey of
+// tracker.h: fingerprint, device kinds, TF32, spec.baseline_sha256) so that a later experiment with the same model,
+// dataset and measurements skips its baseline forward passes. The store keeps every baseline on disk; this is only the
+// hot set in front of it:
 //   * bounded by bytes (the passes' serialized size), least recently used out first;
 //   * a pass with captured tensors is never held (captures can be hundreds of MB; the store reads
 //     them back on demand).

@@ -99,9 +99,9 @@ struct Job {
   // these variants too. If every variant is done, the first group still runs for the baseline.
   std::vector<int64_t> skip_variants;
   // Asked when the experiment starts (so that a sweep queued at once still finds the baseline its
-  // first experiment computed): the baseline pass of an earlier experiment with the same model
-  // fingerprint and spec.baseline_sha256, reused (no baseline forward passes) unless the spec needs
-  // the baseline's logits or dataset means (KL divergence, MEAN modes; a sweep still runs the
+  // first experiment computed): the baseline pass of an earlier experiment with the same
+  // BaselineKey (tracker.h: fingerprint, device kinds, TF32, spec.baseline_sha256), reused (no baseline forward passes)
+  // unless the spec needs the baseline's logits or dataset means (KL divergence, MEAN modes; a sweep still runs the
   // baseline's forward passes for its variants' first layers and logits, and reuses the
   // measurements unless MEAN modes need the means). May be empty. Called on the executor thread;
   // must not block for long.

@@ -27,6 +27,12 @@ void FakeEngine::AddModel(const std::string& name, int64_t n_layers, int64_t n_h
   models_[name] = m;
 }
 
+void FakeEngine::SetModelPlacement(const std::string& name, const std::string& device, const std::string& fingerprint) {
+  absl::MutexLock lock(&mu_);
+  models_.at(name).device = device;
+  models_.at(name).fingerprint = fingerprint;
+}
+
 void FakeEngine::SetValidateError(absl::Status status) {
   absl::MutexLock lock(&mu_);
   validate_error_ = std::move(status);

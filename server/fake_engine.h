@@ -31,6 +31,8 @@ class FakeEngine : public Engine {
 
   // A model `name` (fingerprint "fp-" + name) on "cpu".
   void AddModel(const std::string& name, int64_t n_layers = 2, int64_t n_heads = 2);
+  // Replaces what GetModel says of `name` (added before): its devices and weights' fingerprint.
+  void SetModelPlacement(const std::string& name, const std::string& device, const std::string& fingerprint);
   void SetValidateError(absl::Status status);
   void SetSubmitError(absl::Status status);
   // The next LoadModel calls `done` only when CompleteLoad is called (else at once).

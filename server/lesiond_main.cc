@@ -141,7 +141,8 @@ int Main(int argc, char** argv) {
                                                .max_queued_per_user = config.max_queued_per_user,
                                                .read_connections = config.read_connections,
                                                .max_user_bytes = config.max_user_bytes,
-                                               .max_list_bytes = config.max_list_bytes});
+                                               .max_list_bytes = config.max_list_bytes,
+                                               .tf32 = config.tf32});
   if (!tracker.ok()) return Fail(absl::StrCat("opening the database ", config.database), tracker.status());
 
   for (const ModelPreload& m : config.models) {

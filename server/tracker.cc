@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <iostream>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "common/error_text.h"
 #include "common/status_codes.h"
@@ -326,6 +329,14 @@ absl::StatusOr<std::string> ExperimentTracker::NewId() {
   return absl::InternalError("could not draw an unused experiment id in 16 attempts");
 }
 
+std::string BaselineKey(const ModelSummary& model, bool tf32, const std::string& baseline_sha256) {
+  std::set<std::string> kinds;  // "cuda:0,cuda:1" -> cuda; "cpu,cpu" -> cpu
+  for (absl::string_view device : absl::StrSplit(model.device, ',', absl::SkipEmpty())) {
+    kinds.insert(std::string(device.substr(0, device.find(':'))));
+  }
+  return absl::StrCat(model.fingerprint, ":", absl::StrJoin(kinds, "+"), tf32 ? ":tf32:" : ":", baseline_sha256);
+}
+
 std::optional<result::Pass> ExperimentTracker::LookupBaseline(const std::string& key) {
   if (std::optional<v1::PassResult> held = baselines_.Get(key)) return result::FromProto(*held);
   absl::StatusOr<std::optional<v1::PassResult>> stored;
@@ -406,7 +417,7 @@ absl::StatusOr<v1::Experiment> ExperimentTracker::SubmitParsed(const Principal& 
 
   std::vector<storage::ExperimentRecord> records = {make_record(spec, id)};
   Live live = make_live(spec, id, spec_proto);
-  live.baseline_key = absl::StrCat(model.fingerprint, ":", spec.baseline_sha256);
+  live.baseline_key = BaselineKey(model, options_.tf32, spec.baseline_sha256);
   std::vector<std::pair<std::string, Live>> children;
   if (spec.has_sweep) {
     live.snapshot.set_variants_total(static_cast<int32_t>(variants.size()));

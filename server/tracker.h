@@ -61,7 +61,14 @@ struct TrackerOptions {
   // The most bytes of one ListExperiments page (records and results without captures); a page
   // stops short of its limit there and says where the next starts.
   int64_t max_list_bytes = storage::kDefaultMaxPageBytes;
+  // The engine's --tf32: part of what makes two baselines the same numbers (BaselineKey).
+  bool tf32 = false;
 };
+
+// The key of a baseline in the cache and the store: the weights' exact bits (the fingerprint), the
+// kinds of device the model's replicas run on (CPU and CUDA kernels differ in the last bits), TF32,
+// and the spec's baseline part (spec.baseline_sha256). Equal keys, equal baseline numbers.
+std::string BaselineKey(const ModelSummary& model, bool tf32, const std::string& baseline_sha256);
 
 struct ExperimentEvent {
   int64_t sequence = 0;

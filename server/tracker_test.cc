@@ -237,6 +237,36 @@ TEST_F(TrackerTest, BaselineIsCachedByFingerprintAndBaselineHash) {
   EXPECT_DOUBLE_EQ(engine_.SubmittedJob(fourth)->lookup_cached_baseline()->perplexity.ppl, 7.25);
 }
 
+// Regression: the key was the fingerprint and the spec alone, so a baseline computed on the CPU
+// served an experiment on CUDA (or with TF32), whose own numbers differ in the last bits.
+TEST_F(TrackerTest, BaselineIsNotSharedAcrossDeviceKindsOrTf32) {
+  engine_.AddModel("gpu-copy");
+  engine_.SetModelPlacement("gpu-copy", "cuda:0,cuda:1", "fp-tiny");  // the same weights on GPUs
+  engine_.AddModel("cpu-copy");
+  engine_.SetModelPlacement("cpu-copy", "cpu,cpu", "fp-tiny");
+  std::string first = tracker_->Submit(kAlice, TinySpec())->id();
+  ASSERT_OK(engine_.Start(first));
+  ASSERT_OK(engine_.Finish(first, FakeEngine::Result(7.25, 9.0)));
+
+  std::string on_gpu = tracker_->Submit(kAlice, TinySpec("gpu-copy"))->id();
+  EXPECT_FALSE(engine_.SubmittedJob(on_gpu)->lookup_cached_baseline().has_value());
+  std::string on_cpu = tracker_->Submit(kAlice, TinySpec("cpu-copy"))->id();
+  EXPECT_TRUE(engine_.SubmittedJob(on_cpu)->lookup_cached_baseline().has_value()) << "same weights, same kind";
+
+  tracker_->Flush();
+  Open(TrackerOptions{.tf32 = true});
+  std::string with_tf32 = tracker_->Submit(kAlice, TinySpec())->id();
+  EXPECT_FALSE(engine_.SubmittedJob(with_tf32)->lookup_cached_baseline().has_value());
+
+  ModelSummary m;
+  m.fingerprint = "fp";
+  m.device = "cuda:1,cuda:0";
+  EXPECT_EQ(BaselineKey(m, false, "abc"), "fp:cuda:abc");
+  EXPECT_EQ(BaselineKey(m, true, "abc"), "fp:cuda:tf32:abc");
+  m.device = "cpu,cuda:0";
+  EXPECT_EQ(BaselineKey(m, false, "abc"), "fp:cpu+cuda:abc");
+}
+
 TEST_F(TrackerTest, RestartMarksLeftoversInterruptedAndResubmitRunsThemAgain) {
   std::string queued = tracker_->Submit(kAlice, TinySpec())->id();
   std::string running = tracker_->Submit(kAlice, TinySpec())->id();
