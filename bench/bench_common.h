@@ -1,4 +1,4 @@
-// What lesion's benchmarks share: the random-weight shapes of ../shared/bench/hf_anchor.py, device
+// What lesion's benchmarks share: the random-weight shapes of bench/hf_anchor.py, device
 // timing (median of repeated runs after a warm-up, with a device synchronize), peak device memory,
 // and fatal error handling (a benchmark has no caller to return a status to).
 #ifndef LESION_BENCH_BENCH_COMMON_H_

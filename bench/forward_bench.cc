@@ -1,5 +1,5 @@
 // Forward and perplexity throughput of the lesion runtime, one JSON line per configuration, in the
-// same shape as ../shared/bench/hf_anchor.py so the two can be compared line by line.
+// same shape as bench/hf_anchor.py so the two can be compared line by line.
 //
 //   lesion_bench_forward --shape gpt2 --device cuda --dtype bfloat16 --batch 1,8,32
 //   lesion_bench_forward --model models/stories260K --device cpu --seq 256 --batch 1,8

@@ -1,4 +1,4 @@
-// The single-head ablation sweep of ../shared/bench/hf_anchor.py run as one lesion sweep: every
+// The single-head ablation sweep of bench/hf_anchor.py run as one lesion sweep: every
 // head of the model zeroed in turn, perplexity of each on the same tokens, one JSON line.
 //
 //   lesion_bench_sweep --shape gpt2 --device cuda --dtype bfloat16 --tokens 32768 --batch 8

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds lesion on an offline GPU host that has a CUDA PyTorch wheel, a compiler, CMake and ninja,
-# but none of the Debian C++ dependencies (see docs/gpu.md and ../shared/recipes/gpu.md).
+# but none of the Debian C++ dependencies (see docs/gpu.md).
 #
 #   deploy/fetch_debs.sh            # on a machine with Debian 12's archive: fills .debs/
 #   deploy/build_gpu_host.sh [BUILD_DIR]   # on the GPU host, with .debs/ copied beside the repo

@@ -24,7 +24,7 @@ status=0
 if [ $check -eq 1 ]; then
   if ! "$clang_format" --dry-run --Werror "${cxx[@]}" 2>/tmp/lesion-format.$$; then
     echo "format: C++ files not formatted (run make format):" >&2
-    grep -Eo '^[^:]+\.(h|cc|cu)' /tmp/lesion-format.$$ | sort -u | sed 's/^/  /' >&2
+    grep -Eo '^[^ :]+\.(h|cc|cu):[0-9]+:[0-9]+: ' /tmp/lesion-format.$$ | cut -d: -f1 | sort -u | sed 's/^/  /' >&2
     status=1
   fi
   rm -f /tmp/lesion-format.$$

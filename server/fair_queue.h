@@ -6,7 +6,7 @@
 //   queue.Push("alice", a1);  queue.Push("alice", a2);  queue.Push("bob", b1);
 //   queue.Pop();  // a1, then b1, then a2
 //
-// Thread-compatible: the engine guards each executor's queue with its own mutex.
+// Thread-compatible: the engine guards every executor's queue with its one mutex.
 #ifndef LESION_SERVER_FAIR_QUEUE_H_
 #define LESION_SERVER_FAIR_QUEUE_H_
 

@@ -9,6 +9,8 @@
 //   value      := number (-1, 2.5, 1e-3) | "double-quoted string" (\" and \\ escape)
 // Fields:
 //   id, user, name, model                    strings, every op (lexicographic)
+//   parent                                   the id of a sweep variant's parent experiment; ""
+//                                            for top-level experiments (parent = "" selects them)
 //   status                                   = / != one of queued running done failed cancelled
 //                                            interrupted
 //   created, started, finished               a time: "2026-12-02T10:00:00Z" (RFC 3339, offset

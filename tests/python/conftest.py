@@ -17,7 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(os.environ.get("LESION_CLI", ROOT / "build" / "client" / "cpp" / "lesion"))
-SHARED = Path("/work/shared/data")
 CLI_MISSING = (
     None
     if CLI.is_file() and os.access(CLI, os.X_OK)
@@ -32,7 +31,7 @@ def first_existing(*paths):
     return next((Path(p) for p in paths if Path(p).exists()), None)
 
 
-GPT2_TOKENIZER = first_existing(ROOT / "models" / "gpt2-tokenizer", SHARED / "models" / "gpt2-tokenizer")
+GPT2_TOKENIZER = first_existing(ROOT / "models" / "gpt2-tokenizer")
 WIKITEXT_TEST = first_existing(ROOT / "data" / "wikitext-2" / "wiki.test.raw")
 STORIES = ROOT / "models" / "stories260K"
 LESIOND = Path(os.environ.get("LESIOND", ROOT / "build" / "server" / "lesiond")).resolve()

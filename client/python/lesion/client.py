@@ -392,7 +392,9 @@ class Client:
         return self.submit(spec).result(timeout=timeout, progress=progress)
 
     def run_many(self, specs, progress=True, timeout=None) -> list:
-        """Submit every spec first (the server can batch them), then collect the results in order."""
+        """Submit every spec first (so the server queues them all at once), then collect the results in order.
+
+        Each spec is its own experiment; only a sweep's variants share forward passes."""
         handles = [self.submit(s) for s in specs]
         if progress:
             from tqdm.auto import tqdm
