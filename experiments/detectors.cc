@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "experiments/weight_edits.h"
+#include "model/weight_addressing.h"
 #include "model/torch_util.h"
 
 namespace lesion::experiments {
@@ -302,17 +303,19 @@ absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const model:
     return absl::InvalidArgumentError(absl::StrCat("norm outliers: max_reports must be >= 1, got ", max_reports));
   }
   struct Norm {
-    const char* name;
+    model::NormSite site;
     int64_t layer;
     const at::Tensor* gamma;
   };
   std::vector<Norm> norms;
   const model::TransformerWeights& w = model.weights();
+  const std::vector<model::NormSite> sites = model::ModelNormSites(model);
   for (int64_t l = 0; l < model.config().n_layers; ++l) {
-    norms.push_back({"attn", l, &w.blocks[l].attn_norm.weight});
-    norms.push_back({"mlp", l, &w.blocks[l].mlp_norm.weight});
+    for (model::NormSite site : sites) {
+      if (site != model::NormSite::kFinal) norms.push_back({site, l, &model::FindNorm(w, l, site)->weight});
+    }
   }
-  norms.push_back({"final", -1, &w.final_norm.weight});
+  norms.push_back({model::NormSite::kFinal, -1, &w.final_norm.weight});
   return model::TorchCall("scanning norm gammas", [&] {
     std::vector<result::NormOutlier> found;
     for (const Norm& n : norms) {
@@ -329,7 +332,7 @@ absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const model:
       auto ga = g.accessor<double, 1>();
       std::vector<result::NormOutlier> here;
       for (int64_t c = 0; c < g.size(0); ++c) {
-        if (std::abs(za[c]) >= min_z) here.push_back({n.name, n.layer, c, ga[c], za[c], median});
+        if (std::abs(za[c]) >= min_z) here.push_back({std::string(model::NormSiteName(n.site)), n.layer, c, ga[c], za[c], median});
       }
       std::stable_sort(here.begin(), here.end(), [](const result::NormOutlier& a, const result::NormOutlier& b) {
         return std::abs(a.z) > std::abs(b.z);

@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "experiments/spec_binding.h"
 #include "experiments/weight_edits.h"
+#include "model/weight_addressing.h"
 #include "model/torch_util.h"
 
 namespace lesion::experiments {
@@ -173,17 +174,15 @@ absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transform
       for (const WeightEditPreview::Gamma& gm : members[j]->gammas) {
         at::Tensor& all = gammas[{gm.layer, static_cast<int>(gm.norm)}];
         if (!all.defined()) {
-          const model::NormWeights& w = gm.norm == model::NormSite::kFinal  ? t.weights().final_norm
-                                        : gm.norm == model::NormSite::kAttn ? t.weights().blocks[gm.layer].attn_norm
-                                                                            : t.weights().blocks[gm.layer].mlp_norm;
-          all = w.weight.unsqueeze(0).repeat({n, 1});  // [variants, d]
+          const model::NormWeights& w = *model::FindNorm(t.weights(), gm.layer, gm.norm);
+          all = w.weight.unsqueeze(0).repeat({n, 1});  // [variants, width]
         }
         all[j].copy_(gm.gamma);
       }
     }
     for (const auto& [key, all] : gammas) {
       plan->SetNormGamma(key.first, static_cast<model::NormSite>(key.second),
-                         all.repeat_interleave(b, 0).unsqueeze(1));  // [n b, 1, d]
+                         all.repeat_interleave(b, 0).unsqueeze(1));  // [n b, 1, width]
     }
     return std::move(plan);
   });

@@ -105,43 +105,178 @@ absl::Status LoadGpt2(TensorSource& src, const ModelConfig& c, TransformerWeight
   return absl::OkStatus();
 }
 
-absl::Status LoadLlama(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
+// A norm's gamma (and a LayerNorm's beta) under `name` ("...input_layernorm"); Gemma's (1 + w)
+// norms are stored as their effective gamma 1 + w, computed in float32 as transformers does.
+absl::StatusOr<NormWeights> LoadNorm(TensorSource& src, const ModelConfig& c, const std::string& name, int64_t width) {
+  NormWeights n;
+  ASSIGN_OR_RETURN(n.weight, src.Get(name + ".weight", {width}));
+  if (c.norm_adds_one) n.weight = (n.weight.to(at::kFloat) + 1.0).to(n.weight.scalar_type());
+  if (c.norm == NormKind::kLayerNorm) {
+    ASSIGN_OR_RETURN(n.bias, src.Get(name + ".bias", {width}));
+  }
+  return n;
+}
+
+// A linear layer `name` [out, in], with its bias when `bias`.
+absl::StatusOr<LinearWeights> LoadLinear(TensorSource& src, const std::string& name, int64_t out, int64_t in,
+                                         bool bias) {
+  LinearWeights w;
+  ASSIGN_OR_RETURN(w.weight, src.Get(name + ".weight", {out, in}));
+  if (bias) {
+    ASSIGN_OR_RETURN(w.bias, src.Get(name + ".bias", {out}));
+  }
+  return w;
+}
+
+// Fuses q, k and v (or gate and up) row-wise into one matrix, biases likewise.
+LinearWeights Fuse(std::initializer_list<LinearWeights> parts) {
+  std::vector<at::Tensor> weights, biases;
+  for (const LinearWeights& p : parts) {
+    weights.push_back(p.weight);
+    if (p.bias.defined()) biases.push_back(p.bias);
+  }
+  return {at::cat(weights, 0), biases.empty() ? at::Tensor() : at::cat(biases, 0)};
+}
+
+// GPT-NeoX (prefix gpt_neox.): query_key_value holds q, k and v interleaved per head, rows
+// [heads, 3, head_dim]; they are regrouped into lesion's [q; k; v] at load.
+absl::Status LoadGptNeox(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
+  const int64_t d = c.d_model, f = c.d_ffn, hd = c.head_dim, heads = c.n_heads;
+  ASSIGN_OR_RETURN(w.embed, src.Get("embed_in.weight", {c.vocab_size, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    BlockWeights b;
+    ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "input_layernorm", d));
+    ASSIGN_OR_RETURN(b.mlp_norm, LoadNorm(src, c, p + "post_attention_layernorm", d));
+    ASSIGN_OR_RETURN(LinearWeights qkv, LoadLinear(src, p + "attention.query_key_value", 3 * heads * hd, d, c.qkv_bias));
+    b.qkv.weight = qkv.weight.view({heads, 3, hd, d}).transpose(0, 1).reshape({3 * heads * hd, d});
+    if (qkv.bias.defined()) b.qkv.bias = qkv.bias.view({heads, 3, hd}).transpose(0, 1).reshape({3 * heads * hd});
+    ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "attention.dense", d, heads * hd, c.o_bias));
+    ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "mlp.dense_h_to_4h", f, d, true));
+    ASSIGN_OR_RETURN(b.down, LoadLinear(src, p + "mlp.dense_4h_to_h", d, f, true));
+    w.blocks.push_back(std::move(b));
+  }
+  ASSIGN_OR_RETURN(w.final_norm, LoadNorm(src, c, "final_layer_norm", d));
+  return absl::OkStatus();
+}
+
+// OPT (prefix model.decoder.): learned positions with their offset rows, fc1/fc2 MLP.
+absl::Status LoadOpt(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
+  const int64_t d = c.d_model, f = c.d_ffn, q_dim = c.n_heads * c.head_dim;
+  ASSIGN_OR_RETURN(w.embed, src.Get("embed_tokens.weight", {c.vocab_size, d}));
+  ASSIGN_OR_RETURN(w.positions, src.Get("embed_positions.weight", {c.max_position_embeddings + c.position_offset, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    BlockWeights b;
+    ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "self_attn_layer_norm", d));
+    ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "self_attn.q_proj", q_dim, d, c.qkv_bias));
+    ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "self_attn.k_proj", q_dim, d, c.qkv_bias));
+    ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "self_attn.v_proj", q_dim, d, c.qkv_bias));
+    b.qkv = Fuse({q, k, v});
+    ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "self_attn.out_proj", d, q_dim, c.o_bias));
+    ASSIGN_OR_RETURN(b.mlp_norm, LoadNorm(src, c, p + "final_layer_norm", d));
+    ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "fc1", f, d, c.mlp_bias));
+    ASSIGN_OR_RETURN(b.down, LoadLinear(src, p + "fc2", d, f, c.mlp_bias));
+    w.blocks.push_back(std::move(b));
+  }
+  ASSIGN_OR_RETURN(w.final_norm, LoadNorm(src, c, "final_layer_norm", d));
+  return absl::OkStatus();
+}
+
+// Phi-2 (prefix model.): one input_layernorm per block, dense output projection, fc1/fc2 MLP.
+absl::Status LoadPhi(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
   const int64_t d = c.d_model, f = c.d_ffn;
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
   ASSIGN_OR_RETURN(w.embed, src.Get("embed_tokens.weight", {c.vocab_size, d}));
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     BlockWeights b;
-    ASSIGN_OR_RETURN(b.attn_norm.weight, src.Get(p + "input_layernorm.weight", {d}));
-    ASSIGN_OR_RETURN(at::Tensor q, src.Get(p + "self_attn.q_proj.weight", {q_dim, d}));
-    ASSIGN_OR_RETURN(at::Tensor k, src.Get(p + "self_attn.k_proj.weight", {kv_dim, d}));
-    ASSIGN_OR_RETURN(at::Tensor v, src.Get(p + "self_attn.v_proj.weight", {kv_dim, d}));
-    b.qkv.weight = at::cat({q, k, v}, 0);
-    if (c.qkv_bias) {
-      ASSIGN_OR_RETURN(at::Tensor qb, src.Get(p + "self_attn.q_proj.bias", {q_dim}));
-      ASSIGN_OR_RETURN(at::Tensor kb, src.Get(p + "self_attn.k_proj.bias", {kv_dim}));
-      ASSIGN_OR_RETURN(at::Tensor vb, src.Get(p + "self_attn.v_proj.bias", {kv_dim}));
-      b.qkv.bias = at::cat({qb, kb, vb}, 0);
-    }
-    ASSIGN_OR_RETURN(b.o.weight, src.Get(p + "self_attn.o_proj.weight", {d, q_dim}));
-    if (c.o_bias) {
-      ASSIGN_OR_RETURN(b.o.bias, src.Get(p + "self_attn.o_proj.bias", {d}));
-    }
-    ASSIGN_OR_RETURN(b.mlp_norm.weight, src.Get(p + "post_attention_layernorm.weight", {d}));
-    ASSIGN_OR_RETURN(at::Tensor gate, src.Get(p + "mlp.gate_proj.weight", {f, d}));
-    ASSIGN_OR_RETURN(at::Tensor up, src.Get(p + "mlp.up_proj.weight", {f, d}));
-    b.gate_up.weight = at::cat({gate, up}, 0);
-    ASSIGN_OR_RETURN(b.down.weight, src.Get(p + "mlp.down_proj.weight", {d, f}));
-    if (c.mlp_bias) {
-      ASSIGN_OR_RETURN(at::Tensor gb, src.Get(p + "mlp.gate_proj.bias", {f}));
-      ASSIGN_OR_RETURN(at::Tensor ub, src.Get(p + "mlp.up_proj.bias", {f}));
-      b.gate_up.bias = at::cat({gb, ub}, 0);
-      ASSIGN_OR_RETURN(b.down.bias, src.Get(p + "mlp.down_proj.bias", {d}));
-    }
+    ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "input_layernorm", d));
+    ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "self_attn.q_proj", q_dim, d, c.qkv_bias));
+    ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "self_attn.k_proj", kv_dim, d, c.qkv_bias));
+    ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "self_attn.v_proj", kv_dim, d, c.qkv_bias));
+    b.qkv = Fuse({q, k, v});
+    ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "self_attn.dense", d, q_dim, c.o_bias));
+    ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "mlp.fc1", f, d, c.mlp_bias));
+    ASSIGN_OR_RETURN(b.down, LoadLinear(src, p + "mlp.fc2", d, f, c.mlp_bias));
     w.blocks.push_back(std::move(b));
   }
-  ASSIGN_OR_RETURN(w.final_norm.weight, src.Get("norm.weight", {d}));
+  ASSIGN_OR_RETURN(w.final_norm, LoadNorm(src, c, "final_layernorm", d));
   return absl::OkStatus();
+}
+
+// LLaMA and the families named like it (prefix model.): Mistral, Qwen2/3, Phi-3 (fused qkv_proj
+// and gate_up_proj, already in lesion's row order), OLMo-2 and Gemma-2/3 (post-norms, QK-norms).
+absl::Status LoadLlama(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
+  const int64_t d = c.d_model, f = c.d_ffn;
+  const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  const bool fused = c.family == Family::kPhi3;
+  const bool gemma = c.family == Family::kGemma2 || c.family == Family::kGemma3;
+  ASSIGN_OR_RETURN(w.embed, src.Get("embed_tokens.weight", {c.vocab_size, d}));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    BlockWeights b;
+    if (c.pre_norms) {
+      ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "input_layernorm", d));
+      ASSIGN_OR_RETURN(b.mlp_norm,
+                       LoadNorm(src, c, p + (gemma ? "pre_feedforward_layernorm" : "post_attention_layernorm"), d));
+    }
+    if (c.post_norms) {
+      ASSIGN_OR_RETURN(b.attn_post_norm, LoadNorm(src, c, p + "post_attention_layernorm", d));
+      ASSIGN_OR_RETURN(b.mlp_post_norm, LoadNorm(src, c, p + "post_feedforward_layernorm", d));
+    }
+    if (fused) {
+      ASSIGN_OR_RETURN(b.qkv, LoadLinear(src, p + "self_attn.qkv_proj", q_dim + 2 * kv_dim, d, c.qkv_bias));
+      ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "mlp.gate_up_proj", 2 * f, d, c.mlp_bias));
+    } else {
+      ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "self_attn.q_proj", q_dim, d, c.qkv_bias));
+      ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "self_attn.k_proj", kv_dim, d, c.qkv_bias));
+      ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "self_attn.v_proj", kv_dim, d, c.qkv_bias));
+      b.qkv = Fuse({q, k, v});
+      ASSIGN_OR_RETURN(LinearWeights gate, LoadLinear(src, p + "mlp.gate_proj", f, d, c.mlp_bias));
+      ASSIGN_OR_RETURN(LinearWeights up, LoadLinear(src, p + "mlp.up_proj", f, d, c.mlp_bias));
+      b.gate_up = Fuse({gate, up});
+    }
+    if (c.qk_norm != QkNorm::kNone) {
+      const bool per_head = c.qk_norm == QkNorm::kPerHead;
+      ASSIGN_OR_RETURN(b.q_norm, LoadNorm(src, c, p + "self_attn.q_norm", per_head ? c.head_dim : q_dim));
+      ASSIGN_OR_RETURN(b.k_norm, LoadNorm(src, c, p + "self_attn.k_norm", per_head ? c.head_dim : kv_dim));
+    }
+    ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "self_attn.o_proj", d, q_dim, c.o_bias));
+    ASSIGN_OR_RETURN(b.down, LoadLinear(src, p + "mlp.down_proj", d, f, c.mlp_bias));
+    w.blocks.push_back(std::move(b));
+  }
+  ASSIGN_OR_RETURN(w.final_norm, LoadNorm(src, c, "norm", d));
+  return absl::OkStatus();
+}
+
+// Where a family's tensors live: the prefix of its body ("model." etc., optional in the file) and
+// the name of its own output head.
+struct FamilyLayout {
+  const char* prefix;
+  const char* lm_head;
+  absl::Status (*load)(TensorSource&, const ModelConfig&, TransformerWeights&);
+};
+
+FamilyLayout LayoutOf(Family family) {
+  switch (family) {
+    case Family::kGpt2:
+      return {"transformer.", "lm_head", LoadGpt2};
+    case Family::kGptNeox:
+      return {"gpt_neox.", "embed_out", LoadGptNeox};
+    case Family::kOpt:
+      return {"model.decoder.", "lm_head", LoadOpt};
+    case Family::kPhi:
+      return {"model.", "lm_head", LoadPhi};
+    case Family::kLlama:
+    case Family::kPhi3:
+    case Family::kOlmo2:
+    case Family::kGemma2:
+    case Family::kGemma3:
+    case Family::kQwen3:
+      break;
+  }
+  return {"model.", "lm_head", LoadLlama};
 }
 
 // q/k/v and gate/up become row views of the fused matrices.
@@ -165,32 +300,37 @@ void MakeViews(const ModelConfig& c, BlockWeights& b) {
 
 bool IsNonWeightBuffer(const std::string& name) {
   static const std::regex kBuffers(
-      R"(((transformer\.)?h\.\d+\.attn\.(masked_)?bias)|((model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq))");
+      R"(((transformer\.)?h\.\d+\.attn\.(masked_)?bias)|((gpt_neox\.)?layers\.\d+\.attention\.(masked_)?bias)|)"
+      R"(.*\.rotary_emb\.inv_freq)");
   return std::regex_match(name, kBuffers);
 }
 
 absl::StatusOr<LoadedWeights> LoadCheckpointWeights(const CheckpointTensors& checkpoint, const ModelConfig& config,
                                                     const LoadOptions& options) {
   const at::ScalarType dtype = options.dtype.value_or(checkpoint.DefaultDtype());
-  const bool gpt2 = config.family == Family::kGpt2;
+  const FamilyLayout layout = LayoutOf(config.family);
+  const std::string head_name = absl::StrCat(layout.lm_head, ".weight");
   return TorchCall(absl::StrCat("loading ", checkpoint.Files()), [&]() -> absl::StatusOr<LoadedWeights> {
     // Weights are ordinary tensors (not inference tensors) so that interventions may edit them in
     // place and restore them; nothing here records autograd history.
-    TensorSource src(checkpoint, gpt2 ? "transformer." : "model.",
-                     at::TensorOptions().dtype(dtype).device(options.device), options.cancelled);
+    TensorSource src(checkpoint, layout.prefix, at::TensorOptions().dtype(dtype).device(options.device),
+                     options.cancelled);
     LoadedWeights loaded;
     TransformerWeights& w = loaded.weights;
-    RETURN_IF_ERROR(gpt2 ? LoadGpt2(src, config, w) : LoadLlama(src, config, w));
-    // The output head: tied to the embedding, or its own lm_head.weight.
+    RETURN_IF_ERROR(layout.load(src, config, w));
+    // The output head: tied to the embedding, or its own weight; Phi-2's has a bias.
     if (config.tied_embeddings) {
       w.lm_head = w.embed;
     } else {
-      ASSIGN_OR_RETURN(w.lm_head, src.Get("lm_head.weight", {config.vocab_size, config.d_model}));
+      ASSIGN_OR_RETURN(w.lm_head, src.Get(head_name, {config.vocab_size, config.d_model}));
+    }
+    if (config.lm_head_bias) {
+      ASSIGN_OR_RETURN(w.lm_head_bias, src.Get(absl::StrCat(layout.lm_head, ".bias"), {config.vocab_size}));
     }
     for (BlockWeights& b : w.blocks) MakeViews(config, b);
     // A tied checkpoint may carry a copy of the head; buffers are never weights.
     std::vector<std::string> extra = src.Unconsumed([&](const std::string& name) {
-      return IsNonWeightBuffer(name) || (config.tied_embeddings && name == "lm_head.weight");
+      return IsNonWeightBuffer(name) || (config.tied_embeddings && name == head_name);
     });
     if (!extra.empty()) {
       if (extra.size() > 5) extra.resize(5), extra.push_back("...");
@@ -215,22 +355,34 @@ absl::StatusOr<TransformerWeights> MakeRandomWeights(const ModelConfig& c, at::D
     auto matrix = [&](int64_t rows, int64_t cols) {
       return at::normal(0.0, 0.02, {rows, cols}, std::nullopt, options);  // [rows, cols]
     };
-    auto norm = [&] {
-      NormWeights n{at::ones({c.d_model}, options), at::Tensor()};
-      if (c.norm == NormKind::kLayerNorm) n.bias = at::zeros({c.d_model}, options);
+    auto norm = [&](int64_t width = 0) {
+      width = width > 0 ? width : c.d_model;
+      NormWeights n{at::ones({width}, options), at::Tensor()};
+      if (c.norm == NormKind::kLayerNorm) n.bias = at::zeros({width}, options);
       return n;
     };
     auto bias = [&](bool present, int64_t n) { return present ? at::zeros({n}, options) : at::Tensor(); };
     const int64_t qkv_rows = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
     TransformerWeights w;
     w.embed = matrix(c.vocab_size, c.d_model);
-    if (c.learned_positions) w.positions = matrix(c.max_position_embeddings, c.d_model);
+    if (c.learned_positions) w.positions = matrix(c.max_position_embeddings + c.position_offset, c.d_model);
     for (int64_t l = 0; l < c.n_layers; ++l) {
       BlockWeights b;
-      b.attn_norm = norm();
+      if (c.pre_norms) {
+        b.attn_norm = norm();
+        if (c.block_layout != BlockLayout::kParallelSharedNorm) b.mlp_norm = norm();
+      }
+      if (c.post_norms) {
+        b.attn_post_norm = norm();
+        b.mlp_post_norm = norm();
+      }
+      if (c.qk_norm != QkNorm::kNone) {
+        const bool per_head = c.qk_norm == QkNorm::kPerHead;
+        b.q_norm = norm(per_head ? c.head_dim : c.n_heads * c.head_dim);
+        b.k_norm = norm(per_head ? c.head_dim : c.n_kv_heads * c.head_dim);
+      }
       b.qkv = {matrix(qkv_rows, c.d_model), bias(c.qkv_bias, qkv_rows)};
       b.o = {matrix(c.d_model, c.n_heads * c.head_dim), bias(c.o_bias, c.d_model)};
-      b.mlp_norm = norm();
       const int64_t up_rows = (c.gated_mlp ? 2 : 1) * c.d_ffn;
       b.gate_up = {matrix(up_rows, c.d_model), bias(c.mlp_bias, up_rows)};
       b.down = {matrix(c.d_model, c.d_ffn), bias(c.mlp_bias, c.d_model)};
@@ -239,6 +391,7 @@ absl::StatusOr<TransformerWeights> MakeRandomWeights(const ModelConfig& c, at::D
     }
     w.final_norm = norm();
     w.lm_head = c.tied_embeddings ? w.embed : matrix(c.vocab_size, c.d_model);
+    w.lm_head_bias = bias(c.lm_head_bias, c.vocab_size);
     return w;
   });
 }

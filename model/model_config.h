@@ -1,9 +1,12 @@
 // ModelConfig: the architecture of a checkpoint, parsed from a Hugging Face config.json into one
 // family-independent description that the single transformer implementation is parameterised by.
 //
-// Supported `architectures`: GPT2LMHeadModel, LlamaForCausalLM (LLaMA 2 and 3), MistralForCausalLM,
-// Qwen2ForCausalLM. Rotary settings are read from both the transformers 4 spelling (`rope_theta`,
-// `rope_scaling`) and the transformers 5 spelling (`rope_parameters`).
+// Supported `architectures` (kSupportedArchitectures): GPT-2, LLaMA 2 and 3, Mistral, Qwen2, Qwen3,
+// GPT-NeoX (Pythia), OPT, Phi-2, Phi-3, OLMo-2, Gemma-2 and Gemma-3 (text). Every setting is read
+// from both the transformers 4 spelling (`rope_theta`, `rope_scaling`, `rotary_pct`,
+// `partial_rotary_factor`, `rope_local_base_freq`, `sliding_window_pattern`) and the transformers 5
+// spelling (`rope_parameters`, per layer type for Gemma-3, and `layer_types`). docs/architectures.md
+// says what each family's peculiarities mean for the hook sites and the interventions.
 //
 // Value type; thread-compatible.
 #ifndef LESION_MODEL_MODEL_CONFIG_H_
@@ -21,8 +24,21 @@
 
 namespace lesion::model {
 
-enum class Family { kGpt2, kLlama };  // kLlama covers LLaMA, Mistral and Qwen2 (pre-norm, RMSNorm, SwiGLU, rotary)
-enum class NormKind { kLayerNorm, kRmsNorm };
+// kLlama covers LLaMA, Mistral and Qwen2 (pre-norm, RMSNorm, SwiGLU, rotary).
+enum class Family { kGpt2, kLlama, kGptNeox, kOpt, kPhi, kPhi3, kOlmo2, kGemma2, kGemma3, kQwen3 };
+enum class NormKind { kLayerNorm, kRmsNorm };  // LayerNorm always with its bias here
+// How a block's two branches meet the residual stream.
+enum class BlockLayout {
+  kSequential,          // x + attn(norm1 x), then + mlp(norm2 of that)
+  kParallel,            // x + attn(norm1 x) + mlp(norm2 x)  (GPT-NeoX's use_parallel_residual)
+  kParallelSharedNorm,  // x + attn(norm x) + mlp(norm x)   (Phi-2: one norm feeds both)
+};
+// RMSNorm of queries and keys before the rotary embedding.
+enum class QkNorm {
+  kNone,
+  kPerHead,    // over each head's head_dim (Qwen3, Gemma-3)
+  kFullWidth,  // over the whole projection, heads * head_dim (OLMo-2)
+};
 enum class Activation { kGeluTanh, kGelu, kSilu, kRelu };
 enum class RopeScaling { kNone, kLinear, kLlama3 };
 
@@ -54,9 +70,26 @@ struct ModelConfig {
   bool o_bias = false;
   bool mlp_bias = false;
   bool tied_embeddings = false;
-  bool learned_positions = false;  // GPT-2's wpe
-  std::optional<RopeConfig> rope;  // absent for GPT-2
-  // Per layer: attention restricted to the last `window` keys (Mistral, Qwen2 sliding layers).
+  bool learned_positions = false;  // GPT-2's wpe, OPT's embed_positions
+  int64_t position_offset = 0;     // OPT: position p reads row p + 2 of its table
+  std::optional<RopeConfig> rope;  // absent with learned positions
+  // Rotary settings of the sliding-window layers when they differ (Gemma-3's local layers).
+  std::optional<RopeConfig> sliding_rope;
+  int64_t rotary_dim = 0;  // the leading dims of each head that rotate: head_dim, or fewer (partial rotary)
+  BlockLayout block_layout = BlockLayout::kSequential;
+  bool pre_norms = true;    // a norm before each branch (not OLMo-2)
+  bool post_norms = false;  // a norm on each branch's output before the residual add (OLMo-2, Gemma-2/3)
+  QkNorm qk_norm = QkNorm::kNone;
+  // Gemma's norms scale by (1 + w): the loader stores the effective gamma 1 + w, which is what
+  // norm resets and detectors address.
+  bool norm_adds_one = false;
+  double embed_scale = 1.0;               // Gemma: embeddings times sqrt(d_model), rounded to the dtype
+  std::optional<double> attention_scale;  // default 1 / sqrt(head_dim); Gemma: query_pre_attn_scalar^-0.5
+  std::optional<double> attn_softcap;     // scores become cap * tanh(scores / cap) (Gemma-2)
+  std::optional<double> final_softcap;    // the same on the logits (Gemma-2)
+  bool lm_head_bias = false;              // Phi-2
+  // Per layer: attention restricted to the last `window` keys (Mistral, Qwen2/3, Phi-3 and Gemma's
+  // sliding layers).
   std::vector<std::optional<int64_t>> sliding_window;
   std::optional<int32_t> bos_token_id;
   std::optional<int32_t> eos_token_id;
@@ -94,6 +127,9 @@ absl::Status CheckModelConfigBounds(const ModelConfig& config, absl::string_view
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_dir);
 
 absl::string_view FamilyName(Family family);
+
+// The config.json `architectures` names lesion loads, for messages and docs.
+extern const char* const kSupportedArchitectures;
 
 }  // namespace lesion::model
 

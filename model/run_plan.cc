@@ -10,7 +10,7 @@ RunPlan::RunPlan(int64_t n_layers)
       attention_bias_(static_cast<size_t>(n_layers)),
       explicit_attention_(static_cast<size_t>(n_layers), false),
       corrections_(static_cast<size_t>(n_layers * kNumLinearSites)),
-      gammas_(static_cast<size_t>(n_layers * 2)) {}
+      gammas_(static_cast<size_t>(n_layers * kNumBlockNormSites)) {}
 
 void RunPlan::AddHook(const SiteId& site, Hook hook) {
   hooks_[Index(site)].push_back(std::move(hook));
@@ -28,7 +28,7 @@ void RunPlan::AddLinearCorrection(int64_t layer, LinearSite site, LinearCorrecti
 }
 
 void RunPlan::SetNormGamma(int64_t layer, NormSite norm, at::Tensor gamma) {
-  at::Tensor& slot = norm == NormSite::kFinal ? final_gamma_ : gammas_[layer * 2 + static_cast<int>(norm)];
+  at::Tensor& slot = norm == NormSite::kFinal ? final_gamma_ : gammas_[layer * kNumBlockNormSites + static_cast<int>(norm)];
   if (!slot.defined()) ++n_gammas_;
   slot = std::move(gamma);
 }

@@ -38,8 +38,11 @@ struct AttentionBias {
 // The matrices of a block as they are multiplied: q/k/v and gate/up are fused (transformer.h).
 enum class LinearSite { kQkv, kO, kGateUp, kDown };
 inline constexpr int kNumLinearSites = 4;
-// The norms of a block, and the final norm (whose layer is ignored).
-enum class NormSite { kAttn, kMlp, kFinal };
+// The norms of a block, and the final norm (whose layer is ignored). Which of them a model has
+// depends on its family (docs/architectures.md): kAttn and kMlp before each branch, kAttnPost and
+// kMlpPost on each branch's output, kQ and kK on queries and keys.
+enum class NormSite { kAttn, kMlp, kAttnPost, kMlpPost, kQ, kK, kFinal };
+inline constexpr int kNumBlockNormSites = 6;  // every NormSite but kFinal
 
 // A weight element edit expressed on the activations instead of the weight, per batch row:
 // out[b, :, row] += delta[b] * in[b, :, col], which is exactly what the matrix product computes
@@ -64,7 +67,7 @@ class RunPlan {
   // Per-row weight element edits (see LinearCorrection), applied right after the matrix product
   // of `site` in `layer`, before any hook sees its output.
   void AddLinearCorrection(int64_t layer, LinearSite site, LinearCorrection correction);
-  // Per-row norm gammas: `gamma` [batch, 1, d] replaces the norm's weight (its bias stays).
+  // Per-row norm gammas: `gamma` [batch, 1, width] replaces the norm's weight (its bias stays).
   // `layer` is ignored for NormSite::kFinal.
   void SetNormGamma(int64_t layer, NormSite norm, at::Tensor gamma);
   // Polled before every layer: when it returns true the forward pass stops and Forward returns
@@ -95,7 +98,7 @@ class RunPlan {
   }
   // Undefined when the norm keeps its own gamma.
   const at::Tensor& norm_gamma(int64_t layer, NormSite norm) const {
-    return norm == NormSite::kFinal ? final_gamma_ : gammas_[layer * 2 + static_cast<int>(norm)];
+    return norm == NormSite::kFinal ? final_gamma_ : gammas_[layer * kNumBlockNormSites + static_cast<int>(norm)];
   }
 
  private:
@@ -110,7 +113,7 @@ class RunPlan {
   std::vector<std::optional<AttentionBias>> attention_bias_;  // per layer
   std::vector<bool> explicit_attention_;                      // per layer
   std::vector<std::vector<LinearCorrection>> corrections_;    // [layer * kNumLinearSites + site]
-  std::vector<at::Tensor> gammas_;                            // [layer * 2 + norm]
+  std::vector<at::Tensor> gammas_;                            // [layer * kNumBlockNormSites + norm]
   at::Tensor final_gamma_;
   int n_hooks_ = 0;
   int n_biases_ = 0;

@@ -44,23 +44,30 @@ at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim, at::Devi
 // Rows of the CUDA output head are padded to this multiple (see transformer.h).
 constexpr int64_t kHeadRowAlignment = 64;
 
-Transformer::Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded, at::Tensor inv_freq)
+Transformer::Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded,
+                         at::Tensor lm_head_bias_padded, at::Tensor inv_freq, at::Tensor sliding_inv_freq)
     : config_(std::move(config)),
       weights_(std::move(weights)),
       lm_head_padded_(std::move(lm_head_padded)),
-      inv_freq_(std::move(inv_freq)) {}
+      lm_head_bias_padded_(std::move(lm_head_bias_padded)),
+      inv_freq_(std::move(inv_freq)),
+      sliding_inv_freq_(std::move(sliding_inv_freq)) {}
 
 absl::StatusOr<Transformer> Transformer::Create(ModelConfig config, TransformerWeights weights) {
   if (static_cast<int64_t>(weights.blocks.size()) != config.n_layers) {
     return absl::InvalidArgumentError(
         absl::StrCat("weights hold ", weights.blocks.size(), " blocks, config says ", config.n_layers));
   }
+  if (config.rotary_dim == 0) config.rotary_dim = config.head_dim;  // a config built by hand: the whole head
   return TorchCall("building rotary tables and the output head", [&]() -> absl::StatusOr<Transformer> {
-    at::Tensor inv_freq;
+    at::Tensor inv_freq, sliding_inv_freq;
     if (config.rope.has_value()) {
-      inv_freq = InverseFrequencies(*config.rope, config.head_dim, weights.embed.device());
+      inv_freq = InverseFrequencies(*config.rope, config.rotary_dim, weights.embed.device());
     }
-    at::Tensor head = weights.lm_head;
+    if (config.sliding_rope.has_value()) {
+      sliding_inv_freq = InverseFrequencies(*config.sliding_rope, config.rotary_dim, weights.embed.device());
+    }
+    at::Tensor head = weights.lm_head, head_bias = weights.lm_head_bias;
     const int64_t vocab = head.size(0);
     if (head.is_cuda() && vocab % kHeadRowAlignment != 0) {
       const int64_t padded_rows = (vocab + kHeadRowAlignment - 1) / kHeadRowAlignment * kHeadRowAlignment;
@@ -70,8 +77,15 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig config, TransformerW
       head = padded;
       weights.lm_head = padded.narrow(0, 0, vocab);  // the original is freed with its last reference
       if (tied) weights.embed = weights.lm_head;
+      if (head_bias.defined()) {
+        at::Tensor padded_bias = at::zeros({padded_rows}, head_bias.options());  // [padded]
+        padded_bias.narrow(0, 0, vocab).copy_(head_bias);
+        head_bias = padded_bias;
+        weights.lm_head_bias = padded_bias.narrow(0, 0, vocab);
+      }
     }
-    return Transformer(std::move(config), std::move(weights), std::move(head), std::move(inv_freq));
+    return Transformer(std::move(config), std::move(weights), std::move(head), std::move(head_bias),
+                       std::move(inv_freq), std::move(sliding_inv_freq));
   });
 }
 
@@ -83,7 +97,7 @@ absl::Status Transformer::CheckInput(const at::Tensor& ids, const RunPlan& plan)
     return absl::InvalidArgumentError(
         absl::StrCat("run plan is for ", plan.n_layers(), " layers, the model has ", config_.n_layers));
   }
-  if (config_.learned_positions && ids.size(1) > config_.max_position_embeddings) {
+  if (config_.learned_positions && ids.size(1) > config_.max_position_embeddings) {  // past the table's end
     return absl::InvalidArgumentError(absl::StrCat("sequence of ", ids.size(1), " tokens is longer than the model's ",
                                                    config_.max_position_embeddings, " positions"));
   }
@@ -100,8 +114,12 @@ absl::StatusOr<at::Tensor> Transformer::Embed(const at::Tensor& ids, const RunPl
   }
   const at::Tensor input = ids.to(device(), at::kLong);  // [b, s]
   at::Tensor x = at::embedding(weights_.embed, input);   // [b, s, d]
+  if (config_.embed_scale != 1.0) {
+    // Gemma multiplies by sqrt(d_model) rounded to the model dtype first, as a tensor of that dtype.
+    x = x * at::scalar_tensor(config_.embed_scale, x.options());
+  }
   if (config_.learned_positions) {
-    x = x + weights_.positions.narrow(0, 0, input.size(1));
+    x = x + weights_.positions.narrow(0, config_.position_offset, input.size(1));
   }
   plan.Apply({SiteKind::kEmbed, -1}, x);
   return x;
@@ -161,21 +179,24 @@ absl::StatusOr<at::Tensor> Transformer::ForwardFrom(const at::Tensor& resid, int
                    });
 }
 
-std::pair<at::Tensor, at::Tensor> Transformer::RotaryTables(int64_t seq) const {
-  if (!inv_freq_.defined()) return {};
-  at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device())).to(at::kFloat);
-  at::Tensor freqs = at::outer(pos, inv_freq_);                                 // [s, hd/2] float32
-  at::Tensor cos = at::cat({freqs, freqs}, -1).cos().to(dtype()).unsqueeze(1);  // [s, 1, hd]
-  // rotate_half(x) * sin == swap_halves(x) * [-sin_1, sin_2]: the sign moves into the table.
-  at::Tensor sin = at::cat({-freqs.sin(), freqs.sin()}, -1).to(dtype()).unsqueeze(1);  // [s, 1, hd]
-  return {cos, sin};
+Transformer::RotaryTables Transformer::MakeRotaryTables(int64_t seq) const {
+  auto table = [&](const at::Tensor& inv_freq) -> RotaryTable {
+    if (!inv_freq.defined()) return {};
+    at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device())).to(at::kFloat);
+    at::Tensor freqs = at::outer(pos, inv_freq);                                  // [s, rd/2] float32
+    at::Tensor cos = at::cat({freqs, freqs}, -1).cos().to(dtype()).unsqueeze(1);  // [s, 1, rd]
+    // rotate_half(x) * sin == swap_halves(x) * [-sin_1, sin_2]: the sign moves into the table.
+    at::Tensor sin = at::cat({-freqs.sin(), freqs.sin()}, -1).to(dtype()).unsqueeze(1);  // [s, 1, rd]
+    return {cos, sin};
+  };
+  return {table(inv_freq_), table(sliding_inv_freq_)};
 }
 
 at::Tensor Transformer::RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan) const {
-  const auto [cos, sin] = RotaryTables(x.size(1));
+  const RotaryTables rotary = MakeRotaryTables(x.size(1));
   for (int64_t l = begin; l < end; ++l) {
     if (plan.Interrupted()) return at::Tensor();  // the caller reports Cancelled
-    x = Block(l, std::move(x), cos, sin, plan);
+    x = Block(l, std::move(x), rotary, plan);
   }
   return x;
 }
@@ -184,7 +205,11 @@ at::Tensor Transformer::Head(const at::Tensor& x, const RunPlan& plan) const {
   at::Tensor h = Norm(weights_.final_norm, x, plan.norm_gamma(-1, NormSite::kFinal));  // [b, s, d]
   plan.Apply({SiteKind::kFinalNorm, -1}, h);
   // [b, s, vocab], a view of the padded head's output on CUDA
-  at::Tensor logits = at::linear(h, lm_head_padded_).narrow(-1, 0, config_.vocab_size);
+  at::Tensor logits = at::linear(h, lm_head_padded_, lm_head_bias_padded_).narrow(-1, 0, config_.vocab_size);
+  if (config_.final_softcap.has_value()) {
+    const double cap = *config_.final_softcap;
+    logits = at::tanh(logits / cap) * cap;  // as transformers: divide, tanh, multiply
+  }
   plan.Apply({SiteKind::kLogits, -1}, logits);
   return logits;
 }
@@ -201,20 +226,35 @@ at::Tensor Transformer::Linear(const at::Tensor& x, const LinearWeights& w, int6
   return out;
 }
 
-at::Tensor Transformer::Block(int64_t l, at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
-                              const RunPlan& plan) const {
-  const BlockWeights& w = weights_.blocks[l];
+at::Tensor Transformer::BlockNorm(const NormWeights& w, int64_t layer, NormSite site, const at::Tensor& x,
+                                  const RunPlan& plan) const {
+  return Norm(w, x, plan.norm_gamma(layer, site));
+}
 
-  at::Tensor h = Norm(w.attn_norm, x, plan.norm_gamma(l, NormSite::kAttn));  // [b, s, d]
+at::Tensor Transformer::Block(int64_t l, at::Tensor x, const RotaryTables& rotary, const RunPlan& plan) const {
+  const BlockWeights& w = weights_.blocks[l];
+  const BlockLayout layout = config_.block_layout;
+
+  // [b, s, d]: the attention's input; without pre-norms (OLMo-2) the residual stream itself.
+  at::Tensor h = config_.pre_norms ? BlockNorm(w.attn_norm, l, NormSite::kAttn, x, plan) : x;
+  // Phi-2's MLP reads the same normed tensor, as it was before any attn_in hook.
+  const at::Tensor shared_norm_out = h;
   plan.Apply({SiteKind::kAttnIn, l}, h);
-  at::Tensor z = Attention(l, h, cos, sin, plan);  // [b, s, heads, hd]
+  at::Tensor z = Attention(l, h, rotary, plan);  // [b, s, heads, hd]
   plan.Apply({SiteKind::kAttnZ, l}, z);
   at::Tensor attn_out = Linear(z.flatten(2), w.o, l, LinearSite::kO, plan);  // [b, s, d]
+  if (config_.post_norms) attn_out = BlockNorm(w.attn_post_norm, l, NormSite::kAttnPost, attn_out, plan);
   plan.Apply({SiteKind::kAttnOut, l}, attn_out);
-  at::Tensor resid_mid = x + attn_out;  // [b, s, d]
+  at::Tensor resid_mid = x + attn_out;  // [b, s, d]; parallel blocks: not what the MLP reads
   plan.Apply({SiteKind::kResidMid, l}, resid_mid);
 
-  at::Tensor m = Norm(w.mlp_norm, resid_mid, plan.norm_gamma(l, NormSite::kMlp));  // [b, s, d]
+  at::Tensor m;  // [b, s, d]: the MLP's input
+  if (layout == BlockLayout::kParallelSharedNorm) {
+    m = shared_norm_out;
+  } else {
+    const at::Tensor& stream = layout == BlockLayout::kParallel ? x : resid_mid;
+    m = config_.pre_norms ? BlockNorm(w.mlp_norm, l, NormSite::kMlp, stream, plan) : stream;
+  }
   plan.Apply({SiteKind::kMlpIn, l}, m);
   at::Tensor act;  // [b, s, ffn]
   if (config_.gated_mlp) {
@@ -225,29 +265,57 @@ at::Tensor Transformer::Block(int64_t l, at::Tensor x, const at::Tensor& cos, co
   }
   plan.Apply({SiteKind::kMlpAct, l}, act);
   at::Tensor mlp_out = Linear(act, w.down, l, LinearSite::kDown, plan);  // [b, s, d]
+  if (config_.post_norms) mlp_out = BlockNorm(w.mlp_post_norm, l, NormSite::kMlpPost, mlp_out, plan);
   plan.Apply({SiteKind::kMlpOut, l}, mlp_out);
   at::Tensor resid_post = resid_mid + mlp_out;  // [b, s, d]
   plan.Apply({SiteKind::kResidPost, l}, resid_post);
   return resid_post;
 }
 
-at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
+at::Tensor Transformer::Rotate(const at::Tensor& x, const RotaryTable& table) const {
+  // HF's x * cos + rotate_half(x) * sin on the first rotary_dim dims; rotate_half is a swap of the
+  // two halves here, its sign being in the sin table.
+  const int64_t b = x.size(0), s = x.size(1), n = x.size(2), hd = x.size(3), rd = config_.rotary_dim;
+  const at::Tensor part = rd == hd ? x : x.narrow(-1, 0, rd);  // [b, s, n, rd]
+  at::Tensor swapped = part.reshape({b, s, n, 2, rd / 2}).flip(3).reshape({b, s, n, rd});
+  at::Tensor rotated = at::addcmul(part * table.cos, swapped, table.sin);
+  return rd == hd ? rotated : at::cat({rotated, x.narrow(-1, rd, hd - rd)}, -1);
+}
+
+at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTables& rotary,
                                   const RunPlan& plan) const {
   const BlockWeights& w = weights_.blocks[l];
   const int64_t b = h.size(0), s = h.size(1);
   const int64_t n_heads = config_.n_heads, n_kv = config_.n_kv_heads, hd = config_.head_dim;
+  const auto& window = config_.sliding_window[l];
+  const RotaryTable& table = window.has_value() && rotary.sliding.cos.defined() ? rotary.sliding : rotary.full;
 
   at::Tensor qkv = Linear(h, w.qkv, l, LinearSite::kQkv, plan);  // [b, s, (heads + 2 kv) hd]
-  // q and k side by side: [b, s, heads + kv, hd]
-  at::Tensor qk = qkv.narrow(-1, 0, (n_heads + n_kv) * hd).view({b, s, n_heads + n_kv, hd});
-  if (cos.defined()) {
-    // HF's q * cos + rotate_half(q) * sin, for q and k at once; rotate_half is a swap of the two
-    // halves here, its sign being in the sin table.
-    at::Tensor swapped = qk.view({b, s, n_heads + n_kv, 2, hd / 2}).flip(3).view({b, s, n_heads + n_kv, hd});
-    qk = at::addcmul(qk * cos, swapped, sin);
+  at::Tensor q, k;                                                // [b, heads | kv, s, hd]
+  if (config_.qk_norm == QkNorm::kNone) {
+    // q and k side by side, rotated at once: [b, s, heads + kv, hd]
+    at::Tensor qk = qkv.narrow(-1, 0, (n_heads + n_kv) * hd).view({b, s, n_heads + n_kv, hd});
+    if (table.cos.defined()) qk = Rotate(qk, table);
+    q = qk.narrow(2, 0, n_heads).transpose(1, 2);
+    k = qk.narrow(2, n_heads, n_kv).transpose(1, 2);
+  } else {
+    at::Tensor q_flat = qkv.narrow(-1, 0, n_heads * hd);         // [b, s, heads hd]
+    at::Tensor k_flat = qkv.narrow(-1, n_heads * hd, n_kv * hd);  // [b, s, kv hd]
+    at::Tensor q_gamma = plan.norm_gamma(l, NormSite::kQ), k_gamma = plan.norm_gamma(l, NormSite::kK);
+    if (config_.qk_norm == QkNorm::kFullWidth) {  // OLMo-2: over the whole projection, then split
+      q = Norm(w.q_norm, q_flat, q_gamma).reshape({b, s, n_heads, hd});
+      k = Norm(w.k_norm, k_flat, k_gamma).reshape({b, s, n_kv, hd});
+    } else {  // per head; a sweep's per-row gamma [rows, 1, hd] broadcasts over the heads
+      q = Norm(w.q_norm, q_flat.reshape({b, s, n_heads, hd}), q_gamma.defined() ? q_gamma.unsqueeze(1) : q_gamma);
+      k = Norm(w.k_norm, k_flat.reshape({b, s, n_kv, hd}), k_gamma.defined() ? k_gamma.unsqueeze(1) : k_gamma);
+    }
+    if (table.cos.defined()) {
+      q = Rotate(q, table);
+      k = Rotate(k, table);
+    }
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
   }
-  at::Tensor q = qk.narrow(2, 0, n_heads).transpose(1, 2);     // [b, heads, s, hd]
-  at::Tensor k = qk.narrow(2, n_heads, n_kv).transpose(1, 2);  // [b, kv, s, hd]
   at::Tensor v =
       qkv.narrow(-1, (n_heads + n_kv) * hd, n_kv * hd).view({b, s, n_kv, hd}).transpose(1, 2);  // [b, kv, s, hd]
   if (n_kv != n_heads) {  // GQA: each KV head serves heads / kv consecutive query heads
@@ -256,25 +324,31 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tens
     v = v.unsqueeze(2).expand({b, n_kv, rep, s, hd}).reshape({b, n_heads, s, hd});
   }
 
-  const auto& window = config_.sliding_window[l];
+  // Soft-capped scores have no fused kernel: they take the explicit path.
+  const bool explicit_path = plan.NeedsExplicitAttention(l) || config_.attn_softcap.has_value();
   at::Tensor allowed;  // [s, s] bool: query q may attend key k
-  if (window.has_value() || plan.NeedsExplicitAttention(l)) {
+  if (window.has_value() || explicit_path) {
     at::Tensor idx = at::arange(s, at::TensorOptions().dtype(at::kLong).device(h.device()));
     at::Tensor diff = idx.unsqueeze(1) - idx.unsqueeze(0);  // q - k
     allowed = diff >= 0;
     if (window.has_value()) allowed = allowed.logical_and(diff < *window);
   }
 
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const double scale = config_.attention_scale.value_or(1.0 / std::sqrt(static_cast<double>(hd)));
+  auto softcap = [&](at::Tensor scores) {
+    if (!config_.attn_softcap.has_value()) return scores;
+    const double cap = *config_.attn_softcap;
+    return at::tanh(scores / cap) * cap;  // as transformers: divide, tanh, multiply
+  };
   at::Tensor out;  // [b, heads, s, hd]
-  if (!plan.NeedsExplicitAttention(l)) {
+  if (!explicit_path) {
     if (allowed.defined()) {
       out = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, /*is_causal=*/false, scale);
     } else {
       out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale);
     }
   } else {
-    at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [b, heads, q, k]
+    at::Tensor scores = softcap(at::matmul(q, k.transpose(-1, -2)) * scale);  // [b, heads, q, k]
     scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
     const auto& bias = plan.attention_bias(l);
     at::Tensor bias_value;  // [heads, 1, hd] or [b, heads, 1, hd]
@@ -284,8 +358,9 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const at::Tens
       // [heads, hd] or [b, heads, hd]
       at::Tensor bias_key = bias->key.to(q.options()).repeat_interleave(rep, batched ? 1 : 0);
       bias_value = bias->value.to(q.options()).repeat_interleave(rep, batched ? 1 : 0).unsqueeze(-2);
-      at::Tensor extra = at::matmul(q, bias_key.unsqueeze(-1)) * scale;  // [b, heads, q, 1]
-      if (batched) {                                                     // rows without the slot give it probability 0
+      // [b, heads, q, 1]: scaled and soft-capped like every key, and outside any window
+      at::Tensor extra = softcap(at::matmul(q, bias_key.unsqueeze(-1)) * scale);
+      if (batched) {  // rows without the slot give it probability 0
         extra =
             extra.masked_fill(bias->rows.logical_not().view({b, 1, 1, 1}), -std::numeric_limits<double>::infinity());
       }

@@ -1,7 +1,8 @@
 // Transformer: the one decoder-only transformer implementation of lesion, parameterised by
-// ModelConfig (GPT-2: LayerNorm, learned positions, GELU MLP; LLaMA/Mistral/Qwen2: RMSNorm, rotary,
-// SwiGLU, GQA, optional biases and sliding windows). Every intermediate passes a named hook site
-// (model/hook_sites.h) through the per-run RunPlan.
+// ModelConfig: LayerNorm or RMSNorm, learned or rotary (full or partial) positions, GELU or gated
+// MLPs, GQA, optional biases, sliding windows, sequential or parallel blocks, pre-, post- and QK-norms,
+// scaled embeddings and soft-capped scores and logits (docs/architectures.md lists the families).
+// Every intermediate passes a named hook site (model/hook_sites.h) through the per-run RunPlan.
 //
 // Weights follow nn.Linear's [out_features, in_features] convention for every architecture (GPT-2's
 // Conv1D weights are transposed at load). q/k/v are row views of one fused matrix, gate/up likewise,
@@ -35,16 +36,19 @@ struct LinearWeights {
 };
 
 struct NormWeights {
-  at::Tensor weight;  // [d]  (gamma)
+  at::Tensor weight;  // [d]  (gamma); undefined when the model has no such norm
   at::Tensor bias;    // [d]  LayerNorm only, else undefined
 };
 
 struct BlockWeights {
-  NormWeights attn_norm;
+  NormWeights attn_norm;  // absent without pre-norms (OLMo-2)
   LinearWeights qkv;      // [(heads + 2 kv_heads) * hd, d]: rows q, then k, then v
   LinearWeights q, k, v;  // row views of qkv
   LinearWeights o;        // [d, heads * hd]
-  NormWeights mlp_norm;
+  NormWeights attn_post_norm;  // on attention's output (OLMo-2, Gemma), else absent
+  NormWeights q_norm, k_norm;  // [head_dim] per head, or [heads * head_dim] / [kv_heads * head_dim] full width
+  NormWeights mlp_norm;        // absent without pre-norms, and when attn_norm feeds the MLP too (Phi-2)
+  NormWeights mlp_post_norm;   // on the MLP's output (OLMo-2, Gemma), else absent
   LinearWeights gate_up;   // gated MLP: [2 * ffn, d], rows gate then up; else [ffn, d] = up
   LinearWeights gate, up;  // row views of gate_up (gate undefined without a gated MLP)
   LinearWeights down;      // [d, ffn]
@@ -52,10 +56,11 @@ struct BlockWeights {
 
 struct TransformerWeights {
   at::Tensor embed;      // [vocab, d]
-  at::Tensor positions;  // [max_positions, d]  GPT-2 only, else undefined
+  at::Tensor positions;  // [max_positions + position_offset, d] with learned positions, else undefined
   std::vector<BlockWeights> blocks;
   NormWeights final_norm;
-  at::Tensor lm_head;  // [vocab, d]; the same tensor as `embed` when tied
+  at::Tensor lm_head;       // [vocab, d]; the same tensor as `embed` when tied
+  at::Tensor lm_head_bias;  // [vocab] (Phi-2), else undefined
 };
 
 class Transformer {
@@ -86,7 +91,19 @@ class Transformer {
   at::ScalarType dtype() const { return weights_.embed.scalar_type(); }
 
  private:
-  Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded, at::Tensor inv_freq);
+  // cos and sin [s, 1, rotary_dim] in the model dtype, sin with rotate_half's sign folded into its
+  // first half; undefined without rotary.
+  struct RotaryTable {
+    at::Tensor cos, sin;
+  };
+  // The tables of the rotary layers: `full` for every layer, or only for the full-attention layers
+  // when the sliding ones have their own (`sliding`, Gemma-3).
+  struct RotaryTables {
+    RotaryTable full, sliding;
+  };
+
+  Transformer(ModelConfig config, TransformerWeights weights, at::Tensor lm_head_padded, at::Tensor lm_head_bias_padded,
+              at::Tensor inv_freq, at::Tensor sliding_inv_freq);
 
   // Checks of ids and plan shared by Forward and ForwardPrefix (no device work).
   absl::Status CheckInput(const at::Tensor& ids, const RunPlan& plan) const;
@@ -96,12 +113,13 @@ class Transformer {
   at::Tensor RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan) const;
   // The final norm and the output head: logits [b, s, vocab].
   at::Tensor Head(const at::Tensor& x, const RunPlan& plan) const;
-  // cos and sin [s, 1, hd] in the model dtype, sin with rotate_half's sign folded into its first
-  // half; undefined without rotary.
-  std::pair<at::Tensor, at::Tensor> RotaryTables(int64_t seq) const;
-  at::Tensor Block(int64_t layer, at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
-                   const RunPlan& plan) const;
-  at::Tensor Attention(int64_t layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
+  RotaryTables MakeRotaryTables(int64_t seq) const;
+  at::Tensor Block(int64_t layer, at::Tensor x, const RotaryTables& rotary, const RunPlan& plan) const;
+  at::Tensor Attention(int64_t layer, const at::Tensor& h, const RotaryTables& rotary, const RunPlan& plan) const;
+  // x [b, s, n, hd] rotated on its first rotary_dim dims by `table`.
+  at::Tensor Rotate(const at::Tensor& x, const RotaryTable& table) const;
+  // The block norm `site` of layer `layer` on x, with the plan's per-row gamma if it sets one.
+  at::Tensor BlockNorm(const NormWeights& w, int64_t layer, NormSite site, const at::Tensor& x,
                        const RunPlan& plan) const;
   // x @ w.T + b, then the plan's per-row corrections of (layer, site).
   at::Tensor Linear(const at::Tensor& x, const LinearWeights& w, int64_t layer, LinearSite site,
@@ -111,8 +129,10 @@ class Transformer {
 
   ModelConfig config_;
   TransformerWeights weights_;
-  at::Tensor lm_head_padded_;  // [vocab rounded up, d] on CUDA (weights_.lm_head is a view), else lm_head
-  at::Tensor inv_freq_;        // [hd / 2] float32 on the device; undefined without rotary
+  at::Tensor lm_head_padded_;       // [vocab rounded up, d] on CUDA (weights_.lm_head is a view), else lm_head
+  at::Tensor lm_head_bias_padded_;  // the same for lm_head_bias; undefined without one
+  at::Tensor inv_freq_;             // [rotary_dim / 2] float32 on the device; undefined without rotary
+  at::Tensor sliding_inv_freq_;     // the same for the sliding layers when they differ, else undefined
 };
 
 }  // namespace lesion::model

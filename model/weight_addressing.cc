@@ -34,10 +34,63 @@ absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name) {
 absl::string_view WeightModuleName(WeightModule module) { return kModuleNames[static_cast<int>(module)]; }
 
 absl::StatusOr<NormSite> ParseNormSite(absl::string_view name) {
-  if (name == "attn") return NormSite::kAttn;
-  if (name == "mlp") return NormSite::kMlp;
-  if (name == "final") return NormSite::kFinal;
-  return absl::InvalidArgumentError(absl::StrCat("unknown norm \"", name, "\" (known: attn, mlp, final)"));
+  for (NormSite site : kNormSites) {
+    if (name == NormSiteName(site)) return site;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown norm ", QuoteForError(name), " (known: attn, mlp, attn_post, mlp_post, q, k, final)"));
+}
+
+absl::string_view NormSiteName(NormSite site) {
+  switch (site) {
+    case NormSite::kAttn:
+      return "attn";
+    case NormSite::kMlp:
+      return "mlp";
+    case NormSite::kAttnPost:
+      return "attn_post";
+    case NormSite::kMlpPost:
+      return "mlp_post";
+    case NormSite::kQ:
+      return "q";
+    case NormSite::kK:
+      return "k";
+    case NormSite::kFinal:
+      return "final";
+  }
+  return "unknown";
+}
+
+const NormWeights* FindNorm(const TransformerWeights& w, int64_t layer, NormSite site) {
+  if (site == NormSite::kFinal) return &w.final_norm;
+  const BlockWeights& b = w.blocks[layer];
+  switch (site) {
+    case NormSite::kAttn:
+      return &b.attn_norm;
+    case NormSite::kMlp:
+      return &b.mlp_norm;
+    case NormSite::kAttnPost:
+      return &b.attn_post_norm;
+    case NormSite::kMlpPost:
+      return &b.mlp_post_norm;
+    case NormSite::kQ:
+      return &b.q_norm;
+    case NormSite::kK:
+      return &b.k_norm;
+    case NormSite::kFinal:
+      break;
+  }
+  return &w.final_norm;
+}
+
+std::vector<NormSite> ModelNormSites(const Transformer& model) {
+  std::vector<NormSite> sites;
+  if (model.weights().blocks.empty()) return sites;
+  for (NormSite site : kNormSites) {
+    if (site != NormSite::kFinal && FindNorm(model.weights(), 0, site)->weight.defined()) sites.push_back(site);
+  }
+  sites.push_back(NormSite::kFinal);
+  return sites;
 }
 
 absl::StatusOr<at::Tensor> ModuleWeight(const Transformer& model, int64_t layer, WeightModule module) {
@@ -69,8 +122,19 @@ absl::StatusOr<at::Tensor> ModuleWeight(const Transformer& model, int64_t layer,
 absl::StatusOr<at::Tensor> NormGamma(const Transformer& model, int64_t layer, NormSite norm) {
   if (norm == NormSite::kFinal) return model.weights().final_norm.weight;
   RETURN_IF_ERROR(CheckLayerIndex(model, layer));
-  const BlockWeights& b = model.weights().blocks[layer];
-  return norm == NormSite::kAttn ? b.attn_norm.weight : b.mlp_norm.weight;
+  const at::Tensor& gamma = FindNorm(model.weights(), layer, norm)->weight;
+  if (!gamma.defined()) {
+    std::vector<std::string> names;
+    for (NormSite site : ModelNormSites(model)) names.emplace_back(NormSiteName(site));
+    std::string why;
+    if (model.config().block_layout == BlockLayout::kParallelSharedNorm && norm == NormSite::kMlp) {
+      why = " (its attention and MLP share the attn norm)";
+    }
+    return absl::InvalidArgumentError(absl::StrCat("norm \"", NormSiteName(norm), "\": ", model.config().architecture,
+                                                   " has no such norm", why, "; its norms: ",
+                                                   absl::StrJoin(names, ", ")));
+  }
+  return gamma;
 }
 
 uint64_t BitChecksum(const at::Tensor& tensor) {
@@ -95,6 +159,15 @@ std::vector<const at::Tensor*> WeightTensors(const Transformer& model) {
          {&b.attn_norm.weight, &b.attn_norm.bias, &b.qkv.weight, &b.qkv.bias, &b.o.weight, &b.o.bias,
           &b.mlp_norm.weight, &b.mlp_norm.bias, &b.gate_up.weight, &b.gate_up.bias, &b.down.weight, &b.down.bias}) {
       tensors.push_back(t);
+    }
+  }
+  // Tensors of the later families last, and only where a family has them, so that the fingerprints
+  // of the first four families stay what they were.
+  if (w.lm_head_bias.defined()) tensors.push_back(&w.lm_head_bias);
+  for (const BlockWeights& b : w.blocks) {
+    for (const NormWeights* n : {&b.attn_post_norm, &b.mlp_post_norm, &b.q_norm, &b.k_norm}) {
+      if (n->weight.defined()) tensors.push_back(&n->weight);
+      if (n->bias.defined()) tensors.push_back(&n->bias);
     }
   }
   return tensors;

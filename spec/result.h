@@ -84,7 +84,7 @@ struct SuperWeight {
 };
 
 struct NormOutlier {
-  std::string norm;  // "attn" | "mlp" | "final"
+  std::string norm;  // "attn", "mlp", "attn_post", "mlp_post", "q", "k" or "final"
   int64_t layer = -1;
   int64_t channel = 0;
   double gamma = 0;

@@ -1,5 +1,7 @@
 #include "spec/spec.h"
 
+#include <algorithm>
+
 #include <google/protobuf/util/json_util.h>
 #include <openssl/sha.h>
 
@@ -413,8 +415,12 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
     case lesion::v1::SweepAxis::kNormChannels: {
       const auto& n = axis.norm_channels();
       const std::string at = where + ".norm_channels";
-      if (n.norm() != "attn" && n.norm() != "mlp" && n.norm() != "final") {
-        return Bad(at, absl::StrCat("unknown norm ", QuoteForError(n.norm()), " (known: attn, mlp, final)"));
+      // The names of model/weight_addressing.h's NormSite; which of them a model has is checked
+      // when the spec is bound to it.
+      static constexpr absl::string_view kNormNames[] = {"attn", "mlp", "attn_post", "mlp_post", "q", "k", "final"};
+      if (std::find(std::begin(kNormNames), std::end(kNormNames), n.norm()) == std::end(kNormNames)) {
+        return Bad(at, absl::StrCat("unknown norm ", QuoteForError(n.norm()), " (known: ",
+                                    absl::StrJoin(kNormNames, ", "), ")"));
       }
       std::vector<int64_t> layers = {0};
       if (n.norm() == "final" && n.layers_size() > 0) {

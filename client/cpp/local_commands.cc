@@ -149,9 +149,17 @@ absl::StatusOr<at::Tensor> ToTensor(const std::vector<std::vector<int32_t>>& bat
 
 std::string RopeDescription(const model::ModelConfig& c) {
   if (!c.rope.has_value()) return "learned positions";
-  std::string s = absl::StrCat("rotary, theta ", c.rope->theta);
-  if (c.rope->scaling == model::RopeScaling::kLinear) absl::StrAppend(&s, ", linear x", c.rope->factor);
-  if (c.rope->scaling == model::RopeScaling::kLlama3) absl::StrAppend(&s, ", llama3 x", c.rope->factor);
+  auto describe = [](const model::RopeConfig& rope) {
+    std::string s = absl::StrCat("theta ", rope.theta);
+    if (rope.scaling == model::RopeScaling::kLinear) absl::StrAppend(&s, ", linear x", rope.factor);
+    if (rope.scaling == model::RopeScaling::kLlama3) absl::StrAppend(&s, ", llama3 x", rope.factor);
+    return s;
+  };
+  std::string s = absl::StrCat("rotary, ", describe(*c.rope));
+  if (c.sliding_rope.has_value()) absl::StrAppend(&s, "; sliding layers ", describe(*c.sliding_rope));
+  if (c.rotary_dim != 0 && c.rotary_dim != c.head_dim) {
+    absl::StrAppend(&s, "; partial: ", c.rotary_dim, " of ", c.head_dim, " dims");
+  }
   return s;
 }
 
@@ -374,9 +382,9 @@ std::filesystem::path DataDir() {
 
 absl::Status RunLocalExperiment(Args& args) {
   if (!args.Flag("local")) {
-    return absl::UnimplementedError(
-        "only local runs exist so far: use `lesion run --local --model DIR --spec FILE` (the server "
-        "is issue 4)");
+    return absl::InvalidArgumentError(
+        "this runs a spec in-process: use `lesion run --local --model DIR --spec FILE`, or drop --local "
+        "to run it on a server (--server ADDRESS)");
   }
   ASSIGN_OR_RETURN(std::string spec_path, args.Require("spec"));
   const bool json = args.Flag("json");

@@ -88,8 +88,9 @@ class WeightEdit(_Builder):
 
 @dataclass(frozen=True)
 class NormChannelReset(_Builder):
-    """Gamma channels of norm ``attn`` / ``mlp`` at ``layer`` (or ``final``) reset to 1, the gamma mean,
-    or ``value``."""
+    """Gamma channels of a norm at ``layer`` (or of ``final``) reset to 1, the gamma mean, or ``value``.
+    Norms: ``attn`` / ``mlp`` before each branch, ``attn_post`` / ``mlp_post`` after it, ``q`` / ``k``
+    (QK-norm), ``final``; which of them a model has depends on its family (docs/architectures.md)."""
 
     layer: int
     norm: str

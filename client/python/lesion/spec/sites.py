@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
-NORMS = ("attn", "mlp", "final")
+NORMS = ("attn", "mlp", "attn_post", "mlp_post", "q", "k", "final")  # which a model has: docs/architectures.md
 SITE_NAMES = (
     "attn_in",
     "attn_z",
