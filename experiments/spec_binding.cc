@@ -145,13 +145,20 @@ absl::Status ApplyWeightEdits(const std::vector<spec::Intervention>& interventio
 }
 
 absl::Status CheckWeightEdits(const model::Transformer& t, const std::vector<spec::Intervention>& interventions) {
-  for (const spec::Intervention& in : interventions) {
+  // The error names the intervention, as the spec's own checks do: "interventions[2].weight_edit: ...".
+  auto located = [](const absl::Status& s, size_t i, absl::string_view kind) {
+    return s.ok() ? s : absl::Status(s.code(), absl::StrCat("interventions[", i, "].", kind, ": ", s.message()));
+  };
+  for (size_t i = 0; i < interventions.size(); ++i) {
+    const spec::Intervention& in = interventions[i];
     if (const auto* w = std::get_if<spec::WeightEdit>(&in)) {
-      ASSIGN_OR_RETURN(model::WeightModule module, model::ParseWeightModule(w->module));
-      RETURN_IF_ERROR(CheckElementEdit(t, w->layer, module, w->row, w->col, w->value));
+      absl::StatusOr<model::WeightModule> module = model::ParseWeightModule(w->module);
+      absl::Status s = module.ok() ? CheckElementEdit(t, w->layer, *module, w->row, w->col, w->value) : module.status();
+      RETURN_IF_ERROR(located(s, i, "weight_edit"));
     } else if (const auto* n = std::get_if<spec::NormChannelReset>(&in)) {
-      ASSIGN_OR_RETURN(model::NormSite norm, model::ParseNormSite(n->norm));
-      RETURN_IF_ERROR(CheckNormReset(t, n->layer, norm, n->channels, n->value));
+      absl::StatusOr<model::NormSite> norm = model::ParseNormSite(n->norm);
+      absl::Status s = norm.ok() ? CheckNormReset(t, n->layer, *norm, n->channels, n->value) : norm.status();
+      RETURN_IF_ERROR(located(s, i, "norm_channel_reset"));
     }
   }
   return absl::OkStatus();

@@ -59,7 +59,8 @@ TEST(WeightEdits, ThousandsOfRandomEditsRestoreTheModelBitForBit) {
       for (int i = 0; i < 3000; ++i) {
         const int64_t layer = rng() % m.config().n_layers;
         if (i % 10 == 0) {
-          const model::NormSite norm = static_cast<model::NormSite>(rng() % 3);
+          const std::vector<model::NormSite> norms = model::ModelNormSites(m);  // attn, mlp, final here
+          const model::NormSite norm = norms[rng() % norms.size()];
           const auto mode = static_cast<NormResetMode>(rng() % 3);
           ASSERT_TRUE(
               edits.ResetNormChannels(layer, norm, {static_cast<int64_t>(rng() % m.config().d_model)}, mode, 2.5).ok());
