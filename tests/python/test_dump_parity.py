@@ -1,6 +1,8 @@
 """`lesion dump` against live transformers on random checkpoints made at test time: every hook site
-of every architecture, GQA, llama3 rope scaling, sliding windows, biases, transformers-4 style
-configs, sharded and bfloat16 checkpoints, text input."""
+of every architecture (GPT-2, LLaMA, Mistral, Qwen2, GPT-NeoX, OPT, Phi-2, Phi-3, OLMo-2, Gemma-2,
+Gemma-3, Qwen3), GQA, llama3 and linear rope scaling, partial rotary, sliding windows, soft-capping,
+QK norms, parallel blocks, biases, transformers-4 style configs, sharded and bfloat16 checkpoints,
+text input."""
 
 import json
 
@@ -14,11 +16,16 @@ from conftest import requires_cli
 from hf_reference import (
     ALL_SITES,
     KINDS,
+    NEW_KINDS,
+    PARTIAL_ROTARY,
+    SOFTCAP,
     VOCAB,
     WINDOW,
     capture,
     compare,
+    dims,
     gpt2_encoding,
+    layers_of,
     make_model,
     randomize,
     to_legacy_config,
@@ -42,15 +49,19 @@ def random_ids(shape, seed, vocab=VOCAB):
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def check_hf_exercises(kind, model, ref):
+# Layers with a sliding window of WINDOW keys (Mistral and Phi-3 window every layer, Qwen2 / Qwen3
+# from max_window_layers on, Gemma by layer_types).
+WINDOWED = {"mistral": [0, 1], "qwen2_sliding": [1], "phi3": [0, 1], "gemma2": [0], "gemma3": [0, 2], "qwen3": [1]}
+
+
+def check_hf_exercises(kind, model, ref, ids):
     """Guards the test itself: the features under test really change what transformers computes."""
-    if kind in ("mistral", "qwen2_sliding"):
-        # Mistral windows every layer; Qwen2 only layers >= max_window_layers (here layer 1).
-        windowed = [0, 1] if kind == "mistral" else [1]
-        for l in range(model.config.num_hidden_layers):
+    base, layers = layers_of(model)
+    if kind in WINDOWED:
+        for l in range(len(layers)):
             keys_seen = (ref[f"blocks.{l}.attn_pattern"][0, 0] > 0).sum(-1)  # per query
             q = np.arange(len(keys_seen))
-            want = np.minimum(q + 1, WINDOW) if l in windowed else q + 1
+            want = np.minimum(q + 1, WINDOW) if l in WINDOWED[kind] else q + 1
             assert (keys_seen == want).all(), (l, keys_seen)
     if kind == "llama3":
         inv = model.model.rotary_emb.inv_freq
@@ -59,6 +70,35 @@ def check_hf_exercises(kind, model, ref):
         assert (
             abs(ratio[0] - 1) < 1e-6 and abs(ratio[1] - 1) < 1e-6 and 1.5 < ratio[2] < 7.5 and abs(ratio[3] - 8) < 1e-3
         ), ratio
+    if kind in PARTIAL_ROTARY:  # rotary dims int(head_dim * factor): even, fewer than head_dim
+        head_dim, factor, rotary = PARTIAL_ROTARY[kind]
+        assert dims(model)[2] == head_dim and rotary == int(head_dim * factor) and rotary % 2 == 0 and rotary < head_dim
+        assert len(base.rotary_emb.inv_freq) == rotary // 2
+    if kind == "gemma3":  # local theta 1e4; global theta 1e6 with linear scaling x8
+        exps = torch.arange(0, 16, 2).float() / 16
+        torch.testing.assert_close(base.rotary_emb.sliding_attention_inv_freq, 1.0 / 10000.0**exps)
+        torch.testing.assert_close(base.rotary_emb.full_attention_inv_freq, 1.0 / 1000000.0**exps / 8)
+    if kind in SOFTCAP:  # both soft-caps saturate: without them transformers computes something else
+        attn_cap, final_cap = SOFTCAP[kind]
+        with torch.no_grad():
+            raw = model.lm_head(torch.as_tensor(ref["final_norm"]))
+        assert torch.allclose(torch.as_tensor(ref["logits"]), final_cap * torch.tanh(raw / final_cap), atol=1e-6)
+        assert float((raw - torch.as_tensor(ref["logits"])).abs().max()) > 0.3
+        if attn_cap is not None:
+            for layer in layers:
+                layer.self_attn.attn_logit_softcapping = None
+            uncapped = capture(model, ids)
+            for layer in layers:
+                layer.self_attn.attn_logit_softcapping = attn_cap
+            assert all(np.abs(uncapped[k] - ref[k]).max() > 0.05 for k in ref if k.endswith("attn_pattern")), (
+                "the attention soft-cap changes nothing"
+            )
+    if kind in ("gemma2", "gemma3"):  # the embedding scaled by sqrt(d_model) in the weights' dtype
+        emb = base.embed_tokens
+        assert torch.equal(torch.as_tensor(ref["embed"]), emb.weight[ids].detach() * torch.tensor(48**0.5))
+    if kind == "opt":  # learned positions at offset 2
+        pos = base.embed_positions.weight[2 : 2 + ids.shape[1]]
+        assert torch.equal(torch.as_tensor(ref["embed"]), (base.embed_tokens.weight[ids] + pos).detach())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -67,7 +107,7 @@ def test_every_site_matches_transformers(cli, tmp_path, write_ids, kind):
     model.save_pretrained(tmp_path / "m")
     ids = random_ids((2, 13), seed=5)
     ref = capture(model, ids)
-    check_hf_exercises(kind, model, ref)
+    check_hf_exercises(kind, model, ref, ids)
     got = dump(cli, tmp_path, tmp_path / "m", write_ids(ids.tolist()), ALL_SITES)
     compare(got, ref, TOL, kind)
     # Without attn_pattern requested lesion may take a fused attention path: it must agree too
@@ -76,7 +116,7 @@ def test_every_site_matches_transformers(cli, tmp_path, write_ids, kind):
     compare(got, {k: v for k, v in ref.items() if k == "logits" or k.endswith("attn_z")}, TOL, kind + " (no pattern)")
 
 
-@pytest.mark.parametrize("kind", ["llama3", "mistral", "qwen2_sliding", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama3", "mistral", "qwen2_sliding", "gpt2", *NEW_KINDS])
 def test_transformers4_style_config(cli, tmp_path, write_ids, kind):
     """Hub checkpoints mostly carry transformers-4 configs (rope_theta / rope_scaling / torch_dtype)."""
     model = make_model(kind, seed=200 + KINDS.index(kind))

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from conftest import STORIES, requires_cli
-from hf_reference import KINDS, VOCAB, make_model
+from hf_reference import KINDS, VOCAB, d_ffn, dims, make_model
 
 pytestmark = requires_cli
-
-KV_HEADS = {"gpt2": 6, "llama": 6, "llama_gqa": 3, "llama3": 2, "mistral": 2, "qwen2": 2, "qwen2_sliding": 3}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -18,21 +16,23 @@ def test_inspect_reports_the_architecture(cli, tmp_path, kind):
     model = make_model(kind, seed=1)
     model.save_pretrained(tmp_path / "m")
     info = json.loads(cli("inspect", "--model", tmp_path / "m", "--json").stdout)
+    cfg = model.config
+    n_heads, n_kv_heads, head_dim = dims(model)
     want = {
         "architecture": type(model).__name__,
-        "n_layers": 2,
-        "n_heads": 6,
-        "n_kv_heads": KV_HEADS[kind],
-        "d_model": 48,
-        "head_dim": 8,
-        "d_ffn": 80,
+        "n_layers": cfg.num_hidden_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads,
+        "d_model": cfg.hidden_size,
+        "head_dim": head_dim,  # Gemma and Qwen3: their config's head_dim, not d_model / n_heads
+        "d_ffn": d_ffn(model),
         "vocab_size": VOCAB,
         "n_params": model.num_parameters(),  # tied embeddings counted once
         "dtype": "float32",
     }
     assert {k: info.get(k) for k in want} == want
     text = cli("inspect", "--model", tmp_path / "m").stdout
-    for needle in (type(model).__name__, "48", "80", str(VOCAB), str(model.num_parameters()), "float32"):
+    for needle in (type(model).__name__, "48", str(d_ffn(model)), str(VOCAB), str(model.num_parameters()), "float32"):
         assert needle in text, f"{needle!r} missing from:\n{text}"
 
 

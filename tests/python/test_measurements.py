@@ -16,7 +16,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import ROOT, STORIES, metric, requires_cli, run_spec
-from hf_reference import VOCAB, capture, dims, hf_detectors, hf_perplexity, hf_windows, layers_of, make_model, randomize
+from hf_reference import (
+    VOCAB,
+    capture,
+    dims,
+    hf_detectors,
+    hf_perplexity,
+    hf_windows,
+    hook_heads,
+    make_model,
+    o_proj,
+    randomize,
+    scale_weight,
+    zero_heads,
+)
 
 pytestmark = requires_cli
 TOL = 1e-5
@@ -42,57 +55,7 @@ def decode(tensor):
     return data.reshape(shape)
 
 
-# --- the same interventions in transformers ----------------------------------------------------
-
-
-def o_proj(model, layer):
-    gpt2, _, layers = layers_of(model)
-    return layers[layer].attn.c_proj if gpt2 else layers[layer].self_attn.o_proj
-
-
-def hook_heads(model, layer, heads, replace):
-    """A forward pre-hook on `layer`'s output projection: replace(z_slice, head) -> new slice for
-    each head's slice of its input (lesion's blocks.L.attn_z). Returns the handle."""
-    _, _, head_dim = dims(model)
-
-    def fn(module, args):
-        z = args[0].clone()
-        for h in heads:
-            z[..., h * head_dim : (h + 1) * head_dim] = replace(z[..., h * head_dim : (h + 1) * head_dim], h)
-        return (z,)
-
-    return o_proj(model, layer).register_forward_pre_hook(fn)
-
-
-def zero_heads(model, layer, heads):
-    return hook_heads(model, layer, heads, lambda z, h: torch.zeros_like(z))
-
-
-def linear_weight(model, layer, module):
-    """(weight tensor, transposed) of lesion's `module` at `layer`: lesion addresses [out, in]
-    (nn.Linear); GPT-2's Conv1D stores [in, out], so lesion's [r, c] is its [c, r]."""
-    gpt2, _, layers = layers_of(model)
-    blk = layers[layer]
-    if gpt2:
-        return {"attn.o": blk.attn.c_proj, "mlp.up": blk.mlp.c_fc, "mlp.down": blk.mlp.c_proj}[module].weight, True
-    return {
-        "attn.q": blk.self_attn.q_proj,
-        "attn.k": blk.self_attn.k_proj,
-        "attn.v": blk.self_attn.v_proj,
-        "attn.o": blk.self_attn.o_proj,
-        "mlp.gate": blk.mlp.gate_proj,
-        "mlp.up": blk.mlp.up_proj,
-        "mlp.down": blk.mlp.down_proj,
-    }[module].weight, False
-
-
-def scale_weight(model, layer, module, row, col, factor):
-    w, transposed = linear_weight(model, layer, module)
-    with torch.no_grad():
-        if transposed:
-            w[col, row] *= factor
-        else:
-            w[row, col] *= factor
+# --- the same interventions in transformers (head hooks and weight edits: hf_reference) ----------
 
 
 def hf_log_probs(model, ids, seq_len):
