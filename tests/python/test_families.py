@@ -433,13 +433,13 @@ def refusal_id(case):
 
 @pytest.mark.parametrize("kind, intervention, needles", REFUSALS, ids=map(refusal_id, REFUSALS))
 def test_what_a_family_lacks_is_refused_before_any_compute(cli, tmp_path, kind, intervention, needles):
-    """Exit status 2 naming the offending module or norm and (but for a channel out of range) the
-    architecture, before any forward pass."""
+    """Exit status 2, before any forward pass, naming the intervention, the offending module or norm
+    and (but for a channel out of range) the architecture."""
     model = make_model(kind, 1)
     model.save_pretrained(tmp_path / "m")
     proc = run(cli, tmp_path, tmp_path / "m", [intervention], check=False)
     assert proc.returncode == 2, f"exit {proc.returncode}; stderr:\n{proc.stderr}\nstdout:\n{proc.stdout[:2000]}"
     assert proc.stdout == ""
     arch = [] if "out of range" in needles[0] else [type(model).__name__]
-    for needle in [*needles, *arch]:
+    for needle in ["interventions[0]", *needles, *arch]:
         assert needle in proc.stderr, f"{needle!r} not in stderr:\n{proc.stderr}"
