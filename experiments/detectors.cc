@@ -7,8 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "experiments/weight_edits.h"
-#include "model/weight_addressing.h"
 #include "model/torch_util.h"
+#include "model/weight_addressing.h"
 
 namespace lesion::experiments {
 namespace {
@@ -332,7 +332,8 @@ absl::StatusOr<std::vector<result::NormOutlier>> DetectNormOutliers(const model:
       auto ga = g.accessor<double, 1>();
       std::vector<result::NormOutlier> here;
       for (int64_t c = 0; c < g.size(0); ++c) {
-        if (std::abs(za[c]) >= min_z) here.push_back({std::string(model::NormSiteName(n.site)), n.layer, c, ga[c], za[c], median});
+        if (std::abs(za[c]) >= min_z)
+          here.push_back({std::string(model::NormSiteName(n.site)), n.layer, c, ga[c], za[c], median});
       }
       std::stable_sort(here.begin(), here.end(), [](const result::NormOutlier& a, const result::NormOutlier& b) {
         return std::abs(a.z) > std::abs(b.z);

@@ -15,8 +15,8 @@
 #include "common/status_macros.h"
 #include "experiments/spec_binding.h"
 #include "experiments/weight_edits.h"
-#include "model/weight_addressing.h"
 #include "model/torch_util.h"
+#include "model/weight_addressing.h"
 
 namespace lesion::experiments {
 namespace {

@@ -148,7 +148,8 @@ absl::Status LoadGptNeox(TensorSource& src, const ModelConfig& c, TransformerWei
     BlockWeights b;
     ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "input_layernorm", d));
     ASSIGN_OR_RETURN(b.mlp_norm, LoadNorm(src, c, p + "post_attention_layernorm", d));
-    ASSIGN_OR_RETURN(LinearWeights qkv, LoadLinear(src, p + "attention.query_key_value", 3 * heads * hd, d, c.qkv_bias));
+    ASSIGN_OR_RETURN(LinearWeights qkv,
+                     LoadLinear(src, p + "attention.query_key_value", 3 * heads * hd, d, c.qkv_bias));
     b.qkv.weight = qkv.weight.view({heads, 3, hd, d}).transpose(0, 1).reshape({3 * heads * hd, d});
     if (qkv.bias.defined()) b.qkv.bias = qkv.bias.view({heads, 3, hd}).transpose(0, 1).reshape({3 * heads * hd});
     ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "attention.dense", d, heads * hd, c.o_bias));

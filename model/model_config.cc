@@ -294,7 +294,8 @@ absl::Status ParseGptNeox(const Json& json, const ConfigReader& r, absl::string_
   c.gated_mlp = false;
   c.qkv_bias = c.o_bias = attention_bias;
   c.mlp_bias = true;
-  ASSIGN_OR_RETURN(c.rope, ParseRope(json, r, source, 10000.0, r.Has("rotary_emb_base") ? "rotary_emb_base" : "rope_theta"));
+  ASSIGN_OR_RETURN(c.rope,
+                   ParseRope(json, r, source, 10000.0, r.Has("rotary_emb_base") ? "rotary_emb_base" : "rope_theta"));
   RETURN_IF_ERROR(ParsePartialRotary(json, r, 0.25, c));
   c.sliding_window.assign(c.n_layers, std::nullopt);
   return absl::OkStatus();
@@ -474,7 +475,10 @@ absl::Status CheckModelConfigBounds(const ModelConfig& c, absl::string_view sour
       {gpt2 ? "n_head" : "num_attention_heads", c.n_heads, kMaxHeads},
       {gpt2 ? "n_head" : "num_key_value_heads", c.n_kv_heads, kMaxHeads},
       {"head_dim", c.head_dim, kMaxHeadDim},
-      {gpt2 ? "n_inner" : c.family == Family::kOpt ? "ffn_dim" : "intermediate_size", c.d_ffn, kMaxDFfn},
+      {gpt2                       ? "n_inner"
+       : c.family == Family::kOpt ? "ffn_dim"
+                                  : "intermediate_size",
+       c.d_ffn, kMaxDFfn},
       {"vocab_size", c.vocab_size, kMaxVocab},
       {gpt2 ? "n_positions" : "max_position_embeddings", c.max_position_embeddings, kMaxPositions},
   };
@@ -547,8 +551,8 @@ int64_t ModelConfig::n_params() const {
   if (qk_norm == QkNorm::kFullWidth) attn += q + kv;
   int64_t mlp = (gated_mlp ? 3 : 2) * d_model * d_ffn;
   if (mlp_bias) mlp += (gated_mlp ? 2 : 1) * d_ffn + d_model;
-  const int64_t block_norms = (pre_norms ? (block_layout == BlockLayout::kParallelSharedNorm ? 1 : 2) : 0) +
-                              (post_norms ? 2 : 0);
+  const int64_t block_norms =
+      (pre_norms ? (block_layout == BlockLayout::kParallelSharedNorm ? 1 : 2) : 0) + (post_norms ? 2 : 0);
   int64_t total = n_layers * (attn + mlp + block_norms * norm_params) + norm_params;
   total += vocab_size * d_model;
   if (!tied_embeddings) total += vocab_size * d_model;
@@ -588,8 +592,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   } else if (a == "PhiForCausalLM") {
     RETURN_IF_ERROR(ParsePhi(json, r, source, c));
   } else if (a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM" ||
-             a == "Qwen3ForCausalLM" || a == "Phi3ForCausalLM" || a == "Olmo2ForCausalLM" ||
-             a == "Gemma2ForCausalLM" || a == "Gemma3ForCausalLM") {
+             a == "Qwen3ForCausalLM" || a == "Phi3ForCausalLM" || a == "Olmo2ForCausalLM" || a == "Gemma2ForCausalLM" ||
+             a == "Gemma3ForCausalLM") {
     RETURN_IF_ERROR(ParseLlamaLike(json, r, source, c));
   } else {
     return absl::InvalidArgumentError(absl::StrCat(source, ": architecture \"", c.architecture,

@@ -28,7 +28,8 @@ void RunPlan::AddLinearCorrection(int64_t layer, LinearSite site, LinearCorrecti
 }
 
 void RunPlan::SetNormGamma(int64_t layer, NormSite norm, at::Tensor gamma) {
-  at::Tensor& slot = norm == NormSite::kFinal ? final_gamma_ : gammas_[layer * kNumBlockNormSites + static_cast<int>(norm)];
+  at::Tensor& slot =
+      norm == NormSite::kFinal ? final_gamma_ : gammas_[layer * kNumBlockNormSites + static_cast<int>(norm)];
   if (!slot.defined()) ++n_gammas_;
   slot = std::move(gamma);
 }

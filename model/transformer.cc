@@ -291,7 +291,7 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTa
   const RotaryTable& table = window.has_value() && rotary.sliding.cos.defined() ? rotary.sliding : rotary.full;
 
   at::Tensor qkv = Linear(h, w.qkv, l, LinearSite::kQkv, plan);  // [b, s, (heads + 2 kv) hd]
-  at::Tensor q, k;                                                // [b, heads | kv, s, hd]
+  at::Tensor q, k;                                               // [b, heads | kv, s, hd]
   if (config_.qk_norm == QkNorm::kNone) {
     // q and k side by side, rotated at once: [b, s, heads + kv, hd]
     at::Tensor qk = qkv.narrow(-1, 0, (n_heads + n_kv) * hd).view({b, s, n_heads + n_kv, hd});
@@ -299,7 +299,7 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTa
     q = qk.narrow(2, 0, n_heads).transpose(1, 2);
     k = qk.narrow(2, n_heads, n_kv).transpose(1, 2);
   } else {
-    at::Tensor q_flat = qkv.narrow(-1, 0, n_heads * hd);         // [b, s, heads hd]
+    at::Tensor q_flat = qkv.narrow(-1, 0, n_heads * hd);          // [b, s, heads hd]
     at::Tensor k_flat = qkv.narrow(-1, n_heads * hd, n_kv * hd);  // [b, s, kv hd]
     at::Tensor q_gamma = plan.norm_gamma(l, NormSite::kQ), k_gamma = plan.norm_gamma(l, NormSite::kK);
     if (config_.qk_norm == QkNorm::kFullWidth) {  // OLMo-2: over the whole projection, then split

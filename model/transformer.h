@@ -41,17 +41,17 @@ struct NormWeights {
 };
 
 struct BlockWeights {
-  NormWeights attn_norm;  // absent without pre-norms (OLMo-2)
-  LinearWeights qkv;      // [(heads + 2 kv_heads) * hd, d]: rows q, then k, then v
-  LinearWeights q, k, v;  // row views of qkv
-  LinearWeights o;        // [d, heads * hd]
+  NormWeights attn_norm;       // absent without pre-norms (OLMo-2)
+  LinearWeights qkv;           // [(heads + 2 kv_heads) * hd, d]: rows q, then k, then v
+  LinearWeights q, k, v;       // row views of qkv
+  LinearWeights o;             // [d, heads * hd]
   NormWeights attn_post_norm;  // on attention's output (OLMo-2, Gemma), else absent
   NormWeights q_norm, k_norm;  // [head_dim] per head, or [heads * head_dim] / [kv_heads * head_dim] full width
   NormWeights mlp_norm;        // absent without pre-norms, and when attn_norm feeds the MLP too (Phi-2)
   NormWeights mlp_post_norm;   // on the MLP's output (OLMo-2, Gemma), else absent
-  LinearWeights gate_up;   // gated MLP: [2 * ffn, d], rows gate then up; else [ffn, d] = up
-  LinearWeights gate, up;  // row views of gate_up (gate undefined without a gated MLP)
-  LinearWeights down;      // [d, ffn]
+  LinearWeights gate_up;       // gated MLP: [2 * ffn, d], rows gate then up; else [ffn, d] = up
+  LinearWeights gate, up;      // row views of gate_up (gate undefined without a gated MLP)
+  LinearWeights down;          // [d, ffn]
 };
 
 struct TransformerWeights {

@@ -131,8 +131,8 @@ absl::StatusOr<at::Tensor> NormGamma(const Transformer& model, int64_t layer, No
       why = " (its attention and MLP share the attn norm)";
     }
     return absl::InvalidArgumentError(absl::StrCat("norm \"", NormSiteName(norm), "\": ", model.config().architecture,
-                                                   " has no such norm", why, "; its norms: ",
-                                                   absl::StrJoin(names, ", ")));
+                                                   " has no such norm", why,
+                                                   "; its norms: ", absl::StrJoin(names, ", ")));
   }
   return gamma;
 }

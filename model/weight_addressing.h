@@ -1,9 +1,9 @@
 // Weight addressing: every matrix of every architecture is addressed [row, col] in nn.Linear's
 // [out_features, in_features] convention (GPT-2's Conv1D weights are stored transposed at load, see
 // transformer.h), through its logical module attn.q/k/v/o or mlp.gate/up/down, and every norm by
-// its name (attn, mlp, attn_post, mlp_post, q, k, final), whatever the storage (fused qkv and gate/up tensors are addressed through views of
-// their parts). Also the bit-exact fingerprint of a model's weights that proves edits were undone.
-// Thread-compatible: these read the model's weights.
+// its name (attn, mlp, attn_post, mlp_post, q, k, final), whatever the storage (fused qkv and gate/up tensors are
+// addressed through views of their parts). Also the bit-exact fingerprint of a model's weights that proves edits were
+// undone. Thread-compatible: these read the model's weights.
 #ifndef LESION_MODEL_WEIGHT_ADDRESSING_H_
 #define LESION_MODEL_WEIGHT_ADDRESSING_H_
 

@@ -1,10 +1,9 @@
 #include "spec/spec.h"
 
-#include <algorithm>
-
 #include <google/protobuf/util/json_util.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <vector>
@@ -419,8 +418,8 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
       // when the spec is bound to it.
       static constexpr absl::string_view kNormNames[] = {"attn", "mlp", "attn_post", "mlp_post", "q", "k", "final"};
       if (std::find(std::begin(kNormNames), std::end(kNormNames), n.norm()) == std::end(kNormNames)) {
-        return Bad(at, absl::StrCat("unknown norm ", QuoteForError(n.norm()), " (known: ",
-                                    absl::StrJoin(kNormNames, ", "), ")"));
+        return Bad(at, absl::StrCat("unknown norm ", QuoteForError(n.norm()),
+                                    " (known: ", absl::StrJoin(kNormNames, ", "), ")"));
       }
       std::vector<int64_t> layers = {0};
       if (n.norm() == "final" && n.layers_size() > 0) {
