@@ -43,7 +43,7 @@ void ParseText(absl::string_view text) {
 void CheckBuilt(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   ModelConfig c;
-  c.family = in.ConsumeBool() ? lesion::model::Family::kGpt2 : lesion::model::Family::kLlama;
+  c.family = static_cast<lesion::model::Family>(in.ConsumeIntegralInRange<int>(0, 9));
   c.n_layers = in.ConsumeIntegral<int64_t>();
   c.d_model = in.ConsumeIntegral<int64_t>();
   c.n_heads = in.ConsumeIntegral<int64_t>();
@@ -59,9 +59,16 @@ void CheckBuilt(const uint8_t* data, size_t size) {
   c.mlp_bias = in.ConsumeBool();
   c.tied_embeddings = in.ConsumeBool();
   c.learned_positions = in.ConsumeBool();
+  c.position_offset = in.ConsumeIntegral<int64_t>();
+  c.block_layout = static_cast<lesion::model::BlockLayout>(in.ConsumeIntegralInRange<int>(0, 2));
+  c.qk_norm = static_cast<lesion::model::QkNorm>(in.ConsumeIntegralInRange<int>(0, 2));
+  c.pre_norms = in.ConsumeBool();
+  c.post_norms = in.ConsumeBool();
+  c.lm_head_bias = in.ConsumeBool();
   if (in.ConsumeBool()) {
     c.rope.emplace();
     c.rope->original_max_position_embeddings = in.ConsumeIntegral<int64_t>();
+    c.rotary_dim = in.ConsumeIntegral<int64_t>();
   }
   if (absl::Status s = lesion::model::CheckModelConfigBounds(c, "fuzz"); !s.ok()) return;
   volatile int64_t n = c.n_params();

@@ -499,6 +499,10 @@ absl::Status CheckModelConfigBounds(const ModelConfig& c, absl::string_view sour
                                                      original, ", outside the sanity limits [1, ", kMaxPositions, "]"));
     }
   }
+  if (c.position_offset < 0 || c.position_offset > kMaxPositionOffset) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": learned positions offset by ", c.position_offset,
+                                                   ", outside the sanity limits [0, ", kMaxPositionOffset, "]"));
+  }
   if (c.rope.has_value() && c.rotary_dim != 0 && (c.rotary_dim < 2 || c.rotary_dim > c.head_dim || c.rotary_dim % 2)) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", c.rotary_dim, " rotary dims for head_dim ", c.head_dim,
                                                    " (must be even and at most head_dim)"));

@@ -114,10 +114,11 @@ inline constexpr int64_t kMaxDModel = 65536;
 inline constexpr int64_t kMaxDFfn = int64_t{1} << 20;
 inline constexpr int64_t kMaxVocab = int64_t{1} << 22;
 inline constexpr int64_t kMaxPositions = int64_t{1} << 24;  // also rope's original_max_position_embeddings
+inline constexpr int64_t kMaxPositionOffset = 16;           // OPT's is 2
 
 // Checks every size of `config` against the limits above (and that it is positive), that the
-// key/value heads divide the attention heads, and that sliding_window is empty or has one entry per
-// layer. InvalidArgument naming `source`, the field
+// key/value heads divide the attention heads, that the rotary dims are even and within a head, and
+// that sliding_window is empty or has one entry per layer. InvalidArgument naming `source`, the field
 // (as config.json spells it for the config's family), its value and the limit. ParseModelConfig
 // calls it before it allocates anything per layer; call it on configs built otherwise (from a GGUF
 // file's metadata, say) before they size any allocation.
