@@ -138,6 +138,17 @@ LinearWeights Fuse(std::initializer_list<LinearWeights> parts) {
   return {at::cat(weights, 0), biases.empty() ? at::Tensor() : at::cat(biases, 0)};
 }
 
+// The separate q_proj, k_proj and v_proj of `layer_prefix` + "self_attn.", fused into [q; k; v].
+absl::StatusOr<LinearWeights> LoadSeparateQkv(TensorSource& src, const ModelConfig& c,
+                                              const std::string& layer_prefix) {
+  const int64_t d = c.d_model, q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  const std::string p = layer_prefix + "self_attn.";
+  ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "q_proj", q_dim, d, c.qkv_bias));
+  ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "k_proj", kv_dim, d, c.qkv_bias));
+  ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "v_proj", kv_dim, d, c.qkv_bias));
+  return Fuse({q, k, v});
+}
+
 // GPT-NeoX (prefix gpt_neox.): query_key_value holds q, k and v interleaved per head, rows
 // [heads, 3, head_dim]; they are regrouped into lesion's [q; k; v] at load.
 absl::Status LoadGptNeox(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
@@ -170,10 +181,7 @@ absl::Status LoadOpt(TensorSource& src, const ModelConfig& c, TransformerWeights
     const std::string p = absl::StrCat("layers.", l, ".");
     BlockWeights b;
     ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "self_attn_layer_norm", d));
-    ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "self_attn.q_proj", q_dim, d, c.qkv_bias));
-    ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "self_attn.k_proj", q_dim, d, c.qkv_bias));
-    ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "self_attn.v_proj", q_dim, d, c.qkv_bias));
-    b.qkv = Fuse({q, k, v});
+    ASSIGN_OR_RETURN(b.qkv, LoadSeparateQkv(src, c, p));
     ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "self_attn.out_proj", d, q_dim, c.o_bias));
     ASSIGN_OR_RETURN(b.mlp_norm, LoadNorm(src, c, p + "final_layer_norm", d));
     ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "fc1", f, d, c.mlp_bias));
@@ -186,17 +194,13 @@ absl::Status LoadOpt(TensorSource& src, const ModelConfig& c, TransformerWeights
 
 // Phi-2 (prefix model.): one input_layernorm per block, dense output projection, fc1/fc2 MLP.
 absl::Status LoadPhi(TensorSource& src, const ModelConfig& c, TransformerWeights& w) {
-  const int64_t d = c.d_model, f = c.d_ffn;
-  const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  const int64_t d = c.d_model, f = c.d_ffn, q_dim = c.n_heads * c.head_dim;
   ASSIGN_OR_RETURN(w.embed, src.Get("embed_tokens.weight", {c.vocab_size, d}));
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     BlockWeights b;
     ASSIGN_OR_RETURN(b.attn_norm, LoadNorm(src, c, p + "input_layernorm", d));
-    ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "self_attn.q_proj", q_dim, d, c.qkv_bias));
-    ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "self_attn.k_proj", kv_dim, d, c.qkv_bias));
-    ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "self_attn.v_proj", kv_dim, d, c.qkv_bias));
-    b.qkv = Fuse({q, k, v});
+    ASSIGN_OR_RETURN(b.qkv, LoadSeparateQkv(src, c, p));
     ASSIGN_OR_RETURN(b.o, LoadLinear(src, p + "self_attn.dense", d, q_dim, c.o_bias));
     ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "mlp.fc1", f, d, c.mlp_bias));
     ASSIGN_OR_RETURN(b.down, LoadLinear(src, p + "mlp.fc2", d, f, c.mlp_bias));
@@ -230,10 +234,7 @@ absl::Status LoadLlama(TensorSource& src, const ModelConfig& c, TransformerWeigh
       ASSIGN_OR_RETURN(b.qkv, LoadLinear(src, p + "self_attn.qkv_proj", q_dim + 2 * kv_dim, d, c.qkv_bias));
       ASSIGN_OR_RETURN(b.gate_up, LoadLinear(src, p + "mlp.gate_up_proj", 2 * f, d, c.mlp_bias));
     } else {
-      ASSIGN_OR_RETURN(LinearWeights q, LoadLinear(src, p + "self_attn.q_proj", q_dim, d, c.qkv_bias));
-      ASSIGN_OR_RETURN(LinearWeights k, LoadLinear(src, p + "self_attn.k_proj", kv_dim, d, c.qkv_bias));
-      ASSIGN_OR_RETURN(LinearWeights v, LoadLinear(src, p + "self_attn.v_proj", kv_dim, d, c.qkv_bias));
-      b.qkv = Fuse({q, k, v});
+      ASSIGN_OR_RETURN(b.qkv, LoadSeparateQkv(src, c, p));
       ASSIGN_OR_RETURN(LinearWeights gate, LoadLinear(src, p + "mlp.gate_proj", f, d, c.mlp_bias));
       ASSIGN_OR_RETURN(LinearWeights up, LoadLinear(src, p + "mlp.up_proj", f, d, c.mlp_bias));
       b.gate_up = Fuse({gate, up});
