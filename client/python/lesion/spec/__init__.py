@@ -37,7 +37,7 @@ from .measurements import (
     TokenProbabilities,
 )
 from .server_sweep import AXES, HeadSweep, NormChannelSweep, Sweep, Variant, Variants, WeightValueSweep
-from .sites import GLOBAL_SITES, MODULES, NORMS, SITE_NAMES, check_site
+from .sites import GLOBAL_SITES, MODULES, NORMS, SITE_NAMES, check_site, parse_site
 
 __all__ = [
     # sites
@@ -46,6 +46,7 @@ __all__ = [
     "SITE_NAMES",
     "GLOBAL_SITES",
     "check_site",
+    "parse_site",
     # dataset
     "NAMED_DATASETS",
     "Dataset",

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._base import _Builder, _part_dict
 from ._checks import _choice, _floats, _index, _indices, _number
-from .sites import MODULES, NORMS, check_site
+from .sites import MODULES, NORMS, check_site, parse_site
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,10 @@ class ActivationEdit(_Builder):
     OPS = ("zero", "set", "scale", "mean")
 
     def __post_init__(self):
-        check_site("ActivationEdit.site", self.site)
+        if parse_site(check_site("ActivationEdit.site", self.site))[0] == "attn_pattern":
+            raise ValueError(
+                "ActivationEdit.site: attn_pattern cannot be edited (use a HeadAblation or an AttentionBias)"
+            )
         object.__setattr__(self, "positions", tuple(_indices("ActivationEdit.positions", self.positions)))
         object.__setattr__(self, "dims", tuple(_indices("ActivationEdit.dims", self.dims)))
         object.__setattr__(self, "op", _choice("ActivationEdit.op", self.op, self.OPS).lower())

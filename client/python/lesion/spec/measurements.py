@@ -63,7 +63,11 @@ class ActivationStats(_Builder):
     KIND = "activation_stats"
 
     def __post_init__(self):
-        sites = _sites("ActivationStats.sites", self.sites)
+        sites = _sites(
+            "ActivationStats.sites",
+            self.sites,
+            no_pattern="attn_pattern is a probability, not an activation (use AttentionSink)",
+        )
         if not sites:
             raise ValueError("ActivationStats.sites: must not be empty")
         object.__setattr__(self, "sites", tuple(sites))
@@ -124,7 +128,12 @@ class MassiveActivations(_Builder):
     KIND = "massive_activations"
 
     def __post_init__(self):
-        object.__setattr__(self, "sites", tuple(_sites("MassiveActivations.sites", self.sites)))
+        sites = _sites(
+            "MassiveActivations.sites",
+            self.sites,
+            no_pattern="attn_pattern holds probabilities, not activations (use AttentionOutliers)",
+        )
+        object.__setattr__(self, "sites", tuple(sites))
         object.__setattr__(self, "min_magnitude", _opt_number("MassiveActivations.min_magnitude", self.min_magnitude))
         object.__setattr__(self, "min_ratio", _opt_number("MassiveActivations.min_ratio", self.min_ratio))
         object.__setattr__(self, "max_reports", _opt_count("MassiveActivations.max_reports", self.max_reports))
