@@ -11,16 +11,38 @@ from google.protobuf import json_format
 
 from ._proto import service_pb2, service_pb2_grpc
 from .errors import LesionError
-from .result import Result
+from .result import Result, _html_table, _metric_pct
 from .spec import Experiment, spec_to_proto
 
-TERMINAL = ("DONE", "FAILED", "CANCELLED", "INTERRUPTED")
+TERMINAL = ("done", "failed", "cancelled", "interrupted")
 DEFAULT_TIMEOUT = 60.0  # seconds, for every unary call
 MAX_LIST_LIMIT = 10000  # ListExperiments' largest page
 
 
+class Status(str):
+    """An experiment's state, spelled as the query language spells it ("queued", "running", "done",
+    "failed", "cancelled", "interrupted"), so that what a record or a frame shows is what
+    ``where='status = "done"'`` selects. For code written when the client showed the proto's enum
+    names, ``==`` and ``!=`` also match the upper-case spelling ("DONE"); hashing (sets, dict keys,
+    ``isin``) knows only the lower-case one."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            return str.__eq__(self, other.lower())
+        return NotImplemented
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = str.__hash__
+
+
 def _status_name(value):
-    return service_pb2.ExperimentStatus.Name(value)
+    """The query language's spelling of a lesion.v1.ExperimentStatus value."""
+    return Status(service_pb2.ExperimentStatus.Name(value).lower())
 
 
 def _time(micros):
@@ -30,11 +52,13 @@ def _time(micros):
 
 
 class ExperimentFailed(LesionError):
-    """The experiment ended FAILED, CANCELLED or INTERRUPTED; ``record`` is its final record."""
+    """The experiment ended failed, cancelled or interrupted; ``record`` is its final record, ``code``
+    the failure's own status code where it has one (RESOURCE_EXHAUSTED when the device ran out of
+    memory), else CANCELLED, ABORTED (interrupted) or UNKNOWN."""
 
     def __init__(self, record):
         self.record = record
-        code = {"CANCELLED": grpc.StatusCode.CANCELLED, "INTERRUPTED": grpc.StatusCode.ABORTED}.get(
+        code = {"cancelled": grpc.StatusCode.CANCELLED, "interrupted": grpc.StatusCode.ABORTED}.get(
             record.status, grpc.StatusCode.UNKNOWN
         )
         # A failure's own code, e.g. RESOURCE_EXHAUSTED when the device ran out of memory.
@@ -48,7 +72,8 @@ class ExperimentFailed(LesionError):
 
 @dataclass
 class ExperimentRecord:
-    """A stored experiment (lesion.v1.Experiment): status is the enum name ("QUEUED", "DONE", ...).
+    """A stored experiment (lesion.v1.Experiment). ``status`` is spelled as the query language
+    spells it: "queued", "running", "done", "failed", "cancelled" or "interrupted" (a ``Status``).
 
     A sweep's parent has ``variants_total`` (its variants) and ``variants_done`` (finished so far); a
     sweep's variant (child) has ``parent_id``, and its id is "<parent_id>.<index>"."""
@@ -97,7 +122,7 @@ class ExperimentRecord:
             passes_done=int(e.passes_done),
             passes_planned=int(e.passes_planned),
             spec=spec,
-            result=Result(e.result) if e.HasField("result") else None,
+            result=Result(e.result, spec=e.spec if e.HasField("spec") else None) if e.HasField("result") else None,
             raw=e,
             parent_id=e.parent_id,
             variants_total=int(e.variants_total),
@@ -107,7 +132,31 @@ class ExperimentRecord:
 
     @property
     def done(self):
+        """Whether the experiment has ended (done, failed, cancelled or interrupted)."""
         return self.status in TERMINAL
+
+    def _repr_html_(self):
+        """A compact table of the record and its result's main numbers, for Jupyter."""
+        rows = [("id", self.id)]
+        if self.name:
+            rows.append(("name", self.name))
+        rows += [("model", self.model), ("status", self.status)]
+        if self.status == "queued" and self.queue_position:
+            rows.append(("queue", f"{self.queue_position} ahead"))
+        if self.is_sweep:
+            rows.append(("variants", f"{self.variants_done}/{self.variants_total} done"))
+        elif self.status == "running" and self.passes_planned:
+            rows.append(("passes", f"{self.passes_done}/{self.passes_planned}"))
+        if self.parent_id:
+            rows.append(("sweep", self.parent_id))
+        for k in ("created", "started", "finished"):
+            if getattr(self, k) is not None:
+                rows.append((k, getattr(self, k)))
+        if self.error:
+            rows.append(("error", f"{self.error_code}: {self.error}" if self.error_code else self.error))
+        if self.result is not None:
+            rows += [r for r in self.result._html_rows() if r[0] != "model"]
+        return _html_table("lesion.ExperimentRecord", rows)
 
     @property
     def is_sweep(self):
@@ -142,12 +191,16 @@ class Handle:
     def __repr__(self):
         return f"<lesion.Handle {self.id} {self.record.status}>"
 
+    def _repr_html_(self):
+        """The record's table as last seen (``status()`` refreshes it), for Jupyter."""
+        return self.record._repr_html_().replace("lesion.ExperimentRecord", "lesion.Handle", 1)
+
     def status(self) -> str:
         self.record = self._client.get(self.id, include_captures=False)
         return self.record.status
 
     def wait(self, timeout=None, progress=True) -> ExperimentRecord:
-        """Follow WatchExperiment until the experiment ends (DONE, FAILED, CANCELLED, INTERRUPTED) and
+        """Follow WatchExperiment until the experiment ends (done, failed, cancelled, interrupted) and
         return its final record; a tqdm bar shows passes_done / passes_planned (a sweep's parent:
         variants_done / variants_total, with the passes in the postfix). ``timeout`` (seconds) raises
         LesionError(DEADLINE_EXCEEDED) and leaves the experiment running."""
@@ -179,14 +232,14 @@ class Handle:
             bar = tqdm(total=total or None, desc=record.name or record.id, unit=unit, leave=True)
         if total and bar.total != total:
             bar.total = total
-        if record.done and record.status == "DONE" and total:
+        if record.done and record.status == "done" and total:
             bar.n = total
         else:
             bar.n = done
-        post = record.status.lower()
-        if record.status == "QUEUED" and record.queue_position:
+        post = str(record.status)
+        if record.status == "queued" and record.queue_position:
             post += f" ({record.queue_position} ahead)"
-        if record.is_sweep and record.status == "RUNNING" and record.passes_planned:
+        if record.is_sweep and record.status == "running" and record.passes_planned:
             post += f", pass {record.passes_done}/{record.passes_planned}"
         bar.set_postfix_str(post, refresh=False)
         bar.refresh()
@@ -194,9 +247,9 @@ class Handle:
 
     def result(self, timeout=None, progress=False) -> Result:
         """Wait for the experiment, then its Result (with captures); raises ExperimentFailed unless
-        it ended DONE."""
+        it ended done."""
         record = self.wait(timeout=timeout, progress=progress)
-        if record.status != "DONE":
+        if record.status != "done":
             raise ExperimentFailed(record)
         if record.result is None or (
             _spec_wants_captures(record.raw.spec)
@@ -206,7 +259,7 @@ class Handle:
             self.record = record
         if record.result is None:
             raise LesionError(
-                grpc.StatusCode.INTERNAL, f"experiment {self.id} is DONE without a result", rpc="GetExperiment"
+                grpc.StatusCode.INTERNAL, f"experiment {self.id} is done without a result", rpc="GetExperiment"
             )
         return record.result
 
@@ -216,9 +269,9 @@ class Handle:
         self.record = self._client.cancel(self.id)
         return self.record
 
-    def variants(self, include_results=False, metrics=True) -> pd.DataFrame:
+    def variants(self, include_results=False, metrics=True, wide=False) -> pd.DataFrame:
         """A sweep's variants: ``Client.variants(self.id, ...)``."""
-        return self._client.variants(self.id, include_results=include_results, metrics=metrics)
+        return self._client.variants(self.id, include_results=include_results, metrics=metrics, wide=wide)
 
 
 class Client:
@@ -387,7 +440,7 @@ class Client:
         return Handle(self, ExperimentRecord.from_proto(self._call("SubmitExperiment", req)))
 
     def run(self, spec, progress=True, timeout=None) -> Result:
-        """Submit, follow it with a progress bar, return the Result (ExperimentFailed unless DONE). For
+        """Submit, follow it with a progress bar, return the Result (ExperimentFailed unless done). For
         a sweep, the parent's Result: ``.sweep`` has a row per variant; ``variants()`` the children."""
         return self.submit(spec).result(timeout=timeout, progress=progress)
 
@@ -443,22 +496,31 @@ class Client:
         resp = self._call("ListExperiments", req)
         return [ExperimentRecord.from_proto(e) for e in resp.experiments], int(resp.total)
 
-    def experiments(self, where=None, order_by=None, limit=100, offset=0, metrics=True) -> pd.DataFrame:
-        """Experiments matching the query (docs/queries.md) as a DataFrame: id, user, name, model,
-        status, created, finished, tags, then spec fields (``dataset.*``, ``eval.*``,
-        ``intervention.KIND.FIELD``, ``measurements``) and per metric ``metric.NAME.value`` /
-        ``.baseline`` / ``.delta`` / ``.delta_pct``. ``df.attrs["total"]`` is the match count before
-        limit and offset."""
+    def experiments(self, where=None, order_by=None, limit=100, offset=0, metrics=True, wide=False) -> pd.DataFrame:
+        """Experiments matching the query (docs/queries.md) as a DataFrame, one row each.
+
+        By default the compact columns (``COMPACT_COLUMNS``): id, user, name, model, status ("done",
+        as the query language spells it), created, finished, tags, started, seconds (finished -
+        started), error, parent_id, variants_total (a sweep's parent: its variants), interventions
+        (their kinds) and the main metrics
+        ``metric.perplexity.baseline`` / ``.value`` / ``.delta_pct`` and ``metric.kl_divergence.value``
+        (NaN where not measured). ``wide=True`` gives every column instead: also the spec's fields
+        (``dataset.*``, ``eval.*``, ``intervention.KIND.FIELD``, ``measurements``, ``sweep``), the
+        sweep counts and ``metric.NAME.value`` / ``.baseline`` / ``.delta`` / ``.delta_pct`` of every
+        metric (hundreds with per-head attention-sink metrics). Column names are the query
+        language's fields where it has them. ``metrics=False`` fetches no results and has no
+        ``metric.*`` columns. ``df.attrs["total"]`` is the match count before limit and offset."""
         records, total = self.list(where, order_by, limit, offset, include_results=metrics)
-        df = records_frame(records)
+        df = records_frame(records, wide=wide, metrics=metrics)
         df.attrs["total"] = total
         return df
 
-    def variants(self, parent_id, include_results=False, metrics=True) -> pd.DataFrame:
+    def variants(self, parent_id, include_results=False, metrics=True, wide=False) -> pd.DataFrame:
         """A sweep's variants (its child experiments), in the sweep's order, as a DataFrame with the
-        columns of ``experiments()`` plus ``variant`` (the variant's name, "L3.H5") and ``index`` (its
-        place in the sweep) after the first eight; ``metrics`` fills the ``metric.*`` columns,
-        ``include_results`` adds a ``result`` column of Result objects (both fetch the results).
+        columns of ``experiments()`` (compact, or every one with ``wide=True``) plus ``variant`` (the
+        variant's name, "L3.H5") and ``index`` (its place in the sweep) after the first eight;
+        ``metrics`` fills the ``metric.*`` columns, ``include_results`` adds a ``result`` column of
+        Result objects (both fetch the results).
         Every child is listed, page by page (``where parent = "<id>"``); ``df.attrs["total"]`` is their
         count, ``df.attrs["parent"]`` the parent's id. NotFound for an unknown id."""
         if isinstance(parent_id, (Handle, ExperimentRecord)):
@@ -478,9 +540,7 @@ class Client:
         if parent.result is not None:
             names = {v.experiment_id: v.name for v in parent.result.raw.sweep.variants}
         prefix = f"{parent.name}/" if parent.name else ""
-        df = records_frame(records)
-        if not metrics:
-            df = df[[c for c in df.columns if not c.startswith("metric.")]]
+        df = records_frame(records, wide=wide, metrics=metrics)
         variant = [
             names.get(r.id) or (r.name[len(prefix) :] if prefix and r.name.startswith(prefix) else r.name)
             for r in records
@@ -502,6 +562,19 @@ def _quote(s):
 # ------------------------------------------------------------------------------------------- flattening
 
 _BASE_COLUMNS = ["id", "user", "name", "model", "status", "created", "finished", "tags"]
+# Client.experiments()'s default columns: who, what, when, and the main metrics.
+COMPACT_COLUMNS = _BASE_COLUMNS + [
+    "started",
+    "seconds",
+    "error",
+    "parent_id",
+    "variants_total",
+    "interventions",
+    "metric.perplexity.baseline",
+    "metric.perplexity.value",
+    "metric.perplexity.delta_pct",
+    "metric.kl_divergence.value",
+]
 _MAX_LIST = 16  # longer repeated fields (attention-bias vectors) are left out of the frame
 
 
@@ -546,7 +619,11 @@ def flatten_spec(spec_dict) -> dict:
     return out
 
 
-def records_frame(records) -> pd.DataFrame:
+def records_frame(records, wide=True, metrics=True) -> pd.DataFrame:
+    """ExperimentRecords as the frame of ``Client.experiments()``: every column (``wide``), or
+    ``COMPACT_COLUMNS`` only, each present (NaN where an experiment lacks it). ``metrics=False``
+    leaves out the ``metric.*`` columns. A metric's ``delta_pct`` is NaN where it is undefined (a
+    baseline of 0, as KL divergence's)."""
     rows = []
     for r in records:
         row = {
@@ -559,6 +636,11 @@ def records_frame(records) -> pd.DataFrame:
             "finished": r.finished,
             "tags": tuple(r.tags),
             "started": r.started,
+            "seconds": (
+                (r.finished - r.started).total_seconds()
+                if r.started is not None and r.finished is not None
+                else float("nan")
+            ),
             "error": r.error,
             "parent_id": r.parent_id,
             "variants_total": r.variants_total,
@@ -573,12 +655,17 @@ def records_frame(records) -> pd.DataFrame:
                     )
                 )
             )
-        if r.result is not None:
+        if metrics and r.result is not None:
             for m in r.result.raw.metrics:
-                for k in ("value", "baseline", "delta", "delta_pct"):
-                    row[f"metric.{m.name}.{k}"] = getattr(m, k)
+                row[f"metric.{m.name}.value"] = m.value
+                row[f"metric.{m.name}.baseline"] = m.baseline
+                row[f"metric.{m.name}.delta"] = m.delta
+                row[f"metric.{m.name}.delta_pct"] = _metric_pct(m)
         rows.append(row)
     df = pd.DataFrame(rows)
+    if not wide:
+        columns = [c for c in COMPACT_COLUMNS if metrics or not c.startswith("metric.")]
+        return df.reindex(columns=columns) if len(df) else pd.DataFrame(columns=columns)
     if not len(df):
         return pd.DataFrame(columns=_BASE_COLUMNS)
     rest = [c for c in df.columns if c not in _BASE_COLUMNS]

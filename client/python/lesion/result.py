@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import html
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -48,6 +51,58 @@ def decode_tensor(t) -> np.ndarray:
     return arr.reshape(shape).copy()
 
 
+NAN = float("nan")
+
+
+def _presence(msg, field):
+    """Whether ``field`` of ``msg`` was measured, where the message can tell: its ``has_FIELD`` flag
+    or the field's own presence (proto3 ``optional``); None where it cannot (a plain double is 0
+    both when measured as 0 and when not measured)."""
+    fields = msg.DESCRIPTOR.fields_by_name
+    if f"has_{field}" in fields:
+        return bool(getattr(msg, f"has_{field}"))
+    fd = fields.get(field)
+    if fd is not None and fd.has_presence:
+        return msg.HasField(field)
+    return None
+
+
+def _delta_pct(baseline, value):
+    """100 (value - baseline) / |baseline|; NaN where that is undefined (a baseline of 0, such as
+    KL divergence's, with a value that is not), where the server stores 0."""
+    if baseline == 0:
+        return 0.0 if value == 0 else NAN
+    return 100.0 * (value - baseline) / abs(baseline)
+
+
+def _metric_pct(m):
+    """A Metric's delta_pct as the server computed it, but NaN where undefined (the server's 0)."""
+    return _delta_pct(m.baseline, m.value) if m.baseline == 0 else m.delta_pct
+
+
+def _measurement_kinds(spec):
+    """The measurement kinds of a spec (an ExperimentSpec proto, an Experiment or its dict), or None."""
+    if spec is None:
+        return None
+    if hasattr(spec, "DESCRIPTOR"):
+        return frozenset(m.WhichOneof("kind") for m in spec.measurements)
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    if isinstance(spec, Mapping):
+        return frozenset(next(iter(m)) for m in spec.get("measurements") or [] if isinstance(m, Mapping) and m)
+    raise TypeError(f"Result(spec=...): expected an Experiment, an ExperimentSpec or a dict, got {type(spec).__name__}")
+
+
+def _html_table(title, rows) -> str:
+    """A two-column HTML table for Jupyter, every string escaped."""
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>"
+        f"{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table><caption style='text-align:left'>{html.escape(title)}</caption>{body}</table>"
+
+
 class SinkScores(NamedTuple):
     """Attention-sink scores of both passes: arrays [len(layers), n_heads] (None if not measured)."""
 
@@ -58,7 +113,9 @@ class SinkScores(NamedTuple):
 
 @dataclass(frozen=True)
 class PerplexityPair:
-    """Baseline and intervened perplexity; unpacks as ``baseline, intervened = r.perplexity``."""
+    """Baseline and intervened perplexity; unpacks as ``baseline, intervened = r.perplexity``. The
+    intervened values are NaN where no intervened perplexity was measured (a sweep's parent); in
+    a run without interventions (``observational``) they equal the baseline's, as its metrics do."""
 
     baseline: float
     intervened: float
@@ -70,11 +127,13 @@ class PerplexityPair:
 
     @property
     def delta(self):
+        """intervened - baseline (NaN when either is)."""
         return self.intervened - self.baseline
 
     @property
     def delta_pct(self):
-        return 100.0 * self.delta / abs(self.baseline) if self.baseline else 0.0
+        """The change in percent of the baseline (NaN when either is NaN or the baseline is 0)."""
+        return _delta_pct(self.baseline, self.intervened)
 
     def __iter__(self):
         return iter((self.baseline, self.intervened))
@@ -84,27 +143,36 @@ SWEEP_COLUMNS = ["name", "experiment_id", "perplexity", "perplexity_delta_pct", 
 
 
 class Result:
-    """One experiment's result. ``raw`` is the lesion.v1.ExperimentResult message.
+    """One experiment's result. ``raw`` is the lesion.v1.ExperimentResult message; ``spec`` (optional:
+    an Experiment, an ExperimentSpec or its dict, as ``Client`` passes it) tells which measurements
+    were asked for, so that a number the result holds as 0 because it was never measured reads as
+    NaN / None instead.
 
     A sweep's parent (``is_sweep``) has the baseline pass and ``sweep``, a row per variant; it has no
     intervened pass and no metrics: each variant is an experiment of its own with the whole result
     (``Client.variants(parent_id)``, ``Client.result(row.experiment_id)``).
+
+    Unmeasured numbers are never shown as 0: scalar accessors (``kl_divergence``, ``metric()``'s
+    ``delta_pct``) give None and frames give NaN.
     """
 
-    def __init__(self, raw):
+    def __init__(self, raw, spec=None):
         self.raw = raw
+        self._kinds = _measurement_kinds(spec)
 
     # -- construction / forms
     @classmethod
-    def from_json(cls, text_or_dict):
+    def from_json(cls, text_or_dict, spec=None):
+        """From the JSON of a result (``lesion run --local --json``, ``to_json()``) or its dict."""
         from google.protobuf import json_format
 
         from ._proto import result_pb2
 
         d = json.loads(text_or_dict) if isinstance(text_or_dict, (str, bytes)) else text_or_dict
-        return cls(json_format.ParseDict(d, result_pb2.ExperimentResult()))
+        return cls(json_format.ParseDict(d, result_pb2.ExperimentResult()), spec=spec)
 
     def to_dict(self):
+        """The result's proto3 JSON as a dict, with the proto's field names and every field."""
         from google.protobuf import json_format
 
         return json_format.MessageToDict(
@@ -112,23 +180,55 @@ class Result:
         )
 
     def to_json(self, indent=None):
+        """``to_dict()`` as JSON text (``Result.from_json`` reads it back)."""
         return json.dumps(self.to_dict(), indent=indent)
 
     def __repr__(self):
+        model = f"model {self.raw.run.model!r}"
         if self.is_sweep:
             ppl = (
                 f", baseline ppl {self.raw.baseline.perplexity.ppl:.4g}"
                 if self.raw.baseline.HasField("perplexity")
                 else ""
             )
-            return (
-                f"<lesion.Result sweep of {len(self.raw.sweep.variants)} variants{ppl}, model {self.raw.run.model!r}>"
-            )
-        ppl = ""
-        if self.raw.baseline.HasField("perplexity"):
-            p = self.perplexity
-            ppl = f" ppl {p.baseline:.4g} -> {p.intervened:.4g} ({p.delta_pct:+.2f}%)"
-        return f"<lesion.Result{ppl}, {len(self.raw.metrics)} metrics, model {self.raw.run.model!r}>"
+            return f"<lesion.Result sweep of {len(self.raw.sweep.variants)} variants{ppl}, {model}>"
+        parts = []
+        p = self.perplexity
+        if p is not None:
+            if self.observational:
+                parts.append(f"ppl {p.baseline:.4g} (no interventions)")
+            else:
+                parts.append(f"ppl {p.baseline:.4g} -> {p.intervened:.4g} ({p.delta_pct:+.2f}%)")
+        kl = self.kl_divergence
+        if kl is not None:
+            parts.append(f"KL {kl:.4g}")
+        parts.append(f"{len(self.raw.metrics)} metrics")
+        return f"<lesion.Result {', '.join(parts)}, {model}>"
+
+    def _repr_html_(self):
+        """A compact table of the main numbers, for Jupyter."""
+        return _html_table("lesion.Result", self._html_rows())
+
+    def _html_rows(self):
+        rows = [("model", self.raw.run.model)]
+        p = self.perplexity
+        if self.is_sweep:
+            rows.append(("sweep", f"{len(self.raw.sweep.variants)} variants"))
+        if p is not None:
+            rows.append(("perplexity, baseline", f"{p.baseline:.6g}"))
+            if not self.is_sweep and not self.observational:
+                rows.append(("perplexity, intervened", f"{p.intervened:.6g} ({p.delta_pct:+.3f}%)"))
+        kl = self.kl_divergence
+        if kl is not None:
+            rows.append(("KL divergence", f"{kl:.6g} nats/token"))
+        if not self.is_sweep:
+            rows.append(("metrics", str(len(self.raw.metrics))))
+        run = self.raw.run
+        if run.seconds or run.forward_passes:
+            rows.append(("run", f"{run.seconds:.3g} s, {int(run.forward_passes)} forward passes, {run.device}"))
+        for w in self.raw.warnings:
+            rows.append(("warning", w))
+        return rows
 
     def _pass(self, name):
         if name not in PASSES:
@@ -141,38 +241,57 @@ class Result:
         value is nan"); empty when every number is finite."""
         return list(self.raw.warnings)
 
+    @property
+    def observational(self) -> bool:
+        """Whether the spec had no interventions: one pass ran, reported as the baseline, and each
+        metric's value is its baseline (False where the server does not say so)."""
+        return bool(getattr(self.raw, "observational", False))
+
+    def measured(self, kind) -> bool | None:
+        """Whether the spec asked for the measurement ``kind`` ("kl_divergence", "perplexity", ...);
+        None when the result was made without its spec (``Result.from_json``)."""
+        return None if self._kinds is None else kind in self._kinds
+
     # -- scalars
     @property
     def metrics(self) -> pd.DataFrame:
-        rows = [(m.name, m.baseline, m.value, m.delta, m.delta_pct) for m in self.raw.metrics]
+        """One row per scalar both passes have: name ("perplexity", "mean_nll", "kl_divergence",
+        "top1:SITE", "median:SITE", "attention_sink:L1.H3", ...), baseline, value, delta, delta_pct
+        (NaN where undefined: a baseline of 0, as KL divergence's, with a value that is not).
+        Empty for a sweep's parent."""
+        rows = [(m.name, m.baseline, m.value, m.delta, _metric_pct(m)) for m in self.raw.metrics]
         return pd.DataFrame(rows, columns=["name", "baseline", "value", "delta", "delta_pct"])
 
     def metric(self, name) -> dict:
+        """One row of ``metrics`` as a dict (name, baseline, value, delta, delta_pct; delta_pct None
+        where undefined); KeyError naming the metrics there are."""
         for m in self.raw.metrics:
             if m.name == name:
+                pct = _metric_pct(m)
                 return {
                     "name": m.name,
                     "baseline": m.baseline,
                     "value": m.value,
                     "delta": m.delta,
-                    "delta_pct": m.delta_pct,
+                    "delta_pct": None if math.isnan(pct) and not math.isnan(m.value - m.baseline) else pct,
                 }
         raise KeyError(f"no metric {name!r}; have: {', '.join(m.name for m in self.raw.metrics)}")
 
     @property
     def perplexity(self) -> PerplexityPair | None:
-        """Baseline and intervened perplexity (a sweep's parent: the intervened values are NaN, see
-        ``sweep``)."""
+        """Baseline and intervened perplexity, None without a Perplexity measure (a sweep's parent:
+        the intervened values are NaN, see ``sweep``)."""
         b, i = self.raw.baseline, self.raw.intervened
         if not b.HasField("perplexity") and not i.HasField("perplexity"):
             return None
-        if self.is_sweep:
-            nan = float("nan")
+        if self.observational:
+            i = b
+        if self.is_sweep or not i.HasField("perplexity"):
             return PerplexityPair(
                 b.perplexity.ppl,
-                nan,
+                NAN,
                 b.perplexity.mean_nll,
-                nan,
+                NAN,
                 int(b.perplexity.n_tokens),
                 int(b.perplexity.n_windows),
                 b.perplexity.protocol,
@@ -193,24 +312,57 @@ class Result:
         """Whether this is a sweep's parent (its result has the per-variant table)."""
         return self.raw.HasField("sweep") and len(self.raw.sweep.variants) > 0
 
+    def _variant_measured(self, kind):
+        """Per variant, whether ``kind`` was measured: the row's own flag where the proto has one,
+        else the spec, else what the numbers show (perplexity: the parent's baseline has one; KL: some
+        variant's is not 0)."""
+        variants = self.raw.sweep.variants
+        flags = [_presence(v, kind) for v in variants]
+        if all(f is not None for f in flags):
+            return flags
+        known = self.measured(kind)
+        if known is None:
+            if kind == "perplexity":
+                known = self.raw.baseline.HasField("perplexity") or any(v.perplexity != 0 for v in variants)
+            else:
+                known = any(getattr(v, kind) != 0 for v in variants)
+        return [known] * len(variants)
+
     @property
     def sweep(self) -> pd.DataFrame:
         """A sweep parent's table, one row per variant in the sweep's order (the index is the variant's
         index, the suffix of its experiment id "<parent>.<index>"): name ("L3.H5"), experiment_id (the
         child; empty for local runs), perplexity, perplexity_delta_pct (against the shared baseline),
-        kl_divergence (0 without the measures). ``df.attrs["variants_per_pass"]``: as run. Empty for
-        a result that is not a sweep's."""
+        kl_divergence (NaN where not measured, never 0). ``df.attrs["variants_per_pass"]``: as run.
+        Empty for a result that is not a sweep's."""
+        ppl = self._variant_measured("perplexity")
+        kl = self._variant_measured("kl_divergence")
         rows = [
-            (v.name, v.experiment_id, v.perplexity, v.perplexity_delta_pct, v.kl_divergence)
-            for v in self.raw.sweep.variants
+            (
+                v.name,
+                v.experiment_id,
+                v.perplexity if p else NAN,
+                v.perplexity_delta_pct if p else NAN,
+                v.kl_divergence if k else NAN,
+            )
+            for v, p, k in zip(self.raw.sweep.variants, ppl, kl, strict=True)
         ]
         df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
         df.attrs["variants_per_pass"] = int(self.raw.sweep.variants_per_pass)
         return df
 
     @property
-    def kl_divergence(self) -> float:
-        return self.raw.kl_divergence
+    def kl_divergence(self) -> float | None:
+        """Mean KL(baseline || intervened) in nats per predicted token; None without a KLDivergence
+        measure (and for a sweep's parent: see ``sweep``)."""
+        if self.is_sweep:
+            return None
+        flag = _presence(self.raw, "kl_divergence")
+        if flag is None:
+            flag = self.measured("kl_divergence")
+        if flag is None:  # no spec: a kl_divergence measure always adds its metric
+            flag = any(m.name == "kl_divergence" for m in self.raw.metrics)
+        return self.raw.kl_divergence if flag else None
 
     @property
     def run(self) -> dict:

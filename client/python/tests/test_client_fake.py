@@ -10,6 +10,7 @@ import pytest
 import lesion
 from conftest import make_result
 from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc
+from lesion.client import COMPACT_COLUMNS
 from lesion.errors import wrap_rpc_error
 
 
@@ -282,15 +283,15 @@ def test_submit_wait_result(fake, capsys):
     servicer, address = fake
     c = lesion.Client(address, timeout=5)
     h = c.submit(spec())
-    assert h.id == "e1" and h.record.status == "QUEUED" and h.record.spec.name == "ppl"
+    assert h.id == "e1" and h.record.status == "queued" and h.record.spec.name == "ppl"
     record = h.wait(progress=True)
-    assert record.status == "DONE" and record.passes_done == 4 and str(record.finished.year) == "2023"
+    assert record.status == "done" and record.passes_done == 4 and str(record.finished.year) == "2023"
     assert "4/4" in capsys.readouterr().err  # the tqdm bar
     r = h.result()
     assert r.perplexity.baseline == 4.0
     # the watch's final record had captures, so no extra GetExperiment was needed
     assert r.captures["baseline"]["blocks.0.resid_post"].shape == (1, 4, 64)
-    assert h.status() == "DONE"
+    assert h.status() == "done"
     # a later fetch by id asks for captures
     r2 = c.result("e1")
     assert servicer.requests[-1].include_captures is True and r2.captures["intervened"]
@@ -302,9 +303,9 @@ def test_run_and_failure(fake):
     c = lesion.Client(address, timeout=5)
     r = c.run(spec(), progress=False)
     assert r.metric("perplexity")["delta_pct"] == 50.0
-    with pytest.raises(lesion.ExperimentFailed, match="FAILED: RESOURCE_EXHAUSTED: device out of memory") as ei:
+    with pytest.raises(lesion.ExperimentFailed, match="failed: RESOURCE_EXHAUSTED: device out of memory") as ei:
         c.run(spec(name="fails"), progress=False)
-    assert ei.value.record.status == "FAILED"
+    assert ei.value.record.status == "failed"
     assert ei.value.record.error_code == "RESOURCE_EXHAUSTED"
     assert ei.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED, "the failure's own code"
     with pytest.raises(lesion.NotFound, match="not loaded") as ei:
@@ -323,7 +324,7 @@ def test_cancel_resubmit(fake):
     c = lesion.Client(address, timeout=5)
     h = c.submit(spec())
     rec = h.cancel()
-    assert rec.status == "CANCELLED"
+    assert rec.status == "cancelled"
     with pytest.raises(lesion.ExperimentFailed) as ei:
         h.result()
     assert ei.value.code is grpc.StatusCode.CANCELLED
@@ -340,7 +341,7 @@ def test_experiments_frame(fake):
     c = lesion.Client(address, timeout=5)
     c.run(spec("one"), progress=False)
     c.submit(spec("two"))
-    df = c.experiments(where='model = "stories260K"', order_by="created desc", limit=10)
+    df = c.experiments(where='model = "stories260K"', order_by="created desc", limit=10, wide=True)
     req = servicer.requests[-1]
     assert (req.where, req.order_by, req.limit, req.include_results) == (
         'model = "stories260K"',
@@ -349,7 +350,8 @@ def test_experiments_frame(fake):
         True,
     )
     assert list(df.columns[:8]) == ["id", "user", "name", "model", "status", "created", "finished", "tags"]
-    assert df.attrs["total"] == 2 and list(df["status"]) == ["DONE", "QUEUED"]
+    assert df.attrs["total"] == 2 and list(df["status"]) == ["done", "queued"]
+    assert df.loc[0, "status"] == "DONE"  # the spelling of the enum names, for older code
     assert df.loc[0, "metric.perplexity.delta_pct"] == 50.0 and df.loc[0, "metric.perplexity.value"] == 6.0
     assert df.loc[0, "intervention.head_ablation.layer"] == 1
     assert df.loc[0, "intervention.head_ablation.heads"] == (3,)
@@ -359,7 +361,7 @@ def test_experiments_frame(fake):
     assert fig.axes[0].get_xticklabels()[0].get_text() == "L1.H3"
     with pytest.raises(lesion.InvalidArgument, match="unknown field"):
         c.experiments(where="bogus")
-    assert c.experiments(offset=5).empty
+    assert c.experiments(offset=5).empty and list(c.experiments(offset=5).columns) == COMPACT_COLUMNS
 
 
 def test_unreachable_server_is_a_lesion_error():
@@ -453,7 +455,7 @@ def test_sweep_run_progress_and_result(fake, capsys):
     assert h.record.is_sweep and h.record.variants_total == 40 and h.record.variants_done == 0
     assert h.record.spec.sweep == lesion.Sweep([lesion.HeadSweep()])
     record = h.wait(progress=True)
-    assert record.status == "DONE" and record.variants_done == 40
+    assert record.status == "done" and record.variants_done == 40
     err = capsys.readouterr().err
     assert "40/40" in err and "variant" in err  # the bar counts variants, not passes
     r = h.result()
@@ -484,7 +486,7 @@ def test_variants_pages_through_every_child(fake):
     h = c.submit(head_sweep_spec())
     h.wait(progress=False)
     servicer.requests.clear()
-    df = c.variants(h.id)
+    df = c.variants(h.id, wide=True)
     lists = [r for r in servicer.requests if isinstance(r, service_pb2.ListExperimentsRequest)]
     assert [r.offset for r in lists] == [0, 7, 14, 21, 28, 35]
     assert all(r.limit == 10000 and r.include_results and r.where == f'parent = "{h.id}"' for r in lists)
@@ -502,12 +504,13 @@ def test_variants_pages_through_every_child(fake):
         "index",
     ]
     assert list(df["index"]) == list(range(40)) and list(df["id"]) == [f"{h.id}.{i}" for i in range(40)]
-    assert df.loc[13, "variant"] == "L1.H5" and (df["status"] == "DONE").all() and (df["parent_id"] == h.id).all()
+    assert df.loc[13, "variant"] == "L1.H5" and (df["status"] == "done").all() and (df["parent_id"] == h.id).all()
     assert df.loc[13, "metric.perplexity.delta_pct"] == 13.0
     assert df.loc[13, "intervention.head_ablation.layer"] == 1 and df.loc[0, "intervention.head_ablation.layer"] == 0
     # the same columns as experiments() (which also lists the parent and the other experiment)
-    every = c.experiments(limit=100)
+    every = c.experiments(limit=100, wide=True)
     assert set(df.columns) - set(every.columns) == {"variant", "index"}
+    assert set(c.variants(h.id).columns) - set(c.experiments(limit=100).columns) == {"variant", "index"}
     assert every.set_index("id").loc[h.id, "variants_total"] == 40
     assert every.set_index("id").loc[h.id, "sweep"] == "heads"
     # without metrics: no results fetched, no metric columns; include_results: Result objects
@@ -543,5 +546,62 @@ def test_variants_of_an_unnamed_sweep_in_progress(fake):
         )
     )
     df = c.variants(h.id)  # queued: no parent table yet, the names come from the children's
-    assert df["variant"].tolist() == ["a", "b"] and df["status"].tolist() == ["QUEUED", "QUEUED"]
-    assert "metric.perplexity.value" not in df.columns
+    assert df["variant"].tolist() == ["a", "b"] and df["status"].tolist() == ["queued", "queued"]
+    assert df["metric.perplexity.value"].isna().all()  # no results yet: NaN, never 0
+
+
+def test_status_is_spelled_as_the_query_language_spells_it(fake, capsys):
+    """Records, frames and reprs show "done", as `where='status = "done"'` spells it."""
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    h = c.submit(spec("one"))
+    assert h.record.status == "queued" and "queued" in repr(h) and "QUEUED" not in repr(h)
+    record = h.wait(progress=True)
+    assert str(record.status) == "done" and record.done and "done" in capsys.readouterr().err
+    assert record.status == "DONE" and not record.status != "DONE"  # older code's spelling still compares
+    assert record.status in {"done"} and repr(record).count("status='done'") == 1
+    assert c.experiments()["status"].tolist() == ["done"]
+    assert {str(s) for s in c.experiments(wide=True)["status"]} == {"done"}
+    with pytest.raises(lesion.ExperimentFailed, match="experiment e2 failed: ") as ei:
+        c.run(spec(name="fails"), progress=False)
+    assert ei.value.record.status == "failed"
+
+
+def test_experiments_compact_by_default_wide_on_request(fake):
+    """An experiment with a metric per head (attention sinks) keeps the default frame narrow."""
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    c.run(spec("one"), progress=False)
+    e = servicer.experiments["e1"]
+    e.started_unix_micros = 1_700_000_000_500_000  # finished 0.5 s later
+    for l in range(30):
+        for h in range(9):
+            e.result.metrics.add(name=f"attention_sink:L{l}.H{h}", baseline=0.1, value=0.2, delta=0.1, delta_pct=100)
+    c.submit(spec("two"))  # queued: no result, no metrics
+    df = c.experiments()
+    assert list(df.columns) == COMPACT_COLUMNS and len(df.columns) <= 20
+    assert df.loc[0, "metric.perplexity.value"] == 6.0 and df.loc[0, "metric.perplexity.delta_pct"] == 50.0
+    assert df.loc[0, "metric.kl_divergence.value"] == pytest.approx(0.0063)
+    assert df.loc[0, "seconds"] == 0.5 and np.isnan(df.loc[1, "seconds"])
+    assert df.loc[0, "interventions"] == "head_ablation" and df.loc[0, "error"] == ""
+    assert np.isnan(df.loc[1, "metric.perplexity.value"]), "not measured (yet): NaN, never 0"
+    wide = c.experiments(wide=True)
+    assert len(wide.columns) > 4 * 270 and set(COMPACT_COLUMNS) <= set(wide.columns)
+    assert wide.loc[0, "metric.attention_sink:L29.H8.value"] == 0.2
+    assert wide.loc[0, "intervention.head_ablation.heads"] == (3,)
+    assert np.isnan(wide.loc[0, "metric.kl_divergence.delta_pct"]), "undefined against a baseline of 0"
+    bare = c.experiments(metrics=False)
+    assert list(bare.columns) == [col for col in COMPACT_COLUMNS if not col.startswith("metric.")]
+
+
+def test_record_and_handle_html(fake):
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    h = c.submit(spec("<b>bold</b> & co"))
+    page = h._repr_html_()
+    assert page.startswith("<table>") and "lesion.Handle" in page and "queued" in page
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt; &amp; co" in page
+    record = h.wait(progress=False)
+    page = record._repr_html_()
+    assert "lesion.ExperimentRecord" in page and "done" in page and "perplexity, intervened" in page
+    assert "6 (+50.000%)" in page

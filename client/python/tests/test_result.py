@@ -15,7 +15,8 @@ def test_metrics_and_perplexity(result):
     assert list(m.columns) == ["name", "baseline", "value", "delta", "delta_pct"]
     row = m.set_index("name").loc["perplexity"]
     assert (row.baseline, row.value, row.delta, row.delta_pct) == (4.0, 6.0, 2.0, 50.0)
-    assert result.metric("kl_divergence")["delta_pct"] == 0.0
+    assert result.metric("kl_divergence")["delta_pct"] is None  # undefined against a baseline of 0
+    assert np.isnan(m.set_index("name").loc["kl_divergence", "delta_pct"])
     with pytest.raises(KeyError, match="have: perplexity"):
         result.metric("nope")
     p = result.perplexity
@@ -24,7 +25,7 @@ def test_metrics_and_perplexity(result):
     assert "BOS" in p.protocol
     assert result.kl_divergence == pytest.approx(0.0063)
     assert result.run["architecture"] == "LlamaForCausalLM" and result.run["forward_passes"] == 10
-    assert "ppl 4 -> 6" in repr(result)
+    assert "ppl 4 -> 6" in repr(result) and "KL 0.0063" in repr(result)
 
 
 def test_activation_stats(result):
@@ -162,3 +163,78 @@ def test_sweep_parent_from_local_json():
     assert r.perplexity.baseline == 3.98 and np.isnan(r.perplexity.intervened) and r.metrics.empty
     assert r.run["forward_passes"] == 12
     assert not lesion.Result(result_pb2.ExperimentResult()).is_sweep
+
+
+def test_unmeasured_numbers_are_none_or_nan_never_zero(result_proto):
+    """A KL divergence, perplexity or sweep number that was not measured reads as None (scalars) or
+    NaN (frames), not as the 0 the proto holds."""
+    no_kl = result_pb2.ExperimentResult()
+    no_kl.CopyFrom(result_proto)
+    no_kl.kl_divergence = 0.0
+    del no_kl.metrics[3]  # the kl_divergence metric: the server adds it only with the measure
+    r = lesion.Result(no_kl)
+    assert r.kl_divergence is None and "KL" not in repr(r) and "KL" not in r._repr_html_()
+    assert lesion.Result(result_proto).kl_divergence == pytest.approx(0.0063)
+    # the spec, where known, decides: KL asked for and exactly 0 is a 0
+    zero = result_pb2.ExperimentResult()
+    zero.CopyFrom(result_proto)
+    zero.kl_divergence = 0.0
+    spec = lesion.Experiment(measurements=[lesion.Perplexity(), lesion.KLDivergence()])
+    assert lesion.Result(zero, spec=spec).kl_divergence == 0.0
+    assert lesion.Result(no_kl, spec=spec.to_proto()).measured("kl_divergence") is True
+    assert lesion.Result(no_kl, spec={"measurements": [{"perplexity": {}}]}).kl_divergence is None
+    # no intervened perplexity: NaN, not 0 (and no "-100%")
+    half = result_pb2.ExperimentResult()
+    half.CopyFrom(result_proto)
+    half.intervened.ClearField("perplexity")
+    p = lesion.Result(half).perplexity
+    assert p.baseline == 4.0 and np.isnan(p.intervened) and np.isnan(p.delta_pct)
+    # a run without interventions: its intervened numbers are its baseline's
+    if "observational" in result_pb2.ExperimentResult.DESCRIPTOR.fields_by_name:
+        obs = result_pb2.ExperimentResult()
+        obs.CopyFrom(result_proto)
+        obs.ClearField("intervened")
+        obs.observational = True
+        r = lesion.Result(obs)
+        assert r.perplexity.intervened == 4.0 and r.perplexity.delta_pct == 0.0 and "no interventions" in repr(r)
+
+
+def sweep_result(perplexities, kls, baseline_ppl=True):
+    r = result_pb2.ExperimentResult()
+    if baseline_ppl:
+        r.baseline.perplexity.ppl = 4.0
+    for i, (p, k) in enumerate(zip(perplexities, kls, strict=True)):
+        r.sweep.variants.add(
+            name=f"L0.H{i}", perplexity=p, perplexity_delta_pct=100 * (p - 4) / 4 if p else 0.0, kl_divergence=k
+        )
+    return r
+
+
+def test_sweep_table_unmeasured_columns_are_nan():
+    both = lesion.Result(sweep_result([4.2, 4.0], [0.01, 0.0])).sweep
+    assert both["kl_divergence"].tolist() == [0.01, 0.0] and both["perplexity"].tolist() == [4.2, 4.0]
+    no_kl = lesion.Result(sweep_result([4.2, 4.4], [0.0, 0.0])).sweep
+    assert no_kl["kl_divergence"].isna().all() and no_kl["perplexity_delta_pct"].tolist() == pytest.approx([5, 10])
+    no_ppl = lesion.Result(sweep_result([0.0, 0.0], [0.01, 0.02], baseline_ppl=False)).sweep
+    assert no_ppl["perplexity"].isna().all() and no_ppl["perplexity_delta_pct"].isna().all()
+    assert no_ppl["kl_divergence"].tolist() == [0.01, 0.02]
+    # with the spec: what it asked for, zeros included
+    spec = lesion.Experiment(measurements=[lesion.KLDivergence()])
+    known = lesion.Result(sweep_result([0.0, 0.0], [0.0, 0.0], baseline_ppl=False), spec=spec).sweep
+    assert known["kl_divergence"].tolist() == [0.0, 0.0] and known["perplexity"].isna().all()
+    assert lesion.Result(sweep_result([4.2], [0.0])).kl_divergence is None
+
+
+def test_repr_html(result, result_proto):
+    page = result._repr_html_()
+    assert page.startswith("<table>") and "perplexity, intervened" in page and "+50.000%" in page
+    assert "0.0063 nats/token" in page
+    odd = result_pb2.ExperimentResult()
+    odd.CopyFrom(result_proto)
+    odd.run.model = "<script>alert(1)</script>"
+    odd.warnings.append("metric x: intervened value is nan & <inf>")
+    page = lesion.Result(odd)._repr_html_()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "nan &amp; &lt;inf&gt;" in page
+    sweep = lesion.Result(sweep_result([4.2], [0.1]))._repr_html_()
+    assert "1 variants" in sweep and "intervened" not in sweep
