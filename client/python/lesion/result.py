@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 PASSES = ("baseline", "intervened")
+# The column naming the pass of a row ("baseline" or "intervened") in every per-pass frame, as the
+# ``pass_=`` arguments name it (``pass`` itself is a Python keyword: ``df.pass`` does not parse).
+PASS_COLUMN = "pass_name"
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 _DTYPES = {
     "float32": "<f4",
@@ -377,12 +380,13 @@ class Result:
     # -- tables
     @property
     def activation_stats(self) -> pd.DataFrame:
-        """One row per pass and site: top1..topK (mean over windows of the i-th largest |x|), max1..maxK
+        """One row per pass and site: pass_name ("baseline" or "intervened"), site, layer (<NA> for
+        embed, final_norm, logits), top1..topK (mean over windows of the i-th largest |x|), max1..maxK
         (overall largest) with max1_sequence/token/dim, median, mean_abs, n_windows."""
         rows = []
         for p in PASSES:
             for s in self._pass(p).activation_stats:
-                row = {"pass": p, "site": s.site, "layer": site_layer(s.site)}
+                row = {PASS_COLUMN: p, "site": s.site, "layer": site_layer(s.site)}
                 for k, v in enumerate(s.mean_top, 1):
                     row[f"top{k}"] = v
                 for k, t in enumerate(s.max_top, 1):
@@ -392,7 +396,9 @@ class Result:
                     row.update(max1_sequence=int(t.sequence), max1_token=int(t.token), max1_dim=int(t.dim))
                 row.update(median=s.median, mean_abs=s.mean_abs, n_windows=int(s.n_windows))
                 rows.append(row)
-        df = pd.DataFrame(rows, columns=None if rows else ["pass", "site", "layer", "median", "mean_abs", "n_windows"])
+        df = pd.DataFrame(
+            rows, columns=None if rows else [PASS_COLUMN, "site", "layer", "median", "mean_abs", "n_windows"]
+        )
         if len(df):
             df["layer"] = df["layer"].astype("Int64")
         return df
@@ -403,7 +409,7 @@ class Result:
         df = self.activation_stats
         if not len(df):
             return df
-        df = df[(df["pass"] == pass_) & df["site"].map(lambda s: fnmatch.fnmatchcase(s, site))]
+        df = df[(df[PASS_COLUMN] == pass_) & df["site"].map(lambda s: fnmatch.fnmatchcase(s, site))]
         order = df["layer"].fillna(-1).astype(int)
         return df.assign(_o=order).sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
@@ -441,7 +447,7 @@ class Result:
     @property
     def token_probabilities(self) -> pd.DataFrame:
         rows = [(p, t.token_id, t.token, t.mean_probability) for p in PASSES for t in self._pass(p).token_probabilities]
-        return pd.DataFrame(rows, columns=["pass", "token_id", "token", "mean_probability"])
+        return pd.DataFrame(rows, columns=[PASS_COLUMN, "token_id", "token", "mean_probability"])
 
     @property
     def captures(self) -> dict:
@@ -465,7 +471,7 @@ class Result:
 
     @property
     def massive_activations(self) -> pd.DataFrame:
-        """One row per reported entry: pass, site, layer, sequence, token, dim, value, ratio, count (the
+        """One row per reported entry: pass_name, site, layer, sequence, token, dim, value, ratio, count (the
         site's total above both thresholds)."""
         rows = []
         for p in PASSES:
@@ -485,13 +491,13 @@ class Result:
                         )
                     )
         return pd.DataFrame(
-            rows, columns=["pass", "site", "layer", "sequence", "token", "dim", "value", "ratio", "count"]
+            rows, columns=[PASS_COLUMN, "site", "layer", "sequence", "token", "dim", "value", "ratio", "count"]
         )
 
     @property
     def massive_activation_counts(self) -> pd.DataFrame:
         rows = [(p, r.site, int(r.count)) for p in PASSES for r in self._pass(p).massive_activations]
-        return pd.DataFrame(rows, columns=["pass", "site", "count"])
+        return pd.DataFrame(rows, columns=[PASS_COLUMN, "site", "count"])
 
     @property
     def super_weights(self) -> pd.DataFrame:
@@ -511,7 +517,7 @@ class Result:
         for p in PASSES:
             for w in self._pass(p).super_weights:
                 rows.append([p] + [getattr(w, c) for c in cols])
-        df = pd.DataFrame(rows, columns=["pass"] + cols)
+        df = pd.DataFrame(rows, columns=[PASS_COLUMN] + cols)
         return df.astype({c: "int64" for c in ("layer", "row", "col", "sequence", "token")})
 
     @property
@@ -521,11 +527,11 @@ class Result:
             for p in PASSES
             for o in self._pass(p).norm_outliers
         ]
-        return pd.DataFrame(rows, columns=["pass", "norm", "layer", "channel", "gamma", "z", "median"])
+        return pd.DataFrame(rows, columns=[PASS_COLUMN, "norm", "layer", "channel", "gamma", "z", "median"])
 
     @property
     def attention_outliers(self) -> pd.DataFrame:
         rows = [
             (p, o.layer, o.head, int(o.key_position), o.mass) for p in PASSES for o in self._pass(p).attention_outliers
         ]
-        return pd.DataFrame(rows, columns=["pass", "layer", "head", "key_position", "mass"])
+        return pd.DataFrame(rows, columns=[PASS_COLUMN, "layer", "head", "key_position", "mass"])

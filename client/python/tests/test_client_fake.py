@@ -605,3 +605,15 @@ def test_record_and_handle_html(fake):
     page = record._repr_html_()
     assert "lesion.ExperimentRecord" in page and "done" in page and "perplexity, intervened" in page
     assert "6 (+50.000%)" in page
+
+
+def test_no_client_frame_has_a_python_keyword_for_a_column(fake):
+    import keyword
+
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    c.run(spec("one"), progress=False)
+    h = c.submit(head_sweep_spec())
+    h.wait(progress=False)
+    for df in (c.experiments(), c.experiments(wide=True), c.variants(h.id), c.variants(h.id, wide=True)):
+        assert not [col for col in df.columns if keyword.iskeyword(col) or keyword.issoftkeyword(col)]

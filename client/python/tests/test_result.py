@@ -39,7 +39,7 @@ def test_activation_stats(result):
     assert (base["median"] == 0.5).all() and (base["n_windows"] == 5).all()
     inter = result.layer_stats("blocks.*.resid_post", "intervened")
     assert list(inter["top1"]) == [150.0, 300.0, 450.0, 600.0, 750.0]
-    emb = df[(df["site"] == "embed") & (df["pass"] == "baseline")].iloc[0]
+    emb = df[(df["site"] == "embed") & (df["pass_name"] == "baseline")].iloc[0]
     assert emb["median"] == 0.4 and emb["layer"] is not None and str(emb["layer"]) == "<NA>"
     all_sites = result.layer_stats("*", "baseline")
     assert all_sites["site"].iloc[0] == "embed"
@@ -89,12 +89,12 @@ def test_torch_captures(result):
 
 def test_detector_tables(result):
     ma = result.massive_activations
-    assert list(ma.columns) == ["pass", "site", "layer", "sequence", "token", "dim", "value", "ratio", "count"]
+    assert list(ma.columns) == ["pass_name", "site", "layer", "sequence", "token", "dim", "value", "ratio", "count"]
     assert ma.iloc[0].tolist() == ["baseline", "blocks.1.resid_post", 1, 0, 0, 30, -1500.0, 3000.0, 2]
     assert result.massive_activation_counts["count"].tolist() == [2, 2]
     sw = result.super_weights
     assert sw.iloc[0][["layer", "row", "col"]].tolist() == [1, 30, 7]
-    assert sw.set_index("pass").loc["intervened", "weight"] == pytest.approx(-0.375)
+    assert sw.set_index("pass_name").loc["intervened", "weight"] == pytest.approx(-0.375)
     no = result.norm_outliers
     assert no.iloc[0][["norm", "layer", "channel", "z"]].tolist() == ["mlp", 2, 30, 12.0]
     ao = result.attention_outliers
@@ -238,3 +238,28 @@ def test_repr_html(result, result_proto):
     assert "nan &amp; &lt;inf&gt;" in page
     sweep = lesion.Result(sweep_result([4.2], [0.1]))._repr_html_()
     assert "1 variants" in sweep and "intervened" not in sweep
+
+
+def test_no_frame_has_a_python_keyword_for_a_column(result):
+    """Columns read as attributes (df.pass_name): none is a keyword such as `pass`."""
+    import keyword
+
+    frames = {
+        "metrics": result.metrics,
+        "activation_stats": result.activation_stats,
+        "layer_stats": result.layer_stats(),
+        "attention_sink_frame": result.attention_sink_frame(),
+        "token_probabilities": result.token_probabilities,
+        "massive_activations": result.massive_activations,
+        "massive_activation_counts": result.massive_activation_counts,
+        "super_weights": result.super_weights,
+        "norm_outliers": result.norm_outliers,
+        "attention_outliers": result.attention_outliers,
+        "sweep": lesion.Result(sweep_result([4.2], [0.1])).sweep,
+        "empty activation_stats": lesion.Result(result_pb2.ExperimentResult()).activation_stats,
+    }
+    for name, df in frames.items():
+        bad = [c for c in df.columns if keyword.iskeyword(c) or keyword.issoftkeyword(c)]
+        assert not bad, f"{name}: {bad}"
+    assert set(result.super_weights["pass_name"]) == {"baseline", "intervened"}
+    assert result.activation_stats.pass_name.iloc[0] == "baseline"
