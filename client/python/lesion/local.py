@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 import weakref
 from pathlib import Path
 
@@ -33,34 +35,84 @@ ENV_BINARY = "LESIOND"
 STARTUP_TIMEOUT = 120.0  # seconds until READY_LINE (the model is loaded before it)
 
 
-def find_lesiond(explicit=None) -> Path:
-    """The lesiond binary: ``explicit``, $LESIOND, lesiond on PATH, or build/server/lesiond of the
-    repository this package was installed from / the current directory lies in."""
+BUILT_AT = Path("build") / "server" / "lesiond"  # where `make` builds it in a lesion checkout
+HOW_TO_GET = (
+    "lesiond is built from the lesion repository: run `make` there (it builds build/server/lesiond), then "
+    f"set {ENV_BINARY}=/path/to/lesion/build/server/lesiond, put /path/to/lesion/build/server on PATH, or "
+    "pass lesiond=PATH to Client.local"
+)
+
+
+def _source_checkout():
+    """The directory this package was pip-installed from (pip's direct_url.json: client/python of
+    a lesion checkout), or None (installed from a wheel, or by another installer)."""
+    try:
+        from importlib import metadata
+
+        text = metadata.distribution("lesion").read_text("direct_url.json")
+        url = json.loads(text).get("url", "") if text else ""
+    except Exception:
+        return None
+    if not url.startswith("file://"):
+        return None
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+
+
+def _install_dirs() -> list:
+    """Where this package comes from: the checkout it was installed from, and its own location (a
+    source tree, or a virtual environment inside a checkout such as the repository's .venv)."""
+    dirs = [_source_checkout(), Path(__file__).resolve().parent]
+    return [d for d in dirs if d is not None]
+
+
+def _search_dirs(near=()) -> list:
+    """The directories whose build/server/lesiond find_lesiond tries, in order: the package's
+    checkout and location, then ``near`` (the model's path), then the current directory, each with
+    all its parents."""
+    starts = list(_install_dirs())
+    for n in near:
+        try:
+            p = Path(os.fspath(n)).expanduser()
+            if p.exists():
+                starts.append(p.resolve())
+        except (TypeError, OSError):
+            continue
+    starts.append(Path.cwd())
+    dirs = []
+    for start in starts:
+        for d in (start, *start.parents):
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def find_lesiond(explicit=None, near=()) -> Path:
+    """The lesiond binary, the first of: ``explicit``; $LESIOND; lesiond on PATH; build/server/lesiond
+    (what `make` builds) in a lesion checkout at or above the one this package was installed from,
+    the package itself, any path of ``near`` (Client.local passes the model's), or the current
+    directory. LesionError saying how to get lesiond when none is found."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
-            raise LesionError(None, f"lesiond binary not found at {p}", rpc="local")
+            raise LesionError(None, f"lesiond binary not found at {p}; {HOW_TO_GET}", rpc="local")
         return p
     if os.environ.get(ENV_BINARY):
         p = Path(os.environ[ENV_BINARY])
         if not p.is_file():
-            raise LesionError(None, f"${ENV_BINARY}={p}: no such file", rpc="local")
+            raise LesionError(None, f"${ENV_BINARY}={p}: no such file; {HOW_TO_GET}", rpc="local")
         return p
     on_path = shutil.which("lesiond")
     if on_path:
         return Path(on_path)
-    candidates = []
-    here = Path(__file__).resolve()
-    if len(here.parents) > 3:
-        candidates.append(here.parents[3] / "build" / "server" / "lesiond")  # source / editable install
-    for d in [Path.cwd(), *Path.cwd().parents]:
-        candidates.append(d / "build" / "server" / "lesiond")
-    for c in candidates:
+    for d in _search_dirs(near):
+        c = d / BUILT_AT
         if c.is_file() and os.access(c, os.X_OK):
             return c
+    starts = ", ".join(str(d) for d in [*_install_dirs(), *near, Path.cwd()])
     raise LesionError(
         None,
-        "lesiond not found: pass lesiond=PATH, set $LESIOND, put it on PATH, or build it (build/server/lesiond)",
+        f"lesiond not found: no lesiond=PATH, ${ENV_BINARY} unset, none on PATH, and no {BUILT_AT} at or above "
+        f"{starts}. {HOW_TO_GET}.",
         rpc="local",
     )
 
@@ -185,7 +237,7 @@ def start_local(
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.\-]+", name)):
         raise LesionError(None, f"model name {name!r}: use letters, digits, '_', '-' and '.'", rpc="local")
     name = name or model_reference(model_dir)[0]
-    binary = find_lesiond(lesiond)
+    binary = find_lesiond(lesiond, near=[model_dir] if isinstance(model_dir, (str, os.PathLike)) else [])
     tmpdir = None
     if db is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="lesion-local-")

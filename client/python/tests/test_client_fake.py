@@ -617,3 +617,83 @@ def test_no_client_frame_has_a_python_keyword_for_a_column(fake):
     h.wait(progress=False)
     for df in (c.experiments(), c.experiments(wide=True), c.variants(h.id), c.variants(h.id, wide=True)):
         assert not [col for col in df.columns if keyword.iskeyword(col) or keyword.issoftkeyword(col)]
+
+
+def fake_binary(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_find_lesiond_searches_and_says_how_to_get_it(tmp_path, monkeypatch):
+    """explicit, $LESIOND, PATH, then build/server/lesiond above the model or the current directory;
+    the error when none is found says how to build it and how to point at it."""
+    from lesion import local
+
+    monkeypatch.setattr(local, "_install_dirs", lambda: [])  # not the checkout these tests run in
+    monkeypatch.delenv("LESIOND", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    elsewhere = tmp_path / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    repo = tmp_path / "lesion"
+    model = repo / "models" / "stories260K"
+    model.mkdir(parents=True)
+
+    with pytest.raises(lesion.LesionError, match="lesiond not found") as ei:
+        local.find_lesiond(near=[model])
+    message = ei.value.details
+    for what in ("run `make`", "build/server/lesiond", "LESIOND=", "on PATH", "lesiond=PATH", str(model)):
+        assert what in message, what
+
+    built = fake_binary(repo / "build" / "server" / "lesiond")
+    assert local.find_lesiond(near=[model]) == built  # a build tree above the model
+    with pytest.raises(lesion.LesionError, match="lesiond not found"):
+        local.find_lesiond()  # neither the model nor the current directory is in the checkout
+    monkeypatch.chdir(model)
+    assert local.find_lesiond() == built  # the current directory inside the checkout
+    monkeypatch.chdir(repo)
+    assert local.find_lesiond(near=["models/stories260K"]) == built  # README's relative path
+
+    on_path = fake_binary(tmp_path / "bin" / "lesiond")
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert local.find_lesiond(near=[model]) == on_path  # PATH before build trees
+    env = fake_binary(tmp_path / "env" / "lesiond")
+    monkeypatch.setenv("LESIOND", str(env))
+    assert local.find_lesiond(near=[model]) == env  # $LESIOND before PATH
+    explicit = fake_binary(tmp_path / "mine" / "lesiond")
+    assert local.find_lesiond(explicit, near=[model]) == explicit
+    monkeypatch.setenv("LESIOND", str(tmp_path / "gone"))
+    with pytest.raises(lesion.LesionError, match="no such file; lesiond is built from the lesion repository"):
+        local.find_lesiond()
+
+
+def test_find_lesiond_from_the_checkout_the_package_was_installed_from(tmp_path, monkeypatch):
+    from lesion import local
+
+    checkout = tmp_path / "lesion"
+    built = fake_binary(checkout / "build" / "server" / "lesiond")
+    monkeypatch.setattr(local, "_source_checkout", lambda: checkout / "client" / "python")
+    monkeypatch.delenv("LESIOND", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.chdir(tmp_path)
+    assert local.find_lesiond() == built
+
+
+def test_local_names_the_model_as_asked(tmp_path, monkeypatch):
+    """Client.local(dir, name=...) serves the model under that name (its --model flag), and by
+    default under the directory's basename."""
+    fake = tmp_path / "lesiond"
+    fake.write_text('#!/bin/sh\necho "lesiond listening on 127.0.0.1:$(echo $2 | cut -d: -f2)"\nexec sleep 60\n')
+    fake.chmod(0o755)
+    model = tmp_path / "models" / "stories260K"
+    model.mkdir(parents=True)
+    with lesion.Client.local(model, lesiond=fake, name="tiny-stories", startup_timeout=10) as c:
+        assert c.model == "tiny-stories"
+        assert c.process.cmd[c.process.cmd.index("--model") + 1] == f"tiny-stories={model}"
+    with lesion.Client.local(model, lesiond=fake, startup_timeout=10) as c:
+        assert c.model == "stories260K" and f"stories260K={model}" in c.process.cmd
+    monkeypatch.setenv("LESIOND", str(fake))  # found without lesiond=, as in the README
+    with lesion.Client.local(model, startup_timeout=10) as c:
+        assert c.process.cmd[0] == str(fake)
