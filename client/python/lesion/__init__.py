@@ -1,15 +1,21 @@
 """lesion: Python client for lesiond, the LLM ablation / intervention experiment server.
 
-import lesion
-with lesion.Client.local("models/stories260K") as c:
-    r = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
-                                interventions=[lesion.HeadAblation(layer=1, heads=[3])],
-                                measurements=[lesion.Perplexity()]))
-    print(r.perplexity, r.metrics)
-    sweep = c.run(lesion.Experiment(model="stories260K", dataset=lesion.Dataset.named("tinystories-sample"),
-                                    measurements=[lesion.Perplexity()],
-                                    sweep=lesion.Sweep([lesion.HeadSweep()])))   # one child per head
-    print(sweep.sweep)                       # a row per variant; c.variants(id) lists the children
+Build specs from the builders (``Experiment``, interventions such as ``HeadAblation``, measurements
+such as ``Perplexity``, ``Sweep`` of axes), run them on a server (``Client``, or ``Client.local`` for
+a private one), and read the ``Result`` as numbers, DataFrames and arrays; ``lesion.plots`` draws the
+outlier papers' figures. docs/python-api.md lists every call.
+
+    import lesion
+    with lesion.Client.local("models/stories260K") as c:
+        data = lesion.Dataset.named("tinystories-sample")
+        r = c.run(lesion.Experiment(model="stories260K", dataset=data,
+                                    interventions=[lesion.HeadAblation(layer=1, heads=[3])],
+                                    measurements=[lesion.Perplexity()]))
+        print(r.perplexity, r.metrics)
+        sweep = c.run(lesion.Experiment(model="stories260K", dataset=data,
+                                        measurements=[lesion.Perplexity()],
+                                        sweep=lesion.Sweep([lesion.HeadSweep()])))  # one child per head
+        print(sweep.sweep)  # a row per variant; c.variants(id) lists the children
 """
 
 from .client import Client, ExperimentFailed, ExperimentRecord, Handle

@@ -102,6 +102,7 @@ class ExperimentRecord:
 
     @classmethod
     def from_proto(cls, e):
+        """From a lesion.v1.Experiment message; ``spec`` is None if the stored spec no longer parses."""
         try:
             spec = Experiment.from_proto(e.spec) if e.HasField("spec") else None
         except ValueError:
@@ -172,6 +173,8 @@ class ExperimentRecord:
         return int(suffix) if suffix.isdigit() else None
 
     def to_dict(self):
+        """The lesion.v1.Experiment message in proto3 JSON (there the status is the proto's enum
+        name, "DONE")."""
         return json_format.MessageToDict(self.raw, preserving_proto_field_name=True)
 
 
@@ -196,6 +199,7 @@ class Handle:
         return self.record._repr_html_().replace("lesion.ExperimentRecord", "lesion.Handle", 1)
 
     def status(self) -> str:
+        """Fetch the record again and return its status ("queued", "running", "done", ...)."""
         self.record = self._client.get(self.id, include_captures=False)
         return self.record.status
 
@@ -316,6 +320,7 @@ class Client:
 
     # -- lifetime
     def close(self):
+        """Close the channel (a LocalClient also stops its lesiond)."""
         self._channel.close()
 
     def __enter__(self):
@@ -374,6 +379,8 @@ class Client:
         return self._model_dict(self._call("LoadModel", req, timeout=timeout))
 
     def unload_model(self, name) -> None:
+        """Admin only: unload the model ``name`` (FAILED_PRECONDITION while experiments on it are
+        queued or running)."""
         self._call("UnloadModel", service_pb2.UnloadModelRequest(name=name))
 
     # -- the server
@@ -383,7 +390,12 @@ class Client:
         (dicts: ``device``, ``queued``, ``running_id``, ``memory_allocated_bytes``, ``memory_reserved_bytes``),
         ``experiments`` (count per state: queued, running, done, failed, cancelled, interrupted),
         ``baseline_cache_bytes``, ``baseline_cache_entries``, ``baseline_cache_max_bytes``,
-        ``database_bytes`` and ``database_wal_bytes``."""
+        ``database_bytes`` and ``database_wal_bytes``.
+
+        The baseline cache holds recent baseline passes, so that an experiment with the same model,
+        data, windows and measurements skips its baseline forward passes; an experiment that needs
+        the baseline's logits or dataset means (``KLDivergence``, the "mean" modes of
+        ``HeadAblation``, ``HeadSweep`` and ``ActivationEdit``) runs them again."""
         s = self._call("GetServerStatus", service_pb2.GetServerStatusRequest())
         return {
             "version": s.version,
@@ -471,9 +483,12 @@ class Client:
         return self._watch(id, timeout)
 
     def handle(self, id) -> Handle:
+        """A Handle of an experiment submitted earlier (by anyone), to wait for or cancel."""
         return Handle(self, self.get(id, include_captures=False))
 
     def get(self, id, include_captures=False) -> ExperimentRecord:
+        """The experiment's record now, with its result once done (captured tensors only with
+        ``include_captures``: they can be large). NotFound for an unknown id."""
         req = service_pb2.GetExperimentRequest(id=id, include_captures=include_captures)
         return ExperimentRecord.from_proto(self._call("GetExperiment", req))
 
@@ -482,9 +497,13 @@ class Client:
         return Handle(self, self.get(id)).result()
 
     def cancel(self, id) -> ExperimentRecord:
+        """Cancel a queued or running experiment (a sweep's parent: with its unfinished variants) and
+        return its record; FAILED_PRECONDITION for one that has ended or a sweep's variant alone."""
         return ExperimentRecord.from_proto(self._call("CancelExperiment", service_pb2.CancelExperimentRequest(id=id)))
 
     def resubmit(self, id) -> Handle:
+        """Queue a new experiment with the spec of an interrupted, failed or cancelled one (a sweep:
+        only its unfinished variants run) and return its Handle."""
         e = self._call("ResubmitExperiment", service_pb2.ResubmitExperimentRequest(id=id))
         return Handle(self, ExperimentRecord.from_proto(e))
 

@@ -24,25 +24,26 @@ class LesionError(Exception):
 
     @classmethod
     def from_rpc_error(cls, error, rpc=None):
+        """The error for a grpc.RpcError (its code and details), ``rpc`` naming the call."""
         code = error.code() if callable(getattr(error, "code", None)) else None
         details = error.details() if callable(getattr(error, "details", None)) else str(error)
         return cls(code, details, rpc=rpc, cause=error)
 
 
 class NotFound(LesionError):
-    pass
+    """NOT_FOUND: no such experiment or model (``Client.get``, a spec naming a model not loaded)."""
 
 
 class InvalidArgument(LesionError):
-    pass
+    """INVALID_ARGUMENT: a spec, query or request the server refuses; ``details`` says what to fix."""
 
 
 class PermissionDenied(LesionError):
-    pass
+    """PERMISSION_DENIED: an admin call as a user, or another user's experiment to cancel."""
 
 
 class Unauthenticated(LesionError):
-    pass
+    """UNAUTHENTICATED: no token, or an unknown one, on a server with a tokens file."""
 
 
 _BY_CODE = {

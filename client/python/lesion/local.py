@@ -1,9 +1,11 @@
 """Client.local: a private lesiond subprocess on loopback, for laptops and tests.
 
 The command line is built from the constants below (one place to change if lesiond's flags move):
+
     lesiond --listen 127.0.0.1:PORT --db PATH --model NAME=REF [extra_args...]
-(REF: a model directory or file, or org/name[@revision] in lesiond's Hugging Face cache)
-and the client connects once lesiond prints READY_LINE on stdout.
+
+(REF: a model directory or file, or org/name[@revision] in lesiond's Hugging Face cache), and the
+client connects once lesiond prints READY_LINE on stdout. Which lesiond runs: ``find_lesiond``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def find_lesiond(explicit=None, near=()) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's choice), for a lesiond to listen on."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -142,6 +145,8 @@ def model_reference(model) -> tuple:
 
 
 def build_command(binary, model, port, db, extra_args=(), name=None):
+    """lesiond's command line: ``lesiond --listen 127.0.0.1:PORT --db DB --model NAME=REF [extra_args]``,
+    NAME being ``name`` or ``model_reference(model)``'s."""
     default_name, reference = model_reference(model)
     name = name or default_name
     return [
@@ -194,7 +199,9 @@ class _Process:
 
 
 class LocalClient(Client):
-    """A Client that owns its lesiond: close() (or the with-block, or exit) stops the process."""
+    """A Client that owns its lesiond: close() (or the with-block, or interpreter exit) stops the
+    process. ``model`` is the name the model is served under (use it as ``Experiment(model=...)``),
+    ``process`` the subprocess and ``log`` its last output."""
 
     def __init__(self, address, process, model, tmpdir=None, **kwargs):
         super().__init__(address, **kwargs)
@@ -208,9 +215,12 @@ class LocalClient(Client):
 
     @property
     def log(self):
+        """The last 200 lines lesiond printed (stdout and stderr), for a failure's story."""
         return self.process.log(200)
 
     def close(self):
+        """Close the channel and stop lesiond (SIGTERM, then SIGKILL after 10 s); its temporary
+        database goes with it unless ``db=`` was given."""
         try:
             super().close()
         finally:
@@ -234,6 +244,13 @@ def start_local(
     name=None,
     **client_kwargs,
 ) -> LocalClient:
+    """``Client.local``: start lesiond on 127.0.0.1 (``port`` or a free one) serving ``model_dir`` as
+    ``name`` (letters, digits, ``_``, ``-``, ``.``; default ``model_reference``'s), with the database
+    ``db`` (default: a temporary file, removed at close), the binary ``find_lesiond(lesiond)`` finds
+    and ``extra_args`` (more lesiond flags, e.g. ``["--device", "cuda:0"]``) in the environment
+    ``env``; wait up to ``startup_timeout`` seconds for it to load the model and listen, and return a
+    LocalClient (``client_kwargs``: ``Client``'s, e.g. ``token=``). LesionError with lesiond's last
+    output lines if it exits or does not get ready."""
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.\-]+", name)):
         raise LesionError(None, f"model name {name!r}: use letters, digits, '_', '-' and '.'", rpc="local")
     name = name or model_reference(model_dir)[0]

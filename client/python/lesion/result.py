@@ -369,6 +369,9 @@ class Result:
 
     @property
     def run(self) -> dict:
+        """How it ran (lesion.v1.RunInfo): model, architecture, dtype, device, model_fingerprint,
+        spec_sha256, lesion_version, seconds, forward_passes, tf32, checkpoint_format,
+        dequantized_from."""
         from google.protobuf import json_format
 
         d = json_format.MessageToDict(
@@ -415,6 +418,8 @@ class Result:
 
     @property
     def attention_sink(self) -> SinkScores:
+        """The AttentionSink scores of both passes as arrays [len(layers), n_heads] (None for a pass
+        without them) with the layers they belong to."""
         arrays, layers = {}, []
         for p in PASSES:
             pr = self._pass(p)
@@ -446,6 +451,8 @@ class Result:
 
     @property
     def token_probabilities(self) -> pd.DataFrame:
+        """One row per pass and token: pass_name, token_id, token (its text, if given by text),
+        mean_probability."""
         rows = [(p, t.token_id, t.token, t.mean_probability) for p in PASSES for t in self._pass(p).token_probabilities]
         return pd.DataFrame(rows, columns=[PASS_COLUMN, "token_id", "token", "mean_probability"])
 
@@ -456,6 +463,8 @@ class Result:
         return {p: {t.name: decode_tensor(t) for t in self._pass(p).captures} for p in PASSES}
 
     def capture_positions(self, site, pass_="baseline") -> list:
+        """The positions a capture of ``site`` holds, in the order of its position axis (KeyError if
+        the pass has no capture of it)."""
         for t in self._pass(pass_).captures:
             if t.name == site:
                 return list(t.positions)
@@ -496,11 +505,16 @@ class Result:
 
     @property
     def massive_activation_counts(self) -> pd.DataFrame:
+        """One row per pass and site of MassiveActivations: pass_name, site, count (every entry above
+        both thresholds, reported or not)."""
         rows = [(p, r.site, int(r.count)) for p in PASSES for r in self._pass(p).massive_activations]
         return pd.DataFrame(rows, columns=[PASS_COLUMN, "site", "count"])
 
     @property
     def super_weights(self) -> pd.DataFrame:
+        """One row per pass and candidate of SuperWeights: pass_name, layer, row, col (of mlp.down),
+        weight, sequence and token (where the spikes were), input_spike (|mlp_act| at col),
+        output_spike (|mlp_out| at row) and their ratios to their site's median."""
         cols = [
             "layer",
             "row",
@@ -522,6 +536,8 @@ class Result:
 
     @property
     def norm_outliers(self) -> pd.DataFrame:
+        """One row per pass and outlying gamma channel of NormOutliers: pass_name, norm ("attn",
+        "mlp", ..., "final"), layer, channel, gamma, z (robust z-score) and the norm's median gamma."""
         rows = [
             (p, o.norm, o.layer, int(o.channel), o.gamma, o.z, o.median)
             for p in PASSES
@@ -531,6 +547,8 @@ class Result:
 
     @property
     def attention_outliers(self) -> pd.DataFrame:
+        """One row per pass and reported key of AttentionOutliers: pass_name, layer, head,
+        key_position, mass (its share of the attention of queries q >= 1; key 0 is the sink)."""
         rows = [
             (p, o.layer, o.head, int(o.key_position), o.mass) for p in PASSES for o in self._pass(p).attention_outliers
         ]

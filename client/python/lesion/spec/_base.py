@@ -13,9 +13,12 @@ class _OneOf:
     KIND = ""
 
     def body(self) -> dict:
+        """The message's fields in proto3 JSON (proto field names, enum values by name), without
+        the kind: what goes inside ``{KIND: ...}``."""
         raise NotImplementedError
 
     def to_dict(self):
+        """``{KIND: body()}``: this part of a spec in proto3 JSON, as docs/spec.md writes it."""
         return {self.KIND: self.body()}
 
 

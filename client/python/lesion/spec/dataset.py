@@ -22,21 +22,25 @@ class Dataset:
 
     @classmethod
     def text(cls, s: str) -> Dataset:
+        """Literal text, tokenized by the server with the model's tokenizer."""
         if not isinstance(s, str) or not s:
             raise ValueError("Dataset.text: expected a non-empty string")
         return cls("text", s)
 
     @classmethod
     def token_ids(cls, ids: Iterable[int]) -> Dataset:
+        """Token ids of the model's vocabulary, used as they are."""
         return cls("token_ids", tuple(_indices("Dataset.token_ids", ids, allow_empty=False)))
 
     @classmethod
     def named(cls, name: str) -> Dataset:
+        """A dataset the server bundles by name (``NAMED_DATASETS``, e.g. "tinystories-sample")."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"Dataset.named: expected a dataset name such as {', '.join(NAMED_DATASETS)}")
         return cls("named", name)
 
     def to_dict(self):
+        """The spec's ``dataset`` field in proto3 JSON."""
         if self.kind == "token_ids":
             return {"token_ids": {"ids": list(self.value)}}
         return {self.kind: self.value}
@@ -44,7 +48,9 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Eval:
-    """How windows are cut (docs/conventions.md); zeros mean the server's defaults."""
+    """How windows are cut (docs/conventions.md); zeros mean the server's defaults: ``seq_len``
+    min(512, the model's context), ``stride`` none (non-overlapping windows), ``max_windows`` all,
+    ``batch_size`` 8 windows per forward pass; ``add_bos`` starts every window with BOS."""
 
     seq_len: int = 0
     stride: int = 0
@@ -59,6 +65,7 @@ class Eval:
             raise ValueError(f"Eval.add_bos: expected a bool, got {self.add_bos!r}")
 
     def to_dict(self):
+        """The spec's ``eval`` field in proto3 JSON (every field, zeros included)."""
         return {
             "seq_len": int(self.seq_len),
             "stride": int(self.stride),

@@ -20,7 +20,13 @@ class Experiment:
     """One experiment: data, windows, interventions (applied together) and measurements (taken on the
     baseline and the intervened model). Interventions and measurements are builders or their
     proto3-JSON dicts. With ``sweep`` (a ``Sweep``, one axis, a list of axes or a dict) it is a
-    sweep's parent: the server runs one child experiment per variant (``Client.variants``)."""
+    sweep's parent: the server runs one child experiment per variant (``Client.variants``).
+
+    The baseline pass depends only on the model, ``dataset``, ``eval`` and ``measurements``, and
+    lesiond keeps computed baselines (the baseline cache): a later experiment with the same ones
+    reuses it instead of running the baseline's forward passes, unless it needs the baseline's
+    logits or dataset means (a ``KLDivergence`` measure, ``HeadAblation(mode="mean")``,
+    ``ActivationEdit(op="mean")``)."""
 
     model: str = ""
     dataset: Dataset | Mapping | None = None
@@ -69,6 +75,7 @@ class Experiment:
 
     # -- forms
     def to_dict(self) -> dict:
+        """The spec's proto3 JSON (what ``lesion run --local --spec`` reads; docs/spec.md)."""
         d = {}
         if self.name:
             d["name"] = self.name
@@ -87,9 +94,11 @@ class Experiment:
         return d
 
     def to_json(self, indent=None) -> str:
+        """``to_dict()`` as JSON text."""
         return json.dumps(self.to_dict(), indent=indent)
 
     def to_proto(self):
+        """The lesion.v1.ExperimentSpec message; ValueError where the proto refuses a value."""
         from google.protobuf import json_format
 
         from .._proto import experiment_pb2
@@ -121,16 +130,19 @@ class Experiment:
 
     @classmethod
     def from_json(cls, s: str) -> Experiment:
+        """From the spec's JSON text (as ``from_dict``)."""
         return cls.from_dict(json.loads(s))
 
     @classmethod
     def from_proto(cls, spec) -> Experiment:
+        """From a lesion.v1.ExperimentSpec message (as ``from_dict``; ``ExperimentRecord.spec``)."""
         from google.protobuf import json_format
 
         return cls.from_dict(json_format.MessageToDict(spec, preserving_proto_field_name=True))
 
     # -- variations
     def replace(self, **changes) -> Experiment:
+        """A copy with the given fields changed (``spec.replace(name="b", eval=Eval(seq_len=256))``)."""
         return dataclasses.replace(self, **changes)
 
     def with_interventions(self, *interventions, name=None) -> Experiment:

@@ -14,7 +14,11 @@ from .sites import MODULES, NORMS, check_site, parse_site
 
 @dataclass(frozen=True)
 class HeadAblation(_Builder):
-    """Heads' slices of blocks.LAYER.attn_z set to zero, scaled by ``factor``, or to their mean."""
+    """Heads' slices of blocks.LAYER.attn_z set to zero (``mode="zero"``), scaled by ``factor``
+    (``"scale"``), or set to their mean over the dataset (``"mean"``).
+
+    Mode "mean" needs the dataset means from a full baseline pass first, so an experiment using it
+    never takes its baseline from the server's baseline cache: its baseline passes run again."""
 
     layer: int
     heads: Sequence[int]
@@ -69,14 +73,17 @@ class WeightEdit(_Builder):
 
     @classmethod
     def zero(cls, layer, module, row, col):
+        """The element set to 0 (a super weight removed)."""
         return cls(layer, module, row, col, "zero", 0.0)
 
     @classmethod
     def scale(cls, layer, module, row, col, factor):
+        """The element multiplied by ``factor``."""
         return cls(layer, module, row, col, "scale", factor)
 
     @classmethod
     def set(cls, layer, module, row, col, value):
+        """The element set to ``value``."""
         return cls(layer, module, row, col, "set", value)
 
     def body(self):
@@ -149,8 +156,12 @@ class AttentionBias(_Builder):
 
 @dataclass(frozen=True)
 class ActivationEdit(_Builder):
-    """Entries of a hook site (``*`` for every layer) at ``positions`` and ``dims`` (None: all) set to
-    zero, ``value``, scaled by ``value``, or set to their dataset mean (``op="mean"``)."""
+    """Entries of a hook site (``*`` for every layer; not attn_pattern) at ``positions`` and ``dims``
+    (None: all) set to zero, ``value``, scaled by ``value``, or set to their dataset mean
+    (``op="mean"``).
+
+    Op "mean" needs the dataset means from a full baseline pass first, so an experiment using it
+    never takes its baseline from the server's baseline cache: its baseline passes run again."""
 
     site: str
     positions: Sequence[int] | None = None

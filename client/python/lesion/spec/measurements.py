@@ -13,6 +13,9 @@ from .sites import _sites
 
 @dataclass(frozen=True)
 class Perplexity(_Builder):
+    """exp(mean next-token NLL) over the dataset's windows, on both passes, with the token and window
+    counts and the protocol (docs/conventions.md). ``Result.perplexity``, metric "perplexity"."""
+
     KIND = "perplexity"
 
     def body(self):
@@ -21,6 +24,15 @@ class Perplexity(_Builder):
 
 @dataclass(frozen=True)
 class KLDivergence(_Builder):
+    """Mean over predicted positions of KL(baseline || intervened) of the next-token distributions,
+    in nats per token (``Result.kl_divergence``, metric "kl_divergence").
+
+    It needs the baseline pass's logits, which the server's baseline cache does not keep: an
+    experiment that measures KL runs its baseline forward passes again instead of reusing a cached
+    baseline of the same model, data and measurements (a sweep reuses the cached baseline's
+    measurements but still runs full baseline passes for their logits). Leave it out when
+    perplexity is enough and the cache should serve."""
+
     KIND = "kl_divergence"
 
     def body(self):
@@ -29,7 +41,8 @@ class KLDivergence(_Builder):
 
 @dataclass(frozen=True)
 class TokenProbabilities(_Builder):
-    """Mean probability of tokens (by id, or by text that encodes to exactly one token)."""
+    """Mean probability of tokens (by id, or by text that encodes to exactly one token) over the
+    predicted positions, on both passes (``Result.token_probabilities``)."""
 
     tokens: Sequence[str] | None = None
     token_ids: Sequence[int] | None = None
@@ -56,7 +69,9 @@ class TokenProbabilities(_Builder):
 
 @dataclass(frozen=True)
 class ActivationStats(_Builder):
-    """Per site: top-k |x| (mean over windows and overall with coordinates), median and mean |x|."""
+    """Per site (patterns such as ``blocks.*.resid_post``; not attn_pattern): the top-k |x| (mean over
+    windows, and overall with coordinates), median and mean |x|, on both passes
+    (``Result.activation_stats``, ``Result.layer_stats``)."""
 
     sites: Sequence[str] = ("blocks.*.resid_post",)
     top_k: int = 3
@@ -80,7 +95,8 @@ class ActivationStats(_Builder):
 
 @dataclass(frozen=True)
 class AttentionSink(_Builder):
-    """Per layer and head: mean over queries q >= 1 of the attention probability on key 0."""
+    """Per layer and head: mean over queries q >= 1 of the attention probability on key 0, on both
+    passes (``Result.attention_sink``, ``Result.attention_sink_frame()``); ``layers`` None: all."""
 
     layers: Sequence[int] | None = None
     KIND = "attention_sink"
@@ -94,7 +110,8 @@ class AttentionSink(_Builder):
 
 @dataclass(frozen=True)
 class Capture(_Builder):
-    """Raw float32 tensors at sites for the first ``max_windows`` windows, at ``positions`` (None: all)."""
+    """Raw float32 tensors at sites for the first ``max_windows`` windows, at ``positions`` (None: all),
+    on both passes (``Result.captures``); they count against the server's capture-bytes limit."""
 
     sites: Sequence[str]
     positions: Sequence[int] | None = None
@@ -119,7 +136,9 @@ class Capture(_Builder):
 
 @dataclass(frozen=True)
 class MassiveActivations(_Builder):
-    """Sun et al.: entries with |x| >= min_magnitude and >= min_ratio x their window's median |x|."""
+    """Sun et al.: entries with |x| >= min_magnitude and >= min_ratio x their window's median |x| at
+    ``sites`` (default ``blocks.*.resid_post``); ``Result.massive_activations``. None: the server's
+    default thresholds (docs/spec.md)."""
 
     sites: Sequence[str] | None = None
     min_magnitude: float | None = None
@@ -151,7 +170,8 @@ class MassiveActivations(_Builder):
 
 @dataclass(frozen=True)
 class SuperWeights(_Builder):
-    """Yu et al.: per layer, mlp.down[row, col] from the spikes of |mlp_out| and |mlp_act|."""
+    """Yu et al.: per layer, the candidate super weight mlp.down[row, col] from the spikes of |mlp_out|
+    and |mlp_act| at one token (``Result.super_weights``). None: the server's default thresholds."""
 
     min_ratio: float | None = None
     min_magnitude: float | None = None
@@ -167,7 +187,8 @@ class SuperWeights(_Builder):
 
 @dataclass(frozen=True)
 class NormOutliers(_Builder):
-    """Norm gamma channels with robust |z| >= min_z."""
+    """Norm gamma channels with robust |z| >= min_z, (gamma - median) / (1.4826 MAD), read from the
+    weights of each pass (``Result.norm_outliers``)."""
 
     min_z: float | None = None
     max_reports: int | None = None
@@ -183,7 +204,8 @@ class NormOutliers(_Builder):
 
 @dataclass(frozen=True)
 class AttentionOutliers(_Builder):
-    """An et al.: keys receiving at least ``min_mass`` of the attention mass of queries q >= 1."""
+    """An et al.: keys receiving at least ``min_mass`` of the attention mass of queries q >= 1, per
+    layer and head (``Result.attention_outliers``); ``layers`` None: all."""
 
     layers: Sequence[int] | None = None
     min_mass: float | None = None

@@ -17,7 +17,9 @@ from .sites import MODULES, NORMS
 @dataclass(frozen=True)
 class HeadSweep(_Axis):
     """Single-head ablations: one variant per (layer, head), named ``L<layer>.H<head>``, layer-major.
-    ``layers`` / ``heads`` None (or empty): every layer / every head of the model."""
+    ``layers`` / ``heads`` None (or empty): every layer / every head of the model. ``mode`` as
+    ``HeadAblation``'s; "mean" needs the dataset means, so the sweep then does not take its baseline's
+    measurements from the server's baseline cache."""
 
     layers: Sequence[int] | None = None
     heads: Sequence[int] | None = None
@@ -177,6 +179,7 @@ class Variant:
         )
 
     def to_dict(self):
+        """The variant's proto3 JSON: its name (if any) and interventions."""
         d = {"name": self.name} if self.name else {}
         d["interventions"] = [_part_dict("interventions", p, _INTERVENTION_KINDS) for p in self.interventions]
         return d
@@ -282,12 +285,14 @@ class Sweep:
         object.__setattr__(self, "variants_per_pass", vpp or None)
 
     def to_dict(self) -> dict:
+        """The sweep's proto3 JSON (the spec's ``sweep`` field)."""
         d = {"axes": [a.to_dict() for a in self.axes]}
         if self.variants_per_pass:
             d["variants_per_pass"] = int(self.variants_per_pass)
         return d
 
     def to_proto(self):
+        """The lesion.v1.Sweep message."""
         from google.protobuf import json_format
 
         from .._proto import experiment_pb2
@@ -296,6 +301,7 @@ class Sweep:
 
     @classmethod
     def from_proto(cls, m) -> Sweep:
+        """From a lesion.v1.Sweep message (each axis becomes its builder)."""
         axes = []
         for i, a in enumerate(m.axes):
             kind = a.WhichOneof("kind")
