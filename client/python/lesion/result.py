@@ -54,7 +54,7 @@ def decode_tensor(t) -> np.ndarray:
     return arr.reshape(shape).copy()
 
 
-NAN = float("nan")
+_NAN = float("nan")
 
 
 def _presence(msg, field):
@@ -74,7 +74,7 @@ def _delta_pct(baseline, value):
     """100 (value - baseline) / |baseline|; NaN where that is undefined (a baseline of 0, such as
     KL divergence's, with a value that is not), where the server stores 0."""
     if baseline == 0:
-        return 0.0 if value == 0 else NAN
+        return 0.0 if value == 0 else _NAN
     return 100.0 * (value - baseline) / abs(baseline)
 
 
@@ -292,9 +292,9 @@ class Result:
         if self.is_sweep or not i.HasField("perplexity"):
             return PerplexityPair(
                 b.perplexity.ppl,
-                NAN,
+                _NAN,
                 b.perplexity.mean_nll,
-                NAN,
+                _NAN,
                 int(b.perplexity.n_tokens),
                 int(b.perplexity.n_windows),
                 b.perplexity.protocol,
@@ -344,9 +344,9 @@ class Result:
             (
                 v.name,
                 v.experiment_id,
-                v.perplexity if p else NAN,
-                v.perplexity_delta_pct if p else NAN,
-                v.kl_divergence if k else NAN,
+                v.perplexity if p else _NAN,
+                v.perplexity_delta_pct if p else _NAN,
+                v.kl_divergence if k else _NAN,
             )
             for v, p, k in zip(self.raw.sweep.variants, ppl, kl, strict=True)
         ]
