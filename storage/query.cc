@@ -445,12 +445,16 @@ class Compiler {
       if (op.text != "=" && op.text != "!=") {
         return Bad(op.column, absl::StrCat("field 'status' takes = or !=, not '", op.text, "'"));
       }
+      // Either case: the proto's enum names are upper case ("DONE"), the stored values lower.
+      const std::string status = absl::AsciiStrToLower(value.text);
       bool known = false;
-      for (absl::string_view s : kStatuses) known = known || s == value.text;
+      for (absl::string_view s : kStatuses) known = known || s == status;
       if (!known) {
         return Bad(value.column, absl::StrCat("unknown status ", Describe(value)),
                    absl::StrCat("statuses are ", absl::StrJoin(kStatuses, ", ")));
       }
+      params_->push_back(status);
+      return absl::StrCat(*column, " ", op.text, " ?");
     }
     params_->push_back(value.text);
     return absl::StrCat(*column, " ", op.text, " ?");

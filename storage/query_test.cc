@@ -113,6 +113,9 @@ TEST_F(QueryTest, RecordFields) {
   EXPECT_THAT(Ids(R"(id >= "c")"), ElementsAre("c", "d", "e"));
   EXPECT_THAT(Ids(R"(name = "b")"), ElementsAre("b"));
   EXPECT_THAT(Ids(R"(status = "failed")"), ElementsAre("d"));
+  // The spelling of the proto's enum names (what frames and the CLI show) means the same.
+  EXPECT_THAT(Ids(R"(status = "FAILED")"), ElementsAre("d"));
+  EXPECT_THAT(Ids(R"(status != "Failed")"), ElementsAre("a", "b", "c", "e"));
   EXPECT_THAT(Ids(R"(status = "queued" OR status = "done")"), ElementsAre("a", "b", "c", "e"));
 }
 
