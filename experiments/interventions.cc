@@ -72,9 +72,14 @@ absl::Status AddHeadAblation(const model::ModelConfig& c, int64_t layer, const s
   return absl::OkStatus();
 }
 
+bool TakesVector(ActivationOp op) {
+  return op == ActivationOp::kAdd || op == ActivationOp::kProjectOut || op == ActivationOp::kSetVectors;
+}
+
 absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId& site,
                                const std::vector<int64_t>& positions, const std::vector<int64_t>& dims, ActivationOp op,
-                               double value, const at::Tensor& mean, model::RunPlan& plan) {
+                               double value, const at::Tensor& mean, model::RunPlan& plan,
+                               const std::vector<float>& vector) {
   const int64_t features = SiteFeatures(c, site.kind);
   if (features < 0) {
     return absl::InvalidArgumentError(
@@ -96,13 +101,55 @@ absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId&
     return absl::InvalidArgumentError(
         absl::StrCat("activation edit: mean mode needs a mean of shape [seq, ", features, "]"));
   }
-  plan.AddHook(site, [positions, dims, op, value, mean](const model::SiteId&, at::Tensor& x_in) {
+  // The width of a selected row: the vector ops take D values per row.
+  const int64_t width = dims.empty() ? features : static_cast<int64_t>(dims.size());
+  const int64_t n_vector = static_cast<int64_t>(vector.size());
+  const std::string vector_help =
+      absl::StrCat(" (site ", site.Name(), " has ", features, " features",
+                   dims.empty() ? "" : absl::StrCat(", of which dims selects ", width), ")");
+  if (!TakesVector(op) && n_vector != 0) {
+    return absl::InvalidArgumentError(
+        "activation edit: vector is only for the ADD, PROJECT_OUT and SET_VECTORS ops; leave it empty");
+  }
+  for (float v : vector) {
+    if (!std::isfinite(v)) return absl::InvalidArgumentError("activation edit: vector has a value that is not finite");
+  }
+  at::Tensor direction;  // [D] float64 on the CPU, or [rows, D] for kSetVectors
+  if (op == ActivationOp::kAdd || op == ActivationOp::kProjectOut) {
+    if (n_vector != width) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("activation edit: vector has ", n_vector, " values, needs ", width, vector_help));
+    }
+    direction = at::tensor(std::vector<double>(vector.begin(), vector.end()), at::kDouble);
+    if (op == ActivationOp::kProjectOut) {
+      const double norm = direction.norm().item<double>();
+      if (!(norm > 0) || !std::isfinite(norm)) {
+        return absl::InvalidArgumentError("activation edit: PROJECT_OUT needs a nonzero vector (the direction)");
+      }
+      direction = direction / norm;
+    }
+  } else if (op == ActivationOp::kSetVectors) {
+    const int64_t n_positions = static_cast<int64_t>(positions.size());
+    if (n_vector != width && (positions.empty() || n_vector != width * n_positions)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "activation edit: SET_VECTORS needs ", width, " values (one row for every position)",
+          positions.empty() ? ""
+                            : absl::StrCat(" or ", width * n_positions, " (", n_positions, " positions x ", width, ")"),
+          ", got ", n_vector, vector_help));
+    }
+    direction = at::tensor(std::vector<double>(vector.begin(), vector.end()), at::kDouble).reshape({-1, width});
+  }
+  plan.AddHook(site, [positions, dims, op, value, mean, direction](const model::SiteId&, at::Tensor& x_in) {
     const auto shape = x_in.sizes().vec();
     at::Tensor x = x_in.reshape({shape[0], shape[1], -1}).clone();  // [b, s, features]
     const int64_t seq = x.size(1);
     std::vector<int64_t> pos;
-    for (int64_t p : positions) {
-      if (p < seq) pos.push_back(p);
+    std::vector<int64_t> taken;  // indices into `positions` of the positions in this window
+    for (size_t k = 0; k < positions.size(); ++k) {
+      if (positions[k] < seq) {
+        pos.push_back(positions[k]);
+        taken.push_back(static_cast<int64_t>(k));
+      }
     }
     if (!positions.empty() && pos.empty()) return;  // no selected position in this window
     at::Tensor p_index =
@@ -124,6 +171,20 @@ absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId&
       case ActivationOp::kMean:
         cells.copy_(mean.to(x.options()).index_select(0, p_index).index_select(1, d_index).expand_as(cells));
         break;
+      case ActivationOp::kAdd:
+        cells.add_(direction.to(x.options()), value);
+        break;
+      case ActivationOp::kProjectOut: {
+        const at::Tensor u = direction.to(x.options());
+        cells.sub_(cells.matmul(u).unsqueeze(-1) * u);
+        break;
+      }
+      case ActivationOp::kSetVectors: {
+        at::Tensor source = direction.to(x.options());  // [1 or |positions|, D]
+        if (source.size(0) > 1) source = source.index_select(0, IndexTensor(taken, x.device()));
+        cells.copy_(source.expand_as(cells));
+        break;
+      }
     }
     rows.index_copy_(2, d_index, cells);
     x.index_copy_(1, p_index, rows);

@@ -30,13 +30,25 @@ absl::Status AddHeadAblation(const model::ModelConfig& config, int64_t layer, co
 
 using ActivationOp = spec::ActivationEdit::Op;
 
-// Edits x[:, positions, dims] at `site` (all positions / dims when empty): zero, set to `value`,
-// scale by `value`, or set to `mean` ([seq, features]: the site's mean over a dataset, by position
-// and feature; Sun et al.'s "set to mean"). attn_z is addressed as [seq, heads * head_dim];
-// attn_pattern cannot be edited this way. Positions beyond a window's length are skipped.
+// Edits x[:, positions, dims] at `site` (all positions / dims when empty), each selected row r
+// (the D = |dims| selected features of one position):
+//   kZero: r = 0;  kSet: r = value;  kScale: r *= value;
+//   kMean: r = mean[position, dims] (`mean` [seq, features]: the site's mean over a dataset, by
+//          position and feature; Sun et al.'s "set to mean");
+//   kAdd: r += value * vector (steering: `vector` has D values, `value` is alpha);
+//   kProjectOut: r -= (r . u) u with u = vector / |vector| (a direction ablated; D values);
+//   kSetVectors: r = vector (patching: D values for every selected position, or D per position,
+//          in the order of `positions`).
+// attn_z is addressed as [seq, heads * head_dim]; attn_pattern cannot be edited this way.
+// Positions beyond a window's length are skipped (the runner refuses positions beyond its windows).
+// `vector` must be empty for the first four ops.
 absl::Status AddActivationEdit(const model::ModelConfig& config, const model::SiteId& site,
                                const std::vector<int64_t>& positions, const std::vector<int64_t>& dims, ActivationOp op,
-                               double value, const at::Tensor& mean, model::RunPlan& plan);
+                               double value, const at::Tensor& mean, model::RunPlan& plan,
+                               const std::vector<float>& vector = {});
+
+// True for the ops that take a vector (kAdd, kProjectOut, kSetVectors).
+bool TakesVector(ActivationOp op);
 
 // Width of the feature dimension of a site (d_model, d_ffn, heads * head_dim, vocab).
 int64_t SiteFeatures(const model::ModelConfig& config, model::SiteKind kind);

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "common/testing/status_matchers.h"
 #include "experiments/weight_edits.h"
 #include "model/model.h"
@@ -100,6 +101,74 @@ TEST(ActivationEdit, ZeroingTheLastResidualZeroesTheLogitsOfAnRmsNormModel) {
   ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kAttnZ, 0}, {}, {}, ActivationOp::kScale, 1.0, {}, identity));
   EXPECT_TRUE(
       at::equal(Logits(model->transformer(), identity), Logits(model->transformer(), model::RunPlan(c.n_layers))));
+}
+
+// The vector ops against the same arithmetic done by hand on the site's unedited values.
+TEST(ActivationEdit, SteeringProjectionAndPatchingEditTheSelectedRows) {
+  auto model = LoadFixture("llama2");
+  const model::Transformer& m = model->transformer();
+  const model::ModelConfig& c = m.config();
+  const model::SiteId site{model::SiteKind::kResidPost, 0};
+  at::Tensor before;
+  model::RunPlan observe(c.n_layers);
+  observe.AddHook(site, [&](const model::SiteId&, at::Tensor& x) { before = x.clone(); });
+  Logits(m, observe);
+  auto edited = [&](const std::vector<int64_t>& positions, const std::vector<int64_t>& dims, ActivationOp op,
+                    double value, const std::vector<float>& vector) {
+    model::RunPlan plan(c.n_layers);
+    at::Tensor after;
+    EXPECT_OK(AddActivationEdit(c, site, positions, dims, op, value, {}, plan, vector));
+    plan.AddHook(site, [&](const model::SiteId&, at::Tensor& x) { after = x.clone(); });
+    Logits(m, plan);
+    return after;
+  };
+  const int64_t d = c.d_model;
+  std::vector<float> direction(d);
+  for (int64_t i = 0; i < d; ++i) direction[i] = static_cast<float>((i % 7) - 3) / 4.0f;
+  const at::Tensor v = at::tensor(direction);
+
+  // ADD: alpha times the vector at positions 2 and 5 only.
+  at::Tensor expected = before.clone();
+  for (int64_t p : {2, 5}) expected.select(1, p).add_(v, 3.0);
+  EXPECT_LT(MaxDiff(edited({2, 5}, {}, ActivationOp::kAdd, 3.0, direction), expected), 1e-5);
+
+  // PROJECT_OUT: what remains is orthogonal to the direction, everywhere.
+  at::Tensor projected = edited({}, {}, ActivationOp::kProjectOut, 0, direction);
+  const at::Tensor u = v / v.norm();
+  EXPECT_LT(projected.matmul(u).abs().max().item<double>(), 1e-4);
+  expected = before - before.matmul(u).unsqueeze(-1) * u;
+  EXPECT_LT(MaxDiff(projected, expected), 1e-5);
+
+  // SET_VECTORS: one row per position, in the order given, over two dims; other cells untouched.
+  at::Tensor patched = edited({4, 1}, {0, 9}, ActivationOp::kSetVectors, 0, {10, 11, -1, -2});
+  expected = before.clone();
+  expected.select(1, 4).select(1, 0).fill_(10);
+  expected.select(1, 4).select(1, 9).fill_(11);
+  expected.select(1, 1).select(1, 0).fill_(-1);
+  expected.select(1, 1).select(1, 9).fill_(-2);
+  EXPECT_TRUE(at::equal(patched, expected));
+  // One row for every position.
+  patched = edited({}, {3}, ActivationOp::kSetVectors, 0, {0.5});
+  EXPECT_TRUE(at::equal(patched.select(2, 3), at::full_like(patched.select(2, 3), 0.5)));
+}
+
+TEST(ActivationEdit, VectorsOfTheWrongLengthAreRefusedWithTheWidth) {
+  auto model = LoadFixture("llama2");
+  const model::ModelConfig& c = model->config();
+  model::RunPlan plan(c.n_layers);
+  const model::SiteId site{model::SiteKind::kMlpIn, 1};
+  absl::Status s = AddActivationEdit(c, site, {}, {}, ActivationOp::kAdd, 1, {}, plan, {1, 2});
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_NE(s.message().find(absl::StrCat("vector has 2 values, needs ", c.d_model)), std::string::npos) << s;
+  s = AddActivationEdit(c, site, {}, {1, 2, 3}, ActivationOp::kProjectOut, 0, {}, plan, {0, 0, 0});
+  EXPECT_NE(s.message().find("nonzero vector"), std::string::npos) << s;
+  s = AddActivationEdit(c, site, {0, 1}, {1, 2}, ActivationOp::kSetVectors, 0, {}, plan, {1, 2, 3});
+  EXPECT_NE(s.message().find("SET_VECTORS needs 2 values (one row for every position) or 4 (2 positions x 2)"),
+            std::string::npos)
+      << s;
+  s = AddActivationEdit(c, site, {}, {}, ActivationOp::kSet, 1, {}, plan, {1});
+  EXPECT_NE(s.message().find("vector is only for"), std::string::npos) << s;
+  EXPECT_TRUE(plan.empty());
 }
 
 TEST(Interventions, InvalidArgumentsNameFieldAndValue) {

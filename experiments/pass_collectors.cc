@@ -4,6 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -94,9 +95,17 @@ absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const s
                                                                                 outliers->max_reports));
     } else if (const auto* norms = std::get_if<spec::NormOutliers>(&m)) {
       out.norm_outliers = *norms;
+    } else if (const auto* outputs = std::get_if<spec::TokenOutputs>(&m)) {
+      out.token_outputs = {outputs->top_k, outputs->offset, outputs->max_tokens};
     }
   }
   return out;
+}
+
+int64_t TokenOutputBytes(const model::TokenOutputOptions& options, int64_t n_tokens) {
+  const int64_t rows = std::clamp<int64_t>(n_tokens - options.offset, 0, options.max_tokens);
+  // window, position, target, nll, rank; top_ids and top_probs per entry (as the proto holds them)
+  return rows * (8 + 4 + 4 + 8 + 8 + options.top_k * (4 + 8));
 }
 
 // Reads back what a pass measured. Weight-based parts (super-weight values, norm gammas) read the
@@ -123,6 +132,36 @@ absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const model::Tr
       tokens[i].mean_probability = sums[static_cast<int64_t>(i)].item<double>() / static_cast<double>(windows.n_tokens);
     }
     out.token_probabilities = std::move(tokens);
+  }
+  if (p.token_outputs.max_tokens > 0) {
+    ASSIGN_OR_RETURN(out.token_outputs, model::TorchCall("reading per-token outputs", [&] {
+                       const model::TokenOutputTensors k = reducer.token_outputs(variant);
+                       result::TokenOutputs o;
+                       o.top_k = p.token_outputs.top_k;
+                       o.n_predicted = k.n_predicted;
+                       o.offset = p.token_outputs.offset;
+                       auto longs = [](const at::Tensor& values) {
+                         const at::Tensor c = values.contiguous();
+                         return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+                       };
+                       auto ints = [&](const at::Tensor& values) {
+                         const std::vector<int64_t> v = longs(values);
+                         return std::vector<int32_t>(v.begin(), v.end());
+                       };
+                       auto doubles = [](const at::Tensor& values) {
+                         const at::Tensor c = values.contiguous();
+                         return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+                       };
+                       o.window = longs(k.window);
+                       o.position = ints(k.position);
+                       o.target = ints(k.target);
+                       o.nll = doubles(k.nll);
+                       o.rank = longs(k.rank);
+                       o.top_ids = ints(k.top_ids);
+                       o.top_probs = doubles(k.top_probs);
+                       return o;
+                     }));
+    out.has_token_outputs = true;
   }
   for (const auto& s : p.stats) {
     ASSIGN_OR_RETURN(auto stats, s->Finish());

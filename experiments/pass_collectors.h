@@ -38,6 +38,8 @@ struct PassCollectors {
   std::unique_ptr<SuperWeightDetector> super_weights;
   std::unique_ptr<AttentionOutlierDetector> attention_outliers;
   std::optional<spec::NormOutliers> norm_outliers;
+  // Per-token outputs, kept by the pass's NextTokenReducer (max_tokens 0: not asked for).
+  model::TokenOutputOptions token_outputs;
   // Single experiments keep their NLL sums here; sweeps share one reducer over all variants.
   std::unique_ptr<model::NextTokenReducer> next_token;
 
@@ -59,6 +61,9 @@ absl::StatusOr<std::vector<result::TokenProbability>> ResolveTokens(const model:
                                                                     const spec::TokenProbabilities& t);
 
 absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const spec::Experiment& e);
+
+// Bytes a pass's per-token outputs hold for `n_tokens` predicted tokens (0 when not asked for).
+int64_t TokenOutputBytes(const model::TokenOutputOptions& options, int64_t n_tokens);
 
 // Reads back what a pass measured; the NLL and token probabilities are `variant`'s sums in
 // `reducer`. Weight-based parts (super-weight values, norm gammas) read the model as it is now:

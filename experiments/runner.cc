@@ -59,19 +59,22 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
   PassCollectors& inter = prepared.inter;
   const bool needs_kl = prepared.needs_kl;
   const bool needs_means = prepared.needs_means;
-  // A cached baseline serves when the baseline's logits and means are not needed again.
-  const bool reuse_baseline = controls.cached_baseline != nullptr && !needs_kl && !needs_means;
+  const bool observational = prepared.observational;
+  // A cached baseline serves when the baseline's logits and means are not needed again (an
+  // observational run needs neither: its KL divergence is exactly 0, and it has no MEAN modes).
+  const bool reuse_baseline = controls.cached_baseline != nullptr && (observational || (!needs_kl && !needs_means));
   ASSIGN_OR_RETURN(std::vector<model::WindowBatch> batches,
                    model::MakeWindowBatches(t, prepared.ids, prepared.options, model.bos_id()));
   std::vector<int32_t> token_ids;
   for (const auto& tp : prepared.tokens) token_ids.push_back(tp.token_id);
   RETURN_IF_ERROR(model::TorchCall("next-token reducers", [&] {
-    base.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device());
-    inter.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device());
+    base.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device(), 1, base.token_outputs);
+    inter.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device(), 1, inter.token_outputs);
   }));
 
   const int64_t n_batches = static_cast<int64_t>(batches.size());
-  const int64_t planned = reuse_baseline ? n_batches : n_batches * (needs_means && needs_kl ? 3 : 2);
+  int64_t planned = reuse_baseline ? n_batches : n_batches * (needs_means && needs_kl ? 3 : 2);
+  if (observational) planned = reuse_baseline ? 0 : n_batches;
   int64_t passes = 0;
   auto forward = [&](const model::WindowBatch& batch, const model::RunPlan& plan) -> absl::StatusOr<at::Tensor> {
     if (controls.cancelled && controls.cancelled()) {
@@ -102,13 +105,16 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
   RETURN_IF_ERROR(model::TorchCall("running the experiment", [&]() -> absl::Status {
     c10::InferenceMode guard;
     bool baseline_done = reuse_baseline;
-    if (needs_means) {  // the dataset means first: the intervened pass depends on them
+    if (needs_means || (observational && !baseline_done)) {
+      // The dataset means first, since the intervened pass depends on them; or the one pass of an
+      // observational run.
       for (const model::WindowBatch& batch : batches) {
         ASSIGN_OR_RETURN(at::Tensor logits, forward(batch, baseline_plan));
         base.next_token->Add(logits, batch);
       }
       baseline_done = true;
     }
+    if (observational) return absl::OkStatus();
     model::RunPlan plan(c.n_layers);
     if (controls.cancelled) plan.SetInterrupt(controls.cancelled);
     RETURN_IF_ERROR(internal::AddActivationInterventions(c, e.interventions, prepared.options.seq_len, &means, plan));
@@ -138,19 +144,23 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
     ASSIGN_OR_RETURN(out.baseline, internal::FinishPass(base, t, prepared.protocol, prepared.tokens, *base.next_token,
                                                         0));  // pristine weights
   }
-  RETURN_IF_ERROR(edits.Resume());
-  absl::StatusOr<result::Pass> intervened =
-      internal::FinishPass(inter, t, prepared.protocol, prepared.tokens, *inter.next_token, 0);
-  RETURN_IF_ERROR(edits.Restore());
-  if (!intervened.ok()) return intervened.status();
-  out.intervened = *std::move(intervened);
-  if (needs_kl) {
-    out.has_kl_divergence = true;
-    ASSIGN_OR_RETURN(double kl_sum, model::TorchCall("reading the KL divergence",
-                                                     [&] { return inter.next_token->kl_sum()[0].item<double>(); }));
-    out.kl_divergence = kl_sum / static_cast<double>(prepared.protocol.n_tokens);
+  if (observational) {
+    out.observational = true;
+    out.has_kl_divergence = needs_kl;  // KL(p || p) = 0 exactly
+  } else {
+    RETURN_IF_ERROR(edits.Resume());
+    absl::StatusOr<result::Pass> intervened =
+        internal::FinishPass(inter, t, prepared.protocol, prepared.tokens, *inter.next_token, 0);
+    RETURN_IF_ERROR(edits.Restore());
+    if (!intervened.ok()) return intervened.status();
+    out.intervened = *std::move(intervened);
+    if (needs_kl) {
+      out.has_kl_divergence = true;
+      ASSIGN_OR_RETURN(double kl_sum, model::TorchCall("reading the KL divergence",
+                                                       [&] { return inter.next_token->kl_sum()[0].item<double>(); }));
+      out.kl_divergence = kl_sum / static_cast<double>(prepared.protocol.n_tokens);
+    }
   }
-
   out.run = internal::RunInfoOf(model, e.spec_sha256);
   out.run.forward_passes = passes;
   out.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -9,6 +9,10 @@
 // in between) and restored bit-identically before returning, also on error or cancellation.
 // Every index and size of the spec is checked against the model before the first forward pass.
 //
+// A spec with no interventions is observational: one pass, reported as the baseline (with
+// `observational` set and the intervened pass empty), served whole from a cached baseline when
+// there is one.
+//
 // Thread-compatible: one experiment at a time per model (the server's executor thread owns it).
 // Errors: InvalidArgument for a spec that does not fit the model (naming the field and value),
 // FailedPrecondition (e.g. text but no tokenizer), Cancelled, ResourceExhausted (device memory).

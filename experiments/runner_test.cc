@@ -94,6 +94,64 @@ TEST(Runner, ACachedBaselineReplacesTheBaselinePassExactly) {
   EXPECT_GT(with_kl->kl_divergence, 0);
 }
 
+TEST(Runner, NoInterventionsIsOneObservationalPass) {
+  auto model = LoadStories();
+  auto observe = spec::ParseExperimentJson(
+      R"({"dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64, "add_bos": true, "batch_size": 2},
+          "measurements": [{"perplexity": {}}, {"kl_divergence": {}},
+                           {"activation_stats": {"sites": ["blocks.*.resid_post"]}}]})");
+  ASSERT_OK(observe);
+  auto one = RunExperiment(*model, *observe, kRoot / "data");
+  ASSERT_OK(one);
+  EXPECT_TRUE(one->observational);
+  EXPECT_FALSE(one->intervened.has_perplexity);
+  EXPECT_TRUE(one->intervened.activation_stats.empty());
+  EXPECT_TRUE(one->has_kl_divergence);
+  EXPECT_EQ(one->kl_divergence, 0.0);
+  const int64_t windows = one->baseline.perplexity.n_windows;
+  EXPECT_EQ(one->run.forward_passes, (windows + 1) / 2);  // batches of 2, once
+
+  // Its one pass is the baseline pass of an intervened run over the same windows, bit for bit.
+  auto intervened = RunExperiment(*model, Spec(R"([{"perplexity": {}}])"), kRoot / "data");
+  ASSERT_OK(intervened);
+  EXPECT_FALSE(intervened->observational);
+  EXPECT_EQ(intervened->run.forward_passes, 2 * one->run.forward_passes);
+  EXPECT_EQ(one->baseline.perplexity.mean_nll, intervened->baseline.perplexity.mean_nll);
+
+  // A cached baseline answers it without a forward pass, KL divergence included.
+  RunControls controls;
+  controls.cached_baseline = &one->baseline;
+  auto cached = RunExperiment(*model, *observe, kRoot / "data", controls);
+  ASSERT_OK(cached);
+  EXPECT_TRUE(cached->baseline_from_cache);
+  EXPECT_EQ(cached->run.forward_passes, 0);
+  EXPECT_EQ(cached->baseline.perplexity.mean_nll, one->baseline.perplexity.mean_nll);
+}
+
+TEST(Runner, AnActivationEditBeyondEveryWindowIsRefused) {
+  auto model = LoadStories();
+  auto beyond = spec::ParseExperimentJson(
+      R"({"dataset": {"named": "tinystories-sample"}, "eval": {"seq_len": 64},
+          "interventions": [{"head_ablation": {"layer": 0, "heads": [1]}},
+                            {"activation_edit": {"site": "blocks.1.resid_post", "positions": [3, 64]}}],
+          "measurements": [{"perplexity": {}}]})");
+  ASSERT_OK(beyond);
+  absl::Status s = ValidateExperiment(*model, *beyond, kRoot / "data");
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_NE(s.message().find("interventions[1].activation_edit: position 64 lies beyond the windows of this run (64 "
+                             "tokens, positions 0..63)"),
+            std::string::npos)
+      << s;
+  // A dataset shorter than seq_len makes shorter windows: the bound is the longest window.
+  auto short_data = spec::ParseExperimentJson(
+      R"({"dataset": {"token_ids": {"ids": [5, 6, 7, 8, 9, 10]}}, "eval": {"seq_len": 64},
+          "interventions": [{"activation_edit": {"site": "embed", "positions": [6]}}],
+          "measurements": [{"perplexity": {}}]})");
+  ASSERT_OK(short_data);
+  s = ValidateExperiment(*model, *short_data, kRoot / "data");
+  EXPECT_NE(s.message().find("position 6 lies beyond the windows of this run (6 tokens"), std::string::npos) << s;
+}
+
 std::string TokenIds(int64_t n, int64_t vocab) {
   std::string out;
   for (int64_t i = 0; i < n; ++i) out += (i == 0 ? "" : ",") + std::to_string((i * 7919 + 13) % vocab);

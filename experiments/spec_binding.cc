@@ -59,6 +59,9 @@ bool IsKnown(spec::ActivationEdit::Op op) {
     case spec::ActivationEdit::Op::kSet:
     case spec::ActivationEdit::Op::kScale:
     case spec::ActivationEdit::Op::kMean:
+    case spec::ActivationEdit::Op::kAdd:
+    case spec::ActivationEdit::Op::kProjectOut:
+    case spec::ActivationEdit::Op::kSetVectors:
       return true;
   }
   return false;
@@ -126,6 +129,25 @@ absl::Status CheckInterventionValues(at::ScalarType dtype, const std::vector<spe
       const std::string at = where + ".activation_edit";
       if (!IsKnown(a->op)) return UnknownEnum(at, "op", static_cast<int>(a->op));
       RETURN_IF_ERROR(CheckNumber(dtype, at, "value", a->value));
+      for (size_t k = 0; k < a->vector.size(); ++k) {
+        RETURN_IF_ERROR(CheckNumber(dtype, at, absl::StrCat("vector[", k, "]"), a->vector[k]));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckEditPositions(const std::vector<spec::Intervention>& interventions, int64_t window_tokens) {
+  for (size_t i = 0; i < interventions.size(); ++i) {
+    const auto* a = std::get_if<spec::ActivationEdit>(&interventions[i]);
+    if (a == nullptr) continue;
+    for (int64_t p : a->positions) {
+      if (p >= window_tokens) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("interventions[", i, "].activation_edit: position ", p,
+                         " lies beyond the windows of this run (", window_tokens, " tokens, positions 0..",
+                         window_tokens - 1, "); positions count from the start of each window (eval.seq_len)"));
+      }
     }
   }
   return absl::OkStatus();
@@ -188,7 +210,7 @@ absl::Status AddActivationInterventions(const model::ModelConfig& c,
                      ? means->site_sums.at(name) / means->site_counts.at(name).clamp_min(1)
                      : at::zeros({seq_len, SiteFeatures(c, site.kind)});
         }
-        RETURN_IF_ERROR(AddActivationEdit(c, site, a->positions, a->dims, a->op, a->value, mean, plan));
+        RETURN_IF_ERROR(AddActivationEdit(c, site, a->positions, a->dims, a->op, a->value, mean, plan, a->vector));
       }
     } else if (const auto* b = std::get_if<spec::AttentionBias>(&in)) {
       const int64_t width = c.n_kv_heads * c.head_dim;
@@ -319,7 +341,11 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
     p.needs_kl |= std::holds_alternative<spec::KlDivergence>(m);
   }
   p.needs_means = NeedsMeans(e.interventions);
+  p.observational = e.interventions.empty() && !e.has_sweep;
+  // The longest window: the first (every window but the last has its length).
+  p.window_tokens = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
   RETURN_IF_ERROR(CheckInterventionValues(model.transformer().dtype(), e.interventions));
+  RETURN_IF_ERROR(CheckEditPositions(e.interventions, p.window_tokens));
   {
     model::RunPlan dry_run(c.n_layers);
     RETURN_IF_ERROR(AddActivationInterventions(c, e.interventions, options.seq_len, nullptr, dry_run));
@@ -327,13 +353,26 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
   RETURN_IF_ERROR(CheckWeightEdits(model.transformer(), e.interventions));
   ASSIGN_OR_RETURN(p.base, MakeCollectors(model, e));
   ASSIGN_OR_RETURN(p.inter, MakeCollectors(model, e));
-  const int64_t seq = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
+  const int64_t passes = p.observational ? 1 : 2;
   int64_t bytes = 0;
-  for (const auto& cap : p.base.captures) bytes += 2 * cap->ExpectedBytes(c, p.protocol.n_windows, seq);
+  for (const auto& cap : p.base.captures)
+    bytes += passes * cap->ExpectedBytes(c, p.protocol.n_windows, p.window_tokens);
+  const model::TokenOutputOptions& outputs = p.base.token_outputs;
+  if (outputs.max_tokens > 0 && outputs.offset >= p.protocol.n_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("token_outputs: offset ", outputs.offset,
+                                                   " is past the last predicted token (the dataset predicts ",
+                                                   p.protocol.n_tokens, " tokens)"));
+  }
+  const int64_t output_bytes = passes * TokenOutputBytes(outputs, p.protocol.n_tokens);
+  if (output_bytes > limits.max_capture_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("token_outputs: ", output_bytes, " bytes for ",
+                                                   passes == 1 ? "the pass" : "both passes", " exceed the limit of ",
+                                                   limits.max_capture_bytes, " bytes; lower max_tokens or top_k"));
+  }
   if (bytes > limits.max_capture_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("capture: ", bytes, " bytes for both passes exceed the limit of ",
-                                                   limits.max_capture_bytes,
-                                                   " bytes; capture fewer sites, positions or windows"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "capture: ", bytes, " bytes for ", passes == 1 ? "the pass" : "both passes", " exceed the limit of ",
+        limits.max_capture_bytes, " bytes; capture fewer sites, positions or windows"));
   }
   return p;
 }

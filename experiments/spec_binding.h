@@ -47,6 +47,10 @@ struct Means {
 // finite in `dtype`, the model's (float16 ends at 65504). InvalidArgument naming the intervention.
 absl::Status CheckInterventionValues(at::ScalarType dtype, const std::vector<spec::Intervention>& interventions);
 
+// Activation-edit positions within windows of `window_tokens` tokens: a position beyond every
+// window would edit nothing, so it is refused (InvalidArgument naming the intervention).
+absl::Status CheckEditPositions(const std::vector<spec::Intervention>& interventions, int64_t window_tokens);
+
 // Weight edits and norm-channel resets of `interventions` applied through `edits`.
 absl::Status ApplyWeightEdits(const std::vector<spec::Intervention>& interventions, WeightEditSession& edits);
 // Their checks against the model, without editing.
@@ -75,6 +79,9 @@ struct Prepared {
   std::vector<result::TokenProbability> tokens;
   bool needs_kl = false;
   bool needs_means = false;
+  // No interventions (and no sweep): one pass, the baseline, measures everything.
+  bool observational = false;
+  int64_t window_tokens = 0;  // tokens of the longest window (BOS included)
   PassCollectors base, inter;
 };
 

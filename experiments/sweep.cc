@@ -221,7 +221,7 @@ absl::StatusOr<VariantState> MakeVariantState(const model::Model& model, const s
 
 // Per-variant checks of a sweep (the parent's are Prepare's).
 absl::Status CheckVariants(const model::Model& model, const std::vector<spec::Experiment>& variants, int64_t seq_len,
-                           const RunLimits& limits) {
+                           int64_t window_tokens, const RunLimits& limits) {
   if (variants.empty()) return absl::InvalidArgumentError("sweep: no variants");
   if (static_cast<int64_t>(variants.size()) > limits.max_sweep_variants) {
     return absl::InvalidArgumentError(
@@ -241,6 +241,7 @@ absl::Status CheckVariants(const model::Model& model, const std::vector<spec::Ex
       return named(s);
     }
     if (absl::Status s = internal::CheckWeightEdits(model.transformer(), v.interventions); !s.ok()) return named(s);
+    if (absl::Status s = internal::CheckEditPositions(v.interventions, window_tokens); !s.ok()) return named(s);
   }
   return absl::OkStatus();
 }
@@ -249,7 +250,7 @@ absl::StatusOr<Prepared> PrepareSweep(const model::Model& model, const spec::Exp
                                       const std::vector<spec::Experiment>& variants,
                                       const std::filesystem::path& data_dir, const RunLimits& limits) {
   ASSIGN_OR_RETURN(Prepared prepared, internal::Prepare(model, parent, data_dir, limits));
-  RETURN_IF_ERROR(CheckVariants(model, variants, prepared.options.seq_len, limits));
+  RETURN_IF_ERROR(CheckVariants(model, variants, prepared.options.seq_len, prepared.window_tokens, limits));
   const model::ModelConfig& c = model.config();
   const int64_t seq = prepared.options.seq_len;
   // Every variant's result holds the baseline's captures and its own.
@@ -261,6 +262,13 @@ absl::StatusOr<Prepared> PrepareSweep(const model::Model& model, const spec::Exp
     return absl::InvalidArgumentError(absl::StrCat("capture: ", bytes, " bytes for the baseline and ", variants.size(),
                                                    " variants exceed the limit of ", limits.max_capture_bytes,
                                                    " bytes; capture fewer sites, positions or windows"));
+  }
+  const int64_t output_bytes = (1 + static_cast<int64_t>(variants.size())) *
+                               internal::TokenOutputBytes(prepared.base.token_outputs, prepared.protocol.n_tokens);
+  if (output_bytes > limits.max_capture_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("token_outputs: ", output_bytes, " bytes for the baseline and ",
+                                                   variants.size(), " variants exceed the limit of ",
+                                                   limits.max_capture_bytes, " bytes; lower max_tokens or top_k"));
   }
   // A pass holds variants_per_pass x batch_size windows: bounded like the passes the runner sizes.
   const int64_t window_tokens = prepared.options.batch_size * seq;
@@ -428,7 +436,8 @@ class SweepRun {
   absl::StatusOr<result::Experiment> Run() {
     const auto start_time = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(model::TorchCall("sweep reducers", [&] {
-      prepared_.base.next_token = std::make_unique<model::NextTokenReducer>(token_ids_, t_.device());
+      prepared_.base.next_token =
+          std::make_unique<model::NextTokenReducer>(token_ids_, t_.device(), 1, prepared_.base.token_outputs);
     }));
     parent_result_.has_sweep = true;
     for (int64_t g : run_groups_) {  // the largest pass this run made
@@ -532,8 +541,8 @@ class SweepRun {
         round.states.push_back(std::move(state));
       }
     }
-    round.reducer =
-        std::make_unique<model::NextTokenReducer>(token_ids_, t_.device(), static_cast<int64_t>(round.states.size()));
+    round.reducer = std::make_unique<model::NextTokenReducer>(
+        token_ids_, t_.device(), static_cast<int64_t>(round.states.size()), prepared_.base.token_outputs);
     return absl::OkStatus();
   }
 

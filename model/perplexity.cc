@@ -2,6 +2,7 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -114,7 +115,10 @@ absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& mo
   });
 }
 
-NextTokenReducer::NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants) {
+NextTokenReducer::NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants,
+                                   TokenOutputOptions token_outputs)
+    : outputs_(token_outputs) {
+  if (outputs_.max_tokens > 0) kept_.resize(n_variants);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
   nll_sum_ = at::zeros({n_variants}, f64);
   kl_sum_ = at::zeros({n_variants}, f64);
@@ -155,6 +159,7 @@ void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, c
           at::where(mask.view({m, n, 1}), p.view({m, n, n_tokens}), 0.0).sum(1, false, at::kDouble));
     }
   }
+  if (!kept_.empty()) KeepTokenOutputs(logits, batch, targets, first_variant);
   nll_sum_.narrow(0, first_variant, g) += row_nll.view({g, b}).sum(1);
   if (n_tokens > 0) token_prob_sum_.narrow(0, first_variant, g) += row_prob.view({g, b, n_tokens}).sum(1);
 
@@ -175,6 +180,60 @@ void NextTokenReducer::Add(const at::Tensor& logits, const WindowBatch& batch, c
     }
     kl_sum_.narrow(0, first_variant, g) += row_kl.view({g, b}).sum(1);
   }
+}
+
+void NextTokenReducer::KeepTokenOutputs(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& targets,
+                                        int64_t first_variant) {
+  const int64_t b = batch.input.size(0), n = logits.size(1), vocab = logits.size(2);
+  const int64_t g = logits.size(0) / b;
+  // (window in batch, position) of every predicted token, in window order: one sync per batch,
+  // paid only when per-token outputs are asked for.
+  const at::Tensor where = batch.score_mask.nonzero().to(at::kCPU);  // [count, 2]; position p predicts p + 1
+  const int64_t count = where.size(0);
+  for (int64_t j = 0; j < g; ++j) {
+    KeptRows& kept = kept_[first_variant + j];
+    const int64_t begin = std::clamp<int64_t>(outputs_.offset - kept.seen, 0, count);
+    const int64_t end = std::clamp<int64_t>(outputs_.offset + outputs_.max_tokens - kept.seen, 0, count);
+    kept.seen += count;
+    if (begin >= end) continue;
+    const at::Tensor sel = where.narrow(0, begin, end - begin);
+    const at::Tensor in_batch = sel.select(1, 0), pos = sel.select(1, 1);
+    std::vector<int64_t> windows;
+    const auto in_batch_at = in_batch.accessor<int64_t, 1>();
+    for (int64_t i = 0; i < sel.size(0); ++i) windows.push_back(batch.window_indices[in_batch_at[i]]);
+    const at::Tensor flat = (in_batch * n + pos).to(logits.device());  // rows of a [b n, ...] view
+    const at::Tensor x = logits.narrow(0, j * b, b).reshape({b * n, vocab}).index_select(0, flat).to(at::kFloat);
+    const at::Tensor target = targets.reshape({-1}).index_select(0, flat);  // [r]
+    const at::Tensor lse = at::logsumexp(x, {-1});
+    const at::Tensor target_logit = x.gather(1, target.unsqueeze(1)).squeeze(1);
+    auto [top_values, top_ids] = x.topk(std::min(outputs_.top_k, vocab), /*dim=*/1);
+    kept.window.push_back(at::tensor(windows, at::kLong));
+    kept.position.push_back(pos + 1);
+    kept.target.push_back(target.to(at::kCPU));
+    kept.nll.push_back((lse - target_logit).to(at::kCPU, at::kDouble));
+    kept.rank.push_back((x > target_logit.unsqueeze(1)).sum(1).to(at::kCPU, at::kLong));
+    kept.top_ids.push_back(top_ids.to(at::kCPU));
+    kept.top_probs.push_back((top_values - lse.unsqueeze(1)).exp().to(at::kCPU, at::kDouble));
+  }
+}
+
+TokenOutputTensors NextTokenReducer::token_outputs(int64_t variant) const {
+  TokenOutputTensors out;
+  if (kept_.empty()) return out;
+  const KeptRows& kept = kept_.at(variant);
+  out.n_predicted = kept.seen;
+  const int64_t k = std::max<int64_t>(0, outputs_.top_k);
+  auto cat = [](const std::vector<at::Tensor>& parts, at::ScalarType dtype, std::vector<int64_t> empty_shape) {
+    return parts.empty() ? at::empty(empty_shape, at::TensorOptions().dtype(dtype)) : at::cat(parts, 0);
+  };
+  out.window = cat(kept.window, at::kLong, {0});
+  out.position = cat(kept.position, at::kLong, {0});
+  out.target = cat(kept.target, at::kLong, {0});
+  out.nll = cat(kept.nll, at::kDouble, {0});
+  out.rank = cat(kept.rank, at::kLong, {0});
+  out.top_ids = cat(kept.top_ids, at::kLong, {0, k});
+  out.top_probs = cat(kept.top_probs, at::kDouble, {0, k});
+  return out;
 }
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(const Transformer& model, absl::Span<const int32_t> ids,

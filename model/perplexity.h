@@ -82,10 +82,32 @@ absl::StatusOr<std::vector<WindowBatch>> MakeWindowBatches(const Transformer& mo
 // needs both full distributions and is computed a few windows at a time so that its float32
 // temporaries stay within ~1 GiB. Sums are kept per variant (a sweep's batched passes hold several
 // variants' logits of the same windows) and stay on the device until the caller reads them.
+// Per-token outputs of a pass, when asked for: the predicted tokens numbered in window order from
+// 0, of which those in [offset, offset + max_tokens) are kept, each with its NLL, the target's
+// rank and the top_k next tokens.
+struct TokenOutputOptions {
+  int64_t top_k = 0;
+  int64_t offset = 0;
+  int64_t max_tokens = 0;  // 0: not asked for
+};
+
+// What the reducer kept of one variant, on the CPU; rows in window order.
+struct TokenOutputTensors {
+  int64_t n_predicted = 0;  // every predicted token the variant saw
+  at::Tensor window;        // [rows] int64: index of the window (PlanWindows order)
+  at::Tensor position;      // [rows] int64: of the predicted token in its window's input (BOS included)
+  at::Tensor target;        // [rows] int64: the token there
+  at::Tensor nll;           // [rows] float64: -log p(target)
+  at::Tensor rank;          // [rows] int64: vocabulary entries more likely than the target
+  at::Tensor top_ids;       // [rows, top_k] int64, most likely first
+  at::Tensor top_probs;     // [rows, top_k] float64
+};
+
 class NextTokenReducer {
  public:
   // `token_ids`: tokens whose probability is summed (may be empty). `n_variants` >= 1.
-  NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants = 1);
+  NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants = 1,
+                   TokenOutputOptions token_outputs = {});
 
   // Adds `logits` [g * b, n, vocab]: the logits of g variants on `batch` (b windows each, variant
   // after variant), counted as variants first_variant .. first_variant + g - 1. With `reference`
@@ -96,10 +118,22 @@ class NextTokenReducer {
   const at::Tensor& nll_sum() const { return nll_sum_; }                // [variants] float64
   const at::Tensor& token_prob_sum() const { return token_prob_sum_; }  // [variants, T] float64
   const at::Tensor& kl_sum() const { return kl_sum_; }                  // [variants] float64
+  // The per-token outputs of `variant` (empty tensors unless TokenOutputOptions asked for them).
+  TokenOutputTensors token_outputs(int64_t variant) const;
 
  private:
+  // Keeps the rows of variants first_variant.. of `logits` that fall in the asked range.
+  void KeepTokenOutputs(const at::Tensor& logits, const WindowBatch& batch, const at::Tensor& targets,
+                        int64_t first_variant);
+
   at::Tensor token_ids_;  // [T] int64 on the device, undefined when T = 0
   at::Tensor nll_sum_, token_prob_sum_, kl_sum_;
+  TokenOutputOptions outputs_;
+  struct KeptRows {
+    int64_t seen = 0;  // predicted tokens so far
+    std::vector<at::Tensor> window, position, target, nll, rank, top_ids, top_probs;
+  };
+  std::vector<KeptRows> kept_;  // per variant, when outputs_ asks for them
 };
 
 // Progress callback: (windows done, windows total). Called between batches.

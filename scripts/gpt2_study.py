@@ -55,7 +55,7 @@ def main():
         section("1. per-layer top-1/2/3 |activation| and median (Sun et al.'s view of the residual stream)")
         magnitudes = client.run(example("layer_magnitudes", model), progress=False)
         table = magnitudes.activation_stats
-        table = table[table["pass"] == "baseline"]
+        table = table[table["pass_name"] == "baseline"]
         print(table[["site", "top1", "top2", "top3", "median"]].to_string(index=False, float_format="%.3f"))
         print(
             f"perplexity {magnitudes.perplexity.baseline:.4f} over {magnitudes.perplexity.n_tokens} tokens "
@@ -85,8 +85,8 @@ def main():
             spec = lesion.sweep(base, [(label, [lesion.HeadAblation(layer=l, heads=[h]) for _, l, h in heads])])[0]
             pruned[label] = r = client.run(spec, progress=False)
             stats = r.activation_stats
-            before = stats[stats["pass"] == "baseline"]["top1"].tolist()
-            after = stats[stats["pass"] == "intervened"]["top1"].tolist()
+            before = stats[stats["pass_name"] == "baseline"]["top1"].tolist()
+            after = stats[stats["pass_name"] == "intervened"]["top1"].tolist()
             print(
                 f"{label:8s} {', '.join(f'L{l}.H{h}' for _, l, h in heads)}: perplexity "
                 f"{r.perplexity.baseline:.4f} -> {r.perplexity.intervened:.4f} ({r.perplexity.delta_pct:+.2f}%); "
@@ -136,7 +136,7 @@ def main():
         print("with thresholds for a small model:")
         sw = scan.super_weights
         if len(sw):
-            print(sw[sw["pass"] == "baseline"].to_string(index=False, float_format="%.4g"))
+            print(sw[sw["pass_name"] == "baseline"].to_string(index=False, float_format="%.4g"))
         capture = client.run(
             {
                 **example("layer_magnitudes", model),

@@ -124,7 +124,7 @@ def main():
         )
         plots.layer_magnitudes(magnitudes, save=out / "layer_magnitudes.png")
         massive = magnitudes.massive_activations
-        massive = massive[massive["pass"] == "baseline"]
+        massive = massive[massive["pass_name"] == "baseline"]
         if len(massive):
             first_layer = int(massive["layer"].min())
             top = massive.sort_values("value", key=abs, ascending=False).iloc[0]
@@ -241,7 +241,7 @@ def main():
             progress=False,
         )
         sw = scan.super_weights
-        sw = sw[sw["pass"] == "baseline"]
+        sw = sw[sw["pass_name"] == "baseline"]
         if not len(sw):
             scan = client.run(
                 experiment(
@@ -250,16 +250,20 @@ def main():
                 progress=False,
             )
             sw = scan.super_weights
-            sw = sw[sw["pass"] == "baseline"]
+            sw = sw[sw["pass_name"] == "baseline"]
             print("no super weight with the paper's ratio 100; with ratio 8:")
-        print(sw.drop(columns="pass").to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(sw) else "none")
+        print(
+            sw.drop(columns="pass_name").to_string(index=False, float_format=lambda v: f"{v:.4g}")
+            if len(sw)
+            else "none"
+        )
         norms = scan.norm_outliers
         if len(norms):
             print(
                 f"norm gamma outliers: {len(norms[norms['pass'] == 'baseline'])}, e.g. "
                 + ", ".join(
                     f"{r.norm}@L{r.layer} ch {r.channel} (gamma {r.gamma:.3g}, z {r.z:.0f})"
-                    for r in norms[norms["pass"] == "baseline"].head(3).itertuples()
+                    for r in norms[norms["pass_name"] == "baseline"].head(3).itertuples()
                 )
             )
         if len(sw):
@@ -287,20 +291,20 @@ def main():
                 f"(x{zeroed.perplexity.intervened / zeroed.perplexity.baseline:.2f}), "
                 f"KL {zeroed.kl_divergence:.4f} nats/token"
             )
-            counts = zeroed.massive_activation_counts.groupby("pass")["count"].sum()
+            counts = zeroed.massive_activation_counts.groupby("pass_name")["count"].sum()
             stats = zeroed.activation_stats
             print(
                 f"massive activations (entries over the thresholds, all layers): {int(counts.get('baseline', 0))} -> "
                 f"{int(counts.get('intervened', 0))}"
             )
             for l in sorted({layer, n_layers - 1}):
-                at = stats[stats["site"] == f"blocks.{l}.resid_post"].set_index("pass")
+                at = stats[stats["site"] == f"blocks.{l}.resid_post"].set_index("pass_name")
                 print(
                     f"  top-1 |blocks.{l}.resid_post| (mean over windows) {at.loc['baseline', 'top1']:.1f} -> "
                     f"{at.loc['intervened', 'top1']:.1f}, median {at.loc['baseline', 'median']:.3f} -> "
                     f"{at.loc['intervened', 'median']:.3f}"
                 )
-            probs = zeroed.token_probabilities.pivot(index="token", columns="pass", values="mean_probability")
+            probs = zeroed.token_probabilities.pivot(index="token", columns="pass_name", values="mean_probability")
             print("stop-word probabilities (mean over predicted positions):")
             for token, p in probs.iterrows():
                 print(

@@ -99,6 +99,19 @@ struct AttentionOutlierKey {
   double mass = 0;
 };
 
+struct TokenOutputs {
+  int64_t top_k = 0;
+  int64_t n_predicted = 0;
+  int64_t offset = 0;
+  std::vector<int64_t> window;
+  std::vector<int32_t> position;
+  std::vector<int32_t> target;
+  std::vector<double> nll;
+  std::vector<int64_t> rank;
+  std::vector<int32_t> top_ids;   // [rows, top_k]
+  std::vector<double> top_probs;  // [rows, top_k]
+};
+
 struct Pass {
   bool has_perplexity = false;
   Perplexity perplexity;
@@ -114,6 +127,8 @@ struct Pass {
   std::vector<NormOutlier> norm_outliers;
   bool has_attention_outliers = false;
   std::vector<AttentionOutlierKey> attention_outliers;
+  bool has_token_outputs = false;
+  TokenOutputs token_outputs;
 };
 
 struct RunInfo {
@@ -150,7 +165,9 @@ struct SweepSummary {
 struct Experiment {
   Pass baseline;
   bool baseline_from_cache = false;  // the baseline came from RunControls::cached_baseline
-  Pass intervened;
+  Pass intervened;                   // empty when observational
+  // The spec had no interventions: only the baseline pass ran (result.proto, "observational").
+  bool observational = false;
   bool has_kl_divergence = false;
   double kl_divergence = 0;
   RunInfo run;

@@ -99,6 +99,20 @@ void Fill(const Pass& p, v1::PassResult& out) {
     o->set_key_position(k.key_position);
     o->set_mass(k.mass);
   }
+  if (p.has_token_outputs) {
+    const TokenOutputs& t = p.token_outputs;
+    v1::TokenOutputs* o = out.mutable_token_outputs();
+    o->set_top_k(static_cast<int32_t>(t.top_k));
+    o->set_n_predicted(t.n_predicted);
+    o->set_offset(t.offset);
+    o->mutable_window()->Add(t.window.begin(), t.window.end());
+    o->mutable_position()->Add(t.position.begin(), t.position.end());
+    o->mutable_target()->Add(t.target.begin(), t.target.end());
+    o->mutable_nll()->Add(t.nll.begin(), t.nll.end());
+    o->mutable_rank()->Add(t.rank.begin(), t.rank.end());
+    o->mutable_top_ids()->Add(t.top_ids.begin(), t.top_ids.end());
+    o->mutable_top_probs()->Add(t.top_probs.begin(), t.top_probs.end());
+  }
 }
 
 void AddMetric(v1::ExperimentResult& out, std::string name, double baseline, double value) {
@@ -153,6 +167,20 @@ Pass FromProto(const v1::PassResult& in) {
   for (const auto& k : in.attention_outliers()) {
     p.attention_outliers.push_back({k.layer(), k.head(), k.key_position(), k.mass()});
   }
+  if (in.has_token_outputs()) {
+    const auto& t = in.token_outputs();
+    p.has_token_outputs = true;
+    p.token_outputs = {t.top_k(),
+                       t.n_predicted(),
+                       t.offset(),
+                       {t.window().begin(), t.window().end()},
+                       {t.position().begin(), t.position().end()},
+                       {t.target().begin(), t.target().end()},
+                       {t.nll().begin(), t.nll().end()},
+                       {t.rank().begin(), t.rank().end()},
+                       {t.top_ids().begin(), t.top_ids().end()},
+                       {t.top_probs().begin(), t.top_probs().end()}};
+  }
   return p;
 }
 
@@ -191,7 +219,7 @@ void AddNonFiniteWarnings(v1::ExperimentResult& out) {
   };
   for (const v1::Metric& m : out.metrics()) {
     check(m.baseline(), absl::StrCat("metric ", m.name(), ": baseline value"));
-    check(m.value(), absl::StrCat("metric ", m.name(), ": intervened value"));
+    if (!out.observational()) check(m.value(), absl::StrCat("metric ", m.name(), ": intervened value"));
   }
   for (const v1::SweepSummary::Variant& v : out.sweep().variants()) {
     check(v.perplexity(), absl::StrCat("variant ", v.name(), ": perplexity"));
@@ -236,11 +264,13 @@ v1::ExperimentResult ToProtoUnchecked(const Experiment& r) {
     FillRun(r, out.mutable_run());
     return out;
   }
-  Fill(r.intervened, *out.mutable_intervened());
+  if (!r.observational) Fill(r.intervened, *out.mutable_intervened());
+  out.set_observational(r.observational);
   if (r.has_kl_divergence) out.set_kl_divergence(r.kl_divergence);
 
   const Pass& b = r.baseline;
-  const Pass& i = r.intervened;
+  // An observational run measured one model: each metric's value is its baseline.
+  const Pass& i = r.observational ? r.baseline : r.intervened;
   if (b.has_perplexity) {
     AddMetric(out, "perplexity", b.perplexity.ppl, i.perplexity.ppl);
     AddMetric(out, "mean_nll", b.perplexity.mean_nll, i.perplexity.mean_nll);

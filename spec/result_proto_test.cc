@@ -47,6 +47,31 @@ TEST(ResultProto, DerivesMetricsWithDeltas) {
   EXPECT_EQ(Find(p, "norm_outliers"), nullptr) << "not measured";
 }
 
+// An observational run reports its one pass once: the intervened pass stays empty and every
+// metric's value is the baseline's.
+TEST(ResultProto, ObservationalRunsReportOnePass) {
+  Experiment r;
+  r.observational = true;
+  r.baseline.has_perplexity = true;
+  r.baseline.perplexity.ppl = std::nan("");
+  r.baseline.perplexity.mean_nll = 2;
+  r.baseline.activation_stats.push_back({"blocks.1.resid_post", {300, 20}, {}, 0.5, 0.7, 4});
+  r.has_kl_divergence = true;
+  lesion::v1::ExperimentResult p = ToProto(r);
+  EXPECT_TRUE(p.observational());
+  EXPECT_FALSE(p.has_intervened());
+  const auto* nll = Find(p, "mean_nll");
+  ASSERT_NE(nll, nullptr);
+  EXPECT_EQ(nll->baseline(), 2);
+  EXPECT_EQ(nll->value(), 2);
+  EXPECT_EQ(nll->delta(), 0);
+  EXPECT_EQ(Find(p, "top1:blocks.1.resid_post")->value(), 300);
+  EXPECT_EQ(Find(p, "kl_divergence")->value(), 0);
+  ASSERT_EQ(p.warnings_size(), 2) << "nothing of an intervened pass";
+  EXPECT_EQ(p.warnings(0), "metric perplexity: baseline value is nan");
+  EXPECT_EQ(p.warnings(1), "baseline perplexity is nan");
+}
+
 // A regression: `factor 1e308` ended DONE with perplexity nan and nothing said so.
 TEST(ResultProto, FlagsNonFiniteResults) {
   Experiment r;

@@ -78,6 +78,23 @@ absl::StatusOr<Measurement> FromProto(const lesion::v1::Measurement& m, absl::st
     }
     case lesion::v1::Measurement::kKlDivergence:
       return KlDivergence{};
+    case lesion::v1::Measurement::kTokenOutputs: {
+      const auto& t = m.token_outputs();
+      const std::string at = absl::StrCat(where, ".token_outputs");
+      TokenOutputs out;
+      if (t.top_k() != 0) out.top_k = t.top_k();
+      if (t.max_tokens() != 0) out.max_tokens = t.max_tokens();
+      out.offset = t.offset();
+      if (out.top_k < 0 || out.top_k > kMaxTokenOutputsTopK) {
+        return Bad(at, absl::StrCat("top_k must be in 1..", kMaxTokenOutputsTopK, ", got ", out.top_k));
+      }
+      if (out.max_tokens < 0 || out.max_tokens > kMaxTokenOutputsTokens) {
+        return Bad(at, absl::StrCat("max_tokens must be in 1..", kMaxTokenOutputsTokens, ", got ", out.max_tokens,
+                                    " (page through more with offset)"));
+      }
+      if (out.offset < 0) return Bad(at, absl::StrCat("offset must be >= 0, got ", out.offset));
+      return out;
+    }
     case lesion::v1::Measurement::kCapture: {
       const auto& c = m.capture();
       Capture out{ToVector<std::string>(c.sites()), ToVector<int64_t>(c.positions()), c.max_windows()};
@@ -190,8 +207,25 @@ absl::StatusOr<Intervention> FromProto(const lesion::v1::Intervention& in, const
       const std::string at = where + ".activation_edit";
       RETURN_IF_ERROR(CheckEnum(at, "op", a.op(), pb::ActivationEdit::Op_descriptor()));
       RETURN_IF_ERROR(CheckMagnitude(at, "value", a.value()));
-      return ActivationEdit{a.site(), ToVector<int64_t>(a.positions()), ToVector<int64_t>(a.dims()),
-                            static_cast<ActivationEdit::Op>(a.op()), a.value()};
+      for (int i = 0; i < a.vector_size(); ++i) {
+        RETURN_IF_ERROR(CheckMagnitude(at, absl::StrCat("vector[", i, "]"), a.vector(i)));
+      }
+      ActivationEdit out{a.site(),
+                         ToVector<int64_t>(a.positions()),
+                         ToVector<int64_t>(a.dims()),
+                         static_cast<ActivationEdit::Op>(a.op()),
+                         a.value(),
+                         ToVector<float>(a.vector())};
+      const bool takes_vector = out.op == ActivationEdit::Op::kAdd || out.op == ActivationEdit::Op::kProjectOut ||
+                                out.op == ActivationEdit::Op::kSetVectors;
+      if (takes_vector && out.vector.empty()) {
+        return Bad(at, absl::StrCat("op ", pb::ActivationEdit::Op_Name(a.op()), " needs a vector"));
+      }
+      if (!takes_vector && !out.vector.empty()) {
+        return Bad(at, absl::StrCat("op ", pb::ActivationEdit::Op_Name(a.op()),
+                                    " takes no vector (only ADD, PROJECT_OUT and SET_VECTORS do)"));
+      }
+      return out;
     }
     case pb::Intervention::KIND_NOT_SET:
       break;

@@ -45,11 +45,12 @@ struct AttentionBias {
   std::vector<float> key, value;
 };
 struct ActivationEdit {
-  enum class Op { kZero, kSet, kScale, kMean };
+  enum class Op { kZero, kSet, kScale, kMean, kAdd, kProjectOut, kSetVectors };
   std::string site;
   std::vector<int64_t> positions, dims;
   Op op = Op::kZero;
   double value = 0;
+  std::vector<float> vector;  // kAdd, kProjectOut, kSetVectors (experiments/interventions.h)
 };
 using Intervention = std::variant<HeadAblation, WeightEdit, NormChannelReset, AttentionBias, ActivationEdit>;
 
@@ -91,8 +92,15 @@ struct AttentionOutliers {
   double min_mass = 0.3;
   int64_t max_reports = 50;
 };
+struct TokenOutputs {
+  int64_t top_k = 5;
+  int64_t max_tokens = 4096;
+  int64_t offset = 0;
+};
+inline constexpr int64_t kMaxTokenOutputsTopK = 100;
+inline constexpr int64_t kMaxTokenOutputsTokens = 65536;
 using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink, TokenProbabilities, KlDivergence, Capture,
-                                 MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers>;
+                                 MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers, TokenOutputs>;
 
 struct Experiment {
   std::string name;

@@ -49,7 +49,8 @@ TEST(ExperimentSpec, DetectorDefaultsAreThePapers) {
     "dataset": {"text": "hi"},
     "measurements": [{"massive_activations": {}}, {"super_weights": {}}, {"norm_outliers": {}},
                      {"attention_outliers": {"layers": [1]}}, {"capture": {"sites": ["logits"]}},
-                     {"token_probabilities": {"tokens": [" the"]}}, {"kl_divergence": {}}]
+                     {"token_probabilities": {"tokens": [" the"]}}, {"kl_divergence": {}},
+                     {"token_outputs": {"offset": 100}}]
   })");
   ASSERT_OK(e);
   const auto& m = std::get<MassiveActivations>(e->measurements[0]);
@@ -61,6 +62,10 @@ TEST(ExperimentSpec, DetectorDefaultsAreThePapers) {
   EXPECT_EQ(std::get<AttentionOutliers>(e->measurements[3]).min_mass, 0.3);
   EXPECT_EQ(std::get<Capture>(e->measurements[4]).max_windows, 1);
   EXPECT_EQ(std::get<TokenProbabilities>(e->measurements[5]).tokens, (std::vector<std::string>{" the"}));
+  const auto& outputs = std::get<TokenOutputs>(e->measurements[7]);
+  EXPECT_EQ(outputs.top_k, 5);
+  EXPECT_EQ(outputs.max_tokens, 4096);
+  EXPECT_EQ(outputs.offset, 100);
   EXPECT_EQ(e->spec_sha256.size(), 64u);
 }
 
@@ -284,7 +289,14 @@ TEST(ExperimentSpec, UnknownEnumNumbersAreInvalidArgument) {
       {R"([{"head_ablation": {"heads": [1]}}, {"norm_channel_reset": {"norm": "mlp", "channels": [0], "mode": 3}}])",
        {"interventions[1].norm_channel_reset: unknown mode 3 (known: ONE, GAMMA_MEAN, VALUE)"}},
       {R"([{"activation_edit": {"site": "embed", "op": 99}}])",
-       {"interventions[0].activation_edit: unknown op 99 (known: ZERO, SET, SCALE, MEAN)"}},
+       {"interventions[0].activation_edit: unknown op 99 (known: ZERO, SET, SCALE, MEAN, ADD, PROJECT_OUT, "
+        "SET_VECTORS)"}},
+      {R"([{"activation_edit": {"site": "embed", "op": "ADD", "value": 2}}])",
+       {"interventions[0].activation_edit: op ADD needs a vector"}},
+      {R"([{"activation_edit": {"site": "embed", "op": "SCALE", "value": 2, "vector": [1, 2]}}])",
+       {"interventions[0].activation_edit: op SCALE takes no vector (only ADD, PROJECT_OUT and SET_VECTORS do)"}},
+      {R"([{"activation_edit": {"site": "embed", "op": "SET_VECTORS", "vector": [1, 1e30]}}])",
+       {"interventions[0].activation_edit: vector[1]"}},
   };
   for (const auto& c : json_cases) {
     ExpectInvalid(ParseExperimentJson(WithInterventions(c.interventions)).status(), c.needles, c.interventions);

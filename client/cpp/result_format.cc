@@ -22,8 +22,9 @@ void AppendStats(std::string& out, const v1::ExperimentResult& r) {
   const auto& base = r.baseline().activation_stats();
   const auto& inter = r.intervened().activation_stats();
   if (base.empty()) return;
+  const bool both = !r.observational();
   absl::StrAppendFormat(&out, "\n%-24s %10s %10s %10s %10s %11s   %s\n", "site", "top-1", "top-2", "top-3", "median",
-                        "top-1 (I)", "top-1 at (window, token, dim)");
+                        both ? "top-1 (I)" : "", "top-1 at (window, token, dim)");
   for (int k = 0; k < base.size(); ++k) {
     const v1::SiteStats& s = base[k];
     std::string tops;
@@ -34,9 +35,30 @@ void AppendStats(std::string& out, const v1::ExperimentResult& r) {
     const std::string where = s.max_top_size() > 0 ? absl::StrFormat("(%d, %d, %d)", s.max_top(0).sequence(),
                                                                      s.max_top(0).token(), s.max_top(0).dim())
                                                    : "";
-    absl::StrAppendFormat(&out, "%-24s%s %10.4f %11.3f   %s\n", s.site(), tops, s.median(), after, where);
+    const std::string intervened = both ? absl::StrFormat("%11.3f", after) : std::string(11, ' ');
+    absl::StrAppendFormat(&out, "%-24s%s %10.4f %s   %s\n", s.site(), tops, s.median(), intervened, where);
   }
-  out += "(top-k and median: means over windows; (I): intervened)\n";
+  out +=
+      both ? "(top-k and median: means over windows; (I): intervened)\n" : "(top-k and median: means over windows)\n";
+}
+
+// The first rows of a token_outputs page: enough to see it worked; --json has them all.
+void AppendTokenOutputs(std::string& out, const v1::ExperimentResult& r) {
+  if (!r.baseline().has_token_outputs()) return;
+  const v1::TokenOutputs& b = r.baseline().token_outputs();
+  const v1::TokenOutputs& i = r.intervened().token_outputs();
+  const bool both = !r.observational() && i.nll_size() == b.nll_size();
+  absl::StrAppendFormat(&out, "\nper-token outputs: %d of %d predicted tokens from %d%s\n", b.nll_size(),
+                        b.n_predicted(), b.offset(), b.nll_size() > 8 ? " (the first 8; --json for all)" : "");
+  absl::StrAppendFormat(&out, "  %6s %8s %8s %10s %6s %10s%s\n", "window", "position", "target", "nll", "rank", "top-1",
+                        both ? "   nll (I)  rank (I)" : "");
+  for (int k = 0; k < std::min(b.nll_size(), 8); ++k) {
+    const int top1 = b.top_k() > 0 && k * b.top_k() < b.top_ids_size() ? b.top_ids(k * b.top_k()) : -1;
+    absl::StrAppendFormat(&out, "  %6d %8d %8d %10.4f %6d %10d", b.window(k), b.position(k), b.target(k), b.nll(k),
+                          b.rank(k), top1);
+    if (both) absl::StrAppendFormat(&out, " %10.4f %9d", i.nll(k), i.rank(k));
+    out += "\n";
+  }
 }
 
 void AppendSinks(std::string& out, const v1::ExperimentResult& r) {
@@ -46,22 +68,30 @@ void AppendSinks(std::string& out, const v1::ExperimentResult& r) {
   std::vector<int> order(b.scores_size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return b.scores(x) > b.scores(y); });
-  out += "\nattention sink score (mean mass on key 0), baseline -> intervened, highest first:\n";
+  const bool both = !r.observational();
+  absl::StrAppendFormat(&out, "\nattention sink score (mean mass on key 0), %shighest first:\n",
+                        both ? "baseline -> intervened, " : "");
   for (size_t j = 0; j < std::min<size_t>(order.size(), 8); ++j) {
     const int idx = order[j];
-    absl::StrAppendFormat(&out, "  L%d.H%d  %.4f -> %.4f\n", b.layers(idx / b.n_heads()), idx % b.n_heads(),
-                          b.scores(idx), idx < i.scores_size() ? i.scores(idx) : NAN);
+    absl::StrAppendFormat(&out, "  L%d.H%d  %.4f", b.layers(idx / b.n_heads()), idx % b.n_heads(), b.scores(idx));
+    if (both) absl::StrAppendFormat(&out, " -> %.4f", idx < i.scores_size() ? i.scores(idx) : NAN);
+    out += "\n";
   }
 }
 
 void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
   const v1::PassResult& b = r.baseline();
-  const v1::PassResult& i = r.intervened();
-  if (b.massive_activations_size() > 0) out += "\nmassive activations, baseline (intervened):\n";
+  // An observational run has one pass: the baseline stands for both.
+  const bool both = !r.observational();
+  const v1::PassResult& i = both ? r.intervened() : r.baseline();
+  if (b.massive_activations_size() > 0) {
+    out += both ? "\nmassive activations, baseline (intervened):\n" : "\nmassive activations:\n";
+  }
   for (int k = 0; k < b.massive_activations_size(); ++k) {
     const auto& report = b.massive_activations(k);
     const int64_t after = k < i.massive_activations_size() ? i.massive_activations(k).count() : 0;
-    absl::StrAppendFormat(&out, "%-24s %d (%d)\n", report.site(), report.count(), after);
+    absl::StrAppendFormat(&out, "%-24s %d%s\n", report.site(), report.count(),
+                          both ? absl::StrFormat(" (%d)", after) : "");
     for (const auto& m : report.top()) {
       absl::StrAppendFormat(&out, "  window %d token %d dim %d: %.3f (%.0fx the median)\n", m.sequence(), m.token(),
                             m.dim(), m.value(), m.ratio());
@@ -88,8 +118,8 @@ void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
     if (i.super_weights_size() != b.super_weights_size()) super_weights("intervened", i);
   }
   if (asked_norm) {
-    absl::StrAppendFormat(&out, "\nnorm gamma outliers: %d (intervened: %d)\n", b.norm_outliers_size(),
-                          i.norm_outliers_size());
+    absl::StrAppendFormat(&out, "\nnorm gamma outliers: %d%s\n", b.norm_outliers_size(),
+                          both ? absl::StrFormat(" (intervened: %d)", i.norm_outliers_size()) : "");
     for (const auto& n : b.norm_outliers()) {
       absl::StrAppendFormat(
           &out, "  %s channel %d: gamma %.4g, z %.1f (median %.4g)\n",
@@ -98,8 +128,8 @@ void AppendDetections(std::string& out, const v1::ExperimentResult& r) {
     }
   }
   if (asked_attention) {
-    absl::StrAppendFormat(&out, "\nattention outlier keys: %d (intervened: %d)\n", b.attention_outliers_size(),
-                          i.attention_outliers_size());
+    absl::StrAppendFormat(&out, "\nattention outlier keys: %d%s\n", b.attention_outliers_size(),
+                          both ? absl::StrFormat(" (intervened: %d)", i.attention_outliers_size()) : "");
     for (int k = 0; k < std::min(b.attention_outliers_size(), 10); ++k) {
       const auto& a = b.attention_outliers(k);
       absl::StrAppendFormat(&out, "  L%d.H%d key %d: mass %.3f\n", a.layer(), a.head(), a.key_position(), a.mass());
@@ -149,17 +179,21 @@ std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
   if (r.has_sweep()) return SweepTable(r, e);
   std::string out;
   const v1::PerplexityResult& ppl = r.baseline().perplexity();
-  absl::StrAppendFormat(&out, "experiment %s: %d intervention(s) on %s (%s, %s), %.2f s\n",
-                        e.name().empty() ? "(unnamed)" : e.name(), e.interventions_size(), r.run().architecture(),
-                        r.run().dtype(), r.run().device(), r.run().seconds());
+  const bool both = !r.observational();
+  absl::StrAppendFormat(&out, "experiment %s: %s on %s (%s, %s), %.2f s\n", e.name().empty() ? "(unnamed)" : e.name(),
+                        both ? absl::StrCat(e.interventions_size(), " intervention(s)")
+                             : std::string("observational (no interventions, one pass)"),
+                        r.run().architecture(), r.run().dtype(), r.run().device(), r.run().seconds());
   if (r.baseline().has_perplexity()) {
     absl::StrAppendFormat(&out, "%d predicted tokens, %s\n", ppl.n_tokens(), ppl.protocol());
   }
   for (const v1::Metric& m : r.metrics()) {
-    if (m.name() == "perplexity") {
+    if (m.name() == "perplexity" && !both) {
+      absl::StrAppendFormat(&out, "perplexity      %.4f\n", m.baseline());
+    } else if (m.name() == "perplexity") {
       absl::StrAppendFormat(&out, "perplexity      baseline %.4f  intervened %.4f  delta %+.4f (%+.2f%%)\n",
                             m.baseline(), m.value(), m.delta(), m.delta_pct());
-    } else if (m.name() == "kl_divergence") {
+    } else if (m.name() == "kl_divergence" && both) {
       absl::StrAppendFormat(&out, "KL divergence   %.6f nats per token (baseline || intervened)\n", m.value());
     }
   }
@@ -167,15 +201,16 @@ std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
     const auto& t = r.baseline().token_probabilities(k);
     const double after =
         k < r.intervened().token_probabilities_size() ? r.intervened().token_probabilities(k).mean_probability() : NAN;
-    absl::StrAppendFormat(&out, "p(%-10s) id %-6d %.5f -> %.5f\n", absl::StrCat("\"", t.token(), "\""), t.token_id(),
-                          t.mean_probability(), after);
+    absl::StrAppendFormat(&out, "p(%-10s) id %-6d %.5f%s\n", absl::StrCat("\"", t.token(), "\""), t.token_id(),
+                          t.mean_probability(), both ? absl::StrFormat(" -> %.5f", after) : "");
   }
+  AppendTokenOutputs(out, r);
   AppendStats(out, r);
   AppendSinks(out, r);
   AppendDetections(out, r);
   for (const auto& c : r.baseline().captures()) {
-    absl::StrAppendFormat(&out, "\ncaptured %s [%s] float32 (baseline and intervened; --json for the bytes)", c.name(),
-                          absl::StrJoin(c.shape(), ", "));
+    absl::StrAppendFormat(&out, "\ncaptured %s [%s] float32 (%s--json for the bytes)", c.name(),
+                          absl::StrJoin(c.shape(), ", "), both ? "baseline and intervened; " : "");
   }
   if (r.baseline().captures_size() > 0) out += "\n";
   return out;

@@ -55,10 +55,15 @@ def test_gpt2_study_examples_run_on_the_bundled_model(cli, tmp_path):
         cli("run", "--local", "--model", model, "--spec", examples / "layer_magnitudes.json", "--json").stdout
     )
     sites = ["embed"] + [f"blocks.{l}.resid_post" for l in range(5)] + ["final_norm"]
-    for part in ("baseline", "intervened"):
-        assert [s["site"] for s in stats[part]["activation_stats"]] == sites
-    assert metric(stats, "perplexity")["delta"] == 0
-    assert stats["baseline"]["perplexity"] == stats["intervened"]["perplexity"]  # no interventions
+    # No interventions: an observational run, one pass reported once.
+    assert stats["observational"] is True
+    assert [s["site"] for s in stats["baseline"]["activation_stats"]] == sites
+    assert "intervened" not in stats
+    # 5 windows: the 4 full ones in one batch, the shorter last one in another, each run once.
+    assert int(stats["baseline"]["perplexity"]["n_windows"]) == 5
+    assert int(stats["run"]["forward_passes"]) == 2
+    ppl = metric(stats, "perplexity")
+    assert ppl["value"] == ppl["baseline"] == stats["baseline"]["perplexity"]["ppl"] and ppl["delta"] == 0
     for s in stats["baseline"]["activation_stats"]:
         top = s["mean_top"]
         assert len(top) == 3 and top == sorted(top, reverse=True) and s["median"] < top[-1]
