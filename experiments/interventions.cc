@@ -139,15 +139,17 @@ absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId&
     }
     direction = at::tensor(std::vector<double>(vector.begin(), vector.end()), at::kDouble).reshape({-1, width});
   }
-  plan.AddHook(site, [positions, dims, op, value, mean, direction](const model::SiteId&, at::Tensor& x_in) {
+  // Positions are of the whole sequence: a step of cached decoding starts at the plan's offset.
+  const model::RunPlan* owner = &plan;
+  plan.AddHook(site, [positions, dims, op, value, mean, direction, owner](const model::SiteId&, at::Tensor& x_in) {
     const auto shape = x_in.sizes().vec();
     at::Tensor x = x_in.reshape({shape[0], shape[1], -1}).clone();  // [b, s, features]
-    const int64_t seq = x.size(1);
-    std::vector<int64_t> pos;
-    std::vector<int64_t> taken;  // indices into `positions` of the positions in this window
+    const int64_t seq = x.size(1), offset = owner->position_offset();
+    std::vector<int64_t> pos;    // selected positions in this pass, relative to its first
+    std::vector<int64_t> taken;  // indices into `positions` of those
     for (size_t k = 0; k < positions.size(); ++k) {
-      if (positions[k] < seq) {
-        pos.push_back(positions[k]);
+      if (positions[k] >= offset && positions[k] < offset + seq) {
+        pos.push_back(positions[k] - offset);
         taken.push_back(static_cast<int64_t>(k));
       }
     }
@@ -169,7 +171,7 @@ absl::Status AddActivationEdit(const model::ModelConfig& c, const model::SiteId&
         cells.mul_(value);
         break;
       case ActivationOp::kMean:
-        cells.copy_(mean.to(x.options()).index_select(0, p_index).index_select(1, d_index).expand_as(cells));
+        cells.copy_(mean.to(x.options()).index_select(0, p_index + offset).index_select(1, d_index).expand_as(cells));
         break;
       case ActivationOp::kAdd:
         cells.add_(direction.to(x.options()), value);

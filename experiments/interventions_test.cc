@@ -152,6 +152,33 @@ TEST(ActivationEdit, SteeringProjectionAndPatchingEditTheSelectedRows) {
   EXPECT_TRUE(at::equal(patched.select(2, 3), at::full_like(patched.select(2, 3), 0.5)));
 }
 
+// Positions are of the whole sequence: in cached decoding, where each pass holds a few of them,
+// an edit lands where it lands in one pass over the sequence (and MEAN rows by that position).
+TEST(ActivationEdit, PositionsMeanTheSameWhenDecodingThroughTheCache) {
+  auto model = LoadFixture("llama2");
+  const model::Transformer& m = model->transformer();
+  const model::ModelConfig& c = m.config();
+  const at::Tensor ids = (at::arange(12, at::kLong).view({1, 12}) * 7) % c.vocab_size;
+  model::RunPlan plan(c.n_layers);
+  const at::Tensor mean = at::randn({12, c.d_model});
+  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kResidPost, 0}, {2, 8}, {1, 4}, ActivationOp::kSet, 5.0, {}, plan));
+  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kMlpIn, 1}, {9}, {}, ActivationOp::kMean, 0, mean, plan));
+  ASSERT_OK(AddActivationEdit(c, {model::SiteKind::kEmbed, -1}, {3, 10}, {}, ActivationOp::kSetVectors, 0, {}, plan,
+                              std::vector<float>(2 * c.d_model, 0.25f)));
+  const at::Tensor whole = *m.Forward(ids, plan);
+  model::KvCache cache;
+  std::vector<at::Tensor> parts;
+  for (int64_t begin = 0; begin < 12; begin += begin == 0 ? 6 : 1) {
+    const int64_t length = begin == 0 ? 6 : 1;
+    plan.SetPositionOffset(begin);
+    auto part = m.ForwardCached(ids.narrow(1, begin, length), plan, cache);
+    ASSERT_OK(part);
+    parts.push_back(*part);
+  }
+  EXPECT_LT(MaxDiff(at::cat(parts, 1), whole), 1e-5);
+  EXPECT_GT(MaxDiff(whole, *m.Forward(ids, model::RunPlan(c.n_layers))), 1e-3) << "the edits change nothing";
+}
+
 TEST(ActivationEdit, VectorsOfTheWrongLengthAreRefusedWithTheWidth) {
   auto model = LoadFixture("llama2");
   const model::ModelConfig& c = model->config();

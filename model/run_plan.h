@@ -74,6 +74,11 @@ class RunPlan {
   // Cancelled, so a cancelled experiment leaves the device within a layer, not a whole pass.
   void SetInterrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
   bool Interrupted() const { return interrupt_ && interrupt_(); }
+  // Where the tokens of the next forward pass start in their sequence: 0 for a whole sequence,
+  // the cached length when decoding step by step (Transformer::ForwardCached). Hooks that address
+  // positions (activation edits) read it, so that a position means the same in every step.
+  void SetPositionOffset(int64_t offset) { position_offset_ = offset; }
+  int64_t position_offset() const { return position_offset_; }
 
   bool empty() const { return n_hooks_ == 0 && n_biases_ == 0 && n_corrections_ == 0 && n_gammas_ == 0; }
   bool HasHooks(const SiteId& site) const { return !hooks_[Index(site)].empty(); }
@@ -120,6 +125,7 @@ class RunPlan {
   int n_corrections_ = 0;
   int n_gammas_ = 0;
   std::function<bool()> interrupt_;
+  int64_t position_offset_ = 0;
 };
 
 }  // namespace lesion::model

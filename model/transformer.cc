@@ -104,7 +104,7 @@ absl::Status Transformer::CheckInput(const at::Tensor& ids, const RunPlan& plan)
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> Transformer::Embed(const at::Tensor& ids, const RunPlan& plan) const {
+absl::StatusOr<at::Tensor> Transformer::Embed(const at::Tensor& ids, const RunPlan& plan, int64_t offset) const {
   // An out-of-range id on CUDA would poison the context: check first.
   const int64_t lo = ids.min().item<int64_t>();
   const int64_t hi = ids.max().item<int64_t>();
@@ -119,7 +119,7 @@ absl::StatusOr<at::Tensor> Transformer::Embed(const at::Tensor& ids, const RunPl
     x = x * at::scalar_tensor(config_.embed_scale, x.options());
   }
   if (config_.learned_positions) {
-    x = x + weights_.positions.narrow(0, config_.position_offset, input.size(1));
+    x = x + weights_.positions.narrow(0, config_.position_offset + offset, input.size(1));
   }
   plan.Apply({SiteKind::kEmbed, -1}, x);
   return x;
@@ -133,6 +133,33 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& ids, const Run
     if (!x.ok()) return x.status();
     at::Tensor out = RunBlocks(*std::move(x), 0, config_.n_layers, plan);
     if (!out.defined()) return absl::CancelledError("forward pass interrupted");
+    return Head(out, plan);
+  });
+}
+
+absl::StatusOr<at::Tensor> Transformer::ForwardCached(const at::Tensor& ids, const RunPlan& plan,
+                                                      KvCache& cache) const {
+  if (absl::Status s = CheckInput(ids, plan); !s.ok()) return s;
+  const int64_t past = cache.length;
+  if (config_.learned_positions && past + ids.size(1) > config_.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence of ", past + ids.size(1),
+                                                   " tokens is longer than the model's ",
+                                                   config_.max_position_embeddings, " positions"));
+  }
+  if (past > 0 && (cache.keys.empty() || !cache.keys[0].defined() || cache.keys[0].size(0) != ids.size(0))) {
+    return absl::InvalidArgumentError("the cache holds a different batch of sequences");
+  }
+  return TorchCall(absl::StrCat("cached forward pass of ", config_.architecture), [&]() -> absl::StatusOr<at::Tensor> {
+    c10::InferenceMode guard;
+    absl::StatusOr<at::Tensor> x = Embed(ids, plan, past);
+    if (!x.ok()) return x.status();
+    if (cache.keys.empty()) {
+      cache.keys.resize(config_.n_layers);
+      cache.values.resize(config_.n_layers);
+    }
+    at::Tensor out = RunBlocks(*std::move(x), 0, config_.n_layers, plan, &cache);
+    if (!out.defined()) return absl::CancelledError("forward pass interrupted");
+    cache.length = past + ids.size(1);
     return Head(out, plan);
   });
 }
@@ -179,10 +206,11 @@ absl::StatusOr<at::Tensor> Transformer::ForwardFrom(const at::Tensor& resid, int
                    });
 }
 
-Transformer::RotaryTables Transformer::MakeRotaryTables(int64_t seq) const {
+Transformer::RotaryTables Transformer::MakeRotaryTables(int64_t seq, int64_t offset) const {
   auto table = [&](const at::Tensor& inv_freq) -> RotaryTable {
     if (!inv_freq.defined()) return {};
-    at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device())).to(at::kFloat);
+    at::Tensor pos =
+        at::arange(offset, offset + seq, at::TensorOptions().dtype(at::kLong).device(device())).to(at::kFloat);
     at::Tensor freqs = at::outer(pos, inv_freq);                                  // [s, rd/2] float32
     at::Tensor cos = at::cat({freqs, freqs}, -1).cos().to(dtype()).unsqueeze(1);  // [s, 1, rd]
     // rotate_half(x) * sin == swap_halves(x) * [-sin_1, sin_2]: the sign moves into the table.
@@ -192,11 +220,11 @@ Transformer::RotaryTables Transformer::MakeRotaryTables(int64_t seq) const {
   return {table(inv_freq_), table(sliding_inv_freq_)};
 }
 
-at::Tensor Transformer::RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan) const {
-  const RotaryTables rotary = MakeRotaryTables(x.size(1));
+at::Tensor Transformer::RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan, KvCache* cache) const {
+  const RotaryTables rotary = MakeRotaryTables(x.size(1), cache != nullptr ? cache->length : 0);
   for (int64_t l = begin; l < end; ++l) {
     if (plan.Interrupted()) return at::Tensor();  // the caller reports Cancelled
-    x = Block(l, std::move(x), rotary, plan);
+    x = Block(l, std::move(x), rotary, plan, cache);
   }
   return x;
 }
@@ -231,7 +259,8 @@ at::Tensor Transformer::BlockNorm(const NormWeights& w, int64_t layer, NormSite 
   return Norm(w, x, plan.norm_gamma(layer, site));
 }
 
-at::Tensor Transformer::Block(int64_t l, at::Tensor x, const RotaryTables& rotary, const RunPlan& plan) const {
+at::Tensor Transformer::Block(int64_t l, at::Tensor x, const RotaryTables& rotary, const RunPlan& plan,
+                              KvCache* cache) const {
   const BlockWeights& w = weights_.blocks[l];
   const BlockLayout layout = config_.block_layout;
 
@@ -240,7 +269,7 @@ at::Tensor Transformer::Block(int64_t l, at::Tensor x, const RotaryTables& rotar
   // Phi-2's MLP reads the same normed tensor, as it was before any attn_in hook.
   const at::Tensor shared_norm_out = h;
   plan.Apply({SiteKind::kAttnIn, l}, h);
-  at::Tensor z = Attention(l, h, rotary, plan);  // [b, s, heads, hd]
+  at::Tensor z = Attention(l, h, rotary, plan, cache);  // [b, s, heads, hd]
   plan.Apply({SiteKind::kAttnZ, l}, z);
   at::Tensor attn_out = Linear(z.flatten(2), w.o, l, LinearSite::kO, plan);  // [b, s, d]
   if (config_.post_norms) attn_out = BlockNorm(w.attn_post_norm, l, NormSite::kAttnPost, attn_out, plan);
@@ -282,8 +311,8 @@ at::Tensor Transformer::Rotate(const at::Tensor& x, const RotaryTable& table) co
   return rd == hd ? rotated : at::cat({rotated, x.narrow(-1, rd, hd - rd)}, -1);
 }
 
-at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTables& rotary,
-                                  const RunPlan& plan) const {
+at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTables& rotary, const RunPlan& plan,
+                                  KvCache* cache) const {
   const BlockWeights& w = weights_.blocks[l];
   const int64_t b = h.size(0), s = h.size(1);
   const int64_t n_heads = config_.n_heads, n_kv = config_.n_kv_heads, hd = config_.head_dim;
@@ -318,19 +347,30 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTa
   }
   at::Tensor v =
       qkv.narrow(-1, (n_heads + n_kv) * hd, n_kv * hd).view({b, s, n_kv, hd}).transpose(1, 2);  // [b, kv, s, hd]
+  // With a cache the queries are the last s of `keys` positions.
+  const int64_t past = cache != nullptr ? cache->length : 0;
+  if (cache != nullptr) {
+    if (past > 0) {
+      k = at::cat({cache->keys[l], k}, 2);
+      v = at::cat({cache->values[l], v}, 2);
+    }
+    cache->keys[l] = k;
+    cache->values[l] = v;
+  }
+  const int64_t keys = past + s;
   if (n_kv != n_heads) {  // GQA: each KV head serves heads / kv consecutive query heads
     const int64_t rep = n_heads / n_kv;
-    k = k.unsqueeze(2).expand({b, n_kv, rep, s, hd}).reshape({b, n_heads, s, hd});
-    v = v.unsqueeze(2).expand({b, n_kv, rep, s, hd}).reshape({b, n_heads, s, hd});
+    k = k.unsqueeze(2).expand({b, n_kv, rep, keys, hd}).reshape({b, n_heads, keys, hd});
+    v = v.unsqueeze(2).expand({b, n_kv, rep, keys, hd}).reshape({b, n_heads, keys, hd});
   }
 
   // Soft-capped scores have no fused kernel: they take the explicit path.
   const bool explicit_path = plan.NeedsExplicitAttention(l) || config_.attn_softcap.has_value();
-  at::Tensor allowed;  // [s, s] bool: query q may attend key k
-  if (window.has_value() || explicit_path) {
-    at::Tensor idx = at::arange(s, at::TensorOptions().dtype(at::kLong).device(h.device()));
-    at::Tensor diff = idx.unsqueeze(1) - idx.unsqueeze(0);  // q - k
-    allowed = diff >= 0;
+  at::Tensor allowed;  // [s, keys] bool: query q may attend key k
+  if (window.has_value() || explicit_path || past > 0) {
+    const auto long_options = at::TensorOptions().dtype(at::kLong).device(h.device());
+    at::Tensor diff = at::arange(past, keys, long_options).unsqueeze(1) - at::arange(keys, long_options).unsqueeze(0);
+    allowed = diff >= 0;  // q - k, in positions of the whole sequence
     if (window.has_value()) allowed = allowed.logical_and(diff < *window);
   }
 
@@ -369,7 +409,7 @@ at::Tensor Transformer::Attention(int64_t l, const at::Tensor& h, const RotaryTa
     at::Tensor pattern = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     plan.Apply({SiteKind::kAttnPattern, l}, pattern);
     if (bias.has_value()) {
-      out = at::matmul(pattern.narrow(-1, 0, s), v) + pattern.narrow(-1, s, 1) * bias_value;
+      out = at::matmul(pattern.narrow(-1, 0, keys), v) + pattern.narrow(-1, keys, 1) * bias_value;
     } else {
       out = at::matmul(pattern, v);
     }

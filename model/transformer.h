@@ -63,6 +63,14 @@ struct TransformerWeights {
   at::Tensor lm_head_bias;  // [vocab] (Phi-2), else undefined
 };
 
+// The keys and values of the tokens already run, per layer, for decoding one step at a time
+// (Transformer::ForwardCached): post-rotary, before GQA's expansion, every position kept (sliding
+// windows are applied by masking). Starts empty; one cache per sequence batch.
+struct KvCache {
+  std::vector<at::Tensor> keys, values;  // per layer [b, n_kv, length, hd]
+  int64_t length = 0;                    // positions held
+};
+
 class Transformer {
  public:
   // Takes weights already on `device` in `dtype`, laid out as above (see checkpoint_loader.h).
@@ -84,6 +92,13 @@ class Transformer {
   // hooks; returns the residual stream [batch, seq, d] entering block `end_layer` (in [0,
   // n_layers]). Errors as Forward's.
   absl::StatusOr<at::Tensor> ForwardPrefix(const at::Tensor& ids, int64_t end_layer, const RunPlan& plan) const;
+
+  // ids [batch, new] as the continuation of the sequences whose keys and values `cache` holds (at
+  // positions cache.length ..), appending theirs: the logits [batch, new, vocab] equal Forward's on
+  // the whole sequences at those positions. Hooks see the new positions only, with
+  // plan.position_offset() set by the caller to cache.length. Errors as Forward's; InvalidArgument
+  // when the sequences would pass the model's learned positions or the batch does not match.
+  absl::StatusOr<at::Tensor> ForwardCached(const at::Tensor& ids, const RunPlan& plan, KvCache& cache) const;
 
   const ModelConfig& config() const { return config_; }
   const TransformerWeights& weights() const { return weights_; }
@@ -108,14 +123,17 @@ class Transformer {
   // Checks of ids and plan shared by Forward and ForwardPrefix (no device work).
   absl::Status CheckInput(const at::Tensor& ids, const RunPlan& plan) const;
   // Checks the ids' range on the device, then embeds them: [b, s, d] after the embed hooks.
-  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const RunPlan& plan) const;
-  // Blocks [begin, end); an undefined tensor when the plan's interrupt fired.
-  at::Tensor RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan) const;
+  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const RunPlan& plan, int64_t offset = 0) const;
+  // Blocks [begin, end); an undefined tensor when the plan's interrupt fired. With `cache`, x holds
+  // the positions after the cached ones (see ForwardCached).
+  at::Tensor RunBlocks(at::Tensor x, int64_t begin, int64_t end, const RunPlan& plan, KvCache* cache = nullptr) const;
   // The final norm and the output head: logits [b, s, vocab].
   at::Tensor Head(const at::Tensor& x, const RunPlan& plan) const;
-  RotaryTables MakeRotaryTables(int64_t seq) const;
-  at::Tensor Block(int64_t layer, at::Tensor x, const RotaryTables& rotary, const RunPlan& plan) const;
-  at::Tensor Attention(int64_t layer, const at::Tensor& h, const RotaryTables& rotary, const RunPlan& plan) const;
+  // The tables of positions [offset, offset + seq).
+  RotaryTables MakeRotaryTables(int64_t seq, int64_t offset = 0) const;
+  at::Tensor Block(int64_t layer, at::Tensor x, const RotaryTables& rotary, const RunPlan& plan, KvCache* cache) const;
+  at::Tensor Attention(int64_t layer, const at::Tensor& h, const RotaryTables& rotary, const RunPlan& plan,
+                       KvCache* cache) const;
   // x [b, s, n, hd] rotated on its first rotary_dim dims by `table`.
   at::Tensor Rotate(const at::Tensor& x, const RotaryTable& table) const;
   // The block norm `site` of layer `layer` on x, with the plan's per-row gamma if it sets one.

@@ -171,6 +171,44 @@ TEST(Transformer, PrefixThenRestEqualsOneForwardPass) {
   }
 }
 
+// Decoding through the KV cache in chunks (a prompt, then one token at a time) gives the logits of
+// one pass over the whole sequence, past a sliding window (3) and along learned positions, with an
+// attention-bias slot and the explicit attention path too.
+TEST(Transformer, CachedChunksEqualOneForwardPass) {
+  for (const char* json : {kGpt2, kLlamaGqaWindow}) {
+    Transformer t = RandomModel(json);
+    const ModelConfig& c = t.config();
+    RunPlan plain(c.n_layers);
+    RunPlan explicit_with_bias(c.n_layers);
+    explicit_with_bias.SetAttentionBias(
+        1, {at::randn({c.n_kv_heads, c.head_dim}), at::randn({c.n_kv_heads, c.head_dim}), {}});
+    explicit_with_bias.RequireExplicitAttention(0);
+    for (RunPlan* plan : {&plain, &explicit_with_bias}) {
+      const at::Tensor ids = Ids(2, 11);
+      const at::Tensor whole = *t.Forward(ids, *plan);
+      KvCache cache;
+      std::vector<at::Tensor> parts;
+      for (auto [begin, length] : std::vector<std::pair<int64_t, int64_t>>{{0, 5}, {5, 1}, {6, 1}, {7, 4}}) {
+        plan->SetPositionOffset(begin);
+        auto part = t.ForwardCached(ids.narrow(1, begin, length), *plan, cache);
+        ASSERT_OK(part);
+        parts.push_back(*part);
+        EXPECT_EQ(cache.length, begin + length);
+      }
+      plan->SetPositionOffset(0);
+      EXPECT_LT(MaxDiff(at::cat(parts, 1), whole), 1e-5) << c.architecture;
+      // A cache of another batch is refused.
+      EXPECT_EQ(t.ForwardCached(Ids(1, 1), *plan, cache).status().code(), absl::StatusCode::kInvalidArgument);
+    }
+  }
+  // Learned positions end: gpt2 has 16.
+  Transformer gpt2 = RandomModel(kGpt2);
+  KvCache cache;
+  const RunPlan plan(gpt2.config().n_layers);
+  ASSERT_OK(gpt2.ForwardCached(Ids(1, 16), plan, cache));
+  EXPECT_THAT(gpt2.ForwardCached(Ids(1, 1), plan, cache), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(Transformer, PerRowCorrectionsAndGammasEqualEditedWeights) {
   // Row 0 runs the model as it is, row 1 as if o[5, 7] were 3 and the layer-1 MLP norm's channel 2
   // were 0.25: what a sweep does instead of writing the weights.

@@ -28,6 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/error_text.h"
 #include "common/status_macros.h"
+#include "experiments/generation.h"
 #include "experiments/runner.h"
 #include "experiments/sweep.h"
 #include "model/model.h"
@@ -256,6 +257,12 @@ class EngineImpl : public Engine {
                              const std::vector<spec::Experiment>& variants) const override {
     ASSIGN_OR_RETURN(std::shared_ptr<model::Model> m, AnyReplica(model));
     return ex::ValidateSweep(*m, parent, variants, options_.data_dir, limits_);
+  }
+
+  absl::Status ValidateGeneration(const std::string& model, const GenerationJob& generation) const override {
+    ASSIGN_OR_RETURN(std::shared_ptr<model::Model> m, AnyReplica(model));
+    ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptOf(*m, generation));
+    return ex::ValidateGeneration(*m, generation.interventions, prompt, GenerationOptionsOf(*m, generation));
   }
 
   absl::StatusOr<int64_t> Submit(Job job_in) override {
@@ -589,9 +596,62 @@ class EngineImpl : public Engine {
     return e.queue.RemoveIf([&id](const Task& task) { return task.job->id == id; });
   }
 
+  // The prompt of a generation: its ids, or BOS and its text tokenized.
+  static absl::StatusOr<std::vector<int32_t>> PromptOf(const model::Model& model, const GenerationJob& g) {
+    if (!g.has_text) {
+      if (g.ids.empty()) return absl::InvalidArgumentError("generate: the prompt is empty (give text or ids)");
+      return g.ids;
+    }
+    ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model.RequireTokenizer());
+    std::vector<int32_t> ids;
+    if (model.bos_id().has_value()) ids.push_back(*model.bos_id());
+    ASSIGN_OR_RETURN(std::vector<int32_t> text_ids, tokenizer->Encode(g.text));
+    ids.insert(ids.end(), text_ids.begin(), text_ids.end());
+    if (ids.empty()) return absl::InvalidArgumentError("generate: empty text and the model has no BOS token");
+    return ids;
+  }
+
+  static model::GenerationOptions GenerationOptionsOf(const model::Model& model, const GenerationJob& g) {
+    model::GenerationOptions options;
+    options.max_new_tokens = g.max_new_tokens;
+    options.temperature = g.temperature;
+    options.top_k = g.top_k;
+    options.seed = g.seed;
+    options.stop_id = model.config().eos_token_id;
+    return options;
+  }
+
+  // A generation on the executor thread; its tokens go out through the job's on_token as chosen.
+  static absl::StatusOr<result::Experiment> RunGeneration(Executor& e, Job& job, const model::Model& model) {
+    GenerationJob& g = *job.generation;
+    if (job.callbacks.on_start) job.callbacks.on_start();
+    ASSIGN_OR_RETURN(g.prompt_ids, PromptOf(model, g));
+    const model::Tokenizer* tokenizer = model.tokenizer();
+    auto text_of = [tokenizer](const std::vector<int32_t>& ids) -> std::string {
+      if (tokenizer == nullptr) return "";
+      absl::StatusOr<std::string> text = tokenizer->Decode(ids);
+      return text.ok() ? *text : "";
+    };
+    ex::GenerationControls controls;
+    controls.baseline = g.baseline;
+    controls.on_token = [&](bool intervened, int32_t id, double logprob) {
+      if (g.on_token) g.on_token(intervened, id, logprob, text_of({id}));
+      return !e.cancel_running.load();
+    };
+    ASSIGN_OR_RETURN(ex::GenerationRun run, ex::GenerateSideBySide(model, g.interventions, g.prompt_ids,
+                                                                   GenerationOptionsOf(model, g), controls));
+    if (e.cancel_running.load()) return absl::CancelledError("generation cancelled");
+    g.baseline_ids = run.baseline.tokens;
+    g.intervened_ids = run.intervened.tokens;
+    g.baseline_text = text_of(g.baseline_ids);
+    g.intervened_text = text_of(g.intervened_ids);
+    return result::Experiment{};
+  }
+
   // Runs a task on the executor thread: a single experiment's result, or a sweep shard's.
   absl::StatusOr<result::Experiment> RunTask(Executor& e, Task& task, const model::Model& model) {
     Job& job = *task.job;
+    if (job.generation != nullptr) return RunGeneration(e, job, model);
     const std::function<bool()> cancelled = [&e] { return e.cancel_running.load(); };
     std::optional<result::Pass> cached;
     if (job.lookup_cached_baseline) cached = job.lookup_cached_baseline();

@@ -86,6 +86,28 @@ struct JobCallbacks {
   std::function<void(absl::StatusOr<result::Experiment>)> on_finish;
 };
 
+// A generation (lesiond's Generate): a prompt decoded with the model as loaded and with
+// `interventions`, on the model's executor like an experiment, nothing stored. Shared between the
+// caller and the executor, which fills the outcome before the job's on_finish.
+struct GenerationJob {
+  bool has_text = false;
+  std::string text;          // tokenized after BOS (when the model has one), if has_text
+  std::vector<int32_t> ids;  // as given, otherwise
+  std::vector<spec::Intervention> interventions;
+  int64_t max_new_tokens = 64;
+  double temperature = 0;  // 0: greedy
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  bool baseline = true;  // also decode with the model as loaded
+  // Per chosen token, on the executor thread: (intervened run?, id, log-probability, its text
+  // alone, "" without a tokenizer). Must not block.
+  std::function<void(bool, int32_t, double, const std::string&)> on_token;
+  // The outcome, written by the executor before on_finish.
+  std::vector<int32_t> prompt_ids;
+  std::vector<int32_t> baseline_ids, intervened_ids;
+  std::string baseline_text, intervened_text;
+};
+
 struct Job {
   std::string id;
   std::string user;
@@ -106,6 +128,9 @@ struct Job {
   // measurements unless MEAN modes need the means). May be empty. Called on the executor thread;
   // must not block for long.
   std::function<std::optional<result::Pass>()> lookup_cached_baseline;
+  // Set for a generation instead of an experiment: `spec` is unused and on_finish gets an empty
+  // result (or the error); the tokens go through `generation`.
+  std::shared_ptr<GenerationJob> generation;
   JobCallbacks callbacks;
 };
 
@@ -141,6 +166,9 @@ class Engine {
   // The same for a sweep: the parent's dataset and measurements, every variant's interventions.
   virtual absl::Status ValidateSweep(const std::string& model, const spec::Experiment& parent,
                                      const std::vector<spec::Experiment>& variants) const = 0;
+  // The checks of a generation before any decoding: the prompt's ids or tokenizer, every
+  // intervention against the model and the sequence's length. NotFound for an unknown model.
+  virtual absl::Status ValidateGeneration(const std::string& model, const GenerationJob& generation) const = 0;
   // Queues `job` (validate it first); returns how many experiments are ahead of it on its device.
   virtual absl::StatusOr<int64_t> Submit(Job job) = 0;
   // A queued experiment leaves the queue (its on_finish gets Cancelled at once, on this thread); a

@@ -152,6 +152,11 @@ absl::Status FakeEngine::ValidateSweep(const std::string& model, const spec::Exp
   return Validate(model, parent);
 }
 
+absl::Status FakeEngine::ValidateGeneration(const std::string& model, const GenerationJob&) const {
+  spec::Experiment none;
+  return Validate(model, none);
+}
+
 absl::StatusOr<int64_t> FakeEngine::Submit(Job job) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::FailedPreconditionError("the engine is shut down");

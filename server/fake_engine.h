@@ -72,6 +72,8 @@ class FakeEngine : public Engine {
   absl::Status Validate(const std::string& model, const spec::Experiment& spec) const override;
   absl::Status ValidateSweep(const std::string& model, const spec::Experiment& parent,
                              const std::vector<spec::Experiment>& variants) const override;
+  // Known model: OK, or the scripted validation error.
+  absl::Status ValidateGeneration(const std::string& model, const GenerationJob& generation) const override;
   absl::StatusOr<int64_t> Submit(Job job) override;
   absl::Status Cancel(const std::string& id) override;
   absl::StatusOr<int64_t> QueuePosition(const std::string& id) const override;

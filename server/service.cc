@@ -13,9 +13,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/grpc/grpc_status.h"
 #include "common/model_path.h"
 #include "common/status_codes.h"
+#include "common/status_macros.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "storage/sqlite.h"
@@ -284,6 +287,194 @@ class RunReactor : public grpc::ServerUnaryReactor {
   bool cancelled_ = false, finish_called_ = false;  // guarded by mu_
 };
 
+// Generate: a generation job on the engine; each token is written as the executor chooses it, then
+// the final event. Writes go out one at a time from a queue (a generation's tokens are bounded by
+// its max_new_tokens); the call finishes when the queue is drained after the last event or an
+// error. A cancelled call (client gone, deadline passed) cancels the job. Kept alive by self_ until
+// OnDone; the engine's callbacks hold a weak_ptr.
+class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+ public:
+  static GenerateReactor* Start(Engine* engine, const Principal& caller, const v1::GenerateRequest& request) {
+    auto reactor = std::shared_ptr<GenerateReactor>(new GenerateReactor(engine));
+    reactor->self_ = reactor;
+    absl::StatusOr<std::shared_ptr<GenerationJob>> generation = ToGenerationJob(request);
+    absl::Status st = generation.status();
+    if (st.ok()) st = engine->ValidateGeneration(request.model(), **generation);
+    if (!st.ok()) {
+      reactor->End(st);
+      return reactor.get();
+    }
+    std::weak_ptr<GenerateReactor> weak = reactor;
+    (*generation)->on_token = [weak](bool intervened, int32_t id, double logprob, const std::string& text) {
+      std::shared_ptr<GenerateReactor> r = weak.lock();
+      if (r == nullptr) return;
+      v1::GenerateEvent event;
+      v1::GenerateEvent::Token* token = event.mutable_token();
+      token->set_intervened(intervened);
+      token->set_id(id);
+      token->set_logprob(logprob);
+      token->set_text(text);
+      r->Push(std::move(event));
+    };
+    static std::atomic<int64_t> counter{0};
+    Job job;
+    job.id = absl::StrCat("generate-", absl::ToUnixMicros(absl::Now()), "-", counter++);
+    job.user = caller.user;
+    job.model = request.model();
+    job.generation = *generation;
+    job.callbacks.on_finish = [weak, g = *generation](absl::StatusOr<result::Experiment> outcome) {
+      std::shared_ptr<GenerateReactor> r = weak.lock();
+      if (r == nullptr) return;
+      if (!outcome.ok()) {
+        r->End(outcome.status());
+        return;
+      }
+      v1::GenerateEvent event;
+      v1::GenerateEvent::Done* done = event.mutable_done();
+      done->mutable_prompt_ids()->Add(g->prompt_ids.begin(), g->prompt_ids.end());
+      done->mutable_baseline_ids()->Add(g->baseline_ids.begin(), g->baseline_ids.end());
+      done->mutable_intervened_ids()->Add(g->intervened_ids.begin(), g->intervened_ids.end());
+      done->set_baseline_text(g->baseline_text);
+      done->set_intervened_text(g->intervened_text);
+      r->Push(std::move(event));
+      r->End(absl::OkStatus());
+    };
+    const std::string id = job.id;
+    {
+      std::lock_guard<std::mutex> lock(reactor->mu_);
+      reactor->id_ = id;
+    }
+    if (absl::StatusOr<int64_t> ahead = engine->Submit(std::move(job)); !ahead.ok()) {
+      reactor->End(ahead.status());
+    } else {
+      Log(LogLevel::kInfo, "generation_submitted", {{"id", id}, {"user", caller.user}, {"model", request.model()}});
+    }
+    return reactor.get();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      lock.unlock();
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
+      return;
+    }
+    StartNextLocked(lock);
+  }
+
+  void OnCancel() override {
+    std::string id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      id = id_;
+    }
+    if (!id.empty()) (void)engine_->Cancel(id);  // NotFound once it has finished
+    FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled or its deadline passed"));
+  }
+
+  void OnDone() override {
+    std::shared_ptr<GenerateReactor> self;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      self = std::move(self_);
+    }
+  }
+
+ private:
+  explicit GenerateReactor(Engine* engine) : engine_(engine) {}
+
+  static absl::StatusOr<std::shared_ptr<GenerationJob>> ToGenerationJob(const v1::GenerateRequest& request) {
+    constexpr int64_t kMaxNewTokens = 4096;
+    auto g = std::make_shared<GenerationJob>();
+    if (request.model().empty()) return absl::InvalidArgumentError("generate: model is empty");
+    switch (request.prompt_case()) {
+      case v1::GenerateRequest::kText:
+        g->has_text = true;
+        g->text = request.text();
+        break;
+      case v1::GenerateRequest::kIds:
+        g->ids.assign(request.ids().ids().begin(), request.ids().ids().end());
+        break;
+      case v1::GenerateRequest::PROMPT_NOT_SET:
+        return absl::InvalidArgumentError("generate: give a prompt (text or ids)");
+    }
+    g->max_new_tokens = request.max_new_tokens() == 0 ? 64 : request.max_new_tokens();
+    if (g->max_new_tokens < 0 || g->max_new_tokens > kMaxNewTokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("generate: max_new_tokens must be in 1..", kMaxNewTokens, ", got ", request.max_new_tokens()));
+    }
+    g->temperature = request.temperature();
+    g->top_k = request.top_k();
+    g->seed = request.seed();
+    g->baseline = !request.skip_baseline();
+    // The interventions are checked as a spec's are: parse them as one.
+    v1::ExperimentSpec wrapper;
+    wrapper.mutable_dataset()->mutable_token_ids()->add_ids(0);  // a dataset the parser accepts
+    wrapper.mutable_dataset()->mutable_token_ids()->add_ids(0);
+    wrapper.add_measurements()->mutable_perplexity();
+    *wrapper.mutable_interventions() = request.interventions();
+    ASSIGN_OR_RETURN(spec::Experiment parsed, spec::ParseExperimentProto(wrapper.SerializeAsString()));
+    if (!g->baseline && parsed.interventions.empty()) {
+      return absl::InvalidArgumentError("generate: skip_baseline needs interventions: there would be nothing to run");
+    }
+    g->interventions = std::move(parsed.interventions);
+    return g;
+  }
+
+  void Push(v1::GenerateEvent event) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (cancelled_ || ended_) return;
+    pending_.push_back(std::move(event));
+    if (!writing_) StartNextLocked(lock);
+  }
+
+  // No more events: finish with `status` once the queued ones are written.
+  void End(const absl::Status& status) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (ended_) return;
+    ended_ = true;
+    final_status_ = ReplyStatus(status);
+    if (!writing_) StartNextLocked(lock);
+  }
+
+  // With `lock` held: the next queued write, or the finish once the queue is empty and ended.
+  void StartNextLocked(std::unique_lock<std::mutex>& lock) {
+    if (!pending_.empty()) {
+      writing_ = true;
+      in_flight_ = std::move(pending_.front());
+      pending_.pop_front();
+      lock.unlock();
+      StartWrite(&in_flight_);
+      return;
+    }
+    if (!ended_) return;
+    const grpc::Status status = final_status_;
+    lock.unlock();
+    FinishOnce(status);
+  }
+
+  void FinishOnce(const grpc::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finish_called_) return;
+      finish_called_ = true;
+    }
+    Finish(status);
+  }
+
+  Engine* const engine_;
+  std::mutex mu_;
+  std::shared_ptr<GenerateReactor> self_;           // guarded by mu_
+  std::string id_;                                  // guarded by mu_
+  std::deque<v1::GenerateEvent> pending_;           // guarded by mu_
+  v1::GenerateEvent in_flight_;                     // written only while !writing_
+  grpc::Status final_status_;                       // guarded by mu_
+  bool writing_ = false, ended_ = false;            // guarded by mu_
+  bool cancelled_ = false, finish_called_ = false;  // guarded by mu_
+};
+
 // LoadModel: the load runs on the engine's loader threads and finishes the call. A call that is
 // cancelled (the client gone, its deadline passed) ends at once and abandons the load, which then
 // leaves nothing loaded. Kept alive by self_ until OnDone; the engine's report holds a weak_ptr,
@@ -529,6 +720,20 @@ grpc::ServerUnaryReactor* LesionService::Retain(grpc::CallbackServerContext* con
   absl::StatusOr<v1::RetentionResponse> done = (tracker_->*call)(request);
   if (done.ok()) *response = std::move(*done);
   return FinishNow(context, done.status());
+}
+
+grpc::ServerWriteReactor<v1::GenerateEvent>* LesionService::Generate(grpc::CallbackServerContext* context,
+                                                                     const v1::GenerateRequest* request) {
+  absl::StatusOr<Principal> caller = Caller(context);
+  if (!caller.ok()) {
+    class Failed : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+     public:
+      explicit Failed(const absl::Status& status) { Finish(ReplyStatus(status)); }
+      void OnDone() override { delete this; }
+    };
+    return new Failed(caller.status());
+  }
+  return GenerateReactor::Start(engine_, *caller, *request);
 }
 
 grpc::ServerUnaryReactor* LesionService::GetServerStatus(grpc::CallbackServerContext* context,

@@ -73,6 +73,8 @@ class LesionService final : public lesion::v1::Lesion::CallbackService {
   grpc::ServerUnaryReactor* DropCaptures(grpc::CallbackServerContext* context,
                                          const lesion::v1::RetentionRequest* request,
                                          lesion::v1::RetentionResponse* response) override;
+  grpc::ServerWriteReactor<lesion::v1::GenerateEvent>* Generate(grpc::CallbackServerContext* context,
+                                                                const lesion::v1::GenerateRequest* request) override;
   grpc::ServerUnaryReactor* GetServerStatus(grpc::CallbackServerContext* context,
                                             const lesion::v1::GetServerStatusRequest* request,
                                             lesion::v1::ServerStatus* response) override;

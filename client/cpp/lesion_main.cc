@@ -70,8 +70,12 @@ local Hugging Face cache (never downloaded):
                   [--dtype D] [--device DEV]
       Perplexity over non-overlapping windows (or sliding ones with --stride; --add-bos puts BOS
       at the start of every window).
-  lesion generate --model MODEL [--prompt T] [--max-tokens N] [--json] [--dtype D] [--device DEV]
-      Greedy continuation from BOS + prompt.
+  lesion generate --model MODEL [--prompt T | --ids-json FILE] [--max-tokens N] [--temperature X]
+                  [--top-k K] [--seed S] [--spec SPEC.json [--no-baseline]] [--json] [--dtype D]
+                  [--device DEV]
+      Continue BOS + prompt (or the ids as given): greedy, or sampled at --temperature (from the
+      top K) with a seed; through a KV cache. With --spec, the spec's interventions apply at every
+      step, and the baseline and intervened continuations are printed side by side.
   lesion run --local --model MODEL --spec SPEC.json [--json] [--dtype D] [--device DEV]
       Run an experiment spec in-process: baseline and intervened passes with the measurements
       (docs/spec.md; examples in experiments/examples/).
@@ -89,8 +93,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::set<std::string> boolean_flags = {"json",  "csv",     "add-bos", "decode",
-                                               "local", "tensors", "tls",     "dry-run"};
+  const std::set<std::string> boolean_flags = {"json",    "csv", "add-bos", "decode",     "local",
+                                               "tensors", "tls", "dry-run", "no-baseline"};
   absl::StatusOr<lesion::cli::Args> args = lesion::cli::Args::Parse(argc, argv, 2, boolean_flags);
   absl::Status status;
   bool remote = false;

@@ -11,13 +11,16 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/cpp/result_format.h"
+#include "common/error_text.h"
 #include "common/file_util.h"
 #include "common/model_path.h"
 #include "common/status_macros.h"
+#include "experiments/generation.h"
 #include "experiments/runner.h"
 #include "experiments/sweep.h"
 #include "model/generation.h"
@@ -335,29 +338,115 @@ absl::Status RunPerplexity(Args& args) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The interventions of a spec file for `lesion generate`: its "interventions" list, checked by the
+// spec parser (the rest of the file, dataset and measurements, does not apply to generation).
+absl::StatusOr<std::vector<spec::Intervention>> ReadInterventions(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  Json wrapped = {{"dataset", {{"token_ids", {{"ids", {0, 0}}}}}},
+                  {"interventions", json.value("interventions", Json::array())},
+                  {"measurements", Json::array({{{"perplexity", Json::object()}}})}};
+  absl::StatusOr<spec::Experiment> e = spec::ParseExperimentJson(wrapped.dump());
+  if (!e.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.status().message()));
+  return e->interventions;
+}
+
+absl::StatusOr<double> GetDouble(Args& args, const std::string& name, double fallback) {
+  const std::optional<std::string> text = args.Get(name);
+  if (!text.has_value()) return fallback;
+  double value = 0;
+  if (!absl::SimpleAtod(*text, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " takes a number, got ", QuoteForError(*text)));
+  }
+  return value;
+}
+
+}  // namespace
+
 absl::Status RunGenerate(Args& args) {
-  const std::string prompt = args.Get("prompt").value_or("");
+  const std::optional<std::string> prompt = args.Get("prompt");
+  const std::optional<std::string> ids_json = args.Get("ids-json");
+  const std::optional<std::string> spec_path = args.Get("spec");
   ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens, args.GetInt("max-tokens"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> top_k, args.GetInt("top-k"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> seed, args.GetInt("seed"));
+  ASSIGN_OR_RETURN(double temperature, GetDouble(args, "temperature", 0));
   const bool json = args.Flag("json");
+  const bool no_baseline = args.Flag("no-baseline");
+  if (prompt.has_value() && ids_json.has_value()) {
+    return absl::InvalidArgumentError("give --prompt T or --ids-json FILE, not both");
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
   RETURN_IF_ERROR(args.CheckAllUsed());
-  ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model->RequireTokenizer());
-  std::vector<int32_t> ids;
-  if (model->bos_id().has_value()) ids.push_back(*model->bos_id());
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt_ids, tokenizer->Encode(prompt));
-  ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
-  if (ids.empty()) return absl::InvalidArgumentError("empty prompt and the model has no BOS token");
-  ASSIGN_OR_RETURN(
-      std::vector<int32_t> generated,
-      model::GreedyGenerate(model->transformer(), ids, max_tokens.value_or(64), model->config().eos_token_id));
-  std::vector<int32_t> all = prompt_ids;
-  all.insert(all.end(), generated.begin(), generated.end());
-  ASSIGN_OR_RETURN(std::string text, tokenizer->Decode(all));
-  if (json) {
-    std::cout << Json({{"prompt_ids", ids}, {"generated_ids", generated}, {"text", text}}).dump() << "\n";
-  } else {
-    std::cout << text << "\n";
+  std::vector<spec::Intervention> interventions;
+  if (spec_path.has_value()) {
+    ASSIGN_OR_RETURN(interventions, ReadInterventions(*spec_path));
   }
+  if (no_baseline && interventions.empty()) {
+    return absl::InvalidArgumentError("--no-baseline needs interventions (--spec FILE): there would be nothing to run");
+  }
+  std::vector<int32_t> ids;
+  if (ids_json.has_value()) {
+    ASSIGN_OR_RETURN(std::string text, ReadFile(*ids_json));
+    ASSIGN_OR_RETURN(auto batch, ParseIdsJson(text, *ids_json));
+    if (batch.size() != 1) return absl::InvalidArgumentError(absl::StrCat(*ids_json, ": give one sequence"));
+    ids = batch[0];
+  } else {
+    ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model->RequireTokenizer());
+    if (model->bos_id().has_value()) ids.push_back(*model->bos_id());
+    ASSIGN_OR_RETURN(std::vector<int32_t> prompt_ids, tokenizer->Encode(prompt.value_or("")));
+    ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("empty prompt and the model has no BOS token");
+  model::GenerationOptions options;
+  options.max_new_tokens = max_tokens.value_or(64);
+  options.temperature = temperature;
+  options.top_k = top_k.value_or(0);
+  options.seed = static_cast<uint64_t>(seed.value_or(0));
+  options.stop_id = model->config().eos_token_id;
+  ex::GenerationControls controls;
+  controls.baseline = !no_baseline;
+  ASSIGN_OR_RETURN(ex::GenerationRun run, ex::GenerateSideBySide(*model, interventions, ids, options, controls));
+
+  const model::Tokenizer* tokenizer = model->tokenizer();
+  auto text_of = [&](const std::vector<int32_t>& tokens) -> std::string {
+    if (tokenizer == nullptr) return "";
+    absl::StatusOr<std::string> text = tokenizer->Decode(tokens);
+    return text.ok() ? *text : "";
+  };
+  // The prompt's text without the BOS the tokenizer would not print.
+  std::vector<int32_t> prompt_text_ids = ids;
+  if (!ids_json.has_value() && model->bos_id().has_value()) prompt_text_ids.erase(prompt_text_ids.begin());
+  if (json) {
+    Json out = {{"prompt_ids", ids}};
+    if (tokenizer != nullptr) out["prompt"] = text_of(prompt_text_ids);
+    auto put = [&](const char* name, const model::Generated& g) {
+      Json part = {{"ids", g.tokens}, {"logprobs", g.logprobs}};
+      if (tokenizer != nullptr) part["text"] = text_of(g.tokens);
+      out[name] = part;
+    };
+    if (run.has_baseline) put("baseline", run.baseline);
+    if (run.has_intervened) put("intervened", run.intervened);
+    std::cout << out.dump() << "\n";
+    return absl::OkStatus();
+  }
+  auto shown = [&](const model::Generated& g) {
+    return tokenizer != nullptr ? text_of(g.tokens) : absl::StrJoin(g.tokens, " ");
+  };
+  if (!run.has_intervened) {  // as before: the prompt and its continuation
+    std::vector<int32_t> all = prompt_text_ids;
+    all.insert(all.end(), run.baseline.tokens.begin(), run.baseline.tokens.end());
+    std::cout << (tokenizer != nullptr ? text_of(all) : absl::StrJoin(all, " ")) << "\n";
+    return absl::OkStatus();
+  }
+  std::cout << "prompt:     " << (tokenizer != nullptr ? text_of(prompt_text_ids) : absl::StrJoin(ids, " ")) << "\n";
+  if (run.has_baseline) std::cout << "baseline:   " << shown(run.baseline) << "\n";
+  std::cout << "intervened: " << shown(run.intervened) << "\n";
   return absl::OkStatus();
 }
 
