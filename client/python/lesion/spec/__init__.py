@@ -4,8 +4,9 @@ Every builder has ``to_dict()``, its proto3 JSON form with the proto's field nam
 name (what `lesion run --local --spec` reads), and ``Experiment`` adds ``to_proto()`` /
 ``to_json()``. Obvious mistakes (unknown modes, modules, norms or sites, negative indices, a missing
 ``factor`` / ``value``) raise ``ValueError`` when the builder is made, naming the valid choices;
-everything that depends on the model (layer and head ranges, dims) is checked by the server before
-any forward pass.
+everything that depends on the model (layer and head ranges, dims, a vector's width) is checked by
+the server before any forward pass. ``Steer``, ``ProjectOut`` and ``Patch`` make the vector ops of
+``ActivationEdit`` (steering, a direction ablated, activation patching).
 
 A sweep (``Experiment(..., sweep=Sweep([HeadSweep()]))``) is one spec that the server expands into
 one child experiment per variant, all sharing one baseline and batched in shared forward passes:
@@ -22,7 +23,17 @@ public is importable from ``lesion.spec`` itself.
 from .client_sweep import sweep, sweep_heads
 from .dataset import NAMED_DATASETS, Dataset, Eval
 from .experiment import Experiment, spec_to_proto
-from .interventions import INTERVENTIONS, ActivationEdit, AttentionBias, HeadAblation, NormChannelReset, WeightEdit
+from .interventions import (
+    INTERVENTIONS,
+    ActivationEdit,
+    AttentionBias,
+    HeadAblation,
+    NormChannelReset,
+    Patch,
+    ProjectOut,
+    Steer,
+    WeightEdit,
+)
 from .measurements import (
     MEASUREMENTS,
     ActivationStats,
@@ -34,6 +45,7 @@ from .measurements import (
     NormOutliers,
     Perplexity,
     SuperWeights,
+    TokenOutputs,
     TokenProbabilities,
 )
 from .server_sweep import AXES, HeadSweep, NormChannelSweep, Sweep, Variant, Variants, WeightValueSweep
@@ -57,11 +69,15 @@ __all__ = [
     "NormChannelReset",
     "AttentionBias",
     "ActivationEdit",
+    "Steer",
+    "ProjectOut",
+    "Patch",
     "INTERVENTIONS",
     # measurements
     "Perplexity",
     "KLDivergence",
     "TokenProbabilities",
+    "TokenOutputs",
     "ActivationStats",
     "AttentionSink",
     "Capture",

@@ -73,6 +73,44 @@ def _floats(what, values):
     return [float(v) for v in arr.astype(np.float32)]  # the proto field is float
 
 
+MAX_MAGNITUDE = 1e15  # lesiond refuses larger numbers in an intervention (docs/spec.md)
+
+
+def _array(what, values):
+    """A list, tuple, numpy array or torch tensor (any device, dtype or grad) -> a float64 numpy array."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):  # a torch tensor, without importing torch
+        values = values.detach().cpu()
+        if not values.dtype.is_floating_point or values.dtype.itemsize < 4:  # bfloat16 has no numpy dtype
+            values = values.double()
+        values = values.numpy()
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: expected numbers (a list, a numpy array or a torch tensor): {e}") from None
+
+
+def _vector(what, values, max_ndim=2):
+    """A 1-D (or, up to ``max_ndim``, 2-D: one row each) array-like of finite numbers of at most
+    ``MAX_MAGNITUDE`` -> (the numbers flattened row-major as float32 values in Python floats, the
+    number of rows: 1 for a 1-D array)."""
+    arr = _array(what, values)
+    if arr.ndim == 0 or arr.ndim > max_ndim:
+        shape = "1-D" if max_ndim == 1 else "1-D or 2-D (one row per position)"
+        raise ValueError(f"{what}: expected a {shape} array of numbers, got shape {list(arr.shape)}")
+    if arr.size == 0:
+        raise ValueError(f"{what}: must not be empty")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise ValueError(f"{what}: must be finite, got {arr[i]} at {list(i) if len(i) > 1 else i[0]}")
+    big = np.abs(arr) > MAX_MAGNITUDE
+    if big.any():
+        i = tuple(int(k) for k in np.argwhere(big)[0])
+        raise ValueError(f"{what}: at most {MAX_MAGNITUDE:g} in magnitude, got {arr[i]:g}")
+    rows = 1 if arr.ndim == 1 else arr.shape[0]
+    return [float(v) for v in arr.ravel(order="C").astype(np.float32)], rows
+
+
 def _drop_none(d):
     return {k: v for k, v in d.items() if v is not None}
 

@@ -1,5 +1,6 @@
 """Measurements: what an experiment records on the baseline and the intervened pass (perplexity,
-divergence, token probabilities, activation statistics, captures and the outlier detectors)."""
+divergence, token probabilities, per-token outputs, activation statistics, captures and the outlier
+detectors)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,45 @@ class KLDivergence(_Builder):
 
     def body(self):
         return {}
+
+
+MAX_TOKEN_OUTPUTS_TOP_K = 100  # lesiond's bounds of a TokenOutputs measure (spec/spec.cc)
+MAX_TOKEN_OUTPUTS_TOKENS = 65536
+
+
+@dataclass(frozen=True)
+class TokenOutputs(_Builder):
+    """Per predicted token, in window order: its window, position, target, NLL, the target's rank and
+    the ``top_k`` (1..100) most likely next tokens with their probabilities, on both passes
+    (``Result.token_outputs()``). A page: the predicted tokens ``[offset, offset + max_tokens)``
+    (``max_tokens`` 1..65536), the result saying how many there are in all; an ``offset`` past the
+    last predicted token is refused by the server. The rows count against the server's capture-bytes
+    limit (about 12 bytes a top-k entry and 32 a row)."""
+
+    top_k: int = 5
+    max_tokens: int = 4096
+    offset: int = 0
+    KIND = "token_outputs"
+
+    def __post_init__(self):
+        top_k = _index("TokenOutputs.top_k", self.top_k)
+        if not 1 <= top_k <= MAX_TOKEN_OUTPUTS_TOP_K:
+            raise ValueError(f"TokenOutputs.top_k: must be in 1..{MAX_TOKEN_OUTPUTS_TOP_K}, got {top_k}")
+        max_tokens = _index("TokenOutputs.max_tokens", self.max_tokens)
+        if not 1 <= max_tokens <= MAX_TOKEN_OUTPUTS_TOKENS:
+            raise ValueError(
+                f"TokenOutputs.max_tokens: must be in 1..{MAX_TOKEN_OUTPUTS_TOKENS}, got {max_tokens} "
+                "(page through more with offset)"
+            )
+        object.__setattr__(self, "top_k", top_k)
+        object.__setattr__(self, "max_tokens", max_tokens)
+        object.__setattr__(self, "offset", _index("TokenOutputs.offset", self.offset))
+
+    def body(self):
+        d = {"top_k": self.top_k, "max_tokens": self.max_tokens}
+        if self.offset:
+            d["offset"] = self.offset
+        return d
 
 
 @dataclass(frozen=True)
@@ -227,6 +267,7 @@ MEASUREMENTS = (
     Perplexity,
     KLDivergence,
     TokenProbabilities,
+    TokenOutputs,
     ActivationStats,
     AttentionSink,
     Capture,
