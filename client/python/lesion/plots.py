@@ -29,8 +29,15 @@ def _check_pass(pass_):
         raise ValueError(f"pass_: unknown {pass_!r}; valid: {', '.join(PASSES)}")
 
 
-def _layer_frame(result, site, pass_):
+def _measured_pass(result, pass_):
+    """The pass that holds ``pass_``'s numbers: an observational result (no interventions) has only
+    the baseline, which its intervened numbers equal."""
     _check_pass(pass_)
+    return "baseline" if pass_ == "intervened" and result.observational else pass_
+
+
+def _layer_frame(result, site, pass_):
+    pass_ = _measured_pass(result, pass_)
     df = result.layer_stats(site, pass_)
     if not len(df):
         raise ValueError(f"no activation_stats for {site!r} in the {pass_} pass (measure ActivationStats)")
@@ -167,11 +174,19 @@ def compare(
       older ``compare(r1, r2)``: the ``pass_`` of each, labelled by ``labels``, the dict's keys, an
       ExperimentRecord's name (records may stand for their results), or else "a", "b", "c", ...
 
-    Layers line up by site, so results measured at different layers share one axis."""
+    Layers line up by site, so results measured at different layers share one axis. An
+    observational result (no interventions) has one pass: alone it is drawn as one series, and
+    among several its baseline stands for ``pass_``."""
     if result_b is None and isinstance(results, Result):
         _check_pass(pass_)
-        frames = [_layer_frame(results, site, "baseline"), _layer_frame(results, site, "intervened")]
-        labels = [str(x) for x in labels] if labels is not None else list(PASSES)
+        if results.observational:
+            frames = [_layer_frame(results, site, "baseline")]
+            labels = [str(x) for x in labels] if labels is not None else ["baseline (no interventions)"]
+            if len(labels) != 1:
+                raise ValueError(f"compare: {len(labels)} labels for the one pass of an observational result")
+        else:
+            frames = [_layer_frame(results, site, "baseline"), _layer_frame(results, site, "intervened")]
+            labels = [str(x) for x in labels] if labels is not None else list(PASSES)
     else:
         items = _compared(results, result_b, labels)
         frames = [_layer_frame(r, site, pass_) for _, r in items]
@@ -288,7 +303,7 @@ def activation_surface(
 
 
 def _sink(result, pass_):
-    _check_pass(pass_)
+    pass_ = _measured_pass(result, pass_)
     s = result.attention_sink
     arr = getattr(s, pass_)
     if arr is None:

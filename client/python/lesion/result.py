@@ -106,6 +106,28 @@ def _html_table(title, rows) -> str:
     return f"<table><caption style='text-align:left'>{html.escape(title)}</caption>{body}</table>"
 
 
+def _token_text(tokenizer):
+    """id -> text of a callable, or of an object with ``decode`` (Hugging Face tokenizers,
+    sentencepiece processors), remembered per id."""
+    if callable(tokenizer) and not hasattr(tokenizer, "decode"):
+        fn = tokenizer
+    elif hasattr(tokenizer, "decode"):
+
+        def fn(i):
+            return tokenizer.decode([i])
+
+    else:
+        raise TypeError(f"tokenizer: expected a callable id -> text or an object with decode(), got {tokenizer!r}")
+    seen = {}
+
+    def text(i):
+        if i not in seen:
+            seen[i] = str(fn(i))
+        return seen[i]
+
+    return text
+
+
 class SinkScores(NamedTuple):
     """Attention-sink scores of both passes: arrays [len(layers), n_heads] (None if not measured)."""
 
@@ -203,8 +225,10 @@ class Result:
             else:
                 parts.append(f"ppl {p.baseline:.4g} -> {p.intervened:.4g} ({p.delta_pct:+.2f}%)")
         kl = self.kl_divergence
-        if kl is not None:
+        if kl is not None and not self.observational:
             parts.append(f"KL {kl:.4g}")
+        if self.observational and p is None:
+            parts.append("no interventions")
         parts.append(f"{len(self.raw.metrics)} metrics")
         return f"<lesion.Result {', '.join(parts)}, {model}>"
 
@@ -217,12 +241,17 @@ class Result:
         p = self.perplexity
         if self.is_sweep:
             rows.append(("sweep", f"{len(self.raw.sweep.variants)} variants"))
+        if self.observational:
+            rows.append(("interventions", "none: one pass, reported as the baseline"))
         if p is not None:
-            rows.append(("perplexity, baseline", f"{p.baseline:.6g}"))
+            if self.observational:
+                rows.append(("perplexity", f"{p.baseline:.6g}"))
+            else:
+                rows.append(("perplexity, baseline", f"{p.baseline:.6g}"))
             if not self.is_sweep and not self.observational:
                 rows.append(("perplexity, intervened", f"{p.intervened:.6g} ({p.delta_pct:+.3f}%)"))
         kl = self.kl_divergence
-        if kl is not None:
+        if kl is not None and not self.observational:
             rows.append(("KL divergence", f"{kl:.6g} nats/token"))
         if not self.is_sweep:
             rows.append(("metrics", str(len(self.raw.metrics))))
@@ -247,8 +276,17 @@ class Result:
     @property
     def observational(self) -> bool:
         """Whether the spec had no interventions: one pass ran, reported as the baseline, and each
-        metric's value is its baseline (False where the server does not say so)."""
+        metric's value is its baseline (False where the server does not say so). The same as
+        ``is_observational``."""
         return bool(getattr(self.raw, "observational", False))
+
+    @property
+    def is_observational(self) -> bool:
+        """Whether this is an observational run: a spec without interventions (and without a sweep),
+        of which one pass ran, reported as the baseline. Its per-pass frames have baseline rows
+        only, ``metrics`` has one value per metric, ``perplexity`` gives the baseline's numbers for
+        both passes and ``kl_divergence`` is 0."""
+        return self.observational
 
     def measured(self, kind) -> bool | None:
         """Whether the spec asked for the measurement ``kind`` ("kl_divergence", "perplexity", ...);
@@ -261,13 +299,19 @@ class Result:
         """One row per scalar both passes have: name ("perplexity", "mean_nll", "kl_divergence",
         "top1:SITE", "median:SITE", "attention_sink:L1.H3", ...), baseline, value, delta, delta_pct
         (NaN where undefined: a baseline of 0, as KL divergence's, with a value that is not).
-        Empty for a sweep's parent."""
+        Empty for a sweep's parent. An observational result (no interventions, one pass) has the
+        columns name and value only (its baseline: the one pass measured), and no kl_divergence row
+        (KL of a pass against itself)."""
+        if self.observational:
+            rows = [(m.name, m.baseline) for m in self.raw.metrics if m.name != "kl_divergence"]
+            return pd.DataFrame(rows, columns=["name", "value"])
         rows = [(m.name, m.baseline, m.value, m.delta, _metric_pct(m)) for m in self.raw.metrics]
         return pd.DataFrame(rows, columns=["name", "baseline", "value", "delta", "delta_pct"])
 
     def metric(self, name) -> dict:
         """One row of ``metrics`` as a dict (name, baseline, value, delta, delta_pct; delta_pct None
-        where undefined); KeyError naming the metrics there are."""
+        where undefined); KeyError naming the metrics there are. For an observational result the
+        dict has every key too: value = baseline, delta and delta_pct 0."""
         for m in self.raw.metrics:
             if m.name == name:
                 pct = _metric_pct(m)
@@ -436,8 +480,14 @@ class Result:
         return SinkScores(arrays["baseline"], arrays["intervened"], layers)
 
     def attention_sink_frame(self) -> pd.DataFrame:
-        """Long form: layer, head, baseline, intervened, delta."""
+        """Long form: layer, head, baseline, intervened, delta (an observational result: layer, head,
+        baseline)."""
         s = self.attention_sink
+        if self.observational:
+            if s.baseline is None:
+                return pd.DataFrame(columns=["layer", "head", "baseline"])
+            rows = [(l, h, s.baseline[i, h]) for i, l in enumerate(s.layers) for h in range(s.baseline.shape[1])]
+            return pd.DataFrame(rows, columns=["layer", "head", "baseline"])
         ref = s.baseline if s.baseline is not None else s.intervened
         if ref is None:
             return pd.DataFrame(columns=["layer", "head", "baseline", "intervened", "delta"])
@@ -455,6 +505,50 @@ class Result:
         mean_probability."""
         rows = [(p, t.token_id, t.token, t.mean_probability) for p in PASSES for t in self._pass(p).token_probabilities]
         return pd.DataFrame(rows, columns=[PASS_COLUMN, "token_id", "token", "mean_probability"])
+
+    def token_outputs(self, pass_="baseline", tokenizer=None) -> pd.DataFrame:
+        """The TokenOutputs measure of one pass: a row per predicted token of the page, in window
+        order, indexed by its number among the pass's predicted tokens (``predicted``: offset,
+        offset + 1, ...). Columns: window, position (of the predicted token in the window's input,
+        BOS included), target (its id), nll (-log p(target)), logprob (-nll), prob (p(target)),
+        rank (vocabulary entries more likely than the target; 0: top-1), top_ids and top_probs (a
+        list of top_k each, most likely first). ``tokenizer``: a callable id -> text, or an object
+        with ``decode`` (a Hugging Face tokenizer, a sentencepiece processor) adds target_text and
+        top_tokens. ``df.attrs``: n_predicted (the pass's predicted tokens; page on with
+        ``TokenOutputs(offset=...)``), offset, top_k. Empty (with the columns) for a pass without
+        the measure, e.g. the intervened pass of an observational result or of a sweep's parent."""
+        t = self._pass(pass_).token_outputs
+        rows = len(t.nll)
+        k = int(t.top_k)
+        ids = np.asarray(t.top_ids, dtype=np.int64)
+        probs = np.asarray(t.top_probs, dtype=np.float64)
+        if k and ids.size == rows * k and probs.size == rows * k:
+            ids, probs = ids.reshape(rows, k), probs.reshape(rows, k)
+        else:  # no top-k (or an inconsistent message): empty lists
+            ids, probs = np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0))
+        nll = np.asarray(t.nll, dtype=np.float64)
+        df = pd.DataFrame(
+            {
+                "window": np.asarray(t.window, dtype=np.int64),
+                "position": np.asarray(t.position, dtype=np.int64),
+                "target": np.asarray(t.target, dtype=np.int64),
+                "nll": nll,
+                "logprob": -nll,
+                "prob": np.exp(-nll),
+                "rank": np.asarray(t.rank, dtype=np.int64),
+                "top_ids": pd.Series([r.tolist() for r in ids], dtype=object),
+                "top_probs": pd.Series([r.tolist() for r in probs], dtype=object),
+            }
+        )
+        df.index = pd.RangeIndex(int(t.offset), int(t.offset) + rows, name="predicted")
+        if tokenizer is not None:
+            text = _token_text(tokenizer)
+            df.insert(df.columns.get_loc("target") + 1, "target_text", [text(int(i)) for i in df["target"]])
+            df["top_tokens"] = pd.Series(
+                [[text(int(i)) for i in r] for r in df["top_ids"]], index=df.index, dtype=object
+            )
+        df.attrs.update(n_predicted=int(t.n_predicted), offset=int(t.offset), top_k=k)
+        return df
 
     @property
     def captures(self) -> dict:

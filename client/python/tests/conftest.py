@@ -64,7 +64,22 @@ def make_pass(scale, sink_shift=0.0):
     no.norm, no.layer, no.channel, no.gamma, no.z, no.median = "mlp", 2, 30, 5.0 * scale, 12.0, 1.0
     ao = p.attention_outliers.add()
     ao.layer, ao.head, ao.key_position, ao.mass = 3, 2, 0, 0.9
+    fill_token_outputs(p.token_outputs, scale)
     return p
+
+
+def fill_token_outputs(t, scale, offset=0, rows=4, top_k=3, n_predicted=10):
+    """A TokenOutputs page: rows predicted tokens [offset, offset + rows) of window 0, the target at
+    position offset + 1 + i, id 100 + i, nll (i + 1) * scale / 10, rank i; top ids 10i..10i+2."""
+    t.top_k, t.n_predicted, t.offset = top_k, n_predicted, offset
+    for i in range(rows):
+        t.window.append(0)
+        t.position.append(offset + 1 + i)
+        t.target.append(100 + i)
+        t.nll.append((i + 1) * scale / 10)
+        t.rank.append(i)
+        t.top_ids.extend(10 * i + k for k in range(top_k))
+        t.top_probs.extend(0.5 / (k + 1) for k in range(top_k))
 
 
 def make_result():
@@ -83,6 +98,18 @@ def make_result():
         m.delta_pct = 100.0 * (v - b) / abs(b) if b else 0.0
     r.run.model, r.run.architecture, r.run.dtype, r.run.device = "stories260K", "LlamaForCausalLM", "float32", "cpu"
     r.run.lesion_version, r.run.seconds, r.run.forward_passes = "0.1.0", 0.05, 10
+    return r
+
+
+def make_observational_result():
+    """A result as lesiond sends one for a spec without interventions: the baseline pass only,
+    observational set, each metric's value its baseline (delta 0), KL exactly 0."""
+    r = make_result()
+    r.ClearField("intervened")
+    r.observational = True
+    r.kl_divergence = 0.0
+    for m in r.metrics:
+        m.value, m.delta, m.delta_pct = m.baseline, 0.0, 0.0
     return r
 
 

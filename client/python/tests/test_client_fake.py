@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lesion
-from conftest import make_result
+from conftest import make_observational_result, make_result
 from lesion._proto import experiment_pb2, service_pb2, service_pb2_grpc
 from lesion.client import COMPACT_COLUMNS
 from lesion.errors import wrap_rpc_error
@@ -177,7 +177,7 @@ class Fake(service_pb2_grpc.LesionServicer):
             e.status, e.queue_position, e.passes_done, e.passes_planned = service_pb2.RUNNING, 0, done, 4
             yield service_pb2.ExperimentEvent(experiment=e)
         e.status, e.passes_done, e.finished_unix_micros = service_pb2.DONE, 4, 1_700_000_001_000_000
-        e.result.CopyFrom(make_result())
+        e.result.CopyFrom(make_result() if e.spec.interventions else make_observational_result())
         yield service_pb2.ExperimentEvent(experiment=e)
 
     def GetExperiment(self, request, context):
@@ -697,3 +697,24 @@ def test_local_names_the_model_as_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("LESIOND", str(fake))  # found without lesiond=, as in the README
     with lesion.Client.local(model, startup_timeout=10) as c:
         assert c.process.cmd[0] == str(fake)
+
+
+def test_observational_run_through_the_client(fake):
+    """A spec without interventions comes back observational (as lesiond sends it): the record's
+    table and the frames show one pass."""
+    servicer, address = fake
+    c = lesion.Client(address, timeout=5)
+    observe = spec("observe").replace(interventions=(), measurements=[lesion.Perplexity(), lesion.TokenOutputs()])
+    h = c.submit(observe)
+    r = h.result()
+    assert r.is_observational and r.perplexity.baseline == 4.0 and list(r.metrics.columns) == ["name", "value"]
+    assert servicer.experiments[h.id].spec.measurements[1].token_outputs.top_k == 5
+    assert len(r.token_outputs()) == 4 and r.token_outputs("intervened").empty
+    page = h.record._repr_html_()
+    assert "none: one pass" in page and "perplexity, intervened" not in page and "+0.000%" not in page
+    df = c.experiments(wide=True)
+    row = df.set_index("id").loc[h.id]
+    assert row["interventions"] == "" and row["metric.perplexity.value"] == row["metric.perplexity.baseline"] == 4.0
+    assert row["measurements"] == "perplexity,token_outputs"
+    # the same client, an ablation: both passes again
+    assert not c.run(spec("ablate"), progress=False).is_observational

@@ -234,3 +234,26 @@ def test_compare_takes_n_labelled_results(result, tmp_path):
         plots.compare([a, b, c], labels=["x", "y"])
     with pytest.raises(ValueError, match="not a Result"):
         plots.compare([a, "b"])
+
+
+def test_plots_of_an_observational_result(tmp_path):
+    """One pass: compare draws it alone, and pass_="intervened" reads the baseline it equals."""
+    from conftest import make_observational_result
+
+    r = lesion.Result(make_observational_result())
+    p = tmp_path / "obs.png"
+    fig = plots.compare(r, save=p)
+    check_png(p, fig)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (no interventions)"]
+    assert len(ax.patches) == 5  # one bar per layer
+    assert len(plots.compare([r, r], labels=["a", "b"]).axes[0].patches) == 10
+    assert len(plots.compare({"obs": r, "ablated": lesion.Result(make_result_with_ppl())}).axes[0].patches) == 10
+    with pytest.raises(ValueError, match="2 labels for the one pass"):
+        plots.compare(r, labels=["a", "b"])
+    for pass_ in ("baseline", "intervened"):
+        plots.layer_magnitudes(r, pass_=pass_)
+        plots.attention_sink_heatmap(r, pass_=pass_)
+        plots.attention_sink_ranking(r, pass_=pass_)
+    with pytest.raises(ValueError, match="valid: baseline, intervened"):
+        plots.layer_magnitudes(r, pass_="after")

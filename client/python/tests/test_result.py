@@ -263,3 +263,132 @@ def test_no_frame_has_a_python_keyword_for_a_column(result):
         assert not bad, f"{name}: {bad}"
     assert set(result.super_weights["pass_name"]) == {"baseline", "intervened"}
     assert result.activation_stats.pass_name.iloc[0] == "baseline"
+
+
+# ------------------------------------------------------------------------------------ token outputs
+
+
+def test_token_outputs_frame(result):
+    df = result.token_outputs()
+    assert list(df.columns) == [
+        "window",
+        "position",
+        "target",
+        "nll",
+        "logprob",
+        "prob",
+        "rank",
+        "top_ids",
+        "top_probs",
+    ]
+    assert df.index.name == "predicted" and list(df.index) == [0, 1, 2, 3]
+    assert df["position"].tolist() == [1, 2, 3, 4] and df["target"].tolist() == [100, 101, 102, 103]
+    assert df["nll"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert df["logprob"].tolist() == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    assert df["prob"].tolist() == pytest.approx(np.exp([-0.1, -0.2, -0.3, -0.4]).tolist())
+    assert df["rank"].tolist() == [0, 1, 2, 3] and df["rank"].dtype == np.int64
+    assert df["top_ids"].tolist() == [[0, 1, 2], [10, 11, 12], [20, 21, 22], [30, 31, 32]]
+    assert df.loc[2, "top_probs"] == pytest.approx([0.5, 0.25, 0.5 / 3])
+    assert df.attrs == {"n_predicted": 10, "offset": 0, "top_k": 3}
+    inter = result.token_outputs("intervened")
+    assert inter["nll"].tolist() == pytest.approx([0.15, 0.3, 0.45, 0.6])
+    with pytest.raises(ValueError, match="valid: baseline, intervened"):
+        result.token_outputs("after")
+
+
+def test_token_outputs_page_and_tokenizer(result_proto):
+    from conftest import fill_token_outputs
+
+    page = result_pb2.ExperimentResult()
+    fill_token_outputs(page.baseline.token_outputs, 1.0, offset=6, rows=2, top_k=2, n_predicted=8)
+    r = lesion.Result(page)
+    df = r.token_outputs()
+    assert list(df.index) == [6, 7] and df["position"].tolist() == [7, 8] and df.attrs["offset"] == 6
+    assert df["top_ids"].tolist() == [[0, 1], [10, 11]]
+
+    class Decoder:  # a Hugging Face tokenizer or a sentencepiece processor: decode(list of ids)
+        calls = 0
+
+        def decode(self, ids):
+            Decoder.calls += 1
+            return f"<{ids[0]}>"
+
+    named = r.token_outputs(tokenizer=Decoder())
+    assert list(named.columns[:4]) == ["window", "position", "target", "target_text"]
+    assert named["target_text"].tolist() == ["<100>", "<101>"]
+    assert named["top_tokens"].tolist() == [["<0>", "<1>"], ["<10>", "<11>"]]
+    assert Decoder.calls == 6  # each id decoded once
+    assert r.token_outputs(tokenizer=lambda i: f"t{i}")["target_text"].tolist() == ["t100", "t101"]
+    with pytest.raises(TypeError, match="tokenizer"):
+        r.token_outputs(tokenizer=42)
+
+
+def test_token_outputs_of_a_pass_without_them():
+    empty = lesion.Result(result_pb2.ExperimentResult()).token_outputs()
+    assert empty.empty and "top_ids" in empty.columns and empty.attrs["n_predicted"] == 0
+
+
+# ------------------------------------------------------------------------------ observational results
+
+
+def test_observational_result_accessors():
+    from conftest import make_observational_result
+
+    r = lesion.Result(make_observational_result())
+    assert r.is_observational and r.observational
+    assert not lesion.Result(make_observational_result()).is_sweep
+    assert lesion.Result(result_pb2.ExperimentResult()).is_observational is False
+    # metrics: one value per metric, no "intervened" column, no KL of a pass against itself
+    m = r.metrics
+    assert list(m.columns) == ["name", "value"]
+    assert m.set_index("name")["value"].to_dict() == pytest.approx(
+        {"perplexity": 4.0, "mean_nll": np.log(4.0), "top1:blocks.0.resid_post": 100.0}
+    )
+    assert r.metric("perplexity") == {
+        "name": "perplexity",
+        "baseline": 4.0,
+        "value": 4.0,
+        "delta": 0.0,
+        "delta_pct": 0.0,
+    }
+    p = r.perplexity
+    assert (p.baseline, p.intervened, p.delta) == (4.0, 4.0, 0.0)
+    # one pass: no intervened rows in any per-pass frame
+    for frame in (
+        r.activation_stats,
+        r.token_probabilities,
+        r.massive_activations,
+        r.massive_activation_counts,
+        r.super_weights,
+        r.norm_outliers,
+        r.attention_outliers,
+    ):
+        assert len(frame) and set(frame["pass_name"]) == {"baseline"}
+    assert r.layer_stats(pass_="intervened").empty and len(r.layer_stats()) == 5
+    assert r.token_outputs("intervened").empty and len(r.token_outputs()) == 4
+    sink = r.attention_sink
+    assert sink.intervened is None and sink.baseline.shape == (5, 8)
+    f = r.attention_sink_frame()
+    assert list(f.columns) == ["layer", "head", "baseline"] and len(f) == 40
+    assert r.captures["intervened"] == {} and r.captures["baseline"]["blocks.0.resid_post"].shape == (1, 4, 64)
+    # shown once, never "x -> x"
+    text = repr(r)
+    assert text == "<lesion.Result ppl 4 (no interventions), 4 metrics, model 'stories260K'>"
+    page = r._repr_html_()
+    assert "perplexity, intervened" not in page and "perplexity, baseline" not in page and "KL" not in page
+    assert ">perplexity<" in page and "none: one pass" in page
+    assert r.kl_divergence == 0.0  # measured, and exactly 0
+
+
+def test_observational_result_without_perplexity():
+    from conftest import make_observational_result
+
+    raw = make_observational_result()
+    raw.baseline.ClearField("perplexity")
+    del raw.metrics[:2]
+    r = lesion.Result(raw)
+    assert r.perplexity is None and "no interventions" in repr(r) and "->" not in repr(r)
+    assert lesion.Result(raw).metrics.columns.tolist() == ["name", "value"]
+    empty = lesion.Result(result_pb2.ExperimentResult(observational=True))
+    assert empty.metrics.empty and list(empty.metrics.columns) == ["name", "value"]
+    assert list(empty.attention_sink_frame().columns) == ["layer", "head", "baseline"]
