@@ -3,7 +3,8 @@
 Build specs from the builders (``Experiment``, interventions such as ``HeadAblation``, measurements
 such as ``Perplexity``, ``Sweep`` of axes), run them on a server (``Client``, or ``Client.local`` for
 a private one), and read the ``Result`` as numbers, DataFrames and arrays; ``lesion.plots`` draws the
-outlier papers' figures. docs/python-api.md lists every call.
+outlier papers' figures; ``lesion.patching.causal_trace`` runs causal tracing (activation patching).
+docs/python-api.md lists every call.
 
     import lesion
     with lesion.Client.local("models/stories260K") as c:
@@ -18,6 +19,7 @@ outlier papers' figures. docs/python-api.md lists every call.
         print(sweep.sweep)  # a row per variant; c.variants(id) lists the children
 """
 
+from . import patching
 from .client import Client, ExperimentFailed, ExperimentRecord, Handle
 from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated
 from .result import Result
@@ -67,6 +69,7 @@ def __getattr__(name):  # lesion.plots without importing matplotlib up front
 
 __all__ = [
     "__version__",
+    "patching",
     "Client",
     "Handle",
     "ExperimentRecord",

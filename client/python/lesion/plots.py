@@ -538,3 +538,78 @@ def perplexity_change_per_head(
     ax.set_title(title or f"{metric} change per ablated head")
     ax.grid(True, axis="y", alpha=0.3)
     return _finish(fig, save, dpi)
+
+
+# ---------------------------------------------------------------------------------- causal tracing
+
+
+def causal_trace(
+    frame,
+    tokens=None,
+    normalize=False,
+    title=None,
+    cmap="Purples",
+    annotate=None,
+    save=None,
+    dpi=150,
+    figsize=None,
+):
+    """Heat map of ``lesion.patching.causal_trace``'s frame: p(answer) with the clean vector patched in
+    at each (layer, position) of the corrupted prompt, layers down, positions across (Meng et al.'s
+    Fig. 1). ``tokens``: labels of the clean prompt's tokens, whose vectors were patched in (a list
+    indexed by position, e.g. their text; default the ids); positions where the clean and corrupted
+    prompts differ are starred.
+    ``normalize`` draws (p - corrupt) / (clean - corrupt) instead, the share of the clean
+    probability restored. ``annotate`` (default: up to 200 cells) writes each value in its cell;
+    the title gives the unpatched clean and corrupted p(answer)."""
+    if not isinstance(frame, pd.DataFrame) or not frame.size:
+        raise ValueError("causal_trace: expected the DataFrame of lesion.patching.causal_trace (layers x positions)")
+    clean, corrupt = frame.attrs.get("clean", np.nan), frame.attrs.get("corrupt", np.nan)
+    grid = frame.to_numpy(dtype=float)
+    label = "p(answer)"
+    if normalize:
+        if not np.isfinite(clean - corrupt) or clean == corrupt:
+            raise ValueError("causal_trace: normalize needs different clean and corrupt p(answer) in frame.attrs")
+        grid = (grid - corrupt) / (clean - corrupt)
+        label = "restored: (p - corrupt) / (clean - corrupt)"
+    positions = [int(p) for p in frame.columns]
+    clean_ids, corrupt_ids = frame.attrs.get("clean_ids"), frame.attrs.get("corrupt_ids")
+    if tokens is None:
+        names = [str(clean_ids[p]) if clean_ids is not None else str(p) for p in positions]
+    else:
+        names = [str(tokens[p]) for p in positions]
+    if clean_ids is not None and corrupt_ids is not None:
+        names = [f"{n}*" if clean_ids[p] != corrupt_ids[p] else n for n, p in zip(names, positions, strict=True)]
+    rows = [str(r) for r in frame.index]
+    fig = Figure(figsize=figsize or _heatmap_size(len(rows), len(positions), cell_w=0.5, cell_h=0.28))
+    ax = fig.add_subplot()
+    finite = grid[np.isfinite(grid)]
+    vmin = min(0.0, float(finite.min())) if finite.size else 0.0
+    vmax = max(1e-9, float(finite.max())) if finite.size else 1.0
+    if normalize:
+        vmax = max(vmax, 1.0)
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    fig.colorbar(im, ax=ax, label=label)
+    _heatmap_ticks(fig, ax, names, rows)
+    ax.tick_params(axis="x", labelrotation=90)
+    ax.set_xlabel("position (* corrupted)" if clean_ids is not None and corrupt_ids is not None else "position")
+    ax.set_ylabel(frame.index.name or "layer")
+    if annotate is None:
+        annotate = grid.size <= 200
+    if annotate:
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]):
+                    dark = grid[i, j] > vmin + 0.6 * (vmax - vmin)
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
+    site = frame.attrs.get("site", "")
+    ax.set_title(title or f"causal trace {site}: clean {clean:.3g}, corrupt {corrupt:.3g}".replace("  ", " "))
+    return _finish(fig, save, dpi)
