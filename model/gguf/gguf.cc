@@ -362,6 +362,13 @@ std::optional<std::vector<int64_t>> GgufValue::AsIntArray() const {
   return out;
 }
 
+std::optional<std::vector<bool>> GgufValue::AsBoolArray() const {
+  if (!is_array() || element_type_ != GgufValueType::kBool) return std::nullopt;
+  std::vector<bool> out(size_);
+  for (size_t i = 0; i < size_; ++i) out[i] = ElementBits(i) != 0;
+  return out;
+}
+
 std::optional<std::vector<float>> GgufValue::AsFloat32Array() const {
   if (!is_array() || element_type_ != GgufValueType::kFloat32) return std::nullopt;
   std::vector<float> out(size_);

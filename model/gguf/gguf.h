@@ -162,6 +162,8 @@ class GgufValue {
   std::optional<std::vector<int64_t>> AsIntArray() const;
   // An array of float32 elements (token scores, say).
   std::optional<std::vector<float>> AsFloat32Array() const;
+  // An array of bools (any nonzero byte is true); a per-layer flag list, say.
+  std::optional<std::vector<bool>> AsBoolArray() const;
   // The elements of an array of arrays (empty for any other value).
   absl::Span<const GgufValue> ArrayElements() const { return elements_; }
 

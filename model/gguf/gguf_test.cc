@@ -541,6 +541,8 @@ TEST(GgufFileTest, MetadataArrays) {
   EXPECT_EQ(file->Find("test.array.float64")->element_type(), GgufValueType::kFloat64);
   EXPECT_EQ(file->Find("test.array.bool")->element_type(), GgufValueType::kBool);
   EXPECT_EQ(file->Find("test.array.bool")->AsIntArray(), std::nullopt);
+  EXPECT_EQ(file->Find("test.array.bool")->AsBoolArray(), (std::vector<bool>{true, false}));
+  EXPECT_EQ(file->Find("test.array.int32")->AsBoolArray(), std::nullopt);
   EXPECT_EQ(file->Find("test.array.long")->size(), 1000u);
 
   const GgufValue* nested = file->Find("test.array.nested");
