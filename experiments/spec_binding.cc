@@ -341,7 +341,9 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
     p.needs_kl |= std::holds_alternative<spec::KlDivergence>(m);
   }
   p.needs_means = NeedsMeans(e.interventions);
-  p.observational = e.interventions.empty() && !e.has_sweep;
+  // A sweep's variant keeps both passes, even a control variant without interventions, so that it
+  // reads like its siblings and equals itself run alone.
+  p.observational = e.interventions.empty() && !e.has_sweep && e.variant_name.empty();
   // The longest window: the first (every window but the last has its length).
   p.window_tokens = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
   RETURN_IF_ERROR(CheckInterventionValues(model.transformer().dtype(), e.interventions));

@@ -79,7 +79,7 @@ struct Prepared {
   std::vector<result::TokenProbability> tokens;
   bool needs_kl = false;
   bool needs_means = false;
-  // No interventions (and no sweep): one pass, the baseline, measures everything.
+  // No interventions, no sweep and not a sweep's variant: one pass, the baseline, measures all.
   bool observational = false;
   int64_t window_tokens = 0;  // tokens of the longest window (BOS included)
   PassCollectors base, inter;

@@ -541,14 +541,37 @@ absl::StatusOr<std::vector<Experiment>> ExpandSweep(const Experiment& parent, co
                absl::StrCat("the axes make ", absl::StrJoin(sizes, " x "), " = ", total,
                             " variants, more than the limit of ", max_variants, " (lesiond --max-sweep-variants)"));
   }
-  // Every variant carries the parent's spec, dataset included: refuse before building them.
-  if (max_spec_bytes > 0 && total * static_cast<int64_t>(parent.canonical_json.size()) > max_spec_bytes) {
-    return Bad("sweep",
-               absl::StrCat(total, " variants of a ", parent.canonical_json.size(), "-byte spec take more than ",
-                            max_spec_bytes >> 20, " MiB: every variant carries the dataset; use a named dataset"));
-  }
   lesion::v1::ExperimentSpec base = proto;
   base.clear_sweep();
+  // Every variant carries the parent's spec without its sweep (dataset included) and its own
+  // interventions (a patching vector can be large): refuse before building them. A choice of axis
+  // a is in total / |a| variants.
+  if (max_spec_bytes > 0) {
+    google::protobuf::util::JsonPrintOptions print;
+    print.preserve_proto_field_names = true;
+    std::string base_json;
+    (void)google::protobuf::util::MessageToJsonString(base, &base_json, print);
+    const int64_t base_bytes = static_cast<int64_t>(base_json.size());
+    int64_t bytes = total * base_bytes;
+    for (const std::vector<Choice>& axis : axes) {
+      int64_t axis_bytes = 0;
+      for (const Choice& c : axis) {
+        for (const lesion::v1::Intervention& in : c.interventions) {
+          std::string json;
+          (void)google::protobuf::util::MessageToJsonString(in, &json, print);
+          axis_bytes += static_cast<int64_t>(json.size());
+        }
+      }
+      bytes += axis_bytes * (total / static_cast<int64_t>(axis.size()));
+    }
+    if (bytes > max_spec_bytes) {
+      return Bad("sweep",
+                 absl::StrCat(total, " variants of a ", base_bytes, "-byte spec with their interventions take ",
+                              bytes >> 20, " MiB, more than ", max_spec_bytes >> 20,
+                              " MiB: every variant carries the dataset (use a named dataset) and its own "
+                              "interventions; split the sweep"));
+    }
+  }
   std::vector<Experiment> out;
   out.reserve(static_cast<size_t>(total));
   std::vector<size_t> pick(axes.size(), 0);

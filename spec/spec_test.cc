@@ -255,6 +255,21 @@ TEST(Sweep, BadAxesAreInvalidArgumentNamingTheAxis) {
   absl::Status bytes = ExpandSweep(*big, {3, 4, 16}, 100, /*max_spec_bytes=*/1000).status();
   EXPECT_THAT(bytes, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(bytes.message().find("use a named dataset"), std::string::npos) << bytes;
+  // A listed variant carries its own interventions, not its siblings': 40 patches of 1000 numbers
+  // each take about 40 x 10 kB, not 40 x the 400 kB of the whole list.
+  std::string variants;
+  for (int v = 0; v < 40; ++v) {
+    std::string vector;
+    for (int i = 0; i < 1000; ++i) absl::StrAppend(&vector, i == 0 ? "" : ",", 0.123456 + v + i);
+    absl::StrAppend(&variants, v == 0 ? "" : ",", R"({"interventions": [{"activation_edit": {"site": "embed", )",
+                    R"("positions": [1], "op": "SET_VECTORS", "vector": [)", vector, "]}}]}");
+  }
+  auto patches = ParseExperimentJson(SweepSpec(absl::StrCat(R"([{"variants": {"variants": [)", variants, "]}}]")));
+  ASSERT_OK(patches);
+  EXPECT_GT(patches->canonical_json.size(), 300000u);
+  auto expanded = ExpandSweep(*patches, {3, 4, 16}, 100, /*max_spec_bytes=*/int64_t{2} << 20);
+  ASSERT_OK(expanded);
+  EXPECT_EQ(expanded->size(), 40u);
   EXPECT_EQ(ParseExperimentJson(SweepSpec("[]")).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseExperimentJson(SweepSpec("[{}]")).status().code(), absl::StatusCode::kInvalidArgument);
   auto no_sweep = ParseExperimentJson(R"({"dataset": {"named": "x"}, "measurements": [{"perplexity": {}}]})");
