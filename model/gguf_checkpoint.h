@@ -5,9 +5,13 @@
 //   - the tokenizer.ggml.* keys become the tokenizer (LoadGgufTokenizer);
 //   - the tensors are renamed to the Hugging Face layout, dequantized to float32 bit for bit as
 //     the `gguf` Python package does, with llama.cpp's rotary row permutation of q/k undone
-//     (llama only) and GPT-2's matrices given back their Conv1D [in, out] layout.
+//     (llama only), GPT-2's matrices given back their Conv1D [in, out] layout and GPT-NeoX's
+//     query_key_value its per-head interleaving. Gemma's norms, which llama.cpp stores as the
+//     effective gamma 1 + w, load as stored (GgufModelConfig clears norm_adds_one).
+// Settings a file does not carry are what llama.cpp assumes (docs/architectures.md, "GGUF").
 //
-// Architectures (general.architecture): llama (LLaMA, Mistral, SmolLM), qwen2, gpt2.
+// Architectures (general.architecture): llama (LLaMA, Mistral, SmolLM), qwen2, qwen3, phi3, gemma2,
+// gemma3, olmo2, gptneox (Pythia), gpt2.
 //
 // Thread-safety: the functions are thread-safe; the CheckpointTensors they return is immutable.
 #ifndef LESION_MODEL_GGUF_CHECKPOINT_H_
@@ -33,7 +37,8 @@ bool IsGgufPath(const std::filesystem::path& path);
 // missing or mistyped key.
 absl::StatusOr<std::string> GgufConfigJson(const GgufCheckpoint& checkpoint);
 
-// GgufConfigJson parsed by ParseModelConfig.
+// GgufConfigJson parsed by ParseModelConfig, with norm_adds_one cleared: the file's norms are
+// already the effective gammas.
 absl::StatusOr<ModelConfig> GgufModelConfig(const GgufCheckpoint& checkpoint);
 
 // The tokenizer.ggml.* metadata. InvalidArgument naming the key for a mistyped value; a file
@@ -45,7 +50,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGgufFileTokenizer(const GgufCheck
 
 // The tensors by Hugging Face name (model.layers.0.self_attn.q_proj.weight, ...); tensors with no
 // Hugging Face counterpart keep their GGUF name, so that the loader reports them. `config` must be
-// GgufModelConfig(*checkpoint). The checkpoint is shared with the returned object.
+// GgufModelConfig(*checkpoint). InvalidArgument naming the file and the tensor (as llama.cpp names
+// it) when one the config needs is missing. The checkpoint is shared with the returned object.
 absl::StatusOr<std::unique_ptr<CheckpointTensors>> OpenGgufTensors(std::shared_ptr<const GgufCheckpoint> checkpoint,
                                                                    const ModelConfig& config);
 
