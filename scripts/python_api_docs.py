@@ -30,6 +30,7 @@ OUT = ROOT / "docs" / "python-api.md"
 MODULES = [
     "lesion.client",
     "lesion.result",
+    "lesion.generation",
     "lesion.spec.experiment",
     "lesion.spec.dataset",
     "lesion.spec.interventions",
@@ -38,6 +39,7 @@ MODULES = [
     "lesion.spec.client_sweep",
     "lesion.spec.sites",
     "lesion.plots",
+    "lesion.patching",
     "lesion.local",
     "lesion.errors",
 ]

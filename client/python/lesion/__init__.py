@@ -3,7 +3,8 @@
 Build specs from the builders (``Experiment``, interventions such as ``HeadAblation``, measurements
 such as ``Perplexity``, ``Sweep`` of axes), run them on a server (``Client``, or ``Client.local`` for
 a private one), and read the ``Result`` as numbers, DataFrames and arrays; ``lesion.plots`` draws the
-outlier papers' figures; ``lesion.patching.causal_trace`` runs causal tracing (activation patching).
+outlier papers' figures; ``lesion.patching.causal_trace`` runs causal tracing (activation patching);
+``Client.generate`` continues a prompt with and without interventions (a ``Generation``).
 docs/python-api.md lists every call.
 
     import lesion
@@ -22,6 +23,7 @@ docs/python-api.md lists every call.
 from . import patching
 from .client import Client, ExperimentFailed, ExperimentRecord, Handle
 from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated
+from .generation import Generation, TokenEvent
 from .result import Result
 from .spec import (
     ActivationEdit,
@@ -75,6 +77,8 @@ __all__ = [
     "ExperimentRecord",
     "ExperimentFailed",
     "Result",
+    "Generation",
+    "TokenEvent",
     "LesionError",
     "NotFound",
     "InvalidArgument",

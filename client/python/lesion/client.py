@@ -482,6 +482,65 @@ class Client:
         """Iterate over the experiment's records as it changes, ending after the final one."""
         return self._watch(id, timeout)
 
+    # -- generation
+    def generate(
+        self,
+        model,
+        prompt=None,
+        ids=None,
+        interventions=(),
+        max_new_tokens=64,
+        temperature=0.0,
+        top_k=0,
+        seed=0,
+        baseline=True,
+        stream=False,
+        timeout=None,
+    ):
+        """Continue a prompt with the model as loaded and with ``interventions`` acting in every step
+        (lesiond's Generate; see lesion.generation), side by side.
+
+        ``prompt`` is text (tokenized after BOS) or ``ids`` token ids as given (a list, numpy or
+        torch; one of the two). ``interventions``: builders (``HeadAblation``, ``WeightEdit``,
+        ``NormChannelReset``, ``AttentionBias``, ``ActivationEdit`` / ``Steer`` / ``ProjectOut`` /
+        ``Patch``) or their dicts, applied together; activation-edit ``positions`` count in the whole
+        sequence (prompt, BOS included, then the new tokens). Up to ``max_new_tokens`` (1..4096) new
+        tokens, fewer where the model's end-of-sequence token comes; greedy at ``temperature=0``,
+        else sampled at that temperature from the ``top_k`` most likely tokens (0: all) with
+        ``seed`` (the same seed, the same tokens). ``baseline=False`` runs only the intervened model.
+
+        With ``stream=False`` returns the ``Generation``. With ``stream=True`` returns at once an
+        iterator that yields a ``TokenEvent`` (intervened, id, logprob, text) per token as lesiond
+        chooses it, the baseline run's first, then the intervened run's, and last the
+        ``Generation``; leaving it early (``break``, ``close()``) cancels the call and the
+        generation. The job is queued on the model's device like an experiment; ``timeout``
+        (seconds; None: none) bounds the whole call, queueing included: past it the generation is
+        cancelled and LesionError(DEADLINE_EXCEEDED) raised. Errors as every call's:
+        InvalidArgument for what cannot apply (a "mean" mode, an edit past the sequence, a layer out
+        of range; named ``interventions[i]``), NotFound for an unknown model; ValueError for
+        arguments wrong without asking the server."""
+        from .generation import generate_request, stream_events
+
+        request, fields = generate_request(
+            model,
+            prompt=prompt,
+            ids=ids,
+            interventions=interventions,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            baseline=baseline,
+        )
+        call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
+        events = stream_events(call, fields)
+        if stream:
+            return events
+        generation = None
+        for item in events:
+            generation = item
+        return generation
+
     def handle(self, id) -> Handle:
         """A Handle of an experiment submitted earlier (by anyone), to wait for or cancel."""
         return Handle(self, self.get(id, include_captures=False))
