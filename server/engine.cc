@@ -632,10 +632,25 @@ class EngineImpl : public Engine {
       absl::StatusOr<std::string> text = tokenizer->Decode(ids);
       return text.ok() ? *text : "";
     };
+    // Each token's text is what it adds to its run's decoded continuation (a token decoded alone
+    // would lose a SentencePiece word's leading space), so the pieces join to the run's text.
+    struct Decoded {
+      std::vector<int32_t> ids;
+      std::string text;
+    };
+    Decoded decoded[2];
     ex::GenerationControls controls;
     controls.baseline = g.baseline;
     controls.on_token = [&](bool intervened, int32_t id, double logprob) {
-      if (g.on_token) g.on_token(intervened, id, logprob, text_of({id}));
+      if (g.on_token) {
+        Decoded& d = decoded[intervened ? 1 : 0];
+        d.ids.push_back(id);
+        std::string now = text_of(d.ids);
+        size_t common = 0;
+        while (common < d.text.size() && common < now.size() && d.text[common] == now[common]) ++common;
+        g.on_token(intervened, id, logprob, now.substr(common));
+        d.text = std::move(now);
+      }
       return !e.cancel_running.load();
     };
     ASSIGN_OR_RETURN(ex::GenerationRun run, ex::GenerateSideBySide(model, g.interventions, g.prompt_ids,

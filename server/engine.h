@@ -99,8 +99,8 @@ struct GenerationJob {
   int64_t top_k = 0;
   uint64_t seed = 0;
   bool baseline = true;  // also decode with the model as loaded
-  // Per chosen token, on the executor thread: (intervened run?, id, log-probability, its text
-  // alone, "" without a tokenizer). Must not block.
+  // Per chosen token, on the executor thread: (intervened run?, id, log-probability, the text it
+  // adds to its run's decoded continuation, "" without a tokenizer). Must not block.
   std::function<void(bool, int32_t, double, const std::string&)> on_token;
   // The outcome, written by the executor before on_finish.
   std::vector<int32_t> prompt_ids;

@@ -430,7 +430,17 @@ absl::Status RunGenerate(Args& args) {
       if (tokenizer != nullptr) part["text"] = text_of(g.tokens);
       out[name] = part;
     };
-    if (run.has_baseline) put("baseline", run.baseline);
+    if (run.has_baseline) {
+      put("baseline", run.baseline);
+      // The form of a plain generation since the first release: the new ids, and the prompt's
+      // text with its continuation.
+      out["generated_ids"] = run.baseline.tokens;
+      if (tokenizer != nullptr) {
+        std::vector<int32_t> all = prompt_text_ids;
+        all.insert(all.end(), run.baseline.tokens.begin(), run.baseline.tokens.end());
+        out["text"] = text_of(all);
+      }
+    }
     if (run.has_intervened) put("intervened", run.intervened);
     std::cout << out.dump() << "\n";
     return absl::OkStatus();

@@ -230,7 +230,9 @@ def test_lesiond_streams_the_tokens_the_cli_generates(cli, tmp_path, pb):
         assert list(done.prompt_ids) == want["prompt_ids"]
         assert done.baseline_text == want["baseline"]["text"] and done.intervened_text == want["intervened"]["text"]
         assert [t.logprob for t in tokens if t.intervened] == pytest.approx(want["intervened"]["logprobs"], abs=1e-9)
-        assert "".join(t.text for t in tokens if not t.intervened).strip() != ""
+        # The pieces join to each run's text.
+        assert "".join(t.text for t in tokens if not t.intervened) == done.baseline_text
+        assert "".join(t.text for t in tokens if t.intervened) == done.intervened_text
         # What cannot apply is refused before decoding, naming the intervention.
         bad = pb.service.GenerateRequest(model="stories", text="Hi", max_new_tokens=5)
         bad.interventions.append(

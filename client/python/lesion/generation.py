@@ -15,11 +15,10 @@ tuples, the whole baseline run first, then the intervened run, and last the ``Ge
         else:                                           # a TokenEvent: intervened, id, logprob, text
             print(item.text, end="|", flush=True)
 
-A token's ``text`` is the token decoded alone, so with a SentencePiece tokenizer it has no word's
-leading space (" there" reads "there"); the continuations' texts are the ``Generation``'s
-``baseline_text`` / ``intervened_text``. Leaving the loop early (``break``, an exception, or
-``close()`` of the iterator) cancels the call, and lesiond stops the generation. Generations are not
-stored: the request is its own record.
+A token's ``text`` is what it adds to its run's decoded continuation (" there", with its word's
+space), so the texts of a run join to the ``Generation``'s ``baseline_text`` / ``intervened_text``.
+Leaving the loop early (``break``, an exception, or ``close()`` of the iterator) cancels the call,
+and lesiond stops the generation. Generations are not stored: the request is its own record.
 
 What cannot apply is refused before any decoding: a "mean" mode (``HeadAblation(mode="mean")``,
 ``ActivationEdit(op="mean")``: generation has no dataset to average over) or an activation edit at
@@ -73,7 +72,7 @@ class Generation:
     ``prompt_ids`` is the prompt as decoded (BOS and the tokenized text, or the ids as given),
     ``prompt`` the text given (None for ids); per run, ``*_ids`` the new tokens (a run stops early at
     the model's end-of-sequence token, which it includes), ``*_logprobs`` the log-probability of each
-    under the model that chose it, ``*_tokens`` each token decoded alone and ``*_text`` the
+    under the model that chose it, ``*_tokens`` the text each token adds and ``*_text`` the
     continuation decoded as a whole ("" without a tokenizer). ``has_baseline`` is False for
     ``baseline=False``, ``has_intervened`` False without interventions; the runs not made have empty
     fields. ``interventions`` are the interventions' proto3-JSON dicts, ``max_new_tokens`` to
@@ -133,8 +132,9 @@ class Generation:
 
     def frame(self) -> pd.DataFrame:
         """One row per step (``step`` 0 is the first new token): ``baseline_id``, ``baseline_text``,
-        ``baseline_logprob``, ``intervened_id``, ``intervened_text``, ``intervened_logprob`` (each
-        token decoded alone, and its log-probability under the model that chose it). Every column is
+        ``baseline_logprob``, ``intervened_id``, ``intervened_text``, ``intervened_logprob`` (the text
+        each token adds to its run's continuation, and its log-probability under the model that
+        chose it). Every column is
         there for every generation; a run that was not made, or that ended earlier (end of
         sequence), reads <NA> / NaN / None from there on."""
         n = max(len(self.baseline_ids), len(self.intervened_ids))
