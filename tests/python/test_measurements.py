@@ -366,7 +366,7 @@ def test_token_text_of_one_token_is_accepted(cli, tmp_path):
 
 def test_capture_over_the_limit_fails_before_compute(cli, tmp_path):
     # A 32k vocabulary: logits of 32 windows of 64 tokens are 2 x 32 x 64 x 32000 x 4 = 524 MB for
-    # both passes, over the 256 MiB limit.
+    # both passes (a head ablation makes two), over the 256 MiB limit.
     cfg = LlamaConfig(
         hidden_size=16,
         intermediate_size=32,
@@ -381,10 +381,15 @@ def test_capture_over_the_limit_fails_before_compute(cli, tmp_path):
     spec = {
         "dataset": {"token_ids": {"ids": ids.tolist()}},
         "eval": {"seq_len": 64},
+        "interventions": [{"head_ablation": {"layer": 0, "heads": [1]}}],
         "measurements": [{"capture": {"sites": ["logits"], "max_windows": 100000}}],
     }
     proc = run_spec(cli, tmp_path, tmp_path / "m", spec, check=False)
-    fails(proc, "capture", "exceed the limit", str(2 * 32 * 64 * 32000 * 4))
+    fails(proc, "capture", "for both passes exceed the limit", str(2 * 32 * 64 * 32000 * 4))
+    # Observational, one pass of 262 MB fits; 64 windows (524 MB) do not.
+    observe = {**spec, "dataset": {"token_ids": {"ids": random_ids(4096, seed=2, vocab=32000).tolist()}}}
+    del observe["interventions"]
+    fails(run_spec(cli, tmp_path, tmp_path / "m", observe, check=False), "for the pass exceed the limit")
     # One position per window is 16 MB: allowed, and the logits are HF's.
     spec["measurements"][0]["capture"]["positions"] = [63]
     spec["eval"]["max_windows"] = 2
@@ -418,7 +423,8 @@ DEFAULTS = {
 
 
 def check_detectors(result, want, cfg):
-    for part in ("baseline", "intervened"):  # no interventions: both passes alike
+    assert "intervened" not in result  # no interventions: an observational run, one pass
+    for part in ("baseline",):
         got = result[part]
         # massive activations: counts, and every reported entry is one of HF's at its rank
         assert [r["site"] for r in got["massive_activations"]] == [r["site"] for r in want["massive_activations"]]
@@ -477,9 +483,9 @@ def test_super_weight_scan_example_matches_transformers(cli, tmp_path):
     path = example("super_weight_scan.json")
     spec = json.loads(path.read_text())
     result = json.loads(cli("run", "--local", "--model", STORIES, "--spec", path, "--json").stdout)
-    for part in ("baseline", "intervened"):
-        for section in ("super_weights", "massive_activations", "norm_outliers", "attention_outliers"):
-            assert isinstance(result[part].get(section), list), (part, section, result[part].get(section))
+    assert result["observational"] is True and "intervened" not in result  # no interventions: one pass
+    for section in ("super_weights", "massive_activations", "norm_outliers", "attention_outliers"):
+        assert isinstance(result["baseline"].get(section), list), (section, result["baseline"].get(section))
     cfg = {k: dict(v) for k, v in DEFAULTS.items()}
     for m in spec["measurements"]:
         for k, v in m.items():
