@@ -260,7 +260,7 @@ def main():
         norms = scan.norm_outliers
         if len(norms):
             print(
-                f"norm gamma outliers: {len(norms[norms['pass'] == 'baseline'])}, e.g. "
+                f"norm gamma outliers: {len(norms[norms['pass_name'] == 'baseline'])}, e.g. "
                 + ", ".join(
                     f"{r.norm}@L{r.layer} ch {r.channel} (gamma {r.gamma:.3g}, z {r.z:.0f})"
                     for r in norms[norms["pass_name"] == "baseline"].head(3).itertuples()
