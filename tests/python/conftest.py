@@ -38,6 +38,32 @@ LESIOND = Path(os.environ.get("LESIOND", ROOT / "build" / "server" / "lesiond"))
 requires_lesiond = pytest.mark.skipif(not LESIOND.is_file(), reason=f"lesiond not built at {LESIOND} (set LESIOND)")
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module: the tiny models run fastest on one thread, and far faster than
+    on two when the CPU is shared. Use with pytest.mark.usefixtures("single_torch_thread")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def saved_checkpoints(root, make):
+    """get(kind) -> the directory under `root` where make(kind) (a transformers model) was saved,
+    saving it the first time only."""
+    saved = {}
+
+    def get(kind):
+        if kind not in saved:
+            make(kind).save_pretrained(root / kind)
+            saved[kind] = root / kind
+        return saved[kind]
+
+    return get
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

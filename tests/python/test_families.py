@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cli, run_spec
+from conftest import requires_cli, run_spec, saved_checkpoints
 from hf_reference import (
     NEW_KINDS,
     VOCAB,
@@ -46,21 +46,12 @@ from hf_reference import (
     zero_heads,
 )
 
-pytestmark = requires_cli
+pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 KINDS = NEW_KINDS
 TOL = 1e-5
 CAPTURE_TOL = 1e-4
 SEQ = 16  # > the sliding window (4) of phi3, gemma2, gemma3 and qwen3
 IDS = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(77))  # windows of 16, 16 and 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models run fastest on one thread, and far faster than on two when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def seed(kind):
@@ -74,16 +65,7 @@ def fresh(kind):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """checkpoint(kind) -> the directory of fresh(kind), saved once for the module."""
-    root, saved = tmp_path_factory.mktemp("families"), {}
-
-    def get(kind):
-        if kind not in saved:
-            fresh(kind).save_pretrained(root / kind)
-            saved[kind] = root / kind
-        return saved[kind]
-
-    return get
+    return saved_checkpoints(tmp_path_factory.mktemp("families"), fresh)
 
 
 def run(cli, tmp_path, model_dir, interventions=(), measurements=None, sweep=None, check=True):

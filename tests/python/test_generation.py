@@ -13,35 +13,19 @@ import json
 import pytest
 import torch
 
-from conftest import LESIOND, STORIES, LesiondProcess, requires_cli
+from conftest import LESIOND, STORIES, LesiondProcess, requires_cli, saved_checkpoints
 from hf_reference import VOCAB, edit_site, make_model, zero_heads
 
-pytestmark = requires_cli
+pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 KINDS = ["llama", "gpt2", "gemma2", "neox", "qwen2_sliding", "opt"]
 TOL = 1e-5
 PROMPT = torch.randint(1, VOCAB, (7,), generator=torch.Generator().manual_seed(17)).tolist()
 NEW = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root, saved = tmp_path_factory.mktemp("generation"), {}
-
-    def get(kind):
-        if kind not in saved:
-            fresh(kind).save_pretrained(root / kind)
-            saved[kind] = root / kind
-        return saved[kind]
-
-    return get
+    return saved_checkpoints(tmp_path_factory.mktemp("generation"), fresh)
 
 
 def fresh(kind):

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cli, run_spec
+from conftest import requires_cli, run_spec, saved_checkpoints
 from hf_reference import VOCAB, capture, edit_site, hf_perplexity, layers_of, make_model
 
-pytestmark = requires_cli
+pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 KINDS = ["llama", "gpt2", "neox", "gemma2"]
 TOL = 1e-5
 SEQ = 12
@@ -27,25 +27,9 @@ CORRUPT = CLEAN.clone()
 CORRUPT[2:5] = torch.randint(0, VOCAB, (3,), generator=torch.Generator().manual_seed(6))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root, saved = tmp_path_factory.mktemp("steering"), {}
-
-    def get(kind):
-        if kind not in saved:
-            fresh(kind).save_pretrained(root / kind)
-            saved[kind] = root / kind
-        return saved[kind]
-
-    return get
+    return saved_checkpoints(tmp_path_factory.mktemp("steering"), fresh)
 
 
 def fresh(kind):

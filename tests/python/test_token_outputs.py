@@ -7,36 +7,25 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cli, run_spec
+from conftest import requires_cli, run_spec, saved_checkpoints
 from hf_reference import VOCAB, hf_windows, make_model, zero_heads
 
-pytestmark = requires_cli
+pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 TOL = 1e-5
 IDS = torch.randint(0, VOCAB, (37,), generator=torch.Generator().manual_seed(41))
 BOS = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def with_bos(kind):
+    """The model of `kind` whose checkpoint the tests run, with a BOS id for add_bos."""
+    model = make_model(kind, 900)
+    model.config.bos_token_id = BOS
+    return model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root, saved = tmp_path_factory.mktemp("token_outputs"), {}
-
-    def get(kind):
-        if kind not in saved:
-            model = make_model(kind, 900)
-            model.config.bos_token_id = BOS
-            model.save_pretrained(root / kind)
-            saved[kind] = root / kind
-        return saved[kind]
-
-    return get
+    return saved_checkpoints(tmp_path_factory.mktemp("token_outputs"), with_bos)
 
 
 def hf_token_outputs(model, seq_len, stride=None, bos=False, top_k=5):
