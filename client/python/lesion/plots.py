@@ -74,6 +74,26 @@ def _thin(n, length_in, spacing_in=_LABEL_SPACING):
     return list(range(0, n, step))
 
 
+def _annotate_cells(ax, grid, fmt, annotate=None, dark_above=None):
+    """Writes each finite cell of a heat map's `grid` in it with `fmt`; `annotate` None means only
+    when the grid has at most 200 cells. Cells above `dark_above` get white text."""
+    if (grid.size > 200) if annotate is None else not annotate:
+        return
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                dark = dark_above is not None and grid[i, j] > dark_above
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(grid[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
+
+
 def _heatmap_ticks(fig, ax, cols, rows):
     """Label a heat map's columns and rows (lists of labels), thinned to what the figure's size fits."""
     w, h = fig.get_size_inches()
@@ -486,13 +506,7 @@ def head_sweep_heatmap(
     _heatmap_ticks(fig, ax, list(range(n_heads)), layers)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    if annotate is None:
-        annotate = grid.size <= 200
-    if annotate:
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:+.1f}", ha="center", va="center", fontsize=7)
+    _annotate_cells(ax, grid, "{:+.1f}", annotate)
     ax.set_title(title or f"{metric} change per ablated head")
     return _finish(fig, save, dpi)
 
@@ -594,22 +608,7 @@ def causal_trace(
     ax.tick_params(axis="x", labelrotation=90)
     ax.set_xlabel("position (* corrupted)" if clean_ids is not None and corrupt_ids is not None else "position")
     ax.set_ylabel(frame.index.name or "layer")
-    if annotate is None:
-        annotate = grid.size <= 200
-    if annotate:
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                if np.isfinite(grid[i, j]):
-                    dark = grid[i, j] > vmin + 0.6 * (vmax - vmin)
-                    ax.text(
-                        j,
-                        i,
-                        f"{grid[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if dark else "black",
-                    )
+    _annotate_cells(ax, grid, "{:.2f}", annotate, dark_above=vmin + 0.6 * (vmax - vmin))
     site = frame.attrs.get("site", "")
     ax.set_title(title or f"causal trace {site}: clean {clean:.3g}, corrupt {corrupt:.3g}".replace("  ", " "))
     return _finish(fig, save, dpi)
