@@ -64,6 +64,17 @@ def saved_checkpoints(root, make):
     return get
 
 
+def load_error(cli, tmp_path, model):
+    """The stderr of a `lesion dump` of `model` that must fail (to load): the error a user sees."""
+    (tmp_path / "ids.json").write_text("[1, 2, 3]")
+    out = tmp_path / "x.safetensors"
+    proc = cli(
+        "dump", "--model", model, "--ids-json", tmp_path / "ids.json", "--sites", "logits", "--out", out, check=False
+    )
+    assert proc.returncode != 0, f"lesion dump of {model} succeeded"
+    return proc.stderr
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

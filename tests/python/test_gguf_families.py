@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cli
+from conftest import load_error, requires_cli
 from hf_reference import GEMMA3_LAYER_TYPES, VOCAB, capture, compare, hf_perplexity, make_model, randomize
 
 gguf = pytest.importorskip("gguf")
@@ -343,24 +343,6 @@ def test_olmo3_file_is_olmo2_with_sliding_layers(cli, tmp_path):
     assert np.abs(unwindowed - want).max() > 1e-3
 
 
-def _load_error(cli, tmp_path, path):
-    (tmp_path / "ids.json").write_text("[1, 2, 3]")
-    proc = cli(
-        "dump",
-        "--model",
-        path,
-        "--ids-json",
-        tmp_path / "ids.json",
-        "--sites",
-        "logits",
-        "--out",
-        tmp_path / "x.safetensors",
-        check=False,
-    )
-    assert proc.returncode != 0
-    return proc.stderr
-
-
 @pytest.mark.parametrize(
     "kind, missing",
     [
@@ -375,7 +357,7 @@ def _load_error(cli, tmp_path, path):
 def test_missing_tensor_is_named_as_llama_cpp_names_it(cli, tmp_path, kind, missing):
     path = tmp_path / f"{kind}.gguf"
     write_family_gguf(path, gguf_variant(kind, 1), kind, Q.F32, seed=1, drop=(missing,))
-    stderr = _load_error(cli, tmp_path, path)
+    stderr = load_error(cli, tmp_path, path)
     assert path.name in stderr and missing in stderr, stderr
 
 
@@ -391,7 +373,7 @@ def test_missing_tensor_is_named_as_llama_cpp_names_it(cli, tmp_path, kind, miss
 def test_missing_metadata_key_is_named(cli, tmp_path, kind, key):
     path = tmp_path / f"{kind}.gguf"
     write_family_gguf(path, gguf_variant(kind, 1), kind, Q.F32, seed=1, skip_keys=(key,))
-    stderr = _load_error(cli, tmp_path, path)
+    stderr = load_error(cli, tmp_path, path)
     assert path.name in stderr and f"{ARCH[kind]}.{key}" in stderr, stderr
 
 
@@ -406,7 +388,7 @@ def test_phi3_longrope_factors_are_refused_by_name(cli, tmp_path):
         seed=1,
         extra_tensors={"rope_factors_long.weight": factors, "rope_factors_short.weight": factors},
     )
-    stderr = _load_error(cli, tmp_path, path)
+    stderr = load_error(cli, tmp_path, path)
     assert path.name in stderr and "rope_factors_long.weight" in stderr and "longrope" in stderr, stderr
 
 
@@ -419,7 +401,7 @@ def test_unsupported_architecture_lists_the_supported_ones(cli, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    stderr = _load_error(cli, tmp_path, path)
+    stderr = load_error(cli, tmp_path, path)
     assert '"mamba" is not supported' in stderr, stderr
     for arch in sorted(set(ARCH.values())):
         assert arch in stderr, stderr
