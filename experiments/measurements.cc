@@ -91,6 +91,23 @@ absl::StatusOr<std::vector<result::SiteStats>> ActivationStatsCollector::Finish(
   });
 }
 
+std::vector<ActivationStatsCollector::PerSequence> ActivationStatsCollector::PerSequenceStats() const {
+  std::vector<PerSequence> out;
+  for (const PerSite& s : sites_) {
+    std::vector<at::Tensor> max_abs, mean_abs;
+    for (size_t batch = 0; batch < s.top_values.size(); ++batch) {
+      max_abs.push_back(s.top_values[batch].select(1, 0).to(at::kCPU, at::kDouble));
+      mean_abs.push_back(s.means[batch].to(at::kCPU, at::kDouble));
+    }
+    if (max_abs.empty()) {
+      out.push_back({at::empty({0}, at::kDouble), at::empty({0}, at::kDouble)});
+    } else {
+      out.push_back({at::cat(max_abs), at::cat(mean_abs)});
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<AttentionSinkCollector>> AttentionSinkCollector::Create(const model::ModelConfig& config,
                                                                                        std::vector<int64_t> layers) {
   if (layers.empty()) {
@@ -130,8 +147,8 @@ absl::StatusOr<at::Tensor> AttentionSinkCollector::Finish() const {
 }
 
 CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions,
-                                   int64_t max_windows)
-    : positions_(std::move(positions)), max_windows_(max_windows) {
+                                   int64_t max_windows, std::vector<int64_t> sequence_windows)
+    : positions_(std::move(positions)), max_windows_(max_windows), sequence_windows_(std::move(sequence_windows)) {
   for (const model::SiteId& s : sites) {
     PerSite p;
     p.site = s;
@@ -141,7 +158,8 @@ CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector
 
 absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<model::SiteId> sites,
                                                                            std::vector<int64_t> positions,
-                                                                           int64_t max_windows) {
+                                                                           int64_t max_windows,
+                                                                           std::vector<int64_t> sequence_windows) {
   if (sites.empty()) return absl::InvalidArgumentError("capture: no sites given");
   if (max_windows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("capture: max_windows must be >= 1, got ", max_windows));
@@ -149,7 +167,8 @@ absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::
   for (int64_t p : positions) {
     if (p < 0) return absl::InvalidArgumentError(absl::StrCat("capture: position ", p, " is negative"));
   }
-  return std::unique_ptr<CaptureCollector>(new CaptureCollector(std::move(sites), std::move(positions), max_windows));
+  return std::unique_ptr<CaptureCollector>(
+      new CaptureCollector(std::move(sites), std::move(positions), max_windows, std::move(sequence_windows)));
 }
 
 int64_t CaptureCollector::ExpectedBytes(const model::ModelConfig& c, int64_t n_windows, int64_t seq) const {
@@ -191,12 +210,11 @@ void CaptureCollector::Attach(model::RunPlan& plan) {
 }
 
 void CaptureCollector::Observe(PerSite& s, const at::Tensor& x) {
-  const int64_t remaining = max_windows_ - static_cast<int64_t>(s.windows.size());
   // Positions run along dim 1, the queries of attn_pattern [b, heads, q, k] along dim 2.
-  const int64_t position_dim = s.site.kind == model::SiteKind::kAttnPattern ? 2 : 1;
+  const bool pattern = s.site.kind == model::SiteKind::kAttnPattern;
+  const int64_t position_dim = pattern ? 2 : 1;
   const int64_t seq = x.size(position_dim);
-  if (remaining <= 0 || (s.length >= 0 && seq != s.length)) return;
-  if (s.length < 0) {
+  if (s.length < 0) {  // the first batch holds the longest windows
     s.length = seq;
     if (positions_.empty()) {
       for (int64_t p = 0; p < seq; ++p) s.positions.push_back(p);
@@ -206,10 +224,50 @@ void CaptureCollector::Observe(PerSite& s, const at::Tensor& x) {
       }
     }
   }
-  at::Tensor index = at::tensor(s.positions, at::kLong).to(x.device());
-  at::Tensor taken = x.detach().narrow(0, 0, std::min(remaining, x.size(0))).index_select(position_dim, index);
-  taken = taken.to(at::kCPU, at::kFloat).contiguous();
-  for (int64_t i = 0; i < taken.size(0); ++i) s.windows.push_back(taken.narrow(0, i, 1));
+  const int64_t first = s.n_seen;
+  s.n_seen += x.size(0);
+  std::vector<int64_t> rows, windows;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const int64_t sequence = first + i;
+    const int64_t window =
+        sequence < static_cast<int64_t>(sequence_windows_.size()) ? sequence_windows_[sequence] : sequence;
+    if (window < max_windows_) {
+      rows.push_back(i);
+      windows.push_back(window);
+    }
+  }
+  if (rows.empty() || s.positions.empty()) return;
+  // The taken positions that this window has; the others stay zero.
+  std::vector<int64_t> present, slots;
+  for (size_t j = 0; j < s.positions.size(); ++j) {
+    if (s.positions[j] < seq) {
+      present.push_back(s.positions[j]);
+      slots.push_back(static_cast<int64_t>(j));
+    }
+  }
+  at::Tensor taken = x.detach()
+                         .index_select(0, at::tensor(rows, at::kLong).to(x.device()))
+                         .index_select(position_dim, at::tensor(present, at::kLong).to(x.device()))
+                         .to(at::kCPU, at::kFloat);
+  if (seq != s.length) {
+    std::vector<int64_t> shape = taken.sizes().vec();
+    shape[position_dim] = static_cast<int64_t>(s.positions.size());
+    at::Tensor keys = taken;
+    if (pattern) {
+      // Keys [0, seq) keep their place, an attention-bias slot (key seq) moves to the end.
+      const int64_t extra = x.size(3) - seq;
+      shape[3] = s.length + extra;
+      keys = at::zeros({taken.size(0), taken.size(1), taken.size(2), shape[3]}, taken.options());
+      keys.narrow(3, 0, seq).copy_(taken.narrow(3, 0, seq));
+      if (extra > 0) keys.narrow(3, s.length, extra).copy_(taken.narrow(3, seq, extra));
+    }
+    taken = at::zeros(shape, taken.options()).index_copy_(position_dim, at::tensor(slots, at::kLong), keys);
+  }
+  taken = taken.contiguous();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    s.windows[windows[i]] = taken.narrow(0, static_cast<int64_t>(i), 1);
+    s.lengths[windows[i]] = seq;
+  }
 }
 
 absl::StatusOr<std::vector<result::Tensor>> CaptureCollector::Finish() const {
@@ -225,7 +283,16 @@ absl::StatusOr<std::vector<result::Tensor>> CaptureCollector::Finish() const {
         out.push_back(std::move(t));
         continue;
       }
-      at::Tensor all = at::cat(s.windows, 0).contiguous();  // [windows, ...]
+      std::vector<at::Tensor> parts;
+      bool ragged = false;
+      for (const auto& [window, tensor] : s.windows) {
+        parts.push_back(tensor);
+        ragged |= s.lengths.at(window) != s.length;
+      }
+      if (ragged) {
+        for (const auto& [window, length] : s.lengths) t.lengths.push_back(length);
+      }
+      at::Tensor all = at::cat(parts, 0).contiguous();  // [windows, ...] in window order
       t.shape = all.sizes().vec();
       // Little-endian float32 on every host lesion builds for.
       t.data.assign(static_cast<const char*>(all.data_ptr()), all.nbytes());

@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -41,6 +42,13 @@ class ActivationStatsCollector {
   // Reduces everything seen, one entry per site in the order given (result.h has the fields);
   // FailedPrecondition if no window was observed.
   absl::StatusOr<std::vector<result::SiteStats>> Finish() const;
+
+  // Per site (in Finish's order), per sequence in the order the passes saw them: the largest |x|
+  // and the mean |x|, each [n_sequences] float64 on the CPU. May throw (a torch call).
+  struct PerSequence {
+    at::Tensor max_abs, mean_abs;
+  };
+  std::vector<PerSequence> PerSequenceStats() const;
 
  private:
   struct PerSite {
@@ -87,30 +95,38 @@ class AttentionSinkCollector {
 // [windows, positions, ...] (attn_pattern: [windows, heads, positions, keys]).
 class CaptureCollector {
  public:
-  // InvalidArgument for no sites or max_windows < 1.
+  // `sequence_windows`: the window of each sequence in the order the passes see them
+  // (model::SequenceOrder); the windows captured are the first max_windows of the dataset, in
+  // window order. InvalidArgument for no sites or max_windows < 1.
   static absl::StatusOr<std::unique_ptr<CaptureCollector>> Create(std::vector<model::SiteId> sites,
-                                                                  std::vector<int64_t> positions, int64_t max_windows);
+                                                                  std::vector<int64_t> positions, int64_t max_windows,
+                                                                  std::vector<int64_t> sequence_windows = {});
   CaptureCollector(const CaptureCollector&) = delete;
   CaptureCollector& operator=(const CaptureCollector&) = delete;
 
-  // Bytes the capture holds for `n_windows` windows of `seq` tokens of a model `config`.
+  // Bytes the capture holds for `n_windows` windows of at most `seq` tokens of a model `config`.
   int64_t ExpectedBytes(const model::ModelConfig& config, int64_t n_windows, int64_t seq) const;
 
   void Attach(model::RunPlan& plan);
+  // Windows shorter than the longest captured one are zero-padded (result.proto, Tensor.lengths).
   absl::StatusOr<std::vector<result::Tensor>> Finish() const;
 
  private:
   struct PerSite {
     model::SiteId site;
-    std::vector<at::Tensor> windows;  // [1, ...] float32 on the host, one per captured window
-    std::vector<int64_t> positions;   // the positions taken
-    int64_t length = -1;              // sequence length of the captured windows
+    std::map<int64_t, at::Tensor> windows;  // window -> [1, ...] float32 on the host, padded
+    std::map<int64_t, int64_t> lengths;     // window -> its length
+    std::vector<int64_t> positions;         // the positions taken
+    int64_t length = -1;                    // of the longest window (the first seen)
+    int64_t n_seen = 0;                     // sequences observed
   };
-  CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions, int64_t max_windows);
+  CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions, int64_t max_windows,
+                   std::vector<int64_t> sequence_windows);
   void Observe(PerSite& s, const at::Tensor& x);
 
   std::vector<int64_t> positions_;
   int64_t max_windows_;
+  std::vector<int64_t> sequence_windows_;  // empty: sequence i is window i
   std::vector<PerSite> sites_;
 };
 

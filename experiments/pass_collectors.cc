@@ -67,7 +67,8 @@ absl::StatusOr<std::vector<model::SiteId>> ParseSites(const std::vector<std::str
 
 }  // namespace
 
-absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const spec::Experiment& e) {
+absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const spec::Experiment& e,
+                                              const model::PerplexityResult& layout) {
   const model::ModelConfig& c = model.config();
   PassCollectors out;
   for (const spec::Measurement& m : e.measurements) {
@@ -81,7 +82,8 @@ absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const s
       ASSIGN_OR_RETURN(out.sink, AttentionSinkCollector::Create(c, a->layers));
     } else if (const auto* cap = std::get_if<spec::Capture>(&m)) {
       ASSIGN_OR_RETURN(std::vector<model::SiteId> sites, ParseSites(cap->sites, c.n_layers));
-      ASSIGN_OR_RETURN(auto collector, CaptureCollector::Create(sites, cap->positions, cap->max_windows));
+      ASSIGN_OR_RETURN(auto collector,
+                       CaptureCollector::Create(sites, cap->positions, cap->max_windows, layout.sequence_windows));
       out.captures.push_back(std::move(collector));
     } else if (const auto* massive = std::get_if<spec::MassiveActivations>(&m)) {
       ASSIGN_OR_RETURN(std::vector<model::SiteId> sites, ParseSites(massive->sites, c.n_layers));
@@ -96,7 +98,14 @@ absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const s
     } else if (const auto* norms = std::get_if<spec::NormOutliers>(&m)) {
       out.norm_outliers = *norms;
     } else if (const auto* outputs = std::get_if<spec::TokenOutputs>(&m)) {
-      out.token_outputs = {outputs->top_k, outputs->offset, outputs->max_tokens};
+      out.token_outputs = {outputs->top_k, outputs->offset, outputs->max_tokens, {}};
+      if (layout.prompt_set) {  // its batches run the prompts longest first
+        int64_t first = 0;
+        for (const model::Window& w : layout.windows) {
+          out.token_outputs.window_first_token.push_back(first);
+          first += w.end - w.score_begin;
+        }
+      }
     }
   }
   return out;
@@ -107,6 +116,58 @@ int64_t TokenOutputBytes(const model::TokenOutputOptions& options, int64_t n_tok
   // window, position, target, nll, rank; top_ids and top_probs per entry (as the proto holds them)
   return rows * (8 + 4 + 4 + 8 + 8 + options.top_k * (4 + 8));
 }
+
+namespace {
+
+// The per-prompt rows of a prompt set's pass: next-token numbers from the reducer's per-window
+// sums, activation numbers from the stats collectors.
+absl::Status AddPromptRows(const PassCollectors& p, const model::PerplexityResult& windows,
+                           const model::NextTokenReducer& reducer, int64_t variant, result::Pass& out) {
+  return model::TorchCall("reading per-prompt results", [&]() -> absl::Status {
+    const int64_t n = static_cast<int64_t>(windows.windows.size());
+    const model::PerWindowTensors& w = reducer.per_window();
+    at::Tensor nll, last, kl, next;
+    if (w.nll_sum.defined()) {
+      nll = w.nll_sum[variant].to(at::kCPU);
+      last = w.last_nll[variant].to(at::kCPU);
+      kl = w.kl_sum[variant].to(at::kCPU);
+      next = w.next_token_prob[variant].to(at::kCPU);  // [windows, T]
+    }
+    // Per stats site: [windows] in window order.
+    std::vector<at::Tensor> max_abs, mean_abs;
+    const at::Tensor order = at::tensor(windows.sequence_windows, at::kLong);
+    for (const auto& collector : p.stats) {
+      for (const auto& site : collector->PerSequenceStats()) {
+        max_abs.push_back(at::zeros({n}, at::kDouble).index_copy_(0, order, site.max_abs));
+        mean_abs.push_back(at::zeros({n}, at::kDouble).index_copy_(0, order, site.mean_abs));
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const model::Window& window = windows.windows[i];
+      result::PromptResult row;
+      row.prompt = i;
+      row.n_tokens = window.end - window.score_begin;
+      // With BOS every token of the prompt is predicted; without, all but the first.
+      row.length = window.end - window.begin + (window.score_begin == window.begin ? 1 : 0);
+      if (nll.defined()) {
+        row.mean_nll = nll[i].item<double>() / static_cast<double>(row.n_tokens);
+        row.perplexity = std::exp(row.mean_nll);
+        row.last_token_nll = last[i].item<double>();
+        row.kl_divergence = kl[i].item<double>() / static_cast<double>(row.n_tokens);
+        const at::Tensor probs = next[i].contiguous();
+        row.next_token_probabilities.assign(probs.data_ptr<double>(), probs.data_ptr<double>() + probs.numel());
+      }
+      for (size_t site = 0; site < max_abs.size(); ++site) {
+        row.max_abs.push_back(max_abs[site][i].item<double>());
+        row.mean_abs.push_back(mean_abs[site][i].item<double>());
+      }
+      out.prompts.push_back(std::move(row));
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace
 
 // Reads back what a pass measured. Weight-based parts (super-weight values, norm gammas) read the
 // model as it is now: call with the pass's edits in place.
@@ -195,6 +256,20 @@ absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const model::Tr
     out.has_norm_outliers = true;
     ASSIGN_OR_RETURN(out.norm_outliers, DetectNormOutliers(t, p.norm_outliers->min_z, p.norm_outliers->max_reports));
   }
+  // The collectors number sequences in the order the batches ran them; results name windows.
+  auto window_of = [&](int64_t sequence) {
+    return sequence >= 0 && sequence < static_cast<int64_t>(windows.sequence_windows.size())
+               ? windows.sequence_windows[sequence]
+               : sequence;
+  };
+  for (result::SiteStats& stats : out.activation_stats) {
+    for (result::TopActivation& top : stats.max_top) top.sequence = window_of(top.sequence);
+  }
+  for (result::MassiveActivationReport& report : out.massive_activations) {
+    for (result::MassiveActivation& m : report.top) m.sequence = window_of(m.sequence);
+  }
+  for (result::SuperWeight& w : out.super_weights) w.sequence = window_of(w.sequence);
+  if (windows.prompt_set) RETURN_IF_ERROR(AddPromptRows(p, windows, reducer, variant, out));
   return out;
 }
 

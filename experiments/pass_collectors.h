@@ -60,14 +60,18 @@ struct PassCollectors {
 absl::StatusOr<std::vector<result::TokenProbability>> ResolveTokens(const model::Model& model,
                                                                     const spec::TokenProbabilities& t);
 
-absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const spec::Experiment& e);
+// `layout`: the windows of the run and the order the passes run them in (Prepared::protocol),
+// which captures and per-token outputs need to report the dataset's windows in order.
+absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const spec::Experiment& e,
+                                              const model::PerplexityResult& layout);
 
 // Bytes a pass's per-token outputs hold for `n_tokens` predicted tokens (0 when not asked for).
 int64_t TokenOutputBytes(const model::TokenOutputOptions& options, int64_t n_tokens);
 
 // Reads back what a pass measured; the NLL and token probabilities are `variant`'s sums in
-// `reducer`. Weight-based parts (super-weight values, norm gammas) read the model as it is now:
-// call with the pass's edits in place.
+// `reducer`. Sequence numbers become window numbers (`windows.sequence_windows`); a prompt set's
+// pass gets its per-prompt rows, which need a reducer made with per-window sums. Weight-based parts (super-weight
+// values, norm gammas) read the model as it is now: call with the pass's edits in place.
 absl::StatusOr<result::Pass> FinishPass(const PassCollectors& p, const model::Transformer& t,
                                         const model::PerplexityResult& windows,
                                         std::vector<result::TokenProbability> tokens,

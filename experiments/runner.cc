@@ -20,9 +20,34 @@ using internal::Means;
 using internal::PassCollectors;
 using internal::Prepared;
 
+absl::StatusOr<std::vector<std::vector<int32_t>>> ResolvePrompts(const model::Model& model, const spec::Experiment& e) {
+  std::vector<std::vector<int32_t>> out;
+  for (size_t i = 0; i < e.prompts.size(); ++i) {
+    const spec::Prompt& prompt = e.prompts[i];
+    if (!prompt.token_ids.empty()) {
+      out.push_back(prompt.token_ids);
+      continue;
+    }
+    ASSIGN_OR_RETURN(const model::Tokenizer* tokenizer, model.RequireTokenizer());
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(prompt.text));
+    if (ids.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dataset.prompts[", i, "]: ", QuoteForError(prompt.text), " encodes to no token"));
+    }
+    out.push_back(std::move(ids));
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<int32_t>> ResolveDataset(const model::Model& model, const spec::Experiment& e,
                                                     const std::filesystem::path& data_dir) {
   if (!e.token_ids.empty()) return e.token_ids;
+  if (!e.prompts.empty()) {
+    ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> prompts, ResolvePrompts(model, e));
+    std::vector<int32_t> ids;
+    for (const auto& prompt : prompts) ids.insert(ids.end(), prompt.begin(), prompt.end());
+    return ids;
+  }
   std::string text = e.text;
   if (!e.named_dataset.empty()) {
     std::filesystem::path file;
@@ -68,8 +93,12 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
   std::vector<int32_t> token_ids;
   for (const auto& tp : prepared.tokens) token_ids.push_back(tp.token_id);
   RETURN_IF_ERROR(model::TorchCall("next-token reducers", [&] {
-    base.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device(), 1, base.token_outputs);
-    inter.next_token = std::make_unique<model::NextTokenReducer>(token_ids, t.device(), 1, inter.token_outputs);
+    // A prompt set keeps its sums per prompt too, for the per-prompt rows.
+    const int64_t per_window = prepared.protocol.prompt_set ? prepared.protocol.n_windows : 0;
+    base.next_token =
+        std::make_unique<model::NextTokenReducer>(token_ids, t.device(), 1, base.token_outputs, per_window);
+    inter.next_token =
+        std::make_unique<model::NextTokenReducer>(token_ids, t.device(), 1, inter.token_outputs, per_window);
   }));
 
   const int64_t n_batches = static_cast<int64_t>(batches.size());

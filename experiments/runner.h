@@ -64,9 +64,15 @@ absl::StatusOr<result::Experiment> RunExperiment(const model::Model& model, cons
 absl::Status ValidateExperiment(const model::Model& model, const spec::Experiment& experiment,
                                 const std::filesystem::path& data_dir, const RunLimits& limits = {});
 
-// The token ids of the spec's dataset (text tokenized, named datasets read from `data_dir`).
+// The token ids of the spec's dataset (text tokenized, named datasets read from `data_dir`, a
+// prompt set's prompts one after another).
 absl::StatusOr<std::vector<int32_t>> ResolveDataset(const model::Model& model, const spec::Experiment& experiment,
                                                     const std::filesystem::path& data_dir);
+
+// A prompt set's prompts as token ids, one list per prompt. InvalidArgument for a text that
+// encodes to no token.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ResolvePrompts(const model::Model& model,
+                                                                 const spec::Experiment& experiment);
 
 }  // namespace lesion::experiments
 

@@ -4,6 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -306,7 +307,16 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
                                  const std::filesystem::path& data_dir, const RunLimits& limits) {
   const model::ModelConfig& c = model.config();
   Prepared p;
-  ASSIGN_OR_RETURN(p.ids, ResolveDataset(model, e, data_dir));
+  std::vector<int64_t> prompt_lengths;
+  if (!e.prompts.empty()) {
+    ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> prompts, ResolvePrompts(model, e));
+    for (const auto& prompt : prompts) {
+      p.ids.insert(p.ids.end(), prompt.begin(), prompt.end());
+      prompt_lengths.push_back(static_cast<int64_t>(prompt.size()));
+    }
+  } else {
+    ASSIGN_OR_RETURN(p.ids, ResolveDataset(model, e, data_dir));
+  }
   if (static_cast<int64_t>(p.ids.size()) > limits.max_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("dataset: ", p.ids.size(), " tokens exceed the limit of ",
                                                    limits.max_tokens, " tokens per experiment"));
@@ -320,6 +330,13 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
   }
   p.options = EvalOptions(c, e);
   model::PerplexityOptions& options = p.options;
+  if (!prompt_lengths.empty()) {
+    // A prompt set's windows are its prompts: by default as long as the longest one.
+    if (e.seq_len == 0) {
+      options.seq_len = *std::max_element(prompt_lengths.begin(), prompt_lengths.end()) + (options.add_bos ? 1 : 0);
+    }
+    options.prompt_lengths = std::move(prompt_lengths);
+  }
   if (options.add_bos && !model.bos_id().has_value()) {
     return absl::FailedPreconditionError("eval.add_bos: the model defines no BOS token");
   }
@@ -333,6 +350,8 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
   p.protocol.n_windows = static_cast<int64_t>(windows.size());
   p.protocol.protocol = model::DescribeProtocol(options);
   for (const model::Window& w : windows) p.protocol.n_tokens += w.end - w.score_begin;
+  p.protocol.sequence_windows = model::SequenceOrder(windows);
+  p.protocol.prompt_set = !options.prompt_lengths.empty();
 
   for (const spec::Measurement& m : e.measurements) {
     if (const auto* tp = std::get_if<spec::TokenProbabilities>(&m)) {
@@ -344,8 +363,10 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
   // A sweep's variant keeps both passes, even a control variant without interventions, so that it
   // reads like its siblings and equals itself run alone.
   p.observational = e.interventions.empty() && !e.has_sweep && e.variant_name.empty();
-  // The longest window: the first (every window but the last has its length).
-  p.window_tokens = windows.front().end - windows.front().begin + (options.add_bos ? 1 : 0);
+  // The longest window: the first the batches run.
+  const model::Window& longest = windows[p.protocol.sequence_windows.front()];
+  p.window_tokens = longest.end - longest.begin + (options.add_bos ? 1 : 0);
+  p.protocol.windows = std::move(windows);
   RETURN_IF_ERROR(CheckInterventionValues(model.transformer().dtype(), e.interventions));
   RETURN_IF_ERROR(CheckEditPositions(e.interventions, p.window_tokens));
   {
@@ -353,8 +374,8 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
     RETURN_IF_ERROR(AddActivationInterventions(c, e.interventions, options.seq_len, nullptr, dry_run));
   }
   RETURN_IF_ERROR(CheckWeightEdits(model.transformer(), e.interventions));
-  ASSIGN_OR_RETURN(p.base, MakeCollectors(model, e));
-  ASSIGN_OR_RETURN(p.inter, MakeCollectors(model, e));
+  ASSIGN_OR_RETURN(p.base, MakeCollectors(model, e, p.protocol));
+  ASSIGN_OR_RETURN(p.inter, MakeCollectors(model, e, p.protocol));
   const int64_t passes = p.observational ? 1 : 2;
   int64_t bytes = 0;
   for (const auto& cap : p.base.captures)

@@ -191,12 +191,13 @@ absl::StatusOr<std::unique_ptr<model::RunPlan>> GroupPlan(const model::Transform
 // A variant's own plan (its activation-level interventions, then its measurements' observers) and
 // its weight edits as corrections. `means`: the dataset means of MEAN modes, or null.
 absl::StatusOr<VariantState> MakeVariantState(const model::Model& model, const spec::Experiment& parent,
-                                              const spec::Experiment& variant, int64_t index, int64_t seq_len,
+                                              const spec::Experiment& variant, int64_t index,
+                                              const model::PerplexityResult& layout, int64_t seq_len,
                                               const internal::Means* means) {
   const model::ModelConfig& c = model.config();
   VariantState s;
   s.index = index;
-  ASSIGN_OR_RETURN(s.collectors, internal::MakeCollectors(model, parent));
+  ASSIGN_OR_RETURN(s.collectors, internal::MakeCollectors(model, parent, layout));
   s.plan = std::make_unique<model::RunPlan>(c.n_layers);
   RETURN_IF_ERROR(internal::AddActivationInterventions(c, variant.interventions, seq_len, means, *s.plan));
   s.collectors.Attach(*s.plan);
@@ -436,8 +437,8 @@ class SweepRun {
   absl::StatusOr<result::Experiment> Run() {
     const auto start_time = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(model::TorchCall("sweep reducers", [&] {
-      prepared_.base.next_token =
-          std::make_unique<model::NextTokenReducer>(token_ids_, t_.device(), 1, prepared_.base.token_outputs);
+      prepared_.base.next_token = std::make_unique<model::NextTokenReducer>(
+          token_ids_, t_.device(), 1, prepared_.base.token_outputs, PerWindowCount());
     }));
     parent_result_.has_sweep = true;
     for (int64_t g : run_groups_) {  // the largest pass this run made
@@ -467,6 +468,9 @@ class SweepRun {
 
   // The means' baseline pass, then per round and window batch one baseline pass (unless every
   // group of the round starts at the embedding and nothing else needs it) and one pass per group.
+  // Windows whose sums the reducers keep apart: a prompt set's, for its per-prompt rows.
+  int64_t PerWindowCount() const { return prepared_.protocol.prompt_set ? prepared_.protocol.n_windows : 0; }
+
   int64_t PlannedPasses() const {
     int64_t planned = needs_means_ ? n_batches() : 0;
     for (size_t r = 0; r < rounds_.size(); ++r) {
@@ -536,13 +540,14 @@ class SweepRun {
                               static_cast<int64_t>(round.states.size() + plan_.groups[g].size())});
       for (int64_t index : plan_.groups[g]) {
         ASSIGN_OR_RETURN(VariantState state,
-                         MakeVariantState(model_, parent_, variants_[index], index, prepared_.options.seq_len,
-                                          needs_means_ ? &means_ : nullptr));
+                         MakeVariantState(model_, parent_, variants_[index], index, prepared_.protocol,
+                                          prepared_.options.seq_len, needs_means_ ? &means_ : nullptr));
         round.states.push_back(std::move(state));
       }
     }
-    round.reducer = std::make_unique<model::NextTokenReducer>(
-        token_ids_, t_.device(), static_cast<int64_t>(round.states.size()), prepared_.base.token_outputs);
+    round.reducer =
+        std::make_unique<model::NextTokenReducer>(token_ids_, t_.device(), static_cast<int64_t>(round.states.size()),
+                                                  prepared_.base.token_outputs, PerWindowCount());
     return absl::OkStatus();
   }
 

@@ -12,6 +12,9 @@
 //    mean loss by trg_len - 1, an approximation; lesion sums exact per-token NLLs.)
 //  * add_bos: every window is prefixed with BOS and holds seq_len - 1 text tokens, all of which
 //    (from prev_end on, with a stride) are scored.
+//  * a prompt set (prompt_lengths given): the ids are the prompts one after another, and each
+//    prompt is one window that predicts all its tokens but the first (with add_bos: all of them).
+//    No stride; every prompt must fit in seq_len and predict at least one token.
 //
 // Thread-compatible; runs on the model's device.
 #ifndef LESION_MODEL_PERPLEXITY_H_
@@ -34,8 +37,9 @@ struct PerplexityOptions {
   int64_t seq_len = 512;
   std::optional<int64_t> stride;  // < seq_len for the sliding protocol
   bool add_bos = false;
-  int64_t batch_size = 8;              // windows per forward pass
-  std::optional<int64_t> max_windows;  // evaluate only the first N windows
+  int64_t batch_size = 8;               // windows per forward pass
+  std::optional<int64_t> max_windows;   // evaluate only the first N windows
+  std::vector<int64_t> prompt_lengths;  // a prompt set: the tokens of each prompt, in order
 };
 
 // One window: text positions [begin, end), of which [score_begin, end) are predicted.
@@ -51,6 +55,11 @@ struct PerplexityResult {
   int64_t n_tokens = 0;  // predicted tokens
   int64_t n_windows = 0;
   std::string protocol;  // e.g. "non-overlapping windows of 512, no BOS"
+  // Filled by the experiment runner for what every pass shares: the windows as planned, and the
+  // window of each sequence in the order the batches run them (SequenceOrder).
+  std::vector<Window> windows;
+  std::vector<int64_t> sequence_windows;
+  bool prompt_set = false;
 };
 
 // The windows of the protocol for a text of `n_ids` tokens. InvalidArgument for seq_len < 2
@@ -60,8 +69,13 @@ absl::StatusOr<std::vector<Window>> PlanWindows(int64_t n_ids, const PerplexityO
 
 std::string DescribeProtocol(const PerplexityOptions& options);
 
-// Windows cut into forward-pass batches: windows of equal length share a batch (in both protocols
-// only the last window can be shorter), in PlanWindows order within a length.
+// The order in which MakeWindowBatches runs `windows`: longest first, in PlanWindows order within
+// a length. Element i is the window of the i-th sequence the forward passes see.
+std::vector<int64_t> SequenceOrder(absl::Span<const Window> windows);
+
+// Windows cut into forward-pass batches: windows of equal length share a batch, longest first (in
+// the text protocols only the last window can be shorter), in PlanWindows order within a length.
+// Equal lengths mean no padding, so every window computes exactly what it would alone.
 struct WindowBatch {
   at::Tensor input;                     // [b, n] int64 on the device (n = window length + BOS)
   at::Tensor score_mask;                // [b, n - 1] bool on the device: position p + 1 is predicted
@@ -89,6 +103,17 @@ struct TokenOutputOptions {
   int64_t top_k = 0;
   int64_t offset = 0;
   int64_t max_tokens = 0;  // 0: not asked for
+  // The number of each window's first predicted token, in window order. Needed when the batches
+  // do not run the windows in order (a prompt set of unequal lengths); empty: they do.
+  std::vector<int64_t> window_first_token;
+};
+
+// Per-window sums, kept when asked for (a prompt set's per-prompt rows): [variants, windows].
+struct PerWindowTensors {
+  at::Tensor nll_sum;          // float64: NLL summed over the window's predicted tokens
+  at::Tensor last_nll;         // float64: NLL of the window's last token
+  at::Tensor kl_sum;           // float64: KL summed over the predicted tokens (zeros without a reference)
+  at::Tensor next_token_prob;  // [variants, windows, T] float64: p(token | the whole window)
 };
 
 // What the reducer kept of one variant, on the CPU; rows in window order.
@@ -106,8 +131,9 @@ struct TokenOutputTensors {
 class NextTokenReducer {
  public:
   // `token_ids`: tokens whose probability is summed (may be empty). `n_variants` >= 1.
+  // `n_windows` > 0 keeps per-window sums (per_window()) for that many windows.
   NextTokenReducer(const std::vector<int32_t>& token_ids, at::Device device, int64_t n_variants = 1,
-                   TokenOutputOptions token_outputs = {});
+                   TokenOutputOptions token_outputs = {}, int64_t n_windows = 0);
 
   // Adds `logits` [g * b, n, vocab]: the logits of g variants on `batch` (b windows each, variant
   // after variant), counted as variants first_variant .. first_variant + g - 1. With `reference`
@@ -120,6 +146,8 @@ class NextTokenReducer {
   const at::Tensor& kl_sum() const { return kl_sum_; }                  // [variants] float64
   // The per-token outputs of `variant` (empty tensors unless TokenOutputOptions asked for them).
   TokenOutputTensors token_outputs(int64_t variant) const;
+  // Undefined tensors unless the constructor was given n_windows.
+  const PerWindowTensors& per_window() const { return per_window_; }
 
  private:
   // Keeps the rows of variants first_variant.. of `logits` that fall in the asked range.
@@ -128,10 +156,11 @@ class NextTokenReducer {
 
   at::Tensor token_ids_;  // [T] int64 on the device, undefined when T = 0
   at::Tensor nll_sum_, token_prob_sum_, kl_sum_;
+  PerWindowTensors per_window_;
   TokenOutputOptions outputs_;
   struct KeptRows {
     int64_t seen = 0;  // predicted tokens so far
-    std::vector<at::Tensor> window, position, target, nll, rank, top_ids, top_probs;
+    std::vector<at::Tensor> index, window, position, target, nll, rank, top_ids, top_probs;
   };
   std::vector<KeptRows> kept_;  // per variant, when outputs_ asks for them
 };

@@ -54,6 +54,7 @@ struct Tensor {
   std::string dtype;  // "float32"
   std::string data;   // little-endian bytes
   std::vector<int64_t> positions;
+  std::vector<int64_t> lengths;  // windows of unequal lengths: each one's (result.proto)
 };
 
 struct MassiveActivation {
@@ -112,6 +113,19 @@ struct TokenOutputs {
   std::vector<double> top_probs;  // [rows, top_k]
 };
 
+// One prompt of a prompt set in one pass (result.proto, PromptResult).
+struct PromptResult {
+  int64_t prompt = 0;
+  int64_t length = 0;
+  int64_t n_tokens = 0;
+  double mean_nll = 0;
+  double perplexity = 0;
+  double last_token_nll = 0;
+  std::vector<double> next_token_probabilities;
+  double kl_divergence = 0;
+  std::vector<double> max_abs, mean_abs;
+};
+
 struct Pass {
   bool has_perplexity = false;
   Perplexity perplexity;
@@ -129,6 +143,7 @@ struct Pass {
   std::vector<AttentionOutlierKey> attention_outliers;
   bool has_token_outputs = false;
   TokenOutputs token_outputs;
+  std::vector<PromptResult> prompts;
 };
 
 struct RunInfo {

@@ -56,6 +56,7 @@ void Fill(const Pass& p, v1::PassResult& out) {
     o->set_dtype(t.dtype);
     o->set_data(t.data);
     for (int64_t q : t.positions) o->add_positions(static_cast<int32_t>(q));
+    for (int64_t n : t.lengths) o->add_lengths(static_cast<int32_t>(n));
   }
   for (const MassiveActivationReport& r : p.massive_activations) {
     v1::MassiveActivationReport* o = out.add_massive_activations();
@@ -113,6 +114,19 @@ void Fill(const Pass& p, v1::PassResult& out) {
     o->mutable_top_ids()->Add(t.top_ids.begin(), t.top_ids.end());
     o->mutable_top_probs()->Add(t.top_probs.begin(), t.top_probs.end());
   }
+  for (const PromptResult& r : p.prompts) {
+    v1::PromptResult* o = out.add_prompts();
+    o->set_prompt(r.prompt);
+    o->set_length(static_cast<int32_t>(r.length));
+    o->set_n_tokens(r.n_tokens);
+    o->set_mean_nll(r.mean_nll);
+    o->set_perplexity(r.perplexity);
+    o->set_last_token_nll(r.last_token_nll);
+    o->mutable_next_token_probabilities()->Add(r.next_token_probabilities.begin(), r.next_token_probabilities.end());
+    o->set_kl_divergence(r.kl_divergence);
+    o->mutable_max_abs()->Add(r.max_abs.begin(), r.max_abs.end());
+    o->mutable_mean_abs()->Add(r.mean_abs.begin(), r.mean_abs.end());
+  }
 }
 
 void AddMetric(v1::ExperimentResult& out, std::string name, double baseline, double value) {
@@ -150,7 +164,8 @@ Pass FromProto(const v1::PassResult& in) {
                           {t.shape().begin(), t.shape().end()},
                           t.dtype(),
                           t.data(),
-                          {t.positions().begin(), t.positions().end()}});
+                          {t.positions().begin(), t.positions().end()},
+                          {t.lengths().begin(), t.lengths().end()}});
   }
   for (const auto& r : in.massive_activations()) {
     MassiveActivationReport out{r.site(), r.count(), {}};
@@ -180,6 +195,18 @@ Pass FromProto(const v1::PassResult& in) {
                        {t.rank().begin(), t.rank().end()},
                        {t.top_ids().begin(), t.top_ids().end()},
                        {t.top_probs().begin(), t.top_probs().end()}};
+  }
+  for (const auto& r : in.prompts()) {
+    p.prompts.push_back({r.prompt(),
+                         r.length(),
+                         r.n_tokens(),
+                         r.mean_nll(),
+                         r.perplexity(),
+                         r.last_token_nll(),
+                         {r.next_token_probabilities().begin(), r.next_token_probabilities().end()},
+                         r.kl_divergence(),
+                         {r.max_abs().begin(), r.max_abs().end()},
+                         {r.mean_abs().begin(), r.mean_abs().end()}});
   }
   return p;
 }

@@ -338,12 +338,40 @@ absl::StatusOr<Experiment> FromProto(lesion::v1::ExperimentSpec proto) {
     case lesion::v1::Dataset::kNamed:
       e.named_dataset = proto.dataset().named();
       break;
+    case lesion::v1::Dataset::kPrompts: {
+      const auto& prompts = proto.dataset().prompts().prompts();
+      if (prompts.empty()) return Bad("dataset.prompts", "give at least one prompt");
+      if (prompts.size() > kMaxPrompts) {
+        return Bad("dataset.prompts", absl::StrCat(prompts.size(), " prompts, more than the limit of ", kMaxPrompts));
+      }
+      for (int i = 0; i < prompts.size(); ++i) {
+        const std::string where = absl::StrCat("dataset.prompts.prompts[", i, "]");
+        Prompt prompt;
+        switch (prompts[i].source_case()) {
+          case lesion::v1::Dataset::Prompt::kText:
+            if (prompts[i].text().empty()) return Bad(where, "text is empty");
+            prompt.text = prompts[i].text();
+            break;
+          case lesion::v1::Dataset::Prompt::kTokenIds:
+            if (prompts[i].token_ids().ids().empty()) return Bad(where, "token_ids is empty");
+            prompt.token_ids = ToVector<int32_t>(prompts[i].token_ids().ids());
+            break;
+          case lesion::v1::Dataset::Prompt::SOURCE_NOT_SET:
+            return Bad(where, "give text or token_ids");
+        }
+        e.prompts.push_back(std::move(prompt));
+      }
+      break;
+    }
     case lesion::v1::Dataset::SOURCE_NOT_SET:
-      return Bad("dataset", "give one of text, token_ids or named");
+      return Bad("dataset", "give one of text, token_ids, named or prompts");
   }
   const auto& eval = proto.eval();
   if (eval.seq_len() < 0 || eval.stride() < 0 || eval.max_windows() < 0 || eval.batch_size() < 0) {
     return Bad("eval", "seq_len, stride, max_windows and batch_size must not be negative");
+  }
+  if (!e.prompts.empty() && eval.stride() != 0) {
+    return Bad("eval.stride", "a prompt set is one window per prompt: leave stride 0");
   }
   e.seq_len = eval.seq_len();
   e.stride = eval.stride();

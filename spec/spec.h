@@ -102,14 +102,21 @@ inline constexpr int64_t kMaxTokenOutputsTokens = 65536;
 using Measurement = std::variant<Perplexity, ActivationStats, AttentionSink, TokenProbabilities, KlDivergence, Capture,
                                  MassiveActivations, SuperWeights, NormOutliers, AttentionOutliers, TokenOutputs>;
 
+// One prompt of a prompt set: text (tokenized by the model's tokenizer) or token ids.
+struct Prompt {
+  std::string text;
+  std::vector<int32_t> token_ids;
+};
+
 struct Experiment {
   std::string name;
   std::vector<std::string> tags;
   std::string model;
-  // Exactly one of: text, token ids, a named dataset.
+  // Exactly one of: text, token ids, a named dataset, a prompt set.
   std::string text;
   std::vector<int32_t> token_ids;
   std::string named_dataset;
+  std::vector<Prompt> prompts;
   int64_t seq_len = 0;  // 0: default
   int64_t stride = 0;
   int64_t max_windows = 0;
@@ -135,6 +142,8 @@ struct Experiment {
 inline constexpr size_t kMaxNameBytes = 256;
 inline constexpr int kMaxTags = 64;
 inline constexpr size_t kMaxTagBytes = 128;
+// Prompts of a prompt set (each one is a window, with a row per pass in the result).
+inline constexpr int kMaxPrompts = 16384;
 // The numbers of interventions (factor, value, attention-bias key and value, swept values) must be
 // finite and at most this in magnitude: the forward pass computes in float32 (or narrower), where
 // larger numbers overflow once multiplied and summed, and the run would end with a NaN perplexity.
