@@ -4,7 +4,9 @@ Build specs from the builders (``Experiment``, interventions such as ``HeadAblat
 such as ``Perplexity``, ``Sweep`` of axes), run them on a server (``Client``, or ``Client.local`` for
 a private one), and read the ``Result`` as numbers, DataFrames and arrays; ``lesion.plots`` draws the
 outlier papers' figures; ``lesion.patching.causal_trace`` runs causal tracing (activation patching);
-``Client.generate`` continues a prompt with and without interventions (a ``Generation``).
+``Client.generate`` continues a prompt with and without interventions (a ``Generation``);
+``Dataset.prompts`` evaluates a prompt set with a row per prompt (``Result.prompts``), and
+``Client.cache`` returns a prompt set's activations by site (an ``ActivationCache``).
 docs/python-api.md lists every call.
 
     import lesion
@@ -21,6 +23,7 @@ docs/python-api.md lists every call.
 """
 
 from . import patching
+from .cache import ActivationCache
 from .client import Client, ExperimentFailed, ExperimentRecord, Handle
 from .errors import InvalidArgument, LesionError, NotFound, PermissionDenied, Unauthenticated
 from .generation import Generation, TokenEvent
@@ -72,6 +75,7 @@ def __getattr__(name):  # lesion.plots without importing matplotlib up front
 __all__ = [
     "__version__",
     "patching",
+    "ActivationCache",
     "Client",
     "Handle",
     "ExperimentRecord",

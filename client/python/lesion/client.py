@@ -541,6 +541,23 @@ class Client:
             generation = item
         return generation
 
+    # -- activation cache
+    def cache(self, model, prompts, sites, positions=None, interventions=(), add_bos=False, timeout=None):
+        """TransformerLens's ``run_with_cache`` for a prompt set: the activations at ``sites`` (site
+        names or patterns such as "blocks.*.resid_post") of every prompt (text, or a list of token
+        ids; a single string is one prompt) as an ``ActivationCache`` {site: array [prompts,
+        positions, ...]}, zero-padded past each prompt's length (``cache.lengths``,
+        ``cache.prompt(i)``). ``positions``: only these positions (None: all). With
+        ``interventions`` the cache is of the intervened model (``cache.result`` has both passes).
+        One experiment, recorded like any other; its captures count against the server's
+        capture-bytes limit, which refuses a cache too large with InvalidArgument before any work
+        (ask for fewer sites, positions or prompts)."""
+        from .cache import ActivationCache, cache_experiment
+
+        spec = cache_experiment(model, prompts, sites, positions=positions, interventions=interventions, add_bos=add_bos)
+        result = self.run(spec, progress=False, timeout=timeout)
+        return ActivationCache(result, "intervened" if interventions else "baseline")
+
     def handle(self, id) -> Handle:
         """A Handle of an experiment submitted earlier (by anyone), to wait for or cancel."""
         return Handle(self, self.get(id, include_captures=False))

@@ -96,6 +96,27 @@ def _measurement_kinds(spec):
     raise TypeError(f"Result(spec=...): expected an Experiment, an ExperimentSpec or a dict, got {type(spec).__name__}")
 
 
+def _prompt_texts(spec):
+    """A prompt set's prompts as the spec gives them (text, or the ids as a list), or None."""
+    if spec is None:
+        return None
+    if hasattr(spec, "DESCRIPTOR"):
+        if spec.dataset.WhichOneof("source") != "prompts":
+            return None
+        return [
+            p.text if p.WhichOneof("source") == "text" else list(p.token_ids.ids) for p in spec.dataset.prompts.prompts
+        ]
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    if not isinstance(spec, Mapping):
+        return None
+    dataset = spec.get("dataset") or {}
+    prompts = dataset.get("prompts") if isinstance(dataset, Mapping) else None
+    if not isinstance(prompts, Mapping):
+        return None
+    return [p.get("text", (p.get("token_ids") or {}).get("ids")) for p in prompts.get("prompts") or []]
+
+
 def _html_table(title, rows) -> str:
     """A two-column HTML table for Jupyter, every string escaped."""
     body = "".join(
@@ -184,6 +205,7 @@ class Result:
     def __init__(self, raw, spec=None):
         self.raw = raw
         self._kinds = _measurement_kinds(spec)
+        self._prompts = _prompt_texts(spec)
 
     # -- construction / forms
     @classmethod
@@ -505,6 +527,68 @@ class Result:
         mean_probability."""
         rows = [(p, t.token_id, t.token, t.mean_probability) for p in PASSES for t in self._pass(p).token_probabilities]
         return pd.DataFrame(rows, columns=[PASS_COLUMN, "token_id", "token", "mean_probability"])
+
+    def prompts(self, pass_=None) -> pd.DataFrame:
+        """A prompt set's per-prompt rows (``Dataset.prompts``): one row per pass and prompt, in
+        prompt order. Columns: pass_name, prompt (its index), text (the prompt as the spec gave it,
+        when the result knows its spec), length (input tokens, BOS included), n_tokens (predicted),
+        mean_nll, perplexity, last_token_nll and last_token_prob (of the prompt's last token given
+        the rest: put the answer last), kl_divergence (intervened pass with a ``KLDivergence``
+        measure, else NaN), ``p_next:<token>`` for each ``TokenProbabilities`` token (p(token | the
+        whole prompt), the distribution after it), and ``max_abs:<site>`` / ``mean_abs:<site>`` for
+        each ``ActivationStats`` site. ``pass_``: "baseline" or "intervened" for one pass only.
+        Empty for a dataset that is not a prompt set."""
+        passes = PASSES if pass_ is None else (pass_,)
+        labels = [t.token or str(t.token_id) for t in self.raw.baseline.token_probabilities]
+        sites = [s.site for s in self.raw.baseline.activation_stats]
+        kl_measured = self.measured("kl_divergence")
+        rows = []
+        for p in passes:
+            for r in self._pass(p).prompts:
+                nll = r.last_token_nll
+                row = {
+                    PASS_COLUMN: p,
+                    "prompt": int(r.prompt),
+                    "length": int(r.length),
+                    "n_tokens": int(r.n_tokens),
+                    "mean_nll": r.mean_nll,
+                    "perplexity": r.perplexity,
+                    "last_token_nll": nll,
+                    "last_token_prob": math.exp(-nll),
+                    "kl_divergence": r.kl_divergence if p == "intervened" and kl_measured is not False else _NAN,
+                }
+                if self._prompts is not None and int(r.prompt) < len(self._prompts):
+                    row["text"] = self._prompts[int(r.prompt)]
+                for label, v in zip(labels, r.next_token_probabilities):
+                    row[f"p_next:{label}"] = v
+                for site, mx, mean in zip(sites, r.max_abs, r.mean_abs):
+                    row[f"max_abs:{site}"] = mx
+                    row[f"mean_abs:{site}"] = mean
+                rows.append(row)
+        columns = [PASS_COLUMN, "prompt", "text", "length", "n_tokens", "mean_nll", "perplexity", "last_token_nll"]
+        columns += ["last_token_prob", "kl_divergence"]
+        df = pd.DataFrame(rows)
+        if not len(df):
+            return pd.DataFrame(columns=[c for c in columns if c != "text" or self._prompts is not None])
+        ordered = [c for c in columns if c in df.columns]
+        return df[ordered + [c for c in df.columns if c not in ordered]]
+
+    def prompt_table(self, column="last_token_prob") -> pd.DataFrame:
+        """One ``prompts()`` column side by side: a row per prompt (indexed by prompt, with its
+        text when known) with baseline, intervened, delta and delta_pct. An observational result
+        has the baseline only."""
+        df = self.prompts()
+        if column not in df.columns:
+            raise KeyError(f"prompt_table: no column {column!r}; the prompt rows have {', '.join(df.columns)}")
+        wide = df.pivot(index="prompt", columns=PASS_COLUMN, values=column)
+        wide.columns.name = None
+        if "intervened" in wide.columns:
+            wide["delta"] = wide["intervened"] - wide["baseline"]
+            wide["delta_pct"] = [_delta_pct(b, v) for b, v in zip(wide["baseline"], wide["intervened"])]
+        if "text" in df.columns:
+            texts = df.drop_duplicates("prompt").set_index("prompt")["text"]
+            wide.insert(0, "text", texts)
+        return wide
 
     def token_outputs(self, pass_="baseline", tokenizer=None) -> pd.DataFrame:
         """The TokenOutputs measure of one pass: a row per predicted token of the page, in window

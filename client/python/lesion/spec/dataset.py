@@ -15,7 +15,8 @@ NAMED_DATASETS = ("wikitext-2-raw-test", "tinystories-sample")  # bundled with t
 
 @dataclass(frozen=True)
 class Dataset:
-    """What text to evaluate on: ``Dataset.text(s)``, ``Dataset.token_ids(ids)``, ``Dataset.named(n)``."""
+    """What text to evaluate on: ``Dataset.text(s)``, ``Dataset.token_ids(ids)``, ``Dataset.named(n)``,
+    or a prompt set ``Dataset.prompts([...])``."""
 
     kind: str
     value: Any
@@ -39,10 +40,41 @@ class Dataset:
             raise ValueError(f"Dataset.named: expected a dataset name such as {', '.join(NAMED_DATASETS)}")
         return cls("named", name)
 
+    @classmethod
+    def prompts(cls, prompts: Iterable[str | Iterable[int]]) -> Dataset:
+        """A prompt set: each prompt, a string (tokenized by the server) or a list of token ids, is
+        a window of its own. Prompts of equal length share a forward pass; every number is what
+        the prompt gives alone (and what a padded batch gives on its real tokens). Every pass
+        reports one row per prompt (``Result.prompts``) besides the pooled measurements, and
+        captures, massive activations, super weights and token outputs name the prompt by its
+        index (their ``window``/``sequence``). ``Eval.seq_len`` defaults to the longest prompt;
+        ``Eval.add_bos`` puts BOS before each one. At most 16384 prompts."""
+        if isinstance(prompts, str):
+            raise ValueError("Dataset.prompts: expected a list of prompts, got one string (use [text])")
+        items = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if not p:
+                    raise ValueError(f"Dataset.prompts: prompt {i} is an empty string")
+                items.append(p)
+            else:
+                items.append(tuple(_indices(f"Dataset.prompts[{i}]", p, allow_empty=False)))
+        if not items:
+            raise ValueError("Dataset.prompts: give at least one prompt")
+        return cls("prompts", tuple(items))
+
     def to_dict(self):
         """The spec's ``dataset`` field in proto3 JSON."""
         if self.kind == "token_ids":
             return {"token_ids": {"ids": list(self.value)}}
+        if self.kind == "prompts":
+            return {
+                "prompts": {
+                    "prompts": [
+                        {"text": p} if isinstance(p, str) else {"token_ids": {"ids": list(p)}} for p in self.value
+                    ]
+                }
+            }
         return {self.kind: self.value}
 
 
