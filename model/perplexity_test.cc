@@ -7,6 +7,8 @@
 namespace lesion::model {
 namespace {
 
+using ::lesion::matchers::StatusIs;
+
 int64_t Scored(const std::vector<Window>& windows) {
   int64_t n = 0;
   for (const Window& w : windows) n += w.end - w.score_begin;
@@ -80,6 +82,47 @@ TEST(DescribeProtocol, SaysWhatWasComputed) {
   o.stride = 512;
   o.add_bos = true;
   EXPECT_EQ(DescribeProtocol(o), "sliding windows of 1024 with stride 512, BOS per window");
+}
+
+TEST(PlanWindows, APromptSetIsOneWindowPerPromptInOrder) {
+  PerplexityOptions o;
+  o.seq_len = 6;
+  o.prompt_lengths = {3, 5, 2, 5};
+  auto w = PlanWindows(15, o);
+  ASSERT_OK(w);
+  ASSERT_EQ(w->size(), 4u);
+  EXPECT_EQ((*w)[1].begin, 3);
+  EXPECT_EQ((*w)[1].end, 8);
+  EXPECT_EQ((*w)[1].score_begin, 4);  // every token but the first
+  EXPECT_EQ(Scored(*w), 2 + 4 + 1 + 4);
+  // The batches run the longest first, in prompt order within a length.
+  EXPECT_EQ(SequenceOrder(*w), (std::vector<int64_t>{1, 3, 0, 2}));
+  EXPECT_EQ(DescribeProtocol(o), "prompt set of 4 prompts, no BOS");
+
+  o.add_bos = true;  // BOS makes every token predicted, and counts against seq_len
+  auto bos = PlanWindows(15, o);
+  ASSERT_OK(bos);
+  EXPECT_EQ((*bos)[1].score_begin, 3);
+  EXPECT_EQ(Scored(*bos), 15);
+  o.max_windows = 2;
+  auto first = PlanWindows(15, o);
+  ASSERT_OK(first);
+  EXPECT_EQ(first->size(), 2u);
+  EXPECT_EQ(DescribeProtocol(o), "prompt set of 4 prompts, BOS per prompt, first 2 prompts");
+
+  o.max_windows.reset();
+  o.seq_len = 5;
+  EXPECT_THAT(PlanWindows(15, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, testing::HasSubstr("prompt 1 has 6 tokens with BOS, more "
+                                                                              "than seq_len 5")));
+  o.add_bos = false;
+  o.prompt_lengths = {3, 1};
+  EXPECT_THAT(PlanWindows(4, o).status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                   testing::HasSubstr("prompt 1 has 1 token: it predicts none")));
+  o.prompt_lengths = {3, 2};
+  o.stride = 1;
+  EXPECT_THAT(PlanWindows(5, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, testing::HasSubstr("it takes no stride")));
 }
 
 }  // namespace

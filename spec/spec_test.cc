@@ -411,5 +411,28 @@ TEST(ExperimentSpec, NameAndTagsAreBounded) {
                 {"sweep variant 0 (L0.H0): name:", "is longer than the limit of 256 bytes"}, "variant name");
 }
 
+TEST(ExperimentSpec, PromptSetsTakeTextAndIdsAndRefuseWhatTheyCannotRun) {
+  auto parse = [](const std::string& prompts, const std::string& eval = "{}") {
+    return ParseExperimentJson(R"({"dataset": {"prompts": {"prompts": )" + prompts + R"(}}, "eval": )" + eval +
+                               R"(, "measurements": [{"perplexity": {}}]})");
+  };
+  auto e = parse(R"([{"text": "The capital of France is"}, {"token_ids": {"ids": [1, 2, 3]}}])");
+  ASSERT_OK(e);
+  ASSERT_EQ(e->prompts.size(), 2u);
+  EXPECT_EQ(e->prompts[0].text, "The capital of France is");
+  EXPECT_EQ(e->prompts[1].token_ids, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_TRUE(e->text.empty() && e->token_ids.empty() && e->named_dataset.empty());
+  ExpectInvalid(parse("[]").status(), {"dataset.prompts: give at least one prompt"}, "no prompts");
+  ExpectInvalid(parse(R"([{"text": "a"}, {}])").status(), {"dataset.prompts.prompts[1]: give text or token_ids"},
+                "empty prompt");
+  ExpectInvalid(parse(R"([{"text": ""}])").status(), {"prompts[0]: text is empty"}, "empty text");
+  ExpectInvalid(parse(R"([{"token_ids": {"ids": []}}])").status(), {"prompts[0]: token_ids is empty"}, "no ids");
+  ExpectInvalid(parse(R"([{"text": "a b"}])", R"({"stride": 2})").status(),
+                {"eval.stride: a prompt set is one window per prompt: leave stride 0"}, "stride");
+  std::string many = "[";
+  for (int i = 0; i <= kMaxPrompts; ++i) many += i == 0 ? R"({"text": "a"})" : R"(, {"text": "a"})";
+  ExpectInvalid(parse(many + "]").status(), {"16385 prompts, more than the limit of 16384"}, "too many prompts");
+}
+
 }  // namespace
 }  // namespace lesion::spec

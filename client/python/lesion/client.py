@@ -554,7 +554,9 @@ class Client:
         (ask for fewer sites, positions or prompts)."""
         from .cache import ActivationCache, cache_experiment
 
-        spec = cache_experiment(model, prompts, sites, positions=positions, interventions=interventions, add_bos=add_bos)
+        spec = cache_experiment(
+            model, prompts, sites, positions=positions, interventions=interventions, add_bos=add_bos
+        )
         result = self.run(spec, progress=False, timeout=timeout)
         return ActivationCache(result, "intervened" if interventions else "baseline")
 
