@@ -61,6 +61,24 @@ void AppendTokenOutputs(std::string& out, const v1::ExperimentResult& r) {
   }
 }
 
+// A prompt set's per-prompt rows: the first 16; --json has them all.
+void AppendPrompts(std::string& out, const v1::ExperimentResult& r) {
+  const auto& b = r.baseline().prompts();
+  const auto& i = r.intervened().prompts();
+  if (b.empty()) return;
+  const bool both = !r.observational() && i.size() == b.size();
+  absl::StrAppendFormat(&out, "\nper prompt%s%s:\n", both ? ", baseline -> intervened" : "",
+                        b.size() > 16 ? " (the first 16; --json for all)" : "");
+  absl::StrAppendFormat(&out, "  %6s %6s %12s %14s%s\n", "prompt", "length", "perplexity", "p(last token)",
+                        both ? "   perplexity (I)  p(last token) (I)" : "");
+  for (int k = 0; k < std::min(b.size(), 16); ++k) {
+    absl::StrAppendFormat(&out, "  %6d %6d %12.4f %14.5f", b[k].prompt(), b[k].length(), b[k].perplexity(),
+                          std::exp(-b[k].last_token_nll()));
+    if (both) absl::StrAppendFormat(&out, " %16.4f %18.5f", i[k].perplexity(), std::exp(-i[k].last_token_nll()));
+    out += "\n";
+  }
+}
+
 void AppendSinks(std::string& out, const v1::ExperimentResult& r) {
   if (!r.baseline().has_attention_sink()) return;
   const v1::AttentionSinkScores& b = r.baseline().attention_sink();
@@ -204,6 +222,7 @@ std::string Table(const v1::ExperimentResult& r, const v1::ExperimentSpec& e) {
     absl::StrAppendFormat(&out, "p(%-10s) id %-6d %.5f%s\n", absl::StrCat("\"", t.token(), "\""), t.token_id(),
                           t.mean_probability(), both ? absl::StrFormat(" -> %.5f", after) : "");
   }
+  AppendPrompts(out, r);
   AppendTokenOutputs(out, r);
   AppendStats(out, r);
   AppendSinks(out, r);

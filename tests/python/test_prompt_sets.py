@@ -4,6 +4,9 @@ both passes and in a sweep's variants, on families with learned positions, slidi
 soft-capping; captures of unequal prompts zero-padded in prompt order; per-token outputs and
 detector reports numbered by prompt; and the refusals of what a prompt set cannot take."""
 
+import base64
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,7 +145,7 @@ def test_captures_and_reports_name_prompts_in_order(cli, tmp_path, checkpoint):
     longest = max(len(p) for p in PROMPTS[:5])
     for tensor in base["captures"]:
         site = tensor["name"]
-        got = np.frombuffer(__import__("base64").b64decode(tensor["data"]), "<f4").reshape(
+        got = np.frombuffer(base64.b64decode(tensor["data"]), "<f4").reshape(
             [int(d) for d in tensor["shape"]]
         )
         assert tensor["lengths"] == [len(p) for p in PROMPTS[:5]], site
@@ -194,3 +197,13 @@ def test_what_a_prompt_set_cannot_take_is_refused(cli, tmp_path, checkpoint, cha
     change(s)
     proc = run_spec(cli, tmp_path, checkpoint("llama"), s, check=False)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+def test_the_cli_prints_a_row_per_prompt(cli, tmp_path, checkpoint):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec([{"head_ablation": {"layer": 0, "heads": [1]}}])))
+    out = cli("run", "--local", "--model", checkpoint("llama"), "--spec", path).stdout
+    table = out.split("per prompt, baseline -> intervened:\n")[1].split("\n\n")[0].splitlines()
+    assert table[0].split()[:3] == ["prompt", "length", "perplexity"]
+    assert [int(line.split()[0]) for line in table[1:]] == list(range(len(PROMPTS)))
+    assert [int(line.split()[1]) for line in table[1:]] == [len(p) for p in PROMPTS]
