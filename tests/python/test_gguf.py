@@ -384,3 +384,40 @@ def test_smollm2_detectors_agree_with_transformers(cli, tmp_path, smol_hf, smol_
         assert g["weight"] == pytest.approx(w["weight"], rel=1e-6)
         for k in ("input_spike", "output_spike"):
             assert g[k] == pytest.approx(w[k], rel=2e-5), (k, g, w)
+
+
+@requires_smol
+def test_smollm2_prompt_set_matches_a_padded_transformers_batch(cli, tmp_path, smol_hf, smol_ids):
+    """The tutorial's per-prompt table: each prompt's NLL and p(answer) (the prompt's last token),
+    before and after zeroing the super weight, against transformers' right-padded batch."""
+    tokenizer, _ = smol_ids
+    prompts = ["The capital of France is Paris", "The Eiffel Tower is located in the city of Paris", "The sky is blue"]
+    spec = {
+        "dataset": {"prompts": {"prompts": [{"text": p} for p in prompts]}},
+        "interventions": [{"weight_edit": {"layer": 11, "module": "mlp.down", "row": 507, "col": 1229, "op": "ZERO"}}],
+        "measurements": [{"perplexity": {}}],
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    result = json.loads(cli("run", "--local", "--model", SMOL, "--spec", tmp_path / "spec.json", "--json").stdout)
+    seqs = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    down = smol_hf.model.layers[11].mlp.down_proj.weight
+    saved = down[507, 1229].item()
+    for pass_name in ("baseline", "intervened"):
+        with torch.no_grad():
+            if pass_name == "intervened":
+                down[507, 1229] = 0.0
+            try:
+                logp = torch.log_softmax(smol_hf(input_ids=ids, attention_mask=mask).logits.double(), -1)
+            finally:
+                down[507, 1229] = saved
+        for i, (s, row) in enumerate(zip(seqs, result[pass_name]["prompts"], strict=True)):
+            nll = [-float(logp[i, q - 1, s[q]]) for q in range(1, len(s))]
+            assert row["length"] == len(s), (pass_name, i)
+            assert abs(row["mean_nll"] - np.mean(nll)) < 1e-4, (pass_name, i, row["mean_nll"], np.mean(nll))
+            assert abs(row["last_token_nll"] - nll[-1]) < 1e-4, (pass_name, i)
+    before, after = (np.exp(-result[p]["prompts"][1]["last_token_nll"]) for p in ("baseline", "intervened"))
+    assert before > 0.5 and after < 0.1, "zeroing the super weight takes p(' Paris') away"
