@@ -4,6 +4,7 @@ spec done in transformers (hooks and weight edits, addressed as lesion addresses
 perplexity recipe. Nothing here runs lesion."""
 
 import json
+import math
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -869,6 +870,11 @@ def lower_median(a):
     return float(torch.as_tensor(a).flatten().median())
 
 
+def ratio(value, median):
+    """value / median, infinite over a median of 0 (as lesion reports it)."""
+    return value / median if median else math.inf
+
+
 def hf_detectors(model, windows, massive, super_w, norms, attention):
     """The four detectors of docs/spec.md, from transformers' activations window by window."""
     refs = [capture(model, w) for w in windows]
@@ -886,7 +892,7 @@ def hf_detectors(model, windows, massive, super_w, norms, attention):
             passed = a >= max(med * massive["min_ratio"], massive["min_magnitude"])
             count += int(passed.sum())
             for t, d in zip(*np.nonzero(passed), strict=True):
-                entries.append((float(a[t, d]), s, int(t), int(d), float(x[t, d]), float(a[t, d]) / med))
+                entries.append((float(a[t, d]), s, int(t), int(d), float(x[t, d]), ratio(float(a[t, d]), med)))
         entries.sort(key=lambda e: -e[0])
         reports.append({"site": site, "count": count, "entries": entries})
     out["massive_activations"] = reports
@@ -906,26 +912,33 @@ def hf_detectors(model, windows, massive, super_w, norms, attention):
                 token=int(t),
                 output_spike=float(o[t, row]),
                 input_spike=float(act[t, col]),
-                output_ratio=abs(float(o[t, row])) / lower_median(np.abs(o)),
-                input_ratio=abs(float(act[t, col])) / lower_median(np.abs(act)),
+                output_ratio=ratio(abs(float(o[t, row])), lower_median(np.abs(o))),
+                input_ratio=ratio(abs(float(act[t, col])), lower_median(np.abs(act))),  # ReLU's median is 0
             )
             if best is None or abs(spike["output_spike"]) > abs(best["output_spike"]):
                 best = spike
         best["max_out_by_window"] = [float(np.abs(ref[f"blocks.{l}.mlp_out"][0]).max()) for ref in refs]
         if best["output_ratio"] >= super_w["min_ratio"] and best["input_ratio"] >= super_w["min_ratio"]:
-            best["weight"] = float(model.model.layers[l].mlp.down_proj.weight.detach()[best["row"], best["col"]])
+            w, index = weight_element(model, l, "mlp.down", best["row"], best["col"])
+            best["weight"] = float(w.detach()[index])
             found.append(best)
     out["super_weights"] = found
 
-    gammas = []
-    for l, layer in enumerate(model.model.layers):
-        gammas += [("attn", l, layer.input_layernorm.weight), ("mlp", l, layer.post_attention_layernorm.weight)]
-    gammas.append(("final", -1, model.model.norm.weight))
+    # Every norm of the family in lesion's order (layer by layer: attn, mlp, attn_post, mlp_post,
+    # q, k; then final), lesion's gamma of each (Gemma's 1 + w).
+    order = ["attn", "mlp", "attn_post", "mlp_post", "q", "k"]
+    names = sorted((n for n in norm_names(model) if n != "final"), key=order.index)
+    gammas = [(name, l, effective_gamma(model, l, name)) for l in range(n_layers) for name in names]
+    gammas.append(("final", -1, effective_gamma(model, 0, "final")))
     outliers = []
     for name, l, g in gammas:
-        g = g.detach().double()
+        g = g.double()
         med = float(g.median())
         scale = 1.4826 * float((g - med).abs().median())
+        if scale == 0:  # most gammas equal: the mean absolute deviation, as a normal's sigma
+            scale = 1.2533 * float((g - med).abs().mean())
+        if scale == 0:
+            continue
         z = (g - med) / scale
         here = [
             dict(norm=name, layer=l, channel=c, gamma=float(g[c]), z=float(z[c]), median=med)

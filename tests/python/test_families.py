@@ -14,7 +14,9 @@ functions (hf_reference), on the tiny random checkpoints of hf_reference.make_mo
 - attention-bias slots: scaled and soft-capped as every key, seen by every query through sliding
   windows, their column of attn_pattern captured;
 - a sweep of every single-head ablation;
-- the refusals of what a family does not have (mlp.gate, norms, QK-norm channels past their width).
+- the refusals of what a family does not have (mlp.gate, norms, QK-norm channels past their width);
+- the four detectors (massive activations, super weights, norm-gamma outliers over every norm the
+  family has, attention outlier keys) against the same definitions on transformers' activations.
 
 Every perplexity is compared at 1e-5 on the mean NLL, captures at 1e-4, and every intervention is
 checked to change transformers' result, so that none passes by doing nothing."""
@@ -35,6 +37,7 @@ from hf_reference import (
     edit_site,
     effective_gamma,
     family,
+    hf_detectors,
     hf_perplexity,
     make_model,
     norm_module,
@@ -45,6 +48,7 @@ from hf_reference import (
     weight_element,
     zero_heads,
 )
+from test_measurements import check_detectors
 
 pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 KINDS = NEW_KINDS
@@ -425,3 +429,26 @@ def test_what_a_family_lacks_is_refused_before_any_compute(cli, tmp_path, kind, 
     arch = [] if "out of range" in needles[0] else [type(model).__name__]
     for needle in ["interventions[0]", *needles, *arch]:
         assert needle in proc.stderr, f"{needle!r} not in stderr:\n{proc.stderr}"
+
+
+# Thresholds scaled to a random tiny model, so that every detector reports something.
+DETECTORS = {
+    "massive_activations": {"min_magnitude": 0.01, "min_ratio": 3.0, "max_reports": 5},
+    "super_weights": {"min_ratio": 3.0},
+    "norm_outliers": {"min_z": 1.5, "max_reports": 3},
+    "attention_outliers": {"min_mass": 0.12, "max_reports": 20},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_detectors_agree_with_transformers(cli, tmp_path, checkpoint, kind):
+    measurements = [{"massive_activations": {"sites": ["blocks.*.resid_post"], **DETECTORS["massive_activations"]}}]
+    measurements += [{k: v} for k, v in DETECTORS.items() if k != "massive_activations"]
+    result = run(cli, tmp_path, checkpoint(kind), measurements=measurements)
+    windows = [IDS[None, i : i + SEQ] for i in range(0, len(IDS), SEQ)]
+    want = hf_detectors(fresh(kind), windows, *DETECTORS.values())
+    assert want["super_weights"] and want["norm_outliers"] and want["attention_outliers"], "thresholds too high"
+    assert any(w["count"] for w in want["massive_activations"]), "thresholds too high"
+    check_detectors(result, want, DETECTORS)
+    # Every norm the family has is scanned, Gemma's as 1 + w.
+    assert {o["norm"] for o in result["baseline"]["norm_outliers"]} == set(norm_names(fresh(kind)))

@@ -145,9 +145,7 @@ def test_captures_and_reports_name_prompts_in_order(cli, tmp_path, checkpoint):
     longest = max(len(p) for p in PROMPTS[:5])
     for tensor in base["captures"]:
         site = tensor["name"]
-        got = np.frombuffer(base64.b64decode(tensor["data"]), "<f4").reshape(
-            [int(d) for d in tensor["shape"]]
-        )
+        got = np.frombuffer(base64.b64decode(tensor["data"]), "<f4").reshape([int(d) for d in tensor["shape"]])
         assert tensor["lengths"] == [len(p) for p in PROMPTS[:5]], site
         for i, p in enumerate(PROMPTS[:5]):
             n, ref = len(p), want[i][site][0].numpy()

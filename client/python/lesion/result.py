@@ -559,9 +559,9 @@ class Result:
                 }
                 if self._prompts is not None and int(r.prompt) < len(self._prompts):
                     row["text"] = self._prompts[int(r.prompt)]
-                for label, v in zip(labels, r.next_token_probabilities):
+                for label, v in zip(labels, r.next_token_probabilities, strict=False):
                     row[f"p_next:{label}"] = v
-                for site, mx, mean in zip(sites, r.max_abs, r.mean_abs):
+                for site, mx, mean in zip(sites, r.max_abs, r.mean_abs, strict=False):
                     row[f"max_abs:{site}"] = mx
                     row[f"mean_abs:{site}"] = mean
                 rows.append(row)
@@ -584,7 +584,7 @@ class Result:
         wide.columns.name = None
         if "intervened" in wide.columns:
             wide["delta"] = wide["intervened"] - wide["baseline"]
-            wide["delta_pct"] = [_delta_pct(b, v) for b, v in zip(wide["baseline"], wide["intervened"])]
+            wide["delta_pct"] = [_delta_pct(b, v) for b, v in zip(wide["baseline"], wide["intervened"], strict=True)]
         if "text" in df.columns:
             texts = df.drop_duplicates("prompt").set_index("prompt")["text"]
             wide.insert(0, "text", texts)

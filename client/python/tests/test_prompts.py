@@ -77,7 +77,9 @@ def test_prompt_rows_and_table():
     assert len(r.prompts("intervened")) == 2
     table = r.prompt_table("mean_nll")
     assert list(table.columns) == ["text", "baseline", "intervened", "delta", "delta_pct"]
-    assert table["delta"].tolist() == pytest.approx([0.5, 2.0]) and table["delta_pct"].tolist() == pytest.approx([100, 100])
+    assert table["delta"].tolist() == pytest.approx([0.5, 2.0]) and table["delta_pct"].tolist() == pytest.approx(
+        [100, 100]
+    )
     with pytest.raises(KeyError, match="no column 'nope'"):
         r.prompt_table("nope")
     # Without a prompt set: empty, with the columns.
