@@ -4,6 +4,8 @@
 # Logs and JSON lines go to ${OUT:-out/gpu}. LESION_GPU_STAGES picks the stages (default: all):
 #   tests   ctest on the host's build, the CUDA tests (fused kernel, sweeps on CUDA), parity
 #   cuda-tests  the CUDA tests only
+#   families    every architecture on CUDA: hook sites against transformers, a prompt-set sweep
+#               against the CPU (bench/gpu_families.py)
 #   oom     lesiond on CUDA: a request too large for the GPU is RESOURCE_EXHAUSTED, the next runs
 #   gpt2    GPT-2-small shape: perplexity pass and the 144-head sweep, bf16 and fp32, HF and lesion
 #   gpt2-lesion  the same, lesion's runs only (with sweep pass sizes), when HF's are at hand
@@ -17,7 +19,9 @@ cd "$repo"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'; } 2>&1 | tee "$out/env.txt"
 
 start=$(date +%s)
+if [[ -z "${LESION_GPU_NO_BUILD:-}" ]]; then
 deploy/build_gpu_host.sh "$repo/build-gpu" >"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+fi
 echo "built in $(( $(date +%s) - start )) s; $(grep 'CUDA kernels' "$out/build.log")"
 export LD_LIBRARY_PATH="/opt/lesion-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 bench="$repo/build-gpu/bench/lesion_bench_forward"
@@ -92,6 +96,11 @@ if has cuda-tests; then
   { LESION_TEST_DEVICE=cuda build-gpu/model/model_test --gtest_filter='NextTokenOps*:TorchCall*' 2>&1
     LESION_TEST_DEVICE=cuda build-gpu/experiments/experiments_test --gtest_filter='Sweep*' 2>&1; } \
     | grep -E '^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|Which is|largest' | head -40 | tee "$out/cuda_tests.txt"
+fi
+
+if has families; then
+  echo "== every architecture on CUDA (bench/gpu_families.py)"
+  python3 bench/gpu_families.py "$cli" "$out" 2>&1 | grep -v Warning | tee "$out/families.txt"
 fi
 
 if has oom; then
