@@ -31,9 +31,22 @@ def run(model_dir, spec, device):
     path = out / "spec.json"
     path.write_text(json.dumps(spec))
     r = subprocess.run(
-        [cli, "run", "--local", "--model", str(model_dir), "--spec", str(path), "--json", "--device", device,
-         "--dtype", "float32"],
-        capture_output=True, text=True,
+        [
+            cli,
+            "run",
+            "--local",
+            "--model",
+            str(model_dir),
+            "--spec",
+            str(path),
+            "--json",
+            "--device",
+            device,
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
     )
     if r.returncode:
         raise RuntimeError(f"{device}: {r.stderr.strip()}")
@@ -52,9 +65,24 @@ with tempfile.TemporaryDirectory() as tmp:
         ref = capture(model, ids)
         (out / "ids.json").write_text(json.dumps(ids[0].tolist()))
         dump = subprocess.run(
-            [cli, "dump", "--model", str(model_dir), "--ids-json", str(out / "ids.json"), "--sites",
-             ALL_SITES, "--out", str(out / "cuda.safetensors"), "--device", "cuda", "--dtype", "float32"],
-            capture_output=True, text=True,
+            [
+                cli,
+                "dump",
+                "--model",
+                str(model_dir),
+                "--ids-json",
+                str(out / "ids.json"),
+                "--sites",
+                ALL_SITES,
+                "--out",
+                str(out / "cuda.safetensors"),
+                "--device",
+                "cuda",
+                "--dtype",
+                "float32",
+            ],
+            capture_output=True,
+            text=True,
         )
         if dump.returncode:
             print(f"{kind:16s} dump FAILED: {dump.stderr.strip()}")

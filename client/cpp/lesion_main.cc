@@ -60,11 +60,14 @@ local Hugging Face cache (never downloaded):
       --json) every tensor with the type it is stored in (F32, BF16, Q4_1, ...).
   lesion tokenize --model MODEL [--text T | --text-file F] [--add-bos] [--decode]
       Text (stdin by default) to token ids as JSON; with --decode, ids JSON to text.
-  lesion dump     --model MODEL (--text T | --text-file F | --ids-json FILE) --sites S1,S2,...
-                  --out FILE.safetensors [--add-bos] [--dtype D] [--device DEV]
+  lesion dump     --model MODEL (--text T | --text-file F | --ids-json FILE | --prompts-json FILE)
+                  --sites S1,S2,... --out FILE.safetensors [--add-bos] [--dtype D] [--device DEV]
       Run one forward pass and save the activations at hook sites (float32, named by site;
       blocks.*.resid_post selects every layer). Sites: embed, final_norm, logits,
       blocks.L.{attn_in,attn_z,attn_pattern,attn_out,resid_mid,mlp_in,mlp_act,mlp_out,resid_post}.
+      --prompts-json: a JSON list of prompts (texts or lists of ids) of any lengths, each site
+      [prompts, positions, ...] zero-padded past each prompt's length, the lengths (BOS included)
+      in the tensor "lengths" (Client.cache from the shell).
   lesion perplexity --model MODEL (--text T | --text-file F | --ids-json FILE) [--seq-len N]
                   [--stride S] [--add-bos] [--batch-size B] [--max-windows W] [--json]
                   [--dtype D] [--device DEV]

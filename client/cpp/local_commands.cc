@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <iterator>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "client/cpp/result_format.h"
 #include "common/error_text.h"
 #include "common/file_util.h"
@@ -273,10 +275,69 @@ absl::Status RunTokenize(Args& args) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Bundled datasets: $LESION_DATA_DIR, else where the build put them.
+std::filesystem::path DataDir() {
+  if (const char* env = std::getenv("LESION_DATA_DIR")) return env;
+  return LESION_DEFAULT_DATA_DIR;
+}
+
+// `lesion dump --prompts-json FILE`: a prompt set's activations, each site [prompts, positions,
+// ...] zero-padded past each prompt's length, with the lengths as a tensor "lengths". Runs as an
+// observational experiment capturing every prompt, so that it is what lesiond's Client.cache gives.
+absl::Status DumpPromptSet(Args& args, const std::string& prompts_path, const std::string& sites_text,
+                           const std::string& out_path, bool add_bos) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(prompts_path));
+  Json prompts = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (prompts.is_discarded() || !prompts.is_array() || prompts.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prompts_path, ": must be a non-empty JSON list of prompts (texts, or lists of token ids)"));
+  }
+  Json items = Json::array();
+  for (const Json& p : prompts) {
+    items.push_back(p.is_string() ? Json{{"text", p}} : Json{{"token_ids", {{"ids", p}}}});
+  }
+  Json sites = Json::array();
+  for (absl::string_view site : absl::StrSplit(sites_text, ',', absl::SkipEmpty())) sites.push_back(site);
+  const Json spec = {
+      {"dataset", {{"prompts", {{"prompts", items}}}}},
+      {"eval", {{"add_bos", add_bos}}},
+      {"measurements", Json::array({{{"capture", {{"sites", sites}, {"max_windows", prompts.size()}}}}})}};
+  absl::StatusOr<spec::Experiment> e = spec::ParseExperimentJson(spec.dump());
+  if (!e.ok()) return absl::InvalidArgumentError(absl::StrCat(prompts_path, ": ", e.status().message()));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
+  RETURN_IF_ERROR(args.CheckAllUsed());
+  ASSIGN_OR_RETURN(result::Experiment result, experiments::RunExperiment(*model, *e, DataDir()));
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  RETURN_IF_ERROR(model::TorchCall("decoding captures", [&] {
+    for (const result::Tensor& t : result.baseline.captures) {
+      at::Tensor data = at::empty(t.shape, at::kFloat);
+      std::memcpy(data.data_ptr(), t.data.data(), t.data.size());
+      tensors.emplace_back(t.name, data);
+    }
+    std::vector<int64_t> lengths;
+    for (const result::PromptResult& row : result.baseline.prompts) lengths.push_back(row.length);
+    tensors.emplace_back("lengths", at::tensor(lengths, at::kLong).to(at::kFloat));
+  }));
+  RETURN_IF_ERROR(model::SaveTensorsAsFloat32(out_path, tensors));
+  std::cerr << "wrote " << tensors.size() - 1 << " tensor(s) and the lengths of " << prompts.size() << " prompts to "
+            << out_path << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status RunDump(Args& args) {
   ASSIGN_OR_RETURN(std::string sites_text, args.Require("sites"));
   ASSIGN_OR_RETURN(std::string out_path, args.Require("out"));
   const bool add_bos = args.Flag("add-bos");
+  if (const std::optional<std::string> prompts = args.Get("prompts-json"); prompts.has_value()) {
+    if (args.Get("text") || args.Get("text-file") || args.Get("ids-json")) {
+      return absl::InvalidArgumentError("give --prompts-json or one of --text, --text-file, --ids-json, not both");
+    }
+    return DumpPromptSet(args, *prompts, sites_text, out_path, add_bos);
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, LoadModel(args));
   ASSIGN_OR_RETURN(auto batch, ReadInputIds(args, *model, add_bos));
   RETURN_IF_ERROR(args.CheckAllUsed());
@@ -469,15 +530,6 @@ absl::Status RunConvertLlama2c(Args& args) {
   std::cerr << "wrote a Hugging Face LLaMA directory to " << out << "\n";
   return absl::OkStatus();
 }
-
-namespace {
-
-std::filesystem::path DataDir() {
-  if (const char* env = std::getenv("LESION_DATA_DIR")) return env;
-  return LESION_DEFAULT_DATA_DIR;
-}
-
-}  // namespace
 
 absl::Status RunLocalExperiment(Args& args) {
   if (!args.Flag("local")) {

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
 
 from conftest import requires_cli, run_spec, saved_checkpoints
 from hf_reference import VOCAB, capture_tensors, make_model, zero_heads
@@ -205,3 +206,24 @@ def test_the_cli_prints_a_row_per_prompt(cli, tmp_path, checkpoint):
     assert table[0].split()[:3] == ["prompt", "length", "perplexity"]
     assert [int(line.split()[0]) for line in table[1:]] == list(range(len(PROMPTS)))
     assert [int(line.split()[1]) for line in table[1:]] == [len(p) for p in PROMPTS]
+
+
+def test_dump_of_a_prompt_set_pads_each_prompt(cli, tmp_path, checkpoint):
+    """`lesion dump --prompts-json`: Client.cache from the shell."""
+    model = with_bos("llama")
+    (tmp_path / "prompts.json").write_text(json.dumps(PROMPTS[:4]))
+    out = tmp_path / "acts.safetensors"
+    cli("dump", "--model", checkpoint("llama"), "--prompts-json", tmp_path / "prompts.json",
+        "--sites", "blocks.0.resid_post,blocks.1.mlp_act", "--out", out)  # fmt: skip
+    got = load_file(str(out))
+    assert got["lengths"].tolist() == [len(p) for p in PROMPTS[:4]]
+    longest = max(len(p) for p in PROMPTS[:4])
+    for i, p in enumerate(PROMPTS[:4]):
+        want = capture_tensors(model, torch.tensor(p)[None])
+        for site in ("blocks.0.resid_post", "blocks.1.mlp_act"):
+            assert got[site].shape[:2] == (4, longest)
+            assert np.abs(got[site][i, : len(p)] - want[site][0].numpy()).max() < TOL, (site, i)
+            assert not got[site][i, len(p) :].any(), (site, i)
+    proc = cli("dump", "--model", checkpoint("llama"), "--prompts-json", tmp_path / "prompts.json", "--text", "a",
+               "--sites", "embed", "--out", out, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "give --prompts-json or one of" in proc.stderr
