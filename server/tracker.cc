@@ -190,57 +190,7 @@ ExperimentTracker::ExperimentTracker(Engine* engine, std::unique_ptr<storage::Ex
       baselines_(options.baseline_cache_bytes),
       readers_(std::move(readers)),
       point_reader_(std::move(point_reader)),
-      writer_(std::move(writer)) {
-  writer_thread_ = std::thread([this] { WriterLoop(); });
-}
-
-ExperimentTracker::~ExperimentTracker() {
-  {
-    absl::MutexLock lock(&queue_mu_);
-    stop_ = true;
-  }
-  writer_thread_.join();
-}
-
-// ---- The writer --------------------------------------------------------------------------------------
-
-void ExperimentTracker::Enqueue(Write write) {
-  absl::MutexLock lock(&queue_mu_);
-  queue_.push_back(std::move(write));
-  ++enqueued_;
-}
-
-void ExperimentTracker::WriterLoop() {
-  while (true) {
-    Write write;
-    {
-      absl::MutexLock lock(&queue_mu_);
-      queue_mu_.Await(absl::Condition(
-          +[](ExperimentTracker* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stop_ || !t->queue_.empty(); }, this));
-      if (queue_.empty()) return;  // stop_ and drained
-      write = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    write(*writer_);
-    absl::MutexLock lock(&queue_mu_);
-    ++written_;
-  }
-}
-
-void ExperimentTracker::AfterQueuedWrites(std::function<void()> fn) {
-  Enqueue([fn = std::move(fn)](storage::ExperimentStore&) { fn(); });
-}
-
-void ExperimentTracker::Flush() {
-  absl::MutexLock lock(&queue_mu_);
-  const int64_t target = enqueued_;
-  struct Arg {
-    ExperimentTracker* t;
-    int64_t target;
-  } arg{this, target};
-  queue_mu_.Await(absl::Condition(
-      +[](Arg* a) ABSL_NO_THREAD_SAFETY_ANALYSIS { return a->t->written_ >= a->target; }, &arg));
-}
+      writer_(std::move(writer)) {}
 
 void ExperimentTracker::WriteLocked(Live& live, Write write) {
   if (live.inserted) {

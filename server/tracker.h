@@ -22,13 +22,11 @@
 #define LESION_SERVER_TRACKER_H_
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -40,6 +38,7 @@
 #include "server/auth.h"
 #include "server/baseline_cache.h"
 #include "server/engine.h"
+#include "server/store_writer.h"
 #include "storage/experiment_store.h"
 #include "storage/read_pool.h"
 
@@ -110,7 +109,7 @@ class ExperimentTracker {
   static absl::StatusOr<std::unique_ptr<ExperimentTracker>> Create(const std::string& db_path, Engine* engine,
                                                                    TrackerOptions options = {});
   // Drains and joins the writer.
-  ~ExperimentTracker();
+  ~ExperimentTracker() = default;
 
   // Validates and queues `spec` for `user`; the queued snapshot.
   absl::StatusOr<lesion::v1::Experiment> Submit(const Principal& caller, const lesion::v1::ExperimentSpec& spec);
@@ -169,10 +168,10 @@ class ExperimentTracker {
   // The read connections (tests: to hold one and see who waits).
   storage::ReadPool& read_pool_for_testing() { return *readers_; }
   // Blocks until every store write queued so far is done (tests, shutdown).
-  void Flush();
+  void Flush() { writer_.Flush(); }
   // Calls `fn` on the writer thread once every store write queued so far is done, without
   // blocking the caller: a Submit answer waits for its record to be durable this way.
-  void AfterQueuedWrites(std::function<void()> fn);
+  void AfterQueuedWrites(std::function<void()> fn) { writer_.AfterQueuedWrites(std::move(fn)); }
 
  private:
   struct Live {
@@ -195,7 +194,7 @@ class ExperimentTracker {
     std::string parent;
     std::map<int64_t, result::SweepVariant> rows;  // by variant index; ids set, names not
   };
-  using Write = std::function<void(storage::ExperimentStore&)>;
+  using Write = StoreWriter::Write;
   // A watcher and whether its subscription still wants events; events may be delivered after
   // the subscription let go of it (final events wait for the store), so delivery checks.
   struct WatcherSlot {
@@ -233,11 +232,10 @@ class ExperimentTracker {
   Delivery PublishLocked(Live& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Notify(const ExperimentEvent& event, const std::vector<std::shared_ptr<WatcherSlot>>& watchers);
   void WriteLocked(Live& live, Write write) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Enqueue(Write write);
+  void Enqueue(Write write) { writer_.Enqueue(std::move(write)); }
   // Queues the removal of a final experiment from memory after its writes.
   void RetireLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unsubscribe(const std::string& id, int64_t handle);
-  void WriterLoop();
   absl::StatusOr<lesion::v1::Experiment> ReadStored(const std::string& id, bool include_result, bool include_captures);
   std::optional<result::Pass> LookupBaseline(const std::string& key);
 
@@ -255,14 +253,8 @@ class ExperimentTracker {
   absl::Mutex point_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::unique_ptr<storage::ExperimentStore> point_reader_ ABSL_GUARDED_BY(point_mu_);
 
-  absl::Mutex queue_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  std::deque<Write> queue_ ABSL_GUARDED_BY(queue_mu_);
-  int64_t enqueued_ ABSL_GUARDED_BY(queue_mu_) = 0;
-  int64_t written_ ABSL_GUARDED_BY(queue_mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(queue_mu_) = false;
-  // Used only by the writer thread.
-  std::unique_ptr<storage::ExperimentStore> writer_;
-  std::thread writer_thread_;
+  // Declared last: destroyed first, draining its writes while everything they touch is alive.
+  StoreWriter writer_;
 };
 
 // Conversions between the store's records and the API's messages.

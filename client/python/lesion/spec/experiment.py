@@ -46,7 +46,9 @@ class Experiment:
         if not isinstance(self.model, str) or not isinstance(self.name, str):
             raise ValueError("Experiment.model and Experiment.name are strings")
         if self.dataset is not None and not isinstance(self.dataset, (Dataset, Mapping)):
-            raise ValueError("Experiment.dataset: expected Dataset.text(...), .token_ids(...) or .named(...)")
+            raise ValueError(
+                "Experiment.dataset: expected Dataset.text(...), .token_ids(...), .named(...) or .prompts(...)"
+            )
         if self.eval is not None and not isinstance(self.eval, (Eval, Mapping)):
             raise ValueError("Experiment.eval: expected an Eval(...)")
         interventions = self.interventions
