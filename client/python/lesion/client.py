@@ -560,6 +560,40 @@ class Client:
         result = self.run(spec, progress=False, timeout=timeout)
         return ActivationCache(result, "intervened" if interventions else "baseline")
 
+    def iter_cache(
+        self,
+        model,
+        prompts,
+        sites,
+        prompts_per_request=64,
+        positions=None,
+        interventions=(),
+        add_bos=False,
+        timeout=None,
+    ):
+        """``cache`` streamed: yields ``(first, ActivationCache)`` for the prompts
+        ``[first, first + prompts_per_request)``, one experiment each, the next submitted while
+        this one is read, so that a prompt set whose activations exceed the server's capture limit
+        (or the client's memory) is read a slice at a time. Each slice is what ``cache`` gives for
+        its prompts (padded to its own longest prompt)."""
+        from .cache import ActivationCache, cache_experiment
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if isinstance(prompts_per_request, bool) or not isinstance(prompts_per_request, int) or prompts_per_request < 1:
+            raise ValueError(f"iter_cache: prompts_per_request must be a positive int, got {prompts_per_request!r}")
+        pass_name = "intervened" if interventions else "baseline"
+
+        def submit(first):
+            chunk = prompts[first : first + prompts_per_request]
+            return self.submit(cache_experiment(model, chunk, sites, positions, interventions, add_bos))
+
+        firsts = list(range(0, len(prompts), prompts_per_request))
+        pending = submit(firsts[0]) if firsts else None
+        for i, first in enumerate(firsts):
+            handle = pending
+            pending = submit(firsts[i + 1]) if i + 1 < len(firsts) else None
+            yield first, ActivationCache(handle.result(timeout=timeout, progress=False), pass_name)
+
     def handle(self, id) -> Handle:
         """A Handle of an experiment submitted earlier (by anyone), to wait for or cancel."""
         return Handle(self, self.get(id, include_captures=False))

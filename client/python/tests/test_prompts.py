@@ -136,3 +136,20 @@ def test_cache_gives_each_prompt_what_it_gives_alone(server):
         "stories260K", PROMPTS[:1], ["blocks.1.attn_z"], interventions=[lesion.HeadAblation(layer=1, heads=[0])]
     )
     assert ablated.pass_name == "intervened" and not ablated["blocks.1.attn_z"][0, :, 0].any()
+
+
+def test_iter_cache_reads_a_prompt_set_a_slice_at_a_time(server):
+    prompts = PROMPTS + ["Lily and Tom went to the park", [1, 300, 301, 302, 303]]
+    whole = server.cache("stories260K", prompts, ["blocks.1.resid_post"])
+    slices = list(server.iter_cache("stories260K", prompts, ["blocks.1.resid_post"], prompts_per_request=2))
+    assert [first for first, _ in slices] == [0, 2, 4]
+    i = 0
+    for first, cache in slices:
+        assert first == i and len(cache.lengths) == min(2, len(prompts) - first)
+        for j in range(len(cache.lengths)):
+            np.testing.assert_allclose(
+                cache.prompt(j)["blocks.1.resid_post"], whole.prompt(i)["blocks.1.resid_post"], atol=1e-5
+            )
+            i += 1
+    with pytest.raises(ValueError, match="prompts_per_request"):
+        next(server.iter_cache("stories260K", prompts, ["embed"], prompts_per_request=0))
