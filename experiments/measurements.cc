@@ -147,8 +147,11 @@ absl::StatusOr<at::Tensor> AttentionSinkCollector::Finish() const {
 }
 
 CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions,
-                                   int64_t max_windows, std::vector<int64_t> sequence_windows)
-    : positions_(std::move(positions)), max_windows_(max_windows), sequence_windows_(std::move(sequence_windows)) {
+                                   int64_t max_windows, std::vector<int64_t> sequence_windows, bool pad_shorter)
+    : positions_(std::move(positions)),
+      max_windows_(max_windows),
+      sequence_windows_(std::move(sequence_windows)),
+      pad_shorter_(pad_shorter) {
   for (const model::SiteId& s : sites) {
     PerSite p;
     p.site = s;
@@ -159,7 +162,8 @@ CaptureCollector::CaptureCollector(std::vector<model::SiteId> sites, std::vector
 absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::vector<model::SiteId> sites,
                                                                            std::vector<int64_t> positions,
                                                                            int64_t max_windows,
-                                                                           std::vector<int64_t> sequence_windows) {
+                                                                           std::vector<int64_t> sequence_windows,
+                                                                           bool pad_shorter) {
   if (sites.empty()) return absl::InvalidArgumentError("capture: no sites given");
   if (max_windows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("capture: max_windows must be >= 1, got ", max_windows));
@@ -167,8 +171,8 @@ absl::StatusOr<std::unique_ptr<CaptureCollector>> CaptureCollector::Create(std::
   for (int64_t p : positions) {
     if (p < 0) return absl::InvalidArgumentError(absl::StrCat("capture: position ", p, " is negative"));
   }
-  return std::unique_ptr<CaptureCollector>(
-      new CaptureCollector(std::move(sites), std::move(positions), max_windows, std::move(sequence_windows)));
+  return std::unique_ptr<CaptureCollector>(new CaptureCollector(std::move(sites), std::move(positions), max_windows,
+                                                                std::move(sequence_windows), pad_shorter));
 }
 
 int64_t CaptureCollector::ExpectedBytes(const model::ModelConfig& c, int64_t n_windows, int64_t seq) const {
@@ -226,6 +230,7 @@ void CaptureCollector::Observe(PerSite& s, const at::Tensor& x) {
   }
   const int64_t first = s.n_seen;
   s.n_seen += x.size(0);
+  if (seq != s.length && !pad_shorter_) return;
   std::vector<int64_t> rows, windows;
   for (int64_t i = 0; i < x.size(0); ++i) {
     const int64_t sequence = first + i;

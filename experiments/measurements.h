@@ -49,6 +49,7 @@ class ActivationStatsCollector {
     at::Tensor max_abs, mean_abs;
   };
   std::vector<PerSequence> PerSequenceStats() const;
+  size_t n_sites() const { return sites_.size(); }
 
  private:
   struct PerSite {
@@ -97,10 +98,13 @@ class CaptureCollector {
  public:
   // `sequence_windows`: the window of each sequence in the order the passes see them
   // (model::SequenceOrder); the windows captured are the first max_windows of the dataset, in
-  // window order. InvalidArgument for no sites or max_windows < 1.
+  // window order. With `pad_shorter` (a prompt set) a window shorter than the run's longest is
+  // captured zero-padded to it; without, only windows of the longest length are captured (a text's
+  // shorter last window is left out). InvalidArgument for no sites or max_windows < 1.
   static absl::StatusOr<std::unique_ptr<CaptureCollector>> Create(std::vector<model::SiteId> sites,
                                                                   std::vector<int64_t> positions, int64_t max_windows,
-                                                                  std::vector<int64_t> sequence_windows = {});
+                                                                  std::vector<int64_t> sequence_windows = {},
+                                                                  bool pad_shorter = false);
   CaptureCollector(const CaptureCollector&) = delete;
   CaptureCollector& operator=(const CaptureCollector&) = delete;
 
@@ -108,7 +112,7 @@ class CaptureCollector {
   int64_t ExpectedBytes(const model::ModelConfig& config, int64_t n_windows, int64_t seq) const;
 
   void Attach(model::RunPlan& plan);
-  // Windows shorter than the longest captured one are zero-padded (result.proto, Tensor.lengths).
+  // Shorter windows zero-padded to the run's longest (result.proto, Tensor.lengths).
   absl::StatusOr<std::vector<result::Tensor>> Finish() const;
 
  private:
@@ -121,12 +125,13 @@ class CaptureCollector {
     int64_t n_seen = 0;                     // sequences observed
   };
   CaptureCollector(std::vector<model::SiteId> sites, std::vector<int64_t> positions, int64_t max_windows,
-                   std::vector<int64_t> sequence_windows);
+                   std::vector<int64_t> sequence_windows, bool pad_shorter);
   void Observe(PerSite& s, const at::Tensor& x);
 
   std::vector<int64_t> positions_;
   int64_t max_windows_;
   std::vector<int64_t> sequence_windows_;  // empty: sequence i is window i
+  bool pad_shorter_;
   std::vector<PerSite> sites_;
 };
 

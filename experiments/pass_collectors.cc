@@ -82,8 +82,8 @@ absl::StatusOr<PassCollectors> MakeCollectors(const model::Model& model, const s
       ASSIGN_OR_RETURN(out.sink, AttentionSinkCollector::Create(c, a->layers));
     } else if (const auto* cap = std::get_if<spec::Capture>(&m)) {
       ASSIGN_OR_RETURN(std::vector<model::SiteId> sites, ParseSites(cap->sites, c.n_layers));
-      ASSIGN_OR_RETURN(auto collector,
-                       CaptureCollector::Create(sites, cap->positions, cap->max_windows, layout.sequence_windows));
+      ASSIGN_OR_RETURN(auto collector, CaptureCollector::Create(sites, cap->positions, cap->max_windows,
+                                                                layout.sequence_windows, layout.prompt_set));
       out.captures.push_back(std::move(collector));
     } else if (const auto* massive = std::get_if<spec::MassiveActivations>(&m)) {
       ASSIGN_OR_RETURN(std::vector<model::SiteId> sites, ParseSites(massive->sites, c.n_layers));
@@ -128,9 +128,9 @@ absl::Status AddPromptRows(const PassCollectors& p, const model::PerplexityResul
     const model::PerWindowTensors& w = reducer.per_window();
     at::Tensor nll, last, kl, next;
     if (w.nll_sum.defined()) {
-      nll = w.nll_sum[variant].to(at::kCPU);
-      last = w.last_nll[variant].to(at::kCPU);
-      kl = w.kl_sum[variant].to(at::kCPU);
+      nll = w.nll_sum[variant].to(at::kCPU).contiguous();
+      last = w.last_nll[variant].to(at::kCPU).contiguous();
+      kl = w.kl_sum[variant].to(at::kCPU).contiguous();
       next = w.next_token_prob[variant].to(at::kCPU);  // [windows, T]
     }
     // Per stats site: [windows] in window order.
@@ -142,6 +142,9 @@ absl::Status AddPromptRows(const PassCollectors& p, const model::PerplexityResul
         mean_abs.push_back(at::zeros({n}, at::kDouble).index_copy_(0, order, site.mean_abs));
       }
     }
+    // Host accessors: one read per number, not a torch call each.
+    const int64_t t = next.defined() ? next.size(1) : 0;
+    if (next.defined()) next = next.contiguous();
     for (int64_t i = 0; i < n; ++i) {
       const model::Window& window = windows.windows[i];
       result::PromptResult row;
@@ -150,16 +153,16 @@ absl::Status AddPromptRows(const PassCollectors& p, const model::PerplexityResul
       // With BOS every token of the prompt is predicted; without, all but the first.
       row.length = window.end - window.begin + (window.score_begin == window.begin ? 1 : 0);
       if (nll.defined()) {
-        row.mean_nll = nll[i].item<double>() / static_cast<double>(row.n_tokens);
+        row.mean_nll = nll.data_ptr<double>()[i] / static_cast<double>(row.n_tokens);
         row.perplexity = std::exp(row.mean_nll);
-        row.last_token_nll = last[i].item<double>();
-        row.kl_divergence = kl[i].item<double>() / static_cast<double>(row.n_tokens);
-        const at::Tensor probs = next[i].contiguous();
-        row.next_token_probabilities.assign(probs.data_ptr<double>(), probs.data_ptr<double>() + probs.numel());
+        row.last_token_nll = last.data_ptr<double>()[i];
+        row.kl_divergence = kl.data_ptr<double>()[i] / static_cast<double>(row.n_tokens);
+        const double* probs = next.data_ptr<double>() + i * t;
+        row.next_token_probabilities.assign(probs, probs + t);
       }
       for (size_t site = 0; site < max_abs.size(); ++site) {
-        row.max_abs.push_back(max_abs[site][i].item<double>());
-        row.mean_abs.push_back(mean_abs[site][i].item<double>());
+        row.max_abs.push_back(max_abs[site].data_ptr<double>()[i]);
+        row.mean_abs.push_back(mean_abs[site].data_ptr<double>()[i]);
       }
       out.prompts.push_back(std::move(row));
     }

@@ -302,6 +302,15 @@ model::PerplexityOptions EvalOptions(const model::ModelConfig& c, const spec::Ex
   return options;
 }
 
+int64_t PromptRowBytes(const Prepared& p) {
+  if (!p.protocol.prompt_set) return 0;
+  int64_t sites = 0;
+  for (const auto& stats : p.base.stats) sites += static_cast<int64_t>(stats->n_sites());
+  // NLL, last-token NLL and KL sums, the token probabilities, max and mean |x| per stats site.
+  const int64_t numbers = 3 + static_cast<int64_t>(p.tokens.size()) + 2 * sites;
+  return p.protocol.n_windows * numbers * static_cast<int64_t>(sizeof(double));
+}
+
 // Every check of the spec against the model, without device work or touching the weights.
 absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experiment& e,
                                  const std::filesystem::path& data_dir, const RunLimits& limits) {
@@ -332,8 +341,10 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
   model::PerplexityOptions& options = p.options;
   if (!prompt_lengths.empty()) {
     // A prompt set's windows are its prompts: by default as long as the longest one.
-    if (e.seq_len == 0) {
-      options.seq_len = *std::max_element(prompt_lengths.begin(), prompt_lengths.end()) + (options.add_bos ? 1 : 0);
+    if (e.seq_len == 0) {  // the prompts kept: max_windows drops the others unread
+      const size_t kept = std::min<size_t>(prompt_lengths.size(), options.max_windows.value_or(prompt_lengths.size()));
+      options.seq_len =
+          *std::max_element(prompt_lengths.begin(), prompt_lengths.begin() + kept) + (options.add_bos ? 1 : 0);
     }
     options.prompt_lengths = std::move(prompt_lengths);
   }
@@ -396,6 +407,12 @@ absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experime
     return absl::InvalidArgumentError(absl::StrCat(
         "capture: ", bytes, " bytes for ", passes == 1 ? "the pass" : "both passes", " exceed the limit of ",
         limits.max_capture_bytes, " bytes; capture fewer sites, positions or windows"));
+  }
+  const int64_t prompt_bytes = passes * PromptRowBytes(p);
+  if (prompt_bytes > limits.max_capture_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset.prompts: the per-prompt rows take ", prompt_bytes,
+                                                   " bytes, more than the limit of ", limits.max_capture_bytes,
+                                                   " bytes; give fewer prompts or token_probabilities tokens"));
   }
   return p;
 }

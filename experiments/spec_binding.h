@@ -85,6 +85,10 @@ struct Prepared {
   PassCollectors base, inter;
 };
 
+// Bytes a pass's per-prompt rows hold (and its reducer's per-window sums on the device): 0 unless
+// the dataset is a prompt set. Counted in the capture budget, like captures and token outputs.
+int64_t PromptRowBytes(const Prepared& p);
+
 // Every check of the spec against the model, without device work or touching the weights.
 absl::StatusOr<Prepared> Prepare(const model::Model& model, const spec::Experiment& e,
                                  const std::filesystem::path& data_dir, const RunLimits& limits);

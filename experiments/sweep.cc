@@ -271,6 +271,13 @@ absl::StatusOr<Prepared> PrepareSweep(const model::Model& model, const spec::Exp
                                                    variants.size(), " variants exceed the limit of ",
                                                    limits.max_capture_bytes, " bytes; lower max_tokens or top_k"));
   }
+  const int64_t prompt_bytes = (1 + static_cast<int64_t>(variants.size())) * internal::PromptRowBytes(prepared);
+  if (prompt_bytes > limits.max_capture_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset.prompts: the per-prompt rows of the baseline and ", variants.size(), " variants take ",
+                     prompt_bytes, " bytes, more than the limit of ", limits.max_capture_bytes,
+                     " bytes; give fewer prompts, variants or token_probabilities tokens"));
+  }
   // A pass holds variants_per_pass x batch_size windows: bounded like the passes the runner sizes.
   const int64_t window_tokens = prepared.options.batch_size * seq;
   if (parent.variants_per_pass * window_tokens > limits.max_pass_tokens) {
@@ -466,11 +473,11 @@ class SweepRun {
  private:
   int64_t n_batches() const { return static_cast<int64_t>(batches_.size()); }
 
-  // The means' baseline pass, then per round and window batch one baseline pass (unless every
-  // group of the round starts at the embedding and nothing else needs it) and one pass per group.
   // Windows whose sums the reducers keep apart: a prompt set's, for its per-prompt rows.
   int64_t PerWindowCount() const { return prepared_.protocol.prompt_set ? prepared_.protocol.n_windows : 0; }
 
+  // The means' baseline pass, then per round and window batch one baseline pass (unless every
+  // group of the round starts at the embedding and nothing else needs it) and one pass per group.
   int64_t PlannedPasses() const {
     int64_t planned = needs_means_ ? n_batches() : 0;
     for (size_t r = 0; r < rounds_.size(); ++r) {

@@ -24,6 +24,7 @@ absl::StatusOr<std::vector<Window>> PlanPromptWindows(int64_t n_ids, const Perpl
   std::vector<Window> windows;
   int64_t begin = 0;
   for (size_t i = 0; i < o.prompt_lengths.size(); ++i) {
+    if (o.max_windows.has_value() && static_cast<int64_t>(windows.size()) == *o.max_windows) break;
     const int64_t length = o.prompt_lengths[i];
     if (length + bos < 2) {
       return absl::InvalidArgumentError(
@@ -33,7 +34,6 @@ absl::StatusOr<std::vector<Window>> PlanPromptWindows(int64_t n_ids, const Perpl
       return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " has ", length + bos, " tokens",
                                                      bos ? " with BOS" : "", ", more than seq_len ", o.seq_len));
     }
-    if (o.max_windows.has_value() && static_cast<int64_t>(windows.size()) == *o.max_windows) break;
     windows.push_back({begin, begin + length, begin + (bos ? 0 : 1)});
     begin += length;
   }

@@ -67,7 +67,7 @@ local Hugging Face cache (never downloaded):
       blocks.L.{attn_in,attn_z,attn_pattern,attn_out,resid_mid,mlp_in,mlp_act,mlp_out,resid_post}.
       --prompts-json: a JSON list of prompts (texts or lists of ids) of any lengths, each site
       [prompts, positions, ...] zero-padded past each prompt's length, the lengths (BOS included)
-      in the tensor "lengths" (Client.cache from the shell).
+      in the tensor "lengths" (Client.cache from the shell; at most 256 MiB of activations).
   lesion perplexity --model MODEL (--text T | --text-file F | --ids-json FILE) [--seq-len N]
                   [--stride S] [--add-bos] [--batch-size B] [--max-windows W] [--json]
                   [--dtype D] [--device DEV]

@@ -227,3 +227,21 @@ def test_dump_of_a_prompt_set_pads_each_prompt(cli, tmp_path, checkpoint):
     proc = cli("dump", "--model", checkpoint("llama"), "--prompts-json", tmp_path / "prompts.json", "--text", "a",
                "--sites", "embed", "--out", out, check=False)  # fmt: skip
     assert proc.returncode == 2 and "give --prompts-json or one of" in proc.stderr
+
+
+def test_a_texts_shorter_last_window_is_still_left_out_of_captures(cli, tmp_path, checkpoint):
+    ids = [t for p in PROMPTS for t in p]  # 47 tokens: windows of 12, 12, 12 and 11
+    s = {
+        "dataset": {"token_ids": {"ids": ids}},
+        "eval": {"seq_len": 12},
+        "measurements": [{"capture": {"sites": ["embed"], "max_windows": 10}}],
+    }
+    capture = run_spec(cli, tmp_path, checkpoint("llama"), s)["baseline"]["captures"][0]
+    assert [int(d) for d in capture["shape"]][:2] == [3, 12] and not capture.get("lengths")
+
+
+def test_per_prompt_rows_count_against_the_capture_budget(cli, tmp_path, checkpoint):
+    s = spec(prompts=[[3, 4]] * 16384)
+    s["measurements"] = [{"perplexity": {}}, {"token_probabilities": {"token_ids": list(range(VOCAB)) * 30}}]
+    proc = run_spec(cli, tmp_path, checkpoint("llama"), s, check=False)
+    assert proc.returncode == 2 and "dataset.prompts: the per-prompt rows take" in proc.stderr, proc.stderr

@@ -589,10 +589,17 @@ class Client:
 
         firsts = list(range(0, len(prompts), prompts_per_request))
         pending = submit(firsts[0]) if firsts else None
-        for i, first in enumerate(firsts):
-            handle = pending
-            pending = submit(firsts[i + 1]) if i + 1 < len(firsts) else None
-            yield first, ActivationCache(handle.result(timeout=timeout, progress=False), pass_name)
+        try:
+            for i, first in enumerate(firsts):
+                handle = pending
+                pending = submit(firsts[i + 1]) if i + 1 < len(firsts) else None
+                yield first, ActivationCache(handle.result(timeout=timeout, progress=False), pass_name)
+        finally:  # left early (break, an error): the slice submitted ahead is not wanted
+            if pending is not None:
+                try:
+                    pending.cancel()
+                except LesionError:
+                    pass  # it ended meanwhile
 
     def handle(self, id) -> Handle:
         """A Handle of an experiment submitted earlier (by anyone), to wait for or cancel."""

@@ -539,9 +539,14 @@ class Result:
         each ``ActivationStats`` site. ``pass_``: "baseline" or "intervened" for one pass only.
         Empty for a dataset that is not a prompt set."""
         passes = PASSES if pass_ is None else (pass_,)
-        labels = [t.token or str(t.token_id) for t in self.raw.baseline.token_probabilities]
+        tokens = self.raw.baseline.token_probabilities
+        texts = [t.token for t in tokens]
+        # A token's text names its column unless another token has the same text: then its id.
+        labels = [t.token if t.token and texts.count(t.token) == 1 else str(t.token_id) for t in tokens]
         sites = [s.site for s in self.raw.baseline.activation_stats]
         kl_measured = self.measured("kl_divergence")
+        if kl_measured is None:  # no spec: measured where the result has the metric
+            kl_measured = any(m.name == "kl_divergence" for m in self.raw.metrics)
         rows = []
         for p in passes:
             for r in self._pass(p).prompts:
@@ -555,7 +560,7 @@ class Result:
                     "perplexity": r.perplexity,
                     "last_token_nll": nll,
                     "last_token_prob": math.exp(-nll),
-                    "kl_divergence": r.kl_divergence if p == "intervened" and kl_measured is not False else _NAN,
+                    "kl_divergence": r.kl_divergence if p == "intervened" and kl_measured else _NAN,
                 }
                 if self._prompts is not None and int(r.prompt) < len(self._prompts):
                     row["text"] = self._prompts[int(r.prompt)]

@@ -3,6 +3,7 @@ and on a real lesiond the per-prompt rows of a run and Client.cache, each prompt
 equal to the prompt captured alone."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ def test_dataset_prompts_take_text_and_ids():
         lesion.Dataset.prompts(["a", ""])
     with pytest.raises(ValueError, match=r"Dataset.prompts\[0\]"):
         lesion.Dataset.prompts([[1, -2]])
+    with pytest.raises(ValueError, match=r"prompt 0 is a single id 1; a prompt of ids is a list"):
+        lesion.Dataset.prompts([1, 2, 3])
 
 
 def hand_built():
@@ -153,3 +156,14 @@ def test_iter_cache_reads_a_prompt_set_a_slice_at_a_time(server):
             i += 1
     with pytest.raises(ValueError, match="prompts_per_request"):
         next(server.iter_cache("stories260K", prompts, ["embed"], prompts_per_request=0))
+    # Left after the first slice: the one submitted ahead is cancelled (or had already ended).
+    stream = server.iter_cache("stories260K", prompts, ["embed"], prompts_per_request=2)
+    next(stream)
+    stream.close()
+    deadline = time.monotonic() + 30
+    while True:
+        statuses = set(server.experiments(where='name = "cache"', limit=1000)["status"])
+        if statuses <= {"done", "cancelled"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert statuses <= {"done", "cancelled"}, statuses

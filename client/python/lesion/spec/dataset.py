@@ -53,6 +53,11 @@ class Dataset:
             raise ValueError("Dataset.prompts: expected a list of prompts, got one string (use [text])")
         items = []
         for i, p in enumerate(prompts):
+            if isinstance(p, (int, np.integer)):
+                raise ValueError(
+                    f"Dataset.prompts: prompt {i} is a single id {p!r}; a prompt of ids is a list: "
+                    "Dataset.prompts([[1, 2, 3]])"
+                )
             if isinstance(p, str):
                 if not p:
                     raise ValueError(f"Dataset.prompts: prompt {i} is an empty string")
