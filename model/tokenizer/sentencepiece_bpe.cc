@@ -215,7 +215,9 @@ class SentencePieceBpe final : public tokenizer_internal::TokenizerBase {
     for (size_t i = 0; i < normalized.size();) {
       size_t len = UserDefinedPrefix(normalized.substr(i));
       const bool frozen = len > 0;
-      if (!frozen) len = ValidUtf8Length(normalized, i);
+      // A user-defined piece may end inside a character (a model's pieces need not be valid
+      // UTF-8): a byte that starts no character is a symbol of its own, so that the scan advances.
+      if (!frozen) len = std::max<size_t>(1, ValidUtf8Length(normalized, i));
       const int n = static_cast<int>(symbols.size());
       symbols.push_back({i, i + len, n - 1, n + 1, frozen});
       i += len;
