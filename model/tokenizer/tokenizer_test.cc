@@ -964,6 +964,27 @@ TEST(Tokenizer, UnsupportedSentencePieceModelsAreInvalidArgument) {
   EXPECT_NE(s.message().find("tokenizer.model"), std::string::npos) << s;
 }
 
+TEST(SentencePieceBpe, AUserDefinedPieceEndingInsideACharacterDoesNotStallEncoding) {
+  // pieces { "<unk>" UNKNOWN } { "a" NORMAL } { "\xe2\x96" USER_DEFINED } trainer_spec { BPE }:
+  // the dummy prefix "\u2581" (e2 96 81) starts with the user-defined piece, which leaves the
+  // scan at the continuation byte 0x81 (the fuzzer found a 2 GiB loop there).
+  const std::string proto(
+      "\x0a\x09\x0a\x05<unk>\x18\x02"
+      "\x0a\x05\x0a\x01\x61\x18\x01"
+      "\x0a\x06\x0a\x02\xe2\x96\x18\x04"
+      "\x12\x02\x18\x02",
+      30);
+  TempDir dir;
+  dir.Write("tokenizer.model", proto);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(dir.path());
+  ASSERT_OK(tok);
+  absl::StatusOr<std::vector<int32_t>> ids = (*tok)->Encode("a a");
+  ASSERT_OK(ids);
+  EXPECT_EQ(ids->front(), 2) << "the user-defined piece first";
+  for (int32_t id : *ids) EXPECT_TRUE(id >= 0 && id < 3) << id;
+  EXPECT_OK((*tok)->Decode(*ids));
+}
+
 TEST(Tokenizer, InvalidUtf8AndBadIdsAreInvalidArgument) {
   for (const fs::path& dir : {kGpt2, kStories}) {
     std::unique_ptr<Tokenizer> tok = MustLoad(dir);
