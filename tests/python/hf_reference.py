@@ -235,6 +235,13 @@ def make_model(kind, seed):
     return randomize(model, seed)
 
 
+def make_model_with_bos(kind, seed, bos_id=1):
+    """make_model(kind, seed) with a BOS id in its config, for add_bos runs."""
+    model = make_model(kind, seed)
+    model.config.bos_token_id = bos_id
+    return model
+
+
 def randomize(model, seed):
     """Weights N(0, 0.08), biases and LayerNorm betas N(0, 0.3), norm gammas N(1, 0.3). Gemma's
     RMSNorms scale by (1 + w): their w is drawn N(0, 0.3), so the effective gamma is N(1, 0.3) too."""

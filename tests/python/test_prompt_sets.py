@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import load_file
 
 from conftest import requires_cli, run_spec, saved_checkpoints
-from hf_reference import VOCAB, capture_tensors, make_model, zero_heads
+from hf_reference import VOCAB, capture_tensors, make_model_with_bos, zero_heads
 
 pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 TOL = 1e-5
@@ -25,9 +25,7 @@ TOKENS = [5, 40, 96]
 
 
 def with_bos(kind):
-    model = make_model(kind, 910)
-    model.config.bos_token_id = BOS
-    return model
+    return make_model_with_bos(kind, 910, BOS)
 
 
 @pytest.fixture(scope="module")

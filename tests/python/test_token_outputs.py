@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import requires_cli, run_spec, saved_checkpoints
-from hf_reference import VOCAB, hf_windows, make_model, zero_heads
+from hf_reference import VOCAB, hf_windows, make_model, make_model_with_bos, zero_heads
 
 pytestmark = [requires_cli, pytest.mark.usefixtures("single_torch_thread")]
 TOL = 1e-5
@@ -17,10 +17,7 @@ BOS = 1
 
 
 def with_bos(kind):
-    """The model of `kind` whose checkpoint the tests run, with a BOS id for add_bos."""
-    model = make_model(kind, 900)
-    model.config.bos_token_id = BOS
-    return model
+    return make_model_with_bos(kind, 900, BOS)
 
 
 @pytest.fixture(scope="module")
