@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/error_text.h"
@@ -14,20 +15,24 @@ namespace lesion::model {
 namespace {
 
 constexpr absl::string_view kSiteNames[kNumSiteKinds] = {
-    "embed",  "attn_in", "attn_z",  "attn_pattern", "attn_out",   "resid_mid",
-    "mlp_in", "mlp_act", "mlp_out", "resid_post",   "final_norm", "logits",
+#define LESION_HOOK_SITE(enumerator, name, per_layer) name,
+#include "common/model_names.def"
+};
+constexpr bool kPerLayer[kNumSiteKinds] = {
+#define LESION_HOOK_SITE(enumerator, name, per_layer) per_layer,
+#include "common/model_names.def"
 };
 
+// "embed, final_norm, logits, blocks.L.{attn_in, ..., resid_post}"
 std::string KnownSites() {
-  return "embed, final_norm, logits, blocks.L.{attn_in, attn_z, attn_pattern, attn_out, "
-         "resid_mid, mlp_in, mlp_act, mlp_out, resid_post}";
+  std::vector<absl::string_view> model_level, per_layer;
+  for (int k = 0; k < kNumSiteKinds; ++k) (kPerLayer[k] ? per_layer : model_level).push_back(kSiteNames[k]);
+  return absl::StrCat(absl::StrJoin(model_level, ", "), ", blocks.L.{", absl::StrJoin(per_layer, ", "), "}");
 }
 
 }  // namespace
 
-bool IsPerLayer(SiteKind kind) {
-  return kind != SiteKind::kEmbed && kind != SiteKind::kFinalNorm && kind != SiteKind::kLogits;
-}
+bool IsPerLayer(SiteKind kind) { return kPerLayer[static_cast<int>(kind)]; }
 
 absl::string_view SiteKindName(SiteKind kind) { return kSiteNames[static_cast<int>(kind)]; }
 

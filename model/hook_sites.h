@@ -29,21 +29,15 @@
 
 namespace lesion::model {
 
+// The sites of common/model_names.def, in its order.
 enum class SiteKind {
-  kEmbed,
-  kAttnIn,
-  kAttnZ,
-  kAttnPattern,
-  kAttnOut,
-  kResidMid,
-  kMlpIn,
-  kMlpAct,
-  kMlpOut,
-  kResidPost,
-  kFinalNorm,
-  kLogits,
+#define LESION_HOOK_SITE(enumerator, name, per_layer) enumerator,
+#include "common/model_names.def"
 };
-inline constexpr int kNumSiteKinds = 12;
+inline constexpr int kNumSiteKinds = 0
+#define LESION_HOOK_SITE(enumerator, name, per_layer) +1
+#include "common/model_names.def"
+    ;
 
 // True for the blocks.L.* sites.
 bool IsPerLayer(SiteKind kind);

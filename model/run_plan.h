@@ -40,9 +40,13 @@ enum class LinearSite { kQkv, kO, kGateUp, kDown };
 inline constexpr int kNumLinearSites = 4;
 // The norms of a block, and the final norm (whose layer is ignored). Which of them a model has
 // depends on its family (docs/architectures.md): kAttn and kMlp before each branch, kAttnPost and
-// kMlpPost on each branch's output, kQ and kK on queries and keys.
-enum class NormSite { kAttn, kMlp, kAttnPost, kMlpPost, kQ, kK, kFinal };
-inline constexpr int kNumBlockNormSites = 6;  // every NormSite but kFinal
+// kMlpPost on each branch's output, kQ and kK on queries and keys. Named in common/model_names.def,
+// in its order (kFinal last).
+enum class NormSite {
+#define LESION_NORM(enumerator, name) enumerator,
+#include "common/model_names.def"
+};
+inline constexpr int kNumBlockNormSites = static_cast<int>(NormSite::kFinal);  // every NormSite but kFinal
 
 // A weight element edit expressed on the activations instead of the weight, per batch row:
 // out[b, :, row] += delta[b] * in[b, :, col], which is exactly what the matrix product computes

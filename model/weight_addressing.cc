@@ -10,7 +10,14 @@
 namespace lesion::model {
 namespace {
 
-constexpr absl::string_view kModuleNames[] = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"};
+constexpr absl::string_view kModuleNames[] = {
+#define LESION_WEIGHT_MODULE(enumerator, name) name,
+#include "common/model_names.def"
+};
+constexpr absl::string_view kNormNames[] = {
+#define LESION_NORM(enumerator, name) name,
+#include "common/model_names.def"
+};
 
 }  // namespace
 
@@ -24,7 +31,7 @@ absl::Status CheckLayerIndex(const Transformer& model, int64_t layer) {
 }
 
 absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name) {
-  for (int i = 0; i < 7; ++i) {
+  for (size_t i = 0; i < std::size(kModuleNames); ++i) {
     if (name == kModuleNames[i]) return static_cast<WeightModule>(i);
   }
   return absl::InvalidArgumentError(
@@ -38,28 +45,10 @@ absl::StatusOr<NormSite> ParseNormSite(absl::string_view name) {
     if (name == NormSiteName(site)) return site;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown norm ", QuoteForError(name), " (known: attn, mlp, attn_post, mlp_post, q, k, final)"));
+      absl::StrCat("unknown norm ", QuoteForError(name), " (known: ", absl::StrJoin(kNormNames, ", "), ")"));
 }
 
-absl::string_view NormSiteName(NormSite site) {
-  switch (site) {
-    case NormSite::kAttn:
-      return "attn";
-    case NormSite::kMlp:
-      return "mlp";
-    case NormSite::kAttnPost:
-      return "attn_post";
-    case NormSite::kMlpPost:
-      return "mlp_post";
-    case NormSite::kQ:
-      return "q";
-    case NormSite::kK:
-      return "k";
-    case NormSite::kFinal:
-      return "final";
-  }
-  return "unknown";
-}
+absl::string_view NormSiteName(NormSite site) { return kNormNames[static_cast<int>(site)]; }
 
 const NormWeights* FindNorm(const TransformerWeights& w, int64_t layer, NormSite site) {
   if (site == NormSite::kFinal) return &w.final_norm;

@@ -21,7 +21,11 @@
 
 namespace lesion::model {
 
-enum class WeightModule { kAttnQ, kAttnK, kAttnV, kAttnO, kMlpGate, kMlpUp, kMlpDown };
+// The modules of common/model_names.def, in its order.
+enum class WeightModule {
+#define LESION_WEIGHT_MODULE(enumerator, name) enumerator,
+#include "common/model_names.def"
+};
 
 // "attn.q" ... "mlp.down"; InvalidArgument listing the known names otherwise.
 absl::StatusOr<WeightModule> ParseWeightModule(absl::string_view name);
@@ -30,8 +34,10 @@ absl::string_view WeightModuleName(WeightModule module);
 // its family: ModelNormSites).
 absl::StatusOr<NormSite> ParseNormSite(absl::string_view name);
 absl::string_view NormSiteName(NormSite site);
-inline constexpr NormSite kNormSites[] = {NormSite::kAttn, NormSite::kMlp, NormSite::kAttnPost, NormSite::kMlpPost,
-                                          NormSite::kQ,    NormSite::kK,   NormSite::kFinal};
+inline constexpr NormSite kNormSites[] = {
+#define LESION_NORM(enumerator, name) NormSite::enumerator,
+#include "common/model_names.def"
+};
 // The norms `model` has, in kNormSites order (every layer has the same ones).
 std::vector<NormSite> ModelNormSites(const Transformer& model);
 // The weights of norm `site` in `layer` (ignored for kFinal; must be in range otherwise); their

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Formats every C++ file (clang-format-14, .clang-format) and every Python file (ruff, ruff.toml)
-# in place; with --check, changes nothing and fails listing what is unformatted or what ruff's lint
-# finds. `make format` and `make lint` call it; CI runs `make lint` before the build.
+# in place, and regenerates the Python client's names from common/model_names.def
+# (scripts/model_names.py); with --check, changes nothing and fails listing what is unformatted,
+# what ruff's lint finds, or a stale generated file. `make format` and `make lint` call it; CI runs
+# `make lint` before the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,7 @@ check=0
 [ "${1:-}" = "--check" ] && check=1
 clang_format="${CLANG_FORMAT:-$(command -v clang-format-14 || true)}"
 ruff="${RUFF:-.venv/bin/ruff}"
+python="${PY:-.venv/bin/python}"
 if [ -z "$clang_format" ]; then
   echo "format: clang-format-14 not found (scripts/install_deps.sh installs it)" >&2
   exit 1
@@ -28,10 +31,12 @@ if [ $check -eq 1 ]; then
     status=1
   fi
   rm -f /tmp/lesion-format.$$
+  "$python" scripts/model_names.py --check || status=1
   "$ruff" format --check --quiet . || { echo "format: Python files not formatted (run make format)" >&2; status=1; }
   "$ruff" check --quiet . || status=1
 else
   "$clang_format" -i "${cxx[@]}"
+  "$python" scripts/model_names.py
   "$ruff" check --quiet --fix . || status=1  # fixes first (ruff's order), then the layout
   "$ruff" format --quiet .
 fi

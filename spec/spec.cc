@@ -476,9 +476,11 @@ absl::StatusOr<std::vector<Choice>> AxisChoices(const lesion::v1::SweepAxis& axi
     case lesion::v1::SweepAxis::kNormChannels: {
       const auto& n = axis.norm_channels();
       const std::string at = where + ".norm_channels";
-      // The names of model/weight_addressing.h's NormSite; which of them a model has is checked
-      // when the spec is bound to it.
-      static constexpr absl::string_view kNormNames[] = {"attn", "mlp", "attn_post", "mlp_post", "q", "k", "final"};
+      // Which of the norms a model has is checked when the spec is bound to it.
+      static constexpr absl::string_view kNormNames[] = {
+#define LESION_NORM(enumerator, name) name,
+#include "common/model_names.def"
+      };
       if (std::find(std::begin(kNormNames), std::end(kNormNames), n.norm()) == std::end(kNormNames)) {
         return Bad(at, absl::StrCat("unknown norm ", QuoteForError(n.norm()),
                                     " (known: ", absl::StrJoin(kNormNames, ", "), ")"));

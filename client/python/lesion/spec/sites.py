@@ -1,8 +1,9 @@
 """What a spec names inside a model: projection modules, norms and hook sites (docs/design.md,
 "Weight addressing" and "Hook sites").
 
-The site grammar is lesiond's own (``ParseSitePattern`` in model/hook_sites.cc), mirrored exactly so
-that the client refuses what the server refuses and nothing else: ``embed``, ``final_norm``,
+The names come from common/model_names.def, which lesiond is built from (``_names.py`` is generated
+from it). The site grammar is lesiond's own (``ParseSitePattern`` in model/hook_sites.cc), mirrored
+exactly so that the client refuses what the server refuses and nothing else: ``embed``, ``final_norm``,
 ``logits``, or ``blocks.L.NAME`` with ``L`` a layer number or ``*`` (every layer) and ``NAME`` one
 per-layer site (no wildcard: ``blocks.*.*`` is refused). Whether a layer exists depends on the
 model and is checked by the server.
@@ -12,30 +13,16 @@ from __future__ import annotations
 
 import re
 
-MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
-NORMS = ("attn", "mlp", "attn_post", "mlp_post", "q", "k", "final")  # which a model has: docs/architectures.md
-SITE_NAMES = (
-    "attn_in",
-    "attn_z",
-    "attn_pattern",
-    "attn_out",
-    "resid_mid",
-    "mlp_in",
-    "mlp_act",
-    "mlp_out",
-    "resid_post",
-)
-GLOBAL_SITES = ("embed", "final_norm", "logits")
+from ._names import GLOBAL_SITES, MODULES, NORMS, SITE_NAMES  # generated from common/model_names.def
+
+__all__ = ["GLOBAL_SITES", "MODULES", "NORMS", "SITE_NAMES", "check_site", "parse_site"]
 
 # absl::StripAsciiWhitespace and absl::SimpleAtoi skip these (absl::ascii_isspace), nothing else.
 _ASCII_SPACE = " \t\n\v\f\r"
 # absl::SimpleAtoi in base 10: surrounding ASCII whitespace, one optional sign, ASCII digits only.
 _ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
 _INT64 = (-(2**63), 2**63 - 1)
-_KNOWN = (
-    "embed, final_norm, logits, blocks.L.{attn_in, attn_z, attn_pattern, attn_out, resid_mid, mlp_in, mlp_act, "
-    "mlp_out, resid_post}"
-)
+_KNOWN = f"{', '.join(GLOBAL_SITES)}, blocks.L.{{{', '.join(SITE_NAMES)}}}"
 
 
 def parse_site(site) -> tuple:
