@@ -86,7 +86,9 @@ def own_doc(obj) -> str:
 
 
 def _module_constants(module) -> list:
-    """Upper-case names the module itself assigns at the top level (not those it imports), in order."""
+    """Upper-case names the module itself assigns at the top level, in order, then those it
+    re-exports through ``__all__`` (lesion.spec.sites: the names generated into ``_names.py``); not
+    other imports."""
     tree = ast.parse(inspect.getsource(module))
     names = []
     for node in tree.body:
@@ -99,6 +101,9 @@ def _module_constants(module) -> list:
         for t in flat:
             if isinstance(t, ast.Name) and re.fullmatch(r"[A-Z][A-Z0-9_]*", t.id) and t.id not in names:
                 names.append(t.id)
+    for n in getattr(module, "__all__", ()):
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*", n) and n not in names:
+            names.append(n)
     return [n for n in names if isinstance(getattr(module, n, None), CONSTANT_TYPES)]
 
 

@@ -15,7 +15,7 @@ import re
 
 from ._names import GLOBAL_SITES, MODULES, NORMS, SITE_NAMES  # generated from common/model_names.def
 
-__all__ = ["GLOBAL_SITES", "MODULES", "NORMS", "SITE_NAMES", "check_site", "parse_site"]
+__all__ = ["MODULES", "NORMS", "SITE_NAMES", "GLOBAL_SITES", "parse_site", "check_site"]
 
 # absl::StripAsciiWhitespace and absl::SimpleAtoi skip these (absl::ascii_isspace), nothing else.
 _ASCII_SPACE = " \t\n\v\f\r"
