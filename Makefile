@@ -2,9 +2,11 @@
 #   make demo   set everything up (Debian packages, a venv with LibTorch, the build) and run the
 #               demo on the bundled stories260K model
 #   make test   the same set-up, then every test: ctest (C++), pytest (CLI and lesiond against HF
-#               transformers and raw gRPC calls), the Python client's pytest and a minute of each
-#               fuzzer
+#               transformers and raw gRPC calls), the Python client's pytest, the ASan + UBSan and
+#               TSan builds' unit tests and a minute of each fuzzer
 #   make sanitize  the torch-free unit tests under AddressSanitizer + UBSan (clang; build-fuzz/)
+#   make tsan   the threaded, gRPC-free server and storage tests under ThreadSanitizer (clang;
+#               build-tsan/, with an instrumented Abseil built there once)
 #   make fuzz   only the fuzzers (clang, sanitizers; build-fuzz/), FUZZ_SECONDS each (default 60)
 #   make format rewrite C++ (clang-format-14) and Python (ruff) in place
 #   make lint   fail on unformatted code or ruff findings (the first step of make test)
@@ -15,7 +17,7 @@ JOBS  ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 WERROR ?= OFF
 
-.PHONY: all deps venv configure build test lint format sanitize fuzz demo bench clean
+.PHONY: all deps venv configure build test lint format sanitize tsan fuzz demo bench clean
 
 all: build
 
@@ -57,6 +59,7 @@ test: lint build
 	  $(PY) -m pytest tests/python -q
 	LESIOND=$(abspath $(BUILD))/server/lesiond $(PY) -m pytest client/python/tests -q
 	scripts/sanitize.sh
+	scripts/tsan.sh
 	scripts/run_fuzzers.sh $(FUZZ_SECONDS)
 
 lint: deps venv
@@ -67,6 +70,10 @@ format: deps venv
 
 sanitize: deps
 	scripts/sanitize.sh
+
+# A fresh build-tsan/ builds an instrumented Abseil first (scripts/tsan.sh); part of make test.
+tsan: deps
+	scripts/tsan.sh
 
 # libFuzzer + sanitizer targets of fuzz/ (fuzz/README.md); FUZZ_SECONDS=3600 for a long run by hand.
 fuzz: deps

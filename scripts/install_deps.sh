@@ -7,6 +7,7 @@ packages=(
   libssl-dev libabsl-dev libsqlite3-dev libgtest-dev libgmock-dev nlohmann-json3-dev libpcre2-dev
   clang-14 libclang-rt-14-dev  # the fuzz and sanitizer builds: libFuzzer and the sanitizers
   clang-format-14              # make format / make lint (scripts/format.sh): one pinned version
+  curl                         # make tsan (scripts/tsan.sh): Debian's Abseil source, once
   prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
 )
 missing=()
