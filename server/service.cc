@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/error_text.h"
 #include "common/grpc/grpc_status.h"
 #include "common/model_path.h"
 #include "common/status_codes.h"
@@ -492,26 +493,32 @@ class LoadReactor : public grpc::ServerUnaryReactor {
       return gone->load() || std::chrono::system_clock::now() >= deadline;
     };
     std::weak_ptr<LoadReactor> weak = reactor;
-    absl::Status queued =
-        engine->LoadModel(request.name(), dir, request.dtype(), request.device(), std::move(cancelled),
-                          [weak, name = request.name(), user](absl::StatusOr<ModelSummary> summary) {
-                            if (summary.ok()) {
-                              Log(LogLevel::kInfo, "model_loaded",
-                                  {{"model", name},
-                                   {"user", user},
-                                   {"dir", summary->dir},
-                                   {"device", summary->device},
-                                   {"dtype", summary->dtype},
-                                   {"weight_bytes", summary->weight_bytes}});
-                            } else {
-                              Log(LogLevel::kWarning, "model_load_failed",
-                                  {{"model", name},
-                                   {"user", user},
-                                   {"code", absl::StatusCodeToString(summary.status().code())},
-                                   {"error", summary.status().message()}});
-                            }
-                            if (std::shared_ptr<LoadReactor> r = weak.lock()) r->FinishOnce(summary);
-                          });
+    absl::Status queued = engine->LoadModel(
+        request.name(), dir, request.dtype(), request.device(), std::move(cancelled),
+        [weak, name = request.name(), user, deadline](absl::StatusOr<ModelSummary> summary) {
+          // Abandoned at the deadline (asked between tensors): this reply may reach the client
+          // before its own timer fires, so it says what that timer would.
+          if (absl::IsCancelled(summary.status()) && std::chrono::system_clock::now() >= deadline) {
+            summary = absl::DeadlineExceededError(absl::StrCat("the deadline of the call passed while loading model ",
+                                                               QuoteForError(name), "; the load is abandoned"));
+          }
+          if (summary.ok()) {
+            Log(LogLevel::kInfo, "model_loaded",
+                {{"model", name},
+                 {"user", user},
+                 {"dir", summary->dir},
+                 {"device", summary->device},
+                 {"dtype", summary->dtype},
+                 {"weight_bytes", summary->weight_bytes}});
+          } else {
+            Log(LogLevel::kWarning, "model_load_failed",
+                {{"model", name},
+                 {"user", user},
+                 {"code", absl::StatusCodeToString(summary.status().code())},
+                 {"error", summary.status().message()}});
+          }
+          if (std::shared_ptr<LoadReactor> r = weak.lock()) r->FinishOnce(summary);
+        });
     if (!queued.ok()) reactor->FinishOnce(queued);
     return reactor.get();
   }
