@@ -92,8 +92,7 @@ class EngineImpl : public Engine {
     ASSIGN_OR_RETURN(std::vector<Replica> replicas, registry_.Remove(name));
     // The tensors are freed on each replica's executor, like every other torch call on its device.
     for (Replica& r : replicas) {
-      const std::string executor = r.executor;
-      executors_.RunBeforeNextTask(executor, [model = std::move(r.model), device = r.device]() mutable {
+      executors_.RunBeforeNextTask(r.executor, [model = std::move(r.model), device = r.device]() mutable {
         model.reset();
         model::ReleaseCachedMemory(device);
       });
